@@ -1,0 +1,472 @@
+//! The canonical codec: the only module that knows the byte layout. It uses bincode 2 with
+//! fixed-width little-endian integers (`config::legacy()`): integers are 8 bytes (u64, i64),
+//! enum tags 4 bytes (u32), lengths 8 bytes (u64), fixed arrays raw, strings UTF-8 with a length.
+//! `docs/PROTOCOL.md` gives every layout byte by byte.
+//!
+//! Decoding is strict: a byte limit per kind of object, no trailing bytes, and the re-encoding
+//! of what was decoded must equal the input. Length prefixes are checked against the protocol's
+//! count limits before anything is allocated.
+
+use bincode::de::{Decode, Decoder};
+use bincode::enc::{Encode, Encoder};
+use bincode::error::{DecodeError, EncodeError};
+use cairn_crypto::{PublicKey, Signature};
+
+use crate::event::{Event, EventId, Header, Op};
+use crate::evidence::{Evidence, SignedHeader};
+use crate::genesis::{Genesis, Member};
+use crate::limits::{
+    DEPS_MAX, EVENT_BYTES_MAX, EVIDENCE_BYTES_MAX, EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX,
+    GENESIS_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX, MEMBERS_MAX, MESSAGE_BYTES_MAX, OPS_MAX,
+    TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
+};
+use crate::message::{Message, Tip};
+
+/// Why bytes did not decode into a canonical object.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// More bytes than the object's limit.
+    #[error("{len} bytes is over the limit of {max}")]
+    Oversize {
+        /// The input's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The bytes do not decode (bad tag, short input, a count over its limit, bad UTF-8).
+    #[error("malformed: {0}")]
+    Malformed(String),
+    /// A whole object decoded but bytes were left over.
+    #[error("{0} bytes after the end of the object")]
+    TrailingBytes(usize),
+    /// The object decoded, but re-encoding it does not give the same bytes.
+    #[error("not the canonical encoding")]
+    NonCanonical,
+}
+
+fn config() -> bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Fixint,
+    bincode::config::NoLimit,
+> {
+    bincode::config::legacy()
+}
+
+// ---- encoding -----------------------------------------------------------------------------
+
+fn to_vec<T: Encode>(value: &T) -> Vec<u8> {
+    // Encoding into a Vec fails only if a writer fails, and a Vec writer cannot.
+    bincode::encode_to_vec(value, config()).expect("encoding into a Vec cannot fail")
+}
+
+/// The canonical encoding of a header (the bytes hashed into the event id).
+pub fn encode_header(header: &Header) -> Vec<u8> {
+    to_vec(header)
+}
+
+/// The canonical encoding of an op list (the bytes hashed into `ops_hash`).
+pub fn encode_ops(ops: &[Op]) -> Vec<u8> {
+    to_vec(&OpsRef(ops))
+}
+
+/// The canonical encoding of an event.
+pub fn encode_event(event: &Event) -> Vec<u8> {
+    to_vec(event)
+}
+
+/// The canonical encoding of evidence.
+pub fn encode_evidence(evidence: &Evidence) -> Vec<u8> {
+    to_vec(evidence)
+}
+
+/// The canonical encoding of a genesis.
+pub fn encode_genesis(genesis: &Genesis) -> Vec<u8> {
+    to_vec(genesis)
+}
+
+/// The canonical encoding of a reconciliation message.
+pub fn encode_message(message: &Message) -> Vec<u8> {
+    to_vec(message)
+}
+
+/// The encoded size of a message, without building it.
+pub fn message_len(message: &Message) -> usize {
+    let mut writer = bincode::enc::write::SizeWriter::default();
+    // Same argument as in `to_vec`: a size writer cannot fail.
+    bincode::encode_into_writer(message, &mut writer, config()).expect("a size writer cannot fail");
+    writer.bytes_written
+}
+
+// ---- decoding -----------------------------------------------------------------------------
+
+fn decode_canonical<T, const LIMIT: usize>(bytes: &[u8], encode: impl Fn(&T) -> Vec<u8>) -> Result<T, CodecError>
+where
+    T: Decode<()>,
+{
+    if bytes.len() > LIMIT {
+        return Err(CodecError::Oversize { len: bytes.len(), max: LIMIT });
+    }
+    let (value, used) = bincode::decode_from_slice::<T, _>(bytes, config().with_limit::<LIMIT>())
+        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(CodecError::TrailingBytes(bytes.len() - used));
+    }
+    if encode(&value) != bytes {
+        return Err(CodecError::NonCanonical);
+    }
+    Ok(value)
+}
+
+/// Decodes one event; at most [`EVENT_BYTES_MAX`] bytes.
+pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
+    decode_canonical::<Event, EVENT_BYTES_MAX>(bytes, encode_event)
+}
+
+/// Decodes evidence; at most [`EVIDENCE_BYTES_MAX`] bytes.
+pub fn decode_evidence(bytes: &[u8]) -> Result<Evidence, CodecError> {
+    decode_canonical::<Evidence, EVIDENCE_BYTES_MAX>(bytes, encode_evidence)
+}
+
+/// Decodes a genesis; at most [`GENESIS_BYTES_MAX`] bytes. Membership rules (sorted, unique,
+/// names) are checked too.
+pub fn decode_genesis(bytes: &[u8]) -> Result<Genesis, CodecError> {
+    decode_canonical::<Genesis, GENESIS_BYTES_MAX>(bytes, encode_genesis)
+}
+
+/// Decodes a reconciliation message; at most [`MESSAGE_BYTES_MAX`] bytes.
+pub fn decode_message(bytes: &[u8]) -> Result<Message, CodecError> {
+    decode_canonical::<Message, MESSAGE_BYTES_MAX>(bytes, encode_message)
+}
+
+// ---- layouts ------------------------------------------------------------------------------
+
+/// Reads a u64 length prefix and checks it against `max` before anything is allocated.
+fn decode_len<D: Decoder>(decoder: &mut D, max: usize, what: &'static str) -> Result<usize, DecodeError> {
+    let len = u64::decode(decoder)?;
+    match usize::try_from(len) {
+        Ok(len) if len <= max => Ok(len),
+        _ => Err(DecodeError::OtherString(format!("{what}: length {len} is over the limit of {max}"))),
+    }
+}
+
+fn encode_len<E: Encoder>(len: usize, encoder: &mut E) -> Result<(), EncodeError> {
+    (len as u64).encode(encoder)
+}
+
+fn decode_vec<D: Decoder, T>(
+    decoder: &mut D,
+    max: usize,
+    what: &'static str,
+    mut item: impl FnMut(&mut D) -> Result<T, DecodeError>,
+) -> Result<Vec<T>, DecodeError> {
+    let len = decode_len(decoder, max, what)?;
+    let mut items = Vec::with_capacity(len);
+    for _ in 0..len {
+        items.push(item(decoder)?);
+    }
+    Ok(items)
+}
+
+fn decode_bytes<D: Decoder>(decoder: &mut D, max: usize, what: &'static str) -> Result<Vec<u8>, DecodeError> {
+    let len = decode_len(decoder, max, what)?;
+    decoder.claim_bytes_read(len)?;
+    let mut bytes = vec![0u8; len];
+    bincode::de::read::Reader::read(decoder.reader(), &mut bytes)?;
+    Ok(bytes)
+}
+
+fn encode_bytes<E: Encoder>(bytes: &[u8], encoder: &mut E) -> Result<(), EncodeError> {
+    encode_len(bytes.len(), encoder)?;
+    bincode::enc::write::Writer::write(encoder.writer(), bytes)
+}
+
+fn decode_array<D: Decoder, const N: usize>(decoder: &mut D) -> Result<[u8; N], DecodeError> {
+    <[u8; N]>::decode(decoder)
+}
+
+impl Encode for EventId {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.0.encode(encoder)
+    }
+}
+
+fn decode_id<D: Decoder>(decoder: &mut D) -> Result<EventId, DecodeError> {
+    Ok(EventId(decode_array(decoder)?))
+}
+
+impl Encode for Header {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.author.0.encode(encoder)?;
+        self.seq.encode(encoder)?;
+        self.lamport.encode(encoder)?;
+        encode_len(self.deps.len(), encoder)?;
+        for dep in &self.deps {
+            dep.encode(encoder)?;
+        }
+        self.ops_hash.encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for Header {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok(Self {
+            author: PublicKey(decode_array(decoder)?),
+            seq: u64::decode(decoder)?,
+            lamport: u64::decode(decoder)?,
+            deps: decode_vec(decoder, DEPS_MAX, "deps", decode_id)?,
+            ops_hash: decode_array(decoder)?,
+        })
+    }
+}
+
+const OP_PUT: u32 = 0;
+const OP_DEL: u32 = 1;
+const OP_INCR: u32 = 2;
+const OP_ADD: u32 = 3;
+const OP_REMOVE: u32 = 4;
+
+impl Encode for Op {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        match self {
+            Self::Put { key, value } => {
+                OP_PUT.encode(encoder)?;
+                encode_bytes(key, encoder)?;
+                encode_bytes(value, encoder)
+            }
+            Self::Del { key } => {
+                OP_DEL.encode(encoder)?;
+                encode_bytes(key, encoder)
+            }
+            Self::Incr { key, delta } => {
+                OP_INCR.encode(encoder)?;
+                encode_bytes(key, encoder)?;
+                delta.encode(encoder)
+            }
+            Self::Add { key, element } => {
+                OP_ADD.encode(encoder)?;
+                encode_bytes(key, encoder)?;
+                encode_bytes(element, encoder)
+            }
+            Self::Remove { key, element } => {
+                OP_REMOVE.encode(encoder)?;
+                encode_bytes(key, encoder)?;
+                encode_bytes(element, encoder)
+            }
+        }
+    }
+}
+
+impl<Context> Decode<Context> for Op {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let tag = u32::decode(decoder)?;
+        let key = |d: &mut D| decode_bytes(d, KEY_BYTES_MAX, "key");
+        let value = |d: &mut D| decode_bytes(d, VALUE_BYTES_MAX, "value");
+        Ok(match tag {
+            OP_PUT => Self::Put { key: key(decoder)?, value: value(decoder)? },
+            OP_DEL => Self::Del { key: key(decoder)? },
+            OP_INCR => Self::Incr { key: key(decoder)?, delta: i64::decode(decoder)? },
+            OP_ADD => Self::Add { key: key(decoder)?, element: value(decoder)? },
+            OP_REMOVE => Self::Remove { key: key(decoder)?, element: value(decoder)? },
+            other => return Err(DecodeError::OtherString(format!("unknown op tag {other}"))),
+        })
+    }
+}
+
+/// An op list borrowed for encoding.
+struct OpsRef<'a>(&'a [Op]);
+
+impl Encode for OpsRef<'_> {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        encode_len(self.0.len(), encoder)?;
+        self.0.iter().try_for_each(|op| op.encode(encoder))
+    }
+}
+
+impl Encode for Event {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.header.encode(encoder)?;
+        OpsRef(&self.ops).encode(encoder)?;
+        self.sig.0.encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for Event {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok(Self {
+            header: Header::decode(decoder)?,
+            ops: decode_vec(decoder, OPS_MAX, "ops", Op::decode)?,
+            sig: Signature(decode_array(decoder)?),
+        })
+    }
+}
+
+impl Encode for SignedHeader {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.header.encode(encoder)?;
+        self.sig.0.encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for SignedHeader {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok(Self { header: Header::decode(decoder)?, sig: Signature(decode_array(decoder)?) })
+    }
+}
+
+impl Encode for Evidence {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.first.encode(encoder)?;
+        self.second.encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for Evidence {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok(Self { first: SignedHeader::decode(decoder)?, second: SignedHeader::decode(decoder)? })
+    }
+}
+
+impl Encode for Genesis {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        encode_len(self.members().len(), encoder)?;
+        for member in self.members() {
+            member.key.0.encode(encoder)?;
+            encode_bytes(member.name.as_bytes(), encoder)?;
+        }
+        Ok(())
+    }
+}
+
+impl<Context> Decode<Context> for Genesis {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let members = decode_vec(decoder, MEMBERS_MAX, "members", |d| {
+            let key = PublicKey(decode_array(d)?);
+            let name = decode_bytes(d, MEMBER_NAME_BYTES_MAX, "member name")?;
+            let name = String::from_utf8(name).map_err(|_| DecodeError::Other("member name is not UTF-8"))?;
+            Ok(Member { key, name })
+        })?;
+        Self::from_sorted(members).map_err(|e| DecodeError::OtherString(e.to_string()))
+    }
+}
+
+const MSG_SUMMARY: u32 = 0;
+const MSG_IN_SYNC: u32 = 1;
+const MSG_TIPS: u32 = 2;
+const MSG_EVENTS: u32 = 3;
+const MSG_WANT: u32 = 4;
+const MSG_FORK_PROBE: u32 = 5;
+const MSG_FORK_IDS: u32 = 6;
+const MSG_WANT_CHAIN: u32 = 7;
+const MSG_EVIDENCE: u32 = 8;
+
+/// Most events one `Events` message may hold: each is at least a header, a one-op list and a
+/// signature, so this many can never fit in [`MESSAGE_BYTES_MAX`] anyway.
+const EVENTS_PER_MESSAGE_MAX: usize = MESSAGE_BYTES_MAX / 64;
+
+fn encode_evidence_list<E: Encoder>(list: &[Evidence], encoder: &mut E) -> Result<(), EncodeError> {
+    encode_len(list.len(), encoder)?;
+    list.iter().try_for_each(|e| Encode::encode(e, encoder))
+}
+
+fn decode_evidence_list<D: Decoder>(decoder: &mut D) -> Result<Vec<Evidence>, DecodeError> {
+    decode_vec(decoder, EVIDENCE_PER_MESSAGE_MAX, "evidence", Evidence::decode)
+}
+
+impl Encode for Message {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        match self {
+            Self::Summary { digest } => {
+                MSG_SUMMARY.encode(encoder)?;
+                digest.encode(encoder)
+            }
+            Self::InSync { digest } => {
+                MSG_IN_SYNC.encode(encoder)?;
+                digest.encode(encoder)
+            }
+            Self::Tips { reply, more, tips, evidence } => {
+                MSG_TIPS.encode(encoder)?;
+                reply.encode(encoder)?;
+                more.encode(encoder)?;
+                encode_len(tips.len(), encoder)?;
+                for tip in tips {
+                    tip.author.0.encode(encoder)?;
+                    tip.seq.encode(encoder)?;
+                    tip.id.encode(encoder)?;
+                }
+                encode_evidence_list(evidence, encoder)
+            }
+            Self::Events { events } => {
+                MSG_EVENTS.encode(encoder)?;
+                encode_len(events.len(), encoder)?;
+                events.iter().try_for_each(|e| encode_bytes(e, encoder))
+            }
+            Self::Want { ids } => {
+                MSG_WANT.encode(encoder)?;
+                encode_len(ids.len(), encoder)?;
+                ids.iter().try_for_each(|id| id.encode(encoder))
+            }
+            Self::ForkProbe { tip, seqs } => {
+                MSG_FORK_PROBE.encode(encoder)?;
+                tip.encode(encoder)?;
+                encode_len(seqs.len(), encoder)?;
+                seqs.iter().try_for_each(|s| s.encode(encoder))
+            }
+            Self::ForkIds { tip, entries } => {
+                MSG_FORK_IDS.encode(encoder)?;
+                tip.encode(encoder)?;
+                encode_len(entries.len(), encoder)?;
+                entries.iter().try_for_each(|(seq, id)| {
+                    seq.encode(encoder)?;
+                    id.encode(encoder)
+                })
+            }
+            Self::WantChain { tip, from_seq } => {
+                MSG_WANT_CHAIN.encode(encoder)?;
+                tip.encode(encoder)?;
+                from_seq.encode(encoder)
+            }
+            Self::Evidence { evidence } => {
+                MSG_EVIDENCE.encode(encoder)?;
+                encode_evidence_list(evidence, encoder)
+            }
+        }
+    }
+}
+
+impl<Context> Decode<Context> for Message {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let tag = u32::decode(decoder)?;
+        Ok(match tag {
+            MSG_SUMMARY => Self::Summary { digest: decode_array(decoder)? },
+            MSG_IN_SYNC => Self::InSync { digest: decode_array(decoder)? },
+            MSG_TIPS => Self::Tips {
+                reply: bool::decode(decoder)?,
+                more: bool::decode(decoder)?,
+                tips: decode_vec(decoder, TIPS_PER_MESSAGE_MAX, "tips", |d| {
+                    Ok(Tip { author: PublicKey(decode_array(d)?), seq: u64::decode(d)?, id: decode_id(d)? })
+                })?,
+                evidence: decode_evidence_list(decoder)?,
+            },
+            MSG_EVENTS => Self::Events {
+                events: decode_vec(decoder, EVENTS_PER_MESSAGE_MAX, "events", |d| {
+                    decode_bytes(d, EVENT_BYTES_MAX, "event")
+                })?,
+            },
+            MSG_WANT => Self::Want { ids: decode_vec(decoder, WANT_IDS_MAX, "ids", decode_id)? },
+            MSG_FORK_PROBE => Self::ForkProbe {
+                tip: decode_id(decoder)?,
+                seqs: decode_vec(decoder, FORK_PROBE_SEQS_MAX, "seqs", |d| u64::decode(d))?,
+            },
+            MSG_FORK_IDS => Self::ForkIds {
+                tip: decode_id(decoder)?,
+                entries: decode_vec(decoder, FORK_PROBE_SEQS_MAX, "entries", |d| {
+                    Ok((u64::decode(d)?, decode_id(d)?))
+                })?,
+            },
+            MSG_WANT_CHAIN => Self::WantChain { tip: decode_id(decoder)?, from_seq: u64::decode(decoder)? },
+            MSG_EVIDENCE => Self::Evidence { evidence: decode_evidence_list(decoder)? },
+            other => return Err(DecodeError::OtherString(format!("unknown message tag {other}"))),
+        })
+    }
+}

@@ -1,0 +1,105 @@
+//! Equivocation evidence: two signed headers by one author with the same seq and different
+//! ids. It verifies on its own, with nothing but the genesis.
+
+use cairn_crypto::{PublicKey, Signature, verify_strict};
+
+use crate::codec;
+use crate::event::{EventId, Header};
+use crate::genesis::Genesis;
+
+/// A header with its signature: enough to prove what its author signed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedHeader {
+    /// The header.
+    pub header: Header,
+    /// The author's signature over the header's id.
+    pub sig: Signature,
+}
+
+/// Proof that `author` signed two different events with the same seq. The header with the
+/// smaller id comes first, so each pair has exactly one encoding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    /// The header with the smaller id.
+    pub first: SignedHeader,
+    /// The header with the larger id.
+    pub second: SignedHeader,
+}
+
+/// Why evidence does not prove anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EvidenceError {
+    /// The two headers name different authors.
+    #[error("the headers have different authors")]
+    DifferentAuthors,
+    /// The two headers have different seqs.
+    #[error("the headers have different seqs")]
+    DifferentSeqs,
+    /// The headers are the same event, or not in ascending id order.
+    #[error("the headers must be two different events in ascending id order")]
+    NotTwoOrdered,
+    /// The author is not a member.
+    #[error("the author is not a member")]
+    NotMember,
+    /// A signature does not verify.
+    #[error("a signature does not verify")]
+    BadSignature,
+}
+
+impl Evidence {
+    /// Evidence from two signed headers in either order. It is not verified here.
+    pub fn new(a: SignedHeader, b: SignedHeader) -> Self {
+        if a.header.id() <= b.header.id() { Self { first: a, second: b } } else { Self { first: b, second: a } }
+    }
+
+    /// The equivocating author.
+    pub fn author(&self) -> PublicKey {
+        self.first.header.author
+    }
+
+    /// The seq both headers claim.
+    pub fn seq(&self) -> u64 {
+        self.first.header.seq
+    }
+
+    /// The ids of the two events.
+    pub fn ids(&self) -> (EventId, EventId) {
+        (self.first.header.id(), self.second.header.id())
+    }
+
+    /// The order in which evidence for one author is preferred: the lowest fork seq, then the
+    /// smallest ids. Every node keeps the least evidence per author it has seen, so all honest
+    /// nodes end up holding the same evidence.
+    pub fn rank(&self) -> (u64, EventId, EventId) {
+        let (a, b) = self.ids();
+        (self.seq(), a, b)
+    }
+
+    /// Checks that the evidence proves an equivocation by a member of `genesis`.
+    pub fn verify(&self, genesis: &Genesis) -> Result<(), EvidenceError> {
+        let (a, b) = (&self.first, &self.second);
+        if a.header.author != b.header.author {
+            return Err(EvidenceError::DifferentAuthors);
+        }
+        if a.header.seq != b.header.seq {
+            return Err(EvidenceError::DifferentSeqs);
+        }
+        let (id_a, id_b) = self.ids();
+        if id_a >= id_b {
+            return Err(EvidenceError::NotTwoOrdered);
+        }
+        if genesis.member_idx(&a.header.author).is_none() {
+            return Err(EvidenceError::NotMember);
+        }
+        if !verify_strict(&a.header.author, &id_a.0, &a.sig) || !verify_strict(&b.header.author, &id_b.0, &b.sig) {
+            return Err(EvidenceError::BadSignature);
+        }
+        Ok(())
+    }
+
+    /// The canonical encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        codec::encode_evidence(self)
+    }
+}

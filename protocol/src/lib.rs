@@ -1,0 +1,21 @@
+//! Cairn's protocol core, sans-I/O: the event format and its canonical codec, validation and the
+//! causal buffer (the adapter), equivocation evidence, the CRDT document, and the
+//! reconciliation state machine. It does no I/O, reads no clock and draws no randomness; the
+//! daemon and the simulator drive it with bytes, events and the current time.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod codec;
+pub mod event;
+pub mod evidence;
+pub mod genesis;
+pub mod limits;
+pub mod message;
+pub mod verified;
+
+pub use event::{Event, EventId, Header, Op};
+pub use evidence::{Evidence, SignedHeader};
+pub use genesis::{Genesis, Member, MemberIdx};
+pub use message::{Message, Tip};
+pub use verified::Verified;

@@ -1,0 +1,47 @@
+//! Protocol constants. Every limit that decides validity lives here and is the same on every
+//! node; per-node settings (buffer sizes, queue lengths, rate limits) live in
+//! [`crate::config::NodeConfig`] and may only affect liveness. Units come last in each name.
+//! `docs/PROTOCOL.md` lists the same numbers, and a test keeps the two in step.
+
+/// Most members a genesis may list. Each accepted event carries a causal clock with one entry
+/// per member, so this bounds per-event memory (8 bytes × members).
+pub const MEMBERS_MAX: usize = 64;
+/// Longest member display name, in bytes of UTF-8.
+pub const MEMBER_NAME_BYTES_MAX: usize = 64;
+/// Largest encoded genesis.
+pub const GENESIS_BYTES_MAX: usize = 8 + MEMBERS_MAX * (32 + 8 + MEMBER_NAME_BYTES_MAX);
+
+/// Most dependencies one event may name.
+pub const DEPS_MAX: usize = 128;
+/// Most operations one event may carry.
+pub const OPS_MAX: usize = 256;
+/// Longest key of a register, counter or set, in bytes.
+pub const KEY_BYTES_MAX: usize = 1024;
+/// Longest register value or set element, in bytes.
+pub const VALUE_BYTES_MAX: usize = 64 * 1024;
+/// Largest encoded event (header, ops and signature).
+pub const EVENT_BYTES_MAX: usize = 128 * 1024;
+/// Largest encoded header: author, seq, lamport, deps length and deps, ops hash.
+pub const HEADER_BYTES_MAX: usize = 32 + 8 + 8 + 8 + DEPS_MAX * 32 + 32;
+/// Largest encoded evidence: two headers, each with its signature.
+pub const EVIDENCE_BYTES_MAX: usize = 2 * (HEADER_BYTES_MAX + 64);
+
+/// Largest reconciliation message, in bytes (the transport frames messages of at most this).
+pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Most tips one `Tips` message carries; a larger tip set is split over several messages.
+pub const TIPS_PER_MESSAGE_MAX: usize = 4096;
+/// Most evidence objects one message carries.
+pub const EVIDENCE_PER_MESSAGE_MAX: usize = MEMBERS_MAX;
+/// Most ids one `Want` message asks for.
+pub const WANT_IDS_MAX: usize = 4096;
+/// Most seqs one `ForkProbe` asks about.
+pub const FORK_PROBE_SEQS_MAX: usize = 64;
+
+// An event with a header of the largest size and one op of the largest key and value fits.
+const _: () = assert!(HEADER_BYTES_MAX + 8 + 4 + 8 + KEY_BYTES_MAX + 8 + VALUE_BYTES_MAX + 64 <= EVENT_BYTES_MAX);
+// A message holds several events of the largest size, so one large event never stalls sync.
+const _: () = assert!(8 * EVENT_BYTES_MAX <= MESSAGE_BYTES_MAX);
+// A full Tips, Want or evidence message fits in one message.
+const _: () = assert!(16 + TIPS_PER_MESSAGE_MAX * (32 + 8 + 32) + 8 + EVIDENCE_PER_MESSAGE_MAX * EVIDENCE_BYTES_MAX <= MESSAGE_BYTES_MAX);
+const _: () = assert!(16 + WANT_IDS_MAX * 32 <= MESSAGE_BYTES_MAX);
+const _: () = assert!(GENESIS_BYTES_MAX <= MESSAGE_BYTES_MAX);

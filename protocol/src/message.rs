@@ -1,0 +1,97 @@
+//! Reconciliation messages between two peers. Their byte layout is in `docs/PROTOCOL.md`; the
+//! state machine that sends and answers them is [`crate::node`].
+
+use cairn_crypto::PublicKey;
+
+use crate::event::EventId;
+use crate::evidence::Evidence;
+
+/// One tip of an author's chain: an event with no own-successor in the sender's set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Tip {
+    /// The author.
+    pub author: PublicKey,
+    /// The tip's seq.
+    pub seq: u64,
+    /// The tip's id.
+    pub id: EventId,
+}
+
+/// A reconciliation message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// "My set has this digest." Answered by `InSync` or by `Tips` with `reply` set.
+    Summary {
+        /// The sender's set digest (its tips and evidence).
+        digest: [u8; 32],
+    },
+    /// "Mine too": the sets are equal.
+    InSync {
+        /// The digest both sides hold.
+        digest: [u8; 32],
+    },
+    /// The sender's tips and evidence, possibly split over several messages.
+    Tips {
+        /// The receiver should answer with its own tips once it has them all.
+        reply: bool,
+        /// More `Tips` parts follow.
+        more: bool,
+        /// Tips, sorted by author then id.
+        tips: Vec<Tip>,
+        /// The sender's evidence, one per equivocating author (in the last part only).
+        evidence: Vec<Evidence>,
+    },
+    /// Encoded events, in an order where every event follows its deps.
+    Events {
+        /// Each entry is one event's canonical encoding.
+        events: Vec<Vec<u8>>,
+    },
+    /// "Send me these events if you have them."
+    Want {
+        /// The ids asked for.
+        ids: Vec<EventId>,
+    },
+    /// Fork search: "which ids does the own-chain of `tip` have at these seqs?"
+    ForkProbe {
+        /// A tip the sender does not hold.
+        tip: EventId,
+        /// Seqs below the tip's seq, ascending.
+        seqs: Vec<u64>,
+    },
+    /// The answer to `ForkProbe`: the own-chain ancestors of `tip` at the asked seqs.
+    ForkIds {
+        /// The tip asked about.
+        tip: EventId,
+        /// `(seq, id)` for each asked seq, ascending.
+        entries: Vec<(u64, EventId)>,
+    },
+    /// "Send me the own-chain of `tip` from `from_seq` up to the tip."
+    WantChain {
+        /// A tip the sender does not hold.
+        tip: EventId,
+        /// The lowest seq wanted.
+        from_seq: u64,
+    },
+    /// Newly found evidence, pushed to peers at once.
+    Evidence {
+        /// The evidence objects.
+        evidence: Vec<Evidence>,
+    },
+}
+
+impl Message {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Summary { .. } => "summary",
+            Self::InSync { .. } => "in_sync",
+            Self::Tips { .. } => "tips",
+            Self::Events { .. } => "events",
+            Self::Want { .. } => "want",
+            Self::ForkProbe { .. } => "fork_probe",
+            Self::ForkIds { .. } => "fork_ids",
+            Self::WantChain { .. } => "want_chain",
+            Self::Evidence { .. } => "evidence",
+        }
+    }
+}

@@ -1,0 +1,68 @@
+//! The proof of validation: [`Verified`] can only be built inside this crate by the adapter,
+//! after every validity rule held, so the document can only ever receive valid events.
+
+use std::sync::Arc;
+
+use crate::event::{Event, EventId};
+use crate::genesis::MemberIdx;
+
+/// An accepted event: valid, with all of its deps accepted before it. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Verified(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    event: Event,
+    id: EventId,
+    bytes: Vec<u8>,
+    author_idx: MemberIdx,
+    clock: Box<[u64]>,
+}
+
+impl Verified {
+    /// Only validation calls this: `event` must have passed every rule, `bytes` must be its
+    /// canonical encoding, and `clock[m]` the highest seq of member `m` in the event's causal
+    /// past, the event itself included.
+    pub(crate) fn new(event: Event, id: EventId, bytes: Vec<u8>, author_idx: MemberIdx, clock: Box<[u64]>) -> Self {
+        assert_eq!(clock[author_idx], event.header.seq, "an event's clock names its own seq");
+        Self(Arc::new(Inner { event, id, bytes, author_idx, clock }))
+    }
+
+    /// The event.
+    pub fn event(&self) -> &Event {
+        &self.0.event
+    }
+
+    /// The event id.
+    pub fn id(&self) -> EventId {
+        self.0.id
+    }
+
+    /// The canonical encoding, exactly as received or signed.
+    pub fn bytes(&self) -> &[u8] {
+        &self.0.bytes
+    }
+
+    /// The author's member index.
+    pub fn author_idx(&self) -> MemberIdx {
+        self.0.author_idx
+    }
+
+    /// The author's seq.
+    pub fn seq(&self) -> u64 {
+        self.0.event.header.seq
+    }
+
+    /// The lamport timestamp.
+    pub fn lamport(&self) -> u64 {
+        self.0.event.header.lamport
+    }
+
+    /// The causal clock: for each member index, the highest seq of that member in this event's
+    /// causal past, this event included (0 when none). For any author that has not forked
+    /// below a seq `s`, "the author's event at `s` is in the causal past of this event" holds
+    /// exactly when `clock[author] >= s`.
+    pub fn clock(&self) -> &[u64] {
+        &self.0.clock
+    }
+}
