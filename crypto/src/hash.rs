@@ -22,8 +22,7 @@ pub enum Domain {
 
 impl Domain {
     /// Every domain, in the order of the table in `docs/PROTOCOL.md`.
-    pub const ALL: [Self; 5] =
-        [Self::Cluster, Self::Event, Self::Ops, Self::SyncDigest, Self::Document];
+    pub const ALL: [Self; 5] = [Self::Cluster, Self::Event, Self::Ops, Self::SyncDigest, Self::Document];
 
     /// The domain string that prefixes the hashed bytes.
     pub const fn prefix(self) -> &'static [u8] {

@@ -154,12 +154,8 @@ impl SecretKey {
     /// Writes a new key file at `path`, created with mode 0600; an existing file is an error.
     pub fn write_file(&self, path: &Path) -> Result<(), KeyFileError> {
         let io = |source| KeyFileError::Io { path: path.to_owned(), source };
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| {
+        let mut file =
+            fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|source| {
                 if source.kind() == std::io::ErrorKind::AlreadyExists {
                     KeyFileError::Exists { path: path.to_owned() }
                 } else {

@@ -100,7 +100,10 @@ pub fn message_len(message: &Message) -> usize {
 
 // ---- decoding -----------------------------------------------------------------------------
 
-fn decode_canonical<T, const LIMIT: usize>(bytes: &[u8], encode: impl Fn(&T) -> Vec<u8>) -> Result<T, CodecError>
+fn decode_canonical<T, const LIMIT: usize>(
+    bytes: &[u8],
+    encode: impl Fn(&T) -> Vec<u8>,
+) -> Result<T, CodecError>
 where
     T: Decode<()>,
 {

@@ -50,7 +50,11 @@ pub enum EvidenceError {
 impl Evidence {
     /// Evidence from two signed headers in either order. It is not verified here.
     pub fn new(a: SignedHeader, b: SignedHeader) -> Self {
-        if a.header.id() <= b.header.id() { Self { first: a, second: b } } else { Self { first: b, second: a } }
+        if a.header.id() <= b.header.id() {
+            Self { first: a, second: b }
+        } else {
+            Self { first: b, second: a }
+        }
     }
 
     /// The equivocating author.
@@ -92,7 +96,9 @@ impl Evidence {
         if genesis.member_idx(&a.header.author).is_none() {
             return Err(EvidenceError::NotMember);
         }
-        if !verify_strict(&a.header.author, &id_a.0, &a.sig) || !verify_strict(&b.header.author, &id_b.0, &b.sig) {
+        if !verify_strict(&a.header.author, &id_a.0, &a.sig)
+            || !verify_strict(&b.header.author, &id_b.0, &b.sig)
+        {
             return Err(EvidenceError::BadSignature);
         }
         Ok(())

@@ -23,7 +23,13 @@ impl Verified {
     /// Only validation calls this: `event` must have passed every rule, `bytes` must be its
     /// canonical encoding, and `clock[m]` the highest seq of member `m` in the event's causal
     /// past, the event itself included.
-    pub(crate) fn new(event: Event, id: EventId, bytes: Vec<u8>, author_idx: MemberIdx, clock: Box<[u64]>) -> Self {
+    pub(crate) fn new(
+        event: Event,
+        id: EventId,
+        bytes: Vec<u8>,
+        author_idx: MemberIdx,
+        clock: Box<[u64]>,
+    ) -> Self {
         assert_eq!(clock[author_idx], event.header.seq, "an event's clock names its own seq");
         Self(Arc::new(Inner { event, id, bytes, author_idx, clock }))
     }
