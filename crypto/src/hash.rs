@@ -86,9 +86,10 @@ mod tests {
 
     #[test]
     fn hash_is_sha256_of_prefix_then_bytes() {
-        // SHA-256("cairn/event/v1" ‖ "abc"), computed independently with `sha256sum`.
-        let expected = sha2::Sha256::digest(b"cairn/event/v1abc");
-        assert_eq!(hash(Domain::Event, b"abc"), <[u8; 32]>::from(expected));
+        // SHA-256("cairn/event/v1" ‖ "abc"), computed independently with
+        // `printf 'cairn/event/v1abc' | sha256sum`.
+        let expected = "6fbb9c19b8e7b7e641df6979cde69e6a3569ae5f474c6c229c03791d727ccf34";
+        assert_eq!(hex::encode(hash(Domain::Event, b"abc")), expected);
         let mut incremental = Hasher::new(Domain::Event);
         incremental.update(b"a").update(b"bc");
         assert_eq!(incremental.finish(), hash(Domain::Event, b"abc"));

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::fs;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -154,27 +154,46 @@ impl SecretKey {
     /// Writes a new key file at `path`, created with mode 0600; an existing file is an error.
     pub fn write_file(&self, path: &Path) -> Result<(), KeyFileError> {
         let io = |source| KeyFileError::Io { path: path.to_owned(), source };
-        let mut file =
-            fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|source| {
-                if source.kind() == std::io::ErrorKind::AlreadyExists {
-                    KeyFileError::Exists { path: path.to_owned() }
-                } else {
-                    io(source)
-                }
-            })?;
-        let text = format!("{KEY_FILE_HEADER}\n{}\n", hex::encode(self.signing.to_bytes()));
-        file.write_all(text.as_bytes()).map_err(io)?;
-        file.sync_all().map_err(io)
+        if path.exists() {
+            return Err(KeyFileError::Exists { path: path.to_owned() });
+        }
+        // Write a temporary file beside the target, then link it into place: a crash or a full
+        // disk never leaves a half-written key at `path`, and linking fails if `path` appeared
+        // meanwhile, so an existing key is never overwritten.
+        let mut temp_name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+        temp_name.push(format!(".tmp-{}", std::process::id()));
+        let temp = path.with_file_name(temp_name);
+        let result = (|| {
+            let mut file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temp)?;
+            let text = format!("{KEY_FILE_HEADER}\n{}\n", hex::encode(self.signing.to_bytes()));
+            file.write_all(text.as_bytes())?;
+            file.sync_all()?;
+            fs::hard_link(&temp, path)
+        })();
+        let _ = fs::remove_file(&temp);
+        result.map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                KeyFileError::Exists { path: path.to_owned() }
+            } else {
+                io(source)
+            }
+        })?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
     }
 
     /// Reads a key file, refusing one that group or others can read.
     pub fn read_file(path: &Path) -> Result<Self, KeyFileError> {
         let io = |source| KeyFileError::Io { path: path.to_owned(), source };
-        let mode = fs::metadata(path).map_err(io)?.permissions().mode();
+        // The mode comes from the open file, so it is the mode of the bytes read below even if
+        // the path is replaced in between.
+        let mut file = fs::File::open(path).map_err(io)?;
+        let mode = file.metadata().map_err(io)?.permissions().mode();
         if mode & 0o077 != 0 {
             return Err(KeyFileError::TooOpen { path: path.to_owned(), mode: mode & 0o7777 });
         }
-        let text = fs::read_to_string(path).map_err(io)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(io)?;
         let malformed = |reason| KeyFileError::Malformed { path: path.to_owned(), reason };
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
         let line = lines.next().ok_or_else(|| malformed("no key line"))?;
