@@ -51,7 +51,7 @@ pub enum GenesisError {
 impl Genesis {
     /// Builds a genesis from members in any order; they are sorted by key.
     pub fn new(mut members: Vec<Member>) -> Result<Self, GenesisError> {
-        members.sort_by(|a, b| a.key.cmp(&b.key));
+        members.sort_by_key(|m| m.key);
         Self::from_sorted(members)
     }
 

@@ -6,16 +6,25 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod adapter;
+pub mod buffer;
 pub mod codec;
+pub mod document;
 pub mod event;
 pub mod evidence;
 pub mod genesis;
 pub mod limits;
 pub mod message;
+pub mod node;
+pub mod validate;
 pub mod verified;
 
+pub use adapter::{Adapter, AdapterConfig, Ingested, Rejection};
+pub use buffer::PeerId;
 pub use event::{Event, EventId, Header, Op};
 pub use evidence::{Evidence, SignedHeader};
 pub use genesis::{Genesis, Member, MemberIdx};
 pub use message::{Message, Tip};
+pub use node::{Node, NodeConfig, NodeEvent, PeerStats, WriteError};
+pub use validate::Reject;
 pub use verified::Verified;

@@ -22,7 +22,8 @@ struct Inner {
 impl Verified {
     /// Only validation calls this: `event` must have passed every rule, `bytes` must be its
     /// canonical encoding, and `clock[m]` the highest seq of member `m` in the event's causal
-    /// past, the event itself included.
+    /// past, the event itself included (it can exceed the event's own seq only for an author who
+    /// forked).
     pub(crate) fn new(
         event: Event,
         id: EventId,
@@ -30,7 +31,7 @@ impl Verified {
         author_idx: MemberIdx,
         clock: Box<[u64]>,
     ) -> Self {
-        assert_eq!(clock[author_idx], event.header.seq, "an event's clock names its own seq");
+        assert!(clock[author_idx] >= event.header.seq, "an event's clock covers its own seq");
         Self(Arc::new(Inner { event, id, bytes, author_idx, clock }))
     }
 

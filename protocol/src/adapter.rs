@@ -1,0 +1,393 @@
+//! The adapter between the wire and the document: it takes raw event bytes from a named peer,
+//! checks every validity rule, holds events until their deps are accepted, detects
+//! equivocation, and hands out [`Verified`] events in a causal order.
+//!
+//! Equivocation is detected at both places an event can first be seen as signed: when it is
+//! buffered and when it is accepted, so an event that waited in the buffer is checked exactly
+//! like one that did not.
+
+use std::collections::BTreeMap;
+
+use cairn_crypto::verify::{Check, verify_many};
+
+use crate::buffer::{CausalBuffer, PeerId};
+use crate::event::{Event, EventId};
+use crate::evidence::{Evidence, EvidenceError, SignedHeader};
+use crate::genesis::{Genesis, MemberIdx};
+use crate::message::Tip;
+use crate::validate::{Decoded, Reject, check_causal, check_stateless};
+use crate::verified::Verified;
+
+/// Node settings of the adapter. They affect liveness only, never validity.
+#[derive(Clone, Debug)]
+pub struct AdapterConfig {
+    /// Bytes of buffered events one peer may hold.
+    pub buffer_bytes_per_peer_max: usize,
+    /// Bytes of buffered events in all.
+    pub buffer_bytes_total_max: usize,
+    /// Threads for signature checks of one batch (verdicts do not depend on it).
+    pub verify_threads: usize,
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        Self {
+            buffer_bytes_per_peer_max: 16 * 1024 * 1024,
+            buffer_bytes_total_max: 64 * 1024 * 1024,
+            verify_threads: 1,
+        }
+    }
+}
+
+/// One rejected event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// The event's id, when the bytes decoded far enough to have one.
+    pub id: Option<EventId>,
+    /// Why.
+    pub reason: Reject,
+}
+
+/// What one call to [`Adapter::ingest`] did.
+#[derive(Debug, Default)]
+pub struct Ingested {
+    /// Newly accepted events, in a causal order (each after its deps).
+    pub accepted: Vec<Verified>,
+    /// Rejected events with their reasons.
+    pub rejected: Vec<Rejection>,
+    /// Ids that newly buffered events wait for and nobody has sent: ask peers for them.
+    pub missing: Vec<EventId>,
+    /// Events buffered until their deps arrive.
+    pub n_buffered: usize,
+    /// Events evicted from the buffer to keep it within bounds.
+    pub n_evicted: usize,
+    /// Events already accepted or buffered.
+    pub n_duplicate: usize,
+    /// Evidence that became this node's evidence for its author (new, or lower than before).
+    pub evidence: Vec<Evidence>,
+    /// Authors whose lowest accepted fork seq appeared or went down: `(author, fork seq)`.
+    /// The document must exclude their ops from that seq on.
+    pub exclusions: Vec<(MemberIdx, u64)>,
+}
+
+/// Per-author chain bookkeeping.
+#[derive(Debug, Default)]
+struct Chain {
+    /// seq → accepted ids with that seq (more than one only after equivocation).
+    by_seq: BTreeMap<u64, Vec<EventId>>,
+    /// Accepted events with no accepted own-successor.
+    tips: Vec<EventId>,
+    /// Lowest seq with two accepted events.
+    fork_seq: Option<u64>,
+}
+
+/// The validation adapter. See the module docs.
+#[derive(Debug)]
+pub struct Adapter {
+    genesis: Genesis,
+    config: AdapterConfig,
+    accepted: BTreeMap<EventId, Verified>,
+    chains: Vec<Chain>,
+    buffer: CausalBuffer,
+    evidence: BTreeMap<MemberIdx, Evidence>,
+    n_bytes_accepted: u64,
+}
+
+impl Adapter {
+    /// An empty adapter for the cluster `genesis`.
+    pub fn new(genesis: Genesis, config: AdapterConfig) -> Self {
+        let chains = genesis.members().iter().map(|_| Chain::default()).collect();
+        let buffer = CausalBuffer::new(config.buffer_bytes_per_peer_max, config.buffer_bytes_total_max);
+        Self {
+            genesis,
+            config,
+            accepted: BTreeMap::new(),
+            chains,
+            buffer,
+            evidence: BTreeMap::new(),
+            n_bytes_accepted: 0,
+        }
+    }
+
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        &self.genesis
+    }
+
+    /// The accepted event `id`.
+    pub fn event(&self, id: &EventId) -> Option<&Verified> {
+        self.accepted.get(id)
+    }
+
+    /// Whether `id` is accepted.
+    pub fn is_accepted(&self, id: &EventId) -> bool {
+        self.accepted.contains_key(id)
+    }
+
+    /// Whether `id` is accepted or waiting in the buffer.
+    pub fn is_known(&self, id: &EventId) -> bool {
+        self.accepted.contains_key(id) || self.buffer.contains(id)
+    }
+
+    /// Number of accepted events.
+    pub fn n_accepted(&self) -> usize {
+        self.accepted.len()
+    }
+
+    /// Total encoded bytes of accepted events.
+    pub fn n_bytes_accepted(&self) -> u64 {
+        self.n_bytes_accepted
+    }
+
+    /// Accepted ids in id order.
+    pub fn accepted_ids(&self) -> impl Iterator<Item = &EventId> {
+        self.accepted.keys()
+    }
+
+    /// Events in the causal buffer, and their charged bytes.
+    pub fn buffer_use(&self) -> (usize, usize) {
+        (self.buffer.len(), self.buffer.total_bytes())
+    }
+
+    /// Bytes of the buffer charged to `peer`.
+    pub fn buffer_peer_bytes(&self, peer: &PeerId) -> usize {
+        self.buffer.peer_bytes(peer)
+    }
+
+    /// Events evicted from the buffer so far.
+    pub fn buffer_evicted(&self) -> u64 {
+        self.buffer.n_evicted()
+    }
+
+    /// Deps that buffered events wait for and nobody has sent, at most `limit`.
+    pub fn missing(&self, limit: usize) -> Vec<EventId> {
+        self.buffer.missing(limit)
+    }
+
+    /// The evidence held, one per equivocating author, in author order.
+    pub fn evidence(&self) -> impl Iterator<Item = &Evidence> {
+        self.evidence.values()
+    }
+
+    /// Whether `author` is a proven equivocator.
+    pub fn is_equivocator(&self, author: MemberIdx) -> bool {
+        self.evidence.contains_key(&author)
+    }
+
+    /// The lowest accepted fork seq of `author`, if it forked.
+    pub fn fork_seq(&self, author: MemberIdx) -> Option<u64> {
+        self.chains.get(author).and_then(|c| c.fork_seq)
+    }
+
+    /// Accepted events of `author` at `seq` (more than one only after equivocation).
+    pub fn at_seq(&self, author: MemberIdx, seq: u64) -> &[EventId] {
+        self.chains.get(author).and_then(|c| c.by_seq.get(&seq)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The highest accepted seq of `author` (0 when none).
+    pub fn max_seq(&self, author: MemberIdx) -> u64 {
+        self.chains.get(author).and_then(|c| c.by_seq.keys().next_back().copied()).unwrap_or(0)
+    }
+
+    /// The tips of every author, sorted by author then id: they describe the accepted set
+    /// exactly, because it is causally closed.
+    pub fn tips(&self) -> Vec<Tip> {
+        let mut tips = Vec::new();
+        for (member, chain) in self.genesis.members().iter().zip(&self.chains) {
+            let mut ids = chain.tips.clone();
+            ids.sort_unstable();
+            for id in ids {
+                let seq = self.accepted[&id].seq();
+                tips.push(Tip { author: member.key, seq, id });
+            }
+        }
+        tips
+    }
+
+    /// The own-chain ancestor of accepted `id` at `seq` (the event itself at its own seq).
+    pub fn ancestor_at(&self, id: &EventId, seq: u64) -> Option<EventId> {
+        let mut current = self.accepted.get(id)?;
+        if seq > current.seq() || seq == 0 {
+            return None;
+        }
+        // Below the fork seq an author's chain is unique, so the answer is a lookup.
+        let author = current.author_idx();
+        let chain = &self.chains[author];
+        if chain.fork_seq.is_none_or(|f| seq < f) {
+            return chain.by_seq.get(&seq).and_then(|ids| ids.first()).copied();
+        }
+        while current.seq() > seq {
+            let own = self.own_predecessor(current)?;
+            current = &self.accepted[&own];
+        }
+        Some(current.id())
+    }
+
+    /// The own predecessor (the dep by the same author) of an accepted event.
+    pub fn own_predecessor(&self, event: &Verified) -> Option<EventId> {
+        event
+            .event()
+            .header
+            .deps
+            .iter()
+            .find(|d| self.accepted.get(d).is_some_and(|v| v.author_idx() == event.author_idx()))
+            .copied()
+    }
+
+    /// Validates raw events delivered by `from` and accepts those whose deps are all accepted;
+    /// the others wait in the buffer. Signatures of the batch are checked in parallel.
+    pub fn ingest(&mut self, from: PeerId, raw: Vec<Vec<u8>>) -> Ingested {
+        let mut out = Ingested::default();
+        let mut candidates: Vec<Decoded> = Vec::with_capacity(raw.len());
+        for bytes in raw {
+            match check_stateless(&self.genesis, bytes) {
+                Err((id, reason)) => out.rejected.push(Rejection { id, reason }),
+                Ok(decoded) => {
+                    let id = decoded.id;
+                    if self.is_known(&id) || candidates.iter().any(|c| c.id == id) {
+                        out.n_duplicate += 1;
+                    } else {
+                        candidates.push(decoded);
+                    }
+                }
+            }
+        }
+        let checks: Vec<Check<'_>> = candidates
+            .iter()
+            .map(|c| Check { key: &c.event.header.author, message: &c.id.0, signature: &c.event.sig })
+            .collect();
+        let verdicts = verify_many(&checks, self.config.verify_threads);
+        drop(checks);
+        for (decoded, ok) in candidates.into_iter().zip(verdicts) {
+            if !ok {
+                out.rejected.push(Rejection { id: Some(decoded.id), reason: Reject::BadSignature });
+                continue;
+            }
+            self.admit(decoded, from, &mut out);
+        }
+        out
+    }
+
+    /// Takes one signature-checked event: accept it now, or buffer it.
+    fn admit(&mut self, decoded: Decoded, from: PeerId, out: &mut Ingested) {
+        if self.is_known(&decoded.id) {
+            out.n_duplicate += 1;
+            return;
+        }
+        self.detect_equivocation(&decoded, out);
+        let missing: Vec<EventId> =
+            decoded.event.header.deps.iter().filter(|d| !self.accepted.contains_key(d)).copied().collect();
+        if missing.is_empty() {
+            self.accept_cascade(decoded, out);
+            return;
+        }
+        for dep in &missing {
+            if !self.buffer.contains(dep) && !out.missing.contains(dep) {
+                out.missing.push(*dep);
+            }
+        }
+        let evicted = self.buffer.insert(decoded, from, &missing);
+        out.n_buffered += 1;
+        out.n_evicted += evicted.len();
+    }
+
+    /// Accepts `first` (all deps accepted) and then every buffered event it unblocks.
+    fn accept_cascade(&mut self, first: Decoded, out: &mut Ingested) {
+        let mut ready = vec![first];
+        while let Some(decoded) = ready.pop() {
+            let id = decoded.id;
+            match self.accept_one(decoded, out) {
+                Ok(()) => {
+                    let mut unblocked = self.buffer.on_accepted(&id);
+                    // Pop order is last-first; reverse so events leave in arrival order.
+                    unblocked.reverse();
+                    ready.extend(unblocked);
+                }
+                Err(reason) => out.rejected.push(Rejection { id: Some(id), reason }),
+            }
+        }
+    }
+
+    /// Rules 5 and 6, then the event joins the accepted set.
+    fn accept_one(&mut self, decoded: Decoded, out: &mut Ingested) -> Result<(), Reject> {
+        let deps: Vec<&Verified> = decoded.event.header.deps.iter().map(|d| &self.accepted[d]).collect();
+        check_causal(&decoded, deps.iter().map(|d| (d.author_idx(), d.seq(), d.lamport())))?;
+        let mut clock = vec![0u64; self.chains.len()].into_boxed_slice();
+        for dep in &deps {
+            for (mine, theirs) in clock.iter_mut().zip(dep.clock()) {
+                *mine = (*mine).max(*theirs);
+            }
+        }
+        let author = decoded.author_idx;
+        let seq = decoded.event.header.seq;
+        clock[author] = clock[author].max(seq);
+        let own_predecessor =
+            deps.iter().find(|d| d.author_idx() == author).map(|d| d.id());
+        let Decoded { event, id, bytes, author_idx } = decoded;
+        self.n_bytes_accepted += bytes.len() as u64;
+        let verified = Verified::new(event, id, bytes, author_idx, clock);
+        let chain = &mut self.chains[author];
+        if let Some(pred) = own_predecessor {
+            chain.tips.retain(|t| *t != pred);
+        }
+        chain.tips.push(id);
+        let same_seq = chain.by_seq.entry(seq).or_default();
+        let forked_now = !same_seq.is_empty();
+        same_seq.push(id);
+        same_seq.sort_unstable();
+        if forked_now && chain.fork_seq.is_none_or(|f| seq < f) {
+            chain.fork_seq = Some(seq);
+            out.exclusions.push((author, seq));
+        }
+        self.accepted.insert(id, verified.clone());
+        out.accepted.push(verified);
+        Ok(())
+    }
+
+    /// Records evidence if another signed event with the same author and seq is known.
+    fn detect_equivocation(&mut self, decoded: &Decoded, out: &mut Ingested) {
+        let author = decoded.author_idx;
+        let seq = decoded.event.header.seq;
+        let other = self.chains[author]
+            .by_seq
+            .get(&seq)
+            .and_then(|ids| ids.iter().find(|id| **id != decoded.id))
+            .map(|id| self.signed_header_of(id))
+            .or_else(|| {
+                self.buffer.same_seq(author, seq).iter().find(|id| **id != decoded.id).map(|id| self.signed_header_of(id))
+            });
+        let Some(Some(other)) = other else { return };
+        let mine = SignedHeader { header: decoded.event.header.clone(), sig: decoded.event.sig };
+        let evidence = Evidence::new(mine, other);
+        if self.keep_evidence(author, evidence.clone()) {
+            out.evidence.push(evidence);
+        }
+    }
+
+    fn signed_header_of(&self, id: &EventId) -> Option<SignedHeader> {
+        let event: &Event = match self.accepted.get(id) {
+            Some(v) => v.event(),
+            None => &self.buffer.get(id)?.event,
+        };
+        Some(SignedHeader { header: event.header.clone(), sig: event.sig })
+    }
+
+    /// Keeps `evidence` if it is the least this node has for `author`.
+    fn keep_evidence(&mut self, author: MemberIdx, evidence: Evidence) -> bool {
+        match self.evidence.get(&author) {
+            Some(held) if held.rank() <= evidence.rank() => false,
+            _ => {
+                self.evidence.insert(author, evidence);
+                true
+            }
+        }
+    }
+
+    /// Evidence from a peer: verified, and kept if it is the least for its author. Returns
+    /// whether it was kept; the caller should then fetch the two events if they are unknown.
+    pub fn add_evidence(&mut self, evidence: Evidence) -> Result<bool, EvidenceError> {
+        evidence.verify(&self.genesis)?;
+        let author = self.genesis.member_idx(&evidence.author()).ok_or(EvidenceError::NotMember)?;
+        Ok(self.keep_evidence(author, evidence))
+    }
+}

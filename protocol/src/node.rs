@@ -1,0 +1,946 @@
+//! A replica, sans-I/O: the adapter, the document and the reconciliation state machine of
+//! every peer, driven by its caller in the style of quinn-proto.
+//!
+//! Call order, for the daemon and the simulator alike:
+//! 1. inputs: [`Node::handle_connected`], [`Node::handle_disconnected`],
+//!    [`Node::handle_message`], [`Node::handle_timeout`], and local writes with [`Node::write`];
+//! 2. outputs, until each returns `None`: [`Node::poll_transmit`] (bytes for a peer),
+//!    [`Node::poll_event`] (accepted events, rejections, evidence, document changes);
+//! 3. [`Node::poll_timeout`]: when to call `handle_timeout` next.
+//!
+//! Time is a number of milliseconds passed in by the caller; nothing here reads a clock.
+//!
+//! # Reconciliation
+//!
+//! An author's events form a chain through `seq`, and an honest node's set is causally closed,
+//! so the set is described exactly by each author's tips. A session:
+//! - `Summary{digest}` → `InSync` when the digests (of tips and evidence) are equal: one round
+//!   trip, constant size. A node whose set changed since its last in-sync with that peer skips
+//!   this step and opens with its tips.
+//! - `Tips{reply: true}` → the receiver sends the events the sender lacks (exact for every
+//!   author whose sender tips it holds), then its own `Tips{reply: false}`; the first node then
+//!   sends what the second lacks. Both sides differing costs 1.5 round trips.
+//! - A tip still unknown after that marks a fork (or a peer that is ahead): the node searches
+//!   the peer's chain by seq with `ForkProbe`/`ForkIds` (at most 16 seqs a round, so the
+//!   number of rounds is logarithmic in the chain length), pulls the missing part with
+//!   `WantChain`, and sends the part of its own chain the peer lacks.
+//! - `Want{ids}` asks for events the causal buffer misses; evidence travels in `Tips` and is
+//!   pushed at once with `Evidence`.
+//!
+//! Every accepted event is pushed at once to every connected peer but its source. A peer's
+//! outbox is bounded; when a push does not fit, the peer is marked for reconciliation instead.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use cairn_crypto::{Domain, Hasher, PublicKey, SecretKey};
+
+use crate::adapter::{Adapter, AdapterConfig, Ingested};
+use crate::buffer::PeerId;
+use crate::codec;
+use crate::document::{Change, Document};
+use crate::event::{Event, EventId, Op};
+use crate::evidence::Evidence;
+use crate::genesis::{Genesis, MemberIdx};
+use crate::limits::{
+    DEPS_MAX, EVENT_BYTES_MAX, EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX, MESSAGE_BYTES_MAX,
+    TIPS_PER_MESSAGE_MAX, WANT_IDS_MAX,
+};
+use crate::message::{Message, Tip};
+use crate::validate::Reject;
+use crate::verified::Verified;
+
+/// Seqs asked per fork-search round: each round narrows the unknown range 16-fold.
+pub const FORK_PROBE_SEQS_PER_ROUND: usize = 16;
+const _: () = assert!(FORK_PROBE_SEQS_PER_ROUND <= FORK_PROBE_SEQS_MAX);
+
+/// Target size of one `Events` message built from queued ids. Small enough to interleave with
+/// other traffic, large enough that the 12 bytes of message overhead are negligible.
+pub const EVENTS_CHUNK_BYTES: usize = 256 * 1024;
+const _: () = assert!(EVENTS_CHUNK_BYTES + EVENT_BYTES_MAX + 64 <= MESSAGE_BYTES_MAX);
+
+/// Node settings of the replica. They affect liveness only, never validity.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The adapter's settings.
+    pub adapter: AdapterConfig,
+    /// Milliseconds between anti-entropy sessions with each peer.
+    pub sync_interval_ms: u64,
+    /// Milliseconds after which an unanswered session or fork search is abandoned.
+    pub session_timeout_ms: u64,
+    /// Milliseconds between requests for ids the causal buffer misses.
+    pub want_interval_ms: u64,
+    /// Most event ids queued for one peer (pushes and sync answers); 32 bytes each.
+    pub peer_queue_ids_max: usize,
+    /// Most control messages queued for one peer.
+    pub peer_queue_messages_max: usize,
+    /// Events per second one peer may send (a token bucket); the excess is dropped unread and
+    /// fetched again by reconciliation from honest peers.
+    pub peer_events_per_sec: u64,
+    /// The bucket's size: the burst one peer may send at once.
+    pub peer_events_burst: u64,
+    /// Most tips accepted from one peer in one session.
+    pub peer_tips_max: usize,
+    /// Fork searches one peer may have open at once.
+    pub fork_searches_max: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            adapter: AdapterConfig::default(),
+            sync_interval_ms: 1_000,
+            session_timeout_ms: 10_000,
+            want_interval_ms: 500,
+            peer_queue_ids_max: 262_144,
+            peer_queue_messages_max: 1_024,
+            peer_events_per_sec: 100_000,
+            peer_events_burst: 200_000,
+            peer_tips_max: 65_536,
+            fork_searches_max: 64,
+        }
+    }
+}
+
+/// Something the driver should know about; drained with [`Node::poll_event`] after each input.
+#[derive(Clone, Debug)]
+pub enum NodeEvent {
+    /// An event was accepted (persist it; it is already applied to the document).
+    Accepted {
+        /// The event.
+        event: Verified,
+        /// The peer that delivered it, `None` for a local write.
+        from: Option<PeerId>,
+    },
+    /// A peer sent an invalid event.
+    Rejected {
+        /// The peer.
+        peer: PeerId,
+        /// The event's id, if it decoded that far.
+        id: Option<EventId>,
+        /// Why.
+        reason: Reject,
+    },
+    /// The evidence held for an author is new (or lower than before): persist and show it.
+    Evidence(Box<Evidence>),
+    /// A peer sent a message that does not decode, or evidence that does not verify.
+    BadMessage {
+        /// The peer.
+        peer: PeerId,
+        /// What was wrong.
+        error: String,
+    },
+    /// A peer is now a proven equivocator: drop its connection and refuse new ones.
+    PeerRefused(PeerId),
+    /// Keys whose visible document state changed.
+    Changed(Vec<Change>),
+}
+
+/// Why a local write failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The signing key is not a member of the genesis.
+    #[error("this node's key is not a member of the cluster")]
+    NotMember,
+    /// The node's own key is a proven equivocator.
+    #[error("this node's key has equivocated; it must not sign anything more")]
+    Equivocator,
+    /// The ops do not form a valid event.
+    #[error("the write is not a valid event: {0}")]
+    Invalid(Reject),
+}
+
+/// Per-peer counters, for status and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct PeerStats {
+    /// Messages received.
+    pub messages_in: u64,
+    /// Messages sent.
+    pub messages_out: u64,
+    /// Bytes received.
+    pub bytes_in: u64,
+    /// Bytes sent.
+    pub bytes_out: u64,
+    /// Events received (valid or not).
+    pub events_in: u64,
+    /// Events sent.
+    pub events_out: u64,
+    /// Events dropped unread by the rate limit.
+    pub events_rate_limited: u64,
+    /// Rejected events, by reason.
+    pub rejected: BTreeMap<Reject, u64>,
+    /// Messages that did not decode or evidence that did not verify.
+    pub bad_messages: u64,
+    /// Completed sessions that found the sets equal.
+    pub sessions_in_sync: u64,
+    /// Completed sessions that exchanged tips.
+    pub sessions_tips: u64,
+}
+
+enum Outgoing {
+    Message(Vec<u8>),
+    Events(VecDeque<EventId>),
+}
+
+struct ForkSearch {
+    author: MemberIdx,
+    /// Highest seq whose ancestor of the tip we hold (0: none yet).
+    lo: u64,
+    /// The tip's ancestor at `lo`, which we hold.
+    lo_id: Option<EventId>,
+    /// Lowest seq known not to be held (starts at the tip's seq).
+    hi: u64,
+    since_ms: u64,
+}
+
+struct Peer {
+    connected: bool,
+    outbox: VecDeque<Outgoing>,
+    n_queued_ids: usize,
+    n_queued_messages: usize,
+    /// A push did not fit: reconcile as soon as the outbox drains.
+    overflowed: bool,
+    next_sync_ms: u64,
+    session_since_ms: Option<u64>,
+    last_in_sync: Option<[u8; 32]>,
+    incoming_tips: Vec<Tip>,
+    /// The peer's tips from its last complete `Tips`, by author, for fork searches.
+    peer_tips: BTreeMap<MemberIdx, Vec<Tip>>,
+    searches: BTreeMap<EventId, ForkSearch>,
+    tokens: u64,
+    tokens_at_ms: u64,
+    stats: PeerStats,
+}
+
+impl Peer {
+    fn new(now_ms: u64, burst: u64) -> Self {
+        Self {
+            connected: true,
+            outbox: VecDeque::new(),
+            n_queued_ids: 0,
+            n_queued_messages: 0,
+            overflowed: false,
+            next_sync_ms: now_ms,
+            session_since_ms: None,
+            last_in_sync: None,
+            incoming_tips: Vec::new(),
+            peer_tips: BTreeMap::new(),
+            searches: BTreeMap::new(),
+            tokens: burst,
+            tokens_at_ms: now_ms,
+            stats: PeerStats::default(),
+        }
+    }
+}
+
+/// A replica. See the module docs for the call order.
+pub struct Node {
+    config: NodeConfig,
+    adapter: Adapter,
+    document: Document,
+    me: Option<PublicKey>,
+    peers: BTreeMap<PeerId, Peer>,
+    refused: BTreeSet<PeerId>,
+    events: VecDeque<NodeEvent>,
+    digest_cache: Option<[u8; 32]>,
+    next_want_ms: u64,
+    transmit_cursor: Option<PeerId>,
+}
+
+impl Node {
+    /// A replica of the cluster `genesis`. `me` is this node's own key (never treated as a
+    /// peer), or `None` for an observer.
+    pub fn new(genesis: Genesis, me: Option<PublicKey>, config: NodeConfig) -> Self {
+        let n_members = genesis.members().len();
+        Self {
+            adapter: Adapter::new(genesis, config.adapter.clone()),
+            document: Document::new(n_members),
+            config,
+            me,
+            peers: BTreeMap::new(),
+            refused: BTreeSet::new(),
+            events: VecDeque::new(),
+            digest_cache: None,
+            next_want_ms: 0,
+            transmit_cursor: None,
+        }
+    }
+
+    // ---- getters ------------------------------------------------------------------------
+
+    /// The adapter: accepted events, buffer, evidence.
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
+    /// The CRDT document.
+    pub fn document(&self) -> &Document {
+        &self.document
+    }
+
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        self.adapter.genesis()
+    }
+
+    /// Counters of `peer`.
+    pub fn peer_stats(&self, peer: &PeerId) -> Option<&PeerStats> {
+        self.peers.get(peer).map(|p| &p.stats)
+    }
+
+    /// Whether `peer` is connected.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.connected)
+    }
+
+    /// Whether connections from `peer` must be refused (a proven equivocator or a non-member).
+    pub fn is_refused(&self, peer: &PeerId) -> bool {
+        self.refused.contains(peer) || self.genesis().member_idx(peer).is_none() || Some(*peer) == self.me
+    }
+
+    /// The reconciliation digest: `SHA-256("cairn/sync-digest/v1" ‖ tips ‖ evidence)`, where
+    /// tips are `author ‖ seq ‖ id` sorted by author then id, and evidence is each held
+    /// evidence's canonical encoding in author order, each list with a u64 count first.
+    pub fn sync_digest(&mut self) -> [u8; 32] {
+        if let Some(digest) = self.digest_cache {
+            return digest;
+        }
+        let tips = self.adapter.tips();
+        let mut hasher = Hasher::new(Domain::SyncDigest);
+        hasher.update(&(tips.len() as u64).to_le_bytes());
+        for tip in &tips {
+            hasher.update(&tip.author.0).update(&tip.seq.to_le_bytes()).update(&tip.id.0);
+        }
+        let evidence: Vec<&Evidence> = self.adapter.evidence().collect();
+        hasher.update(&(evidence.len() as u64).to_le_bytes());
+        for e in evidence {
+            hasher.update(&e.encode());
+        }
+        let digest = hasher.finish();
+        self.digest_cache = Some(digest);
+        digest
+    }
+
+    /// Bytes and ids queued for `peer`.
+    pub fn queued(&self, peer: &PeerId) -> (usize, usize) {
+        self.peers.get(peer).map_or((0, 0), |p| (p.n_queued_messages, p.n_queued_ids))
+    }
+
+    // ---- inputs ---------------------------------------------------------------------------
+
+    /// A connection to `peer` is up. Returns false (and does nothing) if `peer` is refused.
+    pub fn handle_connected(&mut self, peer: PeerId, now_ms: u64) -> bool {
+        if self.is_refused(&peer) {
+            return false;
+        }
+        let burst = self.config.peer_events_burst;
+        let entry = self.peers.entry(peer).or_insert_with(|| Peer::new(now_ms, burst));
+        let stats = std::mem::take(&mut entry.stats);
+        *entry = Peer::new(now_ms, burst);
+        entry.stats = stats;
+        true
+    }
+
+    /// The connection to `peer` is gone; what was queued for it is dropped.
+    pub fn handle_disconnected(&mut self, peer: &PeerId) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.connected = false;
+            p.outbox.clear();
+            p.n_queued_ids = 0;
+            p.n_queued_messages = 0;
+            p.searches.clear();
+            p.incoming_tips.clear();
+            p.session_since_ms = None;
+        }
+    }
+
+    /// A local write: signs one event with `key` over the current frontier and accepts it.
+    pub fn write(&mut self, key: &SecretKey, ops: Vec<Op>, now_ms: u64) -> Result<Verified, WriteError> {
+        let author = self.genesis().member_idx(&key.public()).ok_or(WriteError::NotMember)?;
+        if self.adapter.is_equivocator(author) {
+            return Err(WriteError::Equivocator);
+        }
+        let seq = self.adapter.max_seq(author) + 1;
+        let mut tips = self.adapter.tips();
+        // The own predecessor must be a dep; the other tips fill the rest, newest first.
+        tips.sort_by_key(|t| {
+            let lamport = self.adapter.event(&t.id).map_or(0, Verified::lamport);
+            (t.author != key.public(), std::cmp::Reverse(lamport), t.id)
+        });
+        tips.truncate(DEPS_MAX);
+        let lamport = 1 + tips.iter().filter_map(|t| self.adapter.event(&t.id)).map(Verified::lamport).max().unwrap_or(0);
+        let deps = tips.iter().map(|t| t.id).collect();
+        let event = Event::sign(key, seq, lamport, deps, ops);
+        let me = key.public();
+        let ingested = self.adapter.ingest(me, vec![event.encode()]);
+        if let Some(rejection) = ingested.rejected.first() {
+            return Err(WriteError::Invalid(rejection.reason));
+        }
+        let id = event.id();
+        self.absorb(None, ingested, now_ms);
+        self.adapter.event(&id).cloned().ok_or(WriteError::Invalid(Reject::BadSeq))
+    }
+
+    /// Bytes from `peer`: one reconciliation message.
+    pub fn handle_message(&mut self, peer: PeerId, bytes: &[u8], now_ms: u64) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if !p.connected || self.refused.contains(&peer) {
+            return;
+        }
+        p.stats.messages_in += 1;
+        p.stats.bytes_in += bytes.len() as u64;
+        let message = match codec::decode_message(bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                self.bad_message(peer, &error);
+                return;
+            }
+        };
+        match message {
+            Message::Summary { digest } => {
+                if digest == self.sync_digest() {
+                    self.send(peer, &Message::InSync { digest });
+                } else {
+                    self.send_tips(peer, true);
+                }
+            }
+            Message::InSync { digest } => {
+                let mine = self.sync_digest();
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    if digest == mine {
+                        p.last_in_sync = Some(digest);
+                        p.stats.sessions_in_sync += 1;
+                    }
+                    p.session_since_ms = None;
+                }
+            }
+            Message::Tips { reply, more, tips, evidence } => {
+                self.on_tips(peer, reply, more, tips, evidence, now_ms);
+            }
+            Message::Events { events } => self.on_events(peer, events, now_ms),
+            Message::Want { ids } => {
+                let mut have: Vec<EventId> = ids.into_iter().filter(|id| self.adapter.is_accepted(id)).collect();
+                self.sort_causally(&mut have);
+                self.queue_events(peer, have, false);
+            }
+            Message::ForkProbe { tip, seqs } => {
+                if self.adapter.is_accepted(&tip) {
+                    let entries =
+                        seqs.iter().filter_map(|s| self.adapter.ancestor_at(&tip, *s).map(|id| (*s, id))).collect();
+                    self.send(peer, &Message::ForkIds { tip, entries });
+                }
+            }
+            Message::ForkIds { tip, entries } => self.on_fork_ids(peer, tip, entries, now_ms),
+            Message::WantChain { tip, from_seq } => self.on_want_chain(peer, tip, from_seq),
+            Message::Evidence { evidence } => self.on_evidence(peer, evidence, now_ms),
+        }
+    }
+
+    /// Time passed: start due sessions, abandon stale ones, ask for missing ids.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let peers: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.connected).map(|(k, _)| *k).collect();
+        let timeout = self.config.session_timeout_ms;
+        for peer in &peers {
+            let p = self.peers.get_mut(peer).expect("listed above");
+            if p.session_since_ms.is_some_and(|since| now_ms >= since + timeout) {
+                p.session_since_ms = None;
+                p.incoming_tips.clear();
+            }
+            p.searches.retain(|_, s| now_ms < s.since_ms + timeout);
+            let drained = p.outbox.is_empty();
+            let due = now_ms >= p.next_sync_ms || (p.overflowed && drained);
+            if due && p.session_since_ms.is_none() && drained {
+                p.next_sync_ms = now_ms + self.config.sync_interval_ms;
+                p.overflowed = false;
+                self.start_session(*peer, now_ms);
+            }
+        }
+        if now_ms >= self.next_want_ms {
+            self.next_want_ms = now_ms + self.config.want_interval_ms;
+            let missing = self.adapter.missing(WANT_IDS_MAX);
+            if !missing.is_empty() {
+                for peer in &peers {
+                    self.send(*peer, &Message::Want { ids: missing.clone() });
+                }
+            }
+        }
+    }
+
+    // ---- outputs --------------------------------------------------------------------------
+
+    /// The next message to send: `(peer, bytes)`. Peers take turns.
+    pub fn poll_transmit(&mut self) -> Option<(PeerId, Vec<u8>)> {
+        let order: Vec<PeerId> = match self.transmit_cursor {
+            Some(cursor) => self
+                .peers
+                .range((std::ops::Bound::Excluded(cursor), std::ops::Bound::Unbounded))
+                .chain(self.peers.range(..=cursor))
+                .map(|(k, _)| *k)
+                .collect(),
+            None => self.peers.keys().copied().collect(),
+        };
+        for peer in order {
+            if let Some(bytes) = self.next_outgoing(peer) {
+                self.transmit_cursor = Some(peer);
+                let p = self.peers.get_mut(&peer).expect("listed above");
+                p.stats.messages_out += 1;
+                p.stats.bytes_out += bytes.len() as u64;
+                return Some((peer, bytes));
+            }
+        }
+        None
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut earliest = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        for p in self.peers.values().filter(|p| p.connected) {
+            earliest(p.next_sync_ms);
+            if let Some(since) = p.session_since_ms {
+                earliest(since + self.config.session_timeout_ms);
+            }
+            for search in p.searches.values() {
+                earliest(search.since_ms + self.config.session_timeout_ms);
+            }
+        }
+        if self.adapter.buffer_use().0 > 0 {
+            earliest(self.next_want_ms);
+        }
+        next
+    }
+
+    // ---- internals ------------------------------------------------------------------------
+
+    fn next_outgoing(&mut self, peer: PeerId) -> Option<Vec<u8>> {
+        let p = self.peers.get_mut(&peer)?;
+        if !p.connected {
+            return None;
+        }
+        loop {
+            match p.outbox.front_mut()? {
+                Outgoing::Message(_) => {
+                    let Some(Outgoing::Message(bytes)) = p.outbox.pop_front() else { unreachable!() };
+                    p.n_queued_messages -= 1;
+                    return Some(bytes);
+                }
+                Outgoing::Events(ids) => {
+                    let mut chunk = Vec::new();
+                    let mut size = 0usize;
+                    while let Some(id) = ids.front() {
+                        let Some(event) = self.adapter.event(id) else {
+                            ids.pop_front();
+                            p.n_queued_ids -= 1;
+                            continue;
+                        };
+                        if !chunk.is_empty() && size + event.bytes().len() > EVENTS_CHUNK_BYTES {
+                            break;
+                        }
+                        size += event.bytes().len() + 8;
+                        chunk.push(event.bytes().to_vec());
+                        ids.pop_front();
+                        p.n_queued_ids -= 1;
+                    }
+                    if ids.is_empty() {
+                        p.outbox.pop_front();
+                    }
+                    if chunk.is_empty() {
+                        continue;
+                    }
+                    p.stats.events_out += chunk.len() as u64;
+                    return Some(codec::encode_message(&Message::Events { events: chunk }));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, peer: PeerId, message: &Message) {
+        let max = self.config.peer_queue_messages_max;
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if !p.connected {
+            return;
+        }
+        if p.n_queued_messages >= max {
+            p.overflowed = true;
+            return;
+        }
+        p.n_queued_messages += 1;
+        p.outbox.push_back(Outgoing::Message(codec::encode_message(message)));
+    }
+
+    /// Queues events for `peer`, in the given order. A push that does not fit is dropped and
+    /// the peer marked for reconciliation; an answer that does not fit is cut at the bound
+    /// (the peer asks again in its next session).
+    fn queue_events(&mut self, peer: PeerId, ids: Vec<EventId>, push: bool) {
+        let max = self.config.peer_queue_ids_max;
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if !p.connected || ids.is_empty() {
+            return;
+        }
+        let room = max.saturating_sub(p.n_queued_ids);
+        if push && ids.len() > room {
+            p.overflowed = true;
+            return;
+        }
+        let take = ids.len().min(room);
+        if take < ids.len() {
+            p.overflowed = true;
+        }
+        p.n_queued_ids += take;
+        if let Some(Outgoing::Events(queue)) = p.outbox.back_mut() {
+            queue.extend(ids.into_iter().take(take));
+        } else {
+            p.outbox.push_back(Outgoing::Events(ids.into_iter().take(take).collect()));
+        }
+    }
+
+    fn start_session(&mut self, peer: PeerId, now_ms: u64) {
+        let digest = self.sync_digest();
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        p.session_since_ms = Some(now_ms);
+        if p.last_in_sync == Some(digest) || p.last_in_sync.is_none() {
+            // Unchanged since the last in-sync (or never synced): the digest alone may do.
+            self.send(peer, &Message::Summary { digest });
+        } else {
+            self.send_tips(peer, true);
+        }
+    }
+
+    fn send_tips(&mut self, peer: PeerId, reply: bool) {
+        let tips = self.adapter.tips();
+        let evidence: Vec<Evidence> = self.adapter.evidence().take(EVIDENCE_PER_MESSAGE_MAX).cloned().collect();
+        let mut parts = tips.chunks(TIPS_PER_MESSAGE_MAX).peekable();
+        if parts.peek().is_none() {
+            self.send(peer, &Message::Tips { reply, more: false, tips: Vec::new(), evidence });
+            return;
+        }
+        while let Some(part) = parts.next() {
+            let last = parts.peek().is_none();
+            let evidence = if last { evidence.clone() } else { Vec::new() };
+            self.send(peer, &Message::Tips { reply, more: !last, tips: part.to_vec(), evidence });
+        }
+    }
+
+    fn bad_message(&mut self, peer: PeerId, error: &dyn std::fmt::Display) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.bad_messages += 1;
+        }
+        self.events.push_back(NodeEvent::BadMessage { peer, error: error.to_string() });
+    }
+
+    fn on_tips(
+        &mut self,
+        peer: PeerId,
+        reply: bool,
+        more: bool,
+        tips: Vec<Tip>,
+        evidence: Vec<Evidence>,
+        now_ms: u64,
+    ) {
+        let max = self.config.peer_tips_max;
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if p.incoming_tips.len() + tips.len() > max {
+            p.incoming_tips.clear();
+            self.bad_message(peer, &format!("more than {max} tips"));
+            return;
+        }
+        p.incoming_tips.extend(tips);
+        if more {
+            return;
+        }
+        let tips = std::mem::take(&mut p.incoming_tips);
+        p.stats.sessions_tips += 1;
+        self.on_evidence(peer, evidence, now_ms);
+
+        let mut by_author: BTreeMap<MemberIdx, Vec<Tip>> = BTreeMap::new();
+        for tip in tips {
+            match self.genesis().member_idx(&tip.author) {
+                Some(author) => by_author.entry(author).or_default().push(tip),
+                None => {
+                    self.bad_message(peer, &"a tip of a non-member");
+                    return;
+                }
+            }
+        }
+        // Events the peer lacks, for every author whose peer tips we all hold.
+        let mut lacking = Vec::new();
+        let n_members = self.genesis().members().len();
+        let mut unknown = Vec::new();
+        for author in 0..n_members {
+            let theirs = by_author.get(&author).map_or(&[][..], Vec::as_slice);
+            if theirs.iter().all(|t| self.adapter.is_accepted(&t.id)) {
+                let covers: Vec<EventId> = theirs.iter().map(|t| t.id).collect();
+                lacking.extend(self.not_covered(author, &covers));
+            } else {
+                unknown.extend(theirs.iter().filter(|t| !self.adapter.is_known(&t.id)).copied());
+            }
+        }
+        self.sort_causally(&mut lacking);
+        self.queue_events(peer, lacking, false);
+        let p = self.peers.get_mut(&peer).expect("checked above");
+        p.peer_tips = by_author;
+        if reply {
+            self.send_tips(peer, false);
+        } else {
+            p.session_since_ms = None;
+            let digest = self.sync_digest();
+            if unknown.is_empty() {
+                let p = self.peers.get_mut(&peer).expect("checked above");
+                p.last_in_sync = Some(digest);
+            }
+            for tip in unknown {
+                self.start_fork_search(peer, tip, now_ms);
+            }
+        }
+    }
+
+    /// Our accepted events of `author` that are not an own-ancestor (or self) of any of
+    /// `covers` (accepted ids of that author).
+    fn not_covered(&self, author: MemberIdx, covers: &[EventId]) -> Vec<EventId> {
+        let fork_seq = self.adapter.fork_seq(author).unwrap_or(u64::MAX);
+        // Below the fork seq the chain is unique: a cover at seq s covers every seq <= s.
+        let mut prefix = 0u64;
+        let mut walked: BTreeSet<EventId> = BTreeSet::new();
+        for cover in covers {
+            let Some(mut current) = self.adapter.event(cover) else { continue };
+            prefix = prefix.max(current.seq().min(fork_seq.saturating_sub(1)));
+            while current.seq() >= fork_seq {
+                if !walked.insert(current.id()) {
+                    break;
+                }
+                match self.adapter.own_predecessor(current).and_then(|id| self.adapter.event(&id)) {
+                    Some(pred) => current = pred,
+                    None => break,
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let max_seq = self.adapter.max_seq(author);
+        for seq in prefix + 1..=max_seq {
+            for id in self.adapter.at_seq(author, seq) {
+                if !walked.contains(id) {
+                    out.push(*id);
+                }
+            }
+        }
+        out
+    }
+
+    fn sort_causally(&self, ids: &mut [EventId]) {
+        ids.sort_by_key(|id| (self.adapter.event(id).map_or(0, Verified::lamport), *id));
+    }
+
+    fn on_events(&mut self, peer: PeerId, events: Vec<Vec<u8>>, now_ms: u64) {
+        let per_sec = self.config.peer_events_per_sec;
+        let burst = self.config.peer_events_burst;
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        // Token bucket: refill for the time passed, then spend one token per event.
+        let elapsed = now_ms.saturating_sub(p.tokens_at_ms);
+        p.tokens = (p.tokens + elapsed.saturating_mul(per_sec) / 1000).min(burst);
+        p.tokens_at_ms = now_ms;
+        let n = events.len() as u64;
+        p.stats.events_in += n;
+        let allowed = n.min(p.tokens);
+        p.tokens -= allowed;
+        let mut events = events;
+        if allowed < n {
+            p.stats.events_rate_limited += n - allowed;
+            p.overflowed = true;
+            events.truncate(allowed as usize);
+        }
+        let ingested = self.adapter.ingest(peer, events);
+        self.absorb(Some(peer), ingested, now_ms);
+    }
+
+    /// Applies what the adapter accepted, reports rejections and evidence, pushes and asks.
+    fn absorb(&mut self, from: Option<PeerId>, ingested: Ingested, now_ms: u64) {
+        let Ingested { accepted, rejected, missing, evidence, exclusions, .. } = ingested;
+        if let Some(peer) = from {
+            if let Some(p) = self.peers.get_mut(&peer) {
+                for r in &rejected {
+                    *p.stats.rejected.entry(r.reason).or_default() += 1;
+                }
+            }
+            for r in rejected {
+                self.events.push_back(NodeEvent::Rejected { peer, id: r.id, reason: r.reason });
+            }
+            if !missing.is_empty() {
+                for chunk in missing.chunks(WANT_IDS_MAX) {
+                    self.send(peer, &Message::Want { ids: chunk.to_vec() });
+                }
+            }
+        }
+        if !accepted.is_empty() || !evidence.is_empty() {
+            self.digest_cache = None;
+        }
+        let mut changes: BTreeSet<Change> = BTreeSet::new();
+        for event in &accepted {
+            changes.extend(self.document.apply(event));
+        }
+        for (author, seq) in exclusions {
+            changes.extend(self.document.exclude(author, seq));
+        }
+        let ids: Vec<EventId> = accepted.iter().map(Verified::id).collect();
+        for event in accepted {
+            self.events.push_back(NodeEvent::Accepted { event, from });
+        }
+        if !changes.is_empty() {
+            self.events.push_back(NodeEvent::Changed(changes.into_iter().collect()));
+        }
+        if !ids.is_empty() {
+            let targets: Vec<PeerId> =
+                self.peers.iter().filter(|(k, p)| p.connected && Some(**k) != from).map(|(k, _)| *k).collect();
+            for peer in targets {
+                self.queue_events(peer, ids.clone(), true);
+            }
+        }
+        for e in evidence {
+            self.new_evidence(e, from, now_ms);
+        }
+    }
+
+    /// Evidence became ours: report it, refuse the equivocator, push it to every peer.
+    fn new_evidence(&mut self, evidence: Evidence, from: Option<PeerId>, _now_ms: u64) {
+        self.digest_cache = None;
+        let author = evidence.author();
+        self.events.push_back(NodeEvent::Evidence(Box::new(evidence.clone())));
+        if self.refused.insert(author) {
+            self.events.push_back(NodeEvent::PeerRefused(author));
+            self.handle_disconnected(&author);
+        }
+        let targets: Vec<PeerId> =
+            self.peers.iter().filter(|(k, p)| p.connected && Some(**k) != from).map(|(k, _)| *k).collect();
+        for peer in targets {
+            self.send(peer, &Message::Evidence { evidence: vec![evidence.clone()] });
+        }
+    }
+
+    fn on_evidence(&mut self, peer: PeerId, evidence: Vec<Evidence>, now_ms: u64) {
+        for e in evidence {
+            match self.adapter.add_evidence(e.clone()) {
+                Err(error) => self.bad_message(peer, &error),
+                Ok(false) => {}
+                Ok(true) => {
+                    let (a, b) = e.ids();
+                    let want: Vec<EventId> = [a, b].into_iter().filter(|id| !self.adapter.is_known(id)).collect();
+                    if !want.is_empty() {
+                        self.send(peer, &Message::Want { ids: want });
+                    }
+                    self.new_evidence(e, Some(peer), now_ms);
+                }
+            }
+        }
+    }
+
+    fn start_fork_search(&mut self, peer: PeerId, tip: Tip, now_ms: u64) {
+        let max = self.config.fork_searches_max;
+        let Some(author) = self.genesis().member_idx(&tip.author) else { return };
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if p.searches.contains_key(&tip.id) || p.searches.len() >= max || tip.seq == 0 {
+            return;
+        }
+        p.searches.insert(tip.id, ForkSearch { author, lo: 0, lo_id: None, hi: tip.seq, since_ms: now_ms });
+        self.probe(peer, tip.id);
+    }
+
+    /// Asks for the next round of seqs, or pulls the chain once the fork point is found.
+    fn probe(&mut self, peer: PeerId, tip: EventId) {
+        let Some(search) = self.peers.get(&peer).and_then(|p| p.searches.get(&tip)) else { return };
+        let (lo, hi) = (search.lo, search.hi);
+        if hi <= lo + 1 {
+            self.finish_fork_search(peer, tip);
+            return;
+        }
+        let mut seqs: BTreeSet<u64> = BTreeSet::new();
+        let gap = hi - lo - 1;
+        if gap as usize <= FORK_PROBE_SEQS_PER_ROUND {
+            seqs.extend(lo + 1..hi);
+        } else {
+            // Half the probes just below the tip (a recent fork, or a peer just ahead, is
+            // found in one round), half evenly spread over the rest.
+            let mut step = 1u64;
+            while seqs.len() < FORK_PROBE_SEQS_PER_ROUND / 2 && step <= gap {
+                seqs.insert(hi - step);
+                step *= 2;
+            }
+            let spread = (FORK_PROBE_SEQS_PER_ROUND - seqs.len()) as u64;
+            for i in 1..=spread {
+                seqs.insert(lo + (gap * i) / (spread + 1) + 1);
+            }
+        }
+        let seqs: Vec<u64> = seqs.into_iter().filter(|s| *s > lo && *s < hi).collect();
+        self.send(peer, &Message::ForkProbe { tip, seqs });
+    }
+
+    fn on_fork_ids(&mut self, peer: PeerId, tip: EventId, entries: Vec<(u64, EventId)>, now_ms: u64) {
+        let Some(p) = self.peers.get(&peer) else { return };
+        let Some(search) = p.searches.get(&tip) else { return };
+        let (mut lo, mut lo_id, mut hi) = (search.lo, search.lo_id, search.hi);
+        for (seq, id) in &entries {
+            if *seq <= lo || *seq >= hi {
+                continue;
+            }
+            let ours = self.adapter.event(id);
+            if ours.is_some_and(|e| e.seq() == *seq && e.author_idx() == search.author) {
+                lo = *seq;
+                lo_id = Some(*id);
+            }
+        }
+        for (seq, id) in &entries {
+            if *seq > lo && *seq < hi && !self.adapter.is_accepted(id) {
+                hi = *seq;
+            }
+        }
+        let progressed = (lo, hi) != (search.lo, search.hi);
+        let p = self.peers.get_mut(&peer).expect("checked above");
+        let search = p.searches.get_mut(&tip).expect("checked above");
+        search.lo = lo;
+        search.lo_id = lo_id;
+        search.hi = hi;
+        search.since_ms = now_ms;
+        if progressed || hi <= lo + 1 {
+            self.probe(peer, tip);
+        } else {
+            // The peer answered nothing useful: give up; the next session starts over.
+            p.searches.remove(&tip);
+        }
+    }
+
+    /// The fork point of the peer's `tip` is `lo`: pull the peer's chain above it, and send
+    /// the part of our chains of that author the peer lacks.
+    fn finish_fork_search(&mut self, peer: PeerId, tip: EventId) {
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        let Some(search) = p.searches.remove(&tip) else { return };
+        let author = search.author;
+        let peer_tips = p.peer_tips.get(&author).cloned().unwrap_or_default();
+        self.send(peer, &Message::WantChain { tip, from_seq: search.lo + 1 });
+        // What the peer holds of this author: the chains of its tips we hold, and the chain
+        // of the common ancestor found by this search.
+        let mut covers: Vec<EventId> =
+            peer_tips.iter().map(|t| t.id).filter(|id| self.adapter.is_accepted(id)).collect();
+        covers.extend(search.lo_id);
+        let mut lacking = self.not_covered(author, &covers);
+        self.sort_causally(&mut lacking);
+        self.queue_events(peer, lacking, false);
+    }
+
+    fn on_want_chain(&mut self, peer: PeerId, tip: EventId, from_seq: u64) {
+        let Some(mut current) = self.adapter.event(&tip) else { return };
+        let mut chain = Vec::new();
+        let limit = self.config.peer_queue_ids_max;
+        while current.seq() >= from_seq.max(1) && chain.len() < limit {
+            chain.push(current.id());
+            match self.adapter.own_predecessor(current).and_then(|id| self.adapter.event(&id)) {
+                Some(pred) => current = pred,
+                None => break,
+            }
+        }
+        chain.reverse();
+        self.queue_events(peer, chain, false);
+    }
+}
