@@ -69,7 +69,7 @@ fn a_valid_chain_is_accepted_in_causal_order() {
     assert_eq!(ids, vec![e1.id(), e2.id(), e3.id()]);
     assert_eq!(a.buffer_use(), (0, 0));
     let e3v = a.event(&e3.id()).unwrap();
-    let mut expected = vec![0u64; 3];
+    let mut expected = [0u64; 3];
     expected[a.genesis().member_idx(&a1.public()).unwrap()] = 2;
     expected[a.genesis().member_idx(&b1.public()).unwrap()] = 1;
     assert_eq!(e3v.clock(), &expected[..]);
