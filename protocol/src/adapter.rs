@@ -344,19 +344,17 @@ impl Adapter {
         Ok(())
     }
 
-    /// Records evidence if another signed event with the same author and seq is known.
+    /// Records evidence if another signed event with the same author and seq is known. The
+    /// least evidence for an author is the pair of the two smallest ids at its lowest fork
+    /// seq, so comparing each new event with the smallest other id known at its seq finds it
+    /// whatever the order of arrival.
     fn detect_equivocation(&mut self, decoded: &Decoded, out: &mut Ingested) {
         let author = decoded.author_idx;
         let seq = decoded.event.header.seq;
-        let other = self.chains[author]
-            .by_seq
-            .get(&seq)
-            .and_then(|ids| ids.iter().find(|id| **id != decoded.id))
-            .map(|id| self.signed_header_of(id))
-            .or_else(|| {
-                self.buffer.same_seq(author, seq).iter().find(|id| **id != decoded.id).map(|id| self.signed_header_of(id))
-            });
-        let Some(Some(other)) = other else { return };
+        let accepted = self.chains[author].by_seq.get(&seq).map_or(&[][..], Vec::as_slice);
+        let buffered = self.buffer.same_seq(author, seq);
+        let smallest_other = accepted.iter().chain(buffered).filter(|id| **id != decoded.id).min().copied();
+        let Some(other) = smallest_other.and_then(|id| self.signed_header_of(&id)) else { return };
         let mine = SignedHeader { header: decoded.event.header.clone(), sig: decoded.event.sig };
         let evidence = Evidence::new(mine, other);
         if self.keep_evidence(author, evidence.clone()) {

@@ -53,6 +53,11 @@ use crate::verified::Verified;
 pub const FORK_PROBE_SEQS_PER_ROUND: usize = 16;
 const _: () = assert!(FORK_PROBE_SEQS_PER_ROUND <= FORK_PROBE_SEQS_MAX);
 
+/// Most missing ids asked of every peer at each want interval; a larger gap is left to
+/// reconciliation, which fills it in a bounded number of round trips.
+pub const WANT_PERIODIC_IDS_MAX: usize = 256;
+const _: () = assert!(WANT_PERIODIC_IDS_MAX <= WANT_IDS_MAX);
+
 /// Target size of one `Events` message built from queued ids. Small enough to interleave with
 /// other traffic, large enough that the 12 bytes of message overhead are negligible.
 pub const EVENTS_CHUNK_BYTES: usize = 256 * 1024;
@@ -457,7 +462,7 @@ impl Node {
         }
         if now_ms >= self.next_want_ms {
             self.next_want_ms = now_ms + self.config.want_interval_ms;
-            let missing = self.adapter.missing(WANT_IDS_MAX);
+            let missing = self.adapter.missing(WANT_PERIODIC_IDS_MAX);
             if !missing.is_empty() {
                 for peer in &peers {
                     self.send(*peer, &Message::Want { ids: missing.clone() });
@@ -772,6 +777,11 @@ impl Node {
             if !missing.is_empty() {
                 for chunk in missing.chunks(WANT_IDS_MAX) {
                     self.send(peer, &Message::Want { ids: chunk.to_vec() });
+                }
+                // A gap deeper than one event is filled faster by a session than by asking
+                // for one generation of deps per round trip.
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.next_sync_ms = p.next_sync_ms.min(now_ms);
                 }
             }
         }
