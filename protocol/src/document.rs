@@ -1145,7 +1145,7 @@ mod tests {
     fn exclusion_equals_never_applying_the_ops() {
         let mut dag = Dag::new();
         let a1 = dag.event(A, &[], vec![put("k", "a1"), incr("c", 1), add("s", "x")]);
-        let a2 = dag.event(A, &[], vec![put("k", "a2"), incr("c", 2), add("s", "y"), put("only-a2", "v")]);
+        dag.event(A, &[], vec![put("k", "a2"), incr("c", 2), add("s", "y"), put("only-a2", "v")]);
         let a3 = dag.event(A, &[], vec![incr("c", 4), remove("s", "x")]);
         let b1 = dag.event(B, &[a1], vec![incr("c", 8), put("b", "b1")]);
         dag.event(C, &[a3, b1], vec![add("s", "z")]);
@@ -1179,7 +1179,6 @@ mod tests {
             set s = {z}
             ",
         );
-        assert!(a2 > a1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Protocol constants. Every limit that decides validity lives here and is the same on every
 //! node; per-node settings (buffer sizes, queue lengths, rate limits) live in
-//! [`crate::config::NodeConfig`] and may only affect liveness. Units come last in each name.
+//! [`crate::node::NodeConfig`] and may only affect liveness. Units come last in each name.
 //! `docs/PROTOCOL.md` lists the same numbers, and a test keeps the two in step.
 
 /// Most members a genesis may list. Each accepted event carries a causal clock with one entry

@@ -128,7 +128,7 @@ proptest! {
     ) {
         let events = history(&steps);
         let in_order: Vec<Vec<u8>> = events.iter().map(Event::encode).collect();
-        let reference = deliver(&[in_order.clone()]);
+        let reference = deliver(std::slice::from_ref(&in_order));
         prop_assert_eq!(reference.accepted.len(), events.len());
 
         // A deterministic shuffle with duplicates, delivered in small chunks.
