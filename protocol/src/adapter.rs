@@ -321,8 +321,7 @@ impl Adapter {
         let author = decoded.author_idx;
         let seq = decoded.event.header.seq;
         clock[author] = clock[author].max(seq);
-        let own_predecessor =
-            deps.iter().find(|d| d.author_idx() == author).map(|d| d.id());
+        let own_predecessor = deps.iter().find(|d| d.author_idx() == author).map(|d| d.id());
         let Decoded { event, id, bytes, author_idx } = decoded;
         self.n_bytes_accepted += bytes.len() as u64;
         let verified = Verified::new(event, id, bytes, author_idx, clock);
@@ -372,8 +371,11 @@ impl Adapter {
 
     /// Keeps `evidence` if it is the least this node has for `author`.
     fn keep_evidence(&mut self, author: MemberIdx, evidence: Evidence) -> bool {
+        // Ties of rank (the same two ids, signed again with other nonces) go to the smaller
+        // encoding, so every node settles on the same bytes.
+        let order = |e: &Evidence| (e.rank(), e.encode());
         match self.evidence.get(&author) {
-            Some(held) if held.rank() <= evidence.rank() => false,
+            Some(held) if order(held) <= order(&evidence) => false,
             _ => {
                 self.evidence.insert(author, evidence);
                 true

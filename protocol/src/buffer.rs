@@ -128,7 +128,8 @@ impl CausalBuffer {
         }
         while self.total_bytes > self.total_max {
             // The peer with the most bytes pays; ties go to the smallest key, deterministically.
-            let Some(peer) = self.by_peer.iter().max_by(|a, b| a.1.bytes.cmp(&b.1.bytes).then(b.0.cmp(a.0))).map(|p| *p.0)
+            let Some(peer) =
+                self.by_peer.iter().max_by(|a, b| a.1.bytes.cmp(&b.1.bytes).then(b.0.cmp(a.0))).map(|p| *p.0)
             else {
                 break;
             };

@@ -16,9 +16,9 @@ use crate::event::{Event, EventId, Header, Op};
 use crate::evidence::{Evidence, SignedHeader};
 use crate::genesis::{Genesis, Member};
 use crate::limits::{
-    DEPS_MAX, EVENT_BYTES_MAX, EVIDENCE_BYTES_MAX, EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX,
-    GENESIS_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX, MEMBERS_MAX, MESSAGE_BYTES_MAX, OPS_MAX,
-    TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
+    DEPS_MAX, EVENT_BYTES_MAX, EVENTS_PER_MESSAGE_MAX, EVIDENCE_BYTES_MAX, EVIDENCE_PER_MESSAGE_MAX,
+    FORK_PROBE_SEQS_MAX, GENESIS_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX, MEMBERS_MAX,
+    MESSAGE_BYTES_MAX, OPS_MAX, TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
 };
 use crate::message::{Message, Tip};
 
@@ -362,10 +362,6 @@ const MSG_FORK_PROBE: u32 = 5;
 const MSG_FORK_IDS: u32 = 6;
 const MSG_WANT_CHAIN: u32 = 7;
 const MSG_EVIDENCE: u32 = 8;
-
-/// Most events one `Events` message may hold: each is at least a header, a one-op list and a
-/// signature, so this many can never fit in [`MESSAGE_BYTES_MAX`] anyway.
-const EVENTS_PER_MESSAGE_MAX: usize = MESSAGE_BYTES_MAX / 64;
 
 fn encode_evidence_list<E: Encoder>(list: &[Evidence], encoder: &mut E) -> Result<(), EncodeError> {
     encode_len(list.len(), encoder)?;

@@ -28,6 +28,9 @@ pub const EVIDENCE_BYTES_MAX: usize = 2 * (HEADER_BYTES_MAX + 64);
 
 /// Largest reconciliation message, in bytes (the transport frames messages of at most this).
 pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
+/// Most entries one `Events` message may list. A valid event is far larger than the 8-byte
+/// length of an entry, so this bounds what a lying count can make a decoder allocate.
+pub const EVENTS_PER_MESSAGE_MAX: usize = 16 * 1024;
 /// Most tips one `Tips` message carries; a larger tip set is split over several messages.
 pub const TIPS_PER_MESSAGE_MAX: usize = 4096;
 /// Most evidence objects one message carries.
@@ -49,3 +52,7 @@ const _: () = assert!(
 );
 const _: () = assert!(16 + WANT_IDS_MAX * 32 <= MESSAGE_BYTES_MAX);
 const _: () = assert!(GENESIS_BYTES_MAX <= MESSAGE_BYTES_MAX);
+// The smallest valid event (no deps, one `Del` of a one-byte key) with its entry length: a
+// message full of valid events never hits the entry count.
+const EVENT_ENTRY_BYTES_MIN: usize = 8 + (32 + 8 + 8 + 8 + 32) + 8 + (4 + 8 + 1) + 64;
+const _: () = assert!(EVENTS_PER_MESSAGE_MAX * EVENT_ENTRY_BYTES_MIN >= MESSAGE_BYTES_MAX);

@@ -203,8 +203,6 @@ struct Peer {
     outbox: VecDeque<Outgoing>,
     n_queued_ids: usize,
     n_queued_messages: usize,
-    /// A push did not fit: reconcile as soon as the outbox drains.
-    overflowed: bool,
     next_sync_ms: u64,
     session_since_ms: Option<u64>,
     last_in_sync: Option<[u8; 32]>,
@@ -224,7 +222,6 @@ impl Peer {
             outbox: VecDeque::new(),
             n_queued_ids: 0,
             n_queued_messages: 0,
-            overflowed: false,
             next_sync_ms: now_ms,
             session_since_ms: None,
             last_in_sync: None,
@@ -373,7 +370,12 @@ impl Node {
             (t.author != key.public(), std::cmp::Reverse(lamport), t.id)
         });
         tips.truncate(DEPS_MAX);
-        let lamport = 1 + tips.iter().filter_map(|t| self.adapter.event(&t.id)).map(Verified::lamport).max().unwrap_or(0);
+        let lamport = 1 + tips
+            .iter()
+            .filter_map(|t| self.adapter.event(&t.id))
+            .map(Verified::lamport)
+            .max()
+            .unwrap_or(0);
         let deps = tips.iter().map(|t| t.id).collect();
         let event = Event::sign(key, seq, lamport, deps, ops);
         let me = key.public();
@@ -424,14 +426,17 @@ impl Node {
             }
             Message::Events { events } => self.on_events(peer, events, now_ms),
             Message::Want { ids } => {
-                let mut have: Vec<EventId> = ids.into_iter().filter(|id| self.adapter.is_accepted(id)).collect();
+                let mut have: Vec<EventId> =
+                    ids.into_iter().filter(|id| self.adapter.is_accepted(id)).collect();
                 self.sort_causally(&mut have);
                 self.queue_events(peer, have, false);
             }
             Message::ForkProbe { tip, seqs } => {
                 if self.adapter.is_accepted(&tip) {
-                    let entries =
-                        seqs.iter().filter_map(|s| self.adapter.ancestor_at(&tip, *s).map(|id| (*s, id))).collect();
+                    let entries = seqs
+                        .iter()
+                        .filter_map(|s| self.adapter.ancestor_at(&tip, *s).map(|id| (*s, id)))
+                        .collect();
                     self.send(peer, &Message::ForkIds { tip, entries });
                 }
             }
@@ -452,12 +457,11 @@ impl Node {
                 p.incoming_tips.clear();
             }
             p.searches.retain(|_, s| now_ms < s.since_ms + timeout);
-            let drained = p.outbox.is_empty();
-            let due = now_ms >= p.next_sync_ms || (p.overflowed && drained);
-            if due && p.session_since_ms.is_none() && drained {
+            if now_ms >= p.next_sync_ms {
                 p.next_sync_ms = now_ms + self.config.sync_interval_ms;
-                p.overflowed = false;
-                self.start_session(*peer, now_ms);
+                if p.session_since_ms.is_none() {
+                    self.start_session(*peer, now_ms);
+                }
             }
         }
         if now_ms >= self.next_want_ms {
@@ -571,7 +575,7 @@ impl Node {
             return;
         }
         if p.n_queued_messages >= max {
-            p.overflowed = true;
+            p.next_sync_ms = 0;
             return;
         }
         p.n_queued_messages += 1;
@@ -589,12 +593,12 @@ impl Node {
         }
         let room = max.saturating_sub(p.n_queued_ids);
         if push && ids.len() > room {
-            p.overflowed = true;
+            p.next_sync_ms = 0;
             return;
         }
         let take = ids.len().min(room);
         if take < ids.len() {
-            p.overflowed = true;
+            p.next_sync_ms = 0;
         }
         p.n_queued_ids += take;
         if let Some(Outgoing::Events(queue)) = p.outbox.back_mut() {
@@ -618,7 +622,8 @@ impl Node {
 
     fn send_tips(&mut self, peer: PeerId, reply: bool) {
         let tips = self.adapter.tips();
-        let evidence: Vec<Evidence> = self.adapter.evidence().take(EVIDENCE_PER_MESSAGE_MAX).cloned().collect();
+        let evidence: Vec<Evidence> =
+            self.adapter.evidence().take(EVIDENCE_PER_MESSAGE_MAX).cloned().collect();
         let mut parts = tips.chunks(TIPS_PER_MESSAGE_MAX).peekable();
         if parts.peek().is_none() {
             self.send(peer, &Message::Tips { reply, more: false, tips: Vec::new(), evidence });
@@ -689,10 +694,12 @@ impl Node {
         self.queue_events(peer, lacking, false);
         let p = self.peers.get_mut(&peer).expect("checked above");
         p.peer_tips = by_author;
+        // Whoever opened the session, a complete Tips ends this node's part of it: with
+        // `reply` it answers with its own tips, and the peer finishes the exchange.
+        p.session_since_ms = None;
         if reply {
             self.send_tips(peer, false);
         } else {
-            p.session_since_ms = None;
             let digest = self.sync_digest();
             if unknown.is_empty() {
                 let p = self.peers.get_mut(&peer).expect("checked above");
@@ -755,7 +762,7 @@ impl Node {
         let mut events = events;
         if allowed < n {
             p.stats.events_rate_limited += n - allowed;
-            p.overflowed = true;
+            p.next_sync_ms = p.next_sync_ms.min(now_ms + self.config.sync_interval_ms);
             events.truncate(allowed as usize);
         }
         let ingested = self.adapter.ingest(peer, events);
@@ -803,8 +810,12 @@ impl Node {
             self.events.push_back(NodeEvent::Changed(changes.into_iter().collect()));
         }
         if !ids.is_empty() {
-            let targets: Vec<PeerId> =
-                self.peers.iter().filter(|(k, p)| p.connected && Some(**k) != from).map(|(k, _)| *k).collect();
+            let targets: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(k, p)| p.connected && Some(**k) != from)
+                .map(|(k, _)| *k)
+                .collect();
             for peer in targets {
                 self.queue_events(peer, ids.clone(), true);
             }
@@ -837,7 +848,8 @@ impl Node {
                 Ok(false) => {}
                 Ok(true) => {
                     let (a, b) = e.ids();
-                    let want: Vec<EventId> = [a, b].into_iter().filter(|id| !self.adapter.is_known(id)).collect();
+                    let want: Vec<EventId> =
+                        [a, b].into_iter().filter(|id| !self.adapter.is_known(id)).collect();
                     if !want.is_empty() {
                         self.send(peer, &Message::Want { ids: want });
                     }

@@ -1,6 +1,6 @@
 //! The validity rules of DESIGN.md, split by what they need: `check_stateless` needs only the
 //! bytes and the genesis (rules 1, 2, 3, 7 and the shape of the deps); rule 4 (the signature)
-//! runs in parallel batches in the adapter; `check_causal` needs the accepted deps (rules 5
+//! runs in the adapter, `verify_strict` on each event, spread over threads; `check_causal` needs the accepted deps (rules 5
 //! and 6). Each failure is a distinct [`Reject`] reason, counted in metrics and logs.
 
 use std::fmt;
@@ -88,7 +88,10 @@ pub(crate) struct Decoded {
 }
 
 /// Rules 1, 2, 3 and 7, and the shape of the deps.
-pub(crate) fn check_stateless(genesis: &Genesis, bytes: Vec<u8>) -> Result<Decoded, (Option<EventId>, Reject)> {
+pub(crate) fn check_stateless(
+    genesis: &Genesis,
+    bytes: Vec<u8>,
+) -> Result<Decoded, (Option<EventId>, Reject)> {
     let event = codec::decode_event(&bytes).map_err(|e| {
         let reason = match e {
             CodecError::Oversize { .. } => Reject::Oversize,

@@ -17,7 +17,7 @@ use cairn_protocol::codec;
 use cairn_protocol::document::Document;
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits;
-use cairn_protocol::node::{EVENTS_CHUNK_BYTES, FORK_PROBE_SEQS_PER_ROUND};
+use cairn_protocol::node::{EVENTS_CHUNK_BYTES, FORK_PROBE_SEQS_PER_ROUND, WANT_PERIODIC_IDS_MAX};
 use cairn_protocol::{
     Adapter, AdapterConfig, Event, EventId, Evidence, Genesis, Header, Member, Message, Node, NodeConfig,
     NodeEvent, Op, SignedHeader, Tip,
@@ -215,11 +215,20 @@ fn hand_sync_input(tips: &[Tip], evidence: &[&Evidence]) -> Vec<u8> {
     out
 }
 
-/// The document state pre-image for the documented layout: registers with one sibling each
-/// `(key, event id, op index, author index, lamport, value)`, counters with their author totals,
-/// sets with their members; every list already in the documented order.
+/// A register sibling, with the fields the digest layout lists.
+struct HandSibling<'a> {
+    id: EventId,
+    op_idx: u64,
+    author_idx: u64,
+    lamport: u64,
+    value: &'a str,
+}
+
+/// A document's visible state for the documented digest layout: registers with their siblings,
+/// counters with their author totals, sets with their members; every list already in the
+/// documented order.
 struct HandState<'a> {
-    registers: Vec<(&'a str, Vec<(EventId, u64, u64, u64, &'a str)>)>,
+    registers: Vec<(&'a str, Vec<HandSibling<'a>>)>,
     counters: Vec<(&'a str, Vec<(u64, i128)>)>,
     sets: Vec<(&'a str, Vec<&'a str>)>,
 }
@@ -229,12 +238,12 @@ fn hand_document_state(state: &HandState<'_>) -> Vec<u8> {
     for (key, siblings) in &state.registers {
         put_bytes(&mut out, key.as_bytes());
         out.extend(u64_le(siblings.len() as u64));
-        for (id, op_idx, author_idx, lamport, value) in siblings {
-            out.extend(id.0);
-            out.extend(u64_le(*op_idx));
-            out.extend(u64_le(*author_idx));
-            out.extend(u64_le(*lamport));
-            put_bytes(&mut out, value.as_bytes());
+        for sibling in siblings {
+            out.extend(sibling.id.0);
+            out.extend(u64_le(sibling.op_idx));
+            out.extend(u64_le(sibling.author_idx));
+            out.extend(u64_le(sibling.lamport));
+            put_bytes(&mut out, sibling.value.as_bytes());
         }
     }
     out.extend(u64_le(state.counters.len() as u64));
@@ -349,8 +358,8 @@ fn compute() -> Vectors {
     v.comment("Add{key \"s\", element \"x\"}].");
     event_vectors(&mut v, "event2", &s.event2);
     v.comment("");
-    v.comment("event3: alice, seq 2, lamport 3, deps [event1.id, event2.id] sorted by bytes, ops");
-    v.comment("[Del{key \"k\"}, Remove{key \"s\", element \"x\"}].");
+    v.comment("event3: alice, seq 2, lamport 3, deps event1.id and event2.id (sorted bytewise, so");
+    v.comment("event2.id comes first), ops [Del{key \"k\"}, Remove{key \"s\", element \"x\"}].");
     event_vectors(&mut v, "event3", &s.event3);
     v.comment("");
     v.comment("event2b (event 2' in PROTOCOL.md): alice equivocates, seq 2, lamport 2, deps [event1.id],");
@@ -428,7 +437,10 @@ fn member_idx(s: &Scenario, seed_idx: usize) -> u64 {
 fn document_state_partial(s: &Scenario) -> HandState<'static> {
     let (alice, bob) = (member_idx(s, 0), member_idx(s, 1));
     HandState {
-        registers: vec![("k", vec![(s.event1.id(), 0, alice, 1, "v")])],
+        registers: vec![(
+            "k",
+            vec![HandSibling { id: s.event1.id(), op_idx: 0, author_idx: alice, lamport: 1, value: "v" }],
+        )],
         counters: vec![("c", vec![(bob, -5)])],
         sets: vec![("s", vec!["x"])],
     }
@@ -635,14 +647,21 @@ fn vectors_decode_back() {
     assert_eq!(get("forked.document_digest"), get("partial.document_digest"), "forked.document_digest");
 }
 
-/// The rows of the first table under the heading `heading` of PROTOCOL.md whose first cell is a
-/// backquoted name: `(name, second cell)`.
-fn table_rows(heading: &str) -> Vec<(String, String)> {
+/// The title of a Markdown heading line without its `#`s and section number, if it is one.
+fn heading_title(line: &str) -> Option<&str> {
+    let title = line.trim().strip_prefix('#')?.trim_start_matches('#').trim();
+    let unnumbered = title.split_once(". ").filter(|(n, _)| n.chars().all(|c| c.is_ascii_digit()));
+    Some(unnumbered.map_or(title, |(_, rest)| rest))
+}
+
+/// The rows of the first table under the heading titled `title` (any level, section number
+/// ignored) of PROTOCOL.md whose first cell is a backquoted name: `(name, second cell)`.
+fn table_rows(title: &str) -> Vec<(String, String)> {
     let text = read(&docs_path("PROTOCOL.md"));
     let start = text
         .lines()
-        .position(|l| l.trim() == heading)
-        .unwrap_or_else(|| panic!("no `{heading}` in PROTOCOL.md"));
+        .position(|l| heading_title(l) == Some(title))
+        .unwrap_or_else(|| panic!("no heading `{title}` in PROTOCOL.md"));
     let mut rows = Vec::new();
     let mut in_table = false;
     for line in text.lines().skip(start + 1) {
@@ -664,15 +683,27 @@ fn table_rows(heading: &str) -> Vec<(String, String)> {
         };
         rows.push((name.to_owned(), cells.get(1).copied().unwrap_or_default().to_owned()));
     }
-    assert!(!rows.is_empty(), "no table rows under `{heading}` in PROTOCOL.md");
+    assert!(!rows.is_empty(), "no table rows under `{title}` in PROTOCOL.md");
     rows
 }
 
-/// Checks that `rows` and `expected` list the same names with the same values, in order.
+/// Checks that `rows` and `expected` list the same names with the same values, in order, and
+/// names each row that differs.
 fn check_table(what: &str, rows: &[(String, String)], expected: &[(&str, String)]) {
     let found: Vec<(&str, &str)> = rows.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
     let expected: Vec<(&str, &str)> = expected.iter().map(|(n, v)| (*n, v.as_str())).collect();
-    assert_eq!(found, expected, "the {what} table of PROTOCOL.md is out of step with the code");
+    let mut differences = Vec::new();
+    for idx in 0..found.len().max(expected.len()) {
+        match (found.get(idx), expected.get(idx)) {
+            (Some(f), Some(e)) if f == e => {}
+            (f, e) => differences.push(format!("row {}: PROTOCOL.md has {f:?}, the code {e:?}", idx + 1)),
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "the {what} table of PROTOCOL.md is out of step with the code:\n{}",
+        differences.join("\n")
+    );
 }
 
 /// The limits table of PROTOCOL.md lists every constant of `cairn_protocol::limits`, in source
@@ -691,6 +722,7 @@ fn limits_table_matches_the_constants() {
         ("HEADER_BYTES_MAX", limits::HEADER_BYTES_MAX),
         ("EVIDENCE_BYTES_MAX", limits::EVIDENCE_BYTES_MAX),
         ("MESSAGE_BYTES_MAX", limits::MESSAGE_BYTES_MAX),
+        ("EVENTS_PER_MESSAGE_MAX", limits::EVENTS_PER_MESSAGE_MAX),
         ("TIPS_PER_MESSAGE_MAX", limits::TIPS_PER_MESSAGE_MAX),
         ("EVIDENCE_PER_MESSAGE_MAX", limits::EVIDENCE_PER_MESSAGE_MAX),
         ("WANT_IDS_MAX", limits::WANT_IDS_MAX),
@@ -706,7 +738,7 @@ fn limits_table_matches_the_constants() {
     let listed: Vec<String> = expected.iter().map(|(n, _)| (*n).to_owned()).collect();
     assert_eq!(declared, listed, "protocol/src/limits.rs has constants this test does not list");
     let expected: Vec<(&str, String)> = expected.into_iter().map(|(n, v)| (n, v.to_string())).collect();
-    check_table("limits", &table_rows("## Limits"), &expected);
+    check_table("limits", &table_rows("Limits"), &expected);
 }
 
 /// The domain table of PROTOCOL.md lists `cairn_crypto::Domain::ALL` in order, each with its
@@ -717,7 +749,7 @@ fn domain_table_matches_the_code() {
         .iter()
         .map(|d| (format!("{d:?}"), String::from_utf8_lossy(d.prefix()).into_owned()))
         .collect();
-    let rows = table_rows("## Domain strings");
+    let rows = table_rows("Domain strings");
     let found: Vec<(String, String)> =
         rows.into_iter().map(|(name, string)| (name, string.trim_matches('`').to_owned())).collect();
     assert_eq!(
@@ -746,11 +778,14 @@ fn node_settings_tables_match_the_defaults() {
         ("adapter.buffer_bytes_total_max", adapter.buffer_bytes_total_max.to_string()),
         ("adapter.verify_threads", adapter.verify_threads.to_string()),
     ];
-    check_table("node settings", &table_rows("### Node settings"), &expected);
+    check_table("node settings", &table_rows("Node settings"), &expected);
     let constants: Vec<(&str, String)> = vec![
         ("FORK_PROBE_SEQS_PER_ROUND", FORK_PROBE_SEQS_PER_ROUND.to_string()),
+        ("WANT_PERIODIC_IDS_MAX", WANT_PERIODIC_IDS_MAX.to_string()),
         ("EVENTS_CHUNK_BYTES", EVENTS_CHUNK_BYTES.to_string()),
         ("BUFFER_ENTRY_OVERHEAD_BYTES", cairn_protocol::buffer::BUFFER_ENTRY_OVERHEAD_BYTES.to_string()),
+        ("VERIFY_THREADS_MAX", cairn_crypto::verify::VERIFY_THREADS_MAX.to_string()),
+        ("VERIFY_CHUNK_MIN", cairn_crypto::verify::VERIFY_CHUNK_MIN.to_string()),
     ];
-    check_table("node constants", &table_rows("### Node constants"), &constants);
+    check_table("node constants", &table_rows("Node constants"), &constants);
 }
