@@ -49,8 +49,8 @@ use crate::message::{Message, Tip};
 use crate::validate::Reject;
 use crate::verified::Verified;
 
-/// Seqs asked per fork-search round: each round narrows the unknown range 16-fold.
-pub const FORK_PROBE_SEQS_PER_ROUND: usize = 16;
+/// Seqs asked per fork-search round: each round narrows the unknown range about 32-fold.
+pub const FORK_PROBE_SEQS_PER_ROUND: usize = 32;
 const _: () = assert!(FORK_PROBE_SEQS_PER_ROUND <= FORK_PROBE_SEQS_MAX);
 
 /// Most missing ids asked of every peer at each want interval; a larger gap is left to
@@ -87,6 +87,10 @@ pub struct NodeConfig {
     pub peer_tips_max: usize,
     /// Fork searches one peer may have open at once.
     pub fork_searches_max: usize,
+    /// Own-seq safety: when non-zero, this node has no history of its own key and must not
+    /// sign until this many peers have sent their tips and it holds every own event they
+    /// reported. 0 when the node's store holds its own events, or for a brand-new cluster.
+    pub own_seq_peers_needed: usize,
 }
 
 impl Default for NodeConfig {
@@ -102,6 +106,7 @@ impl Default for NodeConfig {
             peer_events_burst: 200_000,
             peer_tips_max: 65_536,
             fork_searches_max: 64,
+            own_seq_peers_needed: 0,
         }
     }
 }
@@ -150,6 +155,23 @@ pub enum WriteError {
     /// The node's own key is a proven equivocator.
     #[error("this node's key has equivocated; it must not sign anything more")]
     Equivocator,
+    /// This node has no history of its own key and has not yet learned its latest seq from
+    /// enough peers: signing now could reuse a seq and make it an equivocator.
+    #[error(
+        "this node has no history of its own key and is learning its latest seq from peers \
+         ({heard} of {needed} heard, own seq {held} of {reported} held); writes are refused until \
+         then (a brand-new cluster starts with the new-cluster flag)"
+    )]
+    OwnSeqUnknown {
+        /// Peers whose tips arrived.
+        heard: usize,
+        /// Peers needed.
+        needed: usize,
+        /// Highest own seq held.
+        held: u64,
+        /// Highest own seq any peer reported.
+        reported: u64,
+    },
     /// The ops do not form a valid event.
     #[error("the write is not a valid event: {0}")]
     Invalid(Reject),
@@ -195,6 +217,7 @@ struct ForkSearch {
     lo_id: Option<EventId>,
     /// Lowest seq known not to be held (starts at the tip's seq).
     hi: u64,
+    rounds: u32,
     since_ms: u64,
 }
 
@@ -209,6 +232,8 @@ struct Peer {
     incoming_tips: Vec<Tip>,
     /// The peer's tips from its last complete `Tips`, by author, for fork searches.
     peer_tips: BTreeMap<MemberIdx, Vec<Tip>>,
+    /// The highest seq of this node's own key among the peer's tips, once it sent them.
+    own_seq_reported: Option<u64>,
     searches: BTreeMap<EventId, ForkSearch>,
     tokens: u64,
     tokens_at_ms: u64,
@@ -227,6 +252,7 @@ impl Peer {
             last_in_sync: None,
             incoming_tips: Vec::new(),
             peer_tips: BTreeMap::new(),
+            own_seq_reported: None,
             searches: BTreeMap::new(),
             tokens: burst,
             tokens_at_ms: now_ms,
@@ -247,6 +273,7 @@ pub struct Node {
     digest_cache: Option<[u8; 32]>,
     next_want_ms: u64,
     transmit_cursor: Option<PeerId>,
+    learning_own_seq: bool,
 }
 
 impl Node {
@@ -257,6 +284,7 @@ impl Node {
         Self {
             adapter: Adapter::new(genesis, config.adapter.clone()),
             document: Document::new(n_members),
+            learning_own_seq: config.own_seq_peers_needed > 0,
             config,
             me,
             peers: BTreeMap::new(),
@@ -356,12 +384,53 @@ impl Node {
         }
     }
 
+    /// Whether own-seq safety still holds writes back, and why: see
+    /// [`NodeConfig::own_seq_peers_needed`].
+    pub fn own_seq_pending(&self) -> Option<WriteError> {
+        if !self.learning_own_seq {
+            return None;
+        }
+        let reports: Vec<u64> = self.peers.values().filter_map(|p| p.own_seq_reported).collect();
+        let reported = reports.iter().copied().max().unwrap_or(0);
+        let held =
+            self.me.and_then(|me| self.genesis().member_idx(&me)).map_or(0, |m| self.adapter.max_seq(m));
+        let needed = self.config.own_seq_peers_needed;
+        if reports.len() >= needed && held >= reported {
+            return None;
+        }
+        Some(WriteError::OwnSeqUnknown { heard: reports.len(), needed, held, reported })
+    }
+
+    /// Loads events from this node's own store at start, in the order they were accepted,
+    /// without checking signatures again (see [`Adapter::restore`]). Returns the events that
+    /// did not validate again: a non-empty list means the store was altered.
+    pub fn restore(&mut self, events: Vec<Vec<u8>>) -> Vec<crate::adapter::Rejection> {
+        let ingested = self.adapter.restore(events);
+        let rejected = ingested.rejected.clone();
+        self.absorb(None, ingested, 0);
+        self.events.retain(|e| !matches!(e, NodeEvent::Accepted { .. }));
+        rejected
+    }
+
+    /// Loads evidence from this node's own store at start; it is verified again.
+    pub fn restore_evidence(&mut self, evidence: Evidence) -> Result<(), crate::evidence::EvidenceError> {
+        if self.adapter.add_evidence(evidence.clone())? {
+            self.digest_cache = None;
+            self.refused.insert(evidence.author());
+        }
+        Ok(())
+    }
+
     /// A local write: signs one event with `key` over the current frontier and accepts it.
     pub fn write(&mut self, key: &SecretKey, ops: Vec<Op>, now_ms: u64) -> Result<Verified, WriteError> {
         let author = self.genesis().member_idx(&key.public()).ok_or(WriteError::NotMember)?;
         if self.adapter.is_equivocator(author) {
             return Err(WriteError::Equivocator);
         }
+        if let Some(pending) = self.own_seq_pending() {
+            return Err(pending);
+        }
+        self.learning_own_seq = false;
         let seq = self.adapter.max_seq(author) + 1;
         let mut tips = self.adapter.tips();
         // The own predecessor must be a dep; the other tips fill the rest, newest first.
@@ -406,6 +475,10 @@ impl Node {
         match message {
             Message::Summary { digest } => {
                 if digest == self.sync_digest() {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.last_in_sync = Some(digest);
+                        p.stats.sessions_in_sync += 1;
+                    }
                     self.send(peer, &Message::InSync { digest });
                 } else {
                     self.send_tips(peer, true);
@@ -692,8 +765,14 @@ impl Node {
         }
         self.sort_causally(&mut lacking);
         self.queue_events(peer, lacking, false);
+        let own = self.me.and_then(|me| self.genesis().member_idx(&me));
+        let own_reported =
+            own.map(|m| by_author.get(&m).map_or(0, |t| t.iter().map(|t| t.seq).max().unwrap_or(0)));
         let p = self.peers.get_mut(&peer).expect("checked above");
         p.peer_tips = by_author;
+        if let Some(seq) = own_reported {
+            p.own_seq_reported = Some(p.own_seq_reported.map_or(seq, |s| s.max(seq)));
+        }
         // Whoever opened the session, a complete Tips ends this node's part of it: with
         // `reply` it answers with its own tips, and the peer finishes the exchange.
         p.session_since_ms = None;
@@ -866,7 +945,10 @@ impl Node {
         if p.searches.contains_key(&tip.id) || p.searches.len() >= max || tip.seq == 0 {
             return;
         }
-        p.searches.insert(tip.id, ForkSearch { author, lo: 0, lo_id: None, hi: tip.seq, since_ms: now_ms });
+        p.searches.insert(
+            tip.id,
+            ForkSearch { author, lo: 0, lo_id: None, hi: tip.seq, rounds: 0, since_ms: now_ms },
+        );
         self.probe(peer, tip.id);
     }
 
@@ -874,6 +956,7 @@ impl Node {
     fn probe(&mut self, peer: PeerId, tip: EventId) {
         let Some(search) = self.peers.get(&peer).and_then(|p| p.searches.get(&tip)) else { return };
         let (lo, hi) = (search.lo, search.hi);
+        let first_round = search.rounds == 0;
         if hi <= lo + 1 {
             self.finish_fork_search(peer, tip);
             return;
@@ -883,12 +966,14 @@ impl Node {
         if gap as usize <= FORK_PROBE_SEQS_PER_ROUND {
             seqs.extend(lo + 1..hi);
         } else {
-            // Half the probes just below the tip (a recent fork, or a peer just ahead, is
-            // found in one round), half evenly spread over the rest.
-            let mut step = 1u64;
-            while seqs.len() < FORK_PROBE_SEQS_PER_ROUND / 2 && step <= gap {
-                seqs.insert(hi - step);
-                step *= 2;
+            if first_round {
+                // A recent fork, or a peer just ahead, is found in the first round: a few
+                // probes just below the tip, doubling the distance each time.
+                let mut step = 1u64;
+                while seqs.len() < FORK_PROBE_SEQS_PER_ROUND / 4 && step <= gap {
+                    seqs.insert(hi - step);
+                    step *= 2;
+                }
             }
             let spread = (FORK_PROBE_SEQS_PER_ROUND - seqs.len()) as u64;
             for i in 1..=spread {
@@ -924,6 +1009,7 @@ impl Node {
         search.lo = lo;
         search.lo_id = lo_id;
         search.hi = hi;
+        search.rounds += 1;
         search.since_ms = now_ms;
         if progressed || hi <= lo + 1 {
             self.probe(peer, tip);

@@ -774,6 +774,7 @@ fn node_settings_tables_match_the_defaults() {
         ("peer_events_burst", node.peer_events_burst.to_string()),
         ("peer_tips_max", node.peer_tips_max.to_string()),
         ("fork_searches_max", node.fork_searches_max.to_string()),
+        ("own_seq_peers_needed", node.own_seq_peers_needed.to_string()),
         ("adapter.buffer_bytes_per_peer_max", adapter.buffer_bytes_per_peer_max.to_string()),
         ("adapter.buffer_bytes_total_max", adapter.buffer_bytes_total_max.to_string()),
         ("adapter.verify_threads", adapter.verify_threads.to_string()),
