@@ -1604,10 +1604,10 @@ mod tests {
         for key in COUNTER_KEYS {
             let mut totals: BTreeMap<MemberIdx, i128> = BTreeMap::new();
             for &(idx, _, op) in &ops {
-                if let Op::Incr { key: op_key, delta } = op {
-                    if op_key == key.as_bytes() {
-                        *totals.entry(dag.events[idx].author_idx()).or_default() += i128::from(*delta);
-                    }
+                if let Op::Incr { key: op_key, delta } = op
+                    && op_key == key.as_bytes()
+                {
+                    *totals.entry(dag.events[idx].author_idx()).or_default() += i128::from(*delta);
                 }
             }
             let totals: Vec<(MemberIdx, i128)> =
