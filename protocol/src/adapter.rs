@@ -45,6 +45,9 @@ const RESTORE_SOURCE: cairn_crypto::PublicKey = cairn_crypto::PublicKey([0; 32])
 /// One rejected event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rejection {
+    /// The peer that delivered it (for an event that waited in the buffer, the peer that sent
+    /// the event, not the one whose dep released it).
+    pub from: PeerId,
     /// The event's id, when the bytes decoded far enough to have one.
     pub id: Option<EventId>,
     /// Why.
@@ -257,7 +260,7 @@ impl Adapter {
         let mut candidates: Vec<Decoded> = Vec::with_capacity(raw.len());
         for bytes in raw {
             match check_stateless(&self.genesis, bytes) {
-                Err((id, reason)) => out.rejected.push(Rejection { id, reason }),
+                Err((id, reason)) => out.rejected.push(Rejection { from, id, reason }),
                 Ok(decoded) => {
                     let id = decoded.id;
                     if self.is_known(&id) || candidates.iter().any(|c| c.id == id) {
@@ -280,7 +283,7 @@ impl Adapter {
         drop(checks);
         for (decoded, ok) in candidates.into_iter().zip(verdicts) {
             if !ok {
-                out.rejected.push(Rejection { id: Some(decoded.id), reason: Reject::BadSignature });
+                out.rejected.push(Rejection { from, id: Some(decoded.id), reason: Reject::BadSignature });
                 continue;
             }
             self.admit(decoded, from, &mut out);
@@ -298,7 +301,7 @@ impl Adapter {
         let missing: Vec<EventId> =
             decoded.event.header.deps.iter().filter(|d| !self.accepted.contains_key(d)).copied().collect();
         if missing.is_empty() {
-            self.accept_cascade(decoded, out);
+            self.accept_cascade(decoded, from, out);
             return;
         }
         for dep in &missing {
@@ -312,9 +315,9 @@ impl Adapter {
     }
 
     /// Accepts `first` (all deps accepted) and then every buffered event it unblocks.
-    fn accept_cascade(&mut self, first: Decoded, out: &mut Ingested) {
-        let mut ready = vec![first];
-        while let Some(decoded) = ready.pop() {
+    fn accept_cascade(&mut self, first: Decoded, from: PeerId, out: &mut Ingested) {
+        let mut ready = vec![(first, from)];
+        while let Some((decoded, from)) = ready.pop() {
             let id = decoded.id;
             match self.accept_one(decoded, out) {
                 Ok(()) => {
@@ -323,7 +326,7 @@ impl Adapter {
                     unblocked.reverse();
                     ready.extend(unblocked);
                 }
-                Err(reason) => out.rejected.push(Rejection { id: Some(id), reason }),
+                Err(reason) => out.rejected.push(Rejection { from, id: Some(id), reason }),
             }
         }
     }
@@ -391,11 +394,8 @@ impl Adapter {
 
     /// Keeps `evidence` if it is the least this node has for `author`.
     fn keep_evidence(&mut self, author: MemberIdx, evidence: Evidence) -> bool {
-        // Ties of rank (the same two ids, signed again with other nonces) go to the smaller
-        // encoding, so every node settles on the same bytes.
-        let order = |e: &Evidence| (e.rank(), e.encode());
         match self.evidence.get(&author) {
-            Some(held) if order(held) <= order(&evidence) => false,
+            Some(held) if evidence_order(held) <= evidence_order(&evidence) => false,
             _ => {
                 self.evidence.insert(author, evidence);
                 true
@@ -406,8 +406,20 @@ impl Adapter {
     /// Evidence from a peer: verified, and kept if it is the least for its author. Returns
     /// whether it was kept; the caller should then fetch the two events if they are unknown.
     pub fn add_evidence(&mut self, evidence: Evidence) -> Result<bool, EvidenceError> {
-        evidence.verify(&self.genesis)?;
         let author = self.genesis.member_idx(&evidence.author()).ok_or(EvidenceError::NotMember)?;
+        // Evidence that would not replace what is held is dropped before its signatures are
+        // checked: every `Tips` repeats the sender's evidence.
+        if self.evidence.get(&author).is_some_and(|held| evidence_order(held) <= evidence_order(&evidence)) {
+            return Ok(false);
+        }
+        evidence.verify(&self.genesis)?;
         Ok(self.keep_evidence(author, evidence))
     }
+}
+
+/// The order in which evidence for one author is preferred: its rank, then (for the same two
+/// ids signed again with other nonces) the smaller encoding, so every node settles on the same
+/// bytes.
+fn evidence_order(evidence: &Evidence) -> ((u64, EventId, EventId), Vec<u8>) {
+    (evidence.rank(), evidence.encode())
 }

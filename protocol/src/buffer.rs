@@ -147,6 +147,11 @@ impl CausalBuffer {
 
     /// Takes an event out of the buffer (evicted, or ready to be accepted).
     pub(crate) fn remove(&mut self, id: &EventId) -> Option<Decoded> {
+        self.remove_entry(id).map(|(decoded, _)| decoded)
+    }
+
+    /// Takes an event out of the buffer with the peer that delivered it.
+    fn remove_entry(&mut self, id: &EventId) -> Option<(Decoded, PeerId)> {
         let entry = self.entries.remove(id)?;
         if let Some(usage) = self.by_peer.get_mut(&entry.from) {
             usage.bytes -= entry.cost;
@@ -171,12 +176,12 @@ impl CausalBuffer {
                 }
             }
         }
-        Some(entry.decoded)
+        Some((entry.decoded, entry.from))
     }
 
     /// `id` was accepted: returns the buffered events that now have all their deps, removed
-    /// from the buffer, in arrival order.
-    pub(crate) fn on_accepted(&mut self, id: &EventId) -> Vec<Decoded> {
+    /// from the buffer, in arrival order, each with the peer that delivered it.
+    pub(crate) fn on_accepted(&mut self, id: &EventId) -> Vec<(Decoded, PeerId)> {
         let Some(waiters) = self.waiting_on.remove(id) else { return Vec::new() };
         let mut ready = Vec::new();
         for waiter in waiters {
@@ -188,7 +193,7 @@ impl CausalBuffer {
             }
         }
         ready.sort_unstable();
-        ready.into_iter().filter_map(|(_, id)| self.remove(&id)).collect()
+        ready.into_iter().filter_map(|(_, id)| self.remove_entry(&id)).collect()
     }
 
     /// Deps that buffered events wait for and that are not themselves buffered: the ids to ask

@@ -163,13 +163,13 @@ pub enum WriteError {
          then (a brand-new cluster starts with the new-cluster flag)"
     )]
     OwnSeqUnknown {
-        /// Peers whose tips arrived.
+        /// Peers whose report of this node's own tips is confirmed (every tip held).
         heard: usize,
         /// Peers needed.
         needed: usize,
         /// Highest own seq held.
         held: u64,
-        /// Highest own seq any peer reported.
+        /// Highest own seq any peer reported (confirmed or not).
         reported: u64,
     },
     /// The ops do not form a valid event.
@@ -232,10 +232,11 @@ struct Peer {
     incoming_tips: Vec<Tip>,
     /// The peer's tips from its last complete `Tips`, by author, for fork searches.
     peer_tips: BTreeMap<MemberIdx, Vec<Tip>>,
-    /// The highest seq of this node's own key among the peer's tips, once it sent them.
-    own_seq_reported: Option<u64>,
+    /// This node's own tips as the peer reported them, `(seq, id)`, once it sent its tips or
+    /// confirmed that the sets are equal (then: none beyond what this node holds).
+    own_tips_reported: Option<Vec<(u64, EventId)>>,
     searches: BTreeMap<EventId, ForkSearch>,
-    tokens: u64,
+    milli_tokens: u64,
     tokens_at_ms: u64,
     stats: PeerStats,
 }
@@ -252,9 +253,9 @@ impl Peer {
             last_in_sync: None,
             incoming_tips: Vec::new(),
             peer_tips: BTreeMap::new(),
-            own_seq_reported: None,
+            own_tips_reported: None,
             searches: BTreeMap::new(),
-            tokens: burst,
+            milli_tokens: burst.saturating_mul(1000),
             tokens_at_ms: now_ms,
             stats: PeerStats::default(),
         }
@@ -390,15 +391,20 @@ impl Node {
         if !self.learning_own_seq {
             return None;
         }
-        let reports: Vec<u64> = self.peers.values().filter_map(|p| p.own_seq_reported).collect();
-        let reported = reports.iter().copied().max().unwrap_or(0);
+        // A report counts once this node holds every own tip it names: a peer that lies about
+        // a tip can only fail to count, never hold writes back for ever.
+        let reports: Vec<&Vec<(u64, EventId)>> =
+            self.peers.values().filter_map(|p| p.own_tips_reported.as_ref()).collect();
+        let heard =
+            reports.iter().filter(|tips| tips.iter().all(|(_, id)| self.adapter.is_accepted(id))).count();
+        let reported = reports.iter().flat_map(|tips| tips.iter().map(|(seq, _)| *seq)).max().unwrap_or(0);
         let held =
             self.me.and_then(|me| self.genesis().member_idx(&me)).map_or(0, |m| self.adapter.max_seq(m));
         let needed = self.config.own_seq_peers_needed;
-        if reports.len() >= needed && held >= reported {
+        if heard >= needed {
             return None;
         }
-        Some(WriteError::OwnSeqUnknown { heard: reports.len(), needed, held, reported })
+        Some(WriteError::OwnSeqUnknown { heard, needed, held, reported })
     }
 
     /// Loads events from this node's own store at start, in the order they were accepted,
@@ -477,6 +483,7 @@ impl Node {
                 if digest == self.sync_digest() {
                     if let Some(p) = self.peers.get_mut(&peer) {
                         p.last_in_sync = Some(digest);
+                        p.own_tips_reported = Some(Vec::new());
                         p.stats.sessions_in_sync += 1;
                     }
                     self.send(peer, &Message::InSync { digest });
@@ -488,7 +495,9 @@ impl Node {
                 let mine = self.sync_digest();
                 if let Some(p) = self.peers.get_mut(&peer) {
                     if digest == mine {
+                        // Equal sets: the peer holds no own event this node lacks.
                         p.last_in_sync = Some(digest);
+                        p.own_tips_reported = Some(Vec::new());
                         p.stats.sessions_in_sync += 1;
                     }
                     p.session_since_ms = None;
@@ -767,11 +776,11 @@ impl Node {
         self.queue_events(peer, lacking, false);
         let own = self.me.and_then(|me| self.genesis().member_idx(&me));
         let own_reported =
-            own.map(|m| by_author.get(&m).map_or(0, |t| t.iter().map(|t| t.seq).max().unwrap_or(0)));
+            own.map(|m| by_author.get(&m).map_or(Vec::new(), |t| t.iter().map(|t| (t.seq, t.id)).collect()));
         let p = self.peers.get_mut(&peer).expect("checked above");
         p.peer_tips = by_author;
-        if let Some(seq) = own_reported {
-            p.own_seq_reported = Some(p.own_seq_reported.map_or(seq, |s| s.max(seq)));
+        if own_reported.is_some() {
+            p.own_tips_reported = own_reported;
         }
         // Whoever opened the session, a complete Tips ends this node's part of it: with
         // `reply` it answers with its own tips, and the peer finishes the exchange.
@@ -830,14 +839,16 @@ impl Node {
         let per_sec = self.config.peer_events_per_sec;
         let burst = self.config.peer_events_burst;
         let Some(p) = self.peers.get_mut(&peer) else { return };
-        // Token bucket: refill for the time passed, then spend one token per event.
+        // Token bucket in thousandths of an event, so no fraction of a refill is lost however
+        // often messages come: refill for the time passed, then spend 1000 per event.
         let elapsed = now_ms.saturating_sub(p.tokens_at_ms);
-        p.tokens = (p.tokens + elapsed.saturating_mul(per_sec) / 1000).min(burst);
         p.tokens_at_ms = now_ms;
+        p.milli_tokens =
+            p.milli_tokens.saturating_add(elapsed.saturating_mul(per_sec)).min(burst.saturating_mul(1000));
         let n = events.len() as u64;
         p.stats.events_in += n;
-        let allowed = n.min(p.tokens);
-        p.tokens -= allowed;
+        let allowed = n.min(p.milli_tokens / 1000);
+        p.milli_tokens -= allowed * 1000;
         let mut events = events;
         if allowed < n {
             p.stats.events_rate_limited += n - allowed;
@@ -851,24 +862,23 @@ impl Node {
     /// Applies what the adapter accepted, reports rejections and evidence, pushes and asks.
     fn absorb(&mut self, from: Option<PeerId>, ingested: Ingested, now_ms: u64) {
         let Ingested { accepted, rejected, missing, evidence, exclusions, .. } = ingested;
-        if let Some(peer) = from {
+        for r in rejected {
+            // Restored and local events have no peer to blame.
+            if let Some(p) = self.peers.get_mut(&r.from) {
+                *p.stats.rejected.entry(r.reason).or_default() += 1;
+                self.events.push_back(NodeEvent::Rejected { peer: r.from, id: r.id, reason: r.reason });
+            }
+        }
+        if let Some(peer) = from
+            && !missing.is_empty()
+        {
+            for chunk in missing.chunks(WANT_IDS_MAX) {
+                self.send(peer, &Message::Want { ids: chunk.to_vec() });
+            }
+            // A gap deeper than one event is filled faster by a session than by asking for
+            // one generation of deps per round trip.
             if let Some(p) = self.peers.get_mut(&peer) {
-                for r in &rejected {
-                    *p.stats.rejected.entry(r.reason).or_default() += 1;
-                }
-            }
-            for r in rejected {
-                self.events.push_back(NodeEvent::Rejected { peer, id: r.id, reason: r.reason });
-            }
-            if !missing.is_empty() {
-                for chunk in missing.chunks(WANT_IDS_MAX) {
-                    self.send(peer, &Message::Want { ids: chunk.to_vec() });
-                }
-                // A gap deeper than one event is filled faster by a session than by asking
-                // for one generation of deps per round trip.
-                if let Some(p) = self.peers.get_mut(&peer) {
-                    p.next_sync_ms = p.next_sync_ms.min(now_ms);
-                }
+                p.next_sync_ms = p.next_sync_ms.min(now_ms);
             }
         }
         if !accepted.is_empty() || !evidence.is_empty() {
@@ -977,7 +987,9 @@ impl Node {
             }
             let spread = (FORK_PROBE_SEQS_PER_ROUND - seqs.len()) as u64;
             for i in 1..=spread {
-                seqs.insert(lo + (gap * i) / (spread + 1) + 1);
+                // In u128: `gap` comes from a peer's tip and may be near u64::MAX.
+                let offset = (u128::from(gap) * u128::from(i)) / u128::from(spread + 1);
+                seqs.insert(lo + offset as u64 + 1);
             }
         }
         let seqs: Vec<u64> = seqs.into_iter().filter(|s| *s > lo && *s < hi).collect();

@@ -1,0 +1,286 @@
+//! A deterministic simulator of a Cairn cluster, in the style of quinn-proto's `Pair` and
+//! TigerBeetle's VOPR: sans-I/O [`Node`](cairn_protocol::node::Node)s, virtual time, and a
+//! seeded network that drops, duplicates, delays (so reorders) and partitions, with Byzantine
+//! members that tamper with their traffic and inject crafted messages.
+//!
+//! A run is a function of its seed alone ([`SimConfig::random`]): the size of the cluster,
+//! which members are Byzantine and how, the network's faults, partitions, pairs of nodes that
+//! never connect, a node that loses its store and restarts, the nodes' settings and the write
+//! schedule. A failure prints its seed, and [`run_seed`] with that seed replays it exactly.
+//!
+//! A run has two phases. In the active phase honest nodes write, Byzantine nodes attack and the
+//! network misbehaves. Then the cluster heals: partitions end, connections reopen, drop and
+//! duplicate probabilities go to zero (delays stay) and the Byzantine nodes stop attacking
+//! (each either goes silent or relays honestly). The simulator runs until the honest nodes are
+//! quiescent (see [`Cluster::is_quiescent`]) or a virtual-time deadline passes, then checks
+//! the promises of DESIGN.md (see [`Cluster::check_final`]). Invariants that must hold at every
+//! moment are checked after every input: buffer bounds, no honest node rejecting an event or
+//! a message from an honest one or refusing it, no evidence against an honest member, no
+//! honest write refused, and no node asking to be woken again at a time it already handled.
+
+mod byzantine;
+mod cluster;
+mod network;
+mod rng;
+
+pub use byzantine::{
+    AfterHeal, Attack, ByzantineConfig, CraftContext, Crafted, ForkChains, craft, events_message,
+};
+pub use cluster::{Cluster, Outcome, Scripted};
+pub use network::{Link, LinkProfile, Network};
+pub use rng::{PPM, Rng, TraceHash};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use cairn_protocol::AdapterConfig;
+use cairn_protocol::node::NodeConfig;
+
+/// Bytes of the causal buffer one peer may fill at a simulated node: small, so that floods
+/// reach the bound and eviction happens.
+pub const SIM_BUFFER_PEER_BYTES_MAX: usize = 256 * 1024;
+/// Bytes of the causal buffer of a simulated node in all.
+pub const SIM_BUFFER_TOTAL_BYTES_MAX: usize = 1024 * 1024;
+/// Virtual milliseconds the healed cluster has to become quiescent before the run fails.
+pub const SIM_HEAL_DEADLINE_MS: u64 = 120_000;
+/// Simulation steps (deliveries, timeouts, scripted actions) after which a run is declared
+/// stuck: far above what a run needs, low enough to fail in seconds rather than hang.
+pub const SIM_STEPS_MAX: u64 = 5_000_000;
+
+/// Everything that decides a run. [`SimConfig::random`] draws it from a seed; tests build
+/// targeted ones from [`SimConfig::quiet`].
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// The seed of every random choice made while running (network, attacks, write contents).
+    pub seed: u64,
+    /// Number of nodes, all genesis members.
+    pub n_nodes: usize,
+    /// The Byzantine nodes, by sim index, with their behaviour.
+    pub byzantine: BTreeMap<usize, ByzantineConfig>,
+    /// How each link's faults are drawn.
+    pub links: LinkProfile,
+    /// Each node's settings, by sim index.
+    pub node_configs: Vec<NodeConfig>,
+    /// Honest writes at random times of the active phase, by random honest nodes.
+    pub n_writes: usize,
+    /// Length of the active phase in virtual milliseconds.
+    pub active_ms: u64,
+    /// Random partitions during the active phase.
+    pub n_partitions: usize,
+    /// Longest random partition, in virtual milliseconds.
+    pub partition_ms_max: u64,
+    /// Virtual milliseconds the healed cluster has to become quiescent.
+    pub heal_deadline_ms: u64,
+    /// Pairs of nodes that are never connected, even after healing. The honest nodes must
+    /// stay connected through honest nodes (DESIGN.md promises convergence only then).
+    pub severed: Vec<(usize, usize)>,
+    /// Restarts with an empty store: `(node, own_seq_peers_needed, at_ms)`, see
+    /// [`Scripted::Restart`].
+    pub restarts: Vec<(usize, usize, u64)>,
+}
+
+/// The node settings of the simulator: small buffers, a short sync interval and timeouts.
+pub fn sim_node_config() -> NodeConfig {
+    NodeConfig {
+        adapter: AdapterConfig {
+            buffer_bytes_per_peer_max: SIM_BUFFER_PEER_BYTES_MAX,
+            buffer_bytes_total_max: SIM_BUFFER_TOTAL_BYTES_MAX,
+            verify_threads: 1,
+        },
+        sync_interval_ms: 200,
+        session_timeout_ms: 2_000,
+        want_interval_ms: 300,
+        peer_queue_ids_max: 4_096,
+        peer_queue_messages_max: 256,
+        peer_events_per_sec: 100_000,
+        peer_events_burst: 200_000,
+        peer_tips_max: 4_096,
+        fork_searches_max: 16,
+        // Settings added later keep their defaults (a brand-new cluster, for instance).
+        ..NodeConfig::default()
+    }
+}
+
+impl SimConfig {
+    /// A calm run of `n_nodes` honest nodes: reliable links with small delays, no partitions,
+    /// 30 writes over 2 virtual seconds.
+    pub fn quiet(seed: u64, n_nodes: usize) -> Self {
+        Self {
+            seed,
+            n_nodes,
+            byzantine: BTreeMap::new(),
+            links: LinkProfile::reliable(10),
+            node_configs: vec![sim_node_config(); n_nodes],
+            n_writes: 30,
+            active_ms: 2_000,
+            n_partitions: 0,
+            partition_ms_max: 2_000,
+            heal_deadline_ms: SIM_HEAL_DEADLINE_MS,
+            severed: Vec::new(),
+            restarts: Vec::new(),
+        }
+    }
+
+    /// Everything drawn from `seed`: 3 to 7 nodes, up to `(n - 1) / 2` of them Byzantine with
+    /// random attacks, a network profile from calm to chaotic, up to 3 partitions, 20 to 80
+    /// writes, and per-node buffer, queue and rate settings.
+    pub fn random(seed: u64) -> Self {
+        // The configuration has its own stream, so that the run's stream starts from the seed.
+        let mut rng = Rng::new(seed ^ 0x5eed_c0f1_6000_0000);
+        let n_nodes = rng.range(3, 7) as usize;
+        let n_byzantine = rng.range(0, (n_nodes as u64 - 1) / 2) as usize;
+        let mut order: Vec<usize> = (0..n_nodes).collect();
+        rng.shuffle(&mut order);
+        let byzantine: BTreeMap<usize, ByzantineConfig> =
+            order[..n_byzantine].iter().map(|i| (*i, ByzantineConfig::random(&mut rng))).collect();
+        let links = match rng.below(4) {
+            0 => LinkProfile::reliable(rng.range(1, 20)),
+            1 => LinkProfile { drop_max_ppm: 50_000, duplicate_max_ppm: 50_000, delay_max_ms: 50 },
+            2 => LinkProfile { drop_max_ppm: 100_000, duplicate_max_ppm: 20_000, delay_max_ms: 30 },
+            _ => LinkProfile { drop_max_ppm: 200_000, duplicate_max_ppm: 100_000, delay_max_ms: 150 },
+        };
+        let severed = if rng.chance(PPM / 3) {
+            let honest: Vec<usize> = (0..n_nodes).filter(|i| !byzantine.contains_key(i)).collect();
+            random_severed(n_nodes, &honest, &mut rng)
+        } else {
+            Vec::new()
+        };
+        let active_ms = rng.range(2_000, 6_000);
+        // A restart needs more reports than there are Byzantine nodes, from honest peers that
+        // can reach the node directly; otherwise lying or silent peers could decide its seq.
+        let mut restarts = Vec::new();
+        if rng.chance(PPM / 4) {
+            let node = *rng.pick(&order[n_byzantine..]);
+            let needed = n_byzantine + 1;
+            let is_severed = |a: usize, b: usize| severed.contains(&(a.min(b), a.max(b)));
+            let n_honest_peers =
+                order[n_byzantine..].iter().filter(|j| **j != node && !is_severed(node, **j)).count();
+            if n_honest_peers >= needed {
+                restarts.push((node, needed, rng.below(active_ms)));
+            }
+        }
+        let node_configs = (0..n_nodes)
+            .map(|_| {
+                let mut config = sim_node_config();
+                config.peer_queue_ids_max = *rng.pick(&[32, 1_024, 65_536]);
+                config.peer_queue_messages_max = *rng.pick(&[64, 1_024]);
+                match rng.below(6) {
+                    0 | 1 => {
+                        config.peer_events_per_sec = 1_000;
+                        config.peer_events_burst = 200;
+                    }
+                    // Slow enough that honest reconciliation runs into the limit too.
+                    2 => {
+                        config.peer_events_per_sec = 100;
+                        config.peer_events_burst = 20;
+                    }
+                    _ => {}
+                }
+                if rng.chance(PPM / 6) {
+                    // Tiny buffers evict honest events too; only liveness may suffer.
+                    config.adapter.buffer_bytes_per_peer_max = 8 * 1024;
+                    config.adapter.buffer_bytes_total_max = 24 * 1024;
+                }
+                config
+            })
+            .collect();
+        Self {
+            seed,
+            n_nodes,
+            byzantine,
+            links,
+            node_configs,
+            n_writes: rng.range(20, 80) as usize,
+            active_ms,
+            n_partitions: rng.below(4) as usize,
+            partition_ms_max: 2_000,
+            heal_deadline_ms: SIM_HEAL_DEADLINE_MS,
+            severed,
+            restarts,
+        }
+    }
+}
+
+/// Each pair with probability 1/3, except where cutting it would leave the honest nodes
+/// without an honest path between two of them.
+fn random_severed(n_nodes: usize, honest: &[usize], rng: &mut Rng) -> Vec<(usize, usize)> {
+    let mut severed: Vec<(usize, usize)> = Vec::new();
+    for a in 0..n_nodes {
+        for b in a + 1..n_nodes {
+            if rng.chance(PPM / 3) {
+                severed.push((a, b));
+                if !honest_connected(honest, &severed) {
+                    severed.pop();
+                }
+            }
+        }
+    }
+    severed
+}
+
+/// Whether the honest nodes form one connected graph without the `severed` pairs.
+pub fn honest_connected(honest: &[usize], severed: &[(usize, usize)]) -> bool {
+    let is_severed = |a: usize, b: usize| severed.contains(&(a.min(b), a.max(b)));
+    let mut reached = vec![honest[0]];
+    let mut frontier = vec![honest[0]];
+    while let Some(a) = frontier.pop() {
+        for &b in honest {
+            if !reached.contains(&b) && !is_severed(a, b) {
+                reached.push(b);
+                frontier.push(b);
+            }
+        }
+    }
+    reached.len() == honest.len()
+}
+
+/// A failed run: its seed and what went wrong.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The seed to replay.
+    pub seed: u64,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "seed {seed} failed: {message}\nreplay with CAIRN_SIM_SEED={seed} cargo test -p cairn-tests --test sim",
+            seed = self.seed,
+            message = self.message
+        )
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Runs `config` to the end: the active phase, healing, quiescence, the final checks. A panic
+/// inside the protocol (a broken assertion) is a failure of the seed too.
+pub fn run(config: SimConfig) -> Result<Outcome, Failure> {
+    let seed = config.seed;
+    let result = catch_unwind(AssertUnwindSafe(move || {
+        let mut cluster = Cluster::new(config);
+        cluster.run_to_end()?;
+        Ok(cluster.outcome())
+    }));
+    match result {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(message)) => Err(Failure { seed, message }),
+        Err(panic) => {
+            let text = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                .unwrap_or_else(|| "a panic without a message".to_owned());
+            Err(Failure { seed, message: format!("panicked: {text}") })
+        }
+    }
+}
+
+/// Runs the configuration [`SimConfig::random`] draws from `seed`.
+pub fn run_seed(seed: u64) -> Result<Outcome, Failure> {
+    run(SimConfig::random(seed))
+}

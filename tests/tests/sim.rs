@@ -1,0 +1,347 @@
+//! The deterministic simulator over many seeds, and targeted scenarios.
+//!
+//! By default 500 seeds run, split over four tests so that they run in parallel.
+//! `CAIRN_SIM_SEEDS=N` runs `N` seeds instead, and `CAIRN_SIM_SEED=S` runs seed `S` alone (in
+//! `seeds_0`). A failure prints its seed and the command that replays it.
+
+use cairn_protocol::codec::encode_message;
+use cairn_protocol::{EventId, Message, Reject, Tip};
+use cairn_tests::sim::{
+    AfterHeal, Attack, ByzantineConfig, Cluster, LinkProfile, Outcome, Scripted, SimConfig, run, run_seed,
+};
+
+/// Seeds run by default, over all the `seeds_*` tests together.
+const SEEDS_DEFAULT: u64 = 500;
+/// The number of `seeds_*` tests the seeds are split over.
+const SEED_SHARDS: u64 = 4;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(value.trim().parse().unwrap_or_else(|_| panic!("{name} must be a number, got {value:?}")))
+}
+
+/// Runs shard `shard` of the seeds.
+fn seeds(shard: u64) {
+    if let Some(seed) = env_u64("CAIRN_SIM_SEED") {
+        if shard == 0 {
+            check_seed(seed);
+        }
+        return;
+    }
+    let n_seeds = env_u64("CAIRN_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
+    let per_shard = n_seeds.div_ceil(SEED_SHARDS);
+    let start = shard * per_shard;
+    let end = (start + per_shard).min(n_seeds);
+    // Every seed of the shard runs, so one failure does not hide another.
+    let failures: Vec<_> = (start..end).filter_map(|seed| run_seed(seed).err()).collect();
+    if let Some(first) = failures.first() {
+        let seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
+        for failure in &failures[1..] {
+            eprintln!("{}", failure.to_string().lines().next().unwrap_or_default());
+        }
+        panic!("{} of seeds {start}..{end} failed: {seeds:?}; the first:\n{first}", failures.len());
+    }
+}
+
+fn check_seed(seed: u64) -> Outcome {
+    match run_seed(seed) {
+        Ok(outcome) => outcome,
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+fn check(config: SimConfig) -> Outcome {
+    match run(config) {
+        Ok(outcome) => outcome,
+        Err(failure) => panic!("{failure}"),
+    }
+}
+
+#[test]
+fn seeds_0() {
+    seeds(0);
+}
+
+#[test]
+fn seeds_1() {
+    seeds(1);
+}
+
+#[test]
+fn seeds_2() {
+    seeds(2);
+}
+
+#[test]
+fn seeds_3() {
+    seeds(3);
+}
+
+#[test]
+fn same_seed_same_run() {
+    for seed in [3, 17] {
+        let first = check_seed(seed);
+        let second = check_seed(seed);
+        assert_eq!(first, second, "seed {seed} ran differently twice");
+        assert!(first.n_messages > 0);
+    }
+    assert_ne!(check_seed(3).trace_hash, check_seed(4).trace_hash, "different seeds gave the same trace");
+}
+
+#[test]
+fn no_faults_converge() {
+    for n_nodes in 3..=7 {
+        let outcome = check(SimConfig::quiet(100 + n_nodes as u64, n_nodes));
+        assert_eq!(outcome.n_honest_writes, 30);
+        assert_eq!(outcome.n_accepted, 30);
+        assert_eq!(outcome.n_lost, 0);
+        assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
+        assert_eq!(outcome.n_bad_messages, 0);
+    }
+}
+
+#[test]
+fn partition_then_heal_converges() {
+    for disconnects in [false, true] {
+        let mut config = SimConfig::quiet(200 + u64::from(disconnects), 5);
+        config.n_writes = 0;
+        config.active_ms = 4_000;
+        let mut cluster = Cluster::new(config);
+        let side = vec![true, true, false, false, false];
+        cluster.schedule(100, Scripted::Partition { side, disconnects, duration_ms: 3_000 });
+        // Both sides write while cut off from each other.
+        for (i, at) in [(0, 500), (1, 900), (2, 600), (3, 1_500), (4, 2_500), (0, 2_900)] {
+            cluster.schedule(at, Scripted::Write { node: i });
+        }
+        cluster.run_until(2_000).expect("first half of the partition");
+        let left = cluster.node(0).adapter().n_accepted();
+        let right = cluster.node(2).adapter().n_accepted();
+        assert!(left >= 2 && right >= 2, "each side has its own writes: {left}, {right}");
+        assert_ne!(
+            cluster.node(0).adapter().accepted_ids().collect::<Vec<_>>(),
+            cluster.node(2).adapter().accepted_ids().collect::<Vec<_>>(),
+            "the partition separated the sides"
+        );
+        cluster.run_to_end().unwrap_or_else(|e| panic!("disconnects {disconnects}: {e}"));
+        assert_eq!(cluster.outcome().n_honest_writes, 6);
+        assert_eq!(cluster.node(4).adapter().n_accepted(), 6);
+    }
+}
+
+#[test]
+fn equivocation_gives_evidence_everywhere_and_refusal() {
+    for seed in 300..306 {
+        let mut config = SimConfig::quiet(seed, 5);
+        config.byzantine.insert(4, ByzantineConfig::only(&[Attack::Write, Attack::Equivocation], 6));
+        let mut cluster = Cluster::new(config);
+        // A first write, so the forks have an own predecessor, then a sure equivocation.
+        cluster.schedule(50, Scripted::Attack { node: 4, attack: Some(Attack::Write) });
+        cluster.schedule(1_000, Scripted::Attack { node: 4, attack: Some(Attack::Equivocation) });
+        cluster.run_to_end().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let outcome = cluster.outcome();
+        assert!(outcome.n_forks_crafted >= 1);
+        assert_eq!(outcome.n_equivocators, 1, "seed {seed}: the fork was accepted: {outcome:?}");
+        assert_eq!(outcome.n_evidence, 1);
+        let attacker = cluster.public(4);
+        for &i in cluster.honest() {
+            assert!(cluster.node(i).is_refused(&attacker), "seed {seed}: node {i} refuses the equivocator");
+            assert_eq!(cluster.node(i).adapter().evidence().count(), 1);
+        }
+    }
+}
+
+#[test]
+fn orphan_flood_stays_bounded_and_honest_events_pass() {
+    for seed in 400..403 {
+        let mut config = SimConfig::quiet(seed, 4);
+        config.n_writes = 40;
+        config.active_ms = 3_000;
+        let mut flood = ByzantineConfig::only(&[Attack::OrphanFlood], 25);
+        flood.after_heal = AfterHeal::Silent;
+        config.byzantine.insert(0, flood);
+        let outcome = check(config);
+        assert!(outcome.n_evicted > 0, "seed {seed}: the flood reached the buffer bounds: {outcome:?}");
+        assert!(outcome.buffer_bytes_peak > 200 * 1024, "{outcome:?}");
+        assert_eq!(outcome.n_accepted, 40, "every honest write and nothing else was accepted");
+    }
+}
+
+/// Each attack alone, against a calm 4-node cluster, must be noticed for the expected reason.
+#[test]
+fn each_attack_is_rejected_for_its_reason() {
+    let cases: &[(Attack, Option<Reject>)] = &[
+        (Attack::ForgedSignature, Some(Reject::BadSignature)),
+        (Attack::WrongAuthor, Some(Reject::BadSignature)),
+        (Attack::BadDepsOrder, Some(Reject::DepsNotSorted)),
+        (Attack::OpsHashMismatch, Some(Reject::OpsHashMismatch)),
+        (Attack::BadSeq, Some(Reject::BadSeq)),
+        (Attack::BadLamport, Some(Reject::BadLamport)),
+        (Attack::NotMember, Some(Reject::NotMember)),
+        (Attack::BadOp, Some(Reject::BadOp)),
+        (Attack::Oversize, None),
+        (Attack::Garbage, None),
+        (Attack::MutatedBytes, None),
+        (Attack::ProtocolNoise, None),
+        (Attack::Replay, None),
+        (Attack::Orphans, None),
+        (Attack::OldSeqFork, None),
+        (Attack::SelfEvidence, None),
+        (Attack::ForkFan, None),
+        (Attack::ForkChains, None),
+    ];
+    for (case_idx, (attack, reason)) in cases.iter().enumerate() {
+        let mut config = SimConfig::quiet(500 + case_idx as u64, 4);
+        config.links = LinkProfile::reliable(5);
+        config.byzantine.insert(1, ByzantineConfig::only(&[Attack::Write, *attack], 12));
+        let outcome = check(config);
+        if let Some(reason) = reason {
+            assert!(outcome.rejected.get(reason).copied().unwrap_or(0) > 0, "{attack:?}: {outcome:?}");
+        }
+        match attack {
+            Attack::Oversize | Attack::ProtocolNoise | Attack::SelfEvidence => {
+                assert!(outcome.n_bad_messages > 0 || outcome.n_evidence > 0, "{attack:?}: {outcome:?}");
+            }
+            Attack::Garbage | Attack::MutatedBytes => {
+                let rejected: u64 = outcome.rejected.values().sum();
+                assert!(rejected + outcome.n_bad_messages > 0, "{attack:?}: {outcome:?}");
+            }
+            Attack::ForkFan | Attack::ForkChains => {
+                assert!(outcome.n_equivocators == 1 && outcome.n_evidence == 1, "{attack:?}: {outcome:?}");
+            }
+            _ => {}
+        }
+        if reason.is_some() {
+            assert!(outcome.n_invalid_crafted > 0, "{attack:?}: {outcome:?}");
+        }
+    }
+}
+
+#[test]
+fn honest_nodes_joined_only_through_honest_relays_converge() {
+    for seed in 700..704 {
+        // Honest nodes 0 - 1 - 2 - 3 in a line; node 4 is Byzantine, tied to everyone, and goes
+        // silent at the end, so the line must carry everything.
+        let mut config = SimConfig::quiet(seed, 5);
+        config.severed = vec![(0, 2), (0, 3), (1, 3)];
+        config.links = LinkProfile { drop_max_ppm: 100_000, duplicate_max_ppm: 50_000, delay_max_ms: 40 };
+        config.n_partitions = 2;
+        let mut byzantine = ByzantineConfig::only(&Attack::ALL, 12);
+        byzantine.after_heal = AfterHeal::Silent;
+        byzantine.withhold_ppm = 300_000;
+        config.byzantine.insert(4, byzantine);
+        let mut cluster = Cluster::new(config);
+        cluster.run_to_end().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert!(!cluster.node(0).is_connected(&cluster.public(3)));
+        assert_eq!(cluster.outcome().n_honest_writes, 30);
+    }
+}
+
+/// The checks themselves: a cluster cut in two and never healed must fail them.
+#[test]
+fn checks_catch_a_divergence() {
+    let mut config = SimConfig::quiet(800, 4);
+    config.n_writes = 0;
+    let mut cluster = Cluster::new(config);
+    cluster.schedule(
+        0,
+        Scripted::Partition { side: vec![true, true, false, false], disconnects: false, duration_ms: 60_000 },
+    );
+    cluster.schedule(100, Scripted::Write { node: 0 });
+    cluster.run_until(2_000).expect("no invariant breaks while cut");
+    assert!(!cluster.is_quiescent());
+    let error = cluster.check_final().expect_err("the two sides differ");
+    assert!(error.contains("accepted different events"), "{error}");
+    let error = cluster.run_until_quiescent(5_000).expect_err("a partition of 60 s outlasts the deadline");
+    assert!(error.contains("not quiescent"), "{error}");
+}
+
+/// A peer's tip with a seq near `u64::MAX`: the fork search that follows must not overflow.
+#[test]
+fn a_tip_seq_near_the_top_does_not_crash_the_node() {
+    for seq in [u64::MAX, u64::MAX - 1, u64::MAX / 2, 1 << 62] {
+        let mut config = SimConfig::quiet(900, 3);
+        config.byzantine.insert(2, ByzantineConfig::only(&[Attack::Write], 0));
+        let mut cluster = Cluster::new(config);
+        let tips = vec![Tip { author: cluster.public(0), seq, id: EventId([7; 32]) }];
+        let bytes = encode_message(&Message::Tips { reply: false, more: false, tips, evidence: Vec::new() });
+        cluster.schedule(10, Scripted::Send { from: 2, to: 1, bytes });
+        cluster.run_to_end().unwrap_or_else(|e| panic!("tip seq {seq}: {e}"));
+        assert!(cluster.outcome().messages_by_kind.get("fork_probe").copied().unwrap_or(0) > 0);
+    }
+}
+
+/// A node that lost its store keeps its key: it must learn its own latest seq from its peers
+/// before it signs again, or it would equivocate against its old self.
+#[test]
+fn a_node_that_lost_its_store_learns_its_seq_before_writing() {
+    for seed in 1_000..1_004 {
+        let mut config = SimConfig::quiet(seed, 4);
+        config.n_writes = 0;
+        config.links = LinkProfile { drop_max_ppm: 50_000, duplicate_max_ppm: 50_000, delay_max_ms: 30 };
+        let mut cluster = Cluster::new(config);
+        for k in 0..6 {
+            cluster.schedule(100 + 50 * k, Scripted::Write { node: 0 });
+        }
+        cluster.schedule(1_000, Scripted::Restart { node: 0, own_seq_peers_needed: 2 });
+        for k in 0..6 {
+            cluster.schedule(1_000 + 150 * k, Scripted::Write { node: 0 });
+        }
+        cluster.run_to_end().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let outcome = cluster.outcome();
+        assert!(outcome.n_writes_refused_while_learning >= 1, "seed {seed}: the first write is refused");
+        assert_eq!(outcome.n_honest_writes as u64 + outcome.n_writes_refused_while_learning, 12);
+        assert_eq!(outcome.n_evidence, 0, "seed {seed}: node 0 did not equivocate");
+        assert_eq!(cluster.node(1).adapter().n_accepted(), outcome.n_honest_writes);
+    }
+}
+
+/// A Byzantine peer that claims a restarted node's own chain is far longer than it is must
+/// not keep that node from writing for ever (DESIGN.md: a Byzantine peer costs honest nodes
+/// bounded delay).
+#[test]
+fn a_lying_peer_cannot_block_a_restarted_node_for_ever() {
+    let mut config = SimConfig::quiet(1_100, 4);
+    config.n_writes = 0;
+    config.byzantine.insert(3, ByzantineConfig::only(&[Attack::Write], 0));
+    let mut cluster = Cluster::new(config);
+    for k in 0..3 {
+        cluster.schedule(100 + 50 * k, Scripted::Write { node: 0 });
+    }
+    cluster.schedule(1_000, Scripted::Restart { node: 0, own_seq_peers_needed: 2 });
+    let lie = vec![Tip { author: cluster.public(0), seq: 1_000, id: EventId([9; 32]) }];
+    let bytes = encode_message(&Message::Tips { reply: false, more: false, tips: lie, evidence: Vec::new() });
+    cluster.schedule(1_001, Scripted::Send { from: 3, to: 0, bytes });
+    for k in 0..5 {
+        cluster.schedule(1_500 + 500 * k, Scripted::Write { node: 0 });
+    }
+    cluster.run_to_end().unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// A peer sending one event every 5 ms to a node that allows 100 events a second must get
+/// about 100 a second through, however the arrivals split the time.
+#[test]
+fn the_rate_limit_lets_its_rate_through() {
+    let mut config = SimConfig::quiet(1_200, 3);
+    config.n_writes = 0;
+    config.links = LinkProfile::reliable(1);
+    config.node_configs[1].peer_events_per_sec = 100;
+    config.node_configs[1].peer_events_burst = 20;
+    config.byzantine.insert(2, ByzantineConfig::only(&[Attack::Write], 0));
+    let mut cluster = Cluster::new(config);
+    cluster.schedule(10, Scripted::Write { node: 0 });
+    cluster.run_until(100).expect("one write");
+    let id = *cluster.node(0).adapter().accepted_ids().next().expect("node 0 wrote");
+    let event = cluster.node(0).adapter().event(&id).expect("accepted").bytes().to_vec();
+    let bytes = cairn_tests::sim::events_message(vec![event]);
+    let n_sends = 400;
+    for k in 0..n_sends {
+        cluster.schedule(1_000 + 5 * k, Scripted::Send { from: 2, to: 1, bytes: bytes.clone() });
+    }
+    cluster.run_until(1_000 + 5 * n_sends + 100).expect("no invariant breaks");
+    let stats = cluster.node(1).peer_stats(&cluster.public(2)).expect("a peer").clone();
+    // Node 2's own node also relays node 0's write once.
+    assert_eq!(stats.events_in, n_sends + 1);
+    // 20 of burst, then 100 a second for 2 seconds: about 220 through, 180 dropped.
+    let through = stats.events_in - stats.events_rate_limited;
+    assert!((200..=240).contains(&through), "{through} of {n_sends} events got through: {stats:?}");
+}
