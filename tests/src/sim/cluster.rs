@@ -504,9 +504,17 @@ impl Cluster {
     /// Whether the honest nodes are done: they all have the same sync digest, and the only
     /// messages in flight between them are the ones agreeing nodes keep sending (periodic
     /// `Summary`/`InSync`, and `Want`s for deps nobody has). Anti-entropy never stops, so
-    /// "no message at all in flight" never holds.
+    /// "no message at all in flight" never holds. A restarted node must also have learned its
+    /// own seq (its next sessions after catching up confirm it), so it can write again.
     pub fn is_quiescent(&mut self) -> bool {
         if self.n_busy_in_flight > 0 {
+            return false;
+        }
+        if self
+            .honest
+            .iter()
+            .any(|i| self.nodes[*i].restarted && self.nodes[*i].node.own_seq_pending().is_some())
+        {
             return false;
         }
         let mut first = None;
@@ -1010,7 +1018,30 @@ impl Cluster {
         }
         for &i in &honest {
             if let Some(error) = self.nodes[i].node.own_seq_pending().filter(|_| self.nodes[i].restarted) {
-                return Err(format!("restarted honest node {i} still refuses writes after healing: {error}"));
+                let peers: Vec<String> = (0..self.nodes.len())
+                    .filter(|j| *j != i)
+                    .map(|j| {
+                        let key = self.publics[j];
+                        let stats = self.nodes[i].node.peer_stats(&key);
+                        format!(
+                            "{j} (byzantine {}, its view: connected {} refused {} msgs_in {:?} out {:?} queued {:?}): connected {} in_sync {:?} tips {:?} in {:?} out {:?}",
+                            self.is_byzantine(j),
+                            self.nodes[j].node.is_connected(&self.publics[i]),
+                            self.nodes[j].node.is_refused(&self.publics[i]),
+                            self.nodes[j].node.peer_stats(&self.publics[i]).map(|s| s.messages_in),
+                            self.nodes[j].node.peer_stats(&self.publics[i]).map(|s| s.messages_out),
+                            self.nodes[j].node.queued(&self.publics[i]),
+                            self.nodes[i].node.is_connected(&key),
+                            stats.map(|s| s.sessions_in_sync),
+                            stats.map(|s| s.sessions_tips),
+                            stats.map(|s| s.messages_in),
+                            stats.map(|s| s.messages_out)
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "restarted honest node {i} still refuses writes after healing: {error}; peers: {peers:?}"
+                ));
             }
             for &j in &honest {
                 if i != j && self.nodes[i].node.is_refused(&self.publics[j]) {
