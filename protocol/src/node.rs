@@ -582,6 +582,21 @@ impl Node {
         None
     }
 
+    /// The next message for `peer` alone, for a driver whose send queue to that peer has
+    /// room while others are full.
+    pub fn poll_transmit_to(&mut self, peer: &PeerId) -> Option<Vec<u8>> {
+        let bytes = self.next_outgoing(*peer)?;
+        let p = self.peers.get_mut(peer).expect("next_outgoing found the peer");
+        p.stats.messages_out += 1;
+        p.stats.bytes_out += bytes.len() as u64;
+        Some(bytes)
+    }
+
+    /// Connected peers, in key order.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        self.peers.iter().filter(|(_, p)| p.connected).map(|(k, _)| *k).collect()
+    }
+
     /// The next thing that happened.
     pub fn poll_event(&mut self) -> Option<NodeEvent> {
         self.events.pop_front()

@@ -1,0 +1,8 @@
+//! `cairnd`, the Cairn replication daemon, and `cairnctl`, its admin CLI: a thin tokio driver
+//! around the sans-I/O protocol core. The QUIC transport, the redb store, the local HTTP API,
+//! metrics and configuration live here; the protocol logic does not.
+
+#![forbid(unsafe_code)]
+
+pub mod metrics;
+pub mod service;

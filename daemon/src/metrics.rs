@@ -1,0 +1,125 @@
+//! Prometheus metrics, one registry per node (no globals, so many nodes can live in one test
+//! process). Served as OpenMetrics text by the local API.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// A label naming a rejection reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// `Reject::name()`.
+    pub reason: &'static str,
+}
+
+/// A label naming a peer by its display name.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    /// The peer's genesis name.
+    pub peer: String,
+}
+
+/// Every metric of a node.
+pub struct Metrics {
+    registry: Registry,
+    /// Events accepted (local writes and from peers).
+    pub events_accepted: Counter,
+    /// Events rejected, by reason.
+    pub events_rejected: Family<ReasonLabel, Counter>,
+    /// Local writes acknowledged.
+    pub writes: Counter,
+    /// Local writes refused or failed.
+    pub write_errors: Counter,
+    /// Store commits (each one fsync), and the events they carried.
+    pub commits: Counter,
+    /// Events written by store commits.
+    pub committed_events: Counter,
+    /// Messages from peers that did not decode.
+    pub bad_messages: Counter,
+    /// Events dropped unread by the per-peer rate limit.
+    pub rate_limited_events: Counter,
+    /// Bytes received, per peer.
+    pub bytes_in: Family<PeerLabel, Counter>,
+    /// Bytes sent, per peer.
+    pub bytes_out: Family<PeerLabel, Counter>,
+    /// Connected peers.
+    pub peers_connected: Gauge,
+    /// Accepted events held.
+    pub events_held: Gauge,
+    /// Evidence held.
+    pub evidence_held: Gauge,
+    /// Events in the causal buffer.
+    pub buffer_events: Gauge,
+    /// Bytes charged to the causal buffer.
+    pub buffer_bytes: Gauge,
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered (prefix `cairn`).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cairn");
+        let metrics = Self {
+            registry: Registry::default(),
+            events_accepted: Counter::default(),
+            events_rejected: Family::default(),
+            writes: Counter::default(),
+            write_errors: Counter::default(),
+            commits: Counter::default(),
+            committed_events: Counter::default(),
+            bad_messages: Counter::default(),
+            rate_limited_events: Counter::default(),
+            bytes_in: Family::default(),
+            bytes_out: Family::default(),
+            peers_connected: Gauge::default(),
+            events_held: Gauge::default(),
+            evidence_held: Gauge::default(),
+            buffer_events: Gauge::default(),
+            buffer_bytes: Gauge::default(),
+        };
+        registry.register("events_accepted", "Events accepted", metrics.events_accepted.clone());
+        registry.register("events_rejected", "Events rejected, by reason", metrics.events_rejected.clone());
+        registry.register("writes", "Local writes acknowledged after fsync", metrics.writes.clone());
+        registry.register("write_errors", "Local writes refused or failed", metrics.write_errors.clone());
+        registry.register("store_commits", "Store commits (one fsync each)", metrics.commits.clone());
+        registry.register(
+            "store_committed_events",
+            "Events written by store commits",
+            metrics.committed_events.clone(),
+        );
+        registry.register("bad_messages", "Peer messages that did not decode", metrics.bad_messages.clone());
+        registry.register(
+            "rate_limited_events",
+            "Events dropped by the per-peer rate limit",
+            metrics.rate_limited_events.clone(),
+        );
+        registry.register("peer_bytes_in", "Bytes received from a peer", metrics.bytes_in.clone());
+        registry.register("peer_bytes_out", "Bytes sent to a peer", metrics.bytes_out.clone());
+        registry.register("peers_connected", "Connected peers", metrics.peers_connected.clone());
+        registry.register("events_held", "Accepted events held", metrics.events_held.clone());
+        registry.register("evidence_held", "Equivocation evidence held", metrics.evidence_held.clone());
+        registry.register(
+            "buffer_events",
+            "Events waiting in the causal buffer",
+            metrics.buffer_events.clone(),
+        );
+        registry.register("buffer_bytes", "Bytes charged to the causal buffer", metrics.buffer_bytes.clone());
+        Self { registry, ..metrics }
+    }
+
+    /// OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        encode(&mut out, &self.registry).expect("encoding into a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

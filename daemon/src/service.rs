@@ -1,0 +1,249 @@
+//! The service: one task owns the replica ([`cairn_protocol::Node`]) and drives it, in the
+//! style of quinn's `ConnectionDriver`. Transport events, API commands and timers come in;
+//! messages go out to the transport, accepted events to the store (group commit), changes to
+//! the watch stream. [`ServiceHandle`] is how the API talks to it.
+
+use std::net::SocketAddr;
+
+use cairn_crypto::PublicKey;
+use cairn_protocol::document::{KeyKind, RegisterRead};
+use cairn_protocol::{EventId, Evidence, Op, PeerStats};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+/// Commands queued from the API to the service; a full queue makes the API answer "busy".
+pub const COMMAND_QUEUE_MAX: usize = 4_096;
+/// Changes buffered per watch subscriber; a slower subscriber is told how many it missed.
+pub const WATCH_BUFFER_MAX: usize = 4_096;
+
+/// Why the service could not do what was asked.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceError {
+    /// Writes are refused for now (own-seq safety, or this node equivocated).
+    #[error("{0}")]
+    NotReady(String),
+    /// The request is not valid (bad ops, too large).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed; the write was not acknowledged.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// Too many requests are queued.
+    #[error("the daemon is busy: {COMMAND_QUEUE_MAX} requests are queued; retry")]
+    Busy,
+    /// The daemon is stopping.
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+/// An acknowledged write: durable on this node (fsync'd) before this is returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteAck {
+    /// The new event.
+    pub id: EventId,
+    /// Its seq.
+    pub seq: u64,
+    /// Its lamport timestamp.
+    pub lamport: u64,
+}
+
+/// An accepted event, for listing and inspection.
+#[derive(Clone, Debug)]
+pub struct EventInfo {
+    /// Its id.
+    pub id: EventId,
+    /// Its author.
+    pub author: PublicKey,
+    /// The author's display name from the genesis.
+    pub author_name: String,
+    /// Its seq.
+    pub seq: u64,
+    /// Its lamport timestamp.
+    pub lamport: u64,
+    /// Its deps.
+    pub deps: Vec<EventId>,
+    /// Its ops.
+    pub ops: Vec<Op>,
+    /// Its encoded size.
+    pub n_bytes: usize,
+    /// Whether its ops are excluded from the document (its author equivocated at or below its seq).
+    pub excluded: bool,
+}
+
+/// Which events to list.
+#[derive(Clone, Debug, Default)]
+pub struct EventQuery {
+    /// Only this author's events.
+    pub author: Option<PublicKey>,
+    /// Only events with a seq above this (with `author`), or accepted after this position.
+    pub after: Option<u64>,
+    /// At most this many (the API caps it).
+    pub limit: usize,
+}
+
+/// The state of a connection to a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerState {
+    /// Connected and exchanging messages.
+    Connected,
+    /// Not connected; the transport is trying (with backoff).
+    Connecting,
+    /// A proven equivocator: connections are refused.
+    Refused,
+}
+
+/// What the daemon knows about one peer.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    /// The peer's key.
+    pub key: PublicKey,
+    /// Its display name.
+    pub name: String,
+    /// Its configured address.
+    pub address: Option<SocketAddr>,
+    /// The connection state.
+    pub state: PeerState,
+    /// Milliseconds since the last message from it.
+    pub last_seen_ms_ago: Option<u64>,
+    /// The transport's smoothed round-trip time.
+    pub rtt_ms: Option<f64>,
+    /// Counters: messages, bytes, events in and out, rejections by reason.
+    pub stats: PeerStats,
+}
+
+/// The node's state in brief.
+#[derive(Clone, Debug)]
+pub struct Status {
+    /// This node's key.
+    pub key: PublicKey,
+    /// Its display name.
+    pub name: String,
+    /// The cluster id.
+    pub cluster_id: [u8; 32],
+    /// Highest seq of this node's own events.
+    pub own_seq: u64,
+    /// Document digest.
+    pub digest: [u8; 32],
+    /// Reconciliation digest (tips and evidence).
+    pub sync_digest: [u8; 32],
+    /// Accepted events.
+    pub n_events: usize,
+    /// Evidence held.
+    pub n_evidence: usize,
+    /// Events waiting in the causal buffer, and their charged bytes.
+    pub buffer_events: usize,
+    /// Bytes charged to the causal buffer.
+    pub buffer_bytes: usize,
+    /// The configured bound of the buffer, in bytes.
+    pub buffer_bytes_max: usize,
+    /// Why writes are refused, if they are.
+    pub writes_refused: Option<String>,
+    /// Connected peers.
+    pub n_peers_connected: usize,
+    /// Members other than this node.
+    pub n_peers: usize,
+}
+
+/// A key whose visible state changed, for the watch stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChangeNotice {
+    /// The key space.
+    pub kind: KeyKind,
+    /// The key.
+    pub key: Vec<u8>,
+    /// Position of this notice in the node's stream (1, 2, 3, …).
+    pub position: u64,
+}
+
+/// A request to the service, with the channel for its answer.
+#[derive(Debug)]
+pub(crate) enum Command {
+    Write(Vec<Op>, oneshot::Sender<Result<WriteAck, ServiceError>>),
+    Register(Vec<u8>, oneshot::Sender<RegisterRead>),
+    Counter(Vec<u8>, oneshot::Sender<i128>),
+    SetMembers(Vec<u8>, oneshot::Sender<Vec<Vec<u8>>>),
+    Keys(KeyKind, oneshot::Sender<Vec<Vec<u8>>>),
+    Events(EventQuery, oneshot::Sender<Vec<EventInfo>>),
+    Event(EventId, oneshot::Sender<Option<EventInfo>>),
+    Evidence(oneshot::Sender<Vec<Evidence>>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Status(oneshot::Sender<Status>),
+}
+
+/// How the API reaches the service. Cheap to clone.
+#[derive(Clone)]
+pub struct ServiceHandle {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) changes: broadcast::Sender<ChangeNotice>,
+    pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
+}
+
+impl ServiceHandle {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.try_send(make(tx)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ServiceError::Busy,
+            mpsc::error::TrySendError::Closed(_) => ServiceError::ShuttingDown,
+        })?;
+        rx.await.map_err(|_| ServiceError::ShuttingDown)
+    }
+
+    /// Signs, applies and durably stores one event with `ops`; returns once it is fsync'd.
+    pub async fn write(&self, ops: Vec<Op>) -> Result<WriteAck, ServiceError> {
+        self.ask(|tx| Command::Write(ops, tx)).await?
+    }
+
+    /// A register: its visible value and siblings.
+    pub async fn register(&self, key: Vec<u8>) -> Result<RegisterRead, ServiceError> {
+        self.ask(|tx| Command::Register(key, tx)).await
+    }
+
+    /// A counter's value.
+    pub async fn counter(&self, key: Vec<u8>) -> Result<i128, ServiceError> {
+        self.ask(|tx| Command::Counter(key, tx)).await
+    }
+
+    /// A set's members, sorted.
+    pub async fn set_members(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, ServiceError> {
+        self.ask(|tx| Command::SetMembers(key, tx)).await
+    }
+
+    /// The keys of one kind with a non-empty state, sorted.
+    pub async fn keys(&self, kind: KeyKind) -> Result<Vec<Vec<u8>>, ServiceError> {
+        self.ask(|tx| Command::Keys(kind, tx)).await
+    }
+
+    /// Accepted events matching `query`.
+    pub async fn events(&self, query: EventQuery) -> Result<Vec<EventInfo>, ServiceError> {
+        self.ask(|tx| Command::Events(query, tx)).await
+    }
+
+    /// One accepted event.
+    pub async fn event(&self, id: EventId) -> Result<Option<EventInfo>, ServiceError> {
+        self.ask(|tx| Command::Event(id, tx)).await
+    }
+
+    /// The evidence held, one per equivocating member.
+    pub async fn evidence(&self) -> Result<Vec<Evidence>, ServiceError> {
+        self.ask(Command::Evidence).await
+    }
+
+    /// Every other member, with its connection state and counters.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, ServiceError> {
+        self.ask(Command::Peers).await
+    }
+
+    /// The node's state in brief.
+    pub async fn status(&self) -> Result<Status, ServiceError> {
+        self.ask(Command::Status).await
+    }
+
+    /// The Prometheus metrics in OpenMetrics text.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.encode()
+    }
+
+    /// A stream of changes applied to the document from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<ChangeNotice> {
+        self.changes.subscribe()
+    }
+}
