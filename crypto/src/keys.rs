@@ -141,6 +141,12 @@ impl SecretKey {
         Self { signing: ed25519_dalek::SigningKey::from_bytes(seed) }
     }
 
+    /// The RFC 8032 seed, for building the node's TLS identity. Handle with care: whoever
+    /// holds these bytes can sign as this node.
+    pub fn seed_bytes(&self) -> [u8; 32] {
+        self.signing.to_bytes()
+    }
+
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
         PublicKey(self.signing.verifying_key().to_bytes())
