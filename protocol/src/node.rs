@@ -32,6 +32,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use cairn_crypto::keys::SIGNATURE_BYTES;
 use cairn_crypto::{Domain, Hasher, PublicKey, SecretKey};
 
 use crate::adapter::{Adapter, AdapterConfig, Ingested};
@@ -42,8 +43,8 @@ use crate::event::{Event, EventId, Op};
 use crate::evidence::Evidence;
 use crate::genesis::{Genesis, MemberIdx};
 use crate::limits::{
-    DEPS_MAX, EVENT_BYTES_MAX, EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX, MESSAGE_BYTES_MAX,
-    TIPS_PER_MESSAGE_MAX, WANT_IDS_MAX,
+    DEPS_MAX, EVENT_BYTES_MAX, EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX, HEADER_BYTES_MAX,
+    KEY_BYTES_MAX, MESSAGE_BYTES_MAX, OPS_MAX, TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
 };
 use crate::message::{Message, Tip};
 use crate::validate::Reject;
@@ -275,6 +276,8 @@ pub struct Node {
     next_want_ms: u64,
     transmit_cursor: Option<PeerId>,
     learning_own_seq: bool,
+    /// The highest own seq handed out by `prepare_writes`.
+    prepared_up_to: u64,
 }
 
 impl Node {
@@ -286,6 +289,7 @@ impl Node {
             adapter: Adapter::new(genesis, config.adapter.clone()),
             document: Document::new(n_members),
             learning_own_seq: config.own_seq_peers_needed > 0,
+            prepared_up_to: 0,
             config,
             me,
             peers: BTreeMap::new(),
@@ -428,8 +432,52 @@ impl Node {
     }
 
     /// A local write: signs one event with `key` over the current frontier and accepts it.
+    /// A daemon that must store its own events before anyone sees them uses
+    /// [`Node::prepare_writes`] and [`Node::commit_writes`] instead.
     pub fn write(&mut self, key: &SecretKey, ops: Vec<Op>, now_ms: u64) -> Result<Verified, WriteError> {
-        let author = self.genesis().member_idx(&key.public()).ok_or(WriteError::NotMember)?;
+        let events = self.prepare_writes(key, vec![ops])?;
+        let mut accepted = self.commit_writes(events, now_ms);
+        Ok(accepted.remove(0))
+    }
+
+    /// Checks that `ops` can form an event: non-empty, within the count and size limits, and
+    /// small enough that the event fits in [`crate::limits::EVENT_BYTES_MAX`] whatever its deps.
+    pub fn check_ops(ops: &[Op]) -> Result<(), WriteError> {
+        let invalid = || Err(WriteError::Invalid(Reject::BadOp));
+        if ops.is_empty() || ops.len() > OPS_MAX {
+            return invalid();
+        }
+        for op in ops {
+            let value_len = match op {
+                Op::Put { value, .. } => value.len(),
+                Op::Add { element, .. } | Op::Remove { element, .. } => element.len(),
+                Op::Del { .. } | Op::Incr { .. } => 0,
+            };
+            if op.key().is_empty() || op.key().len() > KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
+                return invalid();
+            }
+        }
+        if HEADER_BYTES_MAX + codec::encode_ops(ops).len() + SIGNATURE_BYTES > EVENT_BYTES_MAX {
+            return Err(WriteError::Invalid(Reject::Oversize));
+        }
+        Ok(())
+    }
+
+    /// Signs one event per op list, chained by seq (each depends on the one before; the first
+    /// on the current frontier), without accepting them: the caller stores them durably, then
+    /// hands them to [`Node::commit_writes`]. Nothing is sent to peers before that, so an own
+    /// event can never exist elsewhere without being on this node's disk.
+    ///
+    /// # Panics
+    ///
+    /// If an op list fails [`Node::check_ops`]: callers check every request first.
+    pub fn prepare_writes(
+        &mut self,
+        key: &SecretKey,
+        writes: Vec<Vec<Op>>,
+    ) -> Result<Vec<Event>, WriteError> {
+        let me = key.public();
+        let author = self.genesis().member_idx(&me).ok_or(WriteError::NotMember)?;
         if self.adapter.is_equivocator(author) {
             return Err(WriteError::Equivocator);
         }
@@ -437,30 +485,47 @@ impl Node {
             return Err(pending);
         }
         self.learning_own_seq = false;
-        let seq = self.adapter.max_seq(author) + 1;
         let mut tips = self.adapter.tips();
         // The own predecessor must be a dep; the other tips fill the rest, newest first.
         tips.sort_by_key(|t| {
             let lamport = self.adapter.event(&t.id).map_or(0, Verified::lamport);
-            (t.author != key.public(), std::cmp::Reverse(lamport), t.id)
+            (t.author != me, std::cmp::Reverse(lamport), t.id)
         });
         tips.truncate(DEPS_MAX);
-        let lamport = 1 + tips
-            .iter()
-            .filter_map(|t| self.adapter.event(&t.id))
-            .map(Verified::lamport)
-            .max()
-            .unwrap_or(0);
-        let deps = tips.iter().map(|t| t.id).collect();
-        let event = Event::sign(key, seq, lamport, deps, ops);
-        let me = key.public();
-        let ingested = self.adapter.ingest(me, vec![event.encode()]);
-        if let Some(rejection) = ingested.rejected.first() {
-            return Err(WriteError::Invalid(rejection.reason));
+        let mut lamport =
+            tips.iter().filter_map(|t| self.adapter.event(&t.id)).map(Verified::lamport).max().unwrap_or(0);
+        let mut seq = self.adapter.max_seq(author);
+        // Preparing again before the last prepared events were committed would sign their
+        // seqs twice: equivocation by this node itself.
+        assert!(self.prepared_up_to <= seq, "prepare_writes called again before commit_writes");
+        let mut deps: Vec<EventId> = tips.iter().map(|t| t.id).collect();
+        let mut events = Vec::with_capacity(writes.len());
+        for ops in writes {
+            assert!(Self::check_ops(&ops).is_ok(), "prepare_writes takes checked ops");
+            seq += 1;
+            lamport += 1;
+            let event = Event::sign(key, seq, lamport, std::mem::take(&mut deps), ops);
+            deps = vec![event.id()];
+            events.push(event);
         }
-        let id = event.id();
+        self.prepared_up_to = seq;
+        Ok(events)
+    }
+
+    /// Accepts own events made by [`Node::prepare_writes`] (and stored), in order, and pushes
+    /// them to peers. Their signatures are this node's own, so they are not checked again;
+    /// every other rule is.
+    ///
+    /// # Panics
+    ///
+    /// If one of them is not accepted: they were built on this node's own state, so that would
+    /// be a bug (or events prepared twice without committing the first ones).
+    pub fn commit_writes(&mut self, events: Vec<Event>, now_ms: u64) -> Vec<Verified> {
+        let ids: Vec<EventId> = events.iter().map(Event::id).collect();
+        let ingested = self.adapter.restore(events.iter().map(Event::encode).collect());
+        assert!(ingested.rejected.is_empty(), "own events must be valid: {:?}", ingested.rejected);
         self.absorb(None, ingested, now_ms);
-        self.adapter.event(&id).cloned().ok_or(WriteError::Invalid(Reject::BadSeq))
+        ids.iter().map(|id| self.adapter.event(id).cloned().expect("own events are accepted")).collect()
     }
 
     /// Bytes from `peer`: one reconciliation message.

@@ -274,3 +274,25 @@ fn restore_rebuilds_the_same_state_and_catches_altered_bytes() {
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].reason, cairn_protocol::Reject::OpsHashMismatch);
 }
+
+#[test]
+fn prepared_writes_leave_the_node_only_once_committed() {
+    let mut net = Net::new(2, &[1, 2]);
+    net.connect(0, 1);
+    net.settle();
+    let ops: Vec<Vec<Op>> = (0..3).map(|i| put("k", &i.to_string())).collect();
+    for ops in &ops {
+        Node::check_ops(ops).unwrap();
+    }
+    assert!(Node::check_ops(&[]).is_err());
+    assert!(Node::check_ops(&[Op::Del { key: vec![] }]).is_err());
+    let events = net.nodes[0].1.prepare_writes(&key(1), ops).unwrap();
+    assert_eq!(events.iter().map(|e| e.header.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert!(net.nodes[0].1.poll_transmit().is_none(), "nothing leaves before commit");
+    assert_eq!(net.nodes[0].1.adapter().n_accepted(), 0);
+    let accepted = net.nodes[0].1.commit_writes(events, 1);
+    assert_eq!(accepted.len(), 3);
+    net.settle();
+    assert_eq!(net.nodes[1].1.adapter().n_accepted(), 3);
+    assert_eq!(net.nodes[1].1.document().register(b"k").visible.unwrap().value, b"2");
+}
