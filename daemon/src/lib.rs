@@ -4,5 +4,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod config;
 pub mod metrics;
 pub mod service;

@@ -1,0 +1,450 @@
+//! Configuration: the node's TOML config file and the cluster's genesis file. Every setting is
+//! documented here with its default; an error names the file and the field.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use cairn_crypto::PublicKey;
+use cairn_protocol::{AdapterConfig, Genesis, Member, NodeConfig};
+use serde::Deserialize;
+
+/// Where the systemd unit puts the socket (`RuntimeDirectory=cairn`); `cairnctl` defaults to it.
+pub const DEFAULT_SOCKET: &str = "/run/cairn/cairnd.sock";
+/// The UDP port `cairnd` listens on unless configured.
+pub const DEFAULT_PORT: u16 = 7710;
+/// The store's file name inside the data directory.
+pub const STORE_FILE: &str = "cairn.redb";
+
+/// The node's config file (`cairnd.toml`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The node's secret key file (made by `cairnd keygen`, mode 0600).
+    pub key_file: PathBuf,
+    /// The cluster's genesis file (the same on every node).
+    pub genesis_file: PathBuf,
+    /// UDP address for QUIC. Default `0.0.0.0:7710`.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Directory of the store. Default `/var/lib/cairn`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The local API's Unix socket. Default `/run/cairn/cairnd.sock`.
+    #[serde(default = "default_socket")]
+    pub socket: PathBuf,
+    /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive list);
+    /// `RUST_LOG` overrides it. Default `info`.
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
+    /// Set on every node of a brand-new cluster only: this node's key has never signed, so it
+    /// need not learn its latest seq from peers before its first write. Default false.
+    #[serde(default)]
+    pub new_cluster: bool,
+    /// The peers this node dials, by genesis name or key. Peers not listed may still dial in.
+    #[serde(default)]
+    pub peers: Vec<PeerConfig>,
+    /// Bounds on memory, queues and rates.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Intervals and timeouts.
+    #[serde(default)]
+    pub timing: Timing,
+}
+
+/// One peer to dial.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's genesis name (or give `key`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The peer's public key (hex), if not named.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Its UDP address, `host:port` or `ip:port`.
+    pub address: String,
+}
+
+/// Bounds; the defaults suit a few-node cluster on a small host.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Causal buffer bytes one peer may fill. Default 16 MiB.
+    pub buffer_bytes_per_peer_max: usize,
+    /// Causal buffer bytes in all. Default 64 MiB.
+    pub buffer_bytes_total_max: usize,
+    /// Event ids queued for one peer. Default 262 144.
+    pub peer_queue_ids_max: usize,
+    /// Control messages queued for one peer in the protocol. Default 1 024.
+    pub peer_queue_messages_max: usize,
+    /// Encoded messages queued for one peer in the transport. Default 64.
+    pub transport_queue_messages_max: usize,
+    /// Events per second one peer may send. Default 100 000.
+    pub peer_events_per_sec: u64,
+    /// Burst of events one peer may send. Default 200 000.
+    pub peer_events_burst: u64,
+    /// Threads for signature checks; 0 = one per CPU. Default 0.
+    pub verify_threads: usize,
+    /// Peers that must report this node's own tips before a node with an empty store signs;
+    /// 0 = half the other members, rounded up. Default 0.
+    pub own_seq_peers_needed: usize,
+    /// Most local writes signed and stored in one commit. Default 1 024.
+    pub commit_writes_max: usize,
+}
+
+/// Intervals and timeouts (humantime: `500ms`, `2s`, `1m`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timing {
+    /// Anti-entropy period per peer. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub sync_interval: Duration,
+    /// An unanswered session or fork search is abandoned after this. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// Period of requests for ids the causal buffer misses. Default 500 ms.
+    #[serde(with = "humantime_serde")]
+    pub want_interval: Duration,
+    /// First reconnect delay, doubled up to `reconnect_backoff_max`. Default 200 ms.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_min: Duration,
+    /// Longest reconnect delay. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub reconnect_backoff_max: Duration,
+    /// QUIC handshake plus hello must finish within this. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// A silent connection is closed after this (keep-alives at a third). Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// On SIGTERM, the longest wait for queued writes to be stored and sent. Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))
+}
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/cairn")
+}
+fn default_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_SOCKET)
+}
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        let node = NodeConfig::default();
+        Self {
+            buffer_bytes_per_peer_max: node.adapter.buffer_bytes_per_peer_max,
+            buffer_bytes_total_max: node.adapter.buffer_bytes_total_max,
+            peer_queue_ids_max: node.peer_queue_ids_max,
+            peer_queue_messages_max: node.peer_queue_messages_max,
+            transport_queue_messages_max: 64,
+            peer_events_per_sec: node.peer_events_per_sec,
+            peer_events_burst: node.peer_events_burst,
+            verify_threads: 0,
+            own_seq_peers_needed: 0,
+            commit_writes_max: 1_024,
+        }
+    }
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        let node = NodeConfig::default();
+        Self {
+            sync_interval: Duration::from_millis(node.sync_interval_ms),
+            session_timeout: Duration::from_millis(node.session_timeout_ms),
+            want_interval: Duration::from_millis(node.want_interval_ms),
+            reconnect_backoff_min: Duration::from_millis(200),
+            reconnect_backoff_max: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The genesis file (`genesis.toml`): the members, each with a name and a key.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenesisFile {
+    member: Vec<MemberEntry>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberEntry {
+    name: String,
+    key: String,
+}
+
+/// Reads and checks a genesis file.
+pub fn load_genesis(path: &Path) -> anyhow::Result<Genesis> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read genesis file {}", path.display()))?;
+    parse_genesis(&text).with_context(|| format!("genesis file {}", path.display()))
+}
+
+/// Parses genesis TOML (`[[member]]` tables with `name` and `key`).
+pub fn parse_genesis(text: &str) -> anyhow::Result<Genesis> {
+    let file: GenesisFile = toml::from_str(text)?;
+    let mut members = Vec::with_capacity(file.member.len());
+    for (i, entry) in file.member.into_iter().enumerate() {
+        let key: PublicKey =
+            entry.key.parse().with_context(|| format!("member[{i}] ({:?}).key", entry.name))?;
+        members.push(Member { key, name: entry.name });
+    }
+    Ok(Genesis::new(members)?)
+}
+
+/// Renders a genesis as TOML, in the form [`parse_genesis`] reads.
+pub fn render_genesis(genesis: &Genesis) -> String {
+    let mut out = String::from("# Cairn cluster genesis: the same file on every node.\n");
+    for member in genesis.members() {
+        out.push_str(&format!("\n[[member]]\nname = {:?}\nkey = \"{}\"\n", member.name, member.key));
+    }
+    out
+}
+
+/// A peer to dial, resolved against the genesis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Its key.
+    pub key: PublicKey,
+    /// Its genesis name.
+    pub name: String,
+    /// Its address.
+    pub address: SocketAddr,
+}
+
+impl Config {
+    /// Reads and checks the config file (not the files it names).
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("config file {}", path.display()))
+    }
+
+    /// Parses config TOML.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let config: Self = toml::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        let limits = &self.limits;
+        let positive = [
+            ("limits.buffer_bytes_per_peer_max", limits.buffer_bytes_per_peer_max as u64),
+            ("limits.buffer_bytes_total_max", limits.buffer_bytes_total_max as u64),
+            ("limits.peer_queue_ids_max", limits.peer_queue_ids_max as u64),
+            ("limits.peer_queue_messages_max", limits.peer_queue_messages_max as u64),
+            ("limits.transport_queue_messages_max", limits.transport_queue_messages_max as u64),
+            ("limits.peer_events_per_sec", limits.peer_events_per_sec),
+            ("limits.peer_events_burst", limits.peer_events_burst),
+            ("limits.commit_writes_max", limits.commit_writes_max as u64),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                bail!("{field} must be greater than 0");
+            }
+        }
+        if limits.buffer_bytes_per_peer_max > limits.buffer_bytes_total_max {
+            bail!("limits.buffer_bytes_per_peer_max must not exceed limits.buffer_bytes_total_max");
+        }
+        let timing = &self.timing;
+        for (field, value) in [
+            ("timing.sync_interval", timing.sync_interval),
+            ("timing.session_timeout", timing.session_timeout),
+            ("timing.want_interval", timing.want_interval),
+            ("timing.reconnect_backoff_min", timing.reconnect_backoff_min),
+            ("timing.handshake_timeout", timing.handshake_timeout),
+            ("timing.idle_timeout", timing.idle_timeout),
+        ] {
+            if value.is_zero() {
+                bail!("{field} must be longer than 0");
+            }
+        }
+        if timing.reconnect_backoff_min > timing.reconnect_backoff_max {
+            bail!("timing.reconnect_backoff_min must not exceed timing.reconnect_backoff_max");
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            if peer.name.is_some() == peer.key.is_some() {
+                bail!("peers[{i}]: give exactly one of `name` and `key`");
+            }
+        }
+        Ok(())
+    }
+
+    /// The peers to dial, resolved against `genesis`: each must be a member, and not this node.
+    pub fn resolve_peers(&self, genesis: &Genesis, me: &PublicKey) -> anyhow::Result<Vec<Peer>> {
+        let mut names: Vec<&str> = genesis.members().iter().map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        let mut peers: Vec<Peer> = Vec::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let member = match (&peer.name, &peer.key) {
+                (Some(name), _) => genesis.members().iter().find(|m| &m.name == name).with_context(|| {
+                    format!("peers[{i}].name: {name:?} is not a member of the genesis; members are {}", names.join(", "))
+                })?,
+                (None, Some(key)) => {
+                    let key: PublicKey = key.parse().with_context(|| format!("peers[{i}].key"))?;
+                    let idx = genesis
+                        .member_idx(&key)
+                        .with_context(|| format!("peers[{i}].key: {key} is not a member of the genesis"))?;
+                    &genesis.members()[idx]
+                }
+                (None, None) => bail!("peers[{i}]: give `name` or `key`"),
+            };
+            if member.key == *me {
+                bail!("peers[{i}]: {:?} is this node itself", member.name);
+            }
+            if peers.iter().any(|p| p.key == member.key) {
+                bail!("peers[{i}]: {:?} is listed twice", member.name);
+            }
+            let address = resolve_address(&peer.address).with_context(|| format!("peers[{i}].address"))?;
+            peers.push(Peer { key: member.key, name: member.name.clone(), address });
+        }
+        Ok(peers)
+    }
+
+    /// The protocol's node settings from these limits and timings.
+    pub fn node_config(&self, genesis: &Genesis, store_has_own_events: bool) -> NodeConfig {
+        let limits = &self.limits;
+        let timing = &self.timing;
+        let verify_threads = match limits.verify_threads {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        let others = genesis.members().len().saturating_sub(1);
+        let own_seq_peers_needed = if store_has_own_events || self.new_cluster || others == 0 {
+            0
+        } else if limits.own_seq_peers_needed > 0 {
+            limits.own_seq_peers_needed.min(others)
+        } else {
+            others.div_ceil(2)
+        };
+        NodeConfig {
+            adapter: AdapterConfig {
+                buffer_bytes_per_peer_max: limits.buffer_bytes_per_peer_max,
+                buffer_bytes_total_max: limits.buffer_bytes_total_max,
+                verify_threads,
+            },
+            sync_interval_ms: millis(timing.sync_interval),
+            session_timeout_ms: millis(timing.session_timeout),
+            want_interval_ms: millis(timing.want_interval),
+            peer_queue_ids_max: limits.peer_queue_ids_max,
+            peer_queue_messages_max: limits.peer_queue_messages_max,
+            peer_events_per_sec: limits.peer_events_per_sec,
+            peer_events_burst: limits.peer_events_burst,
+            own_seq_peers_needed,
+            ..NodeConfig::default()
+        }
+    }
+
+    /// The store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join(STORE_FILE)
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `host:port` or `ip:port` to one socket address (the first the resolver gives).
+pub fn resolve_address(text: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs as _;
+    let mut addresses =
+        text.to_socket_addrs().with_context(|| format!("{text:?} is not an address (host:port or ip:port)"))?;
+    addresses.next().with_context(|| format!("{text:?} resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_crypto::SecretKey;
+
+    fn genesis() -> (Genesis, Vec<SecretKey>) {
+        let keys: Vec<SecretKey> = (1..=3).map(|i| SecretKey::from_seed(&[i; 32])).collect();
+        let names = ["alice", "bob", "carol"];
+        let members =
+            keys.iter().zip(names).map(|(k, n)| Member { key: k.public(), name: n.to_owned() }).collect();
+        (Genesis::new(members).unwrap(), keys)
+    }
+
+    #[test]
+    fn genesis_round_trips_through_its_file_form() {
+        let (g, _) = genesis();
+        assert_eq!(parse_genesis(&render_genesis(&g)).unwrap(), g);
+    }
+
+    #[test]
+    fn genesis_errors_name_the_member() {
+        let err = parse_genesis("[[member]]\nname = \"a\"\nkey = \"xyz\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("member[0] (\"a\").key"), "{err:#}");
+        let err = parse_genesis("[[member]]\nname = \"a\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("key"), "{err:#}");
+        let (g, _) = genesis();
+        let twice = format!("{}{}", render_genesis(&g), render_genesis(&g).replace("# Cairn cluster genesis: the same file on every node.\n", ""));
+        assert!(format!("{:#}", parse_genesis(&twice).unwrap_err()).contains("twice"));
+    }
+
+    const MINIMAL: &str = "key_file = \"/k\"\ngenesis_file = \"/g\"\n";
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
+        assert_eq!(c.timing.sync_interval, Duration::from_secs(1));
+        assert!(!c.new_cluster);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            ("listen = \"nowhere\"\n", "listen"),
+            ("colour = 1\n", "colour"),
+            ("[limits]\npeer_events_per_sec = 0\n", "limits.peer_events_per_sec"),
+            ("[timing]\nsync_interval = \"soon\"\n", "sync_interval"),
+            ("[[peers]]\naddress = \"127.0.0.1:1\"\n", "peers[0]"),
+        ];
+        for (extra, field) in cases {
+            let err = Config::parse(&format!("{MINIMAL}{extra}")).unwrap_err();
+            assert!(format!("{err:#}").contains(field), "{extra:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn peers_resolve_against_the_genesis() {
+        let (g, keys) = genesis();
+        let text = format!(
+            "{MINIMAL}[[peers]]\nname = \"bob\"\naddress = \"127.0.0.1:7711\"\n[[peers]]\nkey = \"{}\"\naddress = \"127.0.0.1:7712\"\n",
+            keys[2].public()
+        );
+        let c = Config::parse(&text).unwrap();
+        let peers = c.resolve_peers(&g, &keys[0].public()).unwrap();
+        assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["bob", "carol"]);
+        let err = c.resolve_peers(&g, &keys[1].public()).unwrap_err();
+        assert!(format!("{err:#}").contains("this node itself"));
+        let unknown = Config::parse(&format!("{MINIMAL}[[peers]]\nname = \"dave\"\naddress = \"127.0.0.1:1\"\n")).unwrap();
+        let err = unknown.resolve_peers(&g, &keys[0].public()).unwrap_err();
+        assert!(format!("{err:#}").contains("alice, bob, carol"), "{err:#}");
+    }
+
+    #[test]
+    fn own_seq_safety_is_on_for_an_empty_store_only() {
+        let (g, _) = genesis();
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.node_config(&g, false).own_seq_peers_needed, 1);
+        assert_eq!(c.node_config(&g, true).own_seq_peers_needed, 0);
+        let new = Config::parse(&format!("new_cluster = true\n{MINIMAL}")).unwrap();
+        assert_eq!(new.node_config(&g, false).own_seq_peers_needed, 0);
+    }
+}
