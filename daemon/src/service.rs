@@ -1,7 +1,6 @@
-//! The service: one task owns the replica ([`cairn_protocol::Node`]) and drives it, in the
-//! style of quinn's `ConnectionDriver`. Transport events, API commands and timers come in;
-//! messages go out to the transport, accepted events to the store (group commit), changes to
-//! the watch stream. [`ServiceHandle`] is how the API talks to it.
+//! The service interface: what the local API may ask of the replica, and the answers.
+//! [`ServiceHandle`] is how the API talks to the driver task (`driver.rs`), which owns the
+//! replica.
 
 use std::net::SocketAddr;
 
