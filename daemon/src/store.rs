@@ -1,0 +1,550 @@
+//! The node's durable store: accepted events in the order they were appended, and the
+//! equivocation evidence it holds, in one redb file inside the data directory.
+//!
+//! The store is written once per group commit ([`Store::append`]: one write transaction, one
+//! fsync) and read once, at start ([`Store::open`] returns everything in a [`Loaded`]). Between
+//! the two the node keeps its state in memory; the store is never queried.
+//!
+//! Layout (format [`FORMAT_VERSION`]), four redb tables:
+//!
+//! | table      | key                   | value                                  |
+//! |------------|-----------------------|----------------------------------------|
+//! | `meta`     | `&str`                | `"format"`: u64 LE; `"cluster_id"`, `"node_key"`: 32 bytes |
+//! | `log`      | u64 position, 0, 1, … | canonical event bytes, in append order  |
+//! | `ids`      | 32-byte event id      | u64 position in `log`                  |
+//! | `evidence` | 32-byte author key    | canonical evidence bytes (the newest)  |
+//!
+//! `ids` makes appending an event twice a no-op. The append order is a causal order because the
+//! node only accepts an event after its dependencies, so replaying `log` in order restores it.
+//!
+//! A corrupt store is refused, never used: redb verifies every page checksum on open, and the
+//! load checks that `log` and `ids` agree entry by entry. The protocol layer validates every
+//! event again when it restores them (`Node::restore`), but without the signatures, which is why
+//! the bytes themselves must be trustworthy.
+
+use std::cell::Cell;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use cairn_protocol::codec;
+use cairn_protocol::event::ops_hash;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+/// The layout version in `meta["format"]`. Bump it when the layout changes; a store with
+/// another version is refused with [`StoreError::Format`].
+pub const FORMAT_VERSION: u64 = 1;
+
+/// redb's page cache. Start-up reads every page once and the node keeps its state in memory,
+/// so after that the cache serves only the b-tree paths that appends touch: the right edge of
+/// `log` and the inner pages of `ids`. 64 MiB holds those for tens of millions of events.
+const CACHE_BYTES: usize = 64 << 20;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const IDS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("ids");
+const EVIDENCE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("evidence");
+
+const META_FORMAT: &str = "format";
+const META_CLUSTER_ID: &str = "cluster_id";
+const META_NODE_KEY: &str = "node_key";
+
+/// What the store held when it was opened.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loaded {
+    /// Canonical event bytes in the order they were appended, a causal order.
+    pub events: Vec<Vec<u8>>,
+    /// Canonical evidence encodings, one per equivocating author, in author key order.
+    pub evidence: Vec<Vec<u8>>,
+}
+
+/// Why the store could not be opened or written. Every message names the file and says what
+/// to do next.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store was created for another cluster.
+    #[error(
+        "the store at {path} belongs to cluster {}, this node's genesis is cluster {}; point \
+         data_dir at the right directory, or move the old store away",
+        hex::encode(.stored),
+        hex::encode(.expected)
+    )]
+    OtherCluster {
+        /// The store file.
+        path: PathBuf,
+        /// The cluster id in the store.
+        stored: [u8; 32],
+        /// This node's cluster id (from its genesis).
+        expected: [u8; 32],
+    },
+    /// The store was written by a node with another key.
+    #[error(
+        "the store at {path} was written by node key {}, this node's key is {}; start the node \
+         with the key that wrote the store, or point data_dir at this key's own directory, or \
+         move the old store away",
+        hex::encode(.stored),
+        hex::encode(.expected)
+    )]
+    OtherKey {
+        /// The store file.
+        path: PathBuf,
+        /// The node key in the store.
+        stored: [u8; 32],
+        /// This node's key.
+        expected: [u8; 32],
+    },
+    /// The store has a layout version this build does not read.
+    #[error(
+        "the store at {path} has {found}, but this cairnd reads store format {FORMAT_VERSION}; run \
+         the cairnd version that wrote it, or move the store away and let the node catch up \
+         from its peers"
+    )]
+    Format {
+        /// The store file.
+        path: PathBuf,
+        /// The version found, in words.
+        found: String,
+    },
+    /// The file is not a Cairn store, or it failed an integrity check.
+    #[error(
+        "the store at {path} is corrupt or not a Cairn store ({detail}); it is refused, not used. \
+         Restore it from a backup, or move it away and restart: the node then catches up from \
+         its peers, and own-seq safety makes it learn its own last seq before it writes again"
+    )]
+    Corrupt {
+        /// The store file.
+        path: PathBuf,
+        /// What did not check out.
+        detail: String,
+    },
+    /// Another process (or another handle in this one) has the store open.
+    #[error(
+        "another cairnd is using the store at {path}; stop it first, or give each node its own \
+         data_dir"
+    )]
+    InUse {
+        /// The store file.
+        path: PathBuf,
+    },
+    /// The store file or its directory could not be opened or created.
+    #[error(
+        "cannot open the store at {path}: {detail}; check that the data directory exists or can \
+         be created, is on a writable file system, and belongs to the user cairnd runs as"
+    )]
+    Access {
+        /// The store file.
+        path: PathBuf,
+        /// What the file system said.
+        detail: String,
+    },
+    /// A write failed. The store refuses every later write from this process.
+    #[error(
+        "writing the store at {path} failed: {detail}; this process can no longer write to it, so \
+         cairnd must restart (what was committed before is safe; the failed write was not \
+         acknowledged, though it may turn out to be stored after the restart)"
+    )]
+    Io {
+        /// The store file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+/// The node's durable store: one redb database. See the module documentation for the layout.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    /// Entries in `log`; the next event goes to this position.
+    n_events: u64,
+    /// Set when a write failed: redb then refuses every later write (`PreviousIo`), and so does
+    /// this store, without touching the file again.
+    failed: bool,
+    /// Whether the open rolled back a last commit that did not verify.
+    rolled_back: bool,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("n_events", &self.n_events)
+            .field("failed", &self.failed)
+            .field("rolled_back", &self.rolled_back)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens or creates the store at `path` (a file inside the data directory) for this
+    /// cluster and this node key, and returns everything it holds.
+    ///
+    /// A missing parent directory is created. A new store records `cluster_id` and `node_key`;
+    /// an existing one must have been created with the same two, else it is refused. Every page
+    /// checksum is verified and every event is decoded and matched against its id before
+    /// anything is returned, so the open reads the whole file.
+    pub fn open(path: &Path, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<(Self, Loaded), StoreError> {
+        create_dir_durably(parent_dir(path)).map_err(|e| access(path, &e))?;
+
+        // redb reports its repair steps by progress only. A step below one half, after the
+        // start at 0, is the fall-back from a primary commit slot that fails its checksums to
+        // the previous commit (redb `Database::do_repair`).
+        let fell_back = Rc::new(Cell::new(false));
+        let fell_back_seen = Rc::clone(&fell_back);
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            // Verifies the checksum of every live page on each open, so a file altered outside
+            // redb is refused instead of trusted (a plain open may even panic on one). The cost
+            // is one read of the whole file at start-up, about as much as loading every event,
+            // which the start-up does anyway.
+            .set_check_integrity_on_open(true)
+            .set_repair_callback(move |session| {
+                let progress = session.progress();
+                if progress > 0.0 && progress < 0.5 {
+                    fell_back_seen.set(true);
+                }
+            })
+            .create(path)
+            .map_err(|e| redb_error(path, e.into(), Stage::Open))?;
+        let rolled_back = fell_back.get();
+        if rolled_back {
+            // Commits are two-phase (see `append`), so redb falls back to the commit before only
+            // when the last one was torn by a crash before it returned: that write was never
+            // acknowledged. A committed one damaged later is refused as corrupt instead.
+            tracing::warn!(
+                path = %path.display(),
+                "the store's last commit was torn by a crash and rolled back; it had not been acknowledged"
+            );
+        }
+
+        let mut store = Self { db, path: path.to_owned(), n_events: 0, failed: false, rolled_back };
+        if store.check_meta(cluster_id, node_key)? {
+            store.write_meta(cluster_id, node_key)?;
+        }
+        let loaded = store.load()?;
+        Ok((store, loaded))
+    }
+
+    /// Appends accepted events (id, canonical bytes) and evidence (author key, canonical
+    /// bytes) in one write transaction, durable (fsync'd) when it returns.
+    ///
+    /// An event whose id is already stored is skipped; evidence replaces the author's previous
+    /// evidence. The caller's events and evidence come from its own validated node, so bytes
+    /// that do not decode or do not match their id or author are a bug and panic.
+    pub fn append(
+        &mut self,
+        events: &[([u8; 32], &[u8])],
+        evidence: &[([u8; 32], &[u8])],
+    ) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(self.io_error("an earlier write failed".to_owned()));
+        }
+        // Check data before it is written (TigerStyle).
+        for (id, bytes) in events {
+            assert_event(id, bytes);
+        }
+        for (author, bytes) in evidence {
+            let decoded = codec::decode_evidence(bytes)
+                .unwrap_or_else(|e| panic!("evidence to store does not decode: {e}"));
+            assert!(
+                decoded.author().0 == *author,
+                "evidence to store is not by the author it is filed under"
+            );
+        }
+        if events.is_empty() && evidence.is_empty() {
+            // Nothing to make durable: spare the fsync.
+            return Ok(());
+        }
+        match self.write(events, evidence) {
+            Ok(n_events) => {
+                assert!(n_events >= self.n_events);
+                self.n_events = n_events;
+                Ok(())
+            }
+            Err(error) => {
+                self.failed = true;
+                Err(error)
+            }
+        }
+    }
+
+    /// The number of events stored.
+    pub fn n_events(&self) -> u64 {
+        self.n_events
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the open found that the last commit did not verify and rolled the store back to
+    /// the commit before it (redb's recovery after a crash in the middle of a commit; also what
+    /// a damaged last commit looks like after a crash). A warning has been logged.
+    pub fn rolled_back(&self) -> bool {
+        self.rolled_back
+    }
+
+    /// One write transaction with all of `events` and `evidence`; returns the new event count.
+    fn write(&self, events: &[([u8; 32], &[u8])], evidence: &[([u8; 32], &[u8])]) -> Result<u64, StoreError> {
+        let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Write);
+        let mut tx = self.db.begin_write().map_err(|e| fail(e.into()))?;
+        // Immediate is redb's default; it is set here because acknowledging a write depends on
+        // it: the commit returns after the data and the new commit slot are fsync'd.
+        tx.set_durability(Durability::Immediate).map_err(|e| fail(e.into()))?;
+        // Two-phase commit (a second fsync) lets redb tell a commit torn by a crash (never
+        // acknowledged, rolled back) from a committed one damaged later (refused as corrupt).
+        // With one fsync it cannot, and would silently fall back past an acknowledged write.
+        tx.set_two_phase_commit(true);
+        let mut n_events = self.n_events;
+        {
+            let mut log = tx.open_table(LOG).map_err(|e| fail(e.into()))?;
+            let mut ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
+            for (id, bytes) in events {
+                // Reads see this transaction's own inserts, so a duplicate within the batch is
+                // skipped too.
+                if ids.get(id).map_err(|e| fail(e.into()))?.is_some() {
+                    continue;
+                }
+                log.insert(n_events, *bytes).map_err(|e| fail(e.into()))?;
+                ids.insert(id, n_events).map_err(|e| fail(e.into()))?;
+                n_events += 1;
+            }
+            let mut table = tx.open_table(EVIDENCE).map_err(|e| fail(e.into()))?;
+            for (author, bytes) in evidence {
+                table.insert(author, *bytes).map_err(|e| fail(e.into()))?;
+            }
+        }
+        tx.commit().map_err(|e| fail(e.into()))?;
+        Ok(n_events)
+    }
+
+    /// Checks the meta of an existing store against this node. Returns `true` for a new store
+    /// (no tables yet), which needs its meta written.
+    fn check_meta(&self, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<bool, StoreError> {
+        let path = &self.path;
+        let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
+        let tx = self.db.begin_read().map_err(|e| fail(e.into()))?;
+        if tx.list_tables().map_err(|e| fail(e.into()))?.next().is_none() {
+            return Ok(true);
+        }
+        let meta = match tx.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Err(corrupt(path, "it has tables but no `meta` table".to_owned()));
+            }
+            Err(e) => return Err(fail(e.into())),
+        };
+        let field = |name: &str| -> Result<Vec<u8>, StoreError> {
+            match meta.get(name).map_err(|e| fail(e.into()))? {
+                Some(value) => Ok(value.value().to_vec()),
+                None => Err(corrupt(path, format!("meta has no `{name}`"))),
+            }
+        };
+        let format = field(META_FORMAT)?;
+        let format = <[u8; 8]>::try_from(format.as_slice())
+            .map_err(|_| corrupt(path, format!("meta `{META_FORMAT}` is {} bytes, not 8", format.len())))?;
+        let format = u64::from_le_bytes(format);
+        if format != FORMAT_VERSION {
+            return Err(StoreError::Format { path: path.clone(), found: format!("store format {format}") });
+        }
+        let key32 = |name: &str| -> Result<[u8; 32], StoreError> {
+            let value = field(name)?;
+            <[u8; 32]>::try_from(value.as_slice())
+                .map_err(|_| corrupt(path, format!("meta `{name}` is {} bytes, not 32", value.len())))
+        };
+        let stored = key32(META_CLUSTER_ID)?;
+        if stored != cluster_id {
+            return Err(StoreError::OtherCluster { path: path.clone(), stored, expected: cluster_id });
+        }
+        let stored = key32(META_NODE_KEY)?;
+        if stored != node_key {
+            return Err(StoreError::OtherKey { path: path.clone(), stored, expected: node_key });
+        }
+        Ok(false)
+    }
+
+    /// Writes a new store's meta and creates its tables in its first transaction, then makes
+    /// the file's directory entry durable.
+    fn write_meta(&self, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<(), StoreError> {
+        let path = &self.path;
+        let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
+        let tx = self.db.begin_write().map_err(|e| fail(e.into()))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+            meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+            meta.insert(META_CLUSTER_ID, cluster_id.as_slice()).map_err(|e| fail(e.into()))?;
+            meta.insert(META_NODE_KEY, node_key.as_slice()).map_err(|e| fail(e.into()))?;
+            // Created now so that a store without them is known to be damaged.
+            tx.open_table(LOG).map_err(|e| fail(e.into()))?;
+            tx.open_table(IDS).map_err(|e| fail(e.into()))?;
+            tx.open_table(EVIDENCE).map_err(|e| fail(e.into()))?;
+        }
+        tx.commit().map_err(|e| fail(e.into()))?;
+        // redb syncs the file, not the directory that names it.
+        sync_dir(parent_dir(path)).map_err(|e| access(path, &e))
+    }
+
+    /// Reads every event and all evidence, checking that they agree with their keys.
+    fn load(&mut self) -> Result<Loaded, StoreError> {
+        let path = &self.path;
+        let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
+        let open_error = |e: redb::TableError| match e {
+            redb::TableError::TableDoesNotExist(name) => {
+                corrupt(path, format!("the `{name}` table is missing"))
+            }
+            e => fail(e.into()),
+        };
+        let tx = self.db.begin_read().map_err(|e| fail(e.into()))?;
+        let log = tx.open_table(LOG).map_err(open_error)?;
+        let ids = tx.open_table(IDS).map_err(open_error)?;
+        let evidence_table = tx.open_table(EVIDENCE).map_err(open_error)?;
+
+        let n_events = log.len().map_err(|e| fail(e.into()))?;
+        let n_ids = ids.len().map_err(|e| fail(e.into()))?;
+        if n_ids != n_events {
+            return Err(corrupt(path, format!("`log` has {n_events} events but `ids` has {n_ids}")));
+        }
+        let mut events = Vec::with_capacity(usize::try_from(n_events).unwrap_or(0));
+        for (event_idx, entry) in (0u64..).zip(log.iter().map_err(|e| fail(e.into()))?) {
+            let (position, bytes) = entry.map_err(|e| fail(e.into()))?;
+            let (position, bytes) = (position.value(), bytes.value());
+            if position != event_idx {
+                return Err(corrupt(path, format!("`log` entry {event_idx} is at position {position}")));
+            }
+            let event = codec::decode_event(bytes)
+                .map_err(|e| corrupt(path, format!("event {position} does not decode: {e}")))?;
+            // The id covers the header only; the ops are bound to it by the ops hash.
+            if event.header.ops_hash != ops_hash(&event.ops) {
+                return Err(corrupt(path, format!("event {position}'s ops do not match its header")));
+            }
+            let id = event.id();
+            match ids.get(&id.0).map_err(|e| fail(e.into()))? {
+                Some(found) if found.value() == position => {}
+                Some(found) => {
+                    return Err(corrupt(
+                        path,
+                        format!("event {position} (id {id}) is filed in `ids` at position {}", found.value()),
+                    ));
+                }
+                None => {
+                    return Err(corrupt(path, format!("event {position} (id {id}) is missing from `ids`")));
+                }
+            }
+            events.push(bytes.to_vec());
+        }
+        // `log` positions are 0..n and each maps back through `ids`, and both tables have n
+        // entries, so `ids` holds exactly the ids of `log`.
+
+        let mut evidence = Vec::new();
+        for entry in evidence_table.iter().map_err(|e| fail(e.into()))? {
+            let (author, bytes) = entry.map_err(|e| fail(e.into()))?;
+            let (author, bytes) = (author.value(), bytes.value());
+            let decoded = codec::decode_evidence(bytes).map_err(|e| {
+                corrupt(path, format!("the evidence against {} does not decode: {e}", hex::encode(author)))
+            })?;
+            if decoded.author().0 != *author {
+                return Err(corrupt(
+                    path,
+                    format!("the evidence filed under {} is against another author", hex::encode(author)),
+                ));
+            }
+            evidence.push(bytes.to_vec());
+        }
+        self.n_events = n_events;
+        Ok(Loaded { events, evidence })
+    }
+
+    fn io_error(&self, detail: String) -> StoreError {
+        StoreError::Io { path: self.path.clone(), detail }
+    }
+}
+
+/// Asserts that `bytes` is the canonical encoding of the event `id`.
+fn assert_event(id: &[u8; 32], bytes: &[u8]) {
+    let event = codec::decode_event(bytes).unwrap_or_else(|e| panic!("event to store does not decode: {e}"));
+    assert!(event.id().0 == *id, "event to store does not have the id it is filed under");
+}
+
+/// Where an error happened, which decides what an I/O error means for the user.
+#[derive(Clone, Copy)]
+enum Stage {
+    Open,
+    Write,
+}
+
+/// Maps a redb error to the store error that tells the user what to do.
+fn redb_error(path: &Path, error: redb::Error, stage: Stage) -> StoreError {
+    match error {
+        redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
+            StoreError::InUse { path: path.to_owned() }
+        }
+        redb::Error::Corrupted(detail) => corrupt(path, detail),
+        redb::Error::UpgradeRequired(version) => StoreError::Format {
+            path: path.to_owned(),
+            found: format!("redb file format {version}, which needs an upgrade"),
+        },
+        // A Cairn store opens its tables with these types only; another program's file may not.
+        e @ (redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TypeDefinitionChanged { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TableIsNotMultimap(_)) => corrupt(path, e.to_string()),
+        // redb reports a file that does not start with its magic number this way.
+        redb::Error::Io(e) if e.kind() == io::ErrorKind::InvalidData => corrupt(path, e.to_string()),
+        // redb reads pages at the offsets its header promises: a short read means the file was
+        // cut short.
+        redb::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            corrupt(path, format!("the file is shorter than its layout says ({e})"))
+        }
+        e => match stage {
+            Stage::Open => access(path, &e),
+            Stage::Write => StoreError::Io { path: path.to_owned(), detail: e.to_string() },
+        },
+    }
+}
+
+fn corrupt(path: &Path, detail: String) -> StoreError {
+    StoreError::Corrupt { path: path.to_owned(), detail }
+}
+
+fn access(path: &Path, error: &dyn std::error::Error) -> StoreError {
+    StoreError::Access { path: path.to_owned(), detail: error.to_string() }
+}
+
+/// The directory holding `path`; `.` for a bare file name.
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Creates `dir` and its missing ancestors, and syncs the parent of each one created, so the
+/// new directories survive a crash.
+fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    // Bounded by the number of components of `dir`.
+    for ancestor in dir.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+        if ancestor.try_exists()? {
+            break;
+        }
+        missing.push(ancestor);
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)?;
+    // Top-down, so each entry is synced after its own parent's entry is durable.
+    for created in missing.iter().rev() {
+        sync_dir(parent_dir(created))?;
+    }
+    Ok(())
+}
+
+/// Makes the entries of `dir` durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}

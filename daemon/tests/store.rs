@@ -1,0 +1,497 @@
+//! Tests of the durable store at its boundary: what goes in comes back in order across a
+//! reopen, duplicates and superseded evidence are not kept twice, and a store that belongs
+//! elsewhere, is in use, or was damaged is refused with the right error and a message that
+//! names the file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cairn_crypto::SecretKey;
+use cairn_daemon::store::{FORMAT_VERSION, Loaded, Store, StoreError};
+use cairn_protocol::{Event, EventId, Evidence, Op, SignedHeader};
+use redb::TableDefinition;
+
+const CLUSTER: [u8; 32] = [7; 32];
+
+/// The layout's tables, as a tool outside cairnd would open them to damage a store.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const IDS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("ids");
+
+fn author() -> SecretKey {
+    SecretKey::from_seed(&[1; 32])
+}
+
+fn node_key() -> [u8; 32] {
+    author().public().0
+}
+
+fn open(path: &Path) -> Result<(Store, Loaded), StoreError> {
+    Store::open(path, CLUSTER, node_key())
+}
+
+/// `n` events by [`author`], each depending on the one before, with `seq_first` as the first
+/// seq, each putting `value` under its own key.
+fn chain(seq_first: u64, n: u64, value: &[u8]) -> Vec<Event> {
+    let key = author();
+    let mut events: Vec<Event> = Vec::new();
+    for seq in seq_first..seq_first + n {
+        let deps = events.last().map(|e| vec![e.id()]).unwrap_or_default();
+        let ops = vec![Op::Put { key: format!("k{seq}").into_bytes(), value: value.to_vec() }];
+        events.push(Event::sign(&key, seq, seq, deps, ops));
+    }
+    events
+}
+
+/// Evidence that the member with key seed `seed` signed two events with seq `seq`; `variant`
+/// picks one of many such pairs.
+fn evidence(seed: u8, seq: u64, variant: u8) -> Evidence {
+    let key = SecretKey::from_seed(&[seed; 32]);
+    let signed = |value: Vec<u8>| {
+        let event = Event::sign(&key, seq, seq, vec![], vec![Op::Put { key: b"x".to_vec(), value }]);
+        SignedHeader { header: event.header, sig: event.sig }
+    };
+    Evidence::new(signed(vec![variant, 0]), signed(vec![variant, 1]))
+}
+
+fn append(store: &mut Store, events: &[Event], evidence: &[Evidence]) {
+    let events: Vec<(EventId, Vec<u8>)> = events.iter().map(|e| (e.id(), e.encode())).collect();
+    let evidence: Vec<([u8; 32], Vec<u8>)> = evidence.iter().map(|e| (e.author().0, e.encode())).collect();
+    let events: Vec<([u8; 32], &[u8])> = events.iter().map(|(id, bytes)| (id.0, bytes.as_slice())).collect();
+    let evidence: Vec<([u8; 32], &[u8])> = evidence.iter().map(|(k, bytes)| (*k, bytes.as_slice())).collect();
+    store.append(&events, &evidence).unwrap();
+}
+
+fn encoded(events: &[Event]) -> Vec<Vec<u8>> {
+    events.iter().map(Event::encode).collect()
+}
+
+/// A store at `dir/store.redb` holding `events`, closed again.
+fn store_with(dir: &Path, events: &[Event]) -> PathBuf {
+    let path = dir.join("store.redb");
+    let (mut store, _) = open(&path).unwrap();
+    append(&mut store, events, &[]);
+    path
+}
+
+/// Opens `path` as this node expecting a refusal, and checks that the message names the file.
+fn refused(path: &Path, cluster_id: [u8; 32], node_key: [u8; 32]) -> StoreError {
+    let Err(error) = Store::open(path, cluster_id, node_key) else {
+        panic!("the store at {} was opened, but should have been refused", path.display());
+    };
+    let message = error.to_string();
+    assert!(message.contains(&path.display().to_string()), "the message does not name the file: {message}");
+    error
+}
+
+/// Changes a closed store through redb itself, so its checksums stay valid and only the
+/// store's own checks can notice.
+fn tamper(path: &Path, change: impl FnOnce(&redb::WriteTransaction)) {
+    let db = redb::Database::create(path).unwrap();
+    let tx = db.begin_write().unwrap();
+    change(&tx);
+    tx.commit().unwrap();
+}
+
+fn assert_corrupt(error: &StoreError, detail_part: &str) {
+    match error {
+        StoreError::Corrupt { detail, .. } => assert!(detail.contains(detail_part), "{error}"),
+        _ => panic!("expected Corrupt, got {error}"),
+    }
+}
+
+/// A 4 KiB value that cannot occur by chance, so its place in a store file can be found.
+fn pattern() -> Vec<u8> {
+    (0..4096u32).flat_map(|i| (i ^ 0x5a5a).to_le_bytes()).take(4096).collect()
+}
+
+/// Flips one bit in the middle of every copy of [`pattern`] in the file. A bit flipped in free
+/// space would go unnoticed, so this hits the live value wherever it is, and any old copy too.
+fn flip_in_pattern(path: &Path) {
+    let mut bytes = fs::read(path).unwrap();
+    let pattern = pattern();
+    let needle = &pattern[..256];
+    let offsets: Vec<usize> =
+        bytes.windows(needle.len()).enumerate().filter(|(_, w)| *w == needle).map(|(i, _)| i).collect();
+    assert!(!offsets.is_empty(), "the pattern is not in {}", path.display());
+    for offset in offsets {
+        bytes[offset + 2048] ^= 0x01;
+    }
+    fs::write(path, &bytes).unwrap();
+}
+
+/// Deterministic bytes that are not a redb file.
+fn garbage(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+#[test]
+fn round_trip_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let events = chain(1, 30, b"v");
+    let evidence = [evidence(2, 5, 0), evidence(3, 9, 0)];
+
+    let (mut store, loaded) = open(&path).unwrap();
+    assert_eq!(loaded, Loaded::default());
+    assert_eq!(store.path(), path);
+    append(&mut store, &events[..10], &[]);
+    append(&mut store, &events[10..25], &evidence[..1]);
+    append(&mut store, &events[25..], &evidence[1..]);
+    append(&mut store, &[], &[]);
+    assert_eq!(store.n_events(), 30);
+    drop(store);
+
+    let (store, loaded) = open(&path).unwrap();
+    assert_eq!(store.n_events(), 30);
+    assert_eq!(loaded.events, encoded(&events));
+    let mut expected: Vec<_> = evidence.iter().map(|e| (e.author().0, e.encode())).collect();
+    expected.sort();
+    assert_eq!(loaded.evidence, expected.into_iter().map(|(_, bytes)| bytes).collect::<Vec<_>>());
+}
+
+#[test]
+fn appends_continue_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain(1, 6, b"v");
+    let path = store_with(dir.path(), &events[..3]);
+    let (mut store, _) = open(&path).unwrap();
+    append(&mut store, &events[3..], &[]);
+    drop(store);
+    let (store, loaded) = open(&path).unwrap();
+    assert_eq!(store.n_events(), 6);
+    assert_eq!(loaded.events, encoded(&events));
+}
+
+#[test]
+fn duplicate_ids_are_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let events = chain(1, 4, b"v");
+    let (mut store, _) = open(&path).unwrap();
+    append(&mut store, &events[..2], &[]);
+    // Again across commits, and twice within one batch.
+    append(&mut store, &[events[1].clone(), events[2].clone(), events[2].clone(), events[0].clone()], &[]);
+    append(&mut store, &events[3..], &[]);
+    append(&mut store, &events, &[]);
+    assert_eq!(store.n_events(), 4);
+    drop(store);
+    let (store, loaded) = open(&path).unwrap();
+    assert_eq!(store.n_events(), 4);
+    assert_eq!(loaded.events, encoded(&events));
+}
+
+#[test]
+fn evidence_is_replaced_per_author() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let (mut store, _) = open(&path).unwrap();
+    append(&mut store, &[], &[evidence(2, 5, 0), evidence(3, 9, 0)]);
+    append(&mut store, &[], &[evidence(2, 4, 1)]);
+    drop(store);
+    let (_, loaded) = open(&path).unwrap();
+    let mut expected = [evidence(2, 4, 1), evidence(3, 9, 0)];
+    expected.sort_by_key(|e| e.author().0);
+    assert_eq!(loaded.evidence, expected.iter().map(Evidence::encode).collect::<Vec<_>>());
+}
+
+#[test]
+fn missing_directories_are_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a/b/store.redb");
+    let events = chain(1, 2, b"v");
+    let (mut store, _) = open(&path).unwrap();
+    append(&mut store, &events, &[]);
+    drop(store);
+    assert_eq!(open(&path).unwrap().1.events, encoded(&events));
+}
+
+#[test]
+fn an_empty_file_becomes_a_new_store() {
+    // What a crash can leave between creating the file and the first commit.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    fs::write(&path, b"").unwrap();
+    let (store, loaded) = open(&path).unwrap();
+    assert_eq!((store.n_events(), loaded), (0, Loaded::default()));
+}
+
+#[test]
+fn other_cluster_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), &chain(1, 1, b"v"));
+    let error = refused(&path, [8; 32], node_key());
+    assert!(matches!(error, StoreError::OtherCluster { stored, expected, .. }
+        if stored == CLUSTER && expected == [8; 32]));
+    let message = error.to_string();
+    assert!(message.contains(&hex::encode(CLUSTER)) && message.contains("data_dir"), "{message}");
+}
+
+#[test]
+fn other_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), &chain(1, 1, b"v"));
+    let other = SecretKey::from_seed(&[9; 32]).public().0;
+    let error = refused(&path, CLUSTER, other);
+    assert!(matches!(error, StoreError::OtherKey { stored, expected, .. }
+        if stored == node_key() && expected == other));
+}
+
+#[test]
+fn unknown_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), &chain(1, 1, b"v"));
+    tamper(&path, |tx| {
+        let mut meta = tx.open_table(META).unwrap();
+        meta.insert("format", (FORMAT_VERSION + 1).to_le_bytes().as_slice()).unwrap();
+    });
+    let error = refused(&path, CLUSTER, node_key());
+    assert!(matches!(error, StoreError::Format { .. }), "{error}");
+    assert!(error.to_string().contains(&format!("store format {}", FORMAT_VERSION + 1)), "{error}");
+}
+
+#[test]
+fn not_a_redb_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, bytes) in [("short", b"this is not a database\n".to_vec()), ("long", garbage(64 * 1024))] {
+        let path = dir.path().join(name);
+        fs::write(&path, &bytes).unwrap();
+        let error = refused(&path, CLUSTER, node_key());
+        assert!(matches!(error, StoreError::Corrupt { .. }), "{name}: {error}");
+        assert!(error.to_string().contains("refused, not used"), "{error}");
+        // The file is left as it was, for whoever investigates.
+        assert_eq!(fs::read(&path).unwrap(), bytes, "{name}");
+    }
+}
+
+#[test]
+fn another_programs_redb_file_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    tamper(&path, |tx| {
+        let mut table = tx.open_table(TableDefinition::<u64, u64>::new("other")).unwrap();
+        table.insert(1, 2).unwrap();
+    });
+    assert_corrupt(&refused(&path, CLUSTER, node_key()), "no `meta` table");
+
+    // Its tables have our names but other types.
+    let path = dir.path().join("typed.redb");
+    tamper(&path, |tx| {
+        let mut meta = tx.open_table(META).unwrap();
+        meta.insert("format", FORMAT_VERSION.to_le_bytes().as_slice()).unwrap();
+        meta.insert("cluster_id", CLUSTER.as_slice()).unwrap();
+        meta.insert("node_key", node_key().as_slice()).unwrap();
+        tx.open_table(TableDefinition::<&str, &str>::new("log")).unwrap();
+    });
+    assert_corrupt(&refused(&path, CLUSTER, node_key()), "log");
+}
+
+#[test]
+fn truncated_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), &chain(1, 200, &[5; 1000]));
+    let len = fs::metadata(&path).unwrap().len();
+    fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();
+    let error = refused(&path, CLUSTER, node_key());
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+}
+
+#[test]
+fn flipped_byte_in_the_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut events = chain(1, 20, b"v");
+    events.extend(chain(21, 1, &pattern()));
+    let path = store_with(dir.path(), &events);
+    flip_in_pattern(&path);
+    let error = refused(&path, CLUSTER, node_key());
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+}
+
+#[test]
+fn log_and_ids_must_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain(1, 3, b"v");
+    type Change = Box<dyn FnOnce(&redb::WriteTransaction)>;
+    let id_of_second = events[1].id().0;
+    let other = chain(1, 1, b"w").remove(0);
+    let cases: Vec<(&str, Change, &str)> = vec![
+        (
+            "id removed",
+            Box::new(move |tx| {
+                tx.open_table(IDS).unwrap().remove(&id_of_second).unwrap();
+            }),
+            "`ids` has 2",
+        ),
+        (
+            "id moved",
+            Box::new(move |tx| {
+                tx.open_table(IDS).unwrap().insert(&id_of_second, 0).unwrap();
+            }),
+            "filed in `ids` at position 0",
+        ),
+        (
+            "event replaced by another with valid checksums",
+            Box::new(move |tx| {
+                tx.open_table(LOG).unwrap().insert(1, other.encode().as_slice()).unwrap();
+            }),
+            "missing from `ids`",
+        ),
+        (
+            "event bytes that do not decode",
+            Box::new(|tx| {
+                tx.open_table(LOG).unwrap().insert(1, b"junk".as_slice()).unwrap();
+            }),
+            "does not decode",
+        ),
+        (
+            "ops changed under the header",
+            Box::new({
+                let mut changed = events[1].clone();
+                changed.ops = vec![Op::Put { key: b"k2".to_vec(), value: b"X".to_vec() }];
+                move |tx| {
+                    tx.open_table(LOG).unwrap().insert(1, changed.encode().as_slice()).unwrap();
+                }
+            }),
+            "ops do not match",
+        ),
+        (
+            "a gap in the positions",
+            Box::new(move |tx| {
+                let mut log = tx.open_table(LOG).unwrap();
+                let bytes = log.remove(2).unwrap().unwrap().value().to_vec();
+                log.insert(7, bytes.as_slice()).unwrap();
+                tx.open_table(IDS).unwrap().insert(&events[2].id().0, 7).unwrap();
+            }),
+            "entry 2 is at position 7",
+        ),
+    ];
+    for (name, change, detail) in cases {
+        let path = store_with(&dir.path().join(name.replace(' ', "_")), &chain(1, 3, b"v"));
+        tamper(&path, change);
+        let error = refused(&path, CLUSTER, node_key());
+        assert!(
+            matches!(&error, StoreError::Corrupt { detail: d, .. } if d.contains(detail)),
+            "{name}: {error}"
+        );
+    }
+}
+
+#[test]
+fn second_open_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), &chain(1, 1, b"v"));
+    let (first, _) = open(&path).unwrap();
+    let error = refused(&path, CLUSTER, node_key());
+    assert!(matches!(error, StoreError::InUse { .. }), "{error}");
+    assert!(error.to_string().contains("another cairnd is using"), "{error}");
+    drop(first);
+    assert_eq!(open(&path).unwrap().0.n_events(), 1);
+}
+
+#[test]
+fn a_directory_in_the_way_is_an_access_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    fs::create_dir(&path).unwrap();
+    let error = refused(&path, CLUSTER, node_key());
+    assert!(matches!(error, StoreError::Access { .. }), "{error}");
+}
+
+#[test]
+#[should_panic(expected = "does not have the id")]
+fn appending_an_event_under_another_id_is_a_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(&dir.path().join("store.redb")).unwrap();
+    let event = chain(1, 1, b"v").remove(0);
+    let _ = store.append(&[([0; 32], &event.encode())], &[]);
+}
+
+#[test]
+#[should_panic(expected = "not by the author")]
+fn appending_evidence_under_another_author_is_a_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(&dir.path().join("store.redb")).unwrap();
+    let _ = store.append(&[], &[([0; 32], &evidence(2, 1, 0).encode())]);
+}
+
+/// Set in the environment of a child test process that writes a store and then dies without
+/// closing it; the value is the store's path.
+const CRASH_CHILD_STORE: &str = "CAIRN_TEST_CRASH_CHILD_STORE";
+/// The exit code of a child that committed everything and then "crashed".
+const CRASH_CHILD_EXIT: i32 = 42;
+
+/// The events the crash child writes: 20 small ones in four commits, then one with
+/// [`pattern`] in a commit of its own.
+fn crash_child_events() -> Vec<Event> {
+    let mut events = chain(1, 20, b"v");
+    events.extend(chain(21, 1, &pattern()));
+    events
+}
+
+/// Runs this test binary again as the crash child, which fills the store at `path` and exits
+/// without closing it: no destructor runs, as after `kill -9`.
+fn write_and_crash(path: &Path) {
+    let output = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "crash_child", "--test-threads=1", "--nocapture"])
+        .env(CRASH_CHILD_STORE, path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(CRASH_CHILD_EXIT),
+        "the crash child failed: {}\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Not a test of its own: the child process of [`write_and_crash`]. It does nothing unless
+/// started by it.
+#[test]
+fn crash_child() {
+    let Some(path) = std::env::var_os(CRASH_CHILD_STORE) else { return };
+    let events = crash_child_events();
+    let (mut store, _) = open(Path::new(&path)).unwrap();
+    for batch in events[..20].chunks(5) {
+        append(&mut store, batch, &[]);
+    }
+    append(&mut store, &events[20..], &[evidence(2, 3, 0)]);
+    // `exit` runs no destructors, so redb never learns that the store is closing.
+    std::process::exit(CRASH_CHILD_EXIT);
+}
+
+#[test]
+fn every_commit_survives_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    write_and_crash(&path);
+    let (mut store, loaded) = open(&path).unwrap();
+    assert!(!store.rolled_back());
+    assert_eq!(loaded.events, encoded(&crash_child_events()));
+    assert_eq!(loaded.evidence, vec![evidence(2, 3, 0).encode()]);
+    // And the store takes new writes after the recovery.
+    append(&mut store, &chain(22, 1, b"v"), &[]);
+    assert_eq!(store.n_events(), 22);
+}
+
+#[test]
+fn flipped_byte_in_the_last_commit_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    write_and_crash(&path);
+    flip_in_pattern(&path);
+    // Commits are two-phase, so a damaged acknowledged commit is refused, never rolled back
+    // past silently.
+    let err = open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+}
