@@ -187,7 +187,8 @@ struct MemberEntry {
 
 /// Reads and checks a genesis file.
 pub fn load_genesis(path: &Path) -> anyhow::Result<Genesis> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read genesis file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read genesis file {}", path.display()))?;
     parse_genesis(&text).with_context(|| format!("genesis file {}", path.display()))
 }
 
@@ -226,8 +227,8 @@ pub struct Peer {
 impl Config {
     /// Reads and checks the config file (not the files it names).
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("config file {}", path.display()))
     }
 
@@ -290,7 +291,10 @@ impl Config {
         for (i, peer) in self.peers.iter().enumerate() {
             let member = match (&peer.name, &peer.key) {
                 (Some(name), _) => genesis.members().iter().find(|m| &m.name == name).with_context(|| {
-                    format!("peers[{i}].name: {name:?} is not a member of the genesis; members are {}", names.join(", "))
+                    format!(
+                        "peers[{i}].name: {name:?} is not a member of the genesis; members are {}",
+                        names.join(", ")
+                    )
                 })?,
                 (None, Some(key)) => {
                     let key: PublicKey = key.parse().with_context(|| format!("peers[{i}].key"))?;
@@ -360,8 +364,9 @@ fn millis(duration: Duration) -> u64 {
 /// `host:port` or `ip:port` to one socket address (the first the resolver gives).
 pub fn resolve_address(text: &str) -> anyhow::Result<SocketAddr> {
     use std::net::ToSocketAddrs as _;
-    let mut addresses =
-        text.to_socket_addrs().with_context(|| format!("{text:?} is not an address (host:port or ip:port)"))?;
+    let mut addresses = text
+        .to_socket_addrs()
+        .with_context(|| format!("{text:?} is not an address (host:port or ip:port)"))?;
     addresses.next().with_context(|| format!("{text:?} resolves to no address"))
 }
 
@@ -391,7 +396,11 @@ mod tests {
         let err = parse_genesis("[[member]]\nname = \"a\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("key"), "{err:#}");
         let (g, _) = genesis();
-        let twice = format!("{}{}", render_genesis(&g), render_genesis(&g).replace("# Cairn cluster genesis: the same file on every node.\n", ""));
+        let twice = format!(
+            "{}{}",
+            render_genesis(&g),
+            render_genesis(&g).replace("# Cairn cluster genesis: the same file on every node.\n", "")
+        );
         assert!(format!("{:#}", parse_genesis(&twice).unwrap_err()).contains("twice"));
     }
 
@@ -433,7 +442,9 @@ mod tests {
         assert_eq!(peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["bob", "carol"]);
         let err = c.resolve_peers(&g, &keys[1].public()).unwrap_err();
         assert!(format!("{err:#}").contains("this node itself"));
-        let unknown = Config::parse(&format!("{MINIMAL}[[peers]]\nname = \"dave\"\naddress = \"127.0.0.1:1\"\n")).unwrap();
+        let unknown =
+            Config::parse(&format!("{MINIMAL}[[peers]]\nname = \"dave\"\naddress = \"127.0.0.1:1\"\n"))
+                .unwrap();
         let err = unknown.resolve_peers(&g, &keys[0].public()).unwrap_err();
         assert!(format!("{err:#}").contains("alice, bob, carol"), "{err:#}");
     }

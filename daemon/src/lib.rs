@@ -4,6 +4,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod client;
 pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod demo;
+pub mod driver;
+pub mod logging;
 pub mod metrics;
 pub mod service;
+pub mod store;
+pub mod tls;
+pub mod transport;

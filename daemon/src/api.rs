@@ -1,0 +1,1144 @@
+//! The local API: HTTP/JSON on a Unix socket (axum 0.8), the only way clients reach `cairnd`.
+//! It validates every request, turns it into a call on [`ServiceHandle`], and renders the answer
+//! as JSON. `cairnctl` covers every route; `docs/` shows each with an example.
+//!
+//! # Routes
+//!
+//! All routes live under `/v1`. Keys are UTF-8 text in one path segment, percent-encoded by the
+//! client (`/` as `%2F`). Bytes that may not be UTF-8 (values, set elements, keys in listings)
+//! are shown twice: as text when they are valid UTF-8 (else `null`) and always as base64.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /v1/status` | the node in brief |
+//! | `GET /v1/peers` | every other member, its connection and counters |
+//! | `GET /v1/keys?kind=register\|counter\|set` | keys with a non-empty state (all without `kind`) |
+//! | `GET /v1/registers/{key}` | the visible value and every sibling |
+//! | `PUT /v1/registers/{key}` | `{"value": "text"}` or `{"value_base64": "..."}` |
+//! | `DELETE /v1/registers/{key}` | deletes the register's values |
+//! | `GET /v1/counters/{key}` | the counter's value |
+//! | `POST /v1/counters/{key}/incr` | `{"delta": -5}` |
+//! | `GET /v1/sets/{key}` | the set's members |
+//! | `POST /v1/sets/{key}/add`, `/remove` | `{"element": "text"}` or `{"element_base64": "..."}` |
+//! | `POST /v1/batch` | `{"ops": [...]}`: several ops in one event, atomically |
+//! | `GET /v1/events?author=&after=&limit=` | accepted events |
+//! | `GET /v1/events/{id}` | one event, with its ops |
+//! | `GET /v1/evidence` | equivocation evidence, with its canonical bytes |
+//! | `GET /v1/metrics` | OpenMetrics text |
+//! | `GET /v1/watch` | server-sent events: `change` per changed key, `lagged` when some were missed |
+//!
+//! Every write answers `{"id", "seq", "lamport"}` once the event is on disk on this node.
+//!
+//! # Errors
+//!
+//! Every error is `{"error": {"code": "...", "message": "..."}}` with a fitting status: 400 for
+//! bad JSON, fields, keys, values or ids; 404 for an unknown route or event; 405; 413 for a body
+//! over [`REQUEST_BYTES_MAX`]; 415 without `content-type: application/json`; 503 when the
+//! service refuses writes, is busy or is stopping (its message says why); 500 when the store
+//! failed. No input makes a handler panic.
+
+use std::convert::Infallible;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{Method, StatusCode, Uri, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use cairn_crypto::PublicKey;
+use cairn_protocol::document::{KeyKind, RegisterRead, Sibling};
+use cairn_protocol::event::ops_hash;
+use cairn_protocol::limits::{EVENT_BYTES_MAX, KEY_BYTES_MAX, OPS_MAX, VALUE_BYTES_MAX};
+use cairn_protocol::{EventId, Evidence, Header, Member, Op, SignedHeader};
+use futures_util::Stream;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+use tokio::sync::{OnceCell, broadcast, watch};
+
+use crate::service::{
+    ChangeNotice, EventInfo, EventQuery, PeerInfo, PeerState, ServiceError, ServiceHandle, Status, WriteAck,
+};
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+/// Bytes of JSON one op may need beyond its key and value: the braces, the field names, the
+/// quotes and the comma of the longest op, `{"op":"remove","key":"","element_base64":""},`,
+/// with room to spare for whitespace.
+const OP_JSON_OVERHEAD_BYTES_MAX: usize = 128;
+
+/// The largest request body the API reads. A valid event carries at most
+/// [`EVENT_BYTES_MAX`] bytes of keys and values; JSON escaping makes one byte at most six
+/// (`\u001f`; base64 makes it 4/3), and each op adds its field names. Anything larger cannot
+/// become a valid event and is refused with 413 before it is parsed.
+pub const REQUEST_BYTES_MAX: usize = 1024 * 1024;
+const _: () = assert!(6 * EVENT_BYTES_MAX + OPS_MAX * OP_JSON_OVERHEAD_BYTES_MAX + 64 <= REQUEST_BYTES_MAX);
+
+/// The default number of events `GET /v1/events` returns.
+pub const EVENTS_LIMIT_DEFAULT: usize = 100;
+/// The most events `GET /v1/events` returns in one answer; page with `after`.
+pub const EVENTS_LIMIT_MAX: usize = 1000;
+
+/// How often an idle watch stream sends a comment, so that a dead client is noticed and
+/// proxies keep the stream open.
+const WATCH_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The content type of `GET /v1/metrics`.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Binds the API socket at `path` with mode 0660. A stale socket left by a daemon that died is
+/// removed first; a live one (something accepts connections on it) or a file that is not a
+/// socket is left alone and reported. Must be called within a tokio runtime.
+pub fn bind(path: &Path) -> io::Result<UnixListener> {
+    let with_path =
+        |e: io::Error, what: &str| io::Error::new(e.kind(), format!("{what} {}: {e}", path.display()));
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "another process serves the API socket {}; is cairnd already running?",
+                        path.display()
+                    ),
+                ));
+            }
+            std::fs::remove_file(path).map_err(|e| with_path(e, "cannot remove the stale socket"))?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket; refusing to replace it", path.display()),
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(with_path(e, "cannot inspect")),
+    }
+    let listener = UnixListener::bind(path).map_err(|e| with_path(e, "cannot bind the API socket"))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| with_path(e, "cannot set mode 0660 on"))?;
+    Ok(listener)
+}
+
+/// Serves the API on `listener` until `shutdown` becomes true (or its sender is dropped), then
+/// ends the watch streams, lets the requests in flight finish and removes the socket file.
+pub async fn serve(
+    listener: UnixListener,
+    handle: ServiceHandle,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let socket_path = listener.local_addr().ok().and_then(|addr| addr.as_pathname().map(Path::to_path_buf));
+    let app = router(handle, shutdown.clone());
+    let mut stop = shutdown;
+    axum::serve(listener, app).with_graceful_shutdown(async move { stopped(&mut stop).await }).await?;
+    if let Some(path) = socket_path {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the API socket");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Resolves once shutdown has started: the flag is true, or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The API's routes over `handle`. Watch streams end when `shutdown` becomes true.
+pub fn router(handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router {
+    let state = AppState { handle, shutdown, members: Arc::new(OnceCell::new()) };
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/keys", get(keys))
+        .route("/v1/registers/", any(empty_key))
+        .route("/v1/registers/{key}", get(register).put(put_register).delete(delete_register))
+        .route("/v1/counters/", any(empty_key))
+        .route("/v1/counters/{key}", get(counter))
+        .route("/v1/counters/{key}/incr", post(incr_counter))
+        .route("/v1/sets/", any(empty_key))
+        .route("/v1/sets/{key}", get(set))
+        .route("/v1/sets/{key}/add", post(add_to_set))
+        .route("/v1/sets/{key}/remove", post(remove_from_set))
+        .route("/v1/batch", post(batch))
+        .route("/v1/events", get(events))
+        .route("/v1/events/{id}", get(event))
+        .route("/v1/evidence", get(evidence))
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/watch", get(watch_changes))
+        // After every route: it applies to the routes that exist when it is called.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(REQUEST_BYTES_MAX))
+        .with_state(state)
+}
+
+#[derive(Clone)]
+struct AppState {
+    handle: ServiceHandle,
+    shutdown: watch::Receiver<bool>,
+    /// The genesis members in key order (a member's position is its index), asked of the
+    /// service once: membership does not change while the daemon runs.
+    members: Arc<OnceCell<Arc<[Member]>>>,
+}
+
+impl AppState {
+    async fn members(&self) -> Result<Arc<[Member]>, ApiError> {
+        let members = self
+            .members
+            .get_or_try_init(|| async {
+                let status = self.handle.status().await?;
+                let peers = self.handle.peers().await?;
+                let mut members: Vec<Member> =
+                    peers.into_iter().map(|p| Member { key: p.key, name: p.name }).collect();
+                members.push(Member { key: status.key, name: status.name });
+                // The genesis is sorted by key, so this order gives each member its index.
+                members.sort_by_key(|m| m.key);
+                members.dedup_by_key(|m| m.key);
+                Ok::<_, ApiError>(Arc::from(members))
+            })
+            .await?;
+        Ok(Arc::clone(members))
+    }
+}
+
+// ---- errors ---------------------------------------------------------------------------------
+
+/// An error answer: `{"error": {"code": "...", "message": "..."}}` with `status`.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorFields<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorFields<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: ErrorFields { code: self.code, message: &self.message } };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        let (status, code) = match &error {
+            ServiceError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ServiceError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            ServiceError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+        };
+        Self::new(status, code, error.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("the request body is over the limit of {REQUEST_BYTES_MAX} bytes"),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "the request body must be JSON, sent with `content-type: application/json`",
+            ),
+            // A body that parses but has the wrong fields is as much the client's fault as one
+            // that does not parse: 400 for both, with serde's exact reason.
+            StatusCode::UNPROCESSABLE_ENTITY => Self::bad_request("bad_request", rejection.body_text()),
+            _ => Self::bad_request("bad_json", rejection.body_text()),
+        }
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::new(rejection.status(), "bad_path", rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(rejection.status(), "bad_query", rejection.body_text())
+    }
+}
+
+async fn not_found(uri: Uri) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no such route: {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+async fn empty_key() -> ApiError {
+    ApiError::bad_request("bad_key", "the key is empty; give a key of 1 to 1024 bytes")
+}
+
+// ---- extractors that answer in JSON ---------------------------------------------------------
+
+/// [`Json`], with its rejections as JSON errors.
+struct ApiJson<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(value) = Json::<T>::from_request(request, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// [`axum::extract::Path`], with its rejections as JSON errors.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// [`Query`], with its rejections as JSON errors.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(value) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+// ---- checking input -------------------------------------------------------------------------
+
+fn check_key(key: String, what: &str) -> Result<Vec<u8>, ApiError> {
+    if key.is_empty() {
+        return Err(ApiError::bad_request("bad_key", format!("{what}: the key is empty")));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(ApiError::bad_request(
+            "bad_key",
+            format!("{what}: the key is {} bytes, over the limit of {KEY_BYTES_MAX}", key.len()),
+        ));
+    }
+    Ok(key.into_bytes())
+}
+
+/// The bytes of a value given as text or as base64: exactly one of the two.
+fn value_bytes(
+    text: Option<String>,
+    base64: Option<String>,
+    field: &str,
+    context: &str,
+) -> Result<Vec<u8>, ApiError> {
+    let bytes = match (text, base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(encoded)) => BASE64.decode(encoded.as_bytes()).map_err(|e| {
+            ApiError::bad_request("bad_value", format!("{context}{field}_base64 is not valid base64: {e}"))
+        })?,
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "bad_value",
+                format!("{context}give either {field} or {field}_base64, not both"),
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::bad_request(
+                "bad_value",
+                format!("{context}missing {field} (text) or {field}_base64 (bytes)"),
+            ));
+        }
+    };
+    if bytes.len() > VALUE_BYTES_MAX {
+        return Err(ApiError::bad_request(
+            "bad_value",
+            format!("{context}the {field} is {} bytes, over the limit of {VALUE_BYTES_MAX}", bytes.len()),
+        ));
+    }
+    Ok(bytes)
+}
+
+fn parse_event_id(text: &str) -> Result<EventId, ApiError> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(text, &mut bytes).map_err(|_| {
+        ApiError::bad_request("bad_id", format!("an event id is 64 hex digits, got {:?}", truncate(text, 80)))
+    })?;
+    Ok(EventId(bytes))
+}
+
+fn truncate(text: &str, n_chars: usize) -> String {
+    text.chars().take(n_chars).collect()
+}
+
+// ---- JSON shapes ----------------------------------------------------------------------------
+
+/// Bytes as UTF-8 text when they are (else `null`) and always as base64.
+fn text_of(bytes: &[u8]) -> Option<String> {
+    std::str::from_utf8(bytes).ok().map(str::to_owned)
+}
+
+fn kind_name(kind: KeyKind) -> &'static str {
+    match kind {
+        KeyKind::Register => "register",
+        KeyKind::Counter => "counter",
+        KeyKind::Set => "set",
+    }
+}
+
+#[derive(Serialize)]
+struct AckJson {
+    id: String,
+    seq: u64,
+    lamport: u64,
+}
+
+impl From<WriteAck> for AckJson {
+    fn from(ack: WriteAck) -> Self {
+        Self { id: ack.id.to_string(), seq: ack.seq, lamport: ack.lamport }
+    }
+}
+
+#[derive(Serialize)]
+struct StatusJson {
+    key: String,
+    name: String,
+    cluster_id: String,
+    own_seq: u64,
+    digest: String,
+    sync_digest: String,
+    n_events: usize,
+    n_evidence: usize,
+    buffer_events: usize,
+    buffer_bytes: usize,
+    buffer_bytes_max: usize,
+    writes_refused: Option<String>,
+    n_peers_connected: usize,
+    n_peers: usize,
+}
+
+impl From<Status> for StatusJson {
+    fn from(s: Status) -> Self {
+        Self {
+            key: s.key.to_string(),
+            name: s.name,
+            cluster_id: hex::encode(s.cluster_id),
+            own_seq: s.own_seq,
+            digest: hex::encode(s.digest),
+            sync_digest: hex::encode(s.sync_digest),
+            n_events: s.n_events,
+            n_evidence: s.n_evidence,
+            buffer_events: s.buffer_events,
+            buffer_bytes: s.buffer_bytes,
+            buffer_bytes_max: s.buffer_bytes_max,
+            writes_refused: s.writes_refused,
+            n_peers_connected: s.n_peers_connected,
+            n_peers: s.n_peers,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct PeersJson {
+    peers: Vec<PeerJson>,
+}
+
+#[derive(Serialize)]
+struct PeerJson {
+    key: String,
+    name: String,
+    address: Option<String>,
+    state: &'static str,
+    last_seen_ms_ago: Option<u64>,
+    rtt_ms: Option<f64>,
+    stats: PeerStatsJson,
+}
+
+#[derive(Serialize)]
+struct PeerStatsJson {
+    messages_in: u64,
+    messages_out: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    events_in: u64,
+    events_out: u64,
+    events_rate_limited: u64,
+    /// Rejected events by reason (`Reject::name()`).
+    rejected: std::collections::BTreeMap<&'static str, u64>,
+    bad_messages: u64,
+    sessions_in_sync: u64,
+    sessions_tips: u64,
+}
+
+impl From<PeerInfo> for PeerJson {
+    fn from(p: PeerInfo) -> Self {
+        let s = p.stats;
+        Self {
+            key: p.key.to_string(),
+            name: p.name,
+            address: p.address.map(|a| a.to_string()),
+            state: match p.state {
+                PeerState::Connected => "connected",
+                PeerState::Connecting => "connecting",
+                PeerState::Refused => "refused",
+            },
+            last_seen_ms_ago: p.last_seen_ms_ago,
+            rtt_ms: p.rtt_ms,
+            stats: PeerStatsJson {
+                messages_in: s.messages_in,
+                messages_out: s.messages_out,
+                bytes_in: s.bytes_in,
+                bytes_out: s.bytes_out,
+                events_in: s.events_in,
+                events_out: s.events_out,
+                events_rate_limited: s.events_rate_limited,
+                rejected: s.rejected.iter().map(|(reason, n)| (reason.name(), *n)).collect(),
+                bad_messages: s.bad_messages,
+                sessions_in_sync: s.sessions_in_sync,
+                sessions_tips: s.sessions_tips,
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct KeysJson {
+    keys: Vec<KeyJson>,
+}
+
+#[derive(Serialize)]
+struct KeyJson {
+    kind: &'static str,
+    key: Option<String>,
+    key_base64: String,
+}
+
+#[derive(Serialize)]
+struct SiblingJson {
+    value: Option<String>,
+    value_base64: String,
+    /// The author's key; `null` only if the service named an author outside the genesis.
+    author: Option<String>,
+    author_name: Option<String>,
+    author_index: usize,
+    lamport: u64,
+    event_id: String,
+    op_index: u32,
+}
+
+fn sibling_json(sibling: &Sibling, members: &[Member]) -> SiblingJson {
+    let member = members.get(sibling.author);
+    SiblingJson {
+        value: text_of(&sibling.value),
+        value_base64: BASE64.encode(&sibling.value),
+        author: member.map(|m| m.key.to_string()),
+        author_name: member.map(|m| m.name.clone()),
+        author_index: sibling.author,
+        lamport: sibling.lamport,
+        event_id: sibling.event_id.to_string(),
+        op_index: sibling.op_idx,
+    }
+}
+
+/// A register's state: the visible value (text and base64; both `null` when there is none)
+/// and every sibling.
+#[derive(Serialize)]
+struct RegisterStateJson {
+    value: Option<String>,
+    value_base64: Option<String>,
+    siblings: Vec<SiblingJson>,
+}
+
+fn register_state_json(read: &RegisterRead, members: &[Member]) -> RegisterStateJson {
+    RegisterStateJson {
+        value: read.visible.as_ref().and_then(|s| text_of(&s.value)),
+        value_base64: read.visible.as_ref().map(|s| BASE64.encode(&s.value)),
+        siblings: read.siblings.iter().map(|s| sibling_json(s, members)).collect(),
+    }
+}
+
+#[derive(Serialize)]
+struct RegisterJson {
+    key: String,
+    #[serde(flatten)]
+    state: RegisterStateJson,
+}
+
+#[derive(Serialize)]
+struct CounterJson {
+    key: String,
+    /// An i128: serde_json writes it as a plain JSON number.
+    value: i128,
+}
+
+#[derive(Serialize)]
+struct ValueJson {
+    value: Option<String>,
+    value_base64: String,
+}
+
+fn values_json(values: &[Vec<u8>]) -> Vec<ValueJson> {
+    values.iter().map(|v| ValueJson { value: text_of(v), value_base64: BASE64.encode(v) }).collect()
+}
+
+#[derive(Serialize)]
+struct SetJson {
+    key: String,
+    members: Vec<ValueJson>,
+}
+
+/// An op as the API shows it (also used by `cairnctl inspect --json`).
+#[derive(Serialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub(crate) enum OpJson {
+    Put { key: Option<String>, key_base64: String, value: Option<String>, value_base64: String },
+    Del { key: Option<String>, key_base64: String },
+    Incr { key: Option<String>, key_base64: String, delta: i64 },
+    Add { key: Option<String>, key_base64: String, element: Option<String>, element_base64: String },
+    Remove { key: Option<String>, key_base64: String, element: Option<String>, element_base64: String },
+}
+
+impl From<&Op> for OpJson {
+    fn from(op: &Op) -> Self {
+        let key = text_of(op.key());
+        let key_base64 = BASE64.encode(op.key());
+        match op {
+            Op::Put { value, .. } => {
+                Self::Put { key, key_base64, value: text_of(value), value_base64: BASE64.encode(value) }
+            }
+            Op::Del { .. } => Self::Del { key, key_base64 },
+            Op::Incr { delta, .. } => Self::Incr { key, key_base64, delta: *delta },
+            Op::Add { element, .. } => Self::Add {
+                key,
+                key_base64,
+                element: text_of(element),
+                element_base64: BASE64.encode(element),
+            },
+            Op::Remove { element, .. } => Self::Remove {
+                key,
+                key_base64,
+                element: text_of(element),
+                element_base64: BASE64.encode(element),
+            },
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EventsJson {
+    events: Vec<EventSummaryJson>,
+}
+
+#[derive(Serialize)]
+struct EventSummaryJson {
+    id: String,
+    author: String,
+    author_name: String,
+    seq: u64,
+    lamport: u64,
+    n_deps: usize,
+    n_ops: usize,
+    size: usize,
+    excluded: bool,
+}
+
+impl From<&EventInfo> for EventSummaryJson {
+    fn from(e: &EventInfo) -> Self {
+        Self {
+            id: e.id.to_string(),
+            author: e.author.to_string(),
+            author_name: e.author_name.clone(),
+            seq: e.seq,
+            lamport: e.lamport,
+            n_deps: e.deps.len(),
+            n_ops: e.ops.len(),
+            size: e.n_bytes,
+            excluded: e.excluded,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EventJson {
+    id: String,
+    author: String,
+    author_name: String,
+    seq: u64,
+    lamport: u64,
+    deps: Vec<String>,
+    /// Recomputed from the ops; an accepted event's header holds the same hash.
+    ops_hash: String,
+    ops: Vec<OpJson>,
+    size: usize,
+    excluded: bool,
+}
+
+impl From<&EventInfo> for EventJson {
+    fn from(e: &EventInfo) -> Self {
+        Self {
+            id: e.id.to_string(),
+            author: e.author.to_string(),
+            author_name: e.author_name.clone(),
+            seq: e.seq,
+            lamport: e.lamport,
+            deps: e.deps.iter().map(ToString::to_string).collect(),
+            ops_hash: hex::encode(ops_hash(&e.ops)),
+            ops: e.ops.iter().map(OpJson::from).collect(),
+            size: e.n_bytes,
+            excluded: e.excluded,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct EvidenceListJson {
+    evidence: Vec<EvidenceJson>,
+}
+
+#[derive(Serialize)]
+struct EvidenceJson {
+    author: String,
+    author_name: Option<String>,
+    seq: u64,
+    first: SignedHeaderJson,
+    second: SignedHeaderJson,
+    /// The canonical encoding, for `cairnctl inspect evidence`.
+    encoded_hex: String,
+}
+
+/// A signed header as the API shows it (also used by `cairnctl inspect --json`).
+#[derive(Serialize)]
+pub(crate) struct SignedHeaderJson {
+    id: String,
+    author: String,
+    seq: u64,
+    lamport: u64,
+    deps: Vec<String>,
+    ops_hash: String,
+    sig: String,
+}
+
+pub(crate) fn signed_header_json(signed: &SignedHeader) -> SignedHeaderJson {
+    let Header { author, seq, lamport, deps, ops_hash } = &signed.header;
+    SignedHeaderJson {
+        id: signed.header.id().to_string(),
+        author: author.to_string(),
+        seq: *seq,
+        lamport: *lamport,
+        deps: deps.iter().map(ToString::to_string).collect(),
+        ops_hash: hex::encode(ops_hash),
+        sig: hex::encode(signed.sig.0),
+    }
+}
+
+fn evidence_json(evidence: &Evidence, members: &[Member]) -> EvidenceJson {
+    let author = evidence.author();
+    EvidenceJson {
+        author: author.to_string(),
+        author_name: members.iter().find(|m| m.key == author).map(|m| m.name.clone()),
+        seq: evidence.seq(),
+        first: signed_header_json(&evidence.first),
+        second: signed_header_json(&evidence.second),
+        encoded_hex: hex::encode(evidence.encode()),
+    }
+}
+
+// ---- handlers -------------------------------------------------------------------------------
+
+async fn status(State(st): State<AppState>) -> Result<Json<StatusJson>, ApiError> {
+    Ok(Json(st.handle.status().await?.into()))
+}
+
+async fn peers(State(st): State<AppState>) -> Result<Json<PeersJson>, ApiError> {
+    let peers = st.handle.peers().await?;
+    Ok(Json(PeersJson { peers: peers.into_iter().map(PeerJson::from).collect() }))
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum KindParam {
+    Register,
+    Counter,
+    Set,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysQuery {
+    kind: Option<KindParam>,
+}
+
+async fn keys(
+    State(st): State<AppState>,
+    ApiQuery(query): ApiQuery<KeysQuery>,
+) -> Result<Json<KeysJson>, ApiError> {
+    let kinds: &[KeyKind] = match query.kind {
+        None => &[KeyKind::Register, KeyKind::Counter, KeyKind::Set],
+        Some(KindParam::Register) => &[KeyKind::Register],
+        Some(KindParam::Counter) => &[KeyKind::Counter],
+        Some(KindParam::Set) => &[KeyKind::Set],
+    };
+    let mut keys = Vec::new();
+    for &kind in kinds {
+        for key in st.handle.keys(kind).await? {
+            keys.push(KeyJson { kind: kind_name(kind), key: text_of(&key), key_base64: BASE64.encode(&key) });
+        }
+    }
+    Ok(Json(KeysJson { keys }))
+}
+
+async fn register(
+    State(st): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<RegisterJson>, ApiError> {
+    let key_bytes = check_key(key.clone(), "path")?;
+    let read = st.handle.register(key_bytes).await?;
+    let members = if read.siblings.is_empty() { Arc::from([]) } else { st.members().await? };
+    Ok(Json(RegisterJson { key, state: register_state_json(&read, &members) }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ValueBody {
+    value: Option<String>,
+    value_base64: Option<String>,
+}
+
+async fn write(st: &AppState, ops: Vec<Op>) -> Result<Json<AckJson>, ApiError> {
+    Ok(Json(st.handle.write(ops).await?.into()))
+}
+
+async fn put_register(
+    State(st): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(body): ApiJson<ValueBody>,
+) -> Result<Json<AckJson>, ApiError> {
+    let key = check_key(key, "path")?;
+    let value = value_bytes(body.value, body.value_base64, "value", "")?;
+    write(&st, vec![Op::Put { key, value }]).await
+}
+
+async fn delete_register(
+    State(st): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<AckJson>, ApiError> {
+    let key = check_key(key, "path")?;
+    write(&st, vec![Op::Del { key }]).await
+}
+
+async fn counter(
+    State(st): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<CounterJson>, ApiError> {
+    let value = st.handle.counter(check_key(key.clone(), "path")?).await?;
+    Ok(Json(CounterJson { key, value }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncrBody {
+    delta: i64,
+}
+
+async fn incr_counter(
+    State(st): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(body): ApiJson<IncrBody>,
+) -> Result<Json<AckJson>, ApiError> {
+    let key = check_key(key, "path")?;
+    write(&st, vec![Op::Incr { key, delta: body.delta }]).await
+}
+
+async fn set(State(st): State<AppState>, ApiPath(key): ApiPath<String>) -> Result<Json<SetJson>, ApiError> {
+    let members = st.handle.set_members(check_key(key.clone(), "path")?).await?;
+    Ok(Json(SetJson { key, members: values_json(&members) }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ElementBody {
+    element: Option<String>,
+    element_base64: Option<String>,
+}
+
+async fn add_to_set(
+    State(st): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(body): ApiJson<ElementBody>,
+) -> Result<Json<AckJson>, ApiError> {
+    let key = check_key(key, "path")?;
+    let element = value_bytes(body.element, body.element_base64, "element", "")?;
+    write(&st, vec![Op::Add { key, element }]).await
+}
+
+async fn remove_from_set(
+    State(st): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+    ApiJson(body): ApiJson<ElementBody>,
+) -> Result<Json<AckJson>, ApiError> {
+    let key = check_key(key, "path")?;
+    let element = value_bytes(body.element, body.element_base64, "element", "")?;
+    write(&st, vec![Op::Remove { key, element }]).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    ops: Vec<BatchOp>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
+enum BatchOp {
+    Put { key: String, value: Option<String>, value_base64: Option<String> },
+    Del { key: String },
+    Incr { key: String, delta: i64 },
+    Add { key: String, element: Option<String>, element_base64: Option<String> },
+    Remove { key: String, element: Option<String>, element_base64: Option<String> },
+}
+
+impl BatchOp {
+    fn into_op(self, op_idx: usize) -> Result<Op, ApiError> {
+        let at = format!("ops[{op_idx}]");
+        let context = format!("{at}: ");
+        Ok(match self {
+            Self::Put { key, value, value_base64 } => Op::Put {
+                key: check_key(key, &at)?,
+                value: value_bytes(value, value_base64, "value", &context)?,
+            },
+            Self::Del { key } => Op::Del { key: check_key(key, &at)? },
+            Self::Incr { key, delta } => Op::Incr { key: check_key(key, &at)?, delta },
+            Self::Add { key, element, element_base64 } => Op::Add {
+                key: check_key(key, &at)?,
+                element: value_bytes(element, element_base64, "element", &context)?,
+            },
+            Self::Remove { key, element, element_base64 } => Op::Remove {
+                key: check_key(key, &at)?,
+                element: value_bytes(element, element_base64, "element", &context)?,
+            },
+        })
+    }
+}
+
+async fn batch(
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<BatchBody>,
+) -> Result<Json<AckJson>, ApiError> {
+    if body.ops.is_empty() {
+        return Err(ApiError::bad_request("bad_batch", "the batch has no ops; give 1 to 256"));
+    }
+    if body.ops.len() > OPS_MAX {
+        return Err(ApiError::bad_request(
+            "bad_batch",
+            format!("the batch has {} ops, over the limit of {OPS_MAX}; split it", body.ops.len()),
+        ));
+    }
+    let ops = body.ops.into_iter().enumerate().map(|(idx, op)| op.into_op(idx)).collect::<Result<_, _>>()?;
+    write(&st, ops).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsParams {
+    author: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(st): State<AppState>,
+    ApiQuery(params): ApiQuery<EventsParams>,
+) -> Result<Json<EventsJson>, ApiError> {
+    let limit = params.limit.unwrap_or(EVENTS_LIMIT_DEFAULT);
+    if !(1..=EVENTS_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1 to {EVENTS_LIMIT_MAX}, got {limit}; page with `after`"),
+        ));
+    }
+    let author = match params.author {
+        None => None,
+        Some(text) => Some(resolve_author(&st, &text).await?),
+    };
+    let events = st.handle.events(EventQuery { author, after: params.after, limit }).await?;
+    Ok(Json(EventsJson { events: events.iter().map(EventSummaryJson::from).collect() }))
+}
+
+/// A member named by its key (64 hex digits) or its display name.
+async fn resolve_author(st: &AppState, text: &str) -> Result<PublicKey, ApiError> {
+    if let Ok(key) = PublicKey::from_str(&text.to_ascii_lowercase()) {
+        return Ok(key);
+    }
+    let members = st.members().await?;
+    members.iter().find(|m| m.name == text).map(|m| m.key).ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_query",
+            format!(
+                "unknown author {:?}: give a member's key (64 hex digits) or its name",
+                truncate(text, 80)
+            ),
+        )
+    })
+}
+
+async fn event(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<EventJson>, ApiError> {
+    let id = parse_event_id(&id)?;
+    match st.handle.event(id).await? {
+        Some(info) => Ok(Json(EventJson::from(&info))),
+        None => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no accepted event has id {id}")))
+        }
+    }
+}
+
+async fn evidence(State(st): State<AppState>) -> Result<Json<EvidenceListJson>, ApiError> {
+    let list = st.handle.evidence().await?;
+    let members = if list.is_empty() { Arc::from([]) } else { st.members().await? };
+    Ok(Json(EvidenceListJson { evidence: list.iter().map(|e| evidence_json(e, &members)).collect() }))
+}
+
+async fn metrics(State(st): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], st.handle.metrics_text()).into_response()
+}
+
+// ---- the watch stream -----------------------------------------------------------------------
+
+/// One `change` event: the notice and, when it could be read, the key's state now (which may
+/// already include later changes; their own notices follow).
+#[derive(Serialize)]
+struct ChangeJson {
+    kind: &'static str,
+    key: Option<String>,
+    key_base64: String,
+    position: u64,
+    #[serde(flatten)]
+    state: ChangeStateJson,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum ChangeStateJson {
+    Register(RegisterStateJson),
+    Counter {
+        value: i128,
+    },
+    Set {
+        members: Vec<ValueJson>,
+    },
+    /// The state could not be read (the service is busy or stopping).
+    Unavailable {
+        state_error: String,
+    },
+}
+
+#[derive(Serialize)]
+struct LaggedJson {
+    missed: u64,
+}
+
+async fn change_state(st: &AppState, notice: &ChangeNotice) -> Result<ChangeStateJson, ApiError> {
+    let key = notice.key.clone();
+    Ok(match notice.kind {
+        KeyKind::Register => {
+            let read = st.handle.register(key).await?;
+            ChangeStateJson::Register(register_state_json(&read, &st.members().await?))
+        }
+        KeyKind::Counter => ChangeStateJson::Counter { value: st.handle.counter(key).await? },
+        KeyKind::Set => ChangeStateJson::Set { members: values_json(&st.handle.set_members(key).await?) },
+    })
+}
+
+async fn change_event(st: &AppState, notice: ChangeNotice) -> SseEvent {
+    let state = change_state(st, &notice)
+        .await
+        .unwrap_or_else(|error| ChangeStateJson::Unavailable { state_error: error.message });
+    let change = ChangeJson {
+        kind: kind_name(notice.kind),
+        key: text_of(&notice.key),
+        key_base64: BASE64.encode(&notice.key),
+        position: notice.position,
+        state,
+    };
+    sse_json("change", &change)
+}
+
+fn sse_json(name: &'static str, data: &impl Serialize) -> SseEvent {
+    let event = SseEvent::default().event(name);
+    // Serializing these plain structs into a Vec cannot fail; if it ever did, the client still
+    // learns that something happened.
+    event.json_data(data).unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()))
+}
+
+struct WatchState {
+    st: AppState,
+    changes: broadcast::Receiver<ChangeNotice>,
+    shutdown: watch::Receiver<bool>,
+}
+
+async fn watch_changes(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>>> {
+    // Subscribe before answering, so every change after the response starts is delivered.
+    let changes = st.handle.subscribe();
+    let shutdown = st.shutdown.clone();
+    let stream = futures_util::stream::unfold(WatchState { st, changes, shutdown }, |mut w| async move {
+        let event = tokio::select! {
+            biased;
+            () = stopped(&mut w.shutdown) => return None,
+            received = w.changes.recv() => match received {
+                Ok(notice) => change_event(&w.st, notice).await,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    sse_json("lagged", &LaggedJson { missed })
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        };
+        Some((Ok(event), w))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(WATCH_KEEP_ALIVE))
+}

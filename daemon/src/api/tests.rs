@@ -1,0 +1,944 @@
+//! Tests of the API over a real Unix socket, driven with [`Client`] and raw hyper requests,
+//! against a fake service loop that answers [`Command`]s from an in-memory model.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use cairn_crypto::SecretKey;
+use cairn_protocol::{Event, PeerStats};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::*;
+use crate::client::{Client, ClientError, path_segment};
+use crate::metrics::Metrics;
+use crate::service::Command;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+pub(crate) const REFUSED_MESSAGE: &str =
+    "writes are refused until this node has learned its own latest seq from a peer";
+
+/// The in-memory model behind the fake service.
+struct Fake {
+    own: PublicKey,
+    peer: PublicKey,
+    members: Vec<Member>,
+    registers: BTreeMap<Vec<u8>, RegisterRead>,
+    counters: BTreeMap<Vec<u8>, i128>,
+    sets: BTreeMap<Vec<u8>, BTreeSet<Vec<u8>>>,
+    events: Vec<EventInfo>,
+    evidence: Vec<Evidence>,
+    changes: broadcast::Sender<ChangeNotice>,
+    seq: u64,
+    position: u64,
+}
+
+pub(crate) fn own_secret() -> SecretKey {
+    SecretKey::from_seed(&[1; 32])
+}
+
+pub(crate) fn peer_secret() -> SecretKey {
+    SecretKey::from_seed(&[2; 32])
+}
+
+/// Two events by the peer with the same seq: an equivocation.
+fn peer_evidence() -> Evidence {
+    let peer = peer_secret();
+    let a = Event::sign(&peer, 1, 1, vec![], vec![Op::Del { key: b"a".to_vec() }]);
+    let b = Event::sign(&peer, 1, 1, vec![], vec![Op::Del { key: b"b".to_vec() }]);
+    Evidence::new(
+        SignedHeader { header: a.header, sig: a.sig },
+        SignedHeader { header: b.header, sig: b.sig },
+    )
+}
+
+impl Fake {
+    fn new(changes: broadcast::Sender<ChangeNotice>) -> Self {
+        let own = own_secret().public();
+        let peer = peer_secret().public();
+        let mut members =
+            vec![Member { key: own, name: "alpha".into() }, Member { key: peer, name: "beta".into() }];
+        members.sort_by_key(|m| m.key);
+        let mut fake = Self {
+            own,
+            peer,
+            members,
+            registers: BTreeMap::new(),
+            counters: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            events: Vec::new(),
+            evidence: vec![peer_evidence()],
+            changes,
+            seq: 0,
+            position: 0,
+        };
+        // A register with two concurrent values, one of them not UTF-8, written by the peer
+        // and by this node.
+        let peer_idx = fake.idx(&peer);
+        let own_idx = fake.idx(&own);
+        let low = Sibling {
+            value: vec![0xff, 0xfe],
+            author: peer_idx,
+            lamport: 1,
+            event_id: EventId([7; 32]),
+            op_idx: 0,
+        };
+        let high = Sibling {
+            value: b"text".to_vec(),
+            author: own_idx,
+            lamport: 2,
+            event_id: EventId([8; 32]),
+            op_idx: 1,
+        };
+        fake.registers.insert(
+            b"multi".to_vec(),
+            RegisterRead { visible: Some(high.clone()), siblings: vec![low.clone(), high] },
+        );
+        fake.registers
+            .insert(b"binary".to_vec(), RegisterRead { visible: Some(low.clone()), siblings: vec![low] });
+        fake.events.push(EventInfo {
+            id: EventId([7; 32]),
+            author: peer,
+            author_name: "beta".into(),
+            seq: 1,
+            lamport: 1,
+            deps: vec![],
+            ops: vec![Op::Put { key: b"binary".to_vec(), value: vec![0xff, 0xfe] }],
+            n_bytes: 200,
+            excluded: false,
+        });
+        fake
+    }
+
+    fn idx(&self, key: &PublicKey) -> usize {
+        self.members.iter().position(|m| m.key == *key).unwrap()
+    }
+
+    fn notify(&mut self, kind: KeyKind, key: &[u8]) {
+        self.position += 1;
+        // Nobody may be watching.
+        let _ = self.changes.send(ChangeNotice { kind, key: key.to_vec(), position: self.position });
+    }
+
+    fn write(&mut self, ops: Vec<Op>) -> Result<WriteAck, ServiceError> {
+        if ops.iter().any(|op| op.key() == b"refuse") {
+            return Err(ServiceError::NotReady(REFUSED_MESSAGE.into()));
+        }
+        if ops.iter().any(|op| op.key() == b"disk") {
+            return Err(ServiceError::Storage("No space left on device".into()));
+        }
+        self.seq += 1;
+        let id = EventId([0x10 + self.seq as u8; 32]);
+        let lamport = self.seq + 1;
+        let own_idx = self.idx(&self.own);
+        for (op_idx, op) in ops.iter().enumerate() {
+            match op {
+                Op::Put { key, value } => {
+                    let sibling = Sibling {
+                        value: value.clone(),
+                        author: own_idx,
+                        lamport,
+                        event_id: id,
+                        op_idx: op_idx as u32,
+                    };
+                    self.registers.insert(
+                        key.clone(),
+                        RegisterRead { visible: Some(sibling.clone()), siblings: vec![sibling] },
+                    );
+                    self.notify(KeyKind::Register, key);
+                }
+                Op::Del { key } => {
+                    self.registers.remove(key);
+                    self.notify(KeyKind::Register, key);
+                }
+                Op::Incr { key, delta } => {
+                    *self.counters.entry(key.clone()).or_default() += i128::from(*delta);
+                    self.notify(KeyKind::Counter, key);
+                }
+                Op::Add { key, element } => {
+                    self.sets.entry(key.clone()).or_default().insert(element.clone());
+                    self.notify(KeyKind::Set, key);
+                }
+                Op::Remove { key, element } => {
+                    if let Some(set) = self.sets.get_mut(key) {
+                        set.remove(element);
+                    }
+                    self.notify(KeyKind::Set, key);
+                }
+            }
+        }
+        self.events.push(EventInfo {
+            id,
+            author: self.own,
+            author_name: "alpha".into(),
+            seq: self.seq,
+            lamport,
+            deps: vec![EventId([7; 32])],
+            ops,
+            n_bytes: 300,
+            excluded: false,
+        });
+        Ok(WriteAck { id, seq: self.seq, lamport })
+    }
+
+    fn answer(&mut self, command: Command) {
+        // A dropped receiver means the API gave up on the request; nothing to do.
+        match command {
+            Command::Write(ops, tx) => {
+                let _ = tx.send(self.write(ops));
+            }
+            Command::Register(key, tx) => {
+                let _ = tx.send(self.registers.get(&key).cloned().unwrap_or_default());
+            }
+            Command::Counter(key, tx) => {
+                let _ = tx.send(self.counters.get(&key).copied().unwrap_or(0));
+            }
+            Command::SetMembers(key, tx) => {
+                let _ = tx.send(self.sets.get(&key).map(|s| s.iter().cloned().collect()).unwrap_or_default());
+            }
+            Command::Keys(kind, tx) => {
+                let keys = match kind {
+                    KeyKind::Register => self.registers.keys().cloned().collect(),
+                    KeyKind::Counter => self.counters.keys().cloned().collect(),
+                    KeyKind::Set => {
+                        self.sets.iter().filter(|(_, s)| !s.is_empty()).map(|(k, _)| k.clone()).collect()
+                    }
+                };
+                let _ = tx.send(keys);
+            }
+            Command::Events(query, tx) => {
+                let events = self
+                    .events
+                    .iter()
+                    .enumerate()
+                    .filter(|(position, e)| match query.author {
+                        Some(author) => e.author == author && query.after.is_none_or(|after| e.seq > after),
+                        None => query.after.is_none_or(|after| *position as u64 + 1 > after),
+                    })
+                    .map(|(_, e)| e.clone())
+                    .take(query.limit)
+                    .collect();
+                let _ = tx.send(events);
+            }
+            Command::Event(id, tx) => {
+                let _ = tx.send(self.events.iter().find(|e| e.id == id).cloned());
+            }
+            Command::Evidence(tx) => {
+                let _ = tx.send(self.evidence.clone());
+            }
+            Command::Peers(tx) => {
+                let stats = PeerStats {
+                    events_in: 3,
+                    rejected: [(cairn_protocol::Reject::BadSignature, 2)].into(),
+                    ..PeerStats::default()
+                };
+                let _ = tx.send(vec![PeerInfo {
+                    key: self.peer,
+                    name: "beta".into(),
+                    address: Some("192.0.2.7:7000".parse().unwrap()),
+                    state: PeerState::Connected,
+                    last_seen_ms_ago: Some(12),
+                    rtt_ms: Some(0.5),
+                    stats,
+                }]);
+            }
+            Command::Status(tx) => {
+                let _ = tx.send(Status {
+                    key: self.own,
+                    name: "alpha".into(),
+                    cluster_id: [3; 32],
+                    own_seq: self.seq,
+                    digest: [4; 32],
+                    sync_digest: [5; 32],
+                    n_events: self.events.len(),
+                    n_evidence: self.evidence.len(),
+                    buffer_events: 0,
+                    buffer_bytes: 0,
+                    buffer_bytes_max: 1 << 20,
+                    writes_refused: None,
+                    n_peers_connected: 1,
+                    n_peers: 1,
+                });
+            }
+        }
+    }
+}
+
+pub(crate) struct Server {
+    pub(crate) client: Client,
+    socket: std::path::PathBuf,
+    pub(crate) changes: broadcast::Sender<ChangeNotice>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<io::Result<()>>,
+    _dir: tempfile::TempDir,
+}
+
+pub(crate) async fn start() -> Server {
+    start_with_watch_buffer(64).await
+}
+
+async fn start_with_watch_buffer(watch_buffer: usize) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let (commands, mut command_rx) = mpsc::channel::<Command>(64);
+    let (changes, _) = broadcast::channel(watch_buffer);
+    let mut fake = Fake::new(changes.clone());
+    tokio::spawn(async move {
+        while let Some(command) = command_rx.recv().await {
+            fake.answer(command);
+        }
+    });
+    let handle = ServiceHandle { commands, changes: changes.clone(), metrics: Arc::new(Metrics::new()) };
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let listener = bind(&socket).unwrap();
+    let task = tokio::spawn(serve(listener, handle, shutdown_rx));
+    Server { client: Client::new(&socket), socket, changes, shutdown, task, _dir: dir }
+}
+
+impl Server {
+    /// A request the client would never send: any method, content type and body.
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (StatusCode, String, Vec<u8>) {
+        let stream = tokio::net::UnixStream::connect(&self.socket).await.unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake::<
+            _,
+            http_body_util::Full<bytes::Bytes>,
+        >(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let mut request = hyper::Request::builder().method(method).uri(path).header(header::HOST, "cairnd");
+        if let Some(content_type) = content_type {
+            request = request.header(header::CONTENT_TYPE, content_type);
+        }
+        let request = request.body(http_body_util::Full::new(bytes::Bytes::from(body))).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = response.into_body().collect().await.unwrap().to_bytes().to_vec();
+        (status, content_type, body)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        self.client.get_json(path).await.unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Value) -> Value {
+        self.client
+            .send_json(method.clone(), path, &body)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    pub(crate) async fn wait_for_watchers(&self, n: usize) {
+        let start = Instant::now();
+        while self.changes.receiver_count() < n {
+            assert!(start.elapsed() < DEADLINE, "no watcher subscribed within {DEADLINE:?}");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// Sends a raw request and checks that the answer is a JSON error with `status` and `code`;
+/// returns the message.
+async fn check_error(
+    server: &Server,
+    method: &str,
+    path: &str,
+    content_type: Option<&str>,
+    body: &[u8],
+    status: StatusCode,
+    code: &str,
+) -> String {
+    let (got_status, got_type, got_body) = server.raw(method, path, content_type, body.to_vec()).await;
+    let what = format!("{method} {path} {}", String::from_utf8_lossy(&body[..body.len().min(80)]));
+    assert_eq!(got_status, status, "{what}: {}", String::from_utf8_lossy(&got_body));
+    assert_eq!(got_type, "application/json", "{what}");
+    let error: Value = serde_json::from_slice(&got_body).unwrap_or_else(|e| panic!("{what}: not JSON: {e}"));
+    assert_eq!(error["error"]["code"], code, "{what}: {error}");
+    let message = error["error"]["message"].as_str().unwrap().to_owned();
+    assert!(!message.is_empty(), "{what}");
+    message
+}
+
+const JSON: Option<&str> = Some("application/json");
+
+#[tokio::test]
+async fn status_and_peers() {
+    let server = start().await;
+    let status = server.get("/v1/status").await;
+    assert_eq!(status["name"], "alpha");
+    assert_eq!(status["key"], own_secret().public().to_string());
+    assert_eq!(status["cluster_id"], hex::encode([3; 32]));
+    assert_eq!(status["writes_refused"], Value::Null);
+    assert_eq!(status["n_peers_connected"], 1);
+
+    let peers = server.get("/v1/peers").await;
+    let peer = &peers["peers"][0];
+    assert_eq!(peer["name"], "beta");
+    assert_eq!(peer["key"], peer_secret().public().to_string());
+    assert_eq!(peer["address"], "192.0.2.7:7000");
+    assert_eq!(peer["state"], "connected");
+    assert_eq!(peer["rtt_ms"], 0.5);
+    assert_eq!(peer["stats"]["events_in"], 3);
+    assert_eq!(peer["stats"]["rejected"], json!({"bad_signature": 2}));
+}
+
+#[tokio::test]
+async fn registers_put_get_delete() {
+    let server = start().await;
+    let ack = server.send(Method::PUT, "/v1/registers/greeting", json!({"value": "hello"})).await;
+    assert_eq!(ack, json!({"id": hex::encode([0x11; 32]), "seq": 1, "lamport": 2}));
+
+    let read = server.get("/v1/registers/greeting").await;
+    assert_eq!(read["key"], "greeting");
+    assert_eq!(read["value"], "hello");
+    assert_eq!(read["value_base64"], "aGVsbG8=");
+    let sibling = &read["siblings"][0];
+    assert_eq!(sibling["value"], "hello");
+    assert_eq!(sibling["author"], own_secret().public().to_string());
+    assert_eq!(sibling["author_name"], "alpha");
+    assert_eq!(sibling["event_id"], hex::encode([0x11; 32]));
+    assert_eq!(sibling["lamport"], 2);
+    assert_eq!(sibling["op_index"], 0);
+
+    // Bytes that are not UTF-8, as base64; a key with a slash and a space, percent-encoded.
+    let path = format!("/v1/registers/{}", path_segment("dir/a b"));
+    server.send(Method::PUT, &path, json!({"value_base64": "/wA="})).await;
+    let read = server.get(&path).await;
+    assert_eq!(read["key"], "dir/a b");
+    assert_eq!(read["value"], Value::Null);
+    assert_eq!(read["value_base64"], "/wA=");
+    assert_eq!(read["siblings"][0]["value"], Value::Null);
+
+    let ack = server
+        .client
+        .request_json::<Value>(Method::DELETE, "/v1/registers/greeting", None::<&()>)
+        .await
+        .unwrap();
+    assert_eq!(ack["seq"], 3);
+    let read = server.get("/v1/registers/greeting").await;
+    assert_eq!(read, json!({"key": "greeting", "value": null, "value_base64": null, "siblings": []}));
+}
+
+#[tokio::test]
+async fn register_siblings_name_their_authors() {
+    let server = start().await;
+    let read = server.get("/v1/registers/multi").await;
+    assert_eq!(read["value"], "text");
+    let siblings = read["siblings"].as_array().unwrap();
+    assert_eq!(siblings.len(), 2);
+    assert_eq!(siblings[0]["value"], Value::Null);
+    assert_eq!(siblings[0]["value_base64"], "//4=");
+    assert_eq!(siblings[0]["author"], peer_secret().public().to_string());
+    assert_eq!(siblings[0]["author_name"], "beta");
+    assert_eq!(siblings[1]["author_name"], "alpha");
+    assert_eq!(siblings[1]["op_index"], 1);
+    let binary = server.get("/v1/registers/binary").await;
+    assert_eq!(binary["value"], Value::Null);
+    assert_eq!(binary["value_base64"], "//4=");
+}
+
+#[tokio::test]
+async fn counters_and_sets() {
+    let server = start().await;
+    assert_eq!(server.get("/v1/counters/hits").await, json!({"key": "hits", "value": 0}));
+    server.send(Method::POST, "/v1/counters/hits/incr", json!({"delta": 7})).await;
+    server.send(Method::POST, "/v1/counters/hits/incr", json!({"delta": -10})).await;
+    assert_eq!(server.get("/v1/counters/hits").await, json!({"key": "hits", "value": -3}));
+
+    server.send(Method::POST, "/v1/sets/tags/add", json!({"element": "b"})).await;
+    server.send(Method::POST, "/v1/sets/tags/add", json!({"element": "a"})).await;
+    server.send(Method::POST, "/v1/sets/tags/add", json!({"element_base64": "/w=="})).await;
+    server.send(Method::POST, "/v1/sets/tags/remove", json!({"element": "b"})).await;
+    let set = server.get("/v1/sets/tags").await;
+    assert_eq!(
+        set,
+        json!({"key": "tags", "members": [
+            {"value": "a", "value_base64": "YQ=="},
+            {"value": null, "value_base64": "/w=="},
+        ]})
+    );
+}
+
+#[tokio::test]
+async fn keys_by_kind() {
+    let server = start().await;
+    server.send(Method::POST, "/v1/counters/c1/incr", json!({"delta": 1})).await;
+    server.send(Method::POST, "/v1/sets/s1/add", json!({"element": "x"})).await;
+    let all = server.get("/v1/keys").await;
+    assert_eq!(
+        all["keys"],
+        json!([
+            {"kind": "register", "key": "binary", "key_base64": "YmluYXJ5"},
+            {"kind": "register", "key": "multi", "key_base64": "bXVsdGk="},
+            {"kind": "counter", "key": "c1", "key_base64": "YzE="},
+            {"kind": "set", "key": "s1", "key_base64": "czE="},
+        ])
+    );
+    let counters = server.get("/v1/keys?kind=counter").await;
+    assert_eq!(counters["keys"], json!([{"kind": "counter", "key": "c1", "key_base64": "YzE="}]));
+}
+
+#[tokio::test]
+async fn batch_is_one_event() {
+    let server = start().await;
+    let body = json!({"ops": [
+        {"op": "put", "key": "r", "value": "v"},
+        {"op": "put", "key": "rb", "value_base64": "AAE="},
+        {"op": "del", "key": "multi"},
+        {"op": "incr", "key": "c", "delta": -2},
+        {"op": "add", "key": "s", "element": "e"},
+        {"op": "remove", "key": "s", "element_base64": "ZQ=="},
+    ]});
+    let ack = server.send(Method::POST, "/v1/batch", body).await;
+    assert_eq!(ack["seq"], 1);
+    let event = server.get(&format!("/v1/events/{}", ack["id"].as_str().unwrap())).await;
+    assert_eq!(
+        event["ops"],
+        json!([
+            {"op": "put", "key": "r", "key_base64": "cg==", "value": "v", "value_base64": "dg=="},
+            {"op": "put", "key": "rb", "key_base64": "cmI=", "value": "\u{0}\u{1}", "value_base64": "AAE="},
+            {"op": "del", "key": "multi", "key_base64": "bXVsdGk="},
+            {"op": "incr", "key": "c", "key_base64": "Yw==", "delta": -2},
+            {"op": "add", "key": "s", "key_base64": "cw==", "element": "e", "element_base64": "ZQ=="},
+            {"op": "remove", "key": "s", "key_base64": "cw==", "element": "e", "element_base64": "ZQ=="},
+        ])
+    );
+    assert_eq!(server.get("/v1/counters/c").await["value"], -2);
+}
+
+#[tokio::test]
+async fn events_list_and_one_event() {
+    let server = start().await;
+    server.send(Method::PUT, "/v1/registers/a", json!({"value": "1"})).await;
+    server.send(Method::PUT, "/v1/registers/b", json!({"value": "2"})).await;
+
+    let all = server.get("/v1/events").await;
+    let ids: Vec<&str> =
+        all["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [hex::encode([7; 32]), hex::encode([0x11; 32]), hex::encode([0x12; 32])]);
+    let first = &all["events"][0];
+    assert_eq!(first["author_name"], "beta");
+    assert_eq!(first["n_ops"], 1);
+    assert_eq!(first["size"], 200);
+    assert_eq!(first["excluded"], false);
+
+    let by_name = server.get("/v1/events?author=alpha&after=1&limit=5").await;
+    assert_eq!(by_name["events"].as_array().unwrap().len(), 1);
+    assert_eq!(by_name["events"][0]["seq"], 2);
+    let by_key = server.get(&format!("/v1/events?author={}", peer_secret().public())).await;
+    assert_eq!(by_key["events"].as_array().unwrap().len(), 1);
+    let limited = server.get("/v1/events?limit=1").await;
+    assert_eq!(limited["events"].as_array().unwrap().len(), 1);
+
+    let event = server.get(&format!("/v1/events/{}", hex::encode([0x12; 32]))).await;
+    assert_eq!(event["author"], own_secret().public().to_string());
+    assert_eq!(event["seq"], 2);
+    assert_eq!(event["deps"], json!([hex::encode([7; 32])]));
+    let ops = vec![Op::Put { key: b"b".to_vec(), value: b"2".to_vec() }];
+    assert_eq!(event["ops_hash"], hex::encode(ops_hash(&ops)));
+    assert_eq!(event["size"], 300);
+}
+
+#[tokio::test]
+async fn evidence_carries_its_canonical_bytes() {
+    let server = start().await;
+    let list = server.get("/v1/evidence").await;
+    let item = &list["evidence"][0];
+    let expected = peer_evidence();
+    assert_eq!(item["author"], peer_secret().public().to_string());
+    assert_eq!(item["author_name"], "beta");
+    assert_eq!(item["seq"], 1);
+    assert_eq!(item["first"]["id"], expected.ids().0.to_string());
+    assert_eq!(item["second"]["id"], expected.ids().1.to_string());
+    assert_eq!(item["first"]["sig"], hex::encode(expected.first.sig.0));
+    let bytes = hex::decode(item["encoded_hex"].as_str().unwrap()).unwrap();
+    assert_eq!(cairn_protocol::codec::decode_evidence(&bytes).unwrap(), expected);
+}
+
+#[tokio::test]
+async fn metrics_are_openmetrics_text() {
+    let server = start().await;
+    let (status, content_type, body) = server.raw("GET", "/v1/metrics", None, vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, OPENMETRICS_CONTENT_TYPE);
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.contains("cairn_events_accepted_total"), "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert_eq!(server.client.get_text("/v1/metrics").await.unwrap(), text);
+}
+
+#[tokio::test]
+async fn bad_bodies_are_json_errors() {
+    let server = start().await;
+    let cases: Vec<(Vec<u8>, &str, &str, StatusCode, &str)> = vec![
+        (b"{not json".to_vec(), "PUT", "/v1/registers/k", StatusCode::BAD_REQUEST, "bad_json"),
+        (b"".to_vec(), "PUT", "/v1/registers/k", StatusCode::BAD_REQUEST, "bad_json"),
+        (b"{}".to_vec(), "PUT", "/v1/registers/k", StatusCode::BAD_REQUEST, "bad_value"),
+        (
+            br#"{"value":"a","value_base64":"YQ=="}"#.to_vec(),
+            "PUT",
+            "/v1/registers/k",
+            StatusCode::BAD_REQUEST,
+            "bad_value",
+        ),
+        (
+            br#"{"value_base64":"!!not base64"}"#.to_vec(),
+            "PUT",
+            "/v1/registers/k",
+            StatusCode::BAD_REQUEST,
+            "bad_value",
+        ),
+        (br#"{"value":5}"#.to_vec(), "PUT", "/v1/registers/k", StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            br#"{"value":"a","extra":1}"#.to_vec(),
+            "PUT",
+            "/v1/registers/k",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (br#"{"delta":"x"}"#.to_vec(), "POST", "/v1/counters/c/incr", StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            br#"{"delta":9223372036854775808}"#.to_vec(),
+            "POST",
+            "/v1/counters/c/incr",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (br#"{}"#.to_vec(), "POST", "/v1/counters/c/incr", StatusCode::BAD_REQUEST, "bad_request"),
+        (
+            br#"{"element":"a","element_base64":"YQ=="}"#.to_vec(),
+            "POST",
+            "/v1/sets/s/add",
+            StatusCode::BAD_REQUEST,
+            "bad_value",
+        ),
+        (br#"{}"#.to_vec(), "POST", "/v1/sets/s/remove", StatusCode::BAD_REQUEST, "bad_value"),
+        (br#"{"ops":[]}"#.to_vec(), "POST", "/v1/batch", StatusCode::BAD_REQUEST, "bad_batch"),
+        (
+            br#"{"ops":[{"op":"frob","key":"k"}]}"#.to_vec(),
+            "POST",
+            "/v1/batch",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            br#"{"ops":[{"op":"del","key":"k","value":"x"}]}"#.to_vec(),
+            "POST",
+            "/v1/batch",
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+        ),
+        (
+            br#"{"ops":[{"op":"del","key":""}]}"#.to_vec(),
+            "POST",
+            "/v1/batch",
+            StatusCode::BAD_REQUEST,
+            "bad_key",
+        ),
+        (
+            br#"{"ops":[{"op":"put","key":"k"}]}"#.to_vec(),
+            "POST",
+            "/v1/batch",
+            StatusCode::BAD_REQUEST,
+            "bad_value",
+        ),
+        (br#"{"opz":[]}"#.to_vec(), "POST", "/v1/batch", StatusCode::BAD_REQUEST, "bad_request"),
+    ];
+    for (body, method, path, status, code) in cases {
+        check_error(&server, method, path, JSON, &body, status, code).await;
+    }
+
+    let message = check_error(
+        &server,
+        "PUT",
+        "/v1/registers/k",
+        JSON,
+        br#"{"value":"a","value_base64":"YQ=="}"#,
+        StatusCode::BAD_REQUEST,
+        "bad_value",
+    )
+    .await;
+    assert_eq!(message, "give either value or value_base64, not both");
+    let message = check_error(
+        &server,
+        "POST",
+        "/v1/batch",
+        JSON,
+        br#"{"ops":[{"op":"put","key":"k"}, {"op":"put","key":"k","value_base64":"%"}]}"#,
+        StatusCode::BAD_REQUEST,
+        "bad_value",
+    )
+    .await;
+    assert!(message.starts_with("ops[0]: missing value"), "{message}");
+}
+
+#[tokio::test]
+async fn sizes_over_the_limits_are_refused() {
+    let server = start().await;
+    let long_key = "k".repeat(KEY_BYTES_MAX + 1);
+    check_error(
+        &server,
+        "GET",
+        &format!("/v1/registers/{long_key}"),
+        None,
+        b"",
+        StatusCode::BAD_REQUEST,
+        "bad_key",
+    )
+    .await;
+    check_error(
+        &server,
+        "GET",
+        &format!("/v1/counters/{long_key}"),
+        None,
+        b"",
+        StatusCode::BAD_REQUEST,
+        "bad_key",
+    )
+    .await;
+    // The longest key is fine.
+    let longest = "k".repeat(KEY_BYTES_MAX);
+    server.send(Method::PUT, &format!("/v1/registers/{longest}"), json!({"value": ""})).await;
+
+    let value = BASE64.encode(vec![0u8; VALUE_BYTES_MAX + 1]);
+    let body = serde_json::to_vec(&json!({"value_base64": value})).unwrap();
+    let message =
+        check_error(&server, "PUT", "/v1/registers/k", JSON, &body, StatusCode::BAD_REQUEST, "bad_value")
+            .await;
+    assert!(message.contains("over the limit of 65536"), "{message}");
+    let value = "v".repeat(VALUE_BYTES_MAX);
+    server.send(Method::PUT, "/v1/registers/k", json!({"value": value})).await;
+
+    let ops: Vec<Value> = (0..=OPS_MAX).map(|_| json!({"op": "incr", "key": "c", "delta": 1})).collect();
+    let body = serde_json::to_vec(&json!({"ops": ops})).unwrap();
+    check_error(&server, "POST", "/v1/batch", JSON, &body, StatusCode::BAD_REQUEST, "bad_batch").await;
+
+    let body = vec![b' '; REQUEST_BYTES_MAX + 1];
+    check_error(&server, "PUT", "/v1/registers/k", JSON, &body, StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+        .await;
+}
+
+#[tokio::test]
+async fn bad_paths_methods_and_queries() {
+    let server = start().await;
+    let cases = [
+        ("GET", "/v1/registers/", StatusCode::BAD_REQUEST, "bad_key"),
+        ("PUT", "/v1/registers/", StatusCode::BAD_REQUEST, "bad_key"),
+        ("GET", "/v1/sets/", StatusCode::BAD_REQUEST, "bad_key"),
+        ("GET", "/v1/registers/%FF", StatusCode::BAD_REQUEST, "bad_path"),
+        ("GET", "/v1/nope", StatusCode::NOT_FOUND, "not_found"),
+        ("GET", "/", StatusCode::NOT_FOUND, "not_found"),
+        ("GET", "/v1/registers/a/b", StatusCode::NOT_FOUND, "not_found"),
+        ("POST", "/v1/status", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        ("DELETE", "/v1/counters/c", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        ("GET", "/v1/keys?kind=frob", StatusCode::BAD_REQUEST, "bad_query"),
+        ("GET", "/v1/keys?colour=red", StatusCode::BAD_REQUEST, "bad_query"),
+        ("GET", "/v1/events?limit=0", StatusCode::BAD_REQUEST, "bad_query"),
+        ("GET", "/v1/events?limit=1001", StatusCode::BAD_REQUEST, "bad_query"),
+        ("GET", "/v1/events?after=minus", StatusCode::BAD_REQUEST, "bad_query"),
+        ("GET", "/v1/events?author=nobody", StatusCode::BAD_REQUEST, "bad_query"),
+        ("GET", "/v1/events/xyz", StatusCode::BAD_REQUEST, "bad_id"),
+        ("GET", "/v1/events/00", StatusCode::BAD_REQUEST, "bad_id"),
+    ];
+    for (method, path, status, code) in cases {
+        check_error(&server, method, path, None, b"", status, code).await;
+    }
+    let unknown = "ab".repeat(32);
+    let message = check_error(
+        &server,
+        "GET",
+        &format!("/v1/events/{unknown}"),
+        None,
+        b"",
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    assert!(message.contains(&unknown), "{message}");
+    // The client reports the daemon's status and message.
+    match server.client.get_json(&format!("/v1/events/{unknown}")).await {
+        Err(ClientError::Http { status: StatusCode::NOT_FOUND, code, .. }) => assert_eq!(code, "not_found"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn wrong_content_type_is_415() {
+    let server = start().await;
+    for content_type in [None, Some("text/plain")] {
+        check_error(
+            &server,
+            "PUT",
+            "/v1/registers/k",
+            content_type,
+            br#"{"value":"a"}"#,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn service_refusals_are_503_and_storage_500() {
+    let server = start().await;
+    let message = check_error(
+        &server,
+        "PUT",
+        "/v1/registers/refuse",
+        JSON,
+        br#"{"value":"a"}"#,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+    )
+    .await;
+    assert_eq!(message, REFUSED_MESSAGE);
+    let message = check_error(
+        &server,
+        "DELETE",
+        "/v1/registers/disk",
+        None,
+        b"",
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "storage",
+    )
+    .await;
+    assert_eq!(message, "storage failed: No space left on device");
+}
+
+#[tokio::test]
+async fn service_gone_is_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let (commands, command_rx) = mpsc::channel::<Command>(1);
+    drop(command_rx);
+    let (changes, _) = broadcast::channel(4);
+    let handle = ServiceHandle { commands, changes, metrics: Arc::new(Metrics::new()) };
+    let (_shutdown, shutdown_rx) = watch::channel(false);
+    let listener = bind(&socket).unwrap();
+    tokio::spawn(serve(listener, handle, shutdown_rx));
+    match Client::new(&socket).get_json("/v1/status").await {
+        Err(ClientError::Http { status: StatusCode::SERVICE_UNAVAILABLE, code, message }) => {
+            assert_eq!(code, "shutting_down");
+            assert_eq!(message, "the daemon is shutting down");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Follows the watch stream in a task, collecting `(event, data)` until `n` events came.
+fn collect_watch(client: &Client, n: usize) -> JoinHandle<Result<Vec<(String, Value)>, ClientError>> {
+    let client = client.clone();
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        client
+            .watch("/v1/watch", |name, data| {
+                seen.push((name.to_owned(), serde_json::from_str(data).unwrap()));
+                seen.len() < n
+            })
+            .await?;
+        Ok(seen)
+    })
+}
+
+#[tokio::test]
+async fn watch_delivers_changes_with_their_state() {
+    let server = start().await;
+    let watcher = collect_watch(&server.client, 3);
+    server.wait_for_watchers(1).await;
+    server.send(Method::PUT, "/v1/registers/w", json!({"value": "one"})).await;
+    server.send(Method::POST, "/v1/counters/n/incr", json!({"delta": 5})).await;
+    server.send(Method::POST, "/v1/sets/s/add", json!({"element": "x"})).await;
+    let seen = tokio::time::timeout(DEADLINE, watcher).await.unwrap().unwrap().unwrap();
+    assert_eq!(seen.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["change"; 3]);
+    let register = &seen[0].1;
+    assert_eq!(register["kind"], "register");
+    assert_eq!(register["key"], "w");
+    assert_eq!(register["position"], 1);
+    assert_eq!(register["value"], "one");
+    assert_eq!(register["siblings"][0]["author_name"], "alpha");
+    assert_eq!(
+        seen[1].1,
+        json!({"kind": "counter", "key": "n", "key_base64": "bg==", "position": 2, "value": 5})
+    );
+    assert_eq!(
+        seen[2].1,
+        json!({
+            "kind": "set", "key": "s", "key_base64": "cw==", "position": 3,
+            "members": [{"value": "x", "value_base64": "eA=="}],
+        })
+    );
+}
+
+#[tokio::test]
+async fn watch_reports_what_a_slow_watcher_missed() {
+    let server = start_with_watch_buffer(4).await;
+    let watcher = collect_watch(&server.client, 5);
+    server.wait_for_watchers(1).await;
+    // This test runs on one thread and sends without yielding, so the stream cannot read any
+    // of these before the buffer of 4 overflows.
+    for position in 1..=10 {
+        server.changes.send(ChangeNotice { kind: KeyKind::Counter, key: b"n".to_vec(), position }).unwrap();
+    }
+    let seen = tokio::time::timeout(DEADLINE, watcher).await.unwrap().unwrap().unwrap();
+    assert_eq!(seen[0], ("lagged".to_owned(), json!({"missed": 6})));
+    let positions: Vec<&Value> = seen[1..].iter().map(|(_, data)| &data["position"]).collect();
+    assert_eq!(positions, [7, 8, 9, 10]);
+}
+
+#[tokio::test]
+async fn shutdown_ends_the_watch_and_the_server() {
+    let server = start().await;
+    let watcher = collect_watch(&server.client, 1);
+    server.wait_for_watchers(1).await;
+    server.shutdown.send(true).unwrap();
+    let served = tokio::time::timeout(DEADLINE, server.task).await.expect("serve did not stop").unwrap();
+    served.unwrap();
+    let watched = tokio::time::timeout(DEADLINE, watcher).await.unwrap().unwrap();
+    assert!(matches!(watched, Err(ClientError::Transport(_))), "{watched:?}");
+    assert!(!server.socket.exists(), "the socket file is removed");
+    assert!(matches!(server.client.get_json("/v1/status").await, Err(ClientError::Connect { .. })));
+}
+
+#[tokio::test]
+async fn bind_replaces_only_a_stale_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    // A socket that nothing listens on any more.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let listener = bind(&socket).unwrap();
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660);
+    // A live one is reported, not stolen.
+    let error = bind(&socket).unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::AddrInUse, "{error}");
+    drop(listener);
+    // A regular file is never removed.
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"keep").unwrap();
+    let error = bind(&file).unwrap_err();
+    assert!(error.to_string().contains("is not a socket"), "{error}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep");
+}
+
+#[tokio::test]
+async fn client_names_the_socket_it_cannot_reach() {
+    let error = Client::new("/nonexistent/cairnd.sock").get_json("/v1/status").await.unwrap_err();
+    let message = error.to_string();
+    assert!(matches!(error, ClientError::Connect { .. }));
+    assert!(message.contains("/nonexistent/cairnd.sock"), "{message}");
+    assert!(message.contains("systemctl status cairnd"), "{message}");
+}

@@ -1,0 +1,350 @@
+//! A client of the local API over its Unix socket (hyper 1, HTTP/1.1), used by `cairnctl` and
+//! by tests. One connection per request: the CLI makes a few requests, and a fresh connection
+//! cannot be left in a bad state by an earlier one.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// The largest answer the client reads. The largest the daemon sends is one full event as
+/// JSON (under 1 MiB) or a page of the event list; this leaves ample room.
+pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The longest a request may take, from connecting to the end of the answer (not for
+/// [`Client::watch`]). A write waits for an fsync, which takes milliseconds; a daemon that
+/// takes a minute is stuck, and the operator should hear about it rather than wait.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest line of a watch stream; one change with a full register is far below it.
+const WATCH_LINE_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The socket could not be reached: the daemon is not running, or the path is wrong.
+    #[error(
+        "cannot connect to cairnd at {}: {error}; is the daemon running (`systemctl status cairnd`)? \
+         For another socket pass --socket PATH or set CAIRN_SOCKET",
+        socket.display()
+    )]
+    Connect {
+        /// The socket path tried.
+        socket: PathBuf,
+        /// What connecting said.
+        error: io::Error,
+    },
+    /// The daemon answered with an error.
+    #[error("the daemon answered {status}: {message}")]
+    Http {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The daemon's error code (`not_found`, `bad_value`, …); empty if it sent none.
+        code: String,
+        /// The daemon's message.
+        message: String,
+    },
+    /// The connection broke during the exchange.
+    #[error("the connection to cairnd broke: {0}")]
+    Transport(String),
+    /// The daemon did not answer in time.
+    #[error("cairnd did not answer within {} s; check `systemctl status cairnd` and its log", .0.as_secs())]
+    Timeout(Duration),
+    /// The answer is not what the API sends.
+    #[error("bad answer from cairnd: {0}")]
+    BadResponse(String),
+}
+
+impl ClientError {
+    /// The HTTP status, for an error answer from the daemon.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Self::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The daemon's error code, for an error answer from the daemon.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            Self::Http { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// Percent-encodes `text` as one path segment: everything but RFC 3986's unreserved
+/// characters, so a key with `/`, `?`, `%` or spaces reaches the daemon as it is.
+pub fn path_segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A client of the API socket at one path.
+#[derive(Clone, Debug)]
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client of the socket at `socket`; nothing is connected until a request.
+    pub fn new(socket: impl Into<PathBuf>) -> Self {
+        Self { socket: socket.into() }
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// `GET path`, answered with JSON.
+    pub async fn get_json(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.request_json(Method::GET, path, None::<&()>).await
+    }
+
+    /// `method path` with `body` as JSON, answered with JSON.
+    pub async fn send_json(
+        &self,
+        method: Method,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.request_json(method, path, Some(body)).await
+    }
+
+    /// `method path` with an optional JSON body, its JSON answer parsed as `T` (for values
+    /// that [`serde_json::Value`] cannot hold exactly, such as a counter beyond `i64`).
+    pub async fn request_json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let body = match body {
+            Some(body) => Some(
+                serde_json::to_vec(body)
+                    .map_err(|e| ClientError::BadResponse(format!("cannot encode the request: {e}")))?,
+            ),
+            None => None,
+        };
+        let bytes = self.with_timeout(self.exchange(method, path, body)).await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::BadResponse(format!("not the expected JSON: {e}")))
+    }
+
+    /// `GET path`, answered with text (the metrics).
+    pub async fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let bytes = self.with_timeout(self.exchange(Method::GET, path, None)).await?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| ClientError::BadResponse("the text is not UTF-8".into()))
+    }
+
+    /// Follows the server-sent events at `path`: calls `on_event(name, data)` for each event
+    /// (`data` with its lines joined by `\n`) until it returns false (then `Ok`) or the daemon
+    /// ends the stream (an error: the daemon is stopping).
+    pub async fn watch(
+        &self,
+        path: &str,
+        mut on_event: impl FnMut(&str, &str) -> bool,
+    ) -> Result<(), ClientError> {
+        let response = self.with_timeout(self.start(Method::GET, path, None)).await?;
+        let mut body = response.into_body();
+        let mut parser = SseParser::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Transport(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            for (name, data) in parser.push(&data)? {
+                if !on_event(&name, &data) {
+                    return Ok(());
+                }
+            }
+        }
+        Err(ClientError::Transport("the daemon ended the watch stream (is it stopping?)".into()))
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        future: impl Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        tokio::time::timeout(REQUEST_TIMEOUT, future)
+            .await
+            .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?
+    }
+
+    /// Sends a request and reads the whole answer.
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let response = self.start(method, path, body).await?;
+        read_body(response).await
+    }
+
+    /// Connects, sends a request and checks the status; error answers become [`ClientError::Http`].
+    async fn start(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|error| ClientError::Connect { socket: self.socket.clone(), error })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|e| ClientError::Transport(e.to_string()))?;
+        // The connection task ends with the exchange; its errors surface through `sender`.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut request = Request::builder().method(method).uri(path).header(header::HOST, "cairnd");
+        if body.is_some() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::BadResponse(format!("cannot build the request for {path:?}: {e}")))?;
+        let response =
+            sender.send_request(request).await.map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = read_body(response).await?;
+        Err(http_error(status, &bytes))
+    }
+}
+
+async fn read_body(response: Response<Incoming>) -> Result<Bytes, ClientError> {
+    let collected = Limited::new(response.into_body(), RESPONSE_BYTES_MAX).collect().await.map_err(|e| {
+        if e.is::<http_body_util::LengthLimitError>() {
+            ClientError::BadResponse(format!("the answer is over {RESPONSE_BYTES_MAX} bytes"))
+        } else {
+            ClientError::Transport(e.to_string())
+        }
+    })?;
+    Ok(collected.to_bytes())
+}
+
+/// The daemon's `{"error": {"code", "message"}}`, or the body as text if it sent something else.
+fn http_error(status: StatusCode, body: &[u8]) -> ClientError {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let field =
+        |name: &str| parsed.as_ref().and_then(|v| v.get("error")?.get(name)?.as_str().map(str::to_owned));
+    let (code, message) = match (field("code"), field("message")) {
+        (Some(code), Some(message)) => (code, message),
+        _ => {
+            let text = String::from_utf8_lossy(body);
+            let text = text.trim();
+            (
+                String::new(),
+                if text.is_empty() { "(no message)".to_owned() } else { text.chars().take(500).collect() },
+            )
+        }
+    };
+    ClientError::Http { status, code, message }
+}
+
+/// Splits a server-sent events stream into `(event name, data)` pairs.
+#[derive(Default)]
+struct SseParser {
+    line: Vec<u8>,
+    name: Option<String>,
+    data: Option<String>,
+}
+
+impl SseParser {
+    fn push(&mut self, chunk: &[u8]) -> Result<Vec<(String, String)>, ClientError> {
+        let mut events = Vec::new();
+        for &byte in chunk {
+            if byte != b'\n' {
+                if self.line.len() >= WATCH_LINE_BYTES_MAX {
+                    return Err(ClientError::BadResponse(format!(
+                        "a watch line is over {WATCH_LINE_BYTES_MAX} bytes"
+                    )));
+                }
+                self.line.push(byte);
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            let line = String::from_utf8_lossy(&line);
+            let line = line.strip_suffix('\r').unwrap_or(&line);
+            if line.is_empty() {
+                if let Some(data) = self.data.take() {
+                    events.push((self.name.take().unwrap_or_else(|| "message".to_owned()), data));
+                }
+                self.name = None;
+                continue;
+            }
+            // A line is `field: value` (one optional space); `:` starts a comment (keep-alive).
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.name = Some(value.to_owned()),
+                "data" => match &mut self.data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => self.data = Some(value.to_owned()),
+                },
+                _ => {}
+            }
+        }
+        Ok(events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segment_escapes_all_but_unreserved() {
+        assert_eq!(path_segment("a-b_c.d~e"), "a-b_c.d~e");
+        assert_eq!(path_segment("a/b c?%"), "a%2Fb%20c%3F%25");
+        assert_eq!(path_segment("é"), "%C3%A9");
+    }
+
+    #[test]
+    fn sse_parser_splits_events_across_chunks() {
+        let mut parser = SseParser::default();
+        assert!(parser.push(b": keep-alive\n\nevent: change\nda").unwrap().is_empty());
+        let events = parser.push(b"ta: {\"a\":1}\ndata: x\n\ndata:plain\r\n\r\n").unwrap();
+        assert_eq!(
+            events,
+            vec![
+                ("change".to_owned(), "{\"a\":1}\nx".to_owned()),
+                ("message".to_owned(), "plain".to_owned())
+            ]
+        );
+    }
+
+    #[test]
+    fn http_error_reads_the_daemon_error_or_the_text() {
+        let error =
+            http_error(StatusCode::NOT_FOUND, br#"{"error":{"code":"not_found","message":"no such"}}"#);
+        assert_eq!(error.code(), Some("not_found"));
+        assert_eq!(error.to_string(), "the daemon answered 404 Not Found: no such");
+        let error = http_error(StatusCode::BAD_GATEWAY, b"  upstream  ");
+        assert_eq!(error.to_string(), "the daemon answered 502 Bad Gateway: upstream");
+    }
+}

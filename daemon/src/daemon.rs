@@ -1,0 +1,171 @@
+//! Start-up, the run loop's surroundings and shutdown of `cairnd`: load and check the config,
+//! the key and the genesis; open and restore the store; bind the transport and the API; tell
+//! systemd; run the service until SIGTERM or SIGINT; drain and stop.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
+use cairn_crypto::{PublicKey, SecretKey};
+use cairn_protocol::{Evidence, Genesis, Node, codec};
+use sd_notify::NotifyState;
+use tokio::sync::{mpsc, watch};
+use tracing::{info, warn};
+
+use crate::config::{Config, Peer, load_genesis};
+use crate::driver::{Service, ServiceParts, TRANSPORT_EVENTS_MAX};
+use crate::store::Store;
+use crate::transport::{Transport, TransportConfig};
+
+/// Everything `check-config` verifies, and `run` needs before it opens anything.
+pub struct Checked {
+    /// The config.
+    pub config: Config,
+    /// The node's key.
+    pub key: SecretKey,
+    /// The genesis.
+    pub genesis: Genesis,
+    /// The peers to dial.
+    pub peers: Vec<Peer>,
+}
+
+/// Loads the config and the files it names, and checks that they fit together.
+pub fn check(config_path: &Path) -> anyhow::Result<Checked> {
+    let config = Config::load(config_path)?;
+    let key = SecretKey::read_file(&config.key_file).context("key_file")?;
+    let genesis = load_genesis(&config.genesis_file)?;
+    let me = key.public();
+    if genesis.member_idx(&me).is_none() {
+        bail!(
+            "this node's key {me} (from {}) is not a member of the genesis {}; add it there, on every node",
+            config.key_file.display(),
+            config.genesis_file.display()
+        );
+    }
+    let peers = config
+        .resolve_peers(&genesis, &me)
+        .with_context(|| format!("config file {}", config_path.display()))?;
+    Ok(Checked { config, key, genesis, peers })
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(checked: Checked) -> anyhow::Result<()> {
+    let Checked { config, key, genesis, peers } = checked;
+    let me = key.public();
+    let my_name = genesis.members()[genesis.member_idx(&me).expect("checked in `check`")].name.clone();
+    let cluster_id = genesis.cluster_id();
+
+    // The store first: a store of another cluster or key, or a corrupt one, stops us here.
+    let store_path = config.store_path();
+    let (store, loaded) = Store::open(&store_path, cluster_id, me.0)
+        .with_context(|| format!("cannot use the store {}", store_path.display()))?;
+    let has_own = loaded.events.iter().any(|bytes| bytes.get(..32) == Some(&me.0[..]));
+    let node_config = config.node_config(&genesis, has_own);
+    let own_seq_peers_needed = node_config.own_seq_peers_needed;
+    let mut node = Node::new(genesis.clone(), Some(me), node_config);
+    let log: Vec<_> =
+        loaded.events.iter().filter_map(|b| codec::decode_event(b).ok().map(|e| e.id())).collect();
+    let n_restored = loaded.events.len();
+    let rejected = node.restore(loaded.events);
+    if let Some(first) = rejected.first() {
+        bail!(
+            "the store {} holds {} event(s) that no longer validate (first: {:?}, {}); it was altered on disk. \
+             It is refused, not used: move it away (the node then catches up from its peers) or restore a backup",
+            store_path.display(),
+            rejected.len(),
+            first.id,
+            first.reason
+        );
+    }
+    for bytes in loaded.evidence {
+        let evidence: Evidence = codec::decode_evidence(&bytes)
+            .with_context(|| format!("the store {} holds malformed evidence", store_path.display()))?;
+        node.restore_evidence(evidence).with_context(|| {
+            format!("the store {} holds evidence that does not verify", store_path.display())
+        })?;
+    }
+
+    let (transport_tx, transport_rx) = mpsc::channel(TRANSPORT_EVENTS_MAX);
+    let transport_config = TransportConfig {
+        listen: config.listen,
+        peers: peers.iter().map(|p| (p.key, p.address)).collect(),
+        members: genesis.members().iter().map(|m| m.key).collect(),
+        cluster_id,
+        peer_queue_messages_max: config.limits.transport_queue_messages_max,
+        reconnect_backoff_min: config.timing.reconnect_backoff_min,
+        reconnect_backoff_max: config.timing.reconnect_backoff_max,
+        handshake_timeout: config.timing.handshake_timeout,
+        idle_timeout: config.timing.idle_timeout,
+    };
+    let transport = Transport::start(&key, transport_config, transport_tx)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local_addr = transport.local_addr();
+
+    let listener = crate::api::bind(&config.socket)
+        .with_context(|| format!("cannot create the API socket {}", config.socket.display()))?;
+
+    let addresses: BTreeMap<PublicKey, std::net::SocketAddr> =
+        peers.iter().map(|p| (p.key, p.address)).collect();
+    let parts = ServiceParts {
+        node,
+        key,
+        genesis: genesis.clone(),
+        addresses,
+        store,
+        transport,
+        transport_events: transport_rx,
+        commit_writes_max: config.limits.commit_writes_max,
+        log,
+        buffer_bytes_max: config.limits.buffer_bytes_total_max,
+    };
+    let (service, handle, commands, transport_events) = Service::new(parts);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let api = tokio::spawn(crate::api::serve(listener, handle, shutdown_rx.clone()));
+
+    info!(
+        node = %my_name, key = %me, cluster = %hex::encode(&cluster_id[..8]), listen = %local_addr,
+        socket = %config.socket.display(), events = n_restored, peers = peers.len(),
+        own_seq_learning = own_seq_peers_needed > 0,
+        "cairnd started"
+    );
+    if own_seq_peers_needed > 0 {
+        warn!(
+            peers_needed = own_seq_peers_needed,
+            "this node's store has no event of its own: writes are refused until peers report its latest seq \
+             (set new_cluster = true only for a brand-new cluster)"
+        );
+    }
+    let _ = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("serving {n_restored} events")),
+    ]);
+
+    let signals = tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = sd_notify::notify(&[NotifyState::Stopping]);
+        info!("stopping: draining writes and connections");
+        let _ = shutdown_tx.send(true);
+    });
+    let result = service.run(commands, transport_events, shutdown_rx, config.timing.shutdown_grace).await;
+    signals.abort();
+    let _ = api.await;
+    let _ = std::fs::remove_file(&config.socket);
+    result?;
+    info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        // Without signal handlers the daemon can still be killed; wait for ever.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,603 @@
+//! The driver: one task owns the replica ([`cairn_protocol::Node`]) and drives it, in the
+//! style of quinn's `ConnectionDriver`. Transport events, API commands and timers come in;
+//! messages go out to the transport, accepted events to the store (group commit), changes to
+//! the watch stream.
+
+use std::net::SocketAddr;
+
+use cairn_crypto::PublicKey;
+use cairn_protocol::document::KeyKind;
+use cairn_protocol::{EventId, Op};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::service::{
+    COMMAND_QUEUE_MAX, ChangeNotice, Command, EventInfo, EventQuery, PeerInfo, PeerState, ServiceError,
+    ServiceHandle, Status, WATCH_BUFFER_MAX, WriteAck,
+};
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cairn_crypto::SecretKey;
+use cairn_protocol::{Event, Genesis, Node, NodeEvent};
+use tracing::{debug, error, info, warn};
+
+use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
+use crate::store::Store;
+use crate::transport::{Transport, TransportEvent};
+
+/// While a peer's transport queue is full and the node still has output for it, the driver
+/// looks again this often.
+pub const TRANSMIT_RETRY: Duration = Duration::from_millis(5);
+/// Inputs handled per loop turn before output is flushed, so one busy source cannot starve
+/// transmission or the timer.
+pub const INPUTS_PER_TURN_MAX: usize = 256;
+/// Transport events queued towards the service.
+pub const TRANSPORT_EVENTS_MAX: usize = 1_024;
+
+/// What the service needs to run.
+pub struct ServiceParts {
+    /// The replica, already restored from the store.
+    pub node: Node,
+    /// This node's key.
+    pub key: SecretKey,
+    /// The genesis.
+    pub genesis: Genesis,
+    /// Configured peer addresses.
+    pub addresses: BTreeMap<PublicKey, SocketAddr>,
+    /// The store (moved to its writer thread).
+    pub store: Store,
+    /// The transport.
+    pub transport: Transport,
+    /// Its events.
+    pub transport_events: mpsc::Receiver<TransportEvent>,
+    /// Most local writes per commit.
+    pub commit_writes_max: usize,
+    /// Accepted events in store order (for listing), as restored.
+    pub log: Vec<EventId>,
+    /// The causal buffer's bound, for status.
+    pub buffer_bytes_max: usize,
+}
+
+/// A batch for the store's writer thread.
+struct StoreJob {
+    events: Vec<([u8; 32], Vec<u8>)>,
+    evidence: Vec<([u8; 32], Vec<u8>)>,
+}
+
+/// The batch being committed: own events waiting for their fsync, with their requesters.
+struct InFlight {
+    own: Vec<Event>,
+    acks: Vec<oneshot::Sender<Result<WriteAck, ServiceError>>>,
+}
+
+type WriteRequest = (Vec<Op>, oneshot::Sender<Result<WriteAck, ServiceError>>);
+
+/// The driver. See the module docs.
+pub struct Service {
+    node: Node,
+    key: SecretKey,
+    genesis: Genesis,
+    addresses: BTreeMap<PublicKey, SocketAddr>,
+    transport: Transport,
+    metrics: Arc<Metrics>,
+    changes: broadcast::Sender<ChangeNotice>,
+    n_changes: u64,
+    started: Instant,
+    last_seen: BTreeMap<PublicKey, Instant>,
+    log: Vec<EventId>,
+    unstored: Vec<([u8; 32], Vec<u8>)>,
+    unstored_evidence: Vec<([u8; 32], Vec<u8>)>,
+    writes: VecDeque<WriteRequest>,
+    in_flight: Option<InFlight>,
+    commit_writes_max: usize,
+    store_jobs: mpsc::Sender<StoreJob>,
+    store_done: mpsc::Receiver<Result<(), String>>,
+    warned: std::collections::BTreeSet<(PublicKey, &'static str)>,
+    failed: Option<String>,
+    buffer_bytes_max: usize,
+}
+
+impl Service {
+    /// Builds the service and its handle, and starts the store's writer thread.
+    pub(crate) fn new(
+        parts: ServiceParts,
+    ) -> (Self, ServiceHandle, mpsc::Receiver<Command>, mpsc::Receiver<TransportEvent>) {
+        let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
+        let (changes, _) = broadcast::channel(WATCH_BUFFER_MAX);
+        let metrics = Arc::new(Metrics::new());
+        let (store_jobs, store_done) = spawn_store_writer(parts.store);
+        let handle =
+            ServiceHandle { commands: commands_tx, changes: changes.clone(), metrics: metrics.clone() };
+        let service = Self {
+            node: parts.node,
+            key: parts.key,
+            genesis: parts.genesis,
+            addresses: parts.addresses,
+            transport: parts.transport,
+            metrics,
+            changes,
+            n_changes: 0,
+            started: Instant::now(),
+            last_seen: BTreeMap::new(),
+            log: parts.log,
+            unstored: Vec::new(),
+            unstored_evidence: Vec::new(),
+            writes: VecDeque::new(),
+            in_flight: None,
+            commit_writes_max: parts.commit_writes_max,
+            store_jobs,
+            store_done,
+            warned: Default::default(),
+            failed: None,
+            buffer_bytes_max: parts.buffer_bytes_max,
+        };
+        (service, handle, commands_rx, parts.transport_events)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn name_of(&self, key: &PublicKey) -> String {
+        self.genesis.member_idx(key).map_or_else(|| key.short(), |i| self.genesis.members()[i].name.clone())
+    }
+
+    /// Runs until `shutdown` turns true, then drains: queued writes are stored and
+    /// acknowledged, accepted events stored, output flushed for up to `grace`. Returns an error
+    /// if the store failed (the daemon must exit and be restarted).
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut transport_events: mpsc::Receiver<TransportEvent>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        grace: Duration,
+    ) -> anyhow::Result<()> {
+        let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
+        let mut next_watchdog = Instant::now();
+        loop {
+            if *shutdown.borrow() || self.failed.is_some() {
+                break;
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => {}
+                Some(result) = self.store_done.recv() => self.on_committed(result),
+                Some(event) = transport_events.recv() => {
+                    self.on_transport(event);
+                    for _ in 1..INPUTS_PER_TURN_MAX {
+                        match transport_events.try_recv() {
+                            Ok(event) => self.on_transport(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(command) = commands.recv() => {
+                    self.on_command(command);
+                    for _ in 1..INPUTS_PER_TURN_MAX {
+                        match commands.try_recv() {
+                            Ok(command) => self.on_command(command),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                () = sleep_until_opt(wake) => {
+                    let now = self.now_ms();
+                    self.node.handle_timeout(now);
+                }
+            }
+            self.after_input();
+            if let Some(period) = watchdog
+                && Instant::now() >= next_watchdog
+            {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                next_watchdog = Instant::now() + period;
+            }
+        }
+        if let Some(error) = self.failed.take() {
+            self.fail_writes(&error);
+            anyhow::bail!("{error}");
+        }
+        // Drain: no new commands; store what was accepted and acknowledge queued writes.
+        commands.close();
+        while let Ok(command) = commands.try_recv() {
+            self.on_command(command);
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            self.after_input();
+            let idle = self.in_flight.is_none() && self.writes.is_empty() && self.unstored.is_empty();
+            if idle || Instant::now() >= deadline {
+                break;
+            }
+            match tokio::time::timeout_at(deadline.into(), self.store_done.recv()).await {
+                Ok(Some(result)) => self.on_committed(result),
+                _ => break,
+            }
+            if let Some(error) = self.failed.take() {
+                self.fail_writes(&error);
+                anyhow::bail!("{error}");
+            }
+        }
+        self.fail_writes("the daemon is shutting down");
+        // Give queued messages a moment to leave, then close connections.
+        let flush_until = Instant::now() + grace.min(Duration::from_millis(500));
+        while Instant::now() < flush_until && self.has_output() {
+            self.transmit();
+            tokio::time::sleep(TRANSMIT_RETRY).await;
+        }
+        self.transport.shutdown().await;
+        Ok(())
+    }
+
+    fn next_wake(&self) -> Option<Instant> {
+        let timer = self.node.poll_timeout().map(|ms| self.started + Duration::from_millis(ms));
+        let retry = self.has_output().then(|| Instant::now() + TRANSMIT_RETRY);
+        match (timer, retry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn has_output(&self) -> bool {
+        self.node.connected_peers().iter().any(|p| self.node.queued(p) != (0, 0))
+    }
+
+    fn after_input(&mut self) {
+        self.drain_node_events();
+        self.transmit();
+        self.start_commit();
+        self.update_gauges();
+    }
+
+    fn on_transport(&mut self, event: TransportEvent) {
+        let now = self.now_ms();
+        match event {
+            TransportEvent::Connected { peer, address } => {
+                if self.node.handle_connected(peer, now) {
+                    info!(peer = %self.name_of(&peer), %address, "peer connected");
+                    self.last_seen.insert(peer, Instant::now());
+                } else {
+                    warn!(peer = %self.name_of(&peer), "refusing a connection from a refused peer");
+                    self.transport.refuse(&peer);
+                }
+            }
+            TransportEvent::Disconnected { peer, reason } => {
+                if self.node.is_connected(&peer) {
+                    info!(peer = %self.name_of(&peer), %reason, "peer lost");
+                }
+                self.node.handle_disconnected(&peer);
+            }
+            TransportEvent::Message { peer, bytes } => {
+                self.last_seen.insert(peer, Instant::now());
+                self.metrics
+                    .bytes_in
+                    .get_or_create(&PeerLabel { peer: self.name_of(&peer) })
+                    .inc_by(bytes.len() as u64);
+                self.node.handle_message(peer, &bytes, now);
+            }
+        }
+    }
+
+    fn drain_node_events(&mut self) {
+        while let Some(event) = self.node.poll_event() {
+            match event {
+                NodeEvent::Accepted { event, from } => {
+                    self.metrics.events_accepted.inc();
+                    if from.is_some() {
+                        self.log.push(event.id());
+                        self.unstored.push((event.id().0, event.bytes().to_vec()));
+                    }
+                }
+                NodeEvent::Rejected { peer, id, reason } => {
+                    self.metrics.events_rejected.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
+                    if self.warned.insert((peer, reason.name())) {
+                        warn!(peer = %self.name_of(&peer), %reason, id = ?id,
+                            "rejected an invalid event (further rejections of this kind from this peer are only counted)");
+                    }
+                }
+                NodeEvent::Evidence(evidence) => {
+                    let author = evidence.author();
+                    warn!(author = %self.name_of(&author), seq = evidence.seq(), "equivocation evidence: this member signed two events with one seq");
+                    self.unstored_evidence.push((author.0, evidence.encode()));
+                }
+                NodeEvent::BadMessage { peer, error } => {
+                    self.metrics.bad_messages.inc();
+                    if self.warned.insert((peer, "bad_message")) {
+                        warn!(peer = %self.name_of(&peer), %error, "bad message from peer (further ones are only counted)");
+                    }
+                }
+                NodeEvent::PeerRefused(peer) => {
+                    warn!(peer = %self.name_of(&peer), "refusing a proven equivocator");
+                    self.transport.refuse(&peer);
+                }
+                NodeEvent::Changed(changes) => {
+                    for change in changes {
+                        self.n_changes += 1;
+                        // No subscriber is fine: the send only fails when nobody listens.
+                        let _ = self.changes.send(ChangeNotice {
+                            kind: change.kind,
+                            key: change.key,
+                            position: self.n_changes,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn transmit(&mut self) {
+        for peer in self.node.connected_peers() {
+            while self.transport.has_room(&peer) {
+                let Some(bytes) = self.node.poll_transmit_to(&peer) else { break };
+                let n = bytes.len() as u64;
+                if self.transport.send(&peer, bytes).is_err() {
+                    break;
+                }
+                self.metrics.bytes_out.get_or_create(&PeerLabel { peer: self.name_of(&peer) }).inc_by(n);
+            }
+        }
+    }
+
+    /// Starts the next group commit if none is in flight: every accepted event not yet stored,
+    /// new evidence, and the queued local writes signed as one chain.
+    fn start_commit(&mut self) {
+        if self.in_flight.is_some() || self.failed.is_some() {
+            return;
+        }
+        let n_writes = self.writes.len().min(self.commit_writes_max);
+        let mut own = Vec::new();
+        let mut acks = Vec::new();
+        if n_writes > 0 {
+            let (ops, senders): (Vec<Vec<Op>>, Vec<_>) = self.writes.drain(..n_writes).unzip();
+            match self.node.prepare_writes(&self.key, ops) {
+                Ok(events) => {
+                    own = events;
+                    acks = senders;
+                }
+                Err(error) => {
+                    self.metrics.write_errors.inc_by(senders.len() as u64);
+                    for sender in senders {
+                        let _ = sender.send(Err(ServiceError::NotReady(error.to_string())));
+                    }
+                }
+            }
+        }
+        if own.is_empty() && self.unstored.is_empty() && self.unstored_evidence.is_empty() {
+            return;
+        }
+        let mut events = std::mem::take(&mut self.unstored);
+        events.extend(own.iter().map(|e| (e.id().0, e.encode())));
+        let evidence = std::mem::take(&mut self.unstored_evidence);
+        if self.store_jobs.try_send(StoreJob { events, evidence }).is_err() {
+            self.failed = Some("the store's writer thread has stopped".to_owned());
+            for sender in acks {
+                let _ = sender
+                    .send(Err(ServiceError::Storage("the store's writer thread has stopped".to_owned())));
+            }
+            return;
+        }
+        self.in_flight = Some(InFlight { own, acks });
+    }
+
+    fn on_committed(&mut self, result: Result<(), String>) {
+        let Some(InFlight { own, acks }) = self.in_flight.take() else { return };
+        self.metrics.commits.inc();
+        match result {
+            Ok(()) => {
+                let now = self.now_ms();
+                let accepted = self.node.commit_writes(own, now);
+                self.metrics.writes.inc_by(accepted.len() as u64);
+                for (event, sender) in accepted.into_iter().zip(acks) {
+                    self.log.push(event.id());
+                    let _ = sender.send(Ok(WriteAck {
+                        id: event.id(),
+                        seq: event.seq(),
+                        lamport: event.lamport(),
+                    }));
+                }
+            }
+            Err(error) => {
+                error!(%error, "the store failed; writes are no longer acknowledged and the daemon stops");
+                for sender in acks {
+                    let _ = sender.send(Err(ServiceError::Storage(error.clone())));
+                }
+                self.failed = Some(format!("storage failed: {error}"));
+            }
+        }
+    }
+
+    fn fail_writes(&mut self, why: &str) {
+        for (_, sender) in self.writes.drain(..) {
+            let _ = sender.send(Err(ServiceError::ShuttingDown));
+        }
+        if let Some(in_flight) = self.in_flight.take() {
+            for sender in in_flight.acks {
+                let _ = sender.send(Err(ServiceError::Storage(why.to_owned())));
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let adapter = self.node.adapter();
+        let (n_buffered, buffer_bytes) = adapter.buffer_use();
+        self.metrics.peers_connected.set(self.node.connected_peers().len() as i64);
+        self.metrics.events_held.set(adapter.n_accepted() as i64);
+        self.metrics.evidence_held.set(adapter.evidence().count() as i64);
+        self.metrics.buffer_events.set(n_buffered as i64);
+        self.metrics.buffer_bytes.set(buffer_bytes as i64);
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Write(ops, reply) => {
+                if let Err(error) = Node::check_ops(&ops) {
+                    self.metrics.write_errors.inc();
+                    let _ = reply.send(Err(ServiceError::Invalid(error.to_string())));
+                } else if let Some(pending) = self.node.own_seq_pending() {
+                    self.metrics.write_errors.inc();
+                    let _ = reply.send(Err(ServiceError::NotReady(pending.to_string())));
+                } else {
+                    self.writes.push_back((ops, reply));
+                }
+            }
+            Command::Register(key, reply) => {
+                let _ = reply.send(self.node.document().register(&key));
+            }
+            Command::Counter(key, reply) => {
+                let _ = reply.send(self.node.document().counter(&key));
+            }
+            Command::SetMembers(key, reply) => {
+                let _ = reply.send(self.node.document().set_members(&key));
+            }
+            Command::Keys(kind, reply) => {
+                let document = self.node.document();
+                let keys: Vec<Vec<u8>> = match kind {
+                    KeyKind::Register => document.register_keys().map(<[u8]>::to_vec).collect(),
+                    KeyKind::Counter => document.counter_keys().map(<[u8]>::to_vec).collect(),
+                    KeyKind::Set => document.set_keys().map(<[u8]>::to_vec).collect(),
+                };
+                let _ = reply.send(keys);
+            }
+            Command::Events(query, reply) => {
+                let _ = reply.send(self.events(&query));
+            }
+            Command::Event(id, reply) => {
+                let _ = reply.send(self.event_info(&id));
+            }
+            Command::Evidence(reply) => {
+                let _ = reply.send(self.node.adapter().evidence().cloned().collect());
+            }
+            Command::Peers(reply) => {
+                let _ = reply.send(self.peers());
+            }
+            Command::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn event_info(&self, id: &EventId) -> Option<EventInfo> {
+        let verified = self.node.adapter().event(id)?;
+        let header = &verified.event().header;
+        let excluded =
+            self.node.document().excluded_from(verified.author_idx()).is_some_and(|f| verified.seq() >= f);
+        Some(EventInfo {
+            id: *id,
+            author: header.author,
+            author_name: self.name_of(&header.author),
+            seq: header.seq,
+            lamport: header.lamport,
+            deps: header.deps.clone(),
+            ops: verified.event().ops.clone(),
+            n_bytes: verified.bytes().len(),
+            excluded,
+        })
+    }
+
+    fn events(&self, query: &EventQuery) -> Vec<EventInfo> {
+        let limit = query.limit.max(1);
+        match query.author {
+            Some(author) => {
+                let Some(idx) = self.genesis.member_idx(&author) else { return Vec::new() };
+                let adapter = self.node.adapter();
+                let from = query.after.unwrap_or(0).saturating_add(1);
+                (from..=adapter.max_seq(idx))
+                    .flat_map(|seq| adapter.at_seq(idx, seq).to_vec())
+                    .take(limit)
+                    .filter_map(|id| self.event_info(&id))
+                    .collect()
+            }
+            None => {
+                let from = usize::try_from(query.after.unwrap_or(0)).unwrap_or(usize::MAX);
+                self.log.iter().skip(from).take(limit).filter_map(|id| self.event_info(id)).collect()
+            }
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        let me = self.key.public();
+        self.genesis
+            .members()
+            .iter()
+            .filter(|m| m.key != me)
+            .map(|m| {
+                let state = if self.node.is_refused(&m.key) {
+                    PeerState::Refused
+                } else if self.node.is_connected(&m.key) {
+                    PeerState::Connected
+                } else {
+                    PeerState::Connecting
+                };
+                PeerInfo {
+                    key: m.key,
+                    name: m.name.clone(),
+                    address: self.addresses.get(&m.key).copied(),
+                    state,
+                    last_seen_ms_ago: self.last_seen.get(&m.key).map(|t| t.elapsed().as_millis() as u64),
+                    rtt_ms: self.transport.rtt(&m.key).map(|d| d.as_secs_f64() * 1000.0),
+                    stats: self.node.peer_stats(&m.key).cloned().unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+
+    fn status(&mut self) -> Status {
+        let me = self.key.public();
+        let own_idx = self.genesis.member_idx(&me);
+        let sync_digest = self.node.sync_digest();
+        let adapter = self.node.adapter();
+        let (buffer_events, buffer_bytes) = adapter.buffer_use();
+        Status {
+            key: me,
+            name: self.name_of(&me),
+            cluster_id: self.genesis.cluster_id(),
+            own_seq: own_idx.map_or(0, |i| adapter.max_seq(i)),
+            digest: self.node.document().digest(),
+            sync_digest,
+            n_events: adapter.n_accepted(),
+            n_evidence: adapter.evidence().count(),
+            buffer_events,
+            buffer_bytes,
+            buffer_bytes_max: self.buffer_bytes_max,
+            writes_refused: self.node.own_seq_pending().map(|e| e.to_string()),
+            n_peers_connected: self.node.connected_peers().len(),
+            n_peers: self.genesis.members().len().saturating_sub(1),
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The store lives on its own thread: commits block on fsync, and the service loop must not.
+/// One job at a time, so everything that accumulates meanwhile goes into the next commit.
+fn spawn_store_writer(mut store: Store) -> (mpsc::Sender<StoreJob>, mpsc::Receiver<Result<(), String>>) {
+    let (jobs_tx, mut jobs_rx) = mpsc::channel::<StoreJob>(1);
+    let (done_tx, done_rx) = mpsc::channel(1);
+    std::thread::Builder::new()
+        .name("cairn-store".to_owned())
+        .spawn(move || {
+            while let Some(job) = jobs_rx.blocking_recv() {
+                let events: Vec<([u8; 32], &[u8])> =
+                    job.events.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+                let evidence: Vec<([u8; 32], &[u8])> =
+                    job.evidence.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+                let result = store.append(&events, &evidence).map_err(|e| e.to_string());
+                debug!(events = events.len(), ok = result.is_ok(), "store commit");
+                let failed = result.is_err();
+                if done_tx.blocking_send(result).is_err() || failed {
+                    break;
+                }
+            }
+        })
+        // Spawning a thread fails only when the OS is out of resources at start-up.
+        .expect("cannot start the store's writer thread");
+    (jobs_tx, done_rx)
+}

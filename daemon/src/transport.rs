@@ -1,0 +1,1206 @@
+//! The QUIC transport between members: one authenticated connection per pair of peers, carrying
+//! length-prefixed reconciliation messages, with bounded per-peer send queues.
+//!
+//! # Connections
+//!
+//! Each pair of members keeps at most one connection. The node whose public key is smaller
+//! (bytewise) dials, if it has the peer's address; the larger one only accepts, and closes a
+//! connection dialed by a larger key with [`CloseCode::WrongDirection`]. When a connection from
+//! a peer arrives while one from it exists, the new one replaces the old (the peer restarted).
+//! The dialer retries forever with exponential backoff (from `reconnect_backoff_min`, doubling
+//! up to `reconnect_backoff_max`, reset after a connection that lived more than
+//! [`CONNECTION_STABLE`]), until the transport shuts down or the peer is refused.
+//!
+//! Authentication is mutual TLS 1.3 with raw public keys (see [`crate::tls`]): the server admits
+//! only genesis members, the client accepts only the key of the peer it meant to reach.
+//!
+//! # Framing
+//!
+//! On each connection the dialer opens exactly one bidirectional QUIC stream, and all traffic
+//! goes over it. Both directions carry a sequence of frames:
+//!
+//! ```text
+//! frame = length: u32, little-endian ‖ payload: `length` bytes
+//! ```
+//!
+//! `length` is at most `cairn_protocol::limits::MESSAGE_BYTES_MAX` (1 MiB); a larger length
+//! prefix is a protocol violation, and the receiver closes the connection with
+//! [`CloseCode::ProtocolViolation`]. A stream that ends (FIN or reset) ends the connection.
+//!
+//! The first frame in each direction is the **hello**, 38 bytes of payload:
+//!
+//! ```text
+//! hello = "CAIRN1" (6 ASCII bytes: 43 41 49 52 4e 31) ‖ cluster_id (32 bytes)
+//! on the wire: 26 00 00 00 ‖ 43 41 49 52 4e 31 ‖ cluster_id
+//! ```
+//!
+//! The dialer sends its hello first; the acceptor checks it and only then answers with its
+//! own. A hello frame of another length or with another magic closes the connection with
+//! [`CloseCode::BadHello`] ("bad hello"); a different cluster id closes it with
+//! [`CloseCode::ClusterMismatch`] ("cluster id mismatch"). Nothing else is accepted before the
+//! hello. A TLS 1.3 client finishes its handshake before the server has checked the client's
+//! key, so the dialer counts the peer as connected only once it has received the acceptor's
+//! hello. The QUIC handshake and the hello exchange together must finish within
+//! `handshake_timeout`.
+//!
+//! Every later frame carries one reconciliation message (`cairn_protocol`'s codec); an empty
+//! payload is a valid frame, whose meaning is the protocol's business.
+//!
+//! # Close codes
+//!
+//! QUIC application error codes, with a short ASCII reason: see [`CloseCode`].
+//!
+//! | code | name | meaning |
+//! |---|---|---|
+//! | 0 | `Shutdown` | the node is shutting down |
+//! | 1 | `ProtocolViolation` | oversize frame, or the stream ended or was misused |
+//! | 2 | `BadHello` | the first frame is not a hello |
+//! | 3 | `ClusterMismatch` | the hello names another cluster |
+//! | 4 | `Replaced` | a newer connection from the same peer replaced this one |
+//! | 5 | `Refused` | the peer's key is refused (a proven equivocator) |
+//! | 6 | `WrongDirection` | the dialer's key is larger than the acceptor's |
+//! | 7 | `HandshakeTimeout` | the QUIC handshake and hello took longer than the timeout |
+//!
+//! # Limits
+//!
+//! A peer may open one bidirectional stream towards the acceptor and none towards the dialer,
+//! and no unidirectional streams or datagrams; each stream's receive window is
+//! [`STREAM_RECEIVE_WINDOW_BYTES`]. So a peer that opens streams or starts frames without
+//! finishing them holds at most one stream window and one partial frame per connection, and a
+//! connection that does not finish its hello in time is closed. At most
+//! [`HANDSHAKES_CONCURRENT_MAX`] incoming handshakes run at once; more are refused.
+//!
+//! # Events
+//!
+//! Events of one peer arrive in order: `Connected`, then its `Message`s in the order they were
+//! sent, then `Disconnected`, then possibly `Connected` again. After [`Transport::shutdown`]
+//! (or when the last handle is dropped) no more events are sent.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail, ensure};
+use cairn_crypto::{PublicKey, SecretKey};
+use cairn_protocol::limits::MESSAGE_BYTES_MAX;
+use quinn::{Connection, ConnectionError, ReadExactError, RecvStream, SendStream, VarInt, WriteError};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{Instant, timeout, timeout_at};
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::tls;
+
+/// The magic bytes at the start of a hello.
+pub const HELLO_MAGIC: &[u8; 6] = b"CAIRN1";
+/// Length of a hello's payload: the magic and the cluster id.
+pub const HELLO_BYTES: usize = HELLO_MAGIC.len() + 32;
+/// Length of a frame's length prefix.
+pub const FRAME_LENGTH_BYTES: usize = 4;
+/// The per-stream (and per-connection) QUIC receive window: two full frames, so a sender is
+/// never stalled waiting for a window update in the middle of one frame.
+pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 2 * (FRAME_LENGTH_BYTES + MESSAGE_BYTES_MAX) as u32;
+/// A connection that lived longer than this resets the dialer's backoff.
+pub const CONNECTION_STABLE: Duration = Duration::from_secs(10);
+/// Incoming handshakes running at once; enough for every member of a large cluster to
+/// reconnect at the same moment, small enough that a flood of handshakes costs bounded memory.
+pub const HANDSHAKES_CONCURRENT_MAX: usize = 64;
+/// Distinct (peer, reason) pairs whose handshake failures are counted for logging; past this,
+/// new pairs are logged at debug level only, so that garbage from many addresses cannot grow
+/// the table.
+const WARNINGS_TRACKED_MAX: usize = 1024;
+/// How long [`Transport::shutdown`] waits for tasks and for the endpoint to drain.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+/// Peer-supplied close reasons are cut to this many characters in logs and events.
+const PEER_REASON_CHARS_MAX: usize = 100;
+
+const _: () = assert!(MESSAGE_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!(HELLO_BYTES <= MESSAGE_BYTES_MAX);
+const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES as usize >= FRAME_LENGTH_BYTES + MESSAGE_BYTES_MAX);
+
+/// Default of [`TransportConfig::peer_queue_messages_max`].
+pub const PEER_QUEUE_MESSAGES_DEFAULT: usize = 64;
+/// Default of [`TransportConfig::reconnect_backoff_min`].
+pub const RECONNECT_BACKOFF_MIN_DEFAULT: Duration = Duration::from_millis(200);
+/// Default of [`TransportConfig::reconnect_backoff_max`].
+pub const RECONNECT_BACKOFF_MAX_DEFAULT: Duration = Duration::from_secs(10);
+/// Default of [`TransportConfig::handshake_timeout`].
+pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Default of [`TransportConfig::idle_timeout`].
+pub const IDLE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(30);
+
+/// The QUIC application error codes with which Cairn closes connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CloseCode {
+    /// The node is shutting down.
+    Shutdown = 0,
+    /// The peer sent an oversize frame, or ended or misused the stream.
+    ProtocolViolation = 1,
+    /// The peer's first frame is not a hello.
+    BadHello = 2,
+    /// The peer's hello names another cluster.
+    ClusterMismatch = 3,
+    /// A newer connection from the same peer replaced this one.
+    Replaced = 4,
+    /// The peer's key is refused (a proven equivocator).
+    Refused = 5,
+    /// The dialer's key is larger than the acceptor's; the smaller key dials.
+    WrongDirection = 6,
+    /// The QUIC handshake and the hello exchange took longer than the handshake timeout.
+    HandshakeTimeout = 7,
+}
+
+impl CloseCode {
+    /// The code on the wire.
+    pub const fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// The close code with this wire code, if it is one of ours.
+    pub fn from_code(code: u64) -> Option<Self> {
+        [
+            Self::Shutdown,
+            Self::ProtocolViolation,
+            Self::BadHello,
+            Self::ClusterMismatch,
+            Self::Replaced,
+            Self::Refused,
+            Self::WrongDirection,
+            Self::HandshakeTimeout,
+        ]
+        .into_iter()
+        .find(|close| u64::from(close.code()) == code)
+    }
+
+    /// The reason sent with the code, and used in [`TransportEvent::Disconnected`].
+    pub const fn reason(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutting down",
+            Self::ProtocolViolation => "protocol violation",
+            Self::BadHello => "bad hello",
+            Self::ClusterMismatch => "cluster id mismatch",
+            Self::Replaced => "replaced by a new connection from the peer",
+            Self::Refused => "refused",
+            Self::WrongDirection => "wrong direction: the node with the smaller key dials",
+            Self::HandshakeTimeout => "handshake timed out",
+        }
+    }
+
+    fn var_int(self) -> VarInt {
+        VarInt::from_u32(self.code())
+    }
+}
+
+/// The hello payload of a node of cluster `cluster_id` (without its length prefix).
+pub fn hello(cluster_id: &[u8; 32]) -> [u8; HELLO_BYTES] {
+    let mut bytes = [0u8; HELLO_BYTES];
+    bytes[..HELLO_MAGIC.len()].copy_from_slice(HELLO_MAGIC);
+    bytes[HELLO_MAGIC.len()..].copy_from_slice(cluster_id);
+    bytes
+}
+
+/// The transport's settings.
+#[derive(Clone, Debug)]
+pub struct TransportConfig {
+    /// The UDP address to listen on (port 0 picks one; see [`Transport::local_addr`]).
+    pub listen: SocketAddr,
+    /// Members we may dial, with their addresses (from the node configuration). Only peers
+    /// whose key is larger than ours are dialed; our own entry, if present, is ignored.
+    pub peers: Vec<(PublicKey, SocketAddr)>,
+    /// The genesis members; the server admits these, except our own key.
+    pub members: Vec<PublicKey>,
+    /// The cluster id, exchanged in the hello.
+    pub cluster_id: [u8; 32],
+    /// Capacity of each peer's send queue, in messages.
+    pub peer_queue_messages_max: usize,
+    /// The first reconnection delay.
+    pub reconnect_backoff_min: Duration,
+    /// The delay doubles after each failed attempt up to this.
+    pub reconnect_backoff_max: Duration,
+    /// The QUIC handshake plus the hello exchange must finish within this.
+    pub handshake_timeout: Duration,
+    /// A connection with no traffic for this long is dead (QUIC `max_idle_timeout`); keep-alives
+    /// go out at a third of it.
+    pub idle_timeout: Duration,
+}
+
+impl TransportConfig {
+    /// A configuration with the default limits and timeouts.
+    pub fn new(
+        listen: SocketAddr,
+        cluster_id: [u8; 32],
+        members: Vec<PublicKey>,
+        peers: Vec<(PublicKey, SocketAddr)>,
+    ) -> Self {
+        Self {
+            listen,
+            peers,
+            members,
+            cluster_id,
+            peer_queue_messages_max: PEER_QUEUE_MESSAGES_DEFAULT,
+            reconnect_backoff_min: RECONNECT_BACKOFF_MIN_DEFAULT,
+            reconnect_backoff_max: RECONNECT_BACKOFF_MAX_DEFAULT,
+            handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
+            idle_timeout: IDLE_TIMEOUT_DEFAULT,
+        }
+    }
+}
+
+/// What happens on the transport, for the sync service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TransportEvent {
+    /// A connection to `peer` is up, and both hellos have been exchanged.
+    Connected {
+        /// The peer's key, proven in the TLS handshake.
+        peer: PublicKey,
+        /// The peer's UDP address.
+        address: SocketAddr,
+    },
+    /// The connection to `peer` is gone; messages still queued to it are dropped.
+    Disconnected {
+        /// The peer's key.
+        peer: PublicKey,
+        /// Why, for logs and the API.
+        reason: String,
+    },
+    /// One frame from `peer`: a reconciliation message, not yet decoded.
+    Message {
+        /// The peer's key.
+        peer: PublicKey,
+        /// The frame's payload, at most `MESSAGE_BYTES_MAX` bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+/// A message could not be queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No connection to the peer is up.
+    #[error("the peer is not connected")]
+    NotConnected,
+    /// The peer's send queue is full; the peer falls back to reconciliation.
+    #[error("the peer's send queue is full")]
+    Full,
+}
+
+/// Counts of what happened on the transport since it started, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransportCounters {
+    /// Connections that completed the hello exchange, in either direction.
+    pub n_connections_established: u64,
+    /// Incoming connections that failed before the hello exchange completed (TLS rejection,
+    /// bad hello, cluster id mismatch, wrong direction, timeout).
+    pub n_incoming_handshakes_failed: u64,
+    /// Dial attempts that failed before the hello exchange completed.
+    pub n_outgoing_handshakes_failed: u64,
+    /// Connections closed because the peer broke the framing rules.
+    pub n_protocol_violations: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    n_connections_established: AtomicU64,
+    n_incoming_handshakes_failed: AtomicU64,
+    n_outgoing_handshakes_failed: AtomicU64,
+    n_protocol_violations: AtomicU64,
+}
+
+/// A handle to the running transport; clones share it. The transport stops when
+/// [`Transport::shutdown`] is called or the last handle is dropped.
+#[derive(Clone)]
+pub struct Transport {
+    shared: Arc<Shared>,
+    _owner: Arc<Owner>,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transport")
+            .field("own", &self.shared.own)
+            .field("local_addr", &self.shared.local_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Stops the transport when the last [`Transport`] handle goes; the tasks hold only [`Shared`].
+struct Owner {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.shared.stop();
+    }
+}
+
+/// The state the handles and the tasks share.
+struct Shared {
+    own: PublicKey,
+    cluster_id: [u8; 32],
+    peer_queue_messages_max: usize,
+    reconnect_backoff_min: Duration,
+    reconnect_backoff_max: Duration,
+    handshake_timeout: Duration,
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    identity: tls::Identity,
+    members: tls::MemberKeys,
+    client_transport: Arc<quinn::TransportConfig>,
+    events: mpsc::Sender<TransportEvent>,
+    /// The peers we may have a connection with (every member but us), fixed at start.
+    peers: BTreeMap<PublicKey, PeerControl>,
+    /// The connections that are up.
+    links: Mutex<BTreeMap<PublicKey, Link>>,
+    shutdown: watch::Sender<bool>,
+    warnings: Mutex<BTreeMap<(String, Trouble, String), u64>>,
+    counters: Counters,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A connection that is up: what `send`, `has_room` and `rtt` need.
+struct Link {
+    connection: Connection,
+    queue: mpsc::Sender<Vec<u8>>,
+}
+
+/// How to reach a peer's task.
+struct PeerControl {
+    refused: watch::Sender<bool>,
+    /// Where the accept loop hands over connections from this peer; `None` when we dial it.
+    handoff: Option<Arc<Handoff>>,
+}
+
+/// A connection whose hellos have been exchanged, with its one stream.
+struct Established {
+    connection: Connection,
+    send: SendStream,
+    recv: RecvStream,
+}
+
+/// A one-place mailbox from the accept loop to a peer's task. The newest connection wins:
+/// a pending older one is closed as replaced, so a peer that reconnects quickly holds at most
+/// one pending connection, and the accept loop never waits on a peer's task.
+struct Handoff {
+    state: Mutex<HandoffState>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct HandoffState {
+    pending: Option<Established>,
+    /// The peer's task has ended (refused): connections are closed instead of queued.
+    closed: bool,
+}
+
+impl Handoff {
+    fn put(&self, established: Established) {
+        let mut state = lock(&self.state);
+        if state.closed {
+            established
+                .connection
+                .close(CloseCode::Refused.var_int(), CloseCode::Refused.reason().as_bytes());
+            return;
+        }
+        if let Some(old) = state.pending.replace(established) {
+            old.connection.close(CloseCode::Replaced.var_int(), CloseCode::Replaced.reason().as_bytes());
+        }
+        drop(state);
+        self.notify.notify_one();
+    }
+
+    async fn take(&self) -> Established {
+        loop {
+            if let Some(established) = lock(&self.state).pending.take() {
+                return established;
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    fn close(&self, code: CloseCode) {
+        let mut state = lock(&self.state);
+        state.closed = true;
+        if let Some(pending) = state.pending.take() {
+            pending.connection.close(code.var_int(), code.reason().as_bytes());
+        }
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked: every critical section
+/// here is a single insert, remove, lookup or replace.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Why a peer's task stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stopped {
+    Shutdown,
+    Refused,
+}
+
+/// Waits for shutdown or for the refusal of one peer.
+struct StopSignal {
+    shutdown: watch::Receiver<bool>,
+    refused: watch::Receiver<bool>,
+}
+
+impl StopSignal {
+    async fn wait(&mut self) -> Stopped {
+        // The senders live in `Shared`, which outlives every task; an error would mean it is
+        // gone, which is a shutdown too.
+        tokio::select! {
+            _ = self.shutdown.wait_for(|stop| *stop) => Stopped::Shutdown,
+            _ = self.refused.wait_for(|refused| *refused) => Stopped::Refused,
+        }
+    }
+}
+
+/// Why a connection ended or a handshake failed: a reason for events and logs, and the close
+/// code to send, if the connection is still open.
+#[derive(Debug)]
+struct Failure {
+    reason: String,
+    close: Option<CloseCode>,
+}
+
+impl Failure {
+    fn closing(code: CloseCode, reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), close: Some(code) }
+    }
+
+    fn lost(reason: impl Into<String>) -> Self {
+        Self { reason: reason.into(), close: None }
+    }
+}
+
+impl From<ConnectionError> for Failure {
+    fn from(error: ConnectionError) -> Self {
+        Self::lost(describe_connection_error(&error))
+    }
+}
+
+impl From<ReadExactError> for Failure {
+    fn from(error: ReadExactError) -> Self {
+        match error {
+            ReadExactError::FinishedEarly(_) => {
+                Self::closing(CloseCode::ProtocolViolation, "the peer finished its stream")
+            }
+            ReadExactError::ReadError(quinn::ReadError::ConnectionLost(error)) => error.into(),
+            ReadExactError::ReadError(quinn::ReadError::Reset(code)) => Self::closing(
+                CloseCode::ProtocolViolation,
+                format!("the peer reset its stream (code {code})"),
+            ),
+            ReadExactError::ReadError(error) => {
+                Self::closing(CloseCode::ProtocolViolation, error.to_string())
+            }
+        }
+    }
+}
+
+impl From<WriteError> for Failure {
+    fn from(error: WriteError) -> Self {
+        match error {
+            WriteError::ConnectionLost(error) => error.into(),
+            WriteError::Stopped(code) => {
+                Self::closing(CloseCode::ProtocolViolation, format!("the peer stopped reading (code {code})"))
+            }
+            error => Self::closing(CloseCode::ProtocolViolation, error.to_string()),
+        }
+    }
+}
+
+/// A connection error in words; a peer's close reason is sanitized and cut short.
+fn describe_connection_error(error: &ConnectionError) -> String {
+    match error {
+        ConnectionError::ApplicationClosed(close) => {
+            let reason: String =
+                String::from_utf8_lossy(&close.reason).escape_debug().take(PEER_REASON_CHARS_MAX).collect();
+            format!("closed by peer: {reason} (code {})", close.error_code)
+        }
+        ConnectionError::TimedOut => "idle timeout".to_owned(),
+        ConnectionError::LocallyClosed => "closed locally".to_owned(),
+        error => error.to_string(),
+    }
+}
+
+impl Transport {
+    /// Binds the endpoint on `config.listen` and starts dialing and accepting. Events go to
+    /// `events`; when it is full, reading from peers waits (backpressure onto QUIC flow control).
+    ///
+    /// Fails if the configuration is inconsistent (a peer address for a non-member, a zero
+    /// queue or timeout) or the address cannot be bound.
+    pub async fn start(
+        key: &SecretKey,
+        config: TransportConfig,
+        events: mpsc::Sender<TransportEvent>,
+    ) -> anyhow::Result<Self> {
+        let own = key.public();
+        ensure!(config.peer_queue_messages_max > 0, "peer_queue_messages_max must be at least 1");
+        ensure!(
+            !config.reconnect_backoff_min.is_zero()
+                && config.reconnect_backoff_min <= config.reconnect_backoff_max,
+            "the reconnect backoff needs 0 < min ({:?}) <= max ({:?})",
+            config.reconnect_backoff_min,
+            config.reconnect_backoff_max
+        );
+        ensure!(!config.handshake_timeout.is_zero(), "handshake_timeout must be positive");
+        ensure!(!config.idle_timeout.is_zero(), "idle_timeout must be positive");
+
+        let mut addresses = BTreeMap::new();
+        for (peer, address) in &config.peers {
+            if *peer == own {
+                continue;
+            }
+            if !config.members.contains(peer) {
+                bail!(
+                    "peer {peer} has an address but is not a genesis member; remove it from the peers list"
+                );
+            }
+            if addresses.insert(*peer, *address).is_some() {
+                bail!("peer {peer} is listed twice; give each peer one address");
+            }
+        }
+
+        let identity = tls::Identity::new(key);
+        let members = tls::MemberKeys::new(&config.members, &own);
+        let mut server = tls::server_config(&identity, &members);
+        server.transport_config(Arc::new(quic_transport(&config, Side::Acceptor)?));
+        // No 0-RTT, so an incoming connection attempt needs little buffering before we decide.
+        server
+            .max_incoming(4 * HANDSHAKES_CONCURRENT_MAX)
+            .incoming_buffer_size(64 * 1024)
+            .incoming_buffer_size_total(4 * 1024 * 1024);
+        let client_transport = Arc::new(quic_transport(&config, Side::Dialer)?);
+        let endpoint = quinn::Endpoint::server(server, config.listen)
+            .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
+        let local_addr = endpoint.local_addr().context("the endpoint has no local address")?;
+
+        let mut peers = BTreeMap::new();
+        let mut roles = Vec::new();
+        for peer in config.members.iter().filter(|peer| **peer != own) {
+            let (refused, refused_receiver) = watch::channel(false);
+            let role = if own < *peer {
+                match addresses.get(peer) {
+                    Some(address) => Role::Dialer(*address),
+                    None => {
+                        warn!(peer = %peer.short(), "no address for a peer that waits for us to dial it: it stays unreachable");
+                        Role::Idle
+                    }
+                }
+            } else {
+                Role::Acceptor(Arc::new(Handoff { state: Mutex::default(), notify: Notify::new() }))
+            };
+            let handoff = match &role {
+                Role::Acceptor(handoff) => Some(handoff.clone()),
+                Role::Dialer(_) | Role::Idle => None,
+            };
+            peers.insert(*peer, PeerControl { refused, handoff });
+            roles.push((*peer, role, refused_receiver));
+        }
+
+        let shared = Arc::new(Shared {
+            own,
+            cluster_id: config.cluster_id,
+            peer_queue_messages_max: config.peer_queue_messages_max,
+            reconnect_backoff_min: config.reconnect_backoff_min,
+            reconnect_backoff_max: config.reconnect_backoff_max,
+            handshake_timeout: config.handshake_timeout,
+            endpoint,
+            local_addr,
+            identity,
+            members,
+            client_transport,
+            events,
+            peers,
+            links: Mutex::default(),
+            shutdown: watch::channel(false).0,
+            warnings: Mutex::default(),
+            counters: Counters::default(),
+            tasks: Mutex::default(),
+        });
+
+        let node_span = info_span!("transport", node = %own.short(), address = %local_addr);
+        let mut tasks = Vec::new();
+        for (peer, role, refused) in roles {
+            if matches!(role, Role::Idle) {
+                continue;
+            }
+            let stop = StopSignal { shutdown: shared.shutdown.subscribe(), refused };
+            let span = info_span!(parent: &node_span, "peer", peer = %peer.short());
+            tasks.push(tokio::spawn(run_peer(shared.clone(), peer, role, stop).instrument(span)));
+        }
+        tasks.push(tokio::spawn(accept_loop(shared.clone()).instrument(node_span.clone())));
+        *lock(&shared.tasks) = tasks;
+        info!(parent: &node_span, "transport listening");
+        Ok(Self { _owner: Arc::new(Owner { shared: shared.clone() }), shared })
+    }
+
+    /// The bound UDP address (useful when listening on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Queues `bytes` as one frame to `peer`, without waiting.
+    ///
+    /// # Panics
+    ///
+    /// If `bytes` is longer than `MESSAGE_BYTES_MAX`: the protocol never builds such a message.
+    pub fn send(&self, peer: &PublicKey, bytes: Vec<u8>) -> Result<(), SendError> {
+        assert!(
+            bytes.len() <= MESSAGE_BYTES_MAX,
+            "a message of {} bytes exceeds MESSAGE_BYTES_MAX ({MESSAGE_BYTES_MAX})",
+            bytes.len()
+        );
+        let links = lock(&self.shared.links);
+        let link = links.get(peer).ok_or(SendError::NotConnected)?;
+        link.queue.try_send(bytes).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => SendError::Full,
+            mpsc::error::TrySendError::Closed(_) => SendError::NotConnected,
+        })
+    }
+
+    /// Whether `peer` is connected and its send queue has room for at least one message.
+    pub fn has_room(&self, peer: &PublicKey) -> bool {
+        lock(&self.shared.links).get(peer).is_some_and(|link| link.queue.capacity() > 0)
+    }
+
+    /// Refuses `peer` for good (a proven equivocator): closes its connection now, never dials
+    /// it again, and the server rejects its key from now on.
+    pub fn refuse(&self, peer: &PublicKey) {
+        self.shared.members.refuse(peer);
+        if let Some(control) = self.shared.peers.get(peer) {
+            control.refused.send_replace(true);
+        }
+    }
+
+    /// The smoothed round-trip time to `peer`, if connected.
+    pub fn rtt(&self, peer: &PublicKey) -> Option<Duration> {
+        lock(&self.shared.links).get(peer).map(|link| link.connection.rtt())
+    }
+
+    /// What happened since the start.
+    pub fn counters(&self) -> TransportCounters {
+        let counters = &self.shared.counters;
+        TransportCounters {
+            n_connections_established: counters.n_connections_established.load(Ordering::Relaxed),
+            n_incoming_handshakes_failed: counters.n_incoming_handshakes_failed.load(Ordering::Relaxed),
+            n_outgoing_handshakes_failed: counters.n_outgoing_handshakes_failed.load(Ordering::Relaxed),
+            n_protocol_violations: counters.n_protocol_violations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Closes every connection with [`CloseCode::Shutdown`], stops the tasks, and waits briefly
+    /// for the endpoint to tell the peers. No events are sent after this returns.
+    pub async fn shutdown(&self) {
+        self.shared.stop();
+        let tasks = std::mem::take(&mut *lock(&self.shared.tasks));
+        let joined = timeout(SHUTDOWN_WAIT, async {
+            for task in tasks {
+                // A task that panicked has nothing left to clean up; the panic was reported.
+                let _ = task.await;
+            }
+        })
+        .await;
+        if joined.is_err() {
+            warn!("transport tasks did not stop within {SHUTDOWN_WAIT:?}");
+        }
+        if timeout(SHUTDOWN_WAIT, self.shared.endpoint.wait_idle()).await.is_err() {
+            debug!("the endpoint did not drain within {SHUTDOWN_WAIT:?}");
+        }
+    }
+}
+
+impl Shared {
+    fn stop(&self) {
+        self.shutdown.send_replace(true);
+        self.endpoint.close(CloseCode::Shutdown.var_int(), CloseCode::Shutdown.reason().as_bytes());
+    }
+
+    fn is_shut_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Sends an event to the service, waiting for room; `false` if the transport is shutting
+    /// down or the service is gone.
+    async fn emit(&self, event: TransportEvent) -> bool {
+        let mut shutdown = self.shutdown.subscribe();
+        if *shutdown.borrow_and_update() {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => false,
+            sent = self.events.send(event) => sent.is_ok(),
+        }
+    }
+
+    /// Logs peer trouble at warn the first time for this peer (or address), kind and reason,
+    /// then again each time the count reaches a power of two; otherwise at debug. Protocol
+    /// violations are counted per peer whatever the reason, whose numbers vary.
+    fn log_trouble(&self, trouble: Trouble, who: &str, reason: &str) {
+        let count = {
+            let mut warnings = lock(&self.warnings);
+            let reason_key = match trouble {
+                Trouble::ProtocolViolation => "",
+                Trouble::IncomingHandshake | Trouble::OutgoingHandshake => reason,
+            };
+            let key = (who.to_owned(), trouble, reason_key.to_owned());
+            if let Some(count) = warnings.get_mut(&key) {
+                *count += 1;
+                *count
+            } else if warnings.len() < WARNINGS_TRACKED_MAX {
+                warnings.insert(key, 1);
+                1
+            } else {
+                0
+            }
+        };
+        if count.is_power_of_two() {
+            warn!(peer = who, reason, count, "{}", trouble.as_str());
+        } else {
+            debug!(peer = who, reason, count, "{}", trouble.as_str());
+        }
+    }
+
+    /// The QUIC client configuration for dialing `peer`.
+    fn client_config(&self, peer: &PublicKey) -> quinn::ClientConfig {
+        let mut config = tls::client_config(&self.identity, peer);
+        config.transport_config(self.client_transport.clone());
+        config
+    }
+}
+
+/// Kinds of peer trouble worth a warning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Trouble {
+    IncomingHandshake,
+    OutgoingHandshake,
+    ProtocolViolation,
+}
+
+impl Trouble {
+    const fn as_str(self) -> &'static str {
+        match self {
+            Self::IncomingHandshake => "incoming handshake failed",
+            Self::OutgoingHandshake => "outgoing handshake failed",
+            Self::ProtocolViolation => "peer broke the framing rules",
+        }
+    }
+}
+
+/// Which end of a connection a QUIC transport configuration is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Dialer,
+    Acceptor,
+}
+
+/// The QUIC limits: the dialer may open one bidirectional stream, the acceptor none; no
+/// unidirectional streams, no datagrams; windows sized for full frames.
+fn quic_transport(config: &TransportConfig, side: Side) -> anyhow::Result<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    let bidi_streams_from_peer = match side {
+        Side::Acceptor => 1u32,
+        Side::Dialer => 0,
+    };
+    let idle_timeout = quinn::IdleTimeout::try_from(config.idle_timeout)
+        .with_context(|| format!("idle_timeout {:?} is too large", config.idle_timeout))?;
+    transport
+        .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams_from_peer))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .datagram_receive_buffer_size(None)
+        .stream_receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES))
+        .receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES))
+        .send_window(u64::from(STREAM_RECEIVE_WINDOW_BYTES))
+        .max_idle_timeout(Some(idle_timeout))
+        .keep_alive_interval(Some(config.idle_timeout / 3));
+    Ok(transport)
+}
+
+/// What a peer's task does.
+enum Role {
+    /// Our key is smaller: dial the peer at this address.
+    Dialer(SocketAddr),
+    /// Our key is larger: serve the connections the accept loop hands over.
+    Acceptor(Arc<Handoff>),
+    /// Our key is smaller but we have no address: nothing to do.
+    Idle,
+}
+
+/// How a served connection ended.
+enum Ended {
+    Lost(Failure),
+    Replaced(Established),
+    Stopped(Stopped),
+}
+
+/// One peer's task: dials (with backoff) or takes accepted connections, and serves them one at
+/// a time. All events of the peer come from here, so they are in order.
+async fn run_peer(shared: Arc<Shared>, peer: PublicKey, role: Role, mut stop: StopSignal) {
+    let stopped = match role {
+        Role::Dialer(address) => dial_loop(&shared, peer, address, &mut stop).await,
+        Role::Acceptor(handoff) => {
+            let stopped = accept_peer_loop(&shared, peer, &handoff, &mut stop).await;
+            handoff.close(CloseCode::Refused);
+            stopped
+        }
+        Role::Idle => return,
+    };
+    debug!(?stopped, "peer task stopped");
+}
+
+async fn dial_loop(shared: &Shared, peer: PublicKey, address: SocketAddr, stop: &mut StopSignal) -> Stopped {
+    let client_config = shared.client_config(&peer);
+    let mut backoff = shared.reconnect_backoff_min;
+    loop {
+        let dialed = tokio::select! {
+            dialed = dial(shared, &peer, address, client_config.clone()) => dialed,
+            stopped = stop.wait() => return stopped,
+        };
+        match dialed {
+            Ok(established) => {
+                let started = Instant::now();
+                let mut next = Some(established);
+                while let Some(established) = next.take() {
+                    match serve(shared, peer, established, None, stop).await {
+                        Ended::Lost(_) => {}
+                        Ended::Replaced(newer) => next = Some(newer),
+                        Ended::Stopped(stopped) => return stopped,
+                    }
+                }
+                if started.elapsed() > CONNECTION_STABLE {
+                    backoff = shared.reconnect_backoff_min;
+                }
+            }
+            Err(failure) => {
+                shared.counters.n_outgoing_handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                shared.log_trouble(Trouble::OutgoingHandshake, &peer.short(), &failure.reason);
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            stopped = stop.wait() => return stopped,
+        }
+        backoff = (backoff * 2).min(shared.reconnect_backoff_max);
+    }
+}
+
+/// Dials `peer` and exchanges hellos, within the handshake timeout.
+async fn dial(
+    shared: &Shared,
+    peer: &PublicKey,
+    address: SocketAddr,
+    client_config: quinn::ClientConfig,
+) -> Result<Established, Failure> {
+    let deadline = Instant::now() + shared.handshake_timeout;
+    let connecting = shared
+        .endpoint
+        .connect_with(client_config, address, tls::SERVER_NAME)
+        .map_err(|error| Failure::lost(format!("cannot dial {address}: {error}")))?;
+    let connection = timeout_at(deadline, connecting)
+        .await
+        .map_err(|_| Failure::lost(CloseCode::HandshakeTimeout.reason()))??;
+    let exchanged = timeout_at(deadline, async {
+        // The verifier already accepted exactly `peer`; this only guards against a broken
+        // verifier.
+        if tls::peer_key(&connection).as_ref() != Some(peer) {
+            return Err(Failure::closing(CloseCode::ProtocolViolation, "the server presented another key"));
+        }
+        let (mut send, mut recv) = connection.open_bi().await?;
+        write_frame(&mut send, &hello(&shared.cluster_id)).await?;
+        read_hello(&mut recv, &shared.cluster_id).await?;
+        Ok((send, recv))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(Failure::closing(CloseCode::HandshakeTimeout, CloseCode::HandshakeTimeout.reason()))
+    });
+    match exchanged {
+        Ok((send, recv)) => Ok(Established { connection, send, recv }),
+        Err(failure) => {
+            close(&connection, &failure);
+            Err(failure)
+        }
+    }
+}
+
+async fn accept_peer_loop(
+    shared: &Shared,
+    peer: PublicKey,
+    handoff: &Handoff,
+    stop: &mut StopSignal,
+) -> Stopped {
+    let mut next = None;
+    loop {
+        let established = match next.take() {
+            Some(established) => established,
+            None => tokio::select! {
+                established = handoff.take() => established,
+                stopped = stop.wait() => return stopped,
+            },
+        };
+        match serve(shared, peer, established, Some(handoff), stop).await {
+            Ended::Lost(_) => {}
+            Ended::Replaced(newer) => next = Some(newer),
+            Ended::Stopped(stopped) => return stopped,
+        }
+    }
+}
+
+/// Serves one established connection until it ends, a newer one replaces it, or the task
+/// stops: publishes the link, emits `Connected`, pumps frames both ways, then emits
+/// `Disconnected` (except on shutdown).
+async fn serve(
+    shared: &Shared,
+    peer: PublicKey,
+    established: Established,
+    handoff: Option<&Handoff>,
+    stop: &mut StopSignal,
+) -> Ended {
+    let Established { connection, mut send, mut recv } = established;
+    let address = connection.remote_address();
+    let (queue, queue_receiver) = mpsc::channel(shared.peer_queue_messages_max);
+    lock(&shared.links).insert(peer, Link { connection: connection.clone(), queue });
+    shared.counters.n_connections_established.fetch_add(1, Ordering::Relaxed);
+    info!(%address, "peer connected");
+
+    let ended = if shared.emit(TransportEvent::Connected { peer, address }).await {
+        tokio::select! {
+            failure = read_loop(shared, peer, &mut recv) => Ended::Lost(failure),
+            failure = write_loop(queue_receiver, &mut send) => Ended::Lost(failure),
+            error = connection.closed() => Ended::Lost(error.into()),
+            newer = take_handoff(handoff) => Ended::Replaced(newer),
+            stopped = stop.wait() => Ended::Stopped(stopped),
+        }
+    } else {
+        Ended::Stopped(Stopped::Shutdown)
+    };
+
+    lock(&shared.links).remove(&peer);
+    let reason = match &ended {
+        Ended::Lost(failure) => {
+            if failure.close == Some(CloseCode::ProtocolViolation) {
+                shared.counters.n_protocol_violations.fetch_add(1, Ordering::Relaxed);
+                shared.log_trouble(Trouble::ProtocolViolation, &peer.short(), &failure.reason);
+            }
+            close(&connection, failure);
+            failure.reason.clone()
+        }
+        Ended::Replaced(_) => {
+            close_with(&connection, CloseCode::Replaced);
+            CloseCode::Replaced.reason().to_owned()
+        }
+        Ended::Stopped(Stopped::Refused) => {
+            close_with(&connection, CloseCode::Refused);
+            CloseCode::Refused.reason().to_owned()
+        }
+        Ended::Stopped(Stopped::Shutdown) => {
+            close_with(&connection, CloseCode::Shutdown);
+            return ended;
+        }
+    };
+    info!(%address, reason, "peer lost");
+    if !shared.emit(TransportEvent::Disconnected { peer, reason }).await {
+        return Ended::Stopped(Stopped::Shutdown);
+    }
+    ended
+}
+
+async fn take_handoff(handoff: Option<&Handoff>) -> Established {
+    match handoff {
+        Some(handoff) => handoff.take().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn close(connection: &Connection, failure: &Failure) {
+    if let Some(code) = failure.close {
+        // The reason goes to the peer; ours are short ASCII, but cut them to be sure the close
+        // frame fits in a packet.
+        let reason = failure.reason.as_bytes();
+        connection.close(code.var_int(), &reason[..reason.len().min(PEER_REASON_CHARS_MAX)]);
+    }
+}
+
+fn close_with(connection: &Connection, code: CloseCode) {
+    connection.close(code.var_int(), code.reason().as_bytes());
+}
+
+/// Reads frames and delivers them as messages until something fails; waits while the service
+/// channel is full.
+async fn read_loop(shared: &Shared, peer: PublicKey, recv: &mut RecvStream) -> Failure {
+    loop {
+        let bytes = match read_frame(recv).await {
+            Ok(bytes) => bytes,
+            Err(failure) => return failure,
+        };
+        if shared.events.send(TransportEvent::Message { peer, bytes }).await.is_err() {
+            return Failure::closing(CloseCode::Shutdown, "the sync service stopped");
+        }
+    }
+}
+
+/// Writes queued messages as frames until something fails.
+async fn write_loop(mut queue: mpsc::Receiver<Vec<u8>>, send: &mut SendStream) -> Failure {
+    while let Some(bytes) = queue.recv().await {
+        if let Err(failure) = write_frame(send, &bytes).await {
+            return failure;
+        }
+    }
+    // The sender lives in the link, which is removed only after this future is dropped.
+    Failure::closing(CloseCode::Shutdown, "the send queue closed")
+}
+
+/// Reads one frame of at most `MESSAGE_BYTES_MAX` bytes.
+async fn read_frame(recv: &mut RecvStream) -> Result<Vec<u8>, Failure> {
+    let mut prefix = [0u8; FRAME_LENGTH_BYTES];
+    recv.read_exact(&mut prefix).await?;
+    let length = u32::from_le_bytes(prefix) as usize;
+    if length > MESSAGE_BYTES_MAX {
+        return Err(Failure::closing(
+            CloseCode::ProtocolViolation,
+            format!("a frame of {length} bytes exceeds the limit of {MESSAGE_BYTES_MAX} bytes"),
+        ));
+    }
+    let mut bytes = vec![0u8; length];
+    recv.read_exact(&mut bytes).await?;
+    Ok(bytes)
+}
+
+/// Writes one frame. The caller guarantees `payload` is at most `MESSAGE_BYTES_MAX` bytes.
+async fn write_frame(send: &mut SendStream, payload: &[u8]) -> Result<(), Failure> {
+    assert!(payload.len() <= MESSAGE_BYTES_MAX, "frame payload over MESSAGE_BYTES_MAX");
+    // Cannot truncate: MESSAGE_BYTES_MAX fits in a u32 (asserted at compile time).
+    let length = payload.len() as u32;
+    send.write_all(&length.to_le_bytes()).await?;
+    send.write_all(payload).await?;
+    Ok(())
+}
+
+/// Reads the peer's hello and checks it names our cluster.
+async fn read_hello(recv: &mut RecvStream, cluster_id: &[u8; 32]) -> Result<(), Failure> {
+    let bad_hello = || Failure::closing(CloseCode::BadHello, CloseCode::BadHello.reason());
+    let mut prefix = [0u8; FRAME_LENGTH_BYTES];
+    recv.read_exact(&mut prefix).await?;
+    if u32::from_le_bytes(prefix) as usize != HELLO_BYTES {
+        return Err(bad_hello());
+    }
+    let mut payload = [0u8; HELLO_BYTES];
+    recv.read_exact(&mut payload).await?;
+    if payload[..HELLO_MAGIC.len()] != HELLO_MAGIC[..] {
+        return Err(bad_hello());
+    }
+    if payload[HELLO_MAGIC.len()..] != cluster_id[..] {
+        return Err(Failure::closing(CloseCode::ClusterMismatch, CloseCode::ClusterMismatch.reason()));
+    }
+    Ok(())
+}
+
+/// Accepts incoming connections and runs their handshakes, at most
+/// [`HANDSHAKES_CONCURRENT_MAX`] at once.
+async fn accept_loop(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let mut handshakes = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = shared.endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break, // the endpoint is closed
+            },
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => continue,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
+        if handshakes.len() >= HANDSHAKES_CONCURRENT_MAX {
+            shared.counters.n_incoming_handshakes_failed.fetch_add(1, Ordering::Relaxed);
+            let who = incoming.remote_address().ip().to_string();
+            shared.log_trouble(Trouble::IncomingHandshake, &who, "too many handshakes");
+            incoming.refuse();
+            continue;
+        }
+        let shared = shared.clone();
+        handshakes.spawn(
+            async move {
+                let remote = incoming.remote_address();
+                if let Err((who, failure)) = accept_one(&shared, incoming).await
+                    && !shared.is_shut_down()
+                {
+                    shared.counters.n_incoming_handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    let who = who.map_or_else(|| remote.ip().to_string(), |peer| peer.short());
+                    shared.log_trouble(Trouble::IncomingHandshake, &who, &failure.reason);
+                }
+            }
+            .in_current_span(),
+        );
+    }
+    // Dropping the set aborts the handshakes still running; their connections close.
+}
+
+/// Completes one incoming connection: TLS (members only), direction, hellos; then hands it to
+/// the peer's task. On failure, says who failed (if the TLS handshake got that far) and why.
+async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (Option<PublicKey>, Failure)> {
+    let deadline = Instant::now() + shared.handshake_timeout;
+    let connection = timeout_at(deadline, incoming)
+        .await
+        .map_err(|_| (None, Failure::lost(CloseCode::HandshakeTimeout.reason())))?
+        .map_err(|error| (None, Failure::from(error)))?;
+    // The verifier admitted a member's key, so the peer key is present.
+    let Some(peer) = tls::peer_key(&connection) else {
+        let failure = Failure::closing(CloseCode::ProtocolViolation, "no peer key after the handshake");
+        close(&connection, &failure);
+        return Err((None, failure));
+    };
+    let checked = timeout_at(deadline, async {
+        // A refusal may have landed during the TLS handshake.
+        if !shared.members.allows(&peer) {
+            return Err(Failure::closing(CloseCode::Refused, CloseCode::Refused.reason()));
+        }
+        let Some(handoff) = shared.peers.get(&peer).and_then(|control| control.handoff.clone()) else {
+            return Err(Failure::closing(CloseCode::WrongDirection, CloseCode::WrongDirection.reason()));
+        };
+        let (mut send, mut recv) = connection.accept_bi().await?;
+        read_hello(&mut recv, &shared.cluster_id).await?;
+        write_frame(&mut send, &hello(&shared.cluster_id)).await?;
+        Ok((handoff, send, recv))
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(Failure::closing(CloseCode::HandshakeTimeout, CloseCode::HandshakeTimeout.reason()))
+    });
+    match checked {
+        Ok((handoff, send, recv)) => {
+            handoff.put(Established { connection, send, recv });
+            Ok(())
+        }
+        Err(failure) => {
+            close(&connection, &failure);
+            Err((Some(peer), failure))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hello_layout() {
+        let hello = hello(&[0xab; 32]);
+        assert_eq!(hello.len(), 38);
+        assert_eq!(&hello[..6], b"CAIRN1");
+        assert_eq!(&hello[6..], &[0xab; 32]);
+    }
+
+    #[test]
+    fn close_codes_round_trip() {
+        for code in 0..8 {
+            let close = CloseCode::from_code(code).expect("codes 0 to 7 are defined");
+            assert_eq!(u64::from(close.code()), code);
+        }
+        assert_eq!(CloseCode::from_code(8), None);
+    }
+}
