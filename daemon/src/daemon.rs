@@ -70,7 +70,8 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     if let Some(first) = rejected.first() {
         bail!(
             "the store {} holds {} event(s) that no longer validate (first: {:?}, {}); it was altered on disk. \
-             It is refused, not used: move it away (the node then catches up from its peers) or restore a backup",
+             It is refused, not used: move it away, and the node catches up from its peers and learns its own \
+             last seq before it writes again",
             store_path.display(),
             rejected.len(),
             first.id,

@@ -111,8 +111,9 @@ pub enum StoreError {
     /// The file is not a Cairn store, or it failed an integrity check.
     #[error(
         "the store at {path} is corrupt or not a Cairn store ({detail}); it is refused, not used. \
-         Restore it from a backup, or move it away and restart: the node then catches up from \
-         its peers, and own-seq safety makes it learn its own last seq before it writes again"
+         Move it away and restart: the node then catches up from its peers, and own-seq safety \
+         makes it learn its own last seq before it writes again (do not restore an older backup \
+         of a node that wrote since: it would sign some of its seqs a second time)"
     )]
     Corrupt {
         /// The store file.
