@@ -35,6 +35,25 @@ pub const TRANSMIT_RETRY: Duration = Duration::from_millis(5);
 pub const INPUTS_PER_TURN_MAX: usize = 256;
 /// Transport events queued towards the service.
 pub const TRANSPORT_EVENTS_MAX: usize = 1_024;
+/// A peer that sends more invalid events or messages than this within
+/// [`INVALID_INPUTS_WINDOW`] is disconnected and ignored for a while.
+pub const INVALID_INPUTS_MAX: u32 = 100;
+/// The window in which invalid inputs are counted.
+pub const INVALID_INPUTS_WINDOW: Duration = Duration::from_secs(10);
+/// How long a misbehaving peer is first ignored; each new offence doubles it, up to
+/// [`MUTE_MAX`].
+pub const MUTE_MIN: Duration = Duration::from_secs(1);
+/// The longest a misbehaving peer is ignored.
+pub const MUTE_MAX: Duration = Duration::from_secs(300);
+
+/// Invalid inputs of one peer, and whether it is being ignored.
+#[derive(Debug)]
+struct Strikes {
+    window_start: Instant,
+    count: u32,
+    next_mute: Duration,
+    muted_until: Option<Instant>,
+}
 
 /// What the service needs to run.
 pub struct ServiceParts {
@@ -97,6 +116,9 @@ pub struct Service {
     warned: std::collections::BTreeSet<(PublicKey, &'static str)>,
     failed: Option<String>,
     buffer_bytes_max: usize,
+    strikes: BTreeMap<PublicKey, Strikes>,
+    /// Peers the transport reports connected (the node may be ignoring some of them).
+    linked: std::collections::BTreeSet<PublicKey>,
 }
 
 impl Service {
@@ -132,6 +154,8 @@ impl Service {
             warned: Default::default(),
             failed: None,
             buffer_bytes_max: parts.buffer_bytes_max,
+            strikes: BTreeMap::new(),
+            linked: Default::default(),
         };
         (service, handle, commands_rx, parts.transport_events)
     }
@@ -233,7 +257,12 @@ impl Service {
     }
 
     fn next_wake(&self) -> Option<Instant> {
+        let mute_end = self.strikes.values().filter_map(|s| s.muted_until).min();
         let timer = self.node.poll_timeout().map(|ms| self.started + Duration::from_millis(ms));
+        let timer = match (timer, mute_end) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let retry = self.has_output().then(|| Instant::now() + TRANSMIT_RETRY);
         match (timer, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -245,7 +274,60 @@ impl Service {
         self.node.connected_peers().iter().any(|p| self.node.queued(p) != (0, 0))
     }
 
+    fn is_muted(&self, peer: &PublicKey) -> bool {
+        self.strikes.get(peer).and_then(|s| s.muted_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Counts one invalid input from `peer`; too many in a window mute it: its connection is
+    /// closed and whatever it sends is ignored until the mute ends, twice as long each time.
+    fn strike(&mut self, peer: PublicKey) {
+        let now = Instant::now();
+        let strikes = self.strikes.entry(peer).or_insert(Strikes {
+            window_start: now,
+            count: 0,
+            next_mute: MUTE_MIN,
+            muted_until: None,
+        });
+        if now.duration_since(strikes.window_start) > INVALID_INPUTS_WINDOW {
+            strikes.window_start = now;
+            strikes.count = 0;
+        }
+        strikes.count += 1;
+        if strikes.count <= INVALID_INPUTS_MAX || strikes.muted_until.is_some_and(|until| now < until) {
+            return;
+        }
+        let mute = strikes.next_mute;
+        strikes.muted_until = Some(now + mute);
+        strikes.next_mute = (mute * 2).min(MUTE_MAX);
+        strikes.count = 0;
+        warn!(peer = %self.name_of(&peer), mute = ?mute,
+            "peer sent more than {INVALID_INPUTS_MAX} invalid inputs in {INVALID_INPUTS_WINDOW:?}: disconnecting it and ignoring it for a while");
+        self.node.handle_disconnected(&peer);
+        self.transport.disconnect(&peer);
+    }
+
+    /// Peers whose mute ended while their transport link is up start afresh.
+    fn unmute_expired(&mut self) {
+        let now = Instant::now();
+        let expired: Vec<PublicKey> = self
+            .strikes
+            .iter()
+            .filter(|(_, s)| s.muted_until.is_some_and(|until| now >= until))
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in expired {
+            if let Some(strikes) = self.strikes.get_mut(&peer) {
+                strikes.muted_until = None;
+            }
+            if self.linked.contains(&peer) && !self.node.is_connected(&peer) {
+                let now_ms = self.now_ms();
+                self.node.handle_connected(peer, now_ms);
+            }
+        }
+    }
+
     fn after_input(&mut self) {
+        self.unmute_expired();
         self.drain_node_events();
         self.transmit();
         self.start_commit();
@@ -256,7 +338,10 @@ impl Service {
         let now = self.now_ms();
         match event {
             TransportEvent::Connected { peer, address } => {
-                if self.node.handle_connected(peer, now) {
+                self.linked.insert(peer);
+                if self.is_muted(&peer) {
+                    debug!(peer = %self.name_of(&peer), "ignoring a muted peer's new connection for now");
+                } else if self.node.handle_connected(peer, now) {
                     info!(peer = %self.name_of(&peer), %address, "peer connected");
                     self.last_seen.insert(peer, Instant::now());
                 } else {
@@ -265,12 +350,16 @@ impl Service {
                 }
             }
             TransportEvent::Disconnected { peer, reason } => {
+                self.linked.remove(&peer);
                 if self.node.is_connected(&peer) {
                     info!(peer = %self.name_of(&peer), %reason, "peer lost");
                 }
                 self.node.handle_disconnected(&peer);
             }
             TransportEvent::Message { peer, bytes } => {
+                if self.is_muted(&peer) {
+                    return;
+                }
                 self.last_seen.insert(peer, Instant::now());
                 self.metrics
                     .bytes_in
@@ -292,6 +381,7 @@ impl Service {
                     }
                 }
                 NodeEvent::Rejected { peer, id, reason } => {
+                    self.strike(peer);
                     self.metrics.events_rejected.get_or_create(&ReasonLabel { reason: reason.name() }).inc();
                     if self.warned.insert((peer, reason.name())) {
                         warn!(peer = %self.name_of(&peer), %reason, id = ?id,
@@ -304,6 +394,7 @@ impl Service {
                     self.unstored_evidence.push((author.0, evidence.encode()));
                 }
                 NodeEvent::BadMessage { peer, error } => {
+                    self.strike(peer);
                     self.metrics.bad_messages.inc();
                     if self.warned.insert((peer, "bad_message")) {
                         warn!(peer = %self.name_of(&peer), %error, "bad message from peer (further ones are only counted)");

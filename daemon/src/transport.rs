@@ -678,6 +678,16 @@ impl Transport {
         }
     }
 
+    /// Closes the current connection to `peer` as a protocol violation, without refusing it:
+    /// it may connect again (the driver decides whether to listen to it). For a peer that
+    /// keeps sending invalid data.
+    pub fn disconnect(&self, peer: &PublicKey) {
+        if let Some(link) = lock(&self.shared.links).get(peer) {
+            let code = CloseCode::ProtocolViolation;
+            link.connection.close(code.var_int(), b"too much invalid data");
+        }
+    }
+
     /// The smoothed round-trip time to `peer`, if connected.
     pub fn rtt(&self, peer: &PublicKey) -> Option<Duration> {
         lock(&self.shared.links).get(peer).map(|link| link.connection.rtt())
