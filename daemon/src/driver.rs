@@ -184,7 +184,13 @@ impl Service {
             if *shutdown.borrow() || self.failed.is_some() {
                 break;
             }
-            let wake = self.next_wake();
+            // The watchdog's time is a wake-up of its own: a node with no peer connected and no
+            // client has no other timer, and systemd would kill it for being silent.
+            let wake = match (self.next_wake(), watchdog) {
+                (Some(wake), Some(_)) => Some(wake.min(next_watchdog)),
+                (None, Some(_)) => Some(next_watchdog),
+                (wake, None) => wake,
+            };
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {}

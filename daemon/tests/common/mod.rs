@@ -1,0 +1,413 @@
+//! A local cluster of real `cairnd` processes for the integration tests: keys, genesis and
+//! configs in a temporary directory (`cairn_daemon::demo::write_cluster`), the processes, and
+//! their API sockets through `cairn_daemon::client`. Every wait polls a condition until a
+//! deadline; a failing test prints every node's log (from `Drop`, while it panics).
+
+// Each test crate uses a part of this module.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use cairn_daemon::client::{Client, ClientError, path_segment};
+use cairn_daemon::demo::{self, LocalNode};
+use hyper::Method;
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// Short timings, so that a test waits for sync rounds and reconnects of a fraction of a second.
+/// `write_cluster` inserts this after the top-level keys and before the `[[peers]]` tables, so
+/// the `[timing]` table comes last here.
+pub(crate) const TIMING: &str = "log_level = \"info\"
+[timing]
+sync_interval = \"200ms\"
+want_interval = \"200ms\"
+session_timeout = \"3s\"
+reconnect_backoff_min = \"50ms\"
+reconnect_backoff_max = \"500ms\"
+handshake_timeout = \"3s\"
+idle_timeout = \"6s\"
+shutdown_grace = \"3s\"
+";
+
+/// How long any one condition may take to come true. Generous: CI machines are slow and
+/// shared; a healthy cluster meets every condition in well under a second.
+pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often a condition is polled.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long `cairnd` may take to stop after SIGTERM before it is killed (and the test fails).
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The `cairnd` binary under test.
+pub(crate) fn cairnd() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cairnd"))
+}
+
+/// Polls `condition` until it holds (true) or `deadline` passes (false).
+pub(crate) fn wait_until(deadline: Instant, mut condition: impl FnMut() -> bool) -> bool {
+    loop {
+        if condition() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+/// Waits for `child` to exit, up to `timeout`; kills it after that and returns `None`.
+pub(crate) fn wait_exit(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    let mut status = None;
+    wait_until(deadline, || {
+        status = child.try_wait().expect("try_wait on a child");
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
+}
+
+/// Sends `signal` to the process `pid`.
+pub(crate) fn signal_pid(pid: u32, signal: Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid fits in i32"));
+    nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("cannot send {signal} to {pid}: {e}"));
+}
+
+/// A local cluster of `cairnd` processes.
+pub(crate) struct Cluster {
+    /// Each node's files.
+    pub(crate) nodes: Vec<LocalNode>,
+    children: Vec<Option<Child>>,
+    /// A command (and its arguments) to start `cairnd` through, per node: `ip netns exec NS`.
+    prefixes: Vec<Vec<String>>,
+    runtime: tokio::runtime::Runtime,
+    // Last: the directory goes after the processes have been killed.
+    dir: TempDir,
+}
+
+impl Cluster {
+    /// Writes the files of a brand-new cluster of `n` nodes with `extra_config`, starts nothing.
+    pub(crate) fn write(n: usize, extra_config: &str) -> Self {
+        let dir = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("a temp dir");
+        let nodes = demo::write_cluster(dir.path(), n, extra_config).expect("write_cluster");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        Self { children: (0..n).map(|_| None).collect(), prefixes: vec![Vec::new(); n], nodes, runtime, dir }
+    }
+
+    /// A cluster of `n` nodes with short timings, every node connected to every other.
+    pub(crate) fn start(n: usize) -> Self {
+        let mut cluster = Self::write(n, TIMING);
+        cluster.spawn_all();
+        cluster.wait_all_connected();
+        cluster
+    }
+
+    /// The temporary directory all nodes live in.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The number of nodes.
+    pub(crate) fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Starts node `i` through `prefix` (`["ip", "netns", "exec", NS]`) from now on.
+    pub(crate) fn set_prefix(&mut self, i: usize, prefix: Vec<String>) {
+        self.prefixes[i] = prefix;
+    }
+
+    /// Rewrites node `i`'s config file with `edit`.
+    pub(crate) fn edit_config(&self, i: usize, edit: impl FnOnce(String) -> String) {
+        let path = &self.nodes[i].config;
+        let text = std::fs::read_to_string(path).expect("read the config");
+        std::fs::write(path, edit(text)).expect("write the config");
+    }
+
+    /// Removes the `[[peers]]` table naming node `j` from node `i`'s config.
+    pub(crate) fn remove_peer(&self, i: usize, j: usize) {
+        let table = format!(
+            "\n[[peers]]\nname = {:?}\naddress = \"{}\"\n",
+            self.nodes[j].name, self.nodes[j].address
+        );
+        self.edit_config(i, |text| {
+            assert!(text.contains(&table), "node {i}'s config has no peers table for node {j}:\n{text}");
+            text.replace(&table, "")
+        });
+    }
+
+    /// Starts every node.
+    pub(crate) fn spawn_all(&mut self) {
+        for i in 0..self.len() {
+            self.spawn(i);
+        }
+    }
+
+    /// Starts node `i` (which must not be running).
+    pub(crate) fn spawn(&mut self, i: usize) {
+        assert!(self.children[i].is_none(), "node {i} is already running");
+        let node = &self.nodes[i];
+        let child = if self.prefixes[i].is_empty() {
+            demo::spawn(&cairnd(), node).expect("spawn cairnd")
+        } else {
+            // As `demo::spawn`, through the prefix command.
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log).expect("log");
+            Command::new(&self.prefixes[i][0])
+                .args(&self.prefixes[i][1..])
+                .arg(cairnd())
+                .args(["run", "--config"])
+                .arg(&node.config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn cairnd through its prefix")
+        };
+        self.children[i] = Some(child);
+    }
+
+    /// Node `i`'s process id.
+    pub(crate) fn pid(&self, i: usize) -> u32 {
+        self.children[i].as_ref().unwrap_or_else(|| panic!("node {i} is not running")).id()
+    }
+
+    /// Sends `signal` to node `i` (SIGSTOP and SIGCONT freeze and thaw it).
+    pub(crate) fn signal(&self, i: usize, signal: Signal) {
+        signal_pid(self.pid(i), signal);
+    }
+
+    /// Kills node `i` with SIGKILL and reaps it.
+    pub(crate) fn kill9(&mut self, i: usize) {
+        let mut child = self.children[i].take().unwrap_or_else(|| panic!("node {i} is not running"));
+        child.kill().expect("kill -9");
+        child.wait().expect("reap the killed node");
+    }
+
+    /// Stops node `i` with SIGTERM and asserts that it exits with status 0 in time.
+    pub(crate) fn stop(&mut self, i: usize) {
+        let mut child = self.children[i].take().unwrap_or_else(|| panic!("node {i} is not running"));
+        let started = Instant::now();
+        let status = demo::stop(&mut child, STOP_TIMEOUT).expect("stop the node");
+        assert!(
+            started.elapsed() < STOP_TIMEOUT,
+            "node {i} did not stop within {STOP_TIMEOUT:?} of SIGTERM and was killed"
+        );
+        assert!(status.success(), "node {i} exited with {status} after SIGTERM");
+    }
+
+    /// Starts node `i` again and waits until its API answers.
+    pub(crate) fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_ready(i);
+    }
+
+    /// Panics if node `i` was started and has exited.
+    fn assert_alive(&mut self, i: usize) {
+        if let Some(child) = self.children[i].as_mut()
+            && let Some(status) = child.try_wait().expect("try_wait")
+        {
+            self.children[i] = None;
+            panic!("node {i} ({}) exited unexpectedly with {status}", self.nodes[i].name);
+        }
+    }
+
+    /// Waits until node `i`'s API answers `GET /v1/status`.
+    pub(crate) fn wait_ready(&mut self, i: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            self.assert_alive(i);
+            if self.try_status(i).is_some() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {i}'s API did not answer within {DEADLINE:?}");
+            std::thread::sleep(POLL);
+        }
+    }
+
+    /// Waits until node `i` reports `n` connected peers.
+    pub(crate) fn wait_connected(&mut self, i: usize, n: u64) {
+        self.wait_ready(i);
+        self.wait_for(&format!("node {i} has {n} connected peers"), |c| {
+            c.status(i)["n_peers_connected"].as_u64() == Some(n)
+        });
+    }
+
+    /// Waits until every node answers and reports every other node connected.
+    pub(crate) fn wait_all_connected(&mut self) {
+        let n_others = self.len() as u64 - 1;
+        for i in 0..self.len() {
+            self.wait_connected(i, n_others);
+        }
+    }
+
+    /// Polls `condition` until it holds; panics naming `what` at the deadline (the logs are
+    /// printed as the cluster drops).
+    pub(crate) fn wait_for(&self, what: &str, mut condition: impl FnMut(&Self) -> bool) {
+        let started = Instant::now();
+        if !wait_until(started + DEADLINE, || condition(self)) {
+            panic!("timed out after {DEADLINE:?} waiting until {what}");
+        }
+    }
+
+    /// A client of node `i`'s API socket.
+    pub(crate) fn client(&self, i: usize) -> Client {
+        Client::new(&self.nodes[i].socket)
+    }
+
+    /// Runs `future` on the cluster's tokio runtime.
+    pub(crate) fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// The cluster's tokio runtime, for tasks that run beside the test (a watch stream).
+    pub(crate) fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    /// `GET path` on node `i`.
+    pub(crate) fn try_get(&self, i: usize, path: &str) -> Result<Value, ClientError> {
+        self.block_on(self.client(i).get_json(path))
+    }
+
+    /// `GET path` on node `i`; panics on an error.
+    pub(crate) fn get(&self, i: usize, path: &str) -> Value {
+        self.try_get(i, path).unwrap_or_else(|e| panic!("node {i}: GET {path}: {e}"))
+    }
+
+    /// `method path` with a JSON body on node `i`.
+    pub(crate) fn send(
+        &self,
+        i: usize,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, ClientError> {
+        self.block_on(self.client(i).send_json(method, path, body))
+    }
+
+    /// Node `i`'s status, or `None` if its API does not answer.
+    pub(crate) fn try_status(&self, i: usize) -> Option<Value> {
+        self.try_get(i, "/v1/status").ok()
+    }
+
+    /// Node `i`'s status; panics if its API does not answer.
+    pub(crate) fn status(&self, i: usize) -> Value {
+        self.get(i, "/v1/status")
+    }
+
+    /// Puts `value` into register `key` on node `i`; returns the acknowledgement.
+    pub(crate) fn put(&self, i: usize, key: &str, value: &str) -> Value {
+        let path = format!("/v1/registers/{}", path_segment(key));
+        self.send(i, Method::PUT, &path, &json!({ "value": value }))
+            .unwrap_or_else(|e| panic!("node {i}: PUT {path}: {e}"))
+    }
+
+    /// Deletes register `key` on node `i`.
+    pub(crate) fn delete(&self, i: usize, key: &str) -> Value {
+        let path = format!("/v1/registers/{}", path_segment(key));
+        self.block_on(self.client(i).request_json(Method::DELETE, &path, None::<&()>))
+            .unwrap_or_else(|e| panic!("node {i}: DELETE {path}: {e}"))
+    }
+
+    /// Register `key` on node `i`: the visible value and the siblings.
+    pub(crate) fn register(&self, i: usize, key: &str) -> Value {
+        self.get(i, &format!("/v1/registers/{}", path_segment(key)))
+    }
+
+    /// The visible text value of register `key` on node `i`.
+    pub(crate) fn register_value(&self, i: usize, key: &str) -> Option<String> {
+        self.register(i, key)["value"].as_str().map(str::to_owned)
+    }
+
+    /// Adds `delta` to counter `key` on node `i`.
+    pub(crate) fn incr(&self, i: usize, key: &str, delta: i64) -> Value {
+        let path = format!("/v1/counters/{}/incr", path_segment(key));
+        self.send(i, Method::POST, &path, &json!({ "delta": delta }))
+            .unwrap_or_else(|e| panic!("node {i}: POST {path}: {e}"))
+    }
+
+    /// Counter `key` on node `i`.
+    pub(crate) fn counter(&self, i: usize, key: &str) -> i64 {
+        let path = format!("/v1/counters/{}", path_segment(key));
+        self.get(i, &path)["value"].as_i64().unwrap_or_else(|| panic!("node {i}: {path} has no i64 value"))
+    }
+
+    /// Adds (`add`) or removes (`remove`) `element` in set `key` on node `i`.
+    pub(crate) fn set_op(&self, i: usize, op: &str, key: &str, element: &str) -> Value {
+        let path = format!("/v1/sets/{}/{op}", path_segment(key));
+        self.send(i, Method::POST, &path, &json!({ "element": element }))
+            .unwrap_or_else(|e| panic!("node {i}: POST {path}: {e}"))
+    }
+
+    /// The members of set `key` on node `i`, as text.
+    pub(crate) fn set_members(&self, i: usize, key: &str) -> Vec<String> {
+        let set = self.get(i, &format!("/v1/sets/{}", path_segment(key)));
+        set["members"]
+            .as_array()
+            .expect("members")
+            .iter()
+            .map(|m| m["value"].as_str().expect("a text member").to_owned())
+            .collect()
+    }
+
+    /// The evidence list of node `i`.
+    pub(crate) fn evidence(&self, i: usize) -> Vec<Value> {
+        self.get(i, "/v1/evidence")["evidence"].as_array().expect("an evidence list").clone()
+    }
+
+    /// Node `i`'s `(digest, sync_digest)`.
+    pub(crate) fn digests(&self, i: usize) -> (String, String) {
+        let status = self.status(i);
+        (
+            status["digest"].as_str().expect("digest").to_owned(),
+            status["sync_digest"].as_str().expect("sync_digest").to_owned(),
+        )
+    }
+
+    /// Whether `nodes` report equal document and reconciliation digests.
+    pub(crate) fn converged(&self, nodes: &[usize]) -> bool {
+        let digests: Vec<_> = nodes.iter().map(|&i| self.digests(i)).collect();
+        digests.windows(2).all(|pair| pair[0] == pair[1])
+    }
+
+    /// Waits until every node reports the same document and reconciliation digests.
+    pub(crate) fn wait_converged(&self) {
+        let all: Vec<usize> = (0..self.len()).collect();
+        self.wait_for("every node has equal digests", |c| c.converged(&all));
+    }
+
+    /// Every node's log.
+    pub(crate) fn logs(&self) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let log = std::fs::read_to_string(&node.log).unwrap_or_else(|e| format!("(no log: {e})\n"));
+            out.push_str(&format!("===== log of {} ({}) =====\n{log}", node.name, node.log.display()));
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().filter_map(Option::as_mut) {
+            // SIGKILL also ends a stopped (SIGSTOP) process.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
