@@ -113,6 +113,12 @@ pub const HANDSHAKES_CONCURRENT_MAX: usize = 64;
 const WARNINGS_TRACKED_MAX: usize = 1024;
 /// How long [`Transport::shutdown`] waits for tasks and for the endpoint to drain.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+/// The longest [`Transport::shutdown`] waits for queued frames to leave.
+pub const LINGER_MAX: Duration = Duration::from_secs(1);
+/// The shortest wait after the queues are empty, for the last frames to be delivered.
+pub const LINGER_MIN: Duration = Duration::from_millis(50);
+/// How often the linger looks at the queues.
+const LINGER_POLL: Duration = Duration::from_millis(5);
 /// Peer-supplied close reasons are cut to this many characters in logs and events.
 const PEER_REASON_CHARS_MAX: usize = 100;
 
@@ -704,9 +710,11 @@ impl Transport {
         }
     }
 
-    /// Closes every connection with [`CloseCode::Shutdown`], stops the tasks, and waits briefly
-    /// for the endpoint to tell the peers. No events are sent after this returns.
+    /// Lingers so queued frames can leave, closes every connection with
+    /// [`CloseCode::Shutdown`], stops the tasks, and waits briefly for the endpoint to tell the
+    /// peers. No events are sent after this returns.
     pub async fn shutdown(&self) {
+        self.linger().await;
         self.shared.stop();
         let tasks = std::mem::take(&mut *lock(&self.shared.tasks));
         let joined = timeout(SHUTDOWN_WAIT, async {
@@ -721,6 +729,33 @@ impl Transport {
         }
         if timeout(SHUTDOWN_WAIT, self.shared.endpoint.wait_idle()).await.is_err() {
             debug!("the endpoint did not drain within {SHUTDOWN_WAIT:?}");
+        }
+    }
+}
+
+impl Transport {
+    /// Waits, at most [`LINGER_MAX`], until every send queue is empty, then long enough for the
+    /// last frames to reach the peers (two round trips, at least [`LINGER_MIN`]): closing the
+    /// endpoint abandons stream data not yet delivered, so a write acknowledged just before
+    /// SIGTERM would otherwise reach the peers only when this node comes back.
+    async fn linger(&self) {
+        let deadline = tokio::time::Instant::now() + LINGER_MAX;
+        loop {
+            let (queued, rtt) = {
+                let links = lock(&self.shared.links);
+                let queued = links.values().any(|l| l.queue.capacity() < l.queue.max_capacity());
+                (queued, links.values().map(|l| l.connection.rtt()).max())
+            };
+            let Some(rtt) = rtt else { return };
+            if !queued {
+                let until = (tokio::time::Instant::now() + (2 * rtt).max(LINGER_MIN)).min(deadline);
+                tokio::time::sleep_until(until).await;
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(LINGER_POLL).await;
         }
     }
 }

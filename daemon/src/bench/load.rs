@@ -1,0 +1,133 @@
+//! The write load for `cairn-daemon-bench`: concurrent clients, each a tokio task with its own
+//! persistent connection, each writing `PUT /v1/registers/{key}` one after another.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use bytes::Bytes;
+
+use crate::cluster::Conn;
+
+/// Bytes of each written value (text, so that the JSON body is the value plus a few bytes).
+pub(crate) const VALUE_BYTES: usize = 64;
+
+/// The register a client writes, and the value of its `i`th write (always [`VALUE_BYTES`]).
+pub(crate) fn key_and_value(client: usize, i: usize) -> (String, String) {
+    (format!("bench-{client:03}"), format!("{i:0width$}", width = VALUE_BYTES))
+}
+
+/// When the load stops.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Until {
+    /// After this long; writes completed in the first `warm_up` are not counted.
+    Time { warm_up: Duration, measured: Duration },
+    /// After this many writes in all (all counted).
+    Count(usize),
+}
+
+/// What a load run saw.
+#[derive(Clone, Debug)]
+pub(crate) struct LoadResult {
+    /// Writes acknowledged (200) within the counted window.
+    pub(crate) n_ok: usize,
+    /// Answers other than 200 (e.g. 503 busy), in the whole run.
+    pub(crate) n_refused: usize,
+    /// Length of the counted window, seconds.
+    pub(crate) secs: f64,
+    /// Latency of each counted write, sorted.
+    pub(crate) latencies: Vec<Duration>,
+}
+
+impl LoadResult {
+    pub(crate) fn per_sec(&self) -> f64 {
+        self.n_ok as f64 / self.secs
+    }
+
+    /// The `q`-quantile latency in milliseconds (nearest rank).
+    pub(crate) fn latency_ms(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
+        self.latencies[rank - 1].as_secs_f64() * 1e3
+    }
+}
+
+/// Opens `clients` connections to the API socket `socket`.
+pub(crate) async fn connect(socket: &Path, clients: usize) -> anyhow::Result<Vec<Conn>> {
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(Conn::connect(socket).await?);
+    }
+    Ok(conns)
+}
+
+/// Runs one writer per connection from `start` (now or a moment ago) until `until`.
+pub(crate) async fn run(conns: Vec<Conn>, start: Instant, until: Until) -> anyhow::Result<LoadResult> {
+    let (count_from, stop_at, total) = match until {
+        Until::Time { warm_up, measured } => (start + warm_up, Some(start + warm_up + measured), None),
+        Until::Count(n) => (start, None, Some(n)),
+    };
+    let issued = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (client, mut conn) in conns.into_iter().enumerate() {
+        let issued = issued.clone();
+        tasks.spawn(async move {
+            // (completed at, latency) of every write, and the refused count.
+            let mut done: Vec<(Instant, Duration)> = Vec::new();
+            let mut refused = 0usize;
+            for i in 0.. {
+                if stop_at.is_some_and(|t| Instant::now() >= t) {
+                    break;
+                }
+                if total.is_some_and(|n| issued.fetch_add(1, Ordering::Relaxed) >= n) {
+                    break;
+                }
+                let (key, value) = key_and_value(client, i);
+                let body = Bytes::from(format!("{{\"value\":\"{value}\"}}"));
+                let sent = Instant::now();
+                let status = conn.put(&format!("/v1/registers/{key}"), body).await?;
+                let now = Instant::now();
+                if status.is_success() {
+                    done.push((now, now - sent));
+                } else {
+                    refused += 1;
+                    if refused > 1_000 {
+                        bail!("the daemon refused over 1 000 writes (last answer {status})");
+                    }
+                    if total.is_some() {
+                        // Count mode must reach its total: issue this one again.
+                        issued.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            anyhow::Ok((done, refused))
+        });
+    }
+    let mut latencies = Vec::new();
+    let mut n_refused = 0;
+    let mut last = start;
+    let end_window = stop_at.unwrap_or(start + Duration::from_secs(3600 * 24));
+    while let Some(joined) = tasks.join_next().await {
+        let (done, refused) = joined??;
+        n_refused += refused;
+        for (at, latency) in done {
+            if at >= count_from && at <= end_window {
+                latencies.push(latency);
+                last = last.max(at);
+            }
+        }
+    }
+    let window_end = stop_at.unwrap_or(last);
+    latencies.sort_unstable();
+    Ok(LoadResult {
+        n_ok: latencies.len(),
+        n_refused,
+        secs: (window_end - count_from).as_secs_f64(),
+        latencies,
+    })
+}

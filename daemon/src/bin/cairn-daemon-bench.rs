@@ -1,0 +1,1110 @@
+//! `cairn-daemon-bench`: figures of real `cairnd` processes on loopback, each given as a ratio
+//! against a baseline measured in the same run on the same machine.
+//!
+//! ```text
+//! cairn-daemon-bench [all | writes | replication | catchup | idle]... [--quick] [--out FILE]
+//! ```
+//!
+//! - `writes`: durable writes per second through the API with 1, 16 and 256 concurrent
+//!   clients, against redb's own commit rates in the same file system.
+//! - `replication`: events per second a fresh follower ingests from a writer, against raw
+//!   `verify_strict` per second on the follower's cores.
+//! - `catchup`: an empty node catching up from a peer holding many events (built offline):
+//!   seconds, bytes on the wire against the events' encoded size, peak memory.
+//! - `idle`: anti-entropy traffic of an idle three-node cluster, per round and peer.
+//!
+//! The nodes are the release `cairnd` next to this binary, each in its own process with its own
+//! data directory under the system's temporary directory. The tables go to stdout in markdown,
+//! and to `FILE` too with `--out`. `--quick` shrinks every size for a smoke test (under a
+//! minute).
+
+#[path = "../bench/baseline.rs"]
+mod baseline;
+#[path = "../bench/cluster.rs"]
+mod cluster;
+#[path = "../bench/load.rs"]
+mod load;
+#[path = "../bench/proxy.rs"]
+mod proxy;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use cairn_crypto::SecretKey;
+use cairn_daemon::config::{Config, load_genesis};
+use cairn_daemon::store::Store;
+use cairn_protocol::{Genesis, Member, Node, NodeConfig, Op};
+
+use baseline::VerifySet;
+use cluster::{Cluster, CpuSnapshot, CpuSplit, cpu_seconds, load_average, machine_cpu, proc_status_mib};
+use load::{LoadResult, Until};
+
+const USAGE: &str = "usage: cairn-daemon-bench [all | writes | replication | catchup | idle]... [--quick] \
+                     [--out FILE] [--replication-events N] [--catchup-events N]";
+
+/// Settings every bench cluster shares: quiet logs, and the sync interval stated explicitly.
+const BASE_CONFIG: &str = "log_level = \"warn\"\n[timing]\nsync_interval = \"1s\"\n";
+
+/// Runs of each baseline; the median is reported.
+const REPEATS: usize = 3;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Section {
+    Writes,
+    Replication,
+    Catchup,
+    Idle,
+}
+
+struct Args {
+    sections: Vec<Section>,
+    quick: bool,
+    out: Option<PathBuf>,
+    replication_events: Option<usize>,
+    catchup_events: Option<usize>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        sections: Vec::new(),
+        quick: false,
+        out: None,
+        replication_events: None,
+        catchup_events: None,
+    };
+    let number = |it: &mut dyn Iterator<Item = String>, flag: &str| -> Result<Option<usize>, String> {
+        let text = it.next().ok_or(format!("{flag} needs a number"))?;
+        text.parse().map(Some).map_err(|_| format!("{flag}: {text:?} is not a number"))
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "all" => {
+                args.sections.extend([Section::Writes, Section::Replication, Section::Catchup, Section::Idle])
+            }
+            "writes" => args.sections.push(Section::Writes),
+            "replication" => args.sections.push(Section::Replication),
+            "catchup" => args.sections.push(Section::Catchup),
+            "idle" => args.sections.push(Section::Idle),
+            "--quick" => args.quick = true,
+            "--out" => args.out = Some(it.next().ok_or("--out needs a file name")?.into()),
+            "--replication-events" => args.replication_events = number(&mut it, &arg)?,
+            "--catchup-events" => args.catchup_events = number(&mut it, &arg)?,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if args.sections.is_empty() {
+        args.sections.extend([Section::Writes, Section::Replication, Section::Catchup, Section::Idle]);
+    }
+    let mut seen = Vec::new();
+    args.sections.retain(|s| {
+        let new = !seen.contains(s);
+        seen.push(*s);
+        new
+    });
+    Ok(args)
+}
+
+#[derive(Clone, Copy)]
+struct Sizes {
+    /// Writes completed in this first part of each load level are not counted.
+    warm_up: Duration,
+    /// The counted part of each load level.
+    measured: Duration,
+    /// How long each redb baseline run commits.
+    redb: Duration,
+    /// Runs of each redb baseline.
+    redb_repeats: usize,
+    /// Events for the `Store::append` diagnostic.
+    store_events: usize,
+    /// Signatures of the verify baseline.
+    verify: usize,
+    /// Events the writer holds before the follower starts.
+    replication: usize,
+    /// Events the catch-up holder holds.
+    catchup: usize,
+    /// The idle cluster settles this long before the window.
+    idle_settle: Duration,
+    /// The idle measurement window.
+    idle_window: Duration,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Self {
+                warm_up: Duration::from_millis(300),
+                measured: Duration::from_millis(1_500),
+                redb: Duration::from_millis(400),
+                redb_repeats: 1,
+                store_events: 5_120,
+                verify: 2_000,
+                replication: 5_000,
+                catchup: 20_000,
+                idle_settle: Duration::from_secs(2),
+                idle_window: Duration::from_secs(4),
+            }
+        } else {
+            Self {
+                warm_up: Duration::from_secs(1),
+                measured: Duration::from_secs(5),
+                redb: Duration::from_secs(2),
+                redb_repeats: REPEATS,
+                store_events: 51_200,
+                verify: 20_000,
+                replication: 50_000,
+                catchup: 1_000_000,
+                idle_settle: Duration::from_secs(3),
+                idle_window: Duration::from_secs(10),
+            }
+        }
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// A whole number with thin thousands separators, for the tables.
+fn n(x: f64) -> String {
+    if !x.is_finite() {
+        return "—".to_owned();
+    }
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+/// Everything the sections share.
+struct Bench {
+    exe: PathBuf,
+    dir: PathBuf,
+    sizes: Sizes,
+    verify: Option<(VerifySet, [f64; 2], [Vec<f64>; 2])>,
+    /// Daemon log lines at warn or above, by section, for the report.
+    warnings: Vec<String>,
+}
+
+impl Bench {
+    /// The verify baseline (measured once per run, on first use).
+    fn verify_baseline(&mut self) -> [f64; 2] {
+        if self.verify.is_none() {
+            eprintln!("verify: signing {} messages with distinct keys", self.sizes.verify);
+            let set = VerifySet::new(self.sizes.verify);
+            let mut all = [Vec::new(), Vec::new()];
+            for _ in 0..REPEATS {
+                all[0].push(set.run(1));
+                all[1].push(set.run(2));
+            }
+            let per_sec = [median(all[0].clone()), median(all[1].clone())];
+            eprintln!("verify: {:.0}/s on 1 thread, {:.0}/s on 2", per_sec[0], per_sec[1]);
+            self.verify = Some((set, per_sec, all));
+        }
+        self.verify.as_ref().map(|v| v.1).unwrap_or_default()
+    }
+
+    fn collect_warnings(&mut self, section: &str, cluster: &Cluster) {
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            for line in cluster.log_warnings(i) {
+                self.warnings.push(format!("{section} / {}: {line}", node.name));
+            }
+        }
+    }
+}
+
+/// The file system holding `dir`, from `/proc/mounts` (device, mount point, type).
+fn file_system_of(dir: &Path) -> String {
+    let Ok(mounts) = std::fs::read_to_string("/proc/mounts") else { return "?".to_owned() };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 3 && dir.starts_with(f[1]))
+                .then(|| (f[1].len(), format!("{} on {} ({})", f[0], f[1], f[2])))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "?".to_owned(), |(_, s)| s)
+}
+
+// ---- writes ---------------------------------------------------------------------------------
+
+/// One load level: the load result and what the daemon's counters and CPU did in its window.
+struct WriteRow {
+    label: String,
+    clients: usize,
+    result: LoadResult,
+    commits: f64,
+    writes: f64,
+    daemon_cpu: CpuSplit,
+    bench_cpu: f64,
+}
+
+/// A representative API write as the daemon signs it: `PUT` of a [`load::VALUE_BYTES`] value
+/// to a `bench-NNN` register, one dep (the own predecessor). Returns its encoded size.
+fn sample_event_bytes() -> usize {
+    let key = SecretKey::from_seed(&[3; 32]);
+    let genesis = Genesis::new(vec![Member { key: key.public(), name: "sample".to_owned() }])
+        .expect("a one-member genesis");
+    let mut node = Node::new(genesis, Some(key.public()), NodeConfig::default());
+    let (k, v) = load::key_and_value(0, 0);
+    let ops = || vec![Op::Put { key: k.clone().into_bytes(), value: v.clone().into_bytes() }];
+    node.write(&key, ops(), 0).expect("a valid write");
+    node.write(&key, ops(), 0).expect("a valid write").bytes().len()
+}
+
+/// Signs `n` events as one chain with `key`, as the daemon's group commit does, in batches;
+/// calls `sink` with each batch of (id, bytes). Returns the seconds spent signing.
+fn sign_chain(
+    genesis: &Genesis,
+    key: &SecretKey,
+    n: usize,
+    mut sink: impl FnMut(&[([u8; 32], Vec<u8>)]) -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    const BATCH: usize = 10_000;
+    let mut node = Node::new(genesis.clone(), Some(key.public()), NodeConfig::default());
+    let mut signing = 0.0;
+    let mut done = 0;
+    while done < n {
+        let count = BATCH.min(n - done);
+        let writes: Vec<Vec<Op>> = (done..done + count)
+            .map(|i| {
+                let (k, v) = load::key_and_value(i % 256, i);
+                vec![Op::Put { key: k.into_bytes(), value: v.into_bytes() }]
+            })
+            .collect();
+        let start = Instant::now();
+        let events = node.prepare_writes(key, writes).map_err(|e| anyhow::anyhow!("{e}"))?;
+        signing += start.elapsed().as_secs_f64();
+        let accepted = node.commit_writes(events, 0);
+        // Drained as the driver does, so the node's event queue does not grow.
+        while node.poll_event().is_some() {}
+        let batch: Vec<([u8; 32], Vec<u8>)> =
+            accepted.iter().map(|v| (v.id().0, v.bytes().to_vec())).collect();
+        sink(&batch)?;
+        done += count;
+    }
+    Ok(signing)
+}
+
+async fn measure_level(
+    cluster: &Cluster,
+    node: usize,
+    clients: usize,
+    sizes: &Sizes,
+    label: &str,
+) -> anyhow::Result<WriteRow> {
+    let conns = load::connect(&cluster.nodes[node].socket, clients).await?;
+    let pid = cluster.pid(node);
+    let start = Instant::now();
+    let sample = async {
+        tokio::time::sleep_until((start + sizes.warm_up).into()).await;
+        let m0 = cluster.metrics(node).await?;
+        let c0 = (CpuSnapshot::take(pid), cpu_seconds(None));
+        tokio::time::sleep_until((start + sizes.warm_up + sizes.measured).into()).await;
+        let m1 = cluster.metrics(node).await?;
+        let c1 = (CpuSnapshot::take(pid), cpu_seconds(None));
+        anyhow::Ok((m0, m1, c0, c1))
+    };
+    let (result, sampled) = tokio::join!(
+        load::run(conns, start, Until::Time { warm_up: sizes.warm_up, measured: sizes.measured }),
+        sample
+    );
+    let result = result?;
+    let (m0, m1, c0, c1) = sampled?;
+    let secs = result.secs;
+    let row = WriteRow {
+        label: label.to_owned(),
+        clients,
+        commits: m1.get("cairn_store_commits_total") - m0.get("cairn_store_commits_total"),
+        writes: m1.get("cairn_writes_total") - m0.get("cairn_writes_total"),
+        daemon_cpu: CpuSplit::between(&c0.0, &c1.0, secs),
+        bench_cpu: (c1.1 - c0.1) / secs,
+        result,
+    };
+    eprintln!(
+        "writes: {label}, {clients} clients: {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {:.1} writes/commit, cpu {}",
+        row.result.per_sec(),
+        row.result.latency_ms(0.5),
+        row.result.latency_ms(0.99),
+        row.writes / row.commits.max(1.0),
+        row.daemon_cpu.describe()
+    );
+    Ok(row)
+}
+
+async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()> {
+    let sizes = bench.sizes;
+    let event_bytes = sample_event_bytes();
+    eprintln!("writes: redb baselines ({event_bytes}-byte values)");
+    let redb_path = bench.dir.join("redb-baseline.redb");
+    let mut redb = Vec::new();
+    for batch in [1, 100, 256] {
+        let runs: Vec<f64> = (0..sizes.redb_repeats)
+            .map(|_| baseline::redb_rate(&redb_path, batch, event_bytes, sizes.redb))
+            .collect::<anyhow::Result<_>>()?;
+        eprintln!("writes: redb batch {batch}: {:.0}/s", median(runs.clone()));
+        redb.push((batch, median(runs.clone()), runs));
+    }
+    // The daemon's store on its own, with real events.
+    let key = SecretKey::from_seed(&[4; 32]);
+    let genesis = Genesis::new(vec![Member { key: key.public(), name: "store".to_owned() }])?;
+    let mut events = Vec::with_capacity(sizes.store_events);
+    let signing = sign_chain(&genesis, &key, sizes.store_events, |batch| {
+        events.extend_from_slice(batch);
+        Ok(())
+    })?;
+    let chain_sign_rate = sizes.store_events as f64 / signing;
+    let store_path = bench.dir.join("store-baseline").join("cairn.redb");
+    let store_runs: Vec<f64> = (0..sizes.redb_repeats)
+        .map(|_| baseline::store_rate(&store_path, genesis.cluster_id(), key.public().0, &events, 256))
+        .collect::<anyhow::Result<_>>()?;
+    let store_256 = median(store_runs.clone());
+    drop(events);
+    let sign_rate = baseline::sign_rate(if bench.sizes.verify > 5_000 { 50_000 } else { 5_000 });
+    eprintln!("writes: Store::append 256/commit {store_256:.0} events/s; signing {sign_rate:.0}/s");
+
+    let mut rows = Vec::new();
+    {
+        let mut cluster = Cluster::new(&bench.exe, bench.dir.join("writes-1"), 1, BASE_CONFIG)?;
+        cluster.start_all().await?;
+        for clients in [1, 16, 256] {
+            rows.push(measure_level(&cluster, 0, clients, &sizes, "1 node").await?);
+        }
+        bench.collect_warnings("writes, 1 node", &cluster);
+    }
+    {
+        let mut cluster = Cluster::new(&bench.exe, bench.dir.join("writes-3"), 3, BASE_CONFIG)?;
+        cluster.start_all().await?;
+        cluster.wait_converged(0, Duration::from_secs(30)).await?;
+        rows.push(measure_level(&cluster, 0, 256, &sizes, "3 nodes, writes to one").await?);
+        bench.collect_warnings("writes, 3 nodes", &cluster);
+    }
+
+    let redb_of = |batch: usize| redb.iter().find(|r| r.0 == batch).map_or(f64::NAN, |r| r.1);
+    let _ = writeln!(out, "## writes: durable writes per second through the API\n");
+    let _ = writeln!(out, "### Baselines, same run, same file system\n");
+    let _ = writeln!(out, "| measurement | per second (median) | runs |");
+    let _ = writeln!(out, "|---|---:|---|");
+    for (batch, rate, runs) in &redb {
+        let what = if *batch == 1 {
+            "redb: one insert per commit (commits/s)".to_owned()
+        } else {
+            format!("redb: {batch} inserts per commit (inserts/s)")
+        };
+        let runs: Vec<String> = runs.iter().map(|r| format!("{r:.0}")).collect();
+        let _ = writeln!(out, "| {what} | {} | {} |", n(*rate), runs.join(" / "));
+    }
+    let store_runs_text: Vec<String> = store_runs.iter().map(|r| format!("{r:.0}")).collect();
+    let _ = writeln!(
+        out,
+        "| diagnostic: the daemon's `Store::append`, 256 real events per commit (events/s) | {} | {} |",
+        n(store_256),
+        store_runs_text.join(" / ")
+    );
+    let _ = writeln!(
+        out,
+        "| diagnostic: ed25519 signing, one thread (signatures/s) | {} | one run |",
+        n(sign_rate)
+    );
+    let _ = writeln!(
+        out,
+        "| diagnostic: `Node::prepare_writes`, a chain of own events, one thread (events/s) | {} | one run |",
+        n(chain_sign_rate)
+    );
+    let _ = writeln!(out);
+    let _ = writeln!(
+        out,
+        "| cluster | clients | writes/s | p50 ms | p99 ms | refused | writes per commit | commits/s | \
+         daemon CPU (cores) | of which service loop / tokio workers / store thread | bench CPU (cores) | \
+         daemon CPU µs per write |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    for r in &rows {
+        let secs = r.result.secs;
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} | {:.1} |",
+            r.label,
+            r.clients,
+            n(r.result.per_sec()),
+            r.result.latency_ms(0.5),
+            r.result.latency_ms(0.99),
+            r.result.n_refused,
+            r.writes / r.commits.max(1.0),
+            n(r.commits / secs),
+            r.daemon_cpu.total,
+            r.daemon_cpu.service,
+            r.daemon_cpu.workers,
+            r.daemon_cpu.store,
+            r.bench_cpu,
+            r.daemon_cpu.total * secs / r.writes.max(1.0) * 1e6
+        );
+    }
+    let _ = writeln!(out);
+    let _ = writeln!(out, "| ratio | value | target |");
+    let _ = writeln!(out, "|---|---:|---|");
+    let at256: Vec<&WriteRow> = rows.iter().filter(|r| r.clients == 256).collect();
+    for r in &at256 {
+        let api = r.result.per_sec();
+        let _ = writeln!(
+            out,
+            "| API writes/s at 256 clients ({}) ÷ redb inserts/s at 256 per commit | {:.2} | ≥ 0.5 {} |",
+            r.label,
+            api / redb_of(256),
+            met(api / redb_of(256) >= 0.5)
+        );
+        let _ = writeln!(
+            out,
+            "| API writes/s at 256 clients ({}) ÷ redb inserts/s at 100 per commit | {:.2} | (diagnostic) |",
+            r.label,
+            api / redb_of(100)
+        );
+        let _ = writeln!(
+            out,
+            "| API writes/s at 256 clients ({}) ÷ redb single-insert commits/s | {:.1} | (diagnostic) |",
+            r.label,
+            api / redb_of(1)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nHow it was measured. Each client is a tokio task in the bench process (a current-thread \
+         runtime, so the bench uses at most one core) with its own persistent HTTP/1.1 connection to \
+         the node's Unix socket; it sends `PUT /v1/registers/bench-NNN` with a {}-byte text value, waits \
+         for the answer (200 means the event is fsync'd on this node) and sends the next. Each level \
+         runs {:.1} s; writes that complete in the first {:.1} s are not counted. Latency is per \
+         request, from send to the end of the answer. Writes per commit and commits/s come from the \
+         node's `cairn_writes_total` and `cairn_store_commits_total` over the counted window; CPU from \
+         `/proc/PID/stat` (user + system, all threads) over the same window, split by thread from \
+         `/proc/PID/task/*/stat`: the service loop is the main thread (`cairnd run` drives \
+         `Service::run` in `block_on`: signing, `commit_writes`, commands, transmit), the tokio \
+         workers run the API (HTTP, JSON) and the transport, the store thread runs `Store::append` \
+         (fsync waits are not CPU). The node runs with \
+         default limits (`commit_writes_max` = 1 024). The 3-node row writes to one node of a \
+         3-node cluster, which pushes every event to both peers while it commits.\n\n\
+         The redb baselines use the redb crate directly on a fresh file in the bench directory ({}), \
+         `Durability::Immediate` and `set_two_phase_commit(true)` as the daemon's store (two-phase \
+         commit costs a second fsync per commit), one table `u64 → &[u8]` with {event_bytes}-byte \
+         values (the encoded size of one API write's event); each run commits for {:.1} s. The \
+         daemon's store writes two entries per event (`log` and `ids`), checks for a duplicate, and \
+         decodes each event and recomputes its id before writing: the `Store::append` row is that \
+         cost, with the same 256 events per commit.\n",
+        load::VALUE_BYTES,
+        (sizes.warm_up + sizes.measured).as_secs_f64(),
+        sizes.warm_up.as_secs_f64(),
+        file_system_of(&bench.dir),
+        sizes.redb.as_secs_f64()
+    );
+    Ok(())
+}
+
+// ---- replication ----------------------------------------------------------------------------
+
+async fn replication_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()> {
+    let verify = bench.verify_baseline();
+    let n_events = bench.sizes.replication;
+    let mut cluster = Cluster::new(&bench.exe, bench.dir.join("replication"), 2, BASE_CONFIG)?;
+    // The follower has the smaller key, so it dials as soon as it starts (the larger key only
+    // accepts), and the writer's reconnect back-off plays no part.
+    let order = cluster.by_key();
+    let (follower, writer) = (order[0], order[1]);
+    cluster.start(writer)?;
+    cluster.wait_ready(writer, Instant::now()).await?;
+    eprintln!("replication: loading the writer with {n_events} events (256 clients, follower stopped)");
+    let conns = load::connect(&cluster.nodes[writer].socket, 256).await?;
+    let loaded = load::run(conns, Instant::now(), Until::Count(n_events)).await?;
+    let held = cluster.n_events(writer).await?;
+    if held != n_events as u64 {
+        bail!("the writer holds {held} events, expected {n_events}");
+    }
+    let spawned = Instant::now();
+    cluster.start(follower)?;
+    let startup = cluster.wait_ready(follower, spawned).await?;
+    let done = loop {
+        let have = cluster.n_events(follower).await?;
+        if have >= n_events as u64 {
+            break spawned.elapsed();
+        }
+        if spawned.elapsed() > Duration::from_secs(600) {
+            bail!("the follower holds {have} of {n_events} events after 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let follower_cpu = CpuSnapshot::take(cluster.pid(follower));
+    let split = CpuSplit::between(&CpuSnapshot::default(), &follower_cpu, done.as_secs_f64());
+    let cpu = split.total * done.as_secs_f64();
+    let writer_cpu_total = cpu_seconds(cluster.pid(writer));
+    let follower_name = cluster.nodes[follower].name.clone();
+    let writer_name = cluster.nodes[writer].name.clone();
+    let stats = cluster.peer_stats(follower, &writer_name).await?;
+    let writer_stats = cluster.peer_stats(writer, &follower_name).await?;
+    let hwm = cluster.pid(follower).and_then(|p| proc_status_mib(p, "VmHWM"));
+    bench.collect_warnings("replication", &cluster);
+
+    let rate = n_events as f64 / done.as_secs_f64();
+    let rate_ready = n_events as f64 / (done - startup).as_secs_f64();
+    let ratio = rate / verify[1];
+    eprintln!("replication: {rate:.0} events/s ({ratio:.2} of verify on 2 threads), start-up {startup:?}");
+    let _ = writeln!(out, "## replication: events per second a follower ingests from a writer\n");
+    let _ = writeln!(out, "| measurement | value |");
+    let _ = writeln!(out, "|---|---:|");
+    let _ = writeln!(out, "| events the writer held | {} |", n(n_events as f64));
+    let _ = writeln!(
+        out,
+        "| loading them: API writes/s, 256 clients, peer down (p50 / p99 ms) | {} ({:.2} / {:.2}) |",
+        n(loaded.per_sec()),
+        loaded.latency_ms(0.5),
+        loaded.latency_ms(0.99)
+    );
+    let _ = writeln!(
+        out,
+        "| follower start-up: spawn until its socket answers | {:.0} ms |",
+        startup.as_secs_f64() * 1e3
+    );
+    let _ = writeln!(out, "| spawn until the follower holds every event | {:.2} s |", done.as_secs_f64());
+    let _ = writeln!(out, "| **follower events/s**, spawn to done | **{}** |", n(rate));
+    let _ = writeln!(out, "| follower events/s, socket answering to done (diagnostic) | {} |", n(rate_ready));
+    let _ = writeln!(out, "| baseline: `verify_strict`/s, 1 thread | {} |", n(verify[0]));
+    let _ = writeln!(out, "| baseline: `verify_strict`/s, 2 threads (`verify_many`) | {} |", n(verify[1]));
+    let _ = writeln!(
+        out,
+        "| **ratio: follower events/s ÷ `verify_strict`/s on 2 threads** | **{ratio:.2}** (target ≥ 0.8 {}) |",
+        met(ratio >= 0.8)
+    );
+    let _ = writeln!(
+        out,
+        "| follower CPU from spawn to done: seconds (cores busy) | {cpu:.2} ({:.2}) |",
+        cpu / done.as_secs_f64()
+    );
+    let _ = writeln!(out, "| follower CPU by thread, cores busy | {} |", split.describe());
+    let _ = writeln!(
+        out,
+        "| follower CPU µs per event (one `verify_strict` = {:.1} µs) | {:.1} |",
+        1e6 / verify[0],
+        cpu / n_events as f64 * 1e6
+    );
+    let _ = writeln!(out, "| writer CPU seconds, whole run (load included) | {writer_cpu_total:.2} |");
+    let _ = writeln!(
+        out,
+        "| follower: bytes in / events in / rate-limited / messages in | {} / {} / {} / {} |",
+        n(stats["bytes_in"].as_f64().unwrap_or(0.0)),
+        n(stats["events_in"].as_f64().unwrap_or(0.0)),
+        n(stats["events_rate_limited"].as_f64().unwrap_or(0.0)),
+        n(stats["messages_in"].as_f64().unwrap_or(0.0))
+    );
+    let _ = writeln!(
+        out,
+        "| writer: bytes out / events out to the follower | {} / {} |",
+        n(writer_stats["bytes_out"].as_f64().unwrap_or(0.0)),
+        n(writer_stats["events_out"].as_f64().unwrap_or(0.0))
+    );
+    let _ = writeln!(out, "| follower VmHWM | {} |", hwm.map_or("?".to_owned(), |m| format!("{m:.0} MiB")));
+    let _ = writeln!(
+        out,
+        "\nHow it was measured. A 2-node cluster (`new_cluster = true`, sync interval 1 s, default \
+         limits: `verify_threads` = 0, one per CPU, so 2). The writer starts alone and is loaded \
+         with {} events through 256 concurrent API clients while the follower is stopped; then the \
+         follower starts with an empty store. The follower has the smaller key, so it is the \
+         transport's dialer and connects as soon as it is up. The clock runs from spawning the \
+         follower until its `/v1/status` reports every event (polled every 50 ms; `n_events` counts \
+         events accepted in memory, the store commit follows within one commit). Nothing is \
+         subtracted: start-up (process start, empty store creation, QUIC handshake) is inside the \
+         rate and also shown on its own. The writer runs on the same 2 cores, and sends while the \
+         follower verifies. The baseline is the `verify` set ({} signatures over 32-byte messages, \
+         distinct keys), median of {REPEATS} runs, measured in this run before the cluster started.\n",
+        n(n_events as f64),
+        n(bench.verify.as_ref().map_or(0, |v| v.0.len()) as f64)
+    );
+    Ok(())
+}
+
+// ---- catchup --------------------------------------------------------------------------------
+
+async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()> {
+    let n_events = bench.sizes.catchup;
+    let mut cluster = Cluster::new(&bench.exe, bench.dir.join("catchup"), 2, BASE_CONFIG)?;
+    let order = cluster.by_key();
+    let (follower, holder) = (order[0], order[1]);
+
+    // The holder's store, built offline: its own chain, signed in-process and appended in
+    // batches, as its group commit would have.
+    let config = Config::load(&cluster.nodes[holder].config)?;
+    let genesis = load_genesis(&config.genesis_file)?;
+    let key = SecretKey::read_file(&config.key_file)?;
+    eprintln!("catchup: signing {n_events} events into the holder's store");
+    let build_start = Instant::now();
+    let (mut store, _) = Store::open(&config.store_path(), genesis.cluster_id(), key.public().0)?;
+    let mut event_bytes = 0u64;
+    let signing = sign_chain(&genesis, &key, n_events, |batch| {
+        let refs: Vec<([u8; 32], &[u8])> = batch.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+        event_bytes += batch.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
+        store.append(&refs, &[])?;
+        Ok(())
+    })?;
+    assert_eq!(store.n_events(), n_events as u64);
+    drop(store);
+    let build_secs = build_start.elapsed().as_secs_f64();
+    let store_file_bytes = std::fs::metadata(config.store_path())?.len();
+
+    let spawned = Instant::now();
+    cluster.start(holder)?;
+    let holder_startup = cluster.wait_ready(holder, spawned).await?;
+    let held = cluster.n_events(holder).await?;
+    if held != n_events as u64 {
+        bail!("the holder restored {held} events, expected {n_events}");
+    }
+    eprintln!("catchup: holder up in {holder_startup:?}; starting the empty follower");
+    let spawned = Instant::now();
+    cluster.start(follower)?;
+    let startup = cluster.wait_ready(follower, spawned).await?;
+    let mut vm_peak = (0.0f64, 0.0f64);
+    let mut next_report = Instant::now() + Duration::from_secs(10);
+    let done = loop {
+        let have = cluster.n_events(follower).await?;
+        for (slot, i) in [(0, follower), (1, holder)] {
+            if let Some(m) = cluster.pid(i).and_then(|p| proc_status_mib(p, "VmHWM")) {
+                if slot == 0 {
+                    vm_peak.0 = m;
+                } else {
+                    vm_peak.1 = m;
+                }
+            }
+        }
+        if have >= n_events as u64 {
+            break spawned.elapsed();
+        }
+        if Instant::now() > next_report {
+            eprintln!("catchup: {have} of {n_events} after {:.0} s", spawned.elapsed().as_secs_f64());
+            next_report += Duration::from_secs(10);
+        }
+        if spawned.elapsed() > Duration::from_secs(1800) {
+            bail!("the follower holds {have} of {n_events} events after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let follower_split = CpuSplit::between(
+        &CpuSnapshot::default(),
+        &CpuSnapshot::take(cluster.pid(follower)),
+        done.as_secs_f64(),
+    );
+    let follower_cpu = follower_split.total * done.as_secs_f64();
+    let holder_cpu = cpu_seconds(cluster.pid(holder));
+    let holder_name = cluster.nodes[holder].name.clone();
+    let follower_name = cluster.nodes[follower].name.clone();
+    let stats = cluster.peer_stats(follower, &holder_name).await?;
+    let holder_stats = cluster.peer_stats(holder, &follower_name).await?;
+    let metrics = cluster.metrics(follower).await?;
+    let rss = (
+        cluster.pid(follower).and_then(|p| proc_status_mib(p, "VmRSS")),
+        cluster.pid(holder).and_then(|p| proc_status_mib(p, "VmRSS")),
+    );
+    // Let the last commit land, stop the follower, and check its store.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.stop(follower)?;
+    let check_start = Instant::now();
+    let follower_config = Config::load(&cluster.nodes[follower].config)?;
+    let follower_key = SecretKey::read_file(&follower_config.key_file)?;
+    let (stored, loaded) =
+        Store::open(&follower_config.store_path(), genesis.cluster_id(), follower_key.public().0)?;
+    let stored_events = stored.n_events();
+    let stored_bytes: u64 = loaded.events.iter().map(|e| e.len() as u64).sum();
+    drop((stored, loaded));
+    let reopen_secs = check_start.elapsed().as_secs_f64();
+    bench.collect_warnings("catchup", &cluster);
+
+    let bytes_in = stats["bytes_in"].as_f64().unwrap_or(0.0);
+    let ratio = bytes_in / event_bytes as f64;
+    let events_in = stats["events_in"].as_f64().unwrap_or(0.0);
+    let messages_in = stats["messages_in"].as_f64().unwrap_or(0.0);
+    eprintln!("catchup: {:.1} s, wire/event bytes {ratio:.4}", done.as_secs_f64());
+    let _ = writeln!(out, "## catchup: an empty node catching up from a peer\n");
+    let _ = writeln!(out, "| measurement | value |");
+    let _ = writeln!(out, "|---|---:|");
+    let _ = writeln!(out, "| events the holder held | {} |", n(n_events as f64));
+    let _ = writeln!(
+        out,
+        "| their encoded size (sum of the event bytes written to the store) | {} bytes ({:.1} per event) |",
+        n(event_bytes as f64),
+        event_bytes as f64 / n_events as f64
+    );
+    let _ = writeln!(
+        out,
+        "| building the holder's store offline: seconds (of which signing) | {build_secs:.1} ({signing:.1}) |"
+    );
+    let _ = writeln!(out, "| holder's store file | {:.1} MiB |", store_file_bytes as f64 / (1 << 20) as f64);
+    let _ = writeln!(
+        out,
+        "| holder start-up with them: spawn until its socket answers | {:.2} s |",
+        holder_startup.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "| follower start-up: spawn until its socket answers | {:.0} ms |",
+        startup.as_secs_f64() * 1e3
+    );
+    let _ = writeln!(
+        out,
+        "| **seconds from spawning the follower until it holds every event** | **{:.2}** |",
+        done.as_secs_f64()
+    );
+    let _ = writeln!(out, "| events/s, spawn to done | {} |", n(n_events as f64 / done.as_secs_f64()));
+    if let Some((_, verify, _)) = &bench.verify {
+        let _ = writeln!(
+            out,
+            "| ÷ `verify_strict`/s on 2 threads ({}, measured in this run) | {:.2} |",
+            n(verify[1]),
+            n_events as f64 / done.as_secs_f64() / verify[1]
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| follower: message bytes in from the holder (`/v1/peers` `bytes_in`) | {} |",
+        n(bytes_in)
+    );
+    let _ = writeln!(
+        out,
+        "| follower: `cairn_peer_bytes_in_total` (cross-check) | {} |",
+        n(metrics.get("cairn_peer_bytes_in_total"))
+    );
+    let _ = writeln!(
+        out,
+        "| holder: message bytes out to the follower | {} |",
+        n(holder_stats["bytes_out"].as_f64().unwrap_or(0.0))
+    );
+    let _ = writeln!(
+        out,
+        "| **ratio: bytes in ÷ the events' encoded size** | **{ratio:.4}** (target ≤ 1.05 {}) |",
+        met(ratio <= 1.05)
+    );
+    let _ = writeln!(
+        out,
+        "| overhead per event: (bytes in − event bytes) ÷ events | {:.1} bytes |",
+        (bytes_in - event_bytes as f64) / n_events as f64
+    );
+    let _ = writeln!(
+        out,
+        "| follower: events in (sent twice: events in − events) / messages in / rate-limited | {} ({}) / {} / {} |",
+        n(events_in),
+        n(events_in - n_events as f64),
+        n(messages_in),
+        n(stats["events_rate_limited"].as_f64().unwrap_or(0.0))
+    );
+    let _ = writeln!(
+        out,
+        "| CPU seconds, spawn to done: follower / holder (holder includes its start-up) | {follower_cpu:.1} / {holder_cpu:.1} |"
+    );
+    let _ = writeln!(out, "| follower CPU by thread, cores busy | {} |", follower_split.describe());
+    let _ = writeln!(out, "| follower CPU µs per event | {:.1} |", follower_cpu / n_events as f64 * 1e6);
+    let mib = |m: Option<f64>| m.map_or("?".to_owned(), |m| format!("{m:.0} MiB"));
+    let _ = writeln!(
+        out,
+        "| **peak memory (VmHWM): follower / holder** | **{:.0} MiB / {:.0} MiB** |",
+        vm_peak.0, vm_peak.1
+    );
+    let _ =
+        writeln!(out, "| resident at the end (VmRSS): follower / holder | {} / {} |", mib(rss.0), mib(rss.1));
+    let _ = writeln!(
+        out,
+        "| check: the follower's store after it stopped: events (bytes) | {} ({}) {} |",
+        n(stored_events as f64),
+        n(stored_bytes as f64),
+        if stored_events == n_events as u64 && stored_bytes == event_bytes { "match" } else { "DIFFER" }
+    );
+    let _ = writeln!(out, "| reopening that store (integrity check and load) | {reopen_secs:.2} s |");
+    let _ = writeln!(
+        out,
+        "\nHow it was measured. A 2-node cluster (sync interval 1 s, default limits). The holder's \
+         store is built before any node starts: `Node::prepare_writes`/`commit_writes` sign the \
+         holder's own chain (each event's one dep is its predecessor; one `Put` of a {}-byte value \
+         to one of 256 registers) in batches of 10 000, and `Store::append` writes each batch in \
+         one commit to the holder's `data_dir/cairn.redb` with the cluster id and the holder's key. \
+         The holder starts and restores them; then the follower, with an empty store, starts; it has \
+         the smaller key, so it dials at once. The clock runs from spawning the follower until its \
+         `/v1/status` reports every event (polled every 50 ms). Bytes are the protocol's message \
+         bytes as the node counts them (the frames' 4-byte length prefixes, QUIC and UDP headers \
+         are not included; see `idle` for those). VmHWM is read from `/proc/PID/status` while \
+         polling, so it covers start-up and catch-up. After the follower stopped, its store was \
+         opened again by the bench to check that it holds every event.\n",
+        load::VALUE_BYTES
+    );
+    Ok(())
+}
+
+// ---- idle -----------------------------------------------------------------------------------
+
+/// Per directed pair (from node, to node): app bytes out, messages out, sessions completed.
+type PairStats = std::collections::BTreeMap<(String, String), (f64, f64, f64)>;
+
+async fn pair_stats(cluster: &Cluster) -> anyhow::Result<PairStats> {
+    let mut stats = PairStats::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        for (peer, json) in cluster.peers(i).await? {
+            let s = &json["stats"];
+            let f = |k: &str| s[k].as_f64().unwrap_or(0.0);
+            stats.insert(
+                (node.name.clone(), peer),
+                (f("bytes_out"), f("messages_out"), f("sessions_in_sync") + f("sessions_tips")),
+            );
+        }
+    }
+    Ok(stats)
+}
+
+async fn idle_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()> {
+    let sizes = bench.sizes;
+    let interval = Duration::from_secs(1);
+    let mut cluster = Cluster::new(&bench.exe, bench.dir.join("idle"), 3, BASE_CONFIG)?;
+    // Every node reaches its peers through a counting relay, so the bench sees the QUIC
+    // datagrams too.
+    let counts: proxy::Counts = Default::default();
+    let mut proxies = Vec::new();
+    for node in &cluster.nodes {
+        proxies.push(proxy::Proxy::start(node.address, counts.clone()).await?);
+    }
+    cluster.redirect_peers(&proxies.iter().map(|p| p.address).collect::<Vec<_>>())?;
+    cluster.start_all().await?;
+    // A little history, so the digests are not those of an empty set.
+    let per_node = 10;
+    for i in 0..cluster.nodes.len() {
+        let conns = load::connect(&cluster.nodes[i].socket, 1).await?;
+        load::run(conns, Instant::now(), Until::Count(per_node)).await?;
+    }
+    let total = (per_node * cluster.nodes.len()) as u64;
+    cluster.wait_converged(total, Duration::from_secs(60)).await?;
+    tokio::time::sleep(sizes.idle_settle).await;
+
+    let snapshot =
+        |counts: &proxy::Counts| counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let t0 = Instant::now();
+    let app0 = pair_stats(&cluster).await?;
+    let udp0 = snapshot(&counts);
+    tokio::time::sleep(sizes.idle_window).await;
+    let app1 = pair_stats(&cluster).await?;
+    let udp1 = snapshot(&counts);
+    let secs = t0.elapsed().as_secs_f64();
+    bench.collect_warnings("idle", &cluster);
+    drop(proxies);
+
+    let rounds = secs / interval.as_secs_f64();
+    let name_of = |addr: &std::net::SocketAddr| {
+        cluster.nodes.iter().find(|n| n.address == *addr).map_or_else(|| addr.to_string(), |n| n.name.clone())
+    };
+    let _ = writeln!(out, "## idle: anti-entropy of an idle 3-node cluster\n");
+    let _ = writeln!(
+        out,
+        "| from → to | app bytes/round | app messages/round | sessions/round | UDP payload bytes/round | datagrams/round | IP+UDP bytes/round (payload + 28 per datagram) |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
+    let mut sums = [0.0f64; 6];
+    let mut n_pairs = 0;
+    for ((from, to), (b1, m1, s1)) in &app1 {
+        let (b0, m0, s0) = app0.get(&(from.clone(), to.clone())).copied().unwrap_or_default();
+        let udp_key = udp1.keys().find(|(a, b)| name_of(a) == *from && name_of(b) == *to).copied();
+        let (d1, u1) = udp_key.and_then(|k| udp1.get(&k).copied()).unwrap_or_default();
+        let (d0, u0) = udp_key.and_then(|k| udp0.get(&k).copied()).unwrap_or_default();
+        let row = [
+            (b1 - b0) / rounds,
+            (m1 - m0) / rounds,
+            (s1 - s0) / rounds,
+            (u1 - u0) as f64 / rounds,
+            (d1 - d0) as f64 / rounds,
+            ((u1 - u0) as f64 + 28.0 * (d1 - d0) as f64) / rounds,
+        ];
+        for (sum, x) in sums.iter_mut().zip(row) {
+            *sum += x;
+        }
+        n_pairs += 1;
+        let _ = writeln!(
+            out,
+            "| {from} → {to} | {:.0} | {:.2} | {:.2} | {:.0} | {:.1} | {:.0} |",
+            row[0], row[1], row[2], row[3], row[4], row[5]
+        );
+    }
+    let avg: Vec<f64> = sums.iter().map(|s| s / f64::from(n_pairs.max(1))).collect();
+    let _ = writeln!(
+        out,
+        "| **mean per peer** | **{:.0}** | {:.2} | {:.2} | **{:.0}** | {:.1} | {:.0} |",
+        avg[0], avg[1], avg[2], avg[3], avg[4], avg[5]
+    );
+    let _ = writeln!(
+        out,
+        "\nHow it was measured. Three nodes (sync interval set to 1 s explicitly, default limits), each \
+         reached by its peers through a counting UDP relay in the bench process (peers' configs name \
+         the relay's address; the node still listens on its own). Each node wrote {per_node} events, \
+         the cluster converged on {total} events and then settled for {:.0} s. Over a window of \
+         {secs:.1} s ({rounds:.1} rounds of the sync interval) the bench read each node's \
+         `/v1/peers` (`bytes_out`, `messages_out`, completed sessions) and the relay's counters at \
+         both ends. Per round per peer = bytes ÷ (seconds ÷ interval), for each directed pair (each \
+         node has 2 peers: 6 pairs). App bytes are the reconciliation messages as the node counts \
+         them: no frame length prefix (4 bytes per message), no QUIC, no UDP. UDP payload bytes are \
+         the QUIC packets (headers, AEAD tags, ACKs, keep-alives, and the frames with their length \
+         prefixes); the last column adds 20 bytes of IPv4 and 8 of UDP header per datagram. A round \
+         per pair holds both nodes' sessions with each other: the from-node's own session \
+         (its summary out, the peer's answer in) and its answer to the peer's session.\n",
+        sizes.idle_settle.as_secs_f64()
+    );
+    Ok(())
+}
+
+// ---- main -----------------------------------------------------------------------------------
+
+/// Runs the sections; returns the report (also of the sections that ran when one failed) and
+/// the first failure.
+async fn run(args: &Args) -> (String, anyhow::Result<()>) {
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name("cairnd"),
+        Err(error) => return (String::new(), Err(error.into())),
+    };
+    if !exe.exists() {
+        let error = anyhow::anyhow!(
+            "{} not found: build it with `cargo build --release -p cairn-daemon`",
+            exe.display()
+        );
+        return (String::new(), Err(error));
+    }
+    let dir = std::env::temp_dir().join(format!("cairn-daemon-bench-{}", std::process::id()));
+    if let Err(error) = std::fs::create_dir_all(&dir) {
+        return (String::new(), Err(anyhow::anyhow!("cannot create {}: {error}", dir.display())));
+    }
+    let mut sizes = Sizes::new(args.quick);
+    sizes.replication = args.replication_events.unwrap_or(sizes.replication);
+    sizes.catchup = args.catchup_events.unwrap_or(sizes.catchup);
+    let mut bench = Bench { exe, dir: dir.clone(), sizes, verify: None, warnings: Vec::new() };
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let started = Instant::now();
+    let load_before = load_average();
+    let mut body = String::new();
+    let mut result = Ok(());
+    let mut machine = Vec::new();
+    for section in &args.sections {
+        eprintln!("== {section:?}");
+        let (busy0, own0) = machine_cpu();
+        let t0 = Instant::now();
+        let outcome = match section {
+            Section::Writes => writes_section(&mut bench, &mut body).await,
+            Section::Replication => replication_section(&mut bench, &mut body).await,
+            Section::Catchup => catchup_section(&mut bench, &mut body).await,
+            Section::Idle => idle_section(&mut bench, &mut body).await,
+        };
+        let (busy1, own1) = machine_cpu();
+        let wall = t0.elapsed().as_secs_f64();
+        machine.push((
+            *section,
+            wall,
+            (own1 - own0) / wall,
+            ((busy1 - busy0) - (own1 - own0)).max(0.0) / wall,
+        ));
+        if let Err(error) = outcome {
+            eprintln!("{section:?} failed: {error:#}");
+            let _ = writeln!(body, "## {section:?}: FAILED\n\n```\n{error:#}\n```\n");
+            if result.is_ok() {
+                result = Err(error.context(format!("section {section:?}")));
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    let mut out = String::new();
+    let _ = writeln!(out, "# cairn-daemon-bench{}\n", if args.quick { " --quick" } else { "" });
+    let _ = writeln!(
+        out,
+        "`available_parallelism()` = {cores}; release build: {}; cairnd: `{}`; load average (1, 5, 15 min) \
+         {load_before} at the start, {} at the end; {:.0} s in all. Every node is a separate `cairnd` \
+         process on loopback, sharing the {cores} cores with the bench process and each other.\n",
+        !cfg!(debug_assertions),
+        bench.exe.display(),
+        load_average(),
+        started.elapsed().as_secs_f64()
+    );
+    if let Some((_, v, runs)) = &bench.verify {
+        let speedup = v[1] / v[0];
+        let runs: Vec<String> = runs
+            .iter()
+            .map(|r| r.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(" / "))
+            .collect();
+        let _ = writeln!(
+            out,
+            "Baseline `verify_strict`: {}/s on 1 thread (runs {}), {}/s on 2 (runs {}); speed-up {speedup:.2}×.{}\n",
+            n(v[0]),
+            runs[0],
+            n(v[1]),
+            runs[1],
+            if speedup < 1.5 {
+                " **Warning: under 1.5×, another process was using the second core; two-core figures are suspect.**"
+            } else {
+                ""
+            }
+        );
+    }
+    let _ = writeln!(out, "Machine load per section (from `/proc/stat`; own = the bench and its nodes):\n");
+    let _ = writeln!(out, "| section | wall s | own CPU (cores) | other processes (cores) |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    for (section, wall, own, others) in &machine {
+        let _ = writeln!(out, "| {section:?} | {wall:.1} | {own:.2} | {others:.2} |");
+    }
+    let _ = writeln!(out);
+    out.push_str(&body);
+    if !bench.warnings.is_empty() {
+        let _ = writeln!(out, "## Daemon warnings during the run\n\n```");
+        for line in bench.warnings.iter().take(40) {
+            let _ = writeln!(out, "{line}");
+        }
+        if bench.warnings.len() > 40 {
+            let _ = writeln!(out, "… {} more", bench.warnings.len() - 40);
+        }
+        let _ = writeln!(out, "```");
+    }
+    (out, result)
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(error) => {
+            if error.is_empty() {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("cairn-daemon-bench: {error}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cairn-daemon-bench: cannot start tokio: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (out, result) = runtime.block_on(run(&args));
+    print!("{out}");
+    if let Some(path) = &args.out
+        && let Err(error) = std::fs::write(path, &out)
+    {
+        eprintln!("cairn-daemon-bench: writing {}: {error}", path.display());
+        return ExitCode::FAILURE;
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cairn-daemon-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
