@@ -739,7 +739,7 @@ impl Transport {
     /// endpoint abandons stream data not yet delivered, so a write acknowledged just before
     /// SIGTERM would otherwise reach the peers only when this node comes back.
     async fn linger(&self) {
-        let deadline = tokio::time::Instant::now() + LINGER_MAX;
+        let deadline = Instant::now() + LINGER_MAX;
         loop {
             let (queued, rtt) = {
                 let links = lock(&self.shared.links);
@@ -748,11 +748,11 @@ impl Transport {
             };
             let Some(rtt) = rtt else { return };
             if !queued {
-                let until = (tokio::time::Instant::now() + (2 * rtt).max(LINGER_MIN)).min(deadline);
+                let until = (Instant::now() + (2 * rtt).max(LINGER_MIN)).min(deadline);
                 tokio::time::sleep_until(until).await;
                 return;
             }
-            if tokio::time::Instant::now() >= deadline {
+            if Instant::now() >= deadline {
                 return;
             }
             tokio::time::sleep(LINGER_POLL).await;
