@@ -417,3 +417,62 @@ async fn raw_hello(
     endpoint.wait_idle().await;
     result
 }
+
+#[test]
+fn a_peer_that_keeps_sending_garbage_is_disconnected() {
+    let mut c = Cluster::start(3);
+    let server = (0..3).max_by_key(|&i| c.status(i)["key"].as_str().unwrap().to_owned()).unwrap();
+    let status = c.status(server);
+    let server_key: PublicKey = status["key"].as_str().unwrap().parse().unwrap();
+    let mut cluster_id = [0u8; 32];
+    hex::decode_to_slice(status["cluster_id"].as_str().unwrap(), &mut cluster_id).unwrap();
+    let address = c.nodes[server].address;
+    // The smallest member dials; stop its node and speak with its key.
+    let liar = (0..3).min_by_key(|&i| c.status(i)["key"].as_str().unwrap().to_owned()).unwrap();
+    let key = SecretKey::read_file(&c.nodes[liar].key_file).unwrap();
+    c.stop(liar);
+
+    let closed = c.block_on(async {
+        let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        let config = tls::client_config(&tls::Identity::new(&key), &server_key);
+        let connection = endpoint.connect_with(config, address, tls::SERVER_NAME).unwrap().await.unwrap();
+        let (mut send, mut recv) = connection.open_bi().await.unwrap();
+        let frame = |payload: &[u8]| {
+            let mut frame = (payload.len() as u32).to_le_bytes().to_vec();
+            frame.extend_from_slice(payload);
+            frame
+        };
+        send.write_all(&frame(&hello(&cluster_id))).await.unwrap();
+        let mut answer = vec![0u8; 4 + 38];
+        recv.read_exact(&mut answer).await.unwrap();
+        // Far more undecodable messages than the daemon tolerates in its window.
+        for i in 0..(cairn_daemon::driver::INVALID_INPUTS_MAX + 50) {
+            if send.write_all(&frame(&[0xff, 0xee, (i % 256) as u8])).await.is_err() {
+                break;
+            }
+        }
+        tokio::time::timeout(DEADLINE, connection.closed()).await.expect("the daemon kept the connection")
+    });
+    match closed {
+        ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(u64::from(close.error_code), 1, "closed as a protocol violation: {close:?}")
+        }
+        other => panic!("expected the daemon to close the connection, got {other:?}"),
+    }
+    let metrics = c.client(server);
+    let text = c.block_on(metrics.get_text("/v1/metrics")).unwrap();
+    let bad: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cairn_bad_messages_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the bad message counter");
+    assert!(bad > u64::from(cairn_daemon::driver::INVALID_INPUTS_MAX), "{bad} bad messages counted");
+    let log = std::fs::read_to_string(&c.nodes[server].log).unwrap();
+    assert!(log.contains("disconnecting it and ignoring it"), "no log line for the disconnect");
+    // The daemon keeps serving.
+    let other = (0..3).find(|i| *i != server && *i != liar).unwrap();
+    c.put(other, "after", "garbage");
+    c.wait_for("the server reads the write", |c| {
+        c.register_value(server, "after").as_deref() == Some("garbage")
+    });
+}
