@@ -6,7 +6,7 @@
 //! buffered and when it is accepted, so an event that waited in the buffer is checked exactly
 //! like one that did not.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_crypto::verify::{Check, verify_many};
 
@@ -258,12 +258,15 @@ impl Adapter {
     fn ingest_inner(&mut self, from: PeerId, raw: Vec<Vec<u8>>, check_signatures: bool) -> Ingested {
         let mut out = Ingested::default();
         let mut candidates: Vec<Decoded> = Vec::with_capacity(raw.len());
+        // The candidates' ids, so that a duplicate within the batch is found in log time: a
+        // scan of `candidates` made a restore of n events O(n²) (minutes at 300 000).
+        let mut candidate_ids: BTreeSet<EventId> = BTreeSet::new();
         for bytes in raw {
             match check_stateless(&self.genesis, bytes) {
                 Err((id, reason)) => out.rejected.push(Rejection { from, id, reason }),
                 Ok(decoded) => {
                     let id = decoded.id;
-                    if self.is_known(&id) || candidates.iter().any(|c| c.id == id) {
+                    if self.is_known(&id) || !candidate_ids.insert(id) {
                         out.n_duplicate += 1;
                     } else {
                         candidates.push(decoded);

@@ -209,7 +209,11 @@ impl Drop for Cluster {
         for child in self.children.iter_mut().filter_map(Option::as_mut) {
             let _ = stop(child, STOP_TIMEOUT);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::env::var_os("CAIRN_BENCH_KEEP").is_some() {
+            eprintln!("kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

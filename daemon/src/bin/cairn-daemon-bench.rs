@@ -252,6 +252,8 @@ struct WriteRow {
     commits: f64,
     writes: f64,
     daemon_cpu: CpuSplit,
+    /// Every node of the cluster, cores.
+    cluster_cpu: f64,
     bench_cpu: f64,
 }
 
@@ -315,10 +317,12 @@ async fn measure_level(
     let sample = async {
         tokio::time::sleep_until((start + sizes.warm_up).into()).await;
         let m0 = cluster.metrics(node).await?;
-        let c0 = (CpuSnapshot::take(pid), cpu_seconds(None));
+        let all0: f64 = (0..cluster.nodes.len()).map(|i| cpu_seconds(cluster.pid(i))).sum();
+        let c0 = (CpuSnapshot::take(pid), cpu_seconds(None), all0);
         tokio::time::sleep_until((start + sizes.warm_up + sizes.measured).into()).await;
         let m1 = cluster.metrics(node).await?;
-        let c1 = (CpuSnapshot::take(pid), cpu_seconds(None));
+        let all1: f64 = (0..cluster.nodes.len()).map(|i| cpu_seconds(cluster.pid(i))).sum();
+        let c1 = (CpuSnapshot::take(pid), cpu_seconds(None), all1);
         anyhow::Ok((m0, m1, c0, c1))
     };
     let (result, sampled) = tokio::join!(
@@ -334,6 +338,7 @@ async fn measure_level(
         commits: m1.get("cairn_store_commits_total") - m0.get("cairn_store_commits_total"),
         writes: m1.get("cairn_writes_total") - m0.get("cairn_writes_total"),
         daemon_cpu: CpuSplit::between(&c0.0, &c1.0, secs),
+        cluster_cpu: (c1.2 - c0.2) / secs,
         bench_cpu: (c1.1 - c0.1) / secs,
         result,
     };
@@ -431,15 +436,15 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
     let _ = writeln!(
         out,
         "| cluster | clients | writes/s | p50 ms | p99 ms | refused | writes per commit | commits/s | \
-         daemon CPU (cores) | of which service loop / tokio workers / store thread | bench CPU (cores) | \
-         daemon CPU µs per write |"
+         daemon CPU (cores) | of which service loop / tokio workers / store thread | all nodes' CPU (cores) | \
+         bench CPU (cores) | daemon CPU µs per write |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     for r in &rows {
         let secs = r.result.secs;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} | {:.2} | {:.1} |",
             r.label,
             r.clients,
             n(r.result.per_sec()),
@@ -452,6 +457,7 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
             r.daemon_cpu.service,
             r.daemon_cpu.workers,
             r.daemon_cpu.store,
+            r.cluster_cpu,
             r.bench_cpu,
             r.daemon_cpu.total * secs / r.writes.max(1.0) * 1e6
         );
@@ -536,8 +542,11 @@ async fn replication_section(bench: &mut Bench, out: &mut String) -> anyhow::Res
     let spawned = Instant::now();
     cluster.start(follower)?;
     let startup = cluster.wait_ready(follower, spawned).await?;
+    let mut status_max = Duration::ZERO;
     let done = loop {
+        let asked = Instant::now();
         let have = cluster.n_events(follower).await?;
+        status_max = status_max.max(asked.elapsed());
         if have >= n_events as u64 {
             break spawned.elapsed();
         }
@@ -608,6 +617,13 @@ async fn replication_section(bench: &mut Bench, out: &mut String) -> anyhow::Res
         n(stats["events_rate_limited"].as_f64().unwrap_or(0.0)),
         n(stats["messages_in"].as_f64().unwrap_or(0.0))
     );
+    let events_in = stats["events_in"].as_f64().unwrap_or(0.0);
+    let _ = writeln!(
+        out,
+        "| events sent twice (events in − events) | {} ({:.0} %) |",
+        n(events_in - n_events as f64),
+        (events_in / n_events as f64 - 1.0) * 100.0
+    );
     let _ = writeln!(
         out,
         "| writer: bytes out / events out to the follower | {} / {} |",
@@ -615,6 +631,11 @@ async fn replication_section(bench: &mut Bench, out: &mut String) -> anyhow::Res
         n(writer_stats["events_out"].as_f64().unwrap_or(0.0))
     );
     let _ = writeln!(out, "| follower VmHWM | {} |", hwm.map_or("?".to_owned(), |m| format!("{m:.0} MiB")));
+    let _ = writeln!(
+        out,
+        "| slowest answer of the follower's `/v1/status` while it caught up | {:.0} ms |",
+        status_max.as_secs_f64() * 1e3
+    );
     let _ = writeln!(
         out,
         "\nHow it was measured. A 2-node cluster (`new_cluster = true`, sync interval 1 s, default \
@@ -673,10 +694,24 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
     let spawned = Instant::now();
     cluster.start(follower)?;
     let startup = cluster.wait_ready(follower, spawned).await?;
+    let mut status_max = Duration::ZERO;
     let mut vm_peak = (0.0f64, 0.0f64);
     let mut next_report = Instant::now() + Duration::from_secs(10);
+    // (seconds since spawn, events held), about every `step`.
+    let step = if n_events >= 200_000 { 1.0 } else { 0.1 };
+    // (seconds since spawn, events the follower held, MB the holder had sent it)
+    let mut timeline: Vec<(f64, u64, f64)> = Vec::new();
     let done = loop {
+        let asked = Instant::now();
         let have = cluster.n_events(follower).await?;
+        status_max = status_max.max(asked.elapsed());
+        let t = spawned.elapsed().as_secs_f64();
+        if timeline.last().is_none_or(|(last, _, _)| t >= last + step) {
+            let sent = cluster.peer_stats(holder, &cluster.nodes[follower].name).await?["bytes_out"]
+                .as_f64()
+                .unwrap_or(0.0);
+            timeline.push(((t / step).floor() * step, have, sent / 1e6));
+        }
         for (slot, i) in [(0, follower), (1, holder)] {
             if let Some(m) = cluster.pid(i).and_then(|p| proc_status_mib(p, "VmHWM")) {
                 if slot == 0 {
@@ -707,6 +742,23 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
     let holder_cpu = cpu_seconds(cluster.pid(holder));
     let holder_name = cluster.nodes[holder].name.clone();
     let follower_name = cluster.nodes[follower].name.clone();
+    let stats_at_done = cluster.peer_stats(follower, &holder_name).await?;
+    // Events still queued or in flight when the follower is complete (duplicates) keep
+    // arriving: wait until the holder has sent no event for 2 s (at most 2 minutes).
+    let settle_start = Instant::now();
+    let mut last_sent = -1.0;
+    let mut still_since = Instant::now();
+    while settle_start.elapsed() < Duration::from_secs(120) {
+        let sent = cluster.peer_stats(holder, &follower_name).await?["events_out"].as_f64().unwrap_or(0.0);
+        if sent != last_sent {
+            last_sent = sent;
+            still_since = Instant::now();
+        } else if still_since.elapsed() >= Duration::from_secs(2) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let settled_after = settle_start.elapsed().saturating_sub(Duration::from_secs(2));
     let stats = cluster.peer_stats(follower, &holder_name).await?;
     let holder_stats = cluster.peer_stats(holder, &follower_name).await?;
     let metrics = cluster.metrics(follower).await?;
@@ -772,9 +824,18 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
             n_events as f64 / done.as_secs_f64() / verify[1]
         );
     }
+    let at_done = stats_at_done["bytes_in"].as_f64().unwrap_or(0.0);
     let _ = writeln!(
         out,
-        "| follower: message bytes in from the holder (`/v1/peers` `bytes_in`) | {} |",
+        "| follower: message bytes in from the holder when it held every event | {} (÷ event bytes: {:.4}) |",
+        n(at_done),
+        at_done / event_bytes as f64
+    );
+    let _ = writeln!(
+        out,
+        "| follower: message bytes in from the holder once the holder stopped sending events \
+         ({:.1} s later; `/v1/peers` `bytes_in`) | {} |",
+        settled_after.as_secs_f64(),
         n(bytes_in)
     );
     let _ = writeln!(
@@ -789,7 +850,8 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
     );
     let _ = writeln!(
         out,
-        "| **ratio: bytes in ÷ the events' encoded size** | **{ratio:.4}** (target ≤ 1.05 {}) |",
+        "| **ratio: bytes in (once the holder stopped sending events) ÷ the events' encoded size** | **{ratio:.4}** \
+         (target ≤ 1.05 {}) |",
         met(ratio <= 1.05)
     );
     let _ = writeln!(
@@ -827,6 +889,20 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
         if stored_events == n_events as u64 && stored_bytes == event_bytes { "match" } else { "DIFFER" }
     );
     let _ = writeln!(out, "| reopening that store (integrity check and load) | {reopen_secs:.2} s |");
+    let _ = writeln!(
+        out,
+        "| slowest answer of the follower's `/v1/status` while it caught up | {:.0} ms |",
+        status_max.as_secs_f64() * 1e3
+    );
+    let progress: Vec<String> =
+        timeline.iter().map(|(t, have, mb)| format!("{t:.1} s: {} ({mb:.0} MB)", n(*have as f64))).collect();
+    let _ = writeln!(
+        out,
+        "\nEvents the follower held while catching up (and message MB the holder had sent it): {}; \
+         all at {:.2} s.",
+        progress.join(", "),
+        done.as_secs_f64()
+    );
     let _ = writeln!(
         out,
         "\nHow it was measured. A 2-node cluster (sync interval 1 s, default limits). The holder's \
@@ -1018,7 +1094,9 @@ async fn run(args: &Args) -> (String, anyhow::Result<()>) {
             }
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    if std::env::var_os("CAIRN_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     let mut out = String::new();
     let _ = writeln!(out, "# cairn-daemon-bench{}\n", if args.quick { " --quick" } else { "" });
