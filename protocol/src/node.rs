@@ -226,6 +226,9 @@ struct Peer {
     connected: bool,
     outbox: VecDeque<Outgoing>,
     n_queued_ids: usize,
+    /// The ids in `outbox`, so an event queued twice (two sessions computing the same lack,
+    /// or a push and an answer) is sent once.
+    queued_ids: BTreeSet<EventId>,
     n_queued_messages: usize,
     next_sync_ms: u64,
     session_since_ms: Option<u64>,
@@ -248,6 +251,7 @@ impl Peer {
             connected: true,
             outbox: VecDeque::new(),
             n_queued_ids: 0,
+            queued_ids: BTreeSet::new(),
             n_queued_messages: 0,
             next_sync_ms: now_ms,
             session_since_ms: None,
@@ -382,6 +386,7 @@ impl Node {
             p.connected = false;
             p.outbox.clear();
             p.n_queued_ids = 0;
+            p.queued_ids.clear();
             p.n_queued_messages = 0;
             p.searches.clear();
             p.incoming_tips.clear();
@@ -705,6 +710,7 @@ impl Node {
                     let mut size = 0usize;
                     while let Some(id) = ids.front() {
                         let Some(event) = self.adapter.event(id) else {
+                            p.queued_ids.remove(id);
                             ids.pop_front();
                             p.n_queued_ids -= 1;
                             continue;
@@ -714,6 +720,7 @@ impl Node {
                         }
                         size += event.bytes().len() + 8;
                         chunk.push(event.bytes().to_vec());
+                        p.queued_ids.remove(id);
                         ids.pop_front();
                         p.n_queued_ids -= 1;
                     }
@@ -753,6 +760,10 @@ impl Node {
         if !p.connected || ids.is_empty() {
             return;
         }
+        let ids: Vec<EventId> = ids.into_iter().filter(|id| !p.queued_ids.contains(id)).collect();
+        if ids.is_empty() {
+            return;
+        }
         let room = max.saturating_sub(p.n_queued_ids);
         if push && ids.len() > room {
             p.next_sync_ms = 0;
@@ -763,6 +774,7 @@ impl Node {
             p.next_sync_ms = 0;
         }
         p.n_queued_ids += take;
+        p.queued_ids.extend(ids.iter().take(take).copied());
         if let Some(Outgoing::Events(queue)) = p.outbox.back_mut() {
             queue.extend(ids.into_iter().take(take));
         } else {
