@@ -195,15 +195,8 @@ impl Service {
                 biased;
                 _ = shutdown.changed() => {}
                 Some(result) = self.store_done.recv() => self.on_committed(result),
-                Some(event) = transport_events.recv() => {
-                    self.on_transport(event);
-                    for _ in 1..INPUTS_PER_TURN_MAX {
-                        match transport_events.try_recv() {
-                            Ok(event) => self.on_transport(event),
-                            Err(_) => break,
-                        }
-                    }
-                }
+                // Local commands and timers first: a peer flooding data must not delay the
+                // API or anti-entropy.
                 Some(command) = commands.recv() => {
                     self.on_command(command);
                     for _ in 1..INPUTS_PER_TURN_MAX {
@@ -216,6 +209,15 @@ impl Service {
                 () = sleep_until_opt(wake) => {
                     let now = self.now_ms();
                     self.node.handle_timeout(now);
+                }
+                Some(event) = transport_events.recv() => {
+                    self.on_transport(event);
+                    for _ in 1..INPUTS_PER_TURN_MAX {
+                        match transport_events.try_recv() {
+                            Ok(event) => self.on_transport(event),
+                            Err(_) => break,
+                        }
+                    }
                 }
             }
             self.after_input();
