@@ -182,12 +182,7 @@ impl ClientCertVerifier for MemberVerifier {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        // In raw-public-key mode `end_entity` is the peer's SubjectPublicKeyInfo.
-        let key = ed25519_key_from_spki(end_entity)
-            .ok_or(TlsError::InvalidCertificate(CertificateError::BadEncoding))?;
-        if !intermediates.is_empty() || !self.members.allows(&key) {
-            return Err(TlsError::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
-        }
+        admit(end_entity, intermediates, |key| self.members.allows(key))?;
         Ok(ClientCertVerified::assertion())
     }
 
@@ -206,12 +201,7 @@ impl ClientCertVerifier for MemberVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature_with_raw_key(
-            message,
-            &SubjectPublicKeyInfoDer::from(cert.as_ref()),
-            dss,
-            &self.algorithms,
-        )
+        verify_handshake_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -221,6 +211,37 @@ impl ClientCertVerifier for MemberVerifier {
     fn requires_raw_public_keys(&self) -> bool {
         true
     }
+}
+
+/// The one key check of both verifiers: in raw-public-key mode `end_entity` is the peer's
+/// SubjectPublicKeyInfo; it must be an ed25519 key, alone, and `allowed`.
+fn admit(
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    allowed: impl FnOnce(&PublicKey) -> bool,
+) -> Result<PublicKey, TlsError> {
+    let key = ed25519_key_from_spki(end_entity)
+        .ok_or(TlsError::InvalidCertificate(CertificateError::BadEncoding))?;
+    if !intermediates.is_empty() || !allowed(&key) {
+        return Err(TlsError::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
+    }
+    Ok(key)
+}
+
+/// The TLS 1.3 handshake signature under the presented raw key: checked by both verifiers, so
+/// a copied public key without its private key cannot connect.
+fn verify_handshake_signature(
+    message: &[u8],
+    cert: &CertificateDer<'_>,
+    dss: &DigitallySignedStruct,
+    algorithms: &WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, TlsError> {
+    verify_tls13_signature_with_raw_key(
+        message,
+        &SubjectPublicKeyInfoDer::from(cert.as_ref()),
+        dss,
+        algorithms,
+    )
 }
 
 /// The client's verifier of the server key: exactly the peer it meant to reach, and a valid
@@ -240,11 +261,7 @@ impl ServerCertVerifier for ExpectedServerKey {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, TlsError> {
-        let key = ed25519_key_from_spki(end_entity)
-            .ok_or(TlsError::InvalidCertificate(CertificateError::BadEncoding))?;
-        if !intermediates.is_empty() || key != self.expected {
-            return Err(TlsError::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
-        }
+        admit(end_entity, intermediates, |key| *key == self.expected)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -263,12 +280,7 @@ impl ServerCertVerifier for ExpectedServerKey {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        verify_tls13_signature_with_raw_key(
-            message,
-            &SubjectPublicKeyInfoDer::from(cert.as_ref()),
-            dss,
-            &self.algorithms,
-        )
+        verify_handshake_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
