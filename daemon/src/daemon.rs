@@ -7,7 +7,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use cairn_crypto::{PublicKey, SecretKey};
-use cairn_protocol::{Evidence, Genesis, Node, codec};
+use cairn_protocol::{EventId, Evidence, Genesis, Node, codec};
 use sd_notify::NotifyState;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
@@ -63,8 +63,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let node_config = config.node_config(&genesis, has_own);
     let own_seq_peers_needed = node_config.own_seq_peers_needed;
     let mut node = Node::new(genesis.clone(), Some(me), node_config);
-    let log: Vec<_> =
-        loaded.events.iter().filter_map(|b| codec::decode_event(b).ok().map(|e| e.id())).collect();
+    let log: Vec<EventId> = loaded.ids.iter().map(|id| EventId(*id)).collect();
     let n_restored = loaded.events.len();
     let rejected = node.restore(loaded.events);
     if let Some(first) = rejected.first() {

@@ -56,6 +56,8 @@ const META_NODE_KEY: &str = "node_key";
 pub struct Loaded {
     /// Canonical event bytes in the order they were appended, a causal order.
     pub events: Vec<Vec<u8>>,
+    /// The id of each event, in the same order (computed while checking the store).
+    pub ids: Vec<[u8; 32]>,
     /// Canonical evidence encodings, one per equivocating author, in author key order.
     pub evidence: Vec<Vec<u8>>,
 }
@@ -410,6 +412,7 @@ impl Store {
             return Err(corrupt(path, format!("`log` has {n_events} events but `ids` has {n_ids}")));
         }
         let mut events = Vec::with_capacity(usize::try_from(n_events).unwrap_or(0));
+        let mut event_ids = Vec::with_capacity(events.capacity());
         for (event_idx, entry) in (0u64..).zip(log.iter().map_err(|e| fail(e.into()))?) {
             let (position, bytes) = entry.map_err(|e| fail(e.into()))?;
             let (position, bytes) = (position.value(), bytes.value());
@@ -436,6 +439,7 @@ impl Store {
                 }
             }
             events.push(bytes.to_vec());
+            event_ids.push(id.0);
         }
         // `log` positions are 0..n and each maps back through `ids`, and both tables have n
         // entries, so `ids` holds exactly the ids of `log`.
@@ -456,7 +460,7 @@ impl Store {
             evidence.push(bytes.to_vec());
         }
         self.n_events = n_events;
-        Ok(Loaded { events, evidence })
+        Ok(Loaded { events, ids: event_ids, evidence })
     }
 
     fn io_error(&self, detail: String) -> StoreError {
