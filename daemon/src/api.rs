@@ -28,6 +28,9 @@
 //! | `GET /v1/watch` | server-sent events: `change` per changed key, `lagged` when some were missed |
 //!
 //! Every write answers `{"id", "seq", "lamport"}` once the event is on disk on this node.
+//! Concurrent writes may share one event (one signature, one commit): each write is whole
+//! inside the event its answer names, and its ops apply after those of the writes packed
+//! before it.
 //!
 //! # Errors
 //!

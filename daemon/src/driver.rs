@@ -85,13 +85,18 @@ struct StoreJob {
     evidence: Vec<([u8; 32], Vec<u8>)>,
 }
 
-/// The batch being committed: own events waiting for their fsync, with their requesters.
+type WriteReply = oneshot::Sender<Result<WriteAck, ServiceError>>;
+
+/// The batch being committed: own events waiting for their fsync, with the requesters of the
+/// writes packed into each (`acks[i]` wrote into `own[i]`).
 struct InFlight {
     own: Vec<Event>,
-    acks: Vec<oneshot::Sender<Result<WriteAck, ServiceError>>>,
+    acks: Vec<Vec<WriteReply>>,
+    /// Events in the commit (own and from peers).
+    n_events: usize,
 }
 
-type WriteRequest = (Vec<Op>, oneshot::Sender<Result<WriteAck, ServiceError>>);
+type WriteRequest = (Vec<Op>, WriteReply);
 
 /// The driver. See the module docs.
 pub struct Service {
@@ -116,6 +121,8 @@ pub struct Service {
     warned: std::collections::BTreeSet<(PublicKey, &'static str)>,
     failed: Option<String>,
     buffer_bytes_max: usize,
+    /// The sum of the peers' rate-limited events already counted in the metric.
+    rate_limited_seen: u64,
     strikes: BTreeMap<PublicKey, Strikes>,
     /// Peers the transport reports connected (the node may be ignoring some of them).
     linked: std::collections::BTreeSet<PublicKey>,
@@ -154,6 +161,7 @@ impl Service {
             warned: Default::default(),
             failed: None,
             buffer_bytes_max: parts.buffer_bytes_max,
+            rate_limited_seen: 0,
             strikes: BTreeMap::new(),
             linked: Default::default(),
         };
@@ -450,15 +458,22 @@ impl Service {
         let mut own = Vec::new();
         let mut acks = Vec::new();
         if n_writes > 0 {
-            let (ops, senders): (Vec<Vec<Op>>, Vec<_>) = self.writes.drain(..n_writes).unzip();
-            match self.node.prepare_writes(&self.key, ops) {
-                Ok(events) => {
-                    own = events;
-                    acks = senders;
-                }
+            let (writes, senders): (Vec<Vec<Op>>, Vec<_>) = self.writes.drain(..n_writes).unzip();
+            // Concurrent writes share one event (one signature) as far as the limits allow.
+            let groups = Node::pack_writes(&writes);
+            let mut writes = writes.into_iter();
+            let mut senders = senders.into_iter();
+            let mut packed = Vec::with_capacity(groups.len());
+            for n in groups {
+                packed.push(writes.by_ref().take(n).flatten().collect::<Vec<Op>>());
+                acks.push(senders.by_ref().take(n).collect::<Vec<_>>());
+            }
+            match self.node.prepare_writes(&self.key, packed) {
+                Ok(events) => own = events,
                 Err(error) => {
-                    self.metrics.write_errors.inc_by(senders.len() as u64);
-                    for sender in senders {
+                    let failed: Vec<WriteReply> = acks.drain(..).flatten().collect();
+                    self.metrics.write_errors.inc_by(failed.len() as u64);
+                    for sender in failed {
                         let _ = sender.send(Err(ServiceError::NotReady(error.to_string())));
                     }
                 }
@@ -470,37 +485,42 @@ impl Service {
         let mut events = std::mem::take(&mut self.unstored);
         events.extend(own.iter().map(|e| (e.id().0, e.encode())));
         let evidence = std::mem::take(&mut self.unstored_evidence);
+        let n_events = events.len();
         if self.store_jobs.try_send(StoreJob { events, evidence }).is_err() {
             self.failed = Some("the store's writer thread has stopped".to_owned());
-            for sender in acks {
+            for sender in acks.into_iter().flatten() {
                 let _ = sender
                     .send(Err(ServiceError::Storage("the store's writer thread has stopped".to_owned())));
             }
             return;
         }
-        self.in_flight = Some(InFlight { own, acks });
+        self.in_flight = Some(InFlight { own, acks, n_events });
     }
 
     fn on_committed(&mut self, result: Result<(), String>) {
-        let Some(InFlight { own, acks }) = self.in_flight.take() else { return };
+        let Some(InFlight { own, acks, n_events }) = self.in_flight.take() else { return };
         self.metrics.commits.inc();
         match result {
             Ok(()) => {
+                self.metrics.committed_events.inc_by(n_events as u64);
                 let now = self.now_ms();
                 let accepted = self.node.commit_writes(own, now);
-                self.metrics.writes.inc_by(accepted.len() as u64);
-                for (event, sender) in accepted.into_iter().zip(acks) {
+                for (event, senders) in accepted.into_iter().zip(acks) {
                     self.log.push(event.id());
-                    let _ = sender.send(Ok(WriteAck {
-                        id: event.id(),
-                        seq: event.seq(),
-                        lamport: event.lamport(),
-                    }));
+                    self.metrics.writes.inc_by(senders.len() as u64);
+                    self.metrics.own_events.inc();
+                    for sender in senders {
+                        let _ = sender.send(Ok(WriteAck {
+                            id: event.id(),
+                            seq: event.seq(),
+                            lamport: event.lamport(),
+                        }));
+                    }
                 }
             }
             Err(error) => {
                 error!(%error, "the store failed; writes are no longer acknowledged and the daemon stops");
-                for sender in acks {
+                for sender in acks.into_iter().flatten() {
                     let _ = sender.send(Err(ServiceError::Storage(error.clone())));
                 }
                 self.failed = Some(format!("storage failed: {error}"));
@@ -513,13 +533,23 @@ impl Service {
             let _ = sender.send(Err(ServiceError::ShuttingDown));
         }
         if let Some(in_flight) = self.in_flight.take() {
-            for sender in in_flight.acks {
+            for sender in in_flight.acks.into_iter().flatten() {
                 let _ = sender.send(Err(ServiceError::Storage(why.to_owned())));
             }
         }
     }
 
-    fn update_gauges(&self) {
+    fn update_gauges(&mut self) {
+        // The node counts rate-limited events per peer; the metric is their sum.
+        let rate_limited: u64 = self
+            .genesis
+            .members()
+            .iter()
+            .filter_map(|member| self.node.peer_stats(&member.key))
+            .map(|stats| stats.events_rate_limited)
+            .sum();
+        self.metrics.rate_limited_events.inc_by(rate_limited.saturating_sub(self.rate_limited_seen));
+        self.rate_limited_seen = self.rate_limited_seen.max(rate_limited);
         let adapter = self.node.adapter();
         let (n_buffered, buffer_bytes) = adapter.buffer_use();
         self.metrics.peers_connected.set(self.node.connected_peers().len() as i64);

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub writes: Counter,
     /// Local writes refused or failed.
     pub write_errors: Counter,
+    /// Own events signed and stored (concurrent writes share one).
+    pub own_events: Counter,
     /// Store commits (each one fsync), and the events they carried.
     pub commits: Counter,
     /// Events written by store commits.
@@ -67,6 +69,7 @@ impl Metrics {
             events_rejected: Family::default(),
             writes: Counter::default(),
             write_errors: Counter::default(),
+            own_events: Counter::default(),
             commits: Counter::default(),
             committed_events: Counter::default(),
             bad_messages: Counter::default(),
@@ -83,6 +86,11 @@ impl Metrics {
         registry.register("events_rejected", "Events rejected, by reason", metrics.events_rejected.clone());
         registry.register("writes", "Local writes acknowledged after fsync", metrics.writes.clone());
         registry.register("write_errors", "Local writes refused or failed", metrics.write_errors.clone());
+        registry.register(
+            "own_events",
+            "Own events signed and stored (concurrent writes share one)",
+            metrics.own_events.clone(),
+        );
         registry.register("store_commits", "Store commits (one fsync each)", metrics.commits.clone());
         registry.register(
             "store_committed_events",

@@ -476,3 +476,42 @@ fn a_peer_that_keeps_sending_garbage_is_disconnected() {
         c.register_value(server, "after").as_deref() == Some("garbage")
     });
 }
+
+#[test]
+fn concurrent_writes_each_name_the_event_that_holds_them() {
+    let c = Cluster::start(1);
+    const WRITERS: usize = 64;
+    // Every writer sends at once; the node packs what is queued while a commit is in flight.
+    let acks: Vec<(String, serde_json::Value)> = c.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..WRITERS {
+            let client = c.client(0);
+            tasks.spawn(async move {
+                let key = format!("w-{w}");
+                let path = format!("/v1/registers/{key}");
+                let ack = client.send_json(Method::PUT, &path, &json!({ "value": key })).await;
+                (key, ack.unwrap_or_else(|e| panic!("PUT {path}: {e}")))
+            });
+        }
+        tasks.join_all().await
+    });
+    let mut seq_of = std::collections::BTreeMap::new();
+    for (key, ack) in &acks {
+        let id = ack["id"].as_str().unwrap_or_else(|| panic!("ack without id: {ack}"));
+        // The event the ack names holds this write's op, and one id has one seq.
+        let event = c.get(0, &format!("/v1/events/{id}"));
+        let holds = event["ops"].as_array().is_some_and(|ops| {
+            ops.iter().any(|op| op["op"] == "put" && op["key"] == *key && op["value"] == *key)
+        });
+        assert!(holds, "the ack of {key} names event {id}, which lacks it: {event}");
+        assert_eq!(*seq_of.entry(id.to_owned()).or_insert(ack["seq"].clone()), ack["seq"], "{ack}");
+        assert_eq!(event["seq"], ack["seq"], "{event}");
+    }
+    // The events are the node's whole history: nothing signed without an acknowledged write.
+    let n_events = c.status(0)["n_events"].as_u64().unwrap();
+    assert_eq!(n_events, seq_of.len() as u64);
+    let mut seqs: Vec<u64> = seq_of.values().map(|s| s.as_u64().unwrap()).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=n_events).collect::<Vec<_>>());
+    eprintln!("{WRITERS} concurrent writes became {n_events} events");
+}

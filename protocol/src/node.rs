@@ -468,6 +468,36 @@ impl Node {
         Ok(())
     }
 
+    /// Packs checked writes, in order, into as few events as the limits allow: returns how many
+    /// consecutive writes go into each event. Every write stays whole inside one event (so a
+    /// batch stays atomic), and the ops of one event are applied in order, so writes packed
+    /// together relate exactly as they would in consecutive events of this node's own chain
+    /// (an earlier op of an event is in the causal past of a later one).
+    ///
+    /// Concatenate the ops of each group and pass the lists to [`Node::prepare_writes`]: one
+    /// signature then serves many concurrent writes.
+    pub fn pack_writes(writes: &[Vec<Op>]) -> Vec<usize> {
+        // The op list's length prefix is counted once per event, not once per write.
+        let prefix = codec::encode_ops(&[]).len();
+        let bytes_max = EVENT_BYTES_MAX - HEADER_BYTES_MAX - SIGNATURE_BYTES - prefix;
+        let mut groups = Vec::new();
+        let (mut n, mut ops, mut bytes) = (0usize, 0usize, 0usize);
+        for write in writes {
+            let write_bytes = codec::encode_ops(write).len() - prefix;
+            if n > 0 && (ops + write.len() > OPS_MAX || bytes + write_bytes > bytes_max) {
+                groups.push(n);
+                (n, ops, bytes) = (0, 0, 0);
+            }
+            n += 1;
+            ops += write.len();
+            bytes += write_bytes;
+        }
+        if n > 0 {
+            groups.push(n);
+        }
+        groups
+    }
+
     /// Signs one event per op list, chained by seq (each depends on the one before; the first
     /// on the current frontier), without accepting them: the caller stores them durably, then
     /// hands them to [`Node::commit_writes`]. Nothing is sent to peers before that, so an own

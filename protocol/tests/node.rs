@@ -296,3 +296,82 @@ fn prepared_writes_leave_the_node_only_once_committed() {
     assert_eq!(net.nodes[1].1.adapter().n_accepted(), 3);
     assert_eq!(net.nodes[1].1.document().register(b"k").visible.unwrap().value, b"2");
 }
+
+#[test]
+fn packed_writes_fill_events_to_the_limits_and_keep_each_write_whole() {
+    use cairn_protocol::limits::OPS_MAX;
+    // Op count: 300 single-op writes make one full event and the rest.
+    let singles: Vec<Vec<Op>> = (0..300).map(|i| put("k", &i.to_string())).collect();
+    assert_eq!(Node::pack_writes(&singles), [OPS_MAX, 300 - OPS_MAX]);
+    // A batch is never split: 200 ops, then 100 ops, then 1.
+    let batch = |n: usize| (0..n).map(|i| put(&format!("b{i}"), "v").remove(0)).collect::<Vec<Op>>();
+    assert_eq!(Node::pack_writes(&[batch(200), batch(100), batch(1)]), [1, 2]);
+    // Bytes: values of 50 000 bytes, two to an event (a third would pass EVENT_BYTES_MAX).
+    let big: Vec<Vec<Op>> = (0..5).map(|i| put(&format!("big{i}"), &"x".repeat(50_000))).collect();
+    assert_eq!(Node::pack_writes(&big), [2, 2, 1]);
+    assert!(Node::pack_writes(&[]).is_empty());
+    // Every packed event is itself a valid write, and signs to an event within the limits.
+    for writes in [&singles, &big] {
+        let mut rest = writes.iter();
+        for n in Node::pack_writes(writes) {
+            let ops: Vec<Op> = rest.by_ref().take(n).flatten().cloned().collect();
+            Node::check_ops(&ops).unwrap();
+        }
+    }
+}
+
+#[test]
+fn packed_writes_read_the_same_as_one_event_per_write() {
+    let writes: Vec<Vec<Op>> = vec![
+        put("k", "a"),
+        vec![Op::Add { key: b"s".to_vec(), element: b"x".to_vec() }],
+        put("k", "b"),
+        vec![Op::Incr { key: b"c".to_vec(), delta: 5 }],
+        vec![Op::Remove { key: b"s".to_vec(), element: b"x".to_vec() }],
+        vec![
+            Op::Add { key: b"s".to_vec(), element: b"y".to_vec() },
+            Op::Incr { key: b"c".to_vec(), delta: -2 },
+        ],
+        vec![Op::Del { key: b"gone".to_vec() }],
+        put("k", "c"),
+    ];
+    let run = |packed: bool| {
+        let mut net = Net::new(2, &[1, 2]);
+        net.connect(0, 1);
+        net.settle();
+        let ops: Vec<Vec<Op>> = if packed {
+            let groups = Node::pack_writes(&writes);
+            assert_eq!(groups, [writes.len()], "small writes share one event");
+            vec![writes.iter().flatten().cloned().collect()]
+        } else {
+            writes.clone()
+        };
+        let events = net.nodes[0].1.prepare_writes(&key(1), ops).unwrap();
+        let n_events = events.len();
+        net.nodes[0].1.commit_writes(events, 1);
+        net.settle();
+        let reads: Vec<_> = net
+            .nodes
+            .iter()
+            .map(|(_, node)| {
+                let d = node.document();
+                (d.register(b"k"), d.counter(b"c"), d.set_members(b"s"), d.register(b"gone"))
+            })
+            .collect();
+        assert_eq!(reads[0], reads[1]);
+        (n_events, reads[0].clone())
+    };
+    let (one_each, unpacked) = run(false);
+    let (shared, packed) = run(true);
+    assert_eq!((one_each, shared), (writes.len(), 1));
+    // Visible values, counters and set members agree; only event ids and seqs differ.
+    let visible =
+        |r: &(
+            cairn_protocol::document::RegisterRead,
+            i128,
+            Vec<Vec<u8>>,
+            cairn_protocol::document::RegisterRead,
+        )| { (r.0.visible.as_ref().map(|s| s.value.clone()), r.0.siblings.len(), r.1, r.2.clone()) };
+    assert_eq!(visible(&unpacked), visible(&packed));
+    assert_eq!(visible(&packed), (Some(b"c".to_vec()), 1, 3, vec![b"y".to_vec()]));
+}

@@ -259,13 +259,21 @@ impl Conn {
 
     /// `PUT path` with a JSON body; returns the status (the answer is read in full).
     pub(crate) async fn put(&mut self, path: &str, body: Bytes) -> anyhow::Result<StatusCode> {
+        self.request(Method::PUT, path, body).await
+    }
+
+    /// `GET path`; returns the status (the answer is read in full).
+    pub(crate) async fn get(&mut self, path: &str) -> anyhow::Result<StatusCode> {
+        self.request(Method::GET, path, Bytes::new()).await
+    }
+
+    async fn request(&mut self, method: Method, path: &str, body: Bytes) -> anyhow::Result<StatusCode> {
         self.sender.ready().await?;
-        let request = Request::builder()
-            .method(Method::PUT)
-            .uri(path)
-            .header(header::HOST, "cairnd")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))?;
+        let mut request = Request::builder().method(method).uri(path).header(header::HOST, "cairnd");
+        if !body.is_empty() {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(Full::new(body))?;
         let response = self.sender.send_request(request).await?;
         let status = response.status();
         response.into_body().collect().await?;
@@ -302,13 +310,13 @@ pub(crate) fn thread_cpu(pid: u32) -> std::collections::BTreeMap<u32, (String, f
     threads
 }
 
-/// A process's CPU by role over a window: the service loop (the main thread, which runs
-/// `daemon::run` in `block_on`), the tokio workers (API, transport), the store's writer
-/// thread, and threads that ended within the window (the adapter's scoped verify threads).
+/// A process's CPU by role over a window: the tokio workers (the service loop, the API and the
+/// transport all run on them; the main thread only waits in `block_on`), the store's writer
+/// thread, and the rest: threads that ended within the window (the adapter's scoped verify
+/// threads) or have other names.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CpuSplit {
     pub(crate) total: f64,
-    pub(crate) service: f64,
     pub(crate) workers: f64,
     pub(crate) store: f64,
     pub(crate) ended: f64,
@@ -338,11 +346,9 @@ impl CpuSplit {
             let t0 = a.threads.get(tid).map_or(0.0, |x| x.1);
             let d = (t1 - t0) / secs;
             live += d;
-            if *tid == b.pid {
-                split.service += d;
-            } else if name.starts_with("cairn-store") {
+            if name.starts_with("cairn-store") {
                 split.store += d;
-            } else if name.starts_with("tokio") {
+            } else if name.starts_with("tokio") || *tid == b.pid {
                 split.workers += d;
             } else {
                 split.ended += d;
@@ -354,8 +360,8 @@ impl CpuSplit {
 
     pub(crate) fn describe(&self) -> String {
         format!(
-            "{:.2} = service {:.2} + workers {:.2} + store {:.2} + other/ended threads {:.2}",
-            self.total, self.service, self.workers, self.store, self.ended
+            "{:.2} = tokio workers {:.2} + store {:.2} + other/ended threads {:.2}",
+            self.total, self.workers, self.store, self.ended
         )
     }
 }

@@ -1,5 +1,6 @@
-//! The write load for `cairn-daemon-bench`: concurrent clients, each a tokio task with its own
-//! persistent connection, each writing `PUT /v1/registers/{key}` one after another.
+//! The API load for `cairn-daemon-bench`: concurrent clients, each a tokio task with its own
+//! persistent connection, each writing `PUT /v1/registers/{key}` (or reading it back with
+//! `GET`, the API's own ceiling) one request after another.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -19,6 +20,16 @@ pub(crate) fn key_and_value(client: usize, i: usize) -> (String, String) {
     (format!("bench-{client:03}"), format!("{i:0width$}", width = VALUE_BYTES))
 }
 
+/// What each client sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// `PUT /v1/registers/bench-NNN`: a durable write.
+    Write,
+    /// `GET /v1/registers/bench-NNN`: the same HTTP, JSON and service-loop round trip without
+    /// signing or fsync.
+    Read,
+}
+
 /// When the load stops.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Until {
@@ -31,7 +42,7 @@ pub(crate) enum Until {
 /// What a load run saw.
 #[derive(Clone, Debug)]
 pub(crate) struct LoadResult {
-    /// Writes acknowledged (200) within the counted window.
+    /// Requests answered 200 within the counted window.
     pub(crate) n_ok: usize,
     /// Answers other than 200 (e.g. 503 busy), in the whole run.
     pub(crate) n_refused: usize,
@@ -67,6 +78,16 @@ pub(crate) async fn connect(socket: &Path, clients: usize) -> anyhow::Result<Vec
 
 /// Runs one writer per connection from `start` (now or a moment ago) until `until`.
 pub(crate) async fn run(conns: Vec<Conn>, start: Instant, until: Until) -> anyhow::Result<LoadResult> {
+    run_kind(conns, start, until, Kind::Write).await
+}
+
+/// [`run`] with reads or writes.
+pub(crate) async fn run_kind(
+    conns: Vec<Conn>,
+    start: Instant,
+    until: Until,
+    kind: Kind,
+) -> anyhow::Result<LoadResult> {
     let (count_from, stop_at, total) = match until {
         Until::Time { warm_up, measured } => (start + warm_up, Some(start + warm_up + measured), None),
         Until::Count(n) => (start, None, Some(n)),
@@ -87,9 +108,12 @@ pub(crate) async fn run(conns: Vec<Conn>, start: Instant, until: Until) -> anyho
                     break;
                 }
                 let (key, value) = key_and_value(client, i);
-                let body = Bytes::from(format!("{{\"value\":\"{value}\"}}"));
+                let path = format!("/v1/registers/{key}");
                 let sent = Instant::now();
-                let status = conn.put(&format!("/v1/registers/{key}"), body).await?;
+                let status = match kind {
+                    Kind::Write => conn.put(&path, Bytes::from(format!("{{\"value\":\"{value}\"}}"))).await?,
+                    Kind::Read => conn.get(&path).await?,
+                };
                 let now = Instant::now();
                 if status.is_success() {
                     done.push((now, now - sent));

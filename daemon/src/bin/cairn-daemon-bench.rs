@@ -247,10 +247,12 @@ fn file_system_of(dir: &Path) -> String {
 /// One load level: the load result and what the daemon's counters and CPU did in its window.
 struct WriteRow {
     label: String,
+    kind: load::Kind,
     clients: usize,
     result: LoadResult,
     commits: f64,
     writes: f64,
+    own_events: f64,
     daemon_cpu: CpuSplit,
     /// Every node of the cluster, cores.
     cluster_cpu: f64,
@@ -310,6 +312,7 @@ async fn measure_level(
     clients: usize,
     sizes: &Sizes,
     label: &str,
+    kind: load::Kind,
 ) -> anyhow::Result<WriteRow> {
     let conns = load::connect(&cluster.nodes[node].socket, clients).await?;
     let pid = cluster.pid(node);
@@ -326,7 +329,7 @@ async fn measure_level(
         anyhow::Ok((m0, m1, c0, c1))
     };
     let (result, sampled) = tokio::join!(
-        load::run(conns, start, Until::Time { warm_up: sizes.warm_up, measured: sizes.measured }),
+        load::run_kind(conns, start, Until::Time { warm_up: sizes.warm_up, measured: sizes.measured }, kind),
         sample
     );
     let result = result?;
@@ -334,9 +337,11 @@ async fn measure_level(
     let secs = result.secs;
     let row = WriteRow {
         label: label.to_owned(),
+        kind,
         clients,
         commits: m1.get("cairn_store_commits_total") - m0.get("cairn_store_commits_total"),
         writes: m1.get("cairn_writes_total") - m0.get("cairn_writes_total"),
+        own_events: m1.get("cairn_own_events_total") - m0.get("cairn_own_events_total"),
         daemon_cpu: CpuSplit::between(&c0.0, &c1.0, secs),
         cluster_cpu: (c1.2 - c0.2) / secs,
         bench_cpu: (c1.1 - c0.1) / secs,
@@ -389,15 +394,20 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
         let mut cluster = Cluster::new(&bench.exe, bench.dir.join("writes-1"), 1, BASE_CONFIG)?;
         cluster.start_all().await?;
         for clients in [1, 16, 256] {
-            rows.push(measure_level(&cluster, 0, clients, &sizes, "1 node").await?);
+            rows.push(measure_level(&cluster, 0, clients, &sizes, "1 node", load::Kind::Write).await?);
         }
+        // The API's own ceiling: the same requests as reads (after the writes, so each
+        // register holds a value).
+        rows.push(measure_level(&cluster, 0, 256, &sizes, "1 node, reads (GET)", load::Kind::Read).await?);
         bench.collect_warnings("writes, 1 node", &cluster);
     }
     {
         let mut cluster = Cluster::new(&bench.exe, bench.dir.join("writes-3"), 3, BASE_CONFIG)?;
         cluster.start_all().await?;
         cluster.wait_converged(0, Duration::from_secs(30)).await?;
-        rows.push(measure_level(&cluster, 0, 256, &sizes, "3 nodes, writes to one").await?);
+        rows.push(
+            measure_level(&cluster, 0, 256, &sizes, "3 nodes, writes to one", load::Kind::Write).await?,
+        );
         bench.collect_warnings("writes, 3 nodes", &cluster);
     }
 
@@ -435,16 +445,16 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
     let _ = writeln!(out);
     let _ = writeln!(
         out,
-        "| cluster | clients | writes/s | p50 ms | p99 ms | refused | writes per commit | commits/s | \
-         daemon CPU (cores) | of which service loop / tokio workers / store thread | all nodes' CPU (cores) | \
-         bench CPU (cores) | daemon CPU µs per write |"
+        "| cluster | clients | requests/s | p50 ms | p99 ms | refused | writes per commit | writes per event | commits/s | \
+         daemon CPU (cores) | of which tokio workers / store thread | all nodes' CPU (cores) | \
+         bench CPU (cores) | daemon CPU µs per request |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     for r in &rows {
         let secs = r.result.secs;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {} | {:.2} | {:.2} / {:.2} | {:.2} | {:.2} | {:.1} |",
             r.label,
             r.clients,
             n(r.result.per_sec()),
@@ -452,20 +462,22 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
             r.result.latency_ms(0.99),
             r.result.n_refused,
             r.writes / r.commits.max(1.0),
+            r.writes / r.own_events.max(1.0),
             n(r.commits / secs),
             r.daemon_cpu.total,
-            r.daemon_cpu.service,
             r.daemon_cpu.workers,
             r.daemon_cpu.store,
             r.cluster_cpu,
             r.bench_cpu,
-            r.daemon_cpu.total * secs / r.writes.max(1.0) * 1e6
+            r.daemon_cpu.total * secs / r.result.n_ok.max(1) as f64 * 1e6
         );
     }
     let _ = writeln!(out);
     let _ = writeln!(out, "| ratio | value | target |");
     let _ = writeln!(out, "|---|---:|---|");
-    let at256: Vec<&WriteRow> = rows.iter().filter(|r| r.clients == 256).collect();
+    let reads = rows.iter().find(|r| r.kind == load::Kind::Read).map_or(f64::NAN, |r| r.result.per_sec());
+    let at256: Vec<&WriteRow> =
+        rows.iter().filter(|r| r.clients == 256 && r.kind == load::Kind::Write).collect();
     for r in &at256 {
         let api = r.result.per_sec();
         let _ = writeln!(
@@ -487,6 +499,12 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
             r.label,
             api / redb_of(1)
         );
+        let _ = writeln!(
+            out,
+            "| API writes/s at 256 clients ({}) ÷ API reads/s at 256 clients (1 node) | {:.2} | (diagnostic) |",
+            r.label,
+            api / reads
+        );
     }
     let _ = writeln!(
         out,
@@ -498,12 +516,16 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
          request, from send to the end of the answer. Writes per commit and commits/s come from the \
          node's `cairn_writes_total` and `cairn_store_commits_total` over the counted window; CPU from \
          `/proc/PID/stat` (user + system, all threads) over the same window, split by thread from \
-         `/proc/PID/task/*/stat`: the service loop is the main thread (`cairnd run` drives \
-         `Service::run` in `block_on`: signing, `commit_writes`, commands, transmit), the tokio \
-         workers run the API (HTTP, JSON) and the transport, the store thread runs `Store::append` \
-         (fsync waits are not CPU). The node runs with \
-         default limits (`commit_writes_max` = 1 024). The 3-node row writes to one node of a \
-         3-node cluster, which pushes every event to both peers while it commits.\n\n\
+         `/proc/PID/task/*/stat`: the tokio workers run the service loop (packing, signing, \
+         `commit_writes`, commands, transmit), the API (HTTP, JSON) and the transport; the store \
+         thread runs `Store::append` (fsync waits are not CPU). The node runs with default limits \
+         (`commit_writes_max` = 1 024); the writes queued while a commit is in flight are packed \
+         into as few events as the limits allow (up to 256 ops and 128 KiB an event), so one \
+         signature and one `log` entry serve many writes. The reads row sends `GET` for the same \
+         registers on the same connections: HTTP, JSON and the round trip through the service \
+         loop without signing or fsync, the ceiling of this API on this machine. The 3-node row \
+         writes to one node of a 3-node cluster, which pushes every event to both peers while it \
+         commits.\n\n\
          The redb baselines use the redb crate directly on a fresh file in the bench directory ({}), \
          `Durability::Immediate` and `set_two_phase_commit(true)` as the daemon's store (two-phase \
          commit costs a second fsync per commit), one table `u64 → &[u8]` with {event_bytes}-byte \
