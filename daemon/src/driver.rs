@@ -33,8 +33,18 @@ pub const TRANSMIT_RETRY: Duration = Duration::from_millis(5);
 /// Inputs handled per loop turn before output is flushed, so one busy source cannot starve
 /// transmission or the timer.
 pub const INPUTS_PER_TURN_MAX: usize = 256;
+/// Events accepted from peers wait this long at most for a store commit of their own when no
+/// local write or evidence is due: nothing waits on their fsync (peers hold them too), and
+/// fewer, larger commits leave the cores to signature checks during a catch-up.
+pub const PEER_EVENTS_COMMIT_DELAY: Duration = Duration::from_millis(20);
+/// ... unless this many are waiting.
+pub const PEER_EVENTS_COMMIT_BATCH: usize = 4_096;
 /// Transport events queued towards the service.
 pub const TRANSPORT_EVENTS_MAX: usize = 1_024;
+/// Peer input handled in one loop turn before commands, timers and output get their turn: one
+/// message of a catch-up (up to `MESSAGE_BYTES_MAX` of events to verify) can take tens of
+/// milliseconds, so the turn is bounded by time, not by a message count.
+pub const PEER_INPUT_PER_TURN: Duration = Duration::from_millis(5);
 /// A peer that sends more invalid events or messages than this within
 /// [`INVALID_INPUTS_WINDOW`] is disconnected and ignored for a while.
 pub const INVALID_INPUTS_MAX: u32 = 100;
@@ -112,6 +122,10 @@ pub struct Service {
     last_seen: BTreeMap<PublicKey, Instant>,
     log: Vec<EventId>,
     unstored: Vec<([u8; 32], Vec<u8>)>,
+    /// When the oldest of `unstored` was accepted.
+    unstored_since: Option<Instant>,
+    /// Shutting down: commit at once, without [`PEER_EVENTS_COMMIT_DELAY`].
+    draining: bool,
     unstored_evidence: Vec<([u8; 32], Vec<u8>)>,
     writes: VecDeque<WriteRequest>,
     in_flight: Option<InFlight>,
@@ -152,6 +166,8 @@ impl Service {
             last_seen: BTreeMap::new(),
             log: parts.log,
             unstored: Vec::new(),
+            unstored_since: None,
+            draining: false,
             unstored_evidence: Vec::new(),
             writes: VecDeque::new(),
             in_flight: None,
@@ -219,8 +235,12 @@ impl Service {
                     self.node.handle_timeout(now);
                 }
                 Some(event) = transport_events.recv() => {
+                    let turn_started = Instant::now();
                     self.on_transport(event);
                     for _ in 1..INPUTS_PER_TURN_MAX {
+                        if turn_started.elapsed() >= PEER_INPUT_PER_TURN {
+                            break;
+                        }
                         match transport_events.try_recv() {
                             Ok(event) => self.on_transport(event),
                             Err(_) => break,
@@ -246,6 +266,7 @@ impl Service {
             self.on_command(command);
         }
         let deadline = Instant::now() + grace;
+        self.draining = true;
         loop {
             self.after_input();
             let idle = self.in_flight.is_none() && self.writes.is_empty() && self.unstored.is_empty();
@@ -272,8 +293,21 @@ impl Service {
         Ok(())
     }
 
+    /// Whether the events accepted from peers should be committed now.
+    fn peer_events_due(&self) -> bool {
+        !self.unstored.is_empty()
+            && (self.draining
+                || self.unstored.len() >= PEER_EVENTS_COMMIT_BATCH
+                || self.unstored_since.is_some_and(|t| t.elapsed() >= PEER_EVENTS_COMMIT_DELAY))
+    }
+
     fn next_wake(&self) -> Option<Instant> {
+        let commit_due = self.unstored_since.map(|t| t + PEER_EVENTS_COMMIT_DELAY);
         let mute_end = self.strikes.values().filter_map(|s| s.muted_until).min();
+        let mute_end = match (mute_end, commit_due) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let timer = self.node.poll_timeout().map(|ms| self.started + Duration::from_millis(ms));
         let timer = match (timer, mute_end) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -372,7 +406,8 @@ impl Service {
                 }
                 self.node.handle_disconnected(&peer);
             }
-            TransportEvent::Message { peer, bytes } => {
+            // The credit is dropped at the end of this arm: the connection may read on.
+            TransportEvent::Message { peer, bytes, credit: _credit } => {
                 if self.is_muted(&peer) {
                     return;
                 }
@@ -394,6 +429,7 @@ impl Service {
                     if from.is_some() {
                         self.log.push(event.id());
                         self.unstored.push((event.id().0, event.bytes().to_vec()));
+                        self.unstored_since.get_or_insert_with(Instant::now);
                     }
                 }
                 NodeEvent::Rejected { peer, id, reason } => {
@@ -479,9 +515,10 @@ impl Service {
                 }
             }
         }
-        if own.is_empty() && self.unstored.is_empty() && self.unstored_evidence.is_empty() {
+        if own.is_empty() && self.unstored_evidence.is_empty() && !self.peer_events_due() {
             return;
         }
+        self.unstored_since = None;
         let mut events = std::mem::take(&mut self.unstored);
         events.extend(own.iter().map(|e| (e.id().0, e.encode())));
         let evidence = std::mem::take(&mut self.unstored_evidence);

@@ -256,7 +256,7 @@ impl TransportConfig {
 }
 
 /// What happens on the transport, for the sync service.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum TransportEvent {
     /// A connection to `peer` is up, and both hellos have been exchanged.
     Connected {
@@ -278,8 +278,31 @@ pub enum TransportEvent {
         peer: PublicKey,
         /// The frame's payload, at most `MESSAGE_BYTES_MAX` bytes.
         bytes: Vec<u8>,
+        /// The message's share of the connection's inbound budget; dropping it (once the
+        /// message is handled) lets the connection read on.
+        credit: InboundCredit,
     },
 }
+
+/// Bytes of one connection's messages delivered but not yet handled. Past it the connection
+/// stops reading, and QUIC's flow control holds the peer back: a peer can never run far ahead
+/// of what this node has handled (nor make it buffer more than this per connection).
+pub const INBOUND_BYTES_PER_CONNECTION_MAX: usize = 2 * MESSAGE_BYTES_MAX;
+const _: () = assert!(INBOUND_BYTES_PER_CONNECTION_MAX >= MESSAGE_BYTES_MAX);
+const _: () = assert!(INBOUND_BYTES_PER_CONNECTION_MAX <= tokio::sync::Semaphore::MAX_PERMITS);
+
+/// A delivered message's bytes, held against its connection's inbound budget until dropped.
+#[derive(Debug)]
+pub struct InboundCredit(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+/// Credit is not part of what a message says: any two are equal.
+impl PartialEq for InboundCredit {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for InboundCredit {}
 
 /// A message could not be queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -1079,12 +1102,20 @@ fn close_with(connection: &Connection, code: CloseCode) {
 /// Reads frames and delivers them as messages until something fails; waits while the service
 /// channel is full.
 async fn read_loop(shared: &Shared, peer: PublicKey, recv: &mut RecvStream) -> Failure {
+    let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES_PER_CONNECTION_MAX));
     loop {
         let bytes = match read_frame(recv).await {
             Ok(bytes) => bytes,
             Err(failure) => return failure,
         };
-        if shared.events.send(TransportEvent::Message { peer, bytes }).await.is_err() {
+        // A frame is at most MESSAGE_BYTES_MAX (checked by read_frame), within the budget and
+        // a u32; the semaphore is never closed.
+        let n = u32::try_from(bytes.len().max(1)).expect("a frame fits in u32");
+        let Ok(permit) = budget.clone().acquire_many_owned(n).await else {
+            return Failure::closing(CloseCode::Shutdown, "the inbound budget closed");
+        };
+        let credit = InboundCredit(permit);
+        if shared.events.send(TransportEvent::Message { peer, bytes, credit }).await.is_err() {
             return Failure::closing(CloseCode::Shutdown, "the sync service stopped");
         }
     }

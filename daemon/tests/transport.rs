@@ -98,7 +98,7 @@ impl Node {
 
     async fn expect_message(&mut self, peer: &PublicKey) -> Vec<u8> {
         match self.next_event().await {
-            TransportEvent::Message { peer: from, bytes } => {
+            TransportEvent::Message { peer: from, bytes, .. } => {
                 assert_eq!(&from, peer);
                 bytes
             }
@@ -300,7 +300,7 @@ async fn three_transports_connect_pairwise_and_exchange_messages_in_order() {
         let mut next_index = [0u32; 3];
         for _ in 0..40 {
             match node.next_event().await {
-                TransportEvent::Message { peer, bytes } => {
+                TransportEvent::Message { peer, bytes, .. } => {
                     let from_idx = keys.iter().position(|key| *key == peer).unwrap();
                     assert_eq!(bytes, message(from_idx as u8, next_index[from_idx]), "in order per peer");
                     next_index[from_idx] += 1;

@@ -383,10 +383,11 @@ impl Encode for Message {
                 MSG_IN_SYNC.encode(encoder)?;
                 digest.encode(encoder)
             }
-            Self::Tips { reply, more, tips, evidence } => {
+            Self::Tips { reply, more, heard, tips, evidence } => {
                 MSG_TIPS.encode(encoder)?;
                 reply.encode(encoder)?;
                 more.encode(encoder)?;
+                heard.encode(encoder)?;
                 encode_len(tips.len(), encoder)?;
                 for tip in tips {
                     tip.author.0.encode(encoder)?;
@@ -442,6 +443,7 @@ impl<Context> Decode<Context> for Message {
             MSG_TIPS => Self::Tips {
                 reply: bool::decode(decoder)?,
                 more: bool::decode(decoder)?,
+                heard: u64::decode(decoder)?,
                 tips: decode_vec(decoder, TIPS_PER_MESSAGE_MAX, "tips", |d| {
                     Ok(Tip { author: PublicKey(decode_array(d)?), seq: u64::decode(d)?, id: decode_id(d)? })
                 })?,

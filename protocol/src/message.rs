@@ -36,6 +36,10 @@ pub enum Message {
         reply: bool,
         /// More `Tips` parts follow.
         more: bool,
+        /// How many messages the sender had received from the receiver on this connection when
+        /// it wrote these tips. The receiver's messages after that many were still in flight:
+        /// the events they carry are on their way, and are not sent again in answer.
+        heard: u64,
         /// Tips, sorted by author then id.
         tips: Vec<Tip>,
         /// The sender's evidence, one per equivocating author (in the last part only).

@@ -222,6 +222,13 @@ struct ForkSearch {
     since_ms: u64,
 }
 
+/// An `Events` message sent to a peer: its number on the connection, when, and its ids.
+struct SentEvents {
+    number: u64,
+    at_ms: u64,
+    ids: Vec<EventId>,
+}
+
 struct Peer {
     connected: bool,
     outbox: VecDeque<Outgoing>,
@@ -240,6 +247,14 @@ struct Peer {
     /// confirmed that the sets are equal (then: none beyond what this node holds).
     own_tips_reported: Option<Vec<(u64, EventId)>>,
     searches: BTreeMap<EventId, ForkSearch>,
+    /// Messages received from the peer on this connection (sent back as `Tips.heard`).
+    heard: u64,
+    /// Messages sent to the peer on this connection.
+    sent: u64,
+    /// `Events` messages sent that the peer may not have read yet, oldest first.
+    in_flight: VecDeque<SentEvents>,
+    /// Ids in `in_flight`, at most `peer_queue_ids_max`.
+    n_in_flight_ids: usize,
     milli_tokens: u64,
     tokens_at_ms: u64,
     stats: PeerStats,
@@ -260,6 +275,10 @@ impl Peer {
             peer_tips: BTreeMap::new(),
             own_tips_reported: None,
             searches: BTreeMap::new(),
+            heard: 0,
+            sent: 0,
+            in_flight: VecDeque::new(),
+            n_in_flight_ids: 0,
             milli_tokens: burst.saturating_mul(1000),
             tokens_at_ms: now_ms,
             stats: PeerStats::default(),
@@ -282,6 +301,8 @@ pub struct Node {
     learning_own_seq: bool,
     /// The highest own seq handed out by `prepare_writes`.
     prepared_up_to: u64,
+    /// The latest time any input carried (outputs have no clock of their own).
+    now_ms: u64,
 }
 
 impl Node {
@@ -294,6 +315,7 @@ impl Node {
             document: Document::new(n_members),
             learning_own_seq: config.own_seq_peers_needed > 0,
             prepared_up_to: 0,
+            now_ms: 0,
             config,
             me,
             peers: BTreeMap::new(),
@@ -369,6 +391,7 @@ impl Node {
 
     /// A connection to `peer` is up. Returns false (and does nothing) if `peer` is refused.
     pub fn handle_connected(&mut self, peer: PeerId, now_ms: u64) -> bool {
+        self.now_ms = self.now_ms.max(now_ms);
         if self.is_refused(&peer) {
             return false;
         }
@@ -556,6 +579,7 @@ impl Node {
     /// If one of them is not accepted: they were built on this node's own state, so that would
     /// be a bug (or events prepared twice without committing the first ones).
     pub fn commit_writes(&mut self, events: Vec<Event>, now_ms: u64) -> Vec<Verified> {
+        self.now_ms = self.now_ms.max(now_ms);
         let ids: Vec<EventId> = events.iter().map(Event::id).collect();
         let ingested = self.adapter.restore(events.iter().map(Event::encode).collect());
         assert!(ingested.rejected.is_empty(), "own events must be valid: {:?}", ingested.rejected);
@@ -565,10 +589,12 @@ impl Node {
 
     /// Bytes from `peer`: one reconciliation message.
     pub fn handle_message(&mut self, peer: PeerId, bytes: &[u8], now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         let Some(p) = self.peers.get_mut(&peer) else { return };
         if !p.connected || self.refused.contains(&peer) {
             return;
         }
+        p.heard += 1;
         p.stats.messages_in += 1;
         p.stats.bytes_in += bytes.len() as u64;
         let message = match codec::decode_message(bytes) {
@@ -603,8 +629,8 @@ impl Node {
                     p.session_since_ms = None;
                 }
             }
-            Message::Tips { reply, more, tips, evidence } => {
-                self.on_tips(peer, reply, more, tips, evidence, now_ms);
+            Message::Tips { reply, more, heard, tips, evidence } => {
+                self.on_tips(peer, reply, more, heard, tips, evidence, now_ms);
             }
             Message::Events { events } => self.on_events(peer, events, now_ms),
             Message::Want { ids } => {
@@ -630,6 +656,7 @@ impl Node {
 
     /// Time passed: start due sessions, abandon stale ones, ask for missing ids.
     pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
         let peers: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.connected).map(|(k, _)| *k).collect();
         let timeout = self.config.session_timeout_ms;
         for peer in &peers {
@@ -733,10 +760,12 @@ impl Node {
                 Outgoing::Message(_) => {
                     let Some(Outgoing::Message(bytes)) = p.outbox.pop_front() else { unreachable!() };
                     p.n_queued_messages -= 1;
+                    p.sent += 1;
                     return Some(bytes);
                 }
                 Outgoing::Events(ids) => {
                     let mut chunk = Vec::new();
+                    let mut chunk_ids = Vec::new();
                     let mut size = 0usize;
                     while let Some(id) = ids.front() {
                         let Some(event) = self.adapter.event(id) else {
@@ -750,6 +779,7 @@ impl Node {
                         }
                         size += event.bytes().len() + 8;
                         chunk.push(event.bytes().to_vec());
+                        chunk_ids.push(*id);
                         p.queued_ids.remove(id);
                         ids.pop_front();
                         p.n_queued_ids -= 1;
@@ -761,6 +791,13 @@ impl Node {
                         continue;
                     }
                     p.stats.events_out += chunk.len() as u64;
+                    p.sent += 1;
+                    p.n_in_flight_ids += chunk_ids.len();
+                    p.in_flight.push_back(SentEvents { number: p.sent, at_ms: self.now_ms, ids: chunk_ids });
+                    while p.n_in_flight_ids > self.config.peer_queue_ids_max {
+                        let oldest = p.in_flight.pop_front().expect("ids are counted in in_flight");
+                        p.n_in_flight_ids -= oldest.ids.len();
+                    }
                     return Some(codec::encode_message(&Message::Events { events: chunk }));
                 }
             }
@@ -825,18 +862,19 @@ impl Node {
     }
 
     fn send_tips(&mut self, peer: PeerId, reply: bool) {
+        let Some(heard) = self.peers.get(&peer).map(|p| p.heard) else { return };
         let tips = self.adapter.tips();
         let evidence: Vec<Evidence> =
             self.adapter.evidence().take(EVIDENCE_PER_MESSAGE_MAX).cloned().collect();
         let mut parts = tips.chunks(TIPS_PER_MESSAGE_MAX).peekable();
         if parts.peek().is_none() {
-            self.send(peer, &Message::Tips { reply, more: false, tips: Vec::new(), evidence });
+            self.send(peer, &Message::Tips { reply, more: false, heard, tips: Vec::new(), evidence });
             return;
         }
         while let Some(part) = parts.next() {
             let last = parts.peek().is_none();
             let evidence = if last { evidence.clone() } else { Vec::new() };
-            self.send(peer, &Message::Tips { reply, more: !last, tips: part.to_vec(), evidence });
+            self.send(peer, &Message::Tips { reply, more: !last, heard, tips: part.to_vec(), evidence });
         }
     }
 
@@ -847,11 +885,13 @@ impl Node {
         self.events.push_back(NodeEvent::BadMessage { peer, error: error.to_string() });
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_tips(
         &mut self,
         peer: PeerId,
         reply: bool,
         more: bool,
+        heard: u64,
         tips: Vec<Tip>,
         evidence: Vec<Evidence>,
         now_ms: u64,
@@ -893,6 +933,25 @@ impl Node {
             } else {
                 unknown.extend(theirs.iter().filter(|t| !self.adapter.is_known(&t.id)).copied());
             }
+        }
+        // What this node sent after the peer wrote its tips is on its way, on the same ordered
+        // stream; sending it again would only double the bytes. In-flight records expire
+        // after the session timeout, so an event the peer dropped unread is sent again later.
+        let timeout = self.config.session_timeout_ms;
+        let now_ms = self.now_ms;
+        let p = self.peers.get_mut(&peer).expect("checked above");
+        while p
+            .in_flight
+            .front()
+            .is_some_and(|m| m.number <= heard || now_ms >= m.at_ms.saturating_add(timeout))
+        {
+            let done = p.in_flight.pop_front().expect("checked by the loop condition");
+            p.n_in_flight_ids -= done.ids.len();
+        }
+        if !p.in_flight.is_empty() {
+            let on_the_way: BTreeSet<EventId> =
+                p.in_flight.iter().flat_map(|m| m.ids.iter().copied()).collect();
+            lacking.retain(|id| !on_the_way.contains(id));
         }
         self.sort_causally(&mut lacking);
         self.queue_events(peer, lacking, false);

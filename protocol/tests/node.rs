@@ -375,3 +375,47 @@ fn packed_writes_read_the_same_as_one_event_per_write() {
     assert_eq!(visible(&unpacked), visible(&packed));
     assert_eq!(visible(&packed), (Some(b"c".to_vec()), 1, 3, vec![b"y".to_vec()]));
 }
+
+#[test]
+fn events_in_flight_are_sent_again_only_once_heard_or_timed_out() {
+    let config = NodeConfig { sync_interval_ms: 1_000_000, ..NodeConfig::default() };
+    let timeout = config.session_timeout_ms;
+    let mut a = Node::new(genesis(2), Some(key(1).public()), config);
+    let b = key(2).public();
+    let writes: Vec<Vec<Op>> = (0..20).map(|i| put("k", &i.to_string())).collect();
+    let events = a.prepare_writes(&key(1), writes).unwrap();
+    a.commit_writes(events, 1);
+    assert!(a.handle_connected(b, 1));
+    // The tips of a peer that holds nothing, written after reading `heard` of a's messages.
+    let tips = |heard: u64| {
+        encode_message(&Message::Tips { reply: false, more: false, heard, tips: vec![], evidence: vec![] })
+    };
+    // Everything a sends b: (events in `Events` messages, messages).
+    let mut sent = 0u64;
+    let mut drain = |a: &mut Node| {
+        let mut n_events = 0;
+        while let Some((to, bytes)) = a.poll_transmit() {
+            assert_eq!(to, b);
+            sent += 1;
+            if let Message::Events { events } = decode_message(&bytes).unwrap() {
+                n_events += events.len();
+            }
+        }
+        (n_events, sent)
+    };
+    a.handle_message(b, &tips(0), 2);
+    let (first, sent_so_far) = drain(&mut a);
+    assert_eq!(first, 20, "the peer lacks all 20");
+    // Tips written before the peer read those events: they are on their way, not sent again.
+    a.handle_message(b, &tips(0), 3);
+    assert_eq!(drain(&mut a).0, 0);
+    // Tips written after the peer read them, still lacking them (dropped unread): sent again.
+    a.handle_message(b, &tips(sent_so_far), 4);
+    assert_eq!(drain(&mut a).0, 20);
+    // Unheard, but sent a session timeout ago: sent again too, so nothing waits for ever.
+    a.handle_message(b, &tips(0), 4 + timeout);
+    assert_eq!(drain(&mut a).0, 20);
+    // A peer claiming to have heard more than was sent gets everything again; nothing breaks.
+    a.handle_message(b, &tips(u64::MAX), 5 + timeout);
+    assert_eq!(drain(&mut a).0, 20);
+}

@@ -376,7 +376,7 @@ fn compute() -> Vectors {
     v.comment("");
     v.comment("Reconciliation messages, one per tag. message.summary carries node.sync_digest below;");
     v.comment("message.tips carries the tips of that node (event3 for alice, event2 for bob, sorted by");
-    v.comment("author) and the evidence above, with reply = true and more = false.");
+    v.comment("author) and the evidence above, with reply = true, more = false and heard = 3.");
     let messages = [
         ("summary", Message::Summary { digest: sync_digest }),
         ("in_sync", Message::InSync { digest: sync_digest }),
@@ -385,6 +385,7 @@ fn compute() -> Vectors {
             Message::Tips {
                 reply: true,
                 more: false,
+                heard: 3,
                 tips: tips.clone(),
                 evidence: vec![s.evidence.clone()],
             },
@@ -569,10 +570,12 @@ fn hand_built_layouts_equal_the_codec() {
     );
     let mut tips_message = 2u32.to_le_bytes().to_vec();
     tips_message.extend([1, 0]);
+    tips_message.extend(u64_le(3));
     hand_tips(&mut tips_message, &tips);
     tips_message.extend(u64_le(1));
     tips_message.extend(s.evidence.encode());
-    let message = Message::Tips { reply: true, more: false, tips, evidence: vec![s.evidence.clone()] };
+    let message =
+        Message::Tips { reply: true, more: false, heard: 3, tips, evidence: vec![s.evidence.clone()] };
     assert_eq!(tips_message, codec::encode_message(&message), "message.tips");
 }
 

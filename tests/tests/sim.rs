@@ -263,7 +263,13 @@ fn a_tip_seq_near_the_top_does_not_crash_the_node() {
         config.byzantine.insert(2, ByzantineConfig::only(&[Attack::Write], 0));
         let mut cluster = Cluster::new(config);
         let tips = vec![Tip { author: cluster.public(0), seq, id: EventId([7; 32]) }];
-        let bytes = encode_message(&Message::Tips { reply: false, more: false, tips, evidence: Vec::new() });
+        let bytes = encode_message(&Message::Tips {
+            reply: false,
+            more: false,
+            heard: 0,
+            tips,
+            evidence: Vec::new(),
+        });
         cluster.schedule(10, Scripted::Send { from: 2, to: 1, bytes });
         cluster.run_to_end().unwrap_or_else(|e| panic!("tip seq {seq}: {e}"));
         assert!(cluster.outcome().messages_by_kind.get("fork_probe").copied().unwrap_or(0) > 0);
@@ -309,7 +315,13 @@ fn a_lying_peer_cannot_block_a_restarted_node_for_ever() {
     }
     cluster.schedule(1_000, Scripted::Restart { node: 0, own_seq_peers_needed: 2 });
     let lie = vec![Tip { author: cluster.public(0), seq: 1_000, id: EventId([9; 32]) }];
-    let bytes = encode_message(&Message::Tips { reply: false, more: false, tips: lie, evidence: Vec::new() });
+    let bytes = encode_message(&Message::Tips {
+        reply: false,
+        more: false,
+        heard: 0,
+        tips: lie,
+        evidence: Vec::new(),
+    });
     cluster.schedule(1_001, Scripted::Send { from: 3, to: 0, bytes });
     for k in 0..5 {
         cluster.schedule(1_500 + 500 * k, Scripted::Write { node: 0 });

@@ -535,6 +535,8 @@ fn noise(cx: &mut CraftContext<'_>, rng: &mut Rng) -> Message {
             Message::Tips {
                 reply: rng.chance(PPM / 2),
                 more: rng.chance(PPM / 4),
+                // Claims to have heard any number of messages, often more than were sent.
+                heard: if rng.chance(PPM / 2) { rng.range(0, 50) } else { u64::MAX - rng.below(3) },
                 tips,
                 evidence: Vec::new(),
             }
