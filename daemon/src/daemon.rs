@@ -147,13 +147,10 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         info!("stopping: draining writes and connections");
         let _ = shutdown_tx.send(true);
     });
-    // The service loop runs on the worker threads with the API's tasks: a request and the
-    // loop then hand work to each other on one thread more often than across threads.
-    let grace = config.timing.shutdown_grace;
-    let result = match tokio::spawn(service.run(commands, transport_events, shutdown_rx, grace)).await {
-        Ok(result) => result,
-        Err(join_error) => Err(anyhow::anyhow!("the service loop failed: {join_error}")),
-    };
+    // The service loop runs on this (the main) thread, not on a tokio worker: it blocks while
+    // it checks a batch of signatures, and the workers must keep serving the API and the
+    // transport meanwhile.
+    let result = service.run(commands, transport_events, shutdown_rx, config.timing.shutdown_grace).await;
     signals.abort();
     let _ = api.await;
     let _ = std::fs::remove_file(&config.socket);

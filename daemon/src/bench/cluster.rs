@@ -310,13 +310,13 @@ pub(crate) fn thread_cpu(pid: u32) -> std::collections::BTreeMap<u32, (String, f
     threads
 }
 
-/// A process's CPU by role over a window: the tokio workers (the service loop, the API and the
-/// transport all run on them; the main thread only waits in `block_on`), the store's writer
-/// thread, and the rest: threads that ended within the window (the adapter's scoped verify
-/// threads) or have other names.
+/// A process's CPU by role over a window: the service loop (the main thread, which runs
+/// `daemon::run` in `block_on`), the tokio workers (API, transport), the store's writer
+/// thread, and threads that ended within the window (the adapter's scoped verify threads).
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct CpuSplit {
     pub(crate) total: f64,
+    pub(crate) service: f64,
     pub(crate) workers: f64,
     pub(crate) store: f64,
     pub(crate) ended: f64,
@@ -346,9 +346,11 @@ impl CpuSplit {
             let t0 = a.threads.get(tid).map_or(0.0, |x| x.1);
             let d = (t1 - t0) / secs;
             live += d;
-            if name.starts_with("cairn-store") {
+            if *tid == b.pid {
+                split.service += d;
+            } else if name.starts_with("cairn-store") {
                 split.store += d;
-            } else if name.starts_with("tokio") || *tid == b.pid {
+            } else if name.starts_with("tokio") {
                 split.workers += d;
             } else {
                 split.ended += d;
@@ -360,8 +362,8 @@ impl CpuSplit {
 
     pub(crate) fn describe(&self) -> String {
         format!(
-            "{:.2} = tokio workers {:.2} + store {:.2} + other/ended threads {:.2}",
-            self.total, self.workers, self.store, self.ended
+            "{:.2} = service loop {:.2} + tokio workers {:.2} + store {:.2} + other/ended threads {:.2}",
+            self.total, self.service, self.workers, self.store, self.ended
         )
     }
 }

@@ -446,7 +446,7 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
     let _ = writeln!(
         out,
         "| cluster | clients | requests/s | p50 ms | p99 ms | refused | writes per commit | writes per event | commits/s | \
-         daemon CPU (cores) | of which tokio workers / store thread | all nodes' CPU (cores) | \
+         daemon CPU (cores) | of which service loop / tokio workers / store thread | all nodes' CPU (cores) | \
          bench CPU (cores) | daemon CPU µs per request |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
@@ -454,7 +454,7 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
         let secs = r.result.secs;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {} | {:.2} | {:.2} / {:.2} | {:.2} | {:.2} | {:.1} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {} | {:.2} | {:.2} / {:.2} / {:.2} | {:.2} | {:.2} | {:.1} |",
             r.label,
             r.clients,
             n(r.result.per_sec()),
@@ -465,6 +465,7 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
             r.writes / r.own_events.max(1.0),
             n(r.commits / secs),
             r.daemon_cpu.total,
+            r.daemon_cpu.service,
             r.daemon_cpu.workers,
             r.daemon_cpu.store,
             r.cluster_cpu,
@@ -516,9 +517,10 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
          request, from send to the end of the answer. Writes per commit and commits/s come from the \
          node's `cairn_writes_total` and `cairn_store_commits_total` over the counted window; CPU from \
          `/proc/PID/stat` (user + system, all threads) over the same window, split by thread from \
-         `/proc/PID/task/*/stat`: the tokio workers run the service loop (packing, signing, \
-         `commit_writes`, commands, transmit), the API (HTTP, JSON) and the transport; the store \
-         thread runs `Store::append` (fsync waits are not CPU). The node runs with default limits \
+         `/proc/PID/task/*/stat`: the service loop is the main thread (`cairnd run` drives \
+         `Service::run` in `block_on`: packing, signing, `commit_writes`, commands, transmit), the \
+         tokio workers run the API (HTTP, JSON) and the transport, the store thread runs \
+         `Store::append` (fsync waits are not CPU). The node runs with default limits \
          (`commit_writes_max` = 1 024); the writes queued while a commit is in flight are packed \
          into as few events as the limits allow (up to 256 ops and 128 KiB an event), so one \
          signature and one `log` entry serve many writes. The reads row sends `GET` for the same \
