@@ -1,0 +1,410 @@
+//! Every `cairn-adversary` scenario against a real cluster: three `cairnd` processes on loopback
+//! and the adversary as the fourth genesis member, over QUIC with mutual TLS. After each attack
+//! the test asserts:
+//! - the honest nodes converge: equal document digests, sync digests and event counts;
+//! - every invalid event was rejected with the expected reason, counted per peer and in the
+//!   metrics, and no honest node holds it;
+//! - honest writes kept being acknowledged during the attack (no gap over [`WRITE_GAP_MAX`]),
+//!   and each is on every node afterwards;
+//! - each honest node's peak resident memory stayed under [`RSS_MAX_KIB`] (the configured
+//!   causal-buffer bound plus the node's own working set);
+//! - after an equivocation, every honest node holds the evidence and refuses the adversary;
+//!   otherwise nobody holds evidence and nobody is refused.
+//!
+//! The scenarios run one at a time (a lock): each brings its own cluster, and several at once
+//! on two cores would turn timing-sensitive ones (slowloris, floods) into a test of the
+//! machine.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use cairn_daemon::client::{ClientError, path_segment};
+use cairn_tests::adversary::cluster::{ADVERSARY_NAME, AttackCluster, FAST_TIMING};
+use cairn_tests::adversary::{Adversary, scenarios};
+use hyper::Method;
+use serde_json::{Value, json};
+
+/// Causal-buffer bounds of the honest nodes in these tests.
+const LIMITS: &str = "[limits]\nbuffer_bytes_per_peer_max = 8388608\nbuffer_bytes_total_max = 33554432\n";
+/// The peak resident memory an honest node may reach: the buffer bound (32 MiB) plus 128 MiB
+/// for the node itself (runtime, QUIC, the store's cache, messages in flight).
+const RSS_MAX_KIB: u64 = (32 + 128) * 1024;
+/// The longest an honest write may wait for its acknowledgement while the attack runs.
+const WRITE_GAP_MAX: Duration = Duration::from_secs(5);
+/// Pause between the honest writer's writes: a steady trickle, so each can be checked later.
+const WRITE_PAUSE: Duration = Duration::from_millis(25);
+/// How long convergence and the counters may take after the attack.
+const SETTLE: Duration = Duration::from_secs(60);
+/// How long the cluster may take to start and connect.
+const START: Duration = Duration::from_secs(30);
+
+/// One scenario at a time (see the module docs).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Acknowledged writes: (key, when acknowledged).
+type Acks = Arc<Mutex<Vec<(String, Instant)>>>;
+
+/// Writes `honest/N` on node `i` every [`WRITE_PAUSE`] until `stop`; records the acks.
+fn spawn_writer(
+    cluster: &AttackCluster,
+    i: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> (Acks, tokio::task::JoinHandle<()>) {
+    let acks: Acks = Arc::new(Mutex::new(Vec::new()));
+    let record = acks.clone();
+    let client = cluster.client(i);
+    let task = tokio::spawn(async move {
+        for n in 0.. {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let key = format!("honest/{n}");
+            let path = format!("/v1/registers/{}", path_segment(&key));
+            if client.send_json(Method::PUT, &path, &json!({ "value": key })).await.is_ok() {
+                record.lock().unwrap().push((key, Instant::now()));
+            }
+            tokio::time::sleep(WRITE_PAUSE).await;
+        }
+    });
+    (acks, task)
+}
+
+/// `name`'s counter `reason` in a peer's stats (0 when absent).
+fn rejected(peer: &Value, reason: &str) -> u64 {
+    peer["stats"]["rejected"][reason].as_u64().unwrap_or(0)
+}
+
+/// Parses OpenMetrics text into `name{labels}` → value.
+fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+        .collect()
+}
+
+/// The three nodes' (digest, sync digest, event count), if every node answers.
+async fn states(cluster: &AttackCluster) -> Option<Vec<(Value, Value, Value)>> {
+    let mut states = Vec::new();
+    for i in 0..cluster.honest.len() {
+        let s = cluster.status(i).await.ok()?;
+        states.push((s["digest"].clone(), s["sync_digest"].clone(), s["n_events"].clone()));
+    }
+    Some(states)
+}
+
+/// Runs scenario `name` against a fresh cluster and checks everything the module docs list.
+/// `setup` may edit the honest nodes' configs before they start.
+fn attack(name: &str, orphans: u64, setup: impl FnOnce(&AttackCluster)) {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut cluster = AttackCluster::write(3, &format!("{FAST_TIMING}{LIMITS}")).expect("write the cluster");
+    setup(&cluster);
+    cluster.start().expect("start the honest nodes");
+    runtime.block_on(async {
+        let cluster = &mut cluster;
+        cluster.wait_connected(START).await.expect("the honest nodes connect");
+        // Some history to attack on top of, from every honest node.
+        for i in 0..3 {
+            for k in 0..3 {
+                let path = format!("/v1/registers/seed-{i}-{k}");
+                cluster.client(i).send_json(Method::PUT, &path, &json!({ "value": "seed" })).await.unwrap();
+            }
+        }
+        cluster
+            .wait_for("the seed writes reach every node", SETTLE, || async {
+                states(cluster).await.is_some_and(|s| s.iter().all(|x| x.2 == json!(9)))
+            })
+            .await
+            .unwrap();
+
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (acks, writer) = spawn_writer(cluster, 0, stop.clone());
+        let attack_started = Instant::now();
+        let mut adversary = Adversary::new(
+            cairn_crypto::SecretKey::from_seed(&cluster.mallory.seed_bytes()),
+            cluster.genesis.clone(),
+            cluster.targets(),
+        );
+        let outcome = scenarios::run(name, &mut adversary, orphans).await;
+        let attack_ended = Instant::now();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.await.unwrap();
+        if let Err(error) = outcome {
+            panic!("scenario {name} failed: {error:#}\n{}", adversary.log.join("\n"));
+        }
+        for i in 0..3 {
+            assert!(cluster.is_alive(i), "{} died during {name}", cluster.honest[i].name);
+        }
+
+        // Honest writes kept being acknowledged.
+        let acks = acks.lock().unwrap().clone();
+        let mut last = attack_started;
+        for (_, at) in acks.iter().filter(|(_, at)| *at <= attack_ended) {
+            assert!(*at - last <= WRITE_GAP_MAX, "an honest write waited {:?} during {name}", *at - last);
+            last = *at;
+        }
+        assert!(
+            attack_ended - last <= WRITE_GAP_MAX,
+            "no honest write was acknowledged in the last {:?} of {name}",
+            attack_ended - last
+        );
+        assert!(!acks.is_empty(), "no honest write was acknowledged during {name}");
+        eprintln!(
+            "{name}: attack took {:.1} s; {} honest writes acknowledged meanwhile",
+            (attack_ended - attack_started).as_secs_f64(),
+            acks.len()
+        );
+
+        // Convergence.
+        let converged = Instant::now();
+        cluster
+            .wait_for("the honest nodes converge", SETTLE, || async {
+                states(cluster).await.is_some_and(|s| s.windows(2).all(|w| w[0] == w[1]))
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {:?}", runtime_states(cluster)));
+        eprintln!("{name}: converged {:.2} s after the attack", converged.elapsed().as_secs_f64());
+        for i in 0..3 {
+            for (key, _) in &acks {
+                let register = cluster
+                    .client(i)
+                    .get_json(&format!("/v1/registers/{}", path_segment(key)))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    register["value"],
+                    json!(key),
+                    "{} lacks acknowledged write {key}",
+                    cluster.honest[i].name
+                );
+            }
+        }
+
+        let expect = adversary.expect.clone();
+        // Rejections: exact per peer, and in the metrics.
+        for (node, reason, n) in &expect.rejected {
+            let i = cluster.honest.iter().position(|h| &h.name == node).unwrap();
+            cluster
+                .wait_for(
+                    &format!("{node} counts {n} {reason} rejections from {ADVERSARY_NAME}"),
+                    SETTLE,
+                    || async {
+                        cluster.peer(i, ADVERSARY_NAME).await.is_ok_and(|p| rejected(&p, reason) >= *n)
+                    },
+                )
+                .await
+                .unwrap();
+            let peer = cluster.peer(i, ADVERSARY_NAME).await.unwrap();
+            assert_eq!(rejected(&peer, reason), *n, "{node}'s {reason} rejections: {peer}");
+            let metrics = parse_metrics(&cluster.client(i).get_text("/v1/metrics").await.unwrap());
+            let counted = metrics
+                .get(&format!("cairn_events_rejected_total{{reason=\"{reason}\"}}"))
+                .copied()
+                .unwrap_or(0.0);
+            assert!(
+                counted >= *n as f64,
+                "{node}'s metrics count {counted} {reason} rejections, expected {n}"
+            );
+        }
+        let mut expected_total: BTreeMap<&str, u64> = BTreeMap::new();
+        for (node, _, n) in &expect.rejected {
+            *expected_total.entry(node.as_str()).or_default() += n;
+        }
+        for i in 0..3 {
+            let peer = cluster.peer(i, ADVERSARY_NAME).await.unwrap();
+            let total: u64 = peer["stats"]["rejected"]
+                .as_object()
+                .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+            let want = expected_total.get(cluster.honest[i].name.as_str()).copied().unwrap_or(0);
+            assert_eq!(total, want, "{} rejected other events than expected: {peer}", cluster.honest[i].name);
+        }
+        for (node, n) in &expect.bad_messages {
+            let i = cluster.honest.iter().position(|h| &h.name == node).unwrap();
+            cluster
+                .wait_for(&format!("{node} counts {n} bad messages"), SETTLE, || async {
+                    cluster
+                        .peer(i, ADVERSARY_NAME)
+                        .await
+                        .is_ok_and(|p| p["stats"]["bad_messages"].as_u64() >= Some(*n))
+                })
+                .await
+                .unwrap();
+        }
+        // Nothing invalid accepted anywhere.
+        for i in 0..3 {
+            for id in &expect.forbidden {
+                match cluster.client(i).get_json(&format!("/v1/events/{}", hex::encode(id.0))).await {
+                    Err(ClientError::Http { status, .. }) if status.as_u16() == 404 => {}
+                    other => panic!("{} holds forbidden event {id}: {other:?}", cluster.honest[i].name),
+                }
+            }
+        }
+        if expect.orphans > 0 {
+            for i in 0..3 {
+                let status = cluster.status(i).await.unwrap();
+                let (bytes, bound) =
+                    (status["buffer_bytes"].as_u64().unwrap(), status["buffer_bytes_max"].as_u64());
+                assert!(
+                    bound.is_none_or(|b| bytes <= b),
+                    "{}'s buffer holds {bytes} bytes: {status}",
+                    cluster.honest[i].name
+                );
+                if !expect.equivocated && expect.rejected.is_empty() {
+                    let events = cluster
+                        .client(i)
+                        .get_json(&format!("/v1/events?author={ADVERSARY_NAME}"))
+                        .await
+                        .unwrap();
+                    assert_eq!(events["events"], json!([]), "{} accepted an orphan", cluster.honest[i].name);
+                }
+            }
+        }
+        // Evidence and refusal exactly when the adversary equivocated.
+        for i in 0..3 {
+            let node = &cluster.honest[i].name;
+            if expect.equivocated {
+                cluster
+                    .wait_for(
+                        &format!("{node} holds evidence against {ADVERSARY_NAME} and refuses it"),
+                        SETTLE,
+                        || async {
+                            let evidence = cluster.client(i).get_json("/v1/evidence").await;
+                            let peer = cluster.peer(i, ADVERSARY_NAME).await;
+                            evidence.is_ok_and(|e| {
+                                e["evidence"]
+                                    .as_array()
+                                    .is_some_and(|l| l.iter().any(|x| x["author_name"] == ADVERSARY_NAME))
+                            }) && peer.is_ok_and(|p| p["state"] == "refused")
+                        },
+                    )
+                    .await
+                    .unwrap();
+            } else {
+                let evidence = cluster.client(i).get_json("/v1/evidence").await.unwrap();
+                assert_eq!(evidence["evidence"], json!([]), "{node} holds evidence after {name}");
+                let peer = cluster.peer(i, ADVERSARY_NAME).await.unwrap();
+                assert_ne!(peer["state"], "refused", "{node} refuses {ADVERSARY_NAME} after {name}");
+            }
+        }
+        // Memory.
+        for i in 0..3 {
+            let peak = cluster.peak_rss_kib(i).expect("VmHWM of a live node");
+            eprintln!("{name}: {} peak RSS {} MiB", cluster.honest[i].name, peak / 1024);
+            assert!(
+                peak <= RSS_MAX_KIB,
+                "{}'s peak RSS {} KiB is over {RSS_MAX_KIB} KiB",
+                cluster.honest[i].name,
+                peak
+            );
+        }
+    });
+}
+
+/// For a failing convergence: what each node reports.
+fn runtime_states(cluster: &AttackCluster) -> Vec<String> {
+    cluster.honest.iter().map(|h| h.log.display().to_string()).collect()
+}
+
+fn run(name: &str) {
+    attack(name, scenarios::ORPHANS_DEFAULT, |_| {});
+}
+
+#[test]
+fn s01_forged_signature() {
+    run("forged-signature");
+}
+#[test]
+fn s02_author_swapped() {
+    run("author-swapped");
+}
+#[test]
+fn s03_wrong_ops_hash() {
+    run("wrong-ops-hash");
+}
+#[test]
+fn s04_mutated_header() {
+    run("mutated-header");
+}
+#[test]
+fn s05_non_canonical() {
+    run("non-canonical");
+}
+#[test]
+fn s06_edge_signatures() {
+    run("edge-signatures");
+}
+#[test]
+fn s07_seq_gap() {
+    run("seq-gap");
+}
+#[test]
+fn s08_equivocation() {
+    run("equivocation");
+}
+#[test]
+fn s09_fork_branches() {
+    run("fork-branches");
+}
+#[test]
+fn s10_wrong_lamport() {
+    run("wrong-lamport");
+}
+#[test]
+fn s11_bad_deps() {
+    run("bad-deps");
+}
+#[test]
+fn s12_orphan_flood() {
+    run("orphan-flood");
+}
+#[test]
+fn s13_lying_length() {
+    run("lying-length");
+}
+#[test]
+fn s14_oversize_message() {
+    run("oversize-message");
+}
+#[test]
+fn s15_truncated_and_garbage() {
+    run("truncated-and-garbage");
+}
+#[test]
+fn s16_forged_evidence() {
+    run("forged-evidence");
+}
+#[test]
+fn s17_replay_flood() {
+    run("replay-flood");
+}
+#[test]
+fn s18_withholding_relay() {
+    // Alice and carol are not peers: what one writes reaches the other through bob, or
+    // through the adversary, which forwards nothing.
+    attack("withholding-relay", 0, |cluster| {
+        cluster.remove_peer(0, 2).unwrap();
+        cluster.remove_peer(2, 0).unwrap();
+    });
+}
+#[test]
+fn s19_slowloris() {
+    run("slowloris");
+}
+#[test]
+fn s20_connection_flood() {
+    run("connection-flood");
+}
+#[test]
+fn s21_wrong_cluster() {
+    run("wrong-cluster");
+}
+#[test]
+fn s22_non_member() {
+    run("non-member");
+}
+#[test]
+fn s23_impostor() {
+    run("impostor");
+}
