@@ -265,6 +265,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ServiceError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            ServiceError::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
         };
         Self::new(status, code, error.to_string())
     }
@@ -860,9 +861,13 @@ async fn put_register(
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<ValueBody>,
 ) -> Result<Json<AckJson>, ApiError> {
+    write(&st, put_ops(key, body)?).await
+}
+
+fn put_ops(key: String, body: ValueBody) -> Result<Vec<Op>, ApiError> {
     let key = check_key(key, "path")?;
     let value = value_bytes(body.value, body.value_base64, "value", "")?;
-    write(&st, vec![Op::Put { key, value }]).await
+    Ok(vec![Op::Put { key, value }])
 }
 
 async fn delete_register(
@@ -892,8 +897,11 @@ async fn incr_counter(
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<IncrBody>,
 ) -> Result<Json<AckJson>, ApiError> {
-    let key = check_key(key, "path")?;
-    write(&st, vec![Op::Incr { key, delta: body.delta }]).await
+    write(&st, incr_ops(key, body)?).await
+}
+
+fn incr_ops(key: String, body: IncrBody) -> Result<Vec<Op>, ApiError> {
+    Ok(vec![Op::Incr { key: check_key(key, "path")?, delta: body.delta }])
 }
 
 async fn set(State(st): State<AppState>, ApiPath(key): ApiPath<String>) -> Result<Json<SetJson>, ApiError> {
@@ -913,9 +921,7 @@ async fn add_to_set(
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<ElementBody>,
 ) -> Result<Json<AckJson>, ApiError> {
-    let key = check_key(key, "path")?;
-    let element = value_bytes(body.element, body.element_base64, "element", "")?;
-    write(&st, vec![Op::Add { key, element }]).await
+    write(&st, element_ops(key, body, true)?).await
 }
 
 async fn remove_from_set(
@@ -923,9 +929,13 @@ async fn remove_from_set(
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<ElementBody>,
 ) -> Result<Json<AckJson>, ApiError> {
+    write(&st, element_ops(key, body, false)?).await
+}
+
+fn element_ops(key: String, body: ElementBody, add: bool) -> Result<Vec<Op>, ApiError> {
     let key = check_key(key, "path")?;
     let element = value_bytes(body.element, body.element_base64, "element", "")?;
-    write(&st, vec![Op::Remove { key, element }]).await
+    Ok(vec![if add { Op::Add { key, element } } else { Op::Remove { key, element } }])
 }
 
 #[derive(Deserialize)]
@@ -971,6 +981,10 @@ async fn batch(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<BatchBody>,
 ) -> Result<Json<AckJson>, ApiError> {
+    write(&st, batch_ops(body)?).await
+}
+
+fn batch_ops(body: BatchBody) -> Result<Vec<Op>, ApiError> {
     if body.ops.is_empty() {
         return Err(ApiError::bad_request("bad_batch", "the batch has no ops; give 1 to 256"));
     }
@@ -980,8 +994,44 @@ async fn batch(
             format!("the batch has {} ops, over the limit of {OPS_MAX}; split it", body.ops.len()),
         ));
     }
-    let ops = body.ops.into_iter().enumerate().map(|(idx, op)| op.into_op(idx)).collect::<Result<_, _>>()?;
-    write(&st, ops).await
+    body.ops.into_iter().enumerate().map(|(idx, op)| op.into_op(idx)).collect()
+}
+
+/// A write route whose JSON body [`write_body_ops`] parses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteRoute {
+    /// `PUT /v1/registers/{key}`.
+    PutRegister,
+    /// `POST /v1/counters/{key}/incr`.
+    IncrCounter,
+    /// `POST /v1/sets/{key}/add`.
+    AddToSet,
+    /// `POST /v1/sets/{key}/remove`.
+    RemoveFromSet,
+    /// `POST /v1/batch` (no path key).
+    Batch,
+}
+
+/// The ops a write request makes of its (decoded) path key and its JSON body, parsed and
+/// checked by the code the handlers run once the body is read ([`Json::from_bytes`], as the
+/// extractor does, then the same checks). An error is the answer's status, code and message.
+/// Public for the fuzz targets in `cairn-tests`; the handlers do not call it.
+pub fn write_body_ops(
+    route: WriteRoute,
+    key: String,
+    body: &[u8],
+) -> Result<Vec<Op>, (u16, &'static str, String)> {
+    fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+        Ok(Json::<T>::from_bytes(body)?.0)
+    }
+    let ops = match route {
+        WriteRoute::PutRegister => parse(body).and_then(|body| put_ops(key, body)),
+        WriteRoute::IncrCounter => parse(body).and_then(|body| incr_ops(key, body)),
+        WriteRoute::AddToSet => parse(body).and_then(|body| element_ops(key, body, true)),
+        WriteRoute::RemoveFromSet => parse(body).and_then(|body| element_ops(key, body, false)),
+        WriteRoute::Batch => parse(body).and_then(batch_ops),
+    };
+    ops.map_err(|e| (e.status.as_u16(), e.code, e.message))
 }
 
 #[derive(Deserialize)]

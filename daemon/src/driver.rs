@@ -2,6 +2,15 @@
 //! style of quinn's `ConnectionDriver`. Transport events, API commands and timers come in;
 //! messages go out to the transport, accepted events to the store (group commit), changes to
 //! the watch stream.
+//!
+//! A commit that fails because the store's file system is full does not stop the daemon: the
+//! store has checked that nothing of it was stored, so the batch's writes fail with
+//! [`ServiceError::NoSpace`] (HTTP 507), their own seqs are given back (`Node::abort_writes`),
+//! the events from peers and the evidence wait for a later commit, and commits are tried again
+//! after a back-off ([`STORE_RETRY_MIN`] doubling to [`STORE_RETRY_MAX`]); writes that arrive
+//! meanwhile wait for that attempt. Reads, status and replication go on from memory. The first
+//! failure logs one warning, the first commit that succeeds again one line. Any other store
+//! failure stops the daemon.
 
 use std::net::SocketAddr;
 
@@ -24,7 +33,7 @@ use cairn_protocol::{Event, Genesis, Node, NodeEvent};
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::transport::{Transport, TransportEvent};
 
 /// While a peer's transport queue is full and the node still has output for it, the driver
@@ -55,6 +64,13 @@ pub const INVALID_INPUTS_WINDOW: Duration = Duration::from_secs(10);
 pub const MUTE_MIN: Duration = Duration::from_secs(1);
 /// The longest a misbehaving peer is ignored.
 pub const MUTE_MAX: Duration = Duration::from_secs(300);
+/// After a commit failed because the store's file system is full, the next one is tried this
+/// much later, then twice as late after each failure, up to [`STORE_RETRY_MAX`]. Each attempt
+/// reopens the store (redb requires it after a failed write), which reads the whole file.
+pub const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
+/// The longest wait between two commits tried while the file system is full, and so about the
+/// longest a write waits for its answer then.
+pub const STORE_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Invalid inputs of one peer, and whether it is being ignored.
 #[derive(Debug)]
@@ -95,6 +111,21 @@ struct StoreJob {
     evidence: Vec<([u8; 32], Vec<u8>)>,
 }
 
+/// What the store's writer thread reports for a job: done, or why not, with the job given back.
+type StoreResult = Result<(), (StoreError, StoreJob)>;
+
+/// The store's file system is full: the last commit failed for want of space.
+struct StoreFull {
+    /// When the next commit may be tried.
+    retry_at: Instant,
+    /// The wait before `retry_at`, doubled after the next failure.
+    backoff: Duration,
+    /// The last failure came while draining: no further attempt is made.
+    while_draining: bool,
+    /// For `writes_refused` in the status.
+    reason: String,
+}
+
 type WriteReply = oneshot::Sender<Result<WriteAck, ServiceError>>;
 
 /// The batch being committed: own events waiting for their fsync, with the requesters of the
@@ -131,7 +162,9 @@ pub struct Service {
     in_flight: Option<InFlight>,
     commit_writes_max: usize,
     store_jobs: mpsc::Sender<StoreJob>,
-    store_done: mpsc::Receiver<Result<(), String>>,
+    store_done: mpsc::Receiver<StoreResult>,
+    /// Set while the store's file system is full.
+    store_full: Option<StoreFull>,
     warned: std::collections::BTreeSet<(PublicKey, &'static str)>,
     failed: Option<String>,
     buffer_bytes_max: usize,
@@ -174,6 +207,7 @@ impl Service {
             commit_writes_max: parts.commit_writes_max,
             store_jobs,
             store_done,
+            store_full: None,
             warned: Default::default(),
             failed: None,
             buffer_bytes_max: parts.buffer_bytes_max,
@@ -270,7 +304,9 @@ impl Service {
         loop {
             self.after_input();
             let idle = self.in_flight.is_none() && self.writes.is_empty() && self.unstored.is_empty();
-            if idle || Instant::now() >= deadline {
+            // The file system is full, and the one attempt made while draining failed too.
+            let full = self.in_flight.is_none() && self.store_full.as_ref().is_some_and(|f| f.while_draining);
+            if idle || full || Instant::now() >= deadline {
                 break;
             }
             match tokio::time::timeout_at(deadline.into(), self.store_done.recv()).await {
@@ -281,6 +317,13 @@ impl Service {
                 self.fail_writes(&error);
                 anyhow::bail!("{error}");
             }
+        }
+        if self.store_full.is_some() && !self.unstored.is_empty() {
+            warn!(
+                events = self.unstored.len(),
+                "stopping with events from peers that could not be stored (the file system is full); \
+                 the node fetches them from its peers again after the restart"
+            );
         }
         self.fail_writes("the daemon is shutting down");
         // Give queued messages a moment to leave, then close connections.
@@ -302,7 +345,7 @@ impl Service {
     }
 
     fn next_wake(&self) -> Option<Instant> {
-        let commit_due = self.unstored_since.map(|t| t + PEER_EVENTS_COMMIT_DELAY);
+        let commit_due = self.commit_due();
         let mute_end = self.strikes.values().filter_map(|s| s.muted_until).min();
         let mute_end = match (mute_end, commit_due) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -317,6 +360,22 @@ impl Service {
         match (timer, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// When a commit that cannot start now may start: the end of the wait of events from peers,
+    /// or of the back-off while the file system is full. `None` while a commit is in flight (its
+    /// end wakes the loop) or nothing waits.
+    fn commit_due(&self) -> Option<Instant> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let peer_events_due = self.unstored_since.map(|t| t + PEER_EVENTS_COMMIT_DELAY);
+        let Some(full) = &self.store_full else { return peer_events_due };
+        if !self.writes.is_empty() || !self.unstored_evidence.is_empty() {
+            Some(full.retry_at)
+        } else {
+            peer_events_due.map(|due| due.max(full.retry_at))
         }
     }
 
@@ -490,6 +549,13 @@ impl Service {
         if self.in_flight.is_some() || self.failed.is_some() {
             return;
         }
+        if let Some(full) = &self.store_full {
+            // Draining tries once more at once; a failure then ends the tries.
+            let may_try = if self.draining { !full.while_draining } else { Instant::now() >= full.retry_at };
+            if !may_try {
+                return;
+            }
+        }
         let n_writes = self.writes.len().min(self.commit_writes_max);
         let mut own = Vec::new();
         let mut acks = Vec::new();
@@ -534,11 +600,14 @@ impl Service {
         self.in_flight = Some(InFlight { own, acks, n_events });
     }
 
-    fn on_committed(&mut self, result: Result<(), String>) {
+    fn on_committed(&mut self, result: StoreResult) {
         let Some(InFlight { own, acks, n_events }) = self.in_flight.take() else { return };
         self.metrics.commits.inc();
         match result {
             Ok(()) => {
+                if self.store_full.take().is_some() {
+                    info!("the store's file system has room again: writes are stored and acknowledged again");
+                }
                 self.metrics.committed_events.inc_by(n_events as u64);
                 let now = self.now_ms();
                 let accepted = self.node.commit_writes(own, now);
@@ -555,14 +624,77 @@ impl Service {
                     }
                 }
             }
-            Err(error) => {
+            Err((error @ StoreError::NoSpace { .. }, job)) => self.on_store_full(&error, job, &own, acks),
+            Err((error, _)) => {
                 error!(%error, "the store failed; writes are no longer acknowledged and the daemon stops");
                 for sender in acks.into_iter().flatten() {
-                    let _ = sender.send(Err(ServiceError::Storage(error.clone())));
+                    let _ = sender.send(Err(ServiceError::Storage(error.to_string())));
                 }
                 self.failed = Some(format!("storage failed: {error}"));
             }
         }
+    }
+
+    /// A commit failed for want of space, and the store checked that nothing of it was stored
+    /// (see `store.rs`): its writes fail, its own events are dropped and their seqs given back
+    /// (no peer has seen them, and they can never surface from the store), its events from peers
+    /// and its evidence wait for the next commit, which is tried after a back-off.
+    fn on_store_full(
+        &mut self,
+        error: &StoreError,
+        job: StoreJob,
+        own: &[Event],
+        acks: Vec<Vec<WriteReply>>,
+    ) {
+        self.node.abort_writes();
+        let message = error.to_string();
+        let failed: Vec<WriteReply> = acks.into_iter().flatten().collect();
+        self.metrics.write_errors.inc_by(failed.len() as u64);
+        for sender in failed {
+            let _ = sender.send(Err(ServiceError::NoSpace(message.clone())));
+        }
+        // The own events were appended last (`start_commit`). What came from peers goes back in
+        // front of what was accepted since, so the store's log stays in causal order.
+        let StoreJob { mut events, mut evidence } = job;
+        let n_peer_events = events.len().checked_sub(own.len()).expect("the job holds the own events");
+        assert!(
+            events[n_peer_events..].iter().zip(own).all(|((id, _), event)| *id == event.id().0),
+            "the own events are the job's last"
+        );
+        events.truncate(n_peer_events);
+        events.append(&mut self.unstored);
+        self.unstored = events;
+        if !self.unstored.is_empty() {
+            self.unstored_since.get_or_insert_with(Instant::now);
+        }
+        evidence.append(&mut self.unstored_evidence);
+        self.unstored_evidence = evidence;
+
+        let backoff = match &self.store_full {
+            Some(full) => (full.backoff * 2).min(STORE_RETRY_MAX),
+            None => {
+                warn!(%error, retry_in = ?STORE_RETRY_MIN,
+                    "the store's file system is full: writes fail (HTTP 507) until there is room again, and the \
+                     store is tried again by itself; reads, status and replication go on (further failures are \
+                     logged at debug level)");
+                STORE_RETRY_MIN
+            }
+        };
+        debug!(%error, retry_in = ?backoff, peer_events = self.unstored.len(), "commit failed: no space");
+        let reason = match error {
+            StoreError::NoSpace { path, .. } => format!(
+                "the file system holding the store {} is full: writes fail until there is room again \
+                 (cairnd retries by itself)",
+                path.display()
+            ),
+            other => other.to_string(),
+        };
+        self.store_full = Some(StoreFull {
+            retry_at: Instant::now() + backoff,
+            backoff,
+            while_draining: self.draining,
+            reason,
+        });
     }
 
     fn fail_writes(&mut self, why: &str) {
@@ -588,6 +720,8 @@ impl Service {
         self.metrics.rate_limited_events.inc_by(rate_limited.saturating_sub(self.rate_limited_seen));
         self.rate_limited_seen = self.rate_limited_seen.max(rate_limited);
         let adapter = self.node.adapter();
+        let dropped = adapter.orphans_dropped();
+        self.metrics.orphans_dropped.inc_by(dropped.saturating_sub(self.metrics.orphans_dropped.get()));
         let (n_buffered, buffer_bytes) = adapter.buffer_use();
         self.metrics.peers_connected.set(self.node.connected_peers().len() as i64);
         self.metrics.events_held.set(adapter.n_accepted() as i64);
@@ -728,7 +862,11 @@ impl Service {
             buffer_events,
             buffer_bytes,
             buffer_bytes_max: self.buffer_bytes_max,
-            writes_refused: self.node.own_seq_pending().map(|e| e.to_string()),
+            writes_refused: self
+                .node
+                .own_seq_pending()
+                .map(|e| e.to_string())
+                .or_else(|| self.store_full.as_ref().map(|full| full.reason.clone())),
             n_peers_connected: self.node.connected_peers().len(),
             n_peers: self.genesis.members().len().saturating_sub(1),
         }
@@ -744,21 +882,25 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 /// The store lives on its own thread: commits block on fsync, and the service loop must not.
 /// One job at a time, so everything that accumulates meanwhile goes into the next commit.
-fn spawn_store_writer(mut store: Store) -> (mpsc::Sender<StoreJob>, mpsc::Receiver<Result<(), String>>) {
+/// A failed commit ends the thread, unless it failed for want of space: the store is usable
+/// again after that (it reopened itself), and the job goes back for a later try.
+fn spawn_store_writer(mut store: Store) -> (mpsc::Sender<StoreJob>, mpsc::Receiver<StoreResult>) {
     let (jobs_tx, mut jobs_rx) = mpsc::channel::<StoreJob>(1);
     let (done_tx, done_rx) = mpsc::channel(1);
     std::thread::Builder::new()
         .name("cairn-store".to_owned())
         .spawn(move || {
             while let Some(job) = jobs_rx.blocking_recv() {
-                let events: Vec<([u8; 32], &[u8])> =
-                    job.events.iter().map(|(id, b)| (*id, b.as_slice())).collect();
-                let evidence: Vec<([u8; 32], &[u8])> =
-                    job.evidence.iter().map(|(a, b)| (*a, b.as_slice())).collect();
-                let result = store.append(&events, &evidence).map_err(|e| e.to_string());
-                debug!(events = events.len(), ok = result.is_ok(), "store commit");
-                let failed = result.is_err();
-                if done_tx.blocking_send(result).is_err() || failed {
+                let result = {
+                    let events: Vec<([u8; 32], &[u8])> =
+                        job.events.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+                    let evidence: Vec<([u8; 32], &[u8])> =
+                        job.evidence.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+                    store.append(&events, &evidence)
+                };
+                debug!(events = job.events.len(), ok = result.is_ok(), "store commit");
+                let fatal = result.as_ref().is_err_and(|e| !matches!(e, StoreError::NoSpace { .. }));
+                if done_tx.blocking_send(result.map_err(|e| (e, job))).is_err() || fatal {
                     break;
                 }
             }

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub bad_messages: Counter,
     /// Events dropped unread by the per-peer rate limit.
     pub rate_limited_events: Counter,
+    /// Events dropped before their signature check: deps missing, the sender's buffer share full.
+    pub orphans_dropped: Counter,
     /// Bytes received, per peer.
     pub bytes_in: Family<PeerLabel, Counter>,
     /// Bytes sent, per peer.
@@ -74,6 +76,7 @@ impl Metrics {
             committed_events: Counter::default(),
             bad_messages: Counter::default(),
             rate_limited_events: Counter::default(),
+            orphans_dropped: Counter::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
             peers_connected: Gauge::default(),
@@ -102,6 +105,11 @@ impl Metrics {
             "rate_limited_events",
             "Events dropped by the per-peer rate limit",
             metrics.rate_limited_events.clone(),
+        );
+        registry.register(
+            "buffer_orphans_dropped",
+            "Events dropped unverified: deps missing while the sender's buffer share was full",
+            metrics.orphans_dropped.clone(),
         );
         registry.register("peer_bytes_in", "Bytes received from a peer", metrics.bytes_in.clone());
         registry.register("peer_bytes_out", "Bytes sent to a peer", metrics.bytes_out.clone());

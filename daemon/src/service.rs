@@ -26,6 +26,10 @@ pub enum ServiceError {
     /// The store failed; the write was not acknowledged.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The store's file system is full; the write was not stored. The message says where and
+    /// what to do.
+    #[error("{0}")]
+    NoSpace(String),
     /// Too many requests are queued.
     #[error("the daemon is busy: {COMMAND_QUEUE_MAX} requests are queued; retry")]
     Busy,

@@ -21,6 +21,24 @@
 //! load checks that `log` and `ids` agree entry by entry. The protocol layer validates every
 //! event again when it restores them (`Node::restore`), but without the signatures, which is why
 //! the bytes themselves must be trustworthy.
+//!
+//! # A full file system
+//!
+//! A commit that fails because the file system is full (`ENOSPC`, `EDQUOT`) is reported as
+//! [`StoreError::NoSpace`], and the store stays usable. What redb 4 does after a failed commit:
+//! the first failed file operation latches an I/O failure flag, and every later operation of
+//! that `Database` fails with `PreviousIo` until it is dropped and opened again; the drop leaves
+//! no clean-shutdown mark, so the next open recovers the file. Commits are two-phase: the new
+//! commit slot is written and synced first, and only then is the primary flag switched and
+//! synced; a primary written by a two-phase commit is used as it is, and the other slot is never
+//! considered. So a commit that fails before its switch reached the file is not durable and can
+//! never surface later; only one that fails in the last sync, after writing the switch, may have
+//! landed. The store therefore closes the database after such a failure, opens it again at once
+//! (recovery writes only the header page, which needs no new space) and counts what it holds:
+//! exactly the events it held before means the batch was not stored, which
+//! [`StoreError::NoSpace`] promises; every event of the batch present means the commit landed
+//! after all, and `append` succeeds. Anything else, or a reopen that fails, is a fatal
+//! [`StoreError::Io`].
 
 use std::cell::Cell;
 use std::fmt;
@@ -143,6 +161,21 @@ pub enum StoreError {
         /// What the file system said.
         detail: String,
     },
+    /// The file system holding the store is full. The batch was not stored (the store checked
+    /// by reopening the file), nothing stored before was lost, and the store takes writes again
+    /// once there is space.
+    #[error(
+        "the file system holding the data directory {} is full (writing the store at {path} \
+         failed: {detail}); this write was not stored. Free space there or grow the file system: \
+         writes succeed again by themselves, without a restart, and nothing acknowledged was lost",
+        parent_dir(.path).display()
+    )]
+    NoSpace {
+        /// The store file.
+        path: PathBuf,
+        /// What the file system said.
+        detail: String,
+    },
     /// A write failed. The store refuses every later write from this process.
     #[error(
         "writing the store at {path} failed: {detail}; this process can no longer write to it, so \
@@ -159,12 +192,14 @@ pub enum StoreError {
 
 /// The node's durable store: one redb database. See the module documentation for the layout.
 pub struct Store {
-    db: Database,
+    /// `None` only after a write failed and the database could not be opened again (`failed`).
+    db: Option<Database>,
     path: PathBuf,
     /// Entries in `log`; the next event goes to this position.
     n_events: u64,
-    /// Set when a write failed: redb then refuses every later write (`PreviousIo`), and so does
-    /// this store, without touching the file again.
+    /// Set when a write failed for another reason than a full file system, or the store could
+    /// not tell whether it was stored: this store then refuses every later write without
+    /// touching the file again.
     failed: bool,
     /// Whether the open rolled back a last commit that did not verify.
     rolled_back: bool,
@@ -191,28 +226,7 @@ impl Store {
     /// anything is returned, so the open reads the whole file.
     pub fn open(path: &Path, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<(Self, Loaded), StoreError> {
         create_dir_durably(parent_dir(path)).map_err(|e| access(path, &e))?;
-
-        // redb reports its repair steps by progress only. A step below one half, after the
-        // start at 0, is the fall-back from a primary commit slot that fails its checksums to
-        // the previous commit (redb `Database::do_repair`).
-        let fell_back = Rc::new(Cell::new(false));
-        let fell_back_seen = Rc::clone(&fell_back);
-        let db = Database::builder()
-            .set_cache_size(CACHE_BYTES)
-            // Verifies the checksum of every live page on each open, so a file altered outside
-            // redb is refused instead of trusted (a plain open may even panic on one). The cost
-            // is one read of the whole file at start-up, about as much as loading every event,
-            // which the start-up does anyway.
-            .set_check_integrity_on_open(true)
-            .set_repair_callback(move |session| {
-                let progress = session.progress();
-                if progress > 0.0 && progress < 0.5 {
-                    fell_back_seen.set(true);
-                }
-            })
-            .create(path)
-            .map_err(|e| redb_error(path, e.into(), Stage::Open))?;
-        let rolled_back = fell_back.get();
+        let (db, rolled_back) = open_database(path, OpenMode::Create)?;
         if rolled_back {
             // Commits are two-phase (see `append`), so redb falls back to the commit before only
             // when the last one was torn by a crash before it returned: that write was never
@@ -223,7 +237,7 @@ impl Store {
             );
         }
 
-        let mut store = Self { db, path: path.to_owned(), n_events: 0, failed: false, rolled_back };
+        let mut store = Self { db: Some(db), path: path.to_owned(), n_events: 0, failed: false, rolled_back };
         if store.check_meta(cluster_id, node_key)? {
             store.write_meta(cluster_id, node_key)?;
         }
@@ -267,9 +281,56 @@ impl Store {
                 self.n_events = n_events;
                 Ok(())
             }
+            Err(error @ StoreError::NoSpace { .. }) => self.after_no_space(events, error),
             Err(error) => {
                 self.failed = true;
                 Err(error)
+            }
+        }
+    }
+
+    /// After a commit failed for want of space: reopens the database, which redb requires after
+    /// any failed write, and finds out whether the batch was stored (see the module docs).
+    /// Returns `error` if it was not, `Ok` if it was after all, and a fatal error if the store
+    /// cannot tell.
+    fn after_no_space(&mut self, events: &[([u8; 32], &[u8])], error: StoreError) -> Result<(), StoreError> {
+        // Dropping the database closes the file without a clean-shutdown mark; the reopen
+        // recovers it to its last durable commit.
+        self.db = None;
+        let reopened = open_database(&self.path, OpenMode::Existing).and_then(|(db, _)| {
+            let counted = count_stored(&self.path, &db, events);
+            self.db = Some(db);
+            counted
+        });
+        match reopened {
+            Ok((n_stored, _)) if n_stored == self.n_events => {
+                // Nothing was stored: with the events before it intact, the batch is simply not
+                // there, and it can never surface (its commit slot is not the primary).
+                tracing::debug!(path = %self.path.display(), "a commit failed for want of space; not stored");
+                Err(error)
+            }
+            Ok((n_stored, n_found)) if n_found == events.len() && n_stored > self.n_events => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "a commit reported that the file system is full, but it was stored after all"
+                );
+                self.n_events = n_stored;
+                Ok(())
+            }
+            Ok((n_stored, n_found)) => {
+                self.failed = true;
+                Err(self.io_error(format!(
+                    "{error}; after reopening it holds {n_stored} events, not {} as before, and {n_found} \
+                     of the {} events of the failed batch",
+                    self.n_events,
+                    events.len()
+                )))
+            }
+            Err(reopen) => {
+                self.failed = true;
+                self.db = None;
+                Err(self
+                    .io_error(format!("{error}; reopening it to check what it holds failed too: {reopen}")))
             }
         }
     }
@@ -294,7 +355,8 @@ impl Store {
     /// One write transaction with all of `events` and `evidence`; returns the new event count.
     fn write(&self, events: &[([u8; 32], &[u8])], evidence: &[([u8; 32], &[u8])]) -> Result<u64, StoreError> {
         let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Write);
-        let mut tx = self.db.begin_write().map_err(|e| fail(e.into()))?;
+        let db = self.db()?;
+        let mut tx = db.begin_write().map_err(|e| fail(e.into()))?;
         // Immediate is redb's default; it is set here because acknowledging a write depends on
         // it: the commit returns after the data and the new commit slot are fsync'd.
         tx.set_durability(Durability::Immediate).map_err(|e| fail(e.into()))?;
@@ -330,7 +392,7 @@ impl Store {
     fn check_meta(&self, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<bool, StoreError> {
         let path = &self.path;
         let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
-        let tx = self.db.begin_read().map_err(|e| fail(e.into()))?;
+        let tx = self.db()?.begin_read().map_err(|e| fail(e.into()))?;
         if tx.list_tables().map_err(|e| fail(e.into()))?.next().is_none() {
             return Ok(true);
         }
@@ -375,7 +437,10 @@ impl Store {
     fn write_meta(&self, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<(), StoreError> {
         let path = &self.path;
         let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
-        let tx = self.db.begin_write().map_err(|e| fail(e.into()))?;
+        let mut tx = self.db()?.begin_write().map_err(|e| fail(e.into()))?;
+        // Two-phase like every later commit, so that a failed first append cannot bring a commit
+        // slot that is not the primary back (see the module docs).
+        tx.set_two_phase_commit(true);
         {
             let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
             meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
@@ -401,7 +466,7 @@ impl Store {
             }
             e => fail(e.into()),
         };
-        let tx = self.db.begin_read().map_err(|e| fail(e.into()))?;
+        let tx = self.db()?.begin_read().map_err(|e| fail(e.into()))?;
         let log = tx.open_table(LOG).map_err(open_error)?;
         let ids = tx.open_table(IDS).map_err(open_error)?;
         let evidence_table = tx.open_table(EVIDENCE).map_err(open_error)?;
@@ -466,6 +531,72 @@ impl Store {
     fn io_error(&self, detail: String) -> StoreError {
         StoreError::Io { path: self.path.clone(), detail }
     }
+
+    /// The open database; an I/O error once a failed write left none.
+    fn db(&self) -> Result<&Database, StoreError> {
+        self.db.as_ref().ok_or_else(|| self.io_error("an earlier write failed".to_owned()))
+    }
+}
+
+/// Whether [`open_database`] may create the file.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OpenMode {
+    Create,
+    Existing,
+}
+
+/// Opens (or creates) the redb database at `path` with the store's settings, verifying every
+/// page checksum. Returns it and whether redb rolled back a last commit that did not verify.
+fn open_database(path: &Path, mode: OpenMode) -> Result<(Database, bool), StoreError> {
+    // redb reports its repair steps by progress only. A step below one half, after the start at
+    // 0, is the fall-back from a primary commit slot that fails its checksums to the previous
+    // commit (redb `Database::do_repair`).
+    let fell_back = Rc::new(Cell::new(false));
+    let fell_back_seen = Rc::clone(&fell_back);
+    let mut builder = Database::builder();
+    builder
+        .set_cache_size(CACHE_BYTES)
+        // Verifies the checksum of every live page on each open, so a file altered outside redb
+        // is refused instead of trusted (a plain open may even panic on one). The cost is one
+        // read of the whole file at start-up, about as much as loading every event, which the
+        // start-up does anyway.
+        .set_check_integrity_on_open(true)
+        .set_repair_callback(move |session| {
+            let progress = session.progress();
+            if progress > 0.0 && progress < 0.5 {
+                fell_back_seen.set(true);
+            }
+        });
+    let db = match mode {
+        OpenMode::Create => builder.create(path),
+        OpenMode::Existing => builder.open(path),
+    }
+    .map_err(|e| redb_error(path, e.into(), Stage::Open))?;
+    Ok((db, fell_back.get()))
+}
+
+/// How many events `db` holds, and how many of `events` are among them.
+fn count_stored(
+    path: &Path,
+    db: &Database,
+    events: &[([u8; 32], &[u8])],
+) -> Result<(u64, usize), StoreError> {
+    let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
+    let tx = db.begin_read().map_err(|e| fail(e.into()))?;
+    let n_stored = tx.open_table(LOG).map_err(|e| fail(e.into()))?.len().map_err(|e| fail(e.into()))?;
+    let ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
+    let mut n_found = 0;
+    for (id, _) in events {
+        if ids.get(id).map_err(|e| fail(e.into()))?.is_some() {
+            n_found += 1;
+        }
+    }
+    Ok((n_stored, n_found))
+}
+
+/// Whether an I/O error says that the file system (or the user's quota on it) is full.
+fn is_no_space(error: &io::Error) -> bool {
+    matches!(error.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded)
 }
 
 /// Asserts that `bytes` is the canonical encoding of the event `id`.
@@ -503,6 +634,9 @@ fn redb_error(path: &Path, error: redb::Error, stage: Stage) -> StoreError {
         // cut short.
         redb::Error::Io(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
             corrupt(path, format!("the file is shorter than its layout says ({e})"))
+        }
+        redb::Error::Io(e) if matches!(stage, Stage::Write) && is_no_space(&e) => {
+            StoreError::NoSpace { path: path.to_owned(), detail: e.to_string() }
         }
         e => match stage {
             Stage::Open => access(path, &e),

@@ -69,6 +69,9 @@ pub struct Ingested {
     pub n_evicted: usize,
     /// Events already accepted or buffered.
     pub n_duplicate: usize,
+    /// Events dropped before their signature was checked: their deps were missing and their
+    /// sender's share of the causal buffer was full (they are fetched again by sync if real).
+    pub n_orphans_dropped: usize,
     /// Evidence that became this node's evidence for its author (new, or lower than before).
     pub evidence: Vec<Evidence>,
     /// Authors whose lowest accepted fork seq appeared or went down: `(author, fork seq)`.
@@ -93,6 +96,8 @@ pub struct Adapter {
     genesis: Genesis,
     config: AdapterConfig,
     accepted: BTreeMap<EventId, Verified>,
+    /// See [`Adapter::orphans_dropped`].
+    n_orphans_dropped: u64,
     chains: Vec<Chain>,
     buffer: CausalBuffer,
     evidence: BTreeMap<MemberIdx, Evidence>,
@@ -108,6 +113,7 @@ impl Adapter {
             genesis,
             config,
             accepted: BTreeMap::new(),
+            n_orphans_dropped: 0,
             chains,
             buffer,
             evidence: BTreeMap::new(),
@@ -163,6 +169,12 @@ impl Adapter {
     /// Events evicted from the buffer so far.
     pub fn buffer_evicted(&self) -> u64 {
         self.buffer.n_evicted()
+    }
+
+    /// Events dropped unverified because their sender's buffer share was full (see
+    /// [`Ingested::n_orphans_dropped`]), since start.
+    pub fn orphans_dropped(&self) -> u64 {
+        self.n_orphans_dropped
     }
 
     /// Deps that buffered events wait for and nobody has sent, at most `limit`.
@@ -274,6 +286,9 @@ impl Adapter {
                 }
             }
         }
+        if check_signatures {
+            self.drop_unaffordable_orphans(from, &mut candidates, &mut out);
+        }
         let checks: Vec<Check<'_>> = candidates
             .iter()
             .map(|c| Check { key: &c.event.header.author, message: &c.id.0, signature: &c.event.sig })
@@ -292,6 +307,36 @@ impl Adapter {
             self.admit(decoded, from, &mut out);
         }
         out
+    }
+
+    /// Drops, before any signature is checked, the candidates that would have to wait in the
+    /// buffer while `from`'s share of it is full: checking them would cost a signature
+    /// verification each, only for the buffer to evict one of `from`'s events. An orphan flood
+    /// thus costs a decode per event once its sender's share is full, not a verification.
+    ///
+    /// A candidate needs no buffer if each dep is accepted or is an earlier candidate that needs
+    /// none; a dep that is merely buffered does not count, or a chain hanging from one orphan
+    /// would pass.
+    fn drop_unaffordable_orphans(&mut self, from: PeerId, candidates: &mut Vec<Decoded>, out: &mut Ingested) {
+        let share = self.buffer.per_peer_max();
+        let mut used = self.buffer.peer_bytes(&from);
+        let mut ready: BTreeSet<EventId> = BTreeSet::new();
+        let before = candidates.len();
+        candidates.retain(|c| {
+            if c.event.header.deps.iter().all(|d| self.accepted.contains_key(d) || ready.contains(d)) {
+                ready.insert(c.id);
+                return true;
+            }
+            let cost = CausalBuffer::cost(c.bytes.len());
+            if used + cost > share {
+                return false;
+            }
+            used += cost;
+            true
+        });
+        let dropped = before - candidates.len();
+        out.n_orphans_dropped += dropped;
+        self.n_orphans_dropped += dropped as u64;
     }
 
     /// Takes one signature-checked event: accept it now, or buffer it.

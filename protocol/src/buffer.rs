@@ -89,6 +89,16 @@ impl CausalBuffer {
         self.n_evicted
     }
 
+    /// The bytes one peer's events may take.
+    pub(crate) fn per_peer_max(&self) -> usize {
+        self.per_peer_max
+    }
+
+    /// What buffering an event of `encoded_len` bytes is charged.
+    pub(crate) fn cost(encoded_len: usize) -> usize {
+        2 * encoded_len + BUFFER_ENTRY_OVERHEAD_BYTES
+    }
+
     /// Ids of buffered events with the same author and seq.
     pub(crate) fn same_seq(&self, author_idx: MemberIdx, seq: u64) -> &[EventId] {
         self.by_author_seq.get(&(author_idx, seq)).map_or(&[], Vec::as_slice)
@@ -103,7 +113,7 @@ impl CausalBuffer {
         if self.entries.contains_key(&id) {
             return Vec::new();
         }
-        let cost = 2 * decoded.bytes.len() + BUFFER_ENTRY_OVERHEAD_BYTES;
+        let cost = Self::cost(decoded.bytes.len());
         self.arrivals += 1;
         let arrival = self.arrivals;
         for dep in missing {

@@ -301,6 +301,9 @@ pub struct Node {
     learning_own_seq: bool,
     /// The highest own seq handed out by `prepare_writes`.
     prepared_up_to: u64,
+    /// `prepared_up_to` before the last `prepare_writes` whose events are not committed yet,
+    /// for `abort_writes`.
+    prepared_from: Option<u64>,
     /// The latest time any input carried (outputs have no clock of their own).
     now_ms: u64,
 }
@@ -315,6 +318,7 @@ impl Node {
             document: Document::new(n_members),
             learning_own_seq: config.own_seq_peers_needed > 0,
             prepared_up_to: 0,
+            prepared_from: None,
             now_ms: 0,
             config,
             me,
@@ -566,8 +570,22 @@ impl Node {
             deps = vec![event.id()];
             events.push(event);
         }
+        self.prepared_from = Some(self.prepared_up_to);
         self.prepared_up_to = seq;
         Ok(events)
+    }
+
+    /// Undoes the last [`Node::prepare_writes`] whose events were never committed: their seqs
+    /// are handed out again by the next `prepare_writes`, which signs other events with them. A
+    /// no-op when nothing is prepared (or it was committed).
+    ///
+    /// Only for events that can never surface: never given to [`Node::commit_writes`] (so no
+    /// peer has them) and certainly not stored (a store that cannot tell whether a failed commit
+    /// landed must not call this). Otherwise the node would equivocate against itself.
+    pub fn abort_writes(&mut self) {
+        if let Some(from) = self.prepared_from.take() {
+            self.prepared_up_to = from;
+        }
     }
 
     /// Accepts own events made by [`Node::prepare_writes`] (and stored), in order, and pushes
@@ -580,6 +598,7 @@ impl Node {
     /// be a bug (or events prepared twice without committing the first ones).
     pub fn commit_writes(&mut self, events: Vec<Event>, now_ms: u64) -> Vec<Verified> {
         self.now_ms = self.now_ms.max(now_ms);
+        self.prepared_from = None;
         let ids: Vec<EventId> = events.iter().map(Event::id).collect();
         let ingested = self.adapter.restore(events.iter().map(Event::encode).collect());
         assert!(ingested.rejected.is_empty(), "own events must be valid: {:?}", ingested.rejected);

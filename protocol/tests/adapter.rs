@@ -245,7 +245,7 @@ fn orphan(signer: &SecretKey, i: u32, value_len: usize) -> Event {
 }
 
 #[test]
-fn the_buffer_stays_within_its_bounds_and_a_flood_evicts_only_the_flooder() {
+fn the_buffer_stays_within_its_bounds_and_a_flood_costs_only_the_flooder() {
     let config = AdapterConfig {
         buffer_bytes_per_peer_max: 40_000,
         buffer_bytes_total_max: 60_000,
@@ -258,20 +258,36 @@ fn the_buffer_stays_within_its_bounds_and_a_flood_evicts_only_the_flooder() {
     let out = a.ingest(honest, honest_orphans.iter().map(Event::encode).collect());
     assert_eq!(out.n_buffered, 5);
     let flood: Vec<Vec<u8>> = (100..2_000).map(|i| orphan(&key(2), i, 500).encode()).collect();
+    let mut dropped = 0;
     for chunk in flood.chunks(100) {
         let out = a.ingest(flooder, chunk.to_vec());
         assert!(out.accepted.is_empty());
+        dropped += out.n_orphans_dropped;
         assert!(a.buffer_use().1 <= config.buffer_bytes_total_max);
         assert!(a.buffer_peer_bytes(&flooder) <= config.buffer_bytes_per_peer_max);
     }
-    assert!(a.buffer_evicted() > 1_000);
-    // The honest peer's orphans are all still there: the flood only evicted its own.
+    // Once its share was full, the flood was dropped before any signature check.
+    assert!(dropped > 1_800, "only {dropped} dropped");
+    assert_eq!(a.orphans_dropped(), dropped as u64);
+    // The honest peer's orphans are all still there: the flood only cost the flooder.
     for e in &honest_orphans {
         assert!(a.is_known(&e.id()), "an honest orphan was evicted");
     }
-    // The oldest of the flood went first.
-    assert!(!a.is_known(&orphan(&key(2), 100, 500).id()));
-    assert!(a.is_known(&orphan(&key(2), 1_999, 500).id()));
+    // The first of the flood fill the flooder's share; the rest never got in.
+    assert!(a.is_known(&orphan(&key(2), 100, 500).id()));
+    assert!(!a.is_known(&orphan(&key(2), 1_999, 500).id()));
+    // Proof that they are not verified: orphans with broken signatures are dropped, not
+    // rejected. An event whose deps are all accepted is still checked, and accepted.
+    let mut broken = orphan(&key(2), 5_000, 500);
+    broken.sig.0[0] ^= 1;
+    let root = Event::sign(&key(2), 1, 1, vec![], put("k", "v"));
+    let out = a.ingest(flooder, vec![broken.encode(), root.encode()]);
+    assert_eq!((out.n_orphans_dropped, out.rejected.len(), out.accepted.len()), (1, 0, 1));
+    // A child of an event that is merely buffered needs the buffer too: no chain of orphans
+    // slips past the check.
+    let buffered = orphan(&key(2), 100, 500);
+    let child = Event::sign(&key(2), 3, 10, vec![buffered.id()], put("k", &"y".repeat(500)));
+    assert_eq!(a.ingest(flooder, vec![child.encode()]).n_orphans_dropped, 1);
 }
 
 #[test]

@@ -298,6 +298,38 @@ fn prepared_writes_leave_the_node_only_once_committed() {
 }
 
 #[test]
+fn aborted_writes_give_their_seqs_back() {
+    let mut net = Net::new(2, &[1, 2]);
+    net.connect(0, 1);
+    net.settle();
+    let first = net.nodes[0].1.prepare_writes(&key(1), vec![put("k", "v1")]).unwrap();
+    net.nodes[0].1.commit_writes(first, 1);
+    net.settle();
+
+    // Prepared, then not stored (a full disk): aborted, nothing leaves, the seqs come back.
+    let lost = net.nodes[0].1.prepare_writes(&key(1), vec![put("k", "lost"), put("j", "lost")]).unwrap();
+    assert_eq!(lost.iter().map(|e| e.header.seq).collect::<Vec<_>>(), [2, 3]);
+    net.nodes[0].1.abort_writes();
+    assert!(net.nodes[0].1.poll_transmit().is_none(), "nothing leaves after an abort");
+    let again = net.nodes[0].1.prepare_writes(&key(1), vec![put("k", "v2")]).unwrap();
+    assert_eq!(again[0].header.seq, 2, "the aborted seqs are handed out again");
+    assert_ne!(again[0].id(), lost[0].id());
+    net.nodes[0].1.commit_writes(again, 2);
+    net.settle();
+    for (_, node) in &net.nodes {
+        assert_eq!(node.adapter().n_accepted(), 2);
+        assert_eq!(node.document().register(b"k").visible.unwrap().value, b"v2");
+        assert_eq!(node.adapter().evidence().count(), 0, "no equivocation");
+    }
+
+    // An abort after a commit, or a second one, changes nothing: the next seq follows on.
+    net.nodes[0].1.abort_writes();
+    net.nodes[0].1.abort_writes();
+    let next = net.nodes[0].1.prepare_writes(&key(1), vec![put("k", "v3")]).unwrap();
+    assert_eq!(next[0].header.seq, 3);
+}
+
+#[test]
 fn packed_writes_fill_events_to_the_limits_and_keep_each_write_whole() {
     use cairn_protocol::limits::OPS_MAX;
     // Op count: 300 single-op writes make one full event and the rest.

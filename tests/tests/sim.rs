@@ -160,7 +160,12 @@ fn orphan_flood_stays_bounded_and_honest_events_pass() {
         flood.after_heal = AfterHeal::Silent;
         config.byzantine.insert(0, flood);
         let outcome = check(config);
-        assert!(outcome.n_evicted > 0, "seed {seed}: the flood reached the buffer bounds: {outcome:?}");
+        // At the bounds, the flooder's orphans evict its own or are dropped before any
+        // signature check.
+        assert!(
+            outcome.n_evicted + outcome.n_orphans_dropped > 0,
+            "seed {seed}: the flood reached the buffer bounds: {outcome:?}"
+        );
         assert!(outcome.buffer_bytes_peak > 200 * 1024, "{outcome:?}");
         assert_eq!(outcome.n_accepted, 40, "every honest write and nothing else was accepted");
     }

@@ -19,6 +19,7 @@ use crate::service::Command;
 const DEADLINE: Duration = Duration::from_secs(10);
 pub(crate) const REFUSED_MESSAGE: &str =
     "writes are refused until this node has learned its own latest seq from a peer";
+const FULL_MESSAGE: &str = "the file system holding the data directory /var/lib/cairn is full";
 
 /// The in-memory model behind the fake service.
 struct Fake {
@@ -128,6 +129,9 @@ impl Fake {
         }
         if ops.iter().any(|op| op.key() == b"disk") {
             return Err(ServiceError::Storage("No space left on device".into()));
+        }
+        if ops.iter().any(|op| op.key() == b"full") {
+            return Err(ServiceError::NoSpace(FULL_MESSAGE.into()));
         }
         self.seq += 1;
         let id = EventId([0x10 + self.seq as u8; 32]);
@@ -793,7 +797,7 @@ async fn wrong_content_type_is_415() {
 }
 
 #[tokio::test]
-async fn service_refusals_are_503_and_storage_500() {
+async fn service_refusals_are_503_storage_500_and_a_full_disk_507() {
     let server = start().await;
     let message = check_error(
         &server,
@@ -817,6 +821,17 @@ async fn service_refusals_are_503_and_storage_500() {
     )
     .await;
     assert_eq!(message, "storage failed: No space left on device");
+    let message = check_error(
+        &server,
+        "PUT",
+        "/v1/registers/full",
+        JSON,
+        br#"{"value":"a"}"#,
+        StatusCode::INSUFFICIENT_STORAGE,
+        "no_space",
+    )
+    .await;
+    assert_eq!(message, FULL_MESSAGE);
 }
 
 #[tokio::test]

@@ -2,12 +2,21 @@
 //! configs in a temporary directory (`cairn_daemon::demo::write_cluster`), the processes, and
 //! their API sockets through `cairn_daemon::client`. Every wait polls a condition until a
 //! deadline; a failing test prints every node's log (from `Drop`, while it panics).
+//!
+//! [`netns`] puts the nodes on hosts in network namespaces, [`tmpfs`] gives a node a file
+//! system that can fill up, and [`Writer`] writes to a node without pause.
 
 // Each test crate uses a part of this module.
 #![allow(dead_code)]
 
+pub(crate) mod netns;
+pub(crate) mod tmpfs;
+
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_daemon::client::{Client, ClientError, path_segment};
@@ -37,7 +46,7 @@ shutdown_grace = \"3s\"
 pub(crate) const DEADLINE: Duration = Duration::from_secs(30);
 
 /// How often a condition is polled.
-const POLL: Duration = Duration::from_millis(20);
+pub(crate) const POLL: Duration = Duration::from_millis(20);
 
 /// How long `cairnd` may take to stop after SIGTERM before it is killed (and the test fails).
 pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -58,6 +67,21 @@ pub(crate) fn wait_until(deadline: Instant, mut condition: impl FnMut() -> bool)
         }
         std::thread::sleep(POLL);
     }
+}
+
+/// Says loudly that a test did not run, and why (`SKIPPED: ...`). Written to the streams
+/// themselves rather than with `println!`, which the test harness captures and shows only for a
+/// failure.
+pub(crate) fn skip(why: &str) {
+    say(&format!("SKIPPED: {why}"));
+}
+
+/// Writes `line` to stdout and stderr, past the test harness's capture.
+pub(crate) fn say(line: &str) {
+    use std::io::Write as _;
+    let line = format!("{line}\n");
+    let _ = std::io::stdout().write_all(line.as_bytes());
+    let _ = std::io::stderr().write_all(line.as_bytes());
 }
 
 /// Waits for `child` to exit, up to `timeout`; kills it after that and returns `None`.
@@ -213,8 +237,23 @@ impl Cluster {
         self.wait_ready(i);
     }
 
+    /// Waits up to `timeout` for node `i` to exit by itself and returns how it exited; `None`
+    /// if it did not (it is then killed).
+    pub(crate) fn wait_exit(&mut self, i: usize, timeout: Duration) -> Option<ExitStatus> {
+        let mut child = self.children[i].take().unwrap_or_else(|| panic!("node {i} is not running"));
+        wait_exit(&mut child, timeout)
+    }
+
+    /// Whether node `i` was started and still runs.
+    pub(crate) fn is_running(&mut self, i: usize) -> bool {
+        match self.children[i].as_mut() {
+            None => false,
+            Some(child) => child.try_wait().expect("try_wait").is_none(),
+        }
+    }
+
     /// Panics if node `i` was started and has exited.
-    fn assert_alive(&mut self, i: usize) {
+    pub(crate) fn assert_alive(&mut self, i: usize) {
         if let Some(child) = self.children[i].as_mut()
             && let Some(status) = child.try_wait().expect("try_wait")
         {
@@ -388,6 +427,68 @@ impl Cluster {
         self.wait_for("every node has equal digests", |c| c.converged(&all));
     }
 
+    /// The register keys node `i` holds (`GET /v1/keys?kind=register`), as text.
+    pub(crate) fn register_keys(&self, i: usize) -> BTreeSet<String> {
+        let keys = self.get(i, "/v1/keys?kind=register");
+        keys["keys"]
+            .as_array()
+            .expect("a key list")
+            .iter()
+            .map(|k| k["key"].as_str().expect("a text key").to_owned())
+            .collect()
+    }
+
+    /// Asserts that every node that runs holds every key of `keys` as a register whose value is
+    /// the key itself (what [`Writer`] writes).
+    pub(crate) fn assert_everywhere(&mut self, keys: &[String]) {
+        for i in 0..self.len() {
+            if !self.is_running(i) {
+                continue;
+            }
+            let held = self.register_keys(i);
+            let missing: Vec<&String> = keys.iter().filter(|k| !held.contains(*k)).collect();
+            assert!(missing.is_empty(), "node {i} lacks {} acknowledged writes: {missing:?}", missing.len());
+        }
+        // The values too, on one node (the digests say that the others agree).
+        let reader = (0..self.len()).find(|&i| self.is_running(i)).expect("a running node");
+        for key in keys {
+            assert_eq!(
+                self.register_value(reader, key).as_deref(),
+                Some(key.as_str()),
+                "node {reader}: {key}"
+            );
+        }
+    }
+
+    /// The keys of the registers that node `i`'s own events put, read from its store file
+    /// while it is stopped (a kill -9 leaves the store to be recovered by this open).
+    pub(crate) fn stored_own_puts(&self, i: usize) -> BTreeSet<String> {
+        let genesis =
+            cairn_daemon::config::load_genesis(&self.dir().join("genesis.toml")).expect("the genesis");
+        let key = cairn_crypto::SecretKey::read_file(&self.nodes[i].key_file).expect("the key").public();
+        let path = self.nodes[i].data_dir.join(cairn_daemon::config::STORE_FILE);
+        let (_store, loaded) = cairn_daemon::store::Store::open(&path, genesis.cluster_id(), key.0)
+            .unwrap_or_else(|e| panic!("node {i}'s store: {e}"));
+        let mut puts = BTreeSet::new();
+        for bytes in &loaded.events {
+            let event = cairn_protocol::codec::decode_event(bytes).expect("a stored event");
+            if event.header.author != key {
+                continue;
+            }
+            for op in &event.ops {
+                if let cairn_protocol::Op::Put { key, .. } = op {
+                    puts.insert(String::from_utf8_lossy(key).into_owned());
+                }
+            }
+        }
+        puts
+    }
+
+    /// Node `i`'s log.
+    pub(crate) fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+
     /// Every node's log.
     pub(crate) fn logs(&self) -> String {
         let mut out = String::new();
@@ -409,5 +510,71 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
+    }
+}
+
+/// A writer thread: puts of distinct registers `<prefix>-<n>` (the value is the key) to one
+/// node, one at a time, until stopped. Each acknowledged put is recorded. A failed put is
+/// recorded too, and the writer goes on with the next key after a poll interval, so it writes
+/// through restarts and kills of its node (a put that failed may still have been stored; only
+/// acknowledged ones count).
+pub(crate) struct Writer {
+    acked: Arc<Mutex<Vec<String>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    /// Starts writing to `client`.
+    pub(crate) fn spawn(client: Client, prefix: &str) -> Self {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (record, failed, stopped, prefix) =
+            (Arc::clone(&acked), Arc::clone(&failures), Arc::clone(&stop), prefix.to_owned());
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let mut n = 0u64;
+            while !stopped.load(Ordering::Relaxed) {
+                let key = format!("{prefix}-{n}");
+                n += 1;
+                let path = format!("/v1/registers/{}", path_segment(&key));
+                match runtime.block_on(client.send_json(Method::PUT, &path, &json!({ "value": key }))) {
+                    Ok(_) => record.lock().unwrap().push(key),
+                    Err(error) => {
+                        failed.lock().unwrap().push(format!("{key}: {error}"));
+                        std::thread::sleep(POLL);
+                    }
+                }
+            }
+        });
+        Self { acked, failures, stop, thread: Some(thread) }
+    }
+
+    /// How many puts were acknowledged so far.
+    pub(crate) fn n_acked(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// The keys acknowledged so far.
+    pub(crate) fn acked(&self) -> Vec<String> {
+        self.acked.lock().unwrap().clone()
+    }
+
+    /// Stops the thread; returns the acknowledged keys and the failures.
+    pub(crate) fn stop(mut self) -> (Vec<String>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            thread.join().expect("the writer thread panicked");
+        }
+        (self.acked.lock().unwrap().clone(), self.failures.lock().unwrap().clone())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Joined only when stopped explicitly: a failing test must not wait on a put.
     }
 }

@@ -9,6 +9,7 @@
 //! accepted). `tests/tests/adversary.rs` runs every scenario against a real 3-node cluster and
 //! checks that, plus convergence, honest writes during the attack, and memory.
 
+pub mod bench;
 pub mod cluster;
 pub mod scenarios;
 pub mod wire;

@@ -15,7 +15,7 @@ use cairn_daemon::transport::{CloseCode, FRAME_LENGTH_BYTES};
 use cairn_protocol::limits::{EVENTS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX};
 use cairn_protocol::{Event, EventId, Evidence, Header, Message, Op, SignedHeader};
 
-use super::wire::{self, Dialed, Link, WIRE_TIMEOUT, close_code, frame};
+use super::wire::{self, Dialed, Link, Target, WIRE_TIMEOUT, close_code, frame};
 use super::{Adversary, hash_of, put, sign_header};
 
 /// Invalid events one scenario sends one target, well under the 100 that get a peer muted.
@@ -193,7 +193,7 @@ pub async fn run(name: &str, adv: &mut Adversary, orphans: u64) -> anyhow::Resul
 // ---- helpers ----------------------------------------------------------------------------
 
 /// Links to target `i` and learns its events.
-async fn learned_link(adv: &mut Adversary, i: usize) -> anyhow::Result<Link> {
+pub async fn learned_link(adv: &mut Adversary, i: usize) -> anyhow::Result<Link> {
     let mut link = adv.link(i).await?;
     adv.learn(&mut link).await?;
     Ok(link)
@@ -251,7 +251,7 @@ async fn expect_close(adv: &mut Adversary, link: &Link, code: CloseCode) -> anyh
 }
 
 /// The events of `adv`'s replica, encoded, in causal order.
-fn learned_events(adv: &Adversary) -> Vec<Vec<u8>> {
+pub fn learned_events(adv: &Adversary) -> Vec<Vec<u8>> {
     let adapter = adv.replica.adapter();
     let mut events: Vec<_> = adapter.accepted_ids().filter_map(|id| adapter.event(id)).collect();
     events.sort_by_key(|e| (e.lamport(), e.id()));
@@ -574,14 +574,12 @@ async fn fork_branches(adv: &mut Adversary) -> anyhow::Result<()> {
 
 // ---- 12, 17: floods ----------------------------------------------------------------------
 
-async fn orphan_flood(adv: &mut Adversary, n: u64) -> anyhow::Result<()> {
-    let mut link = learned_link(adv, 0).await?;
-    let key = SecretKey::from_seed(&adv.key.seed_bytes());
-    let started = Instant::now();
-    // Distinct seqs far above the chain, one dep each that exists nowhere: never acceptable,
-    // and no two share a seq.
+/// Signs `n` orphans of `key` (on every core): distinct seqs far above any chain, each with
+/// one dep that exists nowhere, so none is ever acceptable and no two share a seq.
+pub async fn sign_orphans(key: &SecretKey, n: u64) -> anyhow::Result<Vec<Vec<u8>>> {
+    let key = SecretKey::from_seed(&key.seed_bytes());
     let threads = std::thread::available_parallelism().map_or(1, usize::from).clamp(1, 4) as u64;
-    let orphans: Vec<Vec<u8>> = tokio::task::spawn_blocking(move || {
+    Ok(tokio::task::spawn_blocking(move || {
         std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
@@ -603,14 +601,25 @@ async fn orphan_flood(adv: &mut Adversary, n: u64) -> anyhow::Result<()> {
             handles.into_iter().flat_map(|h| h.join().expect("a signing thread")).collect()
         })
     })
-    .await?;
-    adv.say(format!("signed {n} orphans in {:.1} s", started.elapsed().as_secs_f64()));
-    let started = Instant::now();
+    .await?)
+}
+
+/// Sends `orphans` on `link`, reading (and ignoring) whatever the target sends meanwhile.
+pub async fn send_orphans(link: &mut Link, orphans: &[Vec<u8>]) -> anyhow::Result<()> {
     for chunk in orphans.chunks(ORPHANS_PER_MESSAGE) {
         link.send(&Message::Events { events: chunk.to_vec() }).await?;
-        // Answer nothing, but keep reading so the target's wants do not pile up unread.
         while link.recv(Duration::ZERO).await.is_some() {}
     }
+    Ok(())
+}
+
+async fn orphan_flood(adv: &mut Adversary, n: u64) -> anyhow::Result<()> {
+    let mut link = learned_link(adv, 0).await?;
+    let started = Instant::now();
+    let orphans = sign_orphans(&adv.key, n).await?;
+    adv.say(format!("signed {n} orphans in {:.1} s", started.elapsed().as_secs_f64()));
+    let started = Instant::now();
+    send_orphans(&mut link, &orphans).await?;
     adv.say(format!(
         "sent {n} orphans to {} in {:.1} s (the wire waits while the target verifies)",
         link.target.name,
@@ -621,6 +630,18 @@ async fn orphan_flood(adv: &mut Adversary, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Sends `count` of `events` (old valid ones, cycled) on `link`.
+pub async fn send_replays(link: &mut Link, events: &[Vec<u8>], count: usize) -> anyhow::Result<()> {
+    let mut sent = 0usize;
+    while sent < count {
+        let take = (count - sent).min(events.len());
+        send_events(link, events[..take].to_vec()).await?;
+        sent += take;
+        while link.recv(Duration::ZERO).await.is_some() {}
+    }
+    Ok(())
+}
+
 async fn replay_flood(adv: &mut Adversary) -> anyhow::Result<()> {
     let mut link = learned_link(adv, 0).await?;
     let events = learned_events(adv);
@@ -628,15 +649,9 @@ async fn replay_flood(adv: &mut Adversary) -> anyhow::Result<()> {
         bail!("the target holds no events to replay");
     }
     let started = Instant::now();
-    let mut sent = 0usize;
-    while sent < REPLAYS {
-        let take = (REPLAYS - sent).min(events.len());
-        send_events(&mut link, events[..take].to_vec()).await?;
-        sent += take;
-        while link.recv(Duration::ZERO).await.is_some() {}
-    }
+    send_replays(&mut link, &events, REPLAYS).await?;
     adv.say(format!(
-        "replayed {sent} old valid events ({} distinct) to {} in {:.1} s",
+        "replayed {REPLAYS} old valid events ({} distinct) to {} in {:.1} s",
         events.len(),
         link.target.name,
         started.elapsed().as_secs_f64()
@@ -808,11 +823,14 @@ async fn slowloris(adv: &mut Adversary) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connection_flood(adv: &mut Adversary) -> anyhow::Result<()> {
-    let target = adv.target(0)?.clone();
-    let cluster_id = adv.cluster_id();
-    let member = SecretKey::from_seed(&adv.key.seed_bytes());
-    let started = Instant::now();
+/// One round of the connection flood against `target`: [`FLOOD_CONNECTIONS`] attempts,
+/// [`FLOOD_CONCURRENCY`] at once, every other one an outsider with a fresh key. Returns how
+/// many member and outsider attempts completed the hello.
+pub async fn flood_connections(
+    member: &SecretKey,
+    target: &Target,
+    cluster_id: [u8; 32],
+) -> anyhow::Result<(usize, usize)> {
     // (member or outsider, completed the hello) of every attempt.
     let mut outcomes: Vec<(bool, bool)> = Vec::with_capacity(FLOOD_CONNECTIONS);
     let mut attempts = tokio::task::JoinSet::new();
@@ -822,10 +840,9 @@ async fn connection_flood(adv: &mut Adversary) -> anyhow::Result<()> {
         {
             outcomes.push(result??);
         }
-        // Every other attempt is an outsider with a fresh key.
         let is_member = i.is_multiple_of(2);
         let identity =
-            if is_member { tls::Identity::new(&member) } else { tls::Identity::new(&SecretKey::generate()) };
+            if is_member { tls::Identity::new(member) } else { tls::Identity::new(&SecretKey::generate()) };
         let target = target.clone();
         attempts.spawn(async move {
             match wire::dial(&identity, &target, &cluster_id).await? {
@@ -843,20 +860,25 @@ async fn connection_flood(adv: &mut Adversary) -> anyhow::Result<()> {
         outcomes.push(result??);
     }
     let linked = |member: bool| outcomes.iter().filter(|(m, ok)| *m == member && *ok).count();
+    Ok((linked(true), linked(false)))
+}
+
+async fn connection_flood(adv: &mut Adversary) -> anyhow::Result<()> {
+    let target = adv.target(0)?.clone();
+    let started = Instant::now();
+    let (members, outsiders) = flood_connections(&adv.key, &target, adv.cluster_id()).await?;
     adv.say(format!(
-        "{FLOOD_CONNECTIONS} connection attempts to {} in {:.1} s: {} of {} member attempts completed the hello, \
-         {} of {} outsider attempts did",
+        "{FLOOD_CONNECTIONS} connection attempts to {} in {:.1} s: {members} of {} member attempts completed the \
+         hello, {outsiders} of {} outsider attempts did",
         target.name,
         started.elapsed().as_secs_f64(),
-        linked(true),
         FLOOD_CONNECTIONS.div_ceil(2),
-        linked(false),
         FLOOD_CONNECTIONS / 2
     ));
-    if linked(false) > 0 {
-        bail!("{} let {} outsiders complete the hello", target.name, linked(false));
+    if outsiders > 0 {
+        bail!("{} let {outsiders} outsiders complete the hello", target.name);
     }
-    if linked(true) == 0 {
+    if members == 0 {
         bail!("no member connection got through the flood");
     }
     // The target still takes a normal connection afterwards.

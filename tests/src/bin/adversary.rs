@@ -45,6 +45,17 @@ enum Command {
         #[arg(long, default_value_t = ORPHANS_DEFAULT)]
         orphans: u64,
     },
+    /// Measures honest writes while the orphan, replay and connection floods run, against a
+    /// cluster of three local `cairnd` processes it starts itself (build `cairnd` in the same
+    /// profile first: `cargo build --release -p cairn-daemon --bin cairnd`).
+    Bench {
+        /// Orphans the orphan flood sends.
+        #[arg(long, default_value_t = ORPHANS_DEFAULT)]
+        orphans: u64,
+        /// Also write the report (Markdown) to this file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Writes a new key file whose public key sorts below every key in the genesis file (so
     /// the adversary dials every node), and prints the public key for the genesis.
     Keygen {
@@ -66,6 +77,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Keygen { key_file, below } => keygen(&key_file, below.as_deref()),
+        Command::Bench { orphans, out } => bench(orphans, out.as_deref()),
         Command::Run { name, config, targets, orphans } => run(&name, &config, &targets, orphans),
     };
     match result {
@@ -75,6 +87,17 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn bench(orphans: u64, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let mut report = String::new();
+    runtime.block_on(cairn_tests::adversary::bench::run(&mut report, orphans))?;
+    print!("{report}");
+    if let Some(path) = out {
+        std::fs::write(path, &report).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn keygen(key_file: &std::path::Path, below: Option<&std::path::Path>) -> anyhow::Result<()> {

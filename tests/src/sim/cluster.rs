@@ -183,6 +183,8 @@ pub struct Outcome {
     pub n_evidence: usize,
     /// Events evicted from honest nodes' causal buffers.
     pub n_evicted: u64,
+    /// Events the honest nodes dropped unverified: deps missing, the sender's buffer share full.
+    pub n_orphans_dropped: u64,
     /// Largest causal buffer (bytes) seen at an honest node.
     pub buffer_bytes_peak: usize,
     /// Virtual time at which healing began.
@@ -1053,6 +1055,8 @@ impl Cluster {
         self.outcome.n_evidence = reference_evidence.len();
         self.outcome.n_equivocators = n_equivocators;
         self.outcome.n_evicted = honest.iter().map(|i| self.nodes[*i].node.adapter().buffer_evicted()).sum();
+        self.outcome.n_orphans_dropped =
+            honest.iter().map(|i| self.nodes[*i].node.adapter().orphans_dropped()).sum();
         self.trace.update(&reference_document);
         Ok(())
     }
