@@ -81,6 +81,8 @@ pub struct Limits {
     pub peer_queue_messages_max: usize,
     /// Encoded messages queued for one peer in the transport. Default 64.
     pub transport_queue_messages_max: usize,
+    /// Bytes per second one peer's connection may deliver. Default 33 554 432 (32 MiB).
+    pub peer_inbound_bytes_per_sec: u64,
     /// Events per second one peer may send. Default 100 000.
     pub peer_events_per_sec: u64,
     /// Burst of events one peer may send. Default 200 000.
@@ -146,6 +148,7 @@ impl Default for Limits {
             peer_queue_ids_max: node.peer_queue_ids_max,
             peer_queue_messages_max: node.peer_queue_messages_max,
             transport_queue_messages_max: 64,
+            peer_inbound_bytes_per_sec: crate::transport::INBOUND_BYTES_PER_SEC_DEFAULT,
             peer_events_per_sec: node.peer_events_per_sec,
             peer_events_burst: node.peer_events_burst,
             verify_threads: 0,
@@ -247,6 +250,7 @@ impl Config {
             ("limits.peer_queue_ids_max", limits.peer_queue_ids_max as u64),
             ("limits.peer_queue_messages_max", limits.peer_queue_messages_max as u64),
             ("limits.transport_queue_messages_max", limits.transport_queue_messages_max as u64),
+            ("limits.peer_inbound_bytes_per_sec", limits.peer_inbound_bytes_per_sec),
             ("limits.peer_events_per_sec", limits.peer_events_per_sec),
             ("limits.peer_events_burst", limits.peer_events_burst),
             ("limits.commit_writes_max", limits.commit_writes_max as u64),

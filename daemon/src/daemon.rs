@@ -92,6 +92,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         members: genesis.members().iter().map(|m| m.key).collect(),
         cluster_id,
         peer_queue_messages_max: config.limits.transport_queue_messages_max,
+        inbound_bytes_per_sec: config.limits.peer_inbound_bytes_per_sec,
         reconnect_backoff_min: config.timing.reconnect_backoff_min,
         reconnect_backoff_max: config.timing.reconnect_backoff_max,
         handshake_timeout: config.timing.handshake_timeout,

@@ -126,6 +126,9 @@ const _: () = assert!(MESSAGE_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(HELLO_BYTES <= MESSAGE_BYTES_MAX);
 const _: () = assert!(STREAM_RECEIVE_WINDOW_BYTES as usize >= FRAME_LENGTH_BYTES + MESSAGE_BYTES_MAX);
 
+/// Default of [`TransportConfig::inbound_bytes_per_sec`]: 32 MiB/s, three times what an
+/// honest catch-up sends on two cores, well under what a flood of replays would push.
+pub const INBOUND_BYTES_PER_SEC_DEFAULT: u64 = 32 * 1024 * 1024;
 /// Default of [`TransportConfig::peer_queue_messages_max`].
 pub const PEER_QUEUE_MESSAGES_DEFAULT: usize = 64;
 /// Default of [`TransportConfig::reconnect_backoff_min`].
@@ -222,6 +225,9 @@ pub struct TransportConfig {
     pub cluster_id: [u8; 32],
     /// Capacity of each peer's send queue, in messages.
     pub peer_queue_messages_max: usize,
+    /// Bytes per second of messages one connection may deliver; past it the connection stops
+    /// reading for a while and QUIC's flow control holds the peer back.
+    pub inbound_bytes_per_sec: u64,
     /// The first reconnection delay.
     pub reconnect_backoff_min: Duration,
     /// The delay doubles after each failed attempt up to this.
@@ -247,6 +253,7 @@ impl TransportConfig {
             members,
             cluster_id,
             peer_queue_messages_max: PEER_QUEUE_MESSAGES_DEFAULT,
+            inbound_bytes_per_sec: INBOUND_BYTES_PER_SEC_DEFAULT,
             reconnect_backoff_min: RECONNECT_BACKOFF_MIN_DEFAULT,
             reconnect_backoff_max: RECONNECT_BACKOFF_MAX_DEFAULT,
             handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
@@ -371,6 +378,7 @@ struct Shared {
     own: PublicKey,
     cluster_id: [u8; 32],
     peer_queue_messages_max: usize,
+    inbound_bytes_per_sec: u64,
     reconnect_backoff_min: Duration,
     reconnect_backoff_max: Duration,
     handshake_timeout: Duration,
@@ -570,6 +578,7 @@ impl Transport {
     ) -> anyhow::Result<Self> {
         let own = key.public();
         ensure!(config.peer_queue_messages_max > 0, "peer_queue_messages_max must be at least 1");
+        ensure!(config.inbound_bytes_per_sec > 0, "inbound_bytes_per_sec must be at least 1");
         ensure!(
             !config.reconnect_backoff_min.is_zero()
                 && config.reconnect_backoff_min <= config.reconnect_backoff_max,
@@ -636,6 +645,7 @@ impl Transport {
             own,
             cluster_id: config.cluster_id,
             peer_queue_messages_max: config.peer_queue_messages_max,
+            inbound_bytes_per_sec: config.inbound_bytes_per_sec,
             reconnect_backoff_min: config.reconnect_backoff_min,
             reconnect_backoff_max: config.reconnect_backoff_max,
             handshake_timeout: config.handshake_timeout,
@@ -1103,11 +1113,15 @@ fn close_with(connection: &Connection, code: CloseCode) {
 /// channel is full.
 async fn read_loop(shared: &Shared, peer: PublicKey, recv: &mut RecvStream) -> Failure {
     let budget = Arc::new(tokio::sync::Semaphore::new(INBOUND_BYTES_PER_CONNECTION_MAX));
+    let mut rate = ByteRate::new(shared.inbound_bytes_per_sec);
     loop {
         let bytes = match read_frame(recv).await {
             Ok(bytes) => bytes,
             Err(failure) => return failure,
         };
+        if let Some(wait) = rate.take(bytes.len() + FRAME_LENGTH_BYTES) {
+            tokio::time::sleep(wait).await;
+        }
         // A frame is at most MESSAGE_BYTES_MAX (checked by read_frame), within the budget and
         // a u32; the semaphore is never closed.
         let n = u32::try_from(bytes.len().max(1)).expect("a frame fits in u32");
@@ -1118,6 +1132,30 @@ async fn read_loop(shared: &Shared, peer: PublicKey, recv: &mut RecvStream) -> F
         if shared.events.send(TransportEvent::Message { peer, bytes, credit }).await.is_err() {
             return Failure::closing(CloseCode::Shutdown, "the sync service stopped");
         }
+    }
+}
+
+/// A token bucket of bytes per second for one connection's inbound messages, holding at most
+/// one second's worth.
+struct ByteRate {
+    per_sec: u64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl ByteRate {
+    fn new(per_sec: u64) -> Self {
+        Self { per_sec, tokens: per_sec as f64, at: Instant::now() }
+    }
+
+    /// Takes `n` bytes; returns how long to wait before reading on, if the bucket ran dry.
+    fn take(&mut self, n: usize) -> Option<Duration> {
+        let now = Instant::now();
+        let rate = self.per_sec as f64;
+        self.tokens = (self.tokens + (now - self.at).as_secs_f64() * rate).min(rate);
+        self.at = now;
+        self.tokens -= n as f64;
+        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / rate))
     }
 }
 
@@ -1278,5 +1316,19 @@ mod tests {
             assert_eq!(u64::from(close.code()), code);
         }
         assert_eq!(CloseCode::from_code(8), None);
+    }
+}
+
+#[cfg(test)]
+mod byte_rate_tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_reads_a_second_of_bytes_then_waits_in_proportion() {
+        let mut rate = ByteRate::new(1_000_000);
+        assert_eq!(rate.take(1_000_000), None, "a full bucket takes one second's worth at once");
+        // Half a second's worth more: wait about half a second (less whatever refilled since).
+        let wait = rate.take(500_000).expect("the bucket is dry");
+        assert!(wait <= Duration::from_millis(500) && wait >= Duration::from_millis(400), "{wait:?}");
     }
 }
