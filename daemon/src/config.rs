@@ -211,7 +211,10 @@ pub fn parse_genesis(text: &str) -> anyhow::Result<Genesis> {
 pub fn render_genesis(genesis: &Genesis) -> String {
     let mut out = String::from("# Cairn cluster genesis: the same file on every node.\n");
     for member in genesis.members() {
-        out.push_str(&format!("\n[[member]]\nname = {:?}\nkey = \"{}\"\n", member.name, member.key));
+        // The name as a TOML string, quoted and escaped by the TOML library: Rust's `{:?}`
+        // writes escapes such as `\u{36b}` that TOML does not read.
+        let name = toml::Value::String(member.name.clone());
+        out.push_str(&format!("\n[[member]]\nname = {name}\nkey = \"{}\"\n", member.key));
     }
     out
 }

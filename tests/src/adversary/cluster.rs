@@ -241,6 +241,11 @@ impl AttackCluster {
         self.honest[i].child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// The process ids of the running honest nodes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.honest.iter().filter_map(|n| n.child.as_ref().map(Child::id)).collect()
+    }
+
     /// Peak resident memory of honest node `i` (`VmHWM`), KiB.
     pub fn peak_rss_kib(&self, i: usize) -> Option<u64> {
         let pid = self.honest[i].child.as_ref()?.id();
