@@ -21,6 +21,20 @@ const NAMES: [&str; 16] = [
     "olivia", "peggy", "rupert", "sybil",
 ];
 
+/// Short timings for local test clusters, so that sync rounds and reconnects take a fraction of
+/// a second. Goes after a config's top-level keys (it ends with the `[timing]` table).
+pub const FAST_TIMING: &str = "log_level = \"info\"
+[timing]
+sync_interval = \"200ms\"
+want_interval = \"200ms\"
+session_timeout = \"3s\"
+reconnect_backoff_min = \"50ms\"
+reconnect_backoff_max = \"500ms\"
+handshake_timeout = \"3s\"
+idle_timeout = \"6s\"
+shutdown_grace = \"3s\"
+";
+
 /// One node of a local cluster: its directory, config, socket and process.
 pub struct LocalNode {
     /// Its display name.

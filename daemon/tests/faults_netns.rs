@@ -10,8 +10,8 @@ mod common;
 
 use std::time::Instant;
 
-use common::netns::Network;
-use common::{Cluster, DEADLINE, TIMING, skip};
+use common::DEADLINE;
+use common::netns::connected_cluster;
 
 /// The hosts on each side of the partition.
 const MINORITY: [usize; 2] = [0, 1];
@@ -21,26 +21,8 @@ const WRITES_PER_NODE: usize = 10;
 
 #[test]
 fn partition_2_3_with_writes_on_both_sides_heals_or_reports_skipped() {
-    let network = match Network::build("part", 5) {
-        Ok(network) => network,
-        Err(error) => {
-            skip(&error);
-            return;
-        }
-    };
-    // A short idle timeout, so that the cut is noticed within seconds. The cluster is declared
-    // after the network, so its processes are killed before the namespaces go.
-    let timing = TIMING.replace("idle_timeout = \"6s\"", "idle_timeout = \"2s\"");
-    assert_ne!(timing, TIMING);
-    let mut c = Cluster::write(5, &timing);
-    network.place(&mut c);
-    c.spawn_all();
-    c.wait_all_connected();
-    c.put(0, "before", "the partition");
-    c.wait_for("every node reads the first write", |c| {
-        (0..5).all(|i| c.register_value(i, "before").as_deref() == Some("the partition"))
-    });
-    c.wait_converged();
+    // The cluster is dropped (its processes killed) before the network's namespaces go.
+    let Some((network, mut c)) = connected_cluster("part", 5, "before", "the partition") else { return };
 
     let cut = Instant::now();
     network.partition(&MINORITY);

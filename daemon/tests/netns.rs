@@ -9,32 +9,12 @@
 
 mod common;
 
-use common::netns::Network;
-use common::{Cluster, TIMING, skip};
+use common::netns::connected_cluster;
 
 #[test]
 fn netns_partition_heals_or_reports_skipped() {
-    let network = match Network::build("netns", 3) {
-        Ok(network) => network,
-        Err(error) => {
-            skip(&error);
-            return;
-        }
-    };
-
-    // A short idle timeout, so that the cut is noticed within seconds. The cluster is declared
-    // after the network, so it is dropped (its processes killed) before the namespaces go.
-    let timing = TIMING.replace("idle_timeout = \"6s\"", "idle_timeout = \"2s\"");
-    assert_ne!(timing, TIMING);
-    let mut c = Cluster::write(3, &timing);
-    network.place(&mut c);
-    c.spawn_all();
-    c.wait_all_connected();
-    c.put(0, "before", "cut");
-    c.wait_for("every node reads the first write", |c| {
-        (0..3).all(|i| c.register_value(i, "before").as_deref() == Some("cut"))
-    });
-    c.wait_converged();
+    // The cluster is dropped (its processes killed) before the network's namespaces go.
+    let Some((network, mut c)) = connected_cluster("netns", 3, "before", "cut") else { return };
 
     // Cut host 2's link and wait until both sides notice.
     network.cut(2);

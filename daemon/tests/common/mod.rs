@@ -29,17 +29,7 @@ use tempfile::TempDir;
 /// Short timings, so that a test waits for sync rounds and reconnects of a fraction of a second.
 /// `write_cluster` inserts this after the top-level keys and before the `[[peers]]` tables, so
 /// the `[timing]` table comes last here.
-pub(crate) const TIMING: &str = "log_level = \"info\"
-[timing]
-sync_interval = \"200ms\"
-want_interval = \"200ms\"
-session_timeout = \"3s\"
-reconnect_backoff_min = \"50ms\"
-reconnect_backoff_max = \"500ms\"
-handshake_timeout = \"3s\"
-idle_timeout = \"6s\"
-shutdown_grace = \"3s\"
-";
+pub(crate) const TIMING: &str = demo::FAST_TIMING;
 
 /// How long any one condition may take to come true. Generous: CI machines are slow and
 /// shared; a healthy cluster meets every condition in well under a second.

@@ -154,3 +154,29 @@ impl Network {
 pub(crate) fn host_address(i: usize) -> String {
     format!("10.123.{}.{}", std::process::id() % 250, i + 1)
 }
+
+/// `n` hosts in namespaces, each running a `cairnd` with a short idle timeout (so that a cut is
+/// noticed within seconds), every node connected and the first write `key = value` everywhere.
+/// `None` where namespaces are not permitted, after reporting the skip. Keep the network
+/// declared before the cluster, so the processes are killed before the namespaces go.
+pub(crate) fn connected_cluster(tag: &str, n: usize, key: &str, value: &str) -> Option<(Network, Cluster)> {
+    let network = match Network::build(tag, n) {
+        Ok(network) => network,
+        Err(error) => {
+            super::skip(&error);
+            return None;
+        }
+    };
+    let timing = super::TIMING.replace("idle_timeout = \"6s\"", "idle_timeout = \"2s\"");
+    assert_ne!(timing, super::TIMING);
+    let mut c = Cluster::write(n, &timing);
+    network.place(&mut c);
+    c.spawn_all();
+    c.wait_all_connected();
+    c.put(0, key, value);
+    c.wait_for("every node reads the first write", |c| {
+        (0..n).all(|i| c.register_value(i, key).as_deref() == Some(value))
+    });
+    c.wait_converged();
+    Some((network, c))
+}

@@ -280,7 +280,12 @@ pub async fn run(out: &mut String, orphans: u64) -> anyhow::Result<()> {
         );
     };
     plain(out, "baseline", &base_orphans);
-    attacked(out, &format!("orphan flood ({orphans} validly signed orphans)"), &during_orphans, &base_orphans);
+    attacked(
+        out,
+        &format!("orphan flood ({orphans} validly signed orphans)"),
+        &during_orphans,
+        &base_orphans,
+    );
     plain(out, "baseline", &base_replays);
     attacked(out, &format!("replay flood ({replayed} old valid events)"), &during_replays, &base_replays);
     plain(out, "baseline", &base_connections);

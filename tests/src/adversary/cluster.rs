@@ -3,31 +3,20 @@
 //! Used by `tests/tests/adversary.rs`; the nodes' logs are printed if the test panics.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cairn_crypto::{PublicKey, SecretKey};
 use cairn_daemon::client::Client;
 use cairn_daemon::config::render_genesis;
-use cairn_daemon::demo::free_udp_addresses;
+use cairn_daemon::demo::{self, LocalNode, free_udp_addresses};
 use cairn_protocol::{Genesis, Member};
 use serde_json::Value;
 
 use super::wire::Target;
 
-/// Short timings, so that sync rounds and reconnects take a fraction of a second.
-pub const FAST_TIMING: &str = "log_level = \"info\"
-[timing]
-sync_interval = \"200ms\"
-want_interval = \"200ms\"
-session_timeout = \"3s\"
-reconnect_backoff_min = \"50ms\"
-reconnect_backoff_max = \"500ms\"
-handshake_timeout = \"2s\"
-idle_timeout = \"6s\"
-shutdown_grace = \"3s\"
-";
+pub use cairn_daemon::demo::FAST_TIMING;
 
 /// The genesis names of the honest nodes, in order.
 pub const HONEST_NAMES: [&str; 3] = ["alice", "bob", "carol"];
@@ -196,16 +185,17 @@ impl AttackCluster {
     /// Starts every honest node.
     pub fn start(&mut self) -> anyhow::Result<()> {
         for node in &mut self.honest {
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&node.log)?;
-            let child = Command::new(&self.exe)
-                .args(["run", "--config"])
-                .arg(&node.config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot start {}", self.exe.display()))?;
-            node.child = Some(child);
+            let dir = node.config.parent().context("a config in a node directory")?;
+            let local = LocalNode {
+                name: node.name.clone(),
+                config: node.config.clone(),
+                socket: node.socket.clone(),
+                address: node.address,
+                key_file: dir.join("node.key"),
+                data_dir: dir.join("data"),
+                log: node.log.clone(),
+            };
+            node.child = Some(demo::spawn(&self.exe, &local)?);
         }
         Ok(())
     }
