@@ -447,22 +447,30 @@ fn append(store: &mut Store, events: &[&Event]) -> Result<(), StoreError> {
     store.append(&events, &[])
 }
 
+/// The store-level full-disk tests: a tmpfs this small, filled with events of this size, at
+/// most this many.
+const SMALL_BYTES: u64 = 8 << 20;
+const VALUE_BYTES: usize = 30_000;
+const EVENTS_MAX: u64 = 1_000;
+
+/// A [`SMALL_BYTES`] tmpfs, or `None` after reporting the test skipped.
+fn small_tmpfs() -> Option<Tmpfs> {
+    match Tmpfs::mount(SMALL_BYTES) {
+        Ok(tmpfs) => Some(tmpfs),
+        Err(error) => {
+            skip(&format!("cannot mount a tmpfs for a full disk: {error}"));
+            None
+        }
+    }
+}
+
 fn open(path: &Path) -> Result<(Store, cairn_daemon::store::Loaded), StoreError> {
     Store::open(path, CLUSTER, author().public().0)
 }
 
 #[test]
 fn a_store_on_a_full_file_system_stores_nothing_of_the_batch_and_recovers_or_reports_skipped() {
-    const SMALL_BYTES: u64 = 8 << 20;
-    const VALUE_BYTES: usize = 30_000;
-    const EVENTS_MAX: u64 = 1_000;
-    let tmpfs = match Tmpfs::mount(SMALL_BYTES) {
-        Ok(tmpfs) => tmpfs,
-        Err(error) => {
-            skip(&format!("cannot mount a tmpfs for a full disk: {error}"));
-            return;
-        }
-    };
+    let Some(tmpfs) = small_tmpfs() else { return };
     let path = tmpfs.path().join("data").join(STORE_FILE);
     let (mut store, _) = open(&path).unwrap();
     let mut chain: Vec<Event> = Vec::new();
@@ -517,16 +525,7 @@ fn a_store_on_a_full_file_system_stores_nothing_of_the_batch_and_recovers_or_rep
 
 #[test]
 fn a_store_recovers_without_being_closed_or_reports_skipped() {
-    const SMALL_BYTES: u64 = 8 << 20;
-    const VALUE_BYTES: usize = 30_000;
-    const EVENTS_MAX: u64 = 1_000;
-    let tmpfs = match Tmpfs::mount(SMALL_BYTES) {
-        Ok(tmpfs) => tmpfs,
-        Err(error) => {
-            skip(&format!("cannot mount a tmpfs for a full disk: {error}"));
-            return;
-        }
-    };
+    let Some(tmpfs) = small_tmpfs() else { return };
     let path = tmpfs.path().join(STORE_FILE);
     let (mut store, _) = open(&path).unwrap();
     let filler = tmpfs.fill("filler");
