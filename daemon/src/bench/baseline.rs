@@ -6,8 +6,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cairn_crypto::verify::{Check, verify_many, verify_strict};
-use cairn_crypto::{PublicKey, SecretKey, Signature};
+use cairn_crypto::SecretKey;
 use redb::{Database, Durability, TableDefinition};
 
 const TABLE: TableDefinition<u64, &[u8]> = TableDefinition::new("bench");
@@ -78,52 +77,6 @@ pub(crate) fn store_rate(
     drop(store);
     let _ = std::fs::remove_file(path);
     Ok(n as f64 / secs)
-}
-
-/// The verify baseline's signatures: 32-byte messages (as event ids are), each signed by a
-/// distinct key.
-pub(crate) struct VerifySet {
-    keys: Vec<PublicKey>,
-    messages: Vec<[u8; 32]>,
-    sigs: Vec<Signature>,
-}
-
-impl VerifySet {
-    pub(crate) fn new(n_sigs: usize) -> Self {
-        let mut set = Self { keys: Vec::new(), messages: Vec::new(), sigs: Vec::new() };
-        for i in 0..n_sigs {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            seed[8] = 0x5e;
-            let key = SecretKey::from_seed(&seed);
-            let message = cairn_crypto::hash(cairn_crypto::Domain::Event, &seed);
-            set.sigs.push(key.sign(&message));
-            set.keys.push(key.public());
-            set.messages.push(message);
-        }
-        set
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.sigs.len()
-    }
-
-    /// Verifies every signature once on `threads` threads (1: `verify_strict` in a loop; 2:
-    /// one `verify_many` batch); returns signatures per second.
-    pub(crate) fn run(&self, threads: usize) -> f64 {
-        let checks: Vec<Check<'_>> = (0..self.len())
-            .map(|i| Check { key: &self.keys[i], message: &self.messages[i], signature: &self.sigs[i] })
-            .collect();
-        let start = Instant::now();
-        let ok = if threads == 1 {
-            checks.iter().filter(|c| black_box(verify_strict(c.key, c.message, c.signature))).count()
-        } else {
-            black_box(verify_many(&checks, threads)).into_iter().filter(|v| *v).count()
-        };
-        let secs = start.elapsed().as_secs_f64();
-        assert_eq!(ok, self.len(), "every benchmark signature verifies");
-        self.len() as f64 / secs
-    }
 }
 
 /// Signing per second (ed25519 over 32-byte messages, one thread).

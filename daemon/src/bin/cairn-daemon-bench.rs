@@ -38,7 +38,7 @@ use cairn_daemon::config::{Config, load_genesis};
 use cairn_daemon::store::Store;
 use cairn_protocol::{Genesis, Member, Node, NodeConfig, Op};
 
-use baseline::VerifySet;
+use cairn_crypto::baseline::VerifySet;
 use cluster::{Cluster, CpuSnapshot, CpuSplit, cpu_seconds, load_average, machine_cpu, proc_status_mib};
 use load::{LoadResult, Until};
 

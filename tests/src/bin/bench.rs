@@ -25,8 +25,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use cairn_crypto::verify::{Check, verify_many, verify_strict};
-use cairn_crypto::{PublicKey, SecretKey, Signature};
+use cairn_crypto::SecretKey;
+use cairn_crypto::baseline::VerifySet;
 use cairn_protocol::Adapter;
 use cairn_protocol::node::{Node, NodeConfig};
 
@@ -135,52 +135,6 @@ fn n(x: f64) -> String {
 }
 
 // ---- verify ---------------------------------------------------------------------------------
-
-/// The baseline's signatures: 32-byte messages (as event ids are), each signed by a distinct key.
-struct VerifySet {
-    keys: Vec<PublicKey>,
-    messages: Vec<[u8; 32]>,
-    sigs: Vec<Signature>,
-}
-
-impl VerifySet {
-    fn new(n_sigs: usize) -> Self {
-        eprintln!("verify: signing {n_sigs} messages with distinct keys");
-        let mut set = Self { keys: Vec::new(), messages: Vec::new(), sigs: Vec::new() };
-        for i in 0..n_sigs {
-            let mut seed = [0u8; 32];
-            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            seed[8] = 0x5e;
-            let key = SecretKey::from_seed(&seed);
-            let message = cairn_crypto::hash(cairn_crypto::Domain::Event, &seed);
-            set.sigs.push(key.sign(&message));
-            set.keys.push(key.public());
-            set.messages.push(message);
-        }
-        set
-    }
-
-    fn len(&self) -> usize {
-        self.sigs.len()
-    }
-
-    /// Verifies every signature once on `threads` threads (1: `verify_strict` in a loop; 2:
-    /// one `verify_many` batch); returns signatures per second.
-    fn run(&self, threads: usize) -> f64 {
-        let checks: Vec<Check<'_>> = (0..self.len())
-            .map(|i| Check { key: &self.keys[i], message: &self.messages[i], signature: &self.sigs[i] })
-            .collect();
-        let start = Instant::now();
-        let ok = if threads == 1 {
-            checks.iter().filter(|c| black_box(verify_strict(c.key, c.message, c.signature))).count()
-        } else {
-            black_box(verify_many(&checks, threads)).into_iter().filter(|v| *v).count()
-        };
-        let secs = start.elapsed().as_secs_f64();
-        assert_eq!(ok, self.len(), "every benchmark signature verifies");
-        self.len() as f64 / secs
-    }
-}
 
 /// A warning when two threads verify less than 1.5 times as fast as one: then another process
 /// held the second core, and every two-thread figure of the run is suspect.
@@ -468,11 +422,17 @@ fn main() -> ExitCode {
     for command in &args.commands {
         match command {
             Command::Verify => {
-                let set = verify_set.get_or_insert_with(|| VerifySet::new(sizes.verify));
+                let set = verify_set.get_or_insert_with(|| {
+                    eprintln!("verify: signing {} messages with distinct keys", sizes.verify);
+                    VerifySet::new(sizes.verify)
+                });
                 verify_section(&mut out, set);
             }
             Command::Ingest => {
-                let set = verify_set.get_or_insert_with(|| VerifySet::new(sizes.verify));
+                let set = verify_set.get_or_insert_with(|| {
+                    eprintln!("verify: signing {} messages with distinct keys", sizes.verify);
+                    VerifySet::new(sizes.verify)
+                });
                 ingest_section(&mut out, &cast, sizes.ingest, set);
             }
             Command::Sync => {
