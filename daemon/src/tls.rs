@@ -26,7 +26,8 @@ use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, ServerName, SubjectP
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, SignatureScheme,
+    CertificateError, DigitallySignedStruct, DistinguishedName, Error as TlsError, OtherError,
+    SignatureScheme,
 };
 
 /// The ALPN protocol name of Cairn's peer protocol, version 1.
@@ -122,10 +123,60 @@ impl Identity {
     }
 }
 
+/// The label under which the QUIC stateless-reset key is derived from the node key.
+const RESET_KEY_LABEL: &[u8] = b"cairn/quic-stateless-reset/v1";
+/// The label under which the key of the QUIC connection-id check is derived from the node key.
+const CID_KEY_LABEL: &[u8] = b"cairn/quic-connection-id/v1";
+
+/// `HMAC-SHA256(key = the node key's seed, label)`: a secret of this node's that stays the same
+/// across restarts and reveals nothing of the seed.
+fn derive(key: &SecretKey, label: &[u8]) -> ring::hmac::Tag {
+    let mut seed = key.seed_bytes();
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &seed), label);
+    wipe(&mut seed);
+    tag
+}
+
+/// The QUIC endpoint configuration of a node, with two secrets derived from its node key so
+/// that they survive a restart:
+///
+/// - the stateless-reset key, so a peer accepts the reset with which a restarted node answers
+///   packets of its previous life's connections, and drops that dead connection at once
+///   instead of at the idle timeout (no one without the node key can forge such a reset);
+/// - the key of quinn's connection-id check, so the restarted node recognizes those packets'
+///   connection ids as its own and answers them with the reset rather than dropping them.
+pub fn endpoint_config(key: &SecretKey) -> quinn::EndpointConfig {
+    let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, derive(key, RESET_KEY_LABEL).as_ref());
+    let cid_tag = derive(key, CID_KEY_LABEL);
+    // An HMAC-SHA256 tag is 32 bytes, so its first 8 always exist.
+    let cid_key = u64::from_le_bytes(cid_tag.as_ref()[..8].try_into().expect("a tag of 32 bytes"));
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
+}
+
 /// Overwrites secret bytes; `black_box` keeps the compiler from dropping the dead store.
 fn wipe(bytes: &mut [u8]) {
     bytes.fill(0);
     std::hint::black_box(bytes);
+}
+
+/// Why the server turned a client's key away, in words: the text travels to the client in the
+/// QUIC close (as "invalid peer certificate: …") and into both nodes' logs, so an operator on
+/// either side reads the cause rather than a TLS alert name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyRefusal {
+    /// The key is not a member of this cluster (or is the server's own key).
+    #[error("this key is not a member of the cluster (check the genesis file on both nodes)")]
+    NotMember,
+    /// The key is a proven equivocator: refused for good.
+    #[error(
+        "this key is refused for good: it signed two events with the same seq (equivocation; the \
+         evidence is on the refusing node, see `cairnctl evidence`). A node whose key equivocated \
+         must never sign again; it needs a new key and membership"
+    )]
+    Equivocator,
 }
 
 /// The keys a server admits: the genesis members except the node itself, minus any key refused
@@ -133,26 +184,47 @@ fn wipe(bytes: &mut [u8]) {
 /// applies to every later handshake of the server that holds it.
 #[derive(Clone, Debug)]
 pub struct MemberKeys {
-    allowed: Arc<RwLock<BTreeSet<[u8; 32]>>>,
+    keys: Arc<RwLock<Keys>>,
+}
+
+#[derive(Debug, Default)]
+struct Keys {
+    allowed: BTreeSet<[u8; 32]>,
+    refused: BTreeSet<[u8; 32]>,
 }
 
 impl MemberKeys {
     /// Admits `members` except `own`.
     pub fn new(members: &[PublicKey], own: &PublicKey) -> Self {
         let allowed = members.iter().filter(|key| *key != own).map(|key| key.0).collect();
-        Self { allowed: Arc::new(RwLock::new(allowed)) }
+        Self { keys: Arc::new(RwLock::new(Keys { allowed, refused: BTreeSet::new() })) }
     }
 
     /// Refuses `key` from now on; connections already established are the transport's business.
     pub fn refuse(&self, key: &PublicKey) {
-        // The set stays consistent whatever a panicking holder did: inserts and removes of
-        // `[u8; 32]` cannot leave it half-written, so a poisoned lock is safe to use.
-        self.allowed.write().unwrap_or_else(PoisonError::into_inner).remove(&key.0);
+        // The sets stay consistent whatever a panicking holder did: inserts and removes of
+        // `[u8; 32]` cannot leave them half-written, so a poisoned lock is safe to use.
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        if keys.allowed.remove(&key.0) {
+            keys.refused.insert(key.0);
+        }
     }
 
     /// Whether a handshake presenting `key` would be admitted now.
     pub fn allows(&self, key: &PublicKey) -> bool {
-        self.allowed.read().unwrap_or_else(PoisonError::into_inner).contains(&key.0)
+        self.check(key).is_ok()
+    }
+
+    /// Whether a handshake presenting `key` would be admitted now, and if not, why.
+    pub fn check(&self, key: &PublicKey) -> Result<(), KeyRefusal> {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        if keys.allowed.contains(&key.0) {
+            Ok(())
+        } else if keys.refused.contains(&key.0) {
+            Err(KeyRefusal::Equivocator)
+        } else {
+            Err(KeyRefusal::NotMember)
+        }
     }
 }
 
@@ -182,7 +254,11 @@ impl ClientCertVerifier for MemberVerifier {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, TlsError> {
-        admit(end_entity, intermediates, |key| self.members.allows(key))?;
+        let key = admit(end_entity, intermediates, |_| true)?;
+        // `Other` is displayed with the refusal's words (rustls prints the inner error of
+        // `InvalidCertificate(Other(..))` in its debug form), and those words are the reason
+        // phrase of the QUIC close, after a TLS handshake_failure alert.
+        self.members.check(&key).map_err(|refusal| TlsError::Other(OtherError(Arc::new(refusal))))?;
         Ok(ClientCertVerified::assertion())
     }
 

@@ -3,13 +3,29 @@
 //!
 //! # Connections
 //!
-//! Each pair of members keeps at most one connection. The node whose public key is smaller
-//! (bytewise) dials, if it has the peer's address; the larger one only accepts, and closes a
-//! connection dialed by a larger key with [`CloseCode::WrongDirection`]. When a connection from
-//! a peer arrives while one from it exists, the new one replaces the old (the peer restarted).
-//! The dialer retries forever with exponential backoff (from `reconnect_backoff_min`, doubling
-//! up to `reconnect_backoff_max`, reset after a connection that lived more than
-//! [`CONNECTION_STABLE`]), until the transport shuts down or the peer is refused.
+//! Each pair of members keeps at most one connection, and either side may dial it: a node dials
+//! every peer whose address it knows whenever it holds no connection to it (the node with the
+//! larger key first waits [`DIAL_DEFER`], so that when both know each other's address usually
+//! only the smaller key's dial happens). Dials retry with exponential backoff (from
+//! `reconnect_backoff_min`, doubling up to `reconnect_backoff_max`, reset after a connection that
+//! lived more than [`CONNECTION_STABLE`]), until the transport shuts down or the peer is
+//! refused. A peer whose address we do not know is reached only when it dials us.
+//!
+//! When a second connection with the same peer completes its hellos while one is up, one rule,
+//! [`newcomer_wins`], applied the same way on both sides, keeps one and closes the other with
+//! [`CloseCode::Replaced`]:
+//!
+//! - if the connection we hold is older than the duplicate window (`handshake_timeout` plus
+//!   [`DUPLICATE_WINDOW_SLACK`]), the newcomer wins: an honest peer dials only when it holds no
+//!   connection with us, so it has lost the old one (it restarted, or its side timed out);
+//! - otherwise both are young (the two sides dialed each other at once): the connection dialed
+//!   by the smaller key wins, and if the same side dialed both, the newer wins.
+//!
+//! A restarted node's endpoint answers packets of its previous life's connections with a QUIC
+//! stateless reset, because its reset key is derived from its node key ([`tls::endpoint_config`]); with
+//! keep-alives at most [`KEEP_ALIVE_INTERVAL_MAX`] apart, a peer learns within about a second
+//! that the connection it holds to a restarted node is dead, even when the restarted node cannot
+//! dial it.
 //!
 //! Authentication is mutual TLS 1.3 with raw public keys (see [`crate::tls`]): the server admits
 //! only genesis members, the client accepts only the key of the peer it meant to reach.
@@ -56,9 +72,9 @@
 //! | 1 | `ProtocolViolation` | oversize frame, or the stream ended or was misused |
 //! | 2 | `BadHello` | the first frame is not a hello |
 //! | 3 | `ClusterMismatch` | the hello names another cluster |
-//! | 4 | `Replaced` | a newer connection from the same peer replaced this one |
+//! | 4 | `Replaced` | another connection between the same pair replaced this one |
 //! | 5 | `Refused` | the peer's key is refused (a proven equivocator) |
-//! | 6 | `WrongDirection` | the dialer's key is larger than the acceptor's |
+//! | 6 | `WrongDirection` | retired: sent by earlier versions, where only the smaller key dialed |
 //! | 7 | `HandshakeTimeout` | the QUIC handshake and hello took longer than the timeout |
 //!
 //! # Limits
@@ -104,6 +120,17 @@ pub const FRAME_LENGTH_BYTES: usize = 4;
 pub const STREAM_RECEIVE_WINDOW_BYTES: u32 = 2 * (FRAME_LENGTH_BYTES + MESSAGE_BYTES_MAX) as u32;
 /// A connection that lived longer than this resets the dialer's backoff.
 pub const CONNECTION_STABLE: Duration = Duration::from_secs(10);
+/// How long the node with the larger key waits before dialing a peer it holds no connection
+/// with: long enough for the smaller key's dial to arrive first when both start at once (one
+/// handshake instead of two), short enough not to matter when the larger key restarted.
+pub const DIAL_DEFER: Duration = Duration::from_millis(150);
+/// Added to `handshake_timeout` to make the duplicate window of [`newcomer_wins`]: covers the
+/// round trips by which the two sides' clocks of "established" differ.
+pub const DUPLICATE_WINDOW_SLACK: Duration = Duration::from_secs(1);
+/// The longest quiet time before a keep-alive (QUIC PING) goes out on a connection; at most a
+/// third of `idle_timeout`. It bounds how long a connection to a restarted peer that cannot dial
+/// us stays undetected: the restarted endpoint answers the keep-alive with a stateless reset.
+pub const KEEP_ALIVE_INTERVAL_MAX: Duration = Duration::from_secs(1);
 /// Incoming handshakes running at once; enough for every member of a large cluster to
 /// reconnect at the same moment, small enough that a flood of handshakes costs bounded memory.
 pub const HANDSHAKES_CONCURRENT_MAX: usize = 64;
@@ -119,8 +146,9 @@ pub const LINGER_MAX: Duration = Duration::from_secs(1);
 pub const LINGER_MIN: Duration = Duration::from_millis(50);
 /// How often the linger looks at the queues.
 const LINGER_POLL: Duration = Duration::from_millis(5);
-/// Peer-supplied close reasons are cut to this many characters in logs and events.
-const PEER_REASON_CHARS_MAX: usize = 100;
+/// Peer-supplied close reasons are cut to this many characters in logs and events: room for
+/// the longest reason Cairn sends (a key refusal, see [`tls::KeyRefusal`]).
+const PEER_REASON_CHARS_MAX: usize = 400;
 
 const _: () = assert!(MESSAGE_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!(HELLO_BYTES <= MESSAGE_BYTES_MAX);
@@ -152,11 +180,12 @@ pub enum CloseCode {
     BadHello = 2,
     /// The peer's hello names another cluster.
     ClusterMismatch = 3,
-    /// A newer connection from the same peer replaced this one.
+    /// Another connection between the same pair replaced this one (see [`newcomer_wins`]).
     Replaced = 4,
     /// The peer's key is refused (a proven equivocator).
     Refused = 5,
-    /// The dialer's key is larger than the acceptor's; the smaller key dials.
+    /// Retired: earlier versions, where only the smaller key dialed, closed a connection dialed
+    /// by the larger key with it. This version never sends it.
     WrongDirection = 6,
     /// The QUIC handshake and the hello exchange took longer than the handshake timeout.
     HandshakeTimeout = 7,
@@ -191,9 +220,9 @@ impl CloseCode {
             Self::ProtocolViolation => "protocol violation",
             Self::BadHello => "bad hello",
             Self::ClusterMismatch => "cluster id mismatch",
-            Self::Replaced => "replaced by a new connection from the peer",
+            Self::Replaced => "replaced by another connection between the same peers",
             Self::Refused => "refused",
-            Self::WrongDirection => "wrong direction: the node with the smaller key dials",
+            Self::WrongDirection => "wrong direction (retired close code)",
             Self::HandshakeTimeout => "handshake timed out",
         }
     }
@@ -216,8 +245,8 @@ pub fn hello(cluster_id: &[u8; 32]) -> [u8; HELLO_BYTES] {
 pub struct TransportConfig {
     /// The UDP address to listen on (port 0 picks one; see [`Transport::local_addr`]).
     pub listen: SocketAddr,
-    /// Members we may dial, with their addresses (from the node configuration). Only peers
-    /// whose key is larger than ours are dialed; our own entry, if present, is ignored.
+    /// Members we dial, with their addresses (from the node configuration); our own entry, if
+    /// present, is ignored. Members without an address are reached when they dial us.
     pub peers: Vec<(PublicKey, SocketAddr)>,
     /// The genesis members; the server admits these, except our own key.
     pub members: Vec<PublicKey>,
@@ -235,7 +264,7 @@ pub struct TransportConfig {
     /// The QUIC handshake plus the hello exchange must finish within this.
     pub handshake_timeout: Duration,
     /// A connection with no traffic for this long is dead (QUIC `max_idle_timeout`); keep-alives
-    /// go out at a third of it.
+    /// go out after a third of it, or [`KEEP_ALIVE_INTERVAL_MAX`] if that is shorter.
     pub idle_timeout: Duration,
 }
 
@@ -404,11 +433,11 @@ struct Link {
     queue: mpsc::Sender<Vec<u8>>,
 }
 
-/// How to reach a peer's task.
+/// How to reach a peer's tasks.
 struct PeerControl {
     refused: watch::Sender<bool>,
-    /// Where the accept loop hands over connections from this peer; `None` when we dial it.
-    handoff: Option<Arc<Handoff>>,
+    /// Where established connections with this peer, incoming or dialed, go to its task.
+    handoff: Arc<Handoff>,
 }
 
 /// A connection whose hellos have been exchanged, with its one stream.
@@ -418,41 +447,105 @@ struct Established {
     recv: RecvStream,
 }
 
-/// A one-place mailbox from the accept loop to a peer's task. The newest connection wins:
-/// a pending older one is closed as replaced, so a peer that reconnects quickly holds at most
-/// one pending connection, and the accept loop never waits on a peer's task.
+/// Which side of a connection dialed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DialedBy {
+    Us,
+    Peer,
+}
+
+/// An established connection offered to a peer's task: it becomes the peer's connection, or
+/// loses to the one held (see [`newcomer_wins`]).
+struct Candidate {
+    established: Established,
+    dialed_by: DialedBy,
+}
+
+/// Whether a newly established connection with a peer replaces the one held, decided by the
+/// same rule on both sides so that they keep the same one: a held connection older than
+/// `window` loses (an honest peer dials only when it holds no connection with us, so it has
+/// lost that one); between two young connections, the one dialed by the smaller key wins, and
+/// if one side dialed both, the newer.
+pub fn newcomer_wins(
+    own: &PublicKey,
+    peer: &PublicKey,
+    held_dialed_by_us: bool,
+    held_age: Duration,
+    newcomer_dialed_by_us: bool,
+    window: Duration,
+) -> bool {
+    if held_age > window || held_dialed_by_us == newcomer_dialed_by_us {
+        return true;
+    }
+    let newcomer_dialer = if newcomer_dialed_by_us { own } else { peer };
+    let held_dialer = if held_dialed_by_us { own } else { peer };
+    newcomer_dialer < held_dialer
+}
+
+/// A one-place mailbox of established connections for a peer's task, from the accept loop and
+/// from the dialer. Between two waiting candidates the same rule as for a held connection
+/// picks one (both are young), and the other is closed as replaced; so the mailbox holds at
+/// most one connection, and the accept loop never waits on a peer's task.
 struct Handoff {
+    own: PublicKey,
+    peer: PublicKey,
     state: Mutex<HandoffState>,
     notify: Notify,
 }
 
 #[derive(Default)]
 struct HandoffState {
-    pending: Option<Established>,
+    pending: Option<Candidate>,
     /// The peer's task has ended (refused): connections are closed instead of queued.
     closed: bool,
 }
 
 impl Handoff {
-    fn put(&self, established: Established) {
+    fn new(own: PublicKey, peer: PublicKey) -> Self {
+        Self { own, peer, state: Mutex::default(), notify: Notify::new() }
+    }
+
+    fn put(&self, candidate: Candidate) {
         let mut state = lock(&self.state);
         if state.closed {
-            established
-                .connection
-                .close(CloseCode::Refused.var_int(), CloseCode::Refused.reason().as_bytes());
+            close_with(&candidate.established.connection, CloseCode::Refused);
             return;
         }
-        if let Some(old) = state.pending.replace(established) {
-            old.connection.close(CloseCode::Replaced.var_int(), CloseCode::Replaced.reason().as_bytes());
-        }
+        let loser = match state.pending.take() {
+            None => {
+                state.pending = Some(candidate);
+                None
+            }
+            Some(waiting) => {
+                let us = |c: &Candidate| c.dialed_by == DialedBy::Us;
+                if newcomer_wins(
+                    &self.own,
+                    &self.peer,
+                    us(&waiting),
+                    Duration::ZERO,
+                    us(&candidate),
+                    Duration::MAX,
+                ) {
+                    state.pending = Some(candidate);
+                    Some(waiting)
+                } else {
+                    state.pending = Some(waiting);
+                    Some(candidate)
+                }
+            }
+        };
         drop(state);
+        if let Some(loser) = loser {
+            close_with(&loser.established.connection, CloseCode::Replaced);
+        }
         self.notify.notify_one();
     }
 
-    async fn take(&self) -> Established {
+    /// The next candidate. Cancel-safe: a candidate stays in the mailbox until taken.
+    async fn take(&self) -> Candidate {
         loop {
-            if let Some(established) = lock(&self.state).pending.take() {
-                return established;
+            if let Some(candidate) = lock(&self.state).pending.take() {
+                return candidate;
             }
             self.notify.notified().await;
         }
@@ -462,7 +555,7 @@ impl Handoff {
         let mut state = lock(&self.state);
         state.closed = true;
         if let Some(pending) = state.pending.take() {
-            pending.connection.close(code.var_int(), code.reason().as_bytes());
+            close_with(&pending.established.connection, code);
         }
     }
 }
@@ -559,6 +652,16 @@ fn describe_connection_error(error: &ConnectionError) -> String {
                 String::from_utf8_lossy(&close.reason).escape_debug().take(PEER_REASON_CHARS_MAX).collect();
             format!("closed by peer: {reason} (code {})", close.error_code)
         }
+        ConnectionError::ConnectionClosed(close) => {
+            // A transport-level close (a TLS refusal among them) carries the peer's words too.
+            let reason: String =
+                String::from_utf8_lossy(&close.reason).escape_debug().take(PEER_REASON_CHARS_MAX).collect();
+            format!("closed by peer: {reason} (transport error {})", close.error_code)
+        }
+        ConnectionError::TransportError(error) => {
+            let reason: String = error.reason.escape_debug().take(PEER_REASON_CHARS_MAX).collect();
+            format!("{reason} (transport error {})", error.code)
+        }
         ConnectionError::TimedOut => "idle timeout".to_owned(),
         ConnectionError::LocallyClosed => "closed locally".to_owned(),
         error => error.to_string(),
@@ -614,31 +717,20 @@ impl Transport {
             .incoming_buffer_size(64 * 1024)
             .incoming_buffer_size_total(4 * 1024 * 1024);
         let client_transport = Arc::new(quic_transport(&config, Side::Dialer)?);
-        let endpoint = quinn::Endpoint::server(server, config.listen)
+        let socket = std::net::UdpSocket::bind(config.listen)
             .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
+        let runtime = quinn::default_runtime().context("no async runtime for the QUIC endpoint")?;
+        let endpoint = quinn::Endpoint::new(tls::endpoint_config(key), Some(server), socket, runtime)
+            .with_context(|| format!("cannot start the QUIC endpoint on UDP {}", config.listen))?;
         let local_addr = endpoint.local_addr().context("the endpoint has no local address")?;
 
         let mut peers = BTreeMap::new();
         let mut roles = Vec::new();
         for peer in config.members.iter().filter(|peer| **peer != own) {
             let (refused, refused_receiver) = watch::channel(false);
-            let role = if own < *peer {
-                match addresses.get(peer) {
-                    Some(address) => Role::Dialer(*address),
-                    None => {
-                        warn!(peer = %peer.short(), "no address for a peer that waits for us to dial it: it stays unreachable");
-                        Role::Idle
-                    }
-                }
-            } else {
-                Role::Acceptor(Arc::new(Handoff { state: Mutex::default(), notify: Notify::new() }))
-            };
-            let handoff = match &role {
-                Role::Acceptor(handoff) => Some(handoff.clone()),
-                Role::Dialer(_) | Role::Idle => None,
-            };
-            peers.insert(*peer, PeerControl { refused, handoff });
-            roles.push((*peer, role, refused_receiver));
+            let handoff = Arc::new(Handoff::new(own, *peer));
+            peers.insert(*peer, PeerControl { refused, handoff: handoff.clone() });
+            roles.push((*peer, addresses.get(peer).copied(), handoff, refused_receiver));
         }
 
         let shared = Arc::new(Shared {
@@ -665,13 +757,18 @@ impl Transport {
 
         let node_span = info_span!("transport", node = %own.short(), address = %local_addr);
         let mut tasks = Vec::new();
-        for (peer, role, refused) in roles {
-            if matches!(role, Role::Idle) {
-                continue;
+        for (peer, address, handoff, refused) in roles {
+            let span = info_span!(parent: &node_span, "peer", peer = %peer.short());
+            let (link, link_receiver) = watch::channel(false);
+            if let Some(address) = address {
+                let stop = StopSignal { shutdown: shared.shutdown.subscribe(), refused: refused.clone() };
+                let dialer = dial_loop(shared.clone(), peer, address, handoff.clone(), link_receiver, stop);
+                tasks.push(tokio::spawn(dialer.instrument(span.clone())));
+            } else {
+                debug!(parent: &span, "no address for this peer: it is reached when it dials us");
             }
             let stop = StopSignal { shutdown: shared.shutdown.subscribe(), refused };
-            let span = info_span!(parent: &node_span, "peer", peer = %peer.short());
-            tasks.push(tokio::spawn(run_peer(shared.clone(), peer, role, stop).instrument(span)));
+            tasks.push(tokio::spawn(run_peer(shared.clone(), peer, handoff, link, stop).instrument(span)));
         }
         tasks.push(tokio::spawn(accept_loop(shared.clone()).instrument(node_span.clone())));
         *lock(&shared.tasks) = tasks;
@@ -896,76 +993,106 @@ fn quic_transport(config: &TransportConfig, side: Side) -> anyhow::Result<quinn:
         .receive_window(VarInt::from_u32(STREAM_RECEIVE_WINDOW_BYTES))
         .send_window(u64::from(STREAM_RECEIVE_WINDOW_BYTES))
         .max_idle_timeout(Some(idle_timeout))
-        .keep_alive_interval(Some(config.idle_timeout / 3));
+        .keep_alive_interval(Some((config.idle_timeout / 3).min(KEEP_ALIVE_INTERVAL_MAX)));
     Ok(transport)
-}
-
-/// What a peer's task does.
-enum Role {
-    /// Our key is smaller: dial the peer at this address.
-    Dialer(SocketAddr),
-    /// Our key is larger: serve the connections the accept loop hands over.
-    Acceptor(Arc<Handoff>),
-    /// Our key is smaller but we have no address: nothing to do.
-    Idle,
 }
 
 /// How a served connection ended.
 enum Ended {
     Lost(Failure),
-    Replaced(Established),
+    Replaced(Candidate),
     Stopped(Stopped),
 }
 
-/// One peer's task: dials (with backoff) or takes accepted connections, and serves them one at
-/// a time. All events of the peer come from here, so they are in order.
-async fn run_peer(shared: Arc<Shared>, peer: PublicKey, role: Role, mut stop: StopSignal) {
-    let stopped = match role {
-        Role::Dialer(address) => dial_loop(&shared, peer, address, &mut stop).await,
-        Role::Acceptor(handoff) => {
-            let stopped = accept_peer_loop(&shared, peer, &handoff, &mut stop).await;
-            handoff.close(CloseCode::Refused);
-            stopped
+/// One peer's task: takes the established connections of the peer (incoming, or dialed by
+/// [`dial_loop`]) from its mailbox and serves one at a time, keeping `link` true while one is
+/// served. All events of the peer come from here, so they are in order.
+async fn run_peer(
+    shared: Arc<Shared>,
+    peer: PublicKey,
+    handoff: Arc<Handoff>,
+    link: watch::Sender<bool>,
+    mut stop: StopSignal,
+) {
+    let mut next = None;
+    let stopped = loop {
+        let candidate = match next.take() {
+            Some(candidate) => candidate,
+            None => tokio::select! {
+                candidate = handoff.take() => candidate,
+                stopped = stop.wait() => break stopped,
+            },
+        };
+        link.send_replace(true);
+        let ended = serve(&shared, peer, candidate, &handoff, &mut stop).await;
+        link.send_replace(false);
+        match ended {
+            Ended::Lost(_) => {}
+            Ended::Replaced(newer) => next = Some(newer),
+            Ended::Stopped(stopped) => break stopped,
         }
-        Role::Idle => return,
     };
+    handoff.close(CloseCode::Refused);
     debug!(?stopped, "peer task stopped");
 }
 
-async fn dial_loop(shared: &Shared, peer: PublicKey, address: SocketAddr, stop: &mut StopSignal) -> Stopped {
+/// Dials `peer` at `address` whenever no connection with it is up (`link` false): at once, or
+/// after [`DIAL_DEFER`] if our key is the larger, then with doubling backoff while dials fail or
+/// connections die young. Established connections go to the peer's mailbox.
+async fn dial_loop(
+    shared: Arc<Shared>,
+    peer: PublicKey,
+    address: SocketAddr,
+    handoff: Arc<Handoff>,
+    mut link: watch::Receiver<bool>,
+    mut stop: StopSignal,
+) {
     let client_config = shared.client_config(&peer);
+    let defer = if shared.own > peer { DIAL_DEFER } else { Duration::ZERO };
     let mut backoff = shared.reconnect_backoff_min;
-    loop {
+    let mut wait = defer;
+    let stopped = loop {
+        if *link.borrow_and_update() {
+            let since = Instant::now();
+            tokio::select! {
+                _ = link.wait_for(|up| !*up) => {}
+                stopped = stop.wait() => break stopped,
+            }
+            if since.elapsed() > CONNECTION_STABLE {
+                backoff = shared.reconnect_backoff_min;
+                wait = defer;
+            } else {
+                wait = backoff;
+                backoff = (backoff * 2).min(shared.reconnect_backoff_max);
+            }
+        }
+        // Wait, unless a connection (the peer's dial) comes up meanwhile.
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            _ = link.wait_for(|up| *up) => continue,
+            stopped = stop.wait() => break stopped,
+        }
         let dialed = tokio::select! {
-            dialed = dial(shared, &peer, address, client_config.clone()) => dialed,
-            stopped = stop.wait() => return stopped,
+            dialed = dial(&shared, &peer, address, client_config.clone()) => dialed,
+            stopped = stop.wait() => break stopped,
         };
         match dialed {
             Ok(established) => {
-                let started = Instant::now();
-                let mut next = Some(established);
-                while let Some(established) = next.take() {
-                    match serve(shared, peer, established, None, stop).await {
-                        Ended::Lost(_) => {}
-                        Ended::Replaced(newer) => next = Some(newer),
-                        Ended::Stopped(stopped) => return stopped,
-                    }
-                }
-                if started.elapsed() > CONNECTION_STABLE {
-                    backoff = shared.reconnect_backoff_min;
-                }
+                handoff.put(Candidate { established, dialed_by: DialedBy::Us });
+                // If the connection loses to another or dies at once, the next dial waits.
+                wait = backoff;
             }
             Err(failure) => {
-                shared.counters.n_outgoing_handshakes_failed.fetch_add(1, Ordering::Relaxed);
-                shared.log_trouble(Trouble::OutgoingHandshake, &peer.short(), &failure.reason);
+                if !shared.is_shut_down() {
+                    shared.counters.n_outgoing_handshakes_failed.fetch_add(1, Ordering::Relaxed);
+                    shared.log_trouble(Trouble::OutgoingHandshake, &peer.short(), &failure.reason);
+                }
+                wait = backoff;
+                backoff = (backoff * 2).min(shared.reconnect_backoff_max);
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(backoff) => {}
-            stopped = stop.wait() => return stopped,
-        }
-        backoff = (backoff * 2).min(shared.reconnect_backoff_max);
-    }
+    };
+    debug!(?stopped, "dialer stopped");
 }
 
 /// Dials `peer` and exchanges hellos, within the handshake timeout.
@@ -1007,53 +1134,47 @@ async fn dial(
     }
 }
 
-async fn accept_peer_loop(
-    shared: &Shared,
-    peer: PublicKey,
-    handoff: &Handoff,
-    stop: &mut StopSignal,
-) -> Stopped {
-    let mut next = None;
-    loop {
-        let established = match next.take() {
-            Some(established) => established,
-            None => tokio::select! {
-                established = handoff.take() => established,
-                stopped = stop.wait() => return stopped,
-            },
-        };
-        match serve(shared, peer, established, Some(handoff), stop).await {
-            Ended::Lost(_) => {}
-            Ended::Replaced(newer) => next = Some(newer),
-            Ended::Stopped(stopped) => return stopped,
-        }
-    }
-}
-
-/// Serves one established connection until it ends, a newer one replaces it, or the task
-/// stops: publishes the link, emits `Connected`, pumps frames both ways, then emits
-/// `Disconnected` (except on shutdown).
+/// Serves one established connection until it ends, another replaces it, or the task stops:
+/// publishes the link, emits `Connected`, pumps frames both ways, then emits `Disconnected`
+/// (except on shutdown). Connections that arrive meanwhile either replace this one or are
+/// closed, by [`newcomer_wins`].
 async fn serve(
     shared: &Shared,
     peer: PublicKey,
-    established: Established,
-    handoff: Option<&Handoff>,
+    candidate: Candidate,
+    handoff: &Handoff,
     stop: &mut StopSignal,
 ) -> Ended {
-    let Established { connection, mut send, mut recv } = established;
+    let Candidate { established: Established { connection, mut send, mut recv }, dialed_by } = candidate;
+    let since = Instant::now();
     let address = connection.remote_address();
     let (queue, queue_receiver) = mpsc::channel(shared.peer_queue_messages_max);
     lock(&shared.links).insert(peer, Link { connection: connection.clone(), queue });
     shared.counters.n_connections_established.fetch_add(1, Ordering::Relaxed);
-    info!(%address, "peer connected");
+    info!(%address, dialed_by = ?dialed_by, "peer connected");
 
     let ended = if shared.emit(TransportEvent::Connected { peer, address }).await {
-        tokio::select! {
-            failure = read_loop(shared, peer, &mut recv) => Ended::Lost(failure),
-            failure = write_loop(queue_receiver, &mut send) => Ended::Lost(failure),
-            error = connection.closed() => Ended::Lost(error.into()),
-            newer = take_handoff(handoff) => Ended::Replaced(newer),
-            stopped = stop.wait() => Ended::Stopped(stopped),
+        let reading = read_loop(shared, peer, &mut recv);
+        let writing = write_loop(queue_receiver, &mut send);
+        let closed = connection.closed();
+        tokio::pin!(reading, writing, closed);
+        loop {
+            tokio::select! {
+                failure = &mut reading => break Ended::Lost(failure),
+                failure = &mut writing => break Ended::Lost(failure),
+                error = &mut closed => break Ended::Lost(error.into()),
+                newcomer = handoff.take() => {
+                    let held_by_us = dialed_by == DialedBy::Us;
+                    let newcomer_by_us = newcomer.dialed_by == DialedBy::Us;
+                    let window = shared.handshake_timeout + DUPLICATE_WINDOW_SLACK;
+                    if newcomer_wins(&shared.own, &peer, held_by_us, since.elapsed(), newcomer_by_us, window) {
+                        break Ended::Replaced(newcomer);
+                    }
+                    debug!(dialed_by = ?newcomer.dialed_by, "closed a duplicate connection; kept the one held");
+                    close_with(&newcomer.established.connection, CloseCode::Replaced);
+                }
+                stopped = stop.wait() => break Ended::Stopped(stopped),
+            }
         }
     } else {
         Ended::Stopped(Stopped::Shutdown)
@@ -1087,13 +1208,6 @@ async fn serve(
         return Ended::Stopped(Stopped::Shutdown);
     }
     ended
-}
-
-async fn take_handoff(handoff: Option<&Handoff>) -> Established {
-    match handoff {
-        Some(handoff) => handoff.take().await,
-        None => std::future::pending().await,
-    }
 }
 
 fn close(connection: &Connection, failure: &Failure) {
@@ -1273,8 +1387,9 @@ async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (O
         if !shared.members.allows(&peer) {
             return Err(Failure::closing(CloseCode::Refused, CloseCode::Refused.reason()));
         }
-        let Some(handoff) = shared.peers.get(&peer).and_then(|control| control.handoff.clone()) else {
-            return Err(Failure::closing(CloseCode::WrongDirection, CloseCode::WrongDirection.reason()));
+        // The verifier admitted only members other than us, and every one has a task.
+        let Some(handoff) = shared.peers.get(&peer).map(|control| control.handoff.clone()) else {
+            return Err(Failure::closing(CloseCode::Refused, CloseCode::Refused.reason()));
         };
         let (mut send, mut recv) = connection.accept_bi().await?;
         read_hello(&mut recv, &shared.cluster_id).await?;
@@ -1287,7 +1402,10 @@ async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (O
     });
     match checked {
         Ok((handoff, send, recv)) => {
-            handoff.put(Established { connection, send, recv });
+            handoff.put(Candidate {
+                established: Established { connection, send, recv },
+                dialed_by: DialedBy::Peer,
+            });
             Ok(())
         }
         Err(failure) => {
@@ -1307,6 +1425,36 @@ mod tests {
         assert_eq!(hello.len(), 38);
         assert_eq!(&hello[..6], b"CAIRN1");
         assert_eq!(&hello[6..], &[0xab; 32]);
+    }
+
+    #[test]
+    fn both_sides_keep_the_same_of_two_connections() {
+        let (small, large) = (PublicKey([1; 32]), PublicKey([2; 32]));
+        let window = Duration::from_secs(4);
+        let young = Duration::from_millis(100);
+        let old = Duration::from_secs(5);
+        // Each case, from the small key's side: (held dialed by us, its age, newcomer by us).
+        // From the large key's side the same two connections have "by us" flipped; both sides
+        // must keep the same one whenever the held connection is young on both.
+        for held_by_small in [true, false] {
+            for newcomer_by_small in [true, false] {
+                let small_side =
+                    newcomer_wins(&small, &large, held_by_small, young, newcomer_by_small, window);
+                let large_side =
+                    newcomer_wins(&large, &small, !held_by_small, young, !newcomer_by_small, window);
+                assert_eq!(
+                    small_side, large_side,
+                    "held by small {held_by_small}, new by small {newcomer_by_small}"
+                );
+            }
+        }
+        // Two young connections dialed by different sides: the small key's dial wins.
+        assert!(newcomer_wins(&small, &large, false, young, true, window));
+        assert!(!newcomer_wins(&small, &large, true, young, false, window));
+        // The same side dialed again: it lost the first; the newer wins.
+        assert!(newcomer_wins(&small, &large, false, young, false, window));
+        // An old connection loses to any newcomer: the peer dialed because it lost it.
+        assert!(newcomer_wins(&small, &large, true, old, false, window));
     }
 
     #[test]
