@@ -736,9 +736,9 @@ impl Service {
                 if let Err(error) = Node::check_ops(&ops) {
                     self.metrics.write_errors.inc();
                     let _ = reply.send(Err(ServiceError::Invalid(error.to_string())));
-                } else if let Some(pending) = self.node.own_seq_pending() {
+                } else if let Some(refusal) = self.node.write_refusal(&self.key.public()) {
                     self.metrics.write_errors.inc();
-                    let _ = reply.send(Err(ServiceError::NotReady(pending.to_string())));
+                    let _ = reply.send(Err(ServiceError::NotReady(refusal.to_string())));
                 } else {
                     self.writes.push_back((ops, reply));
                 }
@@ -864,7 +864,7 @@ impl Service {
             buffer_bytes_max: self.buffer_bytes_max,
             writes_refused: self
                 .node
-                .own_seq_pending()
+                .write_refusal(&me)
                 .map(|e| e.to_string())
                 .or_else(|| self.store_full.as_ref().map(|full| full.reason.clone())),
             n_peers_connected: self.node.connected_peers().len(),

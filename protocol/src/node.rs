@@ -161,7 +161,8 @@ pub enum WriteError {
     #[error(
         "this node has no history of its own key and is learning its latest seq from peers \
          ({heard} of {needed} heard, own seq {held} of {reported} held); writes are refused until \
-         then (a brand-new cluster starts with the new-cluster flag)"
+         then, so that it never signs a seq it already used. Connect it to its peers; \
+         `new_cluster = true` is only for the first start of a cluster no member has written to"
     )]
     OwnSeqUnknown {
         /// Peers whose report of this node's own tips is confirmed (every tip held).
@@ -419,6 +420,19 @@ impl Node {
             p.incoming_tips.clear();
             p.session_since_ms = None;
         }
+    }
+
+    /// Why a write signed by `me` would be refused now, if it would: not a member, a proven
+    /// equivocator, or own-seq safety (see [`Node::own_seq_pending`]). The same checks as
+    /// [`Node::prepare_writes`], for status reports.
+    pub fn write_refusal(&self, me: &PublicKey) -> Option<WriteError> {
+        let Some(author) = self.genesis().member_idx(me) else {
+            return Some(WriteError::NotMember);
+        };
+        if self.adapter.is_equivocator(author) {
+            return Some(WriteError::Equivocator);
+        }
+        self.own_seq_pending()
     }
 
     /// Whether own-seq safety still holds writes back, and why: see

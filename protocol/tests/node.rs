@@ -451,3 +451,25 @@ fn events_in_flight_are_sent_again_only_once_heard_or_timed_out() {
     a.handle_message(b, &tips(u64::MAX), 5 + timeout);
     assert_eq!(drain(&mut a).0, 20);
 }
+
+#[test]
+fn write_refusal_names_every_reason_prepare_writes_would_give() {
+    // A member in good standing may write.
+    let mut net = Net::new(2, &[1]);
+    let me = key(1).public();
+    assert!(net.nodes[0].1.write_refusal(&me).is_none());
+    // A key outside the genesis may not.
+    assert!(matches!(net.nodes[0].1.write_refusal(&key(9).public()), Some(WriteError::NotMember)));
+    // Once the node holds two events of its own key with one seq (as after an old store was
+    // copied back and it signed again), it says so, and prepare_writes agrees.
+    let twins = [put("k", "a"), put("k", "b")].map(|ops| Event::sign(&key(1), 1, 1, vec![], ops).encode());
+    let node = &mut net.nodes[0].1;
+    assert!(node.handle_connected(key(2).public(), 1));
+    node.handle_message(key(2).public(), &encode_message(&Message::Events { events: twins.to_vec() }), 1);
+    assert_eq!(node.adapter().evidence().count(), 1);
+    let refusal = node.write_refusal(&me);
+    assert!(matches!(refusal, Some(WriteError::Equivocator)), "{refusal:?}");
+    let write = node.write(&key(1), put("k", "c"), 2);
+    assert!(matches!(write, Err(WriteError::Equivocator)), "{write:?}");
+    assert_eq!(refusal.unwrap().to_string(), write.unwrap_err().to_string());
+}
