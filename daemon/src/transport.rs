@@ -358,7 +358,7 @@ pub struct TransportCounters {
     /// Connections that completed the hello exchange, in either direction.
     pub n_connections_established: u64,
     /// Incoming connections that failed before the hello exchange completed (TLS rejection,
-    /// bad hello, cluster id mismatch, wrong direction, timeout).
+    /// bad hello, cluster id mismatch, timeout).
     pub n_incoming_handshakes_failed: u64,
     /// Dial attempts that failed before the hello exchange completed.
     pub n_outgoing_handshakes_failed: u64,
