@@ -403,8 +403,14 @@ impl Node {
         let burst = self.config.peer_events_burst;
         let entry = self.peers.entry(peer).or_insert_with(|| Peer::new(now_ms, burst));
         let stats = std::mem::take(&mut entry.stats);
+        // The digest at which both were last in sync describes the two event sets, not the
+        // connection: kept, it lets the first session after a reconnection open with tips
+        // when this node's set changed meanwhile (1.5 round trips), instead of a summary that
+        // is bound to differ (2 round trips).
+        let last_in_sync = entry.last_in_sync;
         *entry = Peer::new(now_ms, burst);
         entry.stats = stats;
+        entry.last_in_sync = last_in_sync;
         true
     }
 

@@ -148,6 +148,11 @@ impl Pair {
         }
     }
 
+    fn disconnect(&mut self) {
+        self.a.handle_disconnected(&self.kb);
+        self.b.handle_disconnected(&self.ka);
+    }
+
     /// Drops everything both sides have queued (pushes the bench does not want to measure);
     /// returns the bytes dropped.
     fn discard_traffic(&mut self) -> u64 {
@@ -359,7 +364,10 @@ fn both_changed(cast: &Cast, n: usize, value_bytes: usize, initiator: Side) -> R
     if warm.trace.len() != 2 || !warm.trace[1].contains("in_sync") {
         pair.problems.push(format!("warm-up session was not summary/in_sync: {}", warm.trace.join(" | ")));
     }
-    // Both write while connected; the pushes are dropped, as if lost.
+    // The connection drops; both write while apart, then reconnect. (A push on a live
+    // connection cannot be lost: the stream is reliable and ordered, and what was sent on a
+    // connection that dropped is forgotten with it.)
+    pair.disconnect();
     for i in 0..n {
         let now = pair.now_ms;
         if let Err(e) = pair.a.write(&cast.a, big_ops(n + i, 0xA, value_bytes), now) {
@@ -373,6 +381,7 @@ fn both_changed(cast: &Cast, n: usize, value_bytes: usize, initiator: Side) -> R
     }
     pair.discard_traffic();
     pair.now_ms += SYNC_INTERVAL_MS;
+    pair.connect();
     let who = if initiator == Side::A { "" } else { ", B starts (it answered the previous session)" };
     pair.measure(
         format!("(c) {n} shared, +{n} on each side ({value_bytes}-byte values){who}"),
