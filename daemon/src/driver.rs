@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_crypto::SecretKey;
-use cairn_protocol::{Event, Genesis, Node, NodeEvent};
+use cairn_protocol::{Event, Genesis, Node, NodeEvent, Prepared};
 use tracing::{debug, error, info, warn};
 
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
@@ -131,7 +131,8 @@ type WriteReply = oneshot::Sender<Result<WriteAck, ServiceError>>;
 /// The batch being committed: own events waiting for their fsync, with the requesters of the
 /// writes packed into each (`acks[i]` wrote into `own[i]`).
 struct InFlight {
-    own: Vec<Event>,
+    /// `None` when the commit holds only events from peers and evidence.
+    own: Option<Prepared>,
     acks: Vec<Vec<WriteReply>>,
     /// Events in the commit (own and from peers).
     n_events: usize,
@@ -557,7 +558,7 @@ impl Service {
             }
         }
         let n_writes = self.writes.len().min(self.commit_writes_max);
-        let mut own = Vec::new();
+        let mut own: Option<Prepared> = None;
         let mut acks = Vec::new();
         if n_writes > 0 {
             let (writes, senders): (Vec<Vec<Op>>, Vec<_>) = self.writes.drain(..n_writes).unzip();
@@ -571,7 +572,7 @@ impl Service {
                 acks.push(senders.by_ref().take(n).collect::<Vec<_>>());
             }
             match self.node.prepare_writes(&self.key, packed) {
-                Ok(events) => own = events,
+                Ok(prepared) => own = Some(prepared),
                 Err(error) => {
                     let failed: Vec<WriteReply> = acks.drain(..).flatten().collect();
                     self.metrics.write_errors.inc_by(failed.len() as u64);
@@ -581,12 +582,12 @@ impl Service {
                 }
             }
         }
-        if own.is_empty() && self.unstored_evidence.is_empty() && !self.peer_events_due() {
+        if own.is_none() && self.unstored_evidence.is_empty() && !self.peer_events_due() {
             return;
         }
         self.unstored_since = None;
         let mut events = std::mem::take(&mut self.unstored);
-        events.extend(own.iter().map(|e| (e.id().0, e.encode())));
+        events.extend(own.iter().flat_map(Prepared::events).map(|e| (e.id().0, e.encode())));
         let evidence = std::mem::take(&mut self.unstored_evidence);
         let n_events = events.len();
         if self.store_jobs.try_send(StoreJob { events, evidence }).is_err() {
@@ -594,6 +595,10 @@ impl Service {
             for sender in acks.into_iter().flatten() {
                 let _ = sender
                     .send(Err(ServiceError::Storage("the store's writer thread has stopped".to_owned())));
+            }
+            // Never handed to the store: their seqs may be given out again.
+            if let Some(prepared) = own {
+                self.node.abort_writes(prepared);
             }
             return;
         }
@@ -610,7 +615,7 @@ impl Service {
                 }
                 self.metrics.committed_events.inc_by(n_events as u64);
                 let now = self.now_ms();
-                let accepted = self.node.commit_writes(own, now);
+                let accepted = own.map_or_else(Vec::new, |prepared| self.node.commit_writes(prepared, now));
                 for (event, senders) in accepted.into_iter().zip(acks) {
                     self.log.push(event.id());
                     self.metrics.writes.inc_by(senders.len() as u64);
@@ -624,7 +629,7 @@ impl Service {
                     }
                 }
             }
-            Err((error @ StoreError::NoSpace { .. }, job)) => self.on_store_full(&error, job, &own, acks),
+            Err((error @ StoreError::NoSpace { .. }, job)) => self.on_store_full(&error, job, own, acks),
             Err((error, _)) => {
                 error!(%error, "the store failed; writes are no longer acknowledged and the daemon stops");
                 for sender in acks.into_iter().flatten() {
@@ -643,10 +648,14 @@ impl Service {
         &mut self,
         error: &StoreError,
         job: StoreJob,
-        own: &[Event],
+        own: Option<Prepared>,
         acks: Vec<Vec<WriteReply>>,
     ) {
-        self.node.abort_writes();
+        let own_events: Vec<Event> = own.iter().flat_map(Prepared::events).cloned().collect();
+        if let Some(prepared) = own {
+            self.node.abort_writes(prepared);
+        }
+        let own = own_events;
         let message = error.to_string();
         let failed: Vec<WriteReply> = acks.into_iter().flatten().collect();
         self.metrics.write_errors.inc_by(failed.len() as u64);

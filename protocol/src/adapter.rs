@@ -42,6 +42,23 @@ impl Default for AdapterConfig {
 /// The buffer source charged for restored events (no peer has this all-zero key).
 const RESTORE_SOURCE: cairn_crypto::PublicKey = cairn_crypto::PublicKey([0; 32]);
 
+/// Whether a batch's signatures are checked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Signatures {
+    Check,
+    /// This node's own events, signed by it in this process (`Node::commit_writes`).
+    OwnJustSigned,
+}
+
+/// What happens to candidates that would wait in a full buffer share.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Orphans {
+    /// Dropped before their signatures are checked (input from a peer).
+    DropUnaffordable,
+    /// Kept (the node's own store and own writes, in causal order).
+    Keep,
+}
+
 /// One rejected event.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Rejection {
@@ -255,19 +272,31 @@ impl Adapter {
     /// Validates raw events delivered by `from` and accepts those whose deps are all accepted;
     /// the others wait in the buffer. Signatures of the batch are checked in parallel.
     pub fn ingest(&mut self, from: PeerId, raw: Vec<Vec<u8>>) -> Ingested {
-        self.ingest_inner(from, raw, true)
+        self.ingest_inner(from, raw, Signatures::Check, Orphans::DropUnaffordable)
     }
 
-    /// Like [`Adapter::ingest`], but without signature checks: only for events this node
-    /// validated before and wrote to its own store, read back at restart. Every other rule is
-    /// checked again, and the id is recomputed from the bytes, so a store whose bytes changed
-    /// is caught (a changed header no longer matches the ids that name it as a dep, a changed
-    /// op list no longer matches `ops_hash`).
+    /// Validates events read back from this node's own store at restart, every rule included
+    /// (signatures in parallel, as for [`Adapter::ingest`]). They come in the order they were
+    /// accepted, so none needs the buffer, and no orphan is dropped for want of buffer room.
     pub fn restore(&mut self, raw: Vec<Vec<u8>>) -> Ingested {
-        self.ingest_inner(RESTORE_SOURCE, raw, false)
+        self.ingest_inner(RESTORE_SOURCE, raw, Signatures::Check, Orphans::Keep)
     }
 
-    fn ingest_inner(&mut self, from: PeerId, raw: Vec<Vec<u8>>, check_signatures: bool) -> Ingested {
+    /// Accepts this node's own events, signed by `Node::prepare_writes` a moment ago, without
+    /// checking their signatures again; every other rule is checked. Crate-private: the only
+    /// caller is `Node::commit_writes`, which takes a `Prepared` that only `prepare_writes`
+    /// makes.
+    pub(crate) fn ingest_own(&mut self, raw: Vec<Vec<u8>>) -> Ingested {
+        self.ingest_inner(RESTORE_SOURCE, raw, Signatures::OwnJustSigned, Orphans::Keep)
+    }
+
+    fn ingest_inner(
+        &mut self,
+        from: PeerId,
+        raw: Vec<Vec<u8>>,
+        signatures: Signatures,
+        orphans: Orphans,
+    ) -> Ingested {
         let mut out = Ingested::default();
         let mut candidates: Vec<Decoded> = Vec::with_capacity(raw.len());
         // The candidates' ids, so that a duplicate within the batch is found in log time: a
@@ -286,17 +315,16 @@ impl Adapter {
                 }
             }
         }
-        if check_signatures {
+        if orphans == Orphans::DropUnaffordable {
             self.drop_unaffordable_orphans(from, &mut candidates, &mut out);
         }
         let checks: Vec<Check<'_>> = candidates
             .iter()
             .map(|c| Check { key: &c.event.header.author, message: &c.id.0, signature: &c.event.sig })
             .collect();
-        let verdicts = if check_signatures {
-            verify_many(&checks, self.config.verify_threads)
-        } else {
-            vec![true; checks.len()]
+        let verdicts = match signatures {
+            Signatures::Check => verify_many(&checks, self.config.verify_threads),
+            Signatures::OwnJustSigned => vec![true; checks.len()],
         };
         drop(checks);
         for (decoded, ok) in candidates.into_iter().zip(verdicts) {

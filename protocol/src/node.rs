@@ -3,7 +3,8 @@
 //!
 //! Call order, for the daemon and the simulator alike:
 //! 1. inputs: [`Node::handle_connected`], [`Node::handle_disconnected`],
-//!    [`Node::handle_message`], [`Node::handle_timeout`], and local writes with [`Node::write`];
+//!    [`Node::handle_message`], [`Node::handle_timeout`], and local writes with
+//!    [`Node::prepare_writes`] then (once stored) [`Node::commit_writes`];
 //! 2. outputs, until each returns `None`: [`Node::poll_transmit`] (bytes for a peer),
 //!    [`Node::poll_event`] (accepted events, rejections, evidence, document changes);
 //! 3. [`Node::poll_timeout`]: when to call `handle_timeout` next.
@@ -287,6 +288,55 @@ impl Peer {
     }
 }
 
+/// Own events signed by [`Node::prepare_writes`] and not yet accepted: the caller stores
+/// [`Prepared::events`], then hands this back to [`Node::commit_writes`] (or
+/// [`Node::abort_writes`]). Only `prepare_writes` makes one, so no other bytes can take the
+/// commit's path into the document, which skips the signature check. Neither a forged value
+/// nor a list of events is accepted in its place:
+///
+/// ```compile_fail,E0451
+/// # use cairn_protocol::node::Prepared;
+/// let forged = Prepared { events: Vec::new(), up_to: 1 };
+/// ```
+///
+/// ```compile_fail,E0308
+/// # fn f(node: &mut cairn_protocol::Node, events: Vec<cairn_protocol::Event>) {
+/// node.commit_writes(events, 0);
+/// # }
+/// ```
+///
+/// And there is no shortcut that signs and accepts in one step, past the caller's store:
+///
+/// ```compile_fail,E0599
+/// # fn f(node: &mut cairn_protocol::Node, key: &cairn_crypto::SecretKey, ops: Vec<cairn_protocol::Op>) {
+/// node.write(key, ops, 0);
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "prepared events must be committed (after they are stored) or aborted"]
+pub struct Prepared {
+    events: Vec<Event>,
+    /// The last seq signed, which the node's `prepared_up_to` must still be.
+    up_to: u64,
+}
+
+impl Prepared {
+    /// The signed events, in seq order: what the caller must store before committing.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// How many events were signed.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether no event was signed (never the case for a non-empty list of writes).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
 /// A replica. See the module docs for the call order.
 pub struct Node {
     config: NodeConfig,
@@ -463,9 +513,11 @@ impl Node {
         Some(WriteError::OwnSeqUnknown { heard, needed, held, reported })
     }
 
-    /// Loads events from this node's own store at start, in the order they were accepted,
-    /// without checking signatures again (see [`Adapter::restore`]). Returns the events that
-    /// did not validate again: a non-empty list means the store was altered.
+    /// Loads events from this node's own store at start, in the order they were accepted. They
+    /// are validated again like any input, signatures included (checked in parallel, see
+    /// [`Adapter::restore`]): bytes read from a disk are data, and only validation makes a
+    /// [`Verified`]. Returns the events that did not validate again: a non-empty list means
+    /// the store was altered.
     pub fn restore(&mut self, events: Vec<Vec<u8>>) -> Vec<crate::adapter::Rejection> {
         let ingested = self.adapter.restore(events);
         let rejected = ingested.rejected.clone();
@@ -481,15 +533,6 @@ impl Node {
             self.refused.insert(evidence.author());
         }
         Ok(())
-    }
-
-    /// A local write: signs one event with `key` over the current frontier and accepts it.
-    /// A daemon that must store its own events before anyone sees them uses
-    /// [`Node::prepare_writes`] and [`Node::commit_writes`] instead.
-    pub fn write(&mut self, key: &SecretKey, ops: Vec<Op>, now_ms: u64) -> Result<Verified, WriteError> {
-        let events = self.prepare_writes(key, vec![ops])?;
-        let mut accepted = self.commit_writes(events, now_ms);
-        Ok(accepted.remove(0))
     }
 
     /// Checks that `ops` can form an event: non-empty, within the count and size limits, and
@@ -546,18 +589,15 @@ impl Node {
     }
 
     /// Signs one event per op list, chained by seq (each depends on the one before; the first
-    /// on the current frontier), without accepting them: the caller stores them durably, then
-    /// hands them to [`Node::commit_writes`]. Nothing is sent to peers before that, so an own
-    /// event can never exist elsewhere without being on this node's disk.
+    /// on the current frontier), without accepting them: the caller stores
+    /// [`Prepared::events`] durably, then hands the [`Prepared`] to [`Node::commit_writes`] (or,
+    /// if they certainly were not stored, to [`Node::abort_writes`]). Nothing is sent to peers
+    /// before that, so an own event can never exist elsewhere without being on this node's disk.
     ///
     /// # Panics
     ///
     /// If an op list fails [`Node::check_ops`]: callers check every request first.
-    pub fn prepare_writes(
-        &mut self,
-        key: &SecretKey,
-        writes: Vec<Vec<Op>>,
-    ) -> Result<Vec<Event>, WriteError> {
+    pub fn prepare_writes(&mut self, key: &SecretKey, writes: Vec<Vec<Op>>) -> Result<Prepared, WriteError> {
         let me = key.public();
         let author = self.genesis().member_idx(&me).ok_or(WriteError::NotMember)?;
         if self.adapter.is_equivocator(author) {
@@ -592,35 +632,42 @@ impl Node {
         }
         self.prepared_from = Some(self.prepared_up_to);
         self.prepared_up_to = seq;
-        Ok(events)
+        Ok(Prepared { events, up_to: seq })
     }
 
-    /// Undoes the last [`Node::prepare_writes`] whose events were never committed: their seqs
-    /// are handed out again by the next `prepare_writes`, which signs other events with them. A
-    /// no-op when nothing is prepared (or it was committed).
+    /// Undoes a [`Node::prepare_writes`] whose events were never committed: their seqs are
+    /// handed out again by the next `prepare_writes`, which signs other events with them.
     ///
-    /// Only for events that can never surface: never given to [`Node::commit_writes`] (so no
-    /// peer has them) and certainly not stored (a store that cannot tell whether a failed commit
-    /// landed must not call this). Otherwise the node would equivocate against itself.
-    pub fn abort_writes(&mut self) {
+    /// Only for events that can never surface: never given to [`Node::commit_writes`] (which
+    /// consumes them, so no peer has them) and certainly not stored (a store that cannot tell
+    /// whether a failed commit landed must not call this). Otherwise the node would equivocate
+    /// against itself.
+    ///
+    /// # Panics
+    ///
+    /// If `prepared` is not the last prepared set: the seqs would not be the ones handed out last.
+    pub fn abort_writes(&mut self, prepared: Prepared) {
+        assert_eq!(prepared.up_to, self.prepared_up_to, "abort_writes takes the last prepared writes");
         if let Some(from) = self.prepared_from.take() {
             self.prepared_up_to = from;
         }
     }
 
     /// Accepts own events made by [`Node::prepare_writes`] (and stored), in order, and pushes
-    /// them to peers. Their signatures are this node's own, so they are not checked again;
-    /// every other rule is.
+    /// them to peers. Their signatures were made by this node a moment ago, so they are not
+    /// checked again; every other rule is. This is the one way into the document that skips a
+    /// signature check, and [`Prepared`] is what guards it: only `prepare_writes` makes one.
     ///
     /// # Panics
     ///
     /// If one of them is not accepted: they were built on this node's own state, so that would
     /// be a bug (or events prepared twice without committing the first ones).
-    pub fn commit_writes(&mut self, events: Vec<Event>, now_ms: u64) -> Vec<Verified> {
+    pub fn commit_writes(&mut self, prepared: Prepared, now_ms: u64) -> Vec<Verified> {
         self.now_ms = self.now_ms.max(now_ms);
         self.prepared_from = None;
+        let events = prepared.events;
         let ids: Vec<EventId> = events.iter().map(Event::id).collect();
-        let ingested = self.adapter.restore(events.iter().map(Event::encode).collect());
+        let ingested = self.adapter.ingest_own(events.iter().map(Event::encode).collect());
         assert!(ingested.rejected.is_empty(), "own events must be valid: {:?}", ingested.rejected);
         self.absorb(None, ingested, now_ms);
         ids.iter().map(|id| self.adapter.event(id).cloned().expect("own events are accepted")).collect()

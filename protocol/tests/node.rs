@@ -2,7 +2,9 @@
 
 use cairn_crypto::{PublicKey, SecretKey};
 use cairn_protocol::codec::{decode_message, encode_message};
-use cairn_protocol::{Event, Genesis, Member, Message, Node, NodeConfig, NodeEvent, Op, WriteError};
+use cairn_protocol::{
+    Event, Genesis, Member, Message, Node, NodeConfig, NodeEvent, Op, Verified, WriteError,
+};
 
 fn key(i: u8) -> SecretKey {
     SecretKey::from_seed(&[i; 32])
@@ -10,6 +12,12 @@ fn key(i: u8) -> SecretKey {
 
 fn genesis(n: u8) -> Genesis {
     Genesis::new((1..=n).map(|i| Member { key: key(i).public(), name: format!("m{i}") }).collect()).unwrap()
+}
+
+/// A local write as the daemon makes it: prepared, (stored,) committed.
+fn write(node: &mut Node, key: &SecretKey, ops: Vec<Op>, now_ms: u64) -> Result<Verified, WriteError> {
+    let prepared = node.prepare_writes(key, vec![ops])?;
+    Ok(node.commit_writes(prepared, now_ms).remove(0))
 }
 
 fn put(k: &str, v: &str) -> Vec<Op> {
@@ -86,7 +94,7 @@ impl Net {
     fn write(&mut self, i: usize, k: &str, v: &str) {
         let now = self.now_ms;
         let signer = key(*key_seed(&self.nodes[i].0));
-        self.nodes[i].1.write(&signer, put(k, v), now).unwrap();
+        write(&mut self.nodes[i].1, &signer, put(k, v), now).unwrap();
     }
 
     fn digests(&mut self) -> Vec<([u8; 32], [u8; 32])> {
@@ -237,12 +245,12 @@ fn a_node_without_history_learns_its_own_seq_before_it_signs() {
     let config = NodeConfig { sync_interval_ms: 1_000_000, own_seq_peers_needed: 1, ..NodeConfig::default() };
     net.nodes[0].1 = Node::new(genesis(2), Some(key(1).public()), config);
     net.nodes[1].1.handle_disconnected(&key(1).public());
-    let refused = net.nodes[0].1.write(&key(1), put("k", "too early"), 5);
+    let refused = write(&mut net.nodes[0].1, &key(1), put("k", "too early"), 5);
     assert!(matches!(refused, Err(WriteError::OwnSeqUnknown { heard: 0, needed: 1, .. })), "{refused:?}");
     net.connect(0, 1);
     net.sync_from(0);
     net.settle();
-    let event = net.nodes[0].1.write(&key(1), put("k", "after"), 6).expect("learned");
+    let event = write(&mut net.nodes[0].1, &key(1), put("k", "after"), 6).expect("learned");
     assert_eq!(event.seq(), 4, "the next seq after the three it had lost");
     net.settle();
     assert!(net.nodes.iter().all(|(_, n)| n.adapter().evidence().count() == 0), "no self-equivocation");
@@ -255,7 +263,8 @@ fn restore_rebuilds_the_same_state_and_catches_altered_bytes() {
     let mut log = Vec::new();
     for i in 0..10 {
         let now = net.now_ms;
-        let event = net.nodes[i % 2].1.write(&key(1 + (i % 2) as u8), put("k", &i.to_string()), now).unwrap();
+        let event =
+            write(&mut net.nodes[i % 2].1, &key(1 + (i % 2) as u8), put("k", &i.to_string()), now).unwrap();
         log.push(event.bytes().to_vec());
         net.settle();
     }
@@ -273,6 +282,18 @@ fn restore_rebuilds_the_same_state_and_catches_altered_bytes() {
     let rejected = tampered.restore(altered);
     assert_eq!(rejected.len(), 1);
     assert_eq!(rejected[0].reason, cairn_protocol::Reject::OpsHashMismatch);
+
+    // A store is data like any input: an event whose signature is not its author's is refused
+    // at restore, however well formed, so no bytes on a disk become a `Verified` unchecked.
+    let mut forged = log.clone();
+    let last = forged.last_mut().unwrap();
+    let at = last.len() - 1;
+    last[at] ^= 1; // the signature's last byte
+    let mut fooled = Node::new(genesis(2), Some(key(1).public()), NodeConfig::default());
+    let rejected = fooled.restore(forged);
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].reason, cairn_protocol::Reject::BadSignature);
+    assert_eq!(fooled.adapter().n_accepted(), 9);
 }
 
 #[test]
@@ -287,7 +308,7 @@ fn prepared_writes_leave_the_node_only_once_committed() {
     assert!(Node::check_ops(&[]).is_err());
     assert!(Node::check_ops(&[Op::Del { key: vec![] }]).is_err());
     let events = net.nodes[0].1.prepare_writes(&key(1), ops).unwrap();
-    assert_eq!(events.iter().map(|e| e.header.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(events.events().iter().map(|e| e.header.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert!(net.nodes[0].1.poll_transmit().is_none(), "nothing leaves before commit");
     assert_eq!(net.nodes[0].1.adapter().n_accepted(), 0);
     let accepted = net.nodes[0].1.commit_writes(events, 1);
@@ -308,12 +329,13 @@ fn aborted_writes_give_their_seqs_back() {
 
     // Prepared, then not stored (a full disk): aborted, nothing leaves, the seqs come back.
     let lost = net.nodes[0].1.prepare_writes(&key(1), vec![put("k", "lost"), put("j", "lost")]).unwrap();
-    assert_eq!(lost.iter().map(|e| e.header.seq).collect::<Vec<_>>(), [2, 3]);
-    net.nodes[0].1.abort_writes();
+    assert_eq!(lost.events().iter().map(|e| e.header.seq).collect::<Vec<_>>(), [2, 3]);
+    let lost_first = lost.events()[0].id();
+    net.nodes[0].1.abort_writes(lost);
     assert!(net.nodes[0].1.poll_transmit().is_none(), "nothing leaves after an abort");
     let again = net.nodes[0].1.prepare_writes(&key(1), vec![put("k", "v2")]).unwrap();
-    assert_eq!(again[0].header.seq, 2, "the aborted seqs are handed out again");
-    assert_ne!(again[0].id(), lost[0].id());
+    assert_eq!(again.events()[0].header.seq, 2, "the aborted seqs are handed out again");
+    assert_ne!(again.events()[0].id(), lost_first);
     net.nodes[0].1.commit_writes(again, 2);
     net.settle();
     for (_, node) in &net.nodes {
@@ -322,11 +344,11 @@ fn aborted_writes_give_their_seqs_back() {
         assert_eq!(node.adapter().evidence().count(), 0, "no equivocation");
     }
 
-    // An abort after a commit, or a second one, changes nothing: the next seq follows on.
-    net.nodes[0].1.abort_writes();
-    net.nodes[0].1.abort_writes();
+    // The seqs handed out after a commit follow on (an abort takes the prepared writes
+    // themselves, so there is nothing to abort once they are committed).
     let next = net.nodes[0].1.prepare_writes(&key(1), vec![put("k", "v3")]).unwrap();
-    assert_eq!(next[0].header.seq, 3);
+    assert_eq!(next.events()[0].header.seq, 3);
+    net.nodes[0].1.abort_writes(next);
 }
 
 #[test]
@@ -469,7 +491,7 @@ fn write_refusal_names_every_reason_prepare_writes_would_give() {
     assert_eq!(node.adapter().evidence().count(), 1);
     let refusal = node.write_refusal(&me);
     assert!(matches!(refusal, Some(WriteError::Equivocator)), "{refusal:?}");
-    let write = node.write(&key(1), put("k", "c"), 2);
+    let write = write(node, &key(1), put("k", "c"), 2);
     assert!(matches!(write, Err(WriteError::Equivocator)), "{write:?}");
     assert_eq!(refusal.unwrap().to_string(), write.unwrap_err().to_string());
 }

@@ -268,8 +268,12 @@ fn sample_event_bytes() -> usize {
     let mut node = Node::new(genesis, Some(key.public()), NodeConfig::default());
     let (k, v) = load::key_and_value(0, 0);
     let ops = || vec![Op::Put { key: k.clone().into_bytes(), value: v.clone().into_bytes() }];
-    node.write(&key, ops(), 0).expect("a valid write");
-    node.write(&key, ops(), 0).expect("a valid write").bytes().len()
+    let mut write = || {
+        let prepared = node.prepare_writes(&key, vec![ops()]).expect("a valid write");
+        node.commit_writes(prepared, 0).remove(0)
+    };
+    write();
+    write().bytes().len()
 }
 
 /// Signs `n` events as one chain with `key`, as the daemon's group commit does, in batches;

@@ -370,11 +370,13 @@ fn both_changed(cast: &Cast, n: usize, value_bytes: usize, initiator: Side) -> R
     pair.disconnect();
     for i in 0..n {
         let now = pair.now_ms;
-        if let Err(e) = pair.a.write(&cast.a, big_ops(n + i, 0xA, value_bytes), now) {
+        let written = pair.a.prepare_writes(&cast.a, vec![big_ops(n + i, 0xA, value_bytes)]);
+        if let Err(e) = written.map(|prepared| pair.a.commit_writes(prepared, now)) {
             pair.problems.push(format!("write on A: {e}"));
             break;
         }
-        if let Err(e) = pair.b.write(&cast.b, big_ops(n + i, 0xB, value_bytes), now) {
+        let written = pair.b.prepare_writes(&cast.b, vec![big_ops(n + i, 0xB, value_bytes)]);
+        if let Err(e) = written.map(|prepared| pair.b.commit_writes(prepared, now)) {
             pair.problems.push(format!("write on B: {e}"));
             break;
         }

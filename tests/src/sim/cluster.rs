@@ -640,7 +640,11 @@ impl Cluster {
     fn write(&mut self, i: usize) {
         let ops = random_ops(&mut self.rng_actions);
         let sim = &mut self.nodes[i];
-        let result = sim.node.write(&sim.key, ops, self.now_ms);
+        // Prepared, then committed at once: the simulator's nodes have no store yet.
+        let result = sim.node.prepare_writes(&sim.key, vec![ops]).map(|prepared| {
+            let mut accepted = sim.node.commit_writes(prepared, self.now_ms);
+            accepted.remove(0)
+        });
         match result {
             Ok(event) => {
                 self.trace.update(&event.id().0);
