@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod client;
+pub mod commit;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
