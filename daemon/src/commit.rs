@@ -98,9 +98,11 @@ pub struct CommitJob {
 pub enum Committed {
     /// Durable (fsync'd).
     Ok,
-    /// Nothing of the job was stored, for want of space; `reason` says where and what to do.
+    /// Nothing of the job was stored, for want of space.
     NoSpace {
-        /// For the failed writes and the status.
+        /// What the failed writes are told: where, and what to do.
+        write_error: String,
+        /// For the status, while the file system stays full.
         reason: String,
     },
     /// The store failed otherwise: nothing more can be committed.
@@ -293,13 +295,13 @@ impl<R> GroupCommit<R> {
                     }
                 }
             }
-            Committed::NoSpace { reason } => {
+            Committed::NoSpace { write_error, reason } => {
                 let n_own = own.as_ref().map_or(0, Prepared::len);
                 if let Some(prepared) = own {
                     node.abort_writes(prepared);
                 }
                 for reply in replies.into_iter().flatten() {
-                    self.replies.push_back((reply, Err(WriteFailure::NoSpace(reason.clone()))));
+                    self.replies.push_back((reply, Err(WriteFailure::NoSpace(write_error.clone()))));
                 }
                 // The own events were appended last. What came from peers goes back in front of
                 // what was accepted since, so the store's log stays in causal order.

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::config::{Config, Peer, load_genesis};
-use crate::driver::{Service, ServiceParts, TRANSPORT_EVENTS_MAX};
+use crate::driver::{Driver, DriverParts, TRANSPORT_EVENTS_MAX};
 use crate::store::Store;
 use crate::transport::{Transport, TransportConfig};
 
@@ -108,7 +108,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
 
     let addresses: BTreeMap<PublicKey, std::net::SocketAddr> =
         peers.iter().map(|p| (p.key, p.address)).collect();
-    let parts = ServiceParts {
+    let parts = DriverParts {
         node,
         key,
         genesis: genesis.clone(),
@@ -120,7 +120,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         log,
         buffer_bytes_max: config.limits.buffer_bytes_total_max,
     };
-    let (service, handle, commands, transport_events) = Service::new(parts);
+    let (service, handle, commands, transport_events) = Driver::new(parts);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let api = tokio::spawn(crate::api::serve(listener, handle, shutdown_rx.clone()));
 

@@ -1,22 +1,23 @@
 //! The driver: one task owns the replica ([`cairn_protocol::Node`]) and drives it, in the
 //! style of quinn's `ConnectionDriver`. Transport events, API commands and timers come in;
-//! messages go out to the transport, accepted events to the store (group commit), changes to
-//! the watch stream.
+//! messages go out to the transport, commit jobs to the store's writer thread, changes to the
+//! watch stream. The decisions live in sans-I/O state machines with time passed in, which the
+//! simulator runs too: the replica, the group commit ([`crate::commit`]: what is stored
+//! together, when, what each writer is answered, the full-disk back-off) and the peer
+//! discipline ([`crate::discipline`]: muting peers that send too much invalid input). The
+//! driver is the thin loop around them: it reads the clock, moves bytes, and logs.
 //!
-//! A commit that fails because the store's file system is full does not stop the daemon: the
-//! store has checked that nothing of it was stored, so the batch's writes fail with
-//! [`ServiceError::NoSpace`] (HTTP 507), their own seqs are given back (`Node::abort_writes`),
-//! the events from peers and the evidence wait for a later commit, and commits are tried again
-//! after a back-off ([`STORE_RETRY_MIN`] doubling to [`STORE_RETRY_MAX`]); writes that arrive
-//! meanwhile wait for that attempt. Reads, status and replication go on from memory. The first
-//! failure logs one warning, the first commit that succeeds again one line. Any other store
-//! failure stops the daemon.
+//! A commit that fails because the store's file system is full does not stop the daemon (see
+//! [`crate::commit`]): the batch's writes fail with [`ServiceError::NoSpace`] (HTTP 507) and
+//! commits are tried again after a back-off. Reads, status and replication go on from memory.
+//! The first failure logs one warning, the first commit that succeeds again one line. Any
+//! other store failure stops the daemon.
 
 use std::net::SocketAddr;
 
 use cairn_crypto::PublicKey;
+use cairn_protocol::EventId;
 use cairn_protocol::document::KeyKind;
-use cairn_protocol::{EventId, Op};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::service::{
@@ -24,14 +25,16 @@ use crate::service::{
     ServiceHandle, Status, WATCH_BUFFER_MAX, WriteAck,
 };
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_crypto::SecretKey;
-use cairn_protocol::{Event, Genesis, Node, NodeEvent, Prepared};
+use cairn_protocol::{Genesis, Node, NodeEvent};
 use tracing::{debug, error, info, warn};
 
+use crate::commit::{Acked, CommitJob, Committed, GroupCommit, RETRY_MIN_MS, WriteFailure};
+use crate::discipline::{PeerDiscipline, Verdict};
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
 use crate::store::{Store, StoreError};
 use crate::transport::{Transport, TransportEvent};
@@ -42,47 +45,16 @@ pub const TRANSMIT_RETRY: Duration = Duration::from_millis(5);
 /// Inputs handled per loop turn before output is flushed, so one busy source cannot starve
 /// transmission or the timer.
 pub const INPUTS_PER_TURN_MAX: usize = 256;
-/// Events accepted from peers wait this long at most for a store commit of their own when no
-/// local write or evidence is due: nothing waits on their fsync (peers hold them too), and
-/// fewer, larger commits leave the cores to signature checks during a catch-up.
-pub const PEER_EVENTS_COMMIT_DELAY: Duration = Duration::from_millis(20);
-/// ... unless this many are waiting.
-pub const PEER_EVENTS_COMMIT_BATCH: usize = 4_096;
 /// Transport events queued towards the service.
 pub const TRANSPORT_EVENTS_MAX: usize = 1_024;
 /// Peer input handled in one loop turn before commands, timers and output get their turn: one
 /// message of a catch-up (up to `MESSAGE_BYTES_MAX` of events to verify) can take tens of
 /// milliseconds, so the turn is bounded by time, not by a message count.
 pub const PEER_INPUT_PER_TURN: Duration = Duration::from_millis(5);
-/// A peer that sends more invalid events or messages than this within
-/// [`INVALID_INPUTS_WINDOW`] is disconnected and ignored for a while.
-pub const INVALID_INPUTS_MAX: u32 = 100;
-/// The window in which invalid inputs are counted.
-pub const INVALID_INPUTS_WINDOW: Duration = Duration::from_secs(10);
-/// How long a misbehaving peer is first ignored; each new offence doubles it, up to
-/// [`MUTE_MAX`].
-pub const MUTE_MIN: Duration = Duration::from_secs(1);
-/// The longest a misbehaving peer is ignored.
-pub const MUTE_MAX: Duration = Duration::from_secs(300);
-/// After a commit failed because the store's file system is full, the next one is tried this
-/// much later, then twice as late after each failure, up to [`STORE_RETRY_MAX`]. Each attempt
-/// reopens the store (redb requires it after a failed write), which reads the whole file.
-pub const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
-/// The longest wait between two commits tried while the file system is full, and so about the
-/// longest a write waits for its answer then.
-pub const STORE_RETRY_MAX: Duration = Duration::from_secs(2);
+pub use crate::discipline::{INVALID_INPUTS_MAX, INVALID_INPUTS_WINDOW_MS, MUTE_MAX_MS, MUTE_MIN_MS};
 
-/// Invalid inputs of one peer, and whether it is being ignored.
-#[derive(Debug)]
-struct Strikes {
-    window_start: Instant,
-    count: u32,
-    next_mute: Duration,
-    muted_until: Option<Instant>,
-}
-
-/// What the service needs to run.
-pub struct ServiceParts {
+/// What the driver needs to run.
+pub struct DriverParts {
     /// The replica, already restored from the store.
     pub node: Node,
     /// This node's key.
@@ -105,43 +77,13 @@ pub struct ServiceParts {
     pub buffer_bytes_max: usize,
 }
 
-/// A batch for the store's writer thread.
-struct StoreJob {
-    events: Vec<([u8; 32], Vec<u8>)>,
-    evidence: Vec<([u8; 32], Vec<u8>)>,
-}
-
-/// What the store's writer thread reports for a job: done, or why not, with the job given back.
-type StoreResult = Result<(), (StoreError, StoreJob)>;
-
-/// The store's file system is full: the last commit failed for want of space.
-struct StoreFull {
-    /// When the next commit may be tried.
-    retry_at: Instant,
-    /// The wait before `retry_at`, doubled after the next failure.
-    backoff: Duration,
-    /// The last failure came while draining: no further attempt is made.
-    while_draining: bool,
-    /// For `writes_refused` in the status.
-    reason: String,
-}
+/// What the store's writer thread reports for a job: the verdict, with the job given back.
+type StoreDone = (Committed, CommitJob);
 
 type WriteReply = oneshot::Sender<Result<WriteAck, ServiceError>>;
 
-/// The batch being committed: own events waiting for their fsync, with the requesters of the
-/// writes packed into each (`acks[i]` wrote into `own[i]`).
-struct InFlight {
-    /// `None` when the commit holds only events from peers and evidence.
-    own: Option<Prepared>,
-    acks: Vec<Vec<WriteReply>>,
-    /// Events in the commit (own and from peers).
-    n_events: usize,
-}
-
-type WriteRequest = (Vec<Op>, WriteReply);
-
 /// The driver. See the module docs.
-pub struct Service {
+pub struct Driver {
     node: Node,
     key: SecretKey,
     genesis: Genesis,
@@ -153,33 +95,24 @@ pub struct Service {
     started: Instant,
     last_seen: BTreeMap<PublicKey, Instant>,
     log: Vec<EventId>,
-    unstored: Vec<([u8; 32], Vec<u8>)>,
-    /// When the oldest of `unstored` was accepted.
-    unstored_since: Option<Instant>,
-    /// Shutting down: commit at once, without [`PEER_EVENTS_COMMIT_DELAY`].
-    draining: bool,
-    unstored_evidence: Vec<([u8; 32], Vec<u8>)>,
-    writes: VecDeque<WriteRequest>,
-    in_flight: Option<InFlight>,
-    commit_writes_max: usize,
-    store_jobs: mpsc::Sender<StoreJob>,
-    store_done: mpsc::Receiver<StoreResult>,
-    /// Set while the store's file system is full.
-    store_full: Option<StoreFull>,
+    commit: GroupCommit<WriteReply>,
+    store_jobs: mpsc::Sender<CommitJob>,
+    store_done: mpsc::Receiver<StoreDone>,
+    /// Whether the store's file system was full at the last commit (for the log lines).
+    was_full: bool,
     warned: std::collections::BTreeSet<(PublicKey, &'static str)>,
-    failed: Option<String>,
     buffer_bytes_max: usize,
     /// The sum of the peers' rate-limited events already counted in the metric.
     rate_limited_seen: u64,
-    strikes: BTreeMap<PublicKey, Strikes>,
+    discipline: PeerDiscipline,
     /// Peers the transport reports connected (the node may be ignoring some of them).
     linked: std::collections::BTreeSet<PublicKey>,
 }
 
-impl Service {
-    /// Builds the service and its handle, and starts the store's writer thread.
+impl Driver {
+    /// Builds the driver and its handle, and starts the store's writer thread.
     pub(crate) fn new(
-        parts: ServiceParts,
+        parts: DriverParts,
     ) -> (Self, ServiceHandle, mpsc::Receiver<Command>, mpsc::Receiver<TransportEvent>) {
         let (commands_tx, commands_rx) = mpsc::channel(COMMAND_QUEUE_MAX);
         let (changes, _) = broadcast::channel(WATCH_BUFFER_MAX);
@@ -187,7 +120,7 @@ impl Service {
         let (store_jobs, store_done) = spawn_store_writer(parts.store);
         let handle =
             ServiceHandle { commands: commands_tx, changes: changes.clone(), metrics: metrics.clone() };
-        let service = Self {
+        let driver = Self {
             node: parts.node,
             key: parts.key,
             genesis: parts.genesis,
@@ -199,24 +132,17 @@ impl Service {
             started: Instant::now(),
             last_seen: BTreeMap::new(),
             log: parts.log,
-            unstored: Vec::new(),
-            unstored_since: None,
-            draining: false,
-            unstored_evidence: Vec::new(),
-            writes: VecDeque::new(),
-            in_flight: None,
-            commit_writes_max: parts.commit_writes_max,
+            commit: GroupCommit::new(parts.commit_writes_max),
             store_jobs,
             store_done,
-            store_full: None,
+            was_full: false,
             warned: Default::default(),
-            failed: None,
             buffer_bytes_max: parts.buffer_bytes_max,
             rate_limited_seen: 0,
-            strikes: BTreeMap::new(),
+            discipline: PeerDiscipline::new(),
             linked: Default::default(),
         };
-        (service, handle, commands_rx, parts.transport_events)
+        (driver, handle, commands_rx, parts.transport_events)
     }
 
     fn now_ms(&self) -> u64 {
@@ -240,20 +166,16 @@ impl Service {
         let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
         let mut next_watchdog = Instant::now();
         loop {
-            if *shutdown.borrow() || self.failed.is_some() {
+            if *shutdown.borrow() || self.commit.failed().is_some() {
                 break;
             }
             // The watchdog's time is a wake-up of its own: a node with no peer connected and no
             // client has no other timer, and systemd would kill it for being silent.
-            let wake = match (self.next_wake(), watchdog) {
-                (Some(wake), Some(_)) => Some(wake.min(next_watchdog)),
-                (None, Some(_)) => Some(next_watchdog),
-                (wake, None) => wake,
-            };
+            let wake = earliest(self.next_wake(), watchdog.map(|_| next_watchdog));
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => {}
-                Some(result) = self.store_done.recv() => self.on_committed(result),
+                Some((committed, job)) = self.store_done.recv() => self.on_committed(committed, job),
                 // Local commands and timers first: a peer flooding data must not delay the
                 // API or anti-entropy.
                 Some(command) = commands.recv() => {
@@ -291,8 +213,9 @@ impl Service {
                 next_watchdog = Instant::now() + period;
             }
         }
-        if let Some(error) = self.failed.take() {
-            self.fail_writes(&error);
+        if let Some(error) = self.commit.failed() {
+            let error = error.to_owned();
+            self.answer_writers();
             anyhow::bail!("{error}");
         }
         // Drain: no new commands; store what was accepted and acknowledge queued writes.
@@ -301,32 +224,31 @@ impl Service {
             self.on_command(command);
         }
         let deadline = Instant::now() + grace;
-        self.draining = true;
+        self.commit.start_draining();
         loop {
             self.after_input();
-            let idle = self.in_flight.is_none() && self.writes.is_empty() && self.unstored.is_empty();
-            // The file system is full, and the one attempt made while draining failed too.
-            let full = self.in_flight.is_none() && self.store_full.as_ref().is_some_and(|f| f.while_draining);
-            if idle || full || Instant::now() >= deadline {
+            if self.commit.is_done_draining() || Instant::now() >= deadline {
                 break;
             }
             match tokio::time::timeout_at(deadline.into(), self.store_done.recv()).await {
-                Ok(Some(result)) => self.on_committed(result),
+                Ok(Some((committed, job))) => self.on_committed(committed, job),
                 _ => break,
             }
-            if let Some(error) = self.failed.take() {
-                self.fail_writes(&error);
-                anyhow::bail!("{error}");
-            }
         }
-        if self.store_full.is_some() && !self.unstored.is_empty() {
+        if let Some(error) = self.commit.failed() {
+            let error = error.to_owned();
+            self.answer_writers();
+            anyhow::bail!("{error}");
+        }
+        if self.commit.no_space().is_some() && self.commit.n_peer_events_waiting() > 0 {
             warn!(
-                events = self.unstored.len(),
+                events = self.commit.n_peer_events_waiting(),
                 "stopping with events from peers that could not be stored (the file system is full); \
                  the node fetches them from its peers again after the restart"
             );
         }
-        self.fail_writes("the daemon is shutting down");
+        self.commit.fail_queued(&WriteFailure::Storage("the daemon is shutting down".to_owned()));
+        self.answer_writers();
         // Give queued messages a moment to leave, then close connections.
         let flush_until = Instant::now() + grace.min(Duration::from_millis(500));
         while Instant::now() < flush_until && self.has_output() {
@@ -337,47 +259,14 @@ impl Service {
         Ok(())
     }
 
-    /// Whether the events accepted from peers should be committed now.
-    fn peer_events_due(&self) -> bool {
-        !self.unstored.is_empty()
-            && (self.draining
-                || self.unstored.len() >= PEER_EVENTS_COMMIT_BATCH
-                || self.unstored_since.is_some_and(|t| t.elapsed() >= PEER_EVENTS_COMMIT_DELAY))
-    }
-
+    /// The next time the loop must wake without input: the replica's timer, the group
+    /// commit's, the end of a mute, or a retry of output the transport had no room for.
     fn next_wake(&self) -> Option<Instant> {
-        let commit_due = self.commit_due();
-        let mute_end = self.strikes.values().filter_map(|s| s.muted_until).min();
-        let mute_end = match (mute_end, commit_due) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let timer = self.node.poll_timeout().map(|ms| self.started + Duration::from_millis(ms));
-        let timer = match (timer, mute_end) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let at = |ms: u64| self.started + Duration::from_millis(ms);
+        let timers = [self.node.poll_timeout(), self.commit.poll_timeout(), self.discipline.poll_timeout()];
+        let timer = timers.into_iter().flatten().min().map(at);
         let retry = self.has_output().then(|| Instant::now() + TRANSMIT_RETRY);
-        match (timer, retry) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    /// When a commit that cannot start now may start: the end of the wait of events from peers,
-    /// or of the back-off while the file system is full. `None` while a commit is in flight (its
-    /// end wakes the loop) or nothing waits.
-    fn commit_due(&self) -> Option<Instant> {
-        if self.in_flight.is_some() {
-            return None;
-        }
-        let peer_events_due = self.unstored_since.map(|t| t + PEER_EVENTS_COMMIT_DELAY);
-        let Some(full) = &self.store_full else { return peer_events_due };
-        if !self.writes.is_empty() || !self.unstored_evidence.is_empty() {
-            Some(full.retry_at)
-        } else {
-            peer_events_due.map(|due| due.max(full.retry_at))
-        }
+        earliest(timer, retry)
     }
 
     fn has_output(&self) -> bool {
@@ -385,52 +274,27 @@ impl Service {
     }
 
     fn is_muted(&self, peer: &PublicKey) -> bool {
-        self.strikes.get(peer).and_then(|s| s.muted_until).is_some_and(|until| Instant::now() < until)
+        self.discipline.is_muted(peer, self.now_ms())
     }
 
     /// Counts one invalid input from `peer`; too many in a window mute it: its connection is
     /// closed and whatever it sends is ignored until the mute ends, twice as long each time.
     fn strike(&mut self, peer: PublicKey) {
-        let now = Instant::now();
-        let strikes = self.strikes.entry(peer).or_insert(Strikes {
-            window_start: now,
-            count: 0,
-            next_mute: MUTE_MIN,
-            muted_until: None,
-        });
-        if now.duration_since(strikes.window_start) > INVALID_INPUTS_WINDOW {
-            strikes.window_start = now;
-            strikes.count = 0;
+        let now = self.now_ms();
+        if let Verdict::Muted { for_ms } = self.discipline.strike(peer, now) {
+            warn!(peer = %self.name_of(&peer), mute_ms = for_ms,
+                "peer sent more than {INVALID_INPUTS_MAX} invalid inputs in {INVALID_INPUTS_WINDOW_MS} ms: \
+                 disconnecting it and ignoring it for a while");
+            self.node.handle_disconnected(&peer);
+            self.transport.disconnect(&peer);
         }
-        strikes.count += 1;
-        if strikes.count <= INVALID_INPUTS_MAX || strikes.muted_until.is_some_and(|until| now < until) {
-            return;
-        }
-        let mute = strikes.next_mute;
-        strikes.muted_until = Some(now + mute);
-        strikes.next_mute = (mute * 2).min(MUTE_MAX);
-        strikes.count = 0;
-        warn!(peer = %self.name_of(&peer), mute = ?mute,
-            "peer sent more than {INVALID_INPUTS_MAX} invalid inputs in {INVALID_INPUTS_WINDOW:?}: disconnecting it and ignoring it for a while");
-        self.node.handle_disconnected(&peer);
-        self.transport.disconnect(&peer);
     }
 
     /// Peers whose mute ended while their transport link is up start afresh.
     fn unmute_expired(&mut self) {
-        let now = Instant::now();
-        let expired: Vec<PublicKey> = self
-            .strikes
-            .iter()
-            .filter(|(_, s)| s.muted_until.is_some_and(|until| now >= until))
-            .map(|(peer, _)| *peer)
-            .collect();
-        for peer in expired {
-            if let Some(strikes) = self.strikes.get_mut(&peer) {
-                strikes.muted_until = None;
-            }
+        let now_ms = self.now_ms();
+        for peer in self.discipline.expire(now_ms) {
             if self.linked.contains(&peer) && !self.node.is_connected(&peer) {
-                let now_ms = self.now_ms();
                 self.node.handle_connected(peer, now_ms);
             }
         }
@@ -441,6 +305,7 @@ impl Service {
         self.drain_node_events();
         self.transmit();
         self.start_commit();
+        self.answer_writers();
         self.update_gauges();
     }
 
@@ -486,10 +351,13 @@ impl Service {
             match event {
                 NodeEvent::Accepted { event, from } => {
                     self.metrics.events_accepted.inc();
+                    self.log.push(event.id());
                     if from.is_some() {
-                        self.log.push(event.id());
-                        self.unstored.push((event.id().0, event.bytes().to_vec()));
-                        self.unstored_since.get_or_insert_with(Instant::now);
+                        let now = self.now_ms();
+                        self.commit.handle_peer_event(event.id().0, event.bytes().to_vec(), now);
+                    } else {
+                        // Own events are accepted only once stored (`commit_writes`).
+                        self.metrics.own_events.inc();
                     }
                 }
                 NodeEvent::Rejected { peer, id, reason } => {
@@ -503,7 +371,7 @@ impl Service {
                 NodeEvent::Evidence(evidence) => {
                     let author = evidence.author();
                     warn!(author = %self.name_of(&author), seq = evidence.seq(), "equivocation evidence: this member signed two events with one seq");
-                    self.unstored_evidence.push((author.0, evidence.encode()));
+                    self.commit.handle_evidence(author.0, evidence.encode());
                 }
                 NodeEvent::BadMessage { peer, error } => {
                     self.strike(peer);
@@ -544,176 +412,69 @@ impl Service {
         }
     }
 
-    /// Starts the next group commit if none is in flight: every accepted event not yet stored,
-    /// new evidence, and the queued local writes signed as one chain.
+    /// Hands the next group commit to the store's writer thread, if one is due.
     fn start_commit(&mut self) {
-        if self.in_flight.is_some() || self.failed.is_some() {
-            return;
+        let now = self.now_ms();
+        let Some(job) = self.commit.poll_commit(&mut self.node, &self.key, now) else { return };
+        if let Err(error) = self.store_jobs.try_send(job) {
+            // The channel holds one job and the commit hands out one at a time, so only a
+            // writer thread that stopped makes this fail.
+            let job = match error {
+                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+            };
+            error!("the store's writer thread has stopped; the daemon stops");
+            self.commit.handle_unsent(job, "the store's writer thread has stopped", &mut self.node);
         }
-        if let Some(full) = &self.store_full {
-            // Draining tries once more at once; a failure then ends the tries.
-            let may_try = if self.draining { !full.while_draining } else { Instant::now() >= full.retry_at };
-            if !may_try {
-                return;
-            }
-        }
-        let n_writes = self.writes.len().min(self.commit_writes_max);
-        let mut own: Option<Prepared> = None;
-        let mut acks = Vec::new();
-        if n_writes > 0 {
-            let (writes, senders): (Vec<Vec<Op>>, Vec<_>) = self.writes.drain(..n_writes).unzip();
-            // Concurrent writes share one event (one signature) as far as the limits allow.
-            let groups = Node::pack_writes(&writes);
-            let mut writes = writes.into_iter();
-            let mut senders = senders.into_iter();
-            let mut packed = Vec::with_capacity(groups.len());
-            for n in groups {
-                packed.push(writes.by_ref().take(n).flatten().collect::<Vec<Op>>());
-                acks.push(senders.by_ref().take(n).collect::<Vec<_>>());
-            }
-            match self.node.prepare_writes(&self.key, packed) {
-                Ok(prepared) => own = Some(prepared),
-                Err(error) => {
-                    let failed: Vec<WriteReply> = acks.drain(..).flatten().collect();
-                    self.metrics.write_errors.inc_by(failed.len() as u64);
-                    for sender in failed {
-                        let _ = sender.send(Err(ServiceError::NotReady(error.to_string())));
-                    }
-                }
-            }
-        }
-        if own.is_none() && self.unstored_evidence.is_empty() && !self.peer_events_due() {
-            return;
-        }
-        self.unstored_since = None;
-        let mut events = std::mem::take(&mut self.unstored);
-        events.extend(own.iter().flat_map(Prepared::events).map(|e| (e.id().0, e.encode())));
-        let evidence = std::mem::take(&mut self.unstored_evidence);
-        let n_events = events.len();
-        if self.store_jobs.try_send(StoreJob { events, evidence }).is_err() {
-            self.failed = Some("the store's writer thread has stopped".to_owned());
-            for sender in acks.into_iter().flatten() {
-                let _ = sender
-                    .send(Err(ServiceError::Storage("the store's writer thread has stopped".to_owned())));
-            }
-            // Never handed to the store: their seqs may be given out again.
-            if let Some(prepared) = own {
-                self.node.abort_writes(prepared);
-            }
-            return;
-        }
-        self.in_flight = Some(InFlight { own, acks, n_events });
     }
 
-    fn on_committed(&mut self, result: StoreResult) {
-        let Some(InFlight { own, acks, n_events }) = self.in_flight.take() else { return };
+    fn on_committed(&mut self, committed: Committed, job: CommitJob) {
         self.metrics.commits.inc();
-        match result {
-            Ok(()) => {
-                if self.store_full.take().is_some() {
+        match &committed {
+            Committed::Ok => {
+                self.metrics.committed_events.inc_by(job.events.len() as u64);
+                if std::mem::take(&mut self.was_full) {
                     info!("the store's file system has room again: writes are stored and acknowledged again");
                 }
-                self.metrics.committed_events.inc_by(n_events as u64);
-                let now = self.now_ms();
-                let accepted = own.map_or_else(Vec::new, |prepared| self.node.commit_writes(prepared, now));
-                for (event, senders) in accepted.into_iter().zip(acks) {
-                    self.log.push(event.id());
-                    self.metrics.writes.inc_by(senders.len() as u64);
-                    self.metrics.own_events.inc();
-                    for sender in senders {
-                        let _ = sender.send(Ok(WriteAck {
-                            id: event.id(),
-                            seq: event.seq(),
-                            lamport: event.lamport(),
-                        }));
-                    }
+            }
+            Committed::NoSpace { reason, .. } => {
+                if !std::mem::replace(&mut self.was_full, true) {
+                    warn!(%reason, retry_in_ms = RETRY_MIN_MS,
+                        "the store's file system is full: writes fail (HTTP 507) until there is room again, and the \
+                         store is tried again by itself; reads, status and replication go on (further failures are \
+                         logged at debug level)");
+                } else {
+                    debug!(%reason, peer_events = self.commit.n_peer_events_waiting(), "commit failed: no space");
                 }
             }
-            Err((error @ StoreError::NoSpace { .. }, job)) => self.on_store_full(&error, job, own, acks),
-            Err((error, _)) => {
-                error!(%error, "the store failed; writes are no longer acknowledged and the daemon stops");
-                for sender in acks.into_iter().flatten() {
-                    let _ = sender.send(Err(ServiceError::Storage(error.to_string())));
+            Committed::Failed { reason } => {
+                error!(%reason, "the store failed; writes are no longer acknowledged and the daemon stops");
+            }
+        }
+        let now = self.now_ms();
+        self.commit.handle_committed(committed, job, &mut self.node, now);
+        self.answer_writers();
+    }
+
+    /// Sends the group commit's answers to the writers.
+    fn answer_writers(&mut self) {
+        while let Some((reply, answer)) = self.commit.poll_reply() {
+            let answer = match answer {
+                Ok(Acked { event }) => {
+                    self.metrics.writes.inc();
+                    Ok(WriteAck { id: event.id(), seq: event.seq(), lamport: event.lamport() })
                 }
-                self.failed = Some(format!("storage failed: {error}"));
-            }
-        }
-    }
-
-    /// A commit failed for want of space, and the store checked that nothing of it was stored
-    /// (see `store.rs`): its writes fail, its own events are dropped and their seqs given back
-    /// (no peer has seen them, and they can never surface from the store), its events from peers
-    /// and its evidence wait for the next commit, which is tried after a back-off.
-    fn on_store_full(
-        &mut self,
-        error: &StoreError,
-        job: StoreJob,
-        own: Option<Prepared>,
-        acks: Vec<Vec<WriteReply>>,
-    ) {
-        let own_events: Vec<Event> = own.iter().flat_map(Prepared::events).cloned().collect();
-        if let Some(prepared) = own {
-            self.node.abort_writes(prepared);
-        }
-        let own = own_events;
-        let message = error.to_string();
-        let failed: Vec<WriteReply> = acks.into_iter().flatten().collect();
-        self.metrics.write_errors.inc_by(failed.len() as u64);
-        for sender in failed {
-            let _ = sender.send(Err(ServiceError::NoSpace(message.clone())));
-        }
-        // The own events were appended last (`start_commit`). What came from peers goes back in
-        // front of what was accepted since, so the store's log stays in causal order.
-        let StoreJob { mut events, mut evidence } = job;
-        let n_peer_events = events.len().checked_sub(own.len()).expect("the job holds the own events");
-        assert!(
-            events[n_peer_events..].iter().zip(own).all(|((id, _), event)| *id == event.id().0),
-            "the own events are the job's last"
-        );
-        events.truncate(n_peer_events);
-        events.append(&mut self.unstored);
-        self.unstored = events;
-        if !self.unstored.is_empty() {
-            self.unstored_since.get_or_insert_with(Instant::now);
-        }
-        evidence.append(&mut self.unstored_evidence);
-        self.unstored_evidence = evidence;
-
-        let backoff = match &self.store_full {
-            Some(full) => (full.backoff * 2).min(STORE_RETRY_MAX),
-            None => {
-                warn!(%error, retry_in = ?STORE_RETRY_MIN,
-                    "the store's file system is full: writes fail (HTTP 507) until there is room again, and the \
-                     store is tried again by itself; reads, status and replication go on (further failures are \
-                     logged at debug level)");
-                STORE_RETRY_MIN
-            }
-        };
-        debug!(%error, retry_in = ?backoff, peer_events = self.unstored.len(), "commit failed: no space");
-        let reason = match error {
-            StoreError::NoSpace { path, .. } => format!(
-                "the file system holding the store {} is full: writes fail until there is room again \
-                 (cairnd retries by itself)",
-                path.display()
-            ),
-            other => other.to_string(),
-        };
-        self.store_full = Some(StoreFull {
-            retry_at: Instant::now() + backoff,
-            backoff,
-            while_draining: self.draining,
-            reason,
-        });
-    }
-
-    fn fail_writes(&mut self, why: &str) {
-        for (_, sender) in self.writes.drain(..) {
-            let _ = sender.send(Err(ServiceError::ShuttingDown));
-        }
-        if let Some(in_flight) = self.in_flight.take() {
-            for sender in in_flight.acks.into_iter().flatten() {
-                let _ = sender.send(Err(ServiceError::Storage(why.to_owned())));
-            }
+                Err(failure) => {
+                    self.metrics.write_errors.inc();
+                    Err(match failure {
+                        WriteFailure::NotReady(why) => ServiceError::NotReady(why),
+                        WriteFailure::QueueFull => ServiceError::WritesQueued(failure.to_string()),
+                        WriteFailure::NoSpace(why) => ServiceError::NoSpace(why),
+                        WriteFailure::Storage(why) => ServiceError::Storage(why),
+                    })
+                }
+            };
+            // A writer that went away does not mind.
+            let _ = reply.send(answer);
         }
     }
 
@@ -749,7 +510,7 @@ impl Service {
                     self.metrics.write_errors.inc();
                     let _ = reply.send(Err(ServiceError::NotReady(refusal.to_string())));
                 } else {
-                    self.writes.push_back((ops, reply));
+                    self.commit.handle_write(ops, reply);
                 }
             }
             Command::Register(key, reply) => {
@@ -875,10 +636,18 @@ impl Service {
                 .node
                 .write_refusal(&me)
                 .map(|e| e.to_string())
-                .or_else(|| self.store_full.as_ref().map(|full| full.reason.clone())),
+                .or_else(|| self.commit.no_space().map(str::to_owned)),
             n_peers_connected: self.node.connected_peers().len(),
             n_peers: self.genesis.members().len().saturating_sub(1),
         }
+    }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -893,8 +662,22 @@ async fn sleep_until_opt(at: Option<Instant>) {
 /// One job at a time, so everything that accumulates meanwhile goes into the next commit.
 /// A failed commit ends the thread, unless it failed for want of space: the store is usable
 /// again after that (it reopened itself), and the job goes back for a later try.
-fn spawn_store_writer(mut store: Store) -> (mpsc::Sender<StoreJob>, mpsc::Receiver<StoreResult>) {
-    let (jobs_tx, mut jobs_rx) = mpsc::channel::<StoreJob>(1);
+/// The verdict for a commit that failed for want of space: the store's own words for the
+/// writes, a short line for the status.
+fn no_space(error: &StoreError) -> Committed {
+    let reason = match error {
+        StoreError::NoSpace { path, .. } => format!(
+            "the file system holding the store {} is full: writes fail until there is room again \
+             (cairnd retries by itself)",
+            path.display()
+        ),
+        other => other.to_string(),
+    };
+    Committed::NoSpace { write_error: error.to_string(), reason }
+}
+
+fn spawn_store_writer(mut store: Store) -> (mpsc::Sender<CommitJob>, mpsc::Receiver<StoreDone>) {
+    let (jobs_tx, mut jobs_rx) = mpsc::channel::<CommitJob>(1);
     let (done_tx, done_rx) = mpsc::channel(1);
     std::thread::Builder::new()
         .name("cairn-store".to_owned())
@@ -908,8 +691,12 @@ fn spawn_store_writer(mut store: Store) -> (mpsc::Sender<StoreJob>, mpsc::Receiv
                     store.append(&events, &evidence)
                 };
                 debug!(events = job.events.len(), ok = result.is_ok(), "store commit");
-                let fatal = result.as_ref().is_err_and(|e| !matches!(e, StoreError::NoSpace { .. }));
-                if done_tx.blocking_send(result.map_err(|e| (e, job))).is_err() || fatal {
+                let (committed, fatal) = match result {
+                    Ok(()) => (Committed::Ok, false),
+                    Err(error @ StoreError::NoSpace { .. }) => (no_space(&error), false),
+                    Err(error) => (Committed::Failed { reason: format!("storage failed: {error}") }, true),
+                };
+                if done_tx.blocking_send((committed, job)).is_err() || fatal {
                     break;
                 }
             }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod demo;
+pub mod discipline;
 pub mod driver;
 pub mod logging;
 pub mod metrics;

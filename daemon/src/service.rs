@@ -33,6 +33,9 @@ pub enum ServiceError {
     /// Too many requests are queued.
     #[error("the daemon is busy: {COMMAND_QUEUE_MAX} requests are queued; retry")]
     Busy,
+    /// Too many writes wait for the store; this one was not queued (the message says the bound).
+    #[error("{0}")]
+    WritesQueued(String),
     /// The daemon is stopping.
     #[error("the daemon is shutting down")]
     ShuttingDown,

@@ -93,7 +93,12 @@ fn a_full_disk_fails_the_writes_gives_the_seqs_back_and_retries_with_backoff() {
     let job = commit.poll_commit(&mut node, &key(1), 0).unwrap();
     assert_eq!(job.events.len(), 2, "the peer's event, then the own one");
     let lost_id = job.events[1].0;
-    commit.handle_committed(Committed::NoSpace { reason: "disk full".into() }, job, &mut node, 10);
+    commit.handle_committed(
+        Committed::NoSpace { write_error: "disk full".into(), reason: "disk full".into() },
+        job,
+        &mut node,
+        10,
+    );
     assert!(
         matches!(&replies(&mut commit)[..], [(1, Err(WriteFailure::NoSpace(why)))] if why == "disk full")
     );
@@ -111,7 +116,12 @@ fn a_full_disk_fails_the_writes_gives_the_seqs_back_and_retries_with_backoff() {
     assert_eq!(event.header.seq, 1, "the seq of the failed write is handed out again");
     assert_ne!(job.events[1].0, lost_id);
     // A second failure doubles the back-off.
-    commit.handle_committed(Committed::NoSpace { reason: "disk full".into() }, job, &mut node, 200);
+    commit.handle_committed(
+        Committed::NoSpace { write_error: "disk full".into(), reason: "disk full".into() },
+        job,
+        &mut node,
+        200,
+    );
     assert_eq!(commit.poll_timeout(), Some(200 + 2 * RETRY_MIN_MS));
     commit.handle_write(put("third"), 3);
     let job = commit.poll_commit(&mut node, &key(1), 200 + 2 * RETRY_MIN_MS).unwrap();
