@@ -920,11 +920,9 @@ struct Report<T: Serialize> {
     valid: bool,
 }
 
+/// The decoding rule broken, by its name in PROTOCOL.md, with the details.
 fn codec_reason(error: &CodecError) -> String {
-    match error {
-        CodecError::Malformed(reason) => reason.clone(),
-        other => other.to_string(),
-    }
+    format!("{}: {error}", error.name())
 }
 
 /// Prints a report (or its JSON) and returns the exit code.

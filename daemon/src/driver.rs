@@ -373,11 +373,13 @@ impl Driver {
                     warn!(author = %self.name_of(&author), seq = evidence.seq(), "equivocation evidence: this member signed two events with one seq");
                     self.commit.handle_evidence(author.0, evidence.encode());
                 }
-                NodeEvent::BadMessage { peer, error } => {
+                NodeEvent::BadMessage { peer, misbehaviour, detail } => {
                     self.strike(peer);
-                    self.metrics.bad_messages.inc();
-                    if self.warned.insert((peer, "bad_message")) {
-                        warn!(peer = %self.name_of(&peer), %error, "bad message from peer (further ones are only counted)");
+                    let reason = misbehaviour.name();
+                    self.metrics.bad_messages.get_or_create(&ReasonLabel { reason }).inc();
+                    if self.warned.insert((peer, reason)) {
+                        warn!(peer = %self.name_of(&peer), reason, %detail,
+                            "bad message from peer (further ones of this kind from this peer are only counted)");
                     }
                 }
                 NodeEvent::PeerRefused(peer) => {

@@ -40,7 +40,7 @@ pub struct Metrics {
     /// Events written by store commits.
     pub committed_events: Counter,
     /// Messages from peers that did not decode.
-    pub bad_messages: Counter,
+    pub bad_messages: Family<ReasonLabel, Counter>,
     /// Events dropped unread by the per-peer rate limit.
     pub rate_limited_events: Counter,
     /// Events dropped before their signature check: deps missing, the sender's buffer share full.
@@ -74,7 +74,7 @@ impl Metrics {
             own_events: Counter::default(),
             commits: Counter::default(),
             committed_events: Counter::default(),
-            bad_messages: Counter::default(),
+            bad_messages: Family::default(),
             rate_limited_events: Counter::default(),
             orphans_dropped: Counter::default(),
             bytes_in: Family::default(),
@@ -100,7 +100,11 @@ impl Metrics {
             "Events written by store commits",
             metrics.committed_events.clone(),
         );
-        registry.register("bad_messages", "Peer messages that did not decode", metrics.bad_messages.clone());
+        registry.register(
+            "bad_messages",
+            "Peer messages that broke a rule, by rule (`Misbehaviour::name`)",
+            metrics.bad_messages.clone(),
+        );
         registry.register(
             "rate_limited_events",
             "Events dropped by the per-peer rate limit",

@@ -34,15 +34,79 @@ pub enum CodecError {
         /// The limit.
         max: usize,
     },
-    /// The bytes do not decode (bad tag, short input, a count over its limit, bad UTF-8).
-    #[error("malformed: {0}")]
-    Malformed(String),
+    /// The input ended in the middle of the object.
+    #[error("the input ends in the middle of the object")]
+    Truncated,
+    /// A length or count prefix is over the protocol's limit for that field (checked before
+    /// anything is allocated).
+    #[error("{0}")]
+    LengthOverLimit(String),
+    /// An enum tag (message kind, op kind) that the protocol does not define.
+    #[error("{0}")]
+    UnknownTag(String),
+    /// A field holds a value its type does not allow (a name that is not UTF-8, a genesis
+    /// whose members break its rules, …).
+    #[error("invalid value: {0}")]
+    InvalidValue(String),
     /// A whole object decoded but bytes were left over.
     #[error("{0} bytes after the end of the object")]
     TrailingBytes(usize),
     /// The object decoded, but re-encoding it does not give the same bytes.
     #[error("not the canonical encoding")]
     NonCanonical,
+}
+
+impl CodecError {
+    /// Every name [`CodecError::name`] gives, in the order of the table in `docs/PROTOCOL.md`.
+    pub const NAMES: [&'static str; 7] = [
+        "oversize",
+        "truncated",
+        "length_over_limit",
+        "unknown_tag",
+        "invalid_value",
+        "trailing_bytes",
+        "non_canonical",
+    ];
+
+    /// A stable snake_case name, for metrics, logs and `cairnctl inspect`.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Oversize { .. } => "oversize",
+            Self::Truncated => "truncated",
+            Self::LengthOverLimit(_) => "length_over_limit",
+            Self::UnknownTag(_) => "unknown_tag",
+            Self::InvalidValue(_) => "invalid_value",
+            Self::TrailingBytes(_) => "trailing_bytes",
+            Self::NonCanonical => "non_canonical",
+        }
+    }
+}
+
+/// Prefixes of the messages the hand-written decoders give bincode, by which
+/// [`decode_canonical`] tells the kinds apart again.
+const LENGTH_OVER_LIMIT: &str = "length over limit: ";
+const UNKNOWN_TAG: &str = "unknown tag: ";
+
+/// Sorts a bincode decoding error into a [`CodecError`].
+fn classify(error: DecodeError) -> CodecError {
+    match error {
+        DecodeError::UnexpectedEnd { .. } => CodecError::Truncated,
+        // The byte limit given to bincode is the object's own, checked before: only a length
+        // prefix that claims more bytes than that can hit it.
+        DecodeError::LimitExceeded => {
+            CodecError::LengthOverLimit("a length is over the object's byte limit".into())
+        }
+        DecodeError::OtherString(message) => {
+            if let Some(detail) = message.strip_prefix(LENGTH_OVER_LIMIT) {
+                CodecError::LengthOverLimit(detail.to_owned())
+            } else if let Some(detail) = message.strip_prefix(UNKNOWN_TAG) {
+                CodecError::UnknownTag(detail.to_owned())
+            } else {
+                CodecError::InvalidValue(message)
+            }
+        }
+        other => CodecError::InvalidValue(other.to_string()),
+    }
 }
 
 fn config() -> bincode::config::Configuration<
@@ -110,8 +174,8 @@ where
     if bytes.len() > LIMIT {
         return Err(CodecError::Oversize { len: bytes.len(), max: LIMIT });
     }
-    let (value, used) = bincode::decode_from_slice::<T, _>(bytes, config().with_limit::<LIMIT>())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let (value, used) =
+        bincode::decode_from_slice::<T, _>(bytes, config().with_limit::<LIMIT>()).map_err(classify)?;
     if used != bytes.len() {
         return Err(CodecError::TrailingBytes(bytes.len() - used));
     }
@@ -149,7 +213,9 @@ fn decode_len<D: Decoder>(decoder: &mut D, max: usize, what: &'static str) -> Re
     let len = u64::decode(decoder)?;
     match usize::try_from(len) {
         Ok(len) if len <= max => Ok(len),
-        _ => Err(DecodeError::OtherString(format!("{what}: length {len} is over the limit of {max}"))),
+        _ => Err(DecodeError::OtherString(format!(
+            "{LENGTH_OVER_LIMIT}{what}: length {len} is over the limit of {max}"
+        ))),
     }
 }
 
@@ -271,7 +337,7 @@ impl<Context> Decode<Context> for Op {
             OP_INCR => Self::Incr { key: key(decoder)?, delta: i64::decode(decoder)? },
             OP_ADD => Self::Add { key: key(decoder)?, element: value(decoder)? },
             OP_REMOVE => Self::Remove { key: key(decoder)?, element: value(decoder)? },
-            other => return Err(DecodeError::OtherString(format!("unknown op tag {other}"))),
+            other => return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}op tag {other}"))),
         })
     }
 }
@@ -467,7 +533,7 @@ impl<Context> Decode<Context> for Message {
             },
             MSG_WANT_CHAIN => Self::WantChain { tip: decode_id(decoder)?, from_seq: u64::decode(decoder)? },
             MSG_EVIDENCE => Self::Evidence { evidence: decode_evidence_list(decoder)? },
-            other => return Err(DecodeError::OtherString(format!("unknown message tag {other}"))),
+            other => return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}message tag {other}"))),
         })
     }
 }

@@ -38,7 +38,7 @@ use cairn_crypto::{Domain, Hasher, PublicKey, SecretKey};
 
 use crate::adapter::{Adapter, AdapterConfig, Ingested};
 use crate::buffer::PeerId;
-use crate::codec;
+use crate::codec::{self, CodecError};
 use crate::document::{Change, Document};
 use crate::event::{Event, EventId, Op};
 use crate::evidence::Evidence;
@@ -134,18 +134,97 @@ pub enum NodeEvent {
     },
     /// The evidence held for an author is new (or lower than before): persist and show it.
     Evidence(Box<Evidence>),
-    /// A peer sent a message that does not decode, or evidence that does not verify.
+    /// A peer sent a message that breaks a rule: it does not decode, it holds too many tips or
+    /// a tip of a non-member, or its evidence does not verify.
     BadMessage {
         /// The peer.
         peer: PeerId,
-        /// What was wrong.
-        error: String,
+        /// Which rule, by name: for metrics and for logging once per peer and rule.
+        misbehaviour: Misbehaviour,
+        /// The details, for the log line.
+        detail: String,
     },
     /// A peer is now a proven equivocator: drop its connection and refuse new ones.
     PeerRefused(PeerId),
     /// Keys whose visible document state changed.
     Changed(Vec<Change>),
 }
+
+/// What a peer's message did wrong: one name per rule, like [`Reject`] for events. A node
+/// reports each with [`NodeEvent::BadMessage`]; the daemon counts them by [`Misbehaviour::name`]
+/// and logs each once per peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Misbehaviour {
+    /// The message is over `MESSAGE_BYTES_MAX`.
+    Oversize,
+    /// The message ends in the middle.
+    Truncated,
+    /// A length or count prefix is over its limit.
+    LengthOverLimit,
+    /// An unknown message or op tag.
+    UnknownTag,
+    /// A field holds a value its type does not allow.
+    InvalidValue,
+    /// Bytes follow the message.
+    TrailingBytes,
+    /// The message is not in its canonical encoding.
+    NonCanonical,
+    /// A `Tips` sequence (`more` set) holds more tips than `peer_tips_max`.
+    TooManyTips,
+    /// A tip names an author that is not a member.
+    TipOfNonMember,
+    /// Evidence that does not verify (see `EvidenceError`).
+    BadEvidence,
+}
+
+impl Misbehaviour {
+    /// Every misbehaviour, in the order of the table in `docs/PROTOCOL.md`.
+    pub const ALL: [Self; 10] = [
+        Self::Oversize,
+        Self::Truncated,
+        Self::LengthOverLimit,
+        Self::UnknownTag,
+        Self::InvalidValue,
+        Self::TrailingBytes,
+        Self::NonCanonical,
+        Self::TooManyTips,
+        Self::TipOfNonMember,
+        Self::BadEvidence,
+    ];
+
+    /// The misbehaviour of a message that did not decode: the decoding rule it broke.
+    pub const fn undecodable(error: &CodecError) -> Self {
+        match error {
+            CodecError::Oversize { .. } => Self::Oversize,
+            CodecError::Truncated => Self::Truncated,
+            CodecError::LengthOverLimit(_) => Self::LengthOverLimit,
+            CodecError::UnknownTag(_) => Self::UnknownTag,
+            CodecError::InvalidValue(_) => Self::InvalidValue,
+            CodecError::TrailingBytes(_) => Self::TrailingBytes,
+            CodecError::NonCanonical => Self::NonCanonical,
+        }
+    }
+
+    /// A stable snake_case name, for metrics and logs; a decoding rule's name is the codec's
+    /// ([`CodecError::name`]).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Oversize => "oversize",
+            Self::Truncated => "truncated",
+            Self::LengthOverLimit => "length_over_limit",
+            Self::UnknownTag => "unknown_tag",
+            Self::InvalidValue => "invalid_value",
+            Self::TrailingBytes => "trailing_bytes",
+            Self::NonCanonical => "non_canonical",
+            Self::TooManyTips => "too_many_tips",
+            Self::TipOfNonMember => "tip_of_non_member",
+            Self::BadEvidence => "bad_evidence",
+        }
+    }
+}
+
+const _: () = assert!(Misbehaviour::ALL.len() == CodecError::NAMES.len() + 3);
 
 /// Why a local write failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -686,7 +765,7 @@ impl Node {
         let message = match codec::decode_message(bytes) {
             Ok(message) => message,
             Err(error) => {
-                self.bad_message(peer, &error);
+                self.bad_message(peer, Misbehaviour::undecodable(&error), &error);
                 return;
             }
         };
@@ -964,11 +1043,11 @@ impl Node {
         }
     }
 
-    fn bad_message(&mut self, peer: PeerId, error: &dyn std::fmt::Display) {
+    fn bad_message(&mut self, peer: PeerId, misbehaviour: Misbehaviour, detail: &dyn std::fmt::Display) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.stats.bad_messages += 1;
         }
-        self.events.push_back(NodeEvent::BadMessage { peer, error: error.to_string() });
+        self.events.push_back(NodeEvent::BadMessage { peer, misbehaviour, detail: detail.to_string() });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -986,7 +1065,7 @@ impl Node {
         let Some(p) = self.peers.get_mut(&peer) else { return };
         if p.incoming_tips.len() + tips.len() > max {
             p.incoming_tips.clear();
-            self.bad_message(peer, &format!("more than {max} tips"));
+            self.bad_message(peer, Misbehaviour::TooManyTips, &format!("more than {max} tips"));
             return;
         }
         p.incoming_tips.extend(tips);
@@ -1002,7 +1081,7 @@ impl Node {
             match self.genesis().member_idx(&tip.author) {
                 Some(author) => by_author.entry(author).or_default().push(tip),
                 None => {
-                    self.bad_message(peer, &"a tip of a non-member");
+                    self.bad_message(peer, Misbehaviour::TipOfNonMember, &"a tip of a non-member");
                     return;
                 }
             }
@@ -1200,7 +1279,7 @@ impl Node {
     fn on_evidence(&mut self, peer: PeerId, evidence: Vec<Evidence>, now_ms: u64) {
         for e in evidence {
             match self.adapter.add_evidence(e.clone()) {
-                Err(error) => self.bad_message(peer, &error),
+                Err(error) => self.bad_message(peer, Misbehaviour::BadEvidence, &error),
                 Ok(false) => {}
                 Ok(true) => {
                     let (a, b) = e.ids();
@@ -1329,5 +1408,29 @@ impl Node {
         }
         chain.reverse();
         self.queue_events(peer, chain, false);
+    }
+}
+
+#[cfg(test)]
+mod misbehaviour_tests {
+    use super::*;
+
+    #[test]
+    fn every_misbehaviour_has_a_distinct_name_and_decoding_rules_share_the_codecs() {
+        let names: BTreeSet<&str> = Misbehaviour::ALL.iter().map(|m| m.name()).collect();
+        assert_eq!(names.len(), Misbehaviour::ALL.len());
+        let every_codec_error = [
+            CodecError::Oversize { len: 2, max: 1 },
+            CodecError::Truncated,
+            CodecError::LengthOverLimit(String::new()),
+            CodecError::UnknownTag(String::new()),
+            CodecError::InvalidValue(String::new()),
+            CodecError::TrailingBytes(1),
+            CodecError::NonCanonical,
+        ];
+        assert_eq!(every_codec_error.each_ref().map(CodecError::name), CodecError::NAMES);
+        for error in &every_codec_error {
+            assert_eq!(Misbehaviour::undecodable(error).name(), error.name());
+        }
     }
 }

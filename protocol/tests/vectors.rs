@@ -100,7 +100,9 @@ fn node_with(scenario: &Scenario, events: &[&Event]) -> Node {
         match event {
             NodeEvent::Accepted { .. } => n_accepted += 1,
             NodeEvent::Rejected { id, reason, .. } => panic!("event {id:?} rejected: {reason}"),
-            NodeEvent::BadMessage { error, .. } => panic!("bad message: {error}"),
+            NodeEvent::BadMessage { misbehaviour, detail, .. } => {
+                panic!("bad message: {} {detail}", misbehaviour.name())
+            }
             _ => {}
         }
     }

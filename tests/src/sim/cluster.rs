@@ -830,7 +830,7 @@ impl Cluster {
                     }
                 }
             }
-            NodeEvent::BadMessage { peer, error } => {
+            NodeEvent::BadMessage { peer, detail: error, .. } => {
                 if honest_here {
                     self.outcome.n_bad_messages += 1;
                     if let Some(j) = self.is_honest_key(&peer) {
