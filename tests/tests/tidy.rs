@@ -25,7 +25,7 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 #[test]
 fn every_rust_file_opens_with_a_doc_comment() {
     let mut files = Vec::new();
-    for krate in ["crypto", "protocol", "tests"] {
+    for krate in ["crypto", "protocol", "daemon", "tests", "bench"] {
         rust_files(&root().join(krate), &mut files);
     }
     assert!(files.len() > 10);

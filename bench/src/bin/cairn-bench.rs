@@ -14,9 +14,9 @@
 //! Test data is signed before any clock starts. The tables go to stdout in markdown, and to
 //! `FILE` too with `--out`. `--quick` shrinks every size for a smoke test.
 
-#[path = "../bench/data.rs"]
+#[path = "../protocol/data.rs"]
 mod data;
-#[path = "../bench/sync.rs"]
+#[path = "../protocol/sync.rs"]
 mod sync;
 
 use std::fmt::Write as _;
@@ -25,8 +25,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
+use cairn_bench::VerifySet;
 use cairn_crypto::SecretKey;
-use cairn_crypto::baseline::VerifySet;
 use cairn_protocol::Adapter;
 use cairn_protocol::node::{Node, NodeConfig};
 

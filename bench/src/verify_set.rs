@@ -5,8 +5,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use crate::keys::{PublicKey, SecretKey, Signature};
-use crate::verify::{Check, verify_many, verify_strict};
+use cairn_crypto::verify::{Check, verify_many, verify_strict};
+use cairn_crypto::{PublicKey, SecretKey, Signature};
 
 /// 32-byte messages (as event ids are), each signed by a distinct key.
 pub struct VerifySet {
@@ -24,7 +24,7 @@ impl VerifySet {
             seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
             seed[8] = 0x5e;
             let key = SecretKey::from_seed(&seed);
-            let message = crate::hash(crate::Domain::Event, &seed);
+            let message = cairn_crypto::hash(cairn_crypto::Domain::Event, &seed);
             set.sigs.push(key.sign(&message));
             set.keys.push(key.public());
             set.messages.push(message);

@@ -18,13 +18,13 @@
 //! and to `FILE` too with `--out`. `--quick` shrinks every size for a smoke test (under a
 //! minute).
 
-#[path = "../bench/baseline.rs"]
+#[path = "../daemon/baseline.rs"]
 mod baseline;
-#[path = "../bench/cluster.rs"]
+#[path = "../daemon/cluster.rs"]
 mod cluster;
-#[path = "../bench/load.rs"]
+#[path = "../daemon/load.rs"]
 mod load;
-#[path = "../bench/proxy.rs"]
+#[path = "../daemon/proxy.rs"]
 mod proxy;
 
 use std::fmt::Write as _;
@@ -38,7 +38,7 @@ use cairn_daemon::config::{Config, load_genesis};
 use cairn_daemon::store::Store;
 use cairn_protocol::{Genesis, Member, Node, NodeConfig, Op};
 
-use cairn_crypto::baseline::VerifySet;
+use cairn_bench::VerifySet;
 use cluster::{Cluster, CpuSnapshot, CpuSplit, cpu_seconds, load_average, machine_cpu, proc_status_mib};
 use load::{LoadResult, Until};
 

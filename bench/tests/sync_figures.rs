@@ -4,14 +4,14 @@
 //! not timings, so a change that moves one fails here instead of going unnoticed until someone
 //! re-runs the benchmark.
 //!
-//! The scenarios are the benchmark's own code (`tests/src/bench/sync.rs`), at sizes that run
+//! The scenarios are the benchmark's own code (`bench/src/protocol/sync.rs`), at sizes that run
 //! in seconds. What each scenario sets up is described there and in `docs/BENCHMARKS.md`.
 
 // The benchmark's data helpers include some only the benchmark binary uses.
 #[allow(dead_code)]
-#[path = "../src/bench/data.rs"]
+#[path = "../src/protocol/data.rs"]
 mod data;
-#[path = "../src/bench/sync.rs"]
+#[path = "../src/protocol/sync.rs"]
 mod sync;
 
 use data::Cast;
