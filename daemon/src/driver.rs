@@ -20,8 +20,8 @@ use cairn_protocol::{EventId, Op};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::service::{
-    COMMAND_QUEUE_MAX, ChangeNotice, Command, EventInfo, EventQuery, PeerInfo, PeerState, ServiceError,
-    ServiceHandle, Status, WATCH_BUFFER_MAX, WriteAck,
+    COMMAND_QUEUE_MAX, ChangeNotice, Command, EventInfo, EventQuery, KeyQuery, PeerInfo, PeerState,
+    ServiceError, ServiceHandle, Status, WATCH_BUFFER_MAX, WriteAck,
 };
 
 use std::collections::{BTreeMap, VecDeque};
@@ -752,12 +752,12 @@ impl Service {
             Command::SetMembers(key, reply) => {
                 let _ = reply.send(self.node.document().set_members(&key));
             }
-            Command::Keys(kind, reply) => {
+            Command::Keys(query, reply) => {
                 let document = self.node.document();
-                let keys: Vec<Vec<u8>> = match kind {
-                    KeyKind::Register => document.register_keys().map(<[u8]>::to_vec).collect(),
-                    KeyKind::Counter => document.counter_keys().map(<[u8]>::to_vec).collect(),
-                    KeyKind::Set => document.set_keys().map(<[u8]>::to_vec).collect(),
+                let keys = match query.kind {
+                    KeyKind::Register => key_page(document.register_keys(), &query),
+                    KeyKind::Counter => key_page(document.counter_keys(), &query),
+                    KeyKind::Set => key_page(document.set_keys(), &query),
                 };
                 let _ = reply.send(keys);
             }
@@ -792,6 +792,7 @@ impl Service {
             lamport: header.lamport,
             deps: header.deps.clone(),
             ops: verified.event().ops.clone(),
+            sig: verified.event().sig,
             n_bytes: verified.bytes().len(),
             excluded,
         })
@@ -871,6 +872,17 @@ impl Service {
             n_peers: self.genesis.members().len().saturating_sub(1),
         }
     }
+}
+
+/// One page of `keys` (in key order): the keys above `query.after`, at most `query.limit`.
+/// The document offers its keys only as an iterator from the first, so reaching a late page
+/// walks past the earlier keys, without copying them.
+fn key_page<'a>(keys: impl Iterator<Item = &'a [u8]>, query: &KeyQuery) -> Vec<Vec<u8>> {
+    let after = query.after.as_deref();
+    keys.skip_while(|key| after.is_some_and(|after| *key <= after))
+        .take(query.limit)
+        .map(<[u8]>::to_vec)
+        .collect()
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {

@@ -44,6 +44,36 @@ pub(crate) fn peer_secret() -> SecretKey {
     SecretKey::from_seed(&[2; 32])
 }
 
+/// A signed event as the service describes it, with a made-up encoded size.
+fn event_info(
+    secret: &SecretKey,
+    name: &str,
+    (seq, lamport): (u64, u64),
+    deps: Vec<EventId>,
+    ops: Vec<Op>,
+    n_bytes: usize,
+) -> EventInfo {
+    let event = Event::sign(secret, seq, lamport, deps, ops);
+    EventInfo {
+        id: event.id(),
+        author: event.header.author,
+        author_name: name.into(),
+        seq,
+        lamport,
+        deps: event.header.deps,
+        ops: event.ops,
+        sig: event.sig,
+        n_bytes,
+        excluded: false,
+    }
+}
+
+/// The peer's first event, which the fake holds from the start: it put the register `binary`.
+pub(crate) fn peer_event() -> EventInfo {
+    let ops = vec![Op::Put { key: b"binary".to_vec(), value: vec![0xff, 0xfe] }];
+    event_info(&peer_secret(), "beta", (1, 1), vec![], ops, 200)
+}
+
 /// Two events by the peer with the same seq: an equivocation.
 fn peer_evidence() -> Evidence {
     let peer = peer_secret();
@@ -79,13 +109,9 @@ impl Fake {
         // and by this node.
         let peer_idx = fake.idx(&peer);
         let own_idx = fake.idx(&own);
-        let low = Sibling {
-            value: vec![0xff, 0xfe],
-            author: peer_idx,
-            lamport: 1,
-            event_id: EventId([7; 32]),
-            op_idx: 0,
-        };
+        let first = peer_event();
+        let low =
+            Sibling { value: vec![0xff, 0xfe], author: peer_idx, lamport: 1, event_id: first.id, op_idx: 0 };
         let high = Sibling {
             value: b"text".to_vec(),
             author: own_idx,
@@ -99,17 +125,7 @@ impl Fake {
         );
         fake.registers
             .insert(b"binary".to_vec(), RegisterRead { visible: Some(low.clone()), siblings: vec![low] });
-        fake.events.push(EventInfo {
-            id: EventId([7; 32]),
-            author: peer,
-            author_name: "beta".into(),
-            seq: 1,
-            lamport: 1,
-            deps: vec![],
-            ops: vec![Op::Put { key: b"binary".to_vec(), value: vec![0xff, 0xfe] }],
-            n_bytes: 200,
-            excluded: false,
-        });
+        fake.events.push(first);
         fake
     }
 
@@ -134,8 +150,10 @@ impl Fake {
             return Err(ServiceError::NoSpace(FULL_MESSAGE.into()));
         }
         self.seq += 1;
-        let id = EventId([0x10 + self.seq as u8; 32]);
         let lamport = self.seq + 1;
+        // Every event of this node depends on the peer's first, as if nothing else had come.
+        let info = event_info(&own_secret(), "alpha", (self.seq, lamport), vec![self.events[0].id], ops, 300);
+        let (id, ops) = (info.id, info.ops.clone());
         let own_idx = self.idx(&self.own);
         for (op_idx, op) in ops.iter().enumerate() {
             match op {
@@ -173,17 +191,7 @@ impl Fake {
                 }
             }
         }
-        self.events.push(EventInfo {
-            id,
-            author: self.own,
-            author_name: "alpha".into(),
-            seq: self.seq,
-            lamport,
-            deps: vec![EventId([7; 32])],
-            ops,
-            n_bytes: 300,
-            excluded: false,
-        });
+        self.events.push(info);
         Ok(WriteAck { id, seq: self.seq, lamport })
     }
 
@@ -202,15 +210,20 @@ impl Fake {
             Command::SetMembers(key, tx) => {
                 let _ = tx.send(self.sets.get(&key).map(|s| s.iter().cloned().collect()).unwrap_or_default());
             }
-            Command::Keys(kind, tx) => {
-                let keys = match kind {
+            Command::Keys(query, tx) => {
+                let keys: Vec<Vec<u8>> = match query.kind {
                     KeyKind::Register => self.registers.keys().cloned().collect(),
                     KeyKind::Counter => self.counters.keys().cloned().collect(),
                     KeyKind::Set => {
                         self.sets.iter().filter(|(_, s)| !s.is_empty()).map(|(k, _)| k.clone()).collect()
                     }
                 };
-                let _ = tx.send(keys);
+                let page = keys
+                    .into_iter()
+                    .filter(|key| query.after.as_ref().is_none_or(|after| key > after))
+                    .take(query.limit)
+                    .collect();
+                let _ = tx.send(page);
             }
             Command::Events(query, tx) => {
                 let events = self
@@ -403,7 +416,9 @@ async fn status_and_peers() {
 async fn registers_put_get_delete() {
     let server = start().await;
     let ack = server.send(Method::PUT, "/v1/registers/greeting", json!({"value": "hello"})).await;
-    assert_eq!(ack, json!({"id": hex::encode([0x11; 32]), "seq": 1, "lamport": 2}));
+    let ops = vec![Op::Put { key: b"greeting".to_vec(), value: b"hello".to_vec() }];
+    let id = Event::sign(&own_secret(), 1, 2, vec![peer_event().id], ops).id();
+    assert_eq!(ack, json!({"id": id.to_string(), "seq": 1, "lamport": 2}));
 
     let read = server.get("/v1/registers/greeting").await;
     assert_eq!(read["key"], "greeting");
@@ -413,7 +428,7 @@ async fn registers_put_get_delete() {
     assert_eq!(sibling["value"], "hello");
     assert_eq!(sibling["author"], own_secret().public().to_string());
     assert_eq!(sibling["author_name"], "alpha");
-    assert_eq!(sibling["event_id"], hex::encode([0x11; 32]));
+    assert_eq!(sibling["event_id"], id.to_string());
     assert_eq!(sibling["lamport"], 2);
     assert_eq!(sibling["op_index"], 0);
 
@@ -526,13 +541,17 @@ async fn batch_is_one_event() {
 #[tokio::test]
 async fn events_list_and_one_event() {
     let server = start().await;
-    server.send(Method::PUT, "/v1/registers/a", json!({"value": "1"})).await;
-    server.send(Method::PUT, "/v1/registers/b", json!({"value": "2"})).await;
+    let first = server.send(Method::PUT, "/v1/registers/a", json!({"value": "1"})).await;
+    let second = server.send(Method::PUT, "/v1/registers/b", json!({"value": "2"})).await;
 
     let all = server.get("/v1/events").await;
     let ids: Vec<&str> =
         all["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [hex::encode([7; 32]), hex::encode([0x11; 32]), hex::encode([0x12; 32])]);
+    assert_eq!(
+        ids,
+        [peer_event().id.to_string().as_str(), first["id"].as_str().unwrap(), second["id"].as_str().unwrap()]
+    );
+    assert_eq!(all["next"], Value::Null);
     let first = &all["events"][0];
     assert_eq!(first["author_name"], "beta");
     assert_eq!(first["n_ops"], 1);
@@ -547,13 +566,17 @@ async fn events_list_and_one_event() {
     let limited = server.get("/v1/events?limit=1").await;
     assert_eq!(limited["events"].as_array().unwrap().len(), 1);
 
-    let event = server.get(&format!("/v1/events/{}", hex::encode([0x12; 32]))).await;
+    let event = server.get(&format!("/v1/events/{}", second["id"].as_str().unwrap())).await;
     assert_eq!(event["author"], own_secret().public().to_string());
     assert_eq!(event["seq"], 2);
-    assert_eq!(event["deps"], json!([hex::encode([7; 32])]));
+    assert_eq!(event["deps"], json!([peer_event().id.to_string()]));
     let ops = vec![Op::Put { key: b"b".to_vec(), value: b"2".to_vec() }];
     assert_eq!(event["ops_hash"], hex::encode(ops_hash(&ops)));
     assert_eq!(event["size"], 300);
+    // The canonical bytes: the very event this node signed.
+    let bytes = hex::decode(event["encoded_hex"].as_str().unwrap()).unwrap();
+    let decoded = cairn_protocol::codec::decode_event(&bytes).unwrap();
+    assert_eq!(decoded, Event::sign(&own_secret(), 2, 3, vec![peer_event().id], ops));
 }
 
 #[tokio::test]
