@@ -69,8 +69,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::api::{
-    CounterValueJson, EVENTS_LIMIT_MAX, KEYS_LIMIT_MAX, OpJson, REQUEST_BYTES_MAX, parse_key_cursor,
-    signed_header_json,
+    CounterValueJson, EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX, KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX, OpJson,
+    REQUEST_BYTES_MAX, parse_key_cursor, signed_header_json,
 };
 use crate::client::{Client, ClientError, path_segment};
 
@@ -138,7 +138,8 @@ pub struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, value_name = "PATH", env = SOCKET_ENV, default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
-    /// Print machine output: the daemon's JSON as it is, pretty-printed (JSON lines for `watch`).
+    /// Print machine output: the daemon's JSON as it is, pretty-printed (JSON lines for `watch`,
+    /// the report for `inspect`).
     #[arg(long, global = true)]
     pub json: bool,
     /// What to do.
@@ -252,8 +253,13 @@ pub enum Command {
         /// Starts after this cursor: the one the previous page named.
         #[arg(long, value_name = "CURSOR")]
         after: Option<String>,
-        /// At most N keys (the daemon's default is 1000).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=KEYS_LIMIT_MAX as u64))]
+        // The help names the limits from their constants, which a doc comment cannot.
+        #[arg(
+            long,
+            value_name = "N",
+            value_parser = clap::value_parser!(u64).range(1..=KEYS_LIMIT_MAX as u64),
+            help = format!("At most N keys: 1 to {KEYS_LIMIT_MAX}; the daemon's default is {KEYS_LIMIT_DEFAULT}")
+        )]
         limit: Option<u64>,
     },
     /// Writes several ops as one event, atomically, from a JSON file (`-` for stdin).
@@ -274,8 +280,13 @@ pub enum Command {
         /// With --author: events with a seq above N; otherwise events accepted after position N.
         #[arg(long, value_name = "N")]
         after: Option<u64>,
-        /// At most N events (the daemon's default is 100).
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=EVENTS_LIMIT_MAX as u64))]
+        // The help names the limits from their constants, which a doc comment cannot.
+        #[arg(
+            long,
+            value_name = "N",
+            value_parser = clap::value_parser!(u64).range(1..=EVENTS_LIMIT_MAX as u64),
+            help = format!("At most N events: 1 to {EVENTS_LIMIT_MAX}; the daemon's default is {EVENTS_LIMIT_DEFAULT}")
+        )]
         limit: Option<u64>,
     },
     /// One accepted event, with its ops. Exits 3 if the daemon does not hold it.

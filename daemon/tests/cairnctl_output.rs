@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use cairn_daemon::api::{EVENTS_LIMIT_MAX, KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX};
 use cairn_protocol::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use common::{Cluster, DEADLINE};
 use serde_json::{Value, json};
@@ -445,6 +446,13 @@ fn help_texts() {
     }
     let status = cairnctl(None, &["status", "--help"]).expect(0, "status --help");
     assert!(status.contains("--socket <PATH>"), "{status}");
+    let keys = cairnctl(None, &["keys", "--help"]).expect(0, "keys --help");
+    assert!(
+        keys.contains(&format!("1 to {KEYS_LIMIT_MAX}; the daemon's default is {KEYS_LIMIT_DEFAULT}")),
+        "{keys}"
+    );
+    let events = cairnctl(None, &["events", "--help"]).expect(0, "events --help");
+    assert!(events.contains(&format!("1 to {EVENTS_LIMIT_MAX}; the daemon's default is")), "{events}");
     let put = cairnctl(None, &["put", "--help"]).expect(0, "put --help");
     assert!(put.contains("--file <PATH>"), "{put}");
 }
