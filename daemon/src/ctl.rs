@@ -7,9 +7,10 @@
 //! Keys, values, set elements, names, messages and every other text that a member or the
 //! daemon chose can hold bytes that drive a terminal (`\e[2J` clears it). Human output
 //! therefore passes all of it through [`escape`]: control characters (C0, DEL and C1) and the
-//! invisible or bidirectional format characters (U+200B to U+200F, U+202A to U+202E, U+2066 to
-//! U+2069, …) are shown as `\n`, `\r`, `\t` or `\u{HEX}` (the code point in hex), and a
-//! backslash as `\\`, so that the escaped form reads back to exactly one text.
+//! invisible or bidirectional format characters (U+00AD, U+061C, U+180E, U+200B to U+200F,
+//! U+2028 to U+202E, U+2060 to U+206F, U+FEFF, U+FFF9 to U+FFFB, U+E0000 to U+E007F) are shown
+//! as `\n`, `\r`, `\t` or `\u{HEX}` (the code point in hex), and a backslash as `\\`, so that
+//! the escaped form reads back to exactly one text.
 //!
 //! Text and bytes never look alike: a key, value or element that is UTF-8 text is printed in
 //! double quotes (`"base64:/wA="`, with `"` inside escaped as `\"`), and bytes that are not
@@ -455,8 +456,8 @@ fn is_unprintable(c: char) -> bool {
 }
 
 /// `text` as human output shows every text it did not write itself: `\n`, `\r` and `\t` for
-/// those three, `\u{HEX}` for the other characters of [`is_unprintable`], `\\` for a
-/// backslash. `quoted` puts the text in double quotes and escapes a `"` inside as `\"`. The
+/// those three, `\u{HEX}` for the other control characters and the invisible or reordering
+/// format characters (the module documentation lists them), `\\` for a backslash. `quoted` puts the text in double quotes and escapes a `"` inside as `\"`. The
 /// escaped form reads back to exactly one text and holds nothing a terminal acts on.
 pub fn escape(text: &str, quoted: bool) -> String {
     let mut out = String::with_capacity(text.len() + 2);
