@@ -120,15 +120,16 @@ pub const EVENTS_LIMIT_DEFAULT: usize = 100;
 /// The most events `GET /v1/events` returns in one answer; page with `after`.
 pub const EVENTS_LIMIT_MAX: usize = 1000;
 
-/// The default number of keys `GET /v1/keys` returns: a screenful of tables, and well under a
-/// megabyte of JSON for keys of common length.
+/// The default number of keys `GET /v1/keys` returns: well under a megabyte of JSON for keys
+/// of common length (tens of bytes), where 100 000 keys in one answer made 6.5 MB.
 pub const KEYS_LIMIT_DEFAULT: usize = 1000;
-/// The most keys `GET /v1/keys` returns in one answer; page with `after`.
+/// The most keys `GET /v1/keys` returns in one answer; page with `after`. A page of the longest
+/// keys still fits in what the client reads (asserted below).
 pub const KEYS_LIMIT_MAX: usize = 5000;
 
 /// The most bytes one entry of `GET /v1/keys` takes as JSON: the key as text with every byte
-/// escaped (`\u001f`, 6 bytes), the key again in base64, the cursor (as long as the base64)
-/// and the field names.
+/// escaped (`\u001f`, 6 bytes), the key in base64 twice (once in the entry, once as room for
+/// the page's cursor) and the field names.
 const KEY_JSON_BYTES_MAX: usize = 6 * KEY_BYTES_MAX + 2 * (KEY_BYTES_MAX.div_ceil(3) * 4) + 64;
 // A full page of the longest keys fits in what the client reads.
 const _: () = assert!(KEYS_LIMIT_MAX * KEY_JSON_BYTES_MAX <= crate::client::RESPONSE_BYTES_MAX);
