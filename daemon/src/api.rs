@@ -12,7 +12,7 @@
 //! |---|---|
 //! | `GET /v1/status` | the node in brief |
 //! | `GET /v1/peers` | every other member, its connection and counters |
-//! | `GET /v1/keys?kind=register\|counter\|set` | keys with a non-empty state (all without `kind`) |
+//! | `GET /v1/keys?kind=register\|counter\|set&after=&limit=` | keys with a non-empty state (all kinds without `kind`), one page |
 //! | `GET /v1/registers/{key}` | the visible value and every sibling |
 //! | `PUT /v1/registers/{key}` | `{"value": "text"}` or `{"value_base64": "..."}` |
 //! | `DELETE /v1/registers/{key}` | deletes the register's values |
@@ -21,11 +21,37 @@
 //! | `GET /v1/sets/{key}` | the set's members |
 //! | `POST /v1/sets/{key}/add`, `/remove` | `{"element": "text"}` or `{"element_base64": "..."}` |
 //! | `POST /v1/batch` | `{"ops": [...]}`: several ops in one event, atomically |
-//! | `GET /v1/events?author=&after=&limit=` | accepted events |
-//! | `GET /v1/events/{id}` | one event, with its ops |
+//! | `GET /v1/events?author=&after=&limit=` | accepted events, one page |
+//! | `GET /v1/events/{id}` | one event, with its ops and its canonical bytes (`encoded_hex`) |
 //! | `GET /v1/evidence` | equivocation evidence, with its canonical bytes |
 //! | `GET /v1/metrics` | OpenMetrics text |
 //! | `GET /v1/watch` | server-sent events: `change` per changed key, `lagged` when some were missed |
+//!
+//! # Pages
+//!
+//! The two listings answer one page at a time, with `next`: the cursor of the next page, or
+//! `null` when this page is the last. Pass it back unchanged as `after`.
+//!
+//! - `GET /v1/keys` lists registers, then counters, then sets, each in bytewise key order:
+//!   `{"keys": [{"kind", "key", "key_base64"}, ...], "next": "register:ZGly" | null}`. `limit` is
+//!   1 to [`KEYS_LIMIT_MAX`], [`KEYS_LIMIT_DEFAULT`] if not given. A cursor is the kind of the
+//!   last key, a colon and the key in unpadded URL-safe base64; it needs no percent-encoding.
+//! - `GET /v1/events` lists events in the order this node accepted them: `after=N` starts after
+//!   the N-th (`next` is a number, the position of the page's last event). With `author`,
+//!   `after` is that author's seq instead (`next` is the page's last seq). Only an equivocating
+//!   author has several events with one seq; a page ends before such a seq rather than inside
+//!   it, unless more than `limit` events share that seq, and then the rest of it is skipped:
+//!   ask again with a larger `limit`. `limit` is 1 to [`EVENTS_LIMIT_MAX`],
+//!   [`EVENTS_LIMIT_DEFAULT`] if not given.
+//!
+//! # Counters
+//!
+//! A counter's value is the exact sum of its deltas (an `i128` in the document, so it can pass
+//! `i64`; `docs/PROTOCOL.md`, section 14). JSON readers such as JavaScript and jq hold only the
+//! integers within ±(2^53 − 1) exactly, so `value` is a JSON number within that range
+//! ([`JSON_SAFE_INTEGER_MAX`]) and a string of its decimal digits beyond it (`"-"` first if
+//! negative): `{"key": "c", "value": 5}`, `{"key": "c", "value": "18446744073709551614"}`. The
+//! same holds for the counters of the watch stream.
 //!
 //! Every write answers `{"id", "seq", "lamport"}` once the event is on disk on this node.
 //! Concurrent writes may share one event (one signature, one commit): each write is whole
@@ -57,12 +83,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64_URL};
 use cairn_crypto::PublicKey;
 use cairn_protocol::document::{KeyKind, RegisterRead, Sibling};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits::{EVENT_BYTES_MAX, KEY_BYTES_MAX, OPS_MAX, VALUE_BYTES_MAX};
-use cairn_protocol::{EventId, Evidence, Header, Member, Op, SignedHeader};
+use cairn_protocol::{Event, EventId, Evidence, Header, Member, Op, SignedHeader};
 use futures_util::Stream;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -70,7 +96,8 @@ use tokio::net::UnixListener;
 use tokio::sync::{OnceCell, broadcast, watch};
 
 use crate::service::{
-    ChangeNotice, EventInfo, EventQuery, PeerInfo, PeerState, ServiceError, ServiceHandle, Status, WriteAck,
+    ChangeNotice, EventInfo, EventQuery, KeyQuery, PeerInfo, PeerState, ServiceError, ServiceHandle, Status,
+    WriteAck,
 };
 
 #[cfg(test)]
@@ -92,6 +119,24 @@ const _: () = assert!(6 * EVENT_BYTES_MAX + OPS_MAX * OP_JSON_OVERHEAD_BYTES_MAX
 pub const EVENTS_LIMIT_DEFAULT: usize = 100;
 /// The most events `GET /v1/events` returns in one answer; page with `after`.
 pub const EVENTS_LIMIT_MAX: usize = 1000;
+
+/// The default number of keys `GET /v1/keys` returns: well under a megabyte of JSON for keys
+/// of common length (tens of bytes), where 100 000 keys in one answer made 6.5 MB.
+pub const KEYS_LIMIT_DEFAULT: usize = 1000;
+/// The most keys `GET /v1/keys` returns in one answer; page with `after`. A page of the longest
+/// keys still fits in what the client reads (asserted below).
+pub const KEYS_LIMIT_MAX: usize = 5000;
+
+/// The most bytes one entry of `GET /v1/keys` takes as JSON: the key as text with every byte
+/// escaped (`\u001f`, 6 bytes), the key in base64 twice (once in the entry, once as room for
+/// the page's cursor) and the field names.
+const KEY_JSON_BYTES_MAX: usize = 6 * KEY_BYTES_MAX + 2 * (KEY_BYTES_MAX.div_ceil(3) * 4) + 64;
+// A full page of the longest keys fits in what the client reads.
+const _: () = assert!(KEYS_LIMIT_MAX * KEY_JSON_BYTES_MAX <= crate::client::RESPONSE_BYTES_MAX);
+
+/// The largest integer magnitude that JSON readers with double-precision numbers (JavaScript,
+/// jq) hold exactly: 2^53 − 1. A counter beyond it is sent as a string.
+pub const JSON_SAFE_INTEGER_MAX: i128 = (1 << 53) - 1;
 
 /// How often an idle watch stream sends a comment, so that a dead client is noticed and
 /// proxies keep the stream open.
@@ -553,6 +598,8 @@ impl From<PeerInfo> for PeerJson {
 #[derive(Serialize)]
 struct KeysJson {
     keys: Vec<KeyJson>,
+    /// The `after` of the next page; `None` on the last.
+    next: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -616,8 +663,35 @@ struct RegisterJson {
 #[derive(Serialize)]
 struct CounterJson {
     key: String,
-    /// An i128: serde_json writes it as a plain JSON number.
-    value: i128,
+    value: CounterValueJson,
+}
+
+/// A counter's value as the API sends it: a JSON number within ±[`JSON_SAFE_INTEGER_MAX`],
+/// else a string of its decimal digits (the module documentation says why).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CounterValueJson(pub(crate) i128);
+
+impl Serialize for CounterValueJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match i64::try_from(self.0) {
+            Ok(value) if self.0.unsigned_abs() <= JSON_SAFE_INTEGER_MAX.unsigned_abs() => {
+                serializer.serialize_i64(value)
+            }
+            _ => serializer.collect_str(&self.0),
+        }
+    }
+}
+
+impl CounterValueJson {
+    /// Reads what [`Serialize`] wrote: a number, or a string of decimal digits. `None` for
+    /// anything else.
+    pub(crate) fn from_json(value: &serde_json::Value) -> Option<Self> {
+        match value {
+            serde_json::Value::Number(number) => number.as_i64().map(|n| Self(i128::from(n))),
+            serde_json::Value::String(digits) => digits.parse().ok().map(Self),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -676,6 +750,8 @@ impl From<&Op> for OpJson {
 #[derive(Serialize)]
 struct EventsJson {
     events: Vec<EventSummaryJson>,
+    /// The `after` of the next page; `None` on the last.
+    next: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -720,23 +796,38 @@ struct EventJson {
     ops: Vec<OpJson>,
     size: usize,
     excluded: bool,
+    /// The canonical encoding, for `cairnctl inspect event`.
+    encoded_hex: String,
 }
 
-impl From<&EventInfo> for EventJson {
-    fn from(e: &EventInfo) -> Self {
-        Self {
-            id: e.id.to_string(),
-            author: e.author.to_string(),
-            author_name: e.author_name.clone(),
-            seq: e.seq,
-            lamport: e.lamport,
-            deps: e.deps.iter().map(ToString::to_string).collect(),
-            ops_hash: hex::encode(ops_hash(&e.ops)),
-            ops: e.ops.iter().map(OpJson::from).collect(),
-            size: e.n_bytes,
-            excluded: e.excluded,
-        }
+/// An event as `GET /v1/events/{id}` shows it. Its canonical bytes are re-encoded from its
+/// parts: the encoding is canonical, so they are the bytes the author signed and peers sent.
+fn event_json(e: &EventInfo) -> Result<EventJson, ApiError> {
+    let ops_hash = ops_hash(&e.ops);
+    let header = Header { author: e.author, seq: e.seq, lamport: e.lamport, deps: e.deps.clone(), ops_hash };
+    let event = Event { header, ops: e.ops.clone(), sig: e.sig };
+    if event.id() != e.id {
+        // The service's parts do not make up the event it named: a bug, but one that must not
+        // hand out bytes that are not the event's.
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("event {} re-encodes to another id, {}; please report this bug", e.id, event.id()),
+        ));
     }
+    Ok(EventJson {
+        id: e.id.to_string(),
+        author: e.author.to_string(),
+        author_name: e.author_name.clone(),
+        seq: e.seq,
+        lamport: e.lamport,
+        deps: e.deps.iter().map(ToString::to_string).collect(),
+        ops_hash: hex::encode(ops_hash),
+        ops: e.ops.iter().map(OpJson::from).collect(),
+        size: e.n_bytes,
+        excluded: e.excluded,
+        encoded_hex: hex::encode(event.encode()),
+    })
 }
 
 #[derive(Serialize)]
@@ -815,25 +906,88 @@ enum KindParam {
 #[serde(deny_unknown_fields)]
 struct KeysQuery {
     kind: Option<KindParam>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The key spaces in the order `GET /v1/keys` lists them.
+const KINDS: [KeyKind; 3] = [KeyKind::Register, KeyKind::Counter, KeyKind::Set];
+
+/// The cursor of a listing that ends at `key` of `kind`: `kind:` and the key in unpadded
+/// URL-safe base64, so that it goes into a query string as it is.
+pub(crate) fn key_cursor(kind: KeyKind, key: &[u8]) -> String {
+    format!("{}:{}", kind_name(kind), BASE64_URL.encode(key))
+}
+
+/// A cursor made by [`key_cursor`]; the error says what is wrong with it.
+pub(crate) fn parse_key_cursor(cursor: &str) -> Result<(KeyKind, Vec<u8>), String> {
+    let expected = "expected the `next` of an earlier page (KIND:BASE64URL)";
+    let (kind, encoded) = cursor.split_once(':').ok_or_else(|| format!("after: {expected}"))?;
+    let kind = KINDS
+        .into_iter()
+        .find(|&k| kind_name(k) == kind)
+        .ok_or_else(|| format!("after: no key kind {:?}; {expected}", truncate(kind, 20)))?;
+    if encoded.len() > KEY_BYTES_MAX.div_ceil(3) * 4 {
+        return Err(format!("after: the key is longer than any key ({KEY_BYTES_MAX} bytes); {expected}"));
+    }
+    let key =
+        BASE64_URL.decode(encoded).map_err(|e| format!("after: the key is not base64: {e}; {expected}"))?;
+    Ok((kind, key))
 }
 
 async fn keys(
     State(st): State<AppState>,
     ApiQuery(query): ApiQuery<KeysQuery>,
 ) -> Result<Json<KeysJson>, ApiError> {
+    let limit = query.limit.unwrap_or(KEYS_LIMIT_DEFAULT);
+    if !(1..=KEYS_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit must be 1 to {KEYS_LIMIT_MAX}, got {limit}; page with `after`"),
+        ));
+    }
+    let after = match &query.after {
+        None => None,
+        Some(cursor) => Some(parse_key_cursor(cursor).map_err(|e| ApiError::bad_request("bad_query", e))?),
+    };
     let kinds: &[KeyKind] = match query.kind {
-        None => &[KeyKind::Register, KeyKind::Counter, KeyKind::Set],
+        None => &KINDS,
         Some(KindParam::Register) => &[KeyKind::Register],
         Some(KindParam::Counter) => &[KeyKind::Counter],
         Some(KindParam::Set) => &[KeyKind::Set],
     };
-    let mut keys = Vec::new();
+    let rank = |kind: KeyKind| KINDS.iter().position(|&k| k == kind);
+    // One key more than the page holds says whether there is a next page.
+    let wanted = limit + 1;
+    let mut found: Vec<(KeyKind, Vec<u8>)> = Vec::new();
     for &kind in kinds {
-        for key in st.handle.keys(kind).await? {
-            keys.push(KeyJson { kind: kind_name(kind), key: text_of(&key), key_base64: BASE64.encode(&key) });
+        let after_key = match &after {
+            None => None,
+            Some((after_kind, _)) if rank(kind) < rank(*after_kind) => continue,
+            Some((after_kind, key)) if *after_kind == kind => Some(key.clone()),
+            Some(_) => None,
+        };
+        let page = st.handle.keys(KeyQuery { kind, after: after_key, limit: wanted - found.len() }).await?;
+        found.extend(page.into_iter().map(|key| (kind, key)));
+        if found.len() >= wanted {
+            break;
         }
     }
-    Ok(Json(KeysJson { keys }))
+    let next = if found.len() > limit {
+        found.truncate(limit);
+        found.last().map(|(kind, key)| key_cursor(*kind, key))
+    } else {
+        None
+    };
+    let keys = found
+        .iter()
+        .map(|(kind, key)| KeyJson {
+            kind: kind_name(*kind),
+            key: text_of(key),
+            key_base64: BASE64.encode(key),
+        })
+        .collect();
+    Ok(Json(KeysJson { keys, next }))
 }
 
 async fn register(
@@ -884,7 +1038,7 @@ async fn counter(
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<CounterJson>, ApiError> {
     let value = st.handle.counter(check_key(key.clone(), "path")?).await?;
-    Ok(Json(CounterJson { key, value }))
+    Ok(Json(CounterJson { key, value: CounterValueJson(value) }))
 }
 
 #[derive(Deserialize)]
@@ -1058,8 +1212,27 @@ async fn events(
         None => None,
         Some(text) => Some(resolve_author(&st, &text).await?),
     };
-    let events = st.handle.events(EventQuery { author, after: params.after, limit }).await?;
-    Ok(Json(EventsJson { events: events.iter().map(EventSummaryJson::from).collect() }))
+    // One event more than the page holds says whether there is a next page.
+    let mut events = st.handle.events(EventQuery { author, after: params.after, limit: limit + 1 }).await?;
+    let next = if events.len() > limit {
+        let first_left = events[limit].seq;
+        events.truncate(limit);
+        match author {
+            Some(_) => {
+                // A seq cursor cannot resume inside a seq, which only an equivocator's events
+                // share: end the page before the seq that the limit cuts, unless that seq fills
+                // the whole page (the module documentation says so).
+                if events.first().is_some_and(|e| e.seq != first_left) {
+                    events.retain(|e| e.seq < first_left);
+                }
+                events.last().map(|e| e.seq)
+            }
+            None => Some(params.after.unwrap_or(0).saturating_add(events.len() as u64)),
+        }
+    } else {
+        None
+    };
+    Ok(Json(EventsJson { events: events.iter().map(EventSummaryJson::from).collect(), next }))
 }
 
 /// A member named by its key (64 hex digits) or its display name.
@@ -1085,7 +1258,7 @@ async fn event(
 ) -> Result<Json<EventJson>, ApiError> {
     let id = parse_event_id(&id)?;
     match st.handle.event(id).await? {
-        Some(info) => Ok(Json(EventJson::from(&info))),
+        Some(info) => Ok(Json(event_json(&info)?)),
         None => {
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no accepted event has id {id}")))
         }
@@ -1121,7 +1294,7 @@ struct ChangeJson {
 enum ChangeStateJson {
     Register(RegisterStateJson),
     Counter {
-        value: i128,
+        value: CounterValueJson,
     },
     Set {
         members: Vec<ValueJson>,
@@ -1144,7 +1317,9 @@ async fn change_state(st: &AppState, notice: &ChangeNotice) -> Result<ChangeStat
             let read = st.handle.register(key).await?;
             ChangeStateJson::Register(register_state_json(&read, &st.members().await?))
         }
-        KeyKind::Counter => ChangeStateJson::Counter { value: st.handle.counter(key).await? },
+        KeyKind::Counter => {
+            ChangeStateJson::Counter { value: CounterValueJson(st.handle.counter(key).await?) }
+        }
         KeyKind::Set => ChangeStateJson::Set { members: values_json(&st.handle.set_members(key).await?) },
     })
 }

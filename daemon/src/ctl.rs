@@ -1,6 +1,35 @@
 //! `cairnctl`, the admin CLI: one subcommand per API route, tables for people and `--json` for
 //! scripts, and `inspect`, which checks an event's or evidence's bytes offline. The binary
-//! (`src/bin/cairnctl.rs`) only calls [`run`] and prints the error.
+//! (`src/bin/cairnctl.rs`) only calls [`run`] and prints the error with [`error_line`].
+//!
+//! # Output
+//!
+//! Keys, values, set elements, names, messages and every other text that a member or the
+//! daemon chose can hold bytes that drive a terminal (`\e[2J` clears it). Human output
+//! therefore passes all of it through [`escape`]: control characters (C0, DEL and C1) and the
+//! invisible or bidirectional format characters (U+00AD, U+061C, U+180E, U+200B to U+200F,
+//! U+2028 to U+202E, U+2060 to U+206F, U+FEFF, U+FFF9 to U+FFFB, U+E0000 to U+E007F) are shown
+//! as `\n`, `\r`, `\t` or `\u{HEX}` (the code point in hex), and a backslash as `\\`, so that
+//! the escaped form reads back to exactly one text.
+//!
+//! Text and bytes never look alike: a key, value or element that is UTF-8 text is printed in
+//! double quotes (`"base64:/wA="`, with `"` inside escaped as `\"`), and bytes that are not
+//! UTF-8 as `base64:` and their base64 without quotes (`base64:/wA=`), which no quoted text
+//! can be. `--json` prints the daemon's JSON as it is (pretty-printed), escaped only as JSON
+//! escapes strings.
+//!
+//! # Input and limits
+//!
+//! Keys are 1 to [`KEY_BYTES_MAX`] bytes of UTF-8 text. Values and set elements are at most
+//! [`VALUE_BYTES_MAX`] bytes: text, base64 with `--base64`, the bytes of a file with
+//! `--file PATH`, or the bytes on stdin with `-`. One event (`batch`) carries 1 to [`OPS_MAX`]
+//! ops and at most [`EVENT_BYTES_MAX`] bytes. cairnctl checks its arguments against these
+//! before it asks the daemon, and names the size and the limit, never the oversized text.
+//!
+//! # Pages
+//!
+//! `keys` and `events` print one page; when there is more they say so on a last line with the
+//! `--after` that gets the next page.
 //!
 //! # Exit codes
 //!
@@ -8,30 +37,42 @@
 //! |---|---|
 //! | 0 | success (also when stdout is closed early, or `watch` is stopped with Ctrl-C) |
 //! | 1 | the daemon answered with an error, or could not be reached; a file could not be read |
-//! | 2 | usage error (clap) |
-//! | 3 | not found: `event ID` of an event the daemon does not hold |
+//! | 2 | usage error: a bad argument, also a key or value over its limit, text that is not UTF-8 where text is needed, `--json` with `metrics` |
+//! | 3 | not found: `get` of a register with no value, `members` of a set with no member, `counter` of a counter whose value is 0, `event ID` of an event the daemon does not hold |
 //! | 4 | `inspect`: the bytes are malformed, or a hash, signature or other check fails |
 //!
-//! `get` of a register with no value prints `(no value)` and exits 0.
+//! "Not found" is the empty state, since the document does not keep keys apart from their
+//! state: a register that was never written reads as one whose values were deleted, and the
+//! API answers 0 for a counter that no one incremented, as for one whose deltas cancel out.
+//! `get`, `members` and `counter` still print what they found (`(no value)`, `(no members)`,
+//! `0`, or the JSON with `--json`) before they exit 3.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use cairn_crypto::verify_strict;
 use cairn_protocol::codec::{self, CodecError};
 use cairn_protocol::event::ops_hash;
-use cairn_protocol::limits::OPS_MAX;
+use cairn_protocol::limits::{
+    EVENT_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX, OPS_MAX, VALUE_BYTES_MAX,
+};
 use cairn_protocol::{Event, Evidence, Op, SignedHeader};
 use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets};
 use hyper::{Method, StatusCode};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::api::{OpJson, REQUEST_BYTES_MAX, signed_header_json};
+use crate::api::{
+    CounterValueJson, EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX, KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX, OpJson,
+    REQUEST_BYTES_MAX, parse_key_cursor, signed_header_json,
+};
 use crate::client::{Client, ClientError, path_segment};
 
 /// The socket `cairnd` listens on by default.
@@ -43,26 +84,48 @@ pub const SOCKET_ENV: &str = "CAIRN_SOCKET";
 pub const EXIT_OK: u8 = 0;
 /// Exit code: the daemon answered with an error or could not be reached.
 pub const EXIT_ERROR: u8 = 1;
-/// Exit code: usage error (clap's own).
+/// Exit code: usage error (clap's own, or an argument over a limit or not UTF-8).
 pub const EXIT_USAGE: u8 = 2;
-/// Exit code: the event asked for is unknown.
+/// Exit code: not found (an empty register, set or counter, or an unknown event).
 pub const EXIT_NOT_FOUND: u8 = 3;
 /// Exit code: `inspect` found the bytes malformed or a check failing.
 pub const EXIT_INSPECT_FAILED: u8 = 4;
 
 /// The largest file `inspect` reads: hex text of the largest event, with line breaks, fits.
 const INSPECT_FILE_BYTES_MAX: usize = 1024 * 1024;
+const _: () = assert!(3 * EVENT_BYTES_MAX <= INSPECT_FILE_BYTES_MAX);
 
-const AFTER_HELP: &str = "\
-The socket is --socket PATH, else $CAIRN_SOCKET, else /run/cairn/cairnd.sock.
-Keys are UTF-8 text. Values and elements are text, or base64 with --base64.
+/// The longest `--author`: a member's key is 64 hex digits, its name at most
+/// [`MEMBER_NAME_BYTES_MAX`] bytes.
+const AUTHOR_BYTES_MAX: usize = if MEMBER_NAME_BYTES_MAX > 64 { MEMBER_NAME_BYTES_MAX } else { 64 };
+
+/// What `cairnctl --help` shows after the commands: the socket, the forms of input and output,
+/// the limits and the exit codes. Built from the constants, so the numbers cannot drift.
+fn after_help() -> String {
+    format!(
+        "\
+The socket is --socket PATH, else $CAIRN_SOCKET, else {DEFAULT_SOCKET}.
+
+Input: keys are UTF-8 text of 1 to {KEY_BYTES_MAX} bytes. A value or set element is at most {VALUE_BYTES_MAX}
+bytes: text, base64 with --base64, the bytes of a file with --file PATH, or the bytes on stdin
+with `-`. One event (batch) holds 1 to {OPS_MAX} ops and at most {EVENT_BYTES_MAX} bytes. `events` pages
+hold at most {EVENTS_LIMIT_MAX} events, `keys` pages at most {KEYS_LIMIT_MAX} keys; a last line names the next page.
+
+Output: text a member wrote is escaped: control and invisible format characters print as
+\\n, \\r, \\t or \\u{{HEX}}, a backslash as \\\\. Keys, values and elements that are UTF-8 print in
+double quotes (\"a \\\"b\\\"\"); bytes that are not print unquoted as base64:..., so the two never
+look alike. --json prints the daemon's JSON unchanged.
 
 Exit codes:
   0  success (also when stdout closes early, or watch is stopped with Ctrl-C)
   1  the daemon answered with an error or could not be reached; a file could not be read
-  2  usage error
-  3  not found: `event ID` of an event the daemon does not hold
-  4  inspect: the bytes are malformed, or a hash, signature or other check fails";
+  2  usage error: also a key or value over its limit, text that is not UTF-8, --json metrics
+  3  not found: get of a register with no value, members of a set with no member, counter
+     of a counter that is 0, `event ID` of an event the daemon does not hold (the first
+     three still print (no value), (no members), 0, or the JSON)
+  4  inspect: the bytes are malformed, or a hash, signature or other check fails"
+    )
+}
 
 /// cairnctl's command line.
 #[derive(Debug, Parser)]
@@ -70,13 +133,14 @@ Exit codes:
     name = "cairnctl",
     version,
     about = "Inspect and drive a cairnd node through its local API",
-    after_help = AFTER_HELP
+    after_help = after_help()
 )]
 pub struct Cli {
-    /// The daemon's API socket [env: CAIRN_SOCKET] [default: /run/cairn/cairnd.sock].
-    #[arg(long, global = true, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
-    /// Print machine output: the daemon's JSON as it is, pretty-printed (JSON lines for `watch`).
+    /// The daemon's API socket.
+    #[arg(long, global = true, value_name = "PATH", env = SOCKET_ENV, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Print machine output: the daemon's JSON as it is, pretty-printed (JSON lines for `watch`,
+    /// the report for `inspect`).
     #[arg(long, global = true)]
     pub json: bool,
     /// What to do.
@@ -95,6 +159,11 @@ pub enum Kind {
     Set,
 }
 
+/// Rejects `--socket` where it means nothing: `inspect` reads files, not the daemon.
+fn offline_socket(_: &str) -> Result<PathBuf, String> {
+    Err("inspect works offline and uses no socket".to_owned())
+}
+
 /// cairnctl's subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -102,30 +171,36 @@ pub enum Command {
     Status,
     /// Every other member: address, connection state, round trip, counters.
     Peers,
-    /// A register's value, and its concurrent values (siblings) if there are several.
+    /// A register's value, and its concurrent values (siblings) if there are several. Exits 3
+    /// if it has no value.
     Get {
         /// The register's key.
-        key: String,
+        key: OsString,
     },
     /// Writes a register; returns once the event is on disk on this node.
     Put {
         /// The register's key.
-        key: String,
-        /// The value (text, or base64 with --base64).
-        value: String,
+        key: OsString,
+        /// The value: text, base64 with --base64, or `-` for the bytes on stdin (the text `-`
+        /// itself is `--base64 LQ==`).
+        #[arg(required_unless_present = "file")]
+        value: Option<OsString>,
         /// VALUE is base64 of arbitrary bytes.
         #[arg(long)]
         base64: bool,
+        /// Writes the bytes of this file, as they are, instead of VALUE.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["value", "base64"])]
+        file: Option<PathBuf>,
     },
     /// Deletes a register's values.
     Del {
         /// The register's key.
-        key: String,
+        key: OsString,
     },
     /// Adds a signed delta to a counter (`incr hits -5`, `incr hits -- -5` or `incr hits --delta -5`).
     Incr {
         /// The counter's key.
-        key: String,
+        key: OsString,
         /// The amount to add; negative to subtract.
         #[arg(value_name = "DELTA", allow_negative_numbers = true, required_unless_present = "delta")]
         amount: Option<i64>,
@@ -133,41 +208,60 @@ pub enum Command {
         #[arg(long, value_name = "DELTA", allow_negative_numbers = true, conflicts_with = "amount")]
         delta: Option<i64>,
     },
-    /// A counter's value.
+    /// A counter's value. Exits 3 if it is 0.
     Counter {
         /// The counter's key.
-        key: String,
+        key: OsString,
     },
     /// Adds an element to a set.
     Sadd {
         /// The set's key.
-        key: String,
-        /// The element (text, or base64 with --base64).
-        element: String,
+        key: OsString,
+        /// The element: text, base64 with --base64, or `-` for the bytes on stdin.
+        #[arg(required_unless_present = "file")]
+        element: Option<OsString>,
         /// ELEMENT is base64 of arbitrary bytes.
         #[arg(long)]
         base64: bool,
+        /// Adds the bytes of this file, as they are, instead of ELEMENT.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["element", "base64"])]
+        file: Option<PathBuf>,
     },
     /// Removes an element from a set (the adds this node has seen; a concurrent add wins).
     Srem {
         /// The set's key.
-        key: String,
-        /// The element (text, or base64 with --base64).
-        element: String,
+        key: OsString,
+        /// The element: text, base64 with --base64, or `-` for the bytes on stdin.
+        #[arg(required_unless_present = "file")]
+        element: Option<OsString>,
         /// ELEMENT is base64 of arbitrary bytes.
         #[arg(long)]
         base64: bool,
+        /// Removes the bytes of this file, as they are, instead of ELEMENT.
+        #[arg(long, value_name = "PATH", conflicts_with_all = ["element", "base64"])]
+        file: Option<PathBuf>,
     },
-    /// A set's members.
+    /// A set's members. Exits 3 if it has none.
     Members {
         /// The set's key.
-        key: String,
+        key: OsString,
     },
-    /// The keys with a value, of one kind or all.
+    /// The keys with a value, of one kind or all, one page at a time.
     Keys {
         /// Only keys of this kind.
         #[arg(long, value_enum)]
         kind: Option<Kind>,
+        /// Starts after this cursor: the one the previous page named.
+        #[arg(long, value_name = "CURSOR")]
+        after: Option<String>,
+        // The help names the limits from their constants, which a doc comment cannot.
+        #[arg(
+            long,
+            value_name = "N",
+            value_parser = clap::value_parser!(u64).range(1..=KEYS_LIMIT_MAX as u64),
+            help = format!("At most N keys: 1 to {KEYS_LIMIT_MAX}; the daemon's default is {KEYS_LIMIT_DEFAULT}")
+        )]
+        limit: Option<u64>,
     },
     /// Writes several ops as one event, atomically, from a JSON file (`-` for stdin).
     ///
@@ -179,7 +273,7 @@ pub enum Command {
         /// The JSON file, or `-` for stdin.
         file: PathBuf,
     },
-    /// Accepted events, oldest first.
+    /// Accepted events, oldest first, one page at a time.
     Events {
         /// Only this member's events: its key (64 hex digits) or its name.
         #[arg(long)]
@@ -187,22 +281,32 @@ pub enum Command {
         /// With --author: events with a seq above N; otherwise events accepted after position N.
         #[arg(long, value_name = "N")]
         after: Option<u64>,
-        /// At most N events (1 to 1000; the daemon's default is 100).
-        #[arg(long, value_name = "N")]
-        limit: Option<usize>,
+        // The help names the limits from their constants, which a doc comment cannot.
+        #[arg(
+            long,
+            value_name = "N",
+            value_parser = clap::value_parser!(u64).range(1..=EVENTS_LIMIT_MAX as u64),
+            help = format!("At most N events: 1 to {EVENTS_LIMIT_MAX}; the daemon's default is {EVENTS_LIMIT_DEFAULT}")
+        )]
+        limit: Option<u64>,
     },
-    /// One accepted event, with its ops.
+    /// One accepted event, with its ops. Exits 3 if the daemon does not hold it.
     Event {
         /// The event id (64 hex digits).
         id: String,
+        /// Prints the event's canonical bytes as hex, for `cairnctl inspect event -`.
+        #[arg(long)]
+        raw: bool,
     },
     /// Equivocation evidence: members proved to have signed two events with the same seq.
     Evidence,
     /// Prints each change to the document as it is applied, until Ctrl-C.
     Watch,
-    /// The daemon's metrics in OpenMetrics text.
+    /// The daemon's metrics in OpenMetrics text (there is no JSON form: --json is refused).
     Metrics,
     /// Checks an event's or evidence's bytes offline, without a daemon.
+    // A local `--socket`, hidden and refused, keeps the global one out of inspect's help.
+    #[command(arg = clap::Arg::new("socket").long("socket").hide(true).value_parser(offline_socket))]
     Inspect {
         /// What the file holds.
         #[command(subcommand)]
@@ -215,7 +319,8 @@ pub enum Command {
 pub enum Inspect {
     /// An encoded event: is it well formed, does its ops hash match, does its signature hold?
     Event {
-        /// The raw canonical bytes, or hex text of them; `-` for stdin.
+        /// The raw canonical bytes, or hex text of them (such as `cairnctl event ID --raw`
+        /// prints); `-` for stdin.
         file: PathBuf,
     },
     /// Encoded evidence: is it well formed, and does it prove an equivocation?
@@ -230,9 +335,21 @@ pub enum Inspect {
 #[error("{0}")]
 pub struct NotFound(String);
 
+/// A bad argument found after parsing (over a limit, not UTF-8, not a cursor): exit code
+/// [`EXIT_USAGE`], as clap's own usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(String);
+
 /// The exit code for an error from [`run`].
 pub fn exit_code(error: &anyhow::Error) -> u8 {
-    if error.chain().any(|cause| cause.is::<NotFound>()) { EXIT_NOT_FOUND } else { EXIT_ERROR }
+    if error.chain().any(|cause| cause.is::<NotFound>()) {
+        EXIT_NOT_FOUND
+    } else if error.chain().any(|cause| cause.is::<Usage>()) {
+        EXIT_USAGE
+    } else {
+        EXIT_ERROR
+    }
 }
 
 /// Whether `error` is a write to a closed pipe (`cairnctl events | head`): not a failure.
@@ -240,6 +357,12 @@ pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error
         .chain()
         .any(|cause| cause.downcast_ref::<io::Error>().is_some_and(|e| e.kind() == io::ErrorKind::BrokenPipe))
+}
+
+/// The line the binary prints for an error from [`run`]: the whole context chain, escaped,
+/// since it can quote what the daemon or a file said.
+pub fn error_line(error: &anyhow::Error) -> String {
+    format!("cairnctl: {}", escape(&format!("{error:#}"), false))
 }
 
 /// Runs cairnctl with `args` (the program name first). Usage errors print clap's message and
@@ -256,16 +379,14 @@ where
         // Offline: no socket, no runtime.
         Command::Inspect { what } => inspect(&mut out, what)?,
         command => {
-            let socket = cli
-                .socket
-                .or_else(|| std::env::var_os(SOCKET_ENV).filter(|s| !s.is_empty()).map(PathBuf::from))
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
-            let client = Client::new(socket);
+            // Arguments are checked before anything is asked of the daemon.
+            let request = Request::new(command, cli.json)?;
+            let client = Client::new(cli.socket);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(online(&client, &mut out, command))?
+            runtime.block_on(online(&client, &mut out, request))?
         }
     };
     out.writer.flush()?;
@@ -312,176 +433,390 @@ impl Output {
     }
 }
 
-// ---- rendering JSON values ------------------------------------------------------------------
+// ---- escaping and rendering JSON values -----------------------------------------------------
 
-/// A field as text: strings as they are, `null` or missing as `-`, anything else as JSON.
+/// Whether `c` is escaped by [`escape`] as `\u{HEX}`: a control character (C0, DEL, C1; a
+/// terminal acts on them, and C1's U+009B starts a control sequence like `\e[`), or a format
+/// character that is invisible or reorders text (bidirectional overrides and isolates, zero
+/// widths, tags), with which one text can pass for another.
+fn is_unprintable(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{061C}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+}
+
+/// `text` as human output shows every text it did not write itself: `\n`, `\r` and `\t` for
+/// those three, `\u{HEX}` for the other control characters and the invisible or reordering
+/// format characters (the module documentation lists them), `\\` for a backslash. `quoted` puts the text in double quotes and escapes a `"` inside as `\"`. The
+/// escaped form reads back to exactly one text and holds nothing a terminal acts on.
+pub fn escape(text: &str, quoted: bool) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    if quoted {
+        out.push('"');
+    }
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' if quoted => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if is_unprintable(c) => {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    if quoted {
+        out.push('"');
+    }
+    out
+}
+
+/// A field as text: strings escaped, `null` or missing as `-`, anything else as JSON.
 fn field(value: &Value, name: &str) -> String {
     match value.get(name) {
         None | Some(Value::Null) => "-".to_owned(),
-        Some(Value::String(text)) => text.clone(),
-        Some(other) => other.to_string(),
+        Some(Value::String(text)) => escape(text, false),
+        Some(other) => escape(&other.to_string(), false),
     }
 }
 
-/// Bytes shown by the API as `name` (text or null) and `name_base64`: the text, or `base64:…`.
+/// Bytes shown by the API as `name` (text or null) and `name_base64`: the text quoted and
+/// escaped, or `base64:…` without quotes when they are not UTF-8 (the module documentation
+/// says why the two cannot be confused).
 fn bytes_field(value: &Value, name: &str) -> String {
     match (
         value.get(name).and_then(Value::as_str),
         value.get(format!("{name}_base64")).and_then(Value::as_str),
     ) {
-        (Some(text), _) => text.to_owned(),
-        (None, Some(encoded)) => format!("base64:{encoded}"),
+        (Some(text), _) => escape(text, true),
+        (None, Some(encoded)) => format!("base64:{}", escape(encoded, false)),
         (None, None) => "-".to_owned(),
     }
 }
 
-/// Like [`bytes_field`], quoted for a line of `watch` (so that spaces and empty text show).
-fn quoted_bytes(value: &Value, name: &str) -> String {
-    match value.get(name).and_then(Value::as_str) {
-        Some(text) => format!("{text:?}"),
-        None => bytes_field(value, name),
-    }
-}
-
+/// The first 16 characters of an id or key, for a narrow column.
 fn short(id: &str) -> String {
-    if id.len() > 16 { format!("{}…", &id[..16]) } else { id.to_owned() }
+    let mut chars = id.chars();
+    let head: String = chars.by_ref().take(16).collect();
+    if chars.next().is_some() { format!("{head}…") } else { head }
 }
 
 fn array<'a>(value: &'a Value, name: &str) -> &'a [Value] {
     value.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
 }
 
+/// `n` and the noun in the right number: `1 member`, `2 members`.
+fn plural(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// A count field with its noun, as [`plural`]; `-` and the plural if the field is missing.
+fn count_field(value: &Value, name: &str, one: &str, many: &str) -> String {
+    match value.get(name).and_then(Value::as_u64) {
+        Some(n) => plural(n, one, many),
+        None => format!("{} {many}", field(value, name)),
+    }
+}
+
+// ---- checking arguments ---------------------------------------------------------------------
+
+/// A key argument as the API takes it: UTF-8 text of 1 to [`KEY_BYTES_MAX`] bytes. The error
+/// names the size, never the key, which may be huge.
+fn key_arg(key: &OsStr) -> Result<String, Usage> {
+    let Some(key) = key.to_str() else {
+        return Err(Usage(
+            "the key is not UTF-8: keys are UTF-8 text (values and set elements may be any bytes: \
+             see --base64 and --file)"
+                .to_owned(),
+        ));
+    };
+    if key.is_empty() {
+        return Err(Usage(format!("the key is empty; give 1 to {KEY_BYTES_MAX} bytes of UTF-8 text")));
+    }
+    if key.len() > KEY_BYTES_MAX {
+        return Err(Usage(format!("the key is {} bytes, over the limit of {KEY_BYTES_MAX}", key.len())));
+    }
+    Ok(key.to_owned())
+}
+
+/// A value or element as the API takes it: `text` or `base64` (the field name's two forms).
+#[derive(Debug, PartialEq, Eq)]
+enum Payload {
+    Text(String),
+    Base64(String),
+}
+
+impl Payload {
+    /// The JSON body field for `name` (`value` or `element`).
+    fn body(&self, name: &str) -> Value {
+        match self {
+            Self::Text(text) => json!({ name: text }),
+            Self::Base64(encoded) => json!({ format!("{name}_base64"): encoded }),
+        }
+    }
+}
+
+/// A value or element from its argument (`-` for stdin) or `--file`, checked against
+/// [`VALUE_BYTES_MAX`]. `what` names it in errors (`value`, `element`).
+fn payload_arg(
+    what: &str,
+    argument: Option<&OsStr>,
+    base64: bool,
+    file: Option<&Path>,
+) -> anyhow::Result<Payload> {
+    let over = |n: usize| Usage(format!("the {what} is {n} bytes, over the limit of {VALUE_BYTES_MAX}"));
+    let from_file = match (argument, file) {
+        (_, Some(file)) => Some(file),
+        (Some(argument), None) if argument == "-" => {
+            if base64 {
+                return Err(Usage(format!(
+                    "`-` reads the {what}'s bytes from stdin as they are; drop --base64"
+                ))
+                .into());
+            }
+            Some(Path::new("-"))
+        }
+        _ => None,
+    };
+    if let Some(file) = from_file {
+        let bytes = read_limited(file, VALUE_BYTES_MAX)?.ok_or_else(|| {
+            let source = if file == Path::new("-") { "stdin".to_owned() } else { file.display().to_string() };
+            Usage(format!("{source}: the {what} is over the limit of {VALUE_BYTES_MAX} bytes"))
+        })?;
+        return Ok(Payload::Base64(BASE64.encode(bytes)));
+    }
+    let Some(argument) = argument else {
+        // clap requires the argument unless --file is given.
+        return Err(Usage(format!("give the {what}, `-` for stdin, or --file PATH")).into());
+    };
+    let Some(text) = argument.to_str() else {
+        return Err(Usage(format!(
+            "the {what} is not UTF-8 text: give bytes as base64 with --base64, from a file with \
+             --file PATH, or on stdin with `-`"
+        ))
+        .into());
+    };
+    if base64 {
+        let bytes = BASE64.decode(text).map_err(|e| {
+            Usage(format!(
+                "the {what} is not valid base64 ({e}); --base64 takes standard base64 with padding"
+            ))
+        })?;
+        if bytes.len() > VALUE_BYTES_MAX {
+            return Err(over(bytes.len()).into());
+        }
+        return Ok(Payload::Base64(text.to_owned()));
+    }
+    if text.len() > VALUE_BYTES_MAX {
+        return Err(over(text.len()).into());
+    }
+    Ok(Payload::Text(text.to_owned()))
+}
+
+/// An event id argument: 64 hex digits.
+fn event_id_arg(id: &str) -> Result<String, Usage> {
+    if id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(Usage(format!("an event id is 64 hex digits; got {} characters", id.chars().count())))
+    }
+}
+
+/// A command with its arguments checked: what to ask the daemon and how to show the answer.
+#[derive(Debug)]
+enum Request {
+    Status,
+    Peers,
+    Get { key: String },
+    Put { key: String, value: Payload },
+    Del { key: String },
+    Incr { key: String, delta: i64 },
+    Counter { key: String },
+    SetWrite { key: String, action: &'static str, element: Payload },
+    Members { key: String },
+    Keys { query: String },
+    Batch { file: PathBuf },
+    Events { query: String },
+    Event { id: String, raw: bool },
+    Evidence,
+    Watch,
+    Metrics,
+}
+
+impl Request {
+    /// Checks `command`'s arguments; `json` is whether `--json` was given.
+    fn new(command: Command, json: bool) -> anyhow::Result<Self> {
+        Ok(match command {
+            Command::Status => Self::Status,
+            Command::Peers => Self::Peers,
+            Command::Get { key } => Self::Get { key: key_arg(&key)? },
+            Command::Put { key, value, base64, file } => Self::Put {
+                key: key_arg(&key)?,
+                value: payload_arg("value", value.as_deref(), base64, file.as_deref())?,
+            },
+            Command::Del { key } => Self::Del { key: key_arg(&key)? },
+            Command::Incr { key, amount, delta } => {
+                let Some(delta) = amount.or(delta) else {
+                    bail!(Usage("give the amount: `incr KEY DELTA` or `--delta DELTA`".to_owned()))
+                };
+                Self::Incr { key: key_arg(&key)?, delta }
+            }
+            Command::Counter { key } => Self::Counter { key: key_arg(&key)? },
+            Command::Sadd { key, element, base64, file } => Self::SetWrite {
+                key: key_arg(&key)?,
+                action: "add",
+                element: payload_arg("element", element.as_deref(), base64, file.as_deref())?,
+            },
+            Command::Srem { key, element, base64, file } => Self::SetWrite {
+                key: key_arg(&key)?,
+                action: "remove",
+                element: payload_arg("element", element.as_deref(), base64, file.as_deref())?,
+            },
+            Command::Members { key } => Self::Members { key: key_arg(&key)? },
+            Command::Keys { kind, after, limit } => {
+                let mut query = Vec::new();
+                match kind {
+                    None => {}
+                    Some(Kind::Register) => query.push("kind=register".to_owned()),
+                    Some(Kind::Counter) => query.push("kind=counter".to_owned()),
+                    Some(Kind::Set) => query.push("kind=set".to_owned()),
+                }
+                if let Some(after) = after {
+                    parse_key_cursor(&after).map_err(|e| Usage(format!("--{e}")))?;
+                    query.push(format!("after={}", path_segment(&after)));
+                }
+                if let Some(limit) = limit {
+                    query.push(format!("limit={limit}"));
+                }
+                Self::Keys { query: query_string(&query) }
+            }
+            Command::Batch { file } => Self::Batch { file },
+            Command::Events { author, after, limit } => {
+                let mut query = Vec::new();
+                if let Some(author) = author {
+                    if author.is_empty() || author.len() > AUTHOR_BYTES_MAX {
+                        bail!(Usage(format!(
+                            "--author is {} bytes: give a member's key (64 hex digits) or its name (1 to \
+                             {MEMBER_NAME_BYTES_MAX} bytes)",
+                            author.len()
+                        )));
+                    }
+                    query.push(format!("author={}", path_segment(&author)));
+                }
+                if let Some(after) = after {
+                    query.push(format!("after={after}"));
+                }
+                if let Some(limit) = limit {
+                    query.push(format!("limit={limit}"));
+                }
+                Self::Events { query: query_string(&query) }
+            }
+            Command::Event { id, raw } => {
+                if raw && json {
+                    bail!(Usage(
+                        "give --raw or --json, not both: --raw prints the event's bytes as hex, \
+                         --json the daemon's JSON (which holds them as encoded_hex)"
+                            .to_owned()
+                    ));
+                }
+                Self::Event { id: event_id_arg(&id)?, raw }
+            }
+            Command::Evidence => Self::Evidence,
+            Command::Watch => Self::Watch,
+            Command::Metrics => {
+                if json {
+                    bail!(Usage(
+                        "the metrics are OpenMetrics text and have no JSON form; run `cairnctl metrics` \
+                         without --json"
+                            .to_owned()
+                    ));
+                }
+                Self::Metrics
+            }
+            Command::Inspect { .. } => {
+                // `run` sends inspect down its own offline path; nothing calls this with it.
+                bail!(Usage("inspect works offline; it is no request to the daemon".to_owned()))
+            }
+        })
+    }
+}
+
+fn query_string(parts: &[String]) -> String {
+    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+}
+
 // ---- commands that talk to the daemon -------------------------------------------------------
 
-#[derive(Serialize)]
-struct ValueBody {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    value_base64: Option<String>,
+/// The exit code for an answer that may be empty: [`EXIT_NOT_FOUND`] if it is.
+fn found(empty: bool) -> u8 {
+    if empty { EXIT_NOT_FOUND } else { EXIT_OK }
 }
 
-#[derive(Serialize)]
-struct ElementBody {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    element: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    element_base64: Option<String>,
-}
-
-/// A counter as the API sends it; parsed directly so that an i128 beyond `i64` stays exact.
-#[derive(Deserialize, Serialize)]
-struct CounterAnswer {
-    key: String,
-    value: i128,
-}
-
-async fn online(client: &Client, out: &mut Output, command: Command) -> anyhow::Result<u8> {
-    match command {
-        Command::Status => status(out, &client.get_json("/v1/status").await?)?,
-        Command::Peers => peers(out, &client.get_json("/v1/peers").await?)?,
-        Command::Get { key } => {
-            register(out, &client.get_json(&format!("/v1/registers/{}", path_segment(&key))).await?)?
+async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::Result<u8> {
+    match request {
+        Request::Status => status(out, &client.get_json("/v1/status").await?)?,
+        Request::Peers => peers(out, &client.get_json("/v1/peers").await?)?,
+        Request::Get { key } => {
+            return register(out, &client.get_json(&format!("/v1/registers/{}", path_segment(&key))).await?);
         }
-        Command::Put { key, value, base64 } => {
-            let body = if base64 {
-                ValueBody { value: None, value_base64: Some(value) }
-            } else {
-                ValueBody { value: Some(value), value_base64: None }
-            };
+        Request::Put { key, value } => {
             let path = format!("/v1/registers/{}", path_segment(&key));
-            ack(out, &client.send_json(Method::PUT, &path, &body).await?)?;
+            ack(out, &client.send_json(Method::PUT, &path, &value.body("value")).await?)?;
         }
-        Command::Del { key } => {
+        Request::Del { key } => {
             let path = format!("/v1/registers/{}", path_segment(&key));
             ack(out, &client.request_json(Method::DELETE, &path, None::<&()>).await?)?;
         }
-        Command::Incr { key, amount, delta } => {
-            let Some(delta) = amount.or(delta) else {
-                bail!("give the amount: `incr KEY DELTA` or `--delta DELTA`")
-            };
+        Request::Incr { key, delta } => {
             let path = format!("/v1/counters/{}/incr", path_segment(&key));
             ack(out, &client.send_json(Method::POST, &path, &json!({ "delta": delta })).await?)?;
         }
-        Command::Counter { key } => {
-            let path = format!("/v1/counters/{}", path_segment(&key));
-            let counter: CounterAnswer = client.request_json(Method::GET, &path, None::<&()>).await?;
-            if out.json {
-                out.print_json(&counter)?;
-            } else {
-                out.line(counter.value)?;
-            }
+        Request::Counter { key } => {
+            return counter(out, &client.get_json(&format!("/v1/counters/{}", path_segment(&key))).await?);
         }
-        Command::Sadd { key, element, base64 } => {
-            ack(out, &set_write(client, &key, "add", element, base64).await?)?;
+        Request::SetWrite { key, action, element } => {
+            let path = format!("/v1/sets/{}/{action}", path_segment(&key));
+            ack(out, &client.send_json(Method::POST, &path, &element.body("element")).await?)?;
         }
-        Command::Srem { key, element, base64 } => {
-            ack(out, &set_write(client, &key, "remove", element, base64).await?)?;
+        Request::Members { key } => {
+            return members(out, &client.get_json(&format!("/v1/sets/{}", path_segment(&key))).await?);
         }
-        Command::Members { key } => {
-            members(out, &client.get_json(&format!("/v1/sets/{}", path_segment(&key))).await?)?;
-        }
-        Command::Keys { kind } => {
-            let query = match kind {
-                None => "",
-                Some(Kind::Register) => "?kind=register",
-                Some(Kind::Counter) => "?kind=counter",
-                Some(Kind::Set) => "?kind=set",
-            };
-            keys(out, &client.get_json(&format!("/v1/keys{query}")).await?)?;
-        }
-        Command::Batch { file } => {
+        Request::Keys { query } => keys(out, &client.get_json(&format!("/v1/keys{query}")).await?)?,
+        Request::Batch { file } => {
             let body = batch_body(&file)?;
             ack(out, &client.send_json(Method::POST, "/v1/batch", &body).await?)?;
         }
-        Command::Events { author, after, limit } => {
-            let mut query = Vec::new();
-            if let Some(author) = author {
-                query.push(format!("author={}", path_segment(&author)));
+        Request::Events { query } => events(out, &client.get_json(&format!("/v1/events{query}")).await?)?,
+        Request::Event { id, raw } => match client.get_json(&format!("/v1/events/{id}")).await {
+            Ok(value) if raw => event_bytes(out, &value)?,
+            Ok(value) => event(out, &value)?,
+            Err(ClientError::Http { status: StatusCode::NOT_FOUND, message, .. }) => {
+                return Err(NotFound(message).into());
             }
-            if let Some(after) = after {
-                query.push(format!("after={after}"));
-            }
-            if let Some(limit) = limit {
-                query.push(format!("limit={limit}"));
-            }
-            let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
-            events(out, &client.get_json(&format!("/v1/events{query}")).await?)?;
-        }
-        Command::Event { id } => {
-            let answer = client.get_json(&format!("/v1/events/{}", path_segment(&id))).await;
-            match answer {
-                Ok(value) => event(out, &value)?,
-                Err(ClientError::Http { status: StatusCode::NOT_FOUND, message, .. }) => {
-                    return Err(NotFound(message).into());
-                }
-                Err(error) => return Err(error.into()),
-            }
-        }
-        Command::Evidence => evidence(out, &client.get_json("/v1/evidence").await?)?,
-        Command::Watch => return watch(client, out).await,
-        Command::Metrics => {
+            Err(error) => return Err(error.into()),
+        },
+        Request::Evidence => evidence(out, &client.get_json("/v1/evidence").await?)?,
+        Request::Watch => return watch(client, out).await,
+        Request::Metrics => {
+            // The daemon's own text, which it built from names and numbers alone.
             let text = client.get_text("/v1/metrics").await?;
             out.writer.write_all(text.as_bytes())?;
         }
-        Command::Inspect { what } => return inspect(out, what),
     }
     Ok(EXIT_OK)
-}
-
-async fn set_write(
-    client: &Client,
-    key: &str,
-    action: &str,
-    element: String,
-    base64: bool,
-) -> Result<Value, ClientError> {
-    let body = if base64 {
-        ElementBody { element: None, element_base64: Some(element) }
-    } else {
-        ElementBody { element: Some(element), element_base64: None }
-    };
-    client.send_json(Method::POST, &format!("/v1/sets/{}/{action}", path_segment(key)), &body).await
 }
 
 /// The batch file as the API's body: `{"ops": [...]}`, or a bare list wrapped in one.
@@ -511,13 +846,20 @@ fn ack(out: &mut Output, ack: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `status` says under its table about the two digests, which look alike.
+const DIGESTS_NOTE: &str = "\
+Compare the document digest between nodes: it hashes the visible data, which the accepted
+events decide, so nodes that hold the same events show the same one. The sync digest hashes
+each author's newest accepted events and the evidence; peers exchange it to see whether they
+need to sync, and it differs while events or evidence are still on their way.";
+
 fn status(out: &mut Output, status: &Value) -> anyhow::Result<()> {
     if out.json {
         return out.print_json(status);
     }
     let mut table = out.table(&[]);
     let writes = match status.get("writes_refused").and_then(Value::as_str) {
-        Some(reason) => format!("REFUSED: {reason}"),
+        Some(reason) => format!("REFUSED: {}", escape(reason, false)),
         None => "accepted".to_owned(),
     };
     table.add_row(vec!["name".to_owned(), field(status, "name")]);
@@ -530,8 +872,8 @@ fn status(out: &mut Output, status: &Value) -> anyhow::Result<()> {
     table.add_row(vec![
         "causal buffer".to_owned(),
         format!(
-            "{} events, {} of {} bytes",
-            field(status, "buffer_events"),
+            "{}, {} of {} bytes",
+            count_field(status, "buffer_events", "event", "events"),
             field(status, "buffer_bytes"),
             field(status, "buffer_bytes_max")
         ),
@@ -540,9 +882,10 @@ fn status(out: &mut Output, status: &Value) -> anyhow::Result<()> {
         "peers".to_owned(),
         format!("{} of {} connected", field(status, "n_peers_connected"), field(status, "n_peers")),
     ]);
-    table.add_row(vec!["digest".to_owned(), field(status, "digest")]);
+    table.add_row(vec!["document digest".to_owned(), field(status, "digest")]);
     table.add_row(vec!["sync digest".to_owned(), field(status, "sync_digest")]);
     out.print_table(&table)?;
+    out.line(DIGESTS_NOTE)?;
     Ok(())
 }
 
@@ -571,7 +914,7 @@ fn peers(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
         let rejected: u64 = stats
             .get("rejected")
             .and_then(Value::as_object)
-            .map(|m| m.values().filter_map(Value::as_u64).sum())
+            .map(|m| m.values().filter_map(Value::as_u64).fold(0, u64::saturating_add))
             .unwrap_or(0);
         let last_seen = match peer.get("last_seen_ms_ago").and_then(Value::as_u64) {
             Some(ms) => format!("{:.1} s ago", ms as f64 / 1000.0),
@@ -597,13 +940,16 @@ fn peers(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn register(out: &mut Output, read: &Value) -> anyhow::Result<()> {
+/// `get`: the value and the siblings; [`EXIT_NOT_FOUND`] if there is no value.
+fn register(out: &mut Output, read: &Value) -> anyhow::Result<u8> {
+    let empty = read.get("value_base64").is_none_or(Value::is_null);
     if out.json {
-        return out.print_json(read);
+        out.print_json(read)?;
+        return Ok(found(empty));
     }
-    if read.get("value_base64").is_none_or(Value::is_null) {
+    if empty {
         out.line("(no value)")?;
-        return Ok(());
+        return Ok(EXIT_NOT_FOUND);
     }
     out.line(bytes_field(read, "value"))?;
     let siblings = array(read, "siblings");
@@ -616,7 +962,7 @@ fn register(out: &mut Output, read: &Value) -> anyhow::Result<()> {
         let mut table = out.table(&["VALUE", "AUTHOR", "LAMPORT", "EVENT"]);
         for sibling in siblings {
             let author = match sibling.get("author_name").and_then(Value::as_str) {
-                Some(name) => name.to_owned(),
+                Some(name) => escape(name, false),
                 None => short(&field(sibling, "author")),
             };
             table.add_row(vec![
@@ -628,21 +974,40 @@ fn register(out: &mut Output, read: &Value) -> anyhow::Result<()> {
         }
         out.print_table(&table)?;
     }
-    Ok(())
+    Ok(EXIT_OK)
 }
 
-fn members(out: &mut Output, set: &Value) -> anyhow::Result<()> {
+/// `counter`: the value; [`EXIT_NOT_FOUND`] if it is 0.
+fn counter(out: &mut Output, answer: &Value) -> anyhow::Result<u8> {
+    let Some(CounterValueJson(value)) = answer.get("value").and_then(CounterValueJson::from_json) else {
+        return Err(ClientError::BadResponse(
+            "the counter's value is neither an integer nor its digits".into(),
+        )
+        .into());
+    };
     if out.json {
-        return out.print_json(set);
+        out.print_json(answer)?;
+    } else {
+        out.line(value)?;
     }
+    Ok(found(value == 0))
+}
+
+/// `members`: one per line; [`EXIT_NOT_FOUND`] if there are none.
+fn members(out: &mut Output, set: &Value) -> anyhow::Result<u8> {
     let members = array(set, "members");
+    if out.json {
+        out.print_json(set)?;
+        return Ok(found(members.is_empty()));
+    }
     if members.is_empty() {
         out.line("(no members)")?;
+        return Ok(EXIT_NOT_FOUND);
     }
     for member in members {
         out.line(bytes_field(member, "value"))?;
     }
-    Ok(())
+    Ok(EXIT_OK)
 }
 
 fn keys(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
@@ -652,13 +1017,16 @@ fn keys(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
     let keys = array(answer, "keys");
     if keys.is_empty() {
         out.line("(no keys)")?;
-        return Ok(());
+    } else {
+        let mut table = out.table(&["KIND", "KEY"]);
+        for key in keys {
+            table.add_row(vec![field(key, "kind"), bytes_field(key, "key")]);
+        }
+        out.print_table(&table)?;
     }
-    let mut table = out.table(&["KIND", "KEY"]);
-    for key in keys {
-        table.add_row(vec![field(key, "kind"), bytes_field(key, "key")]);
+    if answer.get("next").is_some_and(|next| !next.is_null()) {
+        out.line(format_args!("more keys follow: for the next page add --after {}", field(answer, "next")))?;
     }
-    out.print_table(&table)?;
     Ok(())
 }
 
@@ -669,23 +1037,29 @@ fn events(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
     let events = array(answer, "events");
     if events.is_empty() {
         out.line("(no events)")?;
-        return Ok(());
+    } else {
+        let mut table = out.table(&["ID", "AUTHOR", "SEQ", "LAMPORT", "DEPS", "OPS", "BYTES", "EXCLUDED"]);
+        for event in events {
+            table.add_row(vec![
+                field(event, "id"),
+                field(event, "author_name"),
+                field(event, "seq"),
+                field(event, "lamport"),
+                field(event, "n_deps"),
+                field(event, "n_ops"),
+                field(event, "size"),
+                if event.get("excluded").and_then(Value::as_bool) == Some(true) { "yes" } else { "no" }
+                    .to_owned(),
+            ]);
+        }
+        out.print_table(&table)?;
     }
-    let mut table = out.table(&["ID", "AUTHOR", "SEQ", "LAMPORT", "DEPS", "OPS", "BYTES", "EXCLUDED"]);
-    for event in events {
-        table.add_row(vec![
-            field(event, "id"),
-            field(event, "author_name"),
-            field(event, "seq"),
-            field(event, "lamport"),
-            field(event, "n_deps"),
-            field(event, "n_ops"),
-            field(event, "size"),
-            if event.get("excluded").and_then(Value::as_bool) == Some(true) { "yes" } else { "no" }
-                .to_owned(),
-        ]);
+    if answer.get("next").is_some_and(|next| !next.is_null()) {
+        out.line(format_args!(
+            "more events follow: for the next page add --after {}",
+            field(answer, "next")
+        ))?;
     }
-    out.print_table(&table)?;
     Ok(())
 }
 
@@ -706,7 +1080,8 @@ fn event(out: &mut Output, event: &Value) -> anyhow::Result<()> {
         return out.print_json(event);
     }
     let mut table = out.table(&[]);
-    let deps = array(event, "deps").iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n");
+    let deps =
+        array(event, "deps").iter().filter_map(Value::as_str).map(|d| escape(d, false)).collect::<Vec<_>>();
     table.add_row(vec!["id".to_owned(), field(event, "id")]);
     table.add_row(vec![
         "author".to_owned(),
@@ -714,7 +1089,10 @@ fn event(out: &mut Output, event: &Value) -> anyhow::Result<()> {
     ]);
     table.add_row(vec!["seq".to_owned(), field(event, "seq")]);
     table.add_row(vec!["lamport".to_owned(), field(event, "lamport")]);
-    table.add_row(vec!["deps".to_owned(), if deps.is_empty() { "(none)".to_owned() } else { deps }]);
+    table.add_row(vec![
+        "deps".to_owned(),
+        if deps.is_empty() { "(none)".to_owned() } else { deps.join("\n") },
+    ]);
     table.add_row(vec!["ops hash".to_owned(), field(event, "ops_hash")]);
     table.add_row(vec!["bytes".to_owned(), field(event, "size")]);
     let excluded = if event.get("excluded").and_then(Value::as_bool) == Some(true) {
@@ -729,6 +1107,18 @@ fn event(out: &mut Output, event: &Value) -> anyhow::Result<()> {
         ops.add_row(op_row(op));
     }
     out.print_table(&ops)?;
+    Ok(())
+}
+
+/// `event ID --raw`: the canonical bytes as one line of hex, which `inspect event` reads.
+fn event_bytes(out: &mut Output, event: &Value) -> anyhow::Result<()> {
+    let Some(encoded) = event.get("encoded_hex").and_then(Value::as_str) else {
+        bail!("the daemon sent no encoded_hex for the event: it is older than this cairnctl");
+    };
+    if !encoded.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ClientError::BadResponse("the event's encoded_hex is not hex".into()).into());
+    }
+    out.line(encoded)?;
     Ok(())
 }
 
@@ -763,9 +1153,9 @@ fn evidence(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
 /// One line of `watch` for a change.
 fn change_line(change: &Value) -> String {
     let kind = field(change, "kind");
-    let head = format!("#{} {kind} {}", field(change, "position"), quoted_bytes(change, "key"));
-    if let Some(error) = change.get("state_error").and_then(Value::as_str) {
-        return format!("{head} changed (state unavailable: {error})");
+    let head = format!("#{} {kind} {}", field(change, "position"), bytes_field(change, "key"));
+    if change.get("state_error").is_some() {
+        return format!("{head} changed (state unavailable: {})", field(change, "state_error"));
     }
     match kind.as_str() {
         "register" => {
@@ -775,16 +1165,20 @@ fn change_line(change: &Value) -> String {
             let n_siblings = array(change, "siblings").len();
             let more =
                 if n_siblings > 1 { format!(" ({n_siblings} concurrent values)") } else { String::new() };
-            format!("{head} = {}{more}", quoted_bytes(change, "value"))
+            format!("{head} = {}{more}", bytes_field(change, "value"))
         }
         "counter" => format!("{head} = {}", field(change, "value")),
         "set" => {
             const SHOWN_MAX: usize = 8;
             let members = array(change, "members");
             let shown: Vec<String> =
-                members.iter().take(SHOWN_MAX).map(|m| quoted_bytes(m, "value")).collect();
+                members.iter().take(SHOWN_MAX).map(|m| bytes_field(m, "value")).collect();
             let more = if members.len() > SHOWN_MAX { ", …" } else { "" };
-            format!("{head} = {{{}{more}}} ({} members)", shown.join(", "), members.len())
+            format!(
+                "{head} = {{{}{more}}} ({})",
+                shown.join(", "),
+                plural(members.len() as u64, "member", "members")
+            )
         }
         _ => format!("{head} changed"),
     }
@@ -798,8 +1192,8 @@ async fn watch(client: &Client, out: &mut Output) -> anyhow::Result<u8> {
             ("change", Ok(change)) if json_lines => out.line(data).map(|()| change),
             ("change", Ok(change)) => out.line(change_line(&change)).map(|()| change),
             ("lagged", Ok(lagged)) => {
-                let missed = field(&lagged, "missed");
-                let _ = writeln!(io::stderr(), "cairnctl: the watch fell behind and missed {missed} changes");
+                let missed = count_field(&lagged, "missed", "change", "changes");
+                let _ = writeln!(io::stderr(), "cairnctl: the watch fell behind and missed {missed}");
                 if json_lines {
                     out.line(json!({ "lagged": lagged.get("missed") })).map(|()| lagged)
                 } else {
@@ -939,18 +1333,20 @@ fn finish<T: Serialize>(
     }
     let source = if report.hex_input { ", from hex text" } else { "" };
     match (&report.error, report.size) {
+        // The reason can quote the input (a name, a key), so it is escaped like all of it.
         (Some(error), Some(size)) => {
-            out.line(format_args!("{}: MALFORMED ({size} bytes{source}): {error}", report.kind))?;
+            let size = plural(size as u64, "byte", "bytes");
+            out.line(format_args!("{}: MALFORMED ({size}{source}): {}", report.kind, escape(error, false)))?;
             return Ok(code);
         }
         (Some(error), None) => {
-            out.line(format_args!("{}: MALFORMED: {error}", report.kind))?;
+            out.line(format_args!("{}: MALFORMED: {}", report.kind, escape(error, false)))?;
             return Ok(code);
         }
         (None, size) => out.line(format_args!(
-            "{}: well formed ({} bytes{source}, canonical encoding)",
+            "{}: well formed ({}{source}, canonical encoding)",
             report.kind,
-            size.unwrap_or(0)
+            plural(size.unwrap_or(0) as u64, "byte", "bytes")
         ))?,
     }
     let mut table = out.table(&[]);
@@ -993,13 +1389,17 @@ fn ops_check(ops: &[Op]) -> Check {
     } else if let Some(idx) = ops.iter().position(|op| op.key().is_empty()) {
         Check::new("ops well formed", false, format!("op {idx} has an empty key"))
     } else {
-        Check::new("ops well formed", true, format!("{} ops", ops.len()))
+        Check::new("ops well formed", true, plural(ops.len() as u64, "op", "ops"))
     }
 }
 
 fn deps_check(deps: &[cairn_protocol::EventId]) -> Check {
     match deps.windows(2).position(|pair| pair[0] >= pair[1]) {
-        None => Check::new("deps sorted", true, format!("{} deps, ascending and unique", deps.len())),
+        None => Check::new(
+            "deps sorted",
+            true,
+            format!("{}, ascending and unique", plural(deps.len() as u64, "dep", "deps")),
+        ),
         Some(idx) => Check::new("deps sorted", false, format!("dep {} is not above dep {idx}", idx + 1)),
     }
 }
@@ -1158,10 +1558,10 @@ fn inspect_evidence(out: &mut Output, input: &Input) -> anyhow::Result<u8> {
     };
     let header_lines = |signed: &SignedHeader, id: cairn_protocol::EventId| {
         format!(
-            "id {id}\nseq {}, lamport {}, {} deps\nops hash {}\nsig {}",
+            "id {id}\nseq {}, lamport {}, {}\nops hash {}\nsig {}",
             signed.header.seq,
             signed.header.lamport,
-            signed.header.deps.len(),
+            plural(signed.header.deps.len() as u64, "dep", "deps"),
             hex::encode(signed.header.ops_hash),
             hex::encode(signed.sig.0)
         )
@@ -1233,6 +1633,160 @@ mod tests {
     }
 
     #[test]
+    fn socket_comes_from_the_option_the_environment_or_the_default() {
+        // Parsed with an explicit environment value through clap's `env`, which the help shows
+        // as `[env: CAIRN_SOCKET=]`.
+        let socket = |args: &[&str]| Cli::try_parse_from(args).map(|cli| cli.socket).map_err(|e| e.kind());
+        assert_eq!(socket(&["cairnctl", "--socket", "/a", "status"]), Ok(PathBuf::from("/a")));
+        assert_eq!(socket(&["cairnctl", "status", "--socket", "/b"]), Ok(PathBuf::from("/b")));
+        assert!(socket(&["cairnctl", "inspect", "event", "f"]).is_ok());
+        // Inspect has no socket to use, and says so rather than ignore one.
+        assert_eq!(
+            socket(&["cairnctl", "inspect", "event", "f", "--socket", "/c"]),
+            Err(clap::error::ErrorKind::UnknownArgument)
+        );
+        assert_eq!(
+            socket(&["cairnctl", "inspect", "--socket", "/c", "event", "f"]),
+            Err(clap::error::ErrorKind::ValueValidation)
+        );
+        use clap::CommandFactory;
+        let mut command = Cli::command();
+        let help = command.render_long_help().to_string();
+        assert!(help.contains("[env: CAIRN_SOCKET="), "{help}");
+        assert!(!help.contains("[env: CAIRN_SOCKET]"), "{help}");
+        let inspect = command.find_subcommand_mut("inspect").unwrap();
+        assert!(!inspect.render_long_help().to_string().contains("--socket"));
+        let event = inspect.find_subcommand_mut("event").unwrap();
+        assert!(!event.render_long_help().to_string().contains("--socket"));
+    }
+
+    #[test]
+    fn escape_forms() {
+        let check =
+            |text: &str, quoted: bool, expected: &str| assert_eq!(escape(text, quoted), expected, "{text:?}");
+        check("plain text", false, "plain text");
+        check("plain text", true, "\"plain text\"");
+        check("esc\x1b[31mRED", true, "\"esc\\u{1b}[31mRED\"");
+        check("\x1b[2Jcleared", false, "\\u{1b}[2Jcleared");
+        check("a\nb\rc\td\0e\x7f", false, "a\\nb\\rc\\td\\u{0}e\\u{7f}");
+        // C1: U+009B is a one-character `\e[` for some terminals.
+        check("\u{9b}31m", false, "\\u{9b}31m");
+        // Bidirectional overrides and invisible characters.
+        check("user\u{202e}gpj.exe", false, "user\\u{202e}gpj.exe");
+        check("a\u{200b}b\u{feff}", false, "a\\u{200b}b\\u{feff}");
+        // A backslash and quotes, so that the escaped form reads back to one text.
+        check("back\\slash", false, "back\\\\slash");
+        check("say \"hi\"", true, "\"say \\\"hi\\\"\"");
+        check("say \"hi\"", false, "say \"hi\"");
+        check("é ✓ 日本", true, "\"é ✓ 日本\"");
+        check("", true, "\"\"");
+    }
+
+    #[test]
+    fn text_and_bytes_never_look_alike() {
+        // The text `base64:/wA=` and the bytes ff 00, whose base64 is `/wA=`.
+        let text = bytes_field(&json!({"value": "base64:/wA=", "value_base64": "YmFzZTY0Oi93QT0="}), "value");
+        let bytes = bytes_field(&json!({"value": null, "value_base64": "/wA="}), "value");
+        assert_eq!(text, "\"base64:/wA=\"");
+        assert_eq!(bytes, "base64:/wA=");
+        assert_ne!(text, bytes);
+    }
+
+    /// Every character of `text` that [`escape`] would escape, but line breaks.
+    fn assert_printable(what: &str, text: &str) {
+        let bad: Vec<char> =
+            text.chars().filter(|&c| c != '\n' && (is_unprintable(c) || c == '\r')).collect();
+        assert!(bad.is_empty(), "{what} prints {bad:?}:\n{text}");
+    }
+
+    /// A text that tries every trick: escape sequences, a C1 CSI, a bidi override, a bell, a
+    /// carriage return that would overwrite the line.
+    const HOSTILE: &str = "\x1b[2J\u{9b}31m\u{202e}evil\r\x07\n";
+
+    #[test]
+    fn human_output_escapes_every_text() {
+        let h = HOSTILE;
+        let bytes = json!({"value": h, "value_base64": "x"});
+        type Render = fn(&mut Output, &Value) -> anyhow::Result<()>;
+        let cases: Vec<(&str, Render, Value)> = vec![
+            (
+                "status",
+                status,
+                json!({"name": h, "key": h, "cluster_id": h, "writes_refused": h, "own_seq": h,
+                       "n_events": h, "n_evidence": h, "buffer_events": h, "buffer_bytes": h,
+                       "buffer_bytes_max": h, "n_peers_connected": h, "n_peers": h, "digest": h,
+                       "sync_digest": h}),
+            ),
+            (
+                "peers",
+                peers,
+                json!({"peers": [{"name": h, "key": h, "address": h, "state": h,
+                                  "stats": {"events_in": h, "events_out": h, "rejected": {h: 1}}}]}),
+            ),
+            (
+                "get",
+                |out, value| register(out, value).map(drop),
+                json!({"key": h, "value": h, "value_base64": "x", "siblings": [
+                    {"value": h, "value_base64": "x", "author_name": h, "lamport": h, "event_id": h, "op_index": h},
+                    {"value": null, "value_base64": h, "author": h, "lamport": 1, "event_id": h, "op_index": 0},
+                ]}),
+            ),
+            (
+                "members",
+                |out, value| members(out, value).map(drop),
+                json!({"members": [bytes, {"value_base64": h}]}),
+            ),
+            ("keys", keys, json!({"keys": [{"kind": h, "key": h, "key_base64": "x"}], "next": h})),
+            (
+                "events",
+                events,
+                json!({"events": [{"id": h, "author_name": h, "seq": h, "lamport": h, "n_deps": h,
+                                   "n_ops": h, "size": h}], "next": h}),
+            ),
+            (
+                "event",
+                event,
+                json!({"id": h, "author": h, "author_name": h, "seq": h, "lamport": h, "deps": [h, h],
+                "ops_hash": h, "size": h, "ops": [
+                    {"op": "put", "key": h, "value": null, "value_base64": h},
+                    {"op": "incr", "key": null, "key_base64": h, "delta": h},
+                    {"op": "add", "key": h, "element": h},
+                    {"op": h, "key": h},
+                ]}),
+            ),
+            (
+                "evidence",
+                evidence,
+                json!({"evidence": [{"author": h, "author_name": h, "seq": h, "first": {"id": h}, "second": {"id": h}}]}),
+            ),
+        ];
+        for tty in [false, true] {
+            for (what, render, answer) in &cases {
+                let capture = Capture::default();
+                let mut out = Output { tty, json: false, writer: Box::new(capture.clone()) };
+                render(&mut out, answer).unwrap();
+                assert_printable(what, &capture.text());
+                assert!(capture.text().contains("\\u{1b}[2J"), "{what}: {}", capture.text());
+            }
+        }
+        for change in [
+            json!({"kind": h, "key": h, "position": h, "state_error": h}),
+            json!({"kind": "register", "key": h, "position": 1, "value": h, "value_base64": "x", "siblings": []}),
+            json!({"kind": "counter", "key": null, "key_base64": h, "position": 1, "value": h}),
+            json!({"kind": "set", "key": h, "position": 1, "members": [bytes]}),
+        ] {
+            assert_printable("watch", &change_line(&change));
+        }
+        let error = anyhow::Error::new(ClientError::Http {
+            status: StatusCode::BAD_REQUEST,
+            code: String::new(),
+            message: h.to_owned(),
+        });
+        assert_printable("an error", &error_line(&error));
+        assert!(!error_line(&error).contains('\n'));
+    }
+
+    #[test]
     fn watch_lines() {
         let check = |change: Value, expected: &str| assert_eq!(change_line(&change), expected);
         check(
@@ -1251,6 +1805,10 @@ mod tests {
         );
         check(json!({"kind": "counter", "key": "c", "position": 5, "value": -2}), "#5 counter \"c\" = -2");
         check(
+            json!({"kind": "counter", "key": "c", "position": 5, "value": "18446744073709551614"}),
+            "#5 counter \"c\" = 18446744073709551614",
+        );
+        check(
             json!({
                 "kind": "set", "key": "s", "position": 6,
                 "members": [{"value": "a"}, {"value": null, "value_base64": "/w=="}],
@@ -1258,9 +1816,127 @@ mod tests {
             "#6 set \"s\" = {\"a\", base64:/w==} (2 members)",
         );
         check(
+            json!({"kind": "set", "key": "s", "position": 7, "members": [{"value": "a"}]}),
+            "#7 set \"s\" = {\"a\"} (1 member)",
+        );
+        check(
             json!({"kind": "counter", "key": "c", "position": 7, "state_error": "busy"}),
             "#7 counter \"c\" changed (state unavailable: busy)",
         );
+        check(
+            json!({"kind": "register", "key": "esc\u{1b}[31mRED", "position": 8,
+                   "value": "\u{1b}[2Jcleared", "value_base64": "x", "siblings": []}),
+            "#8 register \"esc\\u{1b}[31mRED\" = \"\\u{1b}[2Jcleared\"",
+        );
+    }
+
+    /// Checks arguments as `run` does before it asks the daemon: the error's exit code and
+    /// message.
+    fn request(args: &[&str]) -> Result<Request, (u8, String)> {
+        let cli = Cli::try_parse_from(std::iter::once("cairnctl").chain(args.iter().copied())).unwrap();
+        Request::new(cli.command, cli.json).map_err(|e| (exit_code(&e), format!("{e:#}")))
+    }
+
+    #[test]
+    fn arguments_are_checked_against_the_limits_first() {
+        let usage = |args: &[&str], phrase: &str| {
+            let (code, message) = request(args).unwrap_err();
+            assert_eq!(code, EXIT_USAGE, "{args:?}: {message}");
+            assert!(message.contains(phrase), "{args:?}: {message}");
+            // The message names sizes, never the oversized text.
+            assert!(message.len() < 300, "{args:?}: {message}");
+            message
+        };
+        let long_key = "k".repeat(70_000);
+        for command in ["get", "del", "counter", "members"] {
+            usage(&[command, &long_key], "the key is 70000 bytes, over the limit of 1024");
+        }
+        usage(&["put", &long_key, "v"], "over the limit of 1024");
+        usage(
+            &["sadd", &"k".repeat(KEY_BYTES_MAX + 1), "e"],
+            "the key is 1025 bytes, over the limit of 1024",
+        );
+        assert!(request(&["get", &"k".repeat(KEY_BYTES_MAX)]).is_ok());
+        usage(&["get", ""], "the key is empty");
+        usage(
+            &["put", "k", &"v".repeat(VALUE_BYTES_MAX + 1)],
+            "the value is 65537 bytes, over the limit of 65536",
+        );
+        assert!(request(&["put", "k", &"v".repeat(VALUE_BYTES_MAX)]).is_ok());
+        let big = BASE64.encode(vec![0u8; VALUE_BYTES_MAX + 1]);
+        usage(&["put", "--base64", "k", &big], "the value is 65537 bytes");
+        usage(&["sadd", "--base64", "k", "not base64!"], "the element is not valid base64");
+        usage(&["put", "--base64", "k", "-"], "drop --base64");
+        usage(&["event", "xyz"], "an event id is 64 hex digits; got 3 characters");
+        usage(&["event", &"ab".repeat(40_000)], "got 80000 characters");
+        usage(&["events", "--author", &"a".repeat(70_000)], "--author is 70000 bytes");
+        usage(&["keys", "--after", "colour:AA"], "no key kind");
+        usage(&["keys", "--after", &format!("register:{}", "A".repeat(70_000))], "longer than any key");
+        usage(&["--json", "metrics"], "no JSON form");
+        usage(&["--json", "event", &"ab".repeat(32), "--raw"], "not both");
+        assert!(matches!(request(&["keys", "--after", "set:YQ", "--limit", "2"]), Ok(Request::Keys { .. })));
+        assert!(Cli::try_parse_from(["cairnctl", "keys", "--limit", "5001"]).is_err());
+        assert!(Cli::try_parse_from(["cairnctl", "events", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn arguments_that_are_not_utf8_point_to_base64() {
+        use std::os::unix::ffi::OsStrExt as _;
+        let bytes = OsStr::from_bytes(b"\xff\x00");
+        let parse = |args: Vec<&OsStr>| {
+            let cli = Cli::try_parse_from(std::iter::once(OsStr::new("cairnctl")).chain(args)).unwrap();
+            let error = Request::new(cli.command, cli.json).unwrap_err();
+            (exit_code(&error), error.to_string())
+        };
+        let (code, message) = parse(vec![OsStr::new("put"), OsStr::new("k"), bytes]);
+        assert_eq!(code, EXIT_USAGE);
+        assert!(
+            message.contains("not UTF-8") && message.contains("--base64") && message.contains("--file"),
+            "{message}"
+        );
+        let (code, message) = parse(vec![OsStr::new("srem"), OsStr::new("k"), bytes]);
+        assert_eq!(code, EXIT_USAGE);
+        assert!(message.contains("the element is not UTF-8"), "{message}");
+        let (code, message) = parse(vec![OsStr::new("get"), bytes]);
+        assert_eq!(code, EXIT_USAGE);
+        assert!(message.contains("the key is not UTF-8"), "{message}");
+    }
+
+    #[test]
+    fn values_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("value");
+        std::fs::write(&file, [0xff, 0x00, b'x']).unwrap();
+        let file_arg = file.to_str().unwrap();
+        let Ok(Request::Put { value, .. }) = request(&["put", "k", "--file", file_arg]) else { panic!() };
+        assert_eq!(value, Payload::Base64("/wB4".to_owned()));
+        let Ok(Request::SetWrite { element, action: "add", .. }) =
+            request(&["sadd", "s", "--file", file_arg])
+        else {
+            panic!()
+        };
+        assert_eq!(element, Payload::Base64("/wB4".to_owned()));
+        std::fs::write(&file, vec![b'v'; VALUE_BYTES_MAX]).unwrap();
+        assert!(request(&["put", "k", "--file", file_arg]).is_ok());
+        std::fs::write(&file, vec![b'v'; VALUE_BYTES_MAX + 1]).unwrap();
+        let (code, message) = request(&["put", "k", "--file", file_arg]).unwrap_err();
+        assert_eq!(code, EXIT_USAGE);
+        assert!(message.contains("over the limit of 65536 bytes"), "{message}");
+        let (code, message) = request(&["put", "k", "--file", "/nonexistent/value"]).unwrap_err();
+        assert_eq!(code, EXIT_ERROR);
+        assert!(message.contains("cannot read /nonexistent/value"), "{message}");
+        assert!(Cli::try_parse_from(["cairnctl", "put", "k", "v", "--file", file_arg]).is_err());
+        assert!(Cli::try_parse_from(["cairnctl", "put", "k", "--base64", "--file", file_arg]).is_err());
+        assert!(Cli::try_parse_from(["cairnctl", "put", "k"]).is_err());
+    }
+
+    #[test]
+    fn plurals() {
+        assert_eq!(plural(0, "member", "members"), "0 members");
+        assert_eq!(plural(1, "member", "members"), "1 member");
+        assert_eq!(plural(2, "member", "members"), "2 members");
+        assert_eq!(count_field(&json!({"n": 1}), "n", "event", "events"), "1 event");
+        assert_eq!(count_field(&json!({}), "n", "event", "events"), "- events");
     }
 
     /// Collects what a command prints; after `lines_max` lines, writes fail as a closed pipe.
@@ -1299,17 +1975,25 @@ mod tests {
     ) -> (anyhow::Result<u8>, String) {
         let cli = Cli::try_parse_from(std::iter::once("cairnctl").chain(args.iter().copied())).unwrap();
         let mut out = Output { tty: false, json: cli.json, writer: Box::new(capture.clone()) };
-        let result = online(&server.client, &mut out, cli.command).await;
+        let result = match Request::new(cli.command, cli.json) {
+            Ok(request) => online(&server.client, &mut out, request).await,
+            Err(error) => Err(error),
+        };
         (result, capture.text())
     }
 
-    async fn ok(server: &crate::api::tests::Server, args: &[&str]) -> String {
+    /// Runs `args`, which must exit with `code`; returns what it printed.
+    async fn exits(server: &crate::api::tests::Server, code: u8, args: &[&str]) -> String {
         let (result, text) = ctl(server, args, Capture::default()).await;
         match result {
-            Ok(code) => assert_eq!(code, EXIT_OK, "{args:?}"),
+            Ok(got) => assert_eq!(got, code, "{args:?}: {text}"),
             Err(error) => panic!("{args:?}: {error:#}"),
         }
         text
+    }
+
+    async fn ok(server: &crate::api::tests::Server, args: &[&str]) -> String {
+        exits(server, EXIT_OK, args).await
     }
 
     async fn fails(server: &crate::api::tests::Server, args: &[&str]) -> (u8, String) {
@@ -1332,14 +2016,13 @@ mod tests {
 
         let written = ok(&server, &["put", "dir/k", "some text"]).await;
         assert!(written.starts_with("written: event "), "{written}");
-        assert_eq!(ok(&server, &["get", "dir/k"]).await, "some text\n");
-        assert_eq!(ok(&server, &["get", "absent"]).await, "(no value)\n");
+        assert_eq!(ok(&server, &["get", "dir/k"]).await, "\"some text\"\n");
         ok(&server, &["put", "--base64", "bin", "/w=="]).await;
         assert_eq!(ok(&server, &["get", "bin"]).await, "base64:/w==\n");
         let multi = ok(&server, &["get", "multi"]).await;
-        assert!(multi.starts_with("text\n\n2 concurrent values"), "{multi}");
+        assert!(multi.starts_with("\"text\"\n\n2 concurrent values"), "{multi}");
+        assert!(multi.contains("base64://4="), "{multi}");
         ok(&server, &["del", "dir/k"]).await;
-        assert_eq!(ok(&server, &["get", "dir/k"]).await, "(no value)\n");
 
         ok(&server, &["incr", "c", "-5"]).await;
         ok(&server, &["incr", "c", "--delta", "2"]).await;
@@ -1350,10 +2033,9 @@ mod tests {
         ok(&server, &["sadd", "s", "a"]).await;
         ok(&server, &["sadd", "s", "b"]).await;
         ok(&server, &["srem", "s", "a"]).await;
-        assert_eq!(ok(&server, &["members", "s"]).await, "b\n");
-        assert_eq!(ok(&server, &["members", "empty"]).await, "(no members)\n");
+        assert_eq!(ok(&server, &["members", "s"]).await, "\"b\"\n");
         let keys = ok(&server, &["keys", "--kind", "counter"]).await;
-        assert_eq!(keys.lines().map(str::trim).collect::<Vec<_>>(), ["KIND     KEY", "counter  c"]);
+        assert_eq!(keys.lines().map(str::trim).collect::<Vec<_>>(), ["KIND     KEY", "counter  \"c\""]);
 
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("ops.json");
@@ -1367,14 +2049,19 @@ mod tests {
         assert!(message.contains("not JSON"), "{message}");
 
         let events = ok(&server, &["events", "--author", "alpha", "--limit", "2"]).await;
-        assert_eq!(events.lines().count(), 3, "{events}");
-        let id = hex::encode([0x11; 32]);
+        let lines: Vec<&str> = events.lines().collect();
+        assert_eq!(lines.len(), 4, "{events}");
+        assert_eq!(lines[3], "more events follow: for the next page add --after 2", "{events}");
+        let id = server.client.get_json("/v1/events?author=alpha&limit=1").await.unwrap()["events"][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let event = ok(&server, &["event", &id]).await;
-        assert!(event.contains(&id) && event.contains("alpha") && event.contains("some text"), "{event}");
+        assert!(event.contains(&id) && event.contains("alpha") && event.contains("\"some text\""), "{event}");
         let (code, message) = fails(&server, &["event", &"ab".repeat(32)]).await;
         assert_eq!(code, EXIT_NOT_FOUND, "{message}");
         let (code, message) = fails(&server, &["event", "nothex"]).await;
-        assert_eq!(code, EXIT_ERROR);
+        assert_eq!(code, EXIT_USAGE);
         assert!(message.contains("64 hex digits"), "{message}");
 
         let evidence = ok(&server, &["evidence"]).await;
@@ -1384,12 +2071,167 @@ mod tests {
         assert!(codec::decode_evidence(&encoded).is_ok());
 
         assert!(ok(&server, &["metrics"]).await.ends_with("# EOF\n"));
+        let (code, message) = fails(&server, &["--json", "metrics"]).await;
+        assert_eq!(code, EXIT_USAGE);
+        assert!(message.contains("OpenMetrics text"), "{message}");
 
         let (code, message) = fails(&server, &["put", "refuse", "x"]).await;
         assert_eq!(code, EXIT_ERROR);
         assert!(message.contains(crate::api::tests::REFUSED_MESSAGE), "{message}");
-        let (_, message) = fails(&server, &["get", ""]).await;
+        let (code, message) = fails(&server, &["get", ""]).await;
+        assert_eq!(code, EXIT_USAGE);
         assert!(message.contains("the key is empty"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn empty_state_exits_3_and_still_prints() {
+        let server = crate::api::tests::start().await;
+        assert_eq!(exits(&server, EXIT_NOT_FOUND, &["get", "absent"]).await, "(no value)\n");
+        assert_eq!(exits(&server, EXIT_NOT_FOUND, &["members", "absent"]).await, "(no members)\n");
+        assert_eq!(exits(&server, EXIT_NOT_FOUND, &["counter", "absent"]).await, "0\n");
+        let json: Value =
+            serde_json::from_str(&exits(&server, EXIT_NOT_FOUND, &["--json", "get", "absent"]).await)
+                .unwrap();
+        assert_eq!(json["value_base64"], Value::Null);
+        let json: Value =
+            serde_json::from_str(&exits(&server, EXIT_NOT_FOUND, &["--json", "members", "absent"]).await)
+                .unwrap();
+        assert_eq!(json, json!({"key": "absent", "members": []}));
+        let json: Value =
+            serde_json::from_str(&exits(&server, EXIT_NOT_FOUND, &["--json", "counter", "absent"]).await)
+                .unwrap();
+        assert_eq!(json, json!({"key": "absent", "value": 0}));
+
+        // Deleted, emptied and cancelled out are the same empty state.
+        ok(&server, &["put", "r", "v"]).await;
+        assert_eq!(ok(&server, &["get", "r"]).await, "\"v\"\n");
+        ok(&server, &["del", "r"]).await;
+        exits(&server, EXIT_NOT_FOUND, &["get", "r"]).await;
+        ok(&server, &["sadd", "s", "e"]).await;
+        ok(&server, &["members", "s"]).await;
+        ok(&server, &["srem", "s", "e"]).await;
+        exits(&server, EXIT_NOT_FOUND, &["members", "s"]).await;
+        ok(&server, &["incr", "c", "3"]).await;
+        ok(&server, &["counter", "c"]).await;
+        ok(&server, &["incr", "c", "-3"]).await;
+        exits(&server, EXIT_NOT_FOUND, &["counter", "c"]).await;
+    }
+
+    #[tokio::test]
+    async fn counters_beyond_2_53_print_exactly() {
+        let server = crate::api::tests::start().await;
+        for _ in 0..2 {
+            ok(&server, &["incr", "big", &i64::MAX.to_string()]).await;
+        }
+        assert_eq!(ok(&server, &["counter", "big"]).await, "18446744073709551614\n");
+        let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "big"]).await).unwrap();
+        assert_eq!(json, json!({"key": "big", "value": "18446744073709551614"}));
+        ok(&server, &["incr", "edge", "--", "-9007199254740991"]).await;
+        let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "edge"]).await).unwrap();
+        assert_eq!(json["value"], json!(-9_007_199_254_740_991_i64));
+        ok(&server, &["incr", "edge", "--", "-1"]).await;
+        let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "edge"]).await).unwrap();
+        assert_eq!(json["value"], "-9007199254740992");
+        assert_eq!(ok(&server, &["counter", "edge"]).await, "-9007199254740992\n");
+    }
+
+    #[tokio::test]
+    async fn keys_come_in_pages_that_say_how_to_go_on() {
+        let server = crate::api::tests::start().await;
+        for key in ["k1", "k2", "k3"] {
+            ok(&server, &["put", key, "v"]).await;
+            ok(&server, &["incr", key, "1"]).await;
+        }
+        ok(&server, &["sadd", "s1", "e"]).await;
+        let all: Value = serde_json::from_str(&ok(&server, &["--json", "keys"]).await).unwrap();
+        assert_eq!(all["next"], Value::Null);
+        let expected: Vec<String> = array(&all, "keys")
+            .iter()
+            .map(|k| format!("{} {}", field(k, "kind"), bytes_field(k, "key")))
+            .collect();
+        assert_eq!(expected.len(), 9, "{all}");
+
+        // Follow the human pages as a person would, through the last line of each.
+        let mut seen = Vec::new();
+        let mut args = vec!["keys".to_owned(), "--limit".to_owned(), "2".to_owned()];
+        for page in 0.. {
+            assert!(page < 10, "the pages do not end");
+            let args_str: Vec<&str> = args.iter().map(String::as_str).collect();
+            let text = ok(&server, &args_str).await;
+            let mut lines: Vec<&str> = text.lines().collect();
+            let next =
+                lines.last().and_then(|l| l.strip_prefix("more keys follow: for the next page add --after "));
+            let next = next.map(str::to_owned);
+            if next.is_some() {
+                lines.pop();
+            }
+            assert_eq!(lines[0].split_whitespace().collect::<Vec<_>>(), ["KIND", "KEY"], "{text}");
+            seen.extend(lines[1..].iter().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")));
+            match next {
+                Some(cursor) => {
+                    args = vec!["keys".into(), "--limit".into(), "2".into(), "--after".into(), cursor]
+                }
+                None => break,
+            }
+        }
+        assert_eq!(seen, expected);
+
+        // The same over one kind, through the JSON cursor.
+        let page: Value = serde_json::from_str(
+            &ok(&server, &["--json", "keys", "--kind", "counter", "--limit", "2"]).await,
+        )
+        .unwrap();
+        assert_eq!(page["keys"].as_array().unwrap().len(), 2);
+        let cursor = page["next"].as_str().unwrap();
+        let rest: Value = serde_json::from_str(
+            &ok(&server, &["--json", "keys", "--kind", "counter", "--after", cursor]).await,
+        )
+        .unwrap();
+        assert_eq!(rest["keys"], json!([{"kind": "counter", "key": "k3", "key_base64": "azM="}]));
+        assert_eq!(rest["next"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn status_names_its_digests() {
+        let server = crate::api::tests::start().await;
+        let status = ok(&server, &["status"]).await;
+        let row = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("{name}: {status}"))
+                .to_owned()
+        };
+        assert!(row("document digest").ends_with(&hex::encode([4; 32])), "{status}");
+        assert!(row("sync digest").ends_with(&hex::encode([5; 32])), "{status}");
+        assert!(row("causal buffer").contains("0 events, 0 of 1048576 bytes"), "{status}");
+        assert!(status.contains("Compare the document digest between nodes"), "{status}");
+        // Machine output is the daemon's, unchanged.
+        let json: Value = serde_json::from_str(&ok(&server, &["--json", "status"]).await).unwrap();
+        assert_eq!(json["digest"], hex::encode([4; 32]));
+        assert_eq!(json["sync_digest"], hex::encode([5; 32]));
+    }
+
+    #[tokio::test]
+    async fn event_raw_is_what_inspect_reads() {
+        let server = crate::api::tests::start().await;
+        let ack: Value =
+            serde_json::from_str(&ok(&server, &["--json", "put", "k", "esc\u{1b}[31m"]).await).unwrap();
+        let id = ack["id"].as_str().unwrap();
+        let raw = ok(&server, &["event", id, "--raw"]).await;
+        assert_eq!(raw.lines().count(), 1, "{raw}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("event.hex");
+        std::fs::write(&file, &raw).unwrap();
+        let capture = Capture::default();
+        let mut out = Output { tty: false, json: false, writer: Box::new(capture.clone()) };
+        let code = inspect(&mut out, Inspect::Event { file }).unwrap();
+        let report = capture.text();
+        assert_eq!(code, EXIT_OK, "{report}");
+        assert!(report.contains(id), "{report}");
+        assert!(report.contains("verdict: the hash and the signature hold"), "{report}");
+        assert!(report.contains("\"esc\\u{1b}[31m\""), "{report}");
+        assert_printable("inspect", &report);
     }
 
     #[tokio::test]
@@ -1436,9 +2278,15 @@ mod tests {
     #[test]
     fn exit_codes() {
         assert_eq!(exit_code(&anyhow::Error::new(NotFound("x".into()))), EXIT_NOT_FOUND);
+        assert_eq!(exit_code(&anyhow::Error::new(Usage("x".into()))), EXIT_USAGE);
         assert_eq!(exit_code(&anyhow::anyhow!("x")), EXIT_ERROR);
         let pipe = anyhow::Error::new(io::Error::from(io::ErrorKind::BrokenPipe)).context("writing");
         assert!(is_broken_pipe(&pipe));
         assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
+        // The table of the help text lists every code.
+        let help = after_help();
+        for code in [EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INSPECT_FAILED] {
+            assert!(help.contains(&format!("\n  {code}  ")), "{code}: {help}");
+        }
     }
 }

@@ -21,8 +21,8 @@ use cairn_protocol::document::KeyKind;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::service::{
-    COMMAND_QUEUE_MAX, ChangeNotice, Command, EventInfo, EventQuery, PeerInfo, PeerState, ServiceError,
-    ServiceHandle, Status, WATCH_BUFFER_MAX, WriteAck,
+    COMMAND_QUEUE_MAX, ChangeNotice, Command, EventInfo, EventQuery, KeyQuery, PeerInfo, PeerState,
+    ServiceError, ServiceHandle, Status, WATCH_BUFFER_MAX, WriteAck,
 };
 
 use std::collections::BTreeMap;
@@ -524,12 +524,12 @@ impl Driver {
             Command::SetMembers(key, reply) => {
                 let _ = reply.send(self.node.document().set_members(&key));
             }
-            Command::Keys(kind, reply) => {
+            Command::Keys(query, reply) => {
                 let document = self.node.document();
-                let keys: Vec<Vec<u8>> = match kind {
-                    KeyKind::Register => document.register_keys().map(<[u8]>::to_vec).collect(),
-                    KeyKind::Counter => document.counter_keys().map(<[u8]>::to_vec).collect(),
-                    KeyKind::Set => document.set_keys().map(<[u8]>::to_vec).collect(),
+                let keys = match query.kind {
+                    KeyKind::Register => key_page(document.register_keys(), &query),
+                    KeyKind::Counter => key_page(document.counter_keys(), &query),
+                    KeyKind::Set => key_page(document.set_keys(), &query),
                 };
                 let _ = reply.send(keys);
             }
@@ -564,6 +564,7 @@ impl Driver {
             lamport: header.lamport,
             deps: header.deps.clone(),
             ops: verified.event().ops.clone(),
+            sig: verified.event().sig,
             n_bytes: verified.bytes().len(),
             excluded,
         })
@@ -653,6 +654,17 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// One page of `keys` (in key order): the keys above `query.after`, at most `query.limit`.
+/// The document offers its keys only as an iterator from the first, so reaching a late page
+/// walks past the earlier keys, without copying them.
+fn key_page<'a>(keys: impl Iterator<Item = &'a [u8]>, query: &KeyQuery) -> Vec<Vec<u8>> {
+    let after = query.after.as_deref();
+    keys.skip_while(|key| after.is_some_and(|after| *key <= after))
+        .take(query.limit)
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -660,10 +672,6 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-/// The store lives on its own thread: commits block on fsync, and the service loop must not.
-/// One job at a time, so everything that accumulates meanwhile goes into the next commit.
-/// A failed commit ends the thread, unless it failed for want of space: the store is usable
-/// again after that (it reopened itself), and the job goes back for a later try.
 /// The verdict for a commit that failed for want of space: the store's own words for the
 /// writes, a short line for the status.
 fn no_space(error: &StoreError) -> Committed {
@@ -678,6 +686,10 @@ fn no_space(error: &StoreError) -> Committed {
     Committed::NoSpace { write_error: error.to_string(), reason }
 }
 
+/// The store lives on its own thread: commits block on fsync, and the service loop must not.
+/// One job at a time, so everything that accumulates meanwhile goes into the next commit.
+/// A failed commit ends the thread, unless it failed for want of space: the store is usable
+/// again after that (it reopened itself), and the job goes back for a later try.
 fn spawn_store_writer(mut store: Store) -> (mpsc::Sender<CommitJob>, mpsc::Receiver<StoreDone>) {
     let (jobs_tx, mut jobs_rx) = mpsc::channel::<CommitJob>(1);
     let (done_tx, done_rx) = mpsc::channel(1);

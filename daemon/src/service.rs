@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use cairn_crypto::PublicKey;
+use cairn_crypto::{PublicKey, Signature};
 use cairn_protocol::document::{KeyKind, RegisterRead};
 use cairn_protocol::{EventId, Evidence, Op, PeerStats};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -69,6 +69,8 @@ pub struct EventInfo {
     pub deps: Vec<EventId>,
     /// Its ops.
     pub ops: Vec<Op>,
+    /// Its signature: with the rest, the API re-encodes the event's canonical bytes.
+    pub sig: Signature,
     /// Its encoded size.
     pub n_bytes: usize,
     /// Whether its ops are excluded from the document (its author equivocated at or below its seq).
@@ -82,6 +84,17 @@ pub struct EventQuery {
     pub author: Option<PublicKey>,
     /// Only events with a seq above this (with `author`), or accepted after this position.
     pub after: Option<u64>,
+    /// At most this many (the API caps it).
+    pub limit: usize,
+}
+
+/// Which keys to list: one kind, in key order, from after a key on.
+#[derive(Clone, Debug)]
+pub struct KeyQuery {
+    /// The key space.
+    pub kind: KeyKind,
+    /// Only keys above this one (bytewise): the last key of the previous page.
+    pub after: Option<Vec<u8>>,
     /// At most this many (the API caps it).
     pub limit: usize,
 }
@@ -167,7 +180,7 @@ pub(crate) enum Command {
     Register(Vec<u8>, oneshot::Sender<RegisterRead>),
     Counter(Vec<u8>, oneshot::Sender<i128>),
     SetMembers(Vec<u8>, oneshot::Sender<Vec<Vec<u8>>>),
-    Keys(KeyKind, oneshot::Sender<Vec<Vec<u8>>>),
+    Keys(KeyQuery, oneshot::Sender<Vec<Vec<u8>>>),
     Events(EventQuery, oneshot::Sender<Vec<EventInfo>>),
     Event(EventId, oneshot::Sender<Option<EventInfo>>),
     Evidence(oneshot::Sender<Vec<Evidence>>),
@@ -213,9 +226,9 @@ impl ServiceHandle {
         self.ask(|tx| Command::SetMembers(key, tx)).await
     }
 
-    /// The keys of one kind with a non-empty state, sorted.
-    pub async fn keys(&self, kind: KeyKind) -> Result<Vec<Vec<u8>>, ServiceError> {
-        self.ask(|tx| Command::Keys(kind, tx)).await
+    /// One page of the keys of one kind with a non-empty state, sorted.
+    pub async fn keys(&self, query: KeyQuery) -> Result<Vec<Vec<u8>>, ServiceError> {
+        self.ask(|tx| Command::Keys(query, tx)).await
     }
 
     /// Accepted events matching `query`.

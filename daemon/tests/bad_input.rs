@@ -246,6 +246,16 @@ fn every_endpoint_answers_bad_input_with_a_json_error_and_keeps_serving() {
         case(M::GET, "/v1/events?colour=red", "").expect(bad, "bad_query", "colour"),
         case(M::GET, "/v1/events?author=nobody", "").expect(bad, "bad_query", "unknown author"),
         case(M::GET, "/v1/keys?kind=tree", "").expect(bad, "bad_query", ""),
+        case(M::GET, "/v1/keys?limit=0", "").expect(bad, "bad_query", "limit must be 1 to"),
+        case(M::GET, "/v1/keys?limit=5001", "").expect(bad, "bad_query", "limit must be 1 to"),
+        case(M::GET, "/v1/keys?after=nocolon", "").expect(bad, "bad_query", "KIND:BASE64URL"),
+        case(M::GET, "/v1/keys?after=tree:AA", "").expect(bad, "bad_query", "no key kind"),
+        case(M::GET, "/v1/keys?after=register:%25%25", "").expect(bad, "bad_query", "not base64"),
+        case(M::GET, format!("/v1/keys?after=register:{}", "A".repeat(4000)), "").expect(
+            bad,
+            "bad_query",
+            "longer than any key",
+        ),
         // Routes and methods.
         case(M::GET, "/v1/nope", "").expect(S::NOT_FOUND, "not_found", "/v1/nope"),
         case(M::GET, "/", "").expect(S::NOT_FOUND, "not_found", "no such route"),

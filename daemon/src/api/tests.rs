@@ -44,6 +44,36 @@ pub(crate) fn peer_secret() -> SecretKey {
     SecretKey::from_seed(&[2; 32])
 }
 
+/// A signed event as the service describes it, with a made-up encoded size.
+fn event_info(
+    secret: &SecretKey,
+    name: &str,
+    (seq, lamport): (u64, u64),
+    deps: Vec<EventId>,
+    ops: Vec<Op>,
+    n_bytes: usize,
+) -> EventInfo {
+    let event = Event::sign(secret, seq, lamport, deps, ops);
+    EventInfo {
+        id: event.id(),
+        author: event.header.author,
+        author_name: name.into(),
+        seq,
+        lamport,
+        deps: event.header.deps,
+        ops: event.ops,
+        sig: event.sig,
+        n_bytes,
+        excluded: false,
+    }
+}
+
+/// The peer's first event, which the fake holds from the start: it put the register `binary`.
+pub(crate) fn peer_event() -> EventInfo {
+    let ops = vec![Op::Put { key: b"binary".to_vec(), value: vec![0xff, 0xfe] }];
+    event_info(&peer_secret(), "beta", (1, 1), vec![], ops, 200)
+}
+
 /// Two events by the peer with the same seq: an equivocation.
 fn peer_evidence() -> Evidence {
     let peer = peer_secret();
@@ -79,13 +109,9 @@ impl Fake {
         // and by this node.
         let peer_idx = fake.idx(&peer);
         let own_idx = fake.idx(&own);
-        let low = Sibling {
-            value: vec![0xff, 0xfe],
-            author: peer_idx,
-            lamport: 1,
-            event_id: EventId([7; 32]),
-            op_idx: 0,
-        };
+        let first = peer_event();
+        let low =
+            Sibling { value: vec![0xff, 0xfe], author: peer_idx, lamport: 1, event_id: first.id, op_idx: 0 };
         let high = Sibling {
             value: b"text".to_vec(),
             author: own_idx,
@@ -99,17 +125,7 @@ impl Fake {
         );
         fake.registers
             .insert(b"binary".to_vec(), RegisterRead { visible: Some(low.clone()), siblings: vec![low] });
-        fake.events.push(EventInfo {
-            id: EventId([7; 32]),
-            author: peer,
-            author_name: "beta".into(),
-            seq: 1,
-            lamport: 1,
-            deps: vec![],
-            ops: vec![Op::Put { key: b"binary".to_vec(), value: vec![0xff, 0xfe] }],
-            n_bytes: 200,
-            excluded: false,
-        });
+        fake.events.push(first);
         fake
     }
 
@@ -134,8 +150,10 @@ impl Fake {
             return Err(ServiceError::NoSpace(FULL_MESSAGE.into()));
         }
         self.seq += 1;
-        let id = EventId([0x10 + self.seq as u8; 32]);
         let lamport = self.seq + 1;
+        // Every event of this node depends on the peer's first, as if nothing else had come.
+        let info = event_info(&own_secret(), "alpha", (self.seq, lamport), vec![self.events[0].id], ops, 300);
+        let (id, ops) = (info.id, info.ops.clone());
         let own_idx = self.idx(&self.own);
         for (op_idx, op) in ops.iter().enumerate() {
             match op {
@@ -173,17 +191,7 @@ impl Fake {
                 }
             }
         }
-        self.events.push(EventInfo {
-            id,
-            author: self.own,
-            author_name: "alpha".into(),
-            seq: self.seq,
-            lamport,
-            deps: vec![EventId([7; 32])],
-            ops,
-            n_bytes: 300,
-            excluded: false,
-        });
+        self.events.push(info);
         Ok(WriteAck { id, seq: self.seq, lamport })
     }
 
@@ -202,15 +210,20 @@ impl Fake {
             Command::SetMembers(key, tx) => {
                 let _ = tx.send(self.sets.get(&key).map(|s| s.iter().cloned().collect()).unwrap_or_default());
             }
-            Command::Keys(kind, tx) => {
-                let keys = match kind {
+            Command::Keys(query, tx) => {
+                let keys: Vec<Vec<u8>> = match query.kind {
                     KeyKind::Register => self.registers.keys().cloned().collect(),
                     KeyKind::Counter => self.counters.keys().cloned().collect(),
                     KeyKind::Set => {
                         self.sets.iter().filter(|(_, s)| !s.is_empty()).map(|(k, _)| k.clone()).collect()
                     }
                 };
-                let _ = tx.send(keys);
+                let page = keys
+                    .into_iter()
+                    .filter(|key| query.after.as_ref().is_none_or(|after| key > after))
+                    .take(query.limit)
+                    .collect();
+                let _ = tx.send(page);
             }
             Command::Events(query, tx) => {
                 let events = self
@@ -280,15 +293,21 @@ pub(crate) struct Server {
 }
 
 pub(crate) async fn start() -> Server {
-    start_with_watch_buffer(64).await
+    start_with(64, |_| {}).await
 }
 
 async fn start_with_watch_buffer(watch_buffer: usize) -> Server {
+    start_with(watch_buffer, |_| {}).await
+}
+
+/// A server whose fake service `setup` changed first.
+async fn start_with(watch_buffer: usize, setup: impl FnOnce(&mut Fake)) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("api.sock");
     let (commands, mut command_rx) = mpsc::channel::<Command>(64);
     let (changes, _) = broadcast::channel(watch_buffer);
     let mut fake = Fake::new(changes.clone());
+    setup(&mut fake);
     tokio::spawn(async move {
         while let Some(command) = command_rx.recv().await {
             fake.answer(command);
@@ -403,7 +422,9 @@ async fn status_and_peers() {
 async fn registers_put_get_delete() {
     let server = start().await;
     let ack = server.send(Method::PUT, "/v1/registers/greeting", json!({"value": "hello"})).await;
-    assert_eq!(ack, json!({"id": hex::encode([0x11; 32]), "seq": 1, "lamport": 2}));
+    let ops = vec![Op::Put { key: b"greeting".to_vec(), value: b"hello".to_vec() }];
+    let id = Event::sign(&own_secret(), 1, 2, vec![peer_event().id], ops).id();
+    assert_eq!(ack, json!({"id": id.to_string(), "seq": 1, "lamport": 2}));
 
     let read = server.get("/v1/registers/greeting").await;
     assert_eq!(read["key"], "greeting");
@@ -413,7 +434,7 @@ async fn registers_put_get_delete() {
     assert_eq!(sibling["value"], "hello");
     assert_eq!(sibling["author"], own_secret().public().to_string());
     assert_eq!(sibling["author_name"], "alpha");
-    assert_eq!(sibling["event_id"], hex::encode([0x11; 32]));
+    assert_eq!(sibling["event_id"], id.to_string());
     assert_eq!(sibling["lamport"], 2);
     assert_eq!(sibling["op_index"], 0);
 
@@ -491,8 +512,79 @@ async fn keys_by_kind() {
             {"kind": "set", "key": "s1", "key_base64": "czE="},
         ])
     );
+    assert_eq!(all["next"], Value::Null);
     let counters = server.get("/v1/keys?kind=counter").await;
     assert_eq!(counters["keys"], json!([{"kind": "counter", "key": "c1", "key_base64": "YzE="}]));
+}
+
+#[tokio::test]
+async fn keys_come_in_pages() {
+    let n_keys = KEYS_LIMIT_DEFAULT + 5;
+    let server = start_with(64, |fake| {
+        for idx in 0..n_keys {
+            fake.counters.insert(format!("c{idx:05}").into_bytes(), 1);
+        }
+        fake.sets.insert(vec![0xff, b'/'], [b"e".to_vec()].into());
+    })
+    .await;
+    // Without a limit: the default, and a cursor to go on.
+    let first = server.get("/v1/keys").await;
+    assert_eq!(first["keys"].as_array().unwrap().len(), KEYS_LIMIT_DEFAULT);
+    let cursor = first["next"].as_str().unwrap();
+    // Registers come first: the fake holds two.
+    assert_eq!(cursor, key_cursor(KeyKind::Counter, format!("c{:05}", KEYS_LIMIT_DEFAULT - 3).as_bytes()));
+    let rest = server.get(&format!("/v1/keys?after={cursor}")).await;
+    let rest_keys: Vec<&Value> = rest["keys"].as_array().unwrap().iter().collect();
+    assert_eq!(rest_keys.len(), 2 + n_keys + 1 - KEYS_LIMIT_DEFAULT);
+    // A key that is not UTF-8 pages like any other, and its cursor needs no escaping.
+    assert_eq!(*rest_keys.last().unwrap(), &json!({"kind": "set", "key": null, "key_base64": "/y8="}));
+    assert_eq!(rest["next"], Value::Null);
+
+    // Page by page, every key once, in order, whatever the page size; across kinds too.
+    let whole = server.get(&format!("/v1/keys?limit={KEYS_LIMIT_MAX}")).await;
+    assert_eq!(whole["next"], Value::Null);
+    for limit in [1, 2, 7, KEYS_LIMIT_DEFAULT + 4, KEYS_LIMIT_DEFAULT + 5] {
+        let mut seen = Vec::new();
+        let mut path = format!("/v1/keys?limit={limit}");
+        loop {
+            let page = server.get(&path).await;
+            let keys = page["keys"].as_array().unwrap();
+            assert!(!keys.is_empty() && keys.len() <= limit, "{limit}: {page}");
+            seen.extend(keys.iter().cloned());
+            match page["next"].as_str() {
+                Some(next) => path = format!("/v1/keys?limit={limit}&after={next}"),
+                None => break,
+            }
+        }
+        assert_eq!(Value::Array(seen), whole["keys"], "limit {limit}");
+    }
+
+    // A cursor of another kind than the one asked for: before it, all; after it, none.
+    let sets_after_a_register = server.get("/v1/keys?kind=set&after=register:bXVsdGk").await;
+    assert_eq!(sets_after_a_register["keys"].as_array().unwrap().len(), 1);
+    let registers_after_a_set = server.get("/v1/keys?kind=register&after=set:AA").await;
+    assert_eq!(registers_after_a_set, json!({"keys": [], "next": null}));
+
+    for (query, phrase) in [
+        ("limit=0", "limit must be 1 to 5000"),
+        (&format!("limit={}", KEYS_LIMIT_MAX + 1), "limit must be 1 to 5000"),
+        ("after=register", "KIND:BASE64URL"),
+        ("after=tree:AA", "no key kind"),
+        ("after=register:%2B%2B%2B", "not base64"),
+        (&format!("after=register:{}", "A".repeat(2000)), "longer than any key"),
+    ] {
+        let message = check_error(
+            &server,
+            "GET",
+            &format!("/v1/keys?{query}"),
+            None,
+            b"",
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        )
+        .await;
+        assert!(message.contains(phrase), "{query}: {message}");
+    }
 }
 
 #[tokio::test]
@@ -526,13 +618,17 @@ async fn batch_is_one_event() {
 #[tokio::test]
 async fn events_list_and_one_event() {
     let server = start().await;
-    server.send(Method::PUT, "/v1/registers/a", json!({"value": "1"})).await;
-    server.send(Method::PUT, "/v1/registers/b", json!({"value": "2"})).await;
+    let put_a = server.send(Method::PUT, "/v1/registers/a", json!({"value": "1"})).await;
+    let put_b = server.send(Method::PUT, "/v1/registers/b", json!({"value": "2"})).await;
 
     let all = server.get("/v1/events").await;
     let ids: Vec<&str> =
         all["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [hex::encode([7; 32]), hex::encode([0x11; 32]), hex::encode([0x12; 32])]);
+    assert_eq!(
+        ids,
+        [peer_event().id.to_string().as_str(), put_a["id"].as_str().unwrap(), put_b["id"].as_str().unwrap()]
+    );
+    assert_eq!(all["next"], Value::Null);
     let first = &all["events"][0];
     assert_eq!(first["author_name"], "beta");
     assert_eq!(first["n_ops"], 1);
@@ -546,14 +642,98 @@ async fn events_list_and_one_event() {
     assert_eq!(by_key["events"].as_array().unwrap().len(), 1);
     let limited = server.get("/v1/events?limit=1").await;
     assert_eq!(limited["events"].as_array().unwrap().len(), 1);
+    assert_eq!(limited["next"], 1);
+    let on = server.get("/v1/events?limit=1&after=1").await;
+    assert_eq!(on["events"][0]["id"], put_a["id"]);
+    assert_eq!(on["next"], 2);
+    let last = server.get("/v1/events?limit=1&after=2").await;
+    assert_eq!(last["events"][0]["id"], put_b["id"]);
+    assert_eq!(last["next"], Value::Null);
+    let by_author = server.get("/v1/events?author=alpha&limit=1").await;
+    assert_eq!(by_author["events"][0]["seq"], 1);
+    assert_eq!(by_author["next"], 1);
+    assert_eq!(server.get("/v1/events?author=alpha&after=1").await["next"], Value::Null);
 
-    let event = server.get(&format!("/v1/events/{}", hex::encode([0x12; 32]))).await;
+    let event = server.get(&format!("/v1/events/{}", put_b["id"].as_str().unwrap())).await;
     assert_eq!(event["author"], own_secret().public().to_string());
     assert_eq!(event["seq"], 2);
-    assert_eq!(event["deps"], json!([hex::encode([7; 32])]));
+    assert_eq!(event["deps"], json!([peer_event().id.to_string()]));
     let ops = vec![Op::Put { key: b"b".to_vec(), value: b"2".to_vec() }];
     assert_eq!(event["ops_hash"], hex::encode(ops_hash(&ops)));
     assert_eq!(event["size"], 300);
+    // The canonical bytes: the very event this node signed.
+    let bytes = hex::decode(event["encoded_hex"].as_str().unwrap()).unwrap();
+    let decoded = cairn_protocol::codec::decode_event(&bytes).unwrap();
+    assert_eq!(decoded, Event::sign(&own_secret(), 2, 3, vec![peer_event().id], ops));
+}
+
+#[tokio::test]
+async fn an_event_page_does_not_end_inside_a_forked_seq() {
+    // The peer signed seq 1 once (the fake's first event), then seq 2 three times and seq 3.
+    let server = start_with(64, |fake| {
+        let peer = peer_secret();
+        let deps = vec![fake.events[0].id];
+        for key in ["x", "y", "z"] {
+            let ops = vec![Op::Del { key: key.as_bytes().to_vec() }];
+            fake.events.push(event_info(&peer, "beta", (2, 2), deps.clone(), ops, 150));
+        }
+        let ops = vec![Op::Del { key: b"w".to_vec() }];
+        fake.events.push(event_info(&peer, "beta", (3, 3), deps, ops, 150));
+    })
+    .await;
+    let seqs = |page: &Value| {
+        page["events"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>()
+    };
+    // A limit of 2 would cut seq 2: the page ends before it.
+    let page = server.get("/v1/events?author=beta&limit=2").await;
+    assert_eq!(seqs(&page), [1]);
+    assert_eq!(page["next"], 1);
+    // A page that seq 2 fills alone cannot end before it: the rest of seq 2 is skipped, as
+    // the module documentation says.
+    let page = server.get("/v1/events?author=beta&after=1&limit=2").await;
+    assert_eq!(seqs(&page), [2, 2]);
+    assert_eq!(page["next"], 2);
+    let page = server.get("/v1/events?author=beta&after=1&limit=3").await;
+    assert_eq!(seqs(&page), [2, 2, 2]);
+    assert_eq!(page["next"], 2);
+    let page = server.get("/v1/events?author=beta&after=2").await;
+    assert_eq!(seqs(&page), [3]);
+    assert_eq!(page["next"], Value::Null);
+}
+
+#[test]
+fn counters_are_json_numbers_only_where_json_readers_hold_them() {
+    let check = |value: i128, expected: Value| {
+        let json = serde_json::to_value(CounterValueJson(value)).unwrap();
+        assert_eq!(json, expected, "{value}");
+        assert_eq!(CounterValueJson::from_json(&json), Some(CounterValueJson(value)), "{value}");
+    };
+    check(0, json!(0));
+    check(-3, json!(-3));
+    check(JSON_SAFE_INTEGER_MAX, json!(9_007_199_254_740_991_i64));
+    check(-JSON_SAFE_INTEGER_MAX, json!(-9_007_199_254_740_991_i64));
+    check(JSON_SAFE_INTEGER_MAX + 1, json!("9007199254740992"));
+    check(-JSON_SAFE_INTEGER_MAX - 1, json!("-9007199254740992"));
+    check(i128::from(i64::MAX), json!("9223372036854775807"));
+    check(i128::MAX, json!(i128::MAX.to_string()));
+    check(i128::MIN, json!(i128::MIN.to_string()));
+    assert_eq!(CounterValueJson::from_json(&json!("12x")), None);
+    assert_eq!(CounterValueJson::from_json(&json!(1.5)), None);
+    assert_eq!(CounterValueJson::from_json(&json!(null)), None);
+}
+
+#[tokio::test]
+async fn counters_beyond_2_53_are_strings() {
+    let server = start().await;
+    for _ in 0..2 {
+        server.send(Method::POST, "/v1/counters/big/incr", json!({"delta": i64::MAX})).await;
+    }
+    assert_eq!(server.get("/v1/counters/big").await, json!({"key": "big", "value": "18446744073709551614"}));
+    let watcher = collect_watch(&server.client, 1);
+    server.wait_for_watchers(1).await;
+    server.send(Method::POST, "/v1/counters/big/incr", json!({"delta": 1})).await;
+    let seen = tokio::time::timeout(DEADLINE, watcher).await.unwrap().unwrap().unwrap();
+    assert_eq!(seen[0].1["value"], "18446744073709551615");
 }
 
 #[tokio::test]

@@ -13,7 +13,7 @@ fn main() -> ExitCode {
         Err(err) if ctl::is_broken_pipe(&err) => ExitCode::SUCCESS,
         Err(err) => {
             // If stderr is gone too there is no one left to tell.
-            let _ = writeln!(std::io::stderr(), "cairnctl: {err:#}");
+            let _ = writeln!(std::io::stderr(), "{}", ctl::error_line(&err));
             ExitCode::from(ctl::exit_code(&err))
         }
     }

@@ -417,15 +417,25 @@ impl Cluster {
         self.wait_for("every node has equal digests", |c| c.converged(&all));
     }
 
-    /// The register keys node `i` holds (`GET /v1/keys?kind=register`), as text.
+    /// The register keys node `i` holds (`GET /v1/keys?kind=register`, every page), as text.
     pub(crate) fn register_keys(&self, i: usize) -> BTreeSet<String> {
-        let keys = self.get(i, "/v1/keys?kind=register");
-        keys["keys"]
-            .as_array()
-            .expect("a key list")
-            .iter()
-            .map(|k| k["key"].as_str().expect("a text key").to_owned())
-            .collect()
+        let mut held = BTreeSet::new();
+        let mut path = "/v1/keys?kind=register".to_owned();
+        loop {
+            let page = self.get(i, &path);
+            held.extend(
+                page["keys"]
+                    .as_array()
+                    .expect("a key list")
+                    .iter()
+                    .map(|k| k["key"].as_str().expect("a text key").to_owned()),
+            );
+            match page["next"].as_str() {
+                // A cursor needs no percent-encoding.
+                Some(next) => path = format!("/v1/keys?kind=register&after={next}"),
+                None => return held,
+            }
+        }
     }
 
     /// Asserts that every node that runs holds every key of `keys` as a register whose value is
