@@ -1,4 +1,4 @@
-//! The event: a header, its ops and a signature, as DESIGN.md describes. `ops_hash` binds the
+//! The event: a header, its ops and a signature, as `docs/PROTOCOL.md` §5 lays it out. `ops_hash` binds the
 //! ops to the header, the id is the hash of the canonical header, and the signature covers the
 //! id, so a header and its signature verify without the ops.
 

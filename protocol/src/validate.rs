@@ -1,4 +1,4 @@
-//! The validity rules of DESIGN.md, split by what they need: `check_stateless` needs only the
+//! The validity rules of `docs/PROTOCOL.md` §7, split by what they need: `check_stateless` needs only the
 //! bytes and the genesis (rules 1, 2, 3, 7 and the shape of the deps); rule 4 (the signature)
 //! runs in the adapter, `verify_strict` on each event, spread over threads; `check_causal` needs the accepted deps (rules 5
 //! and 6). Each failure is a distinct [`Reject`] reason, counted in metrics and logs.
@@ -10,7 +10,7 @@ use crate::event::{Event, EventId, ops_hash};
 use crate::genesis::{Genesis, MemberIdx};
 use crate::limits::OPS_MAX;
 
-/// Why an event is invalid. The numbering in the docs follows DESIGN.md's rules.
+/// Why an event is invalid. The numbering in the docs follows the rules of `docs/PROTOCOL.md` §7.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum Reject {

@@ -307,7 +307,7 @@ fn a_node_that_lost_its_store_learns_its_seq_before_writing() {
 }
 
 /// A Byzantine peer that claims a restarted node's own chain is far longer than it is must
-/// not keep that node from writing for ever (DESIGN.md: a Byzantine peer costs honest nodes
+/// not keep that node from writing for ever (`docs/SECURITY.md`: a Byzantine peer costs honest nodes
 /// bounded delay).
 #[test]
 fn a_lying_peer_cannot_block_a_restarted_node_for_ever() {

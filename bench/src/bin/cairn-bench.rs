@@ -367,7 +367,7 @@ fn sync_table(out: &mut String, rows: &[sync::Row]) {
          bytes per event and 12 per message). Events sent counts the events in Events messages; the \
          check fails if it differs from the events to move (an event sent twice or not at all). \
          Targets: wire / event bytes ≤ 1.05 wherever events move, round trips ≤ 1.5 in (c), and one \
-         round trip in (a) as DESIGN.md states; the others have no round-trip target. ms is the wall time of the whole session in one thread, \
+         round trip in (a) as `docs/PROTOCOL.md` §12 states; the others have no round-trip target. ms is the wall time of the whole session in one thread, \
          validation of the moved events included. The check compares `sync_digest()`, \
          `document().digest()` and the event counts of A and B after the session. The next-session \
          column is a liveness check: one sync interval after the measured session, the initiator is \

@@ -898,7 +898,7 @@ impl Cluster {
         }
     }
 
-    /// The promises of DESIGN.md, checked on quiescent honest nodes: the same accepted
+    /// The promises of `docs/SECURITY.md` ("What Cairn promises honest nodes"), checked on quiescent honest nodes: the same accepted
     /// events, the same evidence and the same document everywhere; no crafted invalid event
     /// accepted anywhere; every honest write accepted everywhere; every author with an
     /// accepted fork proven, refused and excluded everywhere; no honest member accused.

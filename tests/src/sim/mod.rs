@@ -13,7 +13,7 @@
 //! duplicate probabilities go to zero (delays stay) and the Byzantine nodes stop attacking
 //! (each either goes silent or relays honestly). The simulator runs until the honest nodes are
 //! quiescent (see [`Cluster::is_quiescent`]) or a virtual-time deadline passes, then checks
-//! the promises of DESIGN.md (see [`Cluster::check_final`]). Invariants that must hold at every
+//! the promises of `docs/SECURITY.md` (see [`Cluster::check_final`]). Invariants that must hold at every
 //! moment are checked after every input: buffer bounds, no honest node rejecting an event or
 //! a message from an honest one or refusing it, no evidence against an honest member, no
 //! honest write refused, and no node asking to be woken again at a time it already handled.
@@ -73,7 +73,7 @@ pub struct SimConfig {
     /// Virtual milliseconds the healed cluster has to become quiescent.
     pub heal_deadline_ms: u64,
     /// Pairs of nodes that are never connected, even after healing. The honest nodes must
-    /// stay connected through honest nodes (DESIGN.md promises convergence only then).
+    /// stay connected through honest nodes (`docs/SECURITY.md` promises convergence only then).
     pub severed: Vec<(usize, usize)>,
     /// Restarts with an empty store: `(node, own_seq_peers_needed, at_ms)`, see
     /// [`Scripted::Restart`].
