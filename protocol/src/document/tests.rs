@@ -1,0 +1,1058 @@
+//! The document's semantics, checked on hand-built event DAGs in every causal order.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use cairn_crypto::{SecretKey, hash};
+use proptest::prelude::*;
+
+use super::*;
+use crate::event::Event;
+
+const A: MemberIdx = 0;
+const B: MemberIdx = 1;
+const C: MemberIdx = 2;
+const N_AUTHORS: usize = 3;
+
+/// Signed test events with their causal relations; an event is named by its index.
+struct Dag {
+    /// Sorted by public key, so a key's position is its member index.
+    keys: Vec<SecretKey>,
+    events: Vec<Verified>,
+    deps: Vec<Vec<usize>>,
+    own_tip: Vec<Option<usize>>,
+}
+
+impl Dag {
+    fn new() -> Self {
+        let mut keys: Vec<SecretKey> =
+            (1..=N_AUTHORS as u8).map(|seed| SecretKey::from_seed(&[seed; 32])).collect();
+        keys.sort_by_key(SecretKey::public);
+        Self { keys, events: Vec::new(), deps: Vec::new(), own_tip: vec![None; N_AUTHORS] }
+    }
+
+    /// The next event on `author`'s latest event, having also seen `seen`.
+    fn event(&mut self, author: MemberIdx, seen: &[usize], ops: Vec<Op>) -> usize {
+        let idx = self.event_on(author, self.own_tip[author], seen, ops).expect("a new event");
+        self.own_tip[author] = Some(idx);
+        idx
+    }
+
+    /// An event of `author` whose own predecessor is `parent`: a fork when `parent` already
+    /// has a successor. `None` if exactly this event exists already.
+    fn event_on(
+        &mut self,
+        author: MemberIdx,
+        parent: Option<usize>,
+        seen: &[usize],
+        ops: Vec<Op>,
+    ) -> Option<usize> {
+        let seq = parent.map_or(1, |p| self.events[p].seq() + 1);
+        let mut deps: Vec<usize> = parent.into_iter().chain(seen.iter().copied()).collect();
+        deps.sort_unstable();
+        deps.dedup();
+        let lamport = 1 + deps.iter().map(|&d| self.events[d].lamport()).max().unwrap_or(0);
+        // The clock as the adapter keeps it: the pointwise max over the deps, and the own seq.
+        let mut clock = vec![0u64; N_AUTHORS];
+        for &dep in &deps {
+            for (entry, &seen_seq) in clock.iter_mut().zip(self.events[dep].clock()) {
+                *entry = (*entry).max(seen_seq);
+            }
+        }
+        clock[author] = clock[author].max(seq);
+        let dep_ids = deps.iter().map(|&d| self.events[d].id()).collect();
+        let event = Event::sign(&self.keys[author], seq, lamport, dep_ids, ops);
+        let id = event.id();
+        if self.events.iter().any(|e| e.id() == id) {
+            return None;
+        }
+        let bytes = event.encode();
+        self.events.push(Verified::new(event, id, bytes, author, clock.into()));
+        self.deps.push(deps);
+        Some(self.events.len() - 1)
+    }
+
+    /// A causal order of all events; `choose(n)` picks one of the `n` ready events.
+    fn topological_order(&self, mut choose: impl FnMut(usize) -> usize) -> Vec<usize> {
+        let mut placed = vec![false; self.events.len()];
+        let mut order = Vec::new();
+        while order.len() < self.events.len() {
+            let ready: Vec<usize> = (0..self.events.len())
+                .filter(|&idx| !placed[idx] && self.deps[idx].iter().all(|&dep| placed[dep]))
+                .collect();
+            let pick = ready[choose(ready.len()) % ready.len()];
+            placed[pick] = true;
+            order.push(pick);
+        }
+        order
+    }
+
+    fn is_excluded(&self, idx: usize, exclusions: &[(MemberIdx, u64)]) -> bool {
+        let event = &self.events[idx];
+        exclusions.iter().any(|&(author, from_seq)| event.author_idx() == author && event.seq() >= from_seq)
+    }
+}
+
+fn put(key: &str, value: &str) -> Op {
+    Op::Put { key: key.into(), value: value.into() }
+}
+
+fn del(key: &str) -> Op {
+    Op::Del { key: key.into() }
+}
+
+fn incr(key: &str, delta: i64) -> Op {
+    Op::Incr { key: key.into(), delta }
+}
+
+fn add(key: &str, element: &str) -> Op {
+    Op::Add { key: key.into(), element: element.into() }
+}
+
+fn remove(key: &str, element: &str) -> Op {
+    Op::Remove { key: key.into(), element: element.into() }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn author_name(author: MemberIdx) -> char {
+    char::from(b'A' + u8::try_from(author).unwrap())
+}
+
+/// The visible state, one line per non-empty key: `register k = visible [siblings]`,
+/// `counter c = sum {author totals}`, `set s = {members}`.
+fn render(doc: &Document) -> String {
+    let mut out = String::new();
+    for key in doc.register_keys() {
+        let read = doc.register(key);
+        let siblings: Vec<String> =
+            read.siblings.iter().map(|s| format!("{}/{}", text(&s.value), author_name(s.author))).collect();
+        let visible = read.visible.expect("a listed register has a visible value");
+        assert_eq!(Some(&visible), read.siblings.last());
+        writeln!(out, "register {} = {} [{}]", text(key), text(&visible.value), siblings.join(" ")).unwrap();
+    }
+    for key in doc.counter_keys() {
+        let totals: Vec<String> = counter_totals(doc, key)
+            .iter()
+            .map(|(author, total)| format!("{}:{total}", author_name(*author)))
+            .collect();
+        writeln!(out, "counter {} = {} {{{}}}", text(key), doc.counter(key), totals.join(" ")).unwrap();
+    }
+    for key in doc.set_keys() {
+        let members: Vec<String> = doc.set_members(key).iter().map(|m| text(m)).collect();
+        writeln!(out, "set {} = {{{}}}", text(key), members.join(" ")).unwrap();
+    }
+    out
+}
+
+/// The non-zero author totals of a counter.
+fn counter_totals(doc: &Document, key: &[u8]) -> Vec<(MemberIdx, i128)> {
+    doc.counters.get(key).map_or_else(Vec::new, |state| {
+        state
+            .by_author
+            .iter()
+            .filter(|(_, tally)| tally.total != 0)
+            .map(|(&author, tally)| (author, tally.total))
+            .collect()
+    })
+}
+
+fn normalize(expected: &str) -> String {
+    expected.lines().map(str::trim).filter(|line| !line.is_empty()).map(|line| format!("{line}\n")).collect()
+}
+
+/// Applies every event of `dag` with `exclusions`, three ways: events in creation order then
+/// the exclusions; the exclusions first, then the events in another causal order; and only
+/// the events the exclusions leave, with no exclusion at all. All three must render as
+/// `expected` and have the same digest, which is the empty digest when nothing shows.
+fn check(dag: &Dag, exclusions: &[(MemberIdx, u64)], expected: &str) {
+    let mut after = Document::new(N_AUTHORS);
+    for event in &dag.events {
+        after.apply(event);
+    }
+    for &(author, from_seq) in exclusions {
+        after.exclude(author, from_seq);
+    }
+    let mut before = Document::new(N_AUTHORS);
+    for &(author, from_seq) in exclusions {
+        before.exclude(author, from_seq);
+    }
+    for idx in dag.topological_order(|n_ready| n_ready - 1) {
+        before.apply(&dag.events[idx]);
+    }
+    let mut never = Document::new(N_AUTHORS);
+    for (idx, event) in dag.events.iter().enumerate() {
+        if !dag.is_excluded(idx, exclusions) {
+            never.apply(event);
+        }
+    }
+    let rendered = render(&after);
+    assert_eq!(rendered, normalize(expected));
+    assert_eq!(render(&before), rendered, "exclusion first, another causal order");
+    assert_eq!(render(&never), rendered, "excluded events never applied");
+    assert_eq!(before.digest(), after.digest());
+    assert_eq!(never.digest(), after.digest());
+    if rendered.is_empty() {
+        assert_eq!(after.digest(), Document::new(N_AUTHORS).digest());
+    } else {
+        assert_ne!(after.digest(), Document::new(N_AUTHORS).digest());
+    }
+}
+
+// ---- registers ------------------------------------------------------------------------
+
+#[test]
+fn register_single_write() {
+    let mut dag = Dag::new();
+    dag.event(A, &[], vec![put("k", "v1")]);
+    check(&dag, &[], "register k = v1 [v1/A]");
+    let mut doc = Document::new(N_AUTHORS);
+    doc.apply(&dag.events[0]);
+    let sibling =
+        Sibling { value: b"v1".to_vec(), author: A, lamport: 1, event_id: dag.events[0].id(), op_idx: 0 };
+    assert_eq!(doc.register(b"k"), RegisterRead { visible: Some(sibling.clone()), siblings: vec![sibling] });
+    assert_eq!(doc.register(b"unknown"), RegisterRead::default());
+}
+
+#[test]
+fn register_overwrite_in_causal_order() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "v1")]);
+    let b1 = dag.event(B, &[a1], vec![put("k", "v2")]);
+    dag.event(A, &[b1], vec![put("k", "v3")]);
+    check(&dag, &[], "register k = v3 [v3/A]");
+}
+
+#[test]
+fn register_concurrent_puts_are_siblings() {
+    // Equal lamports: the greater author index is visible.
+    let mut dag = Dag::new();
+    dag.event(B, &[], vec![put("k", "v2")]);
+    dag.event(A, &[], vec![put("k", "v1")]);
+    check(&dag, &[], "register k = v2 [v1/A v2/B]");
+
+    // The greater lamport is visible whatever the author.
+    let mut dag = Dag::new();
+    let b1 = dag.event(B, &[], vec![put("other", "x")]);
+    dag.event(A, &[b1], vec![put("k", "v1")]);
+    dag.event(C, &[], vec![put("k", "v3")]);
+    check(
+        &dag,
+        &[],
+        "
+        register k = v1 [v3/C v1/A]
+        register other = x [x/B]
+        ",
+    );
+
+    // A put that saw one sibling supersedes only that one.
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "v1")]);
+    dag.event(B, &[], vec![put("k", "v2")]);
+    dag.event(C, &[a1], vec![put("k", "v3")]);
+    check(&dag, &[], "register k = v3 [v2/B v3/C]");
+}
+
+#[test]
+fn register_del() {
+    // A del of a seen value leaves nothing, the same state as an empty document.
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "v1")]);
+    dag.event(B, &[a1], vec![del("k")]);
+    check(&dag, &[], "");
+
+    // A del concurrent with a put keeps the put.
+    let mut dag = Dag::new();
+    dag.event(A, &[], vec![put("k", "v1")]);
+    dag.event(B, &[], vec![del("k")]);
+    check(&dag, &[], "register k = v1 [v1/A]");
+
+    // A del takes out only the siblings it saw.
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "v1")]);
+    dag.event(B, &[], vec![put("k", "v2")]);
+    dag.event(C, &[a1], vec![del("k")]);
+    check(&dag, &[], "register k = v2 [v2/B]");
+
+    // A put after a del shows again.
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "v1")]);
+    let b1 = dag.event(B, &[a1], vec![del("k")]);
+    dag.event(C, &[b1], vec![put("k", "v3")]);
+    check(&dag, &[], "register k = v3 [v3/C]");
+}
+
+#[test]
+fn register_ops_in_one_event_apply_in_index_order() {
+    let mut dag = Dag::new();
+    dag.event(
+        A,
+        &[],
+        vec![
+            put("two-puts", "first"),
+            put("put-del", "gone"),
+            del("del-put"),
+            put("two-puts", "second"),
+            del("put-del"),
+            put("del-put", "kept"),
+        ],
+    );
+    check(
+        &dag,
+        &[],
+        "
+        register del-put = kept [kept/A]
+        register two-puts = second [second/A]
+        ",
+    );
+}
+
+// ---- counters -------------------------------------------------------------------------
+
+#[test]
+fn counter_sums_per_author() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![incr("c", 5)]);
+    dag.event(A, &[], vec![incr("c", -2), incr("d", 1)]);
+    dag.event(B, &[a1], vec![incr("c", 10)]);
+    dag.event(C, &[], vec![incr("c", -20)]);
+    check(
+        &dag,
+        &[],
+        "
+        counter c = -7 {A:3 B:10 C:-20}
+        counter d = 1 {A:1}
+        ",
+    );
+    let mut doc = Document::new(N_AUTHORS);
+    assert_eq!(doc.counter(b"c"), 0);
+    for event in &dag.events {
+        doc.apply(event);
+    }
+    assert_eq!(doc.counter(b"c"), -7);
+}
+
+#[test]
+fn counter_i64_extremes_do_not_overflow() {
+    let mut dag = Dag::new();
+    dag.event(A, &[], vec![incr("max", i64::MAX), incr("max", i64::MAX), incr("min", i64::MIN)]);
+    dag.event(A, &[], vec![incr("max", i64::MAX), incr("min", i64::MIN)]);
+    dag.event(B, &[], vec![incr("min", i64::MIN), incr("mixed", i64::MAX)]);
+    dag.event(C, &[], vec![incr("mixed", i64::MIN)]);
+    check(
+        &dag,
+        &[],
+        "
+        counter max = 27670116110564327421 {A:27670116110564327421}
+        counter min = -27670116110564327424 {A:-18446744073709551616 B:-9223372036854775808}
+        counter mixed = -1 {B:9223372036854775807 C:-9223372036854775808}
+        ",
+    );
+}
+
+#[test]
+fn counter_zero_totals() {
+    // An author's total back at zero leaves no trace.
+    let mut dag = Dag::new();
+    dag.event(A, &[], vec![incr("c", 5)]);
+    dag.event(A, &[], vec![incr("c", -5)]);
+    dag.event(B, &[], vec![incr("c", 0), incr("d", 3), incr("d", -3)]);
+    check(&dag, &[], "");
+
+    // Authors' totals that cancel out are still state.
+    let mut dag = Dag::new();
+    dag.event(A, &[], vec![incr("c", 5)]);
+    dag.event(B, &[], vec![incr("c", -5)]);
+    check(&dag, &[], "counter c = 0 {A:5 B:-5}");
+}
+
+// ---- sets -----------------------------------------------------------------------------
+
+#[test]
+fn set_add_and_remove() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![add("s", "x"), add("s", "y")]);
+    dag.event(B, &[a1], vec![remove("s", "x")]);
+    check(&dag, &[], "set s = {y}");
+
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![add("s", "x")]);
+    dag.event(B, &[a1], vec![remove("s", "x")]);
+    check(&dag, &[], "");
+}
+
+#[test]
+fn set_concurrent_add_wins_over_remove() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![add("s", "x")]);
+    dag.event(B, &[a1], vec![remove("s", "x")]);
+    dag.event(C, &[a1], vec![add("s", "x")]);
+    check(&dag, &[], "set s = {x}");
+}
+
+#[test]
+fn set_remove_of_unseen_add_does_nothing() {
+    let mut dag = Dag::new();
+    dag.event(A, &[], vec![add("s", "x")]);
+    dag.event(B, &[], vec![remove("s", "x"), remove("s", "never-added")]);
+    check(&dag, &[], "set s = {x}");
+}
+
+#[test]
+fn set_readd_after_remove() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![add("s", "x")]);
+    let b1 = dag.event(B, &[a1], vec![remove("s", "x")]);
+    dag.event(A, &[b1], vec![add("s", "x")]);
+    check(&dag, &[], "set s = {x}");
+}
+
+#[test]
+fn set_ops_in_one_event_apply_in_index_order() {
+    let mut dag = Dag::new();
+    dag.event(
+        A,
+        &[],
+        vec![add("s", "gone"), remove("s", "kept"), add("t", "z"), remove("s", "gone"), add("s", "kept")],
+    );
+    check(
+        &dag,
+        &[],
+        "
+        set s = {kept}
+        set t = {z}
+        ",
+    );
+}
+
+// ---- exclusion ------------------------------------------------------------------------
+
+#[test]
+fn exclusion_equals_never_applying_the_ops() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "a1"), incr("c", 1), add("s", "x")]);
+    dag.event(A, &[], vec![put("k", "a2"), incr("c", 2), add("s", "y"), put("only-a2", "v")]);
+    let a3 = dag.event(A, &[], vec![incr("c", 4), remove("s", "x")]);
+    let b1 = dag.event(B, &[a1], vec![incr("c", 8), put("b", "b1")]);
+    dag.event(C, &[a3, b1], vec![add("s", "z")]);
+    check(
+        &dag,
+        &[],
+        "
+        register b = b1 [b1/B]
+        register k = a2 [a2/A]
+        register only-a2 = v [v/A]
+        counter c = 15 {A:7 B:8}
+        set s = {y z}
+        ",
+    );
+    check(
+        &dag,
+        &[(A, 2)],
+        "
+        register b = b1 [b1/B]
+        register k = a1 [a1/A]
+        counter c = 9 {A:1 B:8}
+        set s = {x z}
+        ",
+    );
+    check(
+        &dag,
+        &[(A, 1)],
+        "
+        register b = b1 [b1/B]
+        counter c = 8 {B:8}
+        set s = {z}
+        ",
+    );
+}
+
+#[test]
+fn exclusion_uncovers_what_only_the_excluded_op_superseded() {
+    let mut dag = Dag::new();
+    let c1 = dag.event(C, &[], vec![put("k", "v0"), add("s", "x")]);
+    dag.event(A, &[c1], vec![put("k", "v1"), remove("s", "x")]);
+    dag.event(B, &[], vec![put("k", "v2")]);
+    check(&dag, &[], "register k = v1 [v2/B v1/A]");
+    check(
+        &dag,
+        &[(A, 1)],
+        "
+        register k = v0 [v2/B v0/C]
+        set s = {x}
+        ",
+    );
+}
+
+#[test]
+fn exclusion_keeps_hidden_what_an_included_op_superseded() {
+    // B's put saw v0 through A's event, so v0 stays superseded when A's put goes.
+    let mut dag = Dag::new();
+    let c1 = dag.event(C, &[], vec![put("k", "v0"), add("s", "x")]);
+    let a1 = dag.event(A, &[c1], vec![put("k", "v1")]);
+    dag.event(B, &[a1], vec![put("k", "v2"), remove("s", "x")]);
+    check(&dag, &[], "register k = v2 [v2/B]");
+    check(&dag, &[(A, 1)], "register k = v2 [v2/B]");
+}
+
+#[test]
+fn exclusion_of_a_fork() {
+    // A signs two events with seq 2; B sees both. Until the exclusion, the clock test is
+    // wrong about A's forked ops; after it, they are gone and the rest is exact.
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "a1"), add("s", "x"), incr("c", 1)]);
+    let a2 = dag.event_on(A, Some(a1), &[], vec![put("k", "left"), remove("s", "x")]).unwrap();
+    let a2_fork = dag.event_on(A, Some(a1), &[], vec![put("k", "right"), incr("c", 10)]).unwrap();
+    dag.event_on(A, Some(a2_fork), &[], vec![put("fork-only", "v")]).unwrap();
+    let b1 = dag.event(B, &[a2, a2_fork], vec![put("b", "b1"), add("s", "y")]);
+    dag.event(C, &[b1], vec![incr("c", 100)]);
+    check(
+        &dag,
+        &[(A, 2)],
+        "
+        register b = b1 [b1/B]
+        register k = a1 [a1/A]
+        counter c = 101 {A:1 C:100}
+        set s = {x y}
+        ",
+    );
+}
+
+#[test]
+fn exclusion_only_lowers() {
+    let mut dag = Dag::new();
+    for seq in 1..=4 {
+        dag.event(A, &[], vec![incr("c", 1 << seq)]);
+    }
+    let mut doc = Document::new(N_AUTHORS);
+    for event in &dag.events {
+        doc.apply(event);
+    }
+    assert_eq!(doc.excluded_from(A), None);
+    let counter_c = vec![Change { kind: KeyKind::Counter, key: b"c".to_vec() }];
+    assert_eq!(doc.exclude(A, 4), counter_c);
+    assert_eq!(doc.counter(b"c"), 2 + 4 + 8);
+    assert_eq!(doc.exclude(A, 4), []);
+    assert_eq!(doc.exclude(A, 9), []);
+    assert_eq!(doc.excluded_from(A), Some(4));
+    assert_eq!(doc.exclude(A, 2), counter_c);
+    assert_eq!(doc.counter(b"c"), 2);
+    assert_eq!(doc.excluded_from(A), Some(2));
+    // Nothing of A's is left from seq 2 on, so a lower exclusion there changes nothing.
+    let mut dag = Dag::new();
+    dag.event(A, &[], vec![incr("c", 1)]);
+    dag.event(A, &[], vec![put("k", "v")]);
+    let mut doc = Document::new(N_AUTHORS);
+    doc.apply(&dag.events[0]);
+    doc.apply(&dag.events[1]);
+    assert_eq!(doc.exclude(A, 2), [Change { kind: KeyKind::Register, key: b"k".to_vec() }]);
+    assert_eq!(doc.exclude(A, 3), []);
+    assert_eq!(doc.exclude(B, 1), []);
+    // Events at or above the exclusion are skipped when they arrive.
+    let mut late = Document::new(N_AUTHORS);
+    late.exclude(A, 2);
+    late.apply(&dag.events[0]);
+    assert_eq!(late.apply(&dag.events[1]), []);
+    assert_eq!(late.digest(), doc.digest());
+}
+
+#[test]
+fn changes_name_each_key_whose_visible_state_changed() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(
+        A,
+        &[],
+        vec![
+            put("k2", "v"),
+            add("s", "x"),
+            put("k1", "v"),
+            incr("zero", 3),
+            incr("c", 3),
+            incr("zero", -3),
+            put("put-del", "v"),
+            del("put-del"),
+            del("never-put"),
+            add("s", "y"),
+            add("add-remove", "x"),
+            remove("add-remove", "x"),
+        ],
+    );
+    let b1 = dag.event(B, &[a1], vec![add("s", "x"), put("k1", "w")]);
+    let c1 = dag.event(C, &[a1], vec![remove("s", "x"), del("k2"), incr("c", 0)]);
+    let mut doc = Document::new(N_AUTHORS);
+    let change = |kind, key: &str| Change { kind, key: key.as_bytes().to_vec() };
+    assert_eq!(
+        doc.apply(&dag.events[a1]),
+        [
+            change(KeyKind::Register, "k1"),
+            change(KeyKind::Register, "k2"),
+            change(KeyKind::Counter, "c"),
+            change(KeyKind::Set, "s"),
+        ]
+    );
+    // Another tag of a present element changes nothing visible.
+    assert_eq!(doc.apply(&dag.events[b1]), [change(KeyKind::Register, "k1")]);
+    // x keeps B's concurrent tag.
+    assert_eq!(doc.apply(&dag.events[c1]), [change(KeyKind::Register, "k2")]);
+    assert_eq!(doc.set_members(b"s"), [b"x".to_vec(), b"y".to_vec()]);
+    assert_eq!(
+        doc.exclude(B, 1),
+        [change(KeyKind::Register, "k1"), change(KeyKind::Set, "s")],
+        "k1 shows A's value again; x goes, C removed the tag it saw"
+    );
+    assert_eq!(doc.set_members(b"s"), [b"y".to_vec()]);
+    assert_eq!(doc.register(b"k1").visible.unwrap().value, b"v");
+}
+
+// ---- digest ---------------------------------------------------------------------------
+
+#[test]
+fn empty_digest_vector() {
+    // SHA-256("cairn/document/v1" ‖ three u64 zero counts), computed with `sha256sum`.
+    assert_eq!(
+        hex::encode(Document::new(N_AUTHORS).digest()),
+        "a3a04f08c3dcb55d64ce3058421f4ce9c2416450bfc5373c58819b3b81aef735"
+    );
+}
+
+#[test]
+fn digest_follows_the_documented_layout() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "v1"), incr("c", -7), add("s", "y"), add("s", "x")]);
+    let b1 = dag.event(B, &[], vec![put("k", "v2"), incr("c", 9), put("gone", "v"), del("gone")]);
+    let mut doc = Document::new(N_AUTHORS);
+    doc.apply(&dag.events[a1]);
+    doc.apply(&dag.events[b1]);
+
+    let mut state = Vec::new();
+    let u64_le = |state: &mut Vec<u8>, n: u64| state.extend_from_slice(&n.to_le_bytes());
+    let bytes = |state: &mut Vec<u8>, b: &[u8]| {
+        state.extend_from_slice(&(b.len() as u64).to_le_bytes());
+        state.extend_from_slice(b);
+    };
+    u64_le(&mut state, 1); // registers
+    bytes(&mut state, b"k");
+    u64_le(&mut state, 2);
+    for (event, value) in [(a1, b"v1"), (b1, b"v2")] {
+        state.extend_from_slice(&dag.events[event].id().0);
+        u64_le(&mut state, 0); // op index
+        u64_le(&mut state, dag.events[event].author_idx() as u64);
+        u64_le(&mut state, 1); // lamport
+        bytes(&mut state, value);
+    }
+    u64_le(&mut state, 1); // counters
+    bytes(&mut state, b"c");
+    u64_le(&mut state, 2);
+    u64_le(&mut state, A as u64);
+    state.extend_from_slice(&(-7i128).to_le_bytes());
+    u64_le(&mut state, B as u64);
+    state.extend_from_slice(&9i128.to_le_bytes());
+    u64_le(&mut state, 1); // sets
+    bytes(&mut state, b"s");
+    u64_le(&mut state, 2);
+    bytes(&mut state, b"x");
+    bytes(&mut state, b"y");
+    assert_eq!(doc.digest(), hash(Domain::Document, &state));
+}
+
+// ---- convergence ----------------------------------------------------------------------
+
+const REGISTER_KEYS: [&str; 2] = ["r0", "r1"];
+const COUNTER_KEYS: [&str; 2] = ["c0", "c1"];
+const SET_KEYS: [&str; 2] = ["s0", "s1"];
+const VALUES: [&str; 4] = ["v0", "v1", "v2", "v3"];
+const ELEMENTS: [&str; 3] = ["x", "y", "z"];
+
+#[derive(Clone, Debug)]
+enum OpSpec {
+    Put(usize, usize),
+    Del(usize),
+    Incr(usize, i64),
+    Add(usize, usize),
+    Remove(usize, usize),
+}
+
+impl OpSpec {
+    fn op(&self) -> Op {
+        match *self {
+            Self::Put(key, value) => put(REGISTER_KEYS[key], VALUES[value]),
+            Self::Del(key) => del(REGISTER_KEYS[key]),
+            Self::Incr(key, delta) => incr(COUNTER_KEYS[key], delta),
+            Self::Add(key, element) => add(SET_KEYS[key], ELEMENTS[element]),
+            Self::Remove(key, element) => remove(SET_KEYS[key], ELEMENTS[element]),
+        }
+    }
+}
+
+fn op_spec() -> impl Strategy<Value = OpSpec> {
+    prop_oneof![
+        (0..2usize, 0..VALUES.len()).prop_map(|(key, value)| OpSpec::Put(key, value)),
+        (0..2usize).prop_map(OpSpec::Del),
+        (0..2usize, prop_oneof![4 => -3i64..=3, 1 => any::<i64>()])
+            .prop_map(|(key, delta)| OpSpec::Incr(key, delta)),
+        (0..2usize, 0..ELEMENTS.len()).prop_map(|(key, element)| OpSpec::Add(key, element)),
+        (0..2usize, 0..ELEMENTS.len()).prop_map(|(key, element)| OpSpec::Remove(key, element)),
+    ]
+}
+
+/// One new event: its author; for A sometimes a fork (a branch and a seq on it to fork at);
+/// which of the author's branches to extend; which other tips it sees (a bit mask); its ops.
+#[derive(Clone, Debug)]
+struct StepSpec {
+    author: MemberIdx,
+    fork: Option<(usize, usize)>,
+    branch: usize,
+    seen_mask: u32,
+    ops: Vec<OpSpec>,
+}
+
+fn step_spec() -> impl Strategy<Value = StepSpec> {
+    (
+        0..N_AUTHORS,
+        proptest::option::weighted(0.15, (any::<usize>(), any::<usize>())),
+        any::<usize>(),
+        any::<u32>(),
+        proptest::collection::vec(op_spec(), 1..4),
+    )
+        .prop_map(|(author, fork, branch, seen_mask, ops)| StepSpec {
+            author,
+            fork,
+            branch,
+            seen_mask,
+            ops,
+        })
+}
+
+/// Builds the events. Only A forks; B and C each keep one chain.
+fn build(steps: &[StepSpec]) -> Dag {
+    let mut dag = Dag::new();
+    // Per author, its branches, each the chain of its event indexes from seq 1.
+    let mut branches: Vec<Vec<Vec<usize>>> = vec![vec![Vec::new()]; N_AUTHORS];
+    for step in steps {
+        let author = step.author;
+        let (mut chain, is_fork) = match step.fork {
+            Some((branch, at)) if author == A && !branches[A][0].is_empty() => {
+                let chain = &branches[A][branch % branches[A].len()];
+                let seq = 1 + at % chain.len();
+                (chain[..seq - 1].to_vec(), true)
+            }
+            _ => {
+                let n_branches = branches[author].len();
+                (branches[author][step.branch % n_branches].clone(), false)
+            }
+        };
+        let tips: Vec<usize> = (0..N_AUTHORS)
+            .filter(|&other| other != author)
+            .flat_map(|other| branches[other].iter().filter_map(|chain| chain.last().copied()))
+            .collect();
+        let seen: Vec<usize> = tips
+            .iter()
+            .enumerate()
+            .filter(|&(position, _)| position < 32 && step.seen_mask & (1 << position) != 0)
+            .map(|(_, &tip)| tip)
+            .collect();
+        let ops = step.ops.iter().map(OpSpec::op).collect();
+        let Some(idx) = dag.event_on(author, chain.last().copied(), &seen, ops) else {
+            continue;
+        };
+        if is_fork {
+            chain.push(idx);
+            branches[A].push(chain);
+        } else {
+            let n_branches = branches[author].len();
+            branches[author][step.branch % n_branches].push(idx);
+        }
+    }
+    dag
+}
+
+/// The lowest seq at which A has two different events.
+fn lowest_fork_seq(dag: &Dag) -> Option<u64> {
+    let mut ids_by_seq: BTreeMap<u64, BTreeSet<EventId>> = BTreeMap::new();
+    for event in dag.events.iter().filter(|e| e.author_idx() == A) {
+        ids_by_seq.entry(event.seq()).or_default().insert(event.id());
+    }
+    ids_by_seq.into_iter().find(|(_, ids)| ids.len() > 1).map(|(seq, _)| seq)
+}
+
+/// Per counter key, its value and its non-zero author totals.
+type CounterReads = BTreeMap<String, (i128, Vec<(MemberIdx, i128)>)>;
+
+/// Everything a reader can see of the document at the keys the proptest uses.
+#[derive(Debug, PartialEq, Eq)]
+struct Reads {
+    registers: BTreeMap<String, RegisterRead>,
+    counters: CounterReads,
+    sets: BTreeMap<String, Vec<Vec<u8>>>,
+    listed: [Vec<Vec<u8>>; 3],
+    digest: [u8; 32],
+}
+
+fn reads(doc: &Document) -> Reads {
+    Reads {
+        registers: REGISTER_KEYS.iter().map(|&k| (k.to_owned(), doc.register(k.as_bytes()))).collect(),
+        counters: COUNTER_KEYS
+            .iter()
+            .map(|&k| (k.to_owned(), (doc.counter(k.as_bytes()), counter_totals(doc, k.as_bytes()))))
+            .collect(),
+        sets: SET_KEYS.iter().map(|&k| (k.to_owned(), doc.set_members(k.as_bytes()))).collect(),
+        listed: [
+            doc.register_keys().map(<[u8]>::to_vec).collect(),
+            doc.counter_keys().map(<[u8]>::to_vec).collect(),
+            doc.set_keys().map(<[u8]>::to_vec).collect(),
+        ],
+        digest: doc.digest(),
+    }
+}
+
+/// The keys whose visible state differs between two reads.
+fn changed(before: &Reads, after: &Reads) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let mut push = |kind, key: &String, differs: bool| {
+        if differs {
+            changes.push(Change { kind, key: key.as_bytes().to_vec() });
+        }
+    };
+    for (key, read) in &after.registers {
+        push(KeyKind::Register, key, before.registers[key] != *read);
+    }
+    for (key, (_, totals)) in &after.counters {
+        push(KeyKind::Counter, key, before.counters[key].1 != *totals);
+    }
+    for (key, members) in &after.sets {
+        push(KeyKind::Set, key, before.sets[key] != *members);
+    }
+    changes.sort();
+    changes
+}
+
+/// The document computed straight from the definitions over the included ops, with the
+/// causal past taken from the event graph rather than from clocks.
+fn model(dag: &Dag, exclusion: Option<u64>) -> Reads {
+    let n_events = dag.events.len();
+    let mut ancestors = vec![vec![false; n_events]; n_events];
+    for idx in 0..n_events {
+        for &dep in &dag.deps[idx] {
+            // Deps come before their dependents, so `ancestors[dep]` is complete.
+            let of_dep = ancestors[dep].clone();
+            ancestors[idx][dep] = true;
+            for (is_ancestor, &of_dep) in ancestors[idx].iter_mut().zip(&of_dep) {
+                *is_ancestor |= of_dep;
+            }
+        }
+    }
+    let exclusions: Vec<(MemberIdx, u64)> = exclusion.map(|from_seq| (A, from_seq)).into_iter().collect();
+    // (event, op index, op) of every included op.
+    let ops: Vec<(usize, u32, &Op)> = (0..n_events)
+        .filter(|&idx| !dag.is_excluded(idx, &exclusions))
+        .flat_map(|idx| {
+            dag.events[idx].event().ops.iter().enumerate().map(move |(op_idx, op)| (idx, op_idx as u32, op))
+        })
+        .collect();
+    let seen = |x: (usize, u32), y: (usize, u32)| if x.0 == y.0 { x.1 < y.1 } else { ancestors[y.0][x.0] };
+
+    let mut registers = BTreeMap::new();
+    for key in REGISTER_KEYS {
+        let writes: Vec<_> = ops
+            .iter()
+            .filter(|(_, _, op)| matches!(op, Op::Put { .. } | Op::Del { .. }) && op.key() == key.as_bytes())
+            .collect();
+        let mut siblings: Vec<Sibling> = writes
+            .iter()
+            .filter_map(|&&(idx, op_idx, op)| {
+                let Op::Put { value, .. } = op else { return None };
+                let superseded = writes.iter().any(|&&(other, other_op_idx, _)| {
+                    (other, other_op_idx) != (idx, op_idx) && seen((idx, op_idx), (other, other_op_idx))
+                });
+                let event = &dag.events[idx];
+                (!superseded).then(|| Sibling {
+                    value: value.clone(),
+                    author: event.author_idx(),
+                    lamport: event.lamport(),
+                    event_id: event.id(),
+                    op_idx,
+                })
+            })
+            .collect();
+        siblings.sort_by_key(|s| (s.lamport, s.author, s.event_id, s.op_idx));
+        registers.insert(key.to_owned(), RegisterRead { visible: siblings.last().cloned(), siblings });
+    }
+
+    let mut counters = BTreeMap::new();
+    for key in COUNTER_KEYS {
+        let mut totals: BTreeMap<MemberIdx, i128> = BTreeMap::new();
+        for &(idx, _, op) in &ops {
+            if let Op::Incr { key: op_key, delta } = op
+                && op_key == key.as_bytes()
+            {
+                *totals.entry(dag.events[idx].author_idx()).or_default() += i128::from(*delta);
+            }
+        }
+        let totals: Vec<(MemberIdx, i128)> = totals.into_iter().filter(|&(_, total)| total != 0).collect();
+        counters.insert(key.to_owned(), (totals.iter().map(|&(_, total)| total).sum(), totals));
+    }
+
+    let mut sets = BTreeMap::new();
+    for key in SET_KEYS {
+        let mut members = Vec::new();
+        for element in ELEMENTS {
+            let of_element = |want_add: bool| {
+                ops.iter().filter(move |(_, _, op)| match op {
+                    Op::Add { key: k, element: e } => {
+                        want_add && k == key.as_bytes() && e == element.as_bytes()
+                    }
+                    Op::Remove { key: k, element: e } => {
+                        !want_add && k == key.as_bytes() && e == element.as_bytes()
+                    }
+                    _ => false,
+                })
+            };
+            let is_member = of_element(true).any(|&(idx, op_idx, _)| {
+                !of_element(false).any(|&(other, other_op_idx, _)| seen((idx, op_idx), (other, other_op_idx)))
+            });
+            if is_member {
+                members.push(element.as_bytes().to_vec());
+            }
+        }
+        sets.insert(key.to_owned(), members);
+    }
+
+    let listed = [
+        registers
+            .iter()
+            .filter(|(_, r)| !r.siblings.is_empty())
+            .map(|(k, _)| k.as_bytes().to_vec())
+            .collect(),
+        counters.iter().filter(|(_, (_, t))| !t.is_empty()).map(|(k, _)| k.as_bytes().to_vec()).collect(),
+        sets.iter().filter(|(_, m)| !m.is_empty()).map(|(k, _)| k.as_bytes().to_vec()).collect(),
+    ];
+    let digest = model_digest(&registers, &counters, &sets);
+    Reads { registers, counters, sets, listed, digest }
+}
+
+/// The digest layout of the module documentation, written out a second time.
+fn model_digest(
+    registers: &BTreeMap<String, RegisterRead>,
+    counters: &CounterReads,
+    sets: &BTreeMap<String, Vec<Vec<u8>>>,
+) -> [u8; 32] {
+    let mut state = Vec::new();
+    let u64_le = |state: &mut Vec<u8>, n: usize| state.extend_from_slice(&(n as u64).to_le_bytes());
+    let bytes = |state: &mut Vec<u8>, b: &[u8]| {
+        u64_le(state, b.len());
+        state.extend_from_slice(b);
+    };
+    let registers: Vec<_> = registers.iter().filter(|(_, r)| !r.siblings.is_empty()).collect();
+    u64_le(&mut state, registers.len());
+    for (key, read) in registers {
+        bytes(&mut state, key.as_bytes());
+        u64_le(&mut state, read.siblings.len());
+        for sibling in &read.siblings {
+            state.extend_from_slice(&sibling.event_id.0);
+            u64_le(&mut state, sibling.op_idx as usize);
+            u64_le(&mut state, sibling.author);
+            state.extend_from_slice(&sibling.lamport.to_le_bytes());
+            bytes(&mut state, &sibling.value);
+        }
+    }
+    let counters: Vec<_> = counters.iter().filter(|(_, (_, totals))| !totals.is_empty()).collect();
+    u64_le(&mut state, counters.len());
+    for (key, (_, totals)) in counters {
+        bytes(&mut state, key.as_bytes());
+        u64_le(&mut state, totals.len());
+        for &(author, total) in totals {
+            u64_le(&mut state, author);
+            state.extend_from_slice(&total.to_le_bytes());
+        }
+    }
+    let sets: Vec<_> = sets.iter().filter(|(_, members)| !members.is_empty()).collect();
+    u64_le(&mut state, sets.len());
+    for (key, members) in sets {
+        bytes(&mut state, key.as_bytes());
+        u64_le(&mut state, members.len());
+        for member in members {
+            bytes(&mut state, member);
+        }
+    }
+    hash(Domain::Document, &state)
+}
+
+/// Applies `order` to a fresh document, running each `(point, from_seq)` exclusion of A
+/// before the event at `point` (after all of them for `point == order.len()`), and checks
+/// that every call reports exactly the keys whose visible state changed.
+fn run(dag: &Dag, order: &[usize], exclusions: &[(usize, u64)]) -> Document {
+    #[derive(Debug)]
+    enum Step {
+        Exclude(u64),
+        Apply(usize),
+    }
+    let mut doc = Document::new(N_AUTHORS);
+    let mut last = reads(&doc);
+    for point in 0..=order.len() {
+        let excludes =
+            exclusions.iter().filter(|&&(at, _)| at == point).map(|&(_, from_seq)| Step::Exclude(from_seq));
+        for step in excludes.chain(order.get(point).map(|&idx| Step::Apply(idx))) {
+            let changes = match step {
+                Step::Apply(idx) => doc.apply(&dag.events[idx]),
+                Step::Exclude(from_seq) => doc.exclude(A, from_seq),
+            };
+            let now = reads(&doc);
+            assert_eq!(changes, changed(&last, &now), "at point {point}, {step:?}");
+            last = now;
+        }
+    }
+    doc
+}
+
+proptest! {
+    #[test]
+    fn converges_whatever_the_order_and_the_time_of_exclusion(
+        steps in proptest::collection::vec(step_spec(), 1..24),
+        order_choices in proptest::array::uniform2(proptest::collection::vec(any::<usize>(), 24)),
+        exclude_without_fork in any::<bool>(),
+        from_seq_choice in any::<u64>(),
+        higher_first in proptest::option::of(0..3u64),
+        points in proptest::array::uniform3(any::<usize>()),
+    ) {
+        let dag = build(&steps);
+        let n_events = dag.events.len();
+        let a_seq_max = dag.events.iter().filter(|e| e.author_idx() == A).map(Verified::seq).max();
+        // A fork must be excluded at or below its seq; without one, exclusion is optional.
+        let from_seq = match lowest_fork_seq(&dag) {
+            Some(fork_seq) => Some(1 + from_seq_choice % fork_seq),
+            None if exclude_without_fork => Some(1 + from_seq_choice % (a_seq_max.unwrap_or(0) + 1)),
+            None => None,
+        };
+        let [choices_1, choices_2] = order_choices;
+        let mut choices_1 = choices_1.into_iter().cycle();
+        let mut choices_2 = choices_2.into_iter().cycle();
+        let order_1 = dag.topological_order(|n| choices_1.next().unwrap() % n);
+        let order_2 = dag.topological_order(|n| choices_2.next().unwrap() % n);
+        let point = |choice: usize| choice % (n_events + 1);
+
+        // Document 1 may first exclude at a higher seq, then lowers it; document 2 excludes
+        // once; document 3 excludes before anything arrives.
+        let mut exclusions_1 = Vec::new();
+        let mut exclusions_2 = Vec::new();
+        let mut exclusions_3 = Vec::new();
+        if let Some(from_seq) = from_seq {
+            if let Some(higher) = higher_first {
+                exclusions_1.push((point(points[0]), from_seq + higher));
+            }
+            exclusions_1.push((point(points[1]), from_seq));
+            exclusions_2.push((point(points[2]), from_seq));
+            exclusions_3.push((0, from_seq));
+        }
+        // Document 1's exclusions run in point order; at one point, the higher one first.
+        exclusions_1.sort_by_key(|&(at, _)| at);
+        let doc_1 = run(&dag, &order_1, &exclusions_1);
+        let doc_2 = run(&dag, &order_2, &exclusions_2);
+        let doc_3 = run(&dag, &order_1, &exclusions_3);
+        let expected = model(&dag, from_seq);
+        prop_assert_eq!(reads(&doc_1), reads(&doc_2));
+        prop_assert_eq!(reads(&doc_1), reads(&doc_3));
+        prop_assert_eq!(reads(&doc_1), expected);
+    }
+}
