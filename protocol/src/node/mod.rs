@@ -1,0 +1,601 @@
+//! A replica, sans-I/O: the adapter, the document and the reconciliation state machine of
+//! every peer, driven by its caller in the style of quinn-proto.
+//!
+//! Call order, for the daemon and the simulator alike:
+//! 1. inputs: [`Node::handle_connected`], [`Node::handle_disconnected`],
+//!    [`Node::handle_message`], [`Node::handle_timeout`], and local writes with
+//!    [`Node::prepare_writes`] then (once stored) [`Node::commit_writes`];
+//! 2. outputs, until each returns `None`: [`Node::poll_transmit`] (bytes for a peer),
+//!    [`Node::poll_event`] (accepted events, rejections, evidence, document changes);
+//! 3. [`Node::poll_timeout`]: when to call `handle_timeout` next.
+//!
+//! Time is a number of milliseconds passed in by the caller; nothing here reads a clock.
+//!
+//! # Reconciliation
+//!
+//! An author's events form a chain through `seq`, and an honest node's set is causally closed,
+//! so the set is described exactly by each author's tips. A session:
+//! - `Summary{digest}` → `InSync` when the digests (of tips and evidence) are equal: one round
+//!   trip, constant size. A node whose set changed since its last in-sync with that peer skips
+//!   this step and opens with its tips.
+//! - `Tips{reply: true}` → the receiver sends the events the sender lacks (exact for every
+//!   author whose sender tips it holds), then its own `Tips{reply: false}`; the first node then
+//!   sends what the second lacks. Both sides differing costs 1.5 round trips.
+//! - A tip still unknown after that marks a fork (or a peer that is ahead): the node searches
+//!   the peer's chain by seq with `ForkProbe`/`ForkIds` (at most 16 seqs a round, so the
+//!   number of rounds is logarithmic in the chain length), pulls the missing part with
+//!   `WantChain`, and sends the part of its own chain the peer lacks.
+//! - `Want{ids}` asks for events the causal buffer misses; evidence travels in `Tips` and is
+//!   pushed at once with `Evidence`.
+//!
+//! Every accepted event is pushed at once to every connected peer but its source. A peer's
+//! outbox is bounded; when a push does not fit, the peer is marked for reconciliation instead.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use cairn_crypto::{Domain, Hasher, PublicKey};
+
+use crate::adapter::{Adapter, AdapterConfig, Ingested};
+use crate::buffer::PeerId;
+use crate::codec::{self};
+use crate::document::{Change, Document};
+use crate::event::{Event, EventId, Op};
+use crate::evidence::Evidence;
+use crate::genesis::{Genesis, MemberIdx};
+use crate::limits::{
+    DEPS_MAX, EVENT_BYTES_MAX, EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX, HEADER_BYTES_MAX,
+    KEY_BYTES_MAX, MESSAGE_BYTES_MAX, OPS_MAX, TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
+};
+use crate::message::{Message, Tip};
+use crate::validate::Reject;
+use crate::verified::Verified;
+
+mod fork;
+mod misbehaviour;
+mod outbox;
+mod peer;
+mod session;
+mod writes;
+
+use fork::ForkSearch;
+pub use misbehaviour::Misbehaviour;
+pub use peer::PeerStats;
+use peer::{Outgoing, Peer, SentEvents};
+pub use writes::{Prepared, WriteError};
+
+/// Seqs asked per fork-search round: each round narrows the unknown range about 32-fold.
+pub const FORK_PROBE_SEQS_PER_ROUND: usize = 32;
+const _: () = assert!(FORK_PROBE_SEQS_PER_ROUND <= FORK_PROBE_SEQS_MAX);
+
+/// Most missing ids asked of every peer at each want interval; a larger gap is left to
+/// reconciliation, which fills it in a bounded number of round trips.
+pub const WANT_PERIODIC_IDS_MAX: usize = 256;
+const _: () = assert!(WANT_PERIODIC_IDS_MAX <= WANT_IDS_MAX);
+
+/// Target size of one `Events` message built from queued ids. Small enough to interleave with
+/// other traffic, large enough that the 12 bytes of message overhead are negligible.
+pub const EVENTS_CHUNK_BYTES: usize = 256 * 1024;
+const _: () = assert!(EVENTS_CHUNK_BYTES + EVENT_BYTES_MAX + 64 <= MESSAGE_BYTES_MAX);
+
+/// Node settings of the replica. They affect liveness only, never validity.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// The adapter's settings.
+    pub adapter: AdapterConfig,
+    /// Milliseconds between anti-entropy sessions with each peer.
+    pub sync_interval_ms: u64,
+    /// Milliseconds after which an unanswered session or fork search is abandoned.
+    pub session_timeout_ms: u64,
+    /// Milliseconds between requests for ids the causal buffer misses.
+    pub want_interval_ms: u64,
+    /// Most event ids queued for one peer (pushes and sync answers); 32 bytes each.
+    pub peer_queue_ids_max: usize,
+    /// Most control messages queued for one peer.
+    pub peer_queue_messages_max: usize,
+    /// Events per second one peer may send (a token bucket); the excess is dropped unread and
+    /// fetched again by reconciliation from honest peers.
+    pub peer_events_per_sec: u64,
+    /// The bucket's size: the burst one peer may send at once.
+    pub peer_events_burst: u64,
+    /// Most tips accepted from one peer in one session.
+    pub peer_tips_max: usize,
+    /// Fork searches one peer may have open at once.
+    pub fork_searches_max: usize,
+    /// Own-seq safety: when non-zero, this node has no history of its own key and must not
+    /// sign until this many peers have sent their tips and it holds every own event they
+    /// reported. 0 when the node's store holds its own events, or for a brand-new cluster.
+    pub own_seq_peers_needed: usize,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            adapter: AdapterConfig::default(),
+            sync_interval_ms: 1_000,
+            session_timeout_ms: 10_000,
+            want_interval_ms: 500,
+            peer_queue_ids_max: 262_144,
+            peer_queue_messages_max: 1_024,
+            peer_events_per_sec: 100_000,
+            peer_events_burst: 200_000,
+            peer_tips_max: 65_536,
+            fork_searches_max: 64,
+            own_seq_peers_needed: 0,
+        }
+    }
+}
+
+/// Something the driver should know about; drained with [`Node::poll_event`] after each input.
+#[derive(Clone, Debug)]
+pub enum NodeEvent {
+    /// An event was accepted (persist it; it is already applied to the document).
+    Accepted {
+        /// The event.
+        event: Verified,
+        /// The peer that delivered it, `None` for a local write.
+        from: Option<PeerId>,
+    },
+    /// A peer sent an invalid event.
+    Rejected {
+        /// The peer.
+        peer: PeerId,
+        /// The event's id, if it decoded that far.
+        id: Option<EventId>,
+        /// Why.
+        reason: Reject,
+    },
+    /// The evidence held for an author is new (or lower than before): persist and show it.
+    Evidence(Box<Evidence>),
+    /// A peer sent a message that breaks a rule: it does not decode, it holds too many tips or
+    /// a tip of a non-member, or its evidence does not verify.
+    BadMessage {
+        /// The peer.
+        peer: PeerId,
+        /// Which rule, by name: for metrics and for logging once per peer and rule.
+        misbehaviour: Misbehaviour,
+        /// The details, for the log line.
+        detail: String,
+    },
+    /// A peer is now a proven equivocator: drop its connection and refuse new ones.
+    PeerRefused(PeerId),
+    /// Keys whose visible document state changed.
+    Changed(Vec<Change>),
+}
+
+/// A replica. See the module docs for the call order.
+pub struct Node {
+    config: NodeConfig,
+    adapter: Adapter,
+    document: Document,
+    me: Option<PublicKey>,
+    peers: BTreeMap<PeerId, Peer>,
+    refused: BTreeSet<PeerId>,
+    events: VecDeque<NodeEvent>,
+    digest_cache: Option<[u8; 32]>,
+    next_want_ms: u64,
+    transmit_cursor: Option<PeerId>,
+    learning_own_seq: bool,
+    /// The highest own seq handed out by `prepare_writes`.
+    prepared_up_to: u64,
+    /// `prepared_up_to` before the last `prepare_writes` whose events are not committed yet,
+    /// for `abort_writes`.
+    prepared_from: Option<u64>,
+    /// The latest time any input carried (outputs have no clock of their own).
+    now_ms: u64,
+}
+
+impl Node {
+    /// A replica of the cluster `genesis`. `me` is this node's own key (never treated as a
+    /// peer), or `None` for an observer.
+    pub fn new(genesis: Genesis, me: Option<PublicKey>, config: NodeConfig) -> Self {
+        let n_members = genesis.members().len();
+        Self {
+            adapter: Adapter::new(genesis, config.adapter.clone()),
+            document: Document::new(n_members),
+            learning_own_seq: config.own_seq_peers_needed > 0,
+            prepared_up_to: 0,
+            prepared_from: None,
+            now_ms: 0,
+            config,
+            me,
+            peers: BTreeMap::new(),
+            refused: BTreeSet::new(),
+            events: VecDeque::new(),
+            digest_cache: None,
+            next_want_ms: 0,
+            transmit_cursor: None,
+        }
+    }
+
+    // ---- getters ------------------------------------------------------------------------
+
+    /// The adapter: accepted events, buffer, evidence.
+    pub fn adapter(&self) -> &Adapter {
+        &self.adapter
+    }
+
+    /// The CRDT document.
+    pub fn document(&self) -> &Document {
+        &self.document
+    }
+
+    /// The genesis.
+    pub fn genesis(&self) -> &Genesis {
+        self.adapter.genesis()
+    }
+
+    /// Counters of `peer`.
+    pub fn peer_stats(&self, peer: &PeerId) -> Option<&PeerStats> {
+        self.peers.get(peer).map(|p| &p.stats)
+    }
+
+    /// Whether `peer` is connected.
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.connected)
+    }
+
+    /// Whether connections from `peer` must be refused (a proven equivocator or a non-member).
+    pub fn is_refused(&self, peer: &PeerId) -> bool {
+        self.refused.contains(peer) || self.genesis().member_idx(peer).is_none() || Some(*peer) == self.me
+    }
+
+    /// The reconciliation digest: `SHA-256("cairn/sync-digest/v1" ‖ tips ‖ evidence)`, where
+    /// tips are `author ‖ seq ‖ id` sorted by author then id, and evidence is each held
+    /// evidence's canonical encoding in author order, each list with a u64 count first.
+    pub fn sync_digest(&mut self) -> [u8; 32] {
+        if let Some(digest) = self.digest_cache {
+            return digest;
+        }
+        let tips = self.adapter.tips();
+        let mut hasher = Hasher::new(Domain::SyncDigest);
+        hasher.update(&(tips.len() as u64).to_le_bytes());
+        for tip in &tips {
+            hasher.update(&tip.author.0).update(&tip.seq.to_le_bytes()).update(&tip.id.0);
+        }
+        let evidence: Vec<&Evidence> = self.adapter.evidence().collect();
+        hasher.update(&(evidence.len() as u64).to_le_bytes());
+        for e in evidence {
+            hasher.update(&e.encode());
+        }
+        let digest = hasher.finish();
+        self.digest_cache = Some(digest);
+        digest
+    }
+
+    /// Bytes and ids queued for `peer`.
+    pub fn queued(&self, peer: &PeerId) -> (usize, usize) {
+        self.peers.get(peer).map_or((0, 0), |p| (p.n_queued_messages, p.n_queued_ids))
+    }
+
+    // ---- inputs ---------------------------------------------------------------------------
+
+    /// A connection to `peer` is up. Returns false (and does nothing) if `peer` is refused.
+    pub fn handle_connected(&mut self, peer: PeerId, now_ms: u64) -> bool {
+        self.now_ms = self.now_ms.max(now_ms);
+        if self.is_refused(&peer) {
+            return false;
+        }
+        let burst = self.config.peer_events_burst;
+        let entry = self.peers.entry(peer).or_insert_with(|| Peer::new(now_ms, burst));
+        let stats = std::mem::take(&mut entry.stats);
+        // The digest at which both were last in sync describes the two event sets, not the
+        // connection: kept, it lets the first session after a reconnection open with tips
+        // when this node's set changed meanwhile (1.5 round trips), instead of a summary that
+        // is bound to differ (2 round trips).
+        let last_in_sync = entry.last_in_sync;
+        *entry = Peer::new(now_ms, burst);
+        entry.stats = stats;
+        entry.last_in_sync = last_in_sync;
+        true
+    }
+
+    /// The connection to `peer` is gone; what was queued for it is dropped.
+    pub fn handle_disconnected(&mut self, peer: &PeerId) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.connected = false;
+            p.outbox.clear();
+            p.n_queued_ids = 0;
+            p.queued_ids.clear();
+            p.n_queued_messages = 0;
+            p.searches.clear();
+            p.incoming_tips.clear();
+            p.session_since_ms = None;
+        }
+    }
+
+    /// Loads events from this node's own store at start, in the order they were accepted. They
+    /// are validated again like any input, signatures included (checked in parallel, see
+    /// [`Adapter::restore`]): bytes read from a disk are data, and only validation makes a
+    /// [`Verified`]. Returns the events that did not validate again: a non-empty list means
+    /// the store was altered.
+    pub fn restore(&mut self, events: Vec<Vec<u8>>) -> Vec<crate::adapter::Rejection> {
+        let ingested = self.adapter.restore(events);
+        let rejected = ingested.rejected.clone();
+        self.absorb(None, ingested, 0);
+        self.events.retain(|e| !matches!(e, NodeEvent::Accepted { .. }));
+        rejected
+    }
+
+    /// Loads evidence from this node's own store at start; it is verified again.
+    pub fn restore_evidence(&mut self, evidence: Evidence) -> Result<(), crate::evidence::EvidenceError> {
+        if self.adapter.add_evidence(evidence.clone())? {
+            self.digest_cache = None;
+            self.refused.insert(evidence.author());
+        }
+        Ok(())
+    }
+
+    /// Bytes from `peer`: one reconciliation message.
+    pub fn handle_message(&mut self, peer: PeerId, bytes: &[u8], now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        if !p.connected || self.refused.contains(&peer) {
+            return;
+        }
+        p.heard += 1;
+        p.stats.messages_in += 1;
+        p.stats.bytes_in += bytes.len() as u64;
+        let message = match codec::decode_message(bytes) {
+            Ok(message) => message,
+            Err(error) => {
+                self.bad_message(peer, Misbehaviour::undecodable(&error), &error);
+                return;
+            }
+        };
+        match message {
+            Message::Summary { digest } => {
+                if digest == self.sync_digest() {
+                    if let Some(p) = self.peers.get_mut(&peer) {
+                        p.last_in_sync = Some(digest);
+                        p.own_tips_reported = Some(Vec::new());
+                        p.stats.sessions_in_sync += 1;
+                    }
+                    self.send(peer, &Message::InSync { digest });
+                } else {
+                    self.send_tips(peer, true);
+                }
+            }
+            Message::InSync { digest } => {
+                let mine = self.sync_digest();
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    if digest == mine {
+                        // Equal sets: the peer holds no own event this node lacks.
+                        p.last_in_sync = Some(digest);
+                        p.own_tips_reported = Some(Vec::new());
+                        p.stats.sessions_in_sync += 1;
+                    }
+                    p.session_since_ms = None;
+                }
+            }
+            Message::Tips { reply, more, heard, tips, evidence } => {
+                self.on_tips(peer, reply, more, heard, tips, evidence, now_ms);
+            }
+            Message::Events { events } => self.on_events(peer, events, now_ms),
+            Message::Want { ids } => {
+                let mut have: Vec<EventId> =
+                    ids.into_iter().filter(|id| self.adapter.is_accepted(id)).collect();
+                self.sort_causally(&mut have);
+                self.queue_events(peer, have, false);
+            }
+            Message::ForkProbe { tip, seqs } => {
+                if self.adapter.is_accepted(&tip) {
+                    let entries = seqs
+                        .iter()
+                        .filter_map(|s| self.adapter.ancestor_at(&tip, *s).map(|id| (*s, id)))
+                        .collect();
+                    self.send(peer, &Message::ForkIds { tip, entries });
+                }
+            }
+            Message::ForkIds { tip, entries } => self.on_fork_ids(peer, tip, entries, now_ms),
+            Message::WantChain { tip, from_seq } => self.on_want_chain(peer, tip, from_seq),
+            Message::Evidence { evidence } => self.on_evidence(peer, evidence, now_ms),
+        }
+    }
+
+    /// Time passed: start due sessions, abandon stale ones, ask for missing ids.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let peers: Vec<PeerId> = self.peers.iter().filter(|(_, p)| p.connected).map(|(k, _)| *k).collect();
+        let timeout = self.config.session_timeout_ms;
+        for peer in &peers {
+            let p = self.peers.get_mut(peer).expect("listed above");
+            if p.session_since_ms.is_some_and(|since| now_ms >= since + timeout) {
+                p.session_since_ms = None;
+                p.incoming_tips.clear();
+            }
+            p.searches.retain(|_, s| now_ms < s.since_ms + timeout);
+            if now_ms >= p.next_sync_ms {
+                p.next_sync_ms = now_ms + self.config.sync_interval_ms;
+                if p.session_since_ms.is_none() {
+                    self.start_session(*peer, now_ms);
+                }
+            }
+        }
+        if now_ms >= self.next_want_ms {
+            self.next_want_ms = now_ms + self.config.want_interval_ms;
+            let missing = self.adapter.missing(WANT_PERIODIC_IDS_MAX);
+            if !missing.is_empty() {
+                for peer in &peers {
+                    self.send(*peer, &Message::Want { ids: missing.clone() });
+                }
+            }
+        }
+    }
+
+    // ---- outputs --------------------------------------------------------------------------
+
+    /// The next message to send: `(peer, bytes)`. Peers take turns.
+    pub fn poll_transmit(&mut self) -> Option<(PeerId, Vec<u8>)> {
+        let order: Vec<PeerId> = match self.transmit_cursor {
+            Some(cursor) => self
+                .peers
+                .range((std::ops::Bound::Excluded(cursor), std::ops::Bound::Unbounded))
+                .chain(self.peers.range(..=cursor))
+                .map(|(k, _)| *k)
+                .collect(),
+            None => self.peers.keys().copied().collect(),
+        };
+        for peer in order {
+            if let Some(bytes) = self.next_outgoing(peer) {
+                self.transmit_cursor = Some(peer);
+                let p = self.peers.get_mut(&peer).expect("listed above");
+                p.stats.messages_out += 1;
+                p.stats.bytes_out += bytes.len() as u64;
+                return Some((peer, bytes));
+            }
+        }
+        None
+    }
+
+    /// The next message for `peer` alone, for a driver whose send queue to that peer has
+    /// room while others are full.
+    pub fn poll_transmit_to(&mut self, peer: &PeerId) -> Option<Vec<u8>> {
+        let bytes = self.next_outgoing(*peer)?;
+        let p = self.peers.get_mut(peer).expect("next_outgoing found the peer");
+        p.stats.messages_out += 1;
+        p.stats.bytes_out += bytes.len() as u64;
+        Some(bytes)
+    }
+
+    /// Connected peers, in key order.
+    pub fn connected_peers(&self) -> Vec<PeerId> {
+        self.peers.iter().filter(|(_, p)| p.connected).map(|(k, _)| *k).collect()
+    }
+
+    /// The next thing that happened.
+    pub fn poll_event(&mut self) -> Option<NodeEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<u64> {
+        let mut next: Option<u64> = None;
+        let mut earliest = |t: u64| next = Some(next.map_or(t, |n| n.min(t)));
+        for p in self.peers.values().filter(|p| p.connected) {
+            earliest(p.next_sync_ms);
+            if let Some(since) = p.session_since_ms {
+                earliest(since + self.config.session_timeout_ms);
+            }
+            for search in p.searches.values() {
+                earliest(search.since_ms + self.config.session_timeout_ms);
+            }
+        }
+        if self.adapter.buffer_use().0 > 0 {
+            earliest(self.next_want_ms);
+        }
+        next
+    }
+
+    fn bad_message(&mut self, peer: PeerId, misbehaviour: Misbehaviour, detail: &dyn std::fmt::Display) {
+        if let Some(p) = self.peers.get_mut(&peer) {
+            p.stats.bad_messages += 1;
+        }
+        self.events.push_back(NodeEvent::BadMessage { peer, misbehaviour, detail: detail.to_string() });
+    }
+
+    fn on_events(&mut self, peer: PeerId, events: Vec<Vec<u8>>, now_ms: u64) {
+        let per_sec = self.config.peer_events_per_sec;
+        let burst = self.config.peer_events_burst;
+        let Some(p) = self.peers.get_mut(&peer) else { return };
+        let n = events.len() as u64;
+        p.stats.events_in += n;
+        let allowed = p.take_events(n, now_ms, per_sec, burst);
+        let mut events = events;
+        if allowed < n {
+            p.stats.events_rate_limited += n - allowed;
+            p.next_sync_ms = p.next_sync_ms.min(now_ms + self.config.sync_interval_ms);
+            events.truncate(allowed as usize);
+        }
+        let ingested = self.adapter.ingest(peer, events);
+        self.absorb(Some(peer), ingested, now_ms);
+    }
+
+    /// Applies what the adapter accepted, reports rejections and evidence, pushes and asks.
+    fn absorb(&mut self, from: Option<PeerId>, ingested: Ingested, now_ms: u64) {
+        let Ingested { accepted, rejected, missing, evidence, exclusions, .. } = ingested;
+        for r in rejected {
+            // Restored and local events have no peer to blame.
+            if let Some(p) = self.peers.get_mut(&r.from) {
+                *p.stats.rejected.entry(r.reason).or_default() += 1;
+                self.events.push_back(NodeEvent::Rejected { peer: r.from, id: r.id, reason: r.reason });
+            }
+        }
+        if let Some(peer) = from
+            && !missing.is_empty()
+        {
+            for chunk in missing.chunks(WANT_IDS_MAX) {
+                self.send(peer, &Message::Want { ids: chunk.to_vec() });
+            }
+            // A gap deeper than one event is filled faster by a session than by asking for
+            // one generation of deps per round trip.
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.next_sync_ms = p.next_sync_ms.min(now_ms);
+            }
+        }
+        if !accepted.is_empty() || !evidence.is_empty() {
+            self.digest_cache = None;
+        }
+        let mut changes: BTreeSet<Change> = BTreeSet::new();
+        for event in &accepted {
+            changes.extend(self.document.apply(event));
+        }
+        for (author, seq) in exclusions {
+            changes.extend(self.document.exclude(author, seq));
+        }
+        let ids: Vec<EventId> = accepted.iter().map(Verified::id).collect();
+        for event in accepted {
+            self.events.push_back(NodeEvent::Accepted { event, from });
+        }
+        if !changes.is_empty() {
+            self.events.push_back(NodeEvent::Changed(changes.into_iter().collect()));
+        }
+        if !ids.is_empty() {
+            let targets: Vec<PeerId> = self
+                .peers
+                .iter()
+                .filter(|(k, p)| p.connected && Some(**k) != from)
+                .map(|(k, _)| *k)
+                .collect();
+            for peer in targets {
+                self.queue_events(peer, ids.clone(), true);
+            }
+        }
+        for e in evidence {
+            self.new_evidence(e, from, now_ms);
+        }
+    }
+
+    /// Evidence became ours: report it, refuse the equivocator, push it to every peer.
+    fn new_evidence(&mut self, evidence: Evidence, from: Option<PeerId>, _now_ms: u64) {
+        self.digest_cache = None;
+        let author = evidence.author();
+        self.events.push_back(NodeEvent::Evidence(Box::new(evidence.clone())));
+        if self.refused.insert(author) {
+            self.events.push_back(NodeEvent::PeerRefused(author));
+            self.handle_disconnected(&author);
+        }
+        let targets: Vec<PeerId> =
+            self.peers.iter().filter(|(k, p)| p.connected && Some(**k) != from).map(|(k, _)| *k).collect();
+        for peer in targets {
+            self.send(peer, &Message::Evidence { evidence: vec![evidence.clone()] });
+        }
+    }
+
+    fn on_evidence(&mut self, peer: PeerId, evidence: Vec<Evidence>, now_ms: u64) {
+        for e in evidence {
+            match self.adapter.add_evidence(e.clone()) {
+                Err(error) => self.bad_message(peer, Misbehaviour::BadEvidence, &error),
+                Ok(false) => {}
+                Ok(true) => {
+                    let (a, b) = e.ids();
+                    let want: Vec<EventId> =
+                        [a, b].into_iter().filter(|id| !self.adapter.is_known(id)).collect();
+                    if !want.is_empty() {
+                        self.send(peer, &Message::Want { ids: want });
+                    }
+                    self.new_evidence(e, Some(peer), now_ms);
+                }
+            }
+        }
+    }
+}

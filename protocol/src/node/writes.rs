@@ -1,0 +1,264 @@
+//! The local write path: why writes are refused, packing, signing into an opaque
+//! [`Prepared`], and committing or aborting it once the caller's store has answered.
+
+use cairn_crypto::keys::SIGNATURE_BYTES;
+use cairn_crypto::{PublicKey, SecretKey};
+
+use super::*;
+
+/// Why a local write failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriteError {
+    /// The signing key is not a member of the genesis.
+    #[error("this node's key is not a member of the cluster")]
+    NotMember,
+    /// The node's own key is a proven equivocator.
+    #[error("this node's key has equivocated; it must not sign anything more")]
+    Equivocator,
+    /// This node has no history of its own key and has not yet learned its latest seq from
+    /// enough peers: signing now could reuse a seq and make it an equivocator.
+    #[error(
+        "this node has no history of its own key and is learning its latest seq from peers \
+         ({heard} of {needed} heard, own seq {held} of {reported} held); writes are refused until \
+         then, so that it never signs a seq it already used. Connect it to its peers; \
+         `new_cluster = true` is only for the first start of a cluster no member has written to"
+    )]
+    OwnSeqUnknown {
+        /// Peers whose report of this node's own tips is confirmed (every tip held).
+        heard: usize,
+        /// Peers needed.
+        needed: usize,
+        /// Highest own seq held.
+        held: u64,
+        /// Highest own seq any peer reported (confirmed or not).
+        reported: u64,
+    },
+    /// The ops do not form a valid event.
+    #[error("the write is not a valid event: {0}")]
+    Invalid(Reject),
+}
+
+/// Own events signed by [`Node::prepare_writes`] and not yet accepted: the caller stores
+/// [`Prepared::events`], then hands this back to [`Node::commit_writes`] (or
+/// [`Node::abort_writes`]). Only `prepare_writes` makes one, so no other bytes can take the
+/// commit's path into the document, which skips the signature check. Neither a forged value
+/// nor a list of events is accepted in its place:
+///
+/// ```compile_fail,E0451
+/// # use cairn_protocol::node::Prepared;
+/// let forged = Prepared { events: Vec::new(), up_to: 1 };
+/// ```
+///
+/// ```compile_fail,E0308
+/// # fn f(node: &mut cairn_protocol::Node, events: Vec<cairn_protocol::Event>) {
+/// node.commit_writes(events, 0);
+/// # }
+/// ```
+///
+/// And there is no shortcut that signs and accepts in one step, past the caller's store:
+///
+/// ```compile_fail,E0599
+/// # fn f(node: &mut cairn_protocol::Node, key: &cairn_crypto::SecretKey, ops: Vec<cairn_protocol::Op>) {
+/// node.write(key, ops, 0);
+/// # }
+/// ```
+#[derive(Debug)]
+#[must_use = "prepared events must be committed (after they are stored) or aborted"]
+pub struct Prepared {
+    events: Vec<Event>,
+    /// The last seq signed, which the node's `prepared_up_to` must still be.
+    up_to: u64,
+}
+
+impl Prepared {
+    /// The signed events, in seq order: what the caller must store before committing.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// How many events were signed.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether no event was signed (never the case for a non-empty list of writes).
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+}
+
+impl Node {
+    /// Why a write signed by `me` would be refused now, if it would: not a member, a proven
+    /// equivocator, or own-seq safety (see [`Node::own_seq_pending`]). The same checks as
+    /// [`Node::prepare_writes`], for status reports.
+    pub fn write_refusal(&self, me: &PublicKey) -> Option<WriteError> {
+        let Some(author) = self.genesis().member_idx(me) else {
+            return Some(WriteError::NotMember);
+        };
+        if self.adapter.is_equivocator(author) {
+            return Some(WriteError::Equivocator);
+        }
+        self.own_seq_pending()
+    }
+
+    /// Whether own-seq safety still holds writes back, and why: see
+    /// [`NodeConfig::own_seq_peers_needed`].
+    pub fn own_seq_pending(&self) -> Option<WriteError> {
+        if !self.learning_own_seq {
+            return None;
+        }
+        // A report counts once this node holds every own tip it names: a peer that lies about
+        // a tip can only fail to count, never hold writes back for ever.
+        let reports: Vec<&Vec<(u64, EventId)>> =
+            self.peers.values().filter_map(|p| p.own_tips_reported.as_ref()).collect();
+        let heard =
+            reports.iter().filter(|tips| tips.iter().all(|(_, id)| self.adapter.is_accepted(id))).count();
+        let reported = reports.iter().flat_map(|tips| tips.iter().map(|(seq, _)| *seq)).max().unwrap_or(0);
+        let held =
+            self.me.and_then(|me| self.genesis().member_idx(&me)).map_or(0, |m| self.adapter.max_seq(m));
+        let needed = self.config.own_seq_peers_needed;
+        if heard >= needed {
+            return None;
+        }
+        Some(WriteError::OwnSeqUnknown { heard, needed, held, reported })
+    }
+
+    /// Checks that `ops` can form an event: non-empty, within the count and size limits, and
+    /// small enough that the event fits in [`crate::limits::EVENT_BYTES_MAX`] whatever its deps.
+    pub fn check_ops(ops: &[Op]) -> Result<(), WriteError> {
+        let invalid = || Err(WriteError::Invalid(Reject::BadOp));
+        if ops.is_empty() || ops.len() > OPS_MAX {
+            return invalid();
+        }
+        for op in ops {
+            let value_len = match op {
+                Op::Put { value, .. } => value.len(),
+                Op::Add { element, .. } | Op::Remove { element, .. } => element.len(),
+                Op::Del { .. } | Op::Incr { .. } => 0,
+            };
+            if op.key().is_empty() || op.key().len() > KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
+                return invalid();
+            }
+        }
+        if HEADER_BYTES_MAX + codec::encode_ops(ops).len() + SIGNATURE_BYTES > EVENT_BYTES_MAX {
+            return Err(WriteError::Invalid(Reject::Oversize));
+        }
+        Ok(())
+    }
+
+    /// Packs checked writes, in order, into as few events as the limits allow: returns how many
+    /// consecutive writes go into each event. Every write stays whole inside one event (so a
+    /// batch stays atomic), and the ops of one event are applied in order, so writes packed
+    /// together relate exactly as they would in consecutive events of this node's own chain
+    /// (an earlier op of an event is in the causal past of a later one).
+    ///
+    /// Concatenate the ops of each group and pass the lists to [`Node::prepare_writes`]: one
+    /// signature then serves many concurrent writes.
+    pub fn pack_writes(writes: &[Vec<Op>]) -> Vec<usize> {
+        // The op list's length prefix is counted once per event, not once per write.
+        let prefix = codec::encode_ops(&[]).len();
+        let bytes_max = EVENT_BYTES_MAX - HEADER_BYTES_MAX - SIGNATURE_BYTES - prefix;
+        let mut groups = Vec::new();
+        let (mut n, mut ops, mut bytes) = (0usize, 0usize, 0usize);
+        for write in writes {
+            let write_bytes = codec::encode_ops(write).len() - prefix;
+            if n > 0 && (ops + write.len() > OPS_MAX || bytes + write_bytes > bytes_max) {
+                groups.push(n);
+                (n, ops, bytes) = (0, 0, 0);
+            }
+            n += 1;
+            ops += write.len();
+            bytes += write_bytes;
+        }
+        if n > 0 {
+            groups.push(n);
+        }
+        groups
+    }
+
+    /// Signs one event per op list, chained by seq (each depends on the one before; the first
+    /// on the current frontier), without accepting them: the caller stores
+    /// [`Prepared::events`] durably, then hands the [`Prepared`] to [`Node::commit_writes`] (or,
+    /// if they certainly were not stored, to [`Node::abort_writes`]). Nothing is sent to peers
+    /// before that, so an own event can never exist elsewhere without being on this node's disk.
+    ///
+    /// # Panics
+    ///
+    /// If an op list fails [`Node::check_ops`]: callers check every request first.
+    pub fn prepare_writes(&mut self, key: &SecretKey, writes: Vec<Vec<Op>>) -> Result<Prepared, WriteError> {
+        let me = key.public();
+        let author = self.genesis().member_idx(&me).ok_or(WriteError::NotMember)?;
+        if self.adapter.is_equivocator(author) {
+            return Err(WriteError::Equivocator);
+        }
+        if let Some(pending) = self.own_seq_pending() {
+            return Err(pending);
+        }
+        self.learning_own_seq = false;
+        let mut tips = self.adapter.tips();
+        // The own predecessor must be a dep; the other tips fill the rest, newest first.
+        tips.sort_by_key(|t| {
+            let lamport = self.adapter.event(&t.id).map_or(0, Verified::lamport);
+            (t.author != me, std::cmp::Reverse(lamport), t.id)
+        });
+        tips.truncate(DEPS_MAX);
+        let mut lamport =
+            tips.iter().filter_map(|t| self.adapter.event(&t.id)).map(Verified::lamport).max().unwrap_or(0);
+        let mut seq = self.adapter.max_seq(author);
+        // Preparing again before the last prepared events were committed would sign their
+        // seqs twice: equivocation by this node itself.
+        assert!(self.prepared_up_to <= seq, "prepare_writes called again before commit_writes");
+        let mut deps: Vec<EventId> = tips.iter().map(|t| t.id).collect();
+        let mut events = Vec::with_capacity(writes.len());
+        for ops in writes {
+            assert!(Self::check_ops(&ops).is_ok(), "prepare_writes takes checked ops");
+            seq += 1;
+            lamport += 1;
+            let event = Event::sign(key, seq, lamport, std::mem::take(&mut deps), ops);
+            deps = vec![event.id()];
+            events.push(event);
+        }
+        self.prepared_from = Some(self.prepared_up_to);
+        self.prepared_up_to = seq;
+        Ok(Prepared { events, up_to: seq })
+    }
+
+    /// Undoes a [`Node::prepare_writes`] whose events were never committed: their seqs are
+    /// handed out again by the next `prepare_writes`, which signs other events with them.
+    ///
+    /// Only for events that can never surface: never given to [`Node::commit_writes`] (which
+    /// consumes them, so no peer has them) and certainly not stored (a store that cannot tell
+    /// whether a failed commit landed must not call this). Otherwise the node would equivocate
+    /// against itself.
+    ///
+    /// # Panics
+    ///
+    /// If `prepared` is not the last prepared set: the seqs would not be the ones handed out last.
+    pub fn abort_writes(&mut self, prepared: Prepared) {
+        assert_eq!(prepared.up_to, self.prepared_up_to, "abort_writes takes the last prepared writes");
+        if let Some(from) = self.prepared_from.take() {
+            self.prepared_up_to = from;
+        }
+    }
+
+    /// Accepts own events made by [`Node::prepare_writes`] (and stored), in order, and pushes
+    /// them to peers. Their signatures were made by this node a moment ago, so they are not
+    /// checked again; every other rule is. This is the one way into the document that skips a
+    /// signature check, and [`Prepared`] is what guards it: only `prepare_writes` makes one.
+    ///
+    /// # Panics
+    ///
+    /// If one of them is not accepted: they were built on this node's own state, so that would
+    /// be a bug (or events prepared twice without committing the first ones).
+    pub fn commit_writes(&mut self, prepared: Prepared, now_ms: u64) -> Vec<Verified> {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.prepared_from = None;
+        let events = prepared.events;
+        let ids: Vec<EventId> = events.iter().map(Event::id).collect();
+        let ingested = self.adapter.ingest_own(events.iter().map(Event::encode).collect());
+        assert!(ingested.rejected.is_empty(), "own events must be valid: {:?}", ingested.rejected);
+        self.absorb(None, ingested, now_ms);
+        ids.iter().map(|id| self.adapter.event(id).cloned().expect("own events are accepted")).collect()
+    }
+}
