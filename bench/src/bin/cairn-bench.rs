@@ -373,11 +373,13 @@ fn sync_table(out: &mut String, rows: &[sync::Row]) {
          column is a liveness check: one sync interval after the measured session, the initiator is \
          given `handle_timeout` again and should open a new session (a summary answered by in_sync).\n\n\
          (c) steady state: A and B load the n shared events, connect, and A runs one session to \
-         completion (summary, in_sync: A records the in-sync digest for B). Still connected, each then \
-         writes n events with its own key through `Node::write`; the pushes those writes queue are \
-         dropped undelivered (as if lost), then time moves one sync interval and A starts the measured \
-         session. Since A's set changed since its last in-sync with B, A opens with its tips. In the row where B starts, \
-         B only answered that previous session.\n\n\
+         completion (summary, in_sync: A records the in-sync digest for B). Then the connection \
+         drops, each writes n events with its own key (`prepare_writes`, `commit_writes`) while \
+         apart, they reconnect, time moves one sync interval and A starts the measured session. The \
+         last in-sync digest survives the reconnection, and A's set changed since, so A opens with \
+         its tips. In the row where B starts, B only answered that previous session. (A push on a \
+         live connection is never lost: the stream is reliable and ordered, and a dropped \
+         connection forgets what was sent on it.)\n\n\
          (d) the forking author is one of five that wrote the shared prefix in turn; its two branches \
          have only their own predecessor as dep after the fork, so A and B each hold a valid, \
          fork-free set and find the fork during the session.\n"
