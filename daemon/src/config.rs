@@ -246,6 +246,7 @@ impl Config {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        crate::logging::check_filter(&self.log_level).map_err(|why| anyhow::anyhow!("log_level: {why}"))?;
         let limits = &self.limits;
         let positive = [
             ("limits.buffer_bytes_per_peer_max", limits.buffer_bytes_per_peer_max as u64),
@@ -430,10 +431,22 @@ mod tests {
             ("[limits]\npeer_events_per_sec = 0\n", "limits.peer_events_per_sec"),
             ("[timing]\nsync_interval = \"soon\"\n", "sync_interval"),
             ("[[peers]]\naddress = \"127.0.0.1:1\"\n", "peers[0]"),
+            ("log_level = \"loud\"\n", "log_level"),
         ];
         for (extra, field) in cases {
             let err = Config::parse(&format!("{MINIMAL}{extra}")).unwrap_err();
             assert!(format!("{err:#}").contains(field), "{extra:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn log_levels_are_levels_or_directives_of_levels() {
+        for good in ["info", "WARN", "off", "info,cairn_daemon::transport=debug", "quinn=warn,debug"] {
+            assert!(crate::logging::check_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["loud", "", "info,loud", "cairn_daemon=loud", "info=", "[[="] {
+            let error = crate::logging::check_filter(bad).unwrap_err();
+            assert!(error.contains("error, warn, info, debug, trace"), "{bad:?}: {error}");
         }
     }
 

@@ -3,6 +3,34 @@
 
 use tracing_subscriber::EnvFilter;
 
+/// The level names a `log_level` may use, alone or after `target=`.
+pub const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// Checks a `log_level` value: a comma-separated list of directives, each a level name
+/// ([`LEVELS`]) or `target=level` (tracing's `EnvFilter` syntax, which it must also parse). A
+/// bare word that is not a level is refused: tracing would read it as a target name and
+/// silence everything else, which is how `log_level = "loud"` used to log nothing at all.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    let accepted = || {
+        format!(
+            "use one of {} (e.g. \"info\"), or directives like \"info,cairn_daemon::transport=debug\"",
+            LEVELS.join(", ")
+        )
+    };
+    if filter.trim().is_empty() {
+        return Err(format!("is empty; {}", accepted()));
+    }
+    for directive in filter.split(',').map(str::trim) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        if !LEVELS.iter().any(|known| known.eq_ignore_ascii_case(level)) {
+            return Err(format!("{directive:?} does not name a level; {}", accepted()));
+        }
+    }
+    EnvFilter::try_new(filter)
+        .map(drop)
+        .map_err(|error| format!("{filter:?} is not a log filter ({error}); {}", accepted()))
+}
+
 /// Installs the global subscriber once; later calls do nothing.
 pub fn init(level: &str) {
     let filter =

@@ -419,6 +419,16 @@ fn check_config_names_what_is_broken() {
             vec!["peers[0]".into(), "this node itself".into()],
         ),
         ("not TOML", "key_file = \n".to_owned(), vec![node.config.display().to_string()]),
+        (
+            "a log level that is not a level",
+            original.replace("log_level = \"info\"", "log_level = \"loud\""),
+            vec![
+                node.config.display().to_string(),
+                "log_level".into(),
+                "\"loud\"".into(),
+                "off, error, warn, info, debug, trace".into(),
+            ],
+        ),
     ];
     for (what, text, phrases) in cases {
         assert_ne!(text, original, "{what}: the edit did not apply");
