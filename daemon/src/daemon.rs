@@ -37,7 +37,10 @@ pub fn check(config_path: &Path) -> anyhow::Result<Checked> {
     let me = key.public();
     if genesis.member_idx(&me).is_none() {
         bail!(
-            "this node's key {me} (from {}) is not a member of the genesis {}; add it there, on every node",
+            "this node's key {me} (from {}) is not a member of the genesis {}. A changed genesis is a new \
+             cluster (its id is the hash of the genesis): the old cluster's stores are refused under it, and \
+             every node must start from the new genesis with an empty store. To join an existing cluster, \
+             use a key that its genesis lists",
             config.key_file.display(),
             config.genesis_file.display()
         );

@@ -135,34 +135,65 @@ pub fn stop(child: &mut Child, timeout: Duration) -> std::io::Result<std::proces
     child.wait()
 }
 
-/// Runs the demo until Ctrl-C.
+/// Lines of a dead node's log the demo prints.
+const DEAD_LOG_LINES: usize = 40;
+
+/// Runs the demo until Ctrl-C or SIGTERM (what `timeout` and systemd send): both stop every
+/// node and remove the demo's directory. If a node dies, the others are stopped too, the tail
+/// of its log is printed, and the directory is kept so the whole log can be read.
 pub async fn run(n: usize) -> anyhow::Result<()> {
+    // Registered first, so a SIGTERM during start-up is caught too (and not the default exit,
+    // which would leave the nodes running).
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let dir = std::env::temp_dir().join(format!("cairn-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(&dir, n).await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let result = run_in(&dir, n, &mut terminate).await;
+    match &result {
+        Err(error) if error.downcast_ref::<NodeDied>().is_some() => {}
+        _ => {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
     result
 }
 
-async fn run_in(dir: &Path, n: usize) -> anyhow::Result<()> {
+/// A demo node exited by itself; its log was kept.
+#[derive(Debug, thiserror::Error)]
+#[error("node {name} exited unexpectedly ({status}); its whole log is {log} (the demo directory was kept)")]
+struct NodeDied {
+    name: String,
+    status: String,
+    log: String,
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn stop_signal(terminate: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+async fn run_in(dir: &Path, n: usize, terminate: &mut tokio::signal::unix::Signal) -> anyhow::Result<()> {
     let exe = std::env::current_exe()?;
     let nodes = write_cluster(dir, n, "log_level = \"info\"\n[timing]\nsync_interval = \"500ms\"")?;
     let mut children = Vec::new();
     for node in &nodes {
         children.push(spawn(&exe, node)?);
     }
-    let deadline = Instant::now() + START_TIMEOUT;
-    while !nodes.iter().all(|node| node.socket.exists()) {
-        for (node, child) in nodes.iter().zip(children.iter_mut()) {
-            if let Some(status) = child.try_wait()? {
-                let log = std::fs::read_to_string(&node.log).unwrap_or_default();
-                bail!("node {} exited ({status}) while starting:\n{log}", node.name);
-            }
+    if let Err(error) = wait_started(&nodes, &mut children).await {
+        // Whatever went wrong, no node is left running.
+        for child in &mut children {
+            let _ = stop(child, STOP_TIMEOUT);
         }
-        if Instant::now() > deadline {
-            bail!("the nodes did not open their sockets within {START_TIMEOUT:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        return Err(error);
     }
     let ctl = exe.with_file_name("cairnctl");
     let ctl = if ctl.exists() {
@@ -189,28 +220,57 @@ async fn run_in(dir: &Path, n: usize) -> anyhow::Result<()> {
     println!("  {ctl} --socket {} watch", s(2));
     println!("  {ctl} --socket {} status", s(0));
     println!("  {ctl} --socket {} peers", s(0));
-    println!("\nCtrl-C stops the nodes and removes {}.", dir.display());
+    println!("\nCtrl-C (or SIGTERM) stops the nodes and removes {}.", dir.display());
 
     let mut exited = None;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        name = watch_children(&nodes, &mut children) => exited = Some(name),
+        signal = stop_signal(terminate) => signal?,
+        died = watch_children(&nodes, &mut children) => exited = Some(died),
     }
     println!("\nstopping the nodes…");
     for child in &mut children {
         let _ = stop(child, STOP_TIMEOUT);
     }
-    if let Some(name) = exited {
-        bail!("node {name} exited unexpectedly; its log was in the demo directory");
+    if let Some((i, status)) = exited {
+        let node = &nodes[i];
+        let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+        eprintln!("--- the last lines of {}'s log ({}) ---", node.name, node.log.display());
+        eprintln!("{}", tail(&log, DEAD_LOG_LINES));
+        eprintln!("---");
+        return Err(NodeDied {
+            name: node.name.clone(),
+            status: status.to_string(),
+            log: node.log.display().to_string(),
+        }
+        .into());
     }
     Ok(())
 }
 
-async fn watch_children(nodes: &[LocalNode], children: &mut [Child]) -> String {
-    loop {
+/// Waits until every node has opened its API socket.
+async fn wait_started(nodes: &[LocalNode], children: &mut [Child]) -> anyhow::Result<()> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while !nodes.iter().all(|node| node.socket.exists()) {
         for (node, child) in nodes.iter().zip(children.iter_mut()) {
-            if let Ok(Some(_)) = child.try_wait() {
-                return node.name.clone();
+            if let Some(status) = child.try_wait()? {
+                let log = std::fs::read_to_string(&node.log).unwrap_or_default();
+                bail!("node {} exited ({status}) while starting:\n{}", node.name, tail(&log, DEAD_LOG_LINES));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the nodes did not open their sockets within {START_TIMEOUT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Waits until a node exits; returns its index and how it exited.
+async fn watch_children(nodes: &[LocalNode], children: &mut [Child]) -> (usize, std::process::ExitStatus) {
+    loop {
+        for (i, child) in children.iter_mut().enumerate().take(nodes.len()) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (i, status);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

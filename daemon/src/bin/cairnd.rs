@@ -3,11 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::os::unix::fs::DirBuilderExt as _;
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 /// The Cairn replication daemon.
 #[derive(Parser)]
 #[command(
+    name = "cairnd",
     version,
     about,
     after_help = "Exit codes: 0 ok; 1 error (the message says what to do); 2 usage error."
@@ -37,9 +41,9 @@ enum Command {
         #[arg(long, short, default_value = "/etc/cairn/cairnd.toml", env = "CAIRN_CONFIG")]
         config: PathBuf,
     },
-    /// Run a local demo cluster of separate cairnd processes until Ctrl-C.
+    /// Run a local demo cluster of separate cairnd processes until Ctrl-C (or SIGTERM).
     Demo {
-        /// How many nodes.
+        /// How many nodes, 1 to 16.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
         nodes: u8,
     },
@@ -67,7 +71,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keygen { out } => {
             let key = cairn_crypto::SecretKey::generate();
             if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
+                // Only the directories made here get 0700: the key's directory should let no one
+                // else list it, as deploy/GUIDE.md says; an existing one is left as it is.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .with_context(|| format!("cannot create the key directory {}", dir.display()))?;
             }
             key.write_file(&out)?;
             println!("{}", key.public());
