@@ -495,3 +495,10 @@ fn write_refusal_names_every_reason_prepare_writes_would_give() {
     assert!(matches!(write, Err(WriteError::Equivocator)), "{write:?}");
     assert_eq!(refusal.unwrap().to_string(), write.unwrap_err().to_string());
 }
+
+#[test]
+fn the_own_seq_refusal_names_the_setting_for_a_new_cluster_only() {
+    let error = WriteError::OwnSeqUnknown { heard: 0, needed: 1, held: 0, reported: 0 }.to_string();
+    assert!(error.contains("`new_cluster = true` is only for the first start"), "{error}");
+    assert!(!error.contains("flag"), "the setting is `new_cluster` in the config, not a flag: {error}");
+}
