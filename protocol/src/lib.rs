@@ -9,6 +9,7 @@
 pub mod adapter;
 pub mod buffer;
 pub mod codec;
+pub mod diagnose;
 pub mod document;
 pub mod event;
 pub mod evidence;
@@ -21,8 +22,11 @@ pub mod verified;
 
 pub use adapter::{Adapter, AdapterConfig, Ingested, Rejection};
 pub use buffer::PeerId;
+pub use diagnose::{
+    Diagnosis, EventRule, EvidenceRule, Failure, Needs, Outcome, Verdict, diagnose, diagnose_evidence,
+};
 pub use event::{Event, EventId, Header, Op};
-pub use evidence::{Evidence, SignedHeader};
+pub use evidence::{Evidence, EvidenceError, SignedHeader};
 pub use genesis::{Genesis, Member, MemberIdx};
 pub use message::{Message, Tip};
 pub use node::{Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError};
