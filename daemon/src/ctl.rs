@@ -1625,6 +1625,9 @@ fn inspect_evidence(out: &mut Output, input: &Input, genesis: Option<&Genesis>) 
 
 #[cfg(test)]
 mod tests {
+    use hyper::Method;
+    use serde_json::Value;
+
     use super::*;
 
     #[test]
@@ -1641,6 +1644,12 @@ mod tests {
         check(b"00zz", Ok(b"00zz"), false);
         check(b"", Ok(b""), false);
         check(b"  \n", Ok(b"  \n"), false);
+        // A 0x prefix, before or after whitespace.
+        check(b"0x00ff\n", Ok(&[0x00, 0xff]), true);
+        check(b"\n 0XAB cd\n", Ok(&[0xab, 0xcd]), true);
+        check(b"0x", Ok(b""), true);
+        check(b"0x0x00", Ok(b"0x0x00"), false);
+        check(b"00 0x11", Ok(b"00 0x11"), false);
     }
 
     #[test]
@@ -1718,8 +1727,8 @@ mod tests {
     #[test]
     fn text_and_bytes_never_look_alike() {
         // The text `base64:/wA=` and the bytes ff 00, whose base64 is `/wA=`.
-        let text = bytes_field(&json!({"value": "base64:/wA=", "value_base64": "YmFzZTY0Oi93QT0="}), "value");
-        let bytes = bytes_field(&json!({"value": null, "value_base64": "/wA="}), "value");
+        let text = bytes_text(Some("base64:/wA="), "YmFzZTY0Oi93QT0=");
+        let bytes = bytes_text(None, "/wA=");
         assert_eq!(text, "\"base64:/wA=\"");
         assert_eq!(bytes, "base64:/wA=");
         assert_ne!(text, bytes);
@@ -1736,79 +1745,83 @@ mod tests {
     /// carriage return that would overwrite the line.
     const HOSTILE: &str = "\x1b[2J\u{9b}31m\u{202e}evil\r\x07\n";
 
+    /// What `json` reads as a `T`, for answers written in the tests as JSON.
+    fn typed<T: serde::de::DeserializeOwned>(json: Value) -> T {
+        serde_json::from_value(json).unwrap()
+    }
+
     #[test]
     fn human_output_escapes_every_text() {
         let h = HOSTILE;
-        let bytes = json!({"value": h, "value_base64": "x"});
-        type Render = fn(&mut Output, &Value) -> anyhow::Result<()>;
-        let cases: Vec<(&str, Render, Value)> = vec![
-            (
-                "status",
-                status,
-                json!({"name": h, "key": h, "cluster_id": h, "writes_refused": h, "own_seq": h,
-                       "n_events": h, "n_evidence": h, "buffer_events": h, "buffer_bytes": h,
-                       "buffer_bytes_max": h, "n_peers_connected": h, "n_peers": h, "digest": h,
-                       "sync_digest": h}),
-            ),
-            (
-                "peers",
-                peers,
-                json!({"peers": [{"name": h, "key": h, "address": h, "state": h,
-                                  "stats": {"events_in": h, "events_out": h, "rejected": {h: 1}}}]}),
-            ),
-            (
-                "get",
-                |out, value| register(out, value).map(drop),
-                json!({"key": h, "value": h, "value_base64": "x", "siblings": [
-                    {"value": h, "value_base64": "x", "author_name": h, "lamport": h, "event_id": h, "op_index": h},
-                    {"value": null, "value_base64": h, "author": h, "lamport": 1, "event_id": h, "op_index": 0},
-                ]}),
-            ),
-            (
-                "members",
-                |out, value| members(out, value).map(drop),
-                json!({"members": [bytes, {"value_base64": h}]}),
-            ),
-            ("keys", keys, json!({"keys": [{"kind": h, "key": h, "key_base64": "x"}], "next": h})),
-            (
-                "events",
-                events,
-                json!({"events": [{"id": h, "author_name": h, "seq": h, "lamport": h, "n_deps": h,
-                                   "n_ops": h, "size": h}], "next": h}),
-            ),
-            (
-                "event",
-                event,
-                json!({"id": h, "author": h, "author_name": h, "seq": h, "lamport": h, "deps": [h, h],
-                "ops_hash": h, "size": h, "ops": [
-                    {"op": "put", "key": h, "value": null, "value_base64": h},
-                    {"op": "incr", "key": null, "key_base64": h, "delta": h},
-                    {"op": "add", "key": h, "element": h},
-                    {"op": h, "key": h},
-                ]}),
-            ),
-            (
-                "evidence",
-                evidence,
-                json!({"evidence": [{"author": h, "author_name": h, "seq": h, "first": {"id": h}, "second": {"id": h}}]}),
-            ),
+        let member = serde_json::json!({"value": h, "value_base64": "x"});
+        let sibling = |value: Value, author: Value, author_name: Value| {
+            serde_json::json!({"value": value, "value_base64": h, "author": author, "author_name": author_name,
+                "author_index": 0, "lamport": 1, "event_id": h, "op_index": 0})
+        };
+        let status_json: json::Status = typed(serde_json::json!({
+            "name": h, "key": h, "cluster_id": h, "writes_refused": h, "own_seq": 1, "n_events": 2,
+            "n_evidence": 0, "buffer_events": 1, "buffer_bytes": 10, "buffer_bytes_max": 100,
+            "n_peers_connected": 0, "n_peers": 1, "digest": h, "sync_digest": h}));
+        let peers_json = json::Peers {
+            peers: vec![json::Peer {
+                key: h.into(),
+                name: h.into(),
+                address: Some(h.into()),
+                state: json::PeerState::Connected,
+                last_seen_ms_ago: None,
+                rtt_ms: Some(0.5),
+                stats: json::PeerStats {
+                    rejected: [(h.to_owned(), 1)].into_iter().collect(),
+                    ..json::PeerStats::default()
+                },
+            }],
+        };
+        let register_json: json::Register = typed(serde_json::json!({"key": h, "value": h, "value_base64": "x",
+            "siblings": [sibling(h.into(), Value::Null, h.into()), sibling(Value::Null, h.into(), Value::Null)]}));
+        let set_json: json::Set = typed(serde_json::json!({"key": h, "members": [member, {"value": null, "value_base64": h}]}));
+        let keys_json: json::KeysPage =
+            typed(serde_json::json!({"keys": [{"kind": "set", "key": h, "key_base64": "x"}], "next": h}));
+        let events_json: json::EventsPage = typed(serde_json::json!({"events": [{"id": h, "author": h,
+            "author_name": h, "seq": 1, "lamport": 1, "n_deps": 0, "n_ops": 1, "size": 9, "excluded": false}],
+            "next": 1}));
+        let event_json: json::Event = typed(serde_json::json!({"id": h, "author": h, "author_name": h, "seq": 1,
+            "lamport": 1, "deps": [h, h], "ops_hash": h, "size": 9, "excluded": true, "encoded_hex": "00",
+            "ops": [
+                {"op": "put", "key": h, "key_base64": "x", "value": null, "value_base64": h},
+                {"op": "incr", "key": null, "key_base64": h, "delta": 1},
+                {"op": "add", "key": h, "key_base64": "x", "element": h, "element_base64": "x"},
+                {"op": "del", "key": h, "key_base64": "x"},
+            ]}));
+        let header = serde_json::json!({"id": h, "author": h, "seq": 1, "lamport": 1, "deps": [], "ops_hash": h, "sig": h});
+        let evidence_json: json::EvidenceList = typed(serde_json::json!({"evidence": [{"author": h,
+            "author_name": h, "seq": 1, "first": header, "second": header, "encoded_hex": h}]}));
+        let cases: Vec<(&str, Box<dyn Fn(&mut Output) -> anyhow::Result<()>>)> = vec![
+            ("status", Box::new(|out| status(out, &status_json))),
+            ("peers", Box::new(|out| peers(out, &peers_json))),
+            ("get", Box::new(|out| register(out, &register_json))),
+            ("members", Box::new(|out| members(out, &set_json))),
+            ("keys", Box::new(|out| keys(out, &keys_json))),
+            ("events", Box::new(|out| events(out, &events_json))),
+            ("event", Box::new(|out| event(out, &event_json))),
+            ("evidence", Box::new(|out| evidence(out, &evidence_json))),
         ];
         for tty in [false, true] {
-            for (what, render, answer) in &cases {
+            for (what, render) in &cases {
                 let capture = Capture::default();
                 let mut out = Output { tty, json: false, writer: Box::new(capture.clone()) };
-                render(&mut out, answer).unwrap();
+                render(&mut out).unwrap();
                 assert_printable(what, &capture.text());
                 assert!(capture.text().contains("\\u{1b}[2J"), "{what}: {}", capture.text());
             }
         }
         for change in [
-            json!({"kind": h, "key": h, "position": h, "state_error": h}),
-            json!({"kind": "register", "key": h, "position": 1, "value": h, "value_base64": "x", "siblings": []}),
-            json!({"kind": "counter", "key": null, "key_base64": h, "position": 1, "value": h}),
-            json!({"kind": "set", "key": h, "position": 1, "members": [bytes]}),
+            serde_json::json!({"kind": "set", "key": h, "key_base64": "x", "position": 1, "state_error": h}),
+            serde_json::json!({"kind": "register", "key": h, "key_base64": "x", "position": 1, "value": h,
+                "value_base64": "x", "siblings": []}),
+            serde_json::json!({"kind": "counter", "key": null, "key_base64": h, "position": 1, "value": 2}),
+            serde_json::json!({"kind": "set", "key": h, "key_base64": "x", "position": 1, "members": [member]}),
         ] {
-            assert_printable("watch", &change_line(&change));
+            assert_printable("watch", &change_line(&typed(change)));
         }
         let error = anyhow::Error::new(ClientError::Http {
             status: StatusCode::BAD_REQUEST,
@@ -1821,43 +1834,51 @@ mod tests {
 
     #[test]
     fn watch_lines() {
-        let check = |change: Value, expected: &str| assert_eq!(change_line(&change), expected);
+        let check = |change: Value, expected: &str| assert_eq!(change_line(&typed(change)), expected);
+        let sibling = serde_json::json!({"value": "v", "value_base64": "dg==", "author": null, "author_name": null,
+            "author_index": 0, "lamport": 1, "event_id": "00", "op_index": 0});
         check(
-            json!({
-                "kind": "register", "key": "k", "position": 3,
-                "value": "v", "value_base64": "dg==", "siblings": [{}, {}],
+            serde_json::json!({
+                "kind": "register", "key": "k", "key_base64": "aw==", "position": 3,
+                "value": "v", "value_base64": "dg==", "siblings": [sibling, sibling],
             }),
             "#3 register \"k\" = \"v\" (2 concurrent values)",
         );
         check(
-            json!({
+            serde_json::json!({
                 "kind": "register", "key": null, "key_base64": "/w==", "position": 4,
                 "value": null, "value_base64": null, "siblings": [],
             }),
             "#4 register base64:/w== = (no value)",
         );
-        check(json!({"kind": "counter", "key": "c", "position": 5, "value": -2}), "#5 counter \"c\" = -2");
         check(
-            json!({"kind": "counter", "key": "c", "position": 5, "value": "18446744073709551614"}),
+            serde_json::json!({"kind": "counter", "key": "c", "key_base64": "Yw==", "position": 5, "value": -2}),
+            "#5 counter \"c\" = -2",
+        );
+        check(
+            serde_json::json!({"kind": "counter", "key": "c", "key_base64": "Yw==", "position": 5,
+                "value": "18446744073709551614"}),
             "#5 counter \"c\" = 18446744073709551614",
         );
         check(
-            json!({
-                "kind": "set", "key": "s", "position": 6,
-                "members": [{"value": "a"}, {"value": null, "value_base64": "/w=="}],
+            serde_json::json!({
+                "kind": "set", "key": "s", "key_base64": "cw==", "position": 6,
+                "members": [{"value": "a", "value_base64": "YQ=="}, {"value": null, "value_base64": "/w=="}],
             }),
             "#6 set \"s\" = {\"a\", base64:/w==} (2 members)",
         );
         check(
-            json!({"kind": "set", "key": "s", "position": 7, "members": [{"value": "a"}]}),
+            serde_json::json!({"kind": "set", "key": "s", "key_base64": "cw==", "position": 7,
+                "members": [{"value": "a", "value_base64": "YQ=="}]}),
             "#7 set \"s\" = {\"a\"} (1 member)",
         );
         check(
-            json!({"kind": "counter", "key": "c", "position": 7, "state_error": "busy"}),
+            serde_json::json!({"kind": "counter", "key": "c", "key_base64": "Yw==", "position": 7,
+                "state_error": "busy"}),
             "#7 counter \"c\" changed (state unavailable: busy)",
         );
         check(
-            json!({"kind": "register", "key": "esc\u{1b}[31mRED", "position": 8,
+            serde_json::json!({"kind": "register", "key": "esc\u{1b}[31mRED", "key_base64": "x", "position": 8,
                    "value": "\u{1b}[2Jcleared", "value_base64": "x", "siblings": []}),
             "#8 register \"esc\\u{1b}[31mRED\" = \"\\u{1b}[2Jcleared\"",
         );
@@ -1943,7 +1964,7 @@ mod tests {
         let file_arg = file.to_str().unwrap();
         let Ok(Request::Put { value, .. }) = request(&["put", "k", "--file", file_arg]) else { panic!() };
         assert_eq!(value, Payload::Base64("/wB4".to_owned()));
-        let Ok(Request::SetWrite { element, action: "add", .. }) =
+        let Ok(Request::SetWrite { element, action: SetAction::Add, .. }) =
             request(&["sadd", "s", "--file", file_arg])
         else {
             panic!()
@@ -1968,8 +1989,6 @@ mod tests {
         assert_eq!(plural(0, "member", "members"), "0 members");
         assert_eq!(plural(1, "member", "members"), "1 member");
         assert_eq!(plural(2, "member", "members"), "2 members");
-        assert_eq!(count_field(&json!({"n": 1}), "n", "event", "events"), "1 event");
-        assert_eq!(count_field(&json!({}), "n", "event", "events"), "- events");
     }
 
     /// Collects what a command prints; after `lines_max` lines, writes fail as a closed pipe.
@@ -2061,7 +2080,7 @@ mod tests {
         ok(&server, &["incr", "c", "--delta", "2"]).await;
         assert_eq!(ok(&server, &["counter", "c"]).await, "-3\n");
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "c"]).await).unwrap();
-        assert_eq!(json, json!({"key": "c", "value": -3}));
+        assert_eq!(json, serde_json::json!({"key": "c", "value": -3}));
 
         ok(&server, &["sadd", "s", "a"]).await;
         ok(&server, &["sadd", "s", "b"]).await;
@@ -2101,7 +2120,7 @@ mod tests {
         assert!(evidence.contains("beta"), "{evidence}");
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "evidence"]).await).unwrap();
         let encoded = hex::decode(json["evidence"][0]["encoded_hex"].as_str().unwrap()).unwrap();
-        assert!(codec::decode_evidence(&encoded).is_ok());
+        assert!(cairn_protocol::codec::decode_evidence(&encoded).is_ok());
 
         assert!(ok(&server, &["metrics"]).await.ends_with("# EOF\n"));
         let (code, message) = fails(&server, &["--json", "metrics"]).await;
@@ -2129,11 +2148,11 @@ mod tests {
         let json: Value =
             serde_json::from_str(&exits(&server, EXIT_NOT_FOUND, &["--json", "members", "absent"]).await)
                 .unwrap();
-        assert_eq!(json, json!({"key": "absent", "members": []}));
+        assert_eq!(json, serde_json::json!({"key": "absent", "members": []}));
         let json: Value =
             serde_json::from_str(&exits(&server, EXIT_NOT_FOUND, &["--json", "counter", "absent"]).await)
                 .unwrap();
-        assert_eq!(json, json!({"key": "absent", "value": 0}));
+        assert_eq!(json, serde_json::json!({"key": "absent", "value": 0}));
 
         // Deleted, emptied and cancelled out are the same empty state.
         ok(&server, &["put", "r", "v"]).await;
@@ -2158,10 +2177,10 @@ mod tests {
         }
         assert_eq!(ok(&server, &["counter", "big"]).await, "18446744073709551614\n");
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "big"]).await).unwrap();
-        assert_eq!(json, json!({"key": "big", "value": "18446744073709551614"}));
+        assert_eq!(json, serde_json::json!({"key": "big", "value": "18446744073709551614"}));
         ok(&server, &["incr", "edge", "--", "-9007199254740991"]).await;
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "edge"]).await).unwrap();
-        assert_eq!(json["value"], json!(-9_007_199_254_740_991_i64));
+        assert_eq!(json["value"], serde_json::json!(-9_007_199_254_740_991_i64));
         ok(&server, &["incr", "edge", "--", "-1"]).await;
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "edge"]).await).unwrap();
         assert_eq!(json["value"], "-9007199254740992");
@@ -2178,9 +2197,11 @@ mod tests {
         ok(&server, &["sadd", "s1", "e"]).await;
         let all: Value = serde_json::from_str(&ok(&server, &["--json", "keys"]).await).unwrap();
         assert_eq!(all["next"], Value::Null);
-        let expected: Vec<String> = array(&all, "keys")
+        let page: json::KeysPage = typed(all.clone());
+        let expected: Vec<String> = page
+            .keys
             .iter()
-            .map(|k| format!("{} {}", field(k, "kind"), bytes_field(k, "key")))
+            .map(|k| format!("{} {}", k.kind, bytes_text(k.key.as_deref(), &k.key_base64)))
             .collect();
         assert_eq!(expected.len(), 9, "{all}");
 
@@ -2220,7 +2241,7 @@ mod tests {
             &ok(&server, &["--json", "keys", "--kind", "counter", "--after", cursor]).await,
         )
         .unwrap();
-        assert_eq!(rest["keys"], json!([{"kind": "counter", "key": "k3", "key_base64": "azM="}]));
+        assert_eq!(rest["keys"], serde_json::json!([{"kind": "counter", "key": "k3", "key_base64": "azM="}]));
         assert_eq!(rest["next"], Value::Null);
     }
 
@@ -2258,11 +2279,12 @@ mod tests {
         std::fs::write(&file, &raw).unwrap();
         let capture = Capture::default();
         let mut out = Output { tty: false, json: false, writer: Box::new(capture.clone()) };
-        let code = inspect(&mut out, Inspect::Event { file }).unwrap();
+        let code = inspect(&mut out, Inspect::Event { file, genesis: None }).unwrap();
         let report = capture.text();
-        assert_eq!(code, EXIT_OK, "{report}");
+        // The event has a dep, and no genesis was given: it is not known to be valid.
+        assert_eq!(code, EXIT_INSPECT_UNDECIDED, "{report}");
         assert!(report.contains(id), "{report}");
-        assert!(report.contains("verdict: the hash and the signature hold"), "{report}");
+        assert!(report.contains("verdict: UNDECIDED: no rule fails, but membership (needs_genesis), seq (needs_causal_past), lamport (needs_causal_past)"), "{report}");
         assert!(report.contains("\"esc\\u{1b}[31m\""), "{report}");
         assert_printable("inspect", &report);
     }
@@ -2275,8 +2297,8 @@ mod tests {
         let watching = ctl(&server, &["watch"], capture);
         let writing = async {
             server.wait_for_watchers(1).await;
-            server.client.send_json(Method::PUT, "/v1/registers/w", &json!({"value": "one"})).await.unwrap();
-            server.client.send_json(Method::PUT, "/v1/registers/w", &json!({"value": "two"})).await.unwrap();
+            server.client.send_json(Method::PUT, "/v1/registers/w", &serde_json::json!({"value": "one"})).await.unwrap();
+            server.client.send_json(Method::PUT, "/v1/registers/w", &serde_json::json!({"value": "two"})).await.unwrap();
         };
         let ((result, text), ()) = tokio::join!(watching, writing);
         let error = result.unwrap_err();
@@ -2294,7 +2316,7 @@ mod tests {
             for _ in 0..2 {
                 server
                     .client
-                    .send_json(Method::POST, "/v1/counters/n/incr", &json!({"delta": 4}))
+                    .send_json(Method::POST, "/v1/counters/n/incr", &serde_json::json!({"delta": 4}))
                     .await
                     .unwrap();
             }
@@ -2304,7 +2326,7 @@ mod tests {
         let change: Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(
             change,
-            json!({"kind": "counter", "key": "n", "key_base64": "bg==", "position": 1, "value": 4})
+            serde_json::json!({"kind": "counter", "key": "n", "key_base64": "bg==", "position": 1, "value": 4})
         );
     }
 
@@ -2318,7 +2340,7 @@ mod tests {
         assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
         // The table of the help text lists every code.
         let help = after_help();
-        for code in [EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INSPECT_FAILED] {
+        for code in [EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INSPECT_FAILED, EXIT_INSPECT_UNDECIDED] {
             assert!(help.contains(&format!("\n  {code}  ")), "{code}: {help}");
         }
     }

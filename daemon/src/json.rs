@@ -947,9 +947,8 @@ mod tests {
     #[test]
     fn pretty_keeps_the_order_and_the_values() {
         let text = br#"{"z":1,"a":[true,null,-2,0.5,"\u001b"],"m":{"y":18446744073709551615,"b":{}}}"#;
-        let pretty = pretty(text).unwrap();
         assert_eq!(
-            pretty,
+            pretty(text).unwrap(),
             "{\n  \"z\": 1,\n  \"a\": [\n    true,\n    null,\n    -2,\n    0.5,\n    \"\\u001b\"\n  ],\n  \
              \"m\": {\n    \"y\": 18446744073709551615,\n    \"b\": {}\n  }\n}"
         );
