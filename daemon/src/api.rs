@@ -289,7 +289,9 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json::ErrorBody { error: json::ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let body = json::ErrorBody {
+            error: json::ErrorDetail { code: self.code.to_owned(), message: self.message },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -740,10 +742,7 @@ fn incr_ops(key: String, body: IncrBody) -> Result<Vec<Op>, ApiError> {
     Ok(vec![Op::Incr { key: check_key(key, "path")?, delta: body.delta }])
 }
 
-async fn set(
-    State(st): State<AppState>,
-    ApiPath(key): ApiPath<String>,
-) -> Result<Json<json::Set>, ApiError> {
+async fn set(State(st): State<AppState>, ApiPath(key): ApiPath<String>) -> Result<Json<json::Set>, ApiError> {
     let members = st.handle.set_members(check_key(key.clone(), "path")?).await?;
     Ok(Json(json::Set { key, members: values_json(&members) }))
 }
@@ -775,10 +774,9 @@ fn batch_op(op: BatchOp, op_idx: usize) -> Result<Op, ApiError> {
     let at = format!("ops[{op_idx}]");
     let context = format!("{at}: ");
     Ok(match op {
-        BatchOp::Put { key, value, value_base64 } => Op::Put {
-            key: check_key(key, &at)?,
-            value: value_bytes(value, value_base64, "value", &context)?,
-        },
+        BatchOp::Put { key, value, value_base64 } => {
+            Op::Put { key: check_key(key, &at)?, value: value_bytes(value, value_base64, "value", &context)? }
+        }
         BatchOp::Del { key } => Op::Del { key: check_key(key, &at)? },
         BatchOp::Incr { key, delta } => Op::Incr { key: check_key(key, &at)?, delta },
         BatchOp::Add { key, element, element_base64 } => Op::Add {

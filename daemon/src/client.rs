@@ -182,7 +182,11 @@ impl Client {
     }
 
     /// `POST /v1/sets/{key}/add`.
-    pub async fn set_add(&self, key: &str, body: &json::ElementBody) -> Result<Answer<json::Ack>, ClientError> {
+    pub async fn set_add(
+        &self,
+        key: &str,
+        body: &json::ElementBody,
+    ) -> Result<Answer<json::Ack>, ClientError> {
         self.typed(Method::POST, &key_path("sets", key, "/add"), Some(body)).await
     }
 

@@ -1157,7 +1157,12 @@ fn evidence(out: &mut Output, list: &json::EvidenceList) -> anyhow::Result<()> {
 
 /// One line of `watch` for a change.
 fn change_line(change: &json::Change) -> String {
-    let head = format!("#{} {} {}", change.position, change.kind, bytes_text(change.key.as_deref(), &change.key_base64));
+    let head = format!(
+        "#{} {} {}",
+        change.position,
+        change.kind,
+        bytes_text(change.key.as_deref(), &change.key_base64)
+    );
     match &change.state {
         json::ChangeState::Unavailable { state_error } => {
             format!("{head} changed (state unavailable: {})", escape(state_error, false))
@@ -1436,7 +1441,11 @@ fn finish<T: Serialize>(
         match report.size {
             Some(size) => {
                 let size = plural(size as u64, "byte", "bytes");
-                out.line(format_args!("{}: MALFORMED ({size}{source}): {}", report.kind, escape(error, false)))?
+                out.line(format_args!(
+                    "{}: MALFORMED ({size}{source}): {}",
+                    report.kind,
+                    escape(error, false)
+                ))?
             }
             None => out.line(format_args!("{}: MALFORMED: {}", report.kind, escape(error, false)))?,
         }
@@ -1475,7 +1484,11 @@ fn rule_list<T, R: RuleInfo>(diagnosis: &Diagnosis<T, R>) -> String {
     if !failed.is_empty() {
         return failed.join(", ");
     }
-    diagnosis.undecided().map(|(rule, needs)| format!("{} ({})", rule.name(), needs.name())).collect::<Vec<_>>().join(", ")
+    diagnosis
+        .undecided()
+        .map(|(rule, needs)| format!("{} ({})", rule.name(), needs.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The author as the report shows it: the key, and its name in the genesis when it is a member.
@@ -1776,15 +1789,19 @@ mod tests {
                 },
             }],
         };
-        let register_json: json::Register = typed(serde_json::json!({"key": h, "value": h, "value_base64": "x",
-            "siblings": [sibling(h.into(), Value::Null, h.into()), sibling(Value::Null, h.into(), Value::Null)]}));
-        let set_json: json::Set = typed(serde_json::json!({"key": h, "members": [member, {"value": null, "value_base64": h}]}));
+        let register_json: json::Register = typed(
+            serde_json::json!({"key": h, "value": h, "value_base64": "x",
+            "siblings": [sibling(h.into(), Value::Null, h.into()), sibling(Value::Null, h.into(), Value::Null)]}),
+        );
+        let set_json: json::Set =
+            typed(serde_json::json!({"key": h, "members": [member, {"value": null, "value_base64": h}]}));
         let keys_json: json::KeysPage =
             typed(serde_json::json!({"keys": [{"kind": "set", "key": h, "key_base64": "x"}], "next": h}));
         let events_json: json::EventsPage = typed(serde_json::json!({"events": [{"id": h, "author": h,
             "author_name": h, "seq": 1, "lamport": 1, "n_deps": 0, "n_ops": 1, "size": 9, "excluded": false}],
             "next": 1}));
-        let event_json: json::Event = typed(serde_json::json!({"id": h, "author": h, "author_name": h, "seq": 1,
+        let event_json: json::Event =
+            typed(serde_json::json!({"id": h, "author": h, "author_name": h, "seq": 1,
             "lamport": 1, "deps": [h, h], "ops_hash": h, "size": 9, "excluded": true, "encoded_hex": "00",
             "ops": [
                 {"op": "put", "key": h, "key_base64": "x", "value": null, "value_base64": h},
@@ -2297,8 +2314,16 @@ mod tests {
         let watching = ctl(&server, &["watch"], capture);
         let writing = async {
             server.wait_for_watchers(1).await;
-            server.client.send_json(Method::PUT, "/v1/registers/w", &serde_json::json!({"value": "one"})).await.unwrap();
-            server.client.send_json(Method::PUT, "/v1/registers/w", &serde_json::json!({"value": "two"})).await.unwrap();
+            server
+                .client
+                .send_json(Method::PUT, "/v1/registers/w", &serde_json::json!({"value": "one"}))
+                .await
+                .unwrap();
+            server
+                .client
+                .send_json(Method::PUT, "/v1/registers/w", &serde_json::json!({"value": "two"}))
+                .await
+                .unwrap();
         };
         let ((result, text), ()) = tokio::join!(watching, writing);
         let error = result.unwrap_err();
@@ -2340,7 +2365,9 @@ mod tests {
         assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
         // The table of the help text lists every code.
         let help = after_help();
-        for code in [EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INSPECT_FAILED, EXIT_INSPECT_UNDECIDED] {
+        for code in
+            [EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INSPECT_FAILED, EXIT_INSPECT_UNDECIDED]
+        {
             assert!(help.contains(&format!("\n  {code}  ")), "{code}: {help}");
         }
     }

@@ -540,7 +540,10 @@ impl<'de> Deserialize<'de> for CounterValue {
             }
 
             fn visit_str<E: serde::de::Error>(self, digits: &str) -> Result<CounterValue, E> {
-                digits.parse().map(CounterValue).map_err(|_| E::invalid_value(serde::de::Unexpected::Str(digits), &self))
+                digits
+                    .parse()
+                    .map(CounterValue)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Str(digits), &self))
             }
         }
 

@@ -96,8 +96,8 @@ impl Needs {
     /// Why the rule is undecided, in words.
     pub const fn why(self) -> &'static str {
         match self {
-            Self::Genesis => "needs the cluster's genesis: is the author a member?",
-            Self::CausalPast => "needs the causal past: the deps' authors, seqs and lamports",
+            Self::Genesis => "needs the cluster's genesis to tell whether the author is a member",
+            Self::CausalPast => "needs the causal past: the authors, seqs and lamports of the deps",
             Self::Decoding => "not judged: the bytes do not decode",
         }
     }
