@@ -132,15 +132,17 @@ impl<'de> Deserialize<'de> for Ordered {
 
 // ---- requests --------------------------------------------------------------------------------
 
-/// The body of `PUT /v1/registers/{key}`: exactly one of the two fields.
+/// The body of `PUT /v1/registers/{key}`: exactly one of the two fields. (Optional fields have
+/// no `#[serde(default)]`: with it, serde would also take a JSON list such as `["v"]` for the
+/// struct, which the API refuses.)
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ValueBody {
     /// The value as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
     /// The value's bytes in standard base64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
 }
 
@@ -149,10 +151,10 @@ pub struct ValueBody {
 #[serde(deny_unknown_fields)]
 pub struct ElementBody {
     /// The element as text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub element: Option<String>,
     /// The element's bytes in standard base64.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub element_base64: Option<String>,
 }
 
@@ -180,9 +182,9 @@ pub enum BatchOp {
     /// A register write.
     Put {
         key: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         value: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         value_base64: Option<String>,
     },
     /// A register delete.
@@ -192,17 +194,17 @@ pub enum BatchOp {
     /// A set add.
     Add {
         key: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         element: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         element_base64: Option<String>,
     },
     /// A set remove.
     Remove {
         key: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         element: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         element_base64: Option<String>,
     },
 }
@@ -841,7 +843,7 @@ pub struct InspectReport<T> {
     /// Why the input is not well formed: the decoding rule and its detail.
     pub error: Option<String>,
     /// What the bytes decode to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decoded: Option<T>,
     /// Every rule's verdict, in the order of `docs/PROTOCOL.md`.
     pub checks: Vec<InspectCheck>,
