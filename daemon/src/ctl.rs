@@ -725,14 +725,14 @@ impl Request {
             }
             Command::Batch { file } => Self::Batch { file },
             Command::Events { author, after, limit } => {
-                if let Some(author) = &author {
-                    if author.is_empty() || author.len() > AUTHOR_BYTES_MAX {
-                        bail!(Usage(format!(
-                            "--author is {} bytes: give a member's key (64 hex digits) or its name (1 to \
-                             {MEMBER_NAME_BYTES_MAX} bytes)",
-                            author.len()
-                        )));
-                    }
+                if let Some(author) = &author
+                    && (author.is_empty() || author.len() > AUTHOR_BYTES_MAX)
+                {
+                    bail!(Usage(format!(
+                        "--author is {} bytes: give a member's key (64 hex digits) or its name (1 to \
+                         {MEMBER_NAME_BYTES_MAX} bytes)",
+                        author.len()
+                    )));
                 }
                 // clap bounds the limit to EVENTS_LIMIT_MAX, which a usize holds.
                 Self::Events { query: json::EventsQuery { author, after, limit: limit.map(|n| n as usize) } }
@@ -1502,12 +1502,9 @@ fn author_text(author: &cairn_crypto::PublicKey, genesis: Option<&Genesis>) -> S
 
 /// `inspect event`: every rule's verdict; returns the exit code.
 fn inspect_event(out: &mut Output, input: &Input, genesis: Option<&Genesis>) -> anyhow::Result<u8> {
-    let bytes = match &input.bytes {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            let report = malformed_report::<json::InspectedEvent, Event, EventRule>("event", input, None);
-            return finish(out, &report, vec![], "");
-        }
+    let Ok(bytes) = &input.bytes else {
+        let report = malformed_report::<json::InspectedEvent, Event, EventRule>("event", input, None);
+        return finish(out, &report, vec![], "");
     };
     let diagnosis = cairn_protocol::diagnose(bytes, genesis);
     let Some(event) = &diagnosis.decoded else {
@@ -1570,13 +1567,10 @@ fn finish_code<T>(report: &json::InspectReport<T>) -> u8 {
 
 /// `inspect evidence`: every step's verdict; returns the exit code.
 fn inspect_evidence(out: &mut Output, input: &Input, genesis: Option<&Genesis>) -> anyhow::Result<u8> {
-    let bytes = match &input.bytes {
-        Ok(bytes) => bytes,
-        Err(_) => {
-            let report =
-                malformed_report::<json::InspectedEvidence, Evidence, EvidenceRule>("evidence", input, None);
-            return finish(out, &report, vec![], "");
-        }
+    let Ok(bytes) = &input.bytes else {
+        let report =
+            malformed_report::<json::InspectedEvidence, Evidence, EvidenceRule>("evidence", input, None);
+        return finish(out, &report, vec![], "");
     };
     let diagnosis = cairn_protocol::diagnose_evidence(bytes, genesis);
     let Some(evidence) = &diagnosis.decoded else {
@@ -1812,7 +1806,8 @@ mod tests {
         let header = serde_json::json!({"id": h, "author": h, "seq": 1, "lamport": 1, "deps": [], "ops_hash": h, "sig": h});
         let evidence_json: json::EvidenceList = typed(serde_json::json!({"evidence": [{"author": h,
             "author_name": h, "seq": 1, "first": header, "second": header, "encoded_hex": h}]}));
-        let cases: Vec<(&str, Box<dyn Fn(&mut Output) -> anyhow::Result<()>>)> = vec![
+        type Render<'a> = Box<dyn Fn(&mut Output) -> anyhow::Result<()> + 'a>;
+        let cases: Vec<(&str, Render<'_>)> = vec![
             ("status", Box::new(|out| status(out, &status_json))),
             ("peers", Box::new(|out| peers(out, &peers_json))),
             ("get", Box::new(|out| register(out, &register_json))),

@@ -43,8 +43,8 @@ enum Ordered {
     Bool(bool),
     Number(serde_json::Number),
     String(String),
-    Array(Vec<Ordered>),
-    Object(Vec<(String, Ordered)>),
+    Array(Vec<Self>),
+    Object(Vec<(String, Self)>),
 }
 
 impl Serialize for Ordered {

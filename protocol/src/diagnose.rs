@@ -54,7 +54,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(reason: Reject, detail: impl Into<String>) -> Verdict {
+    fn verdict(reason: Reject, detail: impl Into<String>) -> Verdict {
         Verdict::Fail(Self { reason: reason.name(), codec: None, detail: detail.into() })
     }
 
@@ -357,7 +357,7 @@ pub fn diagnose(bytes: &[u8], genesis: Option<&Genesis>) -> Diagnosis<Event, Eve
                 EventRule::Decoding | EventRule::Canonical => Verdict::Pass,
                 EventRule::DepsSorted => match validate::unsorted_dep(&header.deps) {
                     None => Verdict::Pass,
-                    Some(idx) => Failure::new(
+                    Some(idx) => Failure::verdict(
                         Reject::DepsNotSorted,
                         format!("dep {idx} is not above dep {} (deps count from 0)", idx - 1),
                     ),
@@ -366,7 +366,7 @@ pub fn diagnose(bytes: &[u8], genesis: Option<&Genesis>) -> Diagnosis<Event, Eve
                     None => Verdict::Undecided(Needs::Genesis),
                     Some(genesis) => match genesis.member_idx(&header.author) {
                         Some(_) => Verdict::Pass,
-                        None => Failure::new(
+                        None => Failure::verdict(
                             Reject::NotMember,
                             format!(
                                 "the author {} is not one of the genesis's {}",
@@ -378,18 +378,18 @@ pub fn diagnose(bytes: &[u8], genesis: Option<&Genesis>) -> Diagnosis<Event, Eve
                 },
                 EventRule::Ops => match validate::op_flaw(&event.ops) {
                     None => Verdict::Pass,
-                    Some(OpFlaw::NoOps) => Failure::new(Reject::BadOp, "no ops; an event carries at least one"),
+                    Some(OpFlaw::NoOps) => Failure::verdict(Reject::BadOp, "no ops; an event carries at least one"),
                     Some(OpFlaw::TooMany(n)) => {
-                        Failure::new(Reject::BadOp, format!("{n} ops, over the limit of {OPS_MAX}"))
+                        Failure::verdict(Reject::BadOp, format!("{n} ops, over the limit of {OPS_MAX}"))
                     }
-                    Some(OpFlaw::EmptyKey(idx)) => Failure::new(
+                    Some(OpFlaw::EmptyKey(idx)) => Failure::verdict(
                         Reject::BadOp,
                         format!("op {idx} ({}) has an empty key (ops count from 0)", op_name(&event, idx)),
                     ),
                 },
                 EventRule::OpsHash => match validate::check_ops_hash(&event) {
                     Ok(()) => Verdict::Pass,
-                    Err(computed) => Failure::new(
+                    Err(computed) => Failure::verdict(
                         Reject::OpsHashMismatch,
                         format!(
                             "the header names {}, the ops hash to {}",
@@ -402,13 +402,13 @@ pub fn diagnose(bytes: &[u8], genesis: Option<&Genesis>) -> Diagnosis<Event, Eve
                     if validate::signature_holds(&event, &id) {
                         Verdict::Pass
                     } else {
-                        Failure::new(Reject::BadSignature, "verify_strict(author, id, sig) fails")
+                        Failure::verdict(Reject::BadSignature, "verify_strict(author, id, sig) fails")
                     }
                 }
                 EventRule::Seq => match validate::seq_from_header(header) {
                     Some(true) => Verdict::Pass,
-                    Some(false) if header.seq == 0 => Failure::new(Reject::BadSeq, "seq 0: seqs start at 1"),
-                    Some(false) => Failure::new(
+                    Some(false) if header.seq == 0 => Failure::verdict(Reject::BadSeq, "seq 0: seqs start at 1"),
+                    Some(false) => Failure::verdict(
                         Reject::BadSeq,
                         format!("seq {} without deps: it needs its author's event at seq {}", header.seq, header.seq - 1),
                     ),
@@ -416,11 +416,11 @@ pub fn diagnose(bytes: &[u8], genesis: Option<&Genesis>) -> Diagnosis<Event, Eve
                 },
                 EventRule::Lamport => match validate::lamport_from_header(header) {
                     Some(true) => Verdict::Pass,
-                    Some(false) if header.deps.is_empty() => Failure::new(
+                    Some(false) if header.deps.is_empty() => Failure::verdict(
                         Reject::BadLamport,
                         format!("lamport {} without deps: it must be 1", header.lamport),
                     ),
-                    Some(false) => Failure::new(
+                    Some(false) => Failure::verdict(
                         Reject::BadLamport,
                         format!(
                             "lamport {} with deps: it must be at least 2, as every dep has a lamport of 1 or more",
