@@ -1,7 +1,8 @@
 //! Cairn's protocol core, sans-I/O: the event format and its canonical codec, validation and the
-//! causal buffer (the adapter), equivocation evidence, the CRDT document, and the
-//! reconciliation state machine. It does no I/O, reads no clock and draws no randomness; the
-//! daemon and the simulator drive it with bytes, events and the current time.
+//! causal buffer (the adapter), every rule's verdict on bytes for tools (`diagnose`),
+//! equivocation evidence, the CRDT document, and the reconciliation state machine. It does no
+//! I/O, reads no clock and draws no randomness; the daemon and the simulator drive it with
+//! bytes, events and the current time.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
