@@ -31,7 +31,7 @@
 //!
 //! `inspect event FILE` and `inspect evidence FILE` read the bytes (raw, or hex text with or
 //! without a `0x` prefix, line breaks and spaces allowed) and print the verdict of every rule of
-//! `docs/PROTOCOL.md` (§7 for events, §9 for evidence) from [`cairn_protocol::diagnose`]: `ok`,
+//! `docs/PROTOCOL.md` (§7 for events, §9 for evidence) from [`cairn_protocol::diagnose()`]: `ok`,
 //! `FAILED` with the reason's name, or `undecided` with what it needs. The bytes cannot tell
 //! whether the author is a member (give the cluster's genesis with `--genesis FILE`), nor, for
 //! an event with deps, whether its seq and lamport follow them (that needs the events it

@@ -1,12 +1,12 @@
 //! The validity rules of `docs/PROTOCOL.md` §7, one function per rule, grouped by what they
-//! need: [`check_stateless`] chains those that need only the bytes and the genesis (rules 1, 2,
+//! need: `check_stateless` chains those that need only the bytes and the genesis (rules 1, 2,
 //! 3, 7 and the order of the deps); rule 4 (the signature) runs in the adapter, `verify_strict`
-//! on each event, spread over threads; [`check_causal`] needs the accepted deps (rules 5 and 6).
+//! on each event, spread over threads; `check_causal` needs the accepted deps (rules 5 and 6).
 //! Each failure is a distinct [`Reject`] reason, counted in metrics and logs.
 //!
-//! [`crate::diagnose`] runs the same functions one by one, to report every rule's verdict on
-//! bytes that a tool was given (`cairnctl inspect`); [`seq_from_header`] and
-//! [`lamport_from_header`] say how much of rules 5 and 6 the header alone decides.
+//! [`crate::diagnose::diagnose`] runs the same functions one by one, to report every rule's
+//! verdict on bytes that a tool was given (`cairnctl inspect`); `seq_from_header` and
+//! `lamport_from_header` say how much of rules 5 and 6 the header alone decides.
 
 use std::fmt;
 
