@@ -65,6 +65,11 @@
 //! over [`REQUEST_BYTES_MAX`]; 415 without `content-type: application/json`; 503 when the
 //! service refuses writes, is busy or is stopping (its message says why); 500 when the store
 //! failed. No input makes a handler panic.
+//!
+//! # Types
+//!
+//! Every body and answer is a type of [`crate::json`], which the client reads back and
+//! `cairnctl` prints; its documentation gives each field.
 
 use std::convert::Infallible;
 use std::io;
@@ -88,13 +93,15 @@ use cairn_crypto::PublicKey;
 use cairn_protocol::document::{KeyKind, RegisterRead, Sibling};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits::{EVENT_BYTES_MAX, KEY_BYTES_MAX, OPS_MAX, VALUE_BYTES_MAX};
-use cairn_protocol::{Event, EventId, Evidence, Header, Member, Op, SignedHeader};
+use cairn_protocol::{Event, EventId, Evidence, Header, Member, Op};
 use futures_util::Stream;
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 use tokio::sync::{OnceCell, broadcast, watch};
 
+pub use crate::json::JSON_SAFE_INTEGER_MAX;
+use crate::json::{self, BatchBody, BatchOp, ElementBody, IncrBody, ValueBody, text_of};
 use crate::service::{
     ChangeNotice, EventInfo, EventQuery, KeyQuery, PeerInfo, PeerState, ServiceError, ServiceHandle, Status,
     WriteAck,
@@ -133,10 +140,6 @@ pub const KEYS_LIMIT_MAX: usize = 5000;
 const KEY_JSON_BYTES_MAX: usize = 6 * KEY_BYTES_MAX + 2 * (KEY_BYTES_MAX.div_ceil(3) * 4) + 64;
 // A full page of the longest keys fits in what the client reads.
 const _: () = assert!(KEYS_LIMIT_MAX * KEY_JSON_BYTES_MAX <= crate::client::RESPONSE_BYTES_MAX);
-
-/// The largest integer magnitude that JSON readers with double-precision numbers (JavaScript,
-/// jq) hold exactly: 2^53 − 1. A counter beyond it is sent as a string.
-pub const JSON_SAFE_INTEGER_MAX: i128 = (1 << 53) - 1;
 
 /// How often an idle watch stream sends a comment, so that a dead client is noticed and
 /// proxies keep the stream open.
@@ -284,20 +287,11 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorFields<'a>,
-}
-
-#[derive(Serialize)]
-struct ErrorFields<'a> {
-    code: &'a str,
-    message: &'a str,
-}
-
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorFields { code: self.code, message: &self.message } };
+        let body = json::ErrorBody {
+            error: json::ErrorDetail { code: self.code.to_owned(), message: self.message },
+        };
         (self.status, Json(body)).into_response()
     }
 }
@@ -467,164 +461,61 @@ fn truncate(text: &str, n_chars: usize) -> String {
 
 // ---- JSON shapes ----------------------------------------------------------------------------
 
-/// Bytes as UTF-8 text when they are (else `null`) and always as base64.
-fn text_of(bytes: &[u8]) -> Option<String> {
-    std::str::from_utf8(bytes).ok().map(str::to_owned)
+fn ack_json(ack: WriteAck) -> json::Ack {
+    json::Ack { id: ack.id.to_string(), seq: ack.seq, lamport: ack.lamport }
 }
 
-fn kind_name(kind: KeyKind) -> &'static str {
-    match kind {
-        KeyKind::Register => "register",
-        KeyKind::Counter => "counter",
-        KeyKind::Set => "set",
+fn status_json(s: Status) -> json::Status {
+    json::Status {
+        key: s.key.to_string(),
+        name: s.name,
+        cluster_id: hex::encode(s.cluster_id),
+        own_seq: s.own_seq,
+        digest: hex::encode(s.digest),
+        sync_digest: hex::encode(s.sync_digest),
+        n_events: s.n_events,
+        n_evidence: s.n_evidence,
+        buffer_events: s.buffer_events,
+        buffer_bytes: s.buffer_bytes,
+        buffer_bytes_max: s.buffer_bytes_max,
+        writes_refused: s.writes_refused,
+        n_peers_connected: s.n_peers_connected,
+        n_peers: s.n_peers,
     }
 }
 
-#[derive(Serialize)]
-struct AckJson {
-    id: String,
-    seq: u64,
-    lamport: u64,
-}
-
-impl From<WriteAck> for AckJson {
-    fn from(ack: WriteAck) -> Self {
-        Self { id: ack.id.to_string(), seq: ack.seq, lamport: ack.lamport }
+fn peer_json(p: PeerInfo) -> json::Peer {
+    let s = p.stats;
+    json::Peer {
+        key: p.key.to_string(),
+        name: p.name,
+        address: p.address.map(|a| a.to_string()),
+        state: match p.state {
+            PeerState::Connected => json::PeerState::Connected,
+            PeerState::Connecting => json::PeerState::Connecting,
+            PeerState::Refused => json::PeerState::Refused,
+        },
+        last_seen_ms_ago: p.last_seen_ms_ago,
+        rtt_ms: p.rtt_ms,
+        stats: json::PeerStats {
+            messages_in: s.messages_in,
+            messages_out: s.messages_out,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            events_in: s.events_in,
+            events_out: s.events_out,
+            events_rate_limited: s.events_rate_limited,
+            rejected: s.rejected.iter().map(|(reason, n)| (reason.name().to_owned(), *n)).collect(),
+            bad_messages: s.bad_messages,
+            sessions_in_sync: s.sessions_in_sync,
+            sessions_tips: s.sessions_tips,
+        },
     }
 }
 
-#[derive(Serialize)]
-struct StatusJson {
-    key: String,
-    name: String,
-    cluster_id: String,
-    own_seq: u64,
-    digest: String,
-    sync_digest: String,
-    n_events: usize,
-    n_evidence: usize,
-    buffer_events: usize,
-    buffer_bytes: usize,
-    buffer_bytes_max: usize,
-    writes_refused: Option<String>,
-    n_peers_connected: usize,
-    n_peers: usize,
-}
-
-impl From<Status> for StatusJson {
-    fn from(s: Status) -> Self {
-        Self {
-            key: s.key.to_string(),
-            name: s.name,
-            cluster_id: hex::encode(s.cluster_id),
-            own_seq: s.own_seq,
-            digest: hex::encode(s.digest),
-            sync_digest: hex::encode(s.sync_digest),
-            n_events: s.n_events,
-            n_evidence: s.n_evidence,
-            buffer_events: s.buffer_events,
-            buffer_bytes: s.buffer_bytes,
-            buffer_bytes_max: s.buffer_bytes_max,
-            writes_refused: s.writes_refused,
-            n_peers_connected: s.n_peers_connected,
-            n_peers: s.n_peers,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct PeersJson {
-    peers: Vec<PeerJson>,
-}
-
-#[derive(Serialize)]
-struct PeerJson {
-    key: String,
-    name: String,
-    address: Option<String>,
-    state: &'static str,
-    last_seen_ms_ago: Option<u64>,
-    rtt_ms: Option<f64>,
-    stats: PeerStatsJson,
-}
-
-#[derive(Serialize)]
-struct PeerStatsJson {
-    messages_in: u64,
-    messages_out: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    events_in: u64,
-    events_out: u64,
-    events_rate_limited: u64,
-    /// Rejected events by reason (`Reject::name()`).
-    rejected: std::collections::BTreeMap<&'static str, u64>,
-    bad_messages: u64,
-    sessions_in_sync: u64,
-    sessions_tips: u64,
-}
-
-impl From<PeerInfo> for PeerJson {
-    fn from(p: PeerInfo) -> Self {
-        let s = p.stats;
-        Self {
-            key: p.key.to_string(),
-            name: p.name,
-            address: p.address.map(|a| a.to_string()),
-            state: match p.state {
-                PeerState::Connected => "connected",
-                PeerState::Connecting => "connecting",
-                PeerState::Refused => "refused",
-            },
-            last_seen_ms_ago: p.last_seen_ms_ago,
-            rtt_ms: p.rtt_ms,
-            stats: PeerStatsJson {
-                messages_in: s.messages_in,
-                messages_out: s.messages_out,
-                bytes_in: s.bytes_in,
-                bytes_out: s.bytes_out,
-                events_in: s.events_in,
-                events_out: s.events_out,
-                events_rate_limited: s.events_rate_limited,
-                rejected: s.rejected.iter().map(|(reason, n)| (reason.name(), *n)).collect(),
-                bad_messages: s.bad_messages,
-                sessions_in_sync: s.sessions_in_sync,
-                sessions_tips: s.sessions_tips,
-            },
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct KeysJson {
-    keys: Vec<KeyJson>,
-    /// The `after` of the next page; `None` on the last.
-    next: Option<String>,
-}
-
-#[derive(Serialize)]
-struct KeyJson {
-    kind: &'static str,
-    key: Option<String>,
-    key_base64: String,
-}
-
-#[derive(Serialize)]
-struct SiblingJson {
-    value: Option<String>,
-    value_base64: String,
-    /// The author's key; `null` only if the service named an author outside the genesis.
-    author: Option<String>,
-    author_name: Option<String>,
-    author_index: usize,
-    lamport: u64,
-    event_id: String,
-    op_index: u32,
-}
-
-fn sibling_json(sibling: &Sibling, members: &[Member]) -> SiblingJson {
+fn sibling_json(sibling: &Sibling, members: &[Member]) -> json::Sibling {
     let member = members.get(sibling.author);
-    SiblingJson {
+    json::Sibling {
         value: text_of(&sibling.value),
         value_base64: BASE64.encode(&sibling.value),
         author: member.map(|m| m.key.to_string()),
@@ -636,173 +527,35 @@ fn sibling_json(sibling: &Sibling, members: &[Member]) -> SiblingJson {
     }
 }
 
-/// A register's state: the visible value (text and base64; both `null` when there is none)
-/// and every sibling.
-#[derive(Serialize)]
-struct RegisterStateJson {
-    value: Option<String>,
-    value_base64: Option<String>,
-    siblings: Vec<SiblingJson>,
-}
-
-fn register_state_json(read: &RegisterRead, members: &[Member]) -> RegisterStateJson {
-    RegisterStateJson {
+fn register_state_json(read: &RegisterRead, members: &[Member]) -> json::RegisterState {
+    json::RegisterState {
         value: read.visible.as_ref().and_then(|s| text_of(&s.value)),
         value_base64: read.visible.as_ref().map(|s| BASE64.encode(&s.value)),
         siblings: read.siblings.iter().map(|s| sibling_json(s, members)).collect(),
     }
 }
 
-#[derive(Serialize)]
-struct RegisterJson {
-    key: String,
-    #[serde(flatten)]
-    state: RegisterStateJson,
+fn values_json(values: &[Vec<u8>]) -> Vec<json::SetMember> {
+    values.iter().map(|v| json::SetMember::of(v)).collect()
 }
 
-#[derive(Serialize)]
-struct CounterJson {
-    key: String,
-    value: CounterValueJson,
-}
-
-/// A counter's value as the API sends it: a JSON number within ±[`JSON_SAFE_INTEGER_MAX`],
-/// else a string of its decimal digits (the module documentation says why).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct CounterValueJson(pub(crate) i128);
-
-impl Serialize for CounterValueJson {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match i64::try_from(self.0) {
-            Ok(value) if self.0.unsigned_abs() <= JSON_SAFE_INTEGER_MAX.unsigned_abs() => {
-                serializer.serialize_i64(value)
-            }
-            _ => serializer.collect_str(&self.0),
-        }
+fn event_summary_json(e: &EventInfo) -> json::EventSummary {
+    json::EventSummary {
+        id: e.id.to_string(),
+        author: e.author.to_string(),
+        author_name: e.author_name.clone(),
+        seq: e.seq,
+        lamport: e.lamport,
+        n_deps: e.deps.len(),
+        n_ops: e.ops.len(),
+        size: e.n_bytes,
+        excluded: e.excluded,
     }
-}
-
-impl CounterValueJson {
-    /// Reads what [`Serialize`] wrote: a number, or a string of decimal digits. `None` for
-    /// anything else.
-    pub(crate) fn from_json(value: &serde_json::Value) -> Option<Self> {
-        match value {
-            serde_json::Value::Number(number) => number.as_i64().map(|n| Self(i128::from(n))),
-            serde_json::Value::String(digits) => digits.parse().ok().map(Self),
-            _ => None,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct ValueJson {
-    value: Option<String>,
-    value_base64: String,
-}
-
-fn values_json(values: &[Vec<u8>]) -> Vec<ValueJson> {
-    values.iter().map(|v| ValueJson { value: text_of(v), value_base64: BASE64.encode(v) }).collect()
-}
-
-#[derive(Serialize)]
-struct SetJson {
-    key: String,
-    members: Vec<ValueJson>,
-}
-
-/// An op as the API shows it (also used by `cairnctl inspect --json`).
-#[derive(Serialize)]
-#[serde(tag = "op", rename_all = "lowercase")]
-pub(crate) enum OpJson {
-    Put { key: Option<String>, key_base64: String, value: Option<String>, value_base64: String },
-    Del { key: Option<String>, key_base64: String },
-    Incr { key: Option<String>, key_base64: String, delta: i64 },
-    Add { key: Option<String>, key_base64: String, element: Option<String>, element_base64: String },
-    Remove { key: Option<String>, key_base64: String, element: Option<String>, element_base64: String },
-}
-
-impl From<&Op> for OpJson {
-    fn from(op: &Op) -> Self {
-        let key = text_of(op.key());
-        let key_base64 = BASE64.encode(op.key());
-        match op {
-            Op::Put { value, .. } => {
-                Self::Put { key, key_base64, value: text_of(value), value_base64: BASE64.encode(value) }
-            }
-            Op::Del { .. } => Self::Del { key, key_base64 },
-            Op::Incr { delta, .. } => Self::Incr { key, key_base64, delta: *delta },
-            Op::Add { element, .. } => Self::Add {
-                key,
-                key_base64,
-                element: text_of(element),
-                element_base64: BASE64.encode(element),
-            },
-            Op::Remove { element, .. } => Self::Remove {
-                key,
-                key_base64,
-                element: text_of(element),
-                element_base64: BASE64.encode(element),
-            },
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct EventsJson {
-    events: Vec<EventSummaryJson>,
-    /// The `after` of the next page; `None` on the last.
-    next: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct EventSummaryJson {
-    id: String,
-    author: String,
-    author_name: String,
-    seq: u64,
-    lamport: u64,
-    n_deps: usize,
-    n_ops: usize,
-    size: usize,
-    excluded: bool,
-}
-
-impl From<&EventInfo> for EventSummaryJson {
-    fn from(e: &EventInfo) -> Self {
-        Self {
-            id: e.id.to_string(),
-            author: e.author.to_string(),
-            author_name: e.author_name.clone(),
-            seq: e.seq,
-            lamport: e.lamport,
-            n_deps: e.deps.len(),
-            n_ops: e.ops.len(),
-            size: e.n_bytes,
-            excluded: e.excluded,
-        }
-    }
-}
-
-#[derive(Serialize)]
-struct EventJson {
-    id: String,
-    author: String,
-    author_name: String,
-    seq: u64,
-    lamport: u64,
-    deps: Vec<String>,
-    /// Recomputed from the ops; an accepted event's header holds the same hash.
-    ops_hash: String,
-    ops: Vec<OpJson>,
-    size: usize,
-    excluded: bool,
-    /// The canonical encoding, for `cairnctl inspect event`.
-    encoded_hex: String,
 }
 
 /// An event as `GET /v1/events/{id}` shows it. Its canonical bytes are re-encoded from its
 /// parts: the encoding is canonical, so they are the bytes the author signed and peers sent.
-fn event_json(e: &EventInfo) -> Result<EventJson, ApiError> {
+fn event_json(e: &EventInfo) -> Result<json::Event, ApiError> {
     let ops_hash = ops_hash(&e.ops);
     let header = Header { author: e.author, seq: e.seq, lamport: e.lamport, deps: e.deps.clone(), ops_hash };
     let event = Event { header, ops: e.ops.clone(), sig: e.sig };
@@ -815,7 +568,7 @@ fn event_json(e: &EventInfo) -> Result<EventJson, ApiError> {
             format!("event {} re-encodes to another id, {}; please report this bug", e.id, event.id()),
         ));
     }
-    Ok(EventJson {
+    Ok(json::Event {
         id: e.id.to_string(),
         author: e.author.to_string(),
         author_name: e.author_name.clone(),
@@ -823,91 +576,34 @@ fn event_json(e: &EventInfo) -> Result<EventJson, ApiError> {
         lamport: e.lamport,
         deps: e.deps.iter().map(ToString::to_string).collect(),
         ops_hash: hex::encode(ops_hash),
-        ops: e.ops.iter().map(OpJson::from).collect(),
+        ops: e.ops.iter().map(json::Op::from).collect(),
         size: e.n_bytes,
         excluded: e.excluded,
         encoded_hex: hex::encode(event.encode()),
     })
 }
 
-#[derive(Serialize)]
-struct EvidenceListJson {
-    evidence: Vec<EvidenceJson>,
-}
-
-#[derive(Serialize)]
-struct EvidenceJson {
-    author: String,
-    author_name: Option<String>,
-    seq: u64,
-    first: SignedHeaderJson,
-    second: SignedHeaderJson,
-    /// The canonical encoding, for `cairnctl inspect evidence`.
-    encoded_hex: String,
-}
-
-/// A signed header as the API shows it (also used by `cairnctl inspect --json`).
-#[derive(Serialize)]
-pub(crate) struct SignedHeaderJson {
-    id: String,
-    author: String,
-    seq: u64,
-    lamport: u64,
-    deps: Vec<String>,
-    ops_hash: String,
-    sig: String,
-}
-
-pub(crate) fn signed_header_json(signed: &SignedHeader) -> SignedHeaderJson {
-    let Header { author, seq, lamport, deps, ops_hash } = &signed.header;
-    SignedHeaderJson {
-        id: signed.header.id().to_string(),
-        author: author.to_string(),
-        seq: *seq,
-        lamport: *lamport,
-        deps: deps.iter().map(ToString::to_string).collect(),
-        ops_hash: hex::encode(ops_hash),
-        sig: hex::encode(signed.sig.0),
-    }
-}
-
-fn evidence_json(evidence: &Evidence, members: &[Member]) -> EvidenceJson {
+fn evidence_json(evidence: &Evidence, members: &[Member]) -> json::Evidence {
     let author = evidence.author();
-    EvidenceJson {
+    json::Evidence {
         author: author.to_string(),
         author_name: members.iter().find(|m| m.key == author).map(|m| m.name.clone()),
         seq: evidence.seq(),
-        first: signed_header_json(&evidence.first),
-        second: signed_header_json(&evidence.second),
+        first: json::SignedHeader::from(&evidence.first),
+        second: json::SignedHeader::from(&evidence.second),
         encoded_hex: hex::encode(evidence.encode()),
     }
 }
 
 // ---- handlers -------------------------------------------------------------------------------
 
-async fn status(State(st): State<AppState>) -> Result<Json<StatusJson>, ApiError> {
-    Ok(Json(st.handle.status().await?.into()))
+async fn status(State(st): State<AppState>) -> Result<Json<json::Status>, ApiError> {
+    Ok(Json(status_json(st.handle.status().await?)))
 }
 
-async fn peers(State(st): State<AppState>) -> Result<Json<PeersJson>, ApiError> {
+async fn peers(State(st): State<AppState>) -> Result<Json<json::Peers>, ApiError> {
     let peers = st.handle.peers().await?;
-    Ok(Json(PeersJson { peers: peers.into_iter().map(PeerJson::from).collect() }))
-}
-
-#[derive(Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum KindParam {
-    Register,
-    Counter,
-    Set,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct KeysQuery {
-    kind: Option<KindParam>,
-    after: Option<String>,
-    limit: Option<usize>,
+    Ok(Json(json::Peers { peers: peers.into_iter().map(peer_json).collect() }))
 }
 
 /// The key spaces in the order `GET /v1/keys` lists them.
@@ -916,7 +612,7 @@ const KINDS: [KeyKind; 3] = [KeyKind::Register, KeyKind::Counter, KeyKind::Set];
 /// The cursor of a listing that ends at `key` of `kind`: `kind:` and the key in unpadded
 /// URL-safe base64, so that it goes into a query string as it is.
 pub(crate) fn key_cursor(kind: KeyKind, key: &[u8]) -> String {
-    format!("{}:{}", kind_name(kind), BASE64_URL.encode(key))
+    format!("{}:{}", json::KeyKind::from(kind), BASE64_URL.encode(key))
 }
 
 /// A cursor made by [`key_cursor`]; the error says what is wrong with it.
@@ -925,7 +621,7 @@ pub(crate) fn parse_key_cursor(cursor: &str) -> Result<(KeyKind, Vec<u8>), Strin
     let (kind, encoded) = cursor.split_once(':').ok_or_else(|| format!("after: {expected}"))?;
     let kind = KINDS
         .into_iter()
-        .find(|&k| kind_name(k) == kind)
+        .find(|&k| json::KeyKind::from(k).name() == kind)
         .ok_or_else(|| format!("after: no key kind {:?}; {expected}", truncate(kind, 20)))?;
     if encoded.len() > KEY_BYTES_MAX.div_ceil(3) * 4 {
         return Err(format!("after: the key is longer than any key ({KEY_BYTES_MAX} bytes); {expected}"));
@@ -937,8 +633,8 @@ pub(crate) fn parse_key_cursor(cursor: &str) -> Result<(KeyKind, Vec<u8>), Strin
 
 async fn keys(
     State(st): State<AppState>,
-    ApiQuery(query): ApiQuery<KeysQuery>,
-) -> Result<Json<KeysJson>, ApiError> {
+    ApiQuery(query): ApiQuery<json::KeysQuery>,
+) -> Result<Json<json::KeysPage>, ApiError> {
     let limit = query.limit.unwrap_or(KEYS_LIMIT_DEFAULT);
     if !(1..=KEYS_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -952,9 +648,9 @@ async fn keys(
     };
     let kinds: &[KeyKind] = match query.kind {
         None => &KINDS,
-        Some(KindParam::Register) => &[KeyKind::Register],
-        Some(KindParam::Counter) => &[KeyKind::Counter],
-        Some(KindParam::Set) => &[KeyKind::Set],
+        Some(json::KeyKind::Register) => &[KeyKind::Register],
+        Some(json::KeyKind::Counter) => &[KeyKind::Counter],
+        Some(json::KeyKind::Set) => &[KeyKind::Set],
     };
     let rank = |kind: KeyKind| KINDS.iter().position(|&k| k == kind);
     // One key more than the page holds says whether there is a next page.
@@ -981,41 +677,34 @@ async fn keys(
     };
     let keys = found
         .iter()
-        .map(|(kind, key)| KeyJson {
-            kind: kind_name(*kind),
+        .map(|(kind, key)| json::KeyEntry {
+            kind: json::KeyKind::from(*kind),
             key: text_of(key),
             key_base64: BASE64.encode(key),
         })
         .collect();
-    Ok(Json(KeysJson { keys, next }))
+    Ok(Json(json::KeysPage { keys, next }))
 }
 
 async fn register(
     State(st): State<AppState>,
     ApiPath(key): ApiPath<String>,
-) -> Result<Json<RegisterJson>, ApiError> {
+) -> Result<Json<json::Register>, ApiError> {
     let key_bytes = check_key(key.clone(), "path")?;
     let read = st.handle.register(key_bytes).await?;
     let members = if read.siblings.is_empty() { Arc::from([]) } else { st.members().await? };
-    Ok(Json(RegisterJson { key, state: register_state_json(&read, &members) }))
+    Ok(Json(json::Register { key, state: register_state_json(&read, &members) }))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ValueBody {
-    value: Option<String>,
-    value_base64: Option<String>,
-}
-
-async fn write(st: &AppState, ops: Vec<Op>) -> Result<Json<AckJson>, ApiError> {
-    Ok(Json(st.handle.write(ops).await?.into()))
+async fn write(st: &AppState, ops: Vec<Op>) -> Result<Json<json::Ack>, ApiError> {
+    Ok(Json(ack_json(st.handle.write(ops).await?)))
 }
 
 async fn put_register(
     State(st): State<AppState>,
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<ValueBody>,
-) -> Result<Json<AckJson>, ApiError> {
+) -> Result<Json<json::Ack>, ApiError> {
     write(&st, put_ops(key, body)?).await
 }
 
@@ -1028,7 +717,7 @@ fn put_ops(key: String, body: ValueBody) -> Result<Vec<Op>, ApiError> {
 async fn delete_register(
     State(st): State<AppState>,
     ApiPath(key): ApiPath<String>,
-) -> Result<Json<AckJson>, ApiError> {
+) -> Result<Json<json::Ack>, ApiError> {
     let key = check_key(key, "path")?;
     write(&st, vec![Op::Del { key }]).await
 }
@@ -1036,22 +725,16 @@ async fn delete_register(
 async fn counter(
     State(st): State<AppState>,
     ApiPath(key): ApiPath<String>,
-) -> Result<Json<CounterJson>, ApiError> {
+) -> Result<Json<json::Counter>, ApiError> {
     let value = st.handle.counter(check_key(key.clone(), "path")?).await?;
-    Ok(Json(CounterJson { key, value: CounterValueJson(value) }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct IncrBody {
-    delta: i64,
+    Ok(Json(json::Counter { key, value: json::CounterValue(value) }))
 }
 
 async fn incr_counter(
     State(st): State<AppState>,
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<IncrBody>,
-) -> Result<Json<AckJson>, ApiError> {
+) -> Result<Json<json::Ack>, ApiError> {
     write(&st, incr_ops(key, body)?).await
 }
 
@@ -1059,23 +742,16 @@ fn incr_ops(key: String, body: IncrBody) -> Result<Vec<Op>, ApiError> {
     Ok(vec![Op::Incr { key: check_key(key, "path")?, delta: body.delta }])
 }
 
-async fn set(State(st): State<AppState>, ApiPath(key): ApiPath<String>) -> Result<Json<SetJson>, ApiError> {
+async fn set(State(st): State<AppState>, ApiPath(key): ApiPath<String>) -> Result<Json<json::Set>, ApiError> {
     let members = st.handle.set_members(check_key(key.clone(), "path")?).await?;
-    Ok(Json(SetJson { key, members: values_json(&members) }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ElementBody {
-    element: Option<String>,
-    element_base64: Option<String>,
+    Ok(Json(json::Set { key, members: values_json(&members) }))
 }
 
 async fn add_to_set(
     State(st): State<AppState>,
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<ElementBody>,
-) -> Result<Json<AckJson>, ApiError> {
+) -> Result<Json<json::Ack>, ApiError> {
     write(&st, element_ops(key, body, true)?).await
 }
 
@@ -1083,7 +759,7 @@ async fn remove_from_set(
     State(st): State<AppState>,
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<ElementBody>,
-) -> Result<Json<AckJson>, ApiError> {
+) -> Result<Json<json::Ack>, ApiError> {
     write(&st, element_ops(key, body, false)?).await
 }
 
@@ -1093,49 +769,31 @@ fn element_ops(key: String, body: ElementBody, add: bool) -> Result<Vec<Op>, Api
     Ok(vec![if add { Op::Add { key, element } } else { Op::Remove { key, element } }])
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    ops: Vec<BatchOp>,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "op", rename_all = "lowercase", deny_unknown_fields)]
-enum BatchOp {
-    Put { key: String, value: Option<String>, value_base64: Option<String> },
-    Del { key: String },
-    Incr { key: String, delta: i64 },
-    Add { key: String, element: Option<String>, element_base64: Option<String> },
-    Remove { key: String, element: Option<String>, element_base64: Option<String> },
-}
-
-impl BatchOp {
-    fn into_op(self, op_idx: usize) -> Result<Op, ApiError> {
-        let at = format!("ops[{op_idx}]");
-        let context = format!("{at}: ");
-        Ok(match self {
-            Self::Put { key, value, value_base64 } => Op::Put {
-                key: check_key(key, &at)?,
-                value: value_bytes(value, value_base64, "value", &context)?,
-            },
-            Self::Del { key } => Op::Del { key: check_key(key, &at)? },
-            Self::Incr { key, delta } => Op::Incr { key: check_key(key, &at)?, delta },
-            Self::Add { key, element, element_base64 } => Op::Add {
-                key: check_key(key, &at)?,
-                element: value_bytes(element, element_base64, "element", &context)?,
-            },
-            Self::Remove { key, element, element_base64 } => Op::Remove {
-                key: check_key(key, &at)?,
-                element: value_bytes(element, element_base64, "element", &context)?,
-            },
-        })
-    }
+/// The op of one op of a batch; `op_idx` places it in errors.
+fn batch_op(op: BatchOp, op_idx: usize) -> Result<Op, ApiError> {
+    let at = format!("ops[{op_idx}]");
+    let context = format!("{at}: ");
+    Ok(match op {
+        BatchOp::Put { key, value, value_base64 } => {
+            Op::Put { key: check_key(key, &at)?, value: value_bytes(value, value_base64, "value", &context)? }
+        }
+        BatchOp::Del { key } => Op::Del { key: check_key(key, &at)? },
+        BatchOp::Incr { key, delta } => Op::Incr { key: check_key(key, &at)?, delta },
+        BatchOp::Add { key, element, element_base64 } => Op::Add {
+            key: check_key(key, &at)?,
+            element: value_bytes(element, element_base64, "element", &context)?,
+        },
+        BatchOp::Remove { key, element, element_base64 } => Op::Remove {
+            key: check_key(key, &at)?,
+            element: value_bytes(element, element_base64, "element", &context)?,
+        },
+    })
 }
 
 async fn batch(
     State(st): State<AppState>,
     ApiJson(body): ApiJson<BatchBody>,
-) -> Result<Json<AckJson>, ApiError> {
+) -> Result<Json<json::Ack>, ApiError> {
     write(&st, batch_ops(body)?).await
 }
 
@@ -1149,7 +807,7 @@ fn batch_ops(body: BatchBody) -> Result<Vec<Op>, ApiError> {
             format!("the batch has {} ops, over the limit of {OPS_MAX}; split it", body.ops.len()),
         ));
     }
-    body.ops.into_iter().enumerate().map(|(idx, op)| op.into_op(idx)).collect()
+    body.ops.into_iter().enumerate().map(|(idx, op)| batch_op(op, idx)).collect()
 }
 
 /// A write route whose JSON body [`write_body_ops`] parses.
@@ -1189,18 +847,10 @@ pub fn write_body_ops(
     ops.map_err(|e| (e.status.as_u16(), e.code, e.message))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EventsParams {
-    author: Option<String>,
-    after: Option<u64>,
-    limit: Option<usize>,
-}
-
 async fn events(
     State(st): State<AppState>,
-    ApiQuery(params): ApiQuery<EventsParams>,
-) -> Result<Json<EventsJson>, ApiError> {
+    ApiQuery(params): ApiQuery<json::EventsQuery>,
+) -> Result<Json<json::EventsPage>, ApiError> {
     let limit = params.limit.unwrap_or(EVENTS_LIMIT_DEFAULT);
     if !(1..=EVENTS_LIMIT_MAX).contains(&limit) {
         return Err(ApiError::bad_request(
@@ -1232,7 +882,7 @@ async fn events(
     } else {
         None
     };
-    Ok(Json(EventsJson { events: events.iter().map(EventSummaryJson::from).collect(), next }))
+    Ok(Json(json::EventsPage { events: events.iter().map(event_summary_json).collect(), next }))
 }
 
 /// A member named by its key (64 hex digits) or its display name.
@@ -1255,7 +905,7 @@ async fn resolve_author(st: &AppState, text: &str) -> Result<PublicKey, ApiError
 async fn event(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
-) -> Result<Json<EventJson>, ApiError> {
+) -> Result<Json<json::Event>, ApiError> {
     let id = parse_event_id(&id)?;
     match st.handle.event(id).await? {
         Some(info) => Ok(Json(event_json(&info)?)),
@@ -1265,10 +915,10 @@ async fn event(
     }
 }
 
-async fn evidence(State(st): State<AppState>) -> Result<Json<EvidenceListJson>, ApiError> {
+async fn evidence(State(st): State<AppState>) -> Result<Json<json::EvidenceList>, ApiError> {
     let list = st.handle.evidence().await?;
     let members = if list.is_empty() { Arc::from([]) } else { st.members().await? };
-    Ok(Json(EvidenceListJson { evidence: list.iter().map(|e| evidence_json(e, &members)).collect() }))
+    Ok(Json(json::EvidenceList { evidence: list.iter().map(|e| evidence_json(e, &members)).collect() }))
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {
@@ -1277,59 +927,26 @@ async fn metrics(State(st): State<AppState>) -> Response {
 
 // ---- the watch stream -----------------------------------------------------------------------
 
-/// One `change` event: the notice and, when it could be read, the key's state now (which may
-/// already include later changes; their own notices follow).
-#[derive(Serialize)]
-struct ChangeJson {
-    kind: &'static str,
-    key: Option<String>,
-    key_base64: String,
-    position: u64,
-    #[serde(flatten)]
-    state: ChangeStateJson,
-}
-
-#[derive(Serialize)]
-#[serde(untagged)]
-enum ChangeStateJson {
-    Register(RegisterStateJson),
-    Counter {
-        value: CounterValueJson,
-    },
-    Set {
-        members: Vec<ValueJson>,
-    },
-    /// The state could not be read (the service is busy or stopping).
-    Unavailable {
-        state_error: String,
-    },
-}
-
-#[derive(Serialize)]
-struct LaggedJson {
-    missed: u64,
-}
-
-async fn change_state(st: &AppState, notice: &ChangeNotice) -> Result<ChangeStateJson, ApiError> {
+async fn change_state(st: &AppState, notice: &ChangeNotice) -> Result<json::ChangeState, ApiError> {
     let key = notice.key.clone();
     Ok(match notice.kind {
         KeyKind::Register => {
             let read = st.handle.register(key).await?;
-            ChangeStateJson::Register(register_state_json(&read, &st.members().await?))
+            json::ChangeState::Register(register_state_json(&read, &st.members().await?))
         }
         KeyKind::Counter => {
-            ChangeStateJson::Counter { value: CounterValueJson(st.handle.counter(key).await?) }
+            json::ChangeState::Counter { value: json::CounterValue(st.handle.counter(key).await?) }
         }
-        KeyKind::Set => ChangeStateJson::Set { members: values_json(&st.handle.set_members(key).await?) },
+        KeyKind::Set => json::ChangeState::Set { members: values_json(&st.handle.set_members(key).await?) },
     })
 }
 
 async fn change_event(st: &AppState, notice: ChangeNotice) -> SseEvent {
     let state = change_state(st, &notice)
         .await
-        .unwrap_or_else(|error| ChangeStateJson::Unavailable { state_error: error.message });
-    let change = ChangeJson {
-        kind: kind_name(notice.kind),
+        .unwrap_or_else(|error| json::ChangeState::Unavailable { state_error: error.message });
+    let change = json::Change {
+        kind: json::KeyKind::from(notice.kind),
         key: text_of(&notice.key),
         key_base64: BASE64.encode(&notice.key),
         position: notice.position,
@@ -1362,7 +979,7 @@ async fn watch_changes(State(st): State<AppState>) -> Sse<impl Stream<Item = Res
             received = w.changes.recv() => match received {
                 Ok(notice) => change_event(&w.st, notice).await,
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    sse_json("lagged", &LaggedJson { missed })
+                    sse_json("lagged", &json::Lagged { missed })
                 }
                 Err(broadcast::error::RecvError::Closed) => return None,
             },

@@ -1,6 +1,11 @@
 //! A client of the local API over its Unix socket (hyper 1, HTTP/1.1), used by `cairnctl` and
 //! by tests. One connection per request: the CLI makes a few requests, and a fresh connection
 //! cannot be left in a bad state by an earlier one.
+//!
+//! One typed method per route ([`Client::status`], [`Client::put`], …) sends the request types
+//! of [`crate::json`] and reads the answer into its type, keeping the bytes the daemon sent
+//! ([`Answer`]) for those who print them as they are. [`Client::get_json`] and friends read any
+//! answer as a [`serde_json::Value`], for tests that look at the JSON itself.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -13,6 +18,8 @@ use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+
+use crate::json::{self, WatchEvent};
 
 /// The largest answer the client reads. The largest the daemon sends is one full event as
 /// JSON (under 1 MiB) or a page of the event list; this leaves ample room.
@@ -95,6 +102,22 @@ pub fn path_segment(text: &str) -> String {
     out
 }
 
+/// A typed answer, with the bytes of JSON the daemon sent.
+#[derive(Clone, Debug)]
+pub struct Answer<T> {
+    /// The answer, read.
+    pub value: T,
+    /// The answer as the daemon sent it (`cairnctl --json` prints it, with its fields in their
+    /// order).
+    pub body: Bytes,
+}
+
+/// The path of `route` (`registers`, `counters`, `sets`) for `key`, percent-encoded, then
+/// `tail` (`""`, `/incr`, `/add`, …).
+fn key_path(route: &str, key: &str, tail: &str) -> String {
+    format!("/v1/{route}/{}{tail}", path_segment(key))
+}
+
 /// A client of the API socket at one path.
 #[derive(Clone, Debug)]
 pub struct Client {
@@ -110,6 +133,133 @@ impl Client {
     /// The socket path.
     pub fn socket(&self) -> &Path {
         &self.socket
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<Answer<json::Status>, ClientError> {
+        self.typed(Method::GET, "/v1/status", None::<&()>).await
+    }
+
+    /// `GET /v1/peers`.
+    pub async fn peers(&self) -> Result<Answer<json::Peers>, ClientError> {
+        self.typed(Method::GET, "/v1/peers", None::<&()>).await
+    }
+
+    /// `GET /v1/keys`: one page.
+    pub async fn keys(&self, query: &json::KeysQuery) -> Result<Answer<json::KeysPage>, ClientError> {
+        self.typed(Method::GET, &format!("/v1/keys{}", query.to_query()), None::<&()>).await
+    }
+
+    /// `GET /v1/registers/{key}`.
+    pub async fn register(&self, key: &str) -> Result<Answer<json::Register>, ClientError> {
+        self.typed(Method::GET, &key_path("registers", key, ""), None::<&()>).await
+    }
+
+    /// `PUT /v1/registers/{key}`.
+    pub async fn put(&self, key: &str, body: &json::ValueBody) -> Result<Answer<json::Ack>, ClientError> {
+        self.typed(Method::PUT, &key_path("registers", key, ""), Some(body)).await
+    }
+
+    /// `DELETE /v1/registers/{key}`.
+    pub async fn delete(&self, key: &str) -> Result<Answer<json::Ack>, ClientError> {
+        self.typed(Method::DELETE, &key_path("registers", key, ""), None::<&()>).await
+    }
+
+    /// `GET /v1/counters/{key}`.
+    pub async fn counter(&self, key: &str) -> Result<Answer<json::Counter>, ClientError> {
+        self.typed(Method::GET, &key_path("counters", key, ""), None::<&()>).await
+    }
+
+    /// `POST /v1/counters/{key}/incr`.
+    pub async fn incr(&self, key: &str, delta: i64) -> Result<Answer<json::Ack>, ClientError> {
+        let body = json::IncrBody { delta };
+        self.typed(Method::POST, &key_path("counters", key, "/incr"), Some(&body)).await
+    }
+
+    /// `GET /v1/sets/{key}`.
+    pub async fn set(&self, key: &str) -> Result<Answer<json::Set>, ClientError> {
+        self.typed(Method::GET, &key_path("sets", key, ""), None::<&()>).await
+    }
+
+    /// `POST /v1/sets/{key}/add`.
+    pub async fn set_add(
+        &self,
+        key: &str,
+        body: &json::ElementBody,
+    ) -> Result<Answer<json::Ack>, ClientError> {
+        self.typed(Method::POST, &key_path("sets", key, "/add"), Some(body)).await
+    }
+
+    /// `POST /v1/sets/{key}/remove`.
+    pub async fn set_remove(
+        &self,
+        key: &str,
+        body: &json::ElementBody,
+    ) -> Result<Answer<json::Ack>, ClientError> {
+        self.typed(Method::POST, &key_path("sets", key, "/remove"), Some(body)).await
+    }
+
+    /// `POST /v1/batch`.
+    pub async fn batch(&self, body: &json::BatchBody) -> Result<Answer<json::Ack>, ClientError> {
+        self.typed(Method::POST, "/v1/batch", Some(body)).await
+    }
+
+    /// `GET /v1/events`: one page.
+    pub async fn events(&self, query: &json::EventsQuery) -> Result<Answer<json::EventsPage>, ClientError> {
+        self.typed(Method::GET, &format!("/v1/events{}", query.to_query()), None::<&()>).await
+    }
+
+    /// `GET /v1/events/{id}`; `id` is 64 hex digits.
+    pub async fn event(&self, id: &str) -> Result<Answer<json::Event>, ClientError> {
+        self.typed(Method::GET, &format!("/v1/events/{}", path_segment(id)), None::<&()>).await
+    }
+
+    /// `GET /v1/evidence`.
+    pub async fn evidence(&self) -> Result<Answer<json::EvidenceList>, ClientError> {
+        self.typed(Method::GET, "/v1/evidence", None::<&()>).await
+    }
+
+    /// `GET /v1/metrics`: OpenMetrics text.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        self.get_text("/v1/metrics").await
+    }
+
+    /// Follows `GET /v1/watch`: calls `on_event` with each event this version knows and its
+    /// data as the daemon sent it, until it returns false (then `Ok`) or the daemon ends the
+    /// stream (an error: the daemon is stopping). Events of other names are skipped, so that a
+    /// newer daemon can add some; a known event whose data does not read is a bad answer.
+    pub async fn watch_changes(
+        &self,
+        mut on_event: impl FnMut(WatchEvent, &str) -> bool,
+    ) -> Result<(), ClientError> {
+        let mut bad: Option<ClientError> = None;
+        let followed = self
+            .watch("/v1/watch", |name, data| match WatchEvent::parse(name, data) {
+                Ok(Some(event)) => on_event(event, data),
+                Ok(None) => true,
+                Err(error) => {
+                    bad = Some(ClientError::BadResponse(format!("a watch {name:?} event: {error}")));
+                    false
+                }
+            })
+            .await;
+        match bad {
+            Some(error) => Err(error),
+            None => followed,
+        }
+    }
+
+    /// `method path` with an optional JSON body, its answer read as `T` and kept as sent.
+    async fn typed<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<Answer<T>, ClientError> {
+        let body = self.with_timeout(self.exchange(method, path, encode(body)?)).await?;
+        let value = serde_json::from_slice(&body)
+            .map_err(|e| ClientError::BadResponse(format!("not the expected JSON: {e}")))?;
+        Ok(Answer { value, body })
     }
 
     /// `GET path`, answered with JSON.
@@ -135,16 +285,7 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
-        let body = match body {
-            Some(body) => Some(
-                serde_json::to_vec(body)
-                    .map_err(|e| ClientError::BadResponse(format!("cannot encode the request: {e}")))?,
-            ),
-            None => None,
-        };
-        let bytes = self.with_timeout(self.exchange(method, path, body)).await?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::BadResponse(format!("not the expected JSON: {e}")))
+        Ok(self.typed(method, path, body).await?.value)
     }
 
     /// `GET path`, answered with text (the metrics).
@@ -233,6 +374,15 @@ impl Client {
     }
 }
 
+/// A request body as JSON.
+fn encode(body: Option<&impl Serialize>) -> Result<Option<Vec<u8>>, ClientError> {
+    body.map(|body| {
+        serde_json::to_vec(body)
+            .map_err(|e| ClientError::BadResponse(format!("cannot encode the request: {e}")))
+    })
+    .transpose()
+}
+
 async fn read_body(response: Response<Incoming>) -> Result<Bytes, ClientError> {
     let collected = Limited::new(response.into_body(), RESPONSE_BYTES_MAX).collect().await.map_err(|e| {
         if e.is::<http_body_util::LengthLimitError>() {
@@ -246,12 +396,9 @@ async fn read_body(response: Response<Incoming>) -> Result<Bytes, ClientError> {
 
 /// The daemon's `{"error": {"code", "message"}}`, or the body as text if it sent something else.
 fn http_error(status: StatusCode, body: &[u8]) -> ClientError {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let field =
-        |name: &str| parsed.as_ref().and_then(|v| v.get("error")?.get(name)?.as_str().map(str::to_owned));
-    let (code, message) = match (field("code"), field("message")) {
-        (Some(code), Some(message)) => (code, message),
-        _ => {
+    let (code, message) = match serde_json::from_slice::<json::ErrorBody>(body) {
+        Ok(json::ErrorBody { error }) => (error.code, error.message),
+        Err(_) => {
             let text = String::from_utf8_lossy(body);
             let text = text.trim();
             (

@@ -1,6 +1,7 @@
 //! `cairnctl`, the admin CLI: one subcommand per API route, tables for people and `--json` for
-//! scripts, and `inspect`, which checks an event's or evidence's bytes offline. The binary
-//! (`src/bin/cairnctl.rs`) only calls [`run`] and prints the error with [`error_line`].
+//! scripts, and `inspect`, which judges an event's or evidence's bytes offline. The binary
+//! (`src/bin/cairnctl.rs`) only calls [`run`] and prints the error with [`error_line`]. The
+//! daemon's answers are read into the types of [`crate::json`] by [`crate::client`].
 //!
 //! # Output
 //!
@@ -15,8 +16,8 @@
 //! Text and bytes never look alike: a key, value or element that is UTF-8 text is printed in
 //! double quotes (`"base64:/wA="`, with `"` inside escaped as `\"`), and bytes that are not
 //! UTF-8 as `base64:` and their base64 without quotes (`base64:/wA=`), which no quoted text
-//! can be. `--json` prints the daemon's JSON as it is (pretty-printed), escaped only as JSON
-//! escapes strings.
+//! can be. `--json` prints the daemon's JSON as it is (pretty-printed, its fields in the order
+//! the daemon sent them), escaped only as JSON escapes strings.
 //!
 //! # Input and limits
 //!
@@ -25,6 +26,18 @@
 //! `--file PATH`, or the bytes on stdin with `-`. One event (`batch`) carries 1 to [`OPS_MAX`]
 //! ops and at most [`EVENT_BYTES_MAX`] bytes. cairnctl checks its arguments against these
 //! before it asks the daemon, and names the size and the limit, never the oversized text.
+//!
+//! # Inspect
+//!
+//! `inspect event FILE` and `inspect evidence FILE` read the bytes (raw, or hex text with or
+//! without a `0x` prefix, line breaks and spaces allowed) and print the verdict of every rule of
+//! `docs/PROTOCOL.md` (§7 for events, §9 for evidence) from [`cairn_protocol::diagnose()`]: `ok`,
+//! `FAILED` with the reason's name, or `undecided` with what it needs. The bytes cannot tell
+//! whether the author is a member (give the cluster's genesis with `--genesis FILE`), nor, for
+//! an event with deps, whether its seq and lamport follow them (that needs the events it
+//! depends on, which only a node has). inspect says the bytes are valid only when every rule
+//! holds and none is undecided; otherwise it exits 4 (a rule fails) or 5 (none fails, some are
+//! undecided).
 //!
 //! # Pages
 //!
@@ -39,7 +52,8 @@
 //! | 1 | the daemon answered with an error, or could not be reached; a file could not be read |
 //! | 2 | usage error: a bad argument, also a key or value over its limit, text that is not UTF-8 where text is needed, `--json` with `metrics` |
 //! | 3 | not found: `get` of a register with no value, `members` of a set with no member, `counter` of a counter whose value is 0, `event ID` of an event the daemon does not hold |
-//! | 4 | `inspect`: the bytes are malformed, or a hash, signature or other check fails |
+//! | 4 | `inspect`: a rule fails: the bytes are malformed, or a hash, signature, seq or other rule is broken |
+//! | 5 | `inspect`: no rule fails, but one needs what the bytes do not hold: the genesis (`--genesis FILE`) or, for an event with deps, its causal past; the bytes are not known to be valid |
 //!
 //! "Not found" is the empty state, since the document does not keep keys apart from their
 //! state: a register that was never written reads as one whose values were deleted, and the
@@ -56,24 +70,22 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use cairn_crypto::verify_strict;
-use cairn_protocol::codec::{self, CodecError};
-use cairn_protocol::event::ops_hash;
+use cairn_protocol::diagnose::{Diagnosis, Needs, Outcome, Verdict};
 use cairn_protocol::limits::{
     EVENT_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX, OPS_MAX, VALUE_BYTES_MAX,
 };
-use cairn_protocol::{Event, Evidence, Op, SignedHeader};
+use cairn_protocol::{Event, EventRule, Evidence, EvidenceRule, Genesis, SignedHeader};
 use clap::{Parser, Subcommand, ValueEnum};
 use comfy_table::{Table, presets};
-use hyper::{Method, StatusCode};
+use hyper::StatusCode;
 use serde::Serialize;
-use serde_json::{Value, json};
 
 use crate::api::{
-    CounterValueJson, EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX, KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX, OpJson,
-    REQUEST_BYTES_MAX, parse_key_cursor, signed_header_json,
+    EVENTS_LIMIT_DEFAULT, EVENTS_LIMIT_MAX, KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX, REQUEST_BYTES_MAX,
+    parse_key_cursor,
 };
-use crate::client::{Client, ClientError, path_segment};
+use crate::client::{Answer, Client, ClientError};
+use crate::json::{self, WatchEvent};
 
 /// The socket `cairnd` listens on by default.
 pub const DEFAULT_SOCKET: &str = "/run/cairn/cairnd.sock";
@@ -88,8 +100,11 @@ pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code: not found (an empty register, set or counter, or an unknown event).
 pub const EXIT_NOT_FOUND: u8 = 3;
-/// Exit code: `inspect` found the bytes malformed or a check failing.
+/// Exit code: `inspect` found a rule that the bytes break.
 pub const EXIT_INSPECT_FAILED: u8 = 4;
+/// Exit code: `inspect` found no rule broken, but some undecided (they need the genesis or the
+/// causal past), so it cannot say that the bytes are valid.
+pub const EXIT_INSPECT_UNDECIDED: u8 = 5;
 
 /// The largest file `inspect` reads: hex text of the largest event, with line breaks, fits.
 const INSPECT_FILE_BYTES_MAX: usize = 1024 * 1024;
@@ -123,7 +138,10 @@ Exit codes:
   3  not found: get of a register with no value, members of a set with no member, counter
      of a counter that is 0, `event ID` of an event the daemon does not hold (the first
      three still print (no value), (no members), 0, or the JSON)
-  4  inspect: the bytes are malformed, or a hash, signature or other check fails"
+  4  inspect: a rule fails: the bytes are malformed, or a hash, signature, seq or other
+     rule is broken
+  5  inspect: no rule fails, but one is undecided: membership needs --genesis FILE, seq
+     and lamport of an event with deps need its causal past; not known to be valid"
     )
 }
 
@@ -317,16 +335,27 @@ pub enum Command {
 /// What `inspect` reads.
 #[derive(Debug, Subcommand)]
 pub enum Inspect {
-    /// An encoded event: is it well formed, does its ops hash match, does its signature hold?
+    /// An encoded event: the verdict of every validity rule (PROTOCOL.md §7). Exits 0 if every
+    /// rule holds, 4 if one fails, 5 if none fails but one is undecided.
     Event {
         /// The raw canonical bytes, or hex text of them (such as `cairnctl event ID --raw`
-        /// prints); `-` for stdin.
+        /// prints; a `0x` prefix and line breaks are allowed); `-` for stdin.
         file: PathBuf,
+        /// The cluster's genesis file (TOML, as cairnd reads it): decides whether the author is
+        /// a member. Without it, membership is undecided.
+        #[arg(long, value_name = "FILE")]
+        genesis: Option<PathBuf>,
     },
-    /// Encoded evidence: is it well formed, and does it prove an equivocation?
+    /// Encoded evidence: does it prove an equivocation (PROTOCOL.md §9)? Exits 0 if every step
+    /// holds, 4 if one fails, 5 if none fails but membership is undecided.
     Evidence {
-        /// The raw canonical bytes, or hex text of them (such as `encoded_hex`); `-` for stdin.
+        /// The raw canonical bytes, or hex text of them (such as `encoded_hex`; a `0x` prefix
+        /// and line breaks are allowed); `-` for stdin.
         file: PathBuf,
+        /// The cluster's genesis file (TOML, as cairnd reads it): decides whether the author is
+        /// a member. Without it, membership is undecided.
+        #[arg(long, value_name = "FILE")]
+        genesis: Option<PathBuf>,
     },
 }
 
@@ -433,7 +462,7 @@ impl Output {
     }
 }
 
-// ---- escaping and rendering JSON values -----------------------------------------------------
+// ---- escaping and rendering -----------------------------------------------------------------
 
 /// Whether `c` is escaped by [`escape`] as `\u{HEX}`: a control character (C0, DEL, C1; a
 /// terminal acts on them, and C1's U+009B starts a control sequence like `\e[`), or a format
@@ -457,8 +486,9 @@ fn is_unprintable(c: char) -> bool {
 
 /// `text` as human output shows every text it did not write itself: `\n`, `\r` and `\t` for
 /// those three, `\u{HEX}` for the other control characters and the invisible or reordering
-/// format characters (the module documentation lists them), `\\` for a backslash. `quoted` puts the text in double quotes and escapes a `"` inside as `\"`. The
-/// escaped form reads back to exactly one text and holds nothing a terminal acts on.
+/// format characters (the module documentation lists them), `\\` for a backslash. `quoted` puts
+/// the text in double quotes and escapes a `"` inside as `\"`. The escaped form reads back to
+/// exactly one text and holds nothing a terminal acts on.
 pub fn escape(text: &str, quoted: bool) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     if quoted {
@@ -484,26 +514,18 @@ pub fn escape(text: &str, quoted: bool) -> String {
     out
 }
 
-/// A field as text: strings escaped, `null` or missing as `-`, anything else as JSON.
-fn field(value: &Value, name: &str) -> String {
-    match value.get(name) {
-        None | Some(Value::Null) => "-".to_owned(),
-        Some(Value::String(text)) => escape(text, false),
-        Some(other) => escape(&other.to_string(), false),
-    }
+/// Text the daemon or a member chose, escaped; `-` for none.
+fn text(value: Option<&str>) -> String {
+    value.map_or_else(|| "-".to_owned(), |text| escape(text, false))
 }
 
-/// Bytes shown by the API as `name` (text or null) and `name_base64`: the text quoted and
-/// escaped, or `base64:…` without quotes when they are not UTF-8 (the module documentation
-/// says why the two cannot be confused).
-fn bytes_field(value: &Value, name: &str) -> String {
-    match (
-        value.get(name).and_then(Value::as_str),
-        value.get(format!("{name}_base64")).and_then(Value::as_str),
-    ) {
-        (Some(text), _) => escape(text, true),
-        (None, Some(encoded)) => format!("base64:{}", escape(encoded, false)),
-        (None, None) => "-".to_owned(),
+/// Bytes shown by the API as text (`None` when they are not UTF-8) and base64: the text quoted
+/// and escaped, or `base64:…` without quotes (the module documentation says why the two cannot
+/// be confused).
+fn bytes_text(text: Option<&str>, base64: &str) -> String {
+    match text {
+        Some(text) => escape(text, true),
+        None => format!("base64:{}", escape(base64, false)),
     }
 }
 
@@ -514,21 +536,9 @@ fn short(id: &str) -> String {
     if chars.next().is_some() { format!("{head}…") } else { head }
 }
 
-fn array<'a>(value: &'a Value, name: &str) -> &'a [Value] {
-    value.get(name).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
-}
-
 /// `n` and the noun in the right number: `1 member`, `2 members`.
 fn plural(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
-}
-
-/// A count field with its noun, as [`plural`]; `-` and the plural if the field is missing.
-fn count_field(value: &Value, name: &str, one: &str, many: &str) -> String {
-    match value.get(name).and_then(Value::as_u64) {
-        Some(n) => plural(n, one, many),
-        None => format!("{} {many}", field(value, name)),
-    }
 }
 
 // ---- checking arguments ---------------------------------------------------------------------
@@ -560,11 +570,19 @@ enum Payload {
 }
 
 impl Payload {
-    /// The JSON body field for `name` (`value` or `element`).
-    fn body(&self, name: &str) -> Value {
+    /// The body of a register write.
+    fn value_body(self) -> json::ValueBody {
         match self {
-            Self::Text(text) => json!({ name: text }),
-            Self::Base64(encoded) => json!({ format!("{name}_base64"): encoded }),
+            Self::Text(text) => json::ValueBody { value: Some(text), value_base64: None },
+            Self::Base64(encoded) => json::ValueBody { value: None, value_base64: Some(encoded) },
+        }
+    }
+
+    /// The body of a set add or remove.
+    fn element_body(self) -> json::ElementBody {
+        match self {
+            Self::Text(text) => json::ElementBody { element: Some(text), element_base64: None },
+            Self::Base64(encoded) => json::ElementBody { element: None, element_base64: Some(encoded) },
         }
     }
 }
@@ -635,6 +653,13 @@ fn event_id_arg(id: &str) -> Result<String, Usage> {
     }
 }
 
+/// What `sadd` and `srem` do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SetAction {
+    Add,
+    Remove,
+}
+
 /// A command with its arguments checked: what to ask the daemon and how to show the answer.
 #[derive(Debug)]
 enum Request {
@@ -645,11 +670,11 @@ enum Request {
     Del { key: String },
     Incr { key: String, delta: i64 },
     Counter { key: String },
-    SetWrite { key: String, action: &'static str, element: Payload },
+    SetWrite { key: String, action: SetAction, element: Payload },
     Members { key: String },
-    Keys { query: String },
+    Keys { query: json::KeysQuery },
     Batch { file: PathBuf },
-    Events { query: String },
+    Events { query: json::EventsQuery },
     Event { id: String, raw: bool },
     Evidence,
     Watch,
@@ -677,52 +702,40 @@ impl Request {
             Command::Counter { key } => Self::Counter { key: key_arg(&key)? },
             Command::Sadd { key, element, base64, file } => Self::SetWrite {
                 key: key_arg(&key)?,
-                action: "add",
+                action: SetAction::Add,
                 element: payload_arg("element", element.as_deref(), base64, file.as_deref())?,
             },
             Command::Srem { key, element, base64, file } => Self::SetWrite {
                 key: key_arg(&key)?,
-                action: "remove",
+                action: SetAction::Remove,
                 element: payload_arg("element", element.as_deref(), base64, file.as_deref())?,
             },
             Command::Members { key } => Self::Members { key: key_arg(&key)? },
             Command::Keys { kind, after, limit } => {
-                let mut query = Vec::new();
-                match kind {
-                    None => {}
-                    Some(Kind::Register) => query.push("kind=register".to_owned()),
-                    Some(Kind::Counter) => query.push("kind=counter".to_owned()),
-                    Some(Kind::Set) => query.push("kind=set".to_owned()),
+                if let Some(after) = &after {
+                    parse_key_cursor(after).map_err(|e| Usage(format!("--{e}")))?;
                 }
-                if let Some(after) = after {
-                    parse_key_cursor(&after).map_err(|e| Usage(format!("--{e}")))?;
-                    query.push(format!("after={}", path_segment(&after)));
-                }
-                if let Some(limit) = limit {
-                    query.push(format!("limit={limit}"));
-                }
-                Self::Keys { query: query_string(&query) }
+                let kind = kind.map(|kind| match kind {
+                    Kind::Register => json::KeyKind::Register,
+                    Kind::Counter => json::KeyKind::Counter,
+                    Kind::Set => json::KeyKind::Set,
+                });
+                // clap bounds the limit to KEYS_LIMIT_MAX, which a usize holds.
+                Self::Keys { query: json::KeysQuery { kind, after, limit: limit.map(|n| n as usize) } }
             }
             Command::Batch { file } => Self::Batch { file },
             Command::Events { author, after, limit } => {
-                let mut query = Vec::new();
-                if let Some(author) = author {
-                    if author.is_empty() || author.len() > AUTHOR_BYTES_MAX {
-                        bail!(Usage(format!(
-                            "--author is {} bytes: give a member's key (64 hex digits) or its name (1 to \
-                             {MEMBER_NAME_BYTES_MAX} bytes)",
-                            author.len()
-                        )));
-                    }
-                    query.push(format!("author={}", path_segment(&author)));
+                if let Some(author) = &author
+                    && (author.is_empty() || author.len() > AUTHOR_BYTES_MAX)
+                {
+                    bail!(Usage(format!(
+                        "--author is {} bytes: give a member's key (64 hex digits) or its name (1 to \
+                         {MEMBER_NAME_BYTES_MAX} bytes)",
+                        author.len()
+                    )));
                 }
-                if let Some(after) = after {
-                    query.push(format!("after={after}"));
-                }
-                if let Some(limit) = limit {
-                    query.push(format!("limit={limit}"));
-                }
-                Self::Events { query: query_string(&query) }
+                // clap bounds the limit to EVENTS_LIMIT_MAX, which a usize holds.
+                Self::Events { query: json::EventsQuery { author, after, limit: limit.map(|n| n as usize) } }
             }
             Command::Event { id, raw } => {
                 if raw && json {
@@ -754,10 +767,6 @@ impl Request {
     }
 }
 
-fn query_string(parts: &[String]) -> String {
-    if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
-}
-
 // ---- commands that talk to the daemon -------------------------------------------------------
 
 /// The exit code for an answer that may be empty: [`EXIT_NOT_FOUND`] if it is.
@@ -767,81 +776,123 @@ fn found(empty: bool) -> u8 {
 
 async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::Result<u8> {
     match request {
-        Request::Status => status(out, &client.get_json("/v1/status").await?)?,
-        Request::Peers => peers(out, &client.get_json("/v1/peers").await?)?,
-        Request::Get { key } => {
-            return register(out, &client.get_json(&format!("/v1/registers/{}", path_segment(&key))).await?);
-        }
-        Request::Put { key, value } => {
-            let path = format!("/v1/registers/{}", path_segment(&key));
-            ack(out, &client.send_json(Method::PUT, &path, &value.body("value")).await?)?;
-        }
-        Request::Del { key } => {
-            let path = format!("/v1/registers/{}", path_segment(&key));
-            ack(out, &client.request_json(Method::DELETE, &path, None::<&()>).await?)?;
-        }
-        Request::Incr { key, delta } => {
-            let path = format!("/v1/counters/{}/incr", path_segment(&key));
-            ack(out, &client.send_json(Method::POST, &path, &json!({ "delta": delta })).await?)?;
-        }
-        Request::Counter { key } => {
-            return counter(out, &client.get_json(&format!("/v1/counters/{}", path_segment(&key))).await?);
-        }
+        Request::Status => out.answer(client.status().await?, status),
+        Request::Peers => out.answer(client.peers().await?, peers),
+        Request::Get { key } => out.answer(client.register(&key).await?, register),
+        Request::Put { key, value } => out.answer(client.put(&key, &value.value_body()).await?, ack),
+        Request::Del { key } => out.answer(client.delete(&key).await?, ack),
+        Request::Incr { key, delta } => out.answer(client.incr(&key, delta).await?, ack),
+        Request::Counter { key } => out.answer(client.counter(&key).await?, counter),
         Request::SetWrite { key, action, element } => {
-            let path = format!("/v1/sets/{}/{action}", path_segment(&key));
-            ack(out, &client.send_json(Method::POST, &path, &element.body("element")).await?)?;
+            let body = element.element_body();
+            let answer = match action {
+                SetAction::Add => client.set_add(&key, &body).await?,
+                SetAction::Remove => client.set_remove(&key, &body).await?,
+            };
+            out.answer(answer, ack)
         }
-        Request::Members { key } => {
-            return members(out, &client.get_json(&format!("/v1/sets/{}", path_segment(&key))).await?);
-        }
-        Request::Keys { query } => keys(out, &client.get_json(&format!("/v1/keys{query}")).await?)?,
+        Request::Members { key } => out.answer(client.set(&key).await?, members),
+        Request::Keys { query } => out.answer(client.keys(&query).await?, keys),
         Request::Batch { file } => {
             let body = batch_body(&file)?;
-            ack(out, &client.send_json(Method::POST, "/v1/batch", &body).await?)?;
+            out.answer(client.batch(&body).await?, ack)
         }
-        Request::Events { query } => events(out, &client.get_json(&format!("/v1/events{query}")).await?)?,
-        Request::Event { id, raw } => match client.get_json(&format!("/v1/events/{id}")).await {
-            Ok(value) if raw => event_bytes(out, &value)?,
-            Ok(value) => event(out, &value)?,
+        Request::Events { query } => out.answer(client.events(&query).await?, events),
+        Request::Event { id, raw } => match client.event(&id).await {
+            Ok(answer) if raw => event_bytes(out, &answer.value),
+            Ok(answer) => out.answer(answer, event),
             Err(ClientError::Http { status: StatusCode::NOT_FOUND, message, .. }) => {
-                return Err(NotFound(message).into());
+                Err(NotFound(message).into())
             }
-            Err(error) => return Err(error.into()),
+            Err(error) => Err(error.into()),
         },
-        Request::Evidence => evidence(out, &client.get_json("/v1/evidence").await?)?,
-        Request::Watch => return watch(client, out).await,
+        Request::Evidence => out.answer(client.evidence().await?, evidence),
+        Request::Watch => watch(client, out).await,
         Request::Metrics => {
             // The daemon's own text, which it built from names and numbers alone.
-            let text = client.get_text("/v1/metrics").await?;
+            let text = client.metrics().await?;
             out.writer.write_all(text.as_bytes())?;
+            Ok(EXIT_OK)
         }
     }
-    Ok(EXIT_OK)
 }
 
-/// The batch file as the API's body: `{"ops": [...]}`, or a bare list wrapped in one.
-fn batch_body(file: &Path) -> anyhow::Result<Value> {
+/// The exit code of an answer: [`EXIT_NOT_FOUND`] for the empty state of a register, counter
+/// or set (the module documentation says why), [`EXIT_OK`] for everything else. The same with
+/// `--json` as without.
+trait AnswerCode {
+    fn code(&self) -> u8 {
+        EXIT_OK
+    }
+}
+
+impl AnswerCode for json::Status {}
+impl AnswerCode for json::Peers {}
+impl AnswerCode for json::Ack {}
+impl AnswerCode for json::KeysPage {}
+impl AnswerCode for json::EventsPage {}
+impl AnswerCode for json::Event {}
+impl AnswerCode for json::EvidenceList {}
+
+impl AnswerCode for json::Register {
+    fn code(&self) -> u8 {
+        found(self.state.value_base64.is_none())
+    }
+}
+
+impl AnswerCode for json::Counter {
+    fn code(&self) -> u8 {
+        found(self.value.0 == 0)
+    }
+}
+
+impl AnswerCode for json::Set {
+    fn code(&self) -> u8 {
+        found(self.members.is_empty())
+    }
+}
+
+impl Output {
+    /// Prints `answer`, with `--json` the daemon's JSON as it sent it (pretty-printed), else
+    /// what `human` makes of it; returns the answer's exit code.
+    fn answer<T: AnswerCode>(
+        &mut self,
+        answer: Answer<T>,
+        human: fn(&mut Self, &T) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u8> {
+        if self.json {
+            let text = json::pretty(&answer.body)
+                .map_err(|e| ClientError::BadResponse(format!("not the expected JSON: {e}")))?;
+            self.line(text)?;
+        } else {
+            human(self, &answer.value)?;
+        }
+        Ok(answer.value.code())
+    }
+}
+
+/// The batch file as the API's body: `{"ops": [...]}`, or a bare list of ops. It is read here,
+/// so that a misspelt field is named with the file before the daemon is asked.
+fn batch_body(file: &Path) -> anyhow::Result<json::BatchBody> {
     let bytes = read_limited(file, REQUEST_BYTES_MAX)?.with_context(|| {
         format!("{}: over {REQUEST_BYTES_MAX} bytes, which the daemon refuses", file.display())
     })?;
-    let value: Value =
+    let value: serde_json::Value =
         serde_json::from_slice(&bytes).with_context(|| format!("{}: not JSON", file.display()))?;
-    Ok(match value {
-        Value::Array(_) => json!({ "ops": value }),
-        Value::Object(_) => value,
+    let body = match value {
+        serde_json::Value::Array(_) => serde_json::from_value(value).map(|ops| json::BatchBody { ops }),
+        serde_json::Value::Object(_) => serde_json::from_value(value),
         _ => bail!("{}: expected a JSON list of ops or {{\"ops\": [...]}}", file.display()),
-    })
+    };
+    body.with_context(|| format!("{}: not a batch of ops", file.display()))
 }
 
-fn ack(out: &mut Output, ack: &Value) -> anyhow::Result<()> {
-    if out.json {
-        return out.print_json(ack);
-    }
+fn ack(out: &mut Output, ack: &json::Ack) -> anyhow::Result<()> {
     out.line(format_args!(
         "written: event {} (seq {}, lamport {}), on disk on this node",
-        field(ack, "id"),
-        field(ack, "seq"),
-        field(ack, "lamport")
+        escape(&ack.id, false),
+        ack.seq,
+        ack.lamport
     ))?;
     Ok(())
 }
@@ -853,48 +904,43 @@ events decide, so nodes that hold the same events show the same one. The sync di
 each author's newest accepted events and the evidence; peers exchange it to see whether they
 need to sync, and it differs while events or evidence are still on their way.";
 
-fn status(out: &mut Output, status: &Value) -> anyhow::Result<()> {
-    if out.json {
-        return out.print_json(status);
-    }
+fn status(out: &mut Output, status: &json::Status) -> anyhow::Result<()> {
     let mut table = out.table(&[]);
-    let writes = match status.get("writes_refused").and_then(Value::as_str) {
+    let writes = match &status.writes_refused {
         Some(reason) => format!("REFUSED: {}", escape(reason, false)),
         None => "accepted".to_owned(),
     };
-    table.add_row(vec!["name".to_owned(), field(status, "name")]);
-    table.add_row(vec!["key".to_owned(), field(status, "key")]);
-    table.add_row(vec!["cluster".to_owned(), field(status, "cluster_id")]);
-    table.add_row(vec!["writes".to_owned(), writes]);
-    table.add_row(vec!["own seq".to_owned(), field(status, "own_seq")]);
-    table.add_row(vec!["events".to_owned(), field(status, "n_events")]);
-    table.add_row(vec!["evidence".to_owned(), field(status, "n_evidence")]);
-    table.add_row(vec![
-        "causal buffer".to_owned(),
-        format!(
-            "{}, {} of {} bytes",
-            count_field(status, "buffer_events", "event", "events"),
-            field(status, "buffer_bytes"),
-            field(status, "buffer_bytes_max")
+    let rows = [
+        ("name", escape(&status.name, false)),
+        ("key", escape(&status.key, false)),
+        ("cluster", escape(&status.cluster_id, false)),
+        ("writes", writes),
+        ("own seq", status.own_seq.to_string()),
+        ("events", status.n_events.to_string()),
+        ("evidence", status.n_evidence.to_string()),
+        (
+            "causal buffer",
+            format!(
+                "{}, {} of {} bytes",
+                plural(status.buffer_events as u64, "event", "events"),
+                status.buffer_bytes,
+                status.buffer_bytes_max
+            ),
         ),
-    ]);
-    table.add_row(vec![
-        "peers".to_owned(),
-        format!("{} of {} connected", field(status, "n_peers_connected"), field(status, "n_peers")),
-    ]);
-    table.add_row(vec!["document digest".to_owned(), field(status, "digest")]);
-    table.add_row(vec!["sync digest".to_owned(), field(status, "sync_digest")]);
+        ("peers", format!("{} of {} connected", status.n_peers_connected, status.n_peers)),
+        ("document digest", escape(&status.digest, false)),
+        ("sync digest", escape(&status.sync_digest, false)),
+    ];
+    for (name, value) in rows {
+        table.add_row(vec![name.to_owned(), value]);
+    }
     out.print_table(&table)?;
     out.line(DIGESTS_NOTE)?;
     Ok(())
 }
 
-fn peers(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
-    if out.json {
-        return out.print_json(answer);
-    }
-    let list = array(answer, "peers");
-    if list.is_empty() {
+fn peers(out: &mut Output, answer: &json::Peers) -> anyhow::Result<()> {
+    if answer.peers.is_empty() {
         out.line("no peers: this cluster has one member")?;
         return Ok(());
     }
@@ -909,30 +955,25 @@ fn peers(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
         "EVENTS OUT",
         "REJECTED",
     ]);
-    for peer in list {
-        let stats = peer.get("stats").unwrap_or(&Value::Null);
-        let rejected: u64 = stats
-            .get("rejected")
-            .and_then(Value::as_object)
-            .map(|m| m.values().filter_map(Value::as_u64).fold(0, u64::saturating_add))
-            .unwrap_or(0);
-        let last_seen = match peer.get("last_seen_ms_ago").and_then(Value::as_u64) {
+    for peer in &answer.peers {
+        let rejected: u64 = peer.stats.rejected.values().fold(0, |sum, n| sum.saturating_add(*n));
+        let last_seen = match peer.last_seen_ms_ago {
             Some(ms) => format!("{:.1} s ago", ms as f64 / 1000.0),
             None => "never".to_owned(),
         };
-        let rtt = match peer.get("rtt_ms").and_then(Value::as_f64) {
+        let rtt = match peer.rtt_ms {
             Some(ms) => format!("{ms:.1} ms"),
             None => "-".to_owned(),
         };
         table.add_row(vec![
-            field(peer, "name"),
-            short(&field(peer, "key")),
-            field(peer, "address"),
-            field(peer, "state"),
+            escape(&peer.name, false),
+            short(&escape(&peer.key, false)),
+            text(peer.address.as_deref()),
+            peer.state.name().to_owned(),
             last_seen,
             rtt,
-            field(stats, "events_in"),
-            field(stats, "events_out"),
+            peer.stats.events_in.to_string(),
+            peer.stats.events_out.to_string(),
             rejected.to_string(),
         ]);
     }
@@ -940,170 +981,142 @@ fn peers(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `get`: the value and the siblings; [`EXIT_NOT_FOUND`] if there is no value.
-fn register(out: &mut Output, read: &Value) -> anyhow::Result<u8> {
-    let empty = read.get("value_base64").is_none_or(Value::is_null);
-    if out.json {
-        out.print_json(read)?;
-        return Ok(found(empty));
-    }
-    if empty {
+/// `get`: the value and the siblings, or `(no value)`.
+fn register(out: &mut Output, read: &json::Register) -> anyhow::Result<()> {
+    let state = &read.state;
+    let Some(value_base64) = &state.value_base64 else {
         out.line("(no value)")?;
-        return Ok(EXIT_NOT_FOUND);
-    }
-    out.line(bytes_field(read, "value"))?;
-    let siblings = array(read, "siblings");
-    if siblings.len() > 1 {
+        return Ok(());
+    };
+    out.line(bytes_text(state.value.as_deref(), value_base64))?;
+    if state.siblings.len() > 1 {
         out.line(format_args!(
             "\n{} concurrent values (siblings); the one above is the greatest by \
              (lamport, author, event id, op index):",
-            siblings.len()
+            state.siblings.len()
         ))?;
         let mut table = out.table(&["VALUE", "AUTHOR", "LAMPORT", "EVENT"]);
-        for sibling in siblings {
-            let author = match sibling.get("author_name").and_then(Value::as_str) {
+        for sibling in &state.siblings {
+            let author = match &sibling.author_name {
                 Some(name) => escape(name, false),
-                None => short(&field(sibling, "author")),
+                None => short(&text(sibling.author.as_deref())),
             };
             table.add_row(vec![
-                bytes_field(sibling, "value"),
+                bytes_text(sibling.value.as_deref(), &sibling.value_base64),
                 author,
-                field(sibling, "lamport"),
-                format!("{} op {}", field(sibling, "event_id"), field(sibling, "op_index")),
+                sibling.lamport.to_string(),
+                format!("{} op {}", escape(&sibling.event_id, false), sibling.op_index),
             ]);
         }
         out.print_table(&table)?;
-    }
-    Ok(EXIT_OK)
-}
-
-/// `counter`: the value; [`EXIT_NOT_FOUND`] if it is 0.
-fn counter(out: &mut Output, answer: &Value) -> anyhow::Result<u8> {
-    let Some(CounterValueJson(value)) = answer.get("value").and_then(CounterValueJson::from_json) else {
-        return Err(ClientError::BadResponse(
-            "the counter's value is neither an integer nor its digits".into(),
-        )
-        .into());
-    };
-    if out.json {
-        out.print_json(answer)?;
-    } else {
-        out.line(value)?;
-    }
-    Ok(found(value == 0))
-}
-
-/// `members`: one per line; [`EXIT_NOT_FOUND`] if there are none.
-fn members(out: &mut Output, set: &Value) -> anyhow::Result<u8> {
-    let members = array(set, "members");
-    if out.json {
-        out.print_json(set)?;
-        return Ok(found(members.is_empty()));
-    }
-    if members.is_empty() {
-        out.line("(no members)")?;
-        return Ok(EXIT_NOT_FOUND);
-    }
-    for member in members {
-        out.line(bytes_field(member, "value"))?;
-    }
-    Ok(EXIT_OK)
-}
-
-fn keys(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
-    if out.json {
-        return out.print_json(answer);
-    }
-    let keys = array(answer, "keys");
-    if keys.is_empty() {
-        out.line("(no keys)")?;
-    } else {
-        let mut table = out.table(&["KIND", "KEY"]);
-        for key in keys {
-            table.add_row(vec![field(key, "kind"), bytes_field(key, "key")]);
-        }
-        out.print_table(&table)?;
-    }
-    if answer.get("next").is_some_and(|next| !next.is_null()) {
-        out.line(format_args!("more keys follow: for the next page add --after {}", field(answer, "next")))?;
     }
     Ok(())
 }
 
-fn events(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
-    if out.json {
-        return out.print_json(answer);
+/// `counter`: the value.
+fn counter(out: &mut Output, answer: &json::Counter) -> anyhow::Result<()> {
+    out.line(answer.value)?;
+    Ok(())
+}
+
+/// `members`: one per line, or `(no members)`.
+fn members(out: &mut Output, set: &json::Set) -> anyhow::Result<()> {
+    if set.members.is_empty() {
+        out.line("(no members)")?;
     }
-    let events = array(answer, "events");
-    if events.is_empty() {
+    for member in &set.members {
+        out.line(bytes_text(member.value.as_deref(), &member.value_base64))?;
+    }
+    Ok(())
+}
+
+fn keys(out: &mut Output, page: &json::KeysPage) -> anyhow::Result<()> {
+    if page.keys.is_empty() {
+        out.line("(no keys)")?;
+    } else {
+        let mut table = out.table(&["KIND", "KEY"]);
+        for key in &page.keys {
+            table.add_row(vec![key.kind.name().to_owned(), bytes_text(key.key.as_deref(), &key.key_base64)]);
+        }
+        out.print_table(&table)?;
+    }
+    if let Some(next) = &page.next {
+        out.line(format_args!("more keys follow: for the next page add --after {}", escape(next, false)))?;
+    }
+    Ok(())
+}
+
+fn events(out: &mut Output, page: &json::EventsPage) -> anyhow::Result<()> {
+    if page.events.is_empty() {
         out.line("(no events)")?;
     } else {
         let mut table = out.table(&["ID", "AUTHOR", "SEQ", "LAMPORT", "DEPS", "OPS", "BYTES", "EXCLUDED"]);
-        for event in events {
+        for event in &page.events {
             table.add_row(vec![
-                field(event, "id"),
-                field(event, "author_name"),
-                field(event, "seq"),
-                field(event, "lamport"),
-                field(event, "n_deps"),
-                field(event, "n_ops"),
-                field(event, "size"),
-                if event.get("excluded").and_then(Value::as_bool) == Some(true) { "yes" } else { "no" }
-                    .to_owned(),
+                escape(&event.id, false),
+                escape(&event.author_name, false),
+                event.seq.to_string(),
+                event.lamport.to_string(),
+                event.n_deps.to_string(),
+                event.n_ops.to_string(),
+                event.size.to_string(),
+                if event.excluded { "yes" } else { "no" }.to_owned(),
             ]);
         }
         out.print_table(&table)?;
     }
-    if answer.get("next").is_some_and(|next| !next.is_null()) {
-        out.line(format_args!(
-            "more events follow: for the next page add --after {}",
-            field(answer, "next")
-        ))?;
+    if let Some(next) = page.next {
+        out.line(format_args!("more events follow: for the next page add --after {next}"))?;
     }
     Ok(())
 }
 
 /// One op as a table row: `[op, key, value or delta]`.
-fn op_row(op: &Value) -> Vec<String> {
-    let kind = field(op, "op");
-    let argument = match kind.as_str() {
-        "put" => bytes_field(op, "value"),
-        "incr" => field(op, "delta"),
-        "add" | "remove" => bytes_field(op, "element"),
-        _ => String::new(),
+fn op_row(op: &json::Op) -> Vec<String> {
+    let (key, key_base64) = op.key();
+    let argument = match op {
+        json::Op::Put { value, value_base64, .. } => bytes_text(value.as_deref(), value_base64),
+        json::Op::Incr { delta, .. } => delta.to_string(),
+        json::Op::Add { element, element_base64, .. } | json::Op::Remove { element, element_base64, .. } => {
+            bytes_text(element.as_deref(), element_base64)
+        }
+        json::Op::Del { .. } => String::new(),
     };
-    vec![kind, bytes_field(op, "key"), argument]
+    vec![op.name().to_owned(), bytes_text(key, key_base64), argument]
 }
 
-fn event(out: &mut Output, event: &Value) -> anyhow::Result<()> {
-    if out.json {
-        return out.print_json(event);
+/// A list of ids, one per line, or `(none)`.
+fn id_lines(ids: &[String]) -> String {
+    if ids.is_empty() {
+        "(none)".to_owned()
+    } else {
+        ids.iter().map(|id| escape(id, false)).collect::<Vec<_>>().join("\n")
     }
+}
+
+fn event(out: &mut Output, event: &json::Event) -> anyhow::Result<()> {
     let mut table = out.table(&[]);
-    let deps =
-        array(event, "deps").iter().filter_map(Value::as_str).map(|d| escape(d, false)).collect::<Vec<_>>();
-    table.add_row(vec!["id".to_owned(), field(event, "id")]);
-    table.add_row(vec![
-        "author".to_owned(),
-        format!("{} ({})", field(event, "author_name"), field(event, "author")),
-    ]);
-    table.add_row(vec!["seq".to_owned(), field(event, "seq")]);
-    table.add_row(vec!["lamport".to_owned(), field(event, "lamport")]);
-    table.add_row(vec![
-        "deps".to_owned(),
-        if deps.is_empty() { "(none)".to_owned() } else { deps.join("\n") },
-    ]);
-    table.add_row(vec!["ops hash".to_owned(), field(event, "ops_hash")]);
-    table.add_row(vec!["bytes".to_owned(), field(event, "size")]);
-    let excluded = if event.get("excluded").and_then(Value::as_bool) == Some(true) {
+    let excluded = if event.excluded {
         "yes: its author equivocated at or below this seq, so its ops are not in the document"
     } else {
         "no"
     };
-    table.add_row(vec!["excluded".to_owned(), excluded.to_owned()]);
+    let rows = [
+        ("id", escape(&event.id, false)),
+        ("author", format!("{} ({})", escape(&event.author_name, false), escape(&event.author, false))),
+        ("seq", event.seq.to_string()),
+        ("lamport", event.lamport.to_string()),
+        ("deps", id_lines(&event.deps)),
+        ("ops hash", escape(&event.ops_hash, false)),
+        ("bytes", event.size.to_string()),
+        ("excluded", excluded.to_owned()),
+    ];
+    for (name, value) in rows {
+        table.add_row(vec![name.to_owned(), value]);
+    }
     out.print_table(&table)?;
     let mut ops = out.table(&["OP", "KEY", "VALUE / DELTA / ELEMENT"]);
-    for op in array(event, "ops") {
+    for op in &event.ops {
         ops.add_row(op_row(op));
     }
     out.print_table(&ops)?;
@@ -1111,35 +1124,27 @@ fn event(out: &mut Output, event: &Value) -> anyhow::Result<()> {
 }
 
 /// `event ID --raw`: the canonical bytes as one line of hex, which `inspect event` reads.
-fn event_bytes(out: &mut Output, event: &Value) -> anyhow::Result<()> {
-    let Some(encoded) = event.get("encoded_hex").and_then(Value::as_str) else {
-        bail!("the daemon sent no encoded_hex for the event: it is older than this cairnctl");
-    };
-    if !encoded.bytes().all(|b| b.is_ascii_hexdigit()) {
+fn event_bytes(out: &mut Output, event: &json::Event) -> anyhow::Result<u8> {
+    if event.encoded_hex.is_empty() || !event.encoded_hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(ClientError::BadResponse("the event's encoded_hex is not hex".into()).into());
     }
-    out.line(encoded)?;
-    Ok(())
+    out.line(&event.encoded_hex)?;
+    Ok(EXIT_OK)
 }
 
-fn evidence(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
-    if out.json {
-        return out.print_json(answer);
-    }
-    let list = array(answer, "evidence");
-    if list.is_empty() {
+fn evidence(out: &mut Output, list: &json::EvidenceList) -> anyhow::Result<()> {
+    if list.evidence.is_empty() {
         out.line("no evidence: no member has been caught equivocating")?;
         return Ok(());
     }
     let mut table = out.table(&["AUTHOR", "KEY", "SEQ", "FIRST EVENT", "SECOND EVENT"]);
-    for item in list {
-        let id = |which: &str| item.get(which).map(|h| field(h, "id")).unwrap_or_else(|| "-".to_owned());
+    for item in &list.evidence {
         table.add_row(vec![
-            field(item, "author_name"),
-            short(&field(item, "author")),
-            field(item, "seq"),
-            id("first"),
-            id("second"),
+            text(item.author_name.as_deref()),
+            short(&escape(&item.author, false)),
+            item.seq.to_string(),
+            escape(&item.first.id, false),
+            escape(&item.second.id, false),
         ]);
     }
     out.print_table(&table)?;
@@ -1151,28 +1156,34 @@ fn evidence(out: &mut Output, answer: &Value) -> anyhow::Result<()> {
 }
 
 /// One line of `watch` for a change.
-fn change_line(change: &Value) -> String {
-    let kind = field(change, "kind");
-    let head = format!("#{} {kind} {}", field(change, "position"), bytes_field(change, "key"));
-    if change.get("state_error").is_some() {
-        return format!("{head} changed (state unavailable: {})", field(change, "state_error"));
-    }
-    match kind.as_str() {
-        "register" => {
-            if change.get("value_base64").is_none_or(Value::is_null) {
+fn change_line(change: &json::Change) -> String {
+    let head = format!(
+        "#{} {} {}",
+        change.position,
+        change.kind,
+        bytes_text(change.key.as_deref(), &change.key_base64)
+    );
+    match &change.state {
+        json::ChangeState::Unavailable { state_error } => {
+            format!("{head} changed (state unavailable: {})", escape(state_error, false))
+        }
+        json::ChangeState::Register(state) => {
+            let Some(value_base64) = &state.value_base64 else {
                 return format!("{head} = (no value)");
-            }
-            let n_siblings = array(change, "siblings").len();
+            };
+            let n_siblings = state.siblings.len();
             let more =
                 if n_siblings > 1 { format!(" ({n_siblings} concurrent values)") } else { String::new() };
-            format!("{head} = {}{more}", bytes_field(change, "value"))
+            format!("{head} = {}{more}", bytes_text(state.value.as_deref(), value_base64))
         }
-        "counter" => format!("{head} = {}", field(change, "value")),
-        "set" => {
+        json::ChangeState::Counter { value } => format!("{head} = {value}"),
+        json::ChangeState::Set { members } => {
             const SHOWN_MAX: usize = 8;
-            let members = array(change, "members");
-            let shown: Vec<String> =
-                members.iter().take(SHOWN_MAX).map(|m| bytes_field(m, "value")).collect();
+            let shown: Vec<String> = members
+                .iter()
+                .take(SHOWN_MAX)
+                .map(|m| bytes_text(m.value.as_deref(), &m.value_base64))
+                .collect();
             let more = if members.len() > SHOWN_MAX { ", …" } else { "" };
             format!(
                 "{head} = {{{}{more}}} ({})",
@@ -1180,30 +1191,36 @@ fn change_line(change: &Value) -> String {
                 plural(members.len() as u64, "member", "members")
             )
         }
-        _ => format!("{head} changed"),
     }
 }
 
+/// The line `watch --json` prints when the stream skipped changes.
+#[derive(Serialize)]
+struct LaggedLine {
+    lagged: u64,
+}
+
 async fn watch(client: &Client, out: &mut Output) -> anyhow::Result<u8> {
-    let mut write_error: Option<io::Error> = None;
+    let mut write_error: Option<anyhow::Error> = None;
     let json_lines = out.json;
-    let followed = client.watch("/v1/watch", |name, data| {
-        let written = match (name, serde_json::from_str::<Value>(data)) {
-            ("change", Ok(change)) if json_lines => out.line(data).map(|()| change),
-            ("change", Ok(change)) => out.line(change_line(&change)).map(|()| change),
-            ("lagged", Ok(lagged)) => {
-                let missed = count_field(&lagged, "missed", "change", "changes");
+    let followed = client.watch_changes(|event, data| {
+        let written: anyhow::Result<()> = match &event {
+            // The daemon's JSON line as it sent it.
+            WatchEvent::Change(_) if json_lines => out.line(data).map_err(Into::into),
+            WatchEvent::Change(change) => out.line(change_line(change)).map_err(Into::into),
+            WatchEvent::Lagged(lagged) => {
+                let missed = plural(lagged.missed, "change", "changes");
                 let _ = writeln!(io::stderr(), "cairnctl: the watch fell behind and missed {missed}");
                 if json_lines {
-                    out.line(json!({ "lagged": lagged.get("missed") })).map(|()| lagged)
+                    serde_json::to_string(&LaggedLine { lagged: lagged.missed })
+                        .map_err(Into::into)
+                        .and_then(|line| out.line(line).map_err(Into::into))
                 } else {
-                    Ok(lagged)
+                    Ok(())
                 }
             }
-            // Events this version does not know are skipped, so a newer daemon can add some.
-            _ => Ok(Value::Null),
         };
-        match written.and_then(|_| out.writer.flush()) {
+        match written.and_then(|()| out.writer.flush().map_err(Into::into)) {
             Ok(()) => true,
             Err(error) => {
                 write_error = Some(error);
@@ -1219,17 +1236,24 @@ async fn watch(client: &Client, out: &mut Output) -> anyhow::Result<u8> {
         }
     }
     match write_error {
-        Some(error) => Err(anyhow::Error::new(error).context("cannot write to stdout")),
+        Some(error) => Err(error.context("cannot write to stdout")),
         None => Ok(EXIT_OK),
     }
 }
 
-// ---- inspect: offline checks ----------------------------------------------------------------
+// ---- inspect: offline verdicts --------------------------------------------------------------
 
 fn inspect(out: &mut Output, what: Inspect) -> anyhow::Result<u8> {
+    let load = |genesis: Option<PathBuf>| genesis.as_deref().map(crate::config::load_genesis).transpose();
     match what {
-        Inspect::Event { file } => inspect_event(out, &read_input(&file)?),
-        Inspect::Evidence { file } => inspect_evidence(out, &read_input(&file)?),
+        Inspect::Event { file, genesis } => {
+            let genesis = load(genesis)?;
+            inspect_event(out, &read_input(&file)?, genesis.as_ref())
+        }
+        Inspect::Evidence { file, genesis } => {
+            let genesis = load(genesis)?;
+            inspect_evidence(out, &read_input(&file)?, genesis.as_ref())
+        }
     }
 }
 
@@ -1249,7 +1273,7 @@ fn read_limited(file: &Path, max: usize) -> anyhow::Result<Option<Vec<u8>>> {
 
 /// What `inspect` was given: the bytes, or why there are none.
 struct Input {
-    /// The canonical bytes, or why they could not be read.
+    /// The bytes to judge, or why they could not be read.
     bytes: Result<Vec<u8>, String>,
     /// Whether the file held hex text.
     hex: bool,
@@ -1267,226 +1291,255 @@ fn read_input(file: &Path) -> anyhow::Result<Input> {
     Ok(decode_input(raw))
 }
 
-/// Raw bytes, or hex text of them: a file of nothing but hex digits and whitespace is hex.
+/// Raw bytes, or hex text of them: a file of nothing but hex digits and whitespace, after an
+/// optional `0x` or `0X` (and whitespace before it), is hex. Raw bytes of an event or evidence
+/// start with a public key, which is no such text.
 fn decode_input(raw: Vec<u8>) -> Input {
-    let is_hex = raw.iter().any(u8::is_ascii_hexdigit)
-        && raw.iter().all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace());
+    let start = raw.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(raw.len());
+    let prefixed = raw[start..].starts_with(b"0x") || raw[start..].starts_with(b"0X");
+    let digits_from = if prefixed { start + 2 } else { start };
+    let rest = &raw[digits_from..];
+    let is_hex = (prefixed || rest.iter().any(u8::is_ascii_hexdigit))
+        && rest.iter().all(|b| b.is_ascii_hexdigit() || b.is_ascii_whitespace());
     if !is_hex {
         return Input { bytes: Ok(raw), hex: false };
     }
-    let digits: Vec<u8> = raw.into_iter().filter(u8::is_ascii_hexdigit).collect();
+    let digits: Vec<u8> = rest.iter().copied().filter(u8::is_ascii_hexdigit).collect();
     let bytes = hex::decode(&digits).map_err(|e| format!("the hex text does not decode: {e}"));
     Input { bytes, hex: true }
 }
 
-/// The outcome of one check: passed, failed, or not checked (with why).
-#[derive(Serialize)]
-struct Check {
-    name: &'static str,
-    /// `true` passed, `false` failed, `null` not checked.
-    ok: Option<bool>,
-    detail: String,
+/// The names and numbers of a kind of rule, for the report.
+trait RuleInfo: Copy {
+    fn name(self) -> &'static str;
+    fn number(self) -> u8;
+    fn requirement(self) -> &'static str;
 }
 
-impl Check {
-    fn new(name: &'static str, ok: bool, detail: impl Into<String>) -> Self {
-        Self { name, ok: Some(ok), detail: detail.into() }
+impl RuleInfo for EventRule {
+    fn name(self) -> &'static str {
+        Self::name(self)
     }
 
-    fn skipped(name: &'static str, detail: impl Into<String>) -> Self {
-        Self { name, ok: None, detail: detail.into() }
+    fn number(self) -> u8 {
+        Self::number(self)
+    }
+
+    fn requirement(self) -> &'static str {
+        Self::requirement(self)
     }
 }
 
-#[derive(Serialize)]
-struct Report<T: Serialize> {
-    kind: &'static str,
-    /// Input bytes after hex decoding.
-    size: Option<usize>,
-    hex_input: bool,
-    well_formed: bool,
-    /// Why the bytes are not well formed.
-    error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    decoded: Option<T>,
-    checks: Vec<Check>,
-    /// Every check that ran passed.
-    valid: bool,
+impl RuleInfo for EvidenceRule {
+    fn name(self) -> &'static str {
+        Self::name(self)
+    }
+
+    fn number(self) -> u8 {
+        Self::number(self)
+    }
+
+    fn requirement(self) -> &'static str {
+        Self::requirement(self)
+    }
 }
 
-/// The decoding rule broken, by its name in PROTOCOL.md, with the details.
-fn codec_reason(error: &CodecError) -> String {
-    format!("{}: {error}", error.name())
+/// What an undecided rule needs, in words, with what to do about it.
+fn needs_detail(needs: Needs) -> String {
+    match needs {
+        Needs::Genesis => format!("{}; give --genesis FILE", needs.why()),
+        Needs::CausalPast => format!("{}; only a node that holds the deps can tell", needs.why()),
+        _ => needs.why().to_owned(),
+    }
 }
 
-/// Prints a report (or its JSON) and returns the exit code.
+/// Every verdict of `diagnosis` as the report shows it.
+fn checks<T, R: RuleInfo>(diagnosis: &Diagnosis<T, R>) -> Vec<json::InspectCheck> {
+    diagnosis
+        .verdicts
+        .iter()
+        .map(|(rule, verdict)| {
+            let (name, ok, reason, codec, needs, detail) = match verdict {
+                Verdict::Pass => ("pass", Some(true), None, None, None, rule.requirement().to_owned()),
+                Verdict::Fail(failure) => (
+                    "fail",
+                    Some(false),
+                    Some(failure.reason.to_owned()),
+                    failure.codec.map(str::to_owned),
+                    None,
+                    failure.to_string(),
+                ),
+                Verdict::Undecided(needs) => {
+                    ("undecided", None, None, None, Some(needs.name().to_owned()), needs_detail(*needs))
+                }
+            };
+            json::InspectCheck {
+                name: rule.name().to_owned(),
+                rule: rule.number(),
+                verdict: name.to_owned(),
+                ok,
+                reason,
+                codec,
+                needs,
+                detail,
+            }
+        })
+        .collect()
+}
+
+fn outcome_name(outcome: Outcome) -> &'static str {
+    match outcome {
+        Outcome::Valid => "valid",
+        Outcome::Invalid => "invalid",
+        Outcome::Undecided => "undecided",
+    }
+}
+
+/// The report of bytes that could not be read as hex, or that do not decode; `diagnosis` is
+/// `None` for the first.
+fn malformed_report<T, D, R: RuleInfo>(
+    kind: &str,
+    input: &Input,
+    diagnosis: Option<&Diagnosis<D, R>>,
+) -> json::InspectReport<T> {
+    let error = match (&input.bytes, diagnosis) {
+        (Err(error), _) => error.clone(),
+        (Ok(_), Some(diagnosis)) => {
+            diagnosis.failures().next().map(|(_, failure)| failure.to_string()).unwrap_or_default()
+        }
+        (Ok(_), None) => String::new(),
+    };
+    json::InspectReport {
+        kind: kind.to_owned(),
+        size: input.bytes.as_ref().ok().map(Vec::len),
+        hex_input: input.hex,
+        well_formed: false,
+        error: Some(error),
+        decoded: None,
+        checks: diagnosis.map(checks).unwrap_or_default(),
+        outcome: outcome_name(Outcome::Invalid).to_owned(),
+        valid: false,
+    }
+}
+
+/// Prints a report (or its JSON) with the decoded fields and the verdict line; returns the
+/// exit code.
 fn finish<T: Serialize>(
     out: &mut Output,
-    report: &Report<T>,
+    report: &json::InspectReport<T>,
     fields: Vec<(String, String)>,
     verdict: &str,
 ) -> anyhow::Result<u8> {
-    let code = if report.valid { EXIT_OK } else { EXIT_INSPECT_FAILED };
+    let code = finish_code(report);
     if out.json {
         out.print_json(report)?;
         return Ok(code);
     }
     let source = if report.hex_input { ", from hex text" } else { "" };
-    match (&report.error, report.size) {
+    if let Some(error) = &report.error {
         // The reason can quote the input (a name, a key), so it is escaped like all of it.
-        (Some(error), Some(size)) => {
-            let size = plural(size as u64, "byte", "bytes");
-            out.line(format_args!("{}: MALFORMED ({size}{source}): {}", report.kind, escape(error, false)))?;
-            return Ok(code);
+        match report.size {
+            Some(size) => {
+                let size = plural(size as u64, "byte", "bytes");
+                out.line(format_args!(
+                    "{}: MALFORMED ({size}{source}): {}",
+                    report.kind,
+                    escape(error, false)
+                ))?
+            }
+            None => out.line(format_args!("{}: MALFORMED: {}", report.kind, escape(error, false)))?,
         }
-        (Some(error), None) => {
-            out.line(format_args!("{}: MALFORMED: {}", report.kind, escape(error, false)))?;
-            return Ok(code);
-        }
-        (None, size) => out.line(format_args!(
-            "{}: well formed ({}{source}, canonical encoding)",
-            report.kind,
-            plural(size.unwrap_or(0) as u64, "byte", "bytes")
-        ))?,
+        out.line("verdict: INVALID: the bytes do not decode")?;
+        return Ok(code);
     }
+    out.line(format_args!(
+        "{}: well formed ({}{source}, canonical encoding)",
+        report.kind,
+        plural(report.size.unwrap_or(0) as u64, "byte", "bytes")
+    ))?;
     let mut table = out.table(&[]);
     for (name, value) in fields {
         table.add_row(vec![name, value]);
     }
     out.print_table(&table)?;
-    let mut checks = out.table(&["CHECK", "RESULT", "DETAIL"]);
+    let mut checks = out.table(&["RULE", "CHECK", "VERDICT", "DETAIL"]);
     for check in &report.checks {
-        let result = match check.ok {
+        let verdict = match check.ok {
             Some(true) => "ok",
             Some(false) => "FAILED",
-            None => "not checked",
+            None => "undecided",
         };
-        checks.add_row(vec![check.name.to_owned(), result.to_owned(), check.detail.clone()]);
+        let rule = if check.rule == 0 { String::new() } else { check.rule.to_string() };
+        checks.add_row(vec![rule, check.name.clone(), verdict.to_owned(), escape(&check.detail, false)]);
     }
     out.print_table(&checks)?;
     out.line(verdict)?;
     Ok(code)
 }
 
-#[derive(Serialize)]
-struct EventJson {
-    id: String,
-    author: String,
-    seq: u64,
-    lamport: u64,
-    deps: Vec<String>,
-    ops_hash: String,
-    sig: String,
-    ops: Vec<OpJson>,
+/// The rules that failed, as `name (reason)`, or the undecided ones, as `name`.
+fn rule_list<T, R: RuleInfo>(diagnosis: &Diagnosis<T, R>) -> String {
+    let failed: Vec<String> =
+        diagnosis.failures().map(|(rule, failure)| format!("{} ({})", rule.name(), failure.reason)).collect();
+    if !failed.is_empty() {
+        return failed.join(", ");
+    }
+    diagnosis
+        .undecided()
+        .map(|(rule, needs)| format!("{} ({})", rule.name(), needs.name()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// Whether `ops` are well formed as rule 7 wants: 1 to OPS_MAX ops, no empty key.
-fn ops_check(ops: &[Op]) -> Check {
-    if ops.is_empty() {
-        Check::new("ops well formed", false, "no ops; an event carries at least one")
-    } else if ops.len() > OPS_MAX {
-        Check::new("ops well formed", false, format!("{} ops, over the limit of {OPS_MAX}", ops.len()))
-    } else if let Some(idx) = ops.iter().position(|op| op.key().is_empty()) {
-        Check::new("ops well formed", false, format!("op {idx} has an empty key"))
-    } else {
-        Check::new("ops well formed", true, plural(ops.len() as u64, "op", "ops"))
+/// The author as the report shows it: the key, and its name in the genesis when it is a member.
+fn author_text(author: &cairn_crypto::PublicKey, genesis: Option<&Genesis>) -> String {
+    let name = genesis.and_then(|g| g.members().iter().find(|m| m.key == *author));
+    match name {
+        Some(member) => format!("{author} ({})", escape(&member.name, false)),
+        None => author.to_string(),
     }
 }
 
-fn deps_check(deps: &[cairn_protocol::EventId]) -> Check {
-    match deps.windows(2).position(|pair| pair[0] >= pair[1]) {
-        None => Check::new(
-            "deps sorted",
-            true,
-            format!("{}, ascending and unique", plural(deps.len() as u64, "dep", "deps")),
+/// `inspect event`: every rule's verdict; returns the exit code.
+fn inspect_event(out: &mut Output, input: &Input, genesis: Option<&Genesis>) -> anyhow::Result<u8> {
+    let Ok(bytes) = &input.bytes else {
+        let report = malformed_report::<json::InspectedEvent, Event, EventRule>("event", input, None);
+        return finish(out, &report, vec![], "");
+    };
+    let diagnosis = cairn_protocol::diagnose(bytes, genesis);
+    let Some(event) = &diagnosis.decoded else {
+        let report = malformed_report::<json::InspectedEvent, _, _>("event", input, Some(&diagnosis));
+        return finish(out, &report, vec![], "");
+    };
+    let outcome = diagnosis.outcome();
+    let verdict = match outcome {
+        Outcome::Valid => "verdict: VALID: every rule holds".to_owned(),
+        Outcome::Invalid => format!("verdict: INVALID: {}", rule_list(&diagnosis)),
+        Outcome::Undecided => format!(
+            "verdict: UNDECIDED: no rule fails, but {} cannot be judged from the bytes alone",
+            rule_list(&diagnosis)
         ),
-        Some(idx) => Check::new("deps sorted", false, format!("dep {} is not above dep {idx}", idx + 1)),
-    }
-}
-
-fn signature_check(name: &'static str, signed: &SignedHeader) -> Check {
-    let id = signed.header.id();
-    if verify_strict(&signed.header.author, &id.0, &signed.sig) {
-        Check::new(name, true, "valid: verify_strict(author, id, sig) holds")
-    } else {
-        Check::new(name, false, "INVALID: verify_strict(author, id, sig) fails")
-    }
-}
-
-/// `inspect event`: decodes, checks, prints; returns the exit code.
-fn inspect_event(out: &mut Output, input: &Input) -> anyhow::Result<u8> {
-    let decoded = input.bytes.clone().and_then(|bytes| {
-        codec::decode_event(&bytes).map(|event| (event, bytes.len())).map_err(|e| codec_reason(&e))
-    });
-    let (event, size) = match decoded {
-        Ok(decoded) => decoded,
-        Err(error) => {
-            let report = Report::<EventJson> {
-                kind: "event",
-                size: input.bytes.as_ref().ok().map(Vec::len),
-                hex_input: input.hex,
-                well_formed: false,
-                error: Some(error),
-                decoded: None,
-                checks: vec![],
-                valid: false,
-            };
-            return finish(out, &report, vec![], "");
-        }
     };
-    let Event { header, ops, sig } = &event;
+    let Event { header, ops, sig } = event;
     let id = header.id();
-    let computed_hash = ops_hash(ops);
-    let mut checks = vec![deps_check(&header.deps), ops_check(ops)];
-    checks.push(if computed_hash == header.ops_hash {
-        Check::new("ops hash", true, "matches the ops")
-    } else {
-        Check::new(
-            "ops hash",
-            false,
-            format!("does not match the ops, which hash to {}", hex::encode(computed_hash)),
-        )
-    });
-    checks.push(signature_check("signature", &SignedHeader { header: header.clone(), sig: *sig }));
-    checks.push(Check::skipped("membership", "needs the cluster's genesis: is the author a member?"));
-    checks.push(Check::skipped("seq and lamport", "need the event's deps (rules 5 and 6)"));
-    let valid = checks.iter().all(|c| c.ok != Some(false));
-    let failed: Vec<&str> = checks.iter().filter(|c| c.ok == Some(false)).map(|c| c.name).collect();
-    let verdict = if valid {
-        "verdict: the hash and the signature hold (membership and causal rules not checked)".to_owned()
-    } else {
-        format!("verdict: INVALID: {}", failed.join(", "))
-    };
+    let json_ops: Vec<json::Op> = ops.iter().map(json::Op::from).collect();
     let fields = vec![
         ("id".to_owned(), id.to_string()),
-        ("author".to_owned(), header.author.to_string()),
+        ("author".to_owned(), author_text(&header.author, genesis)),
         ("seq".to_owned(), header.seq.to_string()),
         ("lamport".to_owned(), header.lamport.to_string()),
-        (
-            "deps".to_owned(),
-            if header.deps.is_empty() {
-                "(none)".to_owned()
-            } else {
-                header.deps.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
-            },
-        ),
+        ("deps".to_owned(), id_lines(&header.deps.iter().map(ToString::to_string).collect::<Vec<_>>())),
         ("ops hash".to_owned(), hex::encode(header.ops_hash)),
         ("signature".to_owned(), hex::encode(sig.0)),
-        (
-            "ops".to_owned(),
-            ops.iter()
-                .map(|op| op_row(&serde_json::to_value(OpJson::from(op)).unwrap_or(Value::Null)).join(" "))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        ),
+        ("ops".to_owned(), json_ops.iter().map(|op| op_row(op).join(" ")).collect::<Vec<_>>().join("\n")),
     ];
-    let report = Report {
-        kind: "event",
-        size: Some(size),
+    let report = json::InspectReport {
+        kind: "event".to_owned(),
+        size: Some(diagnosis.n_bytes),
         hex_input: input.hex,
         well_formed: true,
         error: None,
-        decoded: Some(EventJson {
+        decoded: Some(json::InspectedEvent {
             id: id.to_string(),
             author: header.author.to_string(),
             seq: header.seq,
@@ -1494,67 +1547,53 @@ fn inspect_event(out: &mut Output, input: &Input) -> anyhow::Result<u8> {
             deps: header.deps.iter().map(ToString::to_string).collect(),
             ops_hash: hex::encode(header.ops_hash),
             sig: hex::encode(sig.0),
-            ops: ops.iter().map(OpJson::from).collect(),
+            ops: json_ops,
         }),
-        checks,
-        valid,
+        checks: checks(&diagnosis),
+        outcome: outcome_name(outcome).to_owned(),
+        valid: outcome == Outcome::Valid,
     };
     finish(out, &report, fields, &verdict)
 }
 
-#[derive(Serialize)]
-struct EvidenceDecoded {
-    author: String,
-    seq: u64,
-    first: crate::api::SignedHeaderJson,
-    second: crate::api::SignedHeaderJson,
+/// The exit code [`finish`] gives a report.
+fn finish_code<T>(report: &json::InspectReport<T>) -> u8 {
+    match report.outcome.as_str() {
+        "valid" => EXIT_OK,
+        "undecided" => EXIT_INSPECT_UNDECIDED,
+        _ => EXIT_INSPECT_FAILED,
+    }
 }
 
-/// `inspect evidence`: decodes, checks, prints; returns the exit code. Without the genesis it
-/// runs every check of [`Evidence::verify`] but membership.
-fn inspect_evidence(out: &mut Output, input: &Input) -> anyhow::Result<u8> {
-    let decoded = input.bytes.clone().and_then(|bytes| {
-        codec::decode_evidence(&bytes).map(|evidence| (evidence, bytes.len())).map_err(|e| codec_reason(&e))
-    });
-    let (evidence, size): (Evidence, usize) = match decoded {
-        Ok(decoded) => decoded,
-        Err(error) => {
-            let report = Report::<EvidenceDecoded> {
-                kind: "evidence",
-                size: input.bytes.as_ref().ok().map(Vec::len),
-                hex_input: input.hex,
-                well_formed: false,
-                error: Some(error),
-                decoded: None,
-                checks: vec![],
-                valid: false,
-            };
-            return finish(out, &report, vec![], "");
-        }
+/// `inspect evidence`: every step's verdict; returns the exit code.
+fn inspect_evidence(out: &mut Output, input: &Input, genesis: Option<&Genesis>) -> anyhow::Result<u8> {
+    let Ok(bytes) = &input.bytes else {
+        let report =
+            malformed_report::<json::InspectedEvidence, Evidence, EvidenceRule>("evidence", input, None);
+        return finish(out, &report, vec![], "");
+    };
+    let diagnosis = cairn_protocol::diagnose_evidence(bytes, genesis);
+    let Some(evidence) = &diagnosis.decoded else {
+        let report = malformed_report::<json::InspectedEvidence, _, _>("evidence", input, Some(&diagnosis));
+        return finish(out, &report, vec![], "");
     };
     let (a, b) = (&evidence.first, &evidence.second);
     let (id_a, id_b) = evidence.ids();
-    let mut checks = vec![
-        Check::new("same author", a.header.author == b.header.author, "both headers name one author"),
-        Check::new(
-            "same seq",
-            a.header.seq == b.header.seq,
-            format!("seqs {} and {}", a.header.seq, b.header.seq),
+    let outcome = diagnosis.outcome();
+    let verdict = match outcome {
+        Outcome::Valid => format!(
+            "verdict: PROVES that {} signed two different events with seq {}",
+            author_text(&a.header.author, genesis),
+            a.header.seq
         ),
-        Check::new("two events in id order", id_a < id_b, "two different ids, the smaller first"),
-        signature_check("first signature", a),
-        signature_check("second signature", b),
-    ];
-    checks.push(Check::skipped("membership", "needs the cluster's genesis: is the author a member?"));
-    let valid = checks.iter().all(|c| c.ok != Some(false));
-    let verdict = if valid {
-        format!(
-            "verdict: proves that {} signed two different events with seq {} (membership not checked)",
-            a.header.author, a.header.seq
-        )
-    } else {
-        let failed: Vec<&str> = checks.iter().filter(|c| c.ok == Some(false)).map(|c| c.name).collect();
-        format!("verdict: INVALID, proves nothing: {}", failed.join(", "))
+        Outcome::Invalid => format!("verdict: INVALID, proves nothing: {}", rule_list(&diagnosis)),
+        Outcome::Undecided => format!(
+            "verdict: UNDECIDED: {} signed two different events with seq {}, but {} cannot be judged \
+             from the bytes alone; it proves an equivocation only if the author is a member",
+            a.header.author,
+            a.header.seq,
+            rule_list(&diagnosis)
+        ),
     };
     let header_lines = |signed: &SignedHeader, id: cairn_protocol::EventId| {
         format!(
@@ -1567,31 +1606,35 @@ fn inspect_evidence(out: &mut Output, input: &Input) -> anyhow::Result<u8> {
         )
     };
     let fields = vec![
-        ("author".to_owned(), a.header.author.to_string()),
+        ("author".to_owned(), author_text(&a.header.author, genesis)),
         ("seq".to_owned(), a.header.seq.to_string()),
         ("first".to_owned(), header_lines(a, id_a)),
         ("second".to_owned(), header_lines(b, id_b)),
     ];
-    let report = Report {
-        kind: "evidence",
-        size: Some(size),
+    let report = json::InspectReport {
+        kind: "evidence".to_owned(),
+        size: Some(diagnosis.n_bytes),
         hex_input: input.hex,
         well_formed: true,
         error: None,
-        decoded: Some(EvidenceDecoded {
+        decoded: Some(json::InspectedEvidence {
             author: a.header.author.to_string(),
             seq: a.header.seq,
-            first: signed_header_json(a),
-            second: signed_header_json(b),
+            first: json::SignedHeader::from(a),
+            second: json::SignedHeader::from(b),
         }),
-        checks,
-        valid,
+        checks: checks(&diagnosis),
+        outcome: outcome_name(outcome).to_owned(),
+        valid: outcome == Outcome::Valid,
     };
     finish(out, &report, fields, &verdict)
 }
 
 #[cfg(test)]
 mod tests {
+    use hyper::Method;
+    use serde_json::Value;
+
     use super::*;
 
     #[test]
@@ -1608,6 +1651,12 @@ mod tests {
         check(b"00zz", Ok(b"00zz"), false);
         check(b"", Ok(b""), false);
         check(b"  \n", Ok(b"  \n"), false);
+        // A 0x prefix, before or after whitespace.
+        check(b"0x00ff\n", Ok(&[0x00, 0xff]), true);
+        check(b"\n 0XAB cd\n", Ok(&[0xab, 0xcd]), true);
+        check(b"0x", Ok(b""), true);
+        check(b"0x0x00", Ok(b"0x0x00"), false);
+        check(b"00 0x11", Ok(b"00 0x11"), false);
     }
 
     #[test]
@@ -1685,8 +1734,8 @@ mod tests {
     #[test]
     fn text_and_bytes_never_look_alike() {
         // The text `base64:/wA=` and the bytes ff 00, whose base64 is `/wA=`.
-        let text = bytes_field(&json!({"value": "base64:/wA=", "value_base64": "YmFzZTY0Oi93QT0="}), "value");
-        let bytes = bytes_field(&json!({"value": null, "value_base64": "/wA="}), "value");
+        let text = bytes_text(Some("base64:/wA="), "YmFzZTY0Oi93QT0=");
+        let bytes = bytes_text(None, "/wA=");
         assert_eq!(text, "\"base64:/wA=\"");
         assert_eq!(bytes, "base64:/wA=");
         assert_ne!(text, bytes);
@@ -1703,79 +1752,88 @@ mod tests {
     /// carriage return that would overwrite the line.
     const HOSTILE: &str = "\x1b[2J\u{9b}31m\u{202e}evil\r\x07\n";
 
+    /// What `json` reads as a `T`, for answers written in the tests as JSON.
+    fn typed<T: serde::de::DeserializeOwned>(json: Value) -> T {
+        serde_json::from_value(json).unwrap()
+    }
+
     #[test]
     fn human_output_escapes_every_text() {
         let h = HOSTILE;
-        let bytes = json!({"value": h, "value_base64": "x"});
-        type Render = fn(&mut Output, &Value) -> anyhow::Result<()>;
-        let cases: Vec<(&str, Render, Value)> = vec![
-            (
-                "status",
-                status,
-                json!({"name": h, "key": h, "cluster_id": h, "writes_refused": h, "own_seq": h,
-                       "n_events": h, "n_evidence": h, "buffer_events": h, "buffer_bytes": h,
-                       "buffer_bytes_max": h, "n_peers_connected": h, "n_peers": h, "digest": h,
-                       "sync_digest": h}),
-            ),
-            (
-                "peers",
-                peers,
-                json!({"peers": [{"name": h, "key": h, "address": h, "state": h,
-                                  "stats": {"events_in": h, "events_out": h, "rejected": {h: 1}}}]}),
-            ),
-            (
-                "get",
-                |out, value| register(out, value).map(drop),
-                json!({"key": h, "value": h, "value_base64": "x", "siblings": [
-                    {"value": h, "value_base64": "x", "author_name": h, "lamport": h, "event_id": h, "op_index": h},
-                    {"value": null, "value_base64": h, "author": h, "lamport": 1, "event_id": h, "op_index": 0},
-                ]}),
-            ),
-            (
-                "members",
-                |out, value| members(out, value).map(drop),
-                json!({"members": [bytes, {"value_base64": h}]}),
-            ),
-            ("keys", keys, json!({"keys": [{"kind": h, "key": h, "key_base64": "x"}], "next": h})),
-            (
-                "events",
-                events,
-                json!({"events": [{"id": h, "author_name": h, "seq": h, "lamport": h, "n_deps": h,
-                                   "n_ops": h, "size": h}], "next": h}),
-            ),
-            (
-                "event",
-                event,
-                json!({"id": h, "author": h, "author_name": h, "seq": h, "lamport": h, "deps": [h, h],
-                "ops_hash": h, "size": h, "ops": [
-                    {"op": "put", "key": h, "value": null, "value_base64": h},
-                    {"op": "incr", "key": null, "key_base64": h, "delta": h},
-                    {"op": "add", "key": h, "element": h},
-                    {"op": h, "key": h},
-                ]}),
-            ),
-            (
-                "evidence",
-                evidence,
-                json!({"evidence": [{"author": h, "author_name": h, "seq": h, "first": {"id": h}, "second": {"id": h}}]}),
-            ),
+        let member = serde_json::json!({"value": h, "value_base64": "x"});
+        let sibling = |value: Value, author: Value, author_name: Value| {
+            serde_json::json!({"value": value, "value_base64": h, "author": author, "author_name": author_name,
+                "author_index": 0, "lamport": 1, "event_id": h, "op_index": 0})
+        };
+        let status_json: json::Status = typed(serde_json::json!({
+            "name": h, "key": h, "cluster_id": h, "writes_refused": h, "own_seq": 1, "n_events": 2,
+            "n_evidence": 0, "buffer_events": 1, "buffer_bytes": 10, "buffer_bytes_max": 100,
+            "n_peers_connected": 0, "n_peers": 1, "digest": h, "sync_digest": h}));
+        let peers_json = json::Peers {
+            peers: vec![json::Peer {
+                key: h.into(),
+                name: h.into(),
+                address: Some(h.into()),
+                state: json::PeerState::Connected,
+                last_seen_ms_ago: None,
+                rtt_ms: Some(0.5),
+                stats: json::PeerStats {
+                    rejected: [(h.to_owned(), 1)].into_iter().collect(),
+                    ..json::PeerStats::default()
+                },
+            }],
+        };
+        let register_json: json::Register = typed(
+            serde_json::json!({"key": h, "value": h, "value_base64": "x",
+            "siblings": [sibling(h.into(), Value::Null, h.into()), sibling(Value::Null, h.into(), Value::Null)]}),
+        );
+        let set_json: json::Set =
+            typed(serde_json::json!({"key": h, "members": [member, {"value": null, "value_base64": h}]}));
+        let keys_json: json::KeysPage =
+            typed(serde_json::json!({"keys": [{"kind": "set", "key": h, "key_base64": "x"}], "next": h}));
+        let events_json: json::EventsPage = typed(serde_json::json!({"events": [{"id": h, "author": h,
+            "author_name": h, "seq": 1, "lamport": 1, "n_deps": 0, "n_ops": 1, "size": 9, "excluded": false}],
+            "next": 1}));
+        let event_json: json::Event =
+            typed(serde_json::json!({"id": h, "author": h, "author_name": h, "seq": 1,
+            "lamport": 1, "deps": [h, h], "ops_hash": h, "size": 9, "excluded": true, "encoded_hex": "00",
+            "ops": [
+                {"op": "put", "key": h, "key_base64": "x", "value": null, "value_base64": h},
+                {"op": "incr", "key": null, "key_base64": h, "delta": 1},
+                {"op": "add", "key": h, "key_base64": "x", "element": h, "element_base64": "x"},
+                {"op": "del", "key": h, "key_base64": "x"},
+            ]}));
+        let header = serde_json::json!({"id": h, "author": h, "seq": 1, "lamport": 1, "deps": [], "ops_hash": h, "sig": h});
+        let evidence_json: json::EvidenceList = typed(serde_json::json!({"evidence": [{"author": h,
+            "author_name": h, "seq": 1, "first": header, "second": header, "encoded_hex": h}]}));
+        type Render<'a> = Box<dyn Fn(&mut Output) -> anyhow::Result<()> + 'a>;
+        let cases: Vec<(&str, Render<'_>)> = vec![
+            ("status", Box::new(|out| status(out, &status_json))),
+            ("peers", Box::new(|out| peers(out, &peers_json))),
+            ("get", Box::new(|out| register(out, &register_json))),
+            ("members", Box::new(|out| members(out, &set_json))),
+            ("keys", Box::new(|out| keys(out, &keys_json))),
+            ("events", Box::new(|out| events(out, &events_json))),
+            ("event", Box::new(|out| event(out, &event_json))),
+            ("evidence", Box::new(|out| evidence(out, &evidence_json))),
         ];
         for tty in [false, true] {
-            for (what, render, answer) in &cases {
+            for (what, render) in &cases {
                 let capture = Capture::default();
                 let mut out = Output { tty, json: false, writer: Box::new(capture.clone()) };
-                render(&mut out, answer).unwrap();
+                render(&mut out).unwrap();
                 assert_printable(what, &capture.text());
                 assert!(capture.text().contains("\\u{1b}[2J"), "{what}: {}", capture.text());
             }
         }
         for change in [
-            json!({"kind": h, "key": h, "position": h, "state_error": h}),
-            json!({"kind": "register", "key": h, "position": 1, "value": h, "value_base64": "x", "siblings": []}),
-            json!({"kind": "counter", "key": null, "key_base64": h, "position": 1, "value": h}),
-            json!({"kind": "set", "key": h, "position": 1, "members": [bytes]}),
+            serde_json::json!({"kind": "set", "key": h, "key_base64": "x", "position": 1, "state_error": h}),
+            serde_json::json!({"kind": "register", "key": h, "key_base64": "x", "position": 1, "value": h,
+                "value_base64": "x", "siblings": []}),
+            serde_json::json!({"kind": "counter", "key": null, "key_base64": h, "position": 1, "value": 2}),
+            serde_json::json!({"kind": "set", "key": h, "key_base64": "x", "position": 1, "members": [member]}),
         ] {
-            assert_printable("watch", &change_line(&change));
+            assert_printable("watch", &change_line(&typed(change)));
         }
         let error = anyhow::Error::new(ClientError::Http {
             status: StatusCode::BAD_REQUEST,
@@ -1788,43 +1846,51 @@ mod tests {
 
     #[test]
     fn watch_lines() {
-        let check = |change: Value, expected: &str| assert_eq!(change_line(&change), expected);
+        let check = |change: Value, expected: &str| assert_eq!(change_line(&typed(change)), expected);
+        let sibling = serde_json::json!({"value": "v", "value_base64": "dg==", "author": null, "author_name": null,
+            "author_index": 0, "lamport": 1, "event_id": "00", "op_index": 0});
         check(
-            json!({
-                "kind": "register", "key": "k", "position": 3,
-                "value": "v", "value_base64": "dg==", "siblings": [{}, {}],
+            serde_json::json!({
+                "kind": "register", "key": "k", "key_base64": "aw==", "position": 3,
+                "value": "v", "value_base64": "dg==", "siblings": [sibling, sibling],
             }),
             "#3 register \"k\" = \"v\" (2 concurrent values)",
         );
         check(
-            json!({
+            serde_json::json!({
                 "kind": "register", "key": null, "key_base64": "/w==", "position": 4,
                 "value": null, "value_base64": null, "siblings": [],
             }),
             "#4 register base64:/w== = (no value)",
         );
-        check(json!({"kind": "counter", "key": "c", "position": 5, "value": -2}), "#5 counter \"c\" = -2");
         check(
-            json!({"kind": "counter", "key": "c", "position": 5, "value": "18446744073709551614"}),
+            serde_json::json!({"kind": "counter", "key": "c", "key_base64": "Yw==", "position": 5, "value": -2}),
+            "#5 counter \"c\" = -2",
+        );
+        check(
+            serde_json::json!({"kind": "counter", "key": "c", "key_base64": "Yw==", "position": 5,
+                "value": "18446744073709551614"}),
             "#5 counter \"c\" = 18446744073709551614",
         );
         check(
-            json!({
-                "kind": "set", "key": "s", "position": 6,
-                "members": [{"value": "a"}, {"value": null, "value_base64": "/w=="}],
+            serde_json::json!({
+                "kind": "set", "key": "s", "key_base64": "cw==", "position": 6,
+                "members": [{"value": "a", "value_base64": "YQ=="}, {"value": null, "value_base64": "/w=="}],
             }),
             "#6 set \"s\" = {\"a\", base64:/w==} (2 members)",
         );
         check(
-            json!({"kind": "set", "key": "s", "position": 7, "members": [{"value": "a"}]}),
+            serde_json::json!({"kind": "set", "key": "s", "key_base64": "cw==", "position": 7,
+                "members": [{"value": "a", "value_base64": "YQ=="}]}),
             "#7 set \"s\" = {\"a\"} (1 member)",
         );
         check(
-            json!({"kind": "counter", "key": "c", "position": 7, "state_error": "busy"}),
+            serde_json::json!({"kind": "counter", "key": "c", "key_base64": "Yw==", "position": 7,
+                "state_error": "busy"}),
             "#7 counter \"c\" changed (state unavailable: busy)",
         );
         check(
-            json!({"kind": "register", "key": "esc\u{1b}[31mRED", "position": 8,
+            serde_json::json!({"kind": "register", "key": "esc\u{1b}[31mRED", "key_base64": "x", "position": 8,
                    "value": "\u{1b}[2Jcleared", "value_base64": "x", "siblings": []}),
             "#8 register \"esc\\u{1b}[31mRED\" = \"\\u{1b}[2Jcleared\"",
         );
@@ -1910,7 +1976,7 @@ mod tests {
         let file_arg = file.to_str().unwrap();
         let Ok(Request::Put { value, .. }) = request(&["put", "k", "--file", file_arg]) else { panic!() };
         assert_eq!(value, Payload::Base64("/wB4".to_owned()));
-        let Ok(Request::SetWrite { element, action: "add", .. }) =
+        let Ok(Request::SetWrite { element, action: SetAction::Add, .. }) =
             request(&["sadd", "s", "--file", file_arg])
         else {
             panic!()
@@ -1935,8 +2001,6 @@ mod tests {
         assert_eq!(plural(0, "member", "members"), "0 members");
         assert_eq!(plural(1, "member", "members"), "1 member");
         assert_eq!(plural(2, "member", "members"), "2 members");
-        assert_eq!(count_field(&json!({"n": 1}), "n", "event", "events"), "1 event");
-        assert_eq!(count_field(&json!({}), "n", "event", "events"), "- events");
     }
 
     /// Collects what a command prints; after `lines_max` lines, writes fail as a closed pipe.
@@ -2028,7 +2092,7 @@ mod tests {
         ok(&server, &["incr", "c", "--delta", "2"]).await;
         assert_eq!(ok(&server, &["counter", "c"]).await, "-3\n");
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "c"]).await).unwrap();
-        assert_eq!(json, json!({"key": "c", "value": -3}));
+        assert_eq!(json, serde_json::json!({"key": "c", "value": -3}));
 
         ok(&server, &["sadd", "s", "a"]).await;
         ok(&server, &["sadd", "s", "b"]).await;
@@ -2068,7 +2132,7 @@ mod tests {
         assert!(evidence.contains("beta"), "{evidence}");
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "evidence"]).await).unwrap();
         let encoded = hex::decode(json["evidence"][0]["encoded_hex"].as_str().unwrap()).unwrap();
-        assert!(codec::decode_evidence(&encoded).is_ok());
+        assert!(cairn_protocol::codec::decode_evidence(&encoded).is_ok());
 
         assert!(ok(&server, &["metrics"]).await.ends_with("# EOF\n"));
         let (code, message) = fails(&server, &["--json", "metrics"]).await;
@@ -2096,11 +2160,11 @@ mod tests {
         let json: Value =
             serde_json::from_str(&exits(&server, EXIT_NOT_FOUND, &["--json", "members", "absent"]).await)
                 .unwrap();
-        assert_eq!(json, json!({"key": "absent", "members": []}));
+        assert_eq!(json, serde_json::json!({"key": "absent", "members": []}));
         let json: Value =
             serde_json::from_str(&exits(&server, EXIT_NOT_FOUND, &["--json", "counter", "absent"]).await)
                 .unwrap();
-        assert_eq!(json, json!({"key": "absent", "value": 0}));
+        assert_eq!(json, serde_json::json!({"key": "absent", "value": 0}));
 
         // Deleted, emptied and cancelled out are the same empty state.
         ok(&server, &["put", "r", "v"]).await;
@@ -2125,10 +2189,10 @@ mod tests {
         }
         assert_eq!(ok(&server, &["counter", "big"]).await, "18446744073709551614\n");
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "big"]).await).unwrap();
-        assert_eq!(json, json!({"key": "big", "value": "18446744073709551614"}));
+        assert_eq!(json, serde_json::json!({"key": "big", "value": "18446744073709551614"}));
         ok(&server, &["incr", "edge", "--", "-9007199254740991"]).await;
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "edge"]).await).unwrap();
-        assert_eq!(json["value"], json!(-9_007_199_254_740_991_i64));
+        assert_eq!(json["value"], serde_json::json!(-9_007_199_254_740_991_i64));
         ok(&server, &["incr", "edge", "--", "-1"]).await;
         let json: Value = serde_json::from_str(&ok(&server, &["--json", "counter", "edge"]).await).unwrap();
         assert_eq!(json["value"], "-9007199254740992");
@@ -2145,9 +2209,11 @@ mod tests {
         ok(&server, &["sadd", "s1", "e"]).await;
         let all: Value = serde_json::from_str(&ok(&server, &["--json", "keys"]).await).unwrap();
         assert_eq!(all["next"], Value::Null);
-        let expected: Vec<String> = array(&all, "keys")
+        let page: json::KeysPage = typed(all.clone());
+        let expected: Vec<String> = page
+            .keys
             .iter()
-            .map(|k| format!("{} {}", field(k, "kind"), bytes_field(k, "key")))
+            .map(|k| format!("{} {}", k.kind, bytes_text(k.key.as_deref(), &k.key_base64)))
             .collect();
         assert_eq!(expected.len(), 9, "{all}");
 
@@ -2187,7 +2253,7 @@ mod tests {
             &ok(&server, &["--json", "keys", "--kind", "counter", "--after", cursor]).await,
         )
         .unwrap();
-        assert_eq!(rest["keys"], json!([{"kind": "counter", "key": "k3", "key_base64": "azM="}]));
+        assert_eq!(rest["keys"], serde_json::json!([{"kind": "counter", "key": "k3", "key_base64": "azM="}]));
         assert_eq!(rest["next"], Value::Null);
     }
 
@@ -2225,11 +2291,12 @@ mod tests {
         std::fs::write(&file, &raw).unwrap();
         let capture = Capture::default();
         let mut out = Output { tty: false, json: false, writer: Box::new(capture.clone()) };
-        let code = inspect(&mut out, Inspect::Event { file }).unwrap();
+        let code = inspect(&mut out, Inspect::Event { file, genesis: None }).unwrap();
         let report = capture.text();
-        assert_eq!(code, EXIT_OK, "{report}");
+        // The event has a dep, and no genesis was given: it is not known to be valid.
+        assert_eq!(code, EXIT_INSPECT_UNDECIDED, "{report}");
         assert!(report.contains(id), "{report}");
-        assert!(report.contains("verdict: the hash and the signature hold"), "{report}");
+        assert!(report.contains("verdict: UNDECIDED: no rule fails, but membership (needs_genesis), seq (needs_causal_past), lamport (needs_causal_past)"), "{report}");
         assert!(report.contains("\"esc\\u{1b}[31m\""), "{report}");
         assert_printable("inspect", &report);
     }
@@ -2242,8 +2309,16 @@ mod tests {
         let watching = ctl(&server, &["watch"], capture);
         let writing = async {
             server.wait_for_watchers(1).await;
-            server.client.send_json(Method::PUT, "/v1/registers/w", &json!({"value": "one"})).await.unwrap();
-            server.client.send_json(Method::PUT, "/v1/registers/w", &json!({"value": "two"})).await.unwrap();
+            server
+                .client
+                .send_json(Method::PUT, "/v1/registers/w", &serde_json::json!({"value": "one"}))
+                .await
+                .unwrap();
+            server
+                .client
+                .send_json(Method::PUT, "/v1/registers/w", &serde_json::json!({"value": "two"}))
+                .await
+                .unwrap();
         };
         let ((result, text), ()) = tokio::join!(watching, writing);
         let error = result.unwrap_err();
@@ -2261,7 +2336,7 @@ mod tests {
             for _ in 0..2 {
                 server
                     .client
-                    .send_json(Method::POST, "/v1/counters/n/incr", &json!({"delta": 4}))
+                    .send_json(Method::POST, "/v1/counters/n/incr", &serde_json::json!({"delta": 4}))
                     .await
                     .unwrap();
             }
@@ -2271,7 +2346,7 @@ mod tests {
         let change: Value = serde_json::from_str(text.trim_end()).unwrap();
         assert_eq!(
             change,
-            json!({"kind": "counter", "key": "n", "key_base64": "bg==", "position": 1, "value": 4})
+            serde_json::json!({"kind": "counter", "key": "n", "key_base64": "bg==", "position": 1, "value": 4})
         );
     }
 
@@ -2285,7 +2360,9 @@ mod tests {
         assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
         // The table of the help text lists every code.
         let help = after_help();
-        for code in [EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INSPECT_FAILED] {
+        for code in
+            [EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INSPECT_FAILED, EXIT_INSPECT_UNDECIDED]
+        {
             assert!(help.contains(&format!("\n  {code}  ")), "{code}: {help}");
         }
     }

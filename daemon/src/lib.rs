@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod demo;
 pub mod discipline;
 pub mod driver;
+pub mod json;
 pub mod logging;
 pub mod metrics;
 pub mod service;

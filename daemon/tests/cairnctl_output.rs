@@ -2,7 +2,7 @@
 //! writes reaches no terminal raw (also through a pseudo-terminal), empty state exits 3, text
 //! and bytes print differently, values come from stdin and files and are checked against the
 //! limits first, pages say how to go on, `event --raw` feeds `inspect event`, counters beyond
-//! 2^53 stay exact, and the help texts.
+//! 2^53 stay exact, the help texts, and the typed client against a real daemon.
 
 mod common;
 
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use cairn_daemon::api::{EVENTS_LIMIT_MAX, KEYS_LIMIT_DEFAULT, KEYS_LIMIT_MAX};
+use cairn_daemon::json;
 use cairn_protocol::limits::{KEY_BYTES_MAX, VALUE_BYTES_MAX};
 use common::{Cluster, DEADLINE};
 use serde_json::{Value, json};
@@ -387,15 +388,40 @@ fn pages_event_bytes_counters_and_status() {
     let id = serde_json::from_str::<Value>(&ack).expect("JSON")["id"].as_str().expect("id").to_owned();
     let raw = cairnctl(Some(socket), &["event", &id, "--raw"]).expect(0, "event --raw");
     assert_eq!(raw.lines().count(), 1, "{raw}");
+    // Without the genesis the bytes are not known to be valid (exit 5); with the cluster's
+    // genesis, this node's first event (no deps) is.
     let verdict = cairnctl_os(
         None,
         &[OsStr::new("inspect"), OsStr::new("event"), OsStr::new("-")],
         Some(raw.as_bytes()),
     );
-    let verdict = verdict.expect(0, "inspect event -");
+    let verdict = verdict.expect(5, "inspect event -");
     assert!(verdict.contains(&id), "{verdict}");
     assert!(verdict.contains("from hex text"), "{verdict}");
-    assert!(verdict.contains("verdict: the hash and the signature hold"), "{verdict}");
+    assert!(
+        verdict.contains("verdict: UNDECIDED: no rule fails, but membership (needs_genesis)"),
+        "{verdict}"
+    );
+    let first = cairnctl(Some(socket), &["--json", "events", "--limit", "1"]).expect(0, "--json events");
+    let first = serde_json::from_str::<Value>(&first).expect("JSON")["events"][0]["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let raw = cairnctl(Some(socket), &["event", &first, "--raw"]).expect(0, "event --raw");
+    let genesis = c.dir().join("genesis.toml");
+    let verdict = cairnctl_os(
+        None,
+        &[
+            OsStr::new("inspect"),
+            OsStr::new("event"),
+            OsStr::new("-"),
+            OsStr::new("--genesis"),
+            genesis.as_os_str(),
+        ],
+        Some(raw.as_bytes()),
+    );
+    let verdict = verdict.expect(0, "inspect event - --genesis");
+    assert!(verdict.contains("verdict: VALID: every rule holds"), "{verdict}");
 
     // A counter past i64::MAX: exact in text, a string in JSON.
     for _ in 0..2 {
@@ -455,4 +481,120 @@ fn help_texts() {
     assert!(events.contains(&format!("1 to {EVENTS_LIMIT_MAX}; the daemon's default is")), "{events}");
     let put = cairnctl(None, &["put", "--help"]).expect(0, "put --help");
     assert!(put.contains("--file <PATH>"), "{put}");
+}
+
+/// The typed client against a real daemon: every route, read into the types of
+/// `cairn_daemon::json`, and the bytes the daemon sent, which `--json` prints in their order.
+#[test]
+fn the_typed_client_reads_every_answer() {
+    let c = Cluster::start(2);
+    let client = c.client(0);
+    let text = |value: &str| json::ValueBody { value: Some(value.to_owned()), value_base64: None };
+    let element = |value: &str| json::ElementBody { element: Some(value.to_owned()), element_base64: None };
+
+    let status = c.block_on(client.status()).expect("status").value;
+    assert_eq!(status.name, "alice");
+    assert_eq!(status.n_peers, 1);
+    let peers = c.block_on(client.peers()).expect("peers").value;
+    assert_eq!(peers.peers.len(), 1);
+    assert_eq!(peers.peers[0].name, "bob");
+
+    let ack = c.block_on(client.put("dir/k", &text("v"))).expect("put").value;
+    assert_eq!(ack.id.len(), 64);
+    let read = c.block_on(client.register("dir/k")).expect("register").value;
+    assert_eq!((read.key.as_str(), read.state.value.as_deref()), ("dir/k", Some("v")));
+    assert_eq!(read.state.siblings.len(), 1);
+    assert_eq!(read.state.siblings[0].event_id, ack.id);
+    let binary = json::ValueBody { value: None, value_base64: Some("/wA=".to_owned()) };
+    c.block_on(client.put("bin", &binary)).expect("put bytes");
+    let read = c.block_on(client.register("bin")).expect("register bytes").value;
+    assert_eq!((read.state.value, read.state.value_base64.as_deref()), (None, Some("/wA=")));
+    c.block_on(client.delete("dir/k")).expect("delete");
+    assert_eq!(c.block_on(client.register("dir/k")).expect("register").value.state.value_base64, None);
+
+    for _ in 0..2 {
+        c.block_on(client.incr("big", i64::MAX)).expect("incr");
+    }
+    let counter = c.block_on(client.counter("big")).expect("counter");
+    assert_eq!(counter.value.value, json::CounterValue(2 * i128::from(i64::MAX)));
+    assert_eq!(&counter.body[..], br#"{"key":"big","value":"18446744073709551614"}"#);
+
+    c.block_on(client.set_add("s", &element("a"))).expect("sadd");
+    c.block_on(client.set_add("s", &element("b"))).expect("sadd");
+    c.block_on(client.set_remove("s", &element("a"))).expect("srem");
+    let set = c.block_on(client.set("s")).expect("set").value;
+    assert_eq!(set.members, [json::SetMember { value: Some("b".into()), value_base64: "Yg==".into() }]);
+
+    let batch = json::BatchBody {
+        ops: vec![
+            json::BatchOp::Put { key: "b1".into(), value: Some("x".into()), value_base64: None },
+            json::BatchOp::Incr { key: "c".into(), delta: -2 },
+        ],
+    };
+    let ack = c.block_on(client.batch(&batch)).expect("batch").value;
+
+    let page =
+        c.block_on(client.keys(&json::KeysQuery { limit: Some(2), ..Default::default() })).expect("keys");
+    assert_eq!(page.value.keys.len(), 2);
+    let after = page.value.next.expect("a next page");
+    let query = json::KeysQuery { after: Some(after), ..Default::default() };
+    let rest = c.block_on(client.keys(&query)).expect("keys").value;
+    assert_eq!(rest.next, None);
+    let kinds: Vec<json::KeyKind> = rest.keys.iter().map(|k| k.kind).collect();
+    assert!(kinds.contains(&json::KeyKind::Set), "{kinds:?}");
+
+    let query = json::EventsQuery { author: Some("alice".into()), ..Default::default() };
+    let events = c.block_on(client.events(&query)).expect("events").value;
+    assert_eq!(events.events.last().expect("events").id, ack.id);
+    let event = c.block_on(client.event(&ack.id)).expect("event").value;
+    assert_eq!(event.ops.len(), 2);
+    assert_eq!(event.ops[1], json::Op::Incr { key: Some("c".into()), key_base64: "Yw==".into(), delta: -2 });
+    let bytes = hex::decode(&event.encoded_hex).expect("hex");
+    assert_eq!(cairn_protocol::diagnose(&bytes, None).decoded.expect("an event").id().to_string(), ack.id);
+    let error = c.block_on(client.event(&"0".repeat(64))).expect_err("no such event");
+    assert_eq!(error.code(), Some("not_found"));
+    let evidence = c.block_on(client.evidence()).expect("evidence").value;
+    assert!(evidence.evidence.is_empty());
+    assert!(c.block_on(client.metrics()).expect("metrics").ends_with("# EOF\n"));
+
+    // What --json prints is the daemon's JSON, its fields in the daemon's order.
+    let printed =
+        cairnctl(Some(c.nodes[0].socket.as_path()), &["--json", "status"]).expect(0, "--json status");
+    let order: Vec<&str> = ["\"key\"", "\"name\"", "\"cluster_id\"", "\"own_seq\"", "\"n_peers\""]
+        .into_iter()
+        .map(|field| &printed[printed.find(field).unwrap_or_else(|| panic!("{field} in {printed}"))..])
+        .collect();
+    assert!(order.windows(2).all(|pair| pair[0].len() > pair[1].len()), "{printed}");
+
+    // A watch line, typed.
+    let watching = async {
+        let mut seen = None;
+        client
+            .watch_changes(|event, data| {
+                seen = Some((event, data.to_owned()));
+                false
+            })
+            .await
+            .expect("watch");
+        seen.expect("an event")
+    };
+    // The watcher subscribes a moment after it starts, so the counter is written until it
+    // sees a change.
+    let writing = async {
+        let deadline = Instant::now() + DEADLINE;
+        while Instant::now() < deadline {
+            c.client(0).incr("watched", 3).await.expect("incr");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let (event, data) = c.block_on(async {
+        tokio::select! {
+            seen = watching => seen,
+            () = writing => panic!("no watch event within {DEADLINE:?}"),
+        }
+    });
+    let json::WatchEvent::Change(change) = event else { panic!("{event:?}") };
+    assert_eq!(change.kind, json::KeyKind::Counter);
+    assert_eq!(change.key.as_deref(), Some("watched"));
+    assert!(matches!(change.state, json::ChangeState::Counter { .. }), "{data}");
 }

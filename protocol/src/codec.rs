@@ -331,12 +331,14 @@ impl<Context> Decode<Context> for Op {
         let tag = u32::decode(decoder)?;
         let key = |d: &mut D| decode_bytes(d, KEY_BYTES_MAX, "key");
         let value = |d: &mut D| decode_bytes(d, VALUE_BYTES_MAX, "value");
+        // A set element has the limit of a value, but errors name it as what it is.
+        let element = |d: &mut D| decode_bytes(d, VALUE_BYTES_MAX, "element");
         Ok(match tag {
             OP_PUT => Self::Put { key: key(decoder)?, value: value(decoder)? },
             OP_DEL => Self::Del { key: key(decoder)? },
             OP_INCR => Self::Incr { key: key(decoder)?, delta: i64::decode(decoder)? },
-            OP_ADD => Self::Add { key: key(decoder)?, element: value(decoder)? },
-            OP_REMOVE => Self::Remove { key: key(decoder)?, element: value(decoder)? },
+            OP_ADD => Self::Add { key: key(decoder)?, element: element(decoder)? },
+            OP_REMOVE => Self::Remove { key: key(decoder)?, element: element(decoder)? },
             other => return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}op tag {other}"))),
         })
     }

@@ -26,7 +26,15 @@ pub struct Evidence {
     pub second: SignedHeader,
 }
 
-/// Why evidence does not prove anything.
+impl SignedHeader {
+    /// Whether `verify_strict(author, id, sig)` holds for this header.
+    pub fn signature_holds(&self) -> bool {
+        verify_strict(&self.header.author, &self.header.id().0, &self.sig)
+    }
+}
+
+/// Why evidence does not prove anything. The variants are the steps of [`Evidence::verify`],
+/// in its order ([`EvidenceError::ALL`]); `docs/PROTOCOL.md` §9 names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EvidenceError {
@@ -45,6 +53,28 @@ pub enum EvidenceError {
     /// A signature does not verify.
     #[error("a signature does not verify")]
     BadSignature,
+}
+
+impl EvidenceError {
+    /// Every step of [`Evidence::verify`], in the order it checks them.
+    pub const ALL: [Self; 5] = [
+        Self::DifferentAuthors,
+        Self::DifferentSeqs,
+        Self::NotTwoOrdered,
+        Self::NotMember,
+        Self::BadSignature,
+    ];
+
+    /// The name `docs/PROTOCOL.md` §9 gives the reason: the variant's name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::DifferentAuthors => "DifferentAuthors",
+            Self::DifferentSeqs => "DifferentSeqs",
+            Self::NotTwoOrdered => "NotTwoOrdered",
+            Self::NotMember => "NotMember",
+            Self::BadSignature => "BadSignature",
+        }
+    }
 }
 
 impl Evidence {
@@ -80,28 +110,30 @@ impl Evidence {
         (self.seq(), a, b)
     }
 
-    /// Checks that the evidence proves an equivocation by a member of `genesis`.
+    /// Checks that the evidence proves an equivocation by a member of `genesis`: every step of
+    /// [`EvidenceError::ALL`] in its order, stopping at the first that fails.
     pub fn verify(&self, genesis: &Genesis) -> Result<(), EvidenceError> {
-        let (a, b) = (&self.first, &self.second);
-        if a.header.author != b.header.author {
-            return Err(EvidenceError::DifferentAuthors);
-        }
-        if a.header.seq != b.header.seq {
-            return Err(EvidenceError::DifferentSeqs);
-        }
-        let (id_a, id_b) = self.ids();
-        if id_a >= id_b {
-            return Err(EvidenceError::NotTwoOrdered);
-        }
-        if genesis.member_idx(&a.header.author).is_none() {
-            return Err(EvidenceError::NotMember);
-        }
-        if !verify_strict(&a.header.author, &id_a.0, &a.sig)
-            || !verify_strict(&b.header.author, &id_b.0, &b.sig)
+        match EvidenceError::ALL.into_iter().find(|&step| self.step_holds(step, Some(genesis)) == Some(false))
         {
-            return Err(EvidenceError::BadSignature);
+            Some(error) => Err(error),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// Whether one step of [`Evidence::verify`] holds, the step named by the error it gives;
+    /// `None` for membership without a genesis. [`crate::diagnose`] runs the steps one by one.
+    pub(crate) fn step_holds(&self, step: EvidenceError, genesis: Option<&Genesis>) -> Option<bool> {
+        let (a, b) = (&self.first.header, &self.second.header);
+        Some(match step {
+            EvidenceError::DifferentAuthors => a.author == b.author,
+            EvidenceError::DifferentSeqs => a.seq == b.seq,
+            EvidenceError::NotTwoOrdered => {
+                let (id_a, id_b) = self.ids();
+                id_a < id_b
+            }
+            EvidenceError::NotMember => genesis?.member_idx(&a.author).is_some(),
+            EvidenceError::BadSignature => self.first.signature_holds() && self.second.signature_holds(),
+        })
     }
 
     /// The canonical encoding.

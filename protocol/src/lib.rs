@@ -1,7 +1,8 @@
 //! Cairn's protocol core, sans-I/O: the event format and its canonical codec, validation and the
-//! causal buffer (the adapter), equivocation evidence, the CRDT document, and the
-//! reconciliation state machine. It does no I/O, reads no clock and draws no randomness; the
-//! daemon and the simulator drive it with bytes, events and the current time.
+//! causal buffer (the adapter), every rule's verdict on bytes for tools (`diagnose`),
+//! equivocation evidence, the CRDT document, and the reconciliation state machine. It does no
+//! I/O, reads no clock and draws no randomness; the daemon and the simulator drive it with
+//! bytes, events and the current time.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -9,6 +10,7 @@
 pub mod adapter;
 pub mod buffer;
 pub mod codec;
+pub mod diagnose;
 pub mod document;
 pub mod event;
 pub mod evidence;
@@ -21,8 +23,11 @@ pub mod verified;
 
 pub use adapter::{Adapter, AdapterConfig, Ingested, Rejection};
 pub use buffer::PeerId;
+pub use diagnose::{
+    Diagnosis, EventRule, EvidenceRule, Failure, Needs, Outcome, Verdict, diagnose, diagnose_evidence,
+};
 pub use event::{Event, EventId, Header, Op};
-pub use evidence::{Evidence, SignedHeader};
+pub use evidence::{Evidence, EvidenceError, SignedHeader};
 pub use genesis::{Genesis, Member, MemberIdx};
 pub use message::{Message, Tip};
 pub use node::{Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError};

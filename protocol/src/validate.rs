@@ -1,12 +1,19 @@
-//! The validity rules of `docs/PROTOCOL.md` §7, split by what they need: `check_stateless` needs only the
-//! bytes and the genesis (rules 1, 2, 3, 7 and the shape of the deps); rule 4 (the signature)
-//! runs in the adapter, `verify_strict` on each event, spread over threads; `check_causal` needs the accepted deps (rules 5
-//! and 6). Each failure is a distinct [`Reject`] reason, counted in metrics and logs.
+//! The validity rules of `docs/PROTOCOL.md` §7, one function per rule, grouped by what they
+//! need: `check_stateless` chains those that need only the bytes and the genesis (rules 1, 2,
+//! 3, 7 and the order of the deps); rule 4 (the signature) runs in the adapter, `verify_strict`
+//! on each event, spread over threads; `check_causal` needs the accepted deps (rules 5 and 6).
+//! Each failure is a distinct [`Reject`] reason, counted in metrics and logs.
+//!
+//! [`crate::diagnose::diagnose`] runs the same functions one by one, to report every rule's
+//! verdict on bytes that a tool was given (`cairnctl inspect`); `seq_from_header` and
+//! `lamport_from_header` say how much of rules 5 and 6 the header alone decides.
 
 use std::fmt;
 
+use cairn_crypto::verify_strict;
+
 use crate::codec::{self, CodecError};
-use crate::event::{Event, EventId, ops_hash};
+use crate::event::{Event, EventId, Header, Op, ops_hash};
 use crate::genesis::{Genesis, MemberIdx};
 use crate::limits::OPS_MAX;
 
@@ -72,6 +79,20 @@ impl Reject {
     }
 }
 
+impl Reject {
+    /// The reason for bytes that do not decode: `oversize`, `trailing_bytes` or `non_canonical`
+    /// for those rules, `malformed` for every other decoding rule (the codec's
+    /// [`CodecError::name`] says which).
+    pub fn of_codec(error: &CodecError) -> Self {
+        match error {
+            CodecError::Oversize { .. } => Self::Oversize,
+            CodecError::TrailingBytes(_) => Self::TrailingBytes,
+            CodecError::NonCanonical => Self::NonCanonical,
+            _ => Self::Malformed,
+        }
+    }
+}
+
 impl fmt::Display for Reject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -87,35 +108,110 @@ pub(crate) struct Decoded {
     pub(crate) author_idx: MemberIdx,
 }
 
-/// Rules 1, 2, 3 and 7, and the shape of the deps.
+/// Rules 1, 2, 3 and 7, and the order of the deps, in the order of `docs/PROTOCOL.md` §7.
 pub(crate) fn check_stateless(
     genesis: &Genesis,
     bytes: Vec<u8>,
 ) -> Result<Decoded, (Option<EventId>, Reject)> {
-    let event = codec::decode_event(&bytes).map_err(|e| {
-        let reason = match e {
-            CodecError::Oversize { .. } => Reject::Oversize,
-            CodecError::TrailingBytes(_) => Reject::TrailingBytes,
-            CodecError::NonCanonical => Reject::NonCanonical,
-            _ => Reject::Malformed,
-        };
-        (None, reason)
-    })?;
+    let event = codec::decode_event(&bytes).map_err(|e| (None, Reject::of_codec(&e)))?;
     let id = event.id();
     let fail = |reason| Err((Some(id), reason));
-    if !event.header.deps.windows(2).all(|pair| pair[0] < pair[1]) {
+    if unsorted_dep(&event.header.deps).is_some() {
         return fail(Reject::DepsNotSorted);
     }
     let Some(author_idx) = genesis.member_idx(&event.header.author) else {
         return fail(Reject::NotMember);
     };
-    if event.ops.is_empty() || event.ops.len() > OPS_MAX || event.ops.iter().any(|op| op.key().is_empty()) {
+    if op_flaw(&event.ops).is_some() {
         return fail(Reject::BadOp);
     }
-    if ops_hash(&event.ops) != event.header.ops_hash {
+    if check_ops_hash(&event).is_err() {
         return fail(Reject::OpsHashMismatch);
     }
     Ok(Decoded { event, id, bytes, author_idx })
+}
+
+/// Rule 2 (deps): the index of the first dep that is not above the one before it, if any
+/// (`deps_not_sorted`).
+pub(crate) fn unsorted_dep(deps: &[EventId]) -> Option<usize> {
+    deps.windows(2).position(|pair| pair[0] >= pair[1]).map(|idx| idx + 1)
+}
+
+/// What breaks rule 7's shape of the ops (`bad_op`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OpFlaw {
+    /// The event has no op.
+    NoOps,
+    /// More than [`OPS_MAX`] ops (the codec refuses these first, as `malformed`).
+    TooMany(usize),
+    /// The op at this index has an empty key.
+    EmptyKey(usize),
+}
+
+/// Rule 7 (ops): what is wrong with the ops, if anything (`bad_op`).
+pub(crate) fn op_flaw(ops: &[Op]) -> Option<OpFlaw> {
+    if ops.is_empty() {
+        Some(OpFlaw::NoOps)
+    } else if ops.len() > OPS_MAX {
+        Some(OpFlaw::TooMany(ops.len()))
+    } else {
+        ops.iter().position(|op| op.key().is_empty()).map(OpFlaw::EmptyKey)
+    }
+}
+
+/// Rule 7 (ops hash): `Err` with the hash of the ops when the header names another
+/// (`ops_hash_mismatch`).
+pub(crate) fn check_ops_hash(event: &Event) -> Result<(), [u8; 32]> {
+    let computed = ops_hash(&event.ops);
+    if computed == event.header.ops_hash { Ok(()) } else { Err(computed) }
+}
+
+/// Rule 4: `verify_strict(author, id, sig)` (`bad_signature`), for one event. The adapter checks
+/// many at once with `verify_many`, which gives the same verdicts.
+pub(crate) fn signature_holds(event: &Event, id: &EventId) -> bool {
+    verify_strict(&event.header.author, &id.0, &event.sig)
+}
+
+/// Rule 5: whether `seq` follows the author's own deps, given how many of the deps are the
+/// author's (`own_deps`) and the seq of the last of them (`own_dep_seq`).
+pub(crate) fn seq_follows(seq: u64, own_deps: usize, own_dep_seq: u64) -> bool {
+    match seq {
+        0 => false,
+        1 => own_deps == 0,
+        seq => own_deps == 1 && own_dep_seq == seq - 1,
+    }
+}
+
+/// Rule 6: whether `lamport` is one more than the greatest lamport of the deps (0 without deps).
+pub(crate) fn lamport_follows(lamport: u64, lamport_max: u64) -> bool {
+    lamport_max.checked_add(1) == Some(lamport)
+}
+
+/// Rule 5 as far as the header alone decides it: `Some(verdict)`, or `None` when it needs the
+/// authors and seqs of the deps. Without deps no dep is the author's, so [`seq_follows`] decides;
+/// seq 0 fails whatever the deps.
+pub(crate) fn seq_from_header(header: &Header) -> Option<bool> {
+    if header.deps.is_empty() {
+        Some(seq_follows(header.seq, 0, 0))
+    } else if header.seq == 0 {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Rule 6 as far as the header alone decides it: `Some(verdict)`, or `None` when it needs the
+/// lamports of the deps. Without deps [`lamport_follows`] decides. With deps, each is an
+/// accepted event and so has a lamport of at least 1 (1 without deps, more with), so a lamport
+/// below 2 fails.
+pub(crate) fn lamport_from_header(header: &Header) -> Option<bool> {
+    if header.deps.is_empty() {
+        Some(lamport_follows(header.lamport, 0))
+    } else if header.lamport < 2 {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// Rules 5 and 6, given the accepted deps as `(author_idx, seq, lamport)` in the header's order.
@@ -134,16 +230,74 @@ pub(crate) fn check_causal(
         }
         lamport_max = lamport_max.max(lamport);
     }
-    let seq_ok = match header.seq {
-        0 => false,
-        1 => own_deps == 0,
-        seq => own_deps == 1 && own_dep_seq == seq - 1,
-    };
-    if !seq_ok {
+    if !seq_follows(header.seq, own_deps, own_dep_seq) {
         return Err(Reject::BadSeq);
     }
-    if lamport_max.checked_add(1) != Some(header.lamport) {
+    if !lamport_follows(header.lamport, lamport_max) {
         return Err(Reject::BadLamport);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_the_header_decides_agrees_with_the_causal_rules() {
+        // For every header the verdict from the header alone, when there is one, is the verdict
+        // of the causal rules for every possible set of deps (here: small seqs and lamports).
+        let header = |seq, lamport, n_deps: u8| Header {
+            author: cairn_crypto::PublicKey([0; 32]),
+            seq,
+            lamport,
+            deps: (0..n_deps).map(|idx| EventId([idx; 32])).collect(),
+            ops_hash: [0; 32],
+        };
+        for seq in 0..4 {
+            for lamport in 0..4 {
+                for n_deps in 0..2u8 {
+                    let header = header(seq, lamport, n_deps);
+                    // With one dep: it is the author's or not, of any seq, of lamport 1 or more.
+                    let cases: Vec<(usize, u64, u64)> = if n_deps == 0 {
+                        vec![(0, 0, 0)]
+                    } else {
+                        (0..2)
+                            .flat_map(|own| (1..4).flat_map(move |s| (1..4).map(move |l| (own, s, l))))
+                            .collect()
+                    };
+                    for (own_deps, own_dep_seq, lamport_max) in cases {
+                        if let Some(verdict) = seq_from_header(&header) {
+                            assert_eq!(verdict, seq_follows(seq, own_deps, own_dep_seq), "{header:?}");
+                        }
+                        if let Some(verdict) = lamport_from_header(&header) {
+                            assert_eq!(verdict, lamport_follows(lamport, lamport_max), "{header:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(seq_from_header(&header(0, 1, 0)), Some(false));
+        assert_eq!(seq_from_header(&header(2, 2, 0)), Some(false));
+        assert_eq!(seq_from_header(&header(1, 1, 0)), Some(true));
+        assert_eq!(seq_from_header(&header(2, 2, 1)), None);
+        assert_eq!(seq_from_header(&header(1, 2, 1)), None);
+        assert_eq!(lamport_from_header(&header(1, 2, 0)), Some(false));
+        assert_eq!(lamport_from_header(&header(2, 1, 1)), Some(false));
+        assert_eq!(lamport_from_header(&header(2, 2, 1)), None);
+    }
+
+    #[test]
+    fn unsorted_deps_and_op_flaws_are_located() {
+        let ids = |bytes: &[u8]| bytes.iter().map(|&b| EventId([b; 32])).collect::<Vec<_>>();
+        assert_eq!(unsorted_dep(&ids(&[])), None);
+        assert_eq!(unsorted_dep(&ids(&[1, 2, 3])), None);
+        assert_eq!(unsorted_dep(&ids(&[1, 3, 2])), Some(2));
+        assert_eq!(unsorted_dep(&ids(&[1, 1])), Some(1));
+        let del = |key: &[u8]| Op::Del { key: key.to_vec() };
+        assert_eq!(op_flaw(&[]), Some(OpFlaw::NoOps));
+        assert_eq!(op_flaw(&[del(b"a"), del(b"")]), Some(OpFlaw::EmptyKey(1)));
+        assert_eq!(op_flaw(&vec![del(b"a"); OPS_MAX + 1]), Some(OpFlaw::TooMany(OPS_MAX + 1)));
+        assert_eq!(op_flaw(&vec![del(b"a"); OPS_MAX]), None);
+    }
 }
