@@ -301,11 +301,11 @@ impl From<ServiceError> for ApiError {
         let (status, code) = match &error {
             ServiceError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             ServiceError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
-            ServiceError::WritesQueued(_) => (StatusCode::SERVICE_UNAVAILABLE, "writes_queued"),
+            ServiceError::WritesQueued { .. } => (StatusCode::SERVICE_UNAVAILABLE, "writes_queued"),
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
-            ServiceError::Storage(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
-            ServiceError::NoSpace(_) => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+            ServiceError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
+            ServiceError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
         };
         Self::new(status, code, error.to_string())
     }

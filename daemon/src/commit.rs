@@ -39,7 +39,7 @@
 use std::collections::VecDeque;
 
 use cairn_crypto::SecretKey;
-use cairn_protocol::{Node, Op, Prepared, Verified};
+use cairn_protocol::{Node, Op, Prepared, Verified, WriteError};
 
 /// Events accepted from peers wait this long at most for a store commit of their own when no
 /// local write or evidence is due: nothing waits on their fsync (peers hold them too), and
@@ -69,7 +69,7 @@ pub const WRITES_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub enum WriteFailure {
     /// The replica refuses to sign now (own seq unknown, own key equivocated, not a member).
     #[error("{0}")]
-    NotReady(String),
+    NotReady(WriteError),
     /// The write queue is full; nothing was queued.
     #[error(
         "too many writes are waiting for the store ({WRITES_QUEUED_MAX} writes or \
@@ -373,7 +373,7 @@ impl<R> GroupCommit<R> {
                 Ok(prepared) => own = Some(prepared),
                 Err(error) => {
                     for reply in replies.drain(..).flatten() {
-                        self.replies.push_back((reply, Err(WriteFailure::NotReady(error.to_string()))));
+                        self.replies.push_back((reply, Err(WriteFailure::NotReady(error.clone()))));
                     }
                 }
             }

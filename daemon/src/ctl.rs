@@ -2141,7 +2141,7 @@ mod tests {
 
         let (code, message) = fails(&server, &["put", "refuse", "x"]).await;
         assert_eq!(code, EXIT_ERROR);
-        assert!(message.contains(crate::api::tests::REFUSED_MESSAGE), "{message}");
+        assert!(message.contains(&crate::api::tests::refused().to_string()), "{message}");
         let (code, message) = fails(&server, &["get", ""]).await;
         assert_eq!(code, EXIT_USAGE);
         assert!(message.contains("the key is empty"), "{message}");

@@ -33,7 +33,10 @@ use cairn_crypto::SecretKey;
 use cairn_protocol::{Genesis, Node, NodeEvent};
 use tracing::{debug, error, info, warn};
 
-use crate::commit::{Acked, CommitJob, Committed, GroupCommit, RETRY_MIN_MS, WriteFailure};
+use crate::commit::{
+    Acked, CommitJob, Committed, GroupCommit, RETRY_MIN_MS, WRITES_QUEUED_BYTES_MAX, WRITES_QUEUED_MAX,
+    WriteFailure,
+};
 use crate::discipline::{PeerDiscipline, Verdict};
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
 use crate::store::{Store, StoreError};
@@ -469,9 +472,12 @@ impl Driver {
                     self.metrics.write_errors.inc();
                     Err(match failure {
                         WriteFailure::NotReady(why) => ServiceError::NotReady(why),
-                        WriteFailure::QueueFull => ServiceError::WritesQueued(failure.to_string()),
-                        WriteFailure::NoSpace(why) => ServiceError::NoSpace(why),
-                        WriteFailure::Storage(why) => ServiceError::Storage(why),
+                        WriteFailure::QueueFull => ServiceError::WritesQueued {
+                            writes_max: WRITES_QUEUED_MAX,
+                            bytes_max: WRITES_QUEUED_BYTES_MAX,
+                        },
+                        WriteFailure::NoSpace(message) => ServiceError::NoSpace { message },
+                        WriteFailure::Storage(reason) => ServiceError::Storage { reason },
                     })
                 }
             };
@@ -507,10 +513,10 @@ impl Driver {
             Command::Write(ops, reply) => {
                 if let Err(error) = Node::check_ops(&ops) {
                     self.metrics.write_errors.inc();
-                    let _ = reply.send(Err(ServiceError::Invalid(error.to_string())));
+                    let _ = reply.send(Err(ServiceError::Invalid(error)));
                 } else if let Some(refusal) = self.node.write_refusal(&self.key.public()) {
                     self.metrics.write_errors.inc();
-                    let _ = reply.send(Err(ServiceError::NotReady(refusal.to_string())));
+                    let _ = reply.send(Err(ServiceError::NotReady(refusal)));
                 } else {
                     self.commit.handle_write(ops, reply);
                 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use cairn_crypto::{PublicKey, Signature};
 use cairn_protocol::document::{KeyKind, RegisterRead};
-use cairn_protocol::{EventId, Evidence, Op, PeerStats};
+use cairn_protocol::{EventId, Evidence, Op, PeerStats, WriteError};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 /// Commands queued from the API to the service; a full queue makes the API answer "busy".
@@ -14,28 +14,45 @@ pub const COMMAND_QUEUE_MAX: usize = 4_096;
 /// Changes buffered per watch subscriber; a slower subscriber is told how many it missed.
 pub const WATCH_BUFFER_MAX: usize = 4_096;
 
-/// Why the service could not do what was asked.
+/// Why the service could not do what was asked. Each variant carries what a caller can act
+/// on, not only words: the protocol's own reason for a refused or invalid write, the bounds of
+/// a full queue.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServiceError {
-    /// Writes are refused for now (own-seq safety, or this node equivocated).
+    /// The replica refuses to sign for now: not a member, its key equivocated, or it has not
+    /// learned its own latest seq yet.
     #[error("{0}")]
-    NotReady(String),
-    /// The request is not valid (bad ops, too large).
+    NotReady(WriteError),
+    /// The request is not a valid write (bad ops, too large).
     #[error("{0}")]
-    Invalid(String),
-    /// The store failed; the write was not acknowledged.
-    #[error("storage failed: {0}")]
-    Storage(String),
-    /// The store's file system is full; the write was not stored. The message says where and
-    /// what to do.
-    #[error("{0}")]
-    NoSpace(String),
+    Invalid(WriteError),
+    /// The store failed; the write may or may not be on disk, and the daemon stops.
+    #[error("storage failed: {reason}")]
+    Storage {
+        /// What failed.
+        reason: String,
+    },
+    /// The store's file system is full; the write was not stored.
+    #[error("{message}")]
+    NoSpace {
+        /// Where, and what to do.
+        message: String,
+    },
     /// Too many requests are queued.
     #[error("the daemon is busy: {COMMAND_QUEUE_MAX} requests are queued; retry")]
     Busy,
-    /// Too many writes wait for the store; this one was not queued (the message says the bound).
-    #[error("{0}")]
-    WritesQueued(String),
+    /// Too many writes wait for the store; this one was not queued.
+    #[error(
+        "too many writes are waiting for the store ({writes_max} writes or {bytes_max} bytes of ops \
+         at most); nothing was written, retry later"
+    )]
+    WritesQueued {
+        /// The bound on queued writes.
+        writes_max: usize,
+        /// The bound on their bytes of ops.
+        bytes_max: usize,
+    },
     /// The daemon is stopping.
     #[error("the daemon is shutting down")]
     ShuttingDown,

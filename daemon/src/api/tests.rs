@@ -17,8 +17,10 @@ use crate::metrics::Metrics;
 use crate::service::Command;
 
 const DEADLINE: Duration = Duration::from_secs(10);
-pub(crate) const REFUSED_MESSAGE: &str =
-    "writes are refused until this node has learned its own latest seq from a peer";
+/// What the fake service refuses writes to `refuse` with: own-seq safety, as a fresh node says.
+pub(crate) fn refused() -> cairn_protocol::WriteError {
+    cairn_protocol::WriteError::OwnSeqUnknown { heard: 0, needed: 1, held: 0, reported: 3 }
+}
 const FULL_MESSAGE: &str = "the file system holding the data directory /var/lib/cairn is full";
 
 /// The in-memory model behind the fake service.
@@ -141,13 +143,13 @@ impl Fake {
 
     fn write(&mut self, ops: Vec<Op>) -> Result<WriteAck, ServiceError> {
         if ops.iter().any(|op| op.key() == b"refuse") {
-            return Err(ServiceError::NotReady(REFUSED_MESSAGE.into()));
+            return Err(ServiceError::NotReady(refused()));
         }
         if ops.iter().any(|op| op.key() == b"disk") {
-            return Err(ServiceError::Storage("No space left on device".into()));
+            return Err(ServiceError::Storage { reason: "No space left on device".into() });
         }
         if ops.iter().any(|op| op.key() == b"full") {
-            return Err(ServiceError::NoSpace(FULL_MESSAGE.into()));
+            return Err(ServiceError::NoSpace { message: FULL_MESSAGE.into() });
         }
         self.seq += 1;
         let lamport = self.seq + 1;
@@ -968,7 +970,7 @@ async fn service_refusals_are_503_storage_500_and_a_full_disk_507() {
         "not_ready",
     )
     .await;
-    assert_eq!(message, REFUSED_MESSAGE);
+    assert_eq!(message, refused().to_string());
     let message = check_error(
         &server,
         "DELETE",
