@@ -43,8 +43,10 @@ pub const FORK_PROBE_SEQS_MAX: usize = 64;
 // An event with a header of the largest size and one op of the largest key and value fits.
 const _: () =
     assert!(HEADER_BYTES_MAX + 8 + 4 + 8 + KEY_BYTES_MAX + 8 + VALUE_BYTES_MAX + 64 <= EVENT_BYTES_MAX);
-// A message holds several events of the largest size, so one large event never stalls sync.
-const _: () = assert!(8 * EVENT_BYTES_MAX <= MESSAGE_BYTES_MAX);
+// A message holds several events of the largest size, so one large event never stalls sync:
+// seven of them with the `Events` framing (a u32 tag, a u64 count, a u64 length per entry).
+const _: () = assert!(4 + 8 + 7 * (8 + EVENT_BYTES_MAX) <= MESSAGE_BYTES_MAX);
+const _: () = assert!(4 + 8 + 8 * (8 + EVENT_BYTES_MAX) > MESSAGE_BYTES_MAX);
 // A full Tips, Want or evidence message fits in one message.
 const _: () = assert!(
     16 + TIPS_PER_MESSAGE_MAX * (32 + 8 + 32) + 8 + EVIDENCE_PER_MESSAGE_MAX * EVIDENCE_BYTES_MAX
