@@ -430,7 +430,77 @@ fn compute() -> Vectors {
     v.add("forked.document_digest", forked.document().digest());
     v.add("forked.sync_input", hand_sync_input(&forked_tips, &[&s.evidence]));
     v.add("forked.sync_digest", forked.sync_digest());
+
+    let (a, b, c) = concurrent_events(&s);
+    let concurrent = node_with(&s, &[&a, &b, &c]);
+    v.comment("");
+    v.comment("concurrent: alice (concurrent.alice) and bob (concurrent.bob) each, with no deps, put k2,");
+    v.comment("incr c2 (alice +3, bob -1) and add to s2 (alice \"a\"; bob \"b\" and \"a\"); carol");
+    v.comment("(concurrent.carol), having seen alice's event only, removes \"a\" from s2. State: k2 has two");
+    v.comment(
+        "siblings (bob's \"b\", then alice's \"a\": equal lamport, bob's member index is lower), c2 has",
+    );
+    v.comment(
+        "two author totals, and s2 = {a, b}: bob's add of \"a\" is concurrent with the remove and wins.",
+    );
+    v.add("concurrent.alice", a.encode());
+    v.add("concurrent.bob", b.encode());
+    v.add("concurrent.carol", c.encode());
+    v.add("concurrent.document_state", hand_document_state(&document_state_concurrent(&s, &a, &b)));
+    v.add("concurrent.document_digest", concurrent.document().digest());
     v
+}
+
+/// Three concurrent events for the document's harder cases: alice and bob each put `k2`, incr
+/// `c2` and add to `s2` with no deps (so concurrently); carol, having seen only alice's, removes
+/// `"a"` from `s2`. Returns (alice's, bob's, carol's).
+fn concurrent_events(s: &Scenario) -> (Event, Event, Event) {
+    let [alice, bob, carol] = &s.keys;
+    let a = Event::sign(
+        alice,
+        1,
+        1,
+        vec![],
+        vec![
+            Op::Put { key: bytes("k2"), value: bytes("a") },
+            Op::Incr { key: bytes("c2"), delta: 3 },
+            Op::Add { key: bytes("s2"), element: bytes("a") },
+        ],
+    );
+    let b = Event::sign(
+        bob,
+        1,
+        1,
+        vec![],
+        vec![
+            Op::Put { key: bytes("k2"), value: bytes("b") },
+            Op::Incr { key: bytes("c2"), delta: -1 },
+            Op::Add { key: bytes("s2"), element: bytes("b") },
+            Op::Add { key: bytes("s2"), element: bytes("a") },
+        ],
+    );
+    let c =
+        Event::sign(carol, 1, 2, vec![a.id()], vec![Op::Remove { key: bytes("s2"), element: bytes("a") }]);
+    (a, b, c)
+}
+
+/// After the three concurrent events: two siblings of `k2` (sorted by lamport, then author
+/// index: bob's, then alice's), a counter with two authors, and a set where bob's add of `"a"`,
+/// concurrent with carol's remove, wins.
+fn document_state_concurrent<'a>(s: &Scenario, a: &Event, b: &Event) -> HandState<'a> {
+    let (alice, bob) = (member_idx(s, 0), member_idx(s, 1));
+    let mut siblings = vec![
+        HandSibling { id: a.id(), op_idx: 0, author_idx: alice, lamport: 1, value: "a" },
+        HandSibling { id: b.id(), op_idx: 0, author_idx: bob, lamport: 1, value: "b" },
+    ];
+    siblings.sort_by_key(|sibling| (sibling.lamport, sibling.author_idx));
+    let mut totals = vec![(alice, 3), (bob, -1)];
+    totals.sort();
+    HandState {
+        registers: vec![("k2", siblings)],
+        counters: vec![("c2", totals)],
+        sets: vec![("s2", vec!["a", "b"])],
+    }
 }
 
 fn member_idx(s: &Scenario, seed_idx: usize) -> u64 {
@@ -561,6 +631,14 @@ fn hand_built_layouts_equal_the_codec() {
     assert_eq!(hash(Domain::Document, &state), full.digest(), "node.document_digest");
     let forked = document_via_adapter(&s, &[&s.event1, &s.event2, &s.event3, &s.event2b]);
     assert_eq!(forked.digest(), partial.digest(), "forked.document_digest equals partial's");
+    let (a, b, c) = concurrent_events(&s);
+    let concurrent = document_via_adapter(&s, &[&a, &b, &c]);
+    let state = hand_document_state(&document_state_concurrent(&s, &a, &b));
+    assert_eq!(hash(Domain::Document, &state), concurrent.digest(), "concurrent.document_digest");
+    let read = concurrent.register(b"k2");
+    assert_eq!(read.siblings.len(), 2, "two siblings");
+    assert_eq!(concurrent.counter(b"c2"), 2, "3 - 1 over two authors");
+    assert_eq!(concurrent.set_members(b"s2"), [b"a".to_vec(), b"b".to_vec()], "the concurrent add wins");
 
     let mut node = node_with(&s, &[&s.event1, &s.event2, &s.event3]);
     let tips = node.adapter().tips();
