@@ -417,7 +417,7 @@ impl<Context> Decode<Context> for Genesis {
             let name = String::from_utf8(name).map_err(|_| DecodeError::Other("member name is not UTF-8"))?;
             Ok(Member { key, name })
         })?;
-        Self::from_sorted(members).map_err(|e| DecodeError::OtherString(e.to_string()))
+        Self::from_sorted(members).map_err(|e| DecodeError::OtherString(format!("{}: {e}", e.name())))
     }
 }
 

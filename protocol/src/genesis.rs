@@ -48,6 +48,24 @@ pub enum GenesisError {
     NotSorted,
 }
 
+impl GenesisError {
+    /// Every name [`GenesisError::name`] gives, in the order of `docs/PROTOCOL.md` §4.
+    pub const NAMES: [&'static str; 6] =
+        ["empty", "too_many_members", "duplicate_key", "duplicate_name", "bad_name", "not_sorted"];
+
+    /// A stable snake_case name for the rule broken, as `docs/PROTOCOL.md` §4 lists them.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Self::Empty => "empty",
+            Self::TooManyMembers(_) => "too_many_members",
+            Self::DuplicateKey(_) => "duplicate_key",
+            Self::DuplicateName(_) => "duplicate_name",
+            Self::BadName(_) => "bad_name",
+            Self::NotSorted => "not_sorted",
+        }
+    }
+}
+
 impl Genesis {
     /// Builds a genesis from members in any order; they are sorted by key.
     pub fn new(mut members: Vec<Member>) -> Result<Self, GenesisError> {
@@ -103,5 +121,24 @@ impl Genesis {
     /// The canonical encoding.
     pub fn encode(&self) -> Vec<u8> {
         codec::encode_genesis(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_rule_has_its_name() {
+        let key = PublicKey([1; 32]);
+        let every = [
+            GenesisError::Empty,
+            GenesisError::TooManyMembers(65),
+            GenesisError::DuplicateKey(key),
+            GenesisError::DuplicateName(String::new()),
+            GenesisError::BadName(String::new()),
+            GenesisError::NotSorted,
+        ];
+        assert_eq!(every.each_ref().map(GenesisError::name), GenesisError::NAMES);
     }
 }
