@@ -471,6 +471,10 @@ impl Cluster {
             self.schedule(at_ms, Scripted::Restart { node, own_seq_peers_needed });
         }
         for (node, at_ms) in self.config.crashes.clone() {
+            // Half the crashes come right after a write of the node, so its commit is in flight.
+            if rng.chance(PPM / 2) {
+                self.schedule(at_ms, Scripted::Write { node });
+            }
             self.schedule(at_ms, Scripted::Crash { node, job: JobFate::Drawn, down_ms: None });
         }
         for (node, at_ms, duration_ms) in self.config.disk_full.clone() {
@@ -687,16 +691,17 @@ impl Cluster {
     /// Whether the honest nodes are done: they all have the same sync digest, and the only
     /// messages in flight between them are the ones agreeing nodes keep sending (periodic
     /// `Summary`/`InSync`, and `Want`s for deps nobody has). Anti-entropy never stops, so
-    /// "no message at all in flight" never holds. Every honest process must be up, and a node
-    /// that started without own history must also have learned its own seq (its next sessions
-    /// after catching up confirm it), so it can write again.
+    /// "no message at all in flight" never holds. Every honest process must be up with nothing
+    /// waiting for its store, and a node that started without own history must also have
+    /// learned its own seq (its next sessions after catching up confirm it), so it can write
+    /// again.
     pub fn is_quiescent(&mut self) -> bool {
         if self.n_busy_in_flight > 0 {
             return false;
         }
         if self.honest.iter().any(|i| {
             let sim = &self.nodes[*i];
-            sim.down || (sim.learns_own_seq && sim.node.own_seq_pending().is_some())
+            sim.down || !sim.commit.is_idle() || (sim.learns_own_seq && sim.node.own_seq_pending().is_some())
         }) {
             return false;
         }
