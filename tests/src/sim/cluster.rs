@@ -632,10 +632,12 @@ impl Cluster {
                         self.name(node)
                     ));
                 }
-                self.nodes[node].last_timeout_ms = Some(self.now_ms);
-                self.nodes[node].node.handle_timeout(self.now_ms);
-                self.drive(node);
-                self.nodes[node].input_since_timeout = false;
+                let sim = &mut self.nodes[node];
+                sim.last_timeout_ms = Some(self.now_ms);
+                sim.node.handle_timeout(self.now_ms);
+                sim.input_since_timeout = false;
+                sim.input_since_driver_wake = true;
+                self.after_input(node);
             }
             Wake::Driver { node, stale } => {
                 if stale {
@@ -646,9 +648,10 @@ impl Cluster {
                         self.name(node)
                     ));
                 }
-                self.nodes[node].last_driver_wake_ms = Some(self.now_ms);
-                self.drive(node);
-                self.nodes[node].input_since_driver_wake = false;
+                let sim = &mut self.nodes[node];
+                sim.last_driver_wake_ms = Some(self.now_ms);
+                sim.input_since_driver_wake = false;
+                self.after_input(node);
             }
         }
         match self.violations.first() {
@@ -814,6 +817,7 @@ impl Cluster {
             if !self.nodes[x].down {
                 let peer = self.publics[y];
                 self.nodes[x].node.handle_disconnected(&peer);
+                self.mark_input(x);
             }
         }
     }
@@ -1155,17 +1159,25 @@ impl Cluster {
         }
     }
 
-    /// Node `i` has had an input: what `driver.rs`'s `after_input` does. Mutes that ended are
-    /// lifted, the node's events are drained, it transmits while its links have room, the
-    /// next commit job goes to the store, its writers are answered; then its buffer bounds are
-    /// checked.
+    /// Node `i` has had an input: see [`Cluster::after_input`].
     fn drive(&mut self, i: usize) {
+        self.mark_input(i);
+        self.after_input(i);
+    }
+
+    /// Node `i` had an input, so its timers may ask for any time again.
+    fn mark_input(&mut self, i: usize) {
+        self.nodes[i].input_since_timeout = true;
+        self.nodes[i].input_since_driver_wake = true;
+    }
+
+    /// What `driver.rs`'s `after_input` does: mutes that ended are lifted, the node's events
+    /// are drained, it transmits while its links have room, the next commit job goes to the
+    /// store, its writers are answered; then its buffer bounds are checked.
+    fn after_input(&mut self, i: usize) {
         if self.nodes[i].down {
             return;
         }
-        // Every input is followed by a drive; the timer paths clear these again.
-        self.nodes[i].input_since_timeout = true;
-        self.nodes[i].input_since_driver_wake = true;
         self.unmute_expired(i);
         while let Some(event) = self.nodes[i].node.poll_event() {
             self.record(i, event);
@@ -1187,6 +1199,7 @@ impl Cluster {
             let Some(&j) = self.index_of.get(&peer) else { continue };
             if self.network.is_up(i, j) && !self.nodes[i].node.is_connected(&peer) {
                 self.nodes[i].node.handle_connected(peer, now);
+                self.mark_input(i);
             }
         }
     }
@@ -1199,6 +1212,7 @@ impl Cluster {
         if let Verdict::Muted { .. } = self.nodes[i].discipline.strike(peer, now) {
             self.outcome.n_mutes += 1;
             self.nodes[i].node.handle_disconnected(&peer);
+            self.mark_input(i);
             if let Some(&j) = self.index_of.get(&peer)
                 && self.network.is_up(i, j)
             {
