@@ -9,7 +9,8 @@ use std::collections::BTreeSet;
 use cairn_protocol::codec::encode_message;
 use cairn_protocol::{EventId, Message, Reject, Tip};
 use cairn_tests::sim::{
-    AfterHeal, Attack, ByzantineConfig, Cluster, JobFate, LinkProfile, Outcome, Scripted, SimConfig, run, run_seed,
+    AfterHeal, Attack, ByzantineConfig, Cluster, JobFate, LinkProfile, Outcome, Scripted, SimConfig, run,
+    run_seed,
 };
 
 /// Seeds run by default, over all the `seeds_*` tests together.
@@ -416,8 +417,15 @@ fn a_crash_with_a_commit_in_flight_loses_no_acknowledged_write_and_signs_no_seq_
             let outcome = cluster.outcome();
             let landed = fate == JobFate::Landed;
             assert_eq!(outcome.n_crashes, 1);
-            assert_eq!((outcome.n_crash_jobs_landed, outcome.n_crash_jobs_lost), if landed { (1, 0) } else { (0, 1) });
-            assert_eq!(outcome.writes_refused.get("unanswered"), Some(&1), "the writer of 500 ms never heard back");
+            assert_eq!(
+                (outcome.n_crash_jobs_landed, outcome.n_crash_jobs_lost),
+                if landed { (1, 0) } else { (0, 1) }
+            );
+            assert_eq!(
+                outcome.writes_refused.get("unanswered"),
+                Some(&1),
+                "the writer of 500 ms never heard back"
+            );
             assert_eq!(outcome.n_honest_writes, 6);
             assert_eq!(outcome.n_writes_refused_while_learning, 0, "its store held own events: no learning");
             assert_eq!(outcome.n_evidence, 0);
@@ -431,7 +439,11 @@ fn a_crash_with_a_commit_in_flight_loses_no_acknowledged_write_and_signs_no_seq_
                     assert_eq!(adapter.at_seq(author, seq).len(), 1, "seed {seed}: node {i} seq {seq}");
                 }
                 if !landed {
-                    assert_ne!(adapter.at_seq(author, 4), [in_flight[0]], "seq 4 was signed again, for other ops");
+                    assert_ne!(
+                        adapter.at_seq(author, 4),
+                        [in_flight[0]],
+                        "seq 4 was signed again, for other ops"
+                    );
                 }
             }
         }

@@ -136,11 +136,22 @@ pub enum JobFate {
 
 #[derive(Debug)]
 enum Action {
-    Deliver { from: usize, to: usize, epoch: u64, bytes: Vec<u8>, busy: bool },
+    Deliver {
+        from: usize,
+        to: usize,
+        epoch: u64,
+        bytes: Vec<u8>,
+        busy: bool,
+    },
     /// The fsync of a node's commit job completes.
-    StoreDone { node: usize, job_number: u64 },
+    StoreDone {
+        node: usize,
+        job_number: u64,
+    },
     /// A crashed node starts again from its store.
-    Recover { node: usize },
+    Recover {
+        node: usize,
+    },
     /// The transport dials the connections that are down again.
     Reconnect,
     Scripted(Scripted),
@@ -535,7 +546,8 @@ impl Cluster {
         let mut outcome = self.outcome.clone();
         outcome.trace_hash = self.trace.value();
         outcome.n_honest_writes = self.honest_writes.len();
-        outcome.n_honest_write_events = self.honest_writes.iter().map(|(_, id)| id).collect::<BTreeSet<_>>().len();
+        outcome.n_honest_write_events =
+            self.honest_writes.iter().map(|(_, id)| id).collect::<BTreeSet<_>>().len();
         outcome.n_invalid_crafted = self.invalid_ids.len();
         outcome.n_forks_crafted = self.forks.len();
         outcome
@@ -591,7 +603,8 @@ impl Cluster {
                     best = Some((at, Wake::Timer { node: i, stale }));
                 }
             }
-            let driver = [sim.commit.poll_timeout(), sim.discipline.poll_timeout()].into_iter().flatten().min();
+            let driver =
+                [sim.commit.poll_timeout(), sim.discipline.poll_timeout()].into_iter().flatten().min();
             if let Some(at) = driver {
                 let (at, stale) = when(at, sim.last_driver_wake_ms, sim.input_since_driver_wake);
                 if best.is_none_or(|(b, _)| at < b) {
@@ -993,10 +1006,8 @@ impl Cluster {
             let id = EventId(*id);
             let first = *self.own_seqs.entry((i, event.header.seq)).or_insert(id);
             if first != id {
-                self.violations.push(format!(
-                    "honest node {i} signed seq {} twice: {first} and {id}",
-                    event.header.seq
-                ));
+                self.violations
+                    .push(format!("honest node {i} signed seq {} twice: {first} and {id}", event.header.seq));
             }
         }
     }
@@ -1089,11 +1100,12 @@ impl Cluster {
         }
         let evidence: Vec<Vec<u8>> = sim.store.evidence().cloned().collect();
         for bytes in evidence {
-            let restored = decode_evidence(&bytes).map_err(|e| e.to_string()).and_then(|evidence| {
-                node.restore_evidence(evidence).map_err(|e| e.to_string())
-            });
+            let restored = decode_evidence(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|evidence| node.restore_evidence(evidence).map_err(|e| e.to_string()));
             if let Err(error) = restored {
-                self.violations.push(format!("{}'s store holds evidence that does not restore: {error}", self.name(i)));
+                self.violations
+                    .push(format!("{}'s store holds evidence that does not restore: {error}", self.name(i)));
             }
         }
         if node.adapter().n_accepted() != n_stored {
@@ -1292,6 +1304,7 @@ impl Cluster {
         if !self.network.can_deliver(from, to, epoch) {
             self.outcome.n_lost += 1;
         } else if self.is_silent(to) {
+            // A silent Byzantine node reads nothing.
         } else if self.nodes[to].discipline.is_muted(&self.publics[from], self.now_ms) {
             self.outcome.n_ignored_muted += 1;
         } else {
@@ -1480,7 +1493,9 @@ impl Cluster {
         // No honest node signed a seq twice, across crashes and lost stores: no evidence against
         // one anywhere, Byzantine nodes included, and no two own events of one seq in any store.
         for (i, sim) in self.nodes.iter().enumerate() {
-            if let Some(evidence) = sim.node.adapter().evidence().find(|e| self.is_honest_key(&e.author()).is_some()) {
+            if let Some(evidence) =
+                sim.node.adapter().evidence().find(|e| self.is_honest_key(&e.author()).is_some())
+            {
                 return Err(format!(
                     "{} holds evidence against honest {} (seq {})",
                     self.name(i),
@@ -1548,7 +1563,8 @@ impl Cluster {
             }
         }
         for &i in &honest {
-            if let Some(error) = self.nodes[i].node.own_seq_pending().filter(|_| self.nodes[i].learns_own_seq) {
+            if let Some(error) = self.nodes[i].node.own_seq_pending().filter(|_| self.nodes[i].learns_own_seq)
+            {
                 let peers: Vec<String> = (0..self.nodes.len())
                     .filter(|j| *j != i)
                     .map(|j| {
