@@ -4,10 +4,13 @@
 //! `CAIRN_SIM_SEEDS=N` runs `N` seeds instead, and `CAIRN_SIM_SEED=S` runs seed `S` alone (in
 //! `seeds_0`). A failure prints its seed and the command that replays it.
 
+use std::collections::BTreeSet;
+
 use cairn_protocol::codec::encode_message;
 use cairn_protocol::{EventId, Message, Reject, Tip};
 use cairn_tests::sim::{
-    AfterHeal, Attack, ByzantineConfig, Cluster, LinkProfile, Outcome, Scripted, SimConfig, run, run_seed,
+    AfterHeal, Attack, ByzantineConfig, Cluster, JobFate, LinkProfile, Outcome, Scripted, SimConfig, run,
+    run_seed,
 };
 
 /// Seeds run by default, over all the `seeds_*` tests together.
@@ -93,7 +96,10 @@ fn no_faults_converge() {
     for n_nodes in 3..=7 {
         let outcome = check(SimConfig::quiet(100 + n_nodes as u64, n_nodes));
         assert_eq!(outcome.n_honest_writes, 30);
-        assert_eq!(outcome.n_accepted, 30);
+        assert!(outcome.writes_refused.is_empty(), "{:?}", outcome.writes_refused);
+        // Writes that meet at a node while its commit is in flight share an event.
+        assert_eq!(outcome.n_accepted, outcome.n_honest_write_events);
+        assert!(outcome.n_commits >= outcome.n_honest_write_events as u64);
         assert_eq!(outcome.n_lost, 0);
         assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
         assert_eq!(outcome.n_bad_messages, 0);
@@ -167,7 +173,11 @@ fn orphan_flood_stays_bounded_and_honest_events_pass() {
             "seed {seed}: the flood reached the buffer bounds: {outcome:?}"
         );
         assert!(outcome.buffer_bytes_peak > 200 * 1024, "{outcome:?}");
-        assert_eq!(outcome.n_accepted, 40, "every honest write and nothing else was accepted");
+        assert_eq!(outcome.n_honest_writes, 40);
+        assert_eq!(
+            outcome.n_accepted, outcome.n_honest_write_events,
+            "every honest write and nothing else was accepted"
+        );
     }
 }
 
@@ -193,6 +203,7 @@ fn each_attack_is_rejected_for_its_reason() {
         (Attack::SelfEvidence, None),
         (Attack::ForkFan, None),
         (Attack::ForkChains, None),
+        (Attack::GarbageFlood, None),
     ];
     for (case_idx, (attack, reason)) in cases.iter().enumerate() {
         let mut config = SimConfig::quiet(500 + case_idx as u64, 4);
@@ -209,6 +220,9 @@ fn each_attack_is_rejected_for_its_reason() {
             Attack::Garbage | Attack::MutatedBytes => {
                 let rejected: u64 = outcome.rejected.values().sum();
                 assert!(rejected + outcome.n_bad_messages > 0, "{attack:?}: {outcome:?}");
+            }
+            Attack::GarbageFlood => {
+                assert!(outcome.n_bad_messages > 100 && outcome.n_mutes > 0, "{attack:?}: {outcome:?}");
             }
             Attack::ForkFan | Attack::ForkChains => {
                 assert!(outcome.n_equivocators == 1 && outcome.n_evidence == 1, "{attack:?}: {outcome:?}");
@@ -302,7 +316,7 @@ fn a_node_that_lost_its_store_learns_its_seq_before_writing() {
         assert!(outcome.n_writes_refused_while_learning >= 1, "seed {seed}: the first write is refused");
         assert_eq!(outcome.n_honest_writes as u64 + outcome.n_writes_refused_while_learning, 12);
         assert_eq!(outcome.n_evidence, 0, "seed {seed}: node 0 did not equivocate");
-        assert_eq!(cluster.node(1).adapter().n_accepted(), outcome.n_honest_writes);
+        assert_eq!(cluster.node(1).adapter().n_accepted(), outcome.n_honest_write_events);
     }
 }
 
@@ -361,4 +375,254 @@ fn the_rate_limit_lets_its_rate_through() {
     // 20 of burst, then 100 a second for 2 seconds: about 220 through, 180 dropped.
     let through = stats.events_in - stats.events_rate_limited;
     assert!((200..=240).contains(&through), "{through} of {n_sends} events got through: {stats:?}");
+}
+
+/// The member index of sim node `i`'s key.
+fn member_idx(cluster: &Cluster, i: usize) -> usize {
+    cluster.node(i).genesis().member_idx(&cluster.public(i)).expect("every sim node is a member")
+}
+
+/// Ids of node `i`'s own events in the job its store has in flight.
+fn own_in_flight(cluster: &Cluster, i: usize) -> Vec<EventId> {
+    let me = cluster.public(i);
+    let job = cluster.store(i).in_flight().expect("a commit is in flight");
+    job.events.iter().filter(|(_, bytes)| bytes.starts_with(&me.0)).map(|(id, _)| EventId(*id)).collect()
+}
+
+/// A process that dies while its commit is with the store: the fsync may have completed just
+/// before (the event is restored from the store and replicated, and the next write takes the
+/// next seq) or not (the event never left the node, and its seq is signed again for the next
+/// write). Either way no acknowledged write is lost and no seq is signed twice where it counts.
+#[test]
+fn a_crash_with_a_commit_in_flight_loses_no_acknowledged_write_and_signs_no_seq_twice() {
+    for (case_idx, fate) in [JobFate::Landed, JobFate::Lost].into_iter().enumerate() {
+        for seed in 0..3 {
+            let seed = 1_300 + 10 * case_idx as u64 + seed;
+            let mut config = SimConfig::quiet(seed, 4);
+            config.n_writes = 0;
+            config.links = LinkProfile { drop_max_ppm: 50_000, duplicate_max_ppm: 50_000, delay_max_ms: 20 };
+            let mut cluster = Cluster::new(config);
+            for k in 0..3 {
+                cluster.schedule(100 + 100 * k, Scripted::Write { node: 0 });
+            }
+            cluster.schedule(500, Scripted::Write { node: 0 });
+            cluster.run_until(500).expect("four writes");
+            let in_flight = own_in_flight(&cluster, 0);
+            assert_eq!(in_flight.len(), 1, "seed {seed}: the write of 500 ms is with the store");
+            cluster.schedule(500, Scripted::Crash { node: 0, job: fate, down_ms: Some(300) });
+            for k in 0..3 {
+                cluster.schedule(1_000 + 100 * k, Scripted::Write { node: 0 });
+            }
+            cluster.run_to_end().unwrap_or_else(|e| panic!("seed {seed} {fate:?}: {e}"));
+            let outcome = cluster.outcome();
+            let landed = fate == JobFate::Landed;
+            assert_eq!(outcome.n_crashes, 1);
+            assert_eq!(
+                (outcome.n_crash_jobs_landed, outcome.n_crash_jobs_lost),
+                if landed { (1, 0) } else { (0, 1) }
+            );
+            assert_eq!(
+                outcome.writes_refused.get("unanswered"),
+                Some(&1),
+                "the writer of 500 ms never heard back"
+            );
+            assert_eq!(outcome.n_honest_writes, 6);
+            assert_eq!(outcome.n_writes_refused_while_learning, 0, "its store held own events: no learning");
+            assert_eq!(outcome.n_evidence, 0);
+            let author = member_idx(&cluster, 0);
+            for &i in cluster.honest() {
+                let adapter = cluster.node(i).adapter();
+                assert_eq!(adapter.is_accepted(&in_flight[0]), landed, "seed {seed}: node {i}");
+                let max_seq = if landed { 7 } else { 6 };
+                assert_eq!(adapter.max_seq(author), max_seq, "seed {seed}: node {i}");
+                for seq in 1..=max_seq {
+                    assert_eq!(adapter.at_seq(author, seq).len(), 1, "seed {seed}: node {i} seq {seq}");
+                }
+                if !landed {
+                    assert_ne!(
+                        adapter.at_seq(author, 4),
+                        [in_flight[0]],
+                        "seq 4 was signed again, for other ops"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A crash before any own event reached the store: the node starts again with own-seq safety
+/// (the configured number of peers must report its tips) and writes again once it has heard.
+#[test]
+fn a_crash_before_the_first_own_event_is_stored_makes_the_node_learn_its_seq() {
+    for seed in 1_350..1_353 {
+        let mut config = SimConfig::quiet(seed, 5);
+        config.n_writes = 0;
+        let mut cluster = Cluster::new(config);
+        for k in 0..4 {
+            cluster.schedule(100 + 100 * k, Scripted::Write { node: 1 });
+        }
+        cluster.schedule(500, Scripted::Write { node: 0 });
+        cluster.run_until(500).expect("five writes");
+        assert_eq!(own_in_flight(&cluster, 0).len(), 1);
+        cluster.schedule(500, Scripted::Crash { node: 0, job: JobFate::Lost, down_ms: Some(100) });
+        cluster.run_until(600).expect("the crash and the start");
+        assert!(cluster.node(0).own_seq_pending().is_some(), "seed {seed}: its store holds no own event");
+        // Its peers' first messages are a millisecond away at least: the first write is refused.
+        for at in [600, 601, 602, 605, 610, 620, 640, 680, 750, 1_000] {
+            cluster.schedule(at, Scripted::Write { node: 0 });
+        }
+        cluster.run_to_end().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let outcome = cluster.outcome();
+        assert!(outcome.n_writes_refused_while_learning >= 1, "seed {seed}: {outcome:?}");
+        let node0_writes = outcome.n_honest_writes - 4;
+        assert!(node0_writes >= 1, "seed {seed}: node 0 writes again once it has heard");
+        assert_eq!(node0_writes as u64 + outcome.n_writes_refused_while_learning, 10);
+        assert_eq!(outcome.n_evidence, 0);
+    }
+}
+
+/// A store whose file system fills up: the writes of the window fail with "no space" and
+/// their seqs are given back, events from peers wait, and once there is room again writes are
+/// stored and acknowledged, with no seq signed twice, and the store catches up.
+#[test]
+fn a_full_disk_fails_writes_then_they_succeed_again() {
+    for seed in 1_400..1_403 {
+        let mut config = SimConfig::quiet(seed, 4);
+        config.n_writes = 0;
+        config.active_ms = 3_000;
+        let mut cluster = Cluster::new(config);
+        cluster.schedule(500, Scripted::DiskFull { node: 0, duration_ms: 1_000 });
+        for at in [100, 200, 600, 700, 800, 900, 1_600, 1_700, 2_500] {
+            cluster.schedule(at, Scripted::Write { node: 0 });
+        }
+        for at in [650, 1_000, 1_200] {
+            cluster.schedule(at, Scripted::Write { node: 1 });
+        }
+        cluster.run_until(1_400).expect("the window");
+        assert!(cluster.commit(0).no_space().is_some(), "seed {seed}: the group commit backs off");
+        let acked_in_window = cluster.acknowledged().iter().filter(|(writer, _)| *writer == 0).count();
+        assert_eq!(acked_in_window, 2, "seed {seed}: no write of the window is acknowledged");
+        cluster.run_to_end().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let outcome = cluster.outcome();
+        assert_eq!(outcome.writes_refused.get("no_space"), Some(&4), "seed {seed}: {outcome:?}");
+        assert_eq!(outcome.n_honest_writes, 12 - 4);
+        assert!(outcome.n_commits_no_space >= 1);
+        assert_eq!(outcome.n_evidence, 0);
+        // The seqs of the failed writes were given back: node 0's chain has no gap and no fork.
+        // The two writes that waited for the back-off after the window share one event.
+        let own_events: BTreeSet<EventId> =
+            cluster.acknowledged().iter().filter(|(writer, _)| *writer == 0).map(|(_, id)| *id).collect();
+        assert_eq!(own_events.len(), 4);
+        let author = member_idx(&cluster, 0);
+        let adapter = cluster.node(2).adapter();
+        assert_eq!(adapter.max_seq(author), 4);
+        for seq in 1..=4 {
+            let at_seq = adapter.at_seq(author, seq);
+            assert!(at_seq.len() == 1 && own_events.contains(&at_seq[0]), "seed {seed}: seq {seq}");
+        }
+        // Once there is room, the events accepted meanwhile are stored too.
+        let end = cluster.now_ms() + 3_000;
+        cluster.run_until(end).expect("after the window");
+        let node = cluster.node(0);
+        assert!(node.adapter().accepted_ids().all(|id| cluster.store(0).holds(&id.0)), "seed {seed}");
+    }
+}
+
+/// A node started again from its store alone has the document it had, and after a crash in the
+/// middle of the writes the cluster converges to one document.
+#[test]
+fn a_node_started_again_from_its_store_converges_to_the_same_document() {
+    for seed in 1_500..1_504 {
+        let mut config = SimConfig::quiet(seed, 5);
+        config.n_writes = 60;
+        config.active_ms = 3_000;
+        config.links = LinkProfile { drop_max_ppm: 50_000, duplicate_max_ppm: 20_000, delay_max_ms: 30 };
+        config.crashes = vec![(2, 1_000), (3, 1_800)];
+        let mut cluster = Cluster::new(config);
+        cluster.run_to_end().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert_eq!(cluster.outcome().n_crashes, 2);
+        // Events from peers are stored at most 20 ms (plus an fsync) after they arrive.
+        let now = cluster.now_ms();
+        cluster.run_until(now + 100).expect("the last commits");
+        let digest = cluster.node(2).document().digest();
+        assert_eq!(digest, cluster.node(0).document().digest());
+        let now = cluster.now_ms();
+        cluster.schedule(now, Scripted::Crash { node: 2, job: JobFate::Drawn, down_ms: Some(10) });
+        cluster.run_until(now + 10).expect("crash and start again");
+        assert!(!cluster.is_down(2));
+        assert_eq!(cluster.node(2).document().digest(), digest, "seed {seed}: the store held everything");
+        cluster.run_until_quiescent(now + 60_000).expect("quiescent again");
+        cluster.check_final().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}
+
+/// Transport queues of one message: nodes hold output back until the link has room, and the
+/// cluster still converges.
+#[test]
+fn a_transport_queue_of_one_message_holds_output_back_and_the_cluster_converges() {
+    let mut config = SimConfig::quiet(1_600, 5);
+    config.n_writes = 80;
+    config.transport_queue_max = 1;
+    config.links = LinkProfile::reliable(30);
+    let outcome = check(config);
+    assert!(outcome.n_link_full > 0, "{outcome:?}");
+    assert_eq!(outcome.n_honest_writes, 80);
+}
+
+/// A peer sending more invalid messages than the discipline takes is disconnected and ignored
+/// for a while (its messages after the transport dialled again are dropped unread), then heard
+/// again, as in the daemon.
+#[test]
+fn a_peer_flooding_garbage_is_muted_then_heard_again() {
+    let mut config = SimConfig::quiet(1_700, 4);
+    config.byzantine.insert(3, ByzantineConfig::only(&[Attack::Write], 0));
+    let mut cluster = Cluster::new(config);
+    cluster.schedule(500, Scripted::Attack { node: 3, attack: Some(Attack::GarbageFlood) });
+    cluster.run_until(800).expect("the flood");
+    let attacker = cluster.public(3);
+    let muting: Vec<usize> =
+        cluster.honest().iter().copied().filter(|i| !cluster.node(*i).is_connected(&attacker)).collect();
+    assert_eq!(muting.len(), 1, "the flood's target dropped the attacker");
+    cluster.run_until(2_500).expect("the mute ends");
+    assert!(cluster.node(muting[0]).is_connected(&attacker), "heard again once the mute ended");
+    cluster.run_to_end().unwrap_or_else(|e| panic!("{e}"));
+    let outcome = cluster.outcome();
+    assert_eq!(outcome.n_mutes, 1);
+    assert!(outcome.n_ignored_muted > 0, "{outcome:?}");
+}
+
+/// FIXME: the daemon decides at start-up that a node needs no own-seq safety as soon as its
+/// store holds any event of its own (`Config::node_config`, `has_own` in `daemon.rs`). A node
+/// that lost its store learns its own events from its peers and stores them as it goes; if it
+/// crashes (or is simply restarted) before its whole own chain is back in its store, it starts
+/// again without own-seq safety, and its next write signs a seq it already used: an honest node
+/// equivocates. This asserts today's behaviour; once the daemon keeps own-seq safety until the
+/// node has learned its seq (say, a mark in the store written with its first own event), this
+/// must pass the checks, and `SimConfig::random` may crash restarted nodes again.
+#[test]
+fn fixme_a_crash_while_relearning_its_own_seq_makes_a_node_sign_a_seq_twice() {
+    let mut config = SimConfig::quiet(2_002, 4);
+    config.n_writes = 0;
+    // A slow peer rate makes node 0 get its own chain back in pieces.
+    config.node_configs[0].peer_events_per_sec = 100;
+    config.node_configs[0].peer_events_burst = 20;
+    let mut cluster = Cluster::new(config);
+    for k in 0..60 {
+        cluster.schedule(10 + 15 * k, Scripted::Write { node: (k % 4) as usize });
+    }
+    cluster.schedule(1_000, Scripted::Restart { node: 0, own_seq_peers_needed: 2 });
+    cluster.run_until(1_000).expect("writes, then node 0 loses its store");
+    let me = cluster.public(0);
+    let own_max = cluster.node(1).adapter().max_seq(member_idx(&cluster, 0));
+    let own_stored = |cluster: &Cluster| {
+        cluster.store(0).events().iter().filter(|bytes| bytes.starts_with(&me.0)).count() as u64
+    };
+    while !(1..own_max).contains(&own_stored(&cluster)) {
+        assert!(cluster.step().expect("no violation while node 0 catches up"));
+    }
+    let now = cluster.now_ms();
+    cluster.schedule(now, Scripted::Crash { node: 0, job: JobFate::Lost, down_ms: Some(50) });
+    cluster.schedule(now + 100, Scripted::Write { node: 0 });
+    let error = cluster.run_to_end().expect_err("today, node 0 signs a seq twice");
+    assert!(error.contains("honest node 0 signed seq") && error.contains("twice"), "{error}");
 }

@@ -58,6 +58,17 @@ struct Totals {
     n_equivocators: u64,
     n_evicted: u64,
     virtual_ms: u64,
+    n_honest_writes: u64,
+    n_writes_refused: u64,
+    n_crashes: u64,
+    n_crash_jobs_landed: u64,
+    n_crash_jobs_lost: u64,
+    n_restarts: u64,
+    n_disk_full: u64,
+    n_commits: u64,
+    n_commits_no_space: u64,
+    n_mutes: u64,
+    n_link_full: u64,
 }
 
 impl Totals {
@@ -69,6 +80,17 @@ impl Totals {
         self.n_equivocators += outcome.n_equivocators as u64;
         self.n_evicted += outcome.n_evicted;
         self.virtual_ms += outcome.quiescent_ms;
+        self.n_honest_writes += outcome.n_honest_writes as u64;
+        self.n_writes_refused += outcome.writes_refused.values().sum::<u64>();
+        self.n_crashes += outcome.n_crashes;
+        self.n_crash_jobs_landed += outcome.n_crash_jobs_landed;
+        self.n_crash_jobs_lost += outcome.n_crash_jobs_lost;
+        self.n_restarts += outcome.n_restarts;
+        self.n_disk_full += outcome.n_disk_full;
+        self.n_commits += outcome.n_commits;
+        self.n_commits_no_space += outcome.n_commits_no_space;
+        self.n_mutes += outcome.n_mutes;
+        self.n_link_full += outcome.n_link_full;
     }
 }
 
@@ -156,6 +178,25 @@ fn main() -> ExitCode {
         totals.n_equivocators,
         totals.n_evicted,
         totals.virtual_ms as f64 / 1000.0
+    );
+    println!(
+        "cairn-soak: {} honest writes acknowledged, {} not; {} commits stored, {} refused for want of space in {} \
+         full-disk windows",
+        totals.n_honest_writes,
+        totals.n_writes_refused,
+        totals.n_commits,
+        totals.n_commits_no_space,
+        totals.n_disk_full
+    );
+    println!(
+        "cairn-soak: {} crashes ({} with a commit that landed, {} with one lost), {} restarts with a lost store, {} \
+         peers muted, {} times a transport queue was full",
+        totals.n_crashes,
+        totals.n_crash_jobs_landed,
+        totals.n_crash_jobs_lost,
+        totals.n_restarts,
+        totals.n_mutes,
+        totals.n_link_full
     );
     ExitCode::SUCCESS
 }

@@ -4,6 +4,7 @@
 //! reported by id, so the simulator can assert that no honest node ever accepts it.
 
 use cairn_crypto::{PublicKey, SecretKey, Signature};
+use cairn_daemon::discipline::INVALID_INPUTS_MAX;
 use cairn_protocol::codec::{decode_event, decode_message, encode_message};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits::{EVENT_BYTES_MAX, MESSAGE_BYTES_MAX, OPS_MAX};
@@ -36,6 +37,9 @@ pub enum Attack {
     Oversize,
     /// Random bytes, random bytes after a valid tag, or undecodable events.
     Garbage,
+    /// More undecodable messages at once than the daemon's discipline takes from a peer in its
+    /// window (`INVALID_INPUTS_MAX`): the target mutes the attacker for a while.
+    GarbageFlood,
     /// A validly signed header whose deps are not sorted and unique.
     BadDepsOrder,
     /// A validly signed header whose ops hash does not match the ops sent with it.
@@ -66,7 +70,7 @@ pub enum Attack {
 
 impl Attack {
     /// Every attack.
-    pub const ALL: [Self; 21] = [
+    pub const ALL: [Self; 22] = [
         Self::ForgedSignature,
         Self::MutatedBytes,
         Self::WrongAuthor,
@@ -77,6 +81,7 @@ impl Attack {
         Self::Replay,
         Self::Oversize,
         Self::Garbage,
+        Self::GarbageFlood,
         Self::BadDepsOrder,
         Self::OpsHashMismatch,
         Self::ProtocolNoise,
@@ -326,6 +331,15 @@ pub fn craft(attack: Attack, cx: &mut CraftContext<'_>, rng: &mut Rng) -> Crafte
                 events_message(vec![rng.bytes(len)])
             };
             out.sends.push((target, bytes));
+        }
+        Attack::GarbageFlood => {
+            let n = INVALID_INPUTS_MAX as u64;
+            for _ in 0..rng.range(n + 1, n * 3 / 2) {
+                // A tag no message has: certainly undecodable.
+                let mut bytes = u32::MAX.to_le_bytes().to_vec();
+                bytes.extend(random_bytes(rng, 32));
+                out.sends.push((target, bytes));
+            }
         }
         Attack::Garbage => {
             let bytes = match rng.below(5) {

@@ -1,15 +1,29 @@
 //! The cluster under simulation: the nodes, the event queue in virtual time, the network, the
 //! Byzantine behaviours, and the checks. See the parent module for the shape of a run.
 //!
-//! Driving follows `node.rs`'s call order: after every input to a node (a delivered message, a
-//! timeout, a write, a connection change) its outputs are drained at once, `poll_transmit` into
-//! the network and `poll_event` into the checks, and then its buffer bounds are checked.
+//! Each node runs what the daemon runs around its replica: the group commit
+//! ([`cairn_daemon::commit`]) over a simulated store ([`super::store`]), and the peer
+//! discipline ([`cairn_daemon::discipline`]). Driving follows `driver.rs`'s `after_input`:
+//! after every input to a node (a delivered message, a timeout, a write, a store verdict, a
+//! connection change) mutes that ended are lifted, its events are drained (accepted peer events
+//! and evidence into the group commit, invalid input into the discipline, everything into the
+//! checks), it transmits through `poll_transmit_to` while each link's transport queue has room,
+//! the next commit job goes to its store, the writers' answers are recorded, and its buffer
+//! bounds are checked. When a link's queue frees room, its sender transmits again.
+//!
+//! A node can crash: its process dies (the job with the store lands or is lost), its
+//! connections close, and after a while it starts again from its store alone, as the daemon
+//! does (`daemon.rs`): `restore`, `restore_evidence`, and own-seq safety unless the store holds
+//! an event of its own.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use cairn_crypto::{PublicKey, SecretKey};
-use cairn_protocol::node::{Node, NodeConfig, NodeEvent, WriteError};
+use cairn_daemon::commit::{Acked, CommitJob, Committed, GroupCommit, WriteFailure};
+use cairn_daemon::discipline::{PeerDiscipline, Verdict};
+use cairn_protocol::codec::{decode_event, decode_evidence};
+use cairn_protocol::node::{Node, NodeConfig, NodeEvent};
 use cairn_protocol::{EventId, Genesis, Member, Op, Reject};
 
 use super::byzantine::{
@@ -18,7 +32,16 @@ use super::byzantine::{
 };
 use super::network::{Link, Network};
 use super::rng::{PPM, Rng, TraceHash};
+use super::store::{CrashedJob, SimStore};
 use super::{SIM_STEPS_MAX, SimConfig};
+
+/// After a mute closed a connection, the transport dials again this much later (the daemon's
+/// `reconnect_backoff_min`); the muting side then holds the link but ignores the peer.
+const REDIAL_MS: u64 = 200;
+/// A crashed node stays down this long at least ...
+const CRASH_DOWN_MS_MIN: u64 = 10;
+/// ... and at most, when the downtime is drawn.
+const CRASH_DOWN_MS_MAX: u64 = 1_500;
 
 /// Message tags that honest nodes keep exchanging once they agree: `Summary` and `InSync`
 /// (periodic anti-entropy) and `Want` (asks for deps of orphans nobody has). Any other message
@@ -34,10 +57,29 @@ const HEADER_REASONS: [Reject; 4] =
 /// A scripted action, scheduled at a virtual time.
 #[derive(Clone, Debug)]
 pub enum Scripted {
-    /// A node writes random ops through [`Node::write`].
+    /// A node's client writes random ops: through the group commit, signed into an own event
+    /// (`Node::prepare_writes`), stored, then committed to the replica and acknowledged.
     Write {
         /// Sim index of the writer.
         node: usize,
+    },
+    /// A node's process crashes (see [`Cluster::crash`]) and starts again from its store after
+    /// `down_ms` (drawn when `None`).
+    Crash {
+        /// Sim index of the node.
+        node: usize,
+        /// What happens to the job with the store.
+        job: JobFate,
+        /// Downtime in virtual milliseconds, or `None` to draw it.
+        down_ms: Option<u64>,
+    },
+    /// A node's store's file system is full for `duration_ms`: its commits store nothing and
+    /// fail with [`Committed::NoSpace`].
+    DiskFull {
+        /// Sim index of the node.
+        node: usize,
+        /// How long, in virtual milliseconds.
+        duration_ms: u64,
     },
     /// A Byzantine node attacks (ignored after healing).
     Attack {
@@ -81,9 +123,37 @@ pub enum Scripted {
     },
 }
 
+/// What a crash does to the job with the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobFate {
+    /// Landed or lost, drawn from the run's seed.
+    Drawn,
+    /// Its fsync completed just before the crash.
+    Landed,
+    /// It never reached the disk.
+    Lost,
+}
+
 #[derive(Debug)]
 enum Action {
-    Deliver { from: usize, to: usize, epoch: u64, bytes: Vec<u8>, busy: bool },
+    Deliver {
+        from: usize,
+        to: usize,
+        epoch: u64,
+        bytes: Vec<u8>,
+        busy: bool,
+    },
+    /// The fsync of a node's commit job completes.
+    StoreDone {
+        node: usize,
+        job_number: u64,
+    },
+    /// A crashed node starts again from its store.
+    Recover {
+        node: usize,
+    },
+    /// The transport dials the connections that are down again.
+    Reconnect,
     Scripted(Scripted),
 }
 
@@ -124,21 +194,45 @@ enum Wake {
         node: usize,
         stale: bool,
     },
+    /// The wake-up of a node's driver: its group commit's or its discipline's timeout;
+    /// `stale` as for `Timer`.
+    Driver {
+        node: usize,
+        stale: bool,
+    },
 }
 
 struct SimNode {
     key: SecretKey,
     node: Node,
+    /// The node's settings; `own_seq_peers_needed` is the configured value, which applies when
+    /// the node starts from a store without an event of its own (the first start of all is a
+    /// brand-new cluster's, with 0).
     config: NodeConfig,
     byzantine: Option<ByzantineConfig>,
+    /// The daemon's group commit; a writer's answer goes to its write number.
+    commit: GroupCommit<u64>,
+    /// The daemon's peer discipline.
+    discipline: PeerDiscipline,
+    /// The durable store; it outlives crashes of the process.
+    store: SimStore,
+    /// Write numbers given to the group commit and not answered yet.
+    writes_pending: BTreeSet<u64>,
+    /// The process is down (crashed, not yet started again).
+    down: bool,
     /// When `handle_timeout` was last called.
     last_timeout_ms: Option<u64>,
     /// Whether the node had an input since `handle_timeout` was last called.
     input_since_timeout: bool,
+    /// When the driver was last woken by its own timeouts (group commit, discipline).
+    last_driver_wake_ms: Option<u64>,
+    /// Whether the node had an input since the driver was last woken.
+    input_since_driver_wake: bool,
     /// A Byzantine node's branches for [`Attack::ForkChains`].
     fork_chains: Option<ForkChains>,
-    /// The node lost its store and restarted at least once.
-    restarted: bool,
+    /// The current incarnation started with own-seq safety on (its store held no own event):
+    /// it refuses writes until it has learned its own seq from its peers.
+    learns_own_seq: bool,
 }
 
 /// Figures of one run, for reports and for comparing two runs of a seed.
@@ -171,8 +265,34 @@ pub struct Outcome {
     pub n_bad_messages: u64,
     /// Node restarts with an empty store.
     pub n_restarts: u64,
-    /// Writes a restarted node refused while it learned its own seq from peers.
+    /// Writes a node refused while it learned its own seq from peers (after it lost its store,
+    /// or after a crash before any own event of it was stored).
     pub n_writes_refused_while_learning: u64,
+    /// Writes of honest nodes that were not acknowledged, by reason: `not_ready`,
+    /// `queue_full`, `no_space`, `storage` (the group commit's [`WriteFailure`]s), `down` (the
+    /// node's process was down), `unanswered` (queued or in flight when the process died).
+    pub writes_refused: BTreeMap<&'static str, u64>,
+    /// Distinct own events holding the acknowledged writes of honest nodes (concurrent writes
+    /// share one).
+    pub n_honest_write_events: usize,
+    /// Process crashes.
+    pub n_crashes: u64,
+    /// Crashes with a commit in flight whose fsync completed just before.
+    pub n_crash_jobs_landed: u64,
+    /// Crashes with a commit in flight that never reached the disk.
+    pub n_crash_jobs_lost: u64,
+    /// Windows in which a node's store was full.
+    pub n_disk_full: u64,
+    /// Commit jobs stored.
+    pub n_commits: u64,
+    /// Commit jobs refused for want of space.
+    pub n_commits_no_space: u64,
+    /// Peers muted by a node's discipline.
+    pub n_mutes: u64,
+    /// Times a node had output for a peer whose transport queue had no room.
+    pub n_link_full: u64,
+    /// Messages a node ignored because it muted their sender.
+    pub n_ignored_muted: u64,
     /// Distinct crafted events whose invalidity is certain.
     pub n_invalid_crafted: usize,
     /// Pairs of forked events Byzantine nodes sent.
@@ -213,7 +333,14 @@ pub struct Cluster {
     network: Network,
     rng_network: Rng,
     rng_actions: Rng,
+    /// Store delays, crash fates and downtimes.
+    rng_store: Rng,
     healed: bool,
+    /// Write numbers handed out, for the group commits' answers.
+    n_writes_submitted: u64,
+    /// Every own event of an honest node that reached its store, by `(node, seq)`: a second id
+    /// for one seq is a node signing a seq twice.
+    own_seqs: BTreeMap<(usize, u64), EventId>,
     invalid_ids: BTreeSet<EventId>,
     honest_writes: Vec<(usize, EventId)>,
     forks: Vec<(usize, EventId, EventId)>,
@@ -247,6 +374,7 @@ impl Cluster {
         let mut rng_network = rng.fork();
         let mut rng_script = rng.fork();
         let rng_actions = rng.fork();
+        let rng_store = rng.fork();
 
         let keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::from_seed(&rng_keys.array32())).collect();
         let publics: Vec<PublicKey> = keys.iter().map(SecretKey::public).collect();
@@ -258,15 +386,27 @@ impl Cluster {
         let nodes = keys
             .into_iter()
             .enumerate()
-            .map(|(i, key)| SimNode {
-                node: Node::new(genesis.clone(), Some(key.public()), config.node_configs[i].clone()),
-                restarted: false,
-                key,
-                config: config.node_configs[i].clone(),
-                byzantine: config.byzantine.get(&i).cloned(),
-                last_timeout_ms: None,
-                input_since_timeout: false,
-                fork_chains: None,
+            .map(|(i, key)| {
+                // The first start of a brand-new cluster (`new_cluster = true`): no member has
+                // written yet, so no node needs to learn its own seq.
+                let first_start = NodeConfig { own_seq_peers_needed: 0, ..config.node_configs[i].clone() };
+                SimNode {
+                    node: Node::new(genesis.clone(), Some(key.public()), first_start),
+                    learns_own_seq: false,
+                    key,
+                    config: config.node_configs[i].clone(),
+                    byzantine: config.byzantine.get(&i).cloned(),
+                    commit: GroupCommit::new(config.commit_writes_max),
+                    discipline: PeerDiscipline::new(),
+                    store: SimStore::new(),
+                    writes_pending: BTreeSet::new(),
+                    down: false,
+                    last_timeout_ms: None,
+                    input_since_timeout: false,
+                    last_driver_wake_ms: None,
+                    input_since_driver_wake: false,
+                    fork_chains: None,
+                }
             })
             .collect();
         let network = Network::new(n, config.links, &mut rng_network);
@@ -288,7 +428,10 @@ impl Cluster {
             network,
             rng_network,
             rng_actions,
+            rng_store,
             healed: false,
+            n_writes_submitted: 0,
+            own_seqs: BTreeMap::new(),
             invalid_ids: BTreeSet::new(),
             honest_writes: Vec::new(),
             forks: Vec::new(),
@@ -338,6 +481,16 @@ impl Cluster {
         for (node, own_seq_peers_needed, at_ms) in self.config.restarts.clone() {
             self.schedule(at_ms, Scripted::Restart { node, own_seq_peers_needed });
         }
+        for (node, at_ms) in self.config.crashes.clone() {
+            // Half the crashes come right after a write of the node, so its commit is in flight.
+            if rng.chance(PPM / 2) {
+                self.schedule(at_ms, Scripted::Write { node });
+            }
+            self.schedule(at_ms, Scripted::Crash { node, job: JobFate::Drawn, down_ms: None });
+        }
+        for (node, at_ms, duration_ms) in self.config.disk_full.clone() {
+            self.schedule(at_ms, Scripted::DiskFull { node, duration_ms });
+        }
         for _ in 0..self.config.n_partitions {
             let side = Network::random_bipartition(self.config.n_nodes, rng);
             let disconnects = rng.chance(PPM / 2);
@@ -368,11 +521,33 @@ impl Cluster {
         &self.honest
     }
 
+    /// The store of node `i`.
+    pub fn store(&self, i: usize) -> &SimStore {
+        &self.nodes[i].store
+    }
+
+    /// The group commit of node `i`.
+    pub fn commit(&self, i: usize) -> &GroupCommit<u64> {
+        &self.nodes[i].commit
+    }
+
+    /// Whether node `i`'s process is down.
+    pub fn is_down(&self, i: usize) -> bool {
+        self.nodes[i].down
+    }
+
+    /// The acknowledged writes of honest nodes: `(writer, id of the event that holds it)`.
+    pub fn acknowledged(&self) -> &[(usize, EventId)] {
+        &self.honest_writes
+    }
+
     /// The figures so far (final after [`Cluster::check_final`]).
     pub fn outcome(&self) -> Outcome {
         let mut outcome = self.outcome.clone();
         outcome.trace_hash = self.trace.value();
         outcome.n_honest_writes = self.honest_writes.len();
+        outcome.n_honest_write_events =
+            self.honest_writes.iter().map(|(_, id)| id).collect::<BTreeSet<_>>().len();
         outcome.n_invalid_crafted = self.invalid_ids.len();
         outcome.n_forks_crafted = self.forks.len();
         outcome
@@ -412,19 +587,29 @@ impl Cluster {
 
     fn next_wake(&self) -> Option<(u64, Wake)> {
         let mut best = self.queue.peek().map(|Reverse(s)| (s.at_ms, Wake::Queue));
+        // A node that, with no input since, asks again for a time it was already woken at
+        // would spin a real driver; a real timer fires at the next tick, 1 ms later.
+        let when = |at: u64, last: Option<u64>, input_since: bool| match last {
+            Some(last) if at <= last && !input_since => (last + 1, true),
+            _ => (at.max(self.now_ms), false),
+        };
         for (i, sim) in self.nodes.iter().enumerate() {
-            if self.is_silent(i) {
+            if self.is_silent(i) || sim.down {
                 continue;
             }
-            let Some(at) = sim.node.poll_timeout() else { continue };
-            let (at, stale) = match sim.last_timeout_ms {
-                // A node that, with no input since, asks again for a time it was already woken
-                // at would spin a real driver; a real timer fires at the next tick, 1 ms later.
-                Some(last) if at <= last && !sim.input_since_timeout => (last + 1, true),
-                _ => (at.max(self.now_ms), false),
-            };
-            if best.is_none_or(|(b, _)| at < b) {
-                best = Some((at, Wake::Timer { node: i, stale }));
+            if let Some(at) = sim.node.poll_timeout() {
+                let (at, stale) = when(at, sim.last_timeout_ms, sim.input_since_timeout);
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, Wake::Timer { node: i, stale }));
+                }
+            }
+            let driver =
+                [sim.commit.poll_timeout(), sim.discipline.poll_timeout()].into_iter().flatten().min();
+            if let Some(at) = driver {
+                let (at, stale) = when(at, sim.last_driver_wake_ms, sim.input_since_driver_wake);
+                if best.is_none_or(|(b, _)| at < b) {
+                    best = Some((at, Wake::Driver { node: i, stale }));
+                }
             }
         }
         best
@@ -460,10 +645,26 @@ impl Cluster {
                         self.name(node)
                     ));
                 }
-                self.nodes[node].last_timeout_ms = Some(self.now_ms);
-                self.nodes[node].node.handle_timeout(self.now_ms);
-                self.drive(node);
-                self.nodes[node].input_since_timeout = false;
+                let sim = &mut self.nodes[node];
+                sim.last_timeout_ms = Some(self.now_ms);
+                sim.node.handle_timeout(self.now_ms);
+                sim.input_since_timeout = false;
+                sim.input_since_driver_wake = true;
+                self.after_input(node);
+            }
+            Wake::Driver { node, stale } => {
+                if stale {
+                    let last = self.nodes[node].last_driver_wake_ms.unwrap_or(0);
+                    self.violations.push(format!(
+                        "{}'s group commit or discipline asks to be woken at or before {last} ms again, after a \
+                         wake-up at {last} ms and no input since: the driver would spin",
+                        self.name(node)
+                    ));
+                }
+                let sim = &mut self.nodes[node];
+                sim.last_driver_wake_ms = Some(self.now_ms);
+                sim.input_since_driver_wake = false;
+                self.after_input(node);
             }
         }
         match self.violations.first() {
@@ -506,17 +707,18 @@ impl Cluster {
     /// Whether the honest nodes are done: they all have the same sync digest, and the only
     /// messages in flight between them are the ones agreeing nodes keep sending (periodic
     /// `Summary`/`InSync`, and `Want`s for deps nobody has). Anti-entropy never stops, so
-    /// "no message at all in flight" never holds. A restarted node must also have learned its
-    /// own seq (its next sessions after catching up confirm it), so it can write again.
+    /// "no message at all in flight" never holds. Every honest process must be up with nothing
+    /// waiting for its store, and a node that started without own history must also have
+    /// learned its own seq (its next sessions after catching up confirm it), so it can write
+    /// again.
     pub fn is_quiescent(&mut self) -> bool {
         if self.n_busy_in_flight > 0 {
             return false;
         }
-        if self
-            .honest
-            .iter()
-            .any(|i| self.nodes[*i].restarted && self.nodes[*i].node.own_seq_pending().is_some())
-        {
+        if self.honest.iter().any(|i| {
+            let sim = &self.nodes[*i];
+            sim.down || !sim.commit.is_idle() || (sim.learns_own_seq && sim.node.own_seq_pending().is_some())
+        }) {
             return false;
         }
         let mut first = None;
@@ -577,23 +779,23 @@ impl Cluster {
                 self.n_busy_in_flight -= u64::from(busy);
                 self.deliver(from, to, epoch, &bytes);
             }
+            Action::StoreDone { node, job_number } => self.store_done(node, job_number),
+            Action::Recover { node } => self.recover(node),
+            Action::Reconnect => self.reconnect_all(),
             Action::Scripted(Scripted::Write { node }) => {
                 if !self.is_silent(node) {
                     self.write(node);
                 }
             }
             Action::Scripted(Scripted::Attack { node, attack }) => {
-                if !self.healed {
+                if !self.healed && !self.nodes[node].down {
                     self.attack(node, attack);
                 }
             }
             Action::Scripted(Scripted::Partition { side, disconnects, duration_ms }) => {
                 let (id, across) = self.network.start_partition(side, disconnects);
                 for (a, b) in across {
-                    self.network.close(a, b, false);
-                    let (pa, pb) = (self.publics[a], self.publics[b]);
-                    self.nodes[a].node.handle_disconnected(&pb);
-                    self.nodes[b].node.handle_disconnected(&pa);
+                    self.close(a, b, false);
                 }
                 self.schedule(self.now_ms + duration_ms, Scripted::PartitionEnd { id });
             }
@@ -603,11 +805,16 @@ impl Cluster {
                 }
             }
             Action::Scripted(Scripted::Restart { node, own_seq_peers_needed }) => {
-                if self.own_events_everywhere(node) {
+                if !self.nodes[node].down && self.own_events_everywhere(node) {
                     self.restart(node, own_seq_peers_needed);
                 } else {
                     self.schedule(self.now_ms + 100, Scripted::Restart { node, own_seq_peers_needed });
                 }
+            }
+            Action::Scripted(Scripted::Crash { node, job, down_ms }) => self.crash(node, job, down_ms),
+            Action::Scripted(Scripted::DiskFull { node, duration_ms }) => {
+                self.outcome.n_disk_full += 1;
+                self.nodes[node].store.fill_until(self.now_ms + duration_ms);
             }
             Action::Scripted(Scripted::PartitionEnd { id }) => {
                 self.network.end_partition(id);
@@ -616,11 +823,42 @@ impl Cluster {
         }
     }
 
+    /// Closes the connection `a – b`, and each end that is up sees it close.
+    fn close(&mut self, a: usize, b: usize, refused: bool) {
+        self.network.close(a, b, refused);
+        for (x, y) in [(a, b), (b, a)] {
+            if !self.nodes[x].down {
+                let peer = self.publics[y];
+                self.nodes[x].node.handle_disconnected(&peer);
+                self.mark_input(x);
+            }
+        }
+    }
+
+    /// Closes every connection of node `i`.
+    fn close_all(&mut self, i: usize) {
+        for j in 0..self.nodes.len() {
+            if j != i && self.network.is_up(i, j) {
+                self.close(i, j, false);
+            }
+        }
+    }
+
+    /// Opens every connection that is down and may be up: not refused, not cut, both processes
+    /// up. An end that mutes the other holds the link but does not tell its replica (the
+    /// driver's `linked` set) until the mute ends.
     fn reconnect_all(&mut self) {
         for (a, b) in self.network.reconnectable() {
+            if self.nodes[a].down || self.nodes[b].down {
+                continue;
+            }
+            let now = self.now_ms;
             let (pa, pb) = (self.publics[a], self.publics[b]);
-            let ok_a = self.nodes[a].node.handle_connected(pb, self.now_ms);
-            let ok_b = self.nodes[b].node.handle_connected(pa, self.now_ms);
+            let connect = |sim: &mut SimNode, peer: PublicKey| {
+                sim.discipline.is_muted(&peer, now) || sim.node.handle_connected(peer, now)
+            };
+            let ok_a = connect(&mut self.nodes[a], pb);
+            let ok_b = connect(&mut self.nodes[b], pa);
             if ok_a && ok_b {
                 self.network.open(a, b);
             } else {
@@ -637,32 +875,141 @@ impl Cluster {
         }
     }
 
+    /// A client of node `i` writes random ops, as the driver takes a write command: the ops
+    /// are checked, a node that refuses to sign answers at once, and the group commit takes
+    /// the rest (answered once stored, see [`Cluster::answer_writers`]).
     fn write(&mut self, i: usize) {
         let ops = random_ops(&mut self.rng_actions);
-        let sim = &mut self.nodes[i];
-        // Prepared, then committed at once: the simulator's nodes have no store yet.
-        let result = sim.node.prepare_writes(&sim.key, vec![ops]).map(|prepared| {
-            let mut accepted = sim.node.commit_writes(prepared, self.now_ms);
-            accepted.remove(0)
-        });
-        match result {
-            Ok(event) => {
-                self.trace.update(&event.id().0);
-                if !self.is_byzantine(i) {
-                    self.honest_writes.push((i, event.id()));
-                }
+        if self.nodes[i].down {
+            if !self.is_byzantine(i) {
+                *self.outcome.writes_refused.entry("down").or_default() += 1;
             }
-            // A node that lost its store refuses writes until it has learned its own seq.
-            Err(WriteError::OwnSeqUnknown { .. }) if self.nodes[i].restarted => {
-                self.outcome.n_writes_refused_while_learning += 1;
-            }
-            Err(error) => {
-                if !self.is_byzantine(i) {
-                    self.violations.push(format!("honest node {i} could not write: {error}"));
-                }
-            }
+            return;
+        }
+        if let Err(error) = Node::check_ops(&ops) {
+            self.violations.push(format!("the simulator made invalid ops: {error}"));
+            return;
+        }
+        let me = self.publics[i];
+        if let Some(refusal) = self.nodes[i].node.write_refusal(&me) {
+            self.refused(i, &WriteFailure::NotReady(refusal));
+        } else {
+            self.n_writes_submitted += 1;
+            let number = self.n_writes_submitted;
+            let sim = &mut self.nodes[i];
+            sim.writes_pending.insert(number);
+            sim.commit.handle_write(ops, number);
         }
         self.drive(i);
+    }
+
+    /// The group commit's answers to node `i`'s writers. Only an acknowledged write is
+    /// expected everywhere at the end; it must be durable and accepted when it is answered.
+    fn answer_writers(&mut self, i: usize) {
+        while let Some((number, answer)) = self.nodes[i].commit.poll_reply() {
+            self.nodes[i].writes_pending.remove(&number);
+            match answer {
+                Ok(Acked { event }) => {
+                    let id = event.id();
+                    self.trace.update(&id.0);
+                    if self.is_byzantine(i) {
+                        continue;
+                    }
+                    if !self.nodes[i].store.holds(&id.0) || !self.nodes[i].node.adapter().is_accepted(&id) {
+                        self.violations.push(format!(
+                            "honest node {i} acknowledged write {number} in event {id} before it was stored and \
+                             accepted"
+                        ));
+                    }
+                    self.honest_writes.push((i, id));
+                }
+                Err(failure) => self.refused(i, &failure),
+            }
+        }
+    }
+
+    /// Counts a write node `i` did not acknowledge; an honest node may refuse one only while it
+    /// learns its own seq, or for a store that is full.
+    fn refused(&mut self, i: usize, failure: &WriteFailure) {
+        if self.is_byzantine(i) {
+            return;
+        }
+        let reason = match failure {
+            WriteFailure::NotReady(why) => {
+                let sim = &self.nodes[i];
+                if sim.learns_own_seq && sim.node.own_seq_pending().is_some() {
+                    self.outcome.n_writes_refused_while_learning += 1;
+                } else {
+                    self.violations.push(format!("honest node {i} could not write: {why}"));
+                }
+                "not_ready"
+            }
+            WriteFailure::QueueFull => "queue_full",
+            WriteFailure::NoSpace(_) => "no_space",
+            WriteFailure::Storage(why) => {
+                self.violations.push(format!("honest node {i}'s store failed: {why}"));
+                "storage"
+            }
+            other => {
+                self.violations.push(format!("honest node {i} refused a write: {other}"));
+                "other"
+            }
+        };
+        *self.outcome.writes_refused.entry(reason).or_default() += 1;
+    }
+
+    /// Hands node `i`'s next commit job to its store, if one is due; its fsync completes
+    /// after a random delay.
+    fn start_commit(&mut self, i: usize) {
+        let now = self.now_ms;
+        let sim = &mut self.nodes[i];
+        let Some(job) = sim.commit.poll_commit(&mut sim.node, &sim.key, now) else { return };
+        let job_number = sim.store.submit(job);
+        let delay_ms = self.rng_store.range(1, self.config.store_delay_ms_max.max(1));
+        self.push(now + delay_ms, Action::StoreDone { node: i, job_number });
+    }
+
+    /// The fsync of node `i`'s job `job_number` completed (unless the process died meanwhile):
+    /// the verdict goes to the group commit.
+    fn store_done(&mut self, i: usize, job_number: u64) {
+        let now = self.now_ms;
+        let Some((committed, job)) = self.nodes[i].store.complete(job_number, now) else { return };
+        match &committed {
+            Committed::Ok => {
+                self.outcome.n_commits += 1;
+                self.check_own_seqs(i, &job);
+            }
+            Committed::NoSpace { .. } => self.outcome.n_commits_no_space += 1,
+            Committed::Failed { .. } => {}
+        }
+        let sim = &mut self.nodes[i];
+        sim.commit.handle_committed(committed, job, &mut sim.node, now);
+        self.drive(i);
+    }
+
+    /// Own events of honest node `i` that just became durable: none may have a seq that
+    /// another own event already had. An own event leaves a node only after it is stored, so
+    /// this sees every own event that could ever reach a peer.
+    fn check_own_seqs(&mut self, i: usize, job: &CommitJob) {
+        if self.is_byzantine(i) {
+            return;
+        }
+        let me = self.publics[i];
+        for (id, bytes) in &job.events {
+            if bytes.get(..32) != Some(&me.0[..]) {
+                continue;
+            }
+            let Ok(event) = decode_event(bytes) else {
+                self.violations.push(format!("honest node {i} stored an undecodable own event"));
+                continue;
+            };
+            let id = EventId(*id);
+            let first = *self.own_seqs.entry((i, event.header.seq)).or_insert(id);
+            if first != id {
+                self.violations
+                    .push(format!("honest node {i} signed seq {} twice: {first} and {id}", event.header.seq));
+            }
+        }
     }
 
     /// Whether every honest node has accepted every event node `i` has of its own.
@@ -675,25 +1022,124 @@ impl Cluster {
     }
 
     /// Node `i` loses its process and its store, and starts again with the same key: a fresh
-    /// [`Node`] with `own_seq_peers_needed` set, and new connections to every peer it can
-    /// reach (what was in flight on the old ones is lost). Its writes so far stay expected
-    /// everywhere, so restart a node only once its events have left it.
+    /// [`Node`] with `own_seq_peers_needed` set, a fresh group commit and discipline, an empty
+    /// store, and new connections to every peer it can reach (what was in flight on the old
+    /// ones is lost, and so are the writes it had not answered). Its acknowledged writes stay
+    /// expected everywhere, so restart a node only once its events have left it.
     pub fn restart(&mut self, i: usize, own_seq_peers_needed: usize) {
         self.outcome.n_restarts += 1;
+        self.close_all(i);
+        self.lose_pending_writes(i);
         let me = self.publics[i];
         let sim = &mut self.nodes[i];
+        sim.store.lose_everything();
+        let config = NodeConfig { own_seq_peers_needed, ..sim.config.clone() };
+        self.start_process(i, Node::new(self.genesis.clone(), Some(me), config));
+    }
+
+    /// Node `i`'s process dies: the job with its store lands or is lost as `job` says (drawn
+    /// from the seed for [`JobFate::Drawn`]: an fsync may complete just before a crash, and
+    /// both must be safe), unanswered writes stay unanswered, its connections close, and after
+    /// `down_ms` (drawn when `None`) it starts again from its store (see [`Cluster::recover`]).
+    pub fn crash(&mut self, i: usize, job: JobFate, down_ms: Option<u64>) {
+        if self.nodes[i].down {
+            return;
+        }
+        let landed = match job {
+            JobFate::Drawn => self.rng_store.chance(PPM / 2),
+            JobFate::Landed => true,
+            JobFate::Lost => false,
+        };
+        let down_ms = down_ms.unwrap_or_else(|| self.rng_store.range(CRASH_DOWN_MS_MIN, CRASH_DOWN_MS_MAX));
+        self.outcome.n_crashes += 1;
+        self.trace.update_u64(i as u64);
+        self.trace.update_u64(u64::from(landed));
+        let (fate, landed_job) = self.nodes[i].store.crash(landed, self.now_ms);
+        match fate {
+            CrashedJob::Landed => self.outcome.n_crash_jobs_landed += 1,
+            CrashedJob::Lost => self.outcome.n_crash_jobs_lost += 1,
+            CrashedJob::None => {}
+        }
+        if let Some(job) = landed_job {
+            self.check_own_seqs(i, &job);
+        }
+        self.lose_pending_writes(i);
+        self.close_all(i);
+        self.nodes[i].down = true;
+        self.push(self.now_ms + down_ms, Action::Recover { node: i });
+    }
+
+    /// Node `i` starts again after a crash, as the daemon does (`daemon.rs`): a fresh [`Node`]
+    /// restored from its store alone (`restore` checks every event again, signatures included;
+    /// then `restore_evidence`), own-seq safety on unless the store holds an event of its own
+    /// (`Config::node_config`), a fresh group commit and discipline; then it reconnects.
+    pub fn recover(&mut self, i: usize) {
+        if !self.nodes[i].down {
+            return;
+        }
+        let me = self.publics[i];
+        let sim = &self.nodes[i];
+        let events = sim.store.events().to_vec();
+        let n_stored = events.len();
+        // The daemon's test: an event's encoding starts with its author's key.
+        let has_own = events.iter().any(|bytes| bytes.get(..32) == Some(&me.0[..]));
         let mut config = sim.config.clone();
-        config.own_seq_peers_needed = own_seq_peers_needed;
-        sim.node = Node::new(self.genesis.clone(), Some(me), config);
-        sim.last_timeout_ms = None;
-        sim.restarted = true;
-        for j in 0..self.nodes.len() {
-            if j != i && self.network.is_up(i, j) {
-                self.network.close(i, j, false);
-                self.nodes[j].node.handle_disconnected(&me);
+        if has_own {
+            config.own_seq_peers_needed = 0;
+        }
+        let mut node = Node::new(self.genesis.clone(), Some(me), config);
+        let rejected = node.restore(events);
+        if let Some(first) = rejected.first() {
+            self.violations.push(format!(
+                "{}'s store holds {} event(s) that do not validate again (first: {:?}, {})",
+                self.name(i),
+                rejected.len(),
+                first.id,
+                first.reason
+            ));
+        }
+        let evidence: Vec<Vec<u8>> = sim.store.evidence().cloned().collect();
+        for bytes in evidence {
+            let restored = decode_evidence(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|evidence| node.restore_evidence(evidence).map_err(|e| e.to_string()));
+            if let Err(error) = restored {
+                self.violations
+                    .push(format!("{}'s store holds evidence that does not restore: {error}", self.name(i)));
             }
         }
+        if node.adapter().n_accepted() != n_stored {
+            self.violations.push(format!(
+                "{} restored {} of the {n_stored} events of its store: the store's log is not in causal order",
+                self.name(i),
+                node.adapter().n_accepted()
+            ));
+        }
+        self.nodes[i].down = false;
+        self.start_process(i, node);
+    }
+
+    /// A new process of node `i` around `node`: a fresh group commit and discipline, no timer
+    /// handled yet, then connections to every peer it can reach.
+    fn start_process(&mut self, i: usize, node: Node) {
+        let sim = &mut self.nodes[i];
+        sim.learns_own_seq = node.own_seq_pending().is_some();
+        sim.node = node;
+        sim.commit = GroupCommit::new(self.config.commit_writes_max);
+        sim.discipline = PeerDiscipline::new();
+        sim.last_timeout_ms = None;
+        sim.last_driver_wake_ms = None;
         self.reconnect_all();
+        self.drive(i);
+    }
+
+    /// The writes node `i` had taken and not answered die with its process: their writers never
+    /// hear back, and they are not expected anywhere.
+    fn lose_pending_writes(&mut self, i: usize) {
+        let n = std::mem::take(&mut self.nodes[i].writes_pending).len() as u64;
+        if n > 0 && !self.is_byzantine(i) {
+            *self.outcome.writes_refused.entry("unanswered").or_default() += n;
+        }
     }
 
     fn attack(&mut self, i: usize, attack: Option<Attack>) {
@@ -725,26 +1171,90 @@ impl Cluster {
         }
     }
 
-    /// Node `i` has had an input: send what it wants to send, record what it reports, and
-    /// check its buffer bounds.
+    /// Node `i` has had an input: see [`Cluster::after_input`].
     fn drive(&mut self, i: usize) {
-        // Every input is followed by a drive; the timer path clears this again.
+        self.mark_input(i);
+        self.after_input(i);
+    }
+
+    /// Node `i` had an input, so its timers may ask for any time again.
+    fn mark_input(&mut self, i: usize) {
         self.nodes[i].input_since_timeout = true;
-        while let Some((peer, bytes)) = self.nodes[i].node.poll_transmit() {
-            self.route(i, peer, bytes);
+        self.nodes[i].input_since_driver_wake = true;
+    }
+
+    /// What `driver.rs`'s `after_input` does: mutes that ended are lifted, the node's events
+    /// are drained, it transmits while its links have room, the next commit job goes to the
+    /// store, its writers are answered; then its buffer bounds are checked.
+    fn after_input(&mut self, i: usize) {
+        if self.nodes[i].down {
+            return;
         }
+        self.unmute_expired(i);
         while let Some(event) = self.nodes[i].node.poll_event() {
             self.record(i, event);
         }
+        for peer in self.nodes[i].node.connected_peers() {
+            if let Some(&j) = self.index_of.get(&peer) {
+                self.transmit_link(i, j);
+            }
+        }
+        self.start_commit(i);
+        self.answer_writers(i);
         self.check_bounds(i);
     }
 
-    /// A message from node `from`'s state machine: Byzantine nodes tamper with it first.
-    fn route(&mut self, from: usize, peer: PublicKey, mut bytes: Vec<u8>) {
-        let Some(&to) = self.index_of.get(&peer) else {
-            self.violations.push(format!("{} sent a message to a non-member", self.name(from)));
+    /// Peers whose mute at node `i` ended while their link is up start afresh.
+    fn unmute_expired(&mut self, i: usize) {
+        let now = self.now_ms;
+        for peer in self.nodes[i].discipline.expire(now) {
+            let Some(&j) = self.index_of.get(&peer) else { continue };
+            if self.network.is_up(i, j) && !self.nodes[i].node.is_connected(&peer) {
+                self.nodes[i].node.handle_connected(peer, now);
+                self.mark_input(i);
+            }
+        }
+    }
+
+    /// Counts one invalid input from `peer` at node `i`; too many in a window mute it, as the
+    /// driver does: node `i` drops it and closes the connection, and ignores it until the mute
+    /// ends (the transport dials again meanwhile).
+    fn strike(&mut self, i: usize, peer: PublicKey) {
+        let now = self.now_ms;
+        if let Verdict::Muted { .. } = self.nodes[i].discipline.strike(peer, now) {
+            self.outcome.n_mutes += 1;
+            self.nodes[i].node.handle_disconnected(&peer);
+            self.mark_input(i);
+            if let Some(&j) = self.index_of.get(&peer)
+                && self.network.is_up(i, j)
+            {
+                self.close(i, j, false);
+            }
+            self.push(now + REDIAL_MS, Action::Reconnect);
+        }
+    }
+
+    /// Node `i` sends to node `j` through `poll_transmit_to` while the link's transport queue
+    /// has room.
+    fn transmit_link(&mut self, i: usize, j: usize) {
+        let peer = self.publics[j];
+        if self.nodes[i].down || !self.nodes[i].node.is_connected(&peer) {
             return;
-        };
+        }
+        loop {
+            if self.network.queued(i, j) >= self.config.transport_queue_max {
+                if self.nodes[i].node.queued(&peer) != (0, 0) {
+                    self.outcome.n_link_full += 1;
+                }
+                return;
+            }
+            let Some(bytes) = self.nodes[i].node.poll_transmit_to(&peer) else { return };
+            self.route(i, j, bytes);
+        }
+    }
+
+    /// A message from node `from`'s state machine: Byzantine nodes tamper with it first.
+    fn route(&mut self, from: usize, to: usize, mut bytes: Vec<u8>) {
         if let Some(byzantine) = &self.nodes[from].byzantine {
             if self.healed {
                 if byzantine.after_heal == AfterHeal::Silent {
@@ -787,32 +1297,49 @@ impl Cluster {
         }
     }
 
+    /// A copy arrives at node `to` (or is found lost); either way it frees room on the link,
+    /// and the sender transmits again.
     fn deliver(&mut self, from: usize, to: usize, epoch: u64, bytes: &[u8]) {
+        let freed = self.network.arrived(from, to, epoch);
         if !self.network.can_deliver(from, to, epoch) {
             self.outcome.n_lost += 1;
-            return;
+        } else if self.is_silent(to) {
+            // A silent Byzantine node reads nothing.
+        } else if self.nodes[to].discipline.is_muted(&self.publics[from], self.now_ms) {
+            self.outcome.n_ignored_muted += 1;
+        } else {
+            self.trace.update_u64(self.now_ms);
+            self.trace.update_u64((from * 64 + to) as u64);
+            self.trace.update(bytes);
+            self.outcome.n_messages += 1;
+            *self.outcome.messages_by_kind.entry(message_kind(bytes)).or_default() += 1;
+            self.outcome.n_bytes += bytes.len() as u64;
+            let peer = self.publics[from];
+            self.nodes[to].node.handle_message(peer, bytes, self.now_ms);
+            self.drive(to);
         }
-        if self.is_silent(to) {
-            return;
+        if freed {
+            self.transmit_link(from, to);
         }
-        self.trace.update_u64(self.now_ms);
-        self.trace.update_u64((from * 64 + to) as u64);
-        self.trace.update(bytes);
-        self.outcome.n_messages += 1;
-        *self.outcome.messages_by_kind.entry(message_kind(bytes)).or_default() += 1;
-        self.outcome.n_bytes += bytes.len() as u64;
-        let peer = self.publics[from];
-        self.nodes[to].node.handle_message(peer, bytes, self.now_ms);
-        self.drive(to);
     }
 
     // ---- checks -----------------------------------------------------------------------------
 
+    /// One event of node `i`: to the group commit and the discipline as the driver's
+    /// `drain_node_events` does, and into the checks.
     fn record(&mut self, i: usize, event: NodeEvent) {
         let honest_here = !self.is_byzantine(i);
         match event {
-            NodeEvent::Accepted { .. } | NodeEvent::Changed(_) => {}
+            NodeEvent::Accepted { event, from } => {
+                // Own events are accepted only once stored (`commit_writes`).
+                if from.is_some() {
+                    let now = self.now_ms;
+                    self.nodes[i].commit.handle_peer_event(event.id().0, event.bytes().to_vec(), now);
+                }
+            }
+            NodeEvent::Changed(_) => {}
             NodeEvent::Rejected { peer, id, reason } => {
+                self.strike(i, peer);
                 if honest_here {
                     *self.outcome.rejected.entry(reason).or_default() += 1;
                     if let Some(id) = id.filter(|_| HEADER_REASONS.contains(&reason)) {
@@ -831,6 +1358,7 @@ impl Cluster {
                 }
             }
             NodeEvent::BadMessage { peer, detail: error, .. } => {
+                self.strike(i, peer);
                 if honest_here {
                     self.outcome.n_bad_messages += 1;
                     if let Some(j) = self.is_honest_key(&peer) {
@@ -841,6 +1369,7 @@ impl Cluster {
                 }
             }
             NodeEvent::Evidence(evidence) => {
+                self.nodes[i].commit.handle_evidence(evidence.author().0, evidence.encode());
                 if let Some(j) = self.is_honest_key(&evidence.author()) {
                     self.violations.push(format!(
                         "{} holds evidence against honest node {j} (seq {}): an honest node equivocated",
@@ -859,11 +1388,7 @@ impl Cluster {
                     }
                     Some(j) => {
                         // The node dropped the connection itself; the other end sees it close.
-                        if self.network.is_up(i, j) {
-                            let me = self.publics[i];
-                            self.nodes[j].node.handle_disconnected(&me);
-                        }
-                        self.network.close(i, j, true);
+                        self.close(i, j, true);
                     }
                     None => {
                         self.violations.push(format!("honest node {i} refused {}", self.name_of(&peer)));
@@ -959,9 +1484,24 @@ impl Cluster {
             for &i in &honest {
                 if !self.nodes[i].node.adapter().is_accepted(id) {
                     return Err(format!(
-                        "honest node {i} lacks event {id:?} written by honest node {writer}"
+                        "honest node {i} lacks event {id:?} of a write acknowledged by honest node {writer}: an \
+                         acknowledged write was lost"
                     ));
                 }
+            }
+        }
+        // No honest node signed a seq twice, across crashes and lost stores: no evidence against
+        // one anywhere, Byzantine nodes included, and no two own events of one seq in any store.
+        for (i, sim) in self.nodes.iter().enumerate() {
+            if let Some(evidence) =
+                sim.node.adapter().evidence().find(|e| self.is_honest_key(&e.author()).is_some())
+            {
+                return Err(format!(
+                    "{} holds evidence against honest {} (seq {})",
+                    self.name(i),
+                    self.name_of(&evidence.author()),
+                    evidence.seq()
+                ));
             }
         }
         for (attacker, a, b) in &self.forks {
@@ -1023,7 +1563,8 @@ impl Cluster {
             }
         }
         for &i in &honest {
-            if let Some(error) = self.nodes[i].node.own_seq_pending().filter(|_| self.nodes[i].restarted) {
+            if let Some(error) = self.nodes[i].node.own_seq_pending().filter(|_| self.nodes[i].learns_own_seq)
+            {
                 let peers: Vec<String> = (0..self.nodes.len())
                     .filter(|j| *j != i)
                     .map(|j| {
@@ -1046,7 +1587,8 @@ impl Cluster {
                     })
                     .collect();
                 return Err(format!(
-                    "restarted honest node {i} still refuses writes after healing: {error}; peers: {peers:?}"
+                    "honest node {i}, started without own history, still refuses writes after healing: {error}; \
+                     peers: {peers:?}"
                 ));
             }
             for &j in &honest {

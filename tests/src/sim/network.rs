@@ -2,6 +2,10 @@
 //! random delay (which reorders), plus partitions that cut a bipartition of the nodes for a
 //! while and may also close the connections across the cut. Connections are tracked per
 //! unordered pair; an epoch per pair makes every message sent on a closed connection vanish.
+//!
+//! Each directed link has a bounded transport queue, like the daemon's
+//! (`transport_queue_messages_max`): a message sent counts against the link's room until it is
+//! delivered or lost, and a connection that closes empties the queues of both directions.
 
 use super::rng::{PPM, Rng};
 
@@ -83,6 +87,9 @@ pub struct Sent {
 pub struct Network {
     n_nodes: usize,
     links: Vec<Link>,
+    /// Message copies on each directed link that hold its room: sent in the current epoch and
+    /// not yet delivered or lost.
+    queued: Vec<usize>,
     pairs: Vec<Pair>,
     partitions: Vec<Partition>,
     n_partitions: u64,
@@ -94,7 +101,8 @@ impl Network {
     pub fn new(n_nodes: usize, profile: LinkProfile, rng: &mut Rng) -> Self {
         let links = (0..n_nodes * n_nodes).map(|_| profile.draw(rng)).collect();
         let pairs = vec![Pair { up: true, refused: false, epoch: 0 }; n_nodes * n_nodes];
-        Self { n_nodes, links, pairs, partitions: Vec::new(), n_partitions: 0 }
+        let queued = vec![0; n_nodes * n_nodes];
+        Self { n_nodes, links, queued, pairs, partitions: Vec::new(), n_partitions: 0 }
     }
 
     fn pair(&self, a: usize, b: usize) -> &Pair {
@@ -138,9 +146,15 @@ impl Network {
         pair.up && pair.epoch == epoch && !self.is_cut(from, to)
     }
 
-    /// Decides the fate of one message on `from → to`.
-    pub fn send(&self, from: usize, to: usize, rng: &mut Rng) -> Sent {
-        let pair = self.pair(from, to);
+    /// Message copies on `from → to` that hold its transport queue's room.
+    pub fn queued(&self, from: usize, to: usize) -> usize {
+        self.queued[from * self.n_nodes + to]
+    }
+
+    /// Decides the fate of one message on `from → to`; each copy to deliver holds the link's
+    /// room until [`Network::arrived`].
+    pub fn send(&mut self, from: usize, to: usize, rng: &mut Rng) -> Sent {
+        let pair = *self.pair(from, to);
         let mut sent = Sent { delays_ms: Vec::new(), epoch: pair.epoch };
         if !pair.up || self.is_cut(from, to) {
             return sent;
@@ -153,7 +167,25 @@ impl Network {
         for _ in 0..copies {
             sent.delays_ms.push(rng.range(1, link.delay_max_ms.max(1)));
         }
+        self.queued[from * self.n_nodes + to] += copies;
         sent
+    }
+
+    /// A copy sent on `from → to` in `epoch` arrives (or is found lost): it no longer holds the
+    /// link's room. Returns whether it did (a copy of a closed connection's epoch did not).
+    pub fn arrived(&mut self, from: usize, to: usize, epoch: u64) -> bool {
+        if self.pair(from, to).epoch != epoch {
+            return false;
+        }
+        let queued = &mut self.queued[from * self.n_nodes + to];
+        assert!(*queued > 0, "a copy arrived on {from} → {to} that the link did not count");
+        *queued -= 1;
+        true
+    }
+
+    fn empty_queues(&mut self, a: usize, b: usize) {
+        self.queued[a * self.n_nodes + b] = 0;
+        self.queued[b * self.n_nodes + a] = 0;
     }
 
     /// Closes the connection `a – b` (both ends must be told); `refused` keeps it closed.
@@ -162,6 +194,7 @@ impl Network {
         pair.up = false;
         pair.refused |= refused;
         pair.epoch += 1;
+        self.empty_queues(a, b);
     }
 
     /// Takes the connection `a – b` down for good: the two nodes never talk directly, and
@@ -176,6 +209,7 @@ impl Network {
         assert!(!pair.refused, "a refused connection is never reopened");
         pair.up = true;
         pair.epoch += 1;
+        self.empty_queues(a, b);
     }
 
     /// Starts a partition; returns its id and, if it closes connections, the pairs that were
