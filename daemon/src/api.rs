@@ -25,6 +25,7 @@
 //! | `GET /v1/events/{id}` | one event, with its ops and its canonical bytes (`encoded_hex`) |
 //! | `GET /v1/evidence` | equivocation evidence, with its canonical bytes |
 //! | `GET /v1/metrics` | OpenMetrics text |
+//! | `GET /v1/backup` | a consistent copy of the store, streamed (`application/octet-stream`, format in [`crate::backup`]); 409 while another is being taken |
 //! | `GET /v1/watch` | server-sent events: `change` per changed key, `lagged` when some were missed |
 //!
 //! # Pages
@@ -230,6 +231,7 @@ pub fn router(handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router 
         .route("/v1/events/{id}", get(event))
         .route("/v1/evidence", get(evidence))
         .route("/v1/metrics", get(metrics))
+        .route("/v1/backup", get(backup))
         .route("/v1/watch", get(watch_changes))
         // After every route: it applies to the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
@@ -303,6 +305,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ServiceError::WritesQueued { .. } => (StatusCode::SERVICE_UNAVAILABLE, "writes_queued"),
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ServiceError::BackupRunning => (StatusCode::CONFLICT, "backup_running"),
             ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ServiceError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             ServiceError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
@@ -923,6 +926,28 @@ async fn evidence(State(st): State<AppState>) -> Result<Json<json::EvidenceList>
 
 async fn metrics(State(st): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)], st.handle.metrics_text()).into_response()
+}
+
+/// Streams a backup of the store (see [`crate::backup`]). A failure or a shutdown in the
+/// middle ends the body early, without the backup's end, which every reader refuses.
+async fn backup(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let stream = st.handle.backup()?;
+    let shutdown = st.shutdown.clone();
+    let body = futures_util::stream::unfold(Some((stream, shutdown)), |state| async move {
+        let (mut stream, mut shutdown) = state?;
+        let chunk = tokio::select! {
+            biased;
+            () = stopped(&mut shutdown) => Some(Err("the daemon is shutting down".to_owned())),
+            chunk = stream.next_chunk() => chunk,
+        }?;
+        match chunk {
+            Ok(bytes) => Some((Ok(bytes::Bytes::from(bytes)), Some((stream, shutdown)))),
+            // The error is the last item: the body ends without the backup's end.
+            Err(error) => Some((Err(io::Error::other(error)), None)),
+        }
+    });
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], axum::body::Body::from_stream(body))
+        .into_response())
 }
 
 // ---- the watch stream -----------------------------------------------------------------------

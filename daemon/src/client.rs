@@ -295,6 +295,29 @@ impl Client {
             .map_err(|_| ClientError::BadResponse("the text is not UTF-8".into()))
     }
 
+    /// `GET /v1/backup`: writes the backup stream into `file` as it comes and syncs it; returns
+    /// its length. Gives up if no bytes come for [`REQUEST_TIMEOUT`]. The caller checks what
+    /// was written (`crate::backup::Reader`): a stream the daemon ended early lacks the end.
+    pub async fn backup_into(&self, file: &mut std::fs::File) -> Result<u64, ClientError> {
+        use std::io::Write as _;
+        let response = self.with_timeout(self.start(Method::GET, "/v1/backup", None)).await?;
+        let mut body = response.into_body();
+        let mut written = 0u64;
+        loop {
+            let frame = tokio::time::timeout(REQUEST_TIMEOUT, body.frame())
+                .await
+                .map_err(|_| ClientError::Timeout(REQUEST_TIMEOUT))?;
+            let Some(frame) = frame else { break };
+            let frame = frame.map_err(|e| ClientError::Transport(e.to_string()))?;
+            let Ok(data) = frame.into_data() else { continue };
+            file.write_all(&data)
+                .map_err(|e| ClientError::Transport(format!("cannot write the backup file: {e}")))?;
+            written += data.len() as u64;
+        }
+        file.sync_all().map_err(|e| ClientError::Transport(format!("cannot sync the backup file: {e}")))?;
+        Ok(written)
+    }
+
     /// Follows the server-sent events at `path`: calls `on_event(name, data)` for each event
     /// (`data` with its lines joined by `\n`) until it returns false (then `Ok`) or the daemon
     /// ends the stream (an error: the daemon is stopping).

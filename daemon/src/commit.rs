@@ -91,6 +91,12 @@ pub struct CommitJob {
     pub events: Vec<([u8; 32], Vec<u8>)>,
     /// New evidence.
     pub evidence: Vec<([u8; 32], Vec<u8>)>,
+    /// The job holds events this node signed in this process. The replica signs only once it
+    /// knows its latest own seq, and the job holds every event accepted before them, so once
+    /// it is durable the store holds the node's whole own chain: the store records that in the
+    /// same transaction (`Store::append`), and a later start may sign without learning its seq
+    /// from peers again.
+    pub own_history_complete: bool,
 }
 
 /// The store's verdict on a job.
@@ -305,7 +311,7 @@ impl<R> GroupCommit<R> {
                 }
                 // The own events were appended last. What came from peers goes back in front of
                 // what was accepted since, so the store's log stays in causal order.
-                let CommitJob { mut events, mut evidence } = job;
+                let CommitJob { mut events, mut evidence, .. } = job;
                 let n_peer_events = events.len().checked_sub(n_own).expect("the job holds the own events");
                 events.truncate(n_peer_events);
                 events.append(&mut self.peer_events);
@@ -385,8 +391,9 @@ impl<R> GroupCommit<R> {
         let mut events = std::mem::take(&mut self.peer_events);
         events.extend(own.iter().flat_map(Prepared::events).map(|e| (e.id().0, e.encode())));
         let evidence = std::mem::take(&mut self.evidence);
+        let own_history_complete = own.is_some();
         self.in_flight = Some(InFlight { own, replies, n_events: events.len() });
-        Some(CommitJob { events, evidence })
+        Some(CommitJob { events, evidence, own_history_complete })
     }
 
     /// The job handed out by [`GroupCommit::poll_commit`] could not reach the store at all

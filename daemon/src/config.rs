@@ -1,6 +1,7 @@
 //! Configuration: the node's TOML config file and the cluster's genesis file. Every setting is
 //! documented here with its default; an error names the file and the field.
 
+use crate::store::OwnHistory;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,8 +39,10 @@ pub struct Config {
     /// `RUST_LOG` overrides it. Default `info`.
     #[serde(default = "default_log_level")]
     pub log_level: String,
-    /// Set on every node of a brand-new cluster only: this node's key has never signed, so it
-    /// need not learn its latest seq from peers before its first write. Default false.
+    /// Set on every node of a brand-new cluster only: this node's key has never signed, so a
+    /// store this start creates is marked as holding the node's whole own history, and the node
+    /// need not learn its latest seq from peers before its first write. It has no effect on a
+    /// store that exists (a restored backup keeps its mark). Default false.
     #[serde(default)]
     pub new_cluster: bool,
     /// The peers this node dials, by genesis name or key. Peers not listed may still dial in.
@@ -325,8 +328,20 @@ impl Config {
         Ok(peers)
     }
 
-    /// The protocol's node settings from these limits and timings.
-    pub fn node_config(&self, genesis: &Genesis, store_has_own_events: bool) -> NodeConfig {
+    /// What a store created by this start knows of the node's own events: all of them for a
+    /// brand-new cluster (`new_cluster`) or a sole member (nobody else can hold one), else
+    /// nothing certain.
+    pub fn new_store_own_history(&self, genesis: &Genesis) -> OwnHistory {
+        if self.new_cluster || genesis.members().len() <= 1 {
+            OwnHistory::Complete
+        } else {
+            OwnHistory::Unknown
+        }
+    }
+
+    /// The protocol's node settings from these limits and timings. Own-seq safety is on unless
+    /// the store holds the node's whole own history (or the node has no peer to learn from).
+    pub fn node_config(&self, genesis: &Genesis, own_history: OwnHistory) -> NodeConfig {
         let limits = &self.limits;
         let timing = &self.timing;
         let verify_threads = match limits.verify_threads {
@@ -334,7 +349,7 @@ impl Config {
             n => n,
         };
         let others = genesis.members().len().saturating_sub(1);
-        let own_seq_peers_needed = if store_has_own_events || self.new_cluster || others == 0 {
+        let own_seq_peers_needed = if own_history == OwnHistory::Complete || others == 0 {
             0
         } else if limits.own_seq_peers_needed > 0 {
             limits.own_seq_peers_needed.min(others)
@@ -470,12 +485,17 @@ mod tests {
     }
 
     #[test]
-    fn own_seq_safety_is_on_for_an_empty_store_only() {
+    fn own_seq_safety_is_off_only_for_a_store_with_the_whole_own_history() {
         let (g, _) = genesis();
         let c = Config::parse(MINIMAL).unwrap();
-        assert_eq!(c.node_config(&g, false).own_seq_peers_needed, 1);
-        assert_eq!(c.node_config(&g, true).own_seq_peers_needed, 0);
+        assert_eq!(c.node_config(&g, OwnHistory::Complete).own_seq_peers_needed, 0);
+        for own_history in [OwnHistory::Unknown, OwnHistory::Restored, OwnHistory::RolledBack] {
+            assert_eq!(c.node_config(&g, own_history).own_seq_peers_needed, 1, "{own_history:?}");
+        }
+        assert_eq!(c.new_store_own_history(&g), OwnHistory::Unknown);
+        // `new_cluster` marks a store this start creates; it never overrides a store's mark.
         let new = Config::parse(&format!("new_cluster = true\n{MINIMAL}")).unwrap();
-        assert_eq!(new.node_config(&g, false).own_seq_peers_needed, 0);
+        assert_eq!(new.new_store_own_history(&g), OwnHistory::Complete);
+        assert_eq!(new.node_config(&g, OwnHistory::Restored).own_seq_peers_needed, 1);
     }
 }

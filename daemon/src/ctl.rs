@@ -322,6 +322,15 @@ pub enum Command {
     Watch,
     /// The daemon's metrics in OpenMetrics text (there is no JSON form: --json is refused).
     Metrics,
+    /// Writes a consistent copy of the node's store to FILE while the node runs (its writes
+    /// wait at most one read of 1 MiB), then checks the copy. Restore it with `cairnd restore`
+    /// on a stopped node: the restored node learns its latest own seq from its peers before it
+    /// signs again, so a backup can never make it sign a seq twice.
+    Backup {
+        /// The file to write; it must not exist. It is written next to itself as FILE.partial
+        /// first, and renamed once complete and checked.
+        file: PathBuf,
+    },
     /// Checks an event's or evidence's bytes offline, without a daemon.
     // A local `--socket`, hidden and refused, keeps the global one out of inspect's help.
     #[command(arg = clap::Arg::new("socket").long("socket").hide(true).value_parser(offline_socket))]
@@ -679,6 +688,7 @@ enum Request {
     Evidence,
     Watch,
     Metrics,
+    Backup { file: PathBuf },
 }
 
 impl Request {
@@ -759,6 +769,12 @@ impl Request {
                 }
                 Self::Metrics
             }
+            Command::Backup { file } => {
+                if file.as_os_str().is_empty() {
+                    bail!(Usage("give the backup file's path".to_owned()));
+                }
+                Self::Backup { file }
+            }
             Command::Inspect { .. } => {
                 // `run` sends inspect down its own offline path; nothing calls this with it.
                 bail!(Usage("inspect works offline; it is no request to the daemon".to_owned()))
@@ -814,7 +830,81 @@ async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::
             out.writer.write_all(text.as_bytes())?;
             Ok(EXIT_OK)
         }
+        Request::Backup { file } => backup(client, out, &file).await,
     }
+}
+
+/// `cairnctl backup FILE`: streams the backup into FILE.partial, checks it whole (its end, its
+/// counts, its checksum), then renames it to FILE and syncs the directory.
+async fn backup(client: &Client, out: &mut Output, file: &Path) -> anyhow::Result<u8> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if file.try_exists().unwrap_or(false) {
+        bail!("{} exists; give a new file name (a backup never overwrites a file)", file.display());
+    }
+    let mut partial_name = file.as_os_str().to_owned();
+    partial_name.push(".partial");
+    let partial = PathBuf::from(partial_name);
+    let mut handle = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .with_context(|| format!("cannot create {}", partial.display()))?;
+    let started = std::time::Instant::now();
+    let written = match client.backup_into(&mut handle).await {
+        Ok(written) => written,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(error.into());
+        }
+    };
+    drop(handle);
+    let checked = (|| -> anyhow::Result<(u64, u64)> {
+        let reader = io::BufReader::new(std::fs::File::open(&partial)?);
+        let mut reader = crate::backup::Reader::new(reader)?;
+        let (mut n_events, mut n_evidence) = (0u64, 0u64);
+        while let Some(record) = reader.next_record()? {
+            match record {
+                crate::backup::Record::Event(_) => n_events += 1,
+                crate::backup::Record::Evidence(_) => n_evidence += 1,
+            }
+        }
+        Ok((n_events, n_evidence))
+    })();
+    let (n_events, n_evidence) = match checked {
+        Ok(counts) => counts,
+        Err(error) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(
+                error.context("the backup the daemon sent is incomplete or damaged; nothing was kept")
+            );
+        }
+    };
+    std::fs::rename(&partial, file)
+        .with_context(|| format!("cannot rename {} to {}", partial.display(), file.display()))?;
+    if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("cannot sync {}", dir.display()))?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    if out.json {
+        out.print_json(&serde_json::json!({
+            "file": file.display().to_string(),
+            "bytes": written,
+            "events": n_events,
+            "evidence": n_evidence,
+            "seconds": seconds,
+        }))?;
+    } else {
+        out.line(format!(
+            "wrote {} ({written} bytes: {n_events} events, {n_evidence} evidence) in {seconds:.1} s; restore it with \
+             `cairnd restore` on the stopped node",
+            escape(&file.display().to_string(), false)
+        ))?;
+    }
+    Ok(EXIT_OK)
 }
 
 /// The exit code of an answer: [`EXIT_NOT_FOUND`] for the empty state of a register, counter

@@ -60,10 +60,10 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
 
     // The store first: a store of another cluster or key, or a corrupt one, stops us here.
     let store_path = config.store_path();
-    let (store, loaded) = Store::open(&store_path, cluster_id, me.0)
+    let (store, loaded) = Store::open(&store_path, cluster_id, me.0, config.new_store_own_history(&genesis))
         .with_context(|| format!("cannot use the store {}", store_path.display()))?;
-    let has_own = loaded.events.iter().any(|bytes| bytes.get(..32) == Some(&me.0[..]));
-    let node_config = config.node_config(&genesis, has_own);
+    let own_history = loaded.own_history;
+    let node_config = config.node_config(&genesis, own_history);
     let own_seq_peers_needed = node_config.own_seq_peers_needed;
     let mut node = Node::new(genesis.clone(), Some(me), node_config);
     let log: Vec<EventId> = loaded.ids.iter().map(|id| EventId(*id)).collect();
@@ -134,10 +134,11 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         "cairnd started"
     );
     if own_seq_peers_needed > 0 {
+        let why = own_history.why_learn().unwrap_or("this node's store may lack events it signed");
         warn!(
             peers_needed = own_seq_peers_needed,
-            "this node's store has no event of its own: writes are refused until peers report its latest seq \
-             (set new_cluster = true only for a brand-new cluster)"
+            "{why}: writes are refused until peers report its latest seq and it holds every event of its own they \
+             report, so that it never signs a seq twice"
         );
     }
     let _ = sd_notify::notify(&[

@@ -33,6 +33,7 @@ use cairn_crypto::SecretKey;
 use cairn_protocol::{Genesis, Node, NodeEvent};
 use tracing::{debug, error, info, warn};
 
+use crate::backup::{BackupPiece, BackupRead};
 use crate::commit::{
     Acked, CommitJob, Committed, GroupCommit, RETRY_MIN_MS, WRITES_QUEUED_BYTES_MAX, WRITES_QUEUED_MAX,
     WriteFailure,
@@ -83,6 +84,15 @@ pub struct DriverParts {
 /// What the store's writer thread reports for a job: the verdict, with the job given back.
 type StoreDone = (Committed, CommitJob);
 
+/// What the store's writer thread does, one request at a time, in the order they come: a
+/// group commit, or a read for a backup (which thus waits for at most one commit, and delays
+/// one by at most one read of [`crate::backup::BACKUP_READ_BYTES`]).
+#[derive(Debug)]
+pub(crate) enum StoreRequest {
+    Commit(CommitJob),
+    Backup(BackupRead, oneshot::Sender<Result<BackupPiece, String>>),
+}
+
 type WriteReply = oneshot::Sender<Result<WriteAck, ServiceError>>;
 
 /// The driver. See the module docs.
@@ -99,7 +109,7 @@ pub struct Driver {
     last_seen: BTreeMap<PublicKey, Instant>,
     log: Vec<EventId>,
     commit: GroupCommit<WriteReply>,
-    store_jobs: mpsc::Sender<CommitJob>,
+    store_jobs: std::sync::mpsc::Sender<StoreRequest>,
     store_done: mpsc::Receiver<StoreDone>,
     /// Whether the store's file system was full at the last commit (for the log lines).
     was_full: bool,
@@ -121,8 +131,13 @@ impl Driver {
         let (changes, _) = broadcast::channel(WATCH_BUFFER_MAX);
         let metrics = Arc::new(Metrics::new());
         let (store_jobs, store_done) = spawn_store_writer(parts.store);
-        let handle =
-            ServiceHandle { commands: commands_tx, changes: changes.clone(), metrics: metrics.clone() };
+        let handle = ServiceHandle {
+            commands: commands_tx,
+            changes: changes.clone(),
+            metrics: metrics.clone(),
+            store: store_jobs.clone(),
+            backup_running: Arc::default(),
+        };
         let driver = Self {
             node: parts.node,
             key: parts.key,
@@ -421,12 +436,9 @@ impl Driver {
     fn start_commit(&mut self) {
         let now = self.now_ms();
         let Some(job) = self.commit.poll_commit(&mut self.node, &self.key, now) else { return };
-        if let Err(error) = self.store_jobs.try_send(job) {
-            // The channel holds one job and the commit hands out one at a time, so only a
-            // writer thread that stopped makes this fail.
-            let job = match error {
-                mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
-            };
+        if let Err(std::sync::mpsc::SendError(request)) = self.store_jobs.send(StoreRequest::Commit(job)) {
+            // Only a writer thread that stopped makes this fail.
+            let StoreRequest::Commit(job) = request else { unreachable!("a commit was sent") };
             error!("the store's writer thread has stopped; the daemon stops");
             self.commit.handle_unsent(job, "the store's writer thread has stopped", &mut self.node);
         }
@@ -696,19 +708,30 @@ fn no_space(error: &StoreError) -> Committed {
 /// One job at a time, so everything that accumulates meanwhile goes into the next commit.
 /// A failed commit ends the thread, unless it failed for want of space: the store is usable
 /// again after that (it reopened itself), and the job goes back for a later try.
-fn spawn_store_writer(mut store: Store) -> (mpsc::Sender<CommitJob>, mpsc::Receiver<StoreDone>) {
-    let (jobs_tx, mut jobs_rx) = mpsc::channel::<CommitJob>(1);
+fn spawn_store_writer(
+    mut store: Store,
+) -> (std::sync::mpsc::Sender<StoreRequest>, mpsc::Receiver<StoreDone>) {
+    // Unbounded, yet bounded by its senders: the group commit has one job in flight at most,
+    // and each backup stream one read.
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<StoreRequest>();
     let (done_tx, done_rx) = mpsc::channel(1);
     std::thread::Builder::new()
         .name("cairn-store".to_owned())
         .spawn(move || {
-            while let Some(job) = jobs_rx.blocking_recv() {
+            while let Ok(request) = jobs_rx.recv() {
+                let job = match request {
+                    StoreRequest::Commit(job) => job,
+                    StoreRequest::Backup(read, reply) => {
+                        let _ = reply.send(crate::backup::read_piece(&store, &read));
+                        continue;
+                    }
+                };
                 let result = {
                     let events: Vec<([u8; 32], &[u8])> =
                         job.events.iter().map(|(id, b)| (*id, b.as_slice())).collect();
                     let evidence: Vec<([u8; 32], &[u8])> =
                         job.evidence.iter().map(|(a, b)| (*a, b.as_slice())).collect();
-                    store.append(&events, &evidence)
+                    store.append(&events, &evidence, job.own_history_complete)
                 };
                 debug!(events = job.events.len(), ok = result.is_ok(), "store commit");
                 let (committed, fatal) = match result {

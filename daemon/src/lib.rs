@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod backup;
 pub mod client;
 pub mod commit;
 pub mod config;
@@ -13,6 +14,7 @@ pub mod daemon;
 pub mod demo;
 pub mod discipline;
 pub mod driver;
+pub mod fsck;
 pub mod json;
 pub mod logging;
 pub mod metrics;

@@ -56,6 +56,9 @@ pub enum ServiceError {
     /// The daemon is stopping.
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// A backup is being taken already; one at a time.
+    #[error("a backup of this node is being taken already (one at a time); retry when it is done")]
+    BackupRunning,
 }
 
 /// An acknowledged write: durable on this node (fsync'd) before this is returned.
@@ -211,6 +214,10 @@ pub struct ServiceHandle {
     pub(crate) commands: mpsc::Sender<Command>,
     pub(crate) changes: broadcast::Sender<ChangeNotice>,
     pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// The store's writer thread, for backups.
+    pub(crate) store: std::sync::mpsc::Sender<crate::driver::StoreRequest>,
+    /// Set while a backup stream is open.
+    pub(crate) backup_running: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ServiceHandle {
@@ -276,6 +283,12 @@ impl ServiceHandle {
     /// The Prometheus metrics in OpenMetrics text.
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()
+    }
+
+    /// Starts a backup of the store (one at a time): see [`crate::backup`].
+    pub fn backup(&self) -> Result<crate::backup::BackupStream, ServiceError> {
+        crate::backup::BackupStream::start(self.store.clone(), self.backup_running.clone())
+            .ok_or(ServiceError::BackupRunning)
     }
 
     /// A stream of changes applied to the document from now on.

@@ -9,13 +9,33 @@
 //!
 //! | table      | key                   | value                                  |
 //! |------------|-----------------------|----------------------------------------|
-//! | `meta`     | `&str`                | `"format"`: u64 LE; `"cluster_id"`, `"node_key"`: 32 bytes |
+//! | `meta`     | `&str`                | `"format"`: u64 LE; `"cluster_id"`, `"node_key"`: 32 bytes; `"own_history"`: 1 byte, see [`OwnHistory`] |
 //! | `log`      | u64 position, 0, 1, … | canonical event bytes, in append order  |
 //! | `ids`      | 32-byte event id      | u64 position in `log`                  |
 //! | `evidence` | 32-byte author key    | canonical evidence bytes (the newest)  |
 //!
 //! `ids` makes appending an event twice a no-op. The append order is a causal order because the
 //! node only accepts an event after its dependencies, so replaying `log` in order restores it.
+//!
+//! # The node's own history
+//!
+//! `meta["own_history"]` says whether the store holds every event the node's key ever signed
+//! ([`OwnHistory::Complete`]): only then may the node sign its next seq without first learning
+//! its latest own seq from its peers. The mark is written in the same transaction as the first
+//! own event the node signs after it learned its seq (the group commit sets
+//! `own_history_complete` on every job that holds an event signed in this process, and such a
+//! job also holds every event accepted before it), so a crash can never leave a store marked
+//! complete that lacks part of the node's own chain. A store created for a node that joins a
+//! running cluster starts [`OwnHistory::Unknown`], a restored backup is
+//! [`OwnHistory::Restored`], and `cairnd relearn-own-seq` marks a store rolled back by other
+//! means [`OwnHistory::RolledBack`].
+//!
+//! # Versions
+//!
+//! Format 1 (cairnd up to commit 031c76c) had no `own_history`; the node then trusted any store
+//! holding one of its own events. It is upgraded in place on the first open: one transaction
+//! writes format 2 and `own_history` by that same rule (complete if the store holds an own
+//! event). A store of a later format is refused.
 //!
 //! A corrupt store is refused, never used: redb verifies every page checksum on open, and the
 //! load checks that `log` and `ids` agree entry by entry. The protocol layer validates every
@@ -53,7 +73,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 
 /// The layout version in `meta["format"]`. Bump it when the layout changes; a store with
 /// another version is refused with [`StoreError::Format`].
-pub const FORMAT_VERSION: u64 = 1;
+pub const FORMAT_VERSION: u64 = 2;
+
+/// The format before `own_history`, upgraded in place on open.
+const FORMAT_WITHOUT_OWN_HISTORY: u64 = 1;
 
 /// redb's page cache. Start-up reads every page once and the node keeps its state in memory,
 /// so after that the cache serves only the b-tree paths that appends touch: the right edge of
@@ -68,6 +91,63 @@ const EVIDENCE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("eviden
 const META_FORMAT: &str = "format";
 const META_CLUSTER_ID: &str = "cluster_id";
 const META_NODE_KEY: &str = "node_key";
+const META_OWN_HISTORY: &str = "own_history";
+
+/// What a store knows of the events its node's key has signed: whether the node may sign its
+/// next seq from the store alone, or must first learn its latest own seq from its peers (own-seq
+/// safety). See the module docs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OwnHistory {
+    /// The store holds every event the node's key has signed.
+    Complete,
+    /// The store may lack some own events: made for a node that joined a running cluster (or
+    /// whose store was lost), and no own event was signed on it since.
+    #[default]
+    Unknown,
+    /// Installed from a backup by `cairnd restore`: events the node signed after the backup are
+    /// missing.
+    Restored,
+    /// Marked by `cairnd relearn-own-seq`: the disk was rolled back (a VM snapshot, a file
+    /// system snapshot, a copy put back by hand).
+    RolledBack,
+}
+
+impl OwnHistory {
+    /// The byte in `meta["own_history"]`.
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Unknown => 0,
+            Self::Complete => 1,
+            Self::Restored => 2,
+            Self::RolledBack => 3,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            0 => Self::Unknown,
+            1 => Self::Complete,
+            2 => Self::Restored,
+            3 => Self::RolledBack,
+            _ => return None,
+        })
+    }
+
+    /// Why a node must learn its own seq from its peers, in words for its log and status;
+    /// `None` when it need not.
+    pub fn why_learn(self) -> Option<&'static str> {
+        match self {
+            Self::Complete => None,
+            Self::Unknown => {
+                Some("this node's store may lack events it signed (it was made empty for a running cluster)")
+            }
+            Self::Restored => {
+                Some("this node's store was restored from a backup and lacks what the node signed since")
+            }
+            Self::RolledBack => Some("this node's store was marked rolled back (cairnd relearn-own-seq)"),
+        }
+    }
+}
 
 /// What the store held when it was opened.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,6 +158,10 @@ pub struct Loaded {
     pub ids: Vec<[u8; 32]>,
     /// Canonical evidence encodings, one per equivocating author, in author key order.
     pub evidence: Vec<Vec<u8>>,
+    /// Whether the store holds every event of the node's own key.
+    pub own_history: OwnHistory,
+    /// The format the store had before this open upgraded it, if it did.
+    pub upgraded_from: Option<u64>,
 }
 
 /// Why the store could not be opened or written. Every message names the file and says what
@@ -203,6 +287,10 @@ pub struct Store {
     failed: bool,
     /// Whether the open rolled back a last commit that did not verify.
     rolled_back: bool,
+    /// `meta["own_history"]` as last committed.
+    own_history: OwnHistory,
+    cluster_id: [u8; 32],
+    node_key: [u8; 32],
 }
 
 impl fmt::Debug for Store {
@@ -220,11 +308,19 @@ impl Store {
     /// Opens or creates the store at `path` (a file inside the data directory) for this
     /// cluster and this node key, and returns everything it holds.
     ///
-    /// A missing parent directory is created. A new store records `cluster_id` and `node_key`;
-    /// an existing one must have been created with the same two, else it is refused. Every page
-    /// checksum is verified and every event is decoded and matched against its id before
-    /// anything is returned, so the open reads the whole file.
-    pub fn open(path: &Path, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<(Self, Loaded), StoreError> {
+    /// A missing parent directory is created. A new store records `cluster_id`, `node_key` and
+    /// `new_store` as what it knows of the node's own events ([`OwnHistory::Complete`] only for
+    /// a brand-new cluster or a sole member: nobody else can hold an event of the node); an
+    /// existing one must have been created with the same two keys, else it is refused, and a
+    /// store of format 1 is upgraded in place. Every page checksum is verified and every event
+    /// is decoded and matched against its id before anything is returned, so the open reads the
+    /// whole file.
+    pub fn open(
+        path: &Path,
+        cluster_id: [u8; 32],
+        node_key: [u8; 32],
+        new_store: OwnHistory,
+    ) -> Result<(Self, Loaded), StoreError> {
         create_dir_durably(parent_dir(path)).map_err(|e| access(path, &e))?;
         let (db, rolled_back) = open_database(path, OpenMode::Create)?;
         if rolled_back {
@@ -237,16 +333,132 @@ impl Store {
             );
         }
 
-        let mut store = Self { db: Some(db), path: path.to_owned(), n_events: 0, failed: false, rolled_back };
-        if store.check_meta(cluster_id, node_key)? {
-            store.write_meta(cluster_id, node_key)?;
+        let mut store = Self {
+            db: Some(db),
+            path: path.to_owned(),
+            n_events: 0,
+            failed: false,
+            rolled_back,
+            own_history: new_store,
+            cluster_id,
+            node_key,
+        };
+        let found = store.check_meta(cluster_id, node_key)?;
+        if found == Found::New {
+            store.write_meta(cluster_id, node_key, new_store)?;
         }
-        let loaded = store.load()?;
+        let mut loaded = store.load()?;
+        match found {
+            Found::New => store.own_history = new_store,
+            Found::Current(own_history) => store.own_history = own_history,
+            Found::WithoutOwnHistory => {
+                // Format 1's rule: a store holding an own event was trusted with the own seq.
+                let has_own = loaded.events.iter().any(|bytes| bytes.get(..32) == Some(&node_key[..]));
+                let own_history = if has_own { OwnHistory::Complete } else { OwnHistory::Unknown };
+                store.upgrade(own_history)?;
+                store.own_history = own_history;
+                loaded.upgraded_from = Some(FORMAT_WITHOUT_OWN_HISTORY);
+                tracing::info!(
+                    path = %path.display(),
+                    from = FORMAT_WITHOUT_OWN_HISTORY,
+                    to = FORMAT_VERSION,
+                    own_history = ?own_history,
+                    "upgraded the store's format in place"
+                );
+            }
+        }
+        loaded.own_history = store.own_history;
         Ok((store, loaded))
     }
 
+    /// The cluster the store belongs to.
+    pub fn cluster_id(&self) -> [u8; 32] {
+        self.cluster_id
+    }
+
+    /// The key of the node the store belongs to.
+    pub fn node_key(&self) -> [u8; 32] {
+        self.node_key
+    }
+
+    /// What the store knows of the node's own events, as last committed.
+    pub fn own_history(&self) -> OwnHistory {
+        self.own_history
+    }
+
+    /// Records what the store knows of the node's own events, durably, in a transaction of its
+    /// own: for `cairnd relearn-own-seq` and `cairnd restore`. (The group commit marks a store
+    /// complete inside the transaction of an own event instead, see [`Store::append`].)
+    pub fn set_own_history(&mut self, own_history: OwnHistory) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(self.io_error("an earlier write failed".to_owned()));
+        }
+        let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Write);
+        let mut tx = self.db()?.begin_write().map_err(|e| fail(e.into()))?;
+        tx.set_two_phase_commit(true);
+        {
+            let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+            meta.insert(META_OWN_HISTORY, [own_history.to_byte()].as_slice()).map_err(|e| fail(e.into()))?;
+        }
+        tx.commit().map_err(|e| fail(e.into()))?;
+        self.own_history = own_history;
+        Ok(())
+    }
+
+    /// Writes format 2's meta into a store of format 1, in one transaction.
+    fn upgrade(&mut self, own_history: OwnHistory) -> Result<(), StoreError> {
+        let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Open);
+        let mut tx = self.db()?.begin_write().map_err(|e| fail(e.into()))?;
+        tx.set_two_phase_commit(true);
+        {
+            let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+            meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+            meta.insert(META_OWN_HISTORY, [own_history.to_byte()].as_slice()).map_err(|e| fail(e.into()))?;
+        }
+        tx.commit().map_err(|e| fail(e.into()))
+    }
+
+    /// Events of `log` from position `from` on, in order, until `bytes_max` bytes (at least one
+    /// event if there is one), and the position after the last one returned. Each call is one
+    /// short read transaction: the log only ever grows at its end, so successive calls read one
+    /// consistent, causally closed prefix of it (how `GET /v1/backup` streams a running store).
+    pub fn read_log(&self, from: u64, bytes_max: usize) -> Result<(Vec<Vec<u8>>, u64), StoreError> {
+        let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Open);
+        let tx = self.db()?.begin_read().map_err(|e| fail(e.into()))?;
+        let log = tx.open_table(LOG).map_err(|e| fail(e.into()))?;
+        let mut events = Vec::new();
+        let mut bytes = 0;
+        let mut next = from;
+        for entry in log.range(from..).map_err(|e| fail(e.into()))? {
+            let (position, event) = entry.map_err(|e| fail(e.into()))?;
+            if !events.is_empty() && bytes + event.value().len() > bytes_max {
+                break;
+            }
+            bytes += event.value().len();
+            events.push(event.value().to_vec());
+            next = position.value() + 1;
+        }
+        Ok((events, next))
+    }
+
+    /// The evidence held now, canonical encodings in author key order.
+    pub fn read_evidence(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Open);
+        let tx = self.db()?.begin_read().map_err(|e| fail(e.into()))?;
+        let table = tx.open_table(EVIDENCE).map_err(|e| fail(e.into()))?;
+        let mut evidence = Vec::new();
+        for entry in table.iter().map_err(|e| fail(e.into()))? {
+            let (_, bytes) = entry.map_err(|e| fail(e.into()))?;
+            evidence.push(bytes.value().to_vec());
+        }
+        Ok(evidence)
+    }
+
     /// Appends accepted events (id, canonical bytes) and evidence (author key, canonical
-    /// bytes) in one write transaction, durable (fsync'd) when it returns.
+    /// bytes) in one write transaction, durable (fsync'd) when it returns. With
+    /// `own_history_complete` (the batch holds an event the node signed in this process, after
+    /// every event accepted before it) the same transaction marks the store
+    /// [`OwnHistory::Complete`].
     ///
     /// An event whose id is already stored is skipped; evidence replaces the author's previous
     /// evidence. The caller's events and evidence come from its own validated node, so bytes
@@ -255,6 +467,7 @@ impl Store {
         &mut self,
         events: &[([u8; 32], &[u8])],
         evidence: &[([u8; 32], &[u8])],
+        own_history_complete: bool,
     ) -> Result<(), StoreError> {
         if self.failed {
             return Err(self.io_error("an earlier write failed".to_owned()));
@@ -275,13 +488,17 @@ impl Store {
             // Nothing to make durable: spare the fsync.
             return Ok(());
         }
-        match self.write(events, evidence) {
+        let mark = own_history_complete && self.own_history != OwnHistory::Complete;
+        match self.write(events, evidence, mark) {
             Ok(n_events) => {
                 assert!(n_events >= self.n_events);
                 self.n_events = n_events;
+                if mark {
+                    self.own_history = OwnHistory::Complete;
+                }
                 Ok(())
             }
-            Err(error @ StoreError::NoSpace { .. }) => self.after_no_space(events, error),
+            Err(error @ StoreError::NoSpace { .. }) => self.after_no_space(events, mark, error),
             Err(error) => {
                 self.failed = true;
                 Err(error)
@@ -293,7 +510,12 @@ impl Store {
     /// any failed write, and finds out whether the batch was stored (see the module docs).
     /// Returns `error` if it was not, `Ok` if it was after all, and a fatal error if the store
     /// cannot tell.
-    fn after_no_space(&mut self, events: &[([u8; 32], &[u8])], error: StoreError) -> Result<(), StoreError> {
+    fn after_no_space(
+        &mut self,
+        events: &[([u8; 32], &[u8])],
+        own_history_complete: bool,
+        error: StoreError,
+    ) -> Result<(), StoreError> {
         // Dropping the database closes the file without a clean-shutdown mark; the reopen
         // recovers it to its last durable commit.
         self.db = None;
@@ -310,6 +532,10 @@ impl Store {
                 Err(error)
             }
             Ok((n_stored, n_found)) if n_found == events.len() && n_stored > self.n_events => {
+                // The mark, if the batch carried it, landed with it (one transaction).
+                if own_history_complete {
+                    self.own_history = OwnHistory::Complete;
+                }
                 tracing::warn!(
                     path = %self.path.display(),
                     "a commit reported that the file system is full, but it was stored after all"
@@ -353,7 +579,12 @@ impl Store {
     }
 
     /// One write transaction with all of `events` and `evidence`; returns the new event count.
-    fn write(&self, events: &[([u8; 32], &[u8])], evidence: &[([u8; 32], &[u8])]) -> Result<u64, StoreError> {
+    fn write(
+        &self,
+        events: &[([u8; 32], &[u8])],
+        evidence: &[([u8; 32], &[u8])],
+        own_history_complete: bool,
+    ) -> Result<u64, StoreError> {
         let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Write);
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| fail(e.into()))?;
@@ -382,19 +613,23 @@ impl Store {
             for (author, bytes) in evidence {
                 table.insert(author, *bytes).map_err(|e| fail(e.into()))?;
             }
+            if own_history_complete {
+                let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+                meta.insert(META_OWN_HISTORY, [OwnHistory::Complete.to_byte()].as_slice())
+                    .map_err(|e| fail(e.into()))?;
+            }
         }
         tx.commit().map_err(|e| fail(e.into()))?;
         Ok(n_events)
     }
 
-    /// Checks the meta of an existing store against this node. Returns `true` for a new store
-    /// (no tables yet), which needs its meta written.
-    fn check_meta(&self, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<bool, StoreError> {
+    /// Checks the meta of an existing store against this node, and says what it found.
+    fn check_meta(&self, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<Found, StoreError> {
         let path = &self.path;
         let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
         let tx = self.db()?.begin_read().map_err(|e| fail(e.into()))?;
         if tx.list_tables().map_err(|e| fail(e.into()))?.next().is_none() {
-            return Ok(true);
+            return Ok(Found::New);
         }
         let meta = match tx.open_table(META) {
             Ok(meta) => meta,
@@ -413,7 +648,7 @@ impl Store {
         let format = <[u8; 8]>::try_from(format.as_slice())
             .map_err(|_| corrupt(path, format!("meta `{META_FORMAT}` is {} bytes, not 8", format.len())))?;
         let format = u64::from_le_bytes(format);
-        if format != FORMAT_VERSION {
+        if format != FORMAT_VERSION && format != FORMAT_WITHOUT_OWN_HISTORY {
             return Err(StoreError::Format { path: path.clone(), found: format!("store format {format}") });
         }
         let key32 = |name: &str| -> Result<[u8; 32], StoreError> {
@@ -429,12 +664,26 @@ impl Store {
         if stored != node_key {
             return Err(StoreError::OtherKey { path: path.clone(), stored, expected: node_key });
         }
-        Ok(false)
+        if format == FORMAT_WITHOUT_OWN_HISTORY {
+            return Ok(Found::WithoutOwnHistory);
+        }
+        let own_history = field(META_OWN_HISTORY)?;
+        match own_history.as_slice() {
+            [byte] => OwnHistory::from_byte(*byte)
+                .map(Found::Current)
+                .ok_or_else(|| corrupt(path, format!("meta `{META_OWN_HISTORY}` is {byte}, not 0 to 3"))),
+            other => Err(corrupt(path, format!("meta `{META_OWN_HISTORY}` is {} bytes, not 1", other.len()))),
+        }
     }
 
     /// Writes a new store's meta and creates its tables in its first transaction, then makes
     /// the file's directory entry durable.
-    fn write_meta(&self, cluster_id: [u8; 32], node_key: [u8; 32]) -> Result<(), StoreError> {
+    fn write_meta(
+        &self,
+        cluster_id: [u8; 32],
+        node_key: [u8; 32],
+        own_history: OwnHistory,
+    ) -> Result<(), StoreError> {
         let path = &self.path;
         let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
         let mut tx = self.db()?.begin_write().map_err(|e| fail(e.into()))?;
@@ -446,6 +695,7 @@ impl Store {
             meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
             meta.insert(META_CLUSTER_ID, cluster_id.as_slice()).map_err(|e| fail(e.into()))?;
             meta.insert(META_NODE_KEY, node_key.as_slice()).map_err(|e| fail(e.into()))?;
+            meta.insert(META_OWN_HISTORY, [own_history.to_byte()].as_slice()).map_err(|e| fail(e.into()))?;
             // Created now so that a store without them is known to be damaged.
             tx.open_table(LOG).map_err(|e| fail(e.into()))?;
             tx.open_table(IDS).map_err(|e| fail(e.into()))?;
@@ -525,7 +775,7 @@ impl Store {
             evidence.push(bytes.to_vec());
         }
         self.n_events = n_events;
-        Ok(Loaded { events, ids: event_ids, evidence })
+        Ok(Loaded { events, ids: event_ids, evidence, ..Loaded::default() })
     }
 
     fn io_error(&self, detail: String) -> StoreError {
@@ -536,6 +786,17 @@ impl Store {
     fn db(&self) -> Result<&Database, StoreError> {
         self.db.as_ref().ok_or_else(|| self.io_error("an earlier write failed".to_owned()))
     }
+}
+
+/// What [`Store::check_meta`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Found {
+    /// A new file: no tables yet.
+    New,
+    /// A store of format 1, to upgrade.
+    WithoutOwnHistory,
+    /// A store of this format.
+    Current(OwnHistory),
 }
 
 /// Whether [`open_database`] may create the file.

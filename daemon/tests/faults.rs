@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use cairn_crypto::SecretKey;
 use cairn_daemon::config::STORE_FILE;
-use cairn_daemon::store::{Store, StoreError};
+use cairn_daemon::store::{OwnHistory, Store, StoreError};
 use cairn_protocol::{Event, EventId, Op};
 use common::netns::Network;
 use common::tmpfs::Tmpfs;
@@ -444,7 +444,7 @@ fn event(prev: Option<&Event>, seq: u64, value_len: usize, variant: u8) -> Event
 fn append(store: &mut Store, events: &[&Event]) -> Result<(), StoreError> {
     let encoded: Vec<(EventId, Vec<u8>)> = events.iter().map(|e| (e.id(), e.encode())).collect();
     let events: Vec<([u8; 32], &[u8])> = encoded.iter().map(|(id, bytes)| (id.0, bytes.as_slice())).collect();
-    store.append(&events, &[])
+    store.append(&events, &[], false)
 }
 
 /// The store-level full-disk tests: a tmpfs this small, filled with events of this size, at
@@ -465,7 +465,7 @@ fn small_tmpfs() -> Option<Tmpfs> {
 }
 
 fn open(path: &Path) -> Result<(Store, cairn_daemon::store::Loaded), StoreError> {
-    Store::open(path, CLUSTER, author().public().0)
+    Store::open(path, CLUSTER, author().public().0, OwnHistory::Unknown)
 }
 
 #[test]

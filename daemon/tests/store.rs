@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cairn_crypto::SecretKey;
-use cairn_daemon::store::{FORMAT_VERSION, Loaded, Store, StoreError};
+use cairn_daemon::store::{FORMAT_VERSION, Loaded, OwnHistory, Store, StoreError};
 use cairn_protocol::{Event, EventId, Evidence, Op, SignedHeader};
 use redb::TableDefinition;
 
@@ -28,7 +28,7 @@ fn node_key() -> [u8; 32] {
 }
 
 fn open(path: &Path) -> Result<(Store, Loaded), StoreError> {
-    Store::open(path, CLUSTER, node_key())
+    Store::open(path, CLUSTER, node_key(), OwnHistory::Unknown)
 }
 
 /// `n` events by [`author`], each depending on the one before, with `seq_first` as the first
@@ -60,7 +60,7 @@ fn append(store: &mut Store, events: &[Event], evidence: &[Evidence]) {
     let evidence: Vec<([u8; 32], Vec<u8>)> = evidence.iter().map(|e| (e.author().0, e.encode())).collect();
     let events: Vec<([u8; 32], &[u8])> = events.iter().map(|(id, bytes)| (id.0, bytes.as_slice())).collect();
     let evidence: Vec<([u8; 32], &[u8])> = evidence.iter().map(|(k, bytes)| (*k, bytes.as_slice())).collect();
-    store.append(&events, &evidence).unwrap();
+    store.append(&events, &evidence, false).unwrap();
 }
 
 fn encoded(events: &[Event]) -> Vec<Vec<u8>> {
@@ -77,7 +77,7 @@ fn store_with(dir: &Path, events: &[Event]) -> PathBuf {
 
 /// Opens `path` as this node expecting a refusal, and checks that the message names the file.
 fn refused(path: &Path, cluster_id: [u8; 32], node_key: [u8; 32]) -> StoreError {
-    let Err(error) = Store::open(path, cluster_id, node_key) else {
+    let Err(error) = Store::open(path, cluster_id, node_key, OwnHistory::Unknown) else {
         panic!("the store at {} was opened, but should have been refused", path.display());
     };
     let message = error.to_string();
@@ -259,6 +259,110 @@ fn unknown_format_is_refused() {
     assert!(error.to_string().contains(&format!("store format {}", FORMAT_VERSION + 1)), "{error}");
 }
 
+/// The own-history mark: what a new store starts with, set only in the transaction of a batch
+/// that carries it, kept across reopens, and set by hand for a rolled-back disk.
+#[test]
+fn the_own_history_mark_is_written_with_the_batch_that_carries_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let events = chain(1, 3, b"v");
+    let (mut store, loaded) = open(&path).unwrap();
+    assert_eq!((loaded.own_history, store.own_history()), (OwnHistory::Unknown, OwnHistory::Unknown));
+    // Own events relearned from peers do not mark it: only a batch signed in this process does.
+    append(&mut store, &events[..2], &[]);
+    drop(store);
+    let (mut store, loaded) = open(&path).unwrap();
+    assert_eq!(loaded.own_history, OwnHistory::Unknown);
+    let bytes = events[2].encode();
+    store.append(&[(events[2].id().0, bytes.as_slice())], &[], true).unwrap();
+    assert_eq!(store.own_history(), OwnHistory::Complete);
+    drop(store);
+    let (mut store, loaded) = open(&path).unwrap();
+    assert_eq!(loaded.own_history, OwnHistory::Complete);
+    assert_eq!(loaded.events, encoded(&events));
+    store.set_own_history(OwnHistory::RolledBack).unwrap();
+    drop(store);
+    let (_, loaded) = open(&path).unwrap();
+    assert_eq!(loaded.own_history, OwnHistory::RolledBack);
+
+    // A store made for a brand-new cluster is complete from the start; the mark of a store that
+    // exists is never replaced by what a new one would get.
+    let path = dir.path().join("new.redb");
+    let (store, loaded) = Store::open(&path, CLUSTER, node_key(), OwnHistory::Complete).unwrap();
+    assert_eq!((loaded.own_history, store.own_history()), (OwnHistory::Complete, OwnHistory::Complete));
+    drop(store);
+    let (_, loaded) = Store::open(&path, CLUSTER, node_key(), OwnHistory::Unknown).unwrap();
+    assert_eq!(loaded.own_history, OwnHistory::Complete);
+}
+
+#[test]
+fn a_bad_own_history_mark_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = store_with(dir.path(), &chain(1, 2, b"v"));
+    tamper(&path, |tx| {
+        tx.open_table(META).unwrap().insert("own_history", [7u8].as_slice()).unwrap();
+    });
+    assert_corrupt(&refused(&path, CLUSTER, node_key()), "own_history");
+    tamper(&path, |tx| {
+        tx.open_table(META).unwrap().remove("own_history").unwrap();
+    });
+    assert_corrupt(&refused(&path, CLUSTER, node_key()), "no `own_history`");
+}
+
+/// A store of format 1 (no own-history mark) is upgraded in place, by format 1's own rule: it
+/// knows the node's whole own history if it holds an own event. The real store written by
+/// format 1's cairnd is upgraded in `store_upgrade.rs`.
+#[test]
+fn format_1_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, events, expected) in [
+        ("own.redb", chain(1, 3, b"v"), OwnHistory::Complete),
+        ("none.redb", Vec::new(), OwnHistory::Unknown),
+    ] {
+        let path = dir.path().join(name);
+        let (mut store, _) = open(&path).unwrap();
+        append(&mut store, &events, &[]);
+        drop(store);
+        tamper(&path, |tx| {
+            let mut meta = tx.open_table(META).unwrap();
+            meta.insert("format", 1u64.to_le_bytes().as_slice()).unwrap();
+            meta.remove("own_history").unwrap();
+        });
+        let (_, loaded) = open(&path).unwrap();
+        assert_eq!((loaded.upgraded_from, loaded.own_history), (Some(1), expected), "{name}");
+        assert_eq!(loaded.events, encoded(&events));
+        let (_, loaded) = open(&path).unwrap();
+        assert_eq!((loaded.upgraded_from, loaded.own_history), (None, expected), "{name} reopened");
+    }
+}
+
+/// What a backup reads: the log in pieces of a bounded size, from any position, and the
+/// evidence.
+#[test]
+fn the_log_reads_back_in_bounded_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain(1, 50, &[3; 1000]);
+    let path = store_with(dir.path(), &events);
+    let (mut store, _) = open(&path).unwrap();
+    append(&mut store, &[], &[evidence(2, 1, 0)]);
+    let mut read = Vec::new();
+    let mut from = 0;
+    loop {
+        let (piece, next) = store.read_log(from, 4_500).unwrap();
+        if piece.is_empty() {
+            break;
+        }
+        assert!(piece.len() <= 4, "{} events of about 1 100 bytes in 4 500 bytes", piece.len());
+        assert_eq!(next, from + piece.len() as u64);
+        read.extend(piece);
+        from = next;
+    }
+    assert_eq!(read, encoded(&events));
+    // One event larger than the bound still comes, alone.
+    assert_eq!(store.read_log(7, 10).unwrap().0, encoded(&events[7..8]));
+    assert_eq!(store.read_evidence().unwrap(), vec![evidence(2, 1, 0).encode()]);
+}
+
 #[test]
 fn not_a_redb_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -290,6 +394,7 @@ fn another_programs_redb_file_is_refused() {
         meta.insert("format", FORMAT_VERSION.to_le_bytes().as_slice()).unwrap();
         meta.insert("cluster_id", CLUSTER.as_slice()).unwrap();
         meta.insert("node_key", node_key().as_slice()).unwrap();
+        meta.insert("own_history", [1u8].as_slice()).unwrap();
         tx.open_table(TableDefinition::<&str, &str>::new("log")).unwrap();
     });
     assert_corrupt(&refused(&path, CLUSTER, node_key()), "log");
@@ -412,7 +517,7 @@ fn appending_an_event_under_another_id_is_a_bug() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = open(&dir.path().join("store.redb")).unwrap();
     let event = chain(1, 1, b"v").remove(0);
-    let _ = store.append(&[([0; 32], &event.encode())], &[]);
+    let _ = store.append(&[([0; 32], &event.encode())], &[], false);
 }
 
 #[test]
@@ -420,7 +525,7 @@ fn appending_an_event_under_another_id_is_a_bug() {
 fn appending_evidence_under_another_author_is_a_bug() {
     let dir = tempfile::tempdir().unwrap();
     let (mut store, _) = open(&dir.path().join("store.redb")).unwrap();
-    let _ = store.append(&[], &[([0; 32], &evidence(2, 1, 0).encode())]);
+    let _ = store.append(&[], &[([0; 32], &evidence(2, 1, 0).encode())], false);
 }
 
 /// Set in the environment of a child test process that writes a store and then dies without

@@ -229,8 +229,10 @@ pub fn config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     match Config::parse(text) {
         Ok(config) => {
-            for store_has_own_events in [false, true] {
-                let node = config.node_config(vectors_genesis(), store_has_own_events);
+            for own_history in
+                [cairn_daemon::store::OwnHistory::Unknown, config.new_store_own_history(vectors_genesis())]
+            {
+                let node = config.node_config(vectors_genesis(), own_history);
                 assert!(node.adapter.verify_threads >= 1);
                 assert!(node.adapter.buffer_bytes_per_peer_max <= node.adapter.buffer_bytes_total_max);
                 assert!(

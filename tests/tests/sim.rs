@@ -450,14 +450,18 @@ fn a_crash_with_a_commit_in_flight_loses_no_acknowledged_write_and_signs_no_seq_
     }
 }
 
-/// A crash before any own event reached the store: the node starts again with own-seq safety
-/// (the configured number of peers must report its tips) and writes again once it has heard.
+/// A node whose store is not marked as holding its whole own history (it joined a running
+/// cluster with an empty store) crashes before its first own event reached the store: it starts
+/// again with own-seq safety (the configured number of peers must report its tips) and writes
+/// again once it has heard. (A node of a brand-new cluster needs none: its store is marked
+/// complete when it is made, and an own event that never reached its disk never left it.)
 #[test]
 fn a_crash_before_the_first_own_event_is_stored_makes_the_node_learn_its_seq() {
     for seed in 1_350..1_353 {
         let mut config = SimConfig::quiet(seed, 5);
         config.n_writes = 0;
         let mut cluster = Cluster::new(config);
+        cluster.schedule(50, Scripted::Restart { node: 0, own_seq_peers_needed: 2 });
         for k in 0..4 {
             cluster.schedule(100 + 100 * k, Scripted::Write { node: 1 });
         }
@@ -466,7 +470,8 @@ fn a_crash_before_the_first_own_event_is_stored_makes_the_node_learn_its_seq() {
         assert_eq!(own_in_flight(&cluster, 0).len(), 1);
         cluster.schedule(500, Scripted::Crash { node: 0, job: JobFate::Lost, down_ms: Some(100) });
         cluster.run_until(600).expect("the crash and the start");
-        assert!(cluster.node(0).own_seq_pending().is_some(), "seed {seed}: its store holds no own event");
+        assert!(!cluster.store(0).own_history_complete(), "seed {seed}: the own event was lost");
+        assert!(cluster.node(0).own_seq_pending().is_some(), "seed {seed}: it learns its seq again");
         // Its peers' first messages are a millisecond away at least: the first write is refused.
         for at in [600, 601, 602, 605, 610, 620, 640, 680, 750, 1_000] {
             cluster.schedule(at, Scripted::Write { node: 0 });
@@ -591,16 +596,13 @@ fn a_peer_flooding_garbage_is_muted_then_heard_again() {
     assert!(outcome.n_ignored_muted > 0, "{outcome:?}");
 }
 
-/// FIXME: the daemon decides at start-up that a node needs no own-seq safety as soon as its
-/// store holds any event of its own (`Config::node_config`, `has_own` in `daemon.rs`). A node
-/// that lost its store learns its own events from its peers and stores them as it goes; if it
-/// crashes (or is simply restarted) before its whole own chain is back in its store, it starts
-/// again without own-seq safety, and its next write signs a seq it already used: an honest node
-/// equivocates. This asserts today's behaviour; once the daemon keeps own-seq safety until the
-/// node has learned its seq (say, a mark in the store written with its first own event), this
-/// must pass the checks, and `SimConfig::random` may crash restarted nodes again.
+/// A node that lost its store learns its own events from its peers and stores them as it goes.
+/// If it crashes before its whole own chain is back in its store, it must start again with
+/// own-seq safety on: its store is marked as holding its whole own history only in the commit of
+/// its first new own event (`own_history_complete`), never because it holds some own event.
+/// (Before that mark, a crash here made node 0 sign a seq twice with seed 2 002.)
 #[test]
-fn fixme_a_crash_while_relearning_its_own_seq_makes_a_node_sign_a_seq_twice() {
+fn a_crash_while_relearning_its_own_seq_never_makes_a_node_sign_a_seq_twice() {
     let mut config = SimConfig::quiet(2_002, 4);
     config.n_writes = 0;
     // A slow peer rate makes node 0 get its own chain back in pieces.
@@ -620,9 +622,17 @@ fn fixme_a_crash_while_relearning_its_own_seq_makes_a_node_sign_a_seq_twice() {
     while !(1..own_max).contains(&own_stored(&cluster)) {
         assert!(cluster.step().expect("no violation while node 0 catches up"));
     }
+    assert!(!cluster.store(0).own_history_complete(), "some own events are back, not all");
     let now = cluster.now_ms();
     cluster.schedule(now, Scripted::Crash { node: 0, job: JobFate::Lost, down_ms: Some(50) });
-    cluster.schedule(now + 100, Scripted::Write { node: 0 });
-    let error = cluster.run_to_end().expect_err("today, node 0 signs a seq twice");
-    assert!(error.contains("honest node 0 signed seq") && error.contains("twice"), "{error}");
+    for k in 1..=20 {
+        cluster.schedule(now + 100 * k, Scripted::Write { node: 0 });
+    }
+    cluster.run_to_end().unwrap_or_else(|e| panic!("{e}"));
+    let idx = member_idx(&cluster, 0);
+    assert!(
+        cluster.node(1).adapter().max_seq(idx) > own_max,
+        "node 0's write after the crash was signed with a new seq and reached its peers"
+    );
+    assert!(cluster.store(0).own_history_complete(), "its first new own event marked the store");
 }

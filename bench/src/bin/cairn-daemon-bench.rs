@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use cairn_crypto::SecretKey;
 use cairn_daemon::config::{Config, load_genesis};
-use cairn_daemon::store::Store;
+use cairn_daemon::store::{OwnHistory, Store};
 use cairn_protocol::{Genesis, Member, Node, NodeConfig, Op};
 
 use cairn_bench::VerifySet;
@@ -688,12 +688,14 @@ fn sign_into_store(cluster: &Cluster, i: usize, n: usize) -> anyhow::Result<(u64
     let genesis = load_genesis(&config.genesis_file)?;
     let key = SecretKey::read_file(&config.key_file)?;
     let start = Instant::now();
-    let (mut store, _) = Store::open(&config.store_path(), genesis.cluster_id(), key.public().0)?;
+    // Every event of the key is signed here, into this new store: its own history is whole.
+    let (mut store, _) =
+        Store::open(&config.store_path(), genesis.cluster_id(), key.public().0, OwnHistory::Complete)?;
     let mut event_bytes = 0u64;
     sign_chain(&genesis, &key, n, |batch| {
         let refs: Vec<([u8; 32], &[u8])> = batch.iter().map(|(id, b)| (*id, b.as_slice())).collect();
         event_bytes += batch.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-        store.append(&refs, &[])?;
+        store.append(&refs, &[], false)?;
         Ok(())
     })?;
     anyhow::ensure!(store.n_events() == n as u64, "the store holds {} events, not {n}", store.n_events());
@@ -803,8 +805,12 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
     let check_start = Instant::now();
     let follower_config = Config::load(&cluster.nodes[follower].config)?;
     let follower_key = SecretKey::read_file(&follower_config.key_file)?;
-    let (stored, loaded) =
-        Store::open(&follower_config.store_path(), genesis.cluster_id(), follower_key.public().0)?;
+    let (stored, loaded) = Store::open(
+        &follower_config.store_path(),
+        genesis.cluster_id(),
+        follower_key.public().0,
+        OwnHistory::Unknown,
+    )?;
     let stored_events = stored.n_events();
     let stored_bytes: u64 = loaded.events.iter().map(|e| e.len() as u64).sum();
     drop((stored, loaded));

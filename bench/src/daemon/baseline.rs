@@ -63,14 +63,19 @@ pub(crate) fn store_rate(
     batch: usize,
 ) -> anyhow::Result<f64> {
     let _ = std::fs::remove_file(path);
-    let (mut store, _) = cairn_daemon::store::Store::open(path, cluster_id, node_key)?;
+    let (mut store, _) = cairn_daemon::store::Store::open(
+        path,
+        cluster_id,
+        node_key,
+        cairn_daemon::store::OwnHistory::Complete,
+    )?;
     let refs: Vec<([u8; 32], &[u8])> = events.iter().map(|(id, b)| (*id, b.as_slice())).collect();
     let mut chunks = refs.chunks(batch);
-    store.append(chunks.next().unwrap_or_default(), &[])?;
+    store.append(chunks.next().unwrap_or_default(), &[], false)?;
     let start = Instant::now();
     let mut n = 0;
     for chunk in chunks {
-        store.append(chunk, &[])?;
+        store.append(chunk, &[], false)?;
         n += chunk.len();
     }
     let secs = start.elapsed().as_secs_f64();

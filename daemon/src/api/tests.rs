@@ -315,7 +315,14 @@ async fn start_with(watch_buffer: usize, setup: impl FnOnce(&mut Fake)) -> Serve
             fake.answer(command);
         }
     });
-    let handle = ServiceHandle { commands, changes: changes.clone(), metrics: Arc::new(Metrics::new()) };
+    let handle = ServiceHandle {
+        commands,
+        changes: changes.clone(),
+        metrics: Arc::new(Metrics::new()),
+        // No store thread: a backup fails at once.
+        store: std::sync::mpsc::channel().0,
+        backup_running: Arc::default(),
+    };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listener = bind(&socket).unwrap();
     let task = tokio::spawn(serve(listener, handle, shutdown_rx));
@@ -1002,7 +1009,13 @@ async fn service_gone_is_503() {
     let (commands, command_rx) = mpsc::channel::<Command>(1);
     drop(command_rx);
     let (changes, _) = broadcast::channel(4);
-    let handle = ServiceHandle { commands, changes, metrics: Arc::new(Metrics::new()) };
+    let handle = ServiceHandle {
+        commands,
+        changes,
+        metrics: Arc::new(Metrics::new()),
+        store: std::sync::mpsc::channel().0,
+        backup_running: Arc::default(),
+    };
     let (_shutdown, shutdown_rx) = watch::channel(false);
     let listener = bind(&socket).unwrap();
     tokio::spawn(serve(listener, handle, shutdown_rx));

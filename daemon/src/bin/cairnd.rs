@@ -41,6 +41,36 @@ enum Command {
         #[arg(long, short, default_value = "/etc/cairn/cairnd.toml", env = "CAIRN_CONFIG")]
         config: PathBuf,
     },
+    /// Install a backup made by `cairnctl backup` as this node's store; cairnd must be stopped.
+    /// Every event of the backup is validated first; a store already there is moved aside
+    /// (with --replace), never deleted. The restored node learns its latest own seq from its
+    /// peers before it signs anything, so it can never sign a seq twice.
+    Restore {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/cairn/cairnd.toml", env = "CAIRN_CONFIG")]
+        config: PathBuf,
+        /// The backup file.
+        file: PathBuf,
+        /// Move the existing store aside (renamed with `.before-restore-<unix time>`).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// After the node's disk was rolled back by other means (a VM or file system snapshot, a
+    /// store file copied back): marks the store so that at its next start the node learns its
+    /// latest own seq from its peers before it signs anything. cairnd must be stopped.
+    RelearnOwnSeq {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/cairn/cairnd.toml", env = "CAIRN_CONFIG")]
+        config: PathBuf,
+    },
+    /// Check a stopped node's store offline: every page checksum, every event's id, signature,
+    /// seq chain and causal closure against the genesis, and the evidence. Exits 1 and lists
+    /// each problem by event id if the store is damaged.
+    CheckStore {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/cairn/cairnd.toml", env = "CAIRN_CONFIG")]
+        config: PathBuf,
+    },
     /// Run a local demo cluster of separate cairnd processes until Ctrl-C (or SIGTERM).
     Demo {
         /// How many nodes, 1 to 16.
@@ -96,6 +126,84 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 checked.peers.len(),
                 checked.config.store_path().display()
             );
+        }
+        Command::Restore { config, file, replace } => {
+            let checked = cairn_daemon::daemon::check(&config)?;
+            let store_path = checked.config.store_path();
+            let restored = cairn_daemon::backup::restore(
+                &file,
+                &checked.genesis,
+                checked.key.public(),
+                &store_path,
+                replace,
+            )?;
+            if let Some(aside) = &restored.moved_aside {
+                eprintln!("cairnd: moved the previous store aside to {}", aside.display());
+            }
+            println!(
+                "restored {} events and {} evidence from {} into {}; at its next start the node learns its latest                  own seq from its peers before it signs anything (files changed by root may need `chown` to the                  service's user, see deploy/GUIDE.md)",
+                restored.n_events,
+                restored.n_evidence,
+                file.display(),
+                store_path.display()
+            );
+        }
+        Command::RelearnOwnSeq { config } => {
+            let checked = cairn_daemon::daemon::check(&config)?;
+            let store_path = checked.config.store_path();
+            if !store_path.try_exists().unwrap_or(false) {
+                anyhow::bail!(
+                    "there is no store at {}; a node without a store learns its own seq anyway",
+                    store_path.display()
+                );
+            }
+            cairn_daemon::backup::ensure_stopped(&store_path)?;
+            let me = checked.key.public();
+            let (mut store, _) = cairn_daemon::store::Store::open(
+                &store_path,
+                checked.genesis.cluster_id(),
+                me.0,
+                cairn_daemon::store::OwnHistory::Unknown,
+            )?;
+            store.set_own_history(cairn_daemon::store::OwnHistory::RolledBack)?;
+            println!(
+                "marked {}: at its next start the node learns its latest own seq from its peers before it signs \
+                 anything",
+                store_path.display()
+            );
+        }
+        Command::CheckStore { config } => {
+            let checked = cairn_daemon::daemon::check(&config)?;
+            let store_path = checked.config.store_path();
+            let report =
+                cairn_daemon::fsck::check_store(&store_path, &checked.genesis, checked.key.public())?;
+            if let Some(from) = report.upgraded_from {
+                eprintln!("cairnd: the store was upgraded in place from format {from}");
+            }
+            let listed = report.problems.len().min(cairn_daemon::fsck::PROBLEMS_LISTED_MAX);
+            for problem in &report.problems[..listed] {
+                println!("problem: {problem}");
+            }
+            if report.problems.len() > listed {
+                println!("problem: ... and {} more", report.problems.len() - listed);
+            }
+            if report.problems.is_empty() {
+                println!(
+                    "ok: {} holds {} events and {} evidence, all valid; own history: {:?}",
+                    store_path.display(),
+                    report.n_events,
+                    report.n_evidence,
+                    report.own_history
+                );
+            } else {
+                println!(
+                    "damaged: {} has {} problem(s); move it away and let the node catch up from its peers \
+                     (deploy/GUIDE.md, \"When cairnd refuses its store\")",
+                    store_path.display(),
+                    report.problems.len()
+                );
+                return Ok(ExitCode::FAILURE);
+            }
         }
         Command::Demo { nodes } => {
             cairn_daemon::logging::init("warn");

@@ -467,8 +467,13 @@ impl Cluster {
             cairn_daemon::config::load_genesis(&self.dir().join("genesis.toml")).expect("the genesis");
         let key = cairn_crypto::SecretKey::read_file(&self.nodes[i].key_file).expect("the key").public();
         let path = self.nodes[i].data_dir.join(cairn_daemon::config::STORE_FILE);
-        let (_store, loaded) = cairn_daemon::store::Store::open(&path, genesis.cluster_id(), key.0)
-            .unwrap_or_else(|e| panic!("node {i}'s store: {e}"));
+        let (_store, loaded) = cairn_daemon::store::Store::open(
+            &path,
+            genesis.cluster_id(),
+            key.0,
+            cairn_daemon::store::OwnHistory::Unknown,
+        )
+        .unwrap_or_else(|e| panic!("node {i}'s store: {e}"));
         let mut puts = BTreeSet::new();
         for bytes in &loaded.events {
             let event = cairn_protocol::codec::decode_event(bytes).expect("a stored event");

@@ -101,7 +101,7 @@ pub struct NodeConfig {
     pub peer_tips_max: usize,
     /// Fork searches one peer may have open at once.
     pub fork_searches_max: usize,
-    /// Own-seq safety: when non-zero, this node has no history of its own key and must not
+    /// Own-seq safety: when non-zero, this node's store may lack own events, and it must not
     /// sign until this many peers have sent their tips and it holds every own event they
     /// reported. 0 when the node's store holds its own events, or for a brand-new cluster.
     pub own_seq_peers_needed: usize,

@@ -16,13 +16,15 @@ pub enum WriteError {
     /// The node's own key is a proven equivocator.
     #[error("this node's key has equivocated; it must not sign anything more")]
     Equivocator,
-    /// This node has no history of its own key and has not yet learned its latest seq from
+    /// This node's store may lack events its key signed (a new store for a running cluster, a
+    /// restored backup, a rolled-back disk) and it has not yet learned its latest seq from
     /// enough peers: signing now could reuse a seq and make it an equivocator.
     #[error(
-        "this node has no history of its own key and is learning its latest seq from peers \
-         ({heard} of {needed} heard, own seq {held} of {reported} held); writes are refused until \
-         then, so that it never signs a seq it already used. Connect it to its peers; \
-         `new_cluster = true` is only for the first start of a cluster no member has written to"
+        "this node's store may lack events its own key signed (a new, restored or rolled-back \
+         store), and it is learning its latest seq from peers ({heard} of {needed} heard, own seq \
+         {held} of {reported} held); writes are refused until then, so that it never signs a seq \
+         it already used. Connect it to its peers; `new_cluster = true` is only for the first \
+         start of a cluster no member has written to"
     )]
     OwnSeqUnknown {
         /// Peers whose report of this node's own tips is confirmed (every tip held).

@@ -398,7 +398,8 @@ impl Cluster {
                     byzantine: config.byzantine.get(&i).cloned(),
                     commit: GroupCommit::new(config.commit_writes_max),
                     discipline: PeerDiscipline::new(),
-                    store: SimStore::new(),
+                    // The first start of a brand-new cluster (`new_cluster = true`).
+                    store: SimStore::new(true),
                     writes_pending: BTreeSet::new(),
                     down: false,
                     last_timeout_ms: None,
@@ -1071,7 +1072,7 @@ impl Cluster {
 
     /// Node `i` starts again after a crash, as the daemon does (`daemon.rs`): a fresh [`Node`]
     /// restored from its store alone (`restore` checks every event again, signatures included;
-    /// then `restore_evidence`), own-seq safety on unless the store holds an event of its own
+    /// then `restore_evidence`), own-seq safety on unless the store is marked as holding the node's whole own history
     /// (`Config::node_config`), a fresh group commit and discipline; then it reconnects.
     pub fn recover(&mut self, i: usize) {
         if !self.nodes[i].down {
@@ -1081,10 +1082,10 @@ impl Cluster {
         let sim = &self.nodes[i];
         let events = sim.store.events().to_vec();
         let n_stored = events.len();
-        // The daemon's test: an event's encoding starts with its author's key.
-        let has_own = events.iter().any(|bytes| bytes.get(..32) == Some(&me.0[..]));
+        // The daemon's rule (`Config::node_config`): safety off only for a store marked as
+        // holding the node's whole own history.
         let mut config = sim.config.clone();
-        if has_own {
+        if sim.store.own_history_complete() {
             config.own_seq_peers_needed = 0;
         }
         let mut node = Node::new(self.genesis.clone(), Some(me), config);

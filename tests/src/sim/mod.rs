@@ -240,13 +240,9 @@ impl SimConfig {
             let n_honest_peers = honest.iter().filter(|j| **j != i && !is_severed(i, **j)).count() as u64;
             node_configs[i].own_seq_peers_needed = rng.range(1, n_honest_peers.max(1)) as usize;
         }
-        // FIXME: a node that lost its store and crashes again before its whole own chain is back
-        // in its store starts without own-seq safety and may sign a seq twice: the daemon takes
-        // any own event in the store for the node's whole history (`Config::node_config`). Until
-        // that is fixed (see the test `fixme_a_crash_while_relearning_...`), only nodes that
-        // keep their store crash.
-        let restarted: Vec<usize> = restarts.iter().map(|(node, _, _)| *node).collect();
-        let may_crash: Vec<usize> = honest.iter().copied().filter(|i| !restarted.contains(i)).collect();
+        // Any honest node may crash, one that lost its store and is still relearning its own
+        // chain included: its store is marked complete only with its first new own event.
+        let may_crash: Vec<usize> = honest.to_vec();
         let mut crashes = Vec::new();
         if rng.chance(PPM / 3) && !may_crash.is_empty() {
             for _ in 0..rng.range(1, 3) {

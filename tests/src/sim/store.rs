@@ -33,12 +33,21 @@ pub struct SimStore {
     /// The job with the store, by number.
     in_flight: Option<(u64, CommitJob)>,
     n_jobs: u64,
+    /// The store's `own_history` mark: it holds every event the node's key signed (written in
+    /// the same transaction as a job with `own_history_complete`, as the daemon's store does).
+    own_history_complete: bool,
 }
 
 impl SimStore {
-    /// An empty store with room.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty store with room, made for a node of a brand-new cluster (`own_history_complete`)
+    /// or for one that joins a running cluster.
+    pub fn new(own_history_complete: bool) -> Self {
+        Self { own_history_complete, ..Self::default() }
+    }
+
+    /// Whether the store is marked as holding every event of the node's own key.
+    pub fn own_history_complete(&self) -> bool {
+        self.own_history_complete
     }
 
     // ---- getters --------------------------------------------------------------------------
@@ -126,6 +135,8 @@ impl SimStore {
         self.ids.clear();
         self.evidence.clear();
         self.in_flight = None;
+        // The node starts again with a new, empty store for a running cluster.
+        self.own_history_complete = false;
     }
 
     // ---- internals ------------------------------------------------------------------------
@@ -141,5 +152,6 @@ impl SimStore {
         for (author, bytes) in &job.evidence {
             self.evidence.insert(*author, bytes.clone());
         }
+        self.own_history_complete |= job.own_history_complete;
     }
 }
