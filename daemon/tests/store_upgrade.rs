@@ -1,0 +1,52 @@
+//! A store written by the cairnd of format 1 (`tests/fixtures/store-v1`, see its README) is
+//! upgraded in place by today's cairnd: same events, same document, same reconciliation
+//! digest, and the node keeps what format 1 knew of its own history (it held own events), so it
+//! writes its next seq at once, with no peer running.
+
+mod common;
+
+use std::path::Path;
+
+use cairn_daemon::config::STORE_FILE;
+use common::{Cluster, TIMING, cairnd};
+
+#[test]
+fn a_format_1_store_is_upgraded_in_place_and_keeps_its_document() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
+    let digests = std::fs::read_to_string(fixture.join("digests")).expect("the fixture's digests");
+    let mut digests = digests.lines();
+    let (document, sync) = (digests.next().expect("document digest"), digests.next().expect("sync digest"));
+
+    // A 2-node layout whose node 0 gets the fixture's key, genesis and store; node 1 never runs.
+    let mut cluster = Cluster::write(2, TIMING);
+    std::fs::copy(fixture.join("node.key"), &cluster.nodes[0].key_file).expect("the key");
+    std::fs::copy(fixture.join("genesis.toml"), cluster.dir().join("genesis.toml")).expect("the genesis");
+    let data_dir = &cluster.nodes[0].data_dir;
+    std::fs::create_dir_all(data_dir).expect("the data directory");
+    std::fs::copy(fixture.join("store.redb"), data_dir.join(STORE_FILE)).expect("the store");
+    // Not a brand-new cluster: only the store's own history decides whether it may write.
+    cluster.edit_config(0, |text| text.replace("new_cluster = true\n", ""));
+
+    let check = std::process::Command::new(cairnd())
+        .args(["check-store", "--config"])
+        .arg(&cluster.nodes[0].config)
+        .output()
+        .expect("cairnd check-store");
+    let out = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "{out}");
+    assert!(out.contains("upgraded in place from format 1"), "{out}");
+    assert!(out.contains("own history: Complete"), "{out}");
+
+    cluster.spawn(0);
+    cluster.wait_ready(0);
+    let status = cluster.status(0);
+    assert_eq!(status["digest"].as_str(), Some(document), "{status}");
+    assert_eq!(status["sync_digest"].as_str(), Some(sync), "{status}");
+    assert!(status["writes_refused"].is_null(), "{status}");
+    let seq = status["own_seq"].as_u64().expect("own_seq");
+    let ack = cluster.put(0, "after-upgrade", "v");
+    assert_eq!(ack["seq"].as_u64(), Some(seq + 1), "{ack}");
+    assert_eq!(cluster.register_value(0, "shared").as_deref(), Some("one"));
+    assert_eq!(cluster.counter(0, "hits"), 3);
+    assert_eq!(cluster.set_members(0, "tags"), vec!["y".to_owned()]);
+}
