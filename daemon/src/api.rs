@@ -484,6 +484,18 @@ fn status_json(s: Status) -> json::Status {
         writes_refused: s.writes_refused,
         n_peers_connected: s.n_peers_connected,
         n_peers: s.n_peers,
+        authors: s
+            .authors
+            .into_iter()
+            .map(|a| json::Author {
+                name: a.name,
+                key: a.key.to_string(),
+                events: a.events,
+                bytes: a.bytes,
+                events_per_sec: a.events_per_sec,
+                bytes_per_sec: a.bytes_per_sec,
+            })
+            .collect(),
     }
 }
 

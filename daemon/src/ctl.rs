@@ -1024,6 +1024,18 @@ fn status(out: &mut Output, status: &json::Status) -> anyhow::Result<()> {
     for (name, value) in rows {
         table.add_row(vec![name.to_owned(), value]);
     }
+    for author in &status.authors {
+        table.add_row(vec![
+            format!("written by {}", escape(&author.name, false)),
+            format!(
+                "{}, {} bytes; {:.1} events/s, {:.0} bytes/s over the last 10 s",
+                plural(author.events, "event", "events"),
+                author.bytes,
+                author.events_per_sec,
+                author.bytes_per_sec
+            ),
+        ]);
+    }
     out.print_table(&table)?;
     out.line(DIGESTS_NOTE)?;
     Ok(())

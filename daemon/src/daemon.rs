@@ -67,6 +67,15 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let own_seq_peers_needed = node_config.own_seq_peers_needed;
     let mut node = Node::new(genesis.clone(), Some(me), node_config);
     let log: Vec<EventId> = loaded.ids.iter().map(|id| EventId(*id)).collect();
+    // Who wrote what the store holds: an event's encoding starts with its author's key.
+    let mut authored = vec![(0u64, 0u64); genesis.members().len()];
+    for bytes in &loaded.events {
+        let author = bytes.get(..32).and_then(|k| <[u8; 32]>::try_from(k).ok()).map(PublicKey);
+        if let Some(idx) = author.and_then(|k| genesis.member_idx(&k)) {
+            authored[idx].0 += 1;
+            authored[idx].1 += bytes.len() as u64;
+        }
+    }
     let n_restored = loaded.events.len();
     let rejected = node.restore(loaded.events);
     if let Some(first) = rejected.first() {
@@ -122,6 +131,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         commit_writes_max: config.limits.commit_writes_max,
         log,
         buffer_bytes_max: config.limits.buffer_bytes_total_max,
+        authored,
     };
     let (service, handle, commands, transport_events) = Driver::new(parts);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -21,8 +21,8 @@ use cairn_protocol::document::KeyKind;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::service::{
-    COMMAND_QUEUE_MAX, ChangeNotice, Command, EventInfo, EventQuery, KeyQuery, PeerInfo, PeerState,
-    ServiceError, ServiceHandle, Status, WATCH_BUFFER_MAX, WriteAck,
+    AUTHOR_RATE_WINDOW, AuthorFigures, COMMAND_QUEUE_MAX, ChangeNotice, Command, EventInfo, EventQuery,
+    KeyQuery, PeerInfo, PeerState, ServiceError, ServiceHandle, Status, WATCH_BUFFER_MAX, WriteAck,
 };
 
 use std::collections::BTreeMap;
@@ -39,7 +39,7 @@ use crate::commit::{
     WriteFailure,
 };
 use crate::discipline::{PeerDiscipline, Verdict};
-use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
+use crate::metrics::{AuthorLabel, Metrics, PeerLabel, ReasonLabel};
 use crate::store::{Store, StoreError};
 use crate::transport::{Transport, TransportEvent};
 
@@ -79,6 +79,8 @@ pub struct DriverParts {
     pub log: Vec<EventId>,
     /// The causal buffer's bound, for status.
     pub buffer_bytes_max: usize,
+    /// Per member index: events and encoded bytes of it the store held at start.
+    pub authored: Vec<(u64, u64)>,
 }
 
 /// What the store's writer thread reports for a job: the verdict, with the job given back.
@@ -120,6 +122,12 @@ pub struct Driver {
     discipline: PeerDiscipline,
     /// Peers the transport reports connected (the node may be ignoring some of them).
     linked: std::collections::BTreeSet<PublicKey>,
+    /// Per member index: its events this node holds, and their bytes.
+    authored: Vec<(u64, u64)>,
+    /// `authored` at the start of the current rate window, and when it started.
+    authored_window: (Instant, Vec<(u64, u64)>),
+    /// Per member index: events and bytes per second over the last whole window.
+    authored_rates: Vec<(f64, f64)>,
 }
 
 impl Driver {
@@ -131,6 +139,14 @@ impl Driver {
         let (changes, _) = broadcast::channel(WATCH_BUFFER_MAX);
         let metrics = Arc::new(Metrics::new());
         let (store_jobs, store_done) = spawn_store_writer(parts.store);
+        let n_members = parts.genesis.members().len();
+        let mut authored = parts.authored;
+        authored.resize(n_members, (0, 0));
+        for (member, (events, bytes)) in parts.genesis.members().iter().zip(&authored) {
+            let label = AuthorLabel { author: member.name.clone() };
+            metrics.author_events.get_or_create(&label).inc_by(*events);
+            metrics.author_bytes.get_or_create(&label).inc_by(*bytes);
+        }
         let handle = ServiceHandle {
             commands: commands_tx,
             changes: changes.clone(),
@@ -159,6 +175,9 @@ impl Driver {
             rate_limited_seen: 0,
             discipline: PeerDiscipline::new(),
             linked: Default::default(),
+            authored_window: (Instant::now(), authored.clone()),
+            authored_rates: vec![(0.0, 0.0); n_members],
+            authored,
         };
         (driver, handle, commands_rx, parts.transport_events)
     }
@@ -325,6 +344,32 @@ impl Driver {
         self.start_commit();
         self.answer_writers();
         self.update_gauges();
+        self.roll_author_window();
+    }
+
+    /// Closes the per-author rate window once it is [`AUTHOR_RATE_WINDOW`] old.
+    fn roll_author_window(&mut self) {
+        let elapsed = self.authored_window.0.elapsed();
+        if elapsed < AUTHOR_RATE_WINDOW {
+            return;
+        }
+        let secs = elapsed.as_secs_f64();
+        for ((now, then), rate) in
+            self.authored.iter().zip(&self.authored_window.1).zip(&mut self.authored_rates)
+        {
+            *rate = ((now.0 - then.0) as f64 / secs, (now.1 - then.1) as f64 / secs);
+        }
+        self.authored_window = (Instant::now(), self.authored.clone());
+    }
+
+    /// Counts an accepted event for its author.
+    fn count_authored(&mut self, author: usize, bytes: usize) {
+        let Some(tally) = self.authored.get_mut(author) else { return };
+        tally.0 += 1;
+        tally.1 += bytes as u64;
+        let label = AuthorLabel { author: self.genesis.members()[author].name.clone() };
+        self.metrics.author_events.get_or_create(&label).inc();
+        self.metrics.author_bytes.get_or_create(&label).inc_by(bytes as u64);
     }
 
     fn on_transport(&mut self, event: TransportEvent) {
@@ -369,6 +414,7 @@ impl Driver {
             match event {
                 NodeEvent::Accepted { event, from } => {
                     self.metrics.events_accepted.inc();
+                    self.count_authored(event.author_idx(), event.bytes().len());
                     self.log.push(event.id());
                     if from.is_some() {
                         let now = self.now_ms();
@@ -636,6 +682,21 @@ impl Driver {
     }
 
     fn status(&mut self) -> Status {
+        self.roll_author_window();
+        let authors = self
+            .genesis
+            .members()
+            .iter()
+            .zip(self.authored.iter().zip(&self.authored_rates))
+            .map(|(m, (&(events, bytes), &(events_per_sec, bytes_per_sec)))| AuthorFigures {
+                key: m.key,
+                name: m.name.clone(),
+                events,
+                bytes,
+                events_per_sec,
+                bytes_per_sec,
+            })
+            .collect();
         let me = self.key.public();
         let own_idx = self.genesis.member_idx(&me);
         let sync_digest = self.node.sync_digest();
@@ -660,6 +721,7 @@ impl Driver {
                 .or_else(|| self.commit.no_space().map(str::to_owned)),
             n_peers_connected: self.node.connected_peers().len(),
             n_peers: self.genesis.members().len().saturating_sub(1),
+            authors,
         }
     }
 }

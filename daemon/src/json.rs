@@ -344,7 +344,7 @@ pub struct Ack {
 }
 
 /// `GET /v1/status`: the node in brief.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     /// This node's public key (64 hex digits).
     pub key: String,
@@ -374,6 +374,27 @@ pub struct Status {
     pub n_peers_connected: usize,
     /// Every other member.
     pub n_peers: usize,
+    /// What each member has written, as this node holds it, this node included, in genesis
+    /// order: who fills the disks.
+    #[serde(default)]
+    pub authors: Vec<Author>,
+}
+
+/// One member's writes, in [`Status`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Author {
+    /// Its name in the genesis.
+    pub name: String,
+    /// Its key (64 hex digits).
+    pub key: String,
+    /// Its events this node holds.
+    pub events: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+    /// Its events accepted per second, over the last whole 10 s.
+    pub events_per_sec: f64,
+    /// Their bytes per second, over the same window.
+    pub bytes_per_sec: f64,
 }
 
 /// `GET /v1/peers`.

@@ -16,6 +16,12 @@ pub struct ReasonLabel {
 }
 
 /// A label naming a peer by its display name.
+/// An author: a member, by its name in the genesis.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthorLabel {
+    pub author: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PeerLabel {
     /// The peer's genesis name.
@@ -49,6 +55,10 @@ pub struct Metrics {
     pub bytes_in: Family<PeerLabel, Counter>,
     /// Bytes sent, per peer.
     pub bytes_out: Family<PeerLabel, Counter>,
+    /// Events accepted per author since start, restored ones included.
+    pub author_events: Family<AuthorLabel, Counter>,
+    /// Their encoded bytes.
+    pub author_bytes: Family<AuthorLabel, Counter>,
     /// Connected peers.
     pub peers_connected: Gauge,
     /// Accepted events held.
@@ -79,6 +89,8 @@ impl Metrics {
             orphans_dropped: Counter::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
+            author_events: Family::default(),
+            author_bytes: Family::default(),
             peers_connected: Gauge::default(),
             events_held: Gauge::default(),
             evidence_held: Gauge::default(),
@@ -117,6 +129,16 @@ impl Metrics {
         );
         registry.register("peer_bytes_in", "Bytes received from a peer", metrics.bytes_in.clone());
         registry.register("peer_bytes_out", "Bytes sent to a peer", metrics.bytes_out.clone());
+        registry.register(
+            "author_events",
+            "Events accepted per author since start (restored events included): who fills the disks",
+            metrics.author_events.clone(),
+        );
+        registry.register(
+            "author_bytes",
+            "Encoded bytes of the events accepted per author since start (restored events included)",
+            metrics.author_bytes.clone(),
+        );
         registry.register("peers_connected", "Connected peers", metrics.peers_connected.clone());
         registry.register("events_held", "Accepted events held", metrics.events_held.clone());
         registry.register("evidence_held", "Equivocation evidence held", metrics.evidence_held.clone());

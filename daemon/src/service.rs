@@ -149,6 +149,26 @@ pub struct PeerInfo {
     pub stats: PeerStats,
 }
 
+/// What one member has written, as this node holds it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthorFigures {
+    /// The member's key.
+    pub key: PublicKey,
+    /// Its display name.
+    pub name: String,
+    /// Its events this node holds.
+    pub events: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+    /// Events of it accepted per second over the last whole [`AUTHOR_RATE_WINDOW`].
+    pub events_per_sec: f64,
+    /// Their bytes per second over the same window.
+    pub bytes_per_sec: f64,
+}
+
+/// The window over which [`AuthorFigures`] rates are measured.
+pub const AUTHOR_RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The node's state in brief.
 #[derive(Clone, Debug)]
 pub struct Status {
@@ -180,6 +200,8 @@ pub struct Status {
     pub n_peers_connected: usize,
     /// Members other than this node.
     pub n_peers: usize,
+    /// What each member has written, this node included, in genesis order.
+    pub authors: Vec<AuthorFigures>,
 }
 
 /// A key whose visible state changed, for the watch stream.

@@ -55,6 +55,24 @@ fn writes_replicate_to_every_node() {
     for i in 0..3 {
         assert!(c.evidence(i).is_empty(), "node {i} holds evidence");
     }
+
+    // Every node says who wrote what it holds: 4, 3 and 2 events, in its status and metrics.
+    let expected = [("alice", 4), ("bob", 3), ("carol", 2)];
+    for i in 0..3 {
+        let status = c.status(i);
+        let authors = status["authors"].as_array().expect("authors");
+        // In genesis order, which is key order.
+        let mut figures: Vec<(&str, u64)> =
+            authors.iter().map(|a| (a["name"].as_str().unwrap(), a["events"].as_u64().unwrap())).collect();
+        figures.sort_unstable();
+        assert_eq!(figures, expected, "node {i}: {status}");
+        assert!(authors.iter().all(|a| a["bytes"].as_u64().unwrap() > 100 * a["events"].as_u64().unwrap()));
+        let metrics = c.block_on(c.client(i).metrics()).expect("metrics");
+        for (name, n) in expected {
+            let line = format!("cairn_author_events_total{{author=\"{name}\"}} {n}");
+            assert!(metrics.lines().any(|l| l == line), "node {i} lacks {line:?}:\n{metrics}");
+        }
+    }
 }
 
 #[test]

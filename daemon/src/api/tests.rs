@@ -279,6 +279,14 @@ impl Fake {
                     writes_refused: None,
                     n_peers_connected: 1,
                     n_peers: 1,
+                    authors: vec![crate::service::AuthorFigures {
+                        key: self.own,
+                        name: "alpha".into(),
+                        events: self.events.len() as u64,
+                        bytes: 100,
+                        events_per_sec: 0.5,
+                        bytes_per_sec: 50.0,
+                    }],
                 });
             }
         }
