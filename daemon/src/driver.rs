@@ -42,6 +42,7 @@ use crate::discipline::{PeerDiscipline, Verdict};
 use crate::metrics::{AuthorLabel, Metrics, PeerLabel, ReasonLabel};
 use crate::store::{Store, StoreError};
 use crate::transport::{Transport, TransportEvent};
+use prometheus_client::metrics::counter::Counter;
 
 /// While a peer's transport queue is full and the node still has output for it, the driver
 /// looks again this often.
@@ -128,6 +129,9 @@ pub struct Driver {
     authored_window: (Instant, Vec<(u64, u64)>),
     /// Per member index: events and bytes per second over the last whole window.
     authored_rates: Vec<(f64, f64)>,
+    /// Per member index: its `cairn_author_events` and `cairn_author_bytes` counters (looked up
+    /// once, not per event).
+    authored_metrics: Vec<(Counter, Counter)>,
 }
 
 impl Driver {
@@ -142,11 +146,22 @@ impl Driver {
         let n_members = parts.genesis.members().len();
         let mut authored = parts.authored;
         authored.resize(n_members, (0, 0));
-        for (member, (events, bytes)) in parts.genesis.members().iter().zip(&authored) {
-            let label = AuthorLabel { author: member.name.clone() };
-            metrics.author_events.get_or_create(&label).inc_by(*events);
-            metrics.author_bytes.get_or_create(&label).inc_by(*bytes);
-        }
+        let authored_metrics: Vec<(Counter, Counter)> = parts
+            .genesis
+            .members()
+            .iter()
+            .zip(&authored)
+            .map(|(member, (events, bytes))| {
+                let label = AuthorLabel { author: member.name.clone() };
+                let counters = (
+                    metrics.author_events.get_or_create_owned(&label),
+                    metrics.author_bytes.get_or_create_owned(&label),
+                );
+                counters.0.inc_by(*events);
+                counters.1.inc_by(*bytes);
+                counters
+            })
+            .collect();
         let handle = ServiceHandle {
             commands: commands_tx,
             changes: changes.clone(),
@@ -178,6 +193,7 @@ impl Driver {
             authored_window: (Instant::now(), authored.clone()),
             authored_rates: vec![(0.0, 0.0); n_members],
             authored,
+            authored_metrics,
         };
         (driver, handle, commands_rx, parts.transport_events)
     }
@@ -367,9 +383,10 @@ impl Driver {
         let Some(tally) = self.authored.get_mut(author) else { return };
         tally.0 += 1;
         tally.1 += bytes as u64;
-        let label = AuthorLabel { author: self.genesis.members()[author].name.clone() };
-        self.metrics.author_events.get_or_create(&label).inc();
-        self.metrics.author_bytes.get_or_create(&label).inc_by(bytes as u64);
+        if let Some((events, total)) = self.authored_metrics.get(author) {
+            events.inc();
+            total.inc_by(bytes as u64);
+        }
     }
 
     fn on_transport(&mut self, event: TransportEvent) {
