@@ -433,10 +433,13 @@ pub fn restore(
             return Err(error);
         }
     };
+    // The old store gets a second name first, then the new one replaces it in one rename: at
+    // every instant a store is at `store_path`, so a crash in between can never leave the node
+    // to start with a new, empty store (which `new_cluster = true` would mark complete).
     let moved_aside = if exists {
         let aside = with_suffix(store_path, &format!(".before-restore-{}", unix_seconds()));
-        fs::rename(store_path, &aside)
-            .with_context(|| format!("cannot move {} aside to {}", store_path.display(), aside.display()))?;
+        fs::hard_link(store_path, &aside)
+            .with_context(|| format!("cannot keep {} as {}", store_path.display(), aside.display()))?;
         Some(aside)
     } else {
         None
