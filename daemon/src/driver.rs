@@ -633,10 +633,13 @@ impl Driver {
     }
 
     fn event_info(&self, id: &EventId) -> Option<EventInfo> {
-        let verified = self.node.adapter().event(id)?;
-        let header = &verified.event().header;
+        let stored = self.node.adapter().event(id)?;
+        // The archive holds canonical bytes it accepted; an event that no longer decodes is
+        // reported as absent rather than shown wrong.
+        let event = stored.event()?;
+        let header = &event.header;
         let excluded =
-            self.node.document().excluded_from(verified.author_idx()).is_some_and(|f| verified.seq() >= f);
+            self.node.document().excluded_from(stored.author_idx()).is_some_and(|f| stored.seq() >= f);
         Some(EventInfo {
             id: *id,
             author: header.author,
@@ -644,9 +647,9 @@ impl Driver {
             seq: header.seq,
             lamport: header.lamport,
             deps: header.deps.clone(),
-            ops: verified.event().ops.clone(),
-            sig: verified.event().sig,
-            n_bytes: verified.bytes().len(),
+            n_bytes: stored.bytes().len(),
+            ops: event.ops,
+            sig: event.sig,
             excluded,
         })
     }

@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_crypto::verify::{Check, verify_many};
 
+use crate::archive::{Archive, EventMeta, MemoryArchive, StoredEvent};
 use crate::buffer::{CausalBuffer, PeerId};
-use crate::event::{Event, EventId};
+use crate::event::EventId;
 use crate::evidence::{Evidence, EvidenceError, SignedHeader};
 use crate::genesis::{Genesis, MemberIdx};
 use crate::message::Tip;
@@ -96,46 +97,73 @@ pub struct Ingested {
     pub exclusions: Vec<(MemberIdx, u64)>,
 }
 
-/// Per-author chain bookkeeping.
-#[derive(Debug, Default)]
-struct Chain {
-    /// seq → accepted ids with that seq (more than one only after equivocation).
-    by_seq: BTreeMap<u64, Vec<EventId>>,
-    /// Accepted events with no accepted own-successor.
-    tips: Vec<EventId>,
+/// Per-author chain bookkeeping, kept in memory (the events themselves are in the archive).
+/// Small: one tip per author, more only for an equivocator.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainState {
+    /// Accepted events with no accepted own-successor, with their seqs.
+    pub tips: Vec<(EventId, u64)>,
+    /// The highest accepted seq (0 when none).
+    pub max_seq: u64,
     /// Lowest seq with two accepted events.
-    fork_seq: Option<u64>,
+    pub fork_seq: Option<u64>,
 }
 
 /// The validation adapter. See the module docs.
-#[derive(Debug)]
 pub struct Adapter {
     genesis: Genesis,
     config: AdapterConfig,
-    accepted: BTreeMap<EventId, Verified>,
+    archive: Box<dyn Archive>,
     /// See [`Adapter::orphans_dropped`].
     n_orphans_dropped: u64,
-    chains: Vec<Chain>,
+    chains: Vec<ChainState>,
     buffer: CausalBuffer,
     evidence: BTreeMap<MemberIdx, Evidence>,
-    n_bytes_accepted: u64,
+}
+
+impl std::fmt::Debug for Adapter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Adapter")
+            .field("n_accepted", &self.archive.len())
+            .field("chains", &self.chains)
+            .field("evidence", &self.evidence)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Adapter {
-    /// An empty adapter for the cluster `genesis`.
+    /// An empty adapter for the cluster `genesis`, its events in memory.
     pub fn new(genesis: Genesis, config: AdapterConfig) -> Self {
-        let chains = genesis.members().iter().map(|_| Chain::default()).collect();
+        let chains = genesis.members().iter().map(|_| ChainState::default()).collect();
+        Self::resume(genesis, config, Box::new(MemoryArchive::new()), chains)
+    }
+
+    /// An adapter over `archive`, which holds the events accepted before, and `chains`, the
+    /// chain state of each member ([`Adapter::chain_states`] when they were accepted).
+    /// Evidence is added with [`Adapter::add_evidence`].
+    ///
+    /// # Panics
+    ///
+    /// If `chains` does not have one entry per member.
+    pub fn resume(
+        genesis: Genesis,
+        config: AdapterConfig,
+        archive: Box<dyn Archive>,
+        chains: Vec<ChainState>,
+    ) -> Self {
+        assert_eq!(chains.len(), genesis.members().len(), "one chain state per member");
         let buffer = CausalBuffer::new(config.buffer_bytes_per_peer_max, config.buffer_bytes_total_max);
-        Self {
-            genesis,
-            config,
-            accepted: BTreeMap::new(),
-            n_orphans_dropped: 0,
-            chains,
-            buffer,
-            evidence: BTreeMap::new(),
-            n_bytes_accepted: 0,
-        }
+        Self { genesis, config, archive, n_orphans_dropped: 0, chains, buffer, evidence: BTreeMap::new() }
+    }
+
+    /// Every member's chain state, in member order: what [`Adapter::resume`] takes.
+    pub fn chain_states(&self) -> &[ChainState] {
+        &self.chains
+    }
+
+    /// The archive of accepted events.
+    pub fn archive(&self) -> &dyn Archive {
+        self.archive.as_ref()
     }
 
     /// The genesis.
@@ -143,34 +171,39 @@ impl Adapter {
         &self.genesis
     }
 
-    /// The accepted event `id`.
-    pub fn event(&self, id: &EventId) -> Option<&Verified> {
-        self.accepted.get(id)
+    /// The accepted event `id`, read from the archive.
+    pub fn event(&self, id: &EventId) -> Option<StoredEvent> {
+        self.archive.event(id)
+    }
+
+    /// The meta of the accepted event `id`.
+    pub fn meta(&self, id: &EventId) -> Option<EventMeta> {
+        self.archive.meta(id)
     }
 
     /// Whether `id` is accepted.
     pub fn is_accepted(&self, id: &EventId) -> bool {
-        self.accepted.contains_key(id)
+        self.archive.contains(id)
     }
 
     /// Whether `id` is accepted or waiting in the buffer.
     pub fn is_known(&self, id: &EventId) -> bool {
-        self.accepted.contains_key(id) || self.buffer.contains(id)
+        self.buffer.contains(id) || self.archive.contains(id)
     }
 
     /// Number of accepted events.
     pub fn n_accepted(&self) -> usize {
-        self.accepted.len()
+        usize::try_from(self.archive.len()).unwrap_or(usize::MAX)
     }
 
     /// Total encoded bytes of accepted events.
     pub fn n_bytes_accepted(&self) -> u64 {
-        self.n_bytes_accepted
+        self.archive.n_bytes()
     }
 
-    /// Accepted ids in id order.
-    pub fn accepted_ids(&self) -> impl Iterator<Item = &EventId> {
-        self.accepted.keys()
+    /// Accepted ids in id order. Linear in the history: for checks and tests.
+    pub fn accepted_ids(&self) -> Vec<EventId> {
+        self.archive.ids()
     }
 
     /// Events in the causal buffer, and their charged bytes.
@@ -214,14 +247,18 @@ impl Adapter {
         self.chains.get(author).and_then(|c| c.fork_seq)
     }
 
-    /// Accepted events of `author` at `seq` (more than one only after equivocation).
-    pub fn at_seq(&self, author: MemberIdx, seq: u64) -> &[EventId] {
-        self.chains.get(author).and_then(|c| c.by_seq.get(&seq)).map_or(&[], Vec::as_slice)
+    /// Accepted events of `author` at `seq`, in id order (more than one only after
+    /// equivocation).
+    pub fn at_seq(&self, author: MemberIdx, seq: u64) -> Vec<EventId> {
+        if self.chains.get(author).is_none_or(|c| seq == 0 || seq > c.max_seq) {
+            return Vec::new();
+        }
+        self.archive.at_seq(author, seq)
     }
 
     /// The highest accepted seq of `author` (0 when none).
     pub fn max_seq(&self, author: MemberIdx) -> u64 {
-        self.chains.get(author).and_then(|c| c.by_seq.keys().next_back().copied()).unwrap_or(0)
+        self.chains.get(author).map_or(0, |c| c.max_seq)
     }
 
     /// The tips of every author, sorted by author then id: they describe the accepted set
@@ -231,8 +268,7 @@ impl Adapter {
         for (member, chain) in self.genesis.members().iter().zip(&self.chains) {
             let mut ids = chain.tips.clone();
             ids.sort_unstable();
-            for id in ids {
-                let seq = self.accepted[&id].seq();
+            for (id, seq) in ids {
                 tips.push(Tip { author: member.key, seq, id });
             }
         }
@@ -241,32 +277,26 @@ impl Adapter {
 
     /// The own-chain ancestor of accepted `id` at `seq` (the event itself at its own seq).
     pub fn ancestor_at(&self, id: &EventId, seq: u64) -> Option<EventId> {
-        let mut current = self.accepted.get(id)?;
-        if seq > current.seq() || seq == 0 {
+        let mut current = self.archive.meta(id)?;
+        if seq > current.seq || seq == 0 {
             return None;
         }
         // Below the fork seq an author's chain is unique, so the answer is a lookup.
-        let author = current.author_idx();
-        let chain = &self.chains[author];
+        let chain = &self.chains[current.author];
         if chain.fork_seq.is_none_or(|f| seq < f) {
-            return chain.by_seq.get(&seq).and_then(|ids| ids.first()).copied();
+            return self.archive.at_seq(current.author, seq).first().copied();
         }
-        while current.seq() > seq {
-            let own = self.own_predecessor(current)?;
-            current = &self.accepted[&own];
+        let mut current_id = *id;
+        while current.seq > seq {
+            current_id = current.own_pred?;
+            current = self.archive.meta(&current_id)?;
         }
-        Some(current.id())
+        Some(current_id)
     }
 
-    /// The own predecessor (the dep by the same author) of an accepted event.
-    pub fn own_predecessor(&self, event: &Verified) -> Option<EventId> {
-        event
-            .event()
-            .header
-            .deps
-            .iter()
-            .find(|d| self.accepted.get(d).is_some_and(|v| v.author_idx() == event.author_idx()))
-            .copied()
+    /// The own predecessor (the dep by the same author) of the accepted event `id`.
+    pub fn own_predecessor(&self, id: &EventId) -> Option<EventId> {
+        self.archive.meta(id)?.own_pred
     }
 
     /// Validates raw events delivered by `from` and accepts those whose deps are all accepted;
@@ -351,7 +381,7 @@ impl Adapter {
         let mut ready: BTreeSet<EventId> = BTreeSet::new();
         let before = candidates.len();
         candidates.retain(|c| {
-            if c.event.header.deps.iter().all(|d| self.accepted.contains_key(d) || ready.contains(d)) {
+            if c.event.header.deps.iter().all(|d| ready.contains(d) || self.archive.contains(d)) {
                 ready.insert(c.id);
                 return true;
             }
@@ -375,7 +405,7 @@ impl Adapter {
         }
         self.detect_equivocation(&decoded, out);
         let missing: Vec<EventId> =
-            decoded.event.header.deps.iter().filter(|d| !self.accepted.contains_key(d)).copied().collect();
+            decoded.event.header.deps.iter().filter(|d| !self.archive.contains(d)).copied().collect();
         if missing.is_empty() {
             self.accept_cascade(decoded, from, out);
             return;
@@ -409,35 +439,40 @@ impl Adapter {
 
     /// Rules 5 and 6, then the event joins the accepted set.
     fn accept_one(&mut self, decoded: Decoded, out: &mut Ingested) -> Result<(), Reject> {
-        let deps: Vec<&Verified> = decoded.event.header.deps.iter().map(|d| &self.accepted[d]).collect();
-        check_causal(&decoded, deps.iter().map(|d| (d.author_idx(), d.seq(), d.lamport())))?;
+        // Every dep is accepted (the callers checked), so the archive has its meta.
+        let deps: Vec<(EventId, EventMeta)> = decoded
+            .event
+            .header
+            .deps
+            .iter()
+            .filter_map(|d| self.archive.meta(d).map(|meta| (*d, meta)))
+            .collect();
+        debug_assert_eq!(deps.len(), decoded.event.header.deps.len(), "every dep is accepted");
+        check_causal(&decoded, deps.iter().map(|(_, d)| (d.author, d.seq, d.lamport)))?;
         let mut clock = vec![0u64; self.chains.len()].into_boxed_slice();
-        for dep in &deps {
-            for (mine, theirs) in clock.iter_mut().zip(dep.clock()) {
+        for (_, dep) in &deps {
+            for (mine, theirs) in clock.iter_mut().zip(dep.clock.iter()) {
                 *mine = (*mine).max(*theirs);
             }
         }
         let author = decoded.author_idx;
         let seq = decoded.event.header.seq;
         clock[author] = clock[author].max(seq);
-        let own_predecessor = deps.iter().find(|d| d.author_idx() == author).map(|d| d.id());
+        let own_predecessor = deps.iter().find(|(_, d)| d.author == author).map(|(id, _)| *id);
+        let forked_now = seq <= self.chains[author].max_seq && !self.archive.at_seq(author, seq).is_empty();
         let Decoded { event, id, bytes, author_idx } = decoded;
-        self.n_bytes_accepted += bytes.len() as u64;
         let verified = Verified::new(event, id, bytes, author_idx, clock);
         let chain = &mut self.chains[author];
         if let Some(pred) = own_predecessor {
-            chain.tips.retain(|t| *t != pred);
+            chain.tips.retain(|(t, _)| *t != pred);
         }
-        chain.tips.push(id);
-        let same_seq = chain.by_seq.entry(seq).or_default();
-        let forked_now = !same_seq.is_empty();
-        same_seq.push(id);
-        same_seq.sort_unstable();
+        chain.tips.push((id, seq));
+        chain.max_seq = chain.max_seq.max(seq);
         if forked_now && chain.fork_seq.is_none_or(|f| seq < f) {
             chain.fork_seq = Some(seq);
             out.exclusions.push((author, seq));
         }
-        self.accepted.insert(id, verified.clone());
+        self.archive.insert(&verified, EventMeta::of(&verified, own_predecessor));
         out.accepted.push(verified);
         Ok(())
     }
@@ -449,7 +484,7 @@ impl Adapter {
     fn detect_equivocation(&mut self, decoded: &Decoded, out: &mut Ingested) {
         let author = decoded.author_idx;
         let seq = decoded.event.header.seq;
-        let accepted = self.chains[author].by_seq.get(&seq).map_or(&[][..], Vec::as_slice);
+        let accepted = self.at_seq(author, seq);
         let buffered = self.buffer.same_seq(author, seq);
         let smallest_other = accepted.iter().chain(buffered).filter(|id| **id != decoded.id).min().copied();
         let Some(other) = smallest_other.and_then(|id| self.signed_header_of(&id)) else { return };
@@ -461,11 +496,12 @@ impl Adapter {
     }
 
     fn signed_header_of(&self, id: &EventId) -> Option<SignedHeader> {
-        let event: &Event = match self.accepted.get(id) {
-            Some(v) => v.event(),
-            None => &self.buffer.get(id)?.event,
-        };
-        Some(SignedHeader { header: event.header.clone(), sig: event.sig })
+        if let Some(buffered) = self.buffer.get(id) {
+            let event = &buffered.event;
+            return Some(SignedHeader { header: event.header.clone(), sig: event.sig });
+        }
+        let event = self.archive.event(id)?.event()?;
+        Some(SignedHeader { header: event.header, sig: event.sig })
     }
 
     /// Keeps `evidence` if it is the least this node has for `author`.

@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod archive;
 pub mod buffer;
 pub mod codec;
 pub mod diagnose;
@@ -21,7 +22,8 @@ pub mod node;
 pub mod validate;
 pub mod verified;
 
-pub use adapter::{Adapter, AdapterConfig, Ingested, Rejection};
+pub use adapter::{Adapter, AdapterConfig, ChainState, Ingested, Rejection};
+pub use archive::{Archive, EventMeta, MemoryArchive, StoredEvent};
 pub use buffer::PeerId;
 pub use diagnose::{
     Diagnosis, EventRule, EvidenceRule, Failure, Needs, Outcome, Verdict, diagnose, diagnose_evidence,

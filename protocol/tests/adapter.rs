@@ -72,7 +72,7 @@ fn a_valid_chain_is_accepted_in_causal_order() {
     let mut expected = [0u64; 3];
     expected[a.genesis().member_idx(&a1.public()).unwrap()] = 2;
     expected[a.genesis().member_idx(&b1.public()).unwrap()] = 1;
-    assert_eq!(e3v.clock(), &expected[..]);
+    assert_eq!(&e3v.meta.clock[..], &expected[..]);
 }
 
 #[test]

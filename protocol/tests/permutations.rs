@@ -115,7 +115,7 @@ fn deliver(chunks: &[Vec<Vec<u8>>]) -> Outcome {
             assert!(!matches!(e, NodeEvent::Rejected { .. } | NodeEvent::BadMessage { .. }), "{e:?}");
         }
     }
-    let mut accepted: Vec<EventId> = node.adapter().accepted_ids().copied().collect();
+    let mut accepted: Vec<EventId> = node.adapter().accepted_ids();
     accepted.sort();
     Outcome {
         accepted,

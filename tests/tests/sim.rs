@@ -124,8 +124,8 @@ fn partition_then_heal_converges() {
         let right = cluster.node(2).adapter().n_accepted();
         assert!(left >= 2 && right >= 2, "each side has its own writes: {left}, {right}");
         assert_ne!(
-            cluster.node(0).adapter().accepted_ids().collect::<Vec<_>>(),
-            cluster.node(2).adapter().accepted_ids().collect::<Vec<_>>(),
+            cluster.node(0).adapter().accepted_ids(),
+            cluster.node(2).adapter().accepted_ids(),
             "the partition separated the sides"
         );
         cluster.run_to_end().unwrap_or_else(|e| panic!("disconnects {disconnects}: {e}"));
@@ -361,7 +361,7 @@ fn the_rate_limit_lets_its_rate_through() {
     let mut cluster = Cluster::new(config);
     cluster.schedule(10, Scripted::Write { node: 0 });
     cluster.run_until(100).expect("one write");
-    let id = *cluster.node(0).adapter().accepted_ids().next().expect("node 0 wrote");
+    let id = cluster.node(0).adapter().accepted_ids().first().copied().expect("node 0 wrote");
     let event = cluster.node(0).adapter().event(&id).expect("accepted").bytes().to_vec();
     let bytes = cairn_tests::sim::events_message(vec![event]);
     let n_sends = 400;
@@ -529,7 +529,7 @@ fn a_full_disk_fails_writes_then_they_succeed_again() {
         let end = cluster.now_ms() + 3_000;
         cluster.run_until(end).expect("after the window");
         let node = cluster.node(0);
-        assert!(node.adapter().accepted_ids().all(|id| cluster.store(0).holds(&id.0)), "seed {seed}");
+        assert!(node.adapter().accepted_ids().iter().all(|id| cluster.store(0).holds(&id.0)), "seed {seed}");
     }
 }
 

@@ -210,7 +210,7 @@ impl Pair {
         let mut count = 0;
         let mut bytes = 0;
         for (x, y) in [(&self.a, &self.b), (&self.b, &self.a)] {
-            for id in x.adapter().accepted_ids() {
+            for id in &x.adapter().accepted_ids() {
                 if !y.adapter().is_accepted(id) {
                     count += 1;
                     bytes += x.adapter().event(id).map_or(0, |e| e.bytes().len() as u64);

@@ -27,8 +27,8 @@ impl ForkSearch {
             if *seq <= lo || *seq >= hi {
                 continue;
             }
-            let ours = adapter.event(id);
-            if ours.is_some_and(|e| e.seq() == *seq && e.author_idx() == self.author) {
+            let ours = adapter.meta(id);
+            if ours.is_some_and(|e| e.seq == *seq && e.author == self.author) {
                 lo = *seq;
                 lo_id = Some(*id);
             }
@@ -136,13 +136,14 @@ impl Node {
     }
 
     pub(super) fn on_want_chain(&mut self, peer: PeerId, tip: EventId, from_seq: u64) {
-        let Some(mut current) = self.adapter.event(&tip) else { return };
+        let Some(mut current) = self.adapter.meta(&tip) else { return };
+        let mut current_id = tip;
         let mut chain = Vec::new();
         let limit = self.config.peer_queue_ids_max;
-        while current.seq() >= from_seq.max(1) && chain.len() < limit {
-            chain.push(current.id());
-            match self.adapter.own_predecessor(current).and_then(|id| self.adapter.event(&id)) {
-                Some(pred) => current = pred,
+        while current.seq >= from_seq.max(1) && chain.len() < limit {
+            chain.push(current_id);
+            match current.own_pred.and_then(|id| self.adapter.meta(&id).map(|meta| (id, meta))) {
+                Some((id, pred)) => (current_id, current) = (id, pred),
                 None => break,
             }
         }

@@ -118,14 +118,15 @@ impl Node {
         let mut prefix = 0u64;
         let mut walked: BTreeSet<EventId> = BTreeSet::new();
         for cover in covers {
-            let Some(mut current) = self.adapter.event(cover) else { continue };
-            prefix = prefix.max(current.seq().min(fork_seq.saturating_sub(1)));
-            while current.seq() >= fork_seq {
-                if !walked.insert(current.id()) {
+            let Some(mut current) = self.adapter.meta(cover) else { continue };
+            let mut current_id = *cover;
+            prefix = prefix.max(current.seq.min(fork_seq.saturating_sub(1)));
+            while current.seq >= fork_seq {
+                if !walked.insert(current_id) {
                     break;
                 }
-                match self.adapter.own_predecessor(current).and_then(|id| self.adapter.event(&id)) {
-                    Some(pred) => current = pred,
+                match current.own_pred.and_then(|id| self.adapter.meta(&id).map(|meta| (id, meta))) {
+                    Some((id, pred)) => (current_id, current) = (id, pred),
                     None => break,
                 }
             }
@@ -134,8 +135,8 @@ impl Node {
         let max_seq = self.adapter.max_seq(author);
         for seq in prefix + 1..=max_seq {
             for id in self.adapter.at_seq(author, seq) {
-                if !walked.contains(id) {
-                    out.push(*id);
+                if !walked.contains(&id) {
+                    out.push(id);
                 }
             }
         }
@@ -143,6 +144,6 @@ impl Node {
     }
 
     pub(super) fn sort_causally(&self, ids: &mut [EventId]) {
-        ids.sort_by_key(|id| (self.adapter.event(id).map_or(0, Verified::lamport), *id));
+        ids.sort_by_cached_key(|id| (self.adapter.meta(id).map_or(0, |meta| meta.lamport), *id));
     }
 }

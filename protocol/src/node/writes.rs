@@ -200,13 +200,10 @@ impl Node {
         self.learning_own_seq = false;
         let mut tips = self.adapter.tips();
         // The own predecessor must be a dep; the other tips fill the rest, newest first.
-        tips.sort_by_key(|t| {
-            let lamport = self.adapter.event(&t.id).map_or(0, Verified::lamport);
-            (t.author != me, std::cmp::Reverse(lamport), t.id)
-        });
+        let lamport_of = |id: &EventId| self.adapter.meta(id).map_or(0, |meta| meta.lamport);
+        tips.sort_by_cached_key(|t| (t.author != me, std::cmp::Reverse(lamport_of(&t.id)), t.id));
         tips.truncate(DEPS_MAX);
-        let mut lamport =
-            tips.iter().filter_map(|t| self.adapter.event(&t.id)).map(Verified::lamport).max().unwrap_or(0);
+        let mut lamport = tips.iter().map(|t| lamport_of(&t.id)).max().unwrap_or(0);
         let mut seq = self.adapter.max_seq(author);
         // Preparing again before the last prepared events were committed would sign their
         // seqs twice: equivocation by this node itself.
@@ -257,10 +254,12 @@ impl Node {
         self.now_ms = self.now_ms.max(now_ms);
         self.prepared_from = None;
         let events = prepared.events;
-        let ids: Vec<EventId> = events.iter().map(Event::id).collect();
         let ingested = self.adapter.ingest_own(events.iter().map(Event::encode).collect());
         assert!(ingested.rejected.is_empty(), "own events must be valid: {:?}", ingested.rejected);
+        // They come out in the order they were signed, each after its own predecessor.
+        let accepted = ingested.accepted.clone();
+        assert_eq!(accepted.len(), events.len(), "own events are accepted");
         self.absorb(None, ingested, now_ms);
-        ids.iter().map(|id| self.adapter.event(id).cloned().expect("own events are accepted")).collect()
+        accepted
     }
 }

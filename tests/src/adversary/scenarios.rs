@@ -253,7 +253,7 @@ async fn expect_close(adv: &mut Adversary, link: &Link, code: CloseCode) -> anyh
 /// The events of `adv`'s replica, encoded, in causal order.
 pub fn learned_events(adv: &Adversary) -> Vec<Vec<u8>> {
     let adapter = adv.replica.adapter();
-    let mut events: Vec<_> = adapter.accepted_ids().filter_map(|id| adapter.event(id)).collect();
+    let mut events: Vec<_> = adapter.accepted_ids().iter().filter_map(|id| adapter.event(id)).collect();
     events.sort_by_key(|e| (e.lamport(), e.id()));
     events.iter().map(|e| e.bytes().to_vec()).collect()
 }

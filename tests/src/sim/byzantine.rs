@@ -9,7 +9,7 @@ use cairn_protocol::codec::{decode_event, decode_message, encode_message};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits::{EVENT_BYTES_MAX, MESSAGE_BYTES_MAX, OPS_MAX};
 use cairn_protocol::node::Node;
-use cairn_protocol::{Event, EventId, Evidence, Header, Message, Op, SignedHeader, Tip, Verified};
+use cairn_protocol::{Event, EventId, Evidence, Header, Message, Op, SignedHeader, StoredEvent, Tip};
 
 use super::rng::{PPM, Rng};
 
@@ -304,7 +304,7 @@ pub fn craft(attack: Attack, cx: &mut CraftContext<'_>, rng: &mut Rng) -> Crafte
             if seq > 1 && pred.is_none() {
                 return out;
             }
-            let lamport = 1 + pred.and_then(|p| adapter.event(&p)).map_or(0, Verified::lamport);
+            let lamport = 1 + pred.and_then(|p| adapter.meta(&p)).map_or(0, |meta| meta.lamport);
             let event = Event::sign(cx.key, seq, lamport, pred.into_iter().collect(), fresh_ops(cx, rng, 8));
             if let Some(existing) = adapter.at_seq(own_idx, seq).first() {
                 out.forks.push((*existing, event.id()));
@@ -370,9 +370,9 @@ pub fn craft(attack: Attack, cx: &mut CraftContext<'_>, rng: &mut Rng) -> Crafte
         }
         Attack::BadSeq => {
             let (seq, lamport, deps) = frontier(cx.node, &me, rng);
-            let own_dep = deps
-                .iter()
-                .find(|d| cx.node.adapter().event(d).is_some_and(|e| e.event().header.author == me));
+            let own_dep = deps.iter().find(|d| {
+                cx.node.adapter().meta(d).is_some_and(|e| Some(e.author) == cx.node.genesis().member_idx(&me))
+            });
             let seq = match (rng.below(3), own_dep) {
                 (0, _) => 0,
                 (1, Some(_)) => 1,
@@ -485,7 +485,7 @@ pub fn craft(attack: Attack, cx: &mut CraftContext<'_>, rng: &mut Rng) -> Crafte
                         if tip.author != me && deps.len() < 4 && rng.chance(PPM / 3) {
                             deps.push(tip.id);
                             lamport_max =
-                                lamport_max.max(adapter.event(&tip.id).map_or(0, Verified::lamport));
+                                lamport_max.max(adapter.meta(&tip.id).map_or(0, |meta| meta.lamport));
                         }
                     }
                     let seq = prev.map_or(1, |p| p.1 + 1);
@@ -649,14 +649,14 @@ fn fresh_ops(cx: &mut CraftContext<'_>, rng: &mut Rng, len: usize) -> Vec<Op> {
 }
 
 /// A random accepted event of the attacker's node.
-fn random_accepted<'a>(node: &'a Node, rng: &mut Rng) -> Option<&'a Verified> {
+fn random_accepted(node: &Node, rng: &mut Rng) -> Option<StoredEvent> {
     let adapter = node.adapter();
     let n = adapter.n_accepted();
     if n == 0 {
         return None;
     }
-    let id = adapter.accepted_ids().nth(rng.index(n))?;
-    adapter.event(id)
+    let id = *adapter.accepted_ids().get(rng.index(n))?;
+    adapter.event(&id)
 }
 
 /// A plausible next `(seq, lamport, deps)` for `author` from the node's view: the author's
@@ -676,6 +676,6 @@ fn frontier(node: &Node, author: &PublicKey, rng: &mut Rng) -> (u64, u64, Vec<Ev
             deps.push(tip.id);
         }
     }
-    let lamport = 1 + deps.iter().filter_map(|d| adapter.event(d)).map(Verified::lamport).max().unwrap_or(0);
+    let lamport = 1 + deps.iter().filter_map(|d| adapter.meta(d)).map(|meta| meta.lamport).max().unwrap_or(0);
     (seq, lamport, sorted(deps))
 }

@@ -1019,7 +1019,7 @@ impl Cluster {
         let Some(me) = self.genesis.member_idx(&self.publics[i]) else { return true };
         (1..=adapter.max_seq(me))
             .flat_map(|seq| adapter.at_seq(me, seq))
-            .all(|id| self.honest.iter().all(|j| self.nodes[*j].node.adapter().is_accepted(id)))
+            .all(|id| self.honest.iter().all(|j| self.nodes[*j].node.adapter().is_accepted(&id)))
     }
 
     /// Node `i` loses its process and its store, and starts again with the same key: a fresh
@@ -1431,9 +1431,7 @@ impl Cluster {
     pub fn check_final(&mut self) -> Result<(), String> {
         let honest = self.honest.clone();
         let reference = honest[0];
-        let ids = |c: &Self, i: usize| -> Vec<EventId> {
-            c.nodes[i].node.adapter().accepted_ids().copied().collect()
-        };
+        let ids = |c: &Self, i: usize| -> Vec<EventId> { c.nodes[i].node.adapter().accepted_ids() };
         let evidence = |c: &Self, i: usize| -> Vec<Vec<u8>> {
             c.nodes[i].node.adapter().evidence().map(|e| e.encode()).collect()
         };

@@ -1,0 +1,184 @@
+//! Where a node's accepted events live once accepted: the [`Archive`]. The adapter keeps in
+//! memory only what it needs to decide (each author's tips, highest seq and fork seq, the
+//! evidence, the causal buffer); everything else about accepted events it asks the archive.
+//!
+//! [`MemoryArchive`] keeps them in memory (the simulator, tests, observers); the daemon's
+//! archive keeps them in its store on disk, with the events accepted since its last commit in
+//! memory, so that memory does not grow with history.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::codec;
+use crate::event::{Event, EventId};
+use crate::genesis::MemberIdx;
+use crate::verified::Verified;
+
+/// What the adapter needs of an accepted event to check the events that depend on it, to
+/// order events, and to walk an author's chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventMeta {
+    /// The author's member index.
+    pub author: MemberIdx,
+    /// The author's seq.
+    pub seq: u64,
+    /// The lamport timestamp.
+    pub lamport: u64,
+    /// The own predecessor: the dep by the same author, if any.
+    pub own_pred: Option<EventId>,
+    /// The causal clock (see [`Verified::clock`]).
+    pub clock: Box<[u64]>,
+}
+
+impl EventMeta {
+    /// The meta of a just-accepted event.
+    pub fn of(event: &Verified, own_pred: Option<EventId>) -> Self {
+        Self {
+            author: event.author_idx(),
+            seq: event.seq(),
+            lamport: event.lamport(),
+            own_pred,
+            clock: event.clock().into(),
+        }
+    }
+}
+
+/// An accepted event as read back from an archive: its meta and its canonical bytes. Plain
+/// data, not a proof: only validation makes a [`Verified`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its id.
+    pub id: EventId,
+    /// Its meta.
+    pub meta: EventMeta,
+    /// Its canonical encoding.
+    pub bytes: Arc<[u8]>,
+}
+
+impl StoredEvent {
+    /// Its id.
+    pub fn id(&self) -> EventId {
+        self.id
+    }
+
+    /// The author's member index.
+    pub fn author_idx(&self) -> MemberIdx {
+        self.meta.author
+    }
+
+    /// The author's seq.
+    pub fn seq(&self) -> u64 {
+        self.meta.seq
+    }
+
+    /// The lamport timestamp.
+    pub fn lamport(&self) -> u64 {
+        self.meta.lamport
+    }
+
+    /// The canonical encoding.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The event, decoded. `None` only if the archive's bytes were altered.
+    pub fn event(&self) -> Option<Event> {
+        codec::decode_event(&self.bytes).ok()
+    }
+}
+
+/// Where accepted events live. Reads see every event [`Archive::insert`]ed before, whether or
+/// not the caller has made it durable yet.
+pub trait Archive: Send {
+    /// The meta of the accepted event `id`.
+    fn meta(&self, id: &EventId) -> Option<EventMeta>;
+
+    /// Whether `id` is accepted.
+    fn contains(&self, id: &EventId) -> bool {
+        self.meta(id).is_some()
+    }
+
+    /// The accepted event `id`, with its bytes.
+    fn event(&self, id: &EventId) -> Option<StoredEvent>;
+
+    /// The accepted events of `author` with seq `seq`, in id order (more than one only after
+    /// equivocation).
+    fn at_seq(&self, author: MemberIdx, seq: u64) -> Vec<EventId>;
+
+    /// Records a newly accepted event. The adapter calls it in acceptance order, a causal order.
+    fn insert(&mut self, event: &Verified, meta: EventMeta);
+
+    /// The number of accepted events.
+    fn len(&self) -> u64;
+
+    /// Whether no event is accepted.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The encoded bytes of all accepted events.
+    fn n_bytes(&self) -> u64;
+
+    /// Every accepted id, in id order. Linear in the history: for checks and tests.
+    fn ids(&self) -> Vec<EventId>;
+}
+
+/// An [`Archive`] in memory.
+#[derive(Debug, Default)]
+pub struct MemoryArchive {
+    events: BTreeMap<EventId, (EventMeta, Arc<[u8]>)>,
+    by_seq: BTreeMap<(MemberIdx, u64), Vec<EventId>>,
+    n_bytes: u64,
+}
+
+impl MemoryArchive {
+    /// An empty archive.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Archive for MemoryArchive {
+    fn meta(&self, id: &EventId) -> Option<EventMeta> {
+        self.events.get(id).map(|(meta, _)| meta.clone())
+    }
+
+    fn contains(&self, id: &EventId) -> bool {
+        self.events.contains_key(id)
+    }
+
+    fn event(&self, id: &EventId) -> Option<StoredEvent> {
+        self.events.get(id).map(|(meta, bytes)| StoredEvent {
+            id: *id,
+            meta: meta.clone(),
+            bytes: Arc::clone(bytes),
+        })
+    }
+
+    fn at_seq(&self, author: MemberIdx, seq: u64) -> Vec<EventId> {
+        self.by_seq.get(&(author, seq)).cloned().unwrap_or_default()
+    }
+
+    fn insert(&mut self, event: &Verified, meta: EventMeta) {
+        let id = event.id();
+        let ids = self.by_seq.entry((meta.author, meta.seq)).or_default();
+        if let Err(position) = ids.binary_search(&id) {
+            ids.insert(position, id);
+        }
+        if self.events.insert(id, (meta, event.bytes().into())).is_none() {
+            self.n_bytes += event.bytes().len() as u64;
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.events.len() as u64
+    }
+
+    fn n_bytes(&self) -> u64 {
+        self.n_bytes
+    }
+
+    fn ids(&self) -> Vec<EventId> {
+        self.events.keys().copied().collect()
+    }
+}
