@@ -462,8 +462,14 @@ fn write_staging(
     staging: &Path,
     file: &Path,
 ) -> anyhow::Result<(u64, u64)> {
-    let (mut store, _) = Store::open(staging, genesis.cluster_id(), me.0, OwnHistory::Restored)
-        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let (mut store, _) = Store::open_indexed(
+        staging,
+        genesis.cluster_id(),
+        me.0,
+        OwnHistory::Restored,
+        &crate::store::member_keys(genesis),
+    )
+    .with_context(|| format!("cannot create {}", staging.display()))?;
     // Validation only: an observer replica checks every rule, signatures included.
     let mut node = Node::new(genesis.clone(), None, NodeConfig::default());
     let mut batch: Vec<Vec<u8>> = Vec::new();

@@ -7,14 +7,18 @@ use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use cairn_crypto::{PublicKey, SecretKey};
-use cairn_protocol::{EventId, Evidence, Genesis, Node, codec};
+use cairn_protocol::{Evidence, Genesis, Node, StoredEvent, codec};
 use sd_notify::NotifyState;
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::archive::StoreArchive;
 use crate::config::{Config, Peer, load_genesis};
 use crate::driver::{Driver, DriverParts, TRANSPORT_EVENTS_MAX};
 use crate::store::Store;
+
+/// Events read per page when the document is rebuilt from the store at start.
+const REPLAY_PAGE_EVENTS: usize = 4_096;
 use crate::transport::{Transport, TransportConfig};
 
 /// Everything `check-config` verifies, and `run` needs before it opens anything.
@@ -60,35 +64,57 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
 
     // The store first: a store of another cluster or key, or a corrupt one, stops us here.
     let store_path = config.store_path();
-    let (store, loaded) = Store::open(&store_path, cluster_id, me.0, config.new_store_own_history(&genesis))
-        .with_context(|| format!("cannot use the store {}", store_path.display()))?;
+    let members = crate::store::member_keys(&genesis);
+    let (store, loaded) =
+        Store::open_indexed(&store_path, cluster_id, me.0, config.new_store_own_history(&genesis), &members)
+            .with_context(|| format!("cannot use the store {}", store_path.display()))?;
     let own_history = loaded.own_history;
     let node_config = config.node_config(&genesis, own_history);
     let own_seq_peers_needed = node_config.own_seq_peers_needed;
-    let mut node = Node::new(genesis.clone(), Some(me), node_config);
-    let log: Vec<EventId> = loaded.ids.iter().map(|id| EventId(*id)).collect();
-    // Who wrote what the store holds: an event's encoding starts with its author's key.
+    // The events stay on disk: the node reads them back through its archive.
+    let db = store.shared_db();
+    let (archive, archive_handle) = StoreArchive::new(db.clone(), loaded.n_events, loaded.n_bytes);
+    let mut node =
+        Node::resume(genesis.clone(), Some(me), node_config, Box::new(archive), loaded.chains.clone());
+    // The document is rebuilt from the log, page by page, without checking signatures again
+    // (every event was validated before it was stored; `cairnd check-store` validates again).
     let mut authored = vec![(0u64, 0u64); genesis.members().len()];
-    for bytes in &loaded.events {
-        let author = bytes.get(..32).and_then(|k| <[u8; 32]>::try_from(k).ok()).map(PublicKey);
-        if let Some(idx) = author.and_then(|k| genesis.member_idx(&k)) {
-            authored[idx].0 += 1;
-            authored[idx].1 += bytes.len() as u64;
+    let mut position = 0u64;
+    loop {
+        let page = crate::store::reads::log_page(&db, position, REPLAY_PAGE_EVENTS);
+        let Some((last, _, _)) = page.last() else { break };
+        position = last + 1;
+        let events: Vec<StoredEvent> = page
+            .into_iter()
+            .filter_map(|(_, meta, bytes)| {
+                let id = codec::decode_event(&bytes).ok()?.id();
+                if let Some(tally) = authored.get_mut(meta.author) {
+                    tally.0 += 1;
+                    tally.1 += bytes.len() as u64;
+                }
+                Some(StoredEvent { id, meta, bytes: bytes.into() })
+            })
+            .collect();
+        let bad = node.replay_document(&events);
+        if let Some(first) = bad.first() {
+            bail!(
+                "the store {} holds {} event(s) that no longer read back as they were stored (first: {first}); it was \
+                 altered on disk. It is refused, not used: run `cairnd check-store`, then move it away, and the node \
+                 catches up from its peers and learns its own last seq before it writes again",
+                store_path.display(),
+                bad.len(),
+            );
         }
     }
-    let n_restored = loaded.events.len();
-    let rejected = node.restore(loaded.events);
-    if let Some(first) = rejected.first() {
+    if position != loaded.n_events {
         bail!(
-            "the store {} holds {} event(s) that no longer validate (first: {:?}, {}); it was altered on disk. \
-             It is refused, not used: move it away, and the node catches up from its peers and learns its own \
-             last seq before it writes again",
+            "the store {} says it holds {} events, but {position} could be read back; it is damaged. Run `cairnd \
+             check-store`, then move it away, and the node catches up from its peers",
             store_path.display(),
-            rejected.len(),
-            first.id,
-            first.reason
+            loaded.n_events
         );
     }
+    let n_restored = loaded.n_events;
     for bytes in loaded.evidence {
         let evidence: Evidence = codec::decode_evidence(&bytes)
             .with_context(|| format!("the store {} holds malformed evidence", store_path.display()))?;
@@ -129,7 +155,8 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         transport,
         transport_events: transport_rx,
         commit_writes_max: config.limits.commit_writes_max,
-        log,
+        archive: archive_handle,
+        db,
         buffer_bytes_max: config.limits.buffer_bytes_total_max,
         authored,
     };

@@ -76,8 +76,10 @@ pub struct DriverParts {
     pub transport_events: mpsc::Receiver<TransportEvent>,
     /// Most local writes per commit.
     pub commit_writes_max: usize,
-    /// Accepted events in store order (for listing), as restored.
-    pub log: Vec<EventId>,
+    /// The driver's side of the node's archive: which events are committed.
+    pub archive: crate::archive::ArchiveHandle,
+    /// The store's database, for listings.
+    pub db: crate::store::SharedDb,
     /// The causal buffer's bound, for status.
     pub buffer_bytes_max: usize,
     /// Per member index: events and encoded bytes of it the store held at start.
@@ -110,7 +112,8 @@ pub struct Driver {
     n_changes: u64,
     started: Instant,
     last_seen: BTreeMap<PublicKey, Instant>,
-    log: Vec<EventId>,
+    archive: crate::archive::ArchiveHandle,
+    db: crate::store::SharedDb,
     commit: GroupCommit<WriteReply>,
     store_jobs: std::sync::mpsc::Sender<StoreRequest>,
     store_done: mpsc::Receiver<StoreDone>,
@@ -180,7 +183,8 @@ impl Driver {
             n_changes: 0,
             started: Instant::now(),
             last_seen: BTreeMap::new(),
-            log: parts.log,
+            archive: parts.archive,
+            db: parts.db,
             commit: GroupCommit::new(parts.commit_writes_max),
             store_jobs,
             store_done,
@@ -432,7 +436,6 @@ impl Driver {
                 NodeEvent::Accepted { event, from } => {
                     self.metrics.events_accepted.inc();
                     self.count_authored(event.author_idx(), event.bytes().len());
-                    self.log.push(event.id());
                     if from.is_some() {
                         let now = self.now_ms();
                         self.commit.handle_peer_event(event.id().0, event.bytes().to_vec(), now);
@@ -531,7 +534,13 @@ impl Driver {
             }
         }
         let now = self.now_ms();
+        let stored = matches!(committed, Committed::Ok);
+        let ids: Vec<EventId> =
+            if stored { job.events.iter().map(|(id, _)| EventId(*id)).collect() } else { Vec::new() };
         self.commit.handle_committed(committed, job, &mut self.node, now);
+        // After `handle_committed`, which hands the job's own events to the node: every event
+        // of the job is in the store now, and read from there.
+        self.archive.committed(ids);
         self.answer_writers();
     }
 
@@ -668,8 +677,15 @@ impl Driver {
                     .collect()
             }
             None => {
-                let from = usize::try_from(query.after.unwrap_or(0)).unwrap_or(usize::MAX);
-                self.log.iter().skip(from).take(limit).filter_map(|id| self.event_info(id)).collect()
+                // The store's log, in the order events were stored: the order they were
+                // accepted in, once committed (at most a group commit's delay later).
+                let from = query.after.unwrap_or(0);
+                crate::store::reads::log_page(&self.db, from, limit)
+                    .into_iter()
+                    .filter_map(|(_, _, bytes)| {
+                        self.event_info(&cairn_protocol::codec::decode_event(&bytes).ok()?.id())
+                    })
+                    .collect()
             }
         }
     }

@@ -38,7 +38,13 @@ pub fn check_store(path: &Path, genesis: &Genesis, me: cairn_crypto::PublicKey) 
     }
     crate::backup::ensure_stopped(path)?;
     let mut report = Report::default();
-    let (store, loaded) = match Store::open(path, genesis.cluster_id(), me.0, OwnHistory::Unknown) {
+    let (store, loaded) = match Store::open(
+        path,
+        genesis.cluster_id(),
+        me.0,
+        OwnHistory::Unknown,
+        &crate::store::member_keys(genesis),
+    ) {
         Ok(opened) => opened,
         Err(error @ (StoreError::Corrupt { .. } | StoreError::Format { .. })) => {
             report.problems.push(error.to_string());

@@ -66,17 +66,22 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
-use cairn_protocol::codec;
 use cairn_protocol::event::ops_hash;
+use cairn_protocol::{ChainState, EventId, EventMeta, codec};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// The layout version in `meta["format"]`. Bump it when the layout changes; a store with
 /// another version is refused with [`StoreError::Format`].
-pub const FORMAT_VERSION: u64 = 2;
+pub const FORMAT_VERSION: u64 = 3;
 
 /// The format before `own_history`, upgraded in place on open.
 const FORMAT_WITHOUT_OWN_HISTORY: u64 = 1;
+/// The format before the indexes (`metas`, `by_seq`, `chains`), upgraded in place on open.
+const FORMAT_WITHOUT_INDEXES: u64 = 2;
+/// Events indexed per transaction when an upgrade builds the indexes.
+const REINDEX_BATCH: u64 = 50_000;
 
 /// redb's page cache. Start-up reads every page once and the node keeps its state in memory,
 /// so after that the cache serves only the b-tree paths that appends touch: the right edge of
@@ -87,6 +92,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const IDS: TableDefinition<&[u8; 32], u64> = TableDefinition::new("ids");
 const EVIDENCE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("evidence");
+const METAS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("metas");
+const BY_SEQ: TableDefinition<(u32, u64, [u8; 32]), ()> = TableDefinition::new("by_seq");
+const CHAINS: TableDefinition<u32, &[u8]> = TableDefinition::new("chains");
+const META_N_BYTES: &str = "n_bytes";
 
 const META_FORMAT: &str = "format";
 const META_CLUSTER_ID: &str = "cluster_id";
@@ -160,6 +169,12 @@ pub struct Loaded {
     pub evidence: Vec<Vec<u8>>,
     /// Whether the store holds every event of the node's own key.
     pub own_history: OwnHistory,
+    /// Each member's chain state, in member order.
+    pub chains: Vec<ChainState>,
+    /// Events in the log.
+    pub n_events: u64,
+    /// Their encoded bytes.
+    pub n_bytes: u64,
     /// The format the store had before this open upgraded it, if it did.
     pub upgraded_from: Option<u64>,
 }
@@ -277,7 +292,9 @@ pub enum StoreError {
 /// The node's durable store: one redb database. See the module documentation for the layout.
 pub struct Store {
     /// `None` only after a write failed and the database could not be opened again (`failed`).
-    db: Option<Database>,
+    /// Shared with the node's [`crate::archive::StoreArchive`], which reads accepted events
+    /// from it: a reopen takes the write lock, so it waits for reads under way.
+    db: SharedDb,
     path: PathBuf,
     /// Entries in `log`; the next event goes to this position.
     n_events: u64,
@@ -291,6 +308,12 @@ pub struct Store {
     own_history: OwnHistory,
     cluster_id: [u8; 32],
     node_key: [u8; 32],
+    /// The genesis members' keys, in member order: an event's author index.
+    members: Vec<[u8; 32]>,
+    /// Each member's chain state, as last committed (see [`ChainState`]).
+    chains: Vec<ChainState>,
+    /// Encoded bytes of the events in `log`.
+    n_bytes: u64,
 }
 
 impl fmt::Debug for Store {
@@ -306,20 +329,39 @@ impl fmt::Debug for Store {
 
 impl Store {
     /// Opens or creates the store at `path` (a file inside the data directory) for this
-    /// cluster and this node key, and returns everything it holds.
-    ///
-    /// A missing parent directory is created. A new store records `cluster_id`, `node_key` and
-    /// `new_store` as what it knows of the node's own events ([`OwnHistory::Complete`] only for
-    /// a brand-new cluster or a sole member: nobody else can hold an event of the node); an
-    /// existing one must have been created with the same two keys, else it is refused, and a
-    /// store of format 1 is upgraded in place. Every page checksum is verified and every event
-    /// is decoded and matched against its id before anything is returned, so the open reads the
-    /// whole file.
+    /// cluster and this node key, and returns everything it holds: [`Store::open_indexed`],
+    /// then every event read and checked against `log` and `ids`. For checks and tools; the
+    /// daemon itself opens with [`Store::open_indexed`], which reads no event.
     pub fn open(
         path: &Path,
         cluster_id: [u8; 32],
         node_key: [u8; 32],
         new_store: OwnHistory,
+        members: &[[u8; 32]],
+    ) -> Result<(Self, Loaded), StoreError> {
+        let (mut store, mut loaded) = Self::open_indexed(path, cluster_id, node_key, new_store, members)?;
+        let full = store.load()?;
+        loaded.events = full.events;
+        loaded.ids = full.ids;
+        Ok((store, loaded))
+    }
+
+    /// Opens or creates the store at `path` for this cluster, this node key and these members
+    /// (the genesis's keys, in member order), without reading its events: what a start needs.
+    ///
+    /// A missing parent directory is created. A new store records `cluster_id`, `node_key` and
+    /// `new_store` as what it knows of the node's own events ([`OwnHistory::Complete`] only for
+    /// a brand-new cluster or a sole member: nobody else can hold an event of the node); an
+    /// existing one must have been created with the same two keys, else it is refused. A store
+    /// of format 1 or 2 is upgraded in place (its indexes are built from its log, once). Every
+    /// page checksum is verified (redb reads the whole file once), the tables must agree in
+    /// size, and the chain states and evidence are read; [`Loaded::events`] stays empty.
+    pub fn open_indexed(
+        path: &Path,
+        cluster_id: [u8; 32],
+        node_key: [u8; 32],
+        new_store: OwnHistory,
+        members: &[[u8; 32]],
     ) -> Result<(Self, Loaded), StoreError> {
         create_dir_durably(parent_dir(path)).map_err(|e| access(path, &e))?;
         let (db, rolled_back) = open_database(path, OpenMode::Create)?;
@@ -334,7 +376,7 @@ impl Store {
         }
 
         let mut store = Self {
-            db: Some(db),
+            db: Arc::new(RwLock::new(Some(db))),
             path: path.to_owned(),
             n_events: 0,
             failed: false,
@@ -342,32 +384,30 @@ impl Store {
             own_history: new_store,
             cluster_id,
             node_key,
+            members: members.to_vec(),
+            chains: vec![ChainState::default(); members.len()],
+            n_bytes: 0,
         };
         let found = store.check_meta(cluster_id, node_key)?;
-        if found == Found::New {
-            store.write_meta(cluster_id, node_key, new_store)?;
-        }
-        let mut loaded = store.load()?;
+        let mut upgraded_from = None;
         match found {
-            Found::New => store.own_history = new_store,
-            Found::Current(own_history) => store.own_history = own_history,
-            Found::WithoutOwnHistory => {
-                // Format 1's rule: a store holding an own event was trusted with the own seq.
-                let has_own = loaded.events.iter().any(|bytes| bytes.get(..32) == Some(&node_key[..]));
-                let own_history = if has_own { OwnHistory::Complete } else { OwnHistory::Unknown };
-                store.upgrade(own_history)?;
-                store.own_history = own_history;
-                loaded.upgraded_from = Some(FORMAT_WITHOUT_OWN_HISTORY);
+            Found::New => store.write_meta(cluster_id, node_key, new_store)?,
+            Found::Current(_) => {}
+            Found::Old { format, own_history } => {
+                let own_history = store.reindex(own_history)?;
+                upgraded_from = Some(format);
                 tracing::info!(
                     path = %path.display(),
-                    from = FORMAT_WITHOUT_OWN_HISTORY,
+                    from = format,
                     to = FORMAT_VERSION,
                     own_history = ?own_history,
-                    "upgraded the store's format in place"
+                    events = store.n_events,
+                    "upgraded the store's format in place (its indexes were built from its log)"
                 );
             }
         }
-        loaded.own_history = store.own_history;
+        let mut loaded = store.load_indexed()?;
+        loaded.upgraded_from = upgraded_from;
         Ok((store, loaded))
     }
 
@@ -405,17 +445,179 @@ impl Store {
         Ok(())
     }
 
-    /// Writes format 2's meta into a store of format 1, in one transaction.
-    fn upgrade(&mut self, own_history: OwnHistory) -> Result<(), StoreError> {
-        let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Open);
-        let mut tx = self.db()?.begin_write().map_err(|e| fail(e.into()))?;
-        tx.set_two_phase_commit(true);
+    /// Builds the indexes of a store of an older format from its log, in transactions of
+    /// [`REINDEX_BATCH`] events, then writes this format's meta: the node's own history is
+    /// `own_history`, or for format 1 (which had no mark) that format's rule, complete if the
+    /// store holds an own event. A crash in the middle leaves the old format, and the next open
+    /// starts over. Returns the own history written.
+    fn reindex(&mut self, own_history: Option<OwnHistory>) -> Result<OwnHistory, StoreError> {
+        let path = self.path.clone();
+        let fail = |e: redb::Error| redb_error(&path, e, Stage::Open);
         {
-            let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
-            meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
-            meta.insert(META_OWN_HISTORY, [own_history.to_byte()].as_slice()).map_err(|e| fail(e.into()))?;
+            let db = self.db()?;
+            let tx = db.begin_write().map_err(|e| fail(e.into()))?;
+            tx.delete_table(METAS).map_err(|e| fail(e.into()))?;
+            tx.delete_table(BY_SEQ).map_err(|e| fail(e.into()))?;
+            tx.delete_table(CHAINS).map_err(|e| fail(e.into()))?;
+            tx.open_table(METAS).map_err(|e| fail(e.into()))?;
+            tx.open_table(BY_SEQ).map_err(|e| fail(e.into()))?;
+            tx.open_table(CHAINS).map_err(|e| fail(e.into()))?;
+            tx.commit().map_err(|e| fail(e.into()))?;
         }
-        tx.commit().map_err(|e| fail(e.into()))
+        let mut chains = vec![ChainState::default(); self.members.len()];
+        let mut dirty = std::collections::BTreeSet::new();
+        let mut n_bytes = 0u64;
+        let mut position = 0u64;
+        loop {
+            let db = self.db()?;
+            let mut tx = db.begin_write().map_err(|e| fail(e.into()))?;
+            tx.set_two_phase_commit(true);
+            let batch: Vec<(u64, Vec<u8>)> = {
+                let log = tx.open_table(LOG).map_err(|e| fail(e.into()))?;
+                log.range(position..position + REINDEX_BATCH)
+                    .map_err(|e| fail(e.into()))?
+                    .map(|entry| entry.map(|(p, b)| (p.value(), b.value().to_vec())))
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| fail(e.into()))?
+            };
+            if batch.is_empty() {
+                break;
+            }
+            {
+                let ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
+                let mut indexes = Indexes::open(&tx).map_err(&fail)?;
+                for (at, bytes) in &batch {
+                    if *at != position {
+                        return Err(corrupt(&path, format!("`log` entry {position} is at position {at}")));
+                    }
+                    let id = codec::decode_event(bytes)
+                        .map_err(|e| corrupt(&path, format!("event {at} does not decode: {e}")))?
+                        .id();
+                    match ids.get(&id.0).map_err(|e| fail(e.into()))? {
+                        Some(found) if found.value() == *at => {}
+                        _ => {
+                            return Err(corrupt(
+                                &path,
+                                format!("event {at} (id {id}) is not filed in `ids` at {at}"),
+                            ));
+                        }
+                    }
+                    match indexes.index(&self.members, &mut chains, &mut dirty, &id.0, bytes) {
+                        Ok(()) => {}
+                        Err(IndexError::Redb(e)) => return Err(fail(e)),
+                        Err(IndexError::Bad(detail)) => return Err(corrupt(&path, detail)),
+                    }
+                    n_bytes += bytes.len() as u64;
+                    position += 1;
+                }
+            }
+            tx.commit().map_err(|e| fail(e.into()))?;
+        }
+        let own_idx = self.members.iter().position(|k| *k == self.node_key);
+        let own_history = own_history.unwrap_or_else(|| {
+            // Format 1's rule: a store holding an own event was trusted with the own seq.
+            if own_idx.is_some_and(|i| chains[i].max_seq > 0) {
+                OwnHistory::Complete
+            } else {
+                OwnHistory::Unknown
+            }
+        });
+        {
+            let db = self.db()?;
+            let mut tx = db.begin_write().map_err(|e| fail(e.into()))?;
+            tx.set_two_phase_commit(true);
+            {
+                let mut table = tx.open_table(CHAINS).map_err(|e| fail(e.into()))?;
+                for (author, chain) in chains.iter().enumerate() {
+                    let author32 = u32::try_from(author).expect("a member index fits u32");
+                    table.insert(author32, encode_chain(chain).as_slice()).map_err(|e| fail(e.into()))?;
+                }
+                let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+                meta.insert(META_N_BYTES, n_bytes.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+                meta.insert(META_OWN_HISTORY, [own_history.to_byte()].as_slice())
+                    .map_err(|e| fail(e.into()))?;
+                meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())
+                    .map_err(|e| fail(e.into()))?;
+            }
+            tx.commit().map_err(|e| fail(e.into()))?;
+        }
+        self.n_events = position;
+        Ok(own_history)
+    }
+
+    /// Reads what a start needs and checks that the tables agree: the chain states, the
+    /// counters, the own-history mark and the evidence; no event.
+    fn load_indexed(&mut self) -> Result<Loaded, StoreError> {
+        let path = self.path.clone();
+        let fail = |e: redb::Error| redb_error(&path, e, Stage::Open);
+        let open_error = |e: redb::TableError| match e {
+            redb::TableError::TableDoesNotExist(name) => {
+                corrupt(&path, format!("the `{name}` table is missing"))
+            }
+            e => fail(e.into()),
+        };
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| fail(e.into()))?;
+        let n_events = tx.open_table(LOG).map_err(open_error)?.len().map_err(|e| fail(e.into()))?;
+        let n_ids = tx.open_table(IDS).map_err(open_error)?.len().map_err(|e| fail(e.into()))?;
+        let n_metas = tx.open_table(METAS).map_err(open_error)?.len().map_err(|e| fail(e.into()))?;
+        let n_by_seq = tx.open_table(BY_SEQ).map_err(open_error)?.len().map_err(|e| fail(e.into()))?;
+        if n_ids != n_events || n_metas != n_events || n_by_seq != n_events {
+            return Err(corrupt(
+                &path,
+                format!(
+                    "`log` has {n_events} events but `ids` {n_ids}, `metas` {n_metas} and `by_seq` {n_by_seq}"
+                ),
+            ));
+        }
+        let mut chains = vec![ChainState::default(); self.members.len()];
+        for entry in tx.open_table(CHAINS).map_err(open_error)?.iter().map_err(|e| fail(e.into()))? {
+            let (author, bytes) = entry.map_err(|e| fail(e.into()))?;
+            let author = author.value() as usize;
+            let chain = decode_chain(bytes.value()).ok_or_else(|| {
+                corrupt(&path, format!("the chain state of member {author} does not decode"))
+            })?;
+            *chains.get_mut(author).ok_or_else(|| {
+                corrupt(&path, format!("a chain state for member {author}, who is not one"))
+            })? = chain;
+        }
+        let meta = tx.open_table(META).map_err(open_error)?;
+        let n_bytes = meta
+            .get(META_N_BYTES)
+            .map_err(|e| fail(e.into()))?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map(u64::from_le_bytes)
+            .ok_or_else(|| corrupt(&path, format!("meta `{META_N_BYTES}` is missing or not 8 bytes")))?;
+        let own_history = meta
+            .get(META_OWN_HISTORY)
+            .map_err(|e| fail(e.into()))?
+            .and_then(|v| match v.value() {
+                [byte] => OwnHistory::from_byte(*byte),
+                _ => None,
+            })
+            .ok_or_else(|| corrupt(&path, format!("meta `{META_OWN_HISTORY}` is missing or not 0 to 3")))?;
+        let mut evidence = Vec::new();
+        for entry in tx.open_table(EVIDENCE).map_err(open_error)?.iter().map_err(|e| fail(e.into()))? {
+            let (author, bytes) = entry.map_err(|e| fail(e.into()))?;
+            let (author, bytes) = (author.value(), bytes.value());
+            let decoded = codec::decode_evidence(bytes).map_err(|e| {
+                corrupt(&path, format!("the evidence against {} does not decode: {e}", hex::encode(author)))
+            })?;
+            if decoded.author().0 != *author {
+                return Err(corrupt(
+                    &path,
+                    format!("the evidence filed under {} is against another author", hex::encode(author)),
+                ));
+            }
+            evidence.push(bytes.to_vec());
+        }
+        drop(tx);
+        drop(db);
+        self.n_events = n_events;
+        self.n_bytes = n_bytes;
+        self.chains = chains.clone();
+        self.own_history = own_history;
+        Ok(Loaded { evidence, own_history, chains, n_events, n_bytes, ..Loaded::default() })
     }
 
     /// Events of `log` from position `from` on, in order, until `bytes_max` bytes (at least one
@@ -490,9 +692,11 @@ impl Store {
         }
         let mark = own_history_complete && self.own_history != OwnHistory::Complete;
         match self.write(events, evidence, mark) {
-            Ok(n_events) => {
+            Ok((n_events, chains, n_bytes)) => {
                 assert!(n_events >= self.n_events);
                 self.n_events = n_events;
+                self.chains = chains;
+                self.n_bytes = n_bytes;
                 if mark {
                     self.own_history = OwnHistory::Complete;
                 }
@@ -518,10 +722,10 @@ impl Store {
     ) -> Result<(), StoreError> {
         // Dropping the database closes the file without a clean-shutdown mark; the reopen
         // recovers it to its last durable commit.
-        self.db = None;
+        *write_lock(&self.db) = None;
         let reopened = open_database(&self.path, OpenMode::Existing).and_then(|(db, _)| {
             let counted = count_stored(&self.path, &db, events);
-            self.db = Some(db);
+            *write_lock(&self.db) = Some(db);
             counted
         });
         match reopened {
@@ -532,9 +736,16 @@ impl Store {
                 Err(error)
             }
             Ok((n_stored, n_found)) if n_found == events.len() && n_stored > self.n_events => {
-                // The mark, if the batch carried it, landed with it (one transaction).
+                // The mark and the indexes, if the batch carried them, landed with it (one
+                // transaction): read them back.
                 if own_history_complete {
                     self.own_history = OwnHistory::Complete;
+                }
+                if let Err(reload) = self.load_indexed() {
+                    self.failed = true;
+                    return Err(self.io_error(format!(
+                        "{error}; it was stored after all, but reading it back failed: {reload}"
+                    )));
                 }
                 tracing::warn!(
                     path = %self.path.display(),
@@ -554,7 +765,7 @@ impl Store {
             }
             Err(reopen) => {
                 self.failed = true;
-                self.db = None;
+                *write_lock(&self.db) = None;
                 Err(self
                     .io_error(format!("{error}; reopening it to check what it holds failed too: {reopen}")))
             }
@@ -584,10 +795,13 @@ impl Store {
         events: &[([u8; 32], &[u8])],
         evidence: &[([u8; 32], &[u8])],
         own_history_complete: bool,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, Vec<ChainState>, u64), StoreError> {
         let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Write);
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| fail(e.into()))?;
+        let mut chains = self.chains.clone();
+        let mut n_bytes = self.n_bytes;
+        let mut dirty = std::collections::BTreeSet::new();
         // Immediate is redb's default; it is set here because acknowledging a write depends on
         // it: the commit returns after the data and the new commit slot are fsync'd.
         tx.set_durability(Durability::Immediate).map_err(|e| fail(e.into()))?;
@@ -599,6 +813,7 @@ impl Store {
         {
             let mut log = tx.open_table(LOG).map_err(|e| fail(e.into()))?;
             let mut ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
+            let mut indexes = Indexes::open(&tx).map_err(&fail)?;
             for (id, bytes) in events {
                 // Reads see this transaction's own inserts, so a duplicate within the batch is
                 // skipped too.
@@ -608,19 +823,36 @@ impl Store {
                 log.insert(n_events, *bytes).map_err(|e| fail(e.into()))?;
                 ids.insert(id, n_events).map_err(|e| fail(e.into()))?;
                 n_events += 1;
+                n_bytes += bytes.len() as u64;
+                match indexes.index(&self.members, &mut chains, &mut dirty, id, bytes) {
+                    Ok(()) => {}
+                    Err(IndexError::Redb(e)) => return Err(fail(e)),
+                    // The node hands over only events it accepted, in the order it accepted them.
+                    Err(IndexError::Bad(detail)) => {
+                        panic!("an event to store does not fit the store: {detail}")
+                    }
+                }
             }
             let mut table = tx.open_table(EVIDENCE).map_err(|e| fail(e.into()))?;
             for (author, bytes) in evidence {
                 table.insert(author, *bytes).map_err(|e| fail(e.into()))?;
             }
+            let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
             if own_history_complete {
-                let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
                 meta.insert(META_OWN_HISTORY, [OwnHistory::Complete.to_byte()].as_slice())
+                    .map_err(|e| fail(e.into()))?;
+            }
+            meta.insert(META_N_BYTES, n_bytes.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+            let mut table = tx.open_table(CHAINS).map_err(|e| fail(e.into()))?;
+            for author in dirty {
+                let author32 = u32::try_from(author).expect("a member index fits u32");
+                table
+                    .insert(author32, encode_chain(&chains[author]).as_slice())
                     .map_err(|e| fail(e.into()))?;
             }
         }
         tx.commit().map_err(|e| fail(e.into()))?;
-        Ok(n_events)
+        Ok((n_events, chains, n_bytes))
     }
 
     /// Checks the meta of an existing store against this node, and says what it found.
@@ -648,7 +880,7 @@ impl Store {
         let format = <[u8; 8]>::try_from(format.as_slice())
             .map_err(|_| corrupt(path, format!("meta `{META_FORMAT}` is {} bytes, not 8", format.len())))?;
         let format = u64::from_le_bytes(format);
-        if format != FORMAT_VERSION && format != FORMAT_WITHOUT_OWN_HISTORY {
+        if !(FORMAT_WITHOUT_OWN_HISTORY..=FORMAT_VERSION).contains(&format) {
             return Err(StoreError::Format { path: path.clone(), found: format!("store format {format}") });
         }
         let key32 = |name: &str| -> Result<[u8; 32], StoreError> {
@@ -665,15 +897,23 @@ impl Store {
             return Err(StoreError::OtherKey { path: path.clone(), stored, expected: node_key });
         }
         if format == FORMAT_WITHOUT_OWN_HISTORY {
-            return Ok(Found::WithoutOwnHistory);
+            return Ok(Found::Old { format, own_history: None });
         }
         let own_history = field(META_OWN_HISTORY)?;
-        match own_history.as_slice() {
+        let own_history = match own_history.as_slice() {
             [byte] => OwnHistory::from_byte(*byte)
-                .map(Found::Current)
-                .ok_or_else(|| corrupt(path, format!("meta `{META_OWN_HISTORY}` is {byte}, not 0 to 3"))),
-            other => Err(corrupt(path, format!("meta `{META_OWN_HISTORY}` is {} bytes, not 1", other.len()))),
+                .ok_or_else(|| corrupt(path, format!("meta `{META_OWN_HISTORY}` is {byte}, not 0 to 3")))?,
+            other => {
+                return Err(corrupt(
+                    path,
+                    format!("meta `{META_OWN_HISTORY}` is {} bytes, not 1", other.len()),
+                ));
+            }
+        };
+        if format == FORMAT_WITHOUT_INDEXES {
+            return Ok(Found::Old { format, own_history: Some(own_history) });
         }
+        Ok(Found::Current(own_history))
     }
 
     /// Writes a new store's meta and creates its tables in its first transaction, then makes
@@ -697,9 +937,13 @@ impl Store {
             meta.insert(META_NODE_KEY, node_key.as_slice()).map_err(|e| fail(e.into()))?;
             meta.insert(META_OWN_HISTORY, [own_history.to_byte()].as_slice()).map_err(|e| fail(e.into()))?;
             // Created now so that a store without them is known to be damaged.
+            meta.insert(META_N_BYTES, 0u64.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
             tx.open_table(LOG).map_err(|e| fail(e.into()))?;
             tx.open_table(IDS).map_err(|e| fail(e.into()))?;
             tx.open_table(EVIDENCE).map_err(|e| fail(e.into()))?;
+            tx.open_table(METAS).map_err(|e| fail(e.into()))?;
+            tx.open_table(BY_SEQ).map_err(|e| fail(e.into()))?;
+            tx.open_table(CHAINS).map_err(|e| fail(e.into()))?;
         }
         tx.commit().map_err(|e| fail(e.into()))?;
         // redb syncs the file, not the directory that names it.
@@ -782,9 +1026,296 @@ impl Store {
         StoreError::Io { path: self.path.clone(), detail }
     }
 
-    /// The open database; an I/O error once a failed write left none.
-    fn db(&self) -> Result<&Database, StoreError> {
-        self.db.as_ref().ok_or_else(|| self.io_error("an earlier write failed".to_owned()))
+    /// The open database, read-locked; an I/O error once a failed write left none.
+    fn db(&self) -> Result<DbGuard<'_>, StoreError> {
+        DbGuard::new(&self.db).ok_or_else(|| self.io_error("an earlier write failed".to_owned()))
+    }
+
+    /// The database, for readers on other threads (the node's archive).
+    pub fn shared_db(&self) -> SharedDb {
+        Arc::clone(&self.db)
+    }
+}
+
+/// The member keys of `genesis`, in member order, as the store takes them.
+pub fn member_keys(genesis: &cairn_protocol::Genesis) -> Vec<[u8; 32]> {
+    genesis.members().iter().map(|m| m.key.0).collect()
+}
+
+/// The store's database, shared with the readers of other threads. `None` after a failed
+/// write that could not be recovered.
+pub type SharedDb = Arc<RwLock<Option<Database>>>;
+
+/// A read lock on a [`SharedDb`] that holds a database. Readers keep it for the whole read (a
+/// redb read transaction keeps the file open), so a reopen after a full disk waits for them.
+pub struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
+
+impl<'a> DbGuard<'a> {
+    /// The database, if there is one.
+    pub fn new(db: &'a SharedDb) -> Option<Self> {
+        // A poisoned lock only means a reader panicked; the database itself is intact.
+        let guard = db.read().unwrap_or_else(PoisonError::into_inner);
+        guard.is_some().then_some(Self(guard))
+    }
+}
+
+impl std::ops::Deref for DbGuard<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        // `new` made one only for a slot that holds a database, and holds the lock since.
+        self.0.as_ref().expect("a DbGuard holds a database")
+    }
+}
+
+fn write_lock(db: &SharedDb) -> std::sync::RwLockWriteGuard<'_, Option<Database>> {
+    db.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The index tables of one write transaction.
+struct Indexes<'tx> {
+    metas: redb::Table<'tx, &'static [u8; 32], &'static [u8]>,
+    by_seq: redb::Table<'tx, (u32, u64, [u8; 32]), ()>,
+}
+
+/// Why an event could not be indexed.
+enum IndexError {
+    Redb(redb::Error),
+    /// The event does not fit: not a member's, or a dep not indexed before it.
+    Bad(String),
+}
+
+impl From<redb::StorageError> for IndexError {
+    fn from(e: redb::StorageError) -> Self {
+        Self::Redb(e.into())
+    }
+}
+
+impl<'tx> Indexes<'tx> {
+    fn open(tx: &'tx redb::WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Self { metas: tx.open_table(METAS)?, by_seq: tx.open_table(BY_SEQ)? })
+    }
+
+    /// Indexes one event just appended to `log`: its meta (computed from its deps' metas, as
+    /// the node's adapter does: `EventMeta::from_deps`), its entry in `by_seq`, and its
+    /// author's chain state (marked in `dirty`).
+    fn index(
+        &mut self,
+        members: &[[u8; 32]],
+        chains: &mut [ChainState],
+        dirty: &mut std::collections::BTreeSet<usize>,
+        id: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<(), IndexError> {
+        let event = codec::decode_event(bytes)
+            .map_err(|e| IndexError::Bad(format!("event {} does not decode: {e}", hex::encode(id))))?;
+        let header = &event.header;
+        let author = members.iter().position(|k| *k == header.author.0).ok_or_else(|| {
+            IndexError::Bad(format!("event {} is by {}, who is not a member", hex::encode(id), header.author))
+        })?;
+        let mut deps = Vec::with_capacity(header.deps.len());
+        for dep in &header.deps {
+            let meta = self.metas.get(&dep.0)?.ok_or_else(|| {
+                IndexError::Bad(format!("event {} comes before its dep {dep}", hex::encode(id)))
+            })?;
+            let meta = decode_meta(meta.value())
+                .ok_or_else(|| IndexError::Bad(format!("the meta of event {dep} does not decode")))?;
+            deps.push((*dep, meta));
+        }
+        let meta = EventMeta::from_deps(
+            author,
+            header.seq,
+            header.lamport,
+            members.len(),
+            deps.iter().map(|(d, m)| (*d, m)),
+        );
+        let author32 = u32::try_from(author).expect("a member index fits u32");
+        let seq = header.seq;
+        let forked =
+            self.by_seq.range((author32, seq, [0u8; 32])..=(author32, seq, [0xffu8; 32]))?.next().is_some();
+        self.metas.insert(id, encode_meta(&meta).as_slice())?;
+        self.by_seq.insert((author32, seq, *id), ())?;
+        let chain = &mut chains[author];
+        if let Some(pred) = meta.own_pred {
+            chain.tips.retain(|(t, _)| *t != pred);
+        }
+        chain.tips.push((EventId(*id), seq));
+        chain.max_seq = chain.max_seq.max(seq);
+        if forked && chain.fork_seq.is_none_or(|f| seq < f) {
+            chain.fork_seq = Some(seq);
+        }
+        dirty.insert(author);
+        Ok(())
+    }
+}
+
+/// `meta`'s encoding in `metas`: author (u32), seq, lamport (u64), 0 or 1 and the own
+/// predecessor's id, the clock's length (u32) and entries (u64); little-endian.
+pub fn encode_meta(meta: &EventMeta) -> Vec<u8> {
+    let mut out = Vec::with_capacity(57 + 8 * meta.clock.len());
+    out.extend_from_slice(&(meta.author as u32).to_le_bytes());
+    out.extend_from_slice(&meta.seq.to_le_bytes());
+    out.extend_from_slice(&meta.lamport.to_le_bytes());
+    match meta.own_pred {
+        Some(pred) => {
+            out.push(1);
+            out.extend_from_slice(&pred.0);
+        }
+        None => out.push(0),
+    }
+    out.extend_from_slice(&(meta.clock.len() as u32).to_le_bytes());
+    for entry in meta.clock.iter() {
+        out.extend_from_slice(&entry.to_le_bytes());
+    }
+    out
+}
+
+/// Reads what [`encode_meta`] wrote; `None` for anything else.
+pub fn decode_meta(bytes: &[u8]) -> Option<EventMeta> {
+    let mut r = Reader(bytes);
+    let author = r.u32()? as usize;
+    let seq = r.u64()?;
+    let lamport = r.u64()?;
+    let own_pred = match r.take(1)?[0] {
+        0 => None,
+        1 => Some(EventId(r.take(32)?.try_into().ok()?)),
+        _ => return None,
+    };
+    let n = r.u32()? as usize;
+    if r.0.len() != n.checked_mul(8)? {
+        return None;
+    }
+    let clock = (0..n).map(|_| r.u64()).collect::<Option<Box<[u64]>>>()?;
+    Some(EventMeta { author, seq, lamport, own_pred, clock })
+}
+
+/// A chain state's encoding in `chains`: the number of tips (u32), each tip's id and seq
+/// (u64), the highest seq, then 0, or 1 and the fork seq; little-endian.
+fn encode_chain(chain: &ChainState) -> Vec<u8> {
+    let mut out = Vec::with_capacity(21 + 40 * chain.tips.len());
+    out.extend_from_slice(&(chain.tips.len() as u32).to_le_bytes());
+    for (id, seq) in &chain.tips {
+        out.extend_from_slice(&id.0);
+        out.extend_from_slice(&seq.to_le_bytes());
+    }
+    out.extend_from_slice(&chain.max_seq.to_le_bytes());
+    match chain.fork_seq {
+        Some(seq) => {
+            out.push(1);
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+        None => out.push(0),
+    }
+    out
+}
+
+fn decode_chain(bytes: &[u8]) -> Option<ChainState> {
+    let mut r = Reader(bytes);
+    let n = r.u32()? as usize;
+    let mut tips = Vec::with_capacity(n.min(bytes.len() / 40));
+    for _ in 0..n {
+        let id = EventId(r.take(32)?.try_into().ok()?);
+        tips.push((id, r.u64()?));
+    }
+    let max_seq = r.u64()?;
+    let fork_seq = match r.take(1)?[0] {
+        0 => None,
+        1 => Some(r.u64()?),
+        _ => return None,
+    };
+    r.0.is_empty().then_some(ChainState { tips, max_seq, fork_seq })
+}
+
+/// A cursor over bytes for the decoders above.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+}
+
+/// Reads of accepted events for the node's archive, each in one read transaction under the
+/// shared database's lock. `None` when the store failed or the read failed (the archive treats
+/// both as "not held"; a failing store stops the daemon through its writer).
+pub mod reads {
+    use super::*;
+
+    /// The meta of event `id`.
+    pub fn meta(db: &SharedDb, id: &EventId) -> Option<EventMeta> {
+        let guard = DbGuard::new(db)?;
+        let tx = guard.begin_read().ok()?;
+        let table = tx.open_table(METAS).ok()?;
+        let value = table.get(&id.0).ok()??;
+        decode_meta(value.value())
+    }
+
+    /// The meta and bytes of event `id`.
+    pub fn event(db: &SharedDb, id: &EventId) -> Option<(EventMeta, Vec<u8>)> {
+        let guard = DbGuard::new(db)?;
+        let tx = guard.begin_read().ok()?;
+        let meta = decode_meta(tx.open_table(METAS).ok()?.get(&id.0).ok()??.value())?;
+        let position = tx.open_table(IDS).ok()?.get(&id.0).ok()??.value();
+        let bytes = tx.open_table(LOG).ok()?.get(position).ok()??.value().to_vec();
+        Some((meta, bytes))
+    }
+
+    /// The ids of `author`'s events at `seq`, in id order.
+    pub fn at_seq(db: &SharedDb, author: usize, seq: u64) -> Vec<EventId> {
+        let read = || -> Option<Vec<EventId>> {
+            let guard = DbGuard::new(db)?;
+            let tx = guard.begin_read().ok()?;
+            let table = tx.open_table(BY_SEQ).ok()?;
+            let author = u32::try_from(author).ok()?;
+            let range = table.range((author, seq, [0u8; 32])..=(author, seq, [0xffu8; 32])).ok()?;
+            range.map(|entry| entry.ok().map(|(key, _)| EventId(key.value().2))).collect()
+        };
+        read().unwrap_or_default()
+    }
+
+    /// Every id, in id order.
+    pub fn ids(db: &SharedDb) -> Vec<EventId> {
+        let read = || -> Option<Vec<EventId>> {
+            let guard = DbGuard::new(db)?;
+            let tx = guard.begin_read().ok()?;
+            let table = tx.open_table(IDS).ok()?;
+            let iter = table.iter().ok()?;
+            iter.map(|entry| entry.ok().map(|(key, _)| EventId(*key.value()))).collect()
+        };
+        read().unwrap_or_default()
+    }
+
+    /// Up to `limit` events of `log` from position `from` on: `(position, meta, bytes)`.
+    pub fn log_page(db: &SharedDb, from: u64, limit: usize) -> Vec<(u64, EventMeta, Vec<u8>)> {
+        let read = || -> Option<Vec<(u64, EventMeta, Vec<u8>)>> {
+            let guard = DbGuard::new(db)?;
+            let tx = guard.begin_read().ok()?;
+            let log = tx.open_table(LOG).ok()?;
+            let metas = tx.open_table(METAS).ok()?;
+            let mut out = Vec::new();
+            for entry in log.range(from..).ok()?.take(limit) {
+                let (position, bytes) = entry.ok()?;
+                let bytes = bytes.value().to_vec();
+                let id = codec::decode_event(&bytes).ok()?.id();
+                let meta = decode_meta(metas.get(&id.0).ok()??.value())?;
+                out.push((position.value(), meta, bytes));
+            }
+            Some(out)
+        };
+        read().unwrap_or_default()
     }
 }
 
@@ -793,8 +1324,8 @@ impl Store {
 enum Found {
     /// A new file: no tables yet.
     New,
-    /// A store of format 1, to upgrade.
-    WithoutOwnHistory,
+    /// A store of an older format, to upgrade; `own_history` is `None` for format 1.
+    Old { format: u64, own_history: Option<OwnHistory> },
     /// A store of this format.
     Current(OwnHistory),
 }

@@ -465,7 +465,7 @@ fn small_tmpfs() -> Option<Tmpfs> {
 }
 
 fn open(path: &Path) -> Result<(Store, cairn_daemon::store::Loaded), StoreError> {
-    Store::open(path, CLUSTER, author().public().0, OwnHistory::Unknown)
+    Store::open(path, CLUSTER, author().public().0, OwnHistory::Unknown, &[author().public().0])
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use cairn_crypto::SecretKey;
 use cairn_daemon::store::{FORMAT_VERSION, Loaded, OwnHistory, Store, StoreError};
-use cairn_protocol::{Event, EventId, Evidence, Op, SignedHeader};
+use cairn_protocol::{ChainState, Event, EventId, Evidence, Op, SignedHeader};
 use redb::TableDefinition;
 
 const CLUSTER: [u8; 32] = [7; 32];
@@ -27,8 +27,13 @@ fn node_key() -> [u8; 32] {
     author().public().0
 }
 
+/// What a new store of one member holds.
+fn empty() -> Loaded {
+    Loaded { chains: vec![ChainState::default()], ..Loaded::default() }
+}
+
 fn open(path: &Path) -> Result<(Store, Loaded), StoreError> {
-    Store::open(path, CLUSTER, node_key(), OwnHistory::Unknown)
+    Store::open(path, CLUSTER, node_key(), OwnHistory::Unknown, &[author().public().0])
 }
 
 /// `n` events by [`author`], each depending on the one before, with `seq_first` as the first
@@ -77,7 +82,8 @@ fn store_with(dir: &Path, events: &[Event]) -> PathBuf {
 
 /// Opens `path` as this node expecting a refusal, and checks that the message names the file.
 fn refused(path: &Path, cluster_id: [u8; 32], node_key: [u8; 32]) -> StoreError {
-    let Err(error) = Store::open(path, cluster_id, node_key, OwnHistory::Unknown) else {
+    let Err(error) = Store::open(path, cluster_id, node_key, OwnHistory::Unknown, &[author().public().0])
+    else {
         panic!("the store at {} was opened, but should have been refused", path.display());
     };
     let message = error.to_string();
@@ -142,7 +148,7 @@ fn round_trip_across_reopen() {
     let evidence = [evidence(2, 5, 0), evidence(3, 9, 0)];
 
     let (mut store, loaded) = open(&path).unwrap();
-    assert_eq!(loaded, Loaded::default());
+    assert_eq!(loaded, empty());
     assert_eq!(store.path(), path);
     append(&mut store, &events[..10], &[]);
     append(&mut store, &events[10..25], &evidence[..1]);
@@ -222,7 +228,7 @@ fn an_empty_file_becomes_a_new_store() {
     let path = dir.path().join("store.redb");
     fs::write(&path, b"").unwrap();
     let (store, loaded) = open(&path).unwrap();
-    assert_eq!((store.n_events(), loaded), (0, Loaded::default()));
+    assert_eq!((store.n_events(), loaded), (0, empty()));
 }
 
 #[test]
@@ -288,10 +294,12 @@ fn the_own_history_mark_is_written_with_the_batch_that_carries_it() {
     // A store made for a brand-new cluster is complete from the start; the mark of a store that
     // exists is never replaced by what a new one would get.
     let path = dir.path().join("new.redb");
-    let (store, loaded) = Store::open(&path, CLUSTER, node_key(), OwnHistory::Complete).unwrap();
+    let (store, loaded) =
+        Store::open(&path, CLUSTER, node_key(), OwnHistory::Complete, &[author().public().0]).unwrap();
     assert_eq!((loaded.own_history, store.own_history()), (OwnHistory::Complete, OwnHistory::Complete));
     drop(store);
-    let (_, loaded) = Store::open(&path, CLUSTER, node_key(), OwnHistory::Unknown).unwrap();
+    let (_, loaded) =
+        Store::open(&path, CLUSTER, node_key(), OwnHistory::Unknown, &[author().public().0]).unwrap();
     assert_eq!(loaded.own_history, OwnHistory::Complete);
 }
 
@@ -434,7 +442,7 @@ fn log_and_ids_must_agree() {
             Box::new(move |tx| {
                 tx.open_table(IDS).unwrap().remove(&id_of_second).unwrap();
             }),
-            "`ids` has 2",
+            "but `ids` 2",
         ),
         (
             "id moved",

@@ -191,6 +191,17 @@ impl Adapter {
         self.buffer.contains(id) || self.archive.contains(id)
     }
 
+    /// Whether `id` counts as a duplicate for a batch of this kind. The node's own new events
+    /// are stored before they are accepted (`Node::commit_writes`), so an archive on disk
+    /// already holds them then: for them only the buffer counts. (No peer can have sent one
+    /// before: they leave this node only once accepted.)
+    fn is_known_for(&self, id: &EventId, signatures: Signatures) -> bool {
+        match signatures {
+            Signatures::Check => self.is_known(id),
+            Signatures::OwnJustSigned => self.buffer.contains(id),
+        }
+    }
+
     /// Number of accepted events.
     pub fn n_accepted(&self) -> usize {
         usize::try_from(self.archive.len()).unwrap_or(usize::MAX)
@@ -337,7 +348,7 @@ impl Adapter {
                 Err((id, reason)) => out.rejected.push(Rejection { from, id, reason }),
                 Ok(decoded) => {
                     let id = decoded.id;
-                    if self.is_known(&id) || !candidate_ids.insert(id) {
+                    if self.is_known_for(&id, signatures) || !candidate_ids.insert(id) {
                         out.n_duplicate += 1;
                     } else {
                         candidates.push(decoded);
@@ -362,7 +373,7 @@ impl Adapter {
                 out.rejected.push(Rejection { from, id: Some(decoded.id), reason: Reject::BadSignature });
                 continue;
             }
-            self.admit(decoded, from, &mut out);
+            self.admit(decoded, from, signatures, &mut out);
         }
         out
     }
@@ -398,8 +409,8 @@ impl Adapter {
     }
 
     /// Takes one signature-checked event: accept it now, or buffer it.
-    fn admit(&mut self, decoded: Decoded, from: PeerId, out: &mut Ingested) {
-        if self.is_known(&decoded.id) {
+    fn admit(&mut self, decoded: Decoded, from: PeerId, signatures: Signatures, out: &mut Ingested) {
+        if self.is_known_for(&decoded.id, signatures) {
             out.n_duplicate += 1;
             return;
         }
@@ -449,19 +460,19 @@ impl Adapter {
             .collect();
         debug_assert_eq!(deps.len(), decoded.event.header.deps.len(), "every dep is accepted");
         check_causal(&decoded, deps.iter().map(|(_, d)| (d.author, d.seq, d.lamport)))?;
-        let mut clock = vec![0u64; self.chains.len()].into_boxed_slice();
-        for (_, dep) in &deps {
-            for (mine, theirs) in clock.iter_mut().zip(dep.clock.iter()) {
-                *mine = (*mine).max(*theirs);
-            }
-        }
         let author = decoded.author_idx;
         let seq = decoded.event.header.seq;
-        clock[author] = clock[author].max(seq);
-        let own_predecessor = deps.iter().find(|(_, d)| d.author == author).map(|(id, _)| *id);
+        let meta = EventMeta::from_deps(
+            author,
+            seq,
+            decoded.event.header.lamport,
+            self.chains.len(),
+            deps.iter().map(|(id, meta)| (*id, meta)),
+        );
+        let own_predecessor = meta.own_pred;
         let forked_now = seq <= self.chains[author].max_seq && !self.archive.at_seq(author, seq).is_empty();
         let Decoded { event, id, bytes, author_idx } = decoded;
-        let verified = Verified::new(event, id, bytes, author_idx, clock);
+        let verified = Verified::new(event, id, bytes, author_idx, meta.clock.clone());
         let chain = &mut self.chains[author];
         if let Some(pred) = own_predecessor {
             chain.tips.retain(|(t, _)| *t != pred);
@@ -472,7 +483,7 @@ impl Adapter {
             chain.fork_seq = Some(seq);
             out.exclusions.push((author, seq));
         }
-        self.archive.insert(&verified, EventMeta::of(&verified, own_predecessor));
+        self.archive.insert(&verified, meta);
         out.accepted.push(verified);
         Ok(())
     }

@@ -31,15 +31,32 @@ pub struct EventMeta {
 }
 
 impl EventMeta {
-    /// The meta of a just-accepted event.
-    pub fn of(event: &Verified, own_pred: Option<EventId>) -> Self {
-        Self {
-            author: event.author_idx(),
-            seq: event.seq(),
-            lamport: event.lamport(),
-            own_pred,
-            clock: event.clock().into(),
+    /// The meta of an event by member `author` of a cluster of `n_members`, from its header's
+    /// seq and lamport and the metas of its deps (all of them): the own predecessor is the dep
+    /// by the same author, and the clock is the pointwise max of the deps' clocks with the
+    /// author's entry raised to the event's own seq. The one definition, for the adapter and
+    /// for a store that indexes events as it writes them.
+    pub fn from_deps<'a>(
+        author: MemberIdx,
+        seq: u64,
+        lamport: u64,
+        n_members: usize,
+        deps: impl IntoIterator<Item = (EventId, &'a Self)>,
+    ) -> Self {
+        let mut clock = vec![0u64; n_members].into_boxed_slice();
+        let mut own_pred = None;
+        for (id, dep) in deps {
+            for (mine, theirs) in clock.iter_mut().zip(dep.clock.iter()) {
+                *mine = (*mine).max(*theirs);
+            }
+            if dep.author == author {
+                own_pred = Some(id);
+            }
         }
+        if let Some(entry) = clock.get_mut(author) {
+            *entry = (*entry).max(seq);
+        }
+        Self { author, seq, lamport, own_pred, clock }
     }
 }
 

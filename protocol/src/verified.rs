@@ -35,6 +35,29 @@ impl Verified {
         Self(Arc::new(Inner { event, id, bytes, author_idx, clock }))
     }
 
+    /// An event read back from this node's own archive, which only ever held events that
+    /// passed validation here: decoded again (bytes that no longer decode give `None`), its
+    /// clock taken from the archive. Crate-private like [`Verified::new`]: the archive is this
+    /// node's own memory of what it validated, kept on its own disk (checksummed), and reading
+    /// it back is how a restart avoids checking every signature again.
+    pub(crate) fn from_stored(stored: &crate::archive::StoredEvent, n_members: usize) -> Option<Self> {
+        let event = stored.event()?;
+        if event.id() != stored.id || stored.meta.clock.len() != n_members || stored.meta.author >= n_members
+        {
+            return None;
+        }
+        if stored.meta.clock[stored.meta.author] < event.header.seq {
+            return None;
+        }
+        Some(Self(Arc::new(Inner {
+            event,
+            id: stored.id,
+            bytes: stored.bytes.to_vec(),
+            author_idx: stored.meta.author,
+            clock: stored.meta.clock.clone(),
+        })))
+    }
+
     /// The event.
     pub fn event(&self) -> &Event {
         &self.0.event

@@ -386,7 +386,7 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
     let chain_sign_rate = sizes.store_events as f64 / signing;
     let store_path = bench.dir.join("store-baseline").join("cairn.redb");
     let store_runs: Vec<f64> = (0..sizes.redb_repeats)
-        .map(|_| baseline::store_rate(&store_path, genesis.cluster_id(), key.public().0, &events, 256))
+        .map(|_| baseline::store_rate(&store_path, &genesis, key.public().0, &events, 256))
         .collect::<anyhow::Result<_>>()?;
     let store_256 = median(store_runs.clone());
     drop(events);
@@ -689,8 +689,13 @@ fn sign_into_store(cluster: &Cluster, i: usize, n: usize) -> anyhow::Result<(u64
     let key = SecretKey::read_file(&config.key_file)?;
     let start = Instant::now();
     // Every event of the key is signed here, into this new store: its own history is whole.
-    let (mut store, _) =
-        Store::open(&config.store_path(), genesis.cluster_id(), key.public().0, OwnHistory::Complete)?;
+    let (mut store, _) = Store::open_indexed(
+        &config.store_path(),
+        genesis.cluster_id(),
+        key.public().0,
+        OwnHistory::Complete,
+        &cairn_daemon::store::member_keys(&genesis),
+    )?;
     let mut event_bytes = 0u64;
     sign_chain(&genesis, &key, n, |batch| {
         let refs: Vec<([u8; 32], &[u8])> = batch.iter().map(|(id, b)| (*id, b.as_slice())).collect();
@@ -810,6 +815,7 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
         genesis.cluster_id(),
         follower_key.public().0,
         OwnHistory::Unknown,
+        &cairn_daemon::store::member_keys(&genesis),
     )?;
     let stored_events = stored.n_events();
     let stored_bytes: u64 = loaded.events.iter().map(|e| e.len() as u64).sum();

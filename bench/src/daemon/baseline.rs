@@ -57,17 +57,18 @@ pub(crate) fn redb_rate(
 /// events per second. `events` are (id, canonical bytes), signed by `key` in `genesis`.
 pub(crate) fn store_rate(
     path: &Path,
-    cluster_id: [u8; 32],
+    genesis: &cairn_protocol::Genesis,
     node_key: [u8; 32],
     events: &[([u8; 32], Vec<u8>)],
     batch: usize,
 ) -> anyhow::Result<f64> {
     let _ = std::fs::remove_file(path);
-    let (mut store, _) = cairn_daemon::store::Store::open(
+    let (mut store, _) = cairn_daemon::store::Store::open_indexed(
         path,
-        cluster_id,
+        genesis.cluster_id(),
         node_key,
         cairn_daemon::store::OwnHistory::Complete,
+        &cairn_daemon::store::member_keys(genesis),
     )?;
     let refs: Vec<([u8; 32], &[u8])> = events.iter().map(|(id, b)| (*id, b.as_slice())).collect();
     let mut chunks = refs.chunks(batch);

@@ -159,11 +159,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             cairn_daemon::backup::ensure_stopped(&store_path)?;
             let me = checked.key.public();
-            let (mut store, _) = cairn_daemon::store::Store::open(
+            let (mut store, _) = cairn_daemon::store::Store::open_indexed(
                 &store_path,
                 checked.genesis.cluster_id(),
                 me.0,
                 cairn_daemon::store::OwnHistory::Unknown,
+                &cairn_daemon::store::member_keys(&checked.genesis),
             )?;
             store.set_own_history(cairn_daemon::store::OwnHistory::RolledBack)?;
             println!(

@@ -472,6 +472,7 @@ impl Cluster {
             genesis.cluster_id(),
             key.0,
             cairn_daemon::store::OwnHistory::Unknown,
+            &cairn_daemon::store::member_keys(&genesis),
         )
         .unwrap_or_else(|e| panic!("node {i}'s store: {e}"));
         let mut puts = BTreeSet::new();

@@ -316,6 +316,49 @@ impl Node {
         rejected
     }
 
+    /// A replica over an archive that holds the events accepted before (the node's store on
+    /// disk): the adapter resumes from `chains` ([`crate::Adapter::chain_states`] as stored)
+    /// without reading the history, and the document starts empty with every known fork
+    /// excluded; feed it the stored events with [`Node::replay_document`], in the order they
+    /// were accepted, and the evidence with [`Node::restore_evidence`].
+    pub fn resume(
+        genesis: Genesis,
+        me: Option<PublicKey>,
+        config: NodeConfig,
+        archive: Box<dyn crate::archive::Archive>,
+        chains: Vec<crate::adapter::ChainState>,
+    ) -> Self {
+        let mut node = Self::new(genesis.clone(), me, config.clone());
+        let forks: Vec<(MemberIdx, u64)> = chains
+            .iter()
+            .enumerate()
+            .filter_map(|(author, chain)| chain.fork_seq.map(|seq| (author, seq)))
+            .collect();
+        node.adapter = Adapter::resume(genesis, config.adapter, archive, chains);
+        for (author, seq) in forks {
+            node.document.exclude(author, seq);
+        }
+        node
+    }
+
+    /// Applies events read back from this node's own archive to the document, in the order
+    /// they were accepted (a causal order), without validating them again (see
+    /// `Verified::from_stored`). Returns the ids of those that could not be read back (bytes
+    /// that no longer decode or match their meta): a non-empty list means the store was altered.
+    pub fn replay_document(&mut self, events: &[crate::archive::StoredEvent]) -> Vec<EventId> {
+        let n_members = self.genesis().members().len();
+        let mut bad = Vec::new();
+        for stored in events {
+            match Verified::from_stored(stored, n_members) {
+                Some(event) => {
+                    self.document.apply(&event);
+                }
+                None => bad.push(stored.id),
+            }
+        }
+        bad
+    }
+
     /// Loads evidence from this node's own store at start; it is verified again.
     pub fn restore_evidence(&mut self, evidence: Evidence) -> Result<(), crate::evidence::EvidenceError> {
         if self.adapter.add_evidence(evidence.clone())? {

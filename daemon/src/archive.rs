@@ -1,0 +1,175 @@
+//! The node's [`Archive`] on disk: accepted events are read back from the store (its `metas`,
+//! `by_seq`, `ids` and `log` tables), so the node's memory does not grow with its history.
+//!
+//! An event is accepted (and must be readable at once) before its group commit makes it
+//! durable, so the archive keeps the events accepted since the last commit in memory
+//! (`pending`), until the driver tells it, through its [`ArchiveHandle`], that their commit
+//! landed ([`ArchiveHandle::committed`]). That set is bounded by the group commit (events from
+//! peers wait at most `PEER_EVENTS_COMMIT_DELAY_MS` or `PEER_EVENTS_COMMIT_BATCH` for their
+//! commit; while the file system is full they wait longer, as they did before). Committed
+//! events go through a small cache of the most recent ones ([`RECENT_EVENTS_MAX`],
+//! [`RECENT_BYTES_MAX`]): the deps of a new event and the events pushed to peers are mostly
+//! recent.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cairn_protocol::archive::{Archive, EventMeta, StoredEvent};
+use cairn_protocol::{EventId, MemberIdx, Verified};
+
+use crate::store::{SharedDb, reads};
+
+/// Committed events kept in memory for reads, at most.
+pub const RECENT_EVENTS_MAX: usize = 65_536;
+/// Their bytes, at most.
+pub const RECENT_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// One event kept in memory.
+type Held = (EventMeta, Arc<[u8]>);
+
+#[derive(Default)]
+struct State {
+    /// Accepted, not yet known to be committed.
+    pending: BTreeMap<EventId, Held>,
+    pending_by_seq: BTreeMap<(MemberIdx, u64), Vec<EventId>>,
+    pending_bytes: u64,
+    /// Recently committed, oldest first in `recent_order`.
+    recent: BTreeMap<EventId, Held>,
+    recent_order: VecDeque<EventId>,
+    recent_bytes: usize,
+    /// Events, and their bytes, in the store.
+    n_committed: u64,
+    n_bytes_committed: u64,
+}
+
+impl State {
+    fn held(&self, id: &EventId) -> Option<&Held> {
+        self.pending.get(id).or_else(|| self.recent.get(id))
+    }
+
+    fn remember(&mut self, id: EventId, held: Held) {
+        self.recent_bytes += held.1.len();
+        if self.recent.insert(id, held).is_none() {
+            self.recent_order.push_back(id);
+        }
+        while self.recent_order.len() > RECENT_EVENTS_MAX || self.recent_bytes > RECENT_BYTES_MAX {
+            let Some(oldest) = self.recent_order.pop_front() else { break };
+            if let Some((_, bytes)) = self.recent.remove(&oldest) {
+                self.recent_bytes -= bytes.len();
+            }
+        }
+    }
+}
+
+/// The archive the node owns. See the module docs.
+pub struct StoreArchive {
+    db: SharedDb,
+    state: Arc<Mutex<State>>,
+}
+
+/// The driver's side of the archive: it says which events are committed.
+#[derive(Clone)]
+pub struct ArchiveHandle {
+    state: Arc<Mutex<State>>,
+}
+
+impl StoreArchive {
+    /// An archive over the store's database, which holds `n_events` events of `n_bytes`.
+    pub fn new(db: SharedDb, n_events: u64, n_bytes: u64) -> (Self, ArchiveHandle) {
+        let state = Arc::new(Mutex::new(State {
+            n_committed: n_events,
+            n_bytes_committed: n_bytes,
+            ..State::default()
+        }));
+        (Self { db, state: Arc::clone(&state) }, ArchiveHandle { state })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock left the maps as they were between two operations.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl ArchiveHandle {
+    /// The commit holding `ids` landed: they are read from the store from now on (the most
+    /// recent from the cache).
+    pub fn committed(&self, ids: impl IntoIterator<Item = EventId>) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for id in ids {
+            let Some(held) = state.pending.remove(&id) else { continue };
+            if let Some(same_seq) = state.pending_by_seq.get_mut(&(held.0.author, held.0.seq)) {
+                same_seq.retain(|other| *other != id);
+                if same_seq.is_empty() {
+                    state.pending_by_seq.remove(&(held.0.author, held.0.seq));
+                }
+            }
+            state.pending_bytes -= held.1.len() as u64;
+            state.n_committed += 1;
+            state.n_bytes_committed += held.1.len() as u64;
+            state.remember(id, held);
+        }
+    }
+
+    /// Events accepted and not yet committed, and their bytes.
+    pub fn pending(&self) -> (usize, u64) {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (state.pending.len(), state.pending_bytes)
+    }
+}
+
+impl Archive for StoreArchive {
+    fn meta(&self, id: &EventId) -> Option<EventMeta> {
+        if let Some((meta, _)) = self.state().held(id) {
+            return Some(meta.clone());
+        }
+        reads::meta(&self.db, id)
+    }
+
+    fn event(&self, id: &EventId) -> Option<StoredEvent> {
+        if let Some((meta, bytes)) = self.state().held(id) {
+            return Some(StoredEvent { id: *id, meta: meta.clone(), bytes: Arc::clone(bytes) });
+        }
+        let (meta, bytes) = reads::event(&self.db, id)?;
+        Some(StoredEvent { id: *id, meta, bytes: bytes.into() })
+    }
+
+    fn at_seq(&self, author: MemberIdx, seq: u64) -> Vec<EventId> {
+        let mut ids = reads::at_seq(&self.db, author, seq);
+        if let Some(pending) = self.state().pending_by_seq.get(&(author, seq)) {
+            ids.extend(pending);
+            ids.sort_unstable();
+            ids.dedup();
+        }
+        ids
+    }
+
+    fn insert(&mut self, event: &Verified, meta: EventMeta) {
+        let mut state = self.state();
+        let id = event.id();
+        if state.pending.contains_key(&id) {
+            return;
+        }
+        state.pending_bytes += event.bytes().len() as u64;
+        let same_seq = state.pending_by_seq.entry((meta.author, meta.seq)).or_default();
+        same_seq.push(id);
+        state.pending.insert(id, (meta, event.bytes().into()));
+    }
+
+    fn len(&self) -> u64 {
+        let state = self.state();
+        state.n_committed + state.pending.len() as u64
+    }
+
+    fn n_bytes(&self) -> u64 {
+        let state = self.state();
+        state.n_bytes_committed + state.pending_bytes
+    }
+
+    fn ids(&self) -> Vec<EventId> {
+        let mut ids = reads::ids(&self.db);
+        ids.extend(self.state().pending.keys());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+}
