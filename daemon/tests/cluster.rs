@@ -534,3 +534,36 @@ fn concurrent_writes_each_name_the_event_that_holds_them() {
     assert_eq!(seqs, (1..=n_events).collect::<Vec<_>>());
     eprintln!("{WRITERS} concurrent writes became {n_events} events");
 }
+
+/// A node restarted, cleanly or by `kill -9`, opens its store (the events stay on disk, the
+/// document is rebuilt from the log) and has the same document and reconciliation digests.
+#[test]
+fn a_restart_returns_the_same_digests() {
+    let mut c = Cluster::start(3);
+    for k in 0..30usize {
+        c.put(k % 3, &format!("r{}", k % 7), &k.to_string());
+        if k % 5 == 0 {
+            c.incr(k % 3, "n", k as i64 - 10);
+            c.set_op(k % 3, "add", "s", &format!("e{}", k % 4));
+        }
+        if k % 9 == 0 {
+            c.delete(k % 3, "r2");
+            c.set_op(k % 3, "remove", "s", "e0");
+        }
+    }
+    c.wait_converged();
+    let before = c.digests(1);
+    let events = c.status(1)["n_events"].clone();
+    c.stop(1);
+    c.spawn(1);
+    c.wait_ready(1);
+    assert_eq!(c.digests(1), before, "after a clean stop");
+    assert_eq!(c.status(1)["n_events"], events);
+    c.kill9(1);
+    c.spawn(1);
+    c.wait_ready(1);
+    assert_eq!(c.digests(1), before, "after kill -9");
+    // And it goes on: a write after the restarts replicates.
+    c.put(1, "after", "restart");
+    c.wait_converged();
+}

@@ -608,3 +608,56 @@ fn flipped_byte_in_the_last_commit_after_a_crash() {
     let err = open(&path).unwrap_err();
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
 }
+
+/// The store indexes each event as it writes it: its meta, its place by seq and its author's
+/// chain state are exactly what the node's adapter computed when it accepted the event, a
+/// fork included; and they come back after a reopen, and after an upgrade from format 2
+/// that builds them from the log.
+#[test]
+fn the_indexes_are_what_the_adapter_computed() {
+    use cairn_protocol::{Genesis, Member, Node, NodeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let key = author();
+    let mut events = chain(1, 5, b"v");
+    // A second event with seq 4: a fork of the author's own chain.
+    events.push(Event::sign(&key, 4, 4, vec![events[2].id()], vec![Op::Del { key: b"k3".to_vec() }]));
+    let genesis = Genesis::new(vec![Member { key: key.public(), name: "a".into() }]).unwrap();
+    let mut node = Node::new(genesis, None, NodeConfig::default());
+    assert!(node.restore(encoded(&events)).is_empty());
+    let adapter = node.adapter();
+    assert_eq!(adapter.fork_seq(0), Some(4));
+
+    let (mut store, _) = open(&path).unwrap();
+    append(&mut store, &events, &[]);
+    let db = store.shared_db();
+    for event in &events {
+        assert_eq!(
+            cairn_daemon::store::reads::meta(&db, &event.id()),
+            adapter.meta(&event.id()),
+            "{}",
+            event.id()
+        );
+    }
+    assert_eq!(cairn_daemon::store::reads::at_seq(&db, 0, 4), adapter.at_seq(0, 4));
+    assert_eq!(adapter.at_seq(0, 4).len(), 2);
+    drop((store, db));
+    let (_, loaded) =
+        Store::open_indexed(&path, CLUSTER, node_key(), OwnHistory::Unknown, &[author().public().0]).unwrap();
+    assert_eq!(loaded.chains, adapter.chain_states());
+    assert_eq!(loaded.n_events, 6);
+    assert_eq!(loaded.n_bytes, encoded(&events).iter().map(|e| e.len() as u64).sum::<u64>());
+
+    // Format 2 had no indexes: they are built from the log on the first open.
+    tamper(&path, |tx| {
+        tx.delete_table(TableDefinition::<&[u8; 32], &[u8]>::new("metas")).unwrap();
+        tx.delete_table(TableDefinition::<(u32, u64, [u8; 32]), ()>::new("by_seq")).unwrap();
+        tx.delete_table(TableDefinition::<u32, &[u8]>::new("chains")).unwrap();
+        tx.open_table(META).unwrap().insert("format", 2u64.to_le_bytes().as_slice()).unwrap();
+    });
+    let (_, loaded) =
+        Store::open_indexed(&path, CLUSTER, node_key(), OwnHistory::Unknown, &[author().public().0]).unwrap();
+    assert_eq!(loaded.upgraded_from, Some(2));
+    assert_eq!(loaded.chains, adapter.chain_states());
+    assert_eq!(loaded.n_events, 6);
+}

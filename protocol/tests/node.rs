@@ -502,3 +502,89 @@ fn the_own_seq_refusal_names_the_setting_for_a_new_cluster_only() {
     assert!(error.contains("`new_cluster = true` is only for the first start"), "{error}");
     assert!(!error.contains("flag"), "the setting is `new_cluster` in the config, not a flag: {error}");
 }
+
+/// An archive shared by two replicas, as a store on disk is shared by a node's lives.
+#[derive(Clone, Default)]
+struct SharedArchive(std::sync::Arc<std::sync::Mutex<cairn_protocol::MemoryArchive>>);
+
+impl cairn_protocol::Archive for SharedArchive {
+    fn meta(&self, id: &cairn_protocol::EventId) -> Option<cairn_protocol::EventMeta> {
+        self.0.lock().unwrap().meta(id)
+    }
+    fn event(&self, id: &cairn_protocol::EventId) -> Option<cairn_protocol::StoredEvent> {
+        self.0.lock().unwrap().event(id)
+    }
+    fn at_seq(&self, author: usize, seq: u64) -> Vec<cairn_protocol::EventId> {
+        self.0.lock().unwrap().at_seq(author, seq)
+    }
+    fn insert(&mut self, event: &Verified, meta: cairn_protocol::EventMeta) {
+        self.0.lock().unwrap().insert(event, meta);
+    }
+    fn len(&self) -> u64 {
+        self.0.lock().unwrap().len()
+    }
+    fn n_bytes(&self) -> u64 {
+        self.0.lock().unwrap().n_bytes()
+    }
+    fn ids(&self) -> Vec<cairn_protocol::EventId> {
+        self.0.lock().unwrap().ids()
+    }
+}
+
+/// A node that resumes over the archive of its previous life, with the chain states it kept,
+/// and rebuilds its document from the archive without validating again, is the same node:
+/// equal document and reconciliation digests, equal tips, and the equivocator's fork excluded.
+#[test]
+fn a_resumed_node_over_its_archive_is_the_same_node() {
+    use cairn_protocol::Archive as _;
+    let g = genesis(3);
+    let archive = SharedArchive::default();
+    let chains = vec![cairn_protocol::ChainState::default(); 3];
+    let mut first = Node::resume(
+        g.clone(),
+        Some(key(1).public()),
+        NodeConfig::default(),
+        Box::new(archive.clone()),
+        chains,
+    );
+    let liar = key(3);
+    let mut events = Vec::new();
+    for seq in 1..=5 {
+        let deps = events.last().map(|e: &Event| vec![e.id()]).unwrap_or_default();
+        events.push(Event::sign(&liar, seq, seq, deps, put("p", &seq.to_string())));
+    }
+    // A second event at seq 4: a fork, so the liar's ops from seq 4 on are excluded.
+    events.push(Event::sign(&liar, 4, 4, vec![events[2].id()], put("q", "fork")));
+    assert!(first.handle_connected(liar.public(), 0));
+    let message = encode_message(&Message::Events { events: events.iter().map(Event::encode).collect() });
+    first.handle_message(liar.public(), &message, 0);
+    let mut order = Vec::new();
+    while let Some(e) = first.poll_event() {
+        if let NodeEvent::Accepted { event, .. } = e {
+            order.push(event.id());
+        }
+    }
+    order.push(write(&mut first, &key(1), put("mine", "1"), 1).unwrap().id());
+    assert_eq!(first.adapter().evidence().count(), 1);
+    assert_eq!(archive.len(), order.len() as u64);
+
+    let mut second = Node::resume(
+        g,
+        Some(key(1).public()),
+        NodeConfig::default(),
+        Box::new(archive.clone()),
+        first.adapter().chain_states().to_vec(),
+    );
+    let stored: Vec<_> = order.iter().map(|id| archive.event(id).unwrap()).collect();
+    assert!(second.replay_document(&stored).is_empty());
+    for evidence in first.adapter().evidence().cloned().collect::<Vec<_>>() {
+        second.restore_evidence(evidence).unwrap();
+    }
+    assert_eq!(second.document().digest(), first.document().digest());
+    assert_eq!(second.sync_digest(), first.sync_digest());
+    assert_eq!(second.adapter().tips(), first.adapter().tips());
+    assert!(second.document().register(b"q").siblings.is_empty(), "the fork stays excluded");
+    assert_eq!(second.document().register(b"p").visible.unwrap().value, b"3");
+    // It goes on from there: its next own event takes the next seq.
+    assert_eq!(write(&mut second, &key(1), put("mine", "2"), 2).unwrap().seq(), 2);
+}
