@@ -37,8 +37,10 @@
 //!   `{"keys": [{"kind", "key", "key_base64"}, ...], "next": "register:ZGly" | null}`. `limit` is
 //!   1 to [`KEYS_LIMIT_MAX`], [`KEYS_LIMIT_DEFAULT`] if not given. A cursor is the kind of the
 //!   last key, a colon and the key in unpadded URL-safe base64; it needs no percent-encoding.
-//! - `GET /v1/events` lists events in the order this node accepted them: `after=N` starts after
-//!   the N-th (`next` is a number, the position of the page's last event). With `author`,
+//! - `GET /v1/events` lists events in the order this node stored them (its store's log), then
+//!   those accepted and not stored yet (at most a group commit's delay), in the order it
+//!   accepted them: `after=N` starts after the N-th (`next` is a number, the position of the
+//!   page's last event). With `author`,
 //!   `after` is that author's seq instead (`next` is the page's last seq). Only an equivocating
 //!   author has several events with one seq; a page ends before such a seq rather than inside
 //!   it, unless more than `limit` events share that seq, and then the rest of it is skipped:

@@ -32,6 +32,8 @@ struct State {
     /// Accepted, not yet known to be committed.
     pending: BTreeMap<EventId, Held>,
     pending_by_seq: BTreeMap<(MemberIdx, u64), Vec<EventId>>,
+    /// `pending`'s ids in the order they were accepted.
+    pending_order: VecDeque<EventId>,
     pending_bytes: u64,
     /// Recently committed, oldest first in `recent_order`.
     recent: BTreeMap<EventId, Held>,
@@ -97,6 +99,11 @@ impl ArchiveHandle {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         for id in ids {
             let Some(held) = state.pending.remove(&id) else { continue };
+            if state.pending_order.front() == Some(&id) {
+                state.pending_order.pop_front();
+            } else {
+                state.pending_order.retain(|other| *other != id);
+            }
             if let Some(same_seq) = state.pending_by_seq.get_mut(&(held.0.author, held.0.seq)) {
                 same_seq.retain(|other| *other != id);
                 if same_seq.is_empty() {
@@ -114,6 +121,18 @@ impl ArchiveHandle {
     pub fn pending(&self) -> (usize, u64) {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         (state.pending.len(), state.pending_bytes)
+    }
+
+    /// Events in the store.
+    pub fn n_committed(&self) -> u64 {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).n_committed
+    }
+
+    /// Up to `limit` ids of the events accepted and not yet committed, in the order they were
+    /// accepted, from the `skip`th on.
+    pub fn pending_page(&self, skip: usize, limit: usize) -> Vec<EventId> {
+        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.pending_order.iter().skip(skip).take(limit).copied().collect()
     }
 }
 
@@ -152,6 +171,7 @@ impl Archive for StoreArchive {
         state.pending_bytes += event.bytes().len() as u64;
         let same_seq = state.pending_by_seq.entry((meta.author, meta.seq)).or_default();
         same_seq.push(id);
+        state.pending_order.push_back(id);
         state.pending.insert(id, (meta, event.bytes().into()));
     }
 

@@ -677,15 +677,23 @@ impl Driver {
                     .collect()
             }
             None => {
-                // The store's log, in the order events were stored: the order they were
-                // accepted in, once committed (at most a group commit's delay later).
+                // The store's log, in the order events were stored, then the events accepted
+                // and not stored yet (a group commit's delay), in the order they were accepted.
                 let from = query.after.unwrap_or(0);
-                crate::store::reads::log_page(&self.db, from, limit)
-                    .into_iter()
-                    .filter_map(|(_, _, bytes)| {
-                        self.event_info(&cairn_protocol::codec::decode_event(&bytes).ok()?.id())
-                    })
-                    .collect()
+                let committed = self.archive.n_committed();
+                let mut ids: Vec<EventId> = if from < committed {
+                    crate::store::reads::log_page(&self.db, from, limit)
+                        .into_iter()
+                        .filter_map(|(_, _, bytes)| {
+                            Some(cairn_protocol::codec::decode_event(&bytes).ok()?.id())
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let skip = usize::try_from(from.saturating_sub(committed)).unwrap_or(usize::MAX);
+                ids.extend(self.archive.pending_page(skip, limit - ids.len()));
+                ids.iter().filter_map(|id| self.event_info(id)).collect()
             }
         }
     }
