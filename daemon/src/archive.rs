@@ -42,6 +42,8 @@ struct State {
     /// Events, and their bytes, in the store.
     n_committed: u64,
     n_bytes_committed: u64,
+    /// The first read of the store that failed: the daemon stops on it.
+    read_error: Option<String>,
 }
 
 impl State {
@@ -90,6 +92,18 @@ impl StoreArchive {
         // A panic while holding the lock left the maps as they were between two operations.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// The value of a read, or `default` after recording why the store could not be read.
+    fn read<T>(&self, result: Result<T, reads::ReadError>, default: T) -> T {
+        result.unwrap_or_else(|error| {
+            let mut state = self.state();
+            if state.read_error.is_none() {
+                tracing::error!(%error, "the store could not be read; the daemon stops");
+                state.read_error = Some(error);
+            }
+            default
+        })
+    }
 }
 
 impl ArchiveHandle {
@@ -123,6 +137,20 @@ impl ArchiveHandle {
         (state.pending.len(), state.pending_bytes)
     }
 
+    /// Records that a read of the store failed (a read made outside the archive).
+    pub fn fail(&self, error: String) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.read_error.is_none() {
+            tracing::error!(%error, "the store could not be read; the daemon stops");
+            state.read_error = Some(error);
+        }
+    }
+
+    /// Why the store could not be read, if a read failed: the daemon must stop.
+    pub fn read_error(&self) -> Option<String> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).read_error.clone()
+    }
+
     /// Events in the store.
     pub fn n_committed(&self) -> u64 {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).n_committed
@@ -141,19 +169,19 @@ impl Archive for StoreArchive {
         if let Some((meta, _)) = self.state().held(id) {
             return Some(meta.clone());
         }
-        reads::meta(&self.db, id)
+        self.read(reads::meta(&self.db, id), None)
     }
 
     fn event(&self, id: &EventId) -> Option<StoredEvent> {
         if let Some((meta, bytes)) = self.state().held(id) {
             return Some(StoredEvent { id: *id, meta: meta.clone(), bytes: Arc::clone(bytes) });
         }
-        let (meta, bytes) = reads::event(&self.db, id)?;
+        let (meta, bytes) = self.read(reads::event(&self.db, id), None)?;
         Some(StoredEvent { id: *id, meta, bytes: bytes.into() })
     }
 
     fn at_seq(&self, author: MemberIdx, seq: u64) -> Vec<EventId> {
-        let mut ids = reads::at_seq(&self.db, author, seq);
+        let mut ids = self.read(reads::at_seq(&self.db, author, seq), Vec::new());
         if let Some(pending) = self.state().pending_by_seq.get(&(author, seq)) {
             ids.extend(pending);
             ids.sort_unstable();
@@ -186,7 +214,7 @@ impl Archive for StoreArchive {
     }
 
     fn ids(&self) -> Vec<EventId> {
-        let mut ids = reads::ids(&self.db);
+        let mut ids = self.read(reads::ids(&self.db), Vec::new());
         ids.extend(self.state().pending.keys());
         ids.sort_unstable();
         ids.dedup();

@@ -79,15 +79,26 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     // The document is rebuilt from the log, page by page, without checking signatures again
     // (every event was validated before it was stored; `cairnd check-store` validates again).
     let mut authored = vec![(0u64, 0u64); genesis.members().len()];
+    // The chain states again, from the log, to check the stored ones the adapter resumes from.
+    let mut chains = vec![cairn_protocol::ChainState::default(); genesis.members().len()];
     let mut position = 0u64;
     loop {
-        let page = crate::store::reads::log_page(&db, position, REPLAY_PAGE_EVENTS);
+        let page = crate::store::reads::log_page(&db, position, REPLAY_PAGE_EVENTS).map_err(|error| {
+            anyhow::anyhow!(
+                "the store at {} is corrupt or not a Cairn store ({error}); it is refused, not used. Run `cairnd \
+                 check-store` to see what is damaged, then move it away and restart: the node catches up from its \
+                 peers and learns its own last seq before it writes again (remove `new_cluster = true` from the \
+                 config first if it is still there)",
+                store_path.display()
+            )
+        })?;
         let Some((last, _, _)) = page.last() else { break };
         position = last + 1;
         let events: Vec<StoredEvent> = page
             .into_iter()
             .filter_map(|(_, meta, bytes)| {
                 let id = codec::decode_event(&bytes).ok()?.id();
+                crate::store::advance_chain(&mut chains, id, &meta);
                 if let Some(tally) = authored.get_mut(meta.author) {
                     tally.0 += 1;
                     tally.1 += bytes.len() as u64;
@@ -106,10 +117,19 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
             );
         }
     }
+    if chains != loaded.chains {
+        bail!(
+            "the store at {} is corrupt or not a Cairn store (its chain states do not match its log); it is refused, \
+             not used. Run `cairnd check-store`, then move it away and restart: the node catches up from its peers \
+             (remove `new_cluster = true` from the config first if it is still there)",
+            store_path.display()
+        );
+    }
     if position != loaded.n_events {
         bail!(
-            "the store {} says it holds {} events, but {position} could be read back; it is damaged. Run `cairnd \
-             check-store`, then move it away, and the node catches up from its peers",
+            "the store at {} is corrupt or not a Cairn store (it says it holds {} events, but {position} could be \
+             read back); it is refused, not used. Run `cairnd check-store`, then move it away and restart: the node \
+             catches up from its peers (remove `new_cluster = true` from the config first if it is still there)",
             store_path.display(),
             loaded.n_events
         );

@@ -223,7 +223,7 @@ impl Driver {
         let watchdog = sd_notify::watchdog_enabled().map(|period| period / 2);
         let mut next_watchdog = Instant::now();
         loop {
-            if *shutdown.borrow() || self.commit.failed().is_some() {
+            if *shutdown.borrow() || self.commit.failed().is_some() || self.archive.read_error().is_some() {
                 break;
             }
             // The watchdog's time is a wake-up of its own: a node with no peer connected and no
@@ -274,6 +274,12 @@ impl Driver {
             let error = error.to_owned();
             self.answer_writers();
             anyhow::bail!("{error}");
+        }
+        if let Some(error) = self.archive.read_error() {
+            anyhow::bail!(
+                "{error}; the store is damaged or failed, so the daemon stops rather than go on without it. Run \
+                 `cairnd check-store`; if it reports damage, move the store away and restart"
+            );
         }
         // Drain: no new commands; store what was accepted and acknowledge queued writes.
         commands.close();
@@ -682,7 +688,7 @@ impl Driver {
                 let from = query.after.unwrap_or(0);
                 let committed = self.archive.n_committed();
                 let mut ids: Vec<EventId> = if from < committed {
-                    crate::store::reads::log_page(&self.db, from, limit)
+                    self.read_log_page(from, limit)
                         .into_iter()
                         .filter_map(|(_, _, bytes)| {
                             Some(cairn_protocol::codec::decode_event(&bytes).ok()?.id())
@@ -696,6 +702,15 @@ impl Driver {
                 ids.iter().filter_map(|id| self.event_info(id)).collect()
             }
         }
+    }
+
+    /// A page of the store's log; a failed read is recorded like any archive read, and the
+    /// daemon stops on it.
+    fn read_log_page(&self, from: u64, limit: usize) -> Vec<(u64, cairn_protocol::EventMeta, Vec<u8>)> {
+        crate::store::reads::log_page(&self.db, from, limit).unwrap_or_else(|error| {
+            self.archive.fail(error);
+            Vec::new()
+        })
     }
 
     fn peers(&self) -> Vec<PeerInfo> {

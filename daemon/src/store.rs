@@ -1,21 +1,29 @@
-//! The node's durable store: accepted events in the order they were appended, and the
-//! equivocation evidence it holds, in one redb file inside the data directory.
+//! The node's durable store: accepted events in the order they were appended, indexed, and
+//! the equivocation evidence it holds, in one redb file inside the data directory.
 //!
 //! The store is written once per group commit ([`Store::append`]: one write transaction, one
-//! fsync) and read once, at start ([`Store::open`] returns everything in a [`Loaded`]). Between
-//! the two the node keeps its state in memory; the store is never queried.
+//! fsync), and read while the node runs: the node's archive (`crate::archive`) reads accepted
+//! events back through [`reads`], so the node's memory does not grow with its history. A start
+//! ([`Store::open_indexed`]) reads the chain states, the counters and the evidence, and the
+//! daemon then reads the log once, page by page, to rebuild the document; [`Store::open`]
+//! also returns every event (for tools and tests).
 //!
-//! Layout (format [`FORMAT_VERSION`]), four redb tables:
+//! Layout (format [`FORMAT_VERSION`]), seven redb tables:
 //!
 //! | table      | key                   | value                                  |
 //! |------------|-----------------------|----------------------------------------|
-//! | `meta`     | `&str`                | `"format"`: u64 LE; `"cluster_id"`, `"node_key"`: 32 bytes; `"own_history"`: 1 byte, see [`OwnHistory`] |
+//! | `meta`     | `&str`                | `"format"`, `"n_bytes"`: u64 LE; `"cluster_id"`, `"node_key"`: 32 bytes; `"own_history"`: 1 byte, see [`OwnHistory`] |
 //! | `log`      | u64 position, 0, 1, … | canonical event bytes, in append order  |
 //! | `ids`      | 32-byte event id      | u64 position in `log`                  |
 //! | `evidence` | 32-byte author key    | canonical evidence bytes (the newest)  |
+//! | `metas`    | 32-byte event id      | the event's meta ([`encode_meta`]): author, seq, lamport, own predecessor, clock |
+//! | `by_seq`   | (author index u32, seq u64, id) | nothing                      |
+//! | `chains`   | author index u32      | the author's chain state ([`ChainState`]: tips, highest seq, fork seq) |
 //!
 //! `ids` makes appending an event twice a no-op. The append order is a causal order because the
-//! node only accepts an event after its dependencies, so replaying `log` in order restores it.
+//! node only accepts an event after its dependencies. The store computes `metas`, `by_seq` and
+//! `chains` itself as it appends each event, with the adapter's own rule
+//! (`EventMeta::from_deps`), in the same transaction.
 //!
 //! # The node's own history
 //!
@@ -32,15 +40,17 @@
 //!
 //! # Versions
 //!
-//! Format 1 (cairnd up to commit 031c76c) had no `own_history`; the node then trusted any store
-//! holding one of its own events. It is upgraded in place on the first open: one transaction
-//! writes format 2 and `own_history` by that same rule (complete if the store holds an own
-//! event). A store of a later format is refused.
+//! Format 1 (cairnd up to commit 031c76c) had no `own_history`, and format 2 no indexes. Both
+//! are upgraded in place on the first open: the indexes are built from the log, in
+//! transactions of [`REINDEX_BATCH`] events, and the last one writes this format's meta. A
+//! format-1 store becomes [`OwnHistory::Unknown`] (format 1 trusted any store holding an own
+//! event, which a crash while relearning made unsafe; a sole member's becomes complete). A
+//! store of a later format is refused.
 //!
-//! A corrupt store is refused, never used: redb verifies every page checksum on open, and the
-//! load checks that `log` and `ids` agree entry by entry. The protocol layer validates every
-//! event again when it restores them (`Node::restore`), but without the signatures, which is why
-//! the bytes themselves must be trustworthy.
+//! A corrupt store is refused, never used: redb verifies every page checksum on open, the
+//! tables must agree in size, and a start reads every event back, checking it against `ids`,
+//! `metas` and `by_seq`, and the chain states against the log. It does not check signatures
+//! again (it trusts what it validated and stored); `cairnd check-store` does.
 //!
 //! # A full file system
 //!
@@ -231,8 +241,8 @@ pub enum StoreError {
     #[error(
         "the store at {path} is corrupt or not a Cairn store ({detail}); it is refused, not used. \
          Move it away and restart: the node then catches up from its peers, and own-seq safety \
-         makes it learn its own last seq before it writes again (do not restore an older backup \
-         of a node that wrote since: it would sign some of its seqs a second time)"
+         makes it learn its own last seq before it writes again (first remove `new_cluster = true` \
+         from the config if it is still there: it would mark the new, empty store as complete)"
     )]
     Corrupt {
         /// The store file.
@@ -515,8 +525,10 @@ impl Store {
         }
         let own_idx = self.members.iter().position(|k| *k == self.node_key);
         let own_history = own_history.unwrap_or_else(|| {
-            // Format 1's rule: a store holding an own event was trusted with the own seq.
-            if own_idx.is_some_and(|i| chains[i].max_seq > 0) {
+            // Format 1 trusted any store holding an own event with the own seq, which a crash
+            // while relearning it made unsafe: nothing in such a store says whether it holds the
+            // whole own chain. It learns its seq once from its peers, unless it has none.
+            if self.members.len() <= 1 && own_idx.is_some() {
                 OwnHistory::Complete
             } else {
                 OwnHistory::Unknown
@@ -1189,6 +1201,22 @@ pub fn decode_meta(bytes: &[u8]) -> Option<EventMeta> {
     Some(EventMeta { author, seq, lamport, own_pred, clock })
 }
 
+/// Advances `chains` by one event in log order, as the store's indexing does: what a start
+/// recomputes from the log to check the stored chain states. An author's seqs are contiguous
+/// from 1 on each branch, so an event whose seq is not above its author's highest is a fork.
+pub fn advance_chain(chains: &mut [ChainState], id: EventId, meta: &EventMeta) {
+    let Some(chain) = chains.get_mut(meta.author) else { return };
+    if let Some(pred) = meta.own_pred {
+        chain.tips.retain(|(t, _)| *t != pred);
+    }
+    let forked = meta.seq <= chain.max_seq;
+    chain.tips.push((id, meta.seq));
+    chain.max_seq = chain.max_seq.max(meta.seq);
+    if forked && chain.fork_seq.is_none_or(|f| meta.seq < f) {
+        chain.fork_seq = Some(meta.seq);
+    }
+}
+
 /// A chain state's encoding in `chains`: the number of tips (u32), each tip's id and seq
 /// (u64), the highest seq, then 0, or 1 and the fork seq; little-endian.
 fn encode_chain(chain: &ChainState) -> Vec<u8> {
@@ -1249,73 +1277,120 @@ impl<'a> Reader<'a> {
 }
 
 /// Reads of accepted events for the node's archive, each in one read transaction under the
-/// shared database's lock. `None` when the store failed or the read failed (the archive treats
-/// both as "not held"; a failing store stops the daemon through its writer).
+/// shared database's lock. `Ok(None)` means the store does not hold it; `Err` that the store
+/// could not be read (a damaged page, a failed store): the archive reports that, and the
+/// daemon stops rather than go on with a store it cannot read.
 pub mod reads {
     use super::*;
 
+    /// Why a read failed, in words.
+    pub type ReadError = String;
+
+    fn failed(what: &str, e: impl fmt::Display) -> ReadError {
+        format!("reading {what} from the store failed: {e}")
+    }
+
+    fn guard(db: &SharedDb) -> Result<DbGuard<'_>, ReadError> {
+        DbGuard::new(db).ok_or_else(|| "the store failed earlier and is closed".to_owned())
+    }
+
     /// The meta of event `id`.
-    pub fn meta(db: &SharedDb, id: &EventId) -> Option<EventMeta> {
-        let guard = DbGuard::new(db)?;
-        let tx = guard.begin_read().ok()?;
-        let table = tx.open_table(METAS).ok()?;
-        let value = table.get(&id.0).ok()??;
-        decode_meta(value.value())
+    pub fn meta(db: &SharedDb, id: &EventId) -> Result<Option<EventMeta>, ReadError> {
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("a meta", e))?;
+        let table = tx.open_table(METAS).map_err(|e| failed("a meta", e))?;
+        let Some(value) = table.get(&id.0).map_err(|e| failed("a meta", e))? else { return Ok(None) };
+        decode_meta(value.value()).map(Some).ok_or_else(|| format!("the meta of event {id} does not decode"))
     }
 
     /// The meta and bytes of event `id`.
-    pub fn event(db: &SharedDb, id: &EventId) -> Option<(EventMeta, Vec<u8>)> {
-        let guard = DbGuard::new(db)?;
-        let tx = guard.begin_read().ok()?;
-        let meta = decode_meta(tx.open_table(METAS).ok()?.get(&id.0).ok()??.value())?;
-        let position = tx.open_table(IDS).ok()?.get(&id.0).ok()??.value();
-        let bytes = tx.open_table(LOG).ok()?.get(position).ok()??.value().to_vec();
-        Some((meta, bytes))
+    pub fn event(db: &SharedDb, id: &EventId) -> Result<Option<(EventMeta, Vec<u8>)>, ReadError> {
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("an event", e))?;
+        let metas = tx.open_table(METAS).map_err(|e| failed("an event", e))?;
+        let Some(meta) = metas.get(&id.0).map_err(|e| failed("an event", e))? else { return Ok(None) };
+        let meta =
+            decode_meta(meta.value()).ok_or_else(|| format!("the meta of event {id} does not decode"))?;
+        let ids = tx.open_table(IDS).map_err(|e| failed("an event", e))?;
+        let position = ids
+            .get(&id.0)
+            .map_err(|e| failed("an event", e))?
+            .ok_or_else(|| format!("event {id} has a meta but no entry in `ids`"))?
+            .value();
+        let log = tx.open_table(LOG).map_err(|e| failed("an event", e))?;
+        let bytes = log
+            .get(position)
+            .map_err(|e| failed("an event", e))?
+            .ok_or_else(|| format!("event {id} is filed at log position {position}, which is empty"))?
+            .value()
+            .to_vec();
+        Ok(Some((meta, bytes)))
     }
 
     /// The ids of `author`'s events at `seq`, in id order.
-    pub fn at_seq(db: &SharedDb, author: usize, seq: u64) -> Vec<EventId> {
-        let read = || -> Option<Vec<EventId>> {
-            let guard = DbGuard::new(db)?;
-            let tx = guard.begin_read().ok()?;
-            let table = tx.open_table(BY_SEQ).ok()?;
-            let author = u32::try_from(author).ok()?;
-            let range = table.range((author, seq, [0u8; 32])..=(author, seq, [0xffu8; 32])).ok()?;
-            range.map(|entry| entry.ok().map(|(key, _)| EventId(key.value().2))).collect()
-        };
-        read().unwrap_or_default()
+    pub fn at_seq(db: &SharedDb, author: usize, seq: u64) -> Result<Vec<EventId>, ReadError> {
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("ids by seq", e))?;
+        let table = tx.open_table(BY_SEQ).map_err(|e| failed("ids by seq", e))?;
+        let author = u32::try_from(author).map_err(|e| failed("ids by seq", e))?;
+        let range = table
+            .range((author, seq, [0u8; 32])..=(author, seq, [0xffu8; 32]))
+            .map_err(|e| failed("ids by seq", e))?;
+        range
+            .map(|entry| entry.map(|(key, _)| EventId(key.value().2)).map_err(|e| failed("ids by seq", e)))
+            .collect()
     }
 
     /// Every id, in id order.
-    pub fn ids(db: &SharedDb) -> Vec<EventId> {
-        let read = || -> Option<Vec<EventId>> {
-            let guard = DbGuard::new(db)?;
-            let tx = guard.begin_read().ok()?;
-            let table = tx.open_table(IDS).ok()?;
-            let iter = table.iter().ok()?;
-            iter.map(|entry| entry.ok().map(|(key, _)| EventId(*key.value()))).collect()
-        };
-        read().unwrap_or_default()
+    pub fn ids(db: &SharedDb) -> Result<Vec<EventId>, ReadError> {
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("the ids", e))?;
+        let table = tx.open_table(IDS).map_err(|e| failed("the ids", e))?;
+        let iter = table.iter().map_err(|e| failed("the ids", e))?;
+        iter.map(|entry| entry.map(|(key, _)| EventId(*key.value())).map_err(|e| failed("the ids", e)))
+            .collect()
     }
 
-    /// Up to `limit` events of `log` from position `from` on: `(position, meta, bytes)`.
-    pub fn log_page(db: &SharedDb, from: u64, limit: usize) -> Vec<(u64, EventMeta, Vec<u8>)> {
-        let read = || -> Option<Vec<(u64, EventMeta, Vec<u8>)>> {
-            let guard = DbGuard::new(db)?;
-            let tx = guard.begin_read().ok()?;
-            let log = tx.open_table(LOG).ok()?;
-            let metas = tx.open_table(METAS).ok()?;
-            let mut out = Vec::new();
-            for entry in log.range(from..).ok()?.take(limit) {
-                let (position, bytes) = entry.ok()?;
-                let bytes = bytes.value().to_vec();
-                let id = codec::decode_event(&bytes).ok()?.id();
-                let meta = decode_meta(metas.get(&id.0).ok()??.value())?;
-                out.push((position.value(), meta, bytes));
+    /// Up to `limit` events of `log` from position `from` on, `(position, meta, bytes)`, each
+    /// checked as a start needs: its bytes decode, its ops match its header, and its id is
+    /// filed in `ids` at its position and has a meta.
+    pub fn log_page(
+        db: &SharedDb,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EventMeta, Vec<u8>)>, ReadError> {
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("the log", e))?;
+        let log = tx.open_table(LOG).map_err(|e| failed("the log", e))?;
+        let ids = tx.open_table(IDS).map_err(|e| failed("the log", e))?;
+        let metas = tx.open_table(METAS).map_err(|e| failed("the log", e))?;
+        let by_seq = tx.open_table(BY_SEQ).map_err(|e| failed("the log", e))?;
+        let mut out = Vec::new();
+        for entry in log.range(from..).map_err(|e| failed("the log", e))?.take(limit) {
+            let (position, bytes) = entry.map_err(|e| failed("the log", e))?;
+            let (position, bytes) = (position.value(), bytes.value().to_vec());
+            let event = codec::decode_event(&bytes)
+                .map_err(|e| format!("event {position} of the log does not decode: {e}"))?;
+            if event.header.ops_hash != ops_hash(&event.ops) {
+                return Err(format!("event {position}'s ops do not match its header"));
             }
-            Some(out)
-        };
-        read().unwrap_or_default()
+            let id = event.id();
+            match ids.get(&id.0).map_err(|e| failed("the log", e))? {
+                Some(at) if at.value() == position => {}
+                _ => return Err(format!("event {position} (id {id}) is not filed in `ids` at its position")),
+            }
+            let meta = metas
+                .get(&id.0)
+                .map_err(|e| failed("the log", e))?
+                .and_then(|m| decode_meta(m.value()))
+                .ok_or_else(|| format!("event {position} (id {id}) has no meta that decodes"))?;
+            let key = (u32::try_from(meta.author).unwrap_or(u32::MAX), meta.seq, id.0);
+            if by_seq.get(key).map_err(|e| failed("the log", e))?.is_none() {
+                return Err(format!("event {position} (id {id}) is missing from `by_seq`"));
+            }
+            out.push((position, meta, bytes));
+        }
+        Ok(out)
     }
 }
 

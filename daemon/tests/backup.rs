@@ -75,9 +75,15 @@ fn a_restored_backup_learns_its_seq_from_peers_and_never_signs_a_seq_twice() {
     cluster.wait_for("the writer wrote", |_| writer.n_acked() >= 5);
     let file = cluster.dir().join("alice.backup");
     let socket = cluster.nodes[0].socket.display().to_string();
-    let backup = run(cairnctl(), &["--socket", &socket, "backup", &file.display().to_string()]);
+    let held_before = cluster.status(0)["n_events"].as_u64().expect("n_events");
+    let backup = run(cairnctl(), &["--socket", &socket, "--json", "backup", &file.display().to_string()]);
     assert!(backup.status.success(), "{}", text(&backup));
-    assert!(text(&backup).contains("wrote"), "{}", text(&backup));
+    let summary: Value = serde_json::from_slice(&backup.stdout).expect("the backup's JSON summary");
+    // Everything the node held when the backup started (what it stores within a commit's
+    // delay aside), and what it wrote meanwhile, perhaps.
+    let in_backup = summary["events"].as_u64().expect("events");
+    assert!(in_backup + 64 >= held_before && in_backup > 6, "{summary} with {held_before} held before");
+    assert_eq!(summary["bytes"].as_u64(), std::fs::metadata(&file).ok().map(|m| m.len()), "{summary}");
     let (acked, failures) = writer.stop();
     assert!(failures.is_empty(), "writes failed during the backup: {failures:?}");
     // A second backup to the same file is refused: a backup never overwrites.

@@ -141,7 +141,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("cairnd: moved the previous store aside to {}", aside.display());
             }
             println!(
-                "restored {} events and {} evidence from {} into {}; at its next start the node learns its latest                  own seq from its peers before it signs anything (files changed by root may need `chown` to the                  service's user, see deploy/GUIDE.md)",
+                "restored {} events and {} evidence from {} into {}; at its next start the node learns its latest \
+                 own seq from its peers before it signs anything (files changed by root may need `chown` to the \
+                 service's user, see deploy/GUIDE.md)",
                 restored.n_events,
                 restored.n_evidence,
                 file.display(),
@@ -153,7 +155,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store_path = checked.config.store_path();
             if !store_path.try_exists().unwrap_or(false) {
                 anyhow::bail!(
-                    "there is no store at {}; a node without a store learns its own seq anyway",
+                    "there is no store at {}; a node without a store learns its own seq at start, unless its config \
+                     still says `new_cluster = true` (remove it)",
                     store_path.display()
                 );
             }
