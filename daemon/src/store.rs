@@ -962,7 +962,8 @@ impl Store {
         sync_dir(parent_dir(path)).map_err(|e| access(path, &e))
     }
 
-    /// Reads every event and all evidence, checking that they agree with their keys.
+    /// Reads every event, checking it against `log` and `ids` (the evidence is read by
+    /// [`Store::load_indexed`]).
     fn load(&mut self) -> Result<Loaded, StoreError> {
         let path = &self.path;
         let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
@@ -975,7 +976,6 @@ impl Store {
         let tx = self.db()?.begin_read().map_err(|e| fail(e.into()))?;
         let log = tx.open_table(LOG).map_err(open_error)?;
         let ids = tx.open_table(IDS).map_err(open_error)?;
-        let evidence_table = tx.open_table(EVIDENCE).map_err(open_error)?;
 
         let n_events = log.len().map_err(|e| fail(e.into()))?;
         let n_ids = ids.len().map_err(|e| fail(e.into()))?;
@@ -1015,23 +1015,8 @@ impl Store {
         // `log` positions are 0..n and each maps back through `ids`, and both tables have n
         // entries, so `ids` holds exactly the ids of `log`.
 
-        let mut evidence = Vec::new();
-        for entry in evidence_table.iter().map_err(|e| fail(e.into()))? {
-            let (author, bytes) = entry.map_err(|e| fail(e.into()))?;
-            let (author, bytes) = (author.value(), bytes.value());
-            let decoded = codec::decode_evidence(bytes).map_err(|e| {
-                corrupt(path, format!("the evidence against {} does not decode: {e}", hex::encode(author)))
-            })?;
-            if decoded.author().0 != *author {
-                return Err(corrupt(
-                    path,
-                    format!("the evidence filed under {} is against another author", hex::encode(author)),
-                ));
-            }
-            evidence.push(bytes.to_vec());
-        }
         self.n_events = n_events;
-        Ok(Loaded { events, ids: event_ids, evidence, ..Loaded::default() })
+        Ok(Loaded { events, ids: event_ids, ..Loaded::default() })
     }
 
     fn io_error(&self, detail: String) -> StoreError {
