@@ -180,6 +180,101 @@ impl Archive for StoreArchive {
         Some(StoredEvent { id: *id, meta, bytes: bytes.into() })
     }
 
+    fn contains_many(&self, ids: &[EventId]) -> Vec<bool> {
+        let mut out = vec![false; ids.len()];
+        let mut misses = Vec::new();
+        {
+            let state = self.state();
+            for (i, id) in ids.iter().enumerate() {
+                if state.held(id).is_some() {
+                    out[i] = true;
+                } else {
+                    misses.push(i);
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let asked: Vec<EventId> = misses.iter().map(|&i| ids[i]).collect();
+            let found = self.read(reads::contains_many(&self.db, &asked), vec![false; asked.len()]);
+            for (i, found) in misses.into_iter().zip(found) {
+                out[i] = found;
+            }
+        }
+        out
+    }
+
+    fn bytes_many(&self, ids: &[EventId]) -> Vec<Option<Arc<[u8]>>> {
+        let mut out: Vec<Option<Arc<[u8]>>> = vec![None; ids.len()];
+        let mut misses = Vec::new();
+        {
+            let state = self.state();
+            for (i, id) in ids.iter().enumerate() {
+                match state.held(id) {
+                    Some((_, bytes)) => out[i] = Some(Arc::clone(bytes)),
+                    None => misses.push(i),
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let asked: Vec<EventId> = misses.iter().map(|&i| ids[i]).collect();
+            let found = self.read(reads::bytes_many(&self.db, &asked), vec![None; asked.len()]);
+            for (i, bytes) in misses.into_iter().zip(found) {
+                out[i] = bytes.map(Into::into);
+            }
+        }
+        out
+    }
+
+    fn metas_many(&self, ids: &[EventId]) -> Vec<Option<EventMeta>> {
+        let mut out: Vec<Option<EventMeta>> = vec![None; ids.len()];
+        let mut misses = Vec::new();
+        {
+            let state = self.state();
+            for (i, id) in ids.iter().enumerate() {
+                match state.held(id) {
+                    Some((meta, _)) => out[i] = Some(meta.clone()),
+                    None => misses.push(i),
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let asked: Vec<EventId> = misses.iter().map(|&i| ids[i]).collect();
+            let found = self.read(reads::metas_many(&self.db, &asked), vec![None; asked.len()]);
+            for (i, meta) in misses.into_iter().zip(found) {
+                out[i] = meta;
+            }
+        }
+        out
+    }
+
+    fn in_seqs(&self, author: MemberIdx, seqs: std::ops::RangeInclusive<u64>, limit: usize) -> Vec<EventId> {
+        let (from, to) = (*seqs.start(), *seqs.end());
+        // An empty range (a BTreeMap range would panic on it).
+        if from > to {
+            return Vec::new();
+        }
+        let mut ids = self.read(reads::in_seqs(&self.db, author, from, to, limit), Vec::new());
+        let state = self.state();
+        let pending: Vec<(u64, EventId)> = state
+            .pending_by_seq
+            .range((author, from)..=(author, to))
+            .flat_map(|(&(_, seq), ids)| ids.iter().map(move |id| (seq, *id)))
+            .collect();
+        drop(state);
+        if !pending.is_empty() {
+            // Merge by (seq, id): the pending ones are the newest, mostly above the stored ones.
+            let mut all: Vec<(u64, EventId)> = Vec::with_capacity(ids.len() + pending.len());
+            let metas = self.metas_many(&ids);
+            all.extend(ids.iter().zip(metas).map(|(id, meta)| (meta.map_or(0, |m| m.seq), *id)));
+            all.extend(pending);
+            all.sort_unstable();
+            all.dedup();
+            ids = all.into_iter().map(|(_, id)| id).collect();
+        }
+        ids.truncate(limit);
+        ids
+    }
+
     fn at_seq(&self, author: MemberIdx, seq: u64) -> Vec<EventId> {
         let mut ids = self.read(reads::at_seq(&self.db, author, seq), Vec::new());
         if let Some(pending) = self.state().pending_by_seq.get(&(author, seq)) {

@@ -1312,6 +1312,76 @@ pub mod reads {
         Ok(Some((meta, bytes)))
     }
 
+    /// Whether each of `ids` is in the store, in one read.
+    pub fn contains_many(db: &SharedDb, ids: &[EventId]) -> Result<Vec<bool>, ReadError> {
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("ids", e))?;
+        let table = tx.open_table(IDS).map_err(|e| failed("ids", e))?;
+        ids.iter().map(|id| table.get(&id.0).map(|v| v.is_some()).map_err(|e| failed("ids", e))).collect()
+    }
+
+    /// The bytes of each of `ids` (`None` for one not in the store), in one read.
+    pub fn bytes_many(db: &SharedDb, ids: &[EventId]) -> Result<Vec<Option<Vec<u8>>>, ReadError> {
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("events", e))?;
+        let positions = tx.open_table(IDS).map_err(|e| failed("events", e))?;
+        let log = tx.open_table(LOG).map_err(|e| failed("events", e))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(position) = positions.get(&id.0).map_err(|e| failed("events", e))? else {
+                out.push(None);
+                continue;
+            };
+            let position = position.value();
+            let bytes = log
+                .get(position)
+                .map_err(|e| failed("events", e))?
+                .ok_or_else(|| format!("event {id} is filed at log position {position}, which is empty"))?;
+            out.push(Some(bytes.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// The metas of each of `ids` (`None` for one not in the store), in one read.
+    pub fn metas_many(db: &SharedDb, ids: &[EventId]) -> Result<Vec<Option<EventMeta>>, ReadError> {
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("metas", e))?;
+        let table = tx.open_table(METAS).map_err(|e| failed("metas", e))?;
+        ids.iter()
+            .map(|id| match table.get(&id.0).map_err(|e| failed("metas", e))? {
+                None => Ok(None),
+                Some(value) => decode_meta(value.value())
+                    .map(Some)
+                    .ok_or_else(|| format!("the meta of event {id} does not decode")),
+            })
+            .collect()
+    }
+
+    /// The ids of `author`'s events with a seq from `from` to `to`, by seq then id, at most
+    /// `limit`, in one read.
+    pub fn in_seqs(
+        db: &SharedDb,
+        author: usize,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<EventId>, ReadError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("ids by seq", e))?;
+        let table = tx.open_table(BY_SEQ).map_err(|e| failed("ids by seq", e))?;
+        let author = u32::try_from(author).map_err(|e| failed("ids by seq", e))?;
+        let range = table
+            .range((author, from, [0u8; 32])..=(author, to, [0xffu8; 32]))
+            .map_err(|e| failed("ids by seq", e))?;
+        range
+            .take(limit)
+            .map(|entry| entry.map(|(key, _)| EventId(key.value().2)).map_err(|e| failed("ids by seq", e)))
+            .collect()
+    }
+
     /// The ids of `author`'s events at `seq`, in id order.
     pub fn at_seq(db: &SharedDb, author: usize, seq: u64) -> Result<Vec<EventId>, ReadError> {
         let guard = guard(db)?;

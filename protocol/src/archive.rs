@@ -118,9 +118,40 @@ pub trait Archive: Send {
     /// The accepted event `id`, with its bytes.
     fn event(&self, id: &EventId) -> Option<StoredEvent>;
 
+    /// Whether each of `ids` is accepted: [`Archive::contains`] for many at once (an archive on
+    /// disk answers them in one read).
+    fn contains_many(&self, ids: &[EventId]) -> Vec<bool> {
+        ids.iter().map(|id| self.contains(id)).collect()
+    }
+
+    /// The bytes of each of `ids`, `None` for one not accepted: for many at once, as
+    /// [`Archive::contains_many`].
+    fn bytes_many(&self, ids: &[EventId]) -> Vec<Option<Arc<[u8]>>> {
+        ids.iter().map(|id| self.event(id).map(|e| e.bytes)).collect()
+    }
+
+    /// The metas of each of `ids`, as [`Archive::contains_many`].
+    fn metas_many(&self, ids: &[EventId]) -> Vec<Option<EventMeta>> {
+        ids.iter().map(|id| self.meta(id)).collect()
+    }
+
     /// The accepted events of `author` with seq `seq`, in id order (more than one only after
     /// equivocation).
     fn at_seq(&self, author: MemberIdx, seq: u64) -> Vec<EventId>;
+
+    /// The accepted events of `author` with a seq in `seqs`, by seq then id, at most `limit`:
+    /// [`Archive::at_seq`] for a range at once.
+    fn in_seqs(&self, author: MemberIdx, seqs: std::ops::RangeInclusive<u64>, limit: usize) -> Vec<EventId> {
+        let mut out = Vec::new();
+        for seq in seqs {
+            if out.len() >= limit {
+                break;
+            }
+            out.extend(self.at_seq(author, seq));
+        }
+        out.truncate(limit);
+        out
+    }
 
     /// Records a newly accepted event. The adapter calls it in acceptance order, a causal order.
     fn insert(&mut self, event: &Verified, meta: EventMeta);
@@ -174,6 +205,21 @@ impl Archive for MemoryArchive {
 
     fn at_seq(&self, author: MemberIdx, seq: u64) -> Vec<EventId> {
         self.by_seq.get(&(author, seq)).cloned().unwrap_or_default()
+    }
+
+    fn in_seqs(&self, author: MemberIdx, seqs: std::ops::RangeInclusive<u64>, limit: usize) -> Vec<EventId> {
+        let (from, to) = (*seqs.start(), *seqs.end());
+        if from > to {
+            return Vec::new();
+        }
+        let mut out: Vec<EventId> = self
+            .by_seq
+            .range((author, from)..=(author, to))
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .take(limit)
+            .collect();
+        out.truncate(limit);
+        out
     }
 
     fn insert(&mut self, event: &Verified, meta: EventMeta) {

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Queued ids whose bytes are read at once when an `Events` message is cut: a chunk of
+/// [`EVENTS_CHUNK_BYTES`] holds about 900 events of 285 bytes.
+const OUTBOX_READ_AHEAD: usize = 1_024;
+
 impl Node {
     pub(super) fn next_outgoing(&mut self, peer: PeerId) -> Option<Vec<u8>> {
         let p = self.peers.get_mut(&peer)?;
@@ -21,18 +25,24 @@ impl Node {
                     let mut chunk = Vec::new();
                     let mut chunk_ids = Vec::new();
                     let mut size = 0usize;
+                    // The bytes of the next ids, read at once (one read of an archive on
+                    // disk); more than a chunk holds only when events are small.
+                    let ahead: Vec<EventId> = ids.iter().take(OUTBOX_READ_AHEAD).copied().collect();
+                    let mut fetched = self.adapter.archive().bytes_many(&ahead).into_iter();
                     while let Some(id) = ids.front() {
-                        let Some(event) = self.adapter.event(id) else {
+                        let Some(bytes) =
+                            fetched.next().unwrap_or_else(|| self.adapter.event(id).map(|e| e.bytes))
+                        else {
                             p.queued_ids.remove(id);
                             ids.pop_front();
                             p.n_queued_ids -= 1;
                             continue;
                         };
-                        if !chunk.is_empty() && size + event.bytes().len() > EVENTS_CHUNK_BYTES {
+                        if !chunk.is_empty() && size + bytes.len() > EVENTS_CHUNK_BYTES {
                             break;
                         }
-                        size += event.bytes().len() + 8;
-                        chunk.push(event.bytes().to_vec());
+                        size += bytes.len() + 8;
+                        chunk.push(bytes.to_vec());
                         chunk_ids.push(*id);
                         p.queued_ids.remove(id);
                         ids.pop_front();

@@ -131,19 +131,23 @@ impl Node {
                 }
             }
         }
-        let mut out = Vec::new();
+        // One range read of the archive, at most a peer's queue of ids: the queue would drop
+        // the rest (the causally latest), and a later session asks again.
         let max_seq = self.adapter.max_seq(author);
-        for seq in prefix + 1..=max_seq {
-            for id in self.adapter.at_seq(author, seq) {
-                if !walked.contains(&id) {
-                    out.push(id);
-                }
-            }
-        }
+        let limit = self.config.peer_queue_ids_max.saturating_add(walked.len());
+        let mut out = self.adapter.archive().in_seqs(author, prefix + 1..=max_seq, limit);
+        out.retain(|id| !walked.contains(id));
         out
     }
 
     pub(super) fn sort_causally(&self, ids: &mut [EventId]) {
-        ids.sort_by_cached_key(|id| (self.adapter.meta(id).map_or(0, |meta| meta.lamport), *id));
+        // One read of the archive for all the lamports.
+        let metas = self.adapter.archive().metas_many(ids);
+        let mut keyed: Vec<(u64, EventId)> =
+            ids.iter().zip(metas).map(|(id, meta)| (meta.map_or(0, |m| m.lamport), *id)).collect();
+        keyed.sort_unstable();
+        for (slot, (_, id)) in ids.iter_mut().zip(keyed) {
+            *slot = id;
+        }
     }
 }
