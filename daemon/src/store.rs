@@ -500,9 +500,9 @@ impl Store {
                     if *at != position {
                         return Err(corrupt(&path, format!("`log` entry {position} is at position {at}")));
                     }
-                    let id = codec::decode_event(bytes)
-                        .map_err(|e| corrupt(&path, format!("event {at} does not decode: {e}")))?
-                        .id();
+                    let event = codec::decode_event(bytes)
+                        .map_err(|e| corrupt(&path, format!("event {at} does not decode: {e}")))?;
+                    let id = event.id();
                     match ids.get(&id.0).map_err(|e| fail(e.into()))? {
                         Some(found) if found.value() == *at => {}
                         _ => {
@@ -512,7 +512,7 @@ impl Store {
                             ));
                         }
                     }
-                    match indexes.index(&self.members, &mut chains, &mut dirty, &id.0, bytes) {
+                    match indexes.index(&self.members, &mut chains, &mut dirty, &id.0, &event) {
                         Ok(()) => {}
                         Err(IndexError::Redb(e)) => return Err(fail(e)),
                         Err(IndexError::Bad(detail)) => return Err(corrupt(&path, detail)),
@@ -686,10 +686,9 @@ impl Store {
         if self.failed {
             return Err(self.io_error("an earlier write failed".to_owned()));
         }
-        // Check data before it is written (TigerStyle).
-        for (id, bytes) in events {
-            assert_event(id, bytes);
-        }
+        // Check data before it is written (TigerStyle); the decoded events are indexed.
+        let decoded: Vec<cairn_protocol::Event> =
+            events.iter().map(|(id, bytes)| assert_event(id, bytes)).collect();
         for (author, bytes) in evidence {
             let decoded = codec::decode_evidence(bytes)
                 .unwrap_or_else(|e| panic!("evidence to store does not decode: {e}"));
@@ -703,7 +702,7 @@ impl Store {
             return Ok(());
         }
         let mark = own_history_complete && self.own_history != OwnHistory::Complete;
-        match self.write(events, evidence, mark) {
+        match self.write(events, &decoded, evidence, mark) {
             Ok((n_events, chains, n_bytes)) => {
                 assert!(n_events >= self.n_events);
                 self.n_events = n_events;
@@ -805,6 +804,7 @@ impl Store {
     fn write(
         &self,
         events: &[([u8; 32], &[u8])],
+        decoded: &[cairn_protocol::Event],
         evidence: &[([u8; 32], &[u8])],
         own_history_complete: bool,
     ) -> Result<(u64, Vec<ChainState>, u64), StoreError> {
@@ -826,7 +826,7 @@ impl Store {
             let mut log = tx.open_table(LOG).map_err(|e| fail(e.into()))?;
             let mut ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
             let mut indexes = Indexes::open(&tx).map_err(&fail)?;
-            for (id, bytes) in events {
+            for ((id, bytes), event) in events.iter().zip(decoded) {
                 // Reads see this transaction's own inserts, so a duplicate within the batch is
                 // skipped too.
                 if ids.get(id).map_err(|e| fail(e.into()))?.is_some() {
@@ -836,7 +836,7 @@ impl Store {
                 ids.insert(id, n_events).map_err(|e| fail(e.into()))?;
                 n_events += 1;
                 n_bytes += bytes.len() as u64;
-                match indexes.index(&self.members, &mut chains, &mut dirty, id, bytes) {
+                match indexes.index(&self.members, &mut chains, &mut dirty, id, event) {
                     Ok(()) => {}
                     Err(IndexError::Redb(e)) => return Err(fail(e)),
                     // The node hands over only events it accepted, in the order it accepted them.
@@ -1073,6 +1073,9 @@ fn write_lock(db: &SharedDb) -> std::sync::RwLockWriteGuard<'_, Option<Database>
 struct Indexes<'tx> {
     metas: redb::Table<'tx, &'static [u8; 32], &'static [u8]>,
     by_seq: redb::Table<'tx, (u32, u64, [u8; 32]), ()>,
+    /// The metas written in this transaction: an event's deps are mostly the events just
+    /// before it.
+    written: std::collections::BTreeMap<[u8; 32], EventMeta>,
 }
 
 /// Why an event could not be indexed.
@@ -1090,7 +1093,11 @@ impl From<redb::StorageError> for IndexError {
 
 impl<'tx> Indexes<'tx> {
     fn open(tx: &'tx redb::WriteTransaction) -> Result<Self, redb::Error> {
-        Ok(Self { metas: tx.open_table(METAS)?, by_seq: tx.open_table(BY_SEQ)? })
+        Ok(Self {
+            metas: tx.open_table(METAS)?,
+            by_seq: tx.open_table(BY_SEQ)?,
+            written: std::collections::BTreeMap::new(),
+        })
     }
 
     /// Indexes one event just appended to `log`: its meta (computed from its deps' metas, as
@@ -1102,16 +1109,18 @@ impl<'tx> Indexes<'tx> {
         chains: &mut [ChainState],
         dirty: &mut std::collections::BTreeSet<usize>,
         id: &[u8; 32],
-        bytes: &[u8],
+        event: &cairn_protocol::Event,
     ) -> Result<(), IndexError> {
-        let event = codec::decode_event(bytes)
-            .map_err(|e| IndexError::Bad(format!("event {} does not decode: {e}", hex::encode(id))))?;
         let header = &event.header;
         let author = members.iter().position(|k| *k == header.author.0).ok_or_else(|| {
             IndexError::Bad(format!("event {} is by {}, who is not a member", hex::encode(id), header.author))
         })?;
         let mut deps = Vec::with_capacity(header.deps.len());
         for dep in &header.deps {
+            if let Some(meta) = self.written.get(&dep.0) {
+                deps.push((*dep, meta.clone()));
+                continue;
+            }
             let meta = self.metas.get(&dep.0)?.ok_or_else(|| {
                 IndexError::Bad(format!("event {} comes before its dep {dep}", hex::encode(id)))
             })?;
@@ -1128,10 +1137,12 @@ impl<'tx> Indexes<'tx> {
         );
         let author32 = u32::try_from(author).expect("a member index fits u32");
         let seq = header.seq;
-        let forked =
-            self.by_seq.range((author32, seq, [0u8; 32])..=(author32, seq, [0xffu8; 32]))?.next().is_some();
+        // An author's seqs are contiguous from 1 on each branch (the validity rules), so a seq
+        // not above the author's highest is taken already: a fork.
+        let forked = seq <= chains[author].max_seq;
         self.metas.insert(id, encode_meta(&meta).as_slice())?;
         self.by_seq.insert((author32, seq, *id), ())?;
+        self.written.insert(*id, meta.clone());
         let chain = &mut chains[author];
         if let Some(pred) = meta.own_pred {
             chain.tips.retain(|(t, _)| *t != pred);
@@ -1522,9 +1533,10 @@ fn is_no_space(error: &io::Error) -> bool {
 }
 
 /// Asserts that `bytes` is the canonical encoding of the event `id`.
-fn assert_event(id: &[u8; 32], bytes: &[u8]) {
+fn assert_event(id: &[u8; 32], bytes: &[u8]) -> cairn_protocol::Event {
     let event = codec::decode_event(bytes).unwrap_or_else(|e| panic!("event to store does not decode: {e}"));
     assert!(event.id().0 == *id, "event to store does not have the id it is filed under");
+    event
 }
 
 /// Where an error happened, which decides what an I/O error means for the user.
