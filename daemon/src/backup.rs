@@ -411,15 +411,14 @@ pub fn restore(
     }
     let exists =
         store_path.try_exists().with_context(|| format!("cannot look at {}", store_path.display()))?;
-    if exists {
-        ensure_stopped(store_path)?;
-        if !replace {
-            bail!(
-                "a store exists at {}; stop cairnd and pass --replace to move it aside (it is kept, renamed) and \
-                 install the backup in its place",
-                store_path.display()
-            );
-        }
+    // Held until the new store is in place: a cairnd started meanwhile finds the old one in use.
+    let _lock = if exists { Some(lock_stopped(store_path)?) } else { None };
+    if exists && !replace {
+        bail!(
+            "a store exists at {}; stop cairnd and pass --replace to move it aside (it is kept, renamed) and \
+             install the backup in its place",
+            store_path.display()
+        );
     }
     let staging = with_suffix(store_path, ".restoring");
     if staging.try_exists().unwrap_or(false) {
@@ -571,12 +570,18 @@ fn write_staging(
 /// Fails if a process holds the store at `path` open (redb locks the file with `flock` while a
 /// cairnd runs on it).
 pub fn ensure_stopped(path: &Path) -> anyhow::Result<()> {
+    lock_stopped(path).map(drop)
+}
+
+/// As [`ensure_stopped`], and keeps the lock while the returned file is open: a cairnd started
+/// meanwhile on this store refuses it as in use.
+pub fn lock_stopped(path: &Path) -> anyhow::Result<fs::File> {
     let file = fs::OpenOptions::new()
         .read(true)
         .open(path)
         .with_context(|| format!("cannot open the store {}", path.display()))?;
     match file.try_lock() {
-        Ok(()) => Ok(()),
+        Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => bail!(
             "a cairnd is running on the store {}; stop it first (systemctl stop cairnd)",
             path.display()

@@ -881,8 +881,13 @@ async fn backup(client: &Client, out: &mut Output, file: &Path) -> anyhow::Resul
             );
         }
     };
-    std::fs::rename(&partial, file)
-        .with_context(|| format!("cannot rename {} to {}", partial.display(), file.display()))?;
+    // A link fails if FILE appeared meanwhile: a backup never replaces a file.
+    if let Err(error) = std::fs::hard_link(&partial, file) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(anyhow::Error::new(error)
+            .context(format!("cannot name the backup {} (it was checked, then removed)", file.display())));
+    }
+    std::fs::remove_file(&partial).with_context(|| format!("cannot remove {}", partial.display()))?;
     if let Some(dir) = file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())

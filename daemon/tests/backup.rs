@@ -96,6 +96,12 @@ fn a_restored_backup_learns_its_seq_from_peers_and_never_signs_a_seq_twice() {
     }
     let seq_before_restore = own_seq(&cluster, 0);
     cluster.wait_converged();
+    // A running node's store is never replaced.
+    let running = run(
+        &cairnd(),
+        &["restore", "--config", &config(&cluster, 0), &file.display().to_string(), "--replace"],
+    );
+    assert!(!running.status.success() && text(&running).contains("stop it first"), "{}", text(&running));
     cluster.stop(0);
 
     // The restore refuses to replace a store unless told, then moves it aside.
