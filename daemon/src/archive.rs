@@ -93,6 +93,36 @@ impl StoreArchive {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Something about each of `ids`: from memory for those held there, from one read of the
+    /// store for the others (`absent` for each of them if the read failed, which is recorded).
+    fn many<T: Clone>(
+        &self,
+        ids: &[EventId],
+        from_held: impl Fn(&Held) -> T,
+        read: impl FnOnce(&[EventId]) -> Result<Vec<T>, reads::ReadError>,
+        absent: T,
+    ) -> Vec<T> {
+        let mut out = vec![absent.clone(); ids.len()];
+        let mut misses = Vec::new();
+        {
+            let state = self.state();
+            for (i, id) in ids.iter().enumerate() {
+                match state.held(id) {
+                    Some(held) => out[i] = from_held(held),
+                    None => misses.push(i),
+                }
+            }
+        }
+        if !misses.is_empty() {
+            let asked: Vec<EventId> = misses.iter().map(|&i| ids[i]).collect();
+            let found = self.read(read(&asked), vec![absent; asked.len()]);
+            for (i, value) in misses.into_iter().zip(found) {
+                out[i] = value;
+            }
+        }
+        out
+    }
+
     /// The value of a read, or `default` after recording why the store could not be read.
     fn read<T>(&self, result: Result<T, reads::ReadError>, default: T) -> T {
         result.unwrap_or_else(|error| {
@@ -181,70 +211,19 @@ impl Archive for StoreArchive {
     }
 
     fn contains_many(&self, ids: &[EventId]) -> Vec<bool> {
-        let mut out = vec![false; ids.len()];
-        let mut misses = Vec::new();
-        {
-            let state = self.state();
-            for (i, id) in ids.iter().enumerate() {
-                if state.held(id).is_some() {
-                    out[i] = true;
-                } else {
-                    misses.push(i);
-                }
-            }
-        }
-        if !misses.is_empty() {
-            let asked: Vec<EventId> = misses.iter().map(|&i| ids[i]).collect();
-            let found = self.read(reads::contains_many(&self.db, &asked), vec![false; asked.len()]);
-            for (i, found) in misses.into_iter().zip(found) {
-                out[i] = found;
-            }
-        }
-        out
+        self.many(ids, |_| true, |asked| reads::contains_many(&self.db, asked), false)
     }
 
     fn bytes_many(&self, ids: &[EventId]) -> Vec<Option<Arc<[u8]>>> {
-        let mut out: Vec<Option<Arc<[u8]>>> = vec![None; ids.len()];
-        let mut misses = Vec::new();
-        {
-            let state = self.state();
-            for (i, id) in ids.iter().enumerate() {
-                match state.held(id) {
-                    Some((_, bytes)) => out[i] = Some(Arc::clone(bytes)),
-                    None => misses.push(i),
-                }
-            }
-        }
-        if !misses.is_empty() {
-            let asked: Vec<EventId> = misses.iter().map(|&i| ids[i]).collect();
-            let found = self.read(reads::bytes_many(&self.db, &asked), vec![None; asked.len()]);
-            for (i, bytes) in misses.into_iter().zip(found) {
-                out[i] = bytes.map(Into::into);
-            }
-        }
-        out
+        let read = |asked: &[EventId]| {
+            reads::bytes_many(&self.db, asked)
+                .map(|found| found.into_iter().map(|b| b.map(Into::into)).collect())
+        };
+        self.many(ids, |(_, bytes)| Some(Arc::clone(bytes)), read, None)
     }
 
     fn metas_many(&self, ids: &[EventId]) -> Vec<Option<EventMeta>> {
-        let mut out: Vec<Option<EventMeta>> = vec![None; ids.len()];
-        let mut misses = Vec::new();
-        {
-            let state = self.state();
-            for (i, id) in ids.iter().enumerate() {
-                match state.held(id) {
-                    Some((meta, _)) => out[i] = Some(meta.clone()),
-                    None => misses.push(i),
-                }
-            }
-        }
-        if !misses.is_empty() {
-            let asked: Vec<EventId> = misses.iter().map(|&i| ids[i]).collect();
-            let found = self.read(reads::metas_many(&self.db, &asked), vec![None; asked.len()]);
-            for (i, meta) in misses.into_iter().zip(found) {
-                out[i] = meta;
-            }
-        }
-        out
+        self.many(ids, |(meta, _)| Some(meta.clone()), |asked| reads::metas_many(&self.db, asked), None)
     }
 
     fn in_seqs(&self, author: MemberIdx, seqs: std::ops::RangeInclusive<u64>, limit: usize) -> Vec<EventId> {

@@ -1395,16 +1395,7 @@ pub mod reads {
 
     /// The ids of `author`'s events at `seq`, in id order.
     pub fn at_seq(db: &SharedDb, author: usize, seq: u64) -> Result<Vec<EventId>, ReadError> {
-        let guard = guard(db)?;
-        let tx = guard.begin_read().map_err(|e| failed("ids by seq", e))?;
-        let table = tx.open_table(BY_SEQ).map_err(|e| failed("ids by seq", e))?;
-        let author = u32::try_from(author).map_err(|e| failed("ids by seq", e))?;
-        let range = table
-            .range((author, seq, [0u8; 32])..=(author, seq, [0xffu8; 32]))
-            .map_err(|e| failed("ids by seq", e))?;
-        range
-            .map(|entry| entry.map(|(key, _)| EventId(key.value().2)).map_err(|e| failed("ids by seq", e)))
-            .collect()
+        in_seqs(db, author, seq, seq, usize::MAX)
     }
 
     /// Every id, in id order.
