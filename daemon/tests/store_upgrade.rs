@@ -20,6 +20,10 @@ fn a_format_1_store_is_upgraded_in_place_and_keeps_its_document() {
     // A 2-node layout whose node 0 gets the fixture's key, genesis and store; node 1 never runs.
     let mut cluster = Cluster::write(2, TIMING);
     std::fs::copy(fixture.join("node.key"), &cluster.nodes[0].key_file).expect("the key");
+    // git keeps no file mode but the executable bit: a clone has the key readable by others,
+    // which cairnd refuses.
+    std::fs::set_permissions(&cluster.nodes[0].key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod 600 the key");
     std::fs::copy(fixture.join("genesis.toml"), cluster.dir().join("genesis.toml")).expect("the genesis");
     let data_dir = &cluster.nodes[0].data_dir;
     std::fs::create_dir_all(data_dir).expect("the data directory");
