@@ -232,22 +232,24 @@ impl Archive for StoreArchive {
         if from > to {
             return Vec::new();
         }
-        let mut found = self.read(reads::in_seqs(&self.db, author, from, to, limit), Vec::new());
-        // The pending ones are the newest, mostly above the stored ones: merge by (seq, id).
+        let mut ids = self.read(reads::in_seqs(&self.db, author, from, to, limit), Vec::new());
         let state = self.state();
-        let before = found.len();
-        found.extend(
-            state
-                .pending_by_seq
-                .range((author, from)..=(author, to))
-                .flat_map(|(&(_, seq), ids)| ids.iter().map(move |id| (seq, *id))),
-        );
+        let pending: Vec<(u64, EventId)> = state
+            .pending_by_seq
+            .range((author, from)..=(author, to))
+            .flat_map(|(&(_, seq), ids)| ids.iter().map(move |id| (seq, *id)))
+            .collect();
         drop(state);
-        if found.len() > before {
-            found.sort_unstable();
-            found.dedup();
+        if !pending.is_empty() {
+            // Merge by (seq, id): the pending ones are the newest, mostly above the stored ones.
+            let mut all: Vec<(u64, EventId)> = Vec::with_capacity(ids.len() + pending.len());
+            let metas = self.metas_many(&ids);
+            all.extend(ids.iter().zip(metas).map(|(id, meta)| (meta.map_or(0, |m| m.seq), *id)));
+            all.extend(pending);
+            all.sort_unstable();
+            all.dedup();
+            ids = all.into_iter().map(|(_, id)| id).collect();
         }
-        let mut ids: Vec<EventId> = found.into_iter().map(|(_, id)| id).collect();
         ids.truncate(limit);
         ids
     }

@@ -92,19 +92,20 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
                 store_path.display()
             )
         })?;
-        let Some((last, _)) = page.last() else { break };
+        let Some((last, _, _)) = page.last() else { break };
         position = last + 1;
-        let events: Vec<StoredEvent> = page.into_iter().map(|(_, event)| event).collect();
-        for event in &events {
-            let meta = &event.meta;
-            if let Some(chain) = chains.get_mut(meta.author) {
-                chain.advance(event.id, meta.seq, meta.own_pred);
-            }
-            if let Some(tally) = authored.get_mut(meta.author) {
-                tally.0 += 1;
-                tally.1 += event.bytes.len() as u64;
-            }
-        }
+        let events: Vec<StoredEvent> = page
+            .into_iter()
+            .filter_map(|(_, meta, bytes)| {
+                let id = codec::decode_event(&bytes).ok()?.id();
+                crate::store::advance_chain(&mut chains, id, &meta);
+                if let Some(tally) = authored.get_mut(meta.author) {
+                    tally.0 += 1;
+                    tally.1 += bytes.len() as u64;
+                }
+                Some(StoredEvent { id, meta, bytes: bytes.into() })
+            })
+            .collect();
         let bad = node.replay_document(&events);
         if let Some(first) = bad.first() {
             bail!(

@@ -648,11 +648,7 @@ impl Driver {
     }
 
     fn event_info(&self, id: &EventId) -> Option<EventInfo> {
-        self.event_info_of(&self.node.adapter().event(id)?)
-    }
-
-    fn event_info_of(&self, stored: &cairn_protocol::StoredEvent) -> Option<EventInfo> {
-        let id = &stored.id;
+        let stored = self.node.adapter().event(id)?;
         // The archive holds canonical bytes it accepted; an event that no longer decodes is
         // reported as absent rather than shown wrong.
         let event = stored.event()?;
@@ -680,28 +676,37 @@ impl Driver {
                 let Some(idx) = self.genesis.member_idx(&author) else { return Vec::new() };
                 let adapter = self.node.adapter();
                 let from = query.after.unwrap_or(0).saturating_add(1);
-                let ids = adapter.archive().in_seqs(idx, from..=adapter.max_seq(idx), limit);
-                ids.iter().filter_map(|id| self.event_info(id)).collect()
+                (from..=adapter.max_seq(idx))
+                    .flat_map(|seq| adapter.at_seq(idx, seq).to_vec())
+                    .take(limit)
+                    .filter_map(|id| self.event_info(&id))
+                    .collect()
             }
             None => {
                 // The store's log, in the order events were stored, then the events accepted
                 // and not stored yet (a group commit's delay), in the order they were accepted.
                 let from = query.after.unwrap_or(0);
                 let committed = self.archive.n_committed();
-                let stored = if from < committed { self.read_log_page(from, limit) } else { Vec::new() };
-                let mut infos: Vec<EventInfo> =
-                    stored.iter().filter_map(|(_, event)| self.event_info_of(event)).collect();
+                let mut ids: Vec<EventId> = if from < committed {
+                    self.read_log_page(from, limit)
+                        .into_iter()
+                        .filter_map(|(_, _, bytes)| {
+                            Some(cairn_protocol::codec::decode_event(&bytes).ok()?.id())
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let skip = usize::try_from(from.saturating_sub(committed)).unwrap_or(usize::MAX);
-                let pending = self.archive.pending_page(skip, limit - stored.len());
-                infos.extend(pending.iter().filter_map(|id| self.event_info(id)));
-                infos
+                ids.extend(self.archive.pending_page(skip, limit - ids.len()));
+                ids.iter().filter_map(|id| self.event_info(id)).collect()
             }
         }
     }
 
     /// A page of the store's log; a failed read is recorded like any archive read, and the
     /// daemon stops on it.
-    fn read_log_page(&self, from: u64, limit: usize) -> Vec<(u64, cairn_protocol::StoredEvent)> {
+    fn read_log_page(&self, from: u64, limit: usize) -> Vec<(u64, cairn_protocol::EventMeta, Vec<u8>)> {
         crate::store::reads::log_page(&self.db, from, limit).unwrap_or_else(|error| {
             self.archive.fail(error);
             Vec::new()

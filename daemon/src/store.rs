@@ -1137,10 +1137,21 @@ impl<'tx> Indexes<'tx> {
         );
         let author32 = u32::try_from(author).expect("a member index fits u32");
         let seq = header.seq;
+        // An author's seqs are contiguous from 1 on each branch (the validity rules), so a seq
+        // not above the author's highest is taken already: a fork.
+        let forked = seq <= chains[author].max_seq;
         self.metas.insert(id, encode_meta(&meta).as_slice())?;
         self.by_seq.insert((author32, seq, *id), ())?;
-        chains[author].advance(EventId(*id), seq, meta.own_pred);
-        self.written.insert(*id, meta);
+        self.written.insert(*id, meta.clone());
+        let chain = &mut chains[author];
+        if let Some(pred) = meta.own_pred {
+            chain.tips.retain(|(t, _)| *t != pred);
+        }
+        chain.tips.push((EventId(*id), seq));
+        chain.max_seq = chain.max_seq.max(seq);
+        if forked && chain.fork_seq.is_none_or(|f| seq < f) {
+            chain.fork_seq = Some(seq);
+        }
         dirty.insert(author);
         Ok(())
     }
@@ -1184,6 +1195,22 @@ pub fn decode_meta(bytes: &[u8]) -> Option<EventMeta> {
     }
     let clock = (0..n).map(|_| r.u64()).collect::<Option<Box<[u64]>>>()?;
     Some(EventMeta { author, seq, lamport, own_pred, clock })
+}
+
+/// Advances `chains` by one event in log order, as the store's indexing does: what a start
+/// recomputes from the log to check the stored chain states. An author's seqs are contiguous
+/// from 1 on each branch, so an event whose seq is not above its author's highest is a fork.
+pub fn advance_chain(chains: &mut [ChainState], id: EventId, meta: &EventMeta) {
+    let Some(chain) = chains.get_mut(meta.author) else { return };
+    if let Some(pred) = meta.own_pred {
+        chain.tips.retain(|(t, _)| *t != pred);
+    }
+    let forked = meta.seq <= chain.max_seq;
+    chain.tips.push((id, meta.seq));
+    chain.max_seq = chain.max_seq.max(meta.seq);
+    if forked && chain.fork_seq.is_none_or(|f| meta.seq < f) {
+        chain.fork_seq = Some(meta.seq);
+    }
 }
 
 /// A chain state's encoding in `chains`: the number of tips (u32), each tip's id and seq
@@ -1341,7 +1368,7 @@ pub mod reads {
             .collect()
     }
 
-    /// `(seq, id)` of `author`'s events with a seq from `from` to `to`, by seq then id, at most
+    /// The ids of `author`'s events with a seq from `from` to `to`, by seq then id, at most
     /// `limit`, in one read.
     pub fn in_seqs(
         db: &SharedDb,
@@ -1349,7 +1376,7 @@ pub mod reads {
         from: u64,
         to: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, EventId)>, ReadError> {
+    ) -> Result<Vec<EventId>, ReadError> {
         if from > to {
             return Ok(Vec::new());
         }
@@ -1362,17 +1389,13 @@ pub mod reads {
             .map_err(|e| failed("ids by seq", e))?;
         range
             .take(limit)
-            .map(|entry| {
-                entry
-                    .map(|(key, _)| (key.value().1, EventId(key.value().2)))
-                    .map_err(|e| failed("ids by seq", e))
-            })
+            .map(|entry| entry.map(|(key, _)| EventId(key.value().2)).map_err(|e| failed("ids by seq", e)))
             .collect()
     }
 
     /// The ids of `author`'s events at `seq`, in id order.
     pub fn at_seq(db: &SharedDb, author: usize, seq: u64) -> Result<Vec<EventId>, ReadError> {
-        Ok(in_seqs(db, author, seq, seq, usize::MAX)?.into_iter().map(|(_, id)| id).collect())
+        in_seqs(db, author, seq, seq, usize::MAX)
     }
 
     /// Every id, in id order.
@@ -1385,14 +1408,14 @@ pub mod reads {
             .collect()
     }
 
-    /// Up to `limit` events of `log` from position `from` on, with their positions, each
+    /// Up to `limit` events of `log` from position `from` on, `(position, meta, bytes)`, each
     /// checked as a start needs: its bytes decode, its ops match its header, and its id is
-    /// filed in `ids` at its position, has a meta and is in `by_seq`.
+    /// filed in `ids` at its position and has a meta.
     pub fn log_page(
         db: &SharedDb,
         from: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, cairn_protocol::StoredEvent)>, ReadError> {
+    ) -> Result<Vec<(u64, EventMeta, Vec<u8>)>, ReadError> {
         let guard = guard(db)?;
         let tx = guard.begin_read().map_err(|e| failed("the log", e))?;
         let log = tx.open_table(LOG).map_err(|e| failed("the log", e))?;
@@ -1422,7 +1445,7 @@ pub mod reads {
             if by_seq.get(key).map_err(|e| failed("the log", e))?.is_none() {
                 return Err(format!("event {position} (id {id}) is missing from `by_seq`"));
             }
-            out.push((position, cairn_protocol::StoredEvent { id, meta, bytes: bytes.into() }));
+            out.push((position, meta, bytes));
         }
         Ok(out)
     }

@@ -109,27 +109,6 @@ pub struct ChainState {
     pub fork_seq: Option<u64>,
 }
 
-impl ChainState {
-    /// Takes one accepted event of this author, in acceptance order: it replaces its own
-    /// predecessor among the tips. Rule 5 makes an author's seqs contiguous from 1 on every
-    /// branch, so a seq not above the highest is taken already: a fork. Returns the fork seq if
-    /// it appeared or went down. The one rule for the adapter, the store's indexes and the
-    /// check of a stored chain state at start.
-    pub fn advance(&mut self, id: EventId, seq: u64, own_pred: Option<EventId>) -> Option<u64> {
-        if let Some(pred) = own_pred {
-            self.tips.retain(|(t, _)| *t != pred);
-        }
-        let forked = seq <= self.max_seq;
-        self.tips.push((id, seq));
-        self.max_seq = self.max_seq.max(seq);
-        if forked && self.fork_seq.is_none_or(|f| seq < f) {
-            self.fork_seq = Some(seq);
-            return Some(seq);
-        }
-        None
-    }
-}
-
 /// The validation adapter. See the module docs.
 pub struct Adapter {
     genesis: Genesis,
@@ -495,10 +474,19 @@ impl Adapter {
             self.chains.len(),
             deps.iter().map(|(id, meta)| (*id, meta)),
         );
+        let own_predecessor = meta.own_pred;
+        let forked_now = seq <= self.chains[author].max_seq && !self.archive.at_seq(author, seq).is_empty();
         let Decoded { event, id, bytes, author_idx } = decoded;
         let verified = Verified::new(event, id, bytes, author_idx, meta.clock.clone());
-        if let Some(fork_seq) = self.chains[author].advance(id, seq, meta.own_pred) {
-            out.exclusions.push((author, fork_seq));
+        let chain = &mut self.chains[author];
+        if let Some(pred) = own_predecessor {
+            chain.tips.retain(|(t, _)| *t != pred);
+        }
+        chain.tips.push((id, seq));
+        chain.max_seq = chain.max_seq.max(seq);
+        if forked_now && chain.fork_seq.is_none_or(|f| seq < f) {
+            chain.fork_seq = Some(seq);
+            out.exclusions.push((author, seq));
         }
         self.archive.insert(&verified, meta);
         out.accepted.push(verified);
