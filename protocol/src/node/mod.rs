@@ -38,7 +38,7 @@ use cairn_crypto::{Domain, Hasher, PublicKey};
 use crate::adapter::{Adapter, AdapterConfig, Ingested};
 use crate::buffer::PeerId;
 use crate::codec::{self};
-use crate::document::{Change, Document};
+use crate::document::{Applied, Change, Document, MemoryHistory};
 use crate::event::{Event, EventId, Op};
 use crate::evidence::Evidence;
 use crate::genesis::{Genesis, MemberIdx};
@@ -167,6 +167,9 @@ pub struct Node {
     config: NodeConfig,
     adapter: Adapter,
     document: Document,
+    /// What an exclusion reads back: every accepted event and the covered records. For now in
+    /// memory; the document itself keeps only its live state.
+    history: MemoryHistory,
     me: Option<PublicKey>,
     peers: BTreeMap<PeerId, Peer>,
     refused: BTreeSet<PeerId>,
@@ -192,6 +195,7 @@ impl Node {
         Self {
             adapter: Adapter::new(genesis, config.adapter.clone()),
             document: Document::new(n_members),
+            history: MemoryHistory::new(),
             learning_own_seq: config.own_seq_peers_needed > 0,
             prepared_up_to: 0,
             prepared_from: None,
@@ -537,10 +541,15 @@ impl Node {
         }
         let mut changes: BTreeSet<Change> = BTreeSet::new();
         for event in &accepted {
-            changes.extend(self.document.apply(event));
+            self.history.record_event(event);
+            let Applied { changes: applied, covered } = self.document.apply(event);
+            self.history.record_covered(covered);
+            changes.extend(applied);
         }
         for (author, seq) in exclusions {
-            changes.extend(self.document.exclude(author, seq));
+            let Applied { changes: applied, covered } = self.document.exclude(author, seq, &self.history);
+            self.history.record_covered(covered);
+            changes.extend(applied);
         }
         let ids: Vec<EventId> = accepted.iter().map(Verified::id).collect();
         for event in accepted {
