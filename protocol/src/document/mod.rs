@@ -65,7 +65,9 @@
 //! History lives with the caller. When an op takes entries out of a frontier, it *covers* them:
 //! [`Document::apply`] returns those records ([`Covered`]), the caller keeps them with the events
 //! (the node in a [`MemoryHistory`], the daemon on disk, in the same commit as the event) and
-//! hands both back through a [`DocHistory`] to [`Document::exclude`].
+//! hands both back through a [`DocHistory`] to [`Document::exclude`]. [`Document::encode_key`]
+//! and [`Document::restore_key`] persist the state key by key, so that a restart reads the
+//! document instead of replaying the history.
 //!
 //! # Exclusion
 //!
@@ -131,6 +133,7 @@ use crate::verified::Verified;
 mod counter;
 mod frontier;
 mod history;
+mod persist;
 #[cfg(test)]
 mod reference;
 mod register;
@@ -140,6 +143,7 @@ mod tests;
 
 use counter::CounterState;
 pub use history::{DocHistory, HistoricEvent, MemoryHistory};
+pub use persist::DocumentDecodeError;
 use register::{RegisterEntry, RegisterState};
 use set::{SetEntry, SetState};
 
@@ -669,10 +673,12 @@ impl Document {
         self.dirty.get_or_insert_with(BTreeSet::new);
     }
 
-    /// The keys whose state (frontier or author totals) may have changed since the last call
-    /// (since [`Document::track_dirty`] for the first one), sorted, also when the visible
-    /// state did not (a del replacing a del). A key whose state is gone is listed too. Empty
-    /// when tracking is off.
+    /// The keys whose persisted state ([`Document::encode_key`]) may have changed since the
+    /// last call (since [`Document::track_dirty`] for the first one), sorted: every key whose
+    /// frontier or author totals changed, also when the visible state did not (a del replacing
+    /// a del). A key whose state is gone is listed too; `encode_key` then gives `None`. Empty
+    /// when tracking is off. Exclusions change [`Document::encode_exclusions`] too, which the
+    /// caller persists after each [`Document::exclude`] that lowered a seq.
     pub fn take_dirty(&mut self) -> Vec<(KeyKind, Vec<u8>)> {
         self.dirty.as_mut().map_or_else(Vec::new, |dirty| std::mem::take(dirty).into_iter().collect())
     }

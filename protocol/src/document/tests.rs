@@ -1201,7 +1201,8 @@ proptest! {
 
 // ---- the replay reference -------------------------------------------------------------
 
-/// A document driven step by step next to the replay reference.
+/// A document driven step by step next to the replay reference, with the persisted state the
+/// daemon would keep (updated from `take_dirty` after every step).
 struct Harness<'d> {
     dag: &'d Dag,
     doc: Replica,
@@ -1209,6 +1210,7 @@ struct Harness<'d> {
     /// Every event given to `apply`, in order: the accepted events.
     accepted: Vec<usize>,
     last: Reads,
+    store: BTreeMap<(KeyKind, Vec<u8>), Vec<u8>>,
     n_exact_steps: usize,
     /// Whether the state before the step was exact (so both started from the same reads).
     was_exact: bool,
@@ -1216,7 +1218,8 @@ struct Harness<'d> {
 
 impl<'d> Harness<'d> {
     fn new(dag: &'d Dag) -> Self {
-        let doc = Replica::new();
+        let mut doc = Replica::new();
+        doc.doc.track_dirty();
         let last = reads(&doc.doc);
         Self {
             dag,
@@ -1224,6 +1227,7 @@ impl<'d> Harness<'d> {
             reference: Reference::new(N_AUTHORS),
             accepted: Vec::new(),
             last,
+            store: BTreeMap::new(),
             n_exact_steps: 0,
             was_exact: true,
         }
@@ -1275,6 +1279,31 @@ impl<'d> Harness<'d> {
         }
         self.was_exact = is_exact;
         self.last = now;
+        for (kind, key) in self.doc.doc.take_dirty() {
+            match self.doc.encode_key(kind, &key) {
+                Some(bytes) => self.store.insert((kind, key), bytes),
+                None => self.store.remove(&(kind, key)),
+            };
+        }
+    }
+
+    /// Replaces the document by one restored from the persisted keys, as at a restart.
+    fn restart(&mut self) {
+        let full: BTreeMap<(KeyKind, Vec<u8>), Vec<u8>> = self
+            .doc
+            .state_keys()
+            .map(|(kind, key)| ((kind, key.to_vec()), self.doc.encode_key(kind, key).expect("a state key")))
+            .collect();
+        assert_eq!(self.store, full, "take_dirty named every key whose persisted state changed");
+        let mut restored = Document::new(N_AUTHORS);
+        restored.restore_exclusions(&self.doc.encode_exclusions()).expect("encoded by the document");
+        for ((kind, key), bytes) in &self.store {
+            restored.restore_key(*kind, key, bytes).expect("encoded by the document");
+        }
+        restored.track_dirty();
+        assert_eq!(reads(&restored), reads(&self.doc.doc), "the restored document reads the same");
+        assert_eq!(restored.n_frontier_entries(), self.doc.n_frontier_entries());
+        self.doc.doc = restored;
     }
 }
 
@@ -1287,13 +1316,15 @@ fn seq_max(dag: &Dag, author: MemberIdx) -> u64 {
 /// `exclusions` are `(author, seq choice, point)`: at that point, the author is excluded from a
 /// seq between 1 and one past its last (above a fork, below it, lowering several times). When
 /// `prompt`, each fork is also excluded at its seq as soon as it is applied (as the node does).
-/// In every state where the causal test is exact the document must read as the replay; at the
-/// end every fork is excluded and it must read as the definitions.
+/// In every state where the causal test is exact the document must read as the replay; at
+/// `restart_at` it restarts from its persisted keys; at the end every fork is excluded and it
+/// must read as the definitions.
 fn check_against_the_reference(
     dag: &Dag,
     order_choices: Vec<usize>,
     exclusions: &[(MemberIdx, u64, usize)],
     prompt: bool,
+    restart_at: Option<usize>,
 ) -> Result<(), TestCaseError> {
     let mut choices = order_choices.into_iter().cycle();
     let order = dag.topological_order(|n| choices.next().expect("a cycle never ends") % n);
@@ -1304,6 +1335,9 @@ fn check_against_the_reference(
             if at % n_points == point {
                 harness.exclude(author, 1 + seq_choice % (seq_max(dag, author) + 1));
             }
+        }
+        if restart_at.is_some_and(|at| at % n_points == point) {
+            harness.restart();
         }
         if let Some(&idx) = order.get(point) {
             harness.apply(idx);
@@ -1337,8 +1371,9 @@ proptest! {
         order_choices in proptest::collection::vec(any::<usize>(), 32),
         exclusions in proptest::collection::vec((0..N_AUTHORS, any::<u64>(), any::<usize>()), 0..6),
         prompt in any::<bool>(),
+        restart_at in proptest::option::of(any::<usize>()),
     ) {
-        check_against_the_reference(&build(&steps, &[A, B, C]), order_choices, &exclusions, prompt)?;
+        check_against_the_reference(&build(&steps, &[A, B, C]), order_choices, &exclusions, prompt, restart_at)?;
     }
 
     /// The same with every op on one register or one set element, where covering chains are
@@ -1349,8 +1384,9 @@ proptest! {
         order_choices in proptest::collection::vec(any::<usize>(), 32),
         exclusions in proptest::collection::vec((0..N_AUTHORS, any::<u64>(), any::<usize>()), 0..8),
         prompt in any::<bool>(),
+        restart_at in proptest::option::of(any::<usize>()),
     ) {
-        check_against_the_reference(&build(&steps, &[A, B, C]), order_choices, &exclusions, prompt)?;
+        check_against_the_reference(&build(&steps, &[A, B, C]), order_choices, &exclusions, prompt, restart_at)?;
     }
 }
 
@@ -1535,4 +1571,175 @@ fn a_register_overwritten_100_000_times_holds_one_frontier_entry() {
         let _ = doc.apply(&chains.next(B, &[], vec![remove("s", "x")]));
     }
     assert_eq!(doc.n_frontier_entries(), 2);
+}
+
+// ---- persistence ----------------------------------------------------------------------
+
+/// A document with some of everything: concurrent siblings, a tombstone, counters, members and
+/// removed elements, and an exclusion.
+fn mixed_dag() -> Dag {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "a1"), add("s", "x"), incr("c", 5), put("gone", "v")]);
+    let b1 = dag.event(B, &[], vec![put("k", "b1"), add("s", "y"), incr("c", -2)]);
+    let c1 = dag.event(C, &[a1], vec![del("gone"), remove("s", "x"), add("t", "z"), put("k", "c1")]);
+    dag.event(A, &[b1, c1], vec![put("other", "o"), incr("d", 7), add("s", "w")]);
+    dag.event(B, &[c1], vec![del("gone"), put("k", "b2")]);
+    dag
+}
+
+#[test]
+fn persisted_keys_restore_the_same_document_and_its_future() {
+    let dag = mixed_dag();
+    let mut original = Replica::new();
+    for event in &dag.events[..4] {
+        original.apply(event);
+    }
+    original.exclude(C, 3);
+    let mut restored = Replica::new();
+    restored.doc.restore_exclusions(&original.encode_exclusions()).unwrap();
+    let keys: Vec<(KeyKind, Vec<u8>)> =
+        original.state_keys().map(|(kind, key)| (kind, key.to_vec())).collect();
+    assert_eq!(keys.len(), 7, "{keys:?}"); // registers gone k other, counters c d, sets s t
+    for (kind, key) in &keys {
+        let bytes = original.encode_key(*kind, key).unwrap();
+        restored.doc.restore_key(*kind, key, &bytes).unwrap();
+        assert_eq!(restored.encode_key(*kind, key), Some(bytes), "encoding is canonical");
+    }
+    assert_eq!(restored.encode_key(KeyKind::Register, b"never"), None);
+    assert_eq!(restored.encode_key(KeyKind::Set, b"k"), None, "each kind has its own key space");
+    assert_eq!(restored.digest(), original.digest());
+    assert_eq!(restored.n_frontier_entries(), original.n_frontier_entries());
+    // The history stays with the caller: the restored document reads a copy of the same one.
+    restored.history = original.history.clone();
+    for replica in [&mut original, &mut restored] {
+        let changes = replica.apply(&dag.events[4]);
+        assert_eq!(changes, [Change { kind: KeyKind::Register, key: b"k".to_vec() }]);
+        replica.exclude(A, 1);
+        replica.exclude(B, 2);
+    }
+    assert_eq!(restored.digest(), original.digest());
+    assert_eq!(render(&restored), render(&original));
+    assert_eq!(
+        render(&restored),
+        normalize(
+            "
+            register k = c1 [b1/B c1/C]
+            counter c = -2 {B:-2}
+            set s = {y}
+            set t = {z}
+            "
+        )
+    );
+}
+
+#[test]
+fn dirty_keys_name_every_persisted_change_even_an_invisible_one() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![del("k"), incr("zero", 0), add("s", "x")]);
+    let b1 = dag.event(B, &[a1], vec![del("k"), add("s", "x")]);
+    let mut doc = Replica::new();
+    doc.apply(&dag.events[a1]);
+    assert_eq!(doc.doc.take_dirty(), [], "off until asked for");
+    doc.doc.track_dirty();
+    // A del replacing a del and a second tag of a member change nothing visible, but the
+    // frontiers change.
+    assert_eq!(doc.apply(&dag.events[b1]), []);
+    let dirty = vec![(KeyKind::Register, b"k".to_vec()), (KeyKind::Set, b"s".to_vec())];
+    assert_eq!(doc.doc.take_dirty(), dirty);
+    assert_eq!(doc.doc.take_dirty(), []);
+    assert_eq!(doc.n_frontier_entries(), 2);
+    // Excluding B brings A's ops back: the keys change again, and a key whose state is gone
+    // is listed too, with nothing to encode.
+    doc.exclude(B, 1);
+    assert_eq!(doc.doc.take_dirty(), dirty);
+    doc.exclude(A, 1);
+    assert_eq!(doc.doc.take_dirty(), dirty);
+    assert_eq!(doc.encode_key(KeyKind::Register, b"k"), None);
+    assert_eq!(doc.encode_key(KeyKind::Set, b"s"), None);
+    assert_eq!(doc.state_keys().count(), 0);
+    assert_eq!(doc.n_frontier_entries(), 0);
+}
+
+#[test]
+fn persisted_bytes_that_do_not_decode_are_refused() {
+    let dag = mixed_dag();
+    let mut doc = Replica::new();
+    for event in &dag.events[..4] {
+        doc.apply(event);
+    }
+    let keys: Vec<(KeyKind, Vec<u8>)> = doc.state_keys().map(|(kind, key)| (kind, key.to_vec())).collect();
+    let digest = doc.digest();
+    for (kind, key) in &keys {
+        let bytes = doc.encode_key(*kind, key).unwrap();
+        let mut target = Document::new(N_AUTHORS);
+        for len in 0..bytes.len() {
+            assert!(target.restore_key(*kind, key, &bytes[..len]).is_err(), "{kind:?} cut at {len}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(target.restore_key(*kind, key, &longer), Err(DocumentDecodeError::TrailingBytes(1)));
+        // A count of zero: a key without state is not persisted.
+        assert!(target.restore_key(*kind, key, &0u64.to_le_bytes()).is_err());
+        // Another number of members.
+        assert!(
+            Document::new(N_AUTHORS + 1).restore_key(*kind, key, &bytes).is_err()
+                || *kind == KeyKind::Counter
+        );
+        assert_eq!(target.state_keys().count(), 0, "nothing changes when the bytes do not decode");
+    }
+    // Entries out of order: the two siblings of k swapped.
+    let bytes = doc.encode_key(KeyKind::Register, b"k").unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    assert_eq!(n, 2, "k has two siblings");
+    let entry_len = (bytes.len() - 8) / 2;
+    let mut swapped = bytes[..8].to_vec();
+    swapped.extend_from_slice(&bytes[8 + entry_len..]);
+    swapped.extend_from_slice(&bytes[8..8 + entry_len]);
+    let mut target = Document::new(N_AUTHORS);
+    assert!(target.restore_key(KeyKind::Register, b"k", &swapped).is_err());
+    // Exclusions.
+    let exclusions = doc.encode_exclusions();
+    assert!(target.restore_exclusions(&exclusions[..exclusions.len() - 1]).is_err());
+    assert!(Document::new(N_AUTHORS + 1).restore_exclusions(&exclusions).is_err());
+    target.restore_exclusions(&exclusions).unwrap();
+    for (kind, key) in &keys {
+        target.restore_key(*kind, key, &doc.encode_key(*kind, key).unwrap()).unwrap();
+    }
+    assert_eq!(target.digest(), digest);
+}
+
+proptest! {
+    /// Whatever the bytes, restoring never panics, and what it accepts reads without panicking.
+    #[test]
+    fn restoring_any_bytes_never_panics(
+        kind in prop_oneof![Just(KeyKind::Register), Just(KeyKind::Counter), Just(KeyKind::Set)],
+        flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+        cut in any::<usize>(),
+        noise in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let dag = mixed_dag();
+        let mut doc = Replica::new();
+        for event in &dag.events {
+            doc.apply(event);
+        }
+        let key: &[u8] = match kind {
+            KeyKind::Register => b"k",
+            KeyKind::Counter => b"c",
+            KeyKind::Set => b"s",
+        };
+        let mut bytes = doc.encode_key(kind, key).unwrap();
+        for &(position, value) in &flips {
+            let len = bytes.len();
+            bytes[position % len] ^= value;
+        }
+        bytes.truncate(cut % (bytes.len() + 1));
+        bytes.extend_from_slice(&noise);
+        let mut target = Document::new(N_AUTHORS);
+        if target.restore_key(kind, key, &bytes).is_ok() {
+            let _ = (target.digest(), target.register(key), target.counter(key), target.set_members(key));
+            let event = &dag.events[0];
+            let _ = target.apply(event);
+        }
+        let _ = target.restore_exclusions(&bytes);
+    }
 }
