@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cairn_protocol::archive::{Archive, EventMeta, StoredEvent};
+use cairn_protocol::document::{Covered, OpId};
 use cairn_protocol::{EventId, MemberIdx, Verified};
 
 use crate::store::{SharedDb, reads};
@@ -42,6 +43,8 @@ struct State {
     /// Events, and their bytes, in the store.
     n_committed: u64,
     n_bytes_committed: u64,
+    /// Covered records (see `Archive::record_covered`) not yet known to be committed.
+    pending_covered: BTreeMap<OpId, Vec<OpId>>,
     /// The first read of the store that failed: the daemon stops on it.
     read_error: Option<String>,
 }
@@ -158,6 +161,22 @@ impl ArchiveHandle {
             state.n_committed += 1;
             state.n_bytes_committed += held.1.len() as u64;
             state.remember(id, held);
+        }
+    }
+
+    /// The commit holding these covered records landed: they are read from the store now.
+    pub fn committed_covered(&self, covered: &[Covered]) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for Covered { by, ops } in covered {
+            let Some(list) = state.pending_covered.get_mut(by) else { continue };
+            for op in ops {
+                if let Some(at) = list.iter().position(|o| o == op) {
+                    list.swap_remove(at);
+                }
+            }
+            if list.is_empty() {
+                state.pending_covered.remove(by);
+            }
         }
     }
 
@@ -285,6 +304,21 @@ impl Archive for StoreArchive {
     fn n_bytes(&self) -> u64 {
         let state = self.state();
         state.n_bytes_committed + state.pending_bytes
+    }
+
+    fn record_covered(&mut self, covered: &[Covered]) {
+        let mut state = self.state();
+        for Covered { by, ops } in covered {
+            state.pending_covered.entry(*by).or_default().extend_from_slice(ops);
+        }
+    }
+
+    fn covered(&self, op: &OpId) -> Vec<OpId> {
+        let mut ops = self.read(reads::covered(&self.db, op), Vec::new());
+        if let Some(pending) = self.state().pending_covered.get(op) {
+            ops.extend_from_slice(pending);
+        }
+        ops
     }
 
     fn ids(&self) -> Vec<EventId> {

@@ -39,7 +39,7 @@
 use std::collections::VecDeque;
 
 use cairn_crypto::SecretKey;
-use cairn_protocol::{Node, Op, Prepared, Verified, WriteError};
+use cairn_protocol::{DocumentDelta, Node, Op, Prepared, Verified, WriteError};
 
 /// Events accepted from peers wait this long at most for a store commit of their own when no
 /// local write or evidence is due: nothing waits on their fsync (peers hold them too), and
@@ -97,6 +97,13 @@ pub struct CommitJob {
     /// same transaction (`Store::append`), and a later start may sign without learning its seq
     /// from peers again.
     pub own_history_complete: bool,
+    /// What changed in the node's document, when it persists it (`Node::track_document`): the
+    /// state after the job's events from peers (its own events are applied once the job is
+    /// durable, so their changes go with the next job).
+    pub document: Option<DocumentDelta>,
+    /// How many of `events`, from the first, the document had applied when `document` was
+    /// taken: the events from peers.
+    pub n_doc_events: usize,
 }
 
 /// The store's verdict on a job.
@@ -311,7 +318,10 @@ impl<R> GroupCommit<R> {
                 }
                 // The own events were appended last. What came from peers goes back in front of
                 // what was accepted since, so the store's log stays in causal order.
-                let CommitJob { mut events, mut evidence, .. } = job;
+                let CommitJob { mut events, mut evidence, document, .. } = job;
+                if let Some(delta) = document {
+                    node.requeue_document_delta(delta);
+                }
                 let n_peer_events = events.len().checked_sub(n_own).expect("the job holds the own events");
                 events.truncate(n_peer_events);
                 events.append(&mut self.peer_events);
@@ -389,11 +399,15 @@ impl<R> GroupCommit<R> {
         }
         self.peer_events_since_ms = None;
         let mut events = std::mem::take(&mut self.peer_events);
+        let n_doc_events = events.len();
+        // The document has applied every event from peers accepted so far (all in this job or
+        // an earlier one) and the own events of every earlier job.
+        let document = node.take_document_delta();
         events.extend(own.iter().flat_map(Prepared::events).map(|e| (e.id().0, e.encode())));
         let evidence = std::mem::take(&mut self.evidence);
         let own_history_complete = own.is_some();
         self.in_flight = Some(InFlight { own, replies, n_events: events.len() });
-        Some(CommitJob { events, evidence, own_history_complete })
+        Some(CommitJob { events, evidence, own_history_complete, document, n_doc_events })
     }
 
     /// The job handed out by [`GroupCommit::poll_commit`] could not reach the store at all

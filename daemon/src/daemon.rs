@@ -65,7 +65,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     // The store first: a store of another cluster or key, or a corrupt one, stops us here.
     let store_path = config.store_path();
     let members = crate::store::member_keys(&genesis);
-    let (store, loaded) =
+    let (mut store, loaded) =
         Store::open_indexed(&store_path, cluster_id, me.0, config.new_store_own_history(&genesis), &members)
             .with_context(|| format!("cannot use the store {}", store_path.display()))?;
     let own_history = loaded.own_history;
@@ -74,14 +74,16 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     // The events stay on disk: the node reads them back through its archive.
     let db = store.shared_db();
     let (archive, archive_handle) = StoreArchive::new(db.clone(), loaded.n_events, loaded.n_bytes);
-    let mut node =
-        Node::resume(genesis.clone(), Some(me), node_config, Box::new(archive), loaded.chains.clone());
-    // The document is rebuilt from the log, page by page, without checking signatures again
-    // (every event was validated before it was stored; `cairnd check-store` validates again).
-    let mut authored = vec![(0u64, 0u64); genesis.members().len()];
-    // The chain states again, from the log, to check the stored ones the adapter resumes from.
-    let mut chains = vec![cairn_protocol::ChainState::default(); genesis.members().len()];
-    let mut position = 0u64;
+    // The document as persisted with the log; a start replays only the events it has not
+    // applied (the last commit's own events, or the whole log once after an upgrade).
+    let document = store
+        .load_document(genesis.members().len())
+        .with_context(|| format!("cannot use the store {}", store_path.display()))?;
+    let mut node = Node::resume(genesis.clone(), Some(me), node_config, Box::new(archive), loaded.chains.clone(), document);
+    node.track_document();
+    let authored = loaded.authors.clone();
+    let mut position = loaded.doc_through;
+    let mut n_replayed = 0u64;
     loop {
         let page = crate::store::reads::log_page(&db, position, REPLAY_PAGE_EVENTS).map_err(|error| {
             anyhow::anyhow!(
@@ -94,15 +96,11 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         })?;
         let Some((last, _, _)) = page.last() else { break };
         position = last + 1;
+        n_replayed += page.len() as u64;
         let events: Vec<StoredEvent> = page
             .into_iter()
             .filter_map(|(_, meta, bytes)| {
                 let id = codec::decode_event(&bytes).ok()?.id();
-                crate::store::advance_chain(&mut chains, id, &meta);
-                if let Some(tally) = authored.get_mut(meta.author) {
-                    tally.0 += 1;
-                    tally.1 += bytes.len() as u64;
-                }
                 Some(StoredEvent { id, meta, bytes: bytes.into() })
             })
             .collect();
@@ -116,23 +114,33 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
                 bad.len(),
             );
         }
-    }
-    if chains != loaded.chains {
-        bail!(
-            "the store at {} is corrupt or not a Cairn store (its chain states do not match its log); it is refused, \
-             not used. Run `cairnd check-store`, then move it away and restart: the node catches up from its peers \
-             (remove `new_cluster = true` from the config first if it is still there)",
-            store_path.display()
-        );
+        // Persisted page by page: what the replay covered stays bounded, and a crash in the
+        // middle of a long replay (after an upgrade) resumes from here.
+        let delta = node.take_document_delta().expect("tracking is on");
+        match store.persist_document(&delta, position) {
+            Ok(()) => archive_handle.committed_covered(&delta.covered),
+            // The next commit that finds room persists it, with its own events.
+            Err(error @ crate::store::StoreError::NoSpace { .. }) => {
+                warn!(%error, "the document replayed at start could not be persisted yet");
+                node.requeue_document_delta(delta);
+            }
+            Err(error) => {
+                return Err(anyhow::Error::new(error)
+                    .context(format!("cannot write the document to the store {}", store_path.display())));
+            }
+        }
     }
     if position != loaded.n_events {
         bail!(
-            "the store at {} is corrupt or not a Cairn store (it says it holds {} events, but {position} could be \
-             read back); it is refused, not used. Run `cairnd check-store`, then move it away and restart: the node \
+            "the store at {} is corrupt or not a Cairn store (it says it holds {} events, but its log ends at \
+             {position}); it is refused, not used. Run `cairnd check-store`, then move it away and restart: the node \
              catches up from its peers (remove `new_cluster = true` from the config first if it is still there)",
             store_path.display(),
             loaded.n_events
         );
+    }
+    if n_replayed > 0 {
+        info!(events = n_replayed, from = loaded.doc_through, "replayed the log's tail into the persisted document");
     }
     let n_restored = loaded.n_events;
     for bytes in loaded.evidence {

@@ -543,6 +543,9 @@ impl Driver {
         let stored = matches!(committed, Committed::Ok);
         let ids: Vec<EventId> =
             if stored { job.events.iter().map(|(id, _)| EventId(*id)).collect() } else { Vec::new() };
+        if stored && let Some(delta) = &job.document {
+            self.archive.committed_covered(&delta.covered);
+        }
         self.commit.handle_committed(committed, job, &mut self.node, now);
         // After `handle_committed`, which hands the job's own events to the node: every event
         // of the job is in the store now, and read from there.
@@ -852,7 +855,11 @@ fn spawn_store_writer(
                         job.events.iter().map(|(id, b)| (*id, b.as_slice())).collect();
                     let evidence: Vec<([u8; 32], &[u8])> =
                         job.evidence.iter().map(|(a, b)| (*a, b.as_slice())).collect();
-                    store.append(&events, &evidence, job.own_history_complete)
+                    let document = job.document.as_ref().map(|delta| crate::store::DocumentCommit {
+                        delta,
+                        n_applied: job.n_doc_events,
+                    });
+                    store.append_with_document(&events, &evidence, job.own_history_complete, document)
                 };
                 debug!(events = job.events.len(), ok = result.is_ok(), "store commit");
                 let (committed, fatal) = match result {

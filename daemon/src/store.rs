@@ -79,17 +79,22 @@ use std::rc::Rc;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
 use cairn_protocol::event::ops_hash;
-use cairn_protocol::{ChainState, EventId, EventMeta, codec};
+use cairn_protocol::document::{Covered, Document, KeyKind, OpId};
+use cairn_protocol::{ChainState, DocumentDelta, EventId, EventMeta, codec};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// The layout version in `meta["format"]`. Bump it when the layout changes; a store with
 /// another version is refused with [`StoreError::Format`].
-pub const FORMAT_VERSION: u64 = 3;
+pub const FORMAT_VERSION: u64 = 4;
 
 /// The format before `own_history`, upgraded in place on open.
 const FORMAT_WITHOUT_OWN_HISTORY: u64 = 1;
 /// The format before the indexes (`metas`, `by_seq`, `chains`), upgraded in place on open.
 const FORMAT_WITHOUT_INDEXES: u64 = 2;
+/// The format before the persisted document (`doc`, `covered`, `authors`), upgraded in place
+/// on open: its indexes are built again, and the first start replays the log into the document
+/// once and persists it.
+const FORMAT_WITHOUT_DOCUMENT: u64 = 3;
 /// Events indexed per transaction when an upgrade builds the indexes.
 const REINDEX_BATCH: u64 = 50_000;
 
@@ -105,6 +110,11 @@ const EVIDENCE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("eviden
 const METAS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("metas");
 const BY_SEQ: TableDefinition<(u32, u64, [u8; 32]), ()> = TableDefinition::new("by_seq");
 const CHAINS: TableDefinition<u32, &[u8]> = TableDefinition::new("chains");
+const AUTHORS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("authors");
+const DOC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc");
+const COVERED: TableDefinition<&[u8; 36], &[u8]> = TableDefinition::new("covered");
+const META_DOC_THROUGH: &str = "doc_through";
+const META_DOC_EXCLUSIONS: &str = "doc_exclusions";
 const META_N_BYTES: &str = "n_bytes";
 
 const META_FORMAT: &str = "format";
@@ -187,6 +197,21 @@ pub struct Loaded {
     pub n_bytes: u64,
     /// The format the store had before this open upgraded it, if it did.
     pub upgraded_from: Option<u64>,
+    /// Per member, in member order: events in the log and their bytes.
+    pub authors: Vec<(u64, u64)>,
+    /// How many events of the log, from the first, the persisted document has applied.
+    pub doc_through: u64,
+}
+
+/// The document's part of a commit ([`Store::append_with_document`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DocumentCommit<'a> {
+    /// What changed in the document.
+    pub delta: &'a DocumentDelta,
+    /// How many of the commit's events, from the first, the document had applied when the
+    /// delta was taken (the events from peers: a commit's own events are applied once it is
+    /// durable, and so land in the next delta).
+    pub n_applied: usize,
 }
 
 /// Why the store could not be opened or written. Every message names the file and says what
@@ -324,6 +349,8 @@ pub struct Store {
     chains: Vec<ChainState>,
     /// Encoded bytes of the events in `log`.
     n_bytes: u64,
+    /// Per member: events in `log` and their bytes, as last committed.
+    authors: Vec<(u64, u64)>,
 }
 
 impl fmt::Debug for Store {
@@ -397,6 +424,7 @@ impl Store {
             members: members.to_vec(),
             chains: vec![ChainState::default(); members.len()],
             n_bytes: 0,
+            authors: vec![(0, 0); members.len()],
         };
         let found = store.check_meta(cluster_id, node_key)?;
         let mut upgraded_from = None;
@@ -469,12 +497,19 @@ impl Store {
             tx.delete_table(METAS).map_err(|e| fail(e.into()))?;
             tx.delete_table(BY_SEQ).map_err(|e| fail(e.into()))?;
             tx.delete_table(CHAINS).map_err(|e| fail(e.into()))?;
+            tx.delete_table(AUTHORS).map_err(|e| fail(e.into()))?;
+            tx.delete_table(DOC).map_err(|e| fail(e.into()))?;
+            tx.delete_table(COVERED).map_err(|e| fail(e.into()))?;
             tx.open_table(METAS).map_err(|e| fail(e.into()))?;
             tx.open_table(BY_SEQ).map_err(|e| fail(e.into()))?;
             tx.open_table(CHAINS).map_err(|e| fail(e.into()))?;
+            tx.open_table(AUTHORS).map_err(|e| fail(e.into()))?;
+            tx.open_table(DOC).map_err(|e| fail(e.into()))?;
+            tx.open_table(COVERED).map_err(|e| fail(e.into()))?;
             tx.commit().map_err(|e| fail(e.into()))?;
         }
         let mut chains = vec![ChainState::default(); self.members.len()];
+        let mut authors = vec![(0u64, 0u64); self.members.len()];
         let mut dirty = std::collections::BTreeSet::new();
         let mut n_bytes = 0u64;
         let mut position = 0u64;
@@ -513,7 +548,10 @@ impl Store {
                         }
                     }
                     match indexes.index(&self.members, &mut chains, &mut dirty, &id.0, &event) {
-                        Ok(()) => {}
+                        Ok(author) => {
+                            authors[author].0 += 1;
+                            authors[author].1 += bytes.len() as u64;
+                        }
                         Err(IndexError::Redb(e)) => return Err(fail(e)),
                         Err(IndexError::Bad(detail)) => return Err(corrupt(&path, detail)),
                     }
@@ -544,8 +582,16 @@ impl Store {
                     let author32 = u32::try_from(author).expect("a member index fits u32");
                     table.insert(author32, encode_chain(chain).as_slice()).map_err(|e| fail(e.into()))?;
                 }
+                let mut table = tx.open_table(AUTHORS).map_err(|e| fail(e.into()))?;
+                for (author, tally) in authors.iter().enumerate() {
+                    let author32 = u32::try_from(author).expect("a member index fits u32");
+                    table.insert(author32, *tally).map_err(|e| fail(e.into()))?;
+                }
                 let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
                 meta.insert(META_N_BYTES, n_bytes.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+                // The document is replayed from the whole log at the next start, and persisted.
+                meta.insert(META_DOC_THROUGH, 0u64.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+                meta.remove(META_DOC_EXCLUSIONS).map_err(|e| fail(e.into()))?;
                 meta.insert(META_OWN_HISTORY, [own_history.to_byte()].as_slice())
                     .map_err(|e| fail(e.into()))?;
                 meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())
@@ -574,6 +620,20 @@ impl Store {
         let n_ids = tx.open_table(IDS).map_err(open_error)?.len().map_err(|e| fail(e.into()))?;
         let n_metas = tx.open_table(METAS).map_err(open_error)?.len().map_err(|e| fail(e.into()))?;
         let n_by_seq = tx.open_table(BY_SEQ).map_err(open_error)?.len().map_err(|e| fail(e.into()))?;
+        // The document's tables are read by `load_document`; they must exist.
+        tx.open_table(DOC).map_err(open_error)?;
+        tx.open_table(COVERED).map_err(open_error)?;
+        let mut authors = vec![(0u64, 0u64); self.members.len()];
+        for entry in tx.open_table(AUTHORS).map_err(open_error)?.iter().map_err(|e| fail(e.into()))? {
+            let (author, tally) = entry.map_err(|e| fail(e.into()))?;
+            let author = author.value() as usize;
+            *authors.get_mut(author).ok_or_else(|| {
+                corrupt(&path, format!("an author tally for member {author}, who is not one"))
+            })? = tally.value();
+        }
+        if authors.iter().map(|(n, _)| n).sum::<u64>() != n_events {
+            return Err(corrupt(&path, format!("`authors` does not add up to the {n_events} events of `log`")));
+        }
         if n_ids != n_events || n_metas != n_events || n_by_seq != n_events {
             return Err(corrupt(
                 &path,
@@ -600,6 +660,15 @@ impl Store {
             .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
             .map(u64::from_le_bytes)
             .ok_or_else(|| corrupt(&path, format!("meta `{META_N_BYTES}` is missing or not 8 bytes")))?;
+        let doc_through = meta
+            .get(META_DOC_THROUGH)
+            .map_err(|e| fail(e.into()))?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map(u64::from_le_bytes)
+            .filter(|&through| through <= n_events)
+            .ok_or_else(|| {
+                corrupt(&path, format!("meta `{META_DOC_THROUGH}` is missing, not 8 bytes or past the log"))
+            })?;
         let own_history = meta
             .get(META_OWN_HISTORY)
             .map_err(|e| fail(e.into()))?
@@ -629,7 +698,8 @@ impl Store {
         self.n_bytes = n_bytes;
         self.chains = chains.clone();
         self.own_history = own_history;
-        Ok(Loaded { evidence, own_history, chains, n_events, n_bytes, ..Loaded::default() })
+        self.authors = authors.clone();
+        Ok(Loaded { evidence, own_history, chains, n_events, n_bytes, authors, doc_through, ..Loaded::default() })
     }
 
     /// Events of `log` from position `from` on, in order, until `bytes_max` bytes (at least one
@@ -669,19 +739,34 @@ impl Store {
     }
 
     /// Appends accepted events (id, canonical bytes) and evidence (author key, canonical
-    /// bytes) in one write transaction, durable (fsync'd) when it returns. With
-    /// `own_history_complete` (the batch holds an event the node signed in this process, after
-    /// every event accepted before it) the same transaction marks the store
-    /// [`OwnHistory::Complete`].
-    ///
-    /// An event whose id is already stored is skipped; evidence replaces the author's previous
-    /// evidence. The caller's events and evidence come from its own validated node, so bytes
-    /// that do not decode or do not match their id or author are a bug and panic.
+    /// bytes) in one write transaction, durable (fsync'd) when it returns: see
+    /// [`Store::append_with_document`], without a document.
     pub fn append(
         &mut self,
         events: &[([u8; 32], &[u8])],
         evidence: &[([u8; 32], &[u8])],
         own_history_complete: bool,
+    ) -> Result<(), StoreError> {
+        self.append_with_document(events, evidence, own_history_complete, None)
+    }
+
+    /// Appends accepted events (id, canonical bytes) and evidence (author key, canonical
+    /// bytes), and the document's changes, in one write transaction, durable (fsync'd) when it
+    /// returns. With `own_history_complete` (the batch holds an event the node signed in this
+    /// process, after every event accepted before it) the same transaction marks the store
+    /// [`OwnHistory::Complete`]. With `document`, the same transaction writes the changed keys,
+    /// the exclusions and the covered records, and records that the persisted document has
+    /// applied the log up to the commit's first `n_applied` events.
+    ///
+    /// An event whose id is already stored is skipped; evidence replaces the author's previous
+    /// evidence. The caller's events and evidence come from its own validated node, so bytes
+    /// that do not decode or do not match their id or author are a bug and panic.
+    pub fn append_with_document(
+        &mut self,
+        events: &[([u8; 32], &[u8])],
+        evidence: &[([u8; 32], &[u8])],
+        own_history_complete: bool,
+        document: Option<DocumentCommit<'_>>,
     ) -> Result<(), StoreError> {
         if self.failed {
             return Err(self.io_error("an earlier write failed".to_owned()));
@@ -697,17 +782,21 @@ impl Store {
                 "evidence to store is not by the author it is filed under"
             );
         }
-        if events.is_empty() && evidence.is_empty() {
+        if let Some(document) = document {
+            assert!(document.n_applied <= events.len(), "the document applied events of the commit only");
+        }
+        if events.is_empty() && evidence.is_empty() && document.is_none_or(|d| d.delta.is_empty()) {
             // Nothing to make durable: spare the fsync.
             return Ok(());
         }
         let mark = own_history_complete && self.own_history != OwnHistory::Complete;
-        match self.write(events, &decoded, evidence, mark) {
-            Ok((n_events, chains, n_bytes)) => {
-                assert!(n_events >= self.n_events);
-                self.n_events = n_events;
-                self.chains = chains;
-                self.n_bytes = n_bytes;
+        match self.write(events, &decoded, evidence, mark, document) {
+            Ok(written) => {
+                assert!(written.n_events >= self.n_events);
+                self.n_events = written.n_events;
+                self.chains = written.chains;
+                self.n_bytes = written.n_bytes;
+                self.authors = written.authors;
                 if mark {
                     self.own_history = OwnHistory::Complete;
                 }
@@ -719,6 +808,80 @@ impl Store {
                 Err(error)
             }
         }
+    }
+
+    /// Writes a document delta alone, recording that the persisted document has applied the
+    /// log's first `through` events: for a start that replays the log's tail into the document
+    /// read back ([`Store::load_document`]).
+    pub fn persist_document(&mut self, delta: &DocumentDelta, through: u64) -> Result<(), StoreError> {
+        if self.failed {
+            return Err(self.io_error("an earlier write failed".to_owned()));
+        }
+        assert!(through <= self.n_events, "the document applied events of the log only");
+        let write = || -> Result<(), StoreError> {
+            let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Write);
+            let db = self.db()?;
+            let mut tx = db.begin_write().map_err(|e| fail(e.into()))?;
+            tx.set_two_phase_commit(true);
+            {
+                let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+                meta.insert(META_DOC_THROUGH, through.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+                if let Some(exclusions) = &delta.exclusions {
+                    meta.insert(META_DOC_EXCLUSIONS, exclusions.as_slice()).map_err(|e| fail(e.into()))?;
+                }
+            }
+            write_document(&tx, delta).map_err(&fail)?;
+            tx.commit().map_err(|e| fail(e.into()))
+        };
+        match write() {
+            Ok(()) => Ok(()),
+            // Reopens the database, as after a failed append; holding no event, the write
+            // counts as not stored (it is written again, whole, with a later commit).
+            Err(error @ StoreError::NoSpace { .. }) => self.after_no_space(&[], false, error),
+            Err(error) => {
+                self.failed = true;
+                Err(error)
+            }
+        }
+    }
+
+    /// Per member, in member order: events in the log and their bytes.
+    pub fn authors(&self) -> &[(u64, u64)] {
+        &self.authors
+    }
+
+    /// The persisted document, if one was ever persisted (`None`: replay the whole log into
+    /// an empty one), for a cluster of `n_members`. Reads every key; what a start costs.
+    pub fn load_document(&self, n_members: usize) -> Result<Option<Document>, StoreError> {
+        let path = &self.path;
+        let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
+        let tx = self.db()?.begin_read().map_err(|e| fail(e.into()))?;
+        let meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+        let through = meta
+            .get(META_DOC_THROUGH)
+            .map_err(|e| fail(e.into()))?
+            .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
+            .map_or(0, u64::from_le_bytes);
+        let exclusions = meta.get(META_DOC_EXCLUSIONS).map_err(|e| fail(e.into()))?.map(|v| v.value().to_vec());
+        let doc = tx.open_table(DOC).map_err(|e| fail(e.into()))?;
+        if through == 0 && exclusions.is_none() && doc.is_empty().map_err(|e| fail(e.into()))? {
+            return Ok(None);
+        }
+        let mut document = Document::new(n_members);
+        if let Some(bytes) = exclusions {
+            document
+                .restore_exclusions(&bytes)
+                .map_err(|e| corrupt(path, format!("the document's exclusions do not decode: {e}")))?;
+        }
+        for entry in doc.iter().map_err(|e| fail(e.into()))? {
+            let (key, state) = entry.map_err(|e| fail(e.into()))?;
+            let (kind, key) = decode_doc_key(key.value())
+                .ok_or_else(|| corrupt(path, "a document key of an unknown kind".to_owned()))?;
+            document.restore_key(kind, key, state.value()).map_err(|e| {
+                corrupt(path, format!("the document's state of key {} does not decode: {e}", hex::encode(key)))
+            })?;
+        }
+        Ok(Some(document))
     }
 
     /// After a commit failed for want of space: reopens the database, which redb requires after
@@ -807,12 +970,16 @@ impl Store {
         decoded: &[cairn_protocol::Event],
         evidence: &[([u8; 32], &[u8])],
         own_history_complete: bool,
-    ) -> Result<(u64, Vec<ChainState>, u64), StoreError> {
+        document: Option<DocumentCommit<'_>>,
+    ) -> Result<Written, StoreError> {
         let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Write);
         let db = self.db()?;
         let mut tx = db.begin_write().map_err(|e| fail(e.into()))?;
         let mut chains = self.chains.clone();
+        let mut authors = self.authors.clone();
         let mut n_bytes = self.n_bytes;
+        // The log's length after the events the document applied.
+        let mut doc_through = None;
         let mut dirty = std::collections::BTreeSet::new();
         // Immediate is redb's default; it is set here because acknowledging a write depends on
         // it: the commit returns after the data and the new commit slot are fsync'd.
@@ -826,7 +993,10 @@ impl Store {
             let mut log = tx.open_table(LOG).map_err(|e| fail(e.into()))?;
             let mut ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
             let mut indexes = Indexes::open(&tx).map_err(&fail)?;
-            for ((id, bytes), event) in events.iter().zip(decoded) {
+            for (i, ((id, bytes), event)) in events.iter().zip(decoded).enumerate() {
+                if document.is_some_and(|d| d.n_applied == i) {
+                    doc_through = Some(n_events);
+                }
                 // Reads see this transaction's own inserts, so a duplicate within the batch is
                 // skipped too.
                 if ids.get(id).map_err(|e| fail(e.into()))?.is_some() {
@@ -837,7 +1007,10 @@ impl Store {
                 n_events += 1;
                 n_bytes += bytes.len() as u64;
                 match indexes.index(&self.members, &mut chains, &mut dirty, id, event) {
-                    Ok(()) => {}
+                    Ok(author) => {
+                        authors[author].0 += 1;
+                        authors[author].1 += bytes.len() as u64;
+                    }
                     Err(IndexError::Redb(e)) => return Err(fail(e)),
                     // The node hands over only events it accepted, in the order it accepted them.
                     Err(IndexError::Bad(detail)) => {
@@ -855,16 +1028,26 @@ impl Store {
                     .map_err(|e| fail(e.into()))?;
             }
             meta.insert(META_N_BYTES, n_bytes.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+            if let Some(document) = document {
+                let through = doc_through.unwrap_or(n_events);
+                meta.insert(META_DOC_THROUGH, through.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+                if let Some(exclusions) = &document.delta.exclusions {
+                    meta.insert(META_DOC_EXCLUSIONS, exclusions.as_slice()).map_err(|e| fail(e.into()))?;
+                }
+                write_document(&tx, document.delta).map_err(&fail)?;
+            }
             let mut table = tx.open_table(CHAINS).map_err(|e| fail(e.into()))?;
+            let mut tallies = tx.open_table(AUTHORS).map_err(|e| fail(e.into()))?;
             for author in dirty {
                 let author32 = u32::try_from(author).expect("a member index fits u32");
                 table
                     .insert(author32, encode_chain(&chains[author]).as_slice())
                     .map_err(|e| fail(e.into()))?;
+                tallies.insert(author32, authors[author]).map_err(|e| fail(e.into()))?;
             }
         }
         tx.commit().map_err(|e| fail(e.into()))?;
-        Ok((n_events, chains, n_bytes))
+        Ok(Written { n_events, chains, n_bytes, authors })
     }
 
     /// Checks the meta of an existing store against this node, and says what it found.
@@ -922,7 +1105,7 @@ impl Store {
                 ));
             }
         };
-        if format == FORMAT_WITHOUT_INDEXES {
+        if format == FORMAT_WITHOUT_INDEXES || format == FORMAT_WITHOUT_DOCUMENT {
             return Ok(Found::Old { format, own_history: Some(own_history) });
         }
         Ok(Found::Current(own_history))
@@ -950,6 +1133,10 @@ impl Store {
             meta.insert(META_OWN_HISTORY, [own_history.to_byte()].as_slice()).map_err(|e| fail(e.into()))?;
             // Created now so that a store without them is known to be damaged.
             meta.insert(META_N_BYTES, 0u64.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+            meta.insert(META_DOC_THROUGH, 0u64.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+            tx.open_table(AUTHORS).map_err(|e| fail(e.into()))?;
+            tx.open_table(DOC).map_err(|e| fail(e.into()))?;
+            tx.open_table(COVERED).map_err(|e| fail(e.into()))?;
             tx.open_table(LOG).map_err(|e| fail(e.into()))?;
             tx.open_table(IDS).map_err(|e| fail(e.into()))?;
             tx.open_table(EVIDENCE).map_err(|e| fail(e.into()))?;
@@ -1078,6 +1265,85 @@ struct Indexes<'tx> {
     written: std::collections::BTreeMap<[u8; 32], EventMeta>,
 }
 
+/// What a write transaction left, for the store's copy of it.
+struct Written {
+    n_events: u64,
+    chains: Vec<ChainState>,
+    n_bytes: u64,
+    authors: Vec<(u64, u64)>,
+}
+
+/// The key of a document key in `doc`: its kind (0 register, 1 counter, 2 set), then its bytes.
+fn doc_key(kind: KeyKind, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + key.len());
+    out.push(match kind {
+        KeyKind::Register => 0,
+        KeyKind::Counter => 1,
+        KeyKind::Set => 2,
+    });
+    out.extend_from_slice(key);
+    out
+}
+
+fn decode_doc_key(bytes: &[u8]) -> Option<(KeyKind, &[u8])> {
+    let (&kind, key) = bytes.split_first()?;
+    let kind = match kind {
+        0 => KeyKind::Register,
+        1 => KeyKind::Counter,
+        2 => KeyKind::Set,
+        _ => return None,
+    };
+    Some((kind, key))
+}
+
+/// The key of an op in `covered`: its event id, then its index (u32 LE).
+pub(crate) fn op_key(op: &OpId) -> [u8; 36] {
+    let mut out = [0u8; 36];
+    out[..32].copy_from_slice(&op.0.0);
+    out[32..].copy_from_slice(&op.1.to_le_bytes());
+    out
+}
+
+/// Ops as `covered` lists them: 36 bytes each ([`op_key`]).
+pub(crate) fn decode_ops(bytes: &[u8]) -> Option<Vec<OpId>> {
+    if bytes.len() % 36 != 0 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(36)
+            .map(|chunk| {
+                // `chunks_exact(36)` gives 36 bytes: 32 of id, 4 of index.
+                let id: [u8; 32] = chunk[..32].try_into().expect("32 bytes");
+                let idx: [u8; 4] = chunk[32..].try_into().expect("4 bytes");
+                (EventId(id), u32::from_le_bytes(idx))
+            })
+            .collect(),
+    )
+}
+
+/// Writes a document delta's keys and covered records in `tx`.
+fn write_document(tx: &redb::WriteTransaction, delta: &DocumentDelta) -> Result<(), redb::Error> {
+    let mut doc = tx.open_table(DOC)?;
+    for (kind, key, state) in &delta.keys {
+        let key = doc_key(*kind, key);
+        match state {
+            Some(state) => doc.insert(key.as_slice(), state.as_slice())?,
+            None => doc.remove(key.as_slice())?,
+        };
+    }
+    let mut covered = tx.open_table(COVERED)?;
+    for Covered { by, ops } in &delta.covered {
+        let key = op_key(by);
+        let mut list = covered.get(&key)?.map(|v| v.value().to_vec()).unwrap_or_default();
+        for op in ops {
+            list.extend_from_slice(&op_key(op));
+        }
+        covered.insert(&key, list.as_slice())?;
+    }
+    Ok(())
+}
+
 /// Why an event could not be indexed.
 enum IndexError {
     Redb(redb::Error),
@@ -1110,7 +1376,7 @@ impl<'tx> Indexes<'tx> {
         dirty: &mut std::collections::BTreeSet<usize>,
         id: &[u8; 32],
         event: &cairn_protocol::Event,
-    ) -> Result<(), IndexError> {
+    ) -> Result<usize, IndexError> {
         let header = &event.header;
         let author = members.iter().position(|k| *k == header.author.0).ok_or_else(|| {
             IndexError::Bad(format!("event {} is by {}, who is not a member", hex::encode(id), header.author))
@@ -1153,7 +1419,7 @@ impl<'tx> Indexes<'tx> {
             chain.fork_seq = Some(seq);
         }
         dirty.insert(author);
-        Ok(())
+        Ok(author)
     }
 }
 
@@ -1391,6 +1657,17 @@ pub mod reads {
             .take(limit)
             .map(|entry| entry.map(|(key, _)| EventId(key.value().2)).map_err(|e| failed("ids by seq", e)))
             .collect()
+    }
+
+    /// The ops recorded as covered by `op` (see `Archive::covered`).
+    pub fn covered(db: &SharedDb, op: &OpId) -> Result<Vec<OpId>, ReadError> {
+        let guard = guard(db)?;
+        let tx = guard.begin_read().map_err(|e| failed("covered ops", e))?;
+        let table = tx.open_table(COVERED).map_err(|e| failed("covered ops", e))?;
+        let Some(value) = table.get(&op_key(op)).map_err(|e| failed("covered ops", e))? else {
+            return Ok(Vec::new());
+        };
+        decode_ops(value.value()).ok_or_else(|| format!("the covered list of op {}#{} does not decode", op.0, op.1))
     }
 
     /// The ids of `author`'s events at `seq`, in id order.

@@ -156,6 +156,13 @@ impl Adapter {
         Self { genesis, config, archive, n_orphans_dropped: 0, chains, buffer, evidence: BTreeMap::new() }
     }
 
+    /// The archive and the chain states, for a replica that resumes over them
+    /// ([`crate::Node::resume`]): what a restart in a test or the simulator hands over, as the
+    /// daemon's store does.
+    pub fn into_parts(self) -> (Box<dyn Archive>, Vec<ChainState>) {
+        (self.archive, self.chains)
+    }
+
     /// Every member's chain state, in member order: what [`Adapter::resume`] takes.
     pub fn chain_states(&self) -> &[ChainState] {
         &self.chains
@@ -164,6 +171,11 @@ impl Adapter {
     /// The archive of accepted events.
     pub fn archive(&self) -> &dyn Archive {
         self.archive.as_ref()
+    }
+
+    /// The archive, to record what the document keeps there besides events (covered records).
+    pub fn archive_mut(&mut self) -> &mut dyn Archive {
+        self.archive.as_mut()
     }
 
     /// The genesis.

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::codec;
+use crate::document::{Covered, DocHistory, HistoricEvent, OpId};
 use crate::event::{Event, EventId};
 use crate::genesis::MemberIdx;
 use crate::verified::Verified;
@@ -169,6 +170,62 @@ pub trait Archive: Send {
 
     /// Every accepted id, in id order. Linear in the history: for checks and tests.
     fn ids(&self) -> Vec<EventId>;
+
+    /// Records what the document's ops covered ([`crate::document::Document::apply`] and
+    /// [`crate::document::Document::exclude`] return it): an exclusion reads it back through
+    /// [`Archive::covered`]. Reads see it at once, like events.
+    fn record_covered(&mut self, covered: &[Covered]);
+
+    /// The covered list of `op`: every op recorded as covered by it, in any order, duplicates
+    /// allowed; empty if none.
+    fn covered(&self, op: &OpId) -> Vec<OpId>;
+}
+
+/// An archive read as the history a document exclusion needs ([`DocHistory`]): the author's
+/// events with their clocks and ops, and the covered records. `chains` (the adapter's) bound
+/// each author's seqs, so a range open at the top reads only the seqs that exist.
+pub struct ArchiveHistory<'a> {
+    /// The archive.
+    pub archive: &'a dyn Archive,
+    /// Each member's chain state, in member order.
+    pub chains: &'a [crate::adapter::ChainState],
+}
+
+impl ArchiveHistory<'_> {
+    fn historic(&self, id: &EventId) -> Option<HistoricEvent> {
+        let stored = self.archive.event(id)?;
+        // Every archived event was validated when it was inserted, so it decodes; an archive
+        // on disk that was altered reports its read errors itself (the daemon stops on them).
+        let event = stored.event()?;
+        Some(HistoricEvent {
+            id: *id,
+            author: stored.meta.author,
+            seq: stored.meta.seq,
+            lamport: stored.meta.lamport,
+            clock: stored.meta.clock.to_vec(),
+            ops: event.ops,
+        })
+    }
+}
+
+impl DocHistory for ArchiveHistory<'_> {
+    fn events_of(&self, author: MemberIdx, seqs: std::ops::Range<u64>) -> Vec<HistoricEvent> {
+        let max_seq = self.chains.get(author).map_or(0, |chain| chain.max_seq);
+        // `seqs.end > seqs.start >= 0` when not empty, so `end - 1` does not wrap.
+        if seqs.is_empty() || seqs.start > max_seq {
+            return Vec::new();
+        }
+        let ids = self.archive.in_seqs(author, seqs.start..=(seqs.end - 1).min(max_seq), usize::MAX);
+        ids.iter().filter_map(|id| self.historic(id)).collect()
+    }
+
+    fn event(&self, id: &EventId) -> Option<HistoricEvent> {
+        self.historic(id)
+    }
+
+    fn covered(&self, id: &EventId, op_idx: u32) -> Vec<OpId> {
+        self.archive.covered(&(*id, op_idx))
+    }
 }
 
 /// An [`Archive`] in memory.
@@ -177,6 +234,7 @@ pub struct MemoryArchive {
     events: BTreeMap<EventId, (EventMeta, Arc<[u8]>)>,
     by_seq: BTreeMap<(MemberIdx, u64), Vec<EventId>>,
     n_bytes: u64,
+    covered: BTreeMap<OpId, Vec<OpId>>,
 }
 
 impl MemoryArchive {
@@ -243,5 +301,15 @@ impl Archive for MemoryArchive {
 
     fn ids(&self) -> Vec<EventId> {
         self.events.keys().copied().collect()
+    }
+
+    fn record_covered(&mut self, covered: &[Covered]) {
+        for Covered { by, ops } in covered {
+            self.covered.entry(*by).or_default().extend_from_slice(ops);
+        }
+    }
+
+    fn covered(&self, op: &OpId) -> Vec<OpId> {
+        self.covered.get(op).cloned().unwrap_or_default()
     }
 }

@@ -32,6 +32,6 @@ pub use event::{Event, EventId, Header, Op};
 pub use evidence::{Evidence, EvidenceError, SignedHeader};
 pub use genesis::{Genesis, Member, MemberIdx};
 pub use message::{Message, Tip};
-pub use node::{Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError};
+pub use node::{DocumentDelta, Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError};
 pub use validate::Reject;
 pub use verified::Verified;

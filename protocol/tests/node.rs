@@ -529,6 +529,12 @@ impl cairn_protocol::Archive for SharedArchive {
     fn ids(&self) -> Vec<cairn_protocol::EventId> {
         self.0.lock().unwrap().ids()
     }
+    fn record_covered(&mut self, covered: &[cairn_protocol::document::Covered]) {
+        self.0.lock().unwrap().record_covered(covered);
+    }
+    fn covered(&self, op: &cairn_protocol::document::OpId) -> Vec<cairn_protocol::document::OpId> {
+        self.0.lock().unwrap().covered(op)
+    }
 }
 
 /// A node that resumes over the archive of its previous life, with the chain states it kept,
@@ -546,7 +552,9 @@ fn a_resumed_node_over_its_archive_is_the_same_node() {
         NodeConfig::default(),
         Box::new(archive.clone()),
         chains,
+        None,
     );
+    first.track_document();
     let liar = key(3);
     let mut events = Vec::new();
     for seq in 1..=5 {
@@ -574,6 +582,7 @@ fn a_resumed_node_over_its_archive_is_the_same_node() {
         NodeConfig::default(),
         Box::new(archive.clone()),
         first.adapter().chain_states().to_vec(),
+        None,
     );
     let stored: Vec<_> = order.iter().map(|id| archive.event(id).unwrap()).collect();
     assert!(second.replay_document(&stored).is_empty());
@@ -587,4 +596,23 @@ fn a_resumed_node_over_its_archive_is_the_same_node() {
     assert_eq!(second.document().register(b"p").visible.unwrap().value, b"3");
     // It goes on from there: its next own event takes the next seq.
     assert_eq!(write(&mut second, &key(1), put("mine", "2"), 2).unwrap().seq(), 2);
+
+    // A third life opens the document the first persisted instead of replaying the archive.
+    let delta = first.take_document_delta().expect("tracking is on");
+    let mut document = cairn_protocol::document::Document::new(3);
+    document.restore_exclusions(&delta.exclusions.expect("the fork changed the exclusions")).unwrap();
+    for (kind, key, state) in &delta.keys {
+        if let Some(state) = state {
+            document.restore_key(*kind, key, state).unwrap();
+        }
+    }
+    let third = Node::resume(
+        genesis(3),
+        Some(key(1).public()),
+        NodeConfig::default(),
+        Box::new(archive.clone()),
+        first.adapter().chain_states().to_vec(),
+        Some(document),
+    );
+    assert_eq!(third.document().digest(), first.document().digest());
 }

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use cairn_crypto::{Domain, PublicKey, SecretKey, hash, verify_strict};
 use cairn_protocol::codec;
-use cairn_protocol::document::Document;
+use cairn_protocol::document::{Applied, Document, MemoryHistory};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits;
 use cairn_protocol::node::{EVENTS_CHUNK_BYTES, FORK_PROBE_SEQS_PER_ROUND, WANT_PERIODIC_IDS_MAX};
@@ -117,11 +117,15 @@ fn document_via_adapter(scenario: &Scenario, events: &[&Event]) -> Document {
     assert!(ingested.rejected.is_empty(), "{:?}", ingested.rejected);
     assert_eq!(ingested.accepted.len(), events.len());
     let mut document = Document::new(scenario.genesis.members().len());
+    let mut history = MemoryHistory::new();
     for event in &ingested.accepted {
-        document.apply(event);
+        history.record_event(event);
+        let Applied { covered, .. } = document.apply(event);
+        history.record_covered(covered);
     }
     for (author, seq) in ingested.exclusions {
-        document.exclude(author, seq);
+        let Applied { covered, .. } = document.exclude(author, seq, &history);
+        history.record_covered(covered);
     }
     document
 }

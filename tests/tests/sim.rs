@@ -156,6 +156,34 @@ fn equivocation_gives_evidence_everywhere_and_refusal() {
     }
 }
 
+/// A fork learned late retracts the same with and without a restart in between: honest nodes
+/// crash before and after the equivocation (each start opens the document persisted with its
+/// store, replays the log's tail, and is checked against a document rebuilt from the whole
+/// log), and every honest node ends with the same document as those that never restarted.
+#[test]
+fn a_fork_learned_across_restarts_retracts_as_without_them() {
+    for seed in 340..344 {
+        let mut config = SimConfig::quiet(seed, 5);
+        config.n_writes = 40;
+        config.active_ms = 3_000;
+        config.links = LinkProfile { drop_max_ppm: 20_000, duplicate_max_ppm: 20_000, delay_max_ms: 20 };
+        config.byzantine.insert(4, ByzantineConfig::only(&[Attack::Write, Attack::Equivocation], 6));
+        config.crashes = vec![(1, 700), (2, 1_300), (1, 2_000)];
+        let mut cluster = Cluster::new(config);
+        cluster.schedule(50, Scripted::Attack { node: 4, attack: Some(Attack::Write) });
+        cluster.schedule(1_000, Scripted::Attack { node: 4, attack: Some(Attack::Equivocation) });
+        cluster.run_to_end().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let outcome = cluster.outcome();
+        assert_eq!(outcome.n_equivocators, 1, "seed {seed}: the fork was accepted: {outcome:?}");
+        assert_eq!(outcome.n_crashes, 3);
+        assert_eq!(outcome.n_documents_resumed, 3, "seed {seed}: every start opened its document");
+        let digest = cluster.node(0).document().digest();
+        for &i in cluster.honest() {
+            assert_eq!(cluster.node(i).document().digest(), digest, "seed {seed}: node {i}");
+        }
+    }
+}
+
 #[test]
 fn orphan_flood_stays_bounded_and_honest_events_pass() {
     for seed in 400..403 {
@@ -556,6 +584,7 @@ fn a_node_started_again_from_its_store_converges_to_the_same_document() {
         cluster.run_until(now + 10).expect("crash and start again");
         assert!(!cluster.is_down(2));
         assert_eq!(cluster.node(2).document().digest(), digest, "seed {seed}: the store held everything");
+        assert_eq!(cluster.outcome().n_documents_resumed, 3, "seed {seed}: every start opened its document");
         cluster.run_until_quiescent(now + 60_000).expect("quiescent again");
         cluster.check_final().unwrap_or_else(|e| panic!("seed {seed}: {e}"));
     }

@@ -1,5 +1,5 @@
-//! Counters (PN-counter): each author's deltas on one key, summed per event so that an
-//! exclusion by seq can take them out.
+//! Counters (PN-counter): each author's total on one key. An exclusion subtracts the deltas
+//! of the excluded events, read back from the history, so no per-event sums are kept.
 
 use std::collections::BTreeMap;
 
@@ -8,24 +8,26 @@ use crate::genesis::MemberIdx;
 
 #[derive(Debug, Default)]
 pub(super) struct CounterState {
-    /// Per author with recorded deltas: its total and the deltas it is made of.
-    pub(super) by_author: BTreeMap<MemberIdx, AuthorTally>,
+    /// Per author, its total when it is not zero.
+    pub(super) totals: BTreeMap<MemberIdx, i128>,
 }
 
 impl CounterState {
     pub(super) fn value(&self) -> i128 {
-        self.by_author.values().map(|tally| tally.total).fold(0, checked_sum)
+        self.totals.values().copied().fold(0, checked_sum)
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.by_author.values().all(|tally| tally.total == 0)
+        self.totals.is_empty()
     }
-}
 
-#[derive(Debug, Default)]
-pub(super) struct AuthorTally {
-    pub(super) total: i128,
-    /// `(seq, sum of the event's deltas on this key)`, one entry per event with a non-zero sum.
-    /// Exclusion goes by seq, so this is all the history a counter needs.
-    pub(super) by_seq: Vec<(u64, i128)>,
+    /// Adds `delta` to the total of `author`; a total back at zero is dropped.
+    pub(super) fn add(&mut self, author: MemberIdx, delta: i128) {
+        let total = checked_sum(self.totals.get(&author).copied().unwrap_or(0), delta);
+        if total == 0 {
+            self.totals.remove(&author);
+        } else {
+            self.totals.insert(author, total);
+        }
+    }
 }

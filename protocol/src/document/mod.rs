@@ -9,7 +9,8 @@
 //! different events and `Y.clock[a] >= s`. That clock test is exact for included ops: ops of an
 //! equivocator from its lowest fork seq on are excluded, and below that seq its chain is unique.
 //! Until a fork is excluded the test can misjudge the forked ops; [`Document::exclude`] retracts
-//! them and recomputes their keys, so from then on the state is exact again.
+//! them and recomputes their keys, so from then on the state is exact again (the argument is in
+//! the section Exclusion below).
 //!
 //! - Registers (multi-value): a `Put` or `Del` supersedes exactly the included puts on its key in
 //!   its causal past. The siblings are the included puts that nothing included supersedes; the
@@ -48,15 +49,79 @@
 //!
 //! # Memory
 //!
-//! The document keeps the history of every included op (the op's event id, author, seq, lamport
-//! and clock, shared by the ops of one event; the register value or set element; the counter
-//! delta summed per key, author and event), not only the visible state. It has to: an author
-//! can be proved an equivocator at any later time, even at an old seq, and then its ops from
-//! that seq on are retracted and the keys they touched are recomputed from what remains, which
-//! can bring back values that the retracted ops had superseded. Memory is therefore linear in
-//! the included ops; excluded ops are dropped and never recorded again.
+//! The document keeps the live state, not the history. For each register key and each set
+//! element it keeps the *frontier*: the included ops on it (puts and dels; adds and removes)
+//! that no included op applied after them has in its causal past, each with its event's id,
+//! author, seq, lamport and clock (shared by the entries of one event) and a put's value. The
+//! siblings are the puts of the frontier; an element is a member when its frontier holds an add
+//! (an add is a live tag when no remove is above it, and then the maximal ops above it are adds,
+//! which are in the frontier). For each counter key it keeps each author's non-zero total. So
+//! memory grows with the keys, the elements and the concurrent writes on each, not with the ops
+//! ever applied: a register overwritten 100 000 times by one writer holds one entry. Beyond the
+//! visible state the frontier keeps tombstones (the dels of a deleted register, the removes of
+//! a removed element): a later exclusion that brings back what an excluded op superseded must
+//! still see what else supersedes it.
+//!
+//! History lives with the caller. When an op takes entries out of a frontier, it *covers* them:
+//! [`Document::apply`] returns those records ([`Covered`]), the caller keeps them with the events
+//! (the node in a [`MemoryHistory`], the daemon on disk, in the same commit as the event) and
+//! hands both back through a [`DocHistory`] to [`Document::exclude`]. [`Document::encode_key`]
+//! and [`Document::restore_key`] persist the state key by key, so that a restart reads the
+//! document instead of replaying the history.
+//!
+//! # Exclusion
+//!
+//! [`Document::exclude`] of `author` from `from_seq` reads the author's events with seqs from
+//! `from_seq` up to its previous exclusion seq (the only ones applied and not yet retracted),
+//! subtracts their counter deltas from the author's totals, and for each register key and set
+//! element they wrote to, with `E` their ops there, `F` the frontier and `I` the included ops:
+//! the pool `P` is `F` without `E`, plus every included op named in the covered list of an op
+//! of `E`; the new frontier is the maximal ops of `P` (those no other op of `P` has in its
+//! causal past), and each op of `P` left out is recorded as covered by an op of `P` that has it
+//! in its past (returned as [`Covered`] records, like `apply`'s). The cost is bounded by the
+//! author's own excluded ops and what they covered, never by a key's history; and since each
+//! exclusion reads only the seqs below the previous one, revealing forks at ever lower seqs
+//! makes a node read each event at most once.
+//!
+//! Why that equals a replay of the included ops. Two facts about the causal test `⊑`: it is
+//! complete (an op in `Y`'s causal past passes it, since `Y.clock` is the highest seq of each
+//! author in `Y`'s past); and it is sound for an op `X` (author `b`, seq `s`) unless `b` has two
+//! accepted events at some seq `≤ s` (call `X` *forked*): if `Y.clock[b] >= s`, `Y`'s past holds
+//! an event of `b` at a seq `≥ s`, whose own chain (each event depends on its author's previous
+//! one) passes seq `s` at an accepted event, which is `X`'s unless `b` forked there.
+//!
+//! - Invariant C, in every state: each included op not in `F` is in the covered list of an
+//!   included op that it passes `⊑` against. `apply` keeps it (an op leaves `F` only when a new
+//!   op sees it, and is recorded as covered by that op); `exclude` keeps it (each op of `P` left
+//!   out is recorded against an op of `P`; an op covered only by an excluded op is in `P`).
+//! - Call a key (or an element) *clean* when none of its included ops is forked; then `⊑`
+//!   between its included ops is exactly causal precedence, a partial order that the apply
+//!   order extends. Claim: on a clean key, `F` is the set of maximal included ops. A new empty
+//!   key is clean with `F` empty. Forks only appear as events arrive and ops only leave `I` by
+//!   exclusion, so a key that is clean after a step was clean before it unless that step is an
+//!   exclusion with excluded ops on the key. An apply on a clean key adds an op that every
+//!   earlier op it sees precedes and that nothing applied has in its past: it is maximal, and
+//!   the ops it covers are exactly those it makes non-maximal. An exclusion that does not touch
+//!   the key leaves `I` and `F` alone. An exclusion with `E` non-empty on the key, with the key
+//!   clean afterwards (whatever `F` was before): every maximal `m` of `I \ E` is in `P`, since
+//!   either `m ∈ F` or by C it is covered by an included `c ⊒ m` which, `m` being maximal, is in
+//!   `E`; and `P ⊆ I \ E` is clean, so the maximal ops of `P` are exactly those maximal in
+//!   `I \ E` (an op below another op of `I \ E` is below a maximal one, which is in `P`).
+//! - A replay (apply order, each put or del superseding the puts it sees, each remove taking
+//!   out the tags it sees) gives, when `⊑` is causal precedence and the apply order extends
+//!   it, the puts not below any included write (the frontier's puts) and the elements with an
+//!   add not below any remove (those whose frontier holds an add).
+//!
+//! So whenever no included op is forked (every fork of every author is excluded at or below
+//! its seq), the document equals a replay of the included ops, and so does its digest. The
+//! adapter reports each fork's exclusion with the event that reveals it and the node applies
+//! exclusions before it reports changes, so every state a node shows is such a state. In
+//! between, with a fork not yet excluded, the test misjudges the forked ops and neither this
+//! document nor a replay is a function of the included ops; they can differ there (a remove
+//! that sees a forked add, which covered an earlier add of the element, hides the element
+//! here but not in a replay), until the exclusion makes both exact again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use cairn_crypto::{Domain, Hasher};
@@ -66,14 +131,24 @@ use crate::genesis::MemberIdx;
 use crate::verified::Verified;
 
 mod counter;
+mod frontier;
+mod history;
+mod persist;
+#[cfg(test)]
+mod reference;
 mod register;
 mod set;
 #[cfg(test)]
 mod tests;
 
 use counter::CounterState;
-use register::{RegisterState, RegisterWrite};
-use set::{SetState, SetWrite};
+pub use history::{DocHistory, HistoricEvent, MemoryHistory};
+pub use persist::DocumentDecodeError;
+use register::{RegisterEntry, RegisterState};
+use set::{SetEntry, SetState};
+
+/// An op: its event and its index in the event.
+pub type OpId = (EventId, u32);
 
 /// One value of a register: a put that no included op supersedes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,6 +194,27 @@ pub struct Change {
     pub key: Vec<u8>,
 }
 
+/// The frontier entries one op took out of its key's (or element's) frontier: they are in its
+/// causal past. The caller keeps these with the history and returns them through
+/// [`DocHistory::covered`]: the covered list of an op is every record naming it, in any order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Covered {
+    /// The op that covers.
+    pub by: OpId,
+    /// The ops it covers, all on the same key (and set element) as `by`.
+    pub ops: Vec<OpId>,
+}
+
+/// What [`Document::apply`] or [`Document::exclude`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[must_use = "the covered records belong in the history that a later exclusion reads"]
+pub struct Applied {
+    /// The keys whose visible state changed, sorted.
+    pub changes: Vec<Change>,
+    /// New covered records, for the history. Only ops that covered something appear.
+    pub covered: Vec<Covered>,
+}
+
 /// The replicated CRDT document. Call order: [`Document::apply`] for each accepted event, in a
 /// causal order; [`Document::exclude`] whenever an author is proved to have equivocated, before
 /// or after its events arrived; the getters at any time.
@@ -130,12 +226,13 @@ pub struct Document {
     registers: BTreeMap<Vec<u8>, RegisterState>,
     counters: BTreeMap<Vec<u8>, CounterState>,
     sets: BTreeMap<Vec<u8>, SetState>,
-    /// Per author, the keys holding its ops, so that an exclusion recomputes only those.
-    touched: Vec<Touched>,
+    /// The keys whose persisted state may have changed since the last [`Document::take_dirty`],
+    /// when tracking is on.
+    dirty: Option<BTreeSet<(KeyKind, Vec<u8>)>>,
 }
 
 /// What the document keeps of an event: what orders siblings and decides the causal past.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 struct EventMeta {
     id: EventId,
     author: MemberIdx,
@@ -144,7 +241,19 @@ struct EventMeta {
     clock: Box<[u64]>,
 }
 
-/// One recorded op of a register or a set; the ops of one event share their [`EventMeta`].
+impl EventMeta {
+    fn of(event: &Verified) -> Self {
+        Self {
+            id: event.id(),
+            author: event.author_idx(),
+            seq: event.seq(),
+            lamport: event.lamport(),
+            clock: event.clock().into(),
+        }
+    }
+}
+
+/// One op of a register or a set; the ops of one event share their [`EventMeta`].
 #[derive(Clone, Debug)]
 struct OpMeta {
     event: Arc<EventMeta>,
@@ -166,53 +275,14 @@ impl OpMeta {
         (self.event.lamport, self.event.author, self.event.id, self.op_idx)
     }
 
+    fn id(&self) -> OpId {
+        (self.event.id, self.op_idx)
+    }
+
+    #[cfg(test)]
     fn is_excluded(&self, author: MemberIdx, from_seq: u64) -> bool {
         self.event.author == author && self.event.seq >= from_seq
     }
-}
-
-/// A per-key state that keeps its included ops in apply order (a causal order) and derives
-/// everything else from them: a register's siblings, a set element's live tags.
-trait Replay {
-    /// One recorded op, with what it wrote.
-    type Write;
-
-    /// The op of a recorded write.
-    fn op(write: &Self::Write) -> &OpMeta;
-
-    /// Takes the recorded writes out, leaving the state empty.
-    fn take_history(&mut self) -> Vec<Self::Write>;
-
-    /// Records a write that comes after every recorded write in its causal past. Nothing
-    /// recorded can have the new write in its past, so the new write supersedes without ever
-    /// being superseded.
-    fn push(&mut self, write: Self::Write);
-}
-
-/// Drops the ops of `author` from `from_seq` on from `state` and replays the rest, which gives
-/// the state as if they had never been applied. Returns the highest seq of `author` left, if
-/// any. The one retraction of registers and set elements alike.
-fn retract<S: Replay>(state: &mut S, author: MemberIdx, from_seq: u64) -> Option<u64> {
-    let mut seq_max = None;
-    for write in state.take_history() {
-        let op = S::op(&write);
-        if op.is_excluded(author, from_seq) {
-            continue;
-        }
-        if op.event.author == author {
-            seq_max = seq_max.max(Some(op.event.seq));
-        }
-        state.push(write);
-    }
-    seq_max
-}
-
-/// The keys of one author's recorded ops, each with the highest seq recorded there.
-#[derive(Debug, Default)]
-struct Touched {
-    registers: BTreeMap<Vec<u8>, u64>,
-    counters: BTreeMap<Vec<u8>, u64>,
-    sets: BTreeMap<Vec<u8>, u64>,
 }
 
 impl Document {
@@ -223,11 +293,12 @@ impl Document {
             registers: BTreeMap::new(),
             counters: BTreeMap::new(),
             sets: BTreeMap::new(),
-            touched: (0..n_members).map(|_| Touched::default()).collect(),
+            dirty: None,
         }
     }
 
-    /// Applies an accepted event and returns the keys whose visible state changed, sorted.
+    /// Applies an accepted event: returns the keys whose visible state changed, sorted, and
+    /// what its ops covered.
     ///
     /// Events must arrive in a causal order (each after all of its deps) and each at most once;
     /// the caller guarantees both. An event of an author excluded at or below its seq is skipped.
@@ -235,14 +306,13 @@ impl Document {
     /// # Panics
     ///
     /// If the event's author or clock does not fit the document's number of members.
-    pub fn apply(&mut self, event: &Verified) -> Vec<Change> {
+    pub fn apply(&mut self, event: &Verified) -> Applied {
         let author = event.author_idx();
         let n_members = self.excluded_from.len();
         assert!(author < n_members, "author {author} of a document with {n_members} members");
         assert_eq!(event.clock().len(), n_members, "an event's clock has one entry per member");
-        let seq = event.seq();
-        if seq >= self.excluded_from[author] {
-            return Vec::new();
+        if event.seq() >= self.excluded_from[author] {
+            return Applied::default();
         }
         let ops = &event.event().ops;
         // Ops on different keys are independent, so the ops are applied grouped by key (and by
@@ -252,18 +322,8 @@ impl Document {
             (0..u32::try_from(ops.len()).expect("an event holds at most OPS_MAX ops")).collect();
         order.sort_by(|&a, &b| group_key(&ops[a as usize]).cmp(&group_key(&ops[b as usize])));
         let mut meta = None;
-        let mut event_meta = || {
-            Arc::clone(meta.get_or_insert_with(|| {
-                Arc::new(EventMeta {
-                    id: event.id(),
-                    author,
-                    seq,
-                    lamport: event.lamport(),
-                    clock: event.clock().into(),
-                })
-            }))
-        };
-        let mut changes = Vec::new();
+        let mut event_meta = || Arc::clone(meta.get_or_insert_with(|| Arc::new(EventMeta::of(event))));
+        let mut applied = Applied::default();
         let mut start = 0;
         while start < order.len() {
             let (kind, key, _) = group_key(&ops[order[start] as usize]);
@@ -273,44 +333,53 @@ impl Document {
                     (other_kind, other_key) == (kind, key)
                 });
             let group = &order[start..end];
-            let changed = match kind {
-                KeyKind::Register => self.apply_register(author, seq, key, ops, group, &mut event_meta),
-                KeyKind::Counter => self.apply_counter(author, seq, key, ops, group),
-                KeyKind::Set => self.apply_set(author, seq, key, ops, group, &mut event_meta),
+            let (changed, dirty) = match kind {
+                KeyKind::Register => {
+                    (self.apply_register(key, ops, group, &mut event_meta, &mut applied.covered), true)
+                }
+                KeyKind::Counter => {
+                    let changed = self.apply_counter(author, key, ops, group);
+                    (changed, changed)
+                }
+                KeyKind::Set => {
+                    (self.apply_set(key, ops, group, &mut event_meta, &mut applied.covered), true)
+                }
             };
             if changed {
-                changes.push(Change { kind, key: key.to_vec() });
+                applied.changes.push(Change { kind, key: key.to_vec() });
+            }
+            if dirty {
+                self.mark_dirty(kind, key);
             }
             start = end;
         }
-        changes
+        applied
     }
 
     fn apply_register(
         &mut self,
-        author: MemberIdx,
-        seq: u64,
         key: &[u8],
         ops: &[Op],
         group: &[u32],
         event_meta: &mut impl FnMut() -> Arc<EventMeta>,
+        covered: &mut Vec<Covered>,
     ) -> bool {
-        note_touch(&mut self.touched[author].registers, key, seq);
         let state = entry(&mut self.registers, key);
-        let before = state.siblings.clone();
+        let before = state.sibling_ids();
         for &op_idx in group {
             let value = match &ops[op_idx as usize] {
                 Op::Put { value, .. } => Some(value.as_slice().into()),
                 Op::Del { .. } => None,
                 op => unreachable!("{op:?} in a register group"),
             };
-            state.push(RegisterWrite { op: OpMeta { event: event_meta(), op_idx }, value });
+            let op = OpMeta { event: event_meta(), op_idx };
+            let by = op.id();
+            note_covered(covered, by, frontier::advance(&mut state.frontier, RegisterEntry { op, value }));
         }
-        // History only grows here, so indexes name the same writes before and after.
-        state.siblings != before
+        state.sibling_ids() != before
     }
 
-    fn apply_counter(&mut self, author: MemberIdx, seq: u64, key: &[u8], ops: &[Op], group: &[u32]) -> bool {
+    fn apply_counter(&mut self, author: MemberIdx, key: &[u8], ops: &[Op], group: &[u32]) -> bool {
         let delta = group
             .iter()
             .map(|&op_idx| match &ops[op_idx as usize] {
@@ -319,29 +388,23 @@ impl Document {
             })
             .fold(0, checked_sum);
         if delta == 0 {
-            // Nothing to record: retracting it later would subtract nothing.
             return false;
         }
-        note_touch(&mut self.touched[author].counters, key, seq);
-        let tally = entry(&mut self.counters, key).by_author.entry(author).or_default();
-        tally.total = checked_sum(tally.total, delta);
-        match tally.by_seq.last_mut() {
-            Some((last_seq, sum)) if *last_seq == seq => *sum = checked_sum(*sum, delta),
-            _ => tally.by_seq.push((seq, delta)),
+        entry(&mut self.counters, key).add(author, delta);
+        if self.counters.get(key).is_some_and(CounterState::is_empty) {
+            self.counters.remove(key);
         }
         true
     }
 
     fn apply_set(
         &mut self,
-        author: MemberIdx,
-        seq: u64,
         key: &[u8],
         ops: &[Op],
         group: &[u32],
         event_meta: &mut impl FnMut() -> Arc<EventMeta>,
+        covered: &mut Vec<Covered>,
     ) -> bool {
-        note_touch(&mut self.touched[author].sets, key, seq);
         let state = entry(&mut self.sets, key);
         let mut changed = false;
         let mut start = 0;
@@ -357,7 +420,13 @@ impl Document {
                     Op::Remove { .. } => false,
                     op => unreachable!("{op:?} in a set group"),
                 };
-                element_state.push(SetWrite { op: OpMeta { event: event_meta(), op_idx }, is_add });
+                let op = OpMeta { event: event_meta(), op_idx };
+                let by = op.id();
+                note_covered(
+                    covered,
+                    by,
+                    frontier::advance(&mut element_state.frontier, SetEntry { op, is_add }),
+                );
             }
             changed |= update_membership(&mut state.n_members, was_member, element_state.is_member());
             start = end;
@@ -365,89 +434,136 @@ impl Document {
         changed
     }
 
-    /// Excludes every op of `author` with `seq >= from_seq` (the author's lowest fork seq) and
-    /// returns the keys whose visible state changed, sorted.
+    /// Excludes every op of `author` with `seq >= from_seq` (the author's lowest fork seq):
+    /// returns the keys whose visible state changed, sorted, and the new covered records.
     ///
     /// Exclusion only ever lowers: a `from_seq` at or above the current one changes nothing.
     /// Ops already applied are retracted and their keys recomputed as if the ops had never been
     /// applied; later events of `author` from `from_seq` on are skipped by [`Document::apply`].
+    /// `history` must hold every event applied to this document and the covered records of
+    /// every earlier `apply` and `exclude`; this call reads only the author's events with
+    /// `from_seq <= seq <` the previous exclusion seq, their ops' covered lists and the events
+    /// those name. The module documentation (section Exclusion) shows why the result equals a
+    /// replay of the included ops.
     ///
     /// # Panics
     ///
-    /// If `author` is not a member index.
-    pub fn exclude(&mut self, author: MemberIdx, from_seq: u64) -> Vec<Change> {
+    /// If `author` is not a member index, or if `history` breaks its contract: a covered list
+    /// names an event it does not return, an op that is not on the covering op's key, or an
+    /// event whose author or clock does not fit the document.
+    pub fn exclude(&mut self, author: MemberIdx, from_seq: u64, history: &dyn DocHistory) -> Applied {
         assert!(author < self.excluded_from.len(), "author {author} is not a member index");
-        if from_seq >= self.excluded_from[author] {
-            return Vec::new();
+        let until = self.excluded_from[author];
+        if from_seq >= until {
+            return Applied::default();
         }
         self.excluded_from[author] = from_seq;
-        let touched = &mut self.touched[author];
-        let mut changes = Vec::new();
-        // Each map is walked in key order and the kinds in `KeyKind` order, so `changes` comes
-        // out sorted.
-        touched.registers.retain(|key, seq_max| {
-            if *seq_max < from_seq {
-                return true;
+
+        // The excluded ops, by what they wrote to; each event once.
+        let mut registers: BTreeMap<Vec<u8>, Vec<OpId>> = BTreeMap::new();
+        let mut counters: BTreeMap<Vec<u8>, i128> = BTreeMap::new();
+        let mut sets: BTreeMap<Vec<u8>, BTreeMap<Vec<u8>, Vec<OpId>>> = BTreeMap::new();
+        let mut read = BTreeSet::new();
+        for event in history.events_of(author, from_seq..until) {
+            if event.author != author || !(from_seq..until).contains(&event.seq) || !read.insert(event.id) {
+                continue;
             }
-            let state = self.registers.get_mut(key).expect("the author index names only recorded keys");
-            let before = state.sibling_ids();
-            let left = retract(state, author, from_seq);
-            if state.sibling_ids() != before {
-                changes.push(Change { kind: KeyKind::Register, key: key.clone() });
-            }
-            if state.history.is_empty() {
-                self.registers.remove(key);
-            }
-            update_seq_max(seq_max, left)
-        });
-        touched.counters.retain(|key, seq_max| {
-            if *seq_max < from_seq {
-                return true;
-            }
-            let state = self.counters.get_mut(key).expect("the author index names only recorded keys");
-            let tally = state.by_author.get_mut(&author).expect("the author index names only its own keys");
-            tally.by_seq.retain(|&(seq, _)| seq < from_seq);
-            let total = tally.by_seq.iter().map(|&(_, sum)| sum).fold(0, checked_sum);
-            if total != tally.total {
-                changes.push(Change { kind: KeyKind::Counter, key: key.clone() });
-            }
-            tally.total = total;
-            let left = tally.by_seq.iter().map(|&(seq, _)| seq).max();
-            if left.is_none() {
-                state.by_author.remove(&author);
-                if state.by_author.is_empty() {
-                    self.counters.remove(key);
+            for (op_idx, op) in (0u32..).zip(&event.ops) {
+                let id = (event.id, op_idx);
+                match op {
+                    Op::Put { key, .. } | Op::Del { key } => {
+                        registers.entry(key.clone()).or_default().push(id)
+                    }
+                    Op::Incr { key, delta } => {
+                        let sum = counters.entry(key.clone()).or_default();
+                        *sum = checked_sum(*sum, i128::from(*delta));
+                    }
+                    Op::Add { key, element } | Op::Remove { key, element } => {
+                        sets.entry(key.clone()).or_default().entry(element.clone()).or_default().push(id);
+                    }
                 }
             }
-            update_seq_max(seq_max, left)
-        });
-        touched.sets.retain(|key, seq_max| {
-            if *seq_max < from_seq {
-                return true;
-            }
-            let state = self.sets.get_mut(key).expect("the author index names only recorded keys");
-            let mut changed = false;
-            let mut left = None;
-            state.elements.retain(|_, element_state| {
-                if element_state.history.iter().any(|write| write.op.is_excluded(author, from_seq)) {
-                    let was_member = element_state.is_member();
-                    retract(element_state, author, from_seq);
-                    changed |= update_membership(&mut state.n_members, was_member, element_state.is_member());
-                }
-                let author_seqs =
-                    element_state.history.iter().filter(|write| write.op.event.author == author);
-                left = left.max(author_seqs.map(|write| write.op.event.seq).max());
-                !element_state.history.is_empty()
+        }
+
+        let mut loader = Loader::new(history, self.excluded_from.len());
+        let mut covered: BTreeMap<OpId, Vec<OpId>> = BTreeMap::new();
+        let mut applied = Applied::default();
+        for (key, excluded) in registers {
+            let state = entry(&mut self.registers, &key);
+            let before = state.frontier_ids();
+            let before_siblings = state.sibling_ids();
+            let pool = std::mem::take(&mut state.frontier);
+            let excluded_from = &self.excluded_from;
+            state.frontier = frontier::retract(pool, excluded_from, &excluded, history, &mut covered, |id| {
+                let (meta, op) = loader.load(id);
+                let value = match op {
+                    Op::Put { key: op_key, value } if *op_key == key => Some(value.as_slice().into()),
+                    Op::Del { key: op_key } if *op_key == key => None,
+                    _ => panic!("the history's covered list of a write on a register names {op:?}"),
+                };
+                RegisterEntry { op: OpMeta { event: meta, op_idx: id.1 }, value }
             });
+            if state.sibling_ids() != before_siblings {
+                applied.changes.push(Change { kind: KeyKind::Register, key: key.clone() });
+            }
+            let is_empty = state.frontier.is_empty();
+            if state.frontier_ids() != before {
+                self.mark_dirty(KeyKind::Register, &key);
+            }
+            if is_empty {
+                self.registers.remove(&key);
+            }
+        }
+        for (key, delta) in counters {
+            if delta == 0 {
+                continue;
+            }
+            let state = entry(&mut self.counters, &key);
+            state.add(author, delta.checked_neg().expect("a sum of i64 deltas is far from i128::MIN"));
+            if state.is_empty() {
+                self.counters.remove(&key);
+            }
+            applied.changes.push(Change { kind: KeyKind::Counter, key: key.clone() });
+            self.mark_dirty(KeyKind::Counter, &key);
+        }
+        for (key, elements) in sets {
+            let state = entry(&mut self.sets, &key);
+            let mut changed = false;
+            let mut dirty = false;
+            for (element, excluded) in elements {
+                let element_state = entry(&mut state.elements, &element);
+                let was_member = element_state.is_member();
+                let before = element_state.frontier_ids();
+                let pool = std::mem::take(&mut element_state.frontier);
+                element_state.frontier =
+                    frontier::retract(pool, &self.excluded_from, &excluded, history, &mut covered, |id| {
+                        let (meta, op) = loader.load(id);
+                        let is_add = match op {
+                            Op::Add { key: k, element: e } if *k == key && *e == element => true,
+                            Op::Remove { key: k, element: e } if *k == key && *e == element => false,
+                            _ => panic!("the history's covered list of a set op names {op:?}"),
+                        };
+                        SetEntry { op: OpMeta { event: meta, op_idx: id.1 }, is_add }
+                    });
+                changed |= update_membership(&mut state.n_members, was_member, element_state.is_member());
+                dirty |= element_state.frontier_ids() != before;
+                if element_state.frontier.is_empty() {
+                    state.elements.remove(&element);
+                }
+            }
+            let is_empty = state.elements.is_empty();
             if changed {
-                changes.push(Change { kind: KeyKind::Set, key: key.clone() });
+                applied.changes.push(Change { kind: KeyKind::Set, key: key.clone() });
             }
-            if state.elements.is_empty() {
-                self.sets.remove(key);
+            if dirty {
+                self.mark_dirty(KeyKind::Set, &key);
             }
-            update_seq_max(seq_max, left)
-        });
-        changes
+            if is_empty {
+                self.sets.remove(&key);
+            }
+        }
+        applied.covered = covered.into_iter().map(|(by, ops)| Covered { by, ops }).collect();
+        applied
     }
 
     /// The lowest excluded seq of `author`, if it has been excluded.
@@ -460,7 +576,7 @@ impl Document {
         let Some(state) = self.registers.get(key) else {
             return RegisterRead::default();
         };
-        let siblings: Vec<Sibling> = state.siblings.iter().map(|&idx| state.sibling(idx)).collect();
+        let siblings: Vec<Sibling> = state.siblings().map(RegisterEntry::sibling).collect();
         RegisterRead { visible: siblings.last().cloned(), siblings }
     }
 
@@ -469,17 +585,24 @@ impl Document {
         self.counters.get(key).map_or(0, CounterState::value)
     }
 
+    /// The non-zero author totals of the counter `key`, ascending by author.
+    pub fn counter_totals(&self, key: &[u8]) -> Vec<(MemberIdx, i128)> {
+        self.counters
+            .get(key)
+            .map_or_else(Vec::new, |state| state.totals.iter().map(|(&a, &t)| (a, t)).collect())
+    }
+
     /// The members of the set `key`, in ascending byte order (none for an unknown key).
     pub fn set_members(&self, key: &[u8]) -> Vec<Vec<u8>> {
         let Some(state) = self.sets.get(key) else {
             return Vec::new();
         };
-        state.elements.iter().filter(|(_, element)| element.is_member()).map(|(e, _)| e.clone()).collect()
+        state.members().map(<[u8]>::to_vec).collect()
     }
 
     /// The registers with at least one sibling, in key order.
     pub fn register_keys(&self) -> impl Iterator<Item = &[u8]> {
-        self.registers.iter().filter(|(_, state)| !state.siblings.is_empty()).map(|(key, _)| key.as_slice())
+        self.registers.iter().filter(|(_, state)| state.has_sibling()).map(|(key, _)| key.as_slice())
     }
 
     /// The counters with a non-zero author total, in key order.
@@ -492,34 +615,44 @@ impl Document {
         self.sets.iter().filter(|(_, state)| state.n_members > 0).map(|(key, _)| key.as_slice())
     }
 
+    /// How many frontier entries the registers and set elements hold in all: what the document's
+    /// memory grows with, besides keys, elements and counter totals. Walks every key.
+    pub fn n_frontier_entries(&self) -> usize {
+        let registers: usize = self.registers.values().map(|state| state.frontier.len()).sum();
+        let sets: usize = self
+            .sets
+            .values()
+            .flat_map(|state| state.elements.values())
+            .map(|element| element.frontier.len())
+            .sum();
+        registers + sets
+    }
+
     /// The canonical digest of the visible state; the layout is in the module documentation.
     /// Documents with equal sets of included ops have equal digests.
     pub fn digest(&self) -> [u8; 32] {
         let mut hasher = Hasher::new(Domain::Document);
-        let registers: Vec<_> =
-            self.registers.iter().filter(|(_, state)| !state.siblings.is_empty()).collect();
+        let registers: Vec<_> = self.registers.iter().filter(|(_, state)| state.has_sibling()).collect();
         update_len(&mut hasher, registers.len());
         for (key, state) in registers {
             update_bytes(&mut hasher, key);
-            update_len(&mut hasher, state.siblings.len());
-            for &idx in &state.siblings {
-                let write = &state.history[idx];
-                hasher.update(&write.op.event.id.0);
-                hasher.update(&u64::from(write.op.op_idx).to_le_bytes());
-                update_len(&mut hasher, write.op.event.author);
-                hasher.update(&write.op.event.lamport.to_le_bytes());
-                update_bytes(&mut hasher, write.value.as_deref().expect("only puts are siblings"));
+            update_len(&mut hasher, state.siblings().count());
+            for sibling in state.siblings() {
+                hasher.update(&sibling.op.event.id.0);
+                hasher.update(&u64::from(sibling.op.op_idx).to_le_bytes());
+                update_len(&mut hasher, sibling.op.event.author);
+                hasher.update(&sibling.op.event.lamport.to_le_bytes());
+                update_bytes(&mut hasher, sibling.value.as_deref().expect("siblings are puts"));
             }
         }
         let counters: Vec<_> = self.counters.iter().filter(|(_, state)| !state.is_empty()).collect();
         update_len(&mut hasher, counters.len());
         for (key, state) in counters {
             update_bytes(&mut hasher, key);
-            let totals: Vec<_> = state.by_author.iter().filter(|(_, tally)| tally.total != 0).collect();
-            update_len(&mut hasher, totals.len());
-            for (&author, tally) in totals {
+            update_len(&mut hasher, state.totals.len());
+            for (&author, total) in &state.totals {
                 update_len(&mut hasher, author);
-                hasher.update(&tally.total.to_le_bytes());
+                hasher.update(&total.to_le_bytes());
             }
         }
         let sets: Vec<_> = self.sets.iter().filter(|(_, state)| state.n_members > 0).collect();
@@ -527,11 +660,95 @@ impl Document {
         for (key, state) in sets {
             update_bytes(&mut hasher, key);
             update_len(&mut hasher, state.n_members);
-            for (element, _) in state.elements.iter().filter(|(_, element)| element.is_member()) {
-                update_bytes(&mut hasher, element);
+            for member in state.members() {
+                update_bytes(&mut hasher, member);
             }
         }
         hasher.finish()
+    }
+
+    /// Starts recording which keys' persisted state changes, for [`Document::take_dirty`]. Off by
+    /// default, so that a caller who never persists the document does not collect keys.
+    pub fn track_dirty(&mut self) {
+        self.dirty.get_or_insert_with(BTreeSet::new);
+    }
+
+    /// The keys whose persisted state ([`Document::encode_key`]) may have changed since the
+    /// last call (since [`Document::track_dirty`] for the first one), sorted: every key whose
+    /// frontier or author totals changed, also when the visible state did not (a del replacing
+    /// a del). A key whose state is gone is listed too; `encode_key` then gives `None`. Empty
+    /// when tracking is off. Exclusions change [`Document::encode_exclusions`] too, which the
+    /// caller persists after each [`Document::exclude`] that lowered a seq.
+    pub fn take_dirty(&mut self) -> Vec<(KeyKind, Vec<u8>)> {
+        self.dirty.as_mut().map_or_else(Vec::new, |dirty| std::mem::take(dirty).into_iter().collect())
+    }
+
+    /// Marks keys dirty again, for [`Document::take_dirty`]: keys taken whose state was not
+    /// persisted after all. Does nothing when tracking is off.
+    pub fn mark_dirty_keys(&mut self, keys: impl IntoIterator<Item = (KeyKind, Vec<u8>)>) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty.extend(keys);
+        }
+    }
+
+    /// The number of members the document is for.
+    pub fn n_members(&self) -> usize {
+        self.excluded_from.len()
+    }
+
+    /// Excludes `author` from `from_seq` in a document that has applied none of its events at
+    /// or above that seq (an empty one, before a replay): nothing is retracted, so no history
+    /// is read; [`Document::apply`] skips those events from now on. Only ever lowers.
+    pub fn exclude_unapplied(&mut self, author: MemberIdx, from_seq: u64) {
+        if let Some(seq) = self.excluded_from.get_mut(author) {
+            *seq = (*seq).min(from_seq);
+        }
+    }
+
+    fn mark_dirty(&mut self, kind: KeyKind, key: &[u8]) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty.insert((kind, key.to_vec()));
+        }
+    }
+}
+
+/// Reads the events that candidates of an exclusion belong to, each once.
+struct Loader<'h> {
+    history: &'h dyn DocHistory,
+    n_members: usize,
+    events: BTreeMap<EventId, (Arc<EventMeta>, Vec<Op>)>,
+}
+
+impl<'h> Loader<'h> {
+    fn new(history: &'h dyn DocHistory, n_members: usize) -> Self {
+        Self { history, n_members, events: BTreeMap::new() }
+    }
+
+    /// The meta and the op of `id`, from the history.
+    fn load(&mut self, (event_id, op_idx): OpId) -> (Arc<EventMeta>, &Op) {
+        let n_members = self.n_members;
+        let (meta, ops) = self.events.entry(event_id).or_insert_with(|| {
+            let Some(event) = self.history.event(&event_id) else {
+                panic!("the history's covered lists name event {event_id}, which it does not hold");
+            };
+            assert!(
+                event.id == event_id && event.author < n_members && event.clock.len() == n_members,
+                "the history's event {event_id} does not fit a document of {n_members} members"
+            );
+            let HistoricEvent { id, author, seq, lamport, clock, ops } = event;
+            (Arc::new(EventMeta { id, author, seq, lamport, clock: clock.into() }), ops)
+        });
+        let Some(op) = ops.get(op_idx as usize) else {
+            panic!("the history's covered lists name op {op_idx} of event {event_id}, which has fewer");
+        };
+        (Arc::clone(meta), op)
+    }
+}
+
+/// Records that `by` covered `ids`, if any.
+fn note_covered(covered: &mut Vec<Covered>, by: OpId, ids: Vec<OpId>) {
+    if !ids.is_empty() {
+        covered.push(Covered { by, ops: ids });
     }
 }
 
@@ -550,22 +767,6 @@ fn entry<'map, V: Default>(map: &'map mut BTreeMap<Vec<u8>, V>, key: &[u8]) -> &
         map.insert(key.to_vec(), V::default());
     }
     map.get_mut(key).expect("inserted above")
-}
-
-fn note_touch(keys: &mut BTreeMap<Vec<u8>, u64>, key: &[u8], seq: u64) {
-    let seq_max = entry(keys, key);
-    *seq_max = (*seq_max).max(seq);
-}
-
-/// Sets the author index entry to what is left after a retraction; `false` drops the entry.
-fn update_seq_max(seq_max: &mut u64, left: Option<u64>) -> bool {
-    match left {
-        Some(seq) => {
-            *seq_max = seq;
-            true
-        }
-        None => false,
-    }
 }
 
 /// Keeps a set's member count in step with one element; returns whether its membership changed.

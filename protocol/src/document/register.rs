@@ -1,67 +1,56 @@
-//! Registers (multi-value): the recorded puts and dels of one key, and its siblings.
+//! Registers (multi-value): the frontier of one key's puts and dels, whose puts are the
+//! siblings.
 
-use super::{OpMeta, Replay, Sibling};
-use crate::event::EventId;
+use super::frontier::FrontierEntry;
+use super::{OpId, OpMeta, Sibling};
 
-/// A `Put` (with its value) or a `Del` (without).
+/// A `Put` (with its value) or a `Del` (without) in a register's frontier.
 #[derive(Debug)]
-pub(super) struct RegisterWrite {
+pub(super) struct RegisterEntry {
     pub(super) op: OpMeta,
     pub(super) value: Option<Box<[u8]>>,
 }
 
-#[derive(Debug, Default)]
-pub(super) struct RegisterState {
-    /// Every included put and del on the key, in apply order (a causal order).
-    pub(super) history: Vec<RegisterWrite>,
-    /// Indexes into `history` of the siblings, ascending by the sibling order.
-    pub(super) siblings: Vec<usize>,
+impl FrontierEntry for RegisterEntry {
+    fn op(&self) -> &OpMeta {
+        &self.op
+    }
 }
 
-impl Replay for RegisterState {
-    type Write = RegisterWrite;
-
-    fn op(write: &RegisterWrite) -> &OpMeta {
-        &write.op
-    }
-
-    fn take_history(&mut self) -> Vec<RegisterWrite> {
-        self.siblings.clear();
-        std::mem::take(&mut self.history)
-    }
-
-    /// Records a write that comes after every recorded write in its causal past. Nothing
-    /// recorded can have the new write in its past, so the new write supersedes without ever
-    /// being superseded.
-    fn push(&mut self, write: RegisterWrite) {
-        let history = &self.history;
-        self.siblings.retain(|&idx| !history[idx].op.is_seen_by(&write.op));
-        if write.value.is_some() {
-            let order_key = write.op.order_key();
-            let position = self.siblings.partition_point(|&idx| history[idx].op.order_key() < order_key);
-            self.siblings.insert(position, history.len());
+impl RegisterEntry {
+    pub(super) fn sibling(&self) -> Sibling {
+        Sibling {
+            value: self.value.as_deref().expect("siblings are puts").to_vec(),
+            author: self.op.event.author,
+            lamport: self.op.event.lamport,
+            event_id: self.op.event.id,
+            op_idx: self.op.op_idx,
         }
-        self.history.push(write);
     }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct RegisterState {
+    /// The included puts and dels that no included op applied after them has in its past,
+    /// ascending by the sibling order.
+    pub(super) frontier: Vec<RegisterEntry>,
 }
 
 impl RegisterState {
-    pub(super) fn sibling_ids(&self) -> Vec<(EventId, u32)> {
-        self.siblings
-            .iter()
-            .map(|&idx| (self.history[idx].op.event.id, self.history[idx].op.op_idx))
-            .collect()
+    /// The siblings: the puts of the frontier, ascending by the sibling order.
+    pub(super) fn siblings(&self) -> impl Iterator<Item = &RegisterEntry> {
+        self.frontier.iter().filter(|entry| entry.value.is_some())
     }
 
-    pub(super) fn sibling(&self, idx: usize) -> Sibling {
-        let write = &self.history[idx];
-        let value = write.value.as_deref().expect("only puts are siblings");
-        Sibling {
-            value: value.to_vec(),
-            author: write.op.event.author,
-            lamport: write.op.event.lamport,
-            event_id: write.op.event.id,
-            op_idx: write.op.op_idx,
-        }
+    pub(super) fn has_sibling(&self) -> bool {
+        self.siblings().next().is_some()
+    }
+
+    pub(super) fn sibling_ids(&self) -> Vec<OpId> {
+        self.siblings().map(|entry| entry.op.id()).collect()
+    }
+
+    pub(super) fn frontier_ids(&self) -> Vec<OpId> {
+        self.frontier.iter().map(|entry| entry.op.id()).collect()
     }
 }

@@ -1,59 +1,55 @@
-//! Observed-remove sets: the recorded adds and removes of each element of one key, and its
-//! live tags.
+//! Observed-remove sets: per element of one key, the frontier of its adds and removes. An
+//! element is a member when its frontier holds an add.
 
 use std::collections::BTreeMap;
 
-use super::{OpMeta, Replay};
+use super::frontier::FrontierEntry;
+use super::{OpId, OpMeta};
 
 #[derive(Debug, Default)]
 pub(super) struct SetState {
+    /// Every element with a frontier, members and tombstones.
     pub(super) elements: BTreeMap<Vec<u8>, ElementState>,
-    /// How many elements have a live tag.
+    /// How many elements are members.
     pub(super) n_members: usize,
 }
 
-/// An `Add` (a tag) or a `Remove`.
+impl SetState {
+    /// The members, in ascending byte order.
+    pub(super) fn members(&self) -> impl Iterator<Item = &[u8]> {
+        self.elements.iter().filter(|(_, element)| element.is_member()).map(|(element, _)| element.as_slice())
+    }
+}
+
+/// An `Add` (a tag) or a `Remove` in an element's frontier.
 #[derive(Debug)]
-pub(super) struct SetWrite {
+pub(super) struct SetEntry {
     pub(super) op: OpMeta,
     pub(super) is_add: bool,
 }
 
+impl FrontierEntry for SetEntry {
+    fn op(&self) -> &OpMeta {
+        &self.op
+    }
+}
+
 #[derive(Debug, Default)]
 pub(super) struct ElementState {
-    /// Every included add and remove of the element, in apply order (a causal order).
-    pub(super) history: Vec<SetWrite>,
-    /// Indexes into `history` of the live add tags.
-    pub(super) live: Vec<usize>,
+    /// The included adds and removes of the element that no included op applied after them
+    /// has in its past, ascending by the sibling order.
+    pub(super) frontier: Vec<SetEntry>,
 }
 
 impl ElementState {
+    /// An add is a live tag when no remove is above it; then every maximal op above it is an
+    /// add, so some add is in the frontier. Conversely an add in the frontier has nothing
+    /// above it. (Exact when the causal test is; see the module documentation.)
     pub(super) fn is_member(&self) -> bool {
-        !self.live.is_empty()
-    }
-}
-
-impl Replay for ElementState {
-    type Write = SetWrite;
-
-    fn op(write: &SetWrite) -> &OpMeta {
-        &write.op
+        self.frontier.iter().any(|entry| entry.is_add)
     }
 
-    fn take_history(&mut self) -> Vec<SetWrite> {
-        self.live.clear();
-        std::mem::take(&mut self.history)
-    }
-
-    /// Records an op that comes after every recorded op in its causal past (see
-    /// `RegisterState`'s `push`).
-    fn push(&mut self, write: SetWrite) {
-        if write.is_add {
-            self.live.push(self.history.len());
-        } else {
-            let history = &self.history;
-            self.live.retain(|&idx| !history[idx].op.is_seen_by(&write.op));
-        }
-        self.history.push(write);
+    pub(super) fn frontier_ids(&self) -> Vec<OpId> {
+        self.frontier.iter().map(|entry| entry.op.id()).collect()
     }
 }

@@ -38,7 +38,8 @@ use cairn_crypto::{Domain, Hasher, PublicKey};
 use crate::adapter::{Adapter, AdapterConfig, Ingested};
 use crate::buffer::PeerId;
 use crate::codec::{self};
-use crate::document::{Change, Document};
+use crate::archive::ArchiveHistory;
+use crate::document::{Applied, Change, Covered, Document, KeyKind};
 use crate::event::{Event, EventId, Op};
 use crate::evidence::Evidence;
 use crate::genesis::{Genesis, MemberIdx};
@@ -162,11 +163,42 @@ pub enum NodeEvent {
     Changed(Vec<Change>),
 }
 
+/// What the document changed since it was last persisted, besides its dirty keys.
+#[derive(Debug, Default)]
+struct DocTracking {
+    covered: Vec<Covered>,
+    exclusions_changed: bool,
+}
+
+/// What to persist of the document, with the events it applied (see [`Node::track_document`]).
+#[derive(Debug, Default)]
+pub struct DocumentDelta {
+    /// Each key whose persisted state changed: [`Document::encode_key`] (`None`: the key has no
+    /// state left, delete it).
+    pub keys: Vec<(KeyKind, Vec<u8>, Option<Vec<u8>>)>,
+    /// [`Document::encode_exclusions`], when an exclusion changed it.
+    pub exclusions: Option<Vec<u8>>,
+    /// The new covered records, which a later exclusion reads back ([`Archive::covered`]).
+    ///
+    /// [`Archive::covered`]: crate::archive::Archive::covered
+    pub covered: Vec<Covered>,
+}
+
+impl DocumentDelta {
+    /// Nothing to persist.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.exclusions.is_none() && self.covered.is_empty()
+    }
+}
+
 /// A replica. See the module docs for the call order.
 pub struct Node {
     config: NodeConfig,
     adapter: Adapter,
     document: Document,
+    /// What changed in the document since it was last persisted, while persistence is on
+    /// ([`Node::track_document`]).
+    doc_tracking: Option<DocTracking>,
     me: Option<PublicKey>,
     peers: BTreeMap<PeerId, Peer>,
     refused: BTreeSet<PeerId>,
@@ -192,6 +224,7 @@ impl Node {
         Self {
             adapter: Adapter::new(genesis, config.adapter.clone()),
             document: Document::new(n_members),
+            doc_tracking: None,
             learning_own_seq: config.own_seq_peers_needed > 0,
             prepared_up_to: 0,
             prepared_from: None,
@@ -318,15 +351,23 @@ impl Node {
 
     /// A replica over an archive that holds the events accepted before (the node's store on
     /// disk): the adapter resumes from `chains` ([`crate::Adapter::chain_states`] as stored)
-    /// without reading the history, and the document starts empty with every known fork
-    /// excluded; feed it the stored events with [`Node::replay_document`], in the order they
-    /// were accepted, and the evidence with [`Node::restore_evidence`].
+    /// without reading the history. The document is `document`, the one persisted with the
+    /// archive (see [`Node::track_document`]), with every known fork excluded (an exclusion it
+    /// holds already costs nothing); or, for `None`, an empty document with every known fork
+    /// excluded, to which the caller replays the whole archive. Then feed it the stored events
+    /// the document has not applied with [`Node::replay_document`], in the order they were
+    /// accepted, and the evidence with [`Node::restore_evidence`].
+    ///
+    /// # Panics
+    ///
+    /// If `document` is for another number of members than the genesis.
     pub fn resume(
         genesis: Genesis,
         me: Option<PublicKey>,
         config: NodeConfig,
         archive: Box<dyn crate::archive::Archive>,
         chains: Vec<crate::adapter::ChainState>,
+        document: Option<Document>,
     ) -> Self {
         let mut node = Self::new(genesis.clone(), me, config.clone());
         let forks: Vec<(MemberIdx, u64)> = chains
@@ -335,8 +376,23 @@ impl Node {
             .filter_map(|(author, chain)| chain.fork_seq.map(|seq| (author, seq)))
             .collect();
         node.adapter = Adapter::resume(genesis, config.adapter, archive, chains);
-        for (author, seq) in forks {
-            node.document.exclude(author, seq);
+        match document {
+            Some(document) => {
+                assert_eq!(document.n_members(), node.document.n_members(), "a document of this cluster");
+                node.document = document;
+                for (author, seq) in forks {
+                    let history =
+                        ArchiveHistory { archive: node.adapter.archive(), chains: node.adapter.chain_states() };
+                    let Applied { covered, .. } = node.document.exclude(author, seq, &history);
+                    node.record_covered(covered, true);
+                }
+            }
+            None => {
+                // Nothing is applied yet: nothing to retract, and no history to read.
+                for (author, seq) in forks {
+                    node.document.exclude_unapplied(author, seq);
+                }
+            }
         }
         node
     }
@@ -351,12 +407,70 @@ impl Node {
         for stored in events {
             match Verified::from_stored(stored, n_members) {
                 Some(event) => {
-                    self.document.apply(&event);
+                    let Applied { covered, .. } = self.document.apply(&event);
+                    self.record_covered(covered, false);
                 }
                 None => bad.push(stored.id),
             }
         }
+        self.digest_cache = None;
         bad
+    }
+
+    /// Starts collecting what to persist of the document: from now on every key whose
+    /// persisted state changes, the exclusions and the covered records, until
+    /// [`Node::take_document_delta`] hands them over. A node that persists its document writes
+    /// each delta in the same transaction as the events applied when it was taken, so that a
+    /// restart opens the document instead of replaying the history.
+    pub fn track_document(&mut self) {
+        self.document.track_dirty();
+        self.doc_tracking.get_or_insert_with(DocTracking::default);
+    }
+
+    /// What changed in the document since the last call (since [`Node::track_document`] for
+    /// the first): the state after every event applied so far. `None` when tracking is off.
+    pub fn take_document_delta(&mut self) -> Option<DocumentDelta> {
+        let tracking = self.doc_tracking.as_mut()?;
+        let covered = std::mem::take(&mut tracking.covered);
+        let exclusions_changed = std::mem::take(&mut tracking.exclusions_changed);
+        let keys = self
+            .document
+            .take_dirty()
+            .into_iter()
+            .map(|(kind, key)| {
+                let state = self.document.encode_key(kind, &key);
+                (kind, key, state)
+            })
+            .collect();
+        let exclusions = exclusions_changed.then(|| self.document.encode_exclusions());
+        Some(DocumentDelta { keys, exclusions, covered })
+    }
+
+    /// A delta from [`Node::take_document_delta`] that was not persisted (the store had no
+    /// room): its keys are marked dirty again and its records kept, so the next delta holds
+    /// them, with the keys' state as it is then.
+    pub fn requeue_document_delta(&mut self, delta: DocumentDelta) {
+        let Some(tracking) = self.doc_tracking.as_mut() else { return };
+        let DocumentDelta { keys, exclusions, mut covered } = delta;
+        covered.append(&mut tracking.covered);
+        tracking.covered = covered;
+        tracking.exclusions_changed |= exclusions.is_some();
+        self.document.mark_dirty_keys(keys.into_iter().map(|(kind, key, _)| (kind, key)));
+    }
+
+    /// Covered records from the document go to the archive (what an exclusion reads) and, when
+    /// persisting, to the next delta.
+    fn record_covered(&mut self, covered: Vec<Covered>, excluded: bool) {
+        if let Some(tracking) = &mut self.doc_tracking {
+            tracking.exclusions_changed |= excluded;
+        }
+        if covered.is_empty() {
+            return;
+        }
+        self.adapter.archive_mut().record_covered(&covered);
+        if let Some(tracking) = &mut self.doc_tracking {
+            tracking.covered.extend(covered);
+        }
     }
 
     /// Loads evidence from this node's own store at start; it is verified again.
@@ -580,10 +694,18 @@ impl Node {
         }
         let mut changes: BTreeSet<Change> = BTreeSet::new();
         for event in &accepted {
-            changes.extend(self.document.apply(event));
+            let Applied { changes: applied, covered } = self.document.apply(event);
+            self.record_covered(covered, false);
+            changes.extend(applied);
         }
         for (author, seq) in exclusions {
-            changes.extend(self.document.exclude(author, seq));
+            let Applied { changes: applied, covered } =
+                self.document.exclude(author, seq, &ArchiveHistory {
+                    archive: self.adapter.archive(),
+                    chains: self.adapter.chain_states(),
+                });
+            self.record_covered(covered, true);
+            changes.extend(applied);
         }
         let ids: Vec<EventId> = accepted.iter().map(Verified::id).collect();
         for event in accepted {

@@ -24,7 +24,8 @@ use cairn_daemon::commit::{Acked, CommitJob, Committed, GroupCommit, WriteFailur
 use cairn_daemon::discipline::{PeerDiscipline, Verdict};
 use cairn_protocol::codec::{decode_event, decode_evidence};
 use cairn_protocol::node::{Node, NodeConfig, NodeEvent};
-use cairn_protocol::{EventId, Genesis, Member, Op, Reject};
+use cairn_protocol::document::Document;
+use cairn_protocol::{Adapter, EventId, Genesis, Member, Op, Reject, StoredEvent};
 
 use super::byzantine::{
     AfterHeal, Attack, ByzantineConfig, CraftContext, ForkChains, corrupt_one_signature, craft,
@@ -281,6 +282,8 @@ pub struct Outcome {
     pub n_crash_jobs_landed: u64,
     /// Crashes with a commit in flight that never reached the disk.
     pub n_crash_jobs_lost: u64,
+    /// Restarts that opened the persisted document (and checked it against a rebuild).
+    pub n_documents_resumed: u64,
     /// Windows in which a node's store was full.
     pub n_disk_full: u64,
     /// Commit jobs stored.
@@ -390,8 +393,11 @@ impl Cluster {
                 // The first start of a brand-new cluster (`new_cluster = true`): no member has
                 // written yet, so no node needs to learn its own seq.
                 let first_start = NodeConfig { own_seq_peers_needed: 0, ..config.node_configs[i].clone() };
+                let mut node = Node::new(genesis.clone(), Some(key.public()), first_start);
+                // Every process persists its document with its commits, as the daemon does.
+                node.track_document();
                 SimNode {
-                    node: Node::new(genesis.clone(), Some(key.public()), first_start),
+                    node,
                     learns_own_seq: false,
                     key,
                     config: config.node_configs[i].clone(),
@@ -1088,8 +1094,9 @@ impl Cluster {
         if sim.store.own_history_complete() {
             config.own_seq_peers_needed = 0;
         }
-        let mut node = Node::new(self.genesis.clone(), Some(me), config);
-        let rejected = node.restore(events);
+        // The reference: every event validated again and the document rebuilt from the log.
+        let mut reference = Node::new(self.genesis.clone(), Some(me), config.clone());
+        let rejected = reference.restore(events.clone());
         if let Some(first) = rejected.first() {
             self.violations.push(format!(
                 "{}'s store holds {} event(s) that do not validate again (first: {:?}, {})",
@@ -1100,29 +1107,78 @@ impl Cluster {
             ));
         }
         let evidence: Vec<Vec<u8>> = sim.store.evidence().cloned().collect();
+        // The node itself starts as the daemon does: over its archive, from the persisted
+        // document and its covered records, replaying only the log's tail.
+        let n_members = self.genesis.members().len();
+        let mut adapter = Adapter::new(self.genesis.clone(), config.adapter.clone());
+        let _ = adapter.restore(events.clone());
+        let (mut archive, chains) = adapter.into_parts();
+        let persisted = sim.store.document();
+        archive.record_covered(persisted.covered);
+        let mut restore_error = None;
+        let document = if persisted.through == 0 && persisted.keys.is_empty() && persisted.exclusions.is_none() {
+            None
+        } else {
+            let mut document = Document::new(n_members);
+            if let Some(bytes) = persisted.exclusions
+                && let Err(e) = document.restore_exclusions(bytes)
+            {
+                restore_error = Some(format!("exclusions: {e}"));
+            }
+            for ((kind, key), state) in persisted.keys {
+                if let Err(e) = document.restore_key(*kind, key, state) {
+                    restore_error.get_or_insert(format!("key {key:?}: {e}"));
+                }
+            }
+            Some(document)
+        };
+        let tail: Vec<StoredEvent> = events[persisted.through.min(events.len())..]
+            .iter()
+            .filter_map(|bytes| decode_event(bytes).ok())
+            .filter_map(|event| archive.event(&event.id()))
+            .collect();
+        let mut node = Node::resume(self.genesis.clone(), Some(me), config, archive, chains, document);
+        // Tracked before the tail's replay, whose changes the next commit persists.
+        node.track_document();
+        if !node.replay_document(&tail).is_empty() {
+            restore_error.get_or_insert("the log's tail does not replay".to_owned());
+        }
+        if let Some(error) = restore_error {
+            self.violations.push(format!("{}'s persisted document does not restore: {error}", self.name(i)));
+        }
         for bytes in evidence {
-            let restored = decode_evidence(&bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|evidence| node.restore_evidence(evidence).map_err(|e| e.to_string()));
+            let restored = decode_evidence(&bytes).map_err(|e| e.to_string()).and_then(|evidence| {
+                reference.restore_evidence(evidence.clone()).map_err(|e| e.to_string())?;
+                node.restore_evidence(evidence).map_err(|e| e.to_string())
+            });
             if let Err(error) = restored {
                 self.violations
                     .push(format!("{}'s store holds evidence that does not restore: {error}", self.name(i)));
             }
         }
-        if node.adapter().n_accepted() != n_stored {
+        if reference.adapter().n_accepted() != n_stored {
             self.violations.push(format!(
                 "{} restored {} of the {n_stored} events of its store: the store's log is not in causal order",
                 self.name(i),
-                node.adapter().n_accepted()
+                reference.adapter().n_accepted()
             ));
         }
+        if node.document().digest() != reference.document().digest() {
+            self.violations.push(format!(
+                "{}'s document opened from its store differs from the one rebuilt from its log",
+                self.name(i)
+            ));
+        }
+        self.outcome.n_documents_resumed += 1;
         self.nodes[i].down = false;
         self.start_process(i, node);
     }
 
     /// A new process of node `i` around `node`: a fresh group commit and discipline, no timer
     /// handled yet, then connections to every peer it can reach.
-    fn start_process(&mut self, i: usize, node: Node) {
+    fn start_process(&mut self, i: usize, mut node: Node) {
+        // Every process persists its document with its commits, as the daemon does.
+        node.track_document();
         let sim = &mut self.nodes[i];
         sim.learns_own_seq = node.own_seq_pending().is_some();
         sim.node = node;

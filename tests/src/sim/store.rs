@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_daemon::commit::{CommitJob, Committed};
+use cairn_protocol::document::{Covered, KeyKind};
 
 /// What happened to the job in flight when the process crashed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +37,27 @@ pub struct SimStore {
     /// The store's `own_history` mark: it holds every event the node's key signed (written in
     /// the same transaction as a job with `own_history_complete`, as the daemon's store does).
     own_history_complete: bool,
+    /// The persisted document, as the daemon's `doc` table holds it: each key's state.
+    doc: BTreeMap<(KeyKind, Vec<u8>), Vec<u8>>,
+    /// Its exclusions (`meta["doc_exclusions"]`).
+    doc_exclusions: Option<Vec<u8>>,
+    /// The covered records (the `covered` table).
+    covered: Vec<Covered>,
+    /// How many of `events`, from the first, the persisted document has applied.
+    doc_through: usize,
+}
+
+/// The persisted document of a [`SimStore`], as a start reads it.
+#[derive(Debug)]
+pub struct PersistedDocument<'a> {
+    /// Each key's state.
+    pub keys: &'a BTreeMap<(KeyKind, Vec<u8>), Vec<u8>>,
+    /// The exclusions, if ever persisted.
+    pub exclusions: Option<&'a [u8]>,
+    /// Every covered record.
+    pub covered: &'a [Covered],
+    /// How many of the store's events, from the first, it has applied.
+    pub through: usize,
 }
 
 impl SimStore {
@@ -55,6 +77,16 @@ impl SimStore {
     /// The durable events, in commit order (a causal order).
     pub fn events(&self) -> &[Vec<u8>] {
         &self.events
+    }
+
+    /// The persisted document.
+    pub fn document(&self) -> PersistedDocument<'_> {
+        PersistedDocument {
+            keys: &self.doc,
+            exclusions: self.doc_exclusions.as_deref(),
+            covered: &self.covered,
+            through: self.doc_through,
+        }
     }
 
     /// Whether the event with id `id` is durable.
@@ -134,6 +166,10 @@ impl SimStore {
         self.events.clear();
         self.ids.clear();
         self.evidence.clear();
+        self.doc.clear();
+        self.doc_exclusions = None;
+        self.covered.clear();
+        self.doc_through = 0;
         self.in_flight = None;
         // The node starts again with a new, empty store for a running cluster.
         self.own_history_complete = false;
@@ -144,10 +180,28 @@ impl SimStore {
     /// One write transaction: every new event in order (an id already held is skipped, as the
     /// `ids` table does), and the evidence (the newest per author).
     fn append(&mut self, job: &CommitJob) {
-        for (id, bytes) in &job.events {
+        for (i, (id, bytes)) in job.events.iter().enumerate() {
+            if job.document.is_some() && i == job.n_doc_events {
+                self.doc_through = self.events.len();
+            }
             if self.ids.insert(*id) {
                 self.events.push(bytes.clone());
             }
+        }
+        if let Some(delta) = &job.document {
+            if job.n_doc_events == job.events.len() {
+                self.doc_through = self.events.len();
+            }
+            for (kind, key, state) in &delta.keys {
+                match state {
+                    Some(state) => self.doc.insert((*kind, key.clone()), state.clone()),
+                    None => self.doc.remove(&(*kind, key.clone())),
+                };
+            }
+            if let Some(exclusions) = &delta.exclusions {
+                self.doc_exclusions = Some(exclusions.clone());
+            }
+            self.covered.extend(delta.covered.iter().cloned());
         }
         for (author, bytes) in &job.evidence {
             self.evidence.insert(*author, bytes.clone());

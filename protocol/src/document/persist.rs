@@ -1,0 +1,353 @@
+//! The document's persisted form, key by key, so that a restart reads it instead of replaying
+//! the history. The layout follows the crate's codec: integers little-endian, `u64(n)` 8 bytes,
+//! `i128(n)` 16 bytes, `bytes(b)` is `u64(len(b)) ‖ b`, and decoding checks every length
+//! against the bytes left (and the protocol's limits) before it allocates, and never panics.
+//!
+//! ```text
+//! entry      = event id (32 bytes) ‖ u64(op index) ‖ u64(author index) ‖ u64(seq)
+//!              ‖ u64(lamport) ‖ u64(number of members) ‖ that many u64(clock entry)
+//! register   = u64(number of frontier entries ≥ 1)
+//!              then each, ascending by (lamport, author index, event id, op index):
+//!                entry ‖ u8(1) ‖ bytes(value)      a put
+//!                entry ‖ u8(0)                     a del
+//! counter    = u64(number of non-zero author totals ≥ 1)
+//!              then each, ascending by author index: u64(author index) ‖ i128(total)
+//! set        = u64(number of elements with a frontier ≥ 1)
+//!              then each, in ascending byte order:
+//!                bytes(element) ‖ u64(number of frontier entries ≥ 1)
+//!                then each, ascending by (lamport, author index, event id, op index):
+//!                  entry ‖ u8(1 for an add, 0 for a remove)
+//! exclusions = u64(number of members) ‖ per member u64(lowest excluded seq, 2^64-1 for none)
+//! ```
+//!
+//! Only the canonical form decodes: entries in order and unique, no empty list, no zero total.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::counter::CounterState;
+use super::register::{RegisterEntry, RegisterState};
+use super::set::{ElementState, SetEntry, SetState};
+use super::{Document, EventMeta, KeyKind, OpMeta};
+use crate::event::EventId;
+use crate::limits::{KEY_BYTES_MAX, OPS_MAX, VALUE_BYTES_MAX};
+
+/// Why persisted document bytes did not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocumentDecodeError {
+    /// The input ended in the middle of the state.
+    #[error("the input ends in the middle of the state")]
+    Truncated,
+    /// The state decoded but bytes were left over.
+    #[error("{0} bytes after the end of the state")]
+    TrailingBytes(usize),
+    /// A field holds a value the layout does not allow.
+    #[error("invalid document state: {0}")]
+    Invalid(String),
+}
+
+fn invalid(what: impl Into<String>) -> DocumentDecodeError {
+    DocumentDecodeError::Invalid(what.into())
+}
+
+/// The smallest encoding of a frontier entry with its tag, for 0 members: what bounds a count
+/// before anything is allocated.
+const ENTRY_BYTES_MIN: usize = 32 + 5 * 8 + 1;
+
+impl Document {
+    /// The persisted state of one key: a register's frontier, a counter's author totals or a
+    /// set's element frontiers, in the layout of this module's documentation; `None` when the
+    /// key has no state.
+    pub fn encode_key(&self, kind: KeyKind, key: &[u8]) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        match kind {
+            KeyKind::Register => {
+                let state = self.registers.get(key).filter(|state| !state.frontier.is_empty())?;
+                put_len(&mut out, state.frontier.len());
+                for entry in &state.frontier {
+                    put_op(&mut out, &entry.op);
+                    match &entry.value {
+                        Some(value) => {
+                            out.push(1);
+                            put_bytes(&mut out, value);
+                        }
+                        None => out.push(0),
+                    }
+                }
+            }
+            KeyKind::Counter => {
+                let state = self.counters.get(key).filter(|state| !state.is_empty())?;
+                put_len(&mut out, state.totals.len());
+                for (&author, total) in &state.totals {
+                    put_len(&mut out, author);
+                    out.extend_from_slice(&total.to_le_bytes());
+                }
+            }
+            KeyKind::Set => {
+                let state = self.sets.get(key).filter(|state| !state.elements.is_empty())?;
+                put_len(&mut out, state.elements.len());
+                for (element, element_state) in &state.elements {
+                    put_bytes(&mut out, element);
+                    put_len(&mut out, element_state.frontier.len());
+                    for entry in &element_state.frontier {
+                        put_op(&mut out, &entry.op);
+                        out.push(u8::from(entry.is_add));
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+
+    /// Every key with persisted state, by kind then key: what to write for a full snapshot.
+    pub fn state_keys(&self) -> impl Iterator<Item = (KeyKind, &[u8])> {
+        let registers = self.registers.keys().map(|key| (KeyKind::Register, key.as_slice()));
+        let counters = self.counters.keys().map(|key| (KeyKind::Counter, key.as_slice()));
+        let sets = self.sets.keys().map(|key| (KeyKind::Set, key.as_slice()));
+        registers.chain(counters).chain(sets)
+    }
+
+    /// Sets the state of one key from [`Document::encode_key`]'s bytes, replacing what the key
+    /// held. For a restart: a new document, [`Document::restore_exclusions`], then every key.
+    /// Nothing changes when the bytes do not decode.
+    pub fn restore_key(
+        &mut self,
+        kind: KeyKind,
+        key: &[u8],
+        bytes: &[u8],
+    ) -> Result<(), DocumentDecodeError> {
+        if key.len() > KEY_BYTES_MAX {
+            return Err(invalid(format!("a key of {} bytes", key.len())));
+        }
+        let n_members = self.excluded_from.len();
+        let mut reader = Reader { bytes, metas: BTreeMap::new(), n_members };
+        match kind {
+            KeyKind::Register => {
+                let n = reader.len(ENTRY_BYTES_MIN, "register entries")?;
+                let mut frontier = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let op = reader.op()?;
+                    let value = match reader.u8()? {
+                        1 => Some(reader.bytes(VALUE_BYTES_MAX, "value")?.into()),
+                        0 => None,
+                        tag => return Err(invalid(format!("register entry tag {tag}"))),
+                    };
+                    frontier.push(RegisterEntry { op, value });
+                }
+                check_order(frontier.iter().map(|entry| &entry.op))?;
+                reader.finish()?;
+                self.registers.insert(key.to_vec(), RegisterState { frontier });
+            }
+            KeyKind::Counter => {
+                let n = reader.len(8 + 16, "counter totals")?;
+                if n == 0 {
+                    return Err(invalid("a counter without totals"));
+                }
+                let mut totals = BTreeMap::new();
+                let mut last = None;
+                for _ in 0..n {
+                    let author = reader.member()?;
+                    let total = reader.i128()?;
+                    if last.is_some_and(|last| author <= last) || total == 0 {
+                        return Err(invalid("counter totals out of order or zero"));
+                    }
+                    last = Some(author);
+                    totals.insert(author, total);
+                }
+                reader.finish()?;
+                self.counters.insert(key.to_vec(), CounterState { totals });
+            }
+            KeyKind::Set => {
+                let n = reader.len(8 + 8 + ENTRY_BYTES_MIN, "set elements")?;
+                if n == 0 {
+                    return Err(invalid("a set without elements"));
+                }
+                let mut elements: BTreeMap<Vec<u8>, ElementState> = BTreeMap::new();
+                let mut n_members = 0;
+                for _ in 0..n {
+                    let element = reader.bytes(VALUE_BYTES_MAX, "element")?;
+                    if elements.last_key_value().is_some_and(|(last, _)| element <= *last) {
+                        return Err(invalid("set elements out of order"));
+                    }
+                    let n_entries = reader.len(ENTRY_BYTES_MIN, "element entries")?;
+                    let mut frontier = Vec::with_capacity(n_entries);
+                    for _ in 0..n_entries {
+                        let op = reader.op()?;
+                        let is_add = match reader.u8()? {
+                            1 => true,
+                            0 => false,
+                            tag => return Err(invalid(format!("set entry tag {tag}"))),
+                        };
+                        frontier.push(SetEntry { op, is_add });
+                    }
+                    check_order(frontier.iter().map(|entry| &entry.op))?;
+                    let element_state = ElementState { frontier };
+                    n_members += usize::from(element_state.is_member());
+                    elements.insert(element, element_state);
+                }
+                reader.finish()?;
+                self.sets.insert(key.to_vec(), SetState { elements, n_members });
+            }
+        }
+        Ok(())
+    }
+
+    /// The persisted exclusions: each author's lowest excluded seq.
+    pub fn encode_exclusions(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8 + 8 * self.excluded_from.len());
+        put_len(&mut out, self.excluded_from.len());
+        for &seq in &self.excluded_from {
+            out.extend_from_slice(&seq.to_le_bytes());
+        }
+        out
+    }
+
+    /// Sets the exclusions from [`Document::encode_exclusions`]'s bytes. Nothing is retracted:
+    /// the persisted keys already hold the state after the exclusions. Nothing changes when the
+    /// bytes do not decode or are for another number of members.
+    pub fn restore_exclusions(&mut self, bytes: &[u8]) -> Result<(), DocumentDecodeError> {
+        let mut reader = Reader { bytes, metas: BTreeMap::new(), n_members: self.excluded_from.len() };
+        let n = reader.len(8, "members")?;
+        if n != self.excluded_from.len() {
+            return Err(invalid(format!(
+                "exclusions of {n} members for a document of {}",
+                self.excluded_from.len()
+            )));
+        }
+        let excluded_from = (0..n).map(|_| reader.u64()).collect::<Result<Vec<_>, _>>()?;
+        reader.finish()?;
+        self.excluded_from = excluded_from;
+        Ok(())
+    }
+}
+
+/// Frontier entries must be strictly ascending by the sibling order (which also makes them
+/// unique), and no list is empty.
+fn check_order<'a>(ops: impl Iterator<Item = &'a OpMeta>) -> Result<(), DocumentDecodeError> {
+    let mut last = None;
+    for op in ops {
+        let order_key = op.order_key();
+        if last.is_some_and(|last| order_key <= last) {
+            return Err(invalid("frontier entries out of order"));
+        }
+        last = Some(order_key);
+    }
+    if last.is_none() {
+        return Err(invalid("an empty frontier"));
+    }
+    Ok(())
+}
+
+fn put_len(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(&(n as u64).to_le_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
+    put_len(out, bytes.len());
+    out.extend_from_slice(bytes);
+}
+
+fn put_op(out: &mut Vec<u8>, op: &OpMeta) {
+    let event = &op.event;
+    out.extend_from_slice(&event.id.0);
+    out.extend_from_slice(&u64::from(op.op_idx).to_le_bytes());
+    put_len(out, event.author);
+    out.extend_from_slice(&event.seq.to_le_bytes());
+    out.extend_from_slice(&event.lamport.to_le_bytes());
+    put_len(out, event.clock.len());
+    for &entry in &event.clock {
+        out.extend_from_slice(&entry.to_le_bytes());
+    }
+}
+
+/// Reads persisted bytes, bounds-checked; the frontier entries of one event share their meta.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    metas: BTreeMap<EventId, Arc<EventMeta>>,
+    n_members: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Result<[u8; N], DocumentDecodeError> {
+        let (head, rest) = self.bytes.split_first_chunk::<N>().ok_or(DocumentDecodeError::Truncated)?;
+        self.bytes = rest;
+        Ok(*head)
+    }
+
+    fn u8(&mut self) -> Result<u8, DocumentDecodeError> {
+        Ok(self.take::<1>()?[0])
+    }
+
+    fn u64(&mut self) -> Result<u64, DocumentDecodeError> {
+        Ok(u64::from_le_bytes(self.take()?))
+    }
+
+    fn i128(&mut self) -> Result<i128, DocumentDecodeError> {
+        Ok(i128::from_le_bytes(self.take()?))
+    }
+
+    /// A count of items at least `item_bytes` long each, checked against the bytes left.
+    fn len(&mut self, item_bytes: usize, what: &str) -> Result<usize, DocumentDecodeError> {
+        let n = self.u64()?;
+        match usize::try_from(n) {
+            Ok(n) if n <= self.bytes.len() / item_bytes.max(1) => Ok(n),
+            _ => Err(invalid(format!("{n} {what} in {} bytes", self.bytes.len()))),
+        }
+    }
+
+    fn bytes(&mut self, max: usize, what: &str) -> Result<Vec<u8>, DocumentDecodeError> {
+        let n = self.u64()?;
+        let n = match usize::try_from(n) {
+            Ok(n) if n <= max => n,
+            _ => return Err(invalid(format!("a {what} of {n} bytes"))),
+        };
+        if n > self.bytes.len() {
+            return Err(DocumentDecodeError::Truncated);
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head.to_vec())
+    }
+
+    fn member(&mut self) -> Result<usize, DocumentDecodeError> {
+        let author = self.u64()?;
+        match usize::try_from(author) {
+            Ok(author) if author < self.n_members => Ok(author),
+            _ => Err(invalid(format!("member index {author} of {} members", self.n_members))),
+        }
+    }
+
+    fn op(&mut self) -> Result<OpMeta, DocumentDecodeError> {
+        let id = EventId(self.take()?);
+        let op_idx = match u32::try_from(self.u64()?) {
+            Ok(op_idx) if (op_idx as usize) < OPS_MAX => op_idx,
+            _ => return Err(invalid("an op index over OPS_MAX")),
+        };
+        let author = self.member()?;
+        let seq = self.u64()?;
+        let lamport = self.u64()?;
+        let n_clock = self.len(8, "clock entries")?;
+        if n_clock != self.n_members {
+            return Err(invalid(format!("a clock of {n_clock} entries for {} members", self.n_members)));
+        }
+        let clock: Box<[u64]> = (0..n_clock).map(|_| self.u64()).collect::<Result<_, _>>()?;
+        if seq == 0 || clock[author] < seq {
+            return Err(invalid("a seq that its clock does not cover"));
+        }
+        let meta = EventMeta { id, author, seq, lamport, clock };
+        let event = match self.metas.get(&id) {
+            Some(known) if **known == meta => Arc::clone(known),
+            Some(_) => return Err(invalid(format!("two metas for event {id}"))),
+            None => Arc::clone(self.metas.entry(id).or_insert_with(|| Arc::new(meta))),
+        };
+        Ok(OpMeta { event, op_idx })
+    }
+
+    fn finish(&self) -> Result<(), DocumentDecodeError> {
+        match self.bytes.len() {
+            0 => Ok(()),
+            n => Err(DocumentDecodeError::TrailingBytes(n)),
+        }
+    }
+}
