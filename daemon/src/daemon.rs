@@ -79,7 +79,14 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let document = store
         .load_document(genesis.members().len())
         .with_context(|| format!("cannot use the store {}", store_path.display()))?;
-    let mut node = Node::resume(genesis.clone(), Some(me), node_config, Box::new(archive), loaded.chains.clone(), document);
+    let mut node = Node::resume(
+        genesis.clone(),
+        Some(me),
+        node_config,
+        Box::new(archive),
+        loaded.chains.clone(),
+        document,
+    );
     node.track_document();
     let authored = loaded.authors.clone();
     let mut position = loaded.doc_through;
@@ -140,7 +147,11 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         );
     }
     if n_replayed > 0 {
-        info!(events = n_replayed, from = loaded.doc_through, "replayed the log's tail into the persisted document");
+        info!(
+            events = n_replayed,
+            from = loaded.doc_through,
+            "replayed the log's tail into the persisted document"
+        );
     }
     let n_restored = loaded.n_events;
     for bytes in loaded.evidence {

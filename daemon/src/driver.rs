@@ -855,10 +855,10 @@ fn spawn_store_writer(
                         job.events.iter().map(|(id, b)| (*id, b.as_slice())).collect();
                     let evidence: Vec<([u8; 32], &[u8])> =
                         job.evidence.iter().map(|(a, b)| (*a, b.as_slice())).collect();
-                    let document = job.document.as_ref().map(|delta| crate::store::DocumentCommit {
-                        delta,
-                        n_applied: job.n_doc_events,
-                    });
+                    let document = job
+                        .document
+                        .as_ref()
+                        .map(|delta| crate::store::DocumentCommit { delta, n_applied: job.n_doc_events });
                     store.append_with_document(&events, &evidence, job.own_history_complete, document)
                 };
                 debug!(events = job.events.len(), ok = result.is_ok(), "store commit");

@@ -1,13 +1,16 @@
 //! `cairnd check-store`: reads a stopped node's store and checks it offline, the way a start
 //! would and more thoroughly: every page checksum (redb), every event decoded and matched with
 //! its id and log position, then every event validated again against the genesis in log order
-//! (id, signature, seq chain, causal closure: each event's deps before it), and every piece of
-//! evidence verified. Each problem is reported with the event's id.
+//! (id, signature, seq chain, causal closure: each event's deps before it), every piece of
+//! evidence verified, and the persisted document compared with one rebuilt from the log (the
+//! persisted one, with the log's tail it has not applied replayed as a start does, must equal
+//! the rebuild key by key). Each problem is reported with the event's id or the key.
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
 use anyhow::bail;
+use cairn_protocol::document::{Document, KeyKind};
 use cairn_protocol::{EventId, Genesis, Node, NodeConfig, codec};
 
 use crate::store::{OwnHistory, Store, StoreError};
@@ -52,6 +55,13 @@ pub fn check_store(path: &Path, genesis: &Genesis, me: cairn_crypto::PublicKey) 
         }
         Err(error) => return Err(error.into()),
     };
+    let persisted = match store.load_document(genesis.members().len()) {
+        Ok(document) => document,
+        Err(error) => {
+            report.problems.push(error.to_string());
+            None
+        }
+    };
     drop(store);
     report.n_events = loaded.events.len() as u64;
     report.n_evidence = loaded.evidence.len() as u64;
@@ -59,6 +69,7 @@ pub fn check_store(path: &Path, genesis: &Genesis, me: cairn_crypto::PublicKey) 
     report.upgraded_from = loaded.upgraded_from;
 
     let ids: Vec<EventId> = loaded.ids.iter().map(|id| EventId(*id)).collect();
+    let doc_through = usize::try_from(loaded.doc_through).unwrap_or(usize::MAX).min(ids.len());
     let mut node = Node::new(genesis.clone(), None, NodeConfig::default());
     let rejected = node.restore(loaded.events);
     let mut flagged: BTreeSet<EventId> = BTreeSet::new();
@@ -91,5 +102,59 @@ pub fn check_store(path: &Path, genesis: &Genesis, me: cairn_crypto::PublicKey) 
             }
         }
     }
+    if report.problems.is_empty()
+        && let Some(persisted) = persisted
+    {
+        compare_documents(node, persisted, &ids[doc_through..], genesis, &mut report);
+    }
     Ok(report)
+}
+
+/// Opens the persisted document over the rebuilt node's archive as a start does (forks
+/// excluded, the log's tail from `tail` replayed) and reports every key whose visible state
+/// differs from the rebuild's.
+fn compare_documents(
+    rebuilt: Node,
+    persisted: Document,
+    tail: &[EventId],
+    genesis: &Genesis,
+    report: &mut Report,
+) {
+    let (adapter, reference) = rebuilt.into_parts();
+    let chains = adapter.chain_states().to_vec();
+    let (archive, _) = adapter.into_parts();
+    let tail: Vec<_> = tail.iter().filter_map(|id| archive.event(id)).collect();
+    let mut resumed =
+        Node::resume(genesis.clone(), None, NodeConfig::default(), archive, chains, Some(persisted));
+    if !resumed.replay_document(&tail).is_empty() {
+        report.problems.push("the log's tail after the persisted document does not replay".to_owned());
+    }
+    let opened = resumed.document();
+    if opened.digest() == reference.digest() {
+        return;
+    }
+    let mut differing = Vec::new();
+    let keys = |doc: &Document| -> BTreeSet<(KeyKind, Vec<u8>)> {
+        doc.register_keys()
+            .map(|k| (KeyKind::Register, k.to_vec()))
+            .chain(doc.counter_keys().map(|k| (KeyKind::Counter, k.to_vec())))
+            .chain(doc.set_keys().map(|k| (KeyKind::Set, k.to_vec())))
+            .collect()
+    };
+    for (kind, key) in keys(opened).union(&keys(&reference)) {
+        let same = match kind {
+            KeyKind::Register => opened.register(key) == reference.register(key),
+            KeyKind::Counter => opened.counter_totals(key) == reference.counter_totals(key),
+            KeyKind::Set => opened.set_members(key) == reference.set_members(key),
+        };
+        if !same {
+            differing.push(format!("{kind:?} {}", String::from_utf8_lossy(key)));
+        }
+    }
+    report.problems.push(format!(
+        "the persisted document differs from the one rebuilt from the log ({} key(s): {}); a start would serve \
+         it. Move the store away and let the node catch up from its peers",
+        differing.len(),
+        differing.iter().take(10).cloned().collect::<Vec<_>>().join(", ")
+    ));
 }

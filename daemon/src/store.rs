@@ -78,8 +78,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
-use cairn_protocol::event::ops_hash;
 use cairn_protocol::document::{Covered, Document, KeyKind, OpId};
+use cairn_protocol::event::ops_hash;
 use cairn_protocol::{ChainState, DocumentDelta, EventId, EventMeta, codec};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -632,7 +632,10 @@ impl Store {
             })? = tally.value();
         }
         if authors.iter().map(|(n, _)| n).sum::<u64>() != n_events {
-            return Err(corrupt(&path, format!("`authors` does not add up to the {n_events} events of `log`")));
+            return Err(corrupt(
+                &path,
+                format!("`authors` does not add up to the {n_events} events of `log`"),
+            ));
         }
         if n_ids != n_events || n_metas != n_events || n_by_seq != n_events {
             return Err(corrupt(
@@ -699,7 +702,16 @@ impl Store {
         self.chains = chains.clone();
         self.own_history = own_history;
         self.authors = authors.clone();
-        Ok(Loaded { evidence, own_history, chains, n_events, n_bytes, authors, doc_through, ..Loaded::default() })
+        Ok(Loaded {
+            evidence,
+            own_history,
+            chains,
+            n_events,
+            n_bytes,
+            authors,
+            doc_through,
+            ..Loaded::default()
+        })
     }
 
     /// Events of `log` from position `from` on, in order, until `bytes_max` bytes (at least one
@@ -825,7 +837,8 @@ impl Store {
             tx.set_two_phase_commit(true);
             {
                 let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
-                meta.insert(META_DOC_THROUGH, through.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+                meta.insert(META_DOC_THROUGH, through.to_le_bytes().as_slice())
+                    .map_err(|e| fail(e.into()))?;
                 if let Some(exclusions) = &delta.exclusions {
                     meta.insert(META_DOC_EXCLUSIONS, exclusions.as_slice()).map_err(|e| fail(e.into()))?;
                 }
@@ -862,7 +875,8 @@ impl Store {
             .map_err(|e| fail(e.into()))?
             .and_then(|v| <[u8; 8]>::try_from(v.value()).ok())
             .map_or(0, u64::from_le_bytes);
-        let exclusions = meta.get(META_DOC_EXCLUSIONS).map_err(|e| fail(e.into()))?.map(|v| v.value().to_vec());
+        let exclusions =
+            meta.get(META_DOC_EXCLUSIONS).map_err(|e| fail(e.into()))?.map(|v| v.value().to_vec());
         let doc = tx.open_table(DOC).map_err(|e| fail(e.into()))?;
         if through == 0 && exclusions.is_none() && doc.is_empty().map_err(|e| fail(e.into()))? {
             return Ok(None);
@@ -878,7 +892,10 @@ impl Store {
             let (kind, key) = decode_doc_key(key.value())
                 .ok_or_else(|| corrupt(path, "a document key of an unknown kind".to_owned()))?;
             document.restore_key(kind, key, state.value()).map_err(|e| {
-                corrupt(path, format!("the document's state of key {} does not decode: {e}", hex::encode(key)))
+                corrupt(
+                    path,
+                    format!("the document's state of key {} does not decode: {e}", hex::encode(key)),
+                )
             })?;
         }
         Ok(Some(document))
@@ -1030,7 +1047,8 @@ impl Store {
             meta.insert(META_N_BYTES, n_bytes.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
             if let Some(document) = document {
                 let through = doc_through.unwrap_or(n_events);
-                meta.insert(META_DOC_THROUGH, through.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+                meta.insert(META_DOC_THROUGH, through.to_le_bytes().as_slice())
+                    .map_err(|e| fail(e.into()))?;
                 if let Some(exclusions) = &document.delta.exclusions {
                     meta.insert(META_DOC_EXCLUSIONS, exclusions.as_slice()).map_err(|e| fail(e.into()))?;
                 }
@@ -1306,7 +1324,7 @@ pub(crate) fn op_key(op: &OpId) -> [u8; 36] {
 
 /// Ops as `covered` lists them: 36 bytes each ([`op_key`]).
 pub(crate) fn decode_ops(bytes: &[u8]) -> Option<Vec<OpId>> {
-    if bytes.len() % 36 != 0 {
+    if !bytes.len().is_multiple_of(36) {
         return None;
     }
     Some(
@@ -1667,7 +1685,8 @@ pub mod reads {
         let Some(value) = table.get(&op_key(op)).map_err(|e| failed("covered ops", e))? else {
             return Ok(Vec::new());
         };
-        decode_ops(value.value()).ok_or_else(|| format!("the covered list of op {}#{} does not decode", op.0, op.1))
+        decode_ops(value.value())
+            .ok_or_else(|| format!("the covered list of op {}#{} does not decode", op.0, op.1))
     }
 
     /// The ids of `author`'s events at `seq`, in id order.

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 /// The store's log table, as a tool outside cairnd would open it to damage a store.
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const DOC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc");
 
 fn run(program: &Path, args: &[&str]) -> Output {
     Command::new(program).args(args).output().expect("run the command")
@@ -179,9 +180,35 @@ fn the_offline_check_reports_a_damaged_store_by_event_id() {
     assert!(sound.status.success(), "{}", text(&sound));
     assert!(text(&sound).starts_with("ok: "), "{}", text(&sound));
 
+    // The persisted document with another key's state under `k0` (valid, so only the comparison
+    // with a rebuild can notice); then put back.
+    let path = cluster.nodes[0].data_dir.join(STORE_FILE);
+    let doc_key = |key: &str| [&[0u8][..], key.as_bytes()].concat();
+    let original = {
+        let db = redb::Database::open(&path).unwrap();
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(DOC).unwrap();
+        let original = table.get(doc_key("k0").as_slice()).unwrap().unwrap().value().to_vec();
+        let other = table.get(doc_key("k1").as_slice()).unwrap().unwrap().value().to_vec();
+        drop((table, read));
+        let tx = db.begin_write().unwrap();
+        tx.open_table(DOC).unwrap().insert(doc_key("k0").as_slice(), other.as_slice()).unwrap();
+        tx.commit().unwrap();
+        original
+    };
+    let swapped = run(&cairnd(), &["check-store", "--config", &config(&cluster, 0)]);
+    let out = text(&swapped);
+    assert_eq!(swapped.status.code(), Some(1), "{out}");
+    assert!(out.contains("the persisted document differs") && out.contains("Register k0"), "{out}");
+    {
+        let db = redb::Database::open(&path).unwrap();
+        let tx = db.begin_write().unwrap();
+        tx.open_table(DOC).unwrap().insert(doc_key("k0").as_slice(), original.as_slice()).unwrap();
+        tx.commit().unwrap();
+    }
+
     // Flip a bit of one event's signature, through redb so that every checksum stays valid:
     // only the signature check can notice.
-    let path = cluster.nodes[0].data_dir.join(STORE_FILE);
     let position = 2u64;
     let id = {
         let db = redb::Database::open(&path).unwrap();

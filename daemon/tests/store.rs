@@ -29,7 +29,7 @@ fn node_key() -> [u8; 32] {
 
 /// What a new store of one member holds.
 fn empty() -> Loaded {
-    Loaded { chains: vec![ChainState::default()], ..Loaded::default() }
+    Loaded { chains: vec![ChainState::default()], authors: vec![(0, 0)], ..Loaded::default() }
 }
 
 fn open(path: &Path) -> Result<(Store, Loaded), StoreError> {
@@ -666,4 +666,47 @@ fn the_indexes_are_what_the_adapter_computed() {
     assert_eq!(loaded.upgraded_from, Some(2));
     assert_eq!(loaded.chains, adapter.chain_states());
     assert_eq!(loaded.n_events, 6);
+}
+
+/// The document goes to disk with the events that changed it: a reopen reads it back equal (same
+/// digest) and knows which of the log's events it has applied; the author tallies too.
+#[test]
+fn the_document_is_persisted_with_the_events_it_applied() {
+    use cairn_daemon::store::DocumentCommit;
+    use cairn_protocol::{Genesis, Member, Node, NodeConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let genesis = Genesis::new(vec![Member { key: author().public(), name: "a".into() }]).unwrap();
+    let mut events = chain(1, 20, b"v");
+    // Overwrites and a delete, so that ops cover others.
+    let key = author();
+    for seq in 21..=24 {
+        let deps = vec![events.last().unwrap().id()];
+        let op = if seq == 24 {
+            Op::Del { key: b"k1".to_vec() }
+        } else {
+            Op::Put { key: b"k1".to_vec(), value: vec![seq as u8] }
+        };
+        events.push(Event::sign(&key, seq, seq, deps, vec![op]));
+    }
+    let mut node = Node::new(genesis.clone(), None, NodeConfig::default());
+    node.track_document();
+    // The document applies all but the last three, as a commit whose own events come last.
+    assert!(node.restore(encoded(&events[..21])).is_empty());
+    let delta = node.take_document_delta().unwrap();
+    assert!(!delta.covered.is_empty(), "the overwrites covered the puts before them");
+    let digest = node.document().digest();
+    {
+        let (mut store, _) = open(&path).unwrap();
+        let ids: Vec<(EventId, Vec<u8>)> = events.iter().map(|e| (e.id(), e.encode())).collect();
+        let batch: Vec<([u8; 32], &[u8])> = ids.iter().map(|(id, b)| (id.0, b.as_slice())).collect();
+        let document = DocumentCommit { delta: &delta, n_applied: 21 };
+        store.append_with_document(&batch, &[], false, Some(document)).unwrap();
+    }
+    let (store, loaded) = open(&path).unwrap();
+    assert_eq!(loaded.doc_through, 21);
+    assert_eq!(loaded.authors, vec![(24, events.iter().map(|e| e.encode().len() as u64).sum())]);
+    let document = store.load_document(1).unwrap().expect("a document was persisted");
+    assert_eq!(document.digest(), digest);
+    assert_eq!(document.register(b"k1").visible.unwrap().value, vec![21]);
 }

@@ -36,9 +36,9 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use cairn_crypto::{Domain, Hasher, PublicKey};
 
 use crate::adapter::{Adapter, AdapterConfig, Ingested};
+use crate::archive::ArchiveHistory;
 use crate::buffer::PeerId;
 use crate::codec::{self};
-use crate::archive::ArchiveHistory;
 use crate::document::{Applied, Change, Covered, Document, KeyKind};
 use crate::event::{Event, EventId, Op};
 use crate::evidence::Evidence;
@@ -381,8 +381,10 @@ impl Node {
                 assert_eq!(document.n_members(), node.document.n_members(), "a document of this cluster");
                 node.document = document;
                 for (author, seq) in forks {
-                    let history =
-                        ArchiveHistory { archive: node.adapter.archive(), chains: node.adapter.chain_states() };
+                    let history = ArchiveHistory {
+                        archive: node.adapter.archive(),
+                        chains: node.adapter.chain_states(),
+                    };
                     let Applied { covered, .. } = node.document.exclude(author, seq, &history);
                     node.record_covered(covered, true);
                 }
@@ -415,6 +417,12 @@ impl Node {
         }
         self.digest_cache = None;
         bad
+    }
+
+    /// The replica's adapter (with its archive) and its document, for a tool that compares a
+    /// document rebuilt here with one a node persisted (`cairnd check-store`).
+    pub fn into_parts(self) -> (Adapter, Document) {
+        (self.adapter, self.document)
     }
 
     /// Starts collecting what to persist of the document: from now on every key whose
@@ -699,11 +707,11 @@ impl Node {
             changes.extend(applied);
         }
         for (author, seq) in exclusions {
-            let Applied { changes: applied, covered } =
-                self.document.exclude(author, seq, &ArchiveHistory {
-                    archive: self.adapter.archive(),
-                    chains: self.adapter.chain_states(),
-                });
+            let Applied { changes: applied, covered } = self.document.exclude(
+                author,
+                seq,
+                &ArchiveHistory { archive: self.adapter.archive(), chains: self.adapter.chain_states() },
+            );
             self.record_covered(covered, true);
             changes.extend(applied);
         }

@@ -23,8 +23,8 @@ use cairn_crypto::{PublicKey, SecretKey};
 use cairn_daemon::commit::{Acked, CommitJob, Committed, GroupCommit, WriteFailure};
 use cairn_daemon::discipline::{PeerDiscipline, Verdict};
 use cairn_protocol::codec::{decode_event, decode_evidence};
-use cairn_protocol::node::{Node, NodeConfig, NodeEvent};
 use cairn_protocol::document::Document;
+use cairn_protocol::node::{Node, NodeConfig, NodeEvent};
 use cairn_protocol::{Adapter, EventId, Genesis, Member, Op, Reject, StoredEvent};
 
 use super::byzantine::{
@@ -1116,22 +1116,23 @@ impl Cluster {
         let persisted = sim.store.document();
         archive.record_covered(persisted.covered);
         let mut restore_error = None;
-        let document = if persisted.through == 0 && persisted.keys.is_empty() && persisted.exclusions.is_none() {
-            None
-        } else {
-            let mut document = Document::new(n_members);
-            if let Some(bytes) = persisted.exclusions
-                && let Err(e) = document.restore_exclusions(bytes)
-            {
-                restore_error = Some(format!("exclusions: {e}"));
-            }
-            for ((kind, key), state) in persisted.keys {
-                if let Err(e) = document.restore_key(*kind, key, state) {
-                    restore_error.get_or_insert(format!("key {key:?}: {e}"));
+        let document =
+            if persisted.through == 0 && persisted.keys.is_empty() && persisted.exclusions.is_none() {
+                None
+            } else {
+                let mut document = Document::new(n_members);
+                if let Some(bytes) = persisted.exclusions
+                    && let Err(e) = document.restore_exclusions(bytes)
+                {
+                    restore_error = Some(format!("exclusions: {e}"));
                 }
-            }
-            Some(document)
-        };
+                for ((kind, key), state) in persisted.keys {
+                    if let Err(e) = document.restore_key(*kind, key, state) {
+                        restore_error.get_or_insert(format!("key {key:?}: {e}"));
+                    }
+                }
+                Some(document)
+            };
         let tail: Vec<StoredEvent> = events[persisted.through.min(events.len())..]
             .iter()
             .filter_map(|bytes| decode_event(bytes).ok())
