@@ -4,21 +4,31 @@
 //! The store is written once per group commit ([`Store::append`]: one write transaction, one
 //! fsync), and read while the node runs: the node's archive (`crate::archive`) reads accepted
 //! events back through [`reads`], so the node's memory does not grow with its history. A start
-//! ([`Store::open_indexed`]) reads the chain states, the counters and the evidence, and the
-//! daemon then reads the log once, page by page, to rebuild the document; [`Store::open`]
-//! also returns every event (for tools and tests).
+//! ([`Store::open_indexed`]) reads the chain states, the counters and the evidence, then the
+//! persisted document ([`Store::load_document`]); the daemon replays only the log's tail that
+//! the document has not applied. [`Store::open`] also returns every event (for tools and
+//! tests).
 //!
-//! Layout (format [`FORMAT_VERSION`]), seven redb tables:
+//! Layout (format [`FORMAT_VERSION`]), ten redb tables:
 //!
 //! | table      | key                   | value                                  |
 //! |------------|-----------------------|----------------------------------------|
-//! | `meta`     | `&str`                | `"format"`, `"n_bytes"`: u64 LE; `"cluster_id"`, `"node_key"`: 32 bytes; `"own_history"`: 1 byte, see [`OwnHistory`] |
+//! | `meta`     | `&str`                | `"format"`, `"n_bytes"`, `"doc_through"`: u64 LE; `"cluster_id"`, `"node_key"`: 32 bytes; `"own_history"`: 1 byte, see [`OwnHistory`]; `"doc_exclusions"`: the document's exclusions (`Document::encode_exclusions`) |
 //! | `log`      | u64 position, 0, 1, … | canonical event bytes, in append order  |
 //! | `ids`      | 32-byte event id      | u64 position in `log`                  |
 //! | `evidence` | 32-byte author key    | canonical evidence bytes (the newest)  |
 //! | `metas`    | 32-byte event id      | the event's meta ([`encode_meta`]): author, seq, lamport, own predecessor, clock |
 //! | `by_seq`   | (author index u32, seq u64, id) | nothing                      |
 //! | `chains`   | author index u32      | the author's chain state ([`ChainState`]: tips, highest seq, fork seq) |
+//! | `authors`  | author index u32      | (events, bytes) of the author in `log` |
+//! | `doc`      | kind (0 register, 1 counter, 2 set) ‖ key | the key's document state (`Document::encode_key`) |
+//! | `covered`  | op: event id ‖ op index u32 LE | the ops it covered, 36 bytes each (`Archive::covered`) |
+//!
+//! The document is written with the events it applied: each group commit carries the document's
+//! changed keys, exclusions and covered records as they were when the commit was formed, after
+//! every event from peers in it (its own events are applied once it is durable, so their changes
+//! go with the next commit), and `doc_through` is the log's length after those events. A start
+//! opens the document and replays `log` from `doc_through` on: at most one commit's own events.
 //!
 //! `ids` makes appending an event twice a no-op. The append order is a causal order because the
 //! node only accepts an event after its dependencies. The store computes `metas`, `by_seq` and
@@ -40,17 +50,21 @@
 //!
 //! # Versions
 //!
-//! Format 1 (cairnd up to commit 031c76c) had no `own_history`, and format 2 no indexes. Both
-//! are upgraded in place on the first open: the indexes are built from the log, in
-//! transactions of [`REINDEX_BATCH`] events, and the last one writes this format's meta. A
+//! Format 1 (cairnd up to commit 031c76c) had no `own_history`, format 2 no indexes, and format 3
+//! (up to commit 84478ff) no persisted document. All are upgraded in place on the first open:
+//! the indexes are built from the log, in transactions of [`REINDEX_BATCH`] events, and the
+//! last one writes this format's meta with `doc_through` 0, so the start replays the whole log
+//! into the document once, persisting it page by page. A
 //! format-1 store becomes [`OwnHistory::Unknown`] (format 1 trusted any store holding an own
 //! event, which a crash while relearning made unsafe; a sole member's becomes complete). A
 //! store of a later format is refused.
 //!
-//! A corrupt store is refused, never used: redb verifies every page checksum on open, the
-//! tables must agree in size, and a start reads every event back, checking it against `ids`,
-//! `metas` and `by_seq`, and the chain states against the log. It does not check signatures
-//! again (it trusts what it validated and stored); `cairnd check-store` does.
+//! A corrupt store is refused, never used: redb checks its pages' checksums, the tables must
+//! agree in size (and `authors` with `log`), every document key must decode, and a start reads
+//! the log's tail back, checking each event against `ids`, `metas` and `by_seq`. A start no
+//! longer reads the whole log (that is what keeps it bounded by the live document): it does
+//! not check signatures, chain states or the document against the log again; `cairnd
+//! check-store` does all of that offline.
 //!
 //! # A full file system
 //!

@@ -821,6 +821,25 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
     let stored_bytes: u64 = loaded.events.iter().map(|e| e.len() as u64).sum();
     drop((stored, loaded));
     let reopen_secs = check_start.elapsed().as_secs_f64();
+
+    // Restarts, spawn until the API answers: the holder and the follower open the document
+    // persisted with their logs and replay only its tail. After a clean stop, then after
+    // kill -9 (redb's recovery of a file closed uncleanly included).
+    let mut restarts = Vec::new();
+    for (who, i) in [("holder", holder), ("follower", follower)] {
+        cluster.stop(i)?;
+        let spawned = Instant::now();
+        cluster.start(i)?;
+        let clean = cluster.wait_ready(i, spawned).await?;
+        let hwm_clean = cluster.pid(i).and_then(|p| proc_status_mib(p, "VmHWM")).unwrap_or(0.0);
+        cluster.kill(i)?;
+        let spawned = Instant::now();
+        cluster.start(i)?;
+        let killed = cluster.wait_ready(i, spawned).await?;
+        let held = cluster.n_events(i).await?;
+        anyhow::ensure!(held == n_events as u64, "the {who} holds {held} events after its restarts");
+        restarts.push((who, clean, killed, hwm_clean));
+    }
     bench.collect_warnings("catchup", &cluster);
 
     let bytes_in = stats["bytes_in"].as_f64().unwrap_or(0.0);
@@ -853,6 +872,15 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
         "| follower start-up: spawn until its socket answers | {:.0} ms |",
         startup.as_secs_f64() * 1e3
     );
+    for (who, clean, killed, hwm) in &restarts {
+        let _ = writeln!(
+            out,
+            "| {who} restart with every event, spawn until its socket answers: after a clean stop / after kill -9 | \
+             {:.2} s / {:.2} s (VmHWM {hwm:.0} MiB) |",
+            clean.as_secs_f64(),
+            killed.as_secs_f64()
+        );
+    }
     let _ = writeln!(
         out,
         "| **seconds from spawning the follower until it holds every event** | **{:.2}** |",

@@ -108,6 +108,15 @@ impl Cluster {
         Ok(())
     }
 
+    /// Kills node `i` with SIGKILL (a crash: nothing is drained or closed) and reaps it.
+    pub(crate) fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        if let Some(mut child) = self.children[i].take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
     /// The process id of node `i`, if it runs.
     pub(crate) fn pid(&self, i: usize) -> Option<u32> {
         self.children[i].as_ref().map(Child::id)
