@@ -18,11 +18,14 @@ pub enum Domain {
     SyncDigest,
     /// The canonical digest of the CRDT document state.
     Document,
+    /// A register value in the document digest.
+    Value,
 }
 
 impl Domain {
     /// Every domain, in the order of the table in `docs/PROTOCOL.md`.
-    pub const ALL: [Self; 5] = [Self::Cluster, Self::Event, Self::Ops, Self::SyncDigest, Self::Document];
+    pub const ALL: [Self; 6] =
+        [Self::Cluster, Self::Event, Self::Ops, Self::SyncDigest, Self::Document, Self::Value];
 
     /// The domain string that prefixes the hashed bytes.
     pub const fn prefix(self) -> &'static [u8] {
@@ -31,7 +34,8 @@ impl Domain {
             Self::Event => b"cairn/event/v1",
             Self::Ops => b"cairn/ops/v1",
             Self::SyncDigest => b"cairn/sync-digest/v1",
-            Self::Document => b"cairn/document/v1",
+            Self::Document => b"cairn/document/v2",
+            Self::Value => b"cairn/value/v1",
         }
     }
 }

@@ -615,7 +615,7 @@ impl Driver {
                 }
             }
             Command::Register(key, reply) => {
-                let _ = reply.send(self.node.document().register(&key));
+                let _ = reply.send(self.node.register(&key));
             }
             Command::Counter(key, reply) => {
                 let _ = reply.send(self.node.document().counter(&key));

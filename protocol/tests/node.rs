@@ -616,3 +616,21 @@ fn a_resumed_node_over_its_archive_is_the_same_node() {
     );
     assert_eq!(third.document().digest(), first.document().digest());
 }
+
+/// A large value is not held by the document: `Node::register` reads it from its event in the
+/// archive, and a small one comes from the document itself.
+#[test]
+fn a_large_value_is_read_back_from_its_event() {
+    let me = key(1);
+    let mut node = Node::new(genesis(1), Some(me.public()), NodeConfig::default());
+    let large = "y".repeat(50_000);
+    write(&mut node, &me, put("big", &large), 1).unwrap();
+    write(&mut node, &me, put("small", "v"), 2).unwrap();
+    let held = node.document().register(b"big").visible.unwrap();
+    assert!(!held.value_held && held.value.is_empty(), "the document holds the value's hash only");
+    let read = node.register(b"big").visible.unwrap();
+    assert!(read.value_held);
+    assert_eq!(read.value, large.as_bytes());
+    assert_eq!(node.register(b"small").visible.unwrap().value, b"v");
+    assert!(node.register(b"none").visible.is_none());
+}

@@ -249,7 +249,8 @@ fn hand_document_state(state: &HandState<'_>) -> Vec<u8> {
             out.extend(u64_le(sibling.op_idx));
             out.extend(u64_le(sibling.author_idx));
             out.extend(u64_le(sibling.lamport));
-            put_bytes(&mut out, sibling.value.as_bytes());
+            out.extend(u64_le(sibling.value.len() as u64));
+            out.extend(hash(Domain::Value, sibling.value.as_bytes()));
         }
     }
     out.extend(u64_le(state.counters.len() as u64));
@@ -410,7 +411,7 @@ fn compute() -> Vectors {
     let partial = node_with(&s, &[&s.event1, &s.event2]);
     v.comment("");
     v.comment("Document digests: NAME.document_state is the pre-image after the domain string, and");
-    v.comment("NAME.document_digest = SHA-256(\"cairn/document/v1\" || NAME.document_state).");
+    v.comment("NAME.document_digest = SHA-256(\"cairn/document/v2\" || NAME.document_state).");
     v.comment("partial: events 1 and 2 applied: register k = v, counter c = -5 (bob), set s = {x}.");
     let partial_state = hand_document_state(&document_state_partial(&s));
     v.add("partial.document_state", &partial_state);

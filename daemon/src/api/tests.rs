@@ -112,10 +112,17 @@ impl Fake {
         let peer_idx = fake.idx(&peer);
         let own_idx = fake.idx(&own);
         let first = peer_event();
-        let low =
-            Sibling { value: vec![0xff, 0xfe], author: peer_idx, lamport: 1, event_id: first.id, op_idx: 0 };
+        let low = Sibling {
+            value: vec![0xff, 0xfe],
+            value_held: true,
+            author: peer_idx,
+            lamport: 1,
+            event_id: first.id,
+            op_idx: 0,
+        };
         let high = Sibling {
             value: b"text".to_vec(),
+            value_held: true,
             author: own_idx,
             lamport: 2,
             event_id: EventId([8; 32]),
@@ -162,6 +169,7 @@ impl Fake {
                 Op::Put { key, value } => {
                     let sibling = Sibling {
                         value: value.clone(),
+                        value_held: true,
                         author: own_idx,
                         lamport,
                         event_id: id,

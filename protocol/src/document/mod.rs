@@ -23,7 +23,7 @@
 //!
 //! # Digest
 //!
-//! [`Document::digest`] is `SHA-256("cairn/document/v1" ‖ state)`, where `state` is the visible
+//! [`Document::digest`] is `SHA-256("cairn/document/v2" ‖ state)`, where `state` is the visible
 //! state in this layout. Every integer is little-endian; `u64(n)` is 8 bytes, `i128(n)` 16 bytes,
 //! and `bytes(b)` is `u64(len(b)) ‖ b`. Keys sort by their bytes, lexicographically.
 //!
@@ -33,7 +33,8 @@
 //!             then for each such register, in key order:
 //!               bytes(key) ‖ u64(number of siblings)
 //!               then for each sibling, ascending by (lamport, author index, event id, op index):
-//!                 event id (32 bytes) ‖ u64(op index) ‖ u64(author index) ‖ u64(lamport) ‖ bytes(value)
+//!                 event id (32 bytes) ‖ u64(op index) ‖ u64(author index) ‖ u64(lamport)
+//!                 ‖ u64(len(value)) ‖ SHA-256("cairn/value/v1" ‖ value)
 //! counters  = u64(number of counters with a non-zero author total)
 //!             then for each such counter, in key order:
 //!               bytes(key) ‖ u64(number of non-zero author totals)
@@ -144,7 +145,8 @@ mod tests;
 use counter::CounterState;
 pub use history::{DocHistory, HistoricEvent, MemoryHistory};
 pub use persist::DocumentDecodeError;
-use register::{RegisterEntry, RegisterState};
+pub use register::VALUE_INLINE_BYTES_MAX;
+use register::{HeldValue, RegisterEntry, RegisterState};
 use set::{SetEntry, SetState};
 
 /// An op: its event and its index in the event.
@@ -153,8 +155,12 @@ pub type OpId = (EventId, u32);
 /// One value of a register: a put that no included op supersedes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Sibling {
-    /// The value written.
+    /// The value written, when `value_held`.
     pub value: Vec<u8>,
+    /// Whether `value` holds the value. The document holds values of at most
+    /// [`VALUE_INLINE_BYTES_MAX`] bytes; a larger one is op `op_idx` of event `event_id`, which
+    /// `Node::register` reads from the archive (and then sets this).
+    pub value_held: bool,
     /// The author of the put's event.
     pub author: MemberIdx,
     /// The lamport timestamp of the put's event.
@@ -368,7 +374,7 @@ impl Document {
         let before = state.sibling_ids();
         for &op_idx in group {
             let value = match &ops[op_idx as usize] {
-                Op::Put { value, .. } => Some(value.as_slice().into()),
+                Op::Put { value, .. } => Some(HeldValue::of(value)),
                 Op::Del { .. } => None,
                 op => unreachable!("{op:?} in a register group"),
             };
@@ -497,7 +503,7 @@ impl Document {
             state.frontier = frontier::retract(pool, excluded_from, &excluded, history, &mut covered, |id| {
                 let (meta, op) = loader.load(id);
                 let value = match op {
-                    Op::Put { key: op_key, value } if *op_key == key => Some(value.as_slice().into()),
+                    Op::Put { key: op_key, value } if *op_key == key => Some(HeldValue::of(value)),
                     Op::Del { key: op_key } if *op_key == key => None,
                     _ => panic!("the history's covered list of a write on a register names {op:?}"),
                 };
@@ -642,7 +648,9 @@ impl Document {
                 hasher.update(&u64::from(sibling.op.op_idx).to_le_bytes());
                 update_len(&mut hasher, sibling.op.event.author);
                 hasher.update(&sibling.op.event.lamport.to_le_bytes());
-                update_bytes(&mut hasher, sibling.value.as_deref().expect("siblings are puts"));
+                let (len, value_hash) = sibling.value.as_ref().expect("siblings are puts").len_and_hash();
+                hasher.update(&len.to_le_bytes());
+                hasher.update(&value_hash);
             }
         }
         let counters: Vec<_> = self.counters.iter().filter(|(_, state)| !state.is_empty()).collect();

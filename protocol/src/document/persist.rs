@@ -8,7 +8,9 @@
 //!              ‖ u64(lamport) ‖ u64(number of members) ‖ that many u64(clock entry)
 //! register   = u64(number of frontier entries ≥ 1)
 //!              then each, ascending by (lamport, author index, event id, op index):
-//!                entry ‖ u8(1) ‖ bytes(value)      a put
+//!                entry ‖ u8(1) ‖ bytes(value)      a put of at most VALUE_INLINE_BYTES_MAX bytes
+//!                entry ‖ u8(2) ‖ u64(len(value)) ‖ SHA-256("cairn/value/v1" ‖ value)
+//!                                                  a larger put (its value is in its event)
 //!                entry ‖ u8(0)                     a del
 //! counter    = u64(number of non-zero author totals ≥ 1)
 //!              then each, ascending by author index: u64(author index) ‖ i128(total)
@@ -26,7 +28,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::counter::CounterState;
-use super::register::{RegisterEntry, RegisterState};
+use super::register::{HeldValue, RegisterEntry, RegisterState, VALUE_INLINE_BYTES_MAX};
 use super::set::{ElementState, SetEntry, SetState};
 use super::{Document, EventMeta, KeyKind, OpMeta};
 use crate::event::EventId;
@@ -68,9 +70,14 @@ impl Document {
                 for entry in &state.frontier {
                     put_op(&mut out, &entry.op);
                     match &entry.value {
-                        Some(value) => {
+                        Some(HeldValue::Inline(value)) => {
                             out.push(1);
                             put_bytes(&mut out, value);
+                        }
+                        Some(HeldValue::Elsewhere { len, hash }) => {
+                            out.push(2);
+                            out.extend_from_slice(&len.to_le_bytes());
+                            out.extend_from_slice(hash);
                         }
                         None => out.push(0),
                     }
@@ -129,7 +136,15 @@ impl Document {
                 for _ in 0..n {
                     let op = reader.op()?;
                     let value = match reader.u8()? {
-                        1 => Some(reader.bytes(VALUE_BYTES_MAX, "value")?.into()),
+                        1 => Some(HeldValue::Inline(reader.bytes(VALUE_INLINE_BYTES_MAX, "value")?.into())),
+                        2 => {
+                            let len = reader.u64()?;
+                            let hash = reader.take::<32>()?;
+                            if len <= VALUE_INLINE_BYTES_MAX as u64 || len > VALUE_BYTES_MAX as u64 {
+                                return Err(invalid(format!("a value held elsewhere of {len} bytes")));
+                            }
+                            Some(HeldValue::Elsewhere { len, hash })
+                        }
                         0 => None,
                         tag => return Err(invalid(format!("register entry tag {tag}"))),
                     };

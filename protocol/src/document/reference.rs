@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use cairn_crypto::{Domain, Hasher};
+use cairn_crypto::{Domain, Hasher, hash};
 
 use super::{
     Change, EventMeta, KeyKind, OpMeta, RegisterRead, Sibling, checked_sum, entry, group_key, update_bytes,
@@ -121,8 +121,11 @@ impl RegisterState {
     fn sibling(&self, idx: usize) -> Sibling {
         let write = &self.history[idx];
         let value = write.value.as_deref().expect("only puts are siblings");
+        // As the document gives it: larger values are read from their event by the node.
+        let value_held = value.len() <= super::VALUE_INLINE_BYTES_MAX;
         Sibling {
-            value: value.to_vec(),
+            value: if value_held { value.to_vec() } else { Vec::new() },
+            value_held,
             author: write.op.event.author,
             lamport: write.op.event.lamport,
             event_id: write.op.event.id,
@@ -439,7 +442,9 @@ impl Reference {
                 hasher.update(&u64::from(write.op.op_idx).to_le_bytes());
                 update_len(&mut hasher, write.op.event.author);
                 hasher.update(&write.op.event.lamport.to_le_bytes());
-                update_bytes(&mut hasher, write.value.as_deref().expect("only puts are siblings"));
+                let value = write.value.as_deref().expect("only puts are siblings");
+                hasher.update(&(value.len() as u64).to_le_bytes());
+                hasher.update(&hash(Domain::Value, value));
             }
         }
         let counters: Vec<_> = self.counters.iter().filter(|(_, state)| !state.is_empty()).collect();

@@ -235,8 +235,14 @@ fn register_single_write() {
     check(&dag, &[], "register k = v1 [v1/A]");
     let mut doc = Replica::new();
     doc.apply(&dag.events[0]);
-    let sibling =
-        Sibling { value: b"v1".to_vec(), author: A, lamport: 1, event_id: dag.events[0].id(), op_idx: 0 };
+    let sibling = Sibling {
+        value: b"v1".to_vec(),
+        value_held: true,
+        author: A,
+        lamport: 1,
+        event_id: dag.events[0].id(),
+        op_idx: 0,
+    };
     assert_eq!(doc.register(b"k"), RegisterRead { visible: Some(sibling.clone()), siblings: vec![sibling] });
     assert_eq!(doc.register(b"unknown"), RegisterRead::default());
 }
@@ -660,10 +666,10 @@ fn changes_name_each_key_whose_visible_state_changed() {
 
 #[test]
 fn empty_digest_vector() {
-    // SHA-256("cairn/document/v1" ‖ three u64 zero counts), computed with `sha256sum`.
+    // SHA-256("cairn/document/v2" ‖ three u64 zero counts), computed with `sha256sum`.
     assert_eq!(
         hex::encode(Document::new(N_AUTHORS).digest()),
-        "a3a04f08c3dcb55d64ce3058421f4ce9c2416450bfc5373c58819b3b81aef735"
+        "df9ba0de962c547ee62ccfcfc43544882be21455ccdd5704a2c4bc2f5c49091c"
     );
 }
 
@@ -690,7 +696,8 @@ fn digest_follows_the_documented_layout() {
         u64_le(&mut state, 0); // op index
         u64_le(&mut state, dag.events[event].author_idx() as u64);
         u64_le(&mut state, 1); // lamport
-        bytes(&mut state, value);
+        state.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        state.extend_from_slice(&hash(Domain::Value, value));
     }
     u64_le(&mut state, 1); // counters
     bytes(&mut state, b"c");
@@ -1008,8 +1015,11 @@ fn model(dag: &Dag, exclusions: &[(MemberIdx, u64)]) -> Reads {
                     (other, other_op_idx) != (idx, op_idx) && seen((idx, op_idx), (other, other_op_idx))
                 });
                 let event = &dag.events[idx];
+                // The document holds small values; larger ones are read from their events.
+                let value_held = value.len() <= VALUE_INLINE_BYTES_MAX;
                 (!superseded).then(|| Sibling {
-                    value: value.clone(),
+                    value: if value_held { value.clone() } else { Vec::new() },
+                    value_held,
                     author: event.author_idx(),
                     lamport: event.lamport(),
                     event_id: event.id(),
@@ -1095,7 +1105,9 @@ fn model_digest(
             u64_le(&mut state, sibling.op_idx as usize);
             u64_le(&mut state, sibling.author);
             state.extend_from_slice(&sibling.lamport.to_le_bytes());
-            bytes(&mut state, &sibling.value);
+            assert!(sibling.value_held, "the generated values are small enough to be held");
+            state.extend_from_slice(&(sibling.value.len() as u64).to_le_bytes());
+            state.extend_from_slice(&hash(Domain::Value, &sibling.value));
         }
     }
     let counters: Vec<_> = counters.iter().filter(|(_, (_, totals))| !totals.is_empty()).collect();
@@ -1742,4 +1754,30 @@ proptest! {
         }
         let _ = target.restore_exclusions(&bytes);
     }
+}
+
+/// A value larger than `VALUE_INLINE_BYTES_MAX` is not held: the read names its event (the node
+/// reads it from there), the digest takes its length and hash, and its persisted state holds no
+/// value bytes and restores to the same digest.
+#[test]
+fn large_values_are_held_by_hash_not_in_memory() {
+    let large = "x".repeat(1_000);
+    assert!(large.len() > VALUE_INLINE_BYTES_MAX);
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("big", &large), put("small", "v")]);
+    let mut doc = Replica::new();
+    doc.apply(&dag.events[a1]);
+    let read = doc.doc.register(b"big");
+    let sibling = read.visible.unwrap();
+    assert!(!sibling.value_held && sibling.value.is_empty());
+    assert_eq!((sibling.event_id, sibling.op_idx), (dag.events[a1].id(), 0));
+    assert!(doc.doc.register(b"small").visible.unwrap().value_held);
+    let encoded = doc.doc.encode_key(KeyKind::Register, b"big").unwrap();
+    assert!(encoded.len() < large.len(), "the persisted state holds no value bytes");
+    let mut restored = Document::new(N_AUTHORS);
+    restored.restore_key(KeyKind::Register, b"big", &encoded).unwrap();
+    restored
+        .restore_key(KeyKind::Register, b"small", &doc.doc.encode_key(KeyKind::Register, b"small").unwrap())
+        .unwrap();
+    assert_eq!(restored.digest(), doc.doc.digest());
 }

@@ -419,6 +419,28 @@ impl Node {
         bad
     }
 
+    /// The register `key` with every sibling's value: those the document does not hold (more
+    /// than `VALUE_INLINE_BYTES_MAX` bytes) are read from their put's event in the archive. A
+    /// sibling whose event cannot be read back keeps `value_held` false (an archive on disk
+    /// reports the read error itself).
+    pub fn register(&self, key: &[u8]) -> crate::document::RegisterRead {
+        let mut read = self.document.register(key);
+        for sibling in read.siblings.iter_mut().filter(|sibling| !sibling.value_held) {
+            let value = self.adapter.archive().event(&sibling.event_id).and_then(|stored| {
+                match stored.event()?.ops.into_iter().nth(sibling.op_idx as usize)? {
+                    Op::Put { key: op_key, value } if op_key == key => Some(value),
+                    _ => None,
+                }
+            });
+            if let Some(value) = value {
+                sibling.value = value;
+                sibling.value_held = true;
+            }
+        }
+        read.visible = read.siblings.last().cloned();
+        read
+    }
+
     /// The replica's adapter (with its archive) and its document, for a tool that compares a
     /// document rebuilt here with one a node persisted (`cairnd check-store`).
     pub fn into_parts(self) -> (Adapter, Document) {
