@@ -65,6 +65,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     // The store first: a store of another cluster or key, or a corrupt one, stops us here.
     let store_path = config.store_path();
     let members = crate::store::member_keys(&genesis);
+    let opening = std::time::Instant::now();
     let (mut store, loaded) =
         Store::open_indexed(&store_path, cluster_id, me.0, config.new_store_own_history(&genesis), &members)
             .with_context(|| format!("cannot use the store {}", store_path.display()))?;
@@ -76,6 +77,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let (archive, archive_handle) = StoreArchive::new(db.clone(), loaded.n_events, loaded.n_bytes);
     // The document as persisted with the log; a start replays only the events it has not
     // applied (the last commit's own events, or the whole log once after an upgrade).
+    let store_open_ms = opening.elapsed().as_millis();
     let document = store
         .load_document(genesis.members().len())
         .with_context(|| format!("cannot use the store {}", store_path.display()))?;
@@ -146,6 +148,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
             loaded.n_events
         );
     }
+    let document_ms = opening.elapsed().as_millis() - store_open_ms;
     if n_replayed > 0 {
         info!(
             events = n_replayed,
@@ -205,7 +208,8 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
 
     info!(
         node = %my_name, key = %me, cluster = %hex::encode(&cluster_id[..8]), listen = %local_addr,
-        socket = %config.socket.display(), events = n_restored, peers = peers.len(),
+        socket = %config.socket.display(), events = n_restored, peers = peers.len(), store_open_ms,
+        document_ms,
         own_seq_learning = own_seq_peers_needed > 0,
         "cairnd started"
     );
