@@ -883,65 +883,43 @@ trait View {
     fn digest(&self) -> [u8; 32];
 }
 
-impl View for Document {
-    fn register(&self, key: &[u8]) -> RegisterRead {
-        Self::register(self, key)
-    }
+/// The two documents answer the same reads with their own methods of the same names.
+macro_rules! impl_view {
+    ($type:ty) => {
+        impl View for $type {
+            fn register(&self, key: &[u8]) -> RegisterRead {
+                Self::register(self, key)
+            }
 
-    fn counter(&self, key: &[u8]) -> i128 {
-        Self::counter(self, key)
-    }
+            fn counter(&self, key: &[u8]) -> i128 {
+                Self::counter(self, key)
+            }
 
-    fn counter_totals(&self, key: &[u8]) -> Vec<(MemberIdx, i128)> {
-        Self::counter_totals(self, key)
-    }
+            fn counter_totals(&self, key: &[u8]) -> Vec<(MemberIdx, i128)> {
+                Self::counter_totals(self, key)
+            }
 
-    fn set_members(&self, key: &[u8]) -> Vec<Vec<u8>> {
-        Self::set_members(self, key)
-    }
+            fn set_members(&self, key: &[u8]) -> Vec<Vec<u8>> {
+                Self::set_members(self, key)
+            }
 
-    fn listed(&self) -> [Vec<Vec<u8>>; 3] {
-        [
-            self.register_keys().map(<[u8]>::to_vec).collect(),
-            self.counter_keys().map(<[u8]>::to_vec).collect(),
-            self.set_keys().map(<[u8]>::to_vec).collect(),
-        ]
-    }
+            fn listed(&self) -> [Vec<Vec<u8>>; 3] {
+                [
+                    self.register_keys().map(<[u8]>::to_vec).collect(),
+                    self.counter_keys().map(<[u8]>::to_vec).collect(),
+                    self.set_keys().map(<[u8]>::to_vec).collect(),
+                ]
+            }
 
-    fn digest(&self) -> [u8; 32] {
-        Self::digest(self)
-    }
+            fn digest(&self) -> [u8; 32] {
+                Self::digest(self)
+            }
+        }
+    };
 }
 
-impl View for Reference {
-    fn register(&self, key: &[u8]) -> RegisterRead {
-        Self::register(self, key)
-    }
-
-    fn counter(&self, key: &[u8]) -> i128 {
-        Self::counter(self, key)
-    }
-
-    fn counter_totals(&self, key: &[u8]) -> Vec<(MemberIdx, i128)> {
-        Self::counter_totals(self, key)
-    }
-
-    fn set_members(&self, key: &[u8]) -> Vec<Vec<u8>> {
-        Self::set_members(self, key)
-    }
-
-    fn listed(&self) -> [Vec<Vec<u8>>; 3] {
-        [
-            self.register_keys().map(<[u8]>::to_vec).collect(),
-            self.counter_keys().map(<[u8]>::to_vec).collect(),
-            self.set_keys().map(<[u8]>::to_vec).collect(),
-        ]
-    }
-
-    fn digest(&self) -> [u8; 32] {
-        Self::digest(self)
-    }
-}
+impl_view!(Document);
+impl_view!(Reference);
 
 fn reads(doc: &impl View) -> Reads {
     Reads {
