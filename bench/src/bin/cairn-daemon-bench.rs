@@ -36,7 +36,7 @@ use anyhow::bail;
 use cairn_crypto::SecretKey;
 use cairn_daemon::config::{Config, load_genesis};
 use cairn_daemon::store::{OwnHistory, Store};
-use cairn_protocol::{Genesis, Member, Node, NodeConfig, Op};
+use cairn_protocol::{DocumentDelta, Genesis, Member, Node, NodeConfig, Op};
 
 use cairn_bench::VerifySet;
 use cluster::{Cluster, CpuSnapshot, CpuSplit, cpu_seconds, load_average, machine_cpu, proc_status_mib};
@@ -282,10 +282,12 @@ fn sign_chain(
     genesis: &Genesis,
     key: &SecretKey,
     n: usize,
-    mut sink: impl FnMut(&[([u8; 32], Vec<u8>)]) -> anyhow::Result<()>,
+    mut sink: impl FnMut(&[([u8; 32], Vec<u8>)], &DocumentDelta) -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
     const BATCH: usize = 10_000;
     let mut node = Node::new(genesis.clone(), Some(key.public()), NodeConfig::default());
+    // The document's changes go with each batch, as a running node's commits carry them.
+    node.track_document();
     let mut signing = 0.0;
     let mut done = 0;
     while done < n {
@@ -304,7 +306,8 @@ fn sign_chain(
         while node.poll_event().is_some() {}
         let batch: Vec<([u8; 32], Vec<u8>)> =
             accepted.iter().map(|v| (v.id().0, v.bytes().to_vec())).collect();
-        sink(&batch)?;
+        let delta = node.take_document_delta().unwrap_or_default();
+        sink(&batch, &delta)?;
         done += count;
     }
     Ok(signing)
@@ -379,7 +382,7 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
     let key = SecretKey::from_seed(&[4; 32]);
     let genesis = Genesis::new(vec![Member { key: key.public(), name: "store".to_owned() }])?;
     let mut events = Vec::with_capacity(sizes.store_events);
-    let signing = sign_chain(&genesis, &key, sizes.store_events, |batch| {
+    let signing = sign_chain(&genesis, &key, sizes.store_events, |batch, _| {
         events.extend_from_slice(batch);
         Ok(())
     })?;
@@ -697,10 +700,12 @@ fn sign_into_store(cluster: &Cluster, i: usize, n: usize) -> anyhow::Result<(u64
         &cairn_daemon::store::member_keys(&genesis),
     )?;
     let mut event_bytes = 0u64;
-    sign_chain(&genesis, &key, n, |batch| {
+    sign_chain(&genesis, &key, n, |batch, delta| {
         let refs: Vec<([u8; 32], &[u8])> = batch.iter().map(|(id, b)| (*id, b.as_slice())).collect();
         event_bytes += batch.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
-        store.append(&refs, &[], false)?;
+        // The document applied every event of the batch (they were committed to the node).
+        let document = cairn_daemon::store::DocumentCommit { delta, n_applied: batch.len() };
+        store.append_with_document(&refs, &[], false, Some(document))?;
         Ok(())
     })?;
     anyhow::ensure!(store.n_events() == n as u64, "the store holds {} events, not {n}", store.n_events());
@@ -862,11 +867,11 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
     );
     let _ = writeln!(
         out,
-        "| building the holder's store offline (signing and `Store::append`): seconds | {build_secs:.1} |"
+        "| building the holder's store offline (signing and `Store::append_with_document`): seconds | {build_secs:.1} |"
     );
     let _ = writeln!(
         out,
-        "| holder's store file (built offline: events and indexes) | {:.1} MiB ({:.2} × the event bytes) |",
+        "| holder's store file (built offline: events, indexes and document) | {:.1} MiB ({:.2} × the event bytes) |",
         store_file_bytes as f64 / (1 << 20) as f64,
         store_file_bytes as f64 / event_bytes as f64
     );
@@ -994,8 +999,9 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
         "\nHow it was measured. A 2-node cluster (sync interval 1 s, default limits). The holder's \
          store is built before any node starts: `Node::prepare_writes`/`commit_writes` sign the \
          holder's own chain (each event's one dep is its predecessor; one `Put` of a {}-byte value \
-         to one of 256 registers) in batches of 10 000, and `Store::append` writes each batch in \
-         one commit to the holder's `data_dir/cairn.redb` with the cluster id and the holder's key. \
+         to one of 256 registers) in batches of 10 000, and `Store::append_with_document` writes \
+         each batch in one commit, with the document's changes as a running node's commits carry \
+         them, to the holder's `data_dir/cairn.redb` with the cluster id and the holder's key. \
          The holder starts and restores them; then the follower, with an empty store, starts; it has \
          the smaller key, so it dials at once. The clock runs from spawning the follower until its \
          `/v1/status` reports every event (polled every 50 ms). Bytes are the protocol's message \
