@@ -324,21 +324,12 @@ impl Document {
         // Ops on different keys are independent, so the ops are applied grouped by key (and by
         // element within a set), each group in index order. That looks up every key once and
         // compares its visible state once, before and after the event.
-        let mut order: Vec<u32> =
-            (0..u32::try_from(ops.len()).expect("an event holds at most OPS_MAX ops")).collect();
-        order.sort_by(|&a, &b| group_key(&ops[a as usize]).cmp(&group_key(&ops[b as usize])));
+        let order = key_order(ops);
         let mut meta = None;
         let mut event_meta = || Arc::clone(meta.get_or_insert_with(|| Arc::new(EventMeta::of(event))));
         let mut applied = Applied::default();
-        let mut start = 0;
-        while start < order.len() {
-            let (kind, key, _) = group_key(&ops[order[start] as usize]);
-            let end = start
-                + order[start..].partition_point(|&op_idx| {
-                    let (other_kind, other_key, _) = group_key(&ops[op_idx as usize]);
-                    (other_kind, other_key) == (kind, key)
-                });
-            let group = &order[start..end];
+        for group in order.chunk_by(|&a, &b| same_key(ops, a, b)) {
+            let (kind, key, _) = group_key(&ops[group[0] as usize]);
             let (changed, dirty) = match kind {
                 KeyKind::Register => {
                     (self.apply_register(key, ops, group, &mut event_meta, &mut applied.covered), true)
@@ -357,7 +348,6 @@ impl Document {
             if dirty {
                 self.mark_dirty(kind, key);
             }
-            start = end;
         }
         applied
     }
@@ -761,6 +751,22 @@ fn note_covered(covered: &mut Vec<Covered>, by: OpId, ids: Vec<OpId>) {
 }
 
 /// How an event's ops are grouped: by key space, key, and (for sets) element.
+/// An event's op indices sorted by [`group_key`]: ops on one key (and one set element) are
+/// adjacent, in index order.
+fn key_order(ops: &[Op]) -> Vec<u32> {
+    let mut order: Vec<u32> =
+        (0..u32::try_from(ops.len()).expect("an event holds at most OPS_MAX ops")).collect();
+    order.sort_by(|&a, &b| group_key(&ops[a as usize]).cmp(&group_key(&ops[b as usize])));
+    order
+}
+
+/// Whether ops `a` and `b` write to the same key of the same kind.
+fn same_key(ops: &[Op], a: u32, b: u32) -> bool {
+    let (kind_a, key_a, _) = group_key(&ops[a as usize]);
+    let (kind_b, key_b, _) = group_key(&ops[b as usize]);
+    (kind_a, key_a) == (kind_b, key_b)
+}
+
 fn group_key(op: &Op) -> (KeyKind, &[u8], &[u8]) {
     match op {
         Op::Put { key, .. } | Op::Del { key } => (KeyKind::Register, key, &[]),

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use cairn_crypto::{Domain, Hasher, hash};
 
 use super::{
-    Change, EventMeta, KeyKind, OpMeta, RegisterRead, Sibling, checked_sum, entry, group_key, update_bytes,
-    update_len, update_membership,
+    Change, EventMeta, KeyKind, OpMeta, RegisterRead, Sibling, checked_sum, entry, group_key, key_order,
+    same_key, update_bytes, update_len, update_membership,
 };
 use crate::event::{EventId, Op};
 use crate::genesis::MemberIdx;
@@ -231,18 +231,10 @@ impl Reference {
         }
         let meta = Arc::new(EventMeta::of(event));
         let ops = &event.event().ops;
-        let mut order: Vec<u32> = (0..ops.len() as u32).collect();
-        order.sort_by(|&a, &b| group_key(&ops[a as usize]).cmp(&group_key(&ops[b as usize])));
+        let order = key_order(ops);
         let mut changes = Vec::new();
-        let mut start = 0;
-        while start < order.len() {
-            let (kind, key, _) = group_key(&ops[order[start] as usize]);
-            let end = start
-                + order[start..].partition_point(|&op_idx| {
-                    let (other_kind, other_key, _) = group_key(&ops[op_idx as usize]);
-                    (other_kind, other_key) == (kind, key)
-                });
-            let group = &order[start..end];
+        for group in order.chunk_by(|&a, &b| same_key(ops, a, b)) {
+            let (kind, key, _) = group_key(&ops[group[0] as usize]);
             let changed = match kind {
                 KeyKind::Register => self.apply_register(&meta, key, ops, group),
                 KeyKind::Counter => self.apply_counter(author, seq, key, ops, group),
@@ -251,7 +243,6 @@ impl Reference {
             if changed {
                 changes.push(Change { kind, key: key.to_vec() });
             }
-            start = end;
         }
         changes
     }
