@@ -24,6 +24,11 @@
 //! - Events accepted from peers wait at most [`PEER_EVENTS_COMMIT_DELAY_MS`] (or until
 //!   [`PEER_EVENTS_COMMIT_BATCH`] wait) when no write or evidence is due: nothing waits on their
 //!   fsync.
+//! - Events from peers not yet durable (waiting, and in the job in flight) are bounded
+//!   ([`PEER_EVENTS_UNSTORED_MAX`], [`PEER_EVENTS_UNSTORED_BYTES_MAX`]): past either bound
+//!   [`GroupCommit::takes_peer_input`] turns false and the driver stops reading from peers
+//!   until a commit lands, so a store slower than the wire (a long catch-up, a full file
+//!   system) slows the peers down through flow control instead of growing memory.
 //! - The write queue is bounded ([`WRITES_QUEUED_MAX`] writes, [`WRITES_QUEUED_BYTES_MAX`]
 //!   bytes of ops): a write past either bound is refused at once with
 //!   [`WriteFailure::QueueFull`], never queued without bound while a commit or a full-disk
@@ -47,6 +52,13 @@ use cairn_protocol::{DocumentDelta, Node, Op, Prepared, Verified, WriteError};
 pub const PEER_EVENTS_COMMIT_DELAY_MS: u64 = 20;
 /// ... unless this many are waiting.
 pub const PEER_EVENTS_COMMIT_BATCH: usize = 4_096;
+/// Events from peers accepted but not yet durable (waiting for a commit or in the one in
+/// flight), at most, before the node stops reading from peers: eight full batches, so the store
+/// always has a large commit to take while the replica goes on checking signatures.
+pub const PEER_EVENTS_UNSTORED_MAX: usize = 8 * PEER_EVENTS_COMMIT_BATCH;
+/// ... and their bytes. Each is held twice until its commit lands (in the job, and in the
+/// archive for reads), so this bounds about twice as much memory.
+pub const PEER_EVENTS_UNSTORED_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// After a commit failed because the store's file system is full, the next one is tried this
 /// much later, then twice as late after each failure, up to [`RETRY_MAX_MS`]. Each attempt
 /// reopens the store (redb requires it after a failed write), which reads the whole file.
@@ -138,6 +150,9 @@ struct InFlight<R> {
     own: Option<Prepared>,
     replies: Vec<Vec<R>>,
     n_events: usize,
+    /// Events from peers in the job, and their bytes.
+    n_peer_events: usize,
+    peer_bytes: usize,
 }
 
 /// The store's file system is full.
@@ -156,6 +171,8 @@ pub struct GroupCommit<R> {
     writes: VecDeque<(Vec<Op>, R)>,
     writes_bytes: usize,
     peer_events: Vec<([u8; 32], Vec<u8>)>,
+    /// The bytes of `peer_events`.
+    peer_events_bytes: usize,
     /// When the oldest of `peer_events` was accepted.
     peer_events_since_ms: Option<u64>,
     evidence: Vec<([u8; 32], Vec<u8>)>,
@@ -193,6 +210,7 @@ impl<R> GroupCommit<R> {
             writes: VecDeque::new(),
             writes_bytes: 0,
             peer_events: Vec::new(),
+            peer_events_bytes: 0,
             peer_events_since_ms: None,
             evidence: Vec::new(),
             in_flight: None,
@@ -228,6 +246,21 @@ impl<R> GroupCommit<R> {
     /// Events from peers waiting for a commit.
     pub fn n_peer_events_waiting(&self) -> usize {
         self.peer_events.len()
+    }
+
+    /// Events from peers accepted and not yet durable (waiting, and in the job in flight), and
+    /// their bytes.
+    pub fn peer_events_unstored(&self) -> (usize, usize) {
+        let (n, bytes) = self.in_flight.as_ref().map_or((0, 0), |f| (f.n_peer_events, f.peer_bytes));
+        (self.peer_events.len() + n, self.peer_events_bytes + bytes)
+    }
+
+    /// Whether the node may read more from its peers: false while the events from peers not yet
+    /// durable reach [`PEER_EVENTS_UNSTORED_MAX`] or [`PEER_EVENTS_UNSTORED_BYTES_MAX`]. It
+    /// turns true again once a commit lands (one is due as soon as that many wait).
+    pub fn takes_peer_input(&self) -> bool {
+        let (n, bytes) = self.peer_events_unstored();
+        n < PEER_EVENTS_UNSTORED_MAX && bytes < PEER_EVENTS_UNSTORED_BYTES_MAX
     }
 
     /// Nothing waits and nothing is in flight.
@@ -266,6 +299,7 @@ impl<R> GroupCommit<R> {
 
     /// An event the replica accepted from a peer, to be stored.
     pub fn handle_peer_event(&mut self, id: [u8; 32], bytes: Vec<u8>, now_ms: u64) {
+        self.peer_events_bytes += bytes.len();
         self.peer_events.push((id, bytes));
         self.peer_events_since_ms.get_or_insert(now_ms);
     }
@@ -295,7 +329,7 @@ impl<R> GroupCommit<R> {
     ///
     /// If no job is in flight: the caller hands over one verdict per job.
     pub fn handle_committed(&mut self, committed: Committed, job: CommitJob, node: &mut Node, now_ms: u64) {
-        let InFlight { own, replies, n_events } =
+        let InFlight { own, replies, n_events, .. } =
             self.in_flight.take().expect("a verdict for a job in flight");
         debug_assert_eq!(n_events, job.events.len());
         match committed {
@@ -326,6 +360,7 @@ impl<R> GroupCommit<R> {
                 events.truncate(n_peer_events);
                 events.append(&mut self.peer_events);
                 self.peer_events = events;
+                self.peer_events_bytes = self.peer_events.iter().map(|(_, bytes)| bytes.len()).sum();
                 if !self.peer_events.is_empty() {
                     self.peer_events_since_ms.get_or_insert(now_ms);
                 }
@@ -399,6 +434,7 @@ impl<R> GroupCommit<R> {
         }
         self.peer_events_since_ms = None;
         let mut events = std::mem::take(&mut self.peer_events);
+        let peer_bytes = std::mem::take(&mut self.peer_events_bytes);
         let n_doc_events = events.len();
         // The document has applied every event from peers accepted so far (all in this job or
         // an earlier one) and the own events of every earlier job.
@@ -406,7 +442,8 @@ impl<R> GroupCommit<R> {
         events.extend(own.iter().flat_map(Prepared::events).map(|e| (e.id().0, e.encode())));
         let evidence = std::mem::take(&mut self.evidence);
         let own_history_complete = own.is_some();
-        self.in_flight = Some(InFlight { own, replies, n_events: events.len() });
+        self.in_flight =
+            Some(InFlight { own, replies, n_events: events.len(), n_peer_events: n_doc_events, peer_bytes });
         Some(CommitJob { events, evidence, own_history_complete, document, n_doc_events })
     }
 
@@ -459,6 +496,7 @@ impl<R> GroupCommit<R> {
         !self.peer_events.is_empty()
             && (self.draining
                 || self.peer_events.len() >= PEER_EVENTS_COMMIT_BATCH
+                || self.peer_events_bytes >= PEER_EVENTS_UNSTORED_BYTES_MAX / 2
                 || self.peer_events_since_ms.is_some_and(|t| now_ms >= t + PEER_EVENTS_COMMIT_DELAY_MS))
     }
 }

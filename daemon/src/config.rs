@@ -32,6 +32,13 @@ pub struct Config {
     /// Directory of the store. Default `/var/lib/cairn`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
+    /// Verify the checksum of every page of the store at each start, reading the whole file
+    /// (seconds per GiB). By default a start verifies every page only after an unclean stop
+    /// (redb's crash recovery does), and otherwise reads only what it uses: every event read
+    /// later is still checked against its id, and `cairnd check-store` verifies everything.
+    /// Default false.
+    #[serde(default)]
+    pub verify_store_on_start: bool,
     /// The local API's Unix socket. Default `/run/cairn/cairnd.sock`.
     #[serde(default = "default_socket")]
     pub socket: PathBuf,

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::archive::StoreArchive;
 use crate::config::{Config, Peer, load_genesis};
 use crate::driver::{Driver, DriverParts, TRANSPORT_EVENTS_MAX};
-use crate::store::Store;
+use crate::store::{PageCheck, Store};
 
 /// Events read per page when the document is rebuilt from the store at start.
 const REPLAY_PAGE_EVENTS: usize = 4_096;
@@ -66,14 +66,22 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let store_path = config.store_path();
     let members = crate::store::member_keys(&genesis);
     let opening = std::time::Instant::now();
-    let (mut store, loaded) =
-        Store::open_indexed(&store_path, cluster_id, me.0, config.new_store_own_history(&genesis), &members)
-            .with_context(|| format!("cannot use the store {}", store_path.display()))?;
+    let pages = if config.verify_store_on_start { PageCheck::Every } else { PageCheck::AfterCrash };
+    let (mut store, loaded) = Store::open_for_start(
+        &store_path,
+        cluster_id,
+        me.0,
+        config.new_store_own_history(&genesis),
+        &members,
+        pages,
+    )
+    .with_context(|| format!("cannot use the store {}", store_path.display()))?;
     let own_history = loaded.own_history;
     let node_config = config.node_config(&genesis, own_history);
     let own_seq_peers_needed = node_config.own_seq_peers_needed;
     // The events stay on disk: the node reads them back through its archive.
     let db = store.shared_db();
+    let db_to_close = db.clone();
     let (archive, archive_handle) = StoreArchive::new(db.clone(), loaded.n_events, loaded.n_bytes);
     // The document as persisted with the log; a start replays only the events it has not
     // applied (the last commit's own events, or the whole log once after an upgrade).
@@ -238,6 +246,9 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let result = service.run(commands, transport_events, shutdown_rx, config.timing.shutdown_grace).await;
     signals.abort();
     let _ = api.await;
+    // The process may exit before the store's writer thread drops its handle: close the file
+    // here, so that the next start finds it closed cleanly (no crash recovery, no full read).
+    crate::store::close(&db_to_close);
     let _ = std::fs::remove_file(&config.socket);
     result?;
     info!("stopped");

@@ -112,6 +112,8 @@ pub struct Driver {
     n_changes: u64,
     started: Instant,
     last_seen: BTreeMap<PublicKey, Instant>,
+    /// Input from peers is paused for the store (`GroupCommit::takes_peer_input`).
+    input_paused: bool,
     archive: crate::archive::ArchiveHandle,
     db: crate::store::SharedDb,
     commit: GroupCommit<WriteReply>,
@@ -183,6 +185,7 @@ impl Driver {
             n_changes: 0,
             started: Instant::now(),
             last_seen: BTreeMap::new(),
+            input_paused: false,
             archive: parts.archive,
             db: parts.db,
             commit: GroupCommit::new(parts.commit_writes_max),
@@ -248,11 +251,20 @@ impl Driver {
                     let now = self.now_ms();
                     self.node.handle_timeout(now);
                 }
-                Some(event) = transport_events.recv() => {
+                // Backpressure: while too many events from peers wait for the store, nothing
+                // more is read from peers until a commit lands (`GroupCommit::takes_peer_input`);
+                // the transport's bounded queues and QUIC's flow control hold the peers back.
+                Some(event) = transport_events.recv(), if self.commit.takes_peer_input() => {
                     let turn_started = Instant::now();
                     self.on_transport(event);
                     for _ in 1..INPUTS_PER_TURN_MAX {
                         if turn_started.elapsed() >= PEER_INPUT_PER_TURN {
+                            break;
+                        }
+                        // What the replica accepted goes to the group commit first, so the
+                        // bound is checked against it.
+                        self.drain_node_events();
+                        if !self.commit.takes_peer_input() {
                             break;
                         }
                         match transport_events.try_recv() {
@@ -599,6 +611,13 @@ impl Driver {
         self.metrics.evidence_held.set(adapter.evidence().count() as i64);
         self.metrics.buffer_events.set(n_buffered as i64);
         self.metrics.buffer_bytes.set(buffer_bytes as i64);
+        self.metrics.unstored_events.set(self.commit.peer_events_unstored().0 as i64);
+        let paused = !self.commit.takes_peer_input();
+        if paused && !self.input_paused {
+            debug!(unstored = ?self.commit.peer_events_unstored(), "pausing input from peers until a store commit lands");
+            self.metrics.peer_input_paused.inc();
+        }
+        self.input_paused = paused;
     }
 
     fn on_command(&mut self, command: Command) {

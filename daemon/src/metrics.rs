@@ -69,6 +69,10 @@ pub struct Metrics {
     pub buffer_events: Gauge,
     /// Bytes charged to the causal buffer.
     pub buffer_bytes: Gauge,
+    /// Events from peers accepted and not yet durable.
+    pub unstored_events: Gauge,
+    /// Times the node stopped reading from peers because too many events waited for the store.
+    pub peer_input_paused: Counter,
 }
 
 impl Metrics {
@@ -96,6 +100,8 @@ impl Metrics {
             evidence_held: Gauge::default(),
             buffer_events: Gauge::default(),
             buffer_bytes: Gauge::default(),
+            unstored_events: Gauge::default(),
+            peer_input_paused: Counter::default(),
         };
         registry.register("events_accepted", "Events accepted", metrics.events_accepted.clone());
         registry.register("events_rejected", "Events rejected, by reason", metrics.events_rejected.clone());
@@ -148,6 +154,16 @@ impl Metrics {
             metrics.buffer_events.clone(),
         );
         registry.register("buffer_bytes", "Bytes charged to the causal buffer", metrics.buffer_bytes.clone());
+        registry.register(
+            "store_unstored_events",
+            "Events from peers accepted and not yet durable (waiting for a commit or in the one in flight)",
+            metrics.unstored_events.clone(),
+        );
+        registry.register(
+            "peer_input_paused",
+            "Times reading from peers paused because too many accepted events waited for the store",
+            metrics.peer_input_paused.clone(),
+        );
         Self { registry, ..metrics }
     }
 

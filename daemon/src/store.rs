@@ -414,8 +414,36 @@ impl Store {
         new_store: OwnHistory,
         members: &[[u8; 32]],
     ) -> Result<(Self, Loaded), StoreError> {
+        Self::open_indexed_with(path, cluster_id, node_key, new_store, members, PageCheck::Every)
+    }
+
+    /// [`Store::open_indexed`] as the daemon starts: redb verifies every page checksum only when
+    /// the file was not closed cleanly (its crash recovery does, and must read the whole file to
+    /// rebuild its allocator state anyway); after a clean stop the open reads only the pages it
+    /// uses, so a start costs the live document, not the history. What is read later is still
+    /// checked: every event read back must match its id (`reads`), and `cairnd check-store`
+    /// verifies every page. Set `verify_store_on_start` to verify every page at each start.
+    pub fn open_for_start(
+        path: &Path,
+        cluster_id: [u8; 32],
+        node_key: [u8; 32],
+        new_store: OwnHistory,
+        members: &[[u8; 32]],
+        pages: PageCheck,
+    ) -> Result<(Self, Loaded), StoreError> {
+        Self::open_indexed_with(path, cluster_id, node_key, new_store, members, pages)
+    }
+
+    fn open_indexed_with(
+        path: &Path,
+        cluster_id: [u8; 32],
+        node_key: [u8; 32],
+        new_store: OwnHistory,
+        members: &[[u8; 32]],
+        pages: PageCheck,
+    ) -> Result<(Self, Loaded), StoreError> {
         create_dir_durably(parent_dir(path)).map_err(|e| access(path, &e))?;
-        let (db, rolled_back) = open_database(path, OpenMode::Create)?;
+        let (db, rolled_back) = open_database(path, OpenMode::Create, pages)?;
         if rolled_back {
             // Commits are two-phase (see `append`), so redb falls back to the commit before only
             // when the last one was torn by a crash before it returned: that write was never
@@ -928,11 +956,12 @@ impl Store {
         // Dropping the database closes the file without a clean-shutdown mark; the reopen
         // recovers it to its last durable commit.
         *write_lock(&self.db) = None;
-        let reopened = open_database(&self.path, OpenMode::Existing).and_then(|(db, _)| {
-            let counted = count_stored(&self.path, &db, events);
-            *write_lock(&self.db) = Some(db);
-            counted
-        });
+        let reopened =
+            open_database(&self.path, OpenMode::Existing, PageCheck::AfterCrash).and_then(|(db, _)| {
+                let counted = count_stored(&self.path, &db, events);
+                *write_lock(&self.db) = Some(db);
+                counted
+            });
         match reopened {
             Ok((n_stored, _)) if n_stored == self.n_events => {
                 // Nothing was stored: with the events before it intact, the batch is simply not
@@ -1262,6 +1291,14 @@ pub fn member_keys(genesis: &cairn_protocol::Genesis) -> Vec<[u8; 32]> {
 /// write that could not be recovered.
 pub type SharedDb = Arc<RwLock<Option<Database>>>;
 
+/// Closes the database of `db` cleanly, once every reader and the commit in progress are done
+/// (it takes the write lock): redb records its allocator state and a clean shutdown, so the
+/// next open reads only what it uses instead of recovering the whole file as after a crash.
+/// Reads after it fail with "the store failed earlier and is closed".
+pub fn close(db: &SharedDb) {
+    drop(write_lock(db).take());
+}
+
 /// A read lock on a [`SharedDb`] that holds a database. Readers keep it for the whole read (a
 /// redb read transaction keeps the file open), so a reopen after a full disk waits for them.
 pub struct DbGuard<'a>(RwLockReadGuard<'a, Option<Database>>);
@@ -1588,6 +1625,24 @@ pub mod reads {
         DbGuard::new(db).ok_or_else(|| "the store failed earlier and is closed".to_owned())
     }
 
+    /// Checks that `bytes`, read for event `id`, are that event: they decode, their ops match
+    /// their header, and the header hashes to `id`. A start does not verify every page of the
+    /// store (`PageCheck::AfterCrash`), so a bit flipped on disk is caught here, when the event
+    /// is read, and never served to a peer or a client.
+    fn check_bytes(id: &EventId, position: u64, bytes: &[u8]) -> Result<(), ReadError> {
+        let damaged = |why: String| {
+            format!("event {id} read from log position {position} is damaged ({why}); the store is corrupt")
+        };
+        let event = codec::decode_event(bytes).map_err(|e| damaged(format!("it does not decode: {e}")))?;
+        if event.header.ops_hash != ops_hash(&event.ops) {
+            return Err(damaged("its ops do not match its header".to_owned()));
+        }
+        if event.id() != *id {
+            return Err(damaged(format!("its bytes hash to {}", event.id())));
+        }
+        Ok(())
+    }
+
     /// The meta of event `id`.
     pub fn meta(db: &SharedDb, id: &EventId) -> Result<Option<EventMeta>, ReadError> {
         let guard = guard(db)?;
@@ -1618,6 +1673,7 @@ pub mod reads {
             .ok_or_else(|| format!("event {id} is filed at log position {position}, which is empty"))?
             .value()
             .to_vec();
+        check_bytes(id, position, &bytes)?;
         Ok(Some((meta, bytes)))
     }
 
@@ -1646,6 +1702,7 @@ pub mod reads {
                 .get(position)
                 .map_err(|e| failed("events", e))?
                 .ok_or_else(|| format!("event {id} is filed at log position {position}, which is empty"))?;
+            check_bytes(id, position, bytes.value())?;
             out.push(Some(bytes.value().to_vec()));
         }
         Ok(out)
@@ -1779,9 +1836,21 @@ enum OpenMode {
     Existing,
 }
 
-/// Opens (or creates) the redb database at `path` with the store's settings, verifying every
-/// page checksum. Returns it and whether redb rolled back a last commit that did not verify.
-fn open_database(path: &Path, mode: OpenMode) -> Result<(Database, bool), StoreError> {
+/// Which page checksums an open verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageCheck {
+    /// Every live page's, on every open: a file altered outside redb is refused instead of
+    /// trusted. Reads the whole file.
+    Every,
+    /// Only when the file was not closed cleanly (redb's crash recovery reads and verifies the
+    /// whole file then); otherwise only the pages the open reads.
+    AfterCrash,
+}
+
+/// Opens (or creates) the redb database at `path` with the store's settings, verifying the page
+/// checksums `pages` says. Returns it and whether redb rolled back a last commit that did not
+/// verify.
+fn open_database(path: &Path, mode: OpenMode, pages: PageCheck) -> Result<(Database, bool), StoreError> {
     // redb reports its repair steps by progress only. A step below one half, after the start at
     // 0, is the fall-back from a primary commit slot that fails its checksums to the previous
     // commit (redb `Database::do_repair`).
@@ -1790,22 +1859,24 @@ fn open_database(path: &Path, mode: OpenMode) -> Result<(Database, bool), StoreE
     let mut builder = Database::builder();
     builder
         .set_cache_size(CACHE_BYTES)
-        // Verifies the checksum of every live page on each open, so a file altered outside redb
-        // is refused instead of trusted (a plain open may even panic on one). The cost is one
-        // read of the whole file at start-up, about as much as loading every event, which the
-        // start-up does anyway.
-        .set_check_integrity_on_open(true)
+        // `Every` verifies the checksum of every live page on each open, so a file altered
+        // outside redb is refused instead of trusted. The cost is one read of the whole file.
+        .set_check_integrity_on_open(pages == PageCheck::Every)
         .set_repair_callback(move |session| {
             let progress = session.progress();
             if progress > 0.0 && progress < 0.5 {
                 fell_back_seen.set(true);
             }
         });
-    let db = match mode {
+    // redb promises an error, not a panic, for a damaged file only when it verifies every page;
+    // a plain open reads only a few pages, but a damaged one of those must not crash the
+    // daemon either: it is refused as corrupt, like any other.
+    let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match mode {
         OpenMode::Create => builder.create(path),
         OpenMode::Existing => builder.open(path),
-    }
-    .map_err(|e| redb_error(path, e.into(), Stage::Open))?;
+    }))
+    .map_err(|_| corrupt(path, "redb failed on it while opening it (see the panic above)".to_owned()))?;
+    let db = opened.map_err(|e| redb_error(path, e.into(), Stage::Open))?;
     Ok((db, fell_back.get()))
 }
 

@@ -2,7 +2,7 @@
 //! against a baseline measured in the same run on the same machine.
 //!
 //! ```text
-//! cairn-daemon-bench [all | writes | replication | catchup | idle]... [--quick] [--out FILE]
+//! cairn-daemon-bench [all | writes | replication | catchup | history | idle]... [--quick] [--out FILE]
 //! ```
 //!
 //! - `writes`: durable writes per second through the API with 1, 16 and 256 concurrent
@@ -11,6 +11,9 @@
 //!   `verify_strict` per second on the follower's cores.
 //! - `catchup`: an empty node catching up from a peer holding many events (built offline):
 //!   seconds, bytes on the wire against the events' encoded size, peak memory.
+//! - `history`: a node holding many events over many registers (built offline): ingest through
+//!   the adapter, document and store; restarts; memory after a restart and during a catch-up;
+//!   store bytes against event bytes; a backup under writes.
 //! - `idle`: anti-entropy traffic of an idle three-node cluster, per round and peer.
 //!
 //! The nodes are the release `cairnd` next to this binary, each in its own process with its own
@@ -22,6 +25,8 @@
 mod baseline;
 #[path = "../daemon/cluster.rs"]
 mod cluster;
+#[path = "../daemon/history.rs"]
+mod history;
 #[path = "../daemon/load.rs"]
 mod load;
 #[path = "../daemon/proxy.rs"]
@@ -42,11 +47,14 @@ use cairn_bench::VerifySet;
 use cluster::{Cluster, CpuSnapshot, CpuSplit, cpu_seconds, load_average, machine_cpu, proc_status_mib};
 use load::{LoadResult, Until};
 
-const USAGE: &str = "usage: cairn-daemon-bench [all | writes | replication | catchup | idle]... [--quick] \
-                     [--out FILE] [--replication-events N] [--catchup-events N]";
+const USAGE: &str = "usage: cairn-daemon-bench [all | writes | replication | catchup | history | idle]... \
+                     [--quick] [--out FILE] [--replication-events N] [--catchup-events N] [--history-events N]";
 
 /// Settings every bench cluster shares: quiet logs, and the sync interval stated explicitly.
 const BASE_CONFIG: &str = "log_level = \"warn\"\n[timing]\nsync_interval = \"1s\"\n";
+
+/// Registers the chains signed offline for `writes` and `catchup` write to.
+const CATCHUP_REGISTERS: usize = 256;
 
 /// Runs of each baseline; the median is reported.
 const REPEATS: usize = 3;
@@ -56,8 +64,13 @@ enum Section {
     Writes,
     Replication,
     Catchup,
+    History,
     Idle,
 }
+
+/// What `all` (or no section) runs.
+const ALL: [Section; 5] =
+    [Section::Writes, Section::Replication, Section::Catchup, Section::History, Section::Idle];
 
 struct Args {
     sections: Vec<Section>,
@@ -65,6 +78,7 @@ struct Args {
     out: Option<PathBuf>,
     replication_events: Option<usize>,
     catchup_events: Option<usize>,
+    history_events: Option<usize>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -74,6 +88,7 @@ fn parse_args() -> Result<Args, String> {
         out: None,
         replication_events: None,
         catchup_events: None,
+        history_events: None,
     };
     let number = |it: &mut dyn Iterator<Item = String>, flag: &str| -> Result<Option<usize>, String> {
         let text = it.next().ok_or(format!("{flag} needs a number"))?;
@@ -82,23 +97,23 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "all" => {
-                args.sections.extend([Section::Writes, Section::Replication, Section::Catchup, Section::Idle])
-            }
+            "all" => args.sections.extend(ALL),
             "writes" => args.sections.push(Section::Writes),
             "replication" => args.sections.push(Section::Replication),
             "catchup" => args.sections.push(Section::Catchup),
+            "history" => args.sections.push(Section::History),
             "idle" => args.sections.push(Section::Idle),
             "--quick" => args.quick = true,
             "--out" => args.out = Some(it.next().ok_or("--out needs a file name")?.into()),
             "--replication-events" => args.replication_events = number(&mut it, &arg)?,
             "--catchup-events" => args.catchup_events = number(&mut it, &arg)?,
+            "--history-events" => args.history_events = number(&mut it, &arg)?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     if args.sections.is_empty() {
-        args.sections.extend([Section::Writes, Section::Replication, Section::Catchup, Section::Idle]);
+        args.sections.extend(ALL);
     }
     let mut seen = Vec::new();
     args.sections.retain(|s| {
@@ -127,6 +142,8 @@ struct Sizes {
     replication: usize,
     /// Events the catch-up holder holds.
     catchup: usize,
+    /// Events the `history` holder holds.
+    history: usize,
     /// The idle cluster settles this long before the window.
     idle_settle: Duration,
     /// The idle measurement window.
@@ -145,6 +162,7 @@ impl Sizes {
                 verify: 2_000,
                 replication: 5_000,
                 catchup: 20_000,
+                history: 20_000,
                 idle_settle: Duration::from_secs(2),
                 idle_window: Duration::from_secs(4),
             }
@@ -158,6 +176,7 @@ impl Sizes {
                 verify: 20_000,
                 replication: 50_000,
                 catchup: 1_000_000,
+                history: 1_000_000,
                 idle_settle: Duration::from_secs(3),
                 idle_window: Duration::from_secs(10),
             }
@@ -282,6 +301,7 @@ fn sign_chain(
     genesis: &Genesis,
     key: &SecretKey,
     n: usize,
+    registers: usize,
     mut sink: impl FnMut(&[([u8; 32], Vec<u8>)], &DocumentDelta) -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
     const BATCH: usize = 10_000;
@@ -294,7 +314,7 @@ fn sign_chain(
         let count = BATCH.min(n - done);
         let writes: Vec<Vec<Op>> = (done..done + count)
             .map(|i| {
-                let (k, v) = load::key_and_value(i % 256, i);
+                let (k, v) = load::key_and_value(i % registers, i);
                 vec![Op::Put { key: k.into_bytes(), value: v.into_bytes() }]
             })
             .collect();
@@ -382,7 +402,7 @@ async fn writes_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<(
     let key = SecretKey::from_seed(&[4; 32]);
     let genesis = Genesis::new(vec![Member { key: key.public(), name: "store".to_owned() }])?;
     let mut events = Vec::with_capacity(sizes.store_events);
-    let signing = sign_chain(&genesis, &key, sizes.store_events, |batch, _| {
+    let signing = sign_chain(&genesis, &key, sizes.store_events, CATCHUP_REGISTERS, |batch, _| {
         events.extend_from_slice(batch);
         Ok(())
     })?;
@@ -564,7 +584,7 @@ async fn replication_section(bench: &mut Bench, out: &mut String) -> anyhow::Res
     // One signature per event, as a writer signs them when writes come one at a time: the
     // API would pack concurrent writes into far fewer events, and this measures events.
     eprintln!("replication: signing {n_events} events into the writer's store (follower stopped)");
-    let (_, build_secs) = sign_into_store(&cluster, writer, n_events)?;
+    let (_, build_secs) = sign_into_store(&cluster, writer, n_events, CATCHUP_REGISTERS)?;
     cluster.start(writer)?;
     cluster.wait_ready(writer, Instant::now()).await?;
     let held = cluster.n_events(writer).await?;
@@ -686,7 +706,7 @@ async fn replication_section(bench: &mut Bench, out: &mut String) -> anyhow::Res
 
 /// Signs a chain of `n` own events of node `i` (one `Put` each) into its store, which must not
 /// be open: returns the events' encoded bytes and the seconds it took.
-fn sign_into_store(cluster: &Cluster, i: usize, n: usize) -> anyhow::Result<(u64, f64)> {
+fn sign_into_store(cluster: &Cluster, i: usize, n: usize, registers: usize) -> anyhow::Result<(u64, f64)> {
     let config = Config::load(&cluster.nodes[i].config)?;
     let genesis = load_genesis(&config.genesis_file)?;
     let key = SecretKey::read_file(&config.key_file)?;
@@ -700,7 +720,7 @@ fn sign_into_store(cluster: &Cluster, i: usize, n: usize) -> anyhow::Result<(u64
         &cairn_daemon::store::member_keys(&genesis),
     )?;
     let mut event_bytes = 0u64;
-    sign_chain(&genesis, &key, n, |batch, delta| {
+    sign_chain(&genesis, &key, n, registers, |batch, delta| {
         let refs: Vec<([u8; 32], &[u8])> = batch.iter().map(|(id, b)| (*id, b.as_slice())).collect();
         event_bytes += batch.iter().map(|(_, b)| b.len() as u64).sum::<u64>();
         // The document applied every event of the batch (they were committed to the node).
@@ -723,7 +743,7 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
     let config = Config::load(&cluster.nodes[holder].config)?;
     let genesis = load_genesis(&config.genesis_file)?;
     eprintln!("catchup: signing {n_events} events into the holder's store");
-    let (event_bytes, build_secs) = sign_into_store(&cluster, holder, n_events)?;
+    let (event_bytes, build_secs) = sign_into_store(&cluster, holder, n_events, CATCHUP_REGISTERS)?;
     let store_file_bytes = std::fs::metadata(config.store_path())?.len();
 
     let spawned = Instant::now();
@@ -1153,6 +1173,7 @@ async fn run(args: &Args) -> (String, anyhow::Result<()>) {
     let mut sizes = Sizes::new(args.quick);
     sizes.replication = args.replication_events.unwrap_or(sizes.replication);
     sizes.catchup = args.catchup_events.unwrap_or(sizes.catchup);
+    sizes.history = args.history_events.unwrap_or(sizes.history);
     let mut bench = Bench { exe, dir: dir.clone(), sizes, verify: None, warnings: Vec::new() };
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let started = Instant::now();
@@ -1168,6 +1189,7 @@ async fn run(args: &Args) -> (String, anyhow::Result<()>) {
             Section::Writes => writes_section(&mut bench, &mut body).await,
             Section::Replication => replication_section(&mut bench, &mut body).await,
             Section::Catchup => catchup_section(&mut bench, &mut body).await,
+            Section::History => history::history_section(&mut bench, &mut body).await,
             Section::Idle => idle_section(&mut bench, &mut body).await,
         };
         let (busy1, own1) = machine_cpu();

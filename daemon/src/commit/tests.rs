@@ -151,6 +151,52 @@ fn peer_events_wait_for_a_batch_or_a_delay_and_draining_commits_at_once() {
 }
 
 #[test]
+fn input_from_peers_pauses_while_too_many_events_wait_for_the_store_and_resumes_after_a_commit() {
+    let (mut node, mut commit) = (node(), GroupCommit::<u32>::new(1_024));
+    // By count: the bound counts the job in flight too.
+    for i in 0..PEER_EVENTS_UNSTORED_MAX - 1 {
+        commit.handle_peer_event([1; 32], vec![i as u8], 0);
+    }
+    assert!(commit.takes_peer_input());
+    let in_flight = commit.poll_commit(&mut node, &key(1), 0).expect("a full batch goes at once");
+    assert_eq!(commit.peer_events_unstored().0, PEER_EVENTS_UNSTORED_MAX - 1);
+    commit.handle_peer_event([2; 32], vec![0], 1);
+    assert_eq!(commit.peer_events_unstored(), (PEER_EVENTS_UNSTORED_MAX, PEER_EVENTS_UNSTORED_MAX));
+    assert!(!commit.takes_peer_input(), "one past the bound: the node stops reading from peers");
+    commit.handle_committed(Committed::Ok, in_flight, &mut node, 2);
+    assert_eq!(commit.peer_events_unstored(), (1, 1), "the job that landed no longer counts");
+    assert!(commit.takes_peer_input());
+    let job = commit.poll_commit(&mut node, &key(1), 2 + PEER_EVENTS_COMMIT_DELAY_MS).unwrap();
+    commit.handle_committed(Committed::Ok, job, &mut node, 30);
+
+    // By bytes: a few large events reach the byte bound long before the count; a commit is
+    // due at half of it, without waiting for the delay.
+    let large = PEER_EVENTS_UNSTORED_BYTES_MAX / 4;
+    commit.handle_peer_event([3; 32], vec![0; large], 100);
+    assert!(commit.poll_commit(&mut node, &key(1), 100).is_none(), "a quarter waits for company");
+    commit.handle_peer_event([4; 32], vec![0; large], 100);
+    let job = commit.poll_commit(&mut node, &key(1), 100).expect("half of the byte bound goes at once");
+    commit.handle_peer_event([5; 32], vec![0; large], 101);
+    assert!(commit.takes_peer_input());
+    commit.handle_peer_event([6; 32], vec![0; large], 101);
+    assert!(!commit.takes_peer_input(), "the byte bound");
+    // A full disk keeps them unstored, and the input paused, until a commit lands.
+    commit.handle_committed(
+        Committed::NoSpace { write_error: "disk full".into(), reason: "disk full".into() },
+        job,
+        &mut node,
+        102,
+    );
+    assert_eq!(commit.peer_events_unstored(), (4, 4 * large));
+    assert!(!commit.takes_peer_input());
+    let job = commit.poll_commit(&mut node, &key(1), 102 + RETRY_MIN_MS).expect("the retry");
+    assert_eq!(job.events.first().map(|e| e.0), Some([3; 32]), "in the order accepted");
+    commit.handle_committed(Committed::Ok, job, &mut node, 300);
+    assert_eq!(commit.peer_events_unstored(), (0, 0));
+    assert!(commit.takes_peer_input());
+}
+
+#[test]
 fn a_store_failure_is_fatal_and_fails_every_write() {
     let (mut node, mut commit) = (node(), GroupCommit::new(1_024));
     commit.handle_write(put("a"), 1);
