@@ -1276,10 +1276,62 @@ impl Store {
         DbGuard::new(&self.db).ok_or_else(|| self.io_error("an earlier write failed".to_owned()))
     }
 
+    /// Where the file's bytes go, for reports: each table's `(name, entries, stored bytes of
+    /// keys and values, bytes of branch pages and other metadata, bytes lost to
+    /// fragmentation)`, then the whole file's allocated bytes as `("allocated", pages, ...)`.
+    pub fn space(&self) -> Result<Vec<TableSpace>, StoreError> {
+        use redb::{ReadableTableMetadata as _, TableHandle as _};
+        let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Open);
+        let db = self.db()?;
+        let tx = db.begin_read().map_err(|e| fail(e.into()))?;
+        fn one<K: redb::Key + 'static, V: redb::Value + 'static>(
+            tx: &redb::ReadTransaction,
+            table: TableDefinition<K, V>,
+        ) -> Result<TableSpace, redb::Error> {
+            let opened = tx.open_table(table)?;
+            let stats = opened.stats()?;
+            Ok(TableSpace {
+                name: table.name().to_owned(),
+                entries: opened.len()?,
+                stored: stats.stored_bytes(),
+                metadata: stats.metadata_bytes(),
+                fragmented: stats.fragmented_bytes(),
+            })
+        }
+        let tables = [
+            one(&tx, META),
+            one(&tx, LOG),
+            one(&tx, IDS),
+            one(&tx, EVIDENCE),
+            one(&tx, METAS),
+            one(&tx, BY_SEQ),
+            one(&tx, CHAINS),
+            one(&tx, AUTHORS),
+            one(&tx, DOC),
+            one(&tx, COVERED),
+        ];
+        tables.into_iter().collect::<Result<Vec<_>, _>>().map_err(fail)
+    }
+
     /// The database, for readers on other threads (the node's archive).
     pub fn shared_db(&self) -> SharedDb {
         Arc::clone(&self.db)
     }
+}
+
+/// One table's share of the store file (see [`Store::space`]).
+#[derive(Clone, Debug)]
+pub struct TableSpace {
+    /// The table's name.
+    pub name: String,
+    /// Its entries.
+    pub entries: u64,
+    /// Bytes of its keys and values.
+    pub stored: u64,
+    /// Bytes of its branch pages and other metadata.
+    pub metadata: u64,
+    /// Bytes of its pages left unused (pages are 4 KiB; a leaf is rarely full).
+    pub fragmented: u64,
 }
 
 /// The member keys of `genesis`, in member order, as the store takes them.

@@ -14,6 +14,7 @@ use anyhow::{bail, ensure};
 use bytes::Bytes;
 use cairn_crypto::SecretKey;
 use cairn_daemon::archive::StoreArchive;
+use cairn_daemon::commit::PEER_EVENTS_UNSTORED_MAX;
 use cairn_daemon::config::{Config, load_genesis};
 use cairn_daemon::store::{self, DocumentCommit, OwnHistory, Store, reads};
 use cairn_protocol::codec::encode_message;
@@ -29,7 +30,8 @@ pub(crate) const HISTORY_REGISTERS: usize = 100_000;
 const INGEST_EVENTS_MAX: usize = 200_000;
 /// Events per `Events` message in the ingest pipeline, as a holder's catch-up batches them.
 const INGEST_MESSAGE_EVENTS: usize = 256;
-/// Events per store commit in the ingest pipeline (the daemon's `PEER_EVENTS_COMMIT_BATCH`).
+/// Events that start a store commit in the ingest pipeline when none is in flight (the
+/// daemon's `PEER_EVENTS_COMMIT_BATCH`).
 const INGEST_COMMIT_EVENTS: usize = cairn_daemon::commit::PEER_EVENTS_COMMIT_BATCH;
 /// Writes measured before the backup starts, for the latency baseline.
 const BACKUP_BASELINE: Duration = Duration::from_secs(3);
@@ -48,6 +50,21 @@ struct Ingest {
     per_sec: f64,
     /// `verify_strict`/s on 2 threads, right before and right after.
     baseline: [f64; 2],
+    secs: f64,
+    /// CPU seconds of the node (decoding, signatures, the document, the archive) and of the
+    /// store's thread.
+    node_cpu: f64,
+    store_cpu: f64,
+    commits: usize,
+}
+
+/// CPU seconds the calling thread has used, from `/proc/thread-self/stat`.
+fn thread_self_cpu() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/thread-self/stat") else { return f64::NAN };
+    let Some((_, rest)) = text.rsplit_once(')') else { return f64::NAN };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 /// Feeds the first `count` events of the holder's store, in `Events` messages, to a fresh
@@ -107,48 +124,86 @@ fn ingest_pipeline(
 
     let set = &bench.verify.as_ref().expect("the verify baseline is measured first").0;
     let before = set.run(2);
-    // One commit in flight and one queued at most, as the daemon's group commit allows.
-    let (jobs, jobs_rx) = std::sync::mpsc::sync_channel::<(Vec<([u8; 32], Vec<u8>)>, DocumentDelta)>(1);
+    // As the daemon's group commit: one commit in flight; what is accepted meanwhile goes
+    // into the next one, which starts once the first landed and a batch is waiting; past the
+    // bound on unstored events the node takes no more input until a commit lands.
+    let (jobs, jobs_rx) = std::sync::mpsc::channel::<(Vec<([u8; 32], Vec<u8>)>, DocumentDelta)>();
+    let (done, done_rx) = std::sync::mpsc::channel::<usize>();
+    let process_cpu = super::cluster::cpu_seconds(None);
     let start = Instant::now();
-    let writer = std::thread::spawn(move || -> anyhow::Result<u64> {
-        while let Ok((batch, delta)) = jobs_rx.recv() {
-            let refs: Vec<([u8; 32], &[u8])> = batch.iter().map(|(id, b)| (*id, b.as_slice())).collect();
-            let document = DocumentCommit { delta: &delta, n_applied: batch.len() };
-            target.append_with_document(&refs, &[], false, Some(document))?;
-            handle.committed_covered(&delta.covered);
-            handle.committed(batch.into_iter().map(|(id, _)| cairn_protocol::EventId(id)));
-        }
-        Ok(target.n_events())
-    });
+    let writer = std::thread::Builder::new().name("ingest-store".into()).spawn(
+        move || -> anyhow::Result<(u64, f64, usize)> {
+            let mut commits = 0;
+            while let Ok((batch, delta)) = jobs_rx.recv() {
+                let refs: Vec<([u8; 32], &[u8])> = batch.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+                let document = DocumentCommit { delta: &delta, n_applied: batch.len() };
+                target.append_with_document(&refs, &[], false, Some(document))?;
+                handle.committed_covered(&delta.covered);
+                let n = batch.len();
+                handle.committed(batch.into_iter().map(|(id, _)| cairn_protocol::EventId(id)));
+                commits += 1;
+                // The receiver is gone only once the last job was sent.
+                let _ = done.send(n);
+            }
+            Ok((target.n_events(), thread_self_cpu(), commits))
+        },
+    )?;
     let mut batch = Vec::new();
     let mut accepted = 0usize;
+    let mut in_flight: Option<usize> = None;
+    let send = |jobs: &std::sync::mpsc::Sender<_>,
+                batch: &mut Vec<([u8; 32], Vec<u8>)>,
+                node: &mut Node,
+                in_flight: &mut Option<usize>| {
+        *in_flight = Some(batch.len());
+        let delta = node.take_document_delta().unwrap_or_default();
+        jobs.send((std::mem::take(batch), delta))
+    };
     for message in &messages {
         node.handle_message(holder_key, message, 0);
         while node.poll_transmit().is_some() {}
         while let Some(event) = node.poll_event() {
             if let NodeEvent::Accepted { event, .. } = event {
+                accepted += 1;
                 batch.push((event.id().0, event.bytes().to_vec()));
             }
         }
-        if batch.len() >= INGEST_COMMIT_EVENTS {
-            accepted += batch.len();
-            let delta = node.take_document_delta().unwrap_or_default();
-            jobs.send((std::mem::take(&mut batch), delta))?;
+        if in_flight.is_some() && done_rx.try_recv().is_ok() {
+            in_flight = None;
+        }
+        if in_flight.is_some_and(|n| n + batch.len() >= PEER_EVENTS_UNSTORED_MAX) {
+            done_rx.recv()?;
+            in_flight = None;
+        }
+        if in_flight.is_none() && batch.len() >= INGEST_COMMIT_EVENTS {
+            send(&jobs, &mut batch, &mut node, &mut in_flight)?;
         }
     }
-    accepted += batch.len();
-    let delta = node.take_document_delta().unwrap_or_default();
-    jobs.send((batch, delta))?;
+    if in_flight.is_some() {
+        done_rx.recv()?;
+    }
+    send(&jobs, &mut batch, &mut node, &mut in_flight)?;
+    // The writer ends once the channel closes.
     drop(jobs);
-    let stored = writer.join().map_err(|_| anyhow::anyhow!("the store thread panicked"))??;
+    let (stored, store_cpu, commits) =
+        writer.join().map_err(|_| anyhow::anyhow!("the store thread panicked"))??;
     let secs = start.elapsed().as_secs_f64();
+    let all_cpu = super::cluster::cpu_seconds(None) - process_cpu;
     let after = set.run(2);
     ensure!(
         accepted == count && stored == count as u64,
         "accepted {accepted} and stored {stored} of {count}"
     );
     std::fs::remove_dir_all(bench.dir.join("ingest"))?;
-    Ok(Ingest { events: count, per_sec: count as f64 / secs, baseline: [before, after] })
+    Ok(Ingest {
+        events: count,
+        per_sec: count as f64 / secs,
+        baseline: [before, after],
+        secs,
+        node_cpu: all_cpu - store_cpu,
+        store_cpu,
+        commits,
+    })
 }
 
 /// Write latencies of one sequential client: (started at, latency) of every acknowledged write.
@@ -217,10 +272,19 @@ pub(crate) async fn history_section(bench: &mut Bench, out: &mut String) -> anyh
         cluster.start(holder)?;
         let took = cluster.wait_ready(holder, spawned).await?;
         let held = cluster.n_events(holder).await?;
-        ensure!(held == n_events as u64, "the holder holds {held} events after its {what}, not {n_events}");
+        ensure!(
+            held == n_events as u64 + u64::from(what != "first start"),
+            "the holder holds {held} events after its {what}"
+        );
         starts.push((what, took, memory(&cluster, holder)));
         eprintln!("history: holder {what} in {took:?}");
         if crash {
+            // One write, so that the process has written to the file since it opened it (an
+            // open that wrote nothing leaves it marked clean, and kill -9 costs nothing then).
+            let mut conn = Conn::connect(&cluster.nodes[holder].socket).await?;
+            let status =
+                conn.put("/v1/registers/before-the-crash", Bytes::from_static(b"{\"value\":\"x\"}")).await?;
+            ensure!(status.is_success(), "the write before the crash was answered {status}");
             cluster.kill(holder)?;
         } else if what != "restart after a clean stop" {
             cluster.stop(holder)?;
@@ -264,8 +328,20 @@ pub(crate) async fn history_section(bench: &mut Bench, out: &mut String) -> anyh
 
     // The follower's own restart, holding every event it caught up on.
     cluster.stop(follower)?;
-    let follower_store_bytes =
-        std::fs::metadata(Config::load(&cluster.nodes[follower].config)?.store_path())?.len();
+    let follower_config = Config::load(&cluster.nodes[follower].config)?;
+    let follower_store_bytes = std::fs::metadata(follower_config.store_path())?.len();
+    let space = {
+        let genesis = load_genesis(&follower_config.genesis_file)?;
+        let key = SecretKey::read_file(&follower_config.key_file)?.public();
+        let (store, _) = Store::open_indexed(
+            &follower_config.store_path(),
+            genesis.cluster_id(),
+            key.0,
+            OwnHistory::Unknown,
+            &store::member_keys(&genesis),
+        )?;
+        store.space()?
+    };
     let spawned = Instant::now();
     cluster.start(follower)?;
     let follower_restart = cluster.wait_ready(follower, spawned).await?;
@@ -331,6 +407,21 @@ pub(crate) async fn history_section(bench: &mut Bench, out: &mut String) -> anyh
         n(ingest.baseline[1]),
         met(ratio >= 0.8)
     );
+    let _ = writeln!(
+        out,
+        "| where that ingest's CPU went: node (decoding, signatures on 2 threads, document, archive) / store thread (`append_with_document`), CPU µs per event; commits (events per commit) | {:.1} / {:.1}; {} ({:.0}) |",
+        ingest.node_cpu / ingest.events as f64 * 1e6,
+        ingest.store_cpu / ingest.events as f64 * 1e6,
+        ingest.commits,
+        ingest.events as f64 / ingest.commits.max(1) as f64
+    );
+    let _ = writeln!(
+        out,
+        "| the same, as cores busy over the {:.1} s: node / store | {:.2} / {:.2} |",
+        ingest.secs,
+        ingest.node_cpu / ingest.secs,
+        ingest.store_cpu / ingest.secs
+    );
     for (what, took, (hwm, rss)) in &starts {
         let target = if what.contains("clean") {
             format!(" (target < 2 s {})", met(took.as_secs_f64() < 2.0))
@@ -389,6 +480,35 @@ pub(crate) async fn history_section(bench: &mut Bench, out: &mut String) -> anyh
         during.2,
         during.0
     );
+    let _ = writeln!(
+        out,
+        "\nWhere the follower's store file ({:.0} MiB) goes, by table (redb's own figures): entries, bytes \
+         of keys and values, of branch pages and metadata, lost in partly filled pages.\n",
+        mib(follower_store_bytes)
+    );
+    let _ =
+        writeln!(out, "| table | entries | stored MiB | metadata MiB | fragmented MiB | bytes per event |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let mut in_tables = 0;
+    for t in &space {
+        let all = t.stored + t.metadata + t.fragmented;
+        in_tables += all;
+        let _ = writeln!(
+            out,
+            "| `{}` | {} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            t.name,
+            n(t.entries as f64),
+            mib(t.stored),
+            mib(t.metadata),
+            mib(t.fragmented),
+            all as f64 / n_events as f64
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| free pages and redb's own state (the file minus the tables) | | | | | {:.0} |",
+        follower_store_bytes.saturating_sub(in_tables) as f64 / n_events as f64
+    );
     let progress: Vec<String> = samples
         .iter()
         .map(|(t, have, hwm)| format!("{t:.0} s: {} ({hwm:.0} MiB)", n(*have as f64)))
@@ -401,9 +521,11 @@ pub(crate) async fn history_section(bench: &mut Bench, out: &mut String) -> anyh
          built before any node starts, as `catchup` builds it, but over {} registers. The ingest row feeds the \
          first events of that store in `Events` messages of {INGEST_MESSAGE_EVENTS} to a fresh `Node` whose \
          archive is a fresh store on disk (`StoreArchive`), and commits what it accepts with the document's \
-         changes (`Store::append_with_document`) in batches of {INGEST_COMMIT_EVENTS} on a second thread, one \
-         commit queued at most, as the daemon does; it runs between two runs of the `verify_strict` baseline \
-         on 2 threads. The holder then starts three times: on the store built offline, after `kill -9` of \
+         changes (`Store::append_with_document`) on a second thread as the daemon's group commit does: one \
+         commit in flight, what is accepted meanwhile goes into the next once {INGEST_COMMIT_EVENTS} wait, \
+         and past {PEER_EVENTS_UNSTORED_MAX} unstored events the node takes no input until a commit lands. \
+         It runs between two runs of the `verify_strict` baseline on 2 threads; CPU is read from \
+         `/proc` (the process's, and the store thread's own). The holder then starts three times: on the store built offline, after `kill -9` of \
          that first process (redb's crash recovery reads and verifies the whole file), and after a clean \
          stop (an open reads only what it uses). The last process serves the catch-up of an empty follower; \
          VmHWM is read from `/proc/PID/status` every 50 ms. The backup runs `cairnctl backup` against the \
