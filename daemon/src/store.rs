@@ -4,7 +4,7 @@
 //! The store is written once per group commit ([`Store::append`]: one write transaction, one
 //! fsync), and read while the node runs: the node's archive (`crate::archive`) reads accepted
 //! events back through [`reads`], so the node's memory does not grow with its history. A start
-//! ([`Store::open_indexed`]) reads the chain states, the counters and the evidence, then the
+//! ([`Store::open_for_start`]) reads the chain states, the counters and the evidence, then the
 //! persisted document ([`Store::load_document`]); the daemon replays only the log's tail that
 //! the document has not applied. [`Store::open`] also returns every event (for tools and
 //! tests).
@@ -112,9 +112,9 @@ const FORMAT_WITHOUT_DOCUMENT: u64 = 3;
 /// Events indexed per transaction when an upgrade builds the indexes.
 const REINDEX_BATCH: u64 = 50_000;
 
-/// redb's page cache. Start-up reads every page once and the node keeps its state in memory,
-/// so after that the cache serves only the b-tree paths that appends touch: the right edge of
-/// `log` and the inner pages of `ids`. 64 MiB holds those for tens of millions of events.
+/// redb's page cache: the b-tree paths that appends and the node's reads touch (the right edge
+/// of `log` and `by_seq`, the inner pages of `ids`, `metas`, `doc` and `covered`, recent
+/// events). It bounds the store's share of the node's memory whatever the history's length.
 const CACHE_BYTES: usize = 64 << 20;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
@@ -1276,9 +1276,9 @@ impl Store {
         DbGuard::new(&self.db).ok_or_else(|| self.io_error("an earlier write failed".to_owned()))
     }
 
-    /// Where the file's bytes go, for reports: each table's `(name, entries, stored bytes of
-    /// keys and values, bytes of branch pages and other metadata, bytes lost to
-    /// fragmentation)`, then the whole file's allocated bytes as `("allocated", pages, ...)`.
+    /// Where the file's bytes go, for reports: each table's entries, bytes of keys and values,
+    /// of branch pages and metadata, and bytes lost in partly filled pages. The file's length
+    /// minus their sum is free pages and redb's own state.
     pub fn space(&self) -> Result<Vec<TableSpace>, StoreError> {
         use redb::{ReadableTableMetadata as _, TableHandle as _};
         let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Open);
