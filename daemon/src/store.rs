@@ -414,7 +414,7 @@ impl Store {
         new_store: OwnHistory,
         members: &[[u8; 32]],
     ) -> Result<(Self, Loaded), StoreError> {
-        Self::open_indexed_with(path, cluster_id, node_key, new_store, members, PageCheck::Every)
+        Self::open_for_start(path, cluster_id, node_key, new_store, members, PageCheck::Every)
     }
 
     /// [`Store::open_indexed`] as the daemon starts: redb verifies every page checksum only when
@@ -424,17 +424,6 @@ impl Store {
     /// checked: every event read back must match its id (`reads`), and `cairnd check-store`
     /// verifies every page. Set `verify_store_on_start` to verify every page at each start.
     pub fn open_for_start(
-        path: &Path,
-        cluster_id: [u8; 32],
-        node_key: [u8; 32],
-        new_store: OwnHistory,
-        members: &[[u8; 32]],
-        pages: PageCheck,
-    ) -> Result<(Self, Loaded), StoreError> {
-        Self::open_indexed_with(path, cluster_id, node_key, new_store, members, pages)
-    }
-
-    fn open_indexed_with(
         path: &Path,
         cluster_id: [u8; 32],
         node_key: [u8; 32],

@@ -292,7 +292,12 @@ impl Conn {
 
 /// CPU seconds (user + system, all threads) a process has used, from `/proc/PID/stat`.
 pub(crate) fn cpu_seconds(pid: Option<u32>) -> f64 {
-    let path = pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat"));
+    stat_cpu_seconds(&pid.map_or_else(|| "/proc/self/stat".to_owned(), |p| format!("/proc/{p}/stat")))
+}
+
+/// CPU seconds (user + system) from a `/proc` `stat` file: a process's or one thread's
+/// (`/proc/thread-self/stat`).
+pub(crate) fn stat_cpu_seconds(path: &str) -> f64 {
     let Ok(text) = std::fs::read_to_string(path) else { return 0.0 };
     // Fields after the command name, which is in parentheses and may hold spaces.
     let Some((_, rest)) = text.rsplit_once(')') else { return 0.0 };

@@ -58,15 +58,6 @@ struct Ingest {
     commits: usize,
 }
 
-/// CPU seconds the calling thread has used, from `/proc/thread-self/stat`.
-fn thread_self_cpu() -> f64 {
-    let Ok(text) = std::fs::read_to_string("/proc/thread-self/stat") else { return f64::NAN };
-    let Some((_, rest)) = text.rsplit_once(')') else { return f64::NAN };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// Feeds the first `count` events of the holder's store, in `Events` messages, to a fresh
 /// `Node` over a fresh store (its archive on disk, its document tracked), and commits what it
 /// accepts with the document's changes on a second thread, as the daemon's writer thread does:
@@ -145,7 +136,7 @@ fn ingest_pipeline(
                 // The receiver is gone only once the last job was sent.
                 let _ = done.send(n);
             }
-            Ok((target.n_events(), thread_self_cpu(), commits))
+            Ok((target.n_events(), super::cluster::stat_cpu_seconds("/proc/thread-self/stat"), commits))
         },
     )?;
     let mut batch = Vec::new();
