@@ -474,6 +474,68 @@ fn events_in_flight_are_sent_again_only_once_heard_or_timed_out() {
     assert_eq!(drain(&mut a).0, 20);
 }
 
+/// A follower that reads its connection more slowly than a session timeout's worth of the
+/// holder's sending (a long catch-up onto a slow disk) still gets every event exactly once:
+/// the events on their way are not sent again while the follower's `heard` advances.
+#[test]
+fn a_follower_slower_than_the_session_timeout_gets_each_event_once() {
+    // An answer holds at most 1 000 ids, so the catch-up takes several sessions, as a large
+    // one does with the default bound.
+    let config = NodeConfig { sync_interval_ms: 1_000, peer_queue_ids_max: 1_000, ..NodeConfig::default() };
+    let timeout = config.session_timeout_ms;
+    let mut a = Node::new(genesis(2), Some(key(1).public()), config.clone());
+    let mut b = Node::new(genesis(2), Some(key(2).public()), config);
+    let (ka, kb) = (key(1).public(), key(2).public());
+    // 8 KiB values: about 30 events to an `Events` message.
+    let value = "v".repeat(8 * 1024);
+    let n_events = 3_000usize;
+    for batch in 0..n_events / 100 {
+        let writes = (0..100).map(|i| put(&format!("k{}", batch * 100 + i), &value)).collect();
+        let events = a.prepare_writes(&key(1), writes).unwrap();
+        a.commit_writes(events, 1);
+    }
+    assert!(a.handle_connected(kb, 1));
+    assert!(b.handle_connected(ka, 1));
+    // The connection a -> b holds at most PIPE messages (the transport's queue and QUIC's
+    // window), and b reads one every READ_MS: a message waits PIPE * READ_MS, well past the
+    // session timeout. b -> a is quick.
+    const PIPE: usize = 16;
+    const READ_MS: u64 = 1_000;
+    assert!(PIPE as u64 * READ_MS > timeout);
+    let mut pipe: std::collections::VecDeque<Vec<u8>> = std::collections::VecDeque::new();
+    let mut now = 1u64;
+    let mut next_read = now + READ_MS;
+    let deadline = 1_000_000u64;
+    while b.adapter().n_accepted() < n_events {
+        assert!(
+            now < deadline,
+            "b holds {} of {n_events} events; a sent {}",
+            b.adapter().n_accepted(),
+            a.peer_stats(&kb).unwrap().events_out
+        );
+        now += 100;
+        a.handle_timeout(now);
+        b.handle_timeout(now);
+        while let Some(bytes) = b.poll_transmit_to(&ka) {
+            a.handle_message(kb, &bytes, now);
+        }
+        while pipe.len() < PIPE {
+            let Some(bytes) = a.poll_transmit_to(&kb) else { break };
+            pipe.push_back(bytes);
+        }
+        if now >= next_read {
+            next_read = now + READ_MS;
+            if let Some(bytes) = pipe.pop_front() {
+                b.handle_message(ka, &bytes, now);
+            }
+        }
+        while a.poll_event().is_some() {}
+        while b.poll_event().is_some() {}
+    }
+    let sent = a.peer_stats(&kb).unwrap().events_out;
+    assert_eq!(sent, n_events as u64, "every event sent once, none again ({} s)", now / 1000);
+}
+
 #[test]
 fn write_refusal_names_every_reason_prepare_writes_would_give() {
     // A member in good standing may write.

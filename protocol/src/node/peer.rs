@@ -70,6 +70,9 @@ pub(super) struct Peer {
     pub(super) in_flight: VecDeque<SentEvents>,
     /// Ids in `in_flight`, at most `peer_queue_ids_max`.
     pub(super) n_in_flight_ids: usize,
+    /// The largest `heard` the peer reported on this connection, and when it last grew.
+    pub(super) peer_heard: u64,
+    pub(super) peer_heard_at_ms: u64,
     pub(super) milli_tokens: u64,
     pub(super) tokens_at_ms: u64,
     pub(super) stats: PeerStats,
@@ -77,11 +80,19 @@ pub(super) struct Peer {
 
 impl Peer {
     /// Drops the in-flight records of `Events` messages the peer has read (numbered up to
-    /// `heard`) or that are older than `timeout_ms` (an event the peer dropped unread is then
-    /// sent again).
+    /// `heard`). A record the peer has not read is dropped only once it is older than
+    /// `timeout_ms` *and* the peer's `heard` has not advanced for as long: a message lost on
+    /// the way (or a peer that stopped reading) then has its events sent again, while a peer
+    /// that reads on, however far behind (a long catch-up onto a slow disk), is not sent
+    /// again what is still on its way to it.
     pub(super) fn forget_in_flight(&mut self, heard: u64, now_ms: u64, timeout_ms: u64) {
+        if heard > self.peer_heard {
+            self.peer_heard = heard;
+            self.peer_heard_at_ms = now_ms;
+        }
+        let stalled = now_ms >= self.peer_heard_at_ms.saturating_add(timeout_ms);
         while let Some(sent) = self.in_flight.front() {
-            if sent.number > heard && now_ms < sent.at_ms.saturating_add(timeout_ms) {
+            if sent.number > heard && !(stalled && now_ms >= sent.at_ms.saturating_add(timeout_ms)) {
                 break;
             }
             self.n_in_flight_ids -= sent.ids.len();
@@ -151,6 +162,8 @@ impl Peer {
             sent: 0,
             in_flight: VecDeque::new(),
             n_in_flight_ids: 0,
+            peer_heard: 0,
+            peer_heard_at_ms: now_ms,
             milli_tokens: burst.saturating_mul(1000),
             tokens_at_ms: now_ms,
             stats: PeerStats::default(),
