@@ -33,6 +33,13 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest line of a watch stream; one change with a full register is far below it.
 const WATCH_LINE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
+/// A backup being written is synced to disk every this many bytes. The file system commits a
+/// node's fsync together with whatever other writes it has started meanwhile (ext4's ordered
+/// journal): left to the kernel, gigabytes of backup would be written back in bulk, and the
+/// node whose store is being backed up, often on the same disk, would wait for them at its
+/// next commit. Syncing as it goes bounds that wait to about this many bytes of writes.
+pub const BACKUP_SYNC_BYTES: u64 = 16 * 1024 * 1024;
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -295,9 +302,10 @@ impl Client {
             .map_err(|_| ClientError::BadResponse("the text is not UTF-8".into()))
     }
 
-    /// `GET /v1/backup`: writes the backup stream into `file` as it comes and syncs it; returns
-    /// its length. Gives up if no bytes come for [`REQUEST_TIMEOUT`]. The caller checks what
-    /// was written (`crate::backup::Reader`): a stream the daemon ended early lacks the end.
+    /// `GET /v1/backup`: writes the backup stream into `file` as it comes, synced every
+    /// [`BACKUP_SYNC_BYTES`] and at the end; returns its length. Gives up if no bytes come for
+    /// [`REQUEST_TIMEOUT`]. The caller checks what was written (`crate::backup::Reader`): a
+    /// stream the daemon ended early lacks the end.
     pub async fn backup_into(&self, file: &mut std::fs::File) -> Result<u64, ClientError> {
         use std::io::Write as _;
         let response = self.with_timeout(self.start(Method::GET, "/v1/backup", None)).await?;
@@ -312,7 +320,12 @@ impl Client {
             let Ok(data) = frame.into_data() else { continue };
             file.write_all(&data)
                 .map_err(|e| ClientError::Transport(format!("cannot write the backup file: {e}")))?;
+            let before = written;
             written += data.len() as u64;
+            if before / BACKUP_SYNC_BYTES != written / BACKUP_SYNC_BYTES {
+                file.sync_data()
+                    .map_err(|e| ClientError::Transport(format!("cannot sync the backup file: {e}")))?;
+            }
         }
         file.sync_all().map_err(|e| ClientError::Transport(format!("cannot sync the backup file: {e}")))?;
         Ok(written)
