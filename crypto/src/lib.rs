@@ -2,9 +2,9 @@
 //! parallel, with identical verdicts), and domain-separated SHA-256.
 //!
 //! Every hash Cairn computes goes through [`hash::Domain`], so the complete list of domain
-//! strings lives in one place. Every signature check goes through [`verify::verify_strict`] or
-//! [`verify::verify_many`], which give the same verdict as ed25519-dalek's `verify_strict` on
-//! every input.
+//! strings lives in one place. Every signature check goes through [`verify::verify_strict`],
+//! [`verify::verify_many`] or [`verify::verify_many_with`], which give the same verdict as
+//! ed25519-dalek's `verify_strict` on every input.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,7 +1,7 @@
 //! Signing and strict verification: round trips, single-bit tampering, the RFC 8032 vector, and
 //! the property that `verify_many` gives `verify_strict`'s verdict on every input and thread count.
 
-use cairn_crypto::verify::{Check, VERIFY_CHUNK_MIN, VERIFY_THREADS_MAX};
+use cairn_crypto::verify::{Check, KeyCache, VERIFY_CHUNK_MIN, VERIFY_THREADS_MAX, verify_many_with};
 use cairn_crypto::{PublicKey, SecretKey, Signature, verify_many, verify_strict};
 
 fn from_hex<const N: usize>(text: &str) -> [u8; N] {
@@ -201,6 +201,15 @@ fn verify_many_equals_verify_strict_on_random_inputs() {
 
     for n_threads in [0, 1, 2, 3, 4, VERIFY_THREADS_MAX, usize::MAX] {
         assert_eq!(verify_many(&checks, n_threads), expected, "n_threads = {n_threads}");
+    }
+    // Keys decoded once give the same verdicts: every key of the inputs cached (small-order
+    // and undecodable ones included), or half of them.
+    let all = KeyCache::new(inputs.iter().map(|i| &i.key));
+    let half = KeyCache::new(inputs.iter().step_by(2).map(|i| &i.key));
+    for cache in [&all, &half] {
+        for n_threads in [1, 2, 3] {
+            assert_eq!(verify_many_with(cache, &checks, n_threads), expected, "n_threads = {n_threads}");
+        }
     }
     // Every length around the chunk boundaries, on the thread counts of the task.
     for n_checks in (0..=4 * VERIFY_CHUNK_MIN + 1).chain([97, 255, 256, 257]) {

@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cairn_crypto::verify::{Check, verify_many};
+use cairn_crypto::verify::{Check, KeyCache, verify_many_with};
 
 use crate::archive::{Archive, EventMeta, MemoryArchive, StoredEvent};
 use crate::buffer::{CausalBuffer, PeerId};
@@ -119,6 +119,8 @@ pub struct Adapter {
     chains: Vec<ChainState>,
     buffer: CausalBuffer,
     evidence: BTreeMap<MemberIdx, Evidence>,
+    /// The members' keys, decoded once for every signature check.
+    keys: KeyCache,
 }
 
 impl std::fmt::Debug for Adapter {
@@ -153,7 +155,17 @@ impl Adapter {
     ) -> Self {
         assert_eq!(chains.len(), genesis.members().len(), "one chain state per member");
         let buffer = CausalBuffer::new(config.buffer_bytes_per_peer_max, config.buffer_bytes_total_max);
-        Self { genesis, config, archive, n_orphans_dropped: 0, chains, buffer, evidence: BTreeMap::new() }
+        let keys = KeyCache::new(genesis.members().iter().map(|m| &m.key));
+        Self {
+            genesis,
+            config,
+            archive,
+            n_orphans_dropped: 0,
+            chains,
+            buffer,
+            evidence: BTreeMap::new(),
+            keys,
+        }
     }
 
     /// The archive and the chain states, for a replica that resumes over them
@@ -376,7 +388,7 @@ impl Adapter {
             .map(|c| Check { key: &c.event.header.author, message: &c.id.0, signature: &c.event.sig })
             .collect();
         let verdicts = match signatures {
-            Signatures::Check => verify_many(&checks, self.config.verify_threads),
+            Signatures::Check => verify_many_with(&self.keys, &checks, self.config.verify_threads),
             Signatures::OwnJustSigned => vec![true; checks.len()],
         };
         drop(checks);

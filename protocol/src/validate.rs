@@ -167,7 +167,8 @@ pub(crate) fn check_ops_hash(event: &Event) -> Result<(), [u8; 32]> {
 }
 
 /// Rule 4: `verify_strict(author, id, sig)` (`bad_signature`), for one event. The adapter checks
-/// many at once with `verify_many`, which gives the same verdicts.
+/// many at once with `verify_many_with` (the members' keys decoded once), which gives the same
+/// verdicts.
 pub(crate) fn signature_holds(event: &Event, id: &EventId) -> bool {
     verify_strict(&event.header.author, &id.0, &event.sig)
 }
