@@ -1046,13 +1046,15 @@ impl Store {
                 if document.is_some_and(|d| d.n_applied == i) {
                     doc_through = Some(n_events);
                 }
-                // Reads see this transaction's own inserts, so a duplicate within the batch is
-                // skipped too.
-                if ids.get(id).map_err(|e| fail(e.into()))?.is_some() {
+                // One descent of `ids` both files the event and finds a duplicate (stored
+                // before, or earlier in this batch: reads see this transaction's own inserts),
+                // whose entry is put back as it was.
+                let stored_at = ids.insert(id, n_events).map_err(|e| fail(e.into()))?.map(|at| at.value());
+                if let Some(at) = stored_at {
+                    ids.insert(id, at).map_err(|e| fail(e.into()))?;
                     continue;
                 }
                 log.insert(n_events, *bytes).map_err(|e| fail(e.into()))?;
-                ids.insert(id, n_events).map_err(|e| fail(e.into()))?;
                 n_events += 1;
                 n_bytes += bytes.len() as u64;
                 match indexes.index(&self.members, &mut chains, &mut dirty, id, event) {

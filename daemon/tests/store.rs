@@ -190,6 +190,13 @@ fn duplicate_ids_are_ignored() {
     append(&mut store, &events[3..], &[]);
     append(&mut store, &events, &[]);
     assert_eq!(store.n_events(), 4);
+    // Each id still finds its own event (a duplicate leaves its first entry in `ids` as it was).
+    let db = store.shared_db();
+    for event in &events {
+        let (_, bytes) = cairn_daemon::store::reads::event(&db, &event.id()).unwrap().unwrap();
+        assert_eq!(bytes, event.encode());
+    }
+    drop(db);
     drop(store);
     let (store, loaded) = open(&path).unwrap();
     assert_eq!(store.n_events(), 4);
