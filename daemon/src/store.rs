@@ -1447,11 +1447,14 @@ fn write_document(tx: &redb::WriteTransaction, delta: &DocumentDelta) -> Result<
     let mut covered = tx.open_table(COVERED)?;
     for Covered { by, ops } in &delta.covered {
         let key = op_key(by);
-        let mut list = covered.get(&key)?.map(|v| v.value().to_vec()).unwrap_or_default();
-        for op in ops {
-            list.extend_from_slice(&op_key(op));
+        let mut list: Vec<u8> = ops.iter().flat_map(op_key).collect();
+        // Mostly `by` is a new op and has no list yet: one descent files it. Otherwise the
+        // new ops go after the ones it covered before.
+        let before = covered.insert(&key, list.as_slice())?.map(|v| v.value().to_vec());
+        if let Some(mut before) = before {
+            before.append(&mut list);
+            covered.insert(&key, before.as_slice())?;
         }
-        covered.insert(&key, list.as_slice())?;
     }
     Ok(())
 }

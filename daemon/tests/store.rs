@@ -717,3 +717,32 @@ fn the_document_is_persisted_with_the_events_it_applied() {
     assert_eq!(document.digest(), digest);
     assert_eq!(document.register(b"k1").visible.unwrap().value, vec![21]);
 }
+
+/// Covered records are filed by the covering op; one that covers ops in two commits lists them
+/// all, in order, and a new op's record holds only its own.
+#[test]
+fn covered_records_accumulate_per_covering_op() {
+    use cairn_daemon::store::DocumentCommit;
+    use cairn_protocol::DocumentDelta;
+    use cairn_protocol::document::Covered;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let (mut store, _) = open(&path).unwrap();
+    let op = |i: u8, n: u32| (EventId([i; 32]), n);
+    let commit = |store: &mut Store, covered: Vec<Covered>| {
+        let delta = DocumentDelta { covered, ..DocumentDelta::default() };
+        store
+            .append_with_document(&[], &[], false, Some(DocumentCommit { delta: &delta, n_applied: 0 }))
+            .unwrap();
+    };
+    commit(&mut store, vec![Covered { by: op(1, 0), ops: vec![op(2, 0), op(2, 1)] }]);
+    commit(
+        &mut store,
+        vec![Covered { by: op(1, 0), ops: vec![op(3, 0)] }, Covered { by: op(4, 2), ops: vec![op(5, 0)] }],
+    );
+    let db = store.shared_db();
+    let covered = |by| cairn_daemon::store::reads::covered(&db, &by).unwrap();
+    assert_eq!(covered(op(1, 0)), vec![op(2, 0), op(2, 1), op(3, 0)]);
+    assert_eq!(covered(op(4, 2)), vec![op(5, 0)]);
+    assert_eq!(covered(op(1, 1)), Vec::new());
+}
