@@ -25,7 +25,7 @@
 //! | `GET /v1/events/{id}` | one event, with its ops and its canonical bytes (`encoded_hex`) |
 //! | `GET /v1/evidence` | equivocation evidence, with its canonical bytes |
 //! | `GET /v1/metrics` | OpenMetrics text |
-//! | `GET /v1/backup` | a consistent copy of the store, streamed (`application/octet-stream`, format in [`crate::backup`]); 409 while another is being taken |
+//! | `GET /v1/backup` | a consistent copy of the store, streamed (`application/octet-stream`, format in [`crate::backup`]); 409 while another is being taken (unless it sent nothing for a minute) |
 //! | `GET /v1/watch` | server-sent events: `change` per changed key, `lagged` when some were missed |
 //!
 //! # Pages

@@ -103,11 +103,73 @@ pub fn read_piece(store: &Store, read: &BackupRead) -> Result<BackupPiece, Strin
     }
 }
 
+/// A backup stream that has sent nothing for this long (its client stopped reading and kept
+/// the connection open) gives its slot to the next backup asked for, and ends at its next read.
+pub const BACKUP_STALL_MAX: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The one backup slot of a node: which stream holds it, and when that stream last moved on.
+#[derive(Debug, Default)]
+pub struct BackupSlot(std::sync::Mutex<Option<SlotHolder>>);
+
+#[derive(Debug)]
+struct SlotHolder {
+    stream: u64,
+    moved_at: std::time::Instant,
+}
+
+impl BackupSlot {
+    /// Holds the slot for a new stream at `now`: when it is free, or its holder has not moved
+    /// on for [`BACKUP_STALL_MAX`]. Returns the new stream's number.
+    fn take(&self, now: std::time::Instant) -> Option<u64> {
+        let mut holder = lock(&self.0);
+        if holder.as_ref().is_some_and(|h| now.saturating_duration_since(h.moved_at) < BACKUP_STALL_MAX) {
+            return None;
+        }
+        let stream = NEXT_STREAM.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *holder = Some(SlotHolder { stream, moved_at: now });
+        Some(stream)
+    }
+
+    /// Records that `stream` moved on at `now`; false if it no longer holds the slot.
+    fn moved_on(&self, stream: u64, now: std::time::Instant) -> bool {
+        match lock(&self.0).as_mut() {
+            Some(holder) if holder.stream == stream => {
+                holder.moved_at = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Frees the slot if `stream` holds it.
+    fn release(&self, stream: u64) {
+        let mut holder = lock(&self.0);
+        if holder.as_ref().is_some_and(|h| h.stream == stream) {
+            *holder = None;
+        }
+    }
+
+    /// Whether a backup stream holds the slot.
+    pub fn is_held(&self) -> bool {
+        lock(&self.0).is_some()
+    }
+}
+
+/// The slot's lock; a panic while it was held left nothing half-done, so its state is used.
+fn lock(mutex: &std::sync::Mutex<Option<SlotHolder>>) -> std::sync::MutexGuard<'_, Option<SlotHolder>> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Numbers the backup streams of a process, so that a stream that lost its slot knows it.
+static NEXT_STREAM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// A backup being streamed from the running node: [`BackupStream::next_chunk`] until `None`.
-/// At most one exists at a time (its flag is cleared when it is dropped).
+/// At most one holds the node's [`BackupSlot`] at a time (it frees it when dropped); one that
+/// stalled for [`BACKUP_STALL_MAX`] loses it to the next backup asked for.
 pub struct BackupStream {
     store: std::sync::mpsc::Sender<crate::driver::StoreRequest>,
-    running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    slot: std::sync::Arc<BackupSlot>,
+    number: u64,
     state: StreamState,
 }
 
@@ -119,16 +181,13 @@ enum StreamState {
 }
 
 impl BackupStream {
-    /// A new stream, or `None` if one is open already.
+    /// A new stream, or `None` if another holds the slot and has not stalled.
     pub(crate) fn start(
         store: std::sync::mpsc::Sender<crate::driver::StoreRequest>,
-        running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        slot: std::sync::Arc<BackupSlot>,
     ) -> Option<Self> {
-        use std::sync::atomic::Ordering;
-        if running.swap(true, Ordering::AcqRel) {
-            return None;
-        }
-        Some(Self { store, running, state: StreamState::Start })
+        let number = slot.take(std::time::Instant::now())?;
+        Some(Self { store, slot, number, state: StreamState::Start })
     }
 
     async fn read(&self, read: BackupRead) -> Result<BackupPiece, String> {
@@ -143,6 +202,13 @@ impl BackupStream {
     /// backup is then incomplete, and a reader refuses it.
     pub async fn next_chunk(&mut self) -> Option<Result<Vec<u8>, String>> {
         let state = std::mem::replace(&mut self.state, StreamState::Done);
+        if !matches!(state, StreamState::Done) && !self.slot.moved_on(self.number, std::time::Instant::now())
+        {
+            return Some(Err(format!(
+                "this backup sent nothing for {} s and another backup took its place",
+                BACKUP_STALL_MAX.as_secs()
+            )));
+        }
         let (bytes, state) = match state {
             StreamState::Done => return None,
             StreamState::Start => match self.read(BackupRead::Start).await {
@@ -197,7 +263,7 @@ impl BackupStream {
 
 impl Drop for BackupStream {
     fn drop(&mut self) {
-        self.running.store(false, std::sync::atomic::Ordering::Release);
+        self.slot.release(self.number);
     }
 }
 
@@ -621,6 +687,44 @@ mod tests {
             records.push(record);
         }
         Ok(records)
+    }
+
+    #[test]
+    fn the_backup_slot_goes_to_one_stream_and_to_the_next_only_once_it_stalled() {
+        let slot = BackupSlot::default();
+        let t0 = std::time::Instant::now();
+        let first = slot.take(t0).expect("a free slot");
+        assert!(slot.take(t0).is_none(), "one backup at a time");
+        // Moving on keeps it: a stall is counted from the last move.
+        let later = t0 + BACKUP_STALL_MAX;
+        assert!(slot.moved_on(first, later));
+        assert!(slot.take(later + BACKUP_STALL_MAX / 2).is_none());
+        // Stalled for BACKUP_STALL_MAX: the next backup takes the slot, and the first learns it.
+        let second = slot.take(later + BACKUP_STALL_MAX).expect("a stalled holder gives way");
+        assert_ne!(first, second);
+        assert!(!slot.moved_on(first, later + BACKUP_STALL_MAX));
+        // The first one's end frees nothing that is not its own.
+        slot.release(first);
+        assert!(slot.is_held());
+        slot.release(second);
+        assert!(!slot.is_held());
+        assert!(slot.take(later).is_some());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_lost_its_slot_ends_with_an_error_that_says_why() {
+        let slot = std::sync::Arc::new(BackupSlot::default());
+        // No store thread: a read would fail, but the lost slot is found first.
+        let (store, _) = std::sync::mpsc::channel();
+        let mut stalled = BackupStream::start(store.clone(), slot.clone()).expect("a free slot");
+        assert!(BackupStream::start(store.clone(), slot.clone()).is_none());
+        // As if it had stalled: the slot goes to another stream.
+        let taker = slot.take(std::time::Instant::now() + BACKUP_STALL_MAX).expect("stalled");
+        let error = stalled.next_chunk().await.expect("an item").expect_err("the slot is lost");
+        assert!(error.contains("another backup took its place"), "{error}");
+        drop(stalled);
+        assert!(slot.is_held(), "the stalled stream's end leaves the new holder in place");
+        slot.release(taker);
     }
 
     #[test]

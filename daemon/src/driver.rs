@@ -172,7 +172,7 @@ impl Driver {
             changes: changes.clone(),
             metrics: metrics.clone(),
             store: store_jobs.clone(),
-            backup_running: Arc::default(),
+            backup_slot: Arc::default(),
         };
         let driver = Self {
             node: parts.node,

@@ -56,8 +56,12 @@ pub enum ServiceError {
     /// The daemon is stopping.
     #[error("the daemon is shutting down")]
     ShuttingDown,
-    /// A backup is being taken already; one at a time.
-    #[error("a backup of this node is being taken already (one at a time); retry when it is done")]
+    /// A backup is being taken already; one at a time (one that stalled for
+    /// [`crate::backup::BACKUP_STALL_MAX`] gives way).
+    #[error(
+        "a backup of this node is being taken already (one at a time); retry when it is done, or \
+         once it has sent nothing for a minute"
+    )]
     BackupRunning,
 }
 
@@ -238,8 +242,8 @@ pub struct ServiceHandle {
     pub(crate) metrics: std::sync::Arc<crate::metrics::Metrics>,
     /// The store's writer thread, for backups.
     pub(crate) store: std::sync::mpsc::Sender<crate::driver::StoreRequest>,
-    /// Set while a backup stream is open.
-    pub(crate) backup_running: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The backup slot: which backup stream is open.
+    pub(crate) backup_slot: std::sync::Arc<crate::backup::BackupSlot>,
 }
 
 impl ServiceHandle {
@@ -309,7 +313,7 @@ impl ServiceHandle {
 
     /// Starts a backup of the store (one at a time): see [`crate::backup`].
     pub fn backup(&self) -> Result<crate::backup::BackupStream, ServiceError> {
-        crate::backup::BackupStream::start(self.store.clone(), self.backup_running.clone())
+        crate::backup::BackupStream::start(self.store.clone(), self.backup_slot.clone())
             .ok_or(ServiceError::BackupRunning)
     }
 

@@ -337,7 +337,7 @@ async fn start_with(watch_buffer: usize, setup: impl FnOnce(&mut Fake)) -> Serve
         metrics: Arc::new(Metrics::new()),
         // No store thread: a backup fails at once.
         store: std::sync::mpsc::channel().0,
-        backup_running: Arc::default(),
+        backup_slot: Arc::default(),
     };
     let (shutdown, shutdown_rx) = watch::channel(false);
     let listener = bind(&socket).unwrap();
@@ -1030,7 +1030,7 @@ async fn service_gone_is_503() {
         changes,
         metrics: Arc::new(Metrics::new()),
         store: std::sync::mpsc::channel().0,
-        backup_running: Arc::default(),
+        backup_slot: Arc::default(),
     };
     let (_shutdown, shutdown_rx) = watch::channel(false);
     let listener = bind(&socket).unwrap();
