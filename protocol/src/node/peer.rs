@@ -32,6 +32,10 @@ pub struct PeerStats {
     pub sessions_tips: u64,
 }
 
+/// Session timeouts after which an unheard `Events` message's events may be sent again even
+/// while the peer's `heard` still grows.
+pub(super) const IN_FLIGHT_TIMEOUTS_MAX: u64 = 6;
+
 pub(super) enum Outgoing {
     Message(Vec<u8>),
     Events(VecDeque<EventId>),
@@ -92,7 +96,13 @@ impl Peer {
         }
         let stalled = now_ms >= self.peer_heard_at_ms.saturating_add(timeout_ms);
         while let Some(sent) = self.in_flight.front() {
-            if sent.number > heard && !(stalled && now_ms >= sent.at_ms.saturating_add(timeout_ms)) {
+            let age = now_ms.saturating_sub(sent.at_ms);
+            // However the peer's `heard` grows, nothing waits longer than IN_FLIGHT_AGE_MAX
+            // timeouts: a count that drifted (frames dropped unread on a live connection, as
+            // while a peer is muted) cannot hold events back for long.
+            let expired =
+                (stalled && age >= timeout_ms) || age >= timeout_ms.saturating_mul(IN_FLIGHT_TIMEOUTS_MAX);
+            if sent.number > heard && !expired {
                 break;
             }
             self.n_in_flight_ids -= sent.ids.len();

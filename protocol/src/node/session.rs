@@ -84,8 +84,8 @@ impl Node {
             }
         }
         // What this node sent after the peer wrote its tips is on its way, on the same ordered
-        // stream; sending it again would only double the bytes. In-flight records expire
-        // after the session timeout, so an event the peer dropped unread is sent again later.
+        // stream; sending it again would only double the bytes. An event the peer dropped
+        // unread comes back once its `heard` passes the message; see `Peer::forget_in_flight`.
         let (timeout, now) = (self.config.session_timeout_ms, self.now_ms);
         if let Some(p) = self.peers.get_mut(&peer) {
             p.forget_in_flight(heard, now, timeout);
