@@ -36,6 +36,7 @@ use anyhow::{Context as _, bail};
 use cairn_protocol::{Genesis, Node, NodeConfig, codec};
 
 use crate::store::{OwnHistory, Store};
+use crate::transport::lock;
 
 /// The first bytes of every backup.
 pub const MAGIC: &[u8; 16] = b"cairn-backup/v1\n";
@@ -109,7 +110,14 @@ pub const BACKUP_STALL_MAX: std::time::Duration = std::time::Duration::from_secs
 
 /// The one backup slot of a node: which stream holds it, and when that stream last moved on.
 #[derive(Debug, Default)]
-pub struct BackupSlot(std::sync::Mutex<Option<SlotHolder>>);
+pub struct BackupSlot(std::sync::Mutex<SlotState>);
+
+#[derive(Debug, Default)]
+struct SlotState {
+    holder: Option<SlotHolder>,
+    /// Numbers the slot's streams, so that a stream that lost the slot knows it.
+    n_streams: u64,
+}
 
 #[derive(Debug)]
 struct SlotHolder {
@@ -121,18 +129,20 @@ impl BackupSlot {
     /// Holds the slot for a new stream at `now`: when it is free, or its holder has not moved
     /// on for [`BACKUP_STALL_MAX`]. Returns the new stream's number.
     fn take(&self, now: std::time::Instant) -> Option<u64> {
-        let mut holder = lock(&self.0);
-        if holder.as_ref().is_some_and(|h| now.saturating_duration_since(h.moved_at) < BACKUP_STALL_MAX) {
+        let mut state = lock(&self.0);
+        if state.holder.as_ref().is_some_and(|h| now.saturating_duration_since(h.moved_at) < BACKUP_STALL_MAX)
+        {
             return None;
         }
-        let stream = NEXT_STREAM.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        *holder = Some(SlotHolder { stream, moved_at: now });
+        state.n_streams += 1;
+        let stream = state.n_streams;
+        state.holder = Some(SlotHolder { stream, moved_at: now });
         Some(stream)
     }
 
     /// Records that `stream` moved on at `now`; false if it no longer holds the slot.
     fn moved_on(&self, stream: u64, now: std::time::Instant) -> bool {
-        match lock(&self.0).as_mut() {
+        match lock(&self.0).holder.as_mut() {
             Some(holder) if holder.stream == stream => {
                 holder.moved_at = now;
                 true
@@ -143,25 +153,17 @@ impl BackupSlot {
 
     /// Frees the slot if `stream` holds it.
     fn release(&self, stream: u64) {
-        let mut holder = lock(&self.0);
-        if holder.as_ref().is_some_and(|h| h.stream == stream) {
-            *holder = None;
+        let mut state = lock(&self.0);
+        if state.holder.as_ref().is_some_and(|h| h.stream == stream) {
+            state.holder = None;
         }
     }
 
     /// Whether a backup stream holds the slot.
     pub fn is_held(&self) -> bool {
-        lock(&self.0).is_some()
+        lock(&self.0).holder.is_some()
     }
 }
-
-/// The slot's lock; a panic while it was held left nothing half-done, so its state is used.
-fn lock(mutex: &std::sync::Mutex<Option<SlotHolder>>) -> std::sync::MutexGuard<'_, Option<SlotHolder>> {
-    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Numbers the backup streams of a process, so that a stream that lost its slot knows it.
-static NEXT_STREAM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// A backup being streamed from the running node: [`BackupStream::next_chunk`] until `None`.
 /// At most one holds the node's [`BackupSlot`] at a time (it frees it when dropped); one that

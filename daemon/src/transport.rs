@@ -561,8 +561,8 @@ impl Handoff {
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked: every critical section
-/// here is a single insert, remove, lookup or replace.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+/// here (and in [`crate::backup::BackupSlot`]) is a single insert, remove, lookup or replace.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

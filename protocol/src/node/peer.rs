@@ -84,11 +84,10 @@ pub(super) struct Peer {
 
 impl Peer {
     /// Drops the in-flight records of `Events` messages the peer has read (numbered up to
-    /// `heard`). A record the peer has not read is dropped only once it is older than
-    /// `timeout_ms` *and* the peer's `heard` has not advanced for as long: a message lost on
-    /// the way (or a peer that stopped reading) then has its events sent again, while a peer
-    /// that reads on, however far behind (a long catch-up onto a slow disk), is not sent
-    /// again what is still on its way to it.
+    /// `heard`). A record the peer has not read is dropped once it is older than `timeout_ms`
+    /// *and* the peer's `heard` has not advanced for as long (a peer that stopped reading gets
+    /// its events again, while one that reads on, however far behind, is not sent again what
+    /// is still on its way to it), or once it is [`IN_FLIGHT_TIMEOUTS_MAX`] timeouts old.
     pub(super) fn forget_in_flight(&mut self, heard: u64, now_ms: u64, timeout_ms: u64) {
         if heard > self.peer_heard {
             self.peer_heard = heard;
@@ -97,7 +96,7 @@ impl Peer {
         let stalled = now_ms >= self.peer_heard_at_ms.saturating_add(timeout_ms);
         while let Some(sent) = self.in_flight.front() {
             let age = now_ms.saturating_sub(sent.at_ms);
-            // However the peer's `heard` grows, nothing waits longer than IN_FLIGHT_AGE_MAX
+            // However the peer's `heard` grows, nothing waits longer than IN_FLIGHT_TIMEOUTS_MAX
             // timeouts: a count that drifted (frames dropped unread on a live connection, as
             // while a peer is muted) cannot hold events back for long.
             let expired =
