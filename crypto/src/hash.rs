@@ -20,12 +20,27 @@ pub enum Domain {
     Document,
     /// A register value in the document digest.
     Value,
+    /// A membership's id: the id of the membership it came from and the change applied to it.
+    Membership,
+    /// A membership change's id: hash of the canonical change.
+    Change,
+    /// What a rotation's new key signs to prove it holds its secret key.
+    Rotation,
 }
 
 impl Domain {
     /// Every domain, in the order of the table in `docs/PROTOCOL.md`.
-    pub const ALL: [Self; 6] =
-        [Self::Cluster, Self::Event, Self::Ops, Self::SyncDigest, Self::Document, Self::Value];
+    pub const ALL: [Self; 9] = [
+        Self::Cluster,
+        Self::Event,
+        Self::Ops,
+        Self::SyncDigest,
+        Self::Document,
+        Self::Value,
+        Self::Membership,
+        Self::Change,
+        Self::Rotation,
+    ];
 
     /// The domain string that prefixes the hashed bytes.
     pub const fn prefix(self) -> &'static [u8] {
@@ -36,6 +51,9 @@ impl Domain {
             Self::SyncDigest => b"cairn/sync-digest/v1",
             Self::Document => b"cairn/document/v2",
             Self::Value => b"cairn/value/v1",
+            Self::Membership => b"cairn/membership/v1",
+            Self::Change => b"cairn/change/v1",
+            Self::Rotation => b"cairn/rotation/v1",
         }
     }
 }

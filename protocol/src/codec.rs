@@ -16,10 +16,11 @@ use crate::event::{Event, EventId, Header, Op};
 use crate::evidence::{Evidence, SignedHeader};
 use crate::genesis::{Genesis, Member};
 use crate::limits::{
-    DEPS_MAX, EVENT_BYTES_MAX, EVENTS_PER_MESSAGE_MAX, EVIDENCE_BYTES_MAX, EVIDENCE_PER_MESSAGE_MAX,
-    FORK_PROBE_SEQS_MAX, GENESIS_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX, MEMBERS_MAX,
-    MESSAGE_BYTES_MAX, OPS_MAX, TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
+    CHANGE_BYTES_MAX, DEPS_MAX, EVENT_BYTES_MAX, EVENTS_PER_MESSAGE_MAX, EVIDENCE_BYTES_MAX,
+    EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX, GENESIS_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX,
+    MEMBERS_MAX, MESSAGE_BYTES_MAX, OPS_MAX, TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
 };
+use crate::membership::{Change, ChangeKind, MembershipId};
 use crate::message::{Message, Tip};
 
 /// Why bytes did not decode into a canonical object.
@@ -149,6 +150,11 @@ pub fn encode_genesis(genesis: &Genesis) -> Vec<u8> {
     to_vec(genesis)
 }
 
+/// The canonical encoding of a membership change (the bytes hashed into its id).
+pub fn encode_change(change: &Change) -> Vec<u8> {
+    to_vec(change)
+}
+
 /// The canonical encoding of a reconciliation message.
 pub fn encode_message(message: &Message) -> Vec<u8> {
     to_vec(message)
@@ -199,6 +205,12 @@ pub fn decode_evidence(bytes: &[u8]) -> Result<Evidence, CodecError> {
 /// names) are checked too.
 pub fn decode_genesis(bytes: &[u8]) -> Result<Genesis, CodecError> {
     decode_canonical::<Genesis, GENESIS_BYTES_MAX>(bytes, encode_genesis)
+}
+
+/// Decodes a membership change; at most [`CHANGE_BYTES_MAX`] bytes. A name must follow the
+/// genesis's name rule.
+pub fn decode_change(bytes: &[u8]) -> Result<Change, CodecError> {
+    decode_canonical::<Change, CHANGE_BYTES_MAX>(bytes, encode_change)
 }
 
 /// Decodes a reconciliation message; at most [`MESSAGE_BYTES_MAX`] bytes.
@@ -418,6 +430,77 @@ impl<Context> Decode<Context> for Genesis {
             Ok(Member { key, name })
         })?;
         Self::from_sorted(members).map_err(|e| DecodeError::OtherString(format!("{}: {e}", e.name())))
+    }
+}
+
+const CHANGE_ADD: u32 = 0;
+const CHANGE_REMOVE: u32 = 1;
+const CHANGE_REPLACE: u32 = 2;
+const CHANGE_ROTATE: u32 = 3;
+
+impl Encode for Change {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.base.0.encode(encoder)?;
+        match &self.kind {
+            ChangeKind::Add { key, name } => {
+                CHANGE_ADD.encode(encoder)?;
+                key.0.encode(encoder)?;
+                encode_bytes(name.as_bytes(), encoder)
+            }
+            ChangeKind::Remove { key, cut } => {
+                CHANGE_REMOVE.encode(encoder)?;
+                key.0.encode(encoder)?;
+                cut.encode(encoder)
+            }
+            ChangeKind::Replace { key, cut, successor } => {
+                CHANGE_REPLACE.encode(encoder)?;
+                key.0.encode(encoder)?;
+                cut.encode(encoder)?;
+                successor.0.encode(encoder)
+            }
+            ChangeKind::Rotate { key, cut, successor, proof } => {
+                CHANGE_ROTATE.encode(encoder)?;
+                key.0.encode(encoder)?;
+                cut.encode(encoder)?;
+                successor.0.encode(encoder)?;
+                proof.0.encode(encoder)
+            }
+        }
+    }
+}
+
+impl<Context> Decode<Context> for Change {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let base = MembershipId(decode_array(decoder)?);
+        let tag = u32::decode(decoder)?;
+        let key = PublicKey(decode_array(decoder)?);
+        let kind = match tag {
+            CHANGE_ADD => {
+                let name = decode_bytes(decoder, MEMBER_NAME_BYTES_MAX, "member name")?;
+                let name =
+                    String::from_utf8(name).map_err(|_| DecodeError::Other("member name is not UTF-8"))?;
+                if !crate::genesis::is_valid_name(&name) {
+                    return Err(DecodeError::OtherString(format!(
+                        "bad_name: member name {name:?} must be 1 to {MEMBER_NAME_BYTES_MAX} bytes without control characters"
+                    )));
+                }
+                ChangeKind::Add { key, name }
+            }
+            CHANGE_REMOVE => ChangeKind::Remove { key, cut: u64::decode(decoder)? },
+            CHANGE_REPLACE => ChangeKind::Replace {
+                key,
+                cut: u64::decode(decoder)?,
+                successor: PublicKey(decode_array(decoder)?),
+            },
+            CHANGE_ROTATE => ChangeKind::Rotate {
+                key,
+                cut: u64::decode(decoder)?,
+                successor: PublicKey(decode_array(decoder)?),
+                proof: Signature(decode_array(decoder)?),
+            },
+            other => return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}change tag {other}"))),
+        };
+        Ok(Self { base, kind })
     }
 }
 

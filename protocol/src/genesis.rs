@@ -94,11 +94,8 @@ impl Genesis {
         if let Some(pair) = names.windows(2).find(|p| p[0] == p[1]) {
             return Err(GenesisError::DuplicateName(pair[0].to_owned()));
         }
-        for member in &members {
-            let name = &member.name;
-            if name.is_empty() || name.len() > MEMBER_NAME_BYTES_MAX || name.chars().any(char::is_control) {
-                return Err(GenesisError::BadName(name.clone()));
-            }
+        if let Some(member) = members.iter().find(|m| !is_valid_name(&m.name)) {
+            return Err(GenesisError::BadName(member.name.clone()));
         }
         Ok(Self { members })
     }
@@ -122,6 +119,12 @@ impl Genesis {
     pub fn encode(&self) -> Vec<u8> {
         codec::encode_genesis(self)
     }
+}
+
+/// A member name's rule, in the genesis and in a membership change: 1 to
+/// [`MEMBER_NAME_BYTES_MAX`] bytes of UTF-8 without control characters.
+pub(crate) fn is_valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= MEMBER_NAME_BYTES_MAX && !name.chars().any(char::is_control)
 }
 
 #[cfg(test)]

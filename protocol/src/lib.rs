@@ -17,6 +17,7 @@ pub mod event;
 pub mod evidence;
 pub mod genesis;
 pub mod limits;
+pub mod membership;
 pub mod message;
 pub mod node;
 pub mod validate;
@@ -31,6 +32,7 @@ pub use diagnose::{
 pub use event::{Event, EventId, Header, Op};
 pub use evidence::{Evidence, EvidenceError, SignedHeader};
 pub use genesis::{Genesis, Member, MemberIdx};
+pub use membership::{Change, ChangeId, ChangeKind, ChangeLog, Membership, MembershipId, Policy, Resolution};
 pub use message::{Message, Tip};
 pub use node::{DocumentDelta, Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError};
 pub use validate::Reject;

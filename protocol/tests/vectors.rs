@@ -802,6 +802,7 @@ fn limits_table_matches_the_constants() {
         ("MEMBERS_MAX", limits::MEMBERS_MAX),
         ("MEMBER_NAME_BYTES_MAX", limits::MEMBER_NAME_BYTES_MAX),
         ("GENESIS_BYTES_MAX", limits::GENESIS_BYTES_MAX),
+        ("CHANGE_BYTES_MAX", limits::CHANGE_BYTES_MAX),
         ("DEPS_MAX", limits::DEPS_MAX),
         ("OPS_MAX", limits::OPS_MAX),
         ("KEY_BYTES_MAX", limits::KEY_BYTES_MAX),
