@@ -17,6 +17,9 @@ use cairn_protocol::codec;
 use cairn_protocol::document::{Applied, Document, MemoryHistory};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits;
+use cairn_protocol::membership::{
+    Approval, Change, ChangeKind, ChangeLog, MembershipId, Policy, Proposal, rotation_message,
+};
 use cairn_protocol::node::{EVENTS_CHUNK_BYTES, FORK_PROBE_SEQS_PER_ROUND, WANT_PERIODIC_IDS_MAX};
 use cairn_protocol::{
     Adapter, AdapterConfig, Event, EventId, Evidence, Genesis, Header, Member, Message, Node, NodeConfig,
@@ -453,7 +456,110 @@ fn compute() -> Vectors {
     v.add("concurrent.carol", c.encode());
     v.add("concurrent.document_state", hand_document_state(&document_state_concurrent(&s, &a, &b)));
     v.add("concurrent.document_digest", concurrent.document().digest());
+
+    let m = membership_scenario(&s);
+    v.comment("");
+    v.comment("Membership changes (section 17). dave (seed.dave) and alice2 (seed.alice2) are new keys.");
+    v.add("seed.dave", DAVE_SEED);
+    v.add("public.dave", SecretKey::from_seed(&DAVE_SEED).public().0);
+    v.add("seed.alice2", ALICE2_SEED);
+    v.add("public.alice2", SecretKey::from_seed(&ALICE2_SEED).public().0);
+    v.comment("change.add_dave adds dave, named \"dave\", to the genesis membership (base = cluster_id);");
+    v.comment("NAME.id = SHA-256(\"cairn/change/v1\" || NAME). With two of the three members' approvals it");
+    v.comment("takes effect: membership1.id = SHA-256(\"cairn/membership/v1\" || cluster_id || change.add_dave.id).");
+    v.add("change.add_dave", codec::encode_change(&m.add_dave));
+    v.add("change.add_dave.id", m.add_dave.id().0);
+    v.add("membership1.id", m.membership1.0);
+    v.comment(
+        "change.rotate_alice: alice rotates to alice2 in her event of seq 3 (cut 3), base membership1.",
+    );
+    v.comment(
+        "change.rotate_alice.message = SHA-256(\"cairn/rotation/v1\" || base || alice || u64(3) || alice2),",
+    );
+    v.comment("which alice2 signs (the proof, the last 64 bytes of the change). membership2.id follows from");
+    v.comment("membership1.id and change.rotate_alice.id as above.");
+    v.add("change.rotate_alice.message", m.rotation_message);
+    v.add("change.rotate_alice", codec::encode_change(&m.rotate_alice));
+    v.add("change.rotate_alice.id", m.rotate_alice.id().0);
+    v.add("membership2.id", m.membership2.0);
+    v.comment("change.remove_bob removes bob from membership2 keeping his events up to seq 2.");
+    v.add("change.remove_bob", codec::encode_change(&m.remove_bob));
+    v.add("change.remove_bob.id", m.remove_bob.id().0);
     v
+}
+
+const DAVE_SEED: [u8; 32] = [4; 32];
+const ALICE2_SEED: [u8; 32] = [5; 32];
+
+/// Three membership changes of the scenario's genesis, one after another: dave is added, alice
+/// rotates to alice2, bob is removed (this last one is not approved, so not in force).
+struct MembershipScenario {
+    add_dave: Change,
+    membership1: MembershipId,
+    rotation_message: [u8; 32],
+    rotate_alice: Change,
+    membership2: MembershipId,
+    remove_bob: Change,
+}
+
+fn membership_scenario(s: &Scenario) -> MembershipScenario {
+    let [alice, bob, _] = s.keys.each_ref().map(SecretKey::public);
+    let dave = SecretKey::from_seed(&DAVE_SEED).public();
+    let alice2 = SecretKey::from_seed(&ALICE2_SEED);
+    let event_of = |n: u8| EventId([n; 32]);
+    let mut log = ChangeLog::new();
+    let add_dave = Change {
+        base: MembershipId(s.genesis.cluster_id()),
+        kind: ChangeKind::Add { key: dave, name: "dave".into() },
+    };
+    log.propose(&Proposal { change: add_dave.clone(), author: alice, seq: 2, event: event_of(1) });
+    log.approve(&Approval { change: add_dave.id(), author: bob, seq: 2, event: event_of(2) });
+    let membership1 = log.resolve(&s.genesis, Policy::Majority).in_force().id();
+    let rotation_message = rotation_message(&membership1, &alice, 3, &alice2.public());
+    let rotate_alice = Change {
+        base: membership1,
+        kind: ChangeKind::Rotate {
+            key: alice,
+            cut: 3,
+            successor: alice2.public(),
+            proof: alice2.sign(&rotation_message),
+        },
+    };
+    log.propose(&Proposal { change: rotate_alice.clone(), author: alice, seq: 3, event: event_of(3) });
+    let membership2 = log.resolve(&s.genesis, Policy::Majority).in_force().id();
+    let remove_bob = Change { base: membership2, kind: ChangeKind::Remove { key: bob, cut: 2 } };
+    MembershipScenario { add_dave, membership1, rotation_message, rotate_alice, membership2, remove_bob }
+}
+
+/// A change built by hand from section 17: base, the u32 tag, then the variant's fields.
+fn hand_change(change: &Change) -> Vec<u8> {
+    let mut out = change.base.0.to_vec();
+    match &change.kind {
+        ChangeKind::Add { key, name } => {
+            out.extend(0u32.to_le_bytes());
+            out.extend(key.0);
+            put_bytes(&mut out, name.as_bytes());
+        }
+        ChangeKind::Remove { key, cut } => {
+            out.extend(1u32.to_le_bytes());
+            out.extend(key.0);
+            out.extend(u64_le(*cut));
+        }
+        ChangeKind::Replace { key, cut, successor } => {
+            out.extend(2u32.to_le_bytes());
+            out.extend(key.0);
+            out.extend(u64_le(*cut));
+            out.extend(successor.0);
+        }
+        ChangeKind::Rotate { key, cut, successor, proof } => {
+            out.extend(3u32.to_le_bytes());
+            out.extend(key.0);
+            out.extend(u64_le(*cut));
+            out.extend(successor.0);
+            out.extend(proof.0);
+        }
+    }
+    out
 }
 
 /// Three concurrent events for the document's harder cases: alice and bob each put `k2`, incr
@@ -662,6 +768,28 @@ fn hand_built_layouts_equal_the_codec() {
     let message =
         Message::Tips { reply: true, more: false, heard: 3, tips, evidence: vec![s.evidence.clone()] };
     assert_eq!(tips_message, codec::encode_message(&message), "message.tips");
+
+    let m = membership_scenario(&s);
+    for (name, change) in
+        [("add_dave", &m.add_dave), ("rotate_alice", &m.rotate_alice), ("remove_bob", &m.remove_bob)]
+    {
+        assert_eq!(hand_change(change), codec::encode_change(change), "change.{name}");
+    }
+    let chained = |base: &MembershipId, change: &Change| {
+        hash(Domain::Membership, &[&base.0[..], &change.id().0[..]].concat())
+    };
+    assert_eq!(
+        chained(&MembershipId(s.genesis.cluster_id()), &m.add_dave),
+        m.membership1.0,
+        "membership1.id"
+    );
+    assert_eq!(chained(&m.membership1, &m.rotate_alice), m.membership2.0, "membership2.id");
+    let alice = s.keys[0].public();
+    let mut pre_image = m.membership1.0.to_vec();
+    pre_image.extend(alice.0);
+    pre_image.extend(u64_le(3));
+    pre_image.extend(SecretKey::from_seed(&ALICE2_SEED).public().0);
+    assert_eq!(hash(Domain::Rotation, &pre_image), m.rotation_message, "change.rotate_alice.message");
 }
 
 /// Every value of the file decodes back into what it names and re-encodes to the same bytes;
@@ -733,6 +861,28 @@ fn vectors_decode_back() {
         assert_eq!(digest[..], get(&format!("{prefix}.sync_digest"))[..], "{prefix}.sync_digest");
     }
     assert_eq!(get("forked.document_digest"), get("partial.document_digest"), "forked.document_digest");
+
+    // The membership changes decode, their ids and the memberships' ids follow, and alice2's
+    // proof verifies over the rotation message.
+    for name in ["add_dave", "rotate_alice", "remove_bob"] {
+        let bytes = get(&format!("change.{name}"));
+        let change = codec::decode_change(&bytes).unwrap_or_else(|err| panic!("change.{name}: {err}"));
+        assert_eq!(codec::encode_change(&change), bytes, "change.{name}");
+        assert_eq!(
+            hash(Domain::Change, &bytes)[..],
+            get(&format!("change.{name}.id"))[..],
+            "change.{name}.id"
+        );
+    }
+    let membership1 = hash(Domain::Membership, &[get("cluster_id"), get("change.add_dave.id")].concat());
+    assert_eq!(membership1[..], get("membership1.id")[..], "membership1.id");
+    let membership2 =
+        hash(Domain::Membership, &[get("membership1.id"), get("change.rotate_alice.id")].concat());
+    assert_eq!(membership2[..], get("membership2.id")[..], "membership2.id");
+    let rotation = codec::decode_change(&get("change.rotate_alice")).expect("decoded above");
+    let ChangeKind::Rotate { successor, proof, .. } = rotation.kind else { panic!("a rotation") };
+    assert_eq!(successor.0[..], get("public.alice2")[..], "the successor is alice2");
+    assert!(verify_strict(&successor, &get("change.rotate_alice.message"), &proof), "alice2's proof");
 }
 
 /// The title of a Markdown heading line without its `#`s and section number, if it is one.
