@@ -15,4 +15,4 @@ pub mod verify;
 
 pub use hash::{Domain, Hasher, hash};
 pub use keys::{KeyError, KeyFileError, PublicKey, SecretKey, Signature};
-pub use verify::{verify_many, verify_strict};
+pub use verify::{is_usable_key, verify_many, verify_strict};

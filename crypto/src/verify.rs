@@ -30,6 +30,13 @@ pub fn verify_strict(key: &PublicKey, message: &[u8], signature: &Signature) -> 
     verifying.verify_strict(message, &signature).is_ok()
 }
 
+/// Whether `key` can ever verify a signature under [`verify_strict`]: a valid point encoding of
+/// a key that is not of small order. A key that fails this could never sign an event, so a
+/// membership change that would admit it is refused.
+pub fn is_usable_key(key: &PublicKey) -> bool {
+    ed25519_dalek::VerifyingKey::from_bytes(key.as_bytes()).is_ok_and(|k| !k.is_weak())
+}
+
 /// One signature check for [`verify_many`].
 #[derive(Clone, Copy, Debug)]
 pub struct Check<'a> {

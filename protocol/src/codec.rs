@@ -18,9 +18,10 @@ use crate::genesis::{Genesis, Member};
 use crate::limits::{
     CHANGE_BYTES_MAX, DEPS_MAX, EVENT_BYTES_MAX, EVENTS_PER_MESSAGE_MAX, EVIDENCE_BYTES_MAX,
     EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX, GENESIS_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX,
-    MEMBERS_MAX, MESSAGE_BYTES_MAX, OPS_MAX, TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
+    MEMBERS_MAX, MESSAGE_BYTES_MAX, OPS_MAX, ROTATION_BYTES, TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX,
+    WANT_IDS_MAX,
 };
-use crate::membership::{Change, ChangeKind, MembershipId};
+use crate::membership::{Change, ChangeKind, MembershipId, Rotation};
 use crate::message::{Message, Tip};
 
 /// Why bytes did not decode into a canonical object.
@@ -155,6 +156,11 @@ pub fn encode_change(change: &Change) -> Vec<u8> {
     to_vec(change)
 }
 
+/// The canonical encoding of a key rotation.
+pub fn encode_rotation(rotation: &Rotation) -> Vec<u8> {
+    to_vec(rotation)
+}
+
 /// The canonical encoding of a reconciliation message.
 pub fn encode_message(message: &Message) -> Vec<u8> {
     to_vec(message)
@@ -211,6 +217,11 @@ pub fn decode_genesis(bytes: &[u8]) -> Result<Genesis, CodecError> {
 /// genesis's name rule.
 pub fn decode_change(bytes: &[u8]) -> Result<Change, CodecError> {
     decode_canonical::<Change, CHANGE_BYTES_MAX>(bytes, encode_change)
+}
+
+/// Decodes a key rotation; exactly [`ROTATION_BYTES`] bytes.
+pub fn decode_rotation(bytes: &[u8]) -> Result<Rotation, CodecError> {
+    decode_canonical::<Rotation, ROTATION_BYTES>(bytes, encode_rotation)
 }
 
 /// Decodes a reconciliation message; at most [`MESSAGE_BYTES_MAX`] bytes.
@@ -436,7 +447,6 @@ impl<Context> Decode<Context> for Genesis {
 const CHANGE_ADD: u32 = 0;
 const CHANGE_REMOVE: u32 = 1;
 const CHANGE_REPLACE: u32 = 2;
-const CHANGE_ROTATE: u32 = 3;
 
 impl Encode for Change {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
@@ -458,13 +468,6 @@ impl Encode for Change {
                 cut.encode(encoder)?;
                 successor.0.encode(encoder)
             }
-            ChangeKind::Rotate { key, cut, successor, proof } => {
-                CHANGE_ROTATE.encode(encoder)?;
-                key.0.encode(encoder)?;
-                cut.encode(encoder)?;
-                successor.0.encode(encoder)?;
-                proof.0.encode(encoder)
-            }
         }
     }
 }
@@ -473,6 +476,9 @@ impl<Context> Decode<Context> for Change {
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
         let base = MembershipId(decode_array(decoder)?);
         let tag = u32::decode(decoder)?;
+        if tag > CHANGE_REPLACE {
+            return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}change tag {tag}")));
+        }
         let key = PublicKey(decode_array(decoder)?);
         let kind = match tag {
             CHANGE_ADD => {
@@ -487,20 +493,33 @@ impl<Context> Decode<Context> for Change {
                 ChangeKind::Add { key, name }
             }
             CHANGE_REMOVE => ChangeKind::Remove { key, cut: u64::decode(decoder)? },
-            CHANGE_REPLACE => ChangeKind::Replace {
+            _ => ChangeKind::Replace {
                 key,
                 cut: u64::decode(decoder)?,
                 successor: PublicKey(decode_array(decoder)?),
             },
-            CHANGE_ROTATE => ChangeKind::Rotate {
-                key,
-                cut: u64::decode(decoder)?,
-                successor: PublicKey(decode_array(decoder)?),
-                proof: Signature(decode_array(decoder)?),
-            },
-            other => return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}change tag {other}"))),
         };
         Ok(Self { base, kind })
+    }
+}
+
+impl Encode for Rotation {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        self.key.0.encode(encoder)?;
+        self.cut.encode(encoder)?;
+        self.successor.0.encode(encoder)?;
+        self.proof.0.encode(encoder)
+    }
+}
+
+impl<Context> Decode<Context> for Rotation {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        Ok(Self {
+            key: PublicKey(decode_array(decoder)?),
+            cut: u64::decode(decoder)?,
+            successor: PublicKey(decode_array(decoder)?),
+            proof: Signature(decode_array(decoder)?),
+        })
     }
 }
 

@@ -11,8 +11,11 @@ pub const MEMBER_NAME_BYTES_MAX: usize = 64;
 /// Largest encoded genesis.
 pub const GENESIS_BYTES_MAX: usize = 8 + MEMBERS_MAX * (32 + 8 + MEMBER_NAME_BYTES_MAX);
 
-/// Largest encoded membership change: a rotation (base, tag, key, cut, successor, proof).
-pub const CHANGE_BYTES_MAX: usize = 32 + 4 + 32 + 8 + 32 + 64;
+/// Largest encoded membership change: an addition with the longest name (base, tag, key, name
+/// length, name).
+pub const CHANGE_BYTES_MAX: usize = 32 + 4 + 32 + 8 + MEMBER_NAME_BYTES_MAX;
+/// An encoded key rotation: key, cut, successor, proof (fixed size).
+pub const ROTATION_BYTES: usize = 32 + 8 + 32 + 64;
 
 /// Most dependencies one event may name.
 pub const DEPS_MAX: usize = 128;
@@ -50,8 +53,8 @@ const _: () =
 // seven of them with the `Events` framing (a u32 tag, a u64 count, a u64 length per entry).
 const _: () = assert!(4 + 8 + 7 * (8 + EVENT_BYTES_MAX) <= MESSAGE_BYTES_MAX);
 const _: () = assert!(4 + 8 + 8 * (8 + EVENT_BYTES_MAX) > MESSAGE_BYTES_MAX);
-// An addition with the longest name fits a change.
-const _: () = assert!(32 + 4 + 32 + 8 + MEMBER_NAME_BYTES_MAX <= CHANGE_BYTES_MAX);
+// A replacement fits a change.
+const _: () = assert!(32 + 4 + 32 + 8 + 32 <= CHANGE_BYTES_MAX);
 // A full Tips, Want or evidence message fits in one message.
 const _: () = assert!(
     16 + TIPS_PER_MESSAGE_MAX * (32 + 8 + 32) + 8 + EVIDENCE_PER_MESSAGE_MAX * EVIDENCE_BYTES_MAX

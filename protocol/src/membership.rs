@@ -1,31 +1,45 @@
-//! Membership over time: the rules that turn signed membership changes into the membership in
-//! force, as a pure function of a set of proposals and approvals (`docs/PROTOCOL.md` §17).
+//! Membership over time: the rules that turn signed membership changes, approvals and key
+//! rotations into the membership in force, as a pure function of the set of them
+//! (`docs/PROTOCOL.md` §17).
 //!
-//! A membership is the genesis's members after a chain of changes. Each change names the
-//! membership it changes (its `base`, a [`MembershipId`] that commits to the whole chain before
-//! it) and is one of: add a key, remove a key with its cut (the last seq of that key that is
-//! kept), replace a key by a successor, or rotate a key (the member's own old key proposes it,
-//! the new key signs a proof). A change takes effect once enough members of its base approved it
-//! ([`Policy`]); a proposal is its proposer's approval.
+//! A membership is a set of **seats**. Each seat has a name and a chain of keys: the key that
+//! founded it (a genesis member's, or the key an addition or a replacement brought in), then the
+//! successor of each rotation. A rotation is a seat's own business: its current key hands over
+//! to a successor that signed a proof, and no vote is needed. Adding, removing and replacing
+//! seats is a vote: each such change names the membership it changes (its `base`, a
+//! [`MembershipId`] that commits to every change before it) and takes effect once a quorum of
+//! the base's seats approved it ([`Policy`]: always more than half of them).
 //!
-//! [`ChangeLog::resolve`] is a function of the *sets* of proposals and approvals it was given,
-//! never of their order or of duplicates: a node computes the membership in force for an event
-//! from the changes in that event's causal past, and its own current membership from its whole
-//! accepted set, with the same function. When one membership has two changes that both reached
-//! their threshold (possible only if some member approved both: a double approval, which the
-//! resolution reports as misbehaviour), the winner is picked by [`ChangeKind::rank`] and then the
-//! lowest change id; what only the loser allowed is then not admitted ([`Resolution::admits`]).
+//! Two rules make the result a function of the *set* of signed ops that no later arrival can
+//! rewrite without evidence against someone:
+//!
+//! - **One vote per seat per round.** A seat's approval of a change of one base counts only if
+//!   it is the seat's first approval of that base in that round (the lowest key position in its
+//!   chain, then the lowest seq, then the lowest change id). Since every quorum is more than half
+//!   of the seats and a seat's vote counts once, two changes of one base can never both reach
+//!   their quorum, whatever order things arrive in. A seat that approves two changes of one base
+//!   in one round left a [`DoubleApproval`]: evidence, like an equivocation; its ops from its
+//!   second approval on are not admitted to the document.
+//! - **Rounds only after a deadlock.** When a round can no longer decide (no change could reach
+//!   the quorum even if every seat that has not voted voted for it), the next round opens and the
+//!   seats vote again. A round that can still decide never opens the next one, so at most one
+//!   change per base ever takes effect.
+//!
+//! Rotations do not name a base and are not voted on, so they commute with every change: they
+//! cannot undo a vote, and a removal of a seat cuts every key of it (a key cannot escape a removal
+//! by rotating). A removal's cut names one key of the seat and its last kept seq; the proposal is
+//! only valid if the cut is at most the highest seq of that key the proposer had seen.
 //!
 //! This module decides; it does no I/O and keeps no history beyond what it is given.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
-use cairn_crypto::{Domain, Hasher, PublicKey, Signature, hash, verify_strict};
+use cairn_crypto::{Domain, Hasher, PublicKey, SecretKey, Signature, hash, is_usable_key, verify_strict};
 
 use crate::codec;
 use crate::event::EventId;
-use crate::genesis::{Genesis, Member, is_valid_name};
+use crate::genesis::{Genesis, is_valid_name};
 use crate::limits::MEMBERS_MAX;
 
 /// The id of a membership: the cluster id for the genesis membership, then
@@ -61,78 +75,57 @@ impl fmt::Display for ChangeId {
     }
 }
 
-/// What a change does to the membership it names.
+/// What a voted change does to the membership it names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChangeKind {
-    /// Adds a key that was never a member of this chain, under a name no member has.
+    /// Adds a seat founded by a key that never founded one, under a name never used.
     Add {
-        /// The new member's key.
+        /// The new seat's key.
         key: PublicKey,
         /// Its display name (the genesis's name rule).
         name: String,
     },
-    /// Removes a member. Its events up to `cut` are kept; its later ones are not admitted.
+    /// Removes the seat `key` belongs to. Of that seat, `key`'s events up to `cut` are kept,
+    /// the keys before `key` in the seat's chain keep theirs up to their rotations, and the keys
+    /// after it keep none.
     Remove {
-        /// The member removed.
+        /// A key of the seat removed, as the proposer knew it.
         key: PublicKey,
         /// The last seq of `key` that is kept (0 keeps none).
         cut: u64,
     },
-    /// Removes a member (a lost or stolen key) and adds its successor under the same name.
+    /// Removes the seat `key` belongs to, as [`ChangeKind::Remove`] does, and founds a seat of
+    /// `successor` under the same name (a lost or stolen key).
     Replace {
-        /// The member removed.
+        /// A key of the seat replaced.
         key: PublicKey,
         /// The last seq of `key` that is kept.
         cut: u64,
-        /// The key that takes its place; never a member of this chain before.
+        /// The key that takes its place; it never founded a seat.
         successor: PublicKey,
-    },
-    /// A member replaces its own key. Proposed only by `key` itself, in its event of seq `cut`;
-    /// `proof` is the successor's signature over [`rotation_message`].
-    Rotate {
-        /// The member's current key (the proposer).
-        key: PublicKey,
-        /// The seq of the event that carries the rotation: the old key's last kept seq.
-        cut: u64,
-        /// The new key; never a member of this chain before.
-        successor: PublicKey,
-        /// `Ed25519(successor, rotation_message(base, key, cut, successor))`.
-        proof: Signature,
     },
 }
 
 impl ChangeKind {
-    /// Which of two changes of one membership that both reached their threshold wins: the lower
-    /// rank, then the lower change id. A replacement or removal wins over a rotation (a key
-    /// being removed cannot escape by rotating), and all of them over an addition.
-    pub const fn rank(&self) -> u8 {
-        match self {
-            Self::Replace { .. } => 0,
-            Self::Remove { .. } => 1,
-            Self::Rotate { .. } => 2,
-            Self::Add { .. } => 3,
-        }
-    }
-
-    /// The key this change takes out of the membership, if any.
-    pub const fn removes(&self) -> Option<&PublicKey> {
+    /// The key whose seat this change removes, and its cut.
+    pub const fn removes(&self) -> Option<(&PublicKey, u64)> {
         match self {
             Self::Add { .. } => None,
-            Self::Remove { key, .. } | Self::Replace { key, .. } | Self::Rotate { key, .. } => Some(key),
+            Self::Remove { key, cut } | Self::Replace { key, cut, .. } => Some((key, *cut)),
         }
     }
 
-    /// The key this change brings in, if any.
+    /// The key that founds a new seat, if any.
     pub const fn adds(&self) -> Option<&PublicKey> {
         match self {
             Self::Remove { .. } => None,
             Self::Add { key, .. } => Some(key),
-            Self::Replace { successor, .. } | Self::Rotate { successor, .. } => Some(successor),
+            Self::Replace { successor, .. } => Some(successor),
         }
     }
 }
 
-/// A membership change: what it does, and the membership it changes.
+/// A voted membership change: what it does, and the membership it changes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     /// The id of the membership this change applies to.
@@ -148,58 +141,94 @@ impl Change {
     }
 }
 
-/// What a rotation's successor key signs:
-/// `SHA-256("cairn/rotation/v1" ‖ base ‖ key ‖ u64(cut) ‖ successor)`.
-pub fn rotation_message(base: &MembershipId, key: &PublicKey, cut: u64, successor: &PublicKey) -> [u8; 32] {
-    let mut hasher = Hasher::new(Domain::Rotation);
-    hasher.update(&base.0).update(&key.0).update(&cut.to_le_bytes()).update(&successor.0);
-    hasher.finish()
+/// A seat's key handing over to its successor. Signed by `key` itself in its event of seq
+/// `cut` (its last event that counts), with the successor's `proof` that it holds its secret
+/// key and agrees to this seat.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rotation {
+    /// The key that rotates away (the event's author).
+    pub key: PublicKey,
+    /// The seq of the event that carries the rotation: the old key's last seq that counts.
+    pub cut: u64,
+    /// The new key.
+    pub successor: PublicKey,
+    /// `Ed25519(successor, Rotation::message(cluster, key, cut, successor))`.
+    pub proof: Signature,
 }
 
-/// How many approvals a change needs. A rotation always needs exactly its own key's.
+impl Rotation {
+    /// What the successor signs:
+    /// `SHA-256("cairn/rotation/v1" ‖ cluster id ‖ key ‖ u64(cut) ‖ successor)`.
+    pub fn message(cluster: &[u8; 32], key: &PublicKey, cut: u64, successor: &PublicKey) -> [u8; 32] {
+        let mut hasher = Hasher::new(Domain::Rotation);
+        hasher.update(cluster).update(&key.0).update(&cut.to_le_bytes()).update(&successor.0);
+        hasher.finish()
+    }
+
+    /// The rotation of `key`, in its event of seq `cut`, to `successor`'s public key, with the
+    /// proof `successor` signs.
+    pub fn new(cluster: &[u8; 32], key: PublicKey, cut: u64, successor: &SecretKey) -> Self {
+        let next = successor.public();
+        let proof = successor.sign(&Self::message(cluster, &key, cut, &next));
+        Self { key, cut, successor: next, proof }
+    }
+
+    /// Whether the proof verifies (strictly) under the successor key.
+    pub fn verify(&self, cluster: &[u8; 32]) -> bool {
+        verify_strict(
+            &self.successor,
+            &Self::message(cluster, &self.key, self.cut, &self.successor),
+            &self.proof,
+        )
+    }
+}
+
+/// How many of a membership's seats must approve a change. Always more than half, so that two
+/// quorums of one membership share a seat.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Policy {
-    /// More than half of the voters: the members in force, less the one being removed.
+    /// More than half of the seats.
     #[default]
     Majority,
-    /// At least this many voters (at least one, at most all of them).
+    /// At least this many seats, and never fewer than a majority nor more than all of them.
     AtLeast(u32),
 }
 
 impl Policy {
-    /// Approvals needed out of `voters`.
-    pub fn threshold(self, voters: usize) -> usize {
+    /// Approvals needed out of `seats`.
+    pub fn threshold(self, seats: usize) -> usize {
+        let majority = seats / 2 + 1;
         match self {
-            Self::Majority => voters / 2 + 1,
-            Self::AtLeast(n) => (n as usize).clamp(1, voters.max(1)),
+            Self::Majority => majority,
+            Self::AtLeast(n) => (n as usize).clamp(majority, seats.max(majority)),
         }
     }
 }
 
-/// A key that was a member of this chain and is no more; its events up to `last_seq` are kept.
+/// A seat: its founding key (which names it for good) and its display name.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Retired {
-    /// The retired key.
-    pub key: PublicKey,
-    /// The name it had.
+pub struct Seat {
+    /// The key that founded the seat: a genesis member's, or an addition's or replacement's.
+    pub founder: PublicKey,
+    /// The seat's display name.
     pub name: String,
-    /// Its last seq that is kept (the cut of the change that retired it).
-    pub last_seq: u64,
 }
 
-/// One membership of a cluster's chain: the members in force and the keys retired before.
+/// One membership of a cluster's chain: the seats in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Membership {
     id: MembershipId,
     /// Changes applied since the genesis.
     epoch: u64,
-    /// Sorted by key.
-    members: Vec<Member>,
-    /// Sorted by key.
-    retired: Vec<Retired>,
+    /// Sorted by founder.
+    seats: Vec<Seat>,
+    /// Every key that founded a seat of this chain, and every name a seat had: neither is
+    /// used again (a replacement keeps its seat's name).
+    founders_ever: BTreeSet<PublicKey>,
+    names_ever: BTreeSet<String>,
 }
 
-/// Why a change cannot apply to a membership (a proposal of it is invalid there).
+/// Why a change or a rotation is refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChangeError {
@@ -211,29 +240,40 @@ pub enum ChangeError {
         /// The membership in force.
         in_force: MembershipId,
     },
-    /// The key to remove, replace or rotate is not a member.
-    #[error("{0} is not a member")]
+    /// The key to remove or replace is not a key of a seat in force.
+    #[error("{0} is not a key of a seat in force")]
     NotMember(PublicKey),
-    /// The key to add (or the successor) is a member, or was one of this chain before.
-    #[error("{0} is or was a member already")]
+    /// The key to add founded a seat of this chain before.
+    #[error("{0} founded a seat already")]
     KeyUsed(PublicKey),
-    /// The name to add is a member's already.
-    #[error("the name {0:?} is a member's already")]
+    /// The key to add can never sign (not a valid point, or of small order).
+    #[error("{0} is not a usable ed25519 key")]
+    BadKey(PublicKey),
+    /// The name to add is, or was, a seat's.
+    #[error("the name {0:?} is or was a seat's already")]
     NameUsed(String),
     /// The name breaks the genesis's name rule.
     #[error("the name {0:?} must be 1 to 64 bytes of UTF-8 without control characters")]
     BadName(String),
     /// An addition past [`MEMBERS_MAX`].
-    #[error("a membership has at most {MEMBERS_MAX} members")]
+    #[error("a membership has at most {MEMBERS_MAX} seats")]
     TooManyMembers,
-    /// A removal of the last member.
-    #[error("the last member cannot be removed")]
+    /// A removal of the last seat.
+    #[error("the last seat cannot be removed")]
     LastMember,
-    /// A rotation proposed by another key than the one it rotates, or not in the event its cut
-    /// names.
-    #[error("a rotation is proposed by the rotating key itself, in its event of seq `cut`")]
+    /// A removal whose cut is past what its proposer had seen of the key.
+    #[error("the cut {cut} is past seq {seen}, the highest of the key its proposer had seen")]
+    CutUnseen {
+        /// The cut proposed.
+        cut: u64,
+        /// The highest seq of the key in the proposing event's causal past.
+        seen: u64,
+    },
+    /// A rotation signed by another key than the one it rotates, or not in the event its cut
+    /// names, or to the key itself.
+    #[error("a rotation is signed by the rotating key itself, in its event of seq `cut`, to another key")]
     RotationNotOwn,
-    /// A rotation whose proof does not verify under the successor key.
+    /// A rotation whose proof does not verify under the new key.
     #[error("the rotation's proof does not verify under the new key")]
     BadProof,
 }
@@ -241,11 +281,15 @@ pub enum ChangeError {
 impl Membership {
     /// The genesis membership; its id is the cluster id.
     pub fn genesis(genesis: &Genesis) -> Self {
+        let mut seats: Vec<Seat> =
+            genesis.members().iter().map(|m| Seat { founder: m.key, name: m.name.clone() }).collect();
+        seats.sort_by_key(|s| s.founder);
         Self {
             id: MembershipId(genesis.cluster_id()),
             epoch: 0,
-            members: genesis.members().to_vec(),
-            retired: Vec::new(),
+            founders_ever: seats.iter().map(|s| s.founder).collect(),
+            names_ever: seats.iter().map(|s| s.name.clone()).collect(),
+            seats,
         }
     }
 
@@ -259,150 +303,234 @@ impl Membership {
         self.epoch
     }
 
-    /// The members in force, sorted by key.
-    pub fn members(&self) -> &[Member] {
-        &self.members
+    /// The seats in force, sorted by founder.
+    pub fn seats(&self) -> &[Seat] {
+        &self.seats
     }
 
-    /// The keys retired in this chain, sorted by key.
-    pub fn retired(&self) -> &[Retired] {
-        &self.retired
+    /// The seat `founder` founded, if it is in force.
+    pub fn seat(&self, founder: &PublicKey) -> Option<&Seat> {
+        self.seats.binary_search_by(|s| s.founder.cmp(founder)).ok().map(|i| &self.seats[i])
     }
 
-    /// Whether `key` is a member in force.
-    pub fn is_member(&self, key: &PublicKey) -> bool {
-        self.members.binary_search_by(|m| m.key.cmp(key)).is_ok()
+    /// Approvals a change of this membership needs under `policy`.
+    pub fn threshold(&self, policy: Policy) -> usize {
+        policy.threshold(self.seats.len())
     }
 
-    /// The retirement of `key`, if it was retired in this chain.
-    pub fn retirement(&self, key: &PublicKey) -> Option<&Retired> {
-        self.retired.binary_search_by(|r| r.key.cmp(key)).ok().map(|i| &self.retired[i])
-    }
-
-    /// Whether an event of `key` at `seq` may be authored under this membership: a member's at
-    /// any seq, a retired key's up to its cut.
-    pub fn may_author(&self, key: &PublicKey, seq: u64) -> bool {
-        self.is_member(key) || self.retirement(key).is_some_and(|r| seq <= r.last_seq)
-    }
-
-    /// The members whose approvals count for `kind`: the rotating key alone for a rotation;
-    /// otherwise every member but the one removed.
-    pub fn voters<'a>(&'a self, kind: &'a ChangeKind) -> impl Iterator<Item = &'a PublicKey> + 'a {
-        self.members.iter().map(|m| &m.key).filter(move |k| match kind {
-            ChangeKind::Rotate { key, .. } => *k == key,
-            ChangeKind::Remove { key, .. } | ChangeKind::Replace { key, .. } => *k != key,
-            ChangeKind::Add { .. } => true,
-        })
-    }
-
-    /// Approvals `kind` needs under `policy`.
-    pub fn threshold(&self, policy: Policy, kind: &ChangeKind) -> usize {
-        match kind {
-            ChangeKind::Rotate { .. } => 1,
-            _ => policy.threshold(self.voters(kind).count()),
-        }
-    }
-
-    fn was_ever(&self, key: &PublicKey) -> bool {
-        self.is_member(key) || self.retirement(key).is_some()
-    }
-
-    /// Whether `change`, proposed by `proposer` in its event of `seq`, may apply to this
-    /// membership: the rules of `docs/PROTOCOL.md` §17 that a proposal must pass.
-    pub fn check(&self, change: &Change, proposer: &PublicKey, seq: u64) -> Result<(), ChangeError> {
+    /// Whether `change` may be proposed under this membership, by an event whose causal past
+    /// holds the rotations `chains` and, of the key a removal names, seqs up to `seen`: the
+    /// rules of `docs/PROTOCOL.md` §17 that a proposal must pass.
+    pub fn check(&self, change: &Change, chains: &KeyChains, seen: u64) -> Result<(), ChangeError> {
         if change.base != self.id {
             return Err(ChangeError::WrongBase { found: change.base, in_force: self.id });
         }
-        self.check_kind(&change.kind)?;
-        if let ChangeKind::Rotate { key, cut, successor, proof } = &change.kind {
-            if key != proposer || *cut != seq {
-                return Err(ChangeError::RotationNotOwn);
-            }
-            if !verify_strict(successor, &rotation_message(&self.id, key, *cut, successor), proof) {
-                return Err(ChangeError::BadProof);
-            }
+        self.check_kind(&change.kind, chains)?;
+        match change.kind.removes() {
+            Some((_, cut)) if cut > seen => Err(ChangeError::CutUnseen { cut, seen }),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
-    /// The rules on the change alone, without its proposer or proof.
-    fn check_kind(&self, kind: &ChangeKind) -> Result<(), ChangeError> {
-        if let Some(key) = kind.removes() {
-            if !self.is_member(key) {
+    /// The rules on the change's kind against this membership. None of them depends on
+    /// anything that can arrive later: a change that passes here passes in every superset.
+    fn check_kind(&self, kind: &ChangeKind, chains: &KeyChains) -> Result<(), ChangeError> {
+        if let Some((key, _)) = kind.removes() {
+            let seat = chains.locate(key).map(|(seat, _)| seat);
+            if seat.is_none_or(|s| self.seat(&s).is_none()) {
                 return Err(ChangeError::NotMember(*key));
             }
-            if kind.adds().is_none() && self.members.len() == 1 {
+            if kind.adds().is_none() && self.seats.len() == 1 {
                 return Err(ChangeError::LastMember);
             }
         }
-        if let Some(key) = kind.adds().filter(|k| self.was_ever(k)) {
-            return Err(ChangeError::KeyUsed(*key));
+        if let Some(key) = kind.adds() {
+            if !is_usable_key(key) {
+                return Err(ChangeError::BadKey(*key));
+            }
+            if self.founders_ever.contains(key) {
+                return Err(ChangeError::KeyUsed(*key));
+            }
         }
         if let ChangeKind::Add { name, .. } = kind {
             if !is_valid_name(name) {
                 return Err(ChangeError::BadName(name.clone()));
             }
-            if self.members.iter().any(|m| m.name == *name) {
+            if self.names_ever.contains(name) {
                 return Err(ChangeError::NameUsed(name.clone()));
             }
-            if self.members.len() >= MEMBERS_MAX {
+            if self.seats.len() >= MEMBERS_MAX {
                 return Err(ChangeError::TooManyMembers);
             }
         }
         Ok(())
     }
 
-    /// The membership after `change` (which [`Membership::check_kind`] accepted).
-    fn apply(&self, id: ChangeId, kind: &ChangeKind) -> Self {
-        let mut next = self.clone();
+    /// Applies `kind` (which [`Membership::check_kind`] accepted) in place; returns the seat
+    /// removed, if any.
+    fn apply(&mut self, id: ChangeId, kind: &ChangeKind, chains: &KeyChains) -> Option<(PublicKey, Cut)> {
         let mut hasher = Hasher::new(Domain::Membership);
         hasher.update(&self.id.0).update(&id.0);
-        next.id = MembershipId(hasher.finish());
-        next.epoch += 1;
-        let retire = |next: &mut Self, key: &PublicKey, last_seq: u64| -> String {
-            let at = next.members.binary_search_by(|m| m.key.cmp(key));
-            // `check_kind` found the key among the members.
-            let member = next.members.remove(at.expect("a removed key is a member"));
-            let at = next.retired.binary_search_by(|r| r.key.cmp(key)).unwrap_or_else(|i| i);
-            next.retired.insert(at, Retired { key: *key, name: member.name.clone(), last_seq });
-            member.name
-        };
-        let admit = |next: &mut Self, key: PublicKey, name: String| {
-            let at = next.members.binary_search_by(|m| m.key.cmp(&key)).unwrap_or_else(|i| i);
-            next.members.insert(at, Member { key, name });
-        };
-        match kind {
-            ChangeKind::Add { key, name } => admit(&mut next, *key, name.clone()),
-            ChangeKind::Remove { key, cut } => {
-                retire(&mut next, key, *cut);
-            }
-            ChangeKind::Replace { key, cut, successor } | ChangeKind::Rotate { key, cut, successor, .. } => {
-                let name = retire(&mut next, key, *cut);
-                admit(&mut next, *successor, name);
-            }
+        self.id = MembershipId(hasher.finish());
+        self.epoch += 1;
+        let mut removed = None;
+        let mut name = None;
+        if let Some((key, cut)) = kind.removes() {
+            // `check_kind` located the key in a seat in force.
+            let (founder, position) = chains.locate(key).expect("a removed key has a seat");
+            let at = self.seats.binary_search_by(|s| s.founder.cmp(&founder));
+            name = Some(self.seats.remove(at.expect("a removed seat is in force")).name);
+            removed = Some((founder, Cut { position, seq: cut }));
         }
-        next
+        let founded = match kind {
+            ChangeKind::Add { key, name } => Some((*key, name.clone())),
+            ChangeKind::Replace { successor, .. } => name.map(|name| (*successor, name)),
+            ChangeKind::Remove { .. } => None,
+        };
+        if let Some((founder, name)) = founded {
+            self.founders_ever.insert(founder);
+            self.names_ever.insert(name.clone());
+            let at = self.seats.binary_search_by(|s| s.founder.cmp(&founder)).unwrap_or_else(|i| i);
+            self.seats.insert(at, Seat { founder, name });
+        }
+        removed
     }
 }
 
-/// One event's proposal of a change (the proposal is also its author's approval).
+/// The seats' key chains that a set of rotations makes: which seat each key belongs to, at which
+/// position of its chain, and up to which seq it counts.
+///
+/// A key rotates at most once: its rotation with the lowest seq (then the lowest successor)
+/// counts, and its events past that seq do not. A successor belongs to the rotating key's seat,
+/// unless it is a genesis key, the key itself, or the successor of two different keys (only
+/// possible if its holder signed two proofs): then the old key still retires at its rotation
+/// but no seat gains the successor.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyChains {
+    /// Per rotating key: the seq its rotation was signed at, and the successor.
+    rotated: BTreeMap<PublicKey, (u64, PublicKey)>,
+    /// Per successor that joined a chain: its chain's first key and its position (≥ 1).
+    located: BTreeMap<PublicKey, (PublicKey, usize)>,
+    /// Successors that joined no chain (see above): they belong to no seat.
+    orphans: BTreeSet<PublicKey>,
+}
+
+impl KeyChains {
+    fn build(rotations: &BTreeMap<PublicKey, (u64, PublicKey)>, genesis_keys: &BTreeSet<PublicKey>) -> Self {
+        let mut predecessors: BTreeMap<PublicKey, Vec<PublicKey>> = BTreeMap::new();
+        for (key, (_, successor)) in rotations {
+            predecessors.entry(*successor).or_default().push(*key);
+        }
+        // Per successor that joins its predecessor's chain: that predecessor.
+        let mut joined: BTreeMap<PublicKey, PublicKey> = BTreeMap::new();
+        let mut orphans = BTreeSet::new();
+        for (successor, keys) in &predecessors {
+            if genesis_keys.contains(successor) {
+                // A genesis key stays the first key of its own seat.
+                continue;
+            }
+            match keys.as_slice() {
+                [one] => {
+                    joined.insert(*successor, *one);
+                }
+                _ => {
+                    orphans.insert(*successor);
+                }
+            }
+        }
+        // Walk each chain forward from its first key. Every joined successor has one
+        // predecessor, so a walk never meets a key twice.
+        let mut located = BTreeMap::new();
+        for first in rotations.keys().filter(|k| !joined.contains_key(k)) {
+            let mut key = *first;
+            let mut position = 0;
+            while let Some((_, successor)) = rotations.get(&key) {
+                if joined.get(successor) != Some(&key) {
+                    break;
+                }
+                position += 1;
+                located.insert(*successor, (*first, position));
+                key = *successor;
+            }
+        }
+        // Joined successors no walk reached sit on a cycle of rotations: no seat has them.
+        orphans.extend(joined.keys().filter(|k| !located.contains_key(*k)));
+        Self { rotated: rotations.clone(), located, orphans }
+    }
+
+    /// The chain `key` belongs to (named by its first key) and its position there; a key no one
+    /// rotated to is the first of its own chain. `None` for a successor that joined no chain.
+    pub fn locate(&self, key: &PublicKey) -> Option<(PublicKey, usize)> {
+        if let Some(found) = self.located.get(key) {
+            return Some(*found);
+        }
+        (!self.orphans.contains(key)).then_some((*key, 0))
+    }
+
+    /// The last seq of `key` that counts, if it rotated.
+    pub fn last_seq(&self, key: &PublicKey) -> Option<u64> {
+        self.rotated.get(key).map(|(seq, _)| *seq)
+    }
+
+    /// The key that signs for the seat `founder` founded now: the last key of its chain. `None`
+    /// if its founding key belongs to another seat's chain or to none.
+    pub fn current(&self, founder: &PublicKey) -> Option<PublicKey> {
+        let (first, _) = self.locate(founder).filter(|(first, _)| first == founder)?;
+        let mut key = *founder;
+        while let Some(next) =
+            self.successor(&key).filter(|s| self.located.get(s).is_some_and(|(f, _)| *f == first))
+        {
+            key = *next;
+        }
+        Some(key)
+    }
+
+    /// The key `key` rotated to, if it rotated.
+    pub fn successor(&self, key: &PublicKey) -> Option<&PublicKey> {
+        self.rotated.get(key).map(|(_, successor)| successor)
+    }
+}
+
+/// Where a removal cut a seat: the position of the key it named, and that key's last seq kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Cut {
+    position: usize,
+    seq: u64,
+}
+
+impl Cut {
+    /// Whether the seat's key at `position` keeps its event of `seq`.
+    fn keeps(self, position: usize, seq: u64) -> bool {
+        position < self.position || (position == self.position && seq <= self.seq)
+    }
+}
+
+/// One event's proposal of a change, in a round; the proposal is also its author's approval.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Proposal {
     /// The change proposed.
     pub change: Change,
-    /// Who signed the event that carries it, and at which seq.
+    /// The round of the change's base this proposal votes in (0 unless the earlier rounds
+    /// deadlocked).
+    pub round: u32,
+    /// Who signed the event that carries it.
     pub author: PublicKey,
     /// The event's seq.
     pub seq: u64,
     /// The event's id.
     pub event: EventId,
+    /// For a removal or replacement: the highest seq of the key it names in the event's causal
+    /// past (the adapter knows it; the event cannot lie about it). Unused otherwise.
+    pub seen: u64,
 }
 
-/// One event's approval of a change, by its id.
+/// One event's approval of a change, by its id, in a round.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Approval {
     /// The change approved.
     pub change: ChangeId,
+    /// The round of the change's base this approval votes in.
+    pub round: u32,
     /// Who signed the event that carries it.
     pub author: PublicKey,
     /// The event's seq.
@@ -411,56 +539,96 @@ pub struct Approval {
     pub event: EventId,
 }
 
-/// Where one key approved one change: the lowest (seq, event id) among its events that did.
-type ApprovedAt = (u64, EventId);
+/// One seat's approval, as the resolution orders them: position of the signing key in the
+/// seat's chain, seq, change, then the key and the event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Vote {
+    /// Position of `key` in its seat's chain.
+    pub position: usize,
+    /// The seq of the approving event.
+    pub seq: u64,
+    /// The change approved.
+    pub change: ChangeId,
+    /// The key that signed the approving event.
+    pub key: PublicKey,
+    /// The approving event.
+    pub event: EventId,
+}
 
-/// The proposals and approvals of a set of events, as sets: the input of [`ChangeLog::resolve`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The proposals, approvals and rotations of a set of events, as sets: the input of
+/// [`ChangeLog::resolve`]. Bound to one cluster's genesis and policy.
+#[derive(Clone, Debug)]
 pub struct ChangeLog {
-    changes: BTreeMap<ChangeId, Change>,
-    /// Per change, per approver, where it approved first. Approvals may come before the
-    /// proposal they name; they count once it is here.
-    approvals: BTreeMap<ChangeId, BTreeMap<PublicKey, ApprovedAt>>,
+    cluster: [u8; 32],
+    genesis: Membership,
+    policy: Policy,
+    /// Per change: the change, and the highest `seen` among its proposals.
+    changes: BTreeMap<ChangeId, (Change, u64)>,
+    /// Per (change, round, approving key): where it approved first (seq, event).
+    approvals: BTreeMap<(ChangeId, u32, PublicKey), (u64, EventId)>,
+    /// Per rotating key: its rotation that counts so far, as (seq, successor).
+    rotations: BTreeMap<PublicKey, (u64, PublicKey)>,
 }
 
 impl ChangeLog {
-    /// An empty log: the genesis membership is in force.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty log of `genesis`'s cluster: the genesis membership is in force.
+    pub fn new(genesis: &Genesis, policy: Policy) -> Self {
+        Self {
+            cluster: genesis.cluster_id(),
+            genesis: Membership::genesis(genesis),
+            policy,
+            changes: BTreeMap::new(),
+            approvals: BTreeMap::new(),
+            rotations: BTreeMap::new(),
+        }
     }
 
     /// Records a proposal and its author's approval.
     pub fn propose(&mut self, proposal: &Proposal) {
         let id = proposal.change.id();
-        self.changes.entry(id).or_insert_with(|| proposal.change.clone());
+        let entry = self.changes.entry(id).or_insert_with(|| (proposal.change.clone(), proposal.seen));
+        entry.1 = entry.1.max(proposal.seen);
         self.approve(&Approval {
             change: id,
+            round: proposal.round,
             author: proposal.author,
             seq: proposal.seq,
             event: proposal.event,
         });
     }
 
-    /// Records an approval. Recording the same approval again, or the same approver's approval
-    /// of the same change in another event, changes nothing but where it approved first.
+    /// Records an approval. The same approval again, or the same key's approval of the same
+    /// change in the same round in another event, changes nothing but where it approved first.
     pub fn approve(&mut self, approval: &Approval) {
         let at = (approval.seq, approval.event);
         self.approvals
-            .entry(approval.change)
-            .or_default()
-            .entry(approval.author)
+            .entry((approval.change, approval.round, approval.author))
             .and_modify(|first| *first = (*first).min(at))
             .or_insert(at);
     }
 
-    /// The change of this id, if proposed.
-    pub fn change(&self, id: &ChangeId) -> Option<&Change> {
-        self.changes.get(id)
+    /// Records a rotation signed by `author` in its event of `seq`, after checking that the
+    /// author is the rotating key, `seq` its cut, the successor another key, and the proof.
+    pub fn rotate(&mut self, rotation: &Rotation, author: &PublicKey, seq: u64) -> Result<(), ChangeError> {
+        if rotation.key != *author || rotation.cut != seq || rotation.successor == rotation.key {
+            return Err(ChangeError::RotationNotOwn);
+        }
+        if !rotation.verify(&self.cluster) {
+            return Err(ChangeError::BadProof);
+        }
+        let at = (seq, rotation.successor);
+        self.rotations.entry(*author).and_modify(|first| *first = (*first).min(at)).or_insert(at);
+        Ok(())
     }
 
-    /// Every approver of `id` with where it approved first (voters or not).
-    pub fn approvers(&self, id: &ChangeId) -> impl Iterator<Item = (&PublicKey, &ApprovedAt)> {
-        self.approvals.get(id).into_iter().flatten()
+    /// The cluster id the rotations' proofs are bound to.
+    pub fn cluster(&self) -> &[u8; 32] {
+        &self.cluster
+    }
+
+    /// The change of this id, if proposed.
+    pub fn change(&self, id: &ChangeId) -> Option<&Change> {
+        self.changes.get(id).map(|(change, _)| change)
     }
 
     /// Changes proposed.
@@ -473,110 +641,174 @@ impl ChangeLog {
         self.changes.is_empty()
     }
 
-    /// The membership chain these proposals and approvals make from `genesis`: starting at the
-    /// genesis membership, while some change of the membership in force (applicable to it, its
-    /// base being that membership's id) has approvals from at least its threshold of voters,
-    /// the winner among those (lowest [`ChangeKind::rank`], then lowest id) is applied.
-    pub fn resolve(&self, genesis: &Genesis, policy: Policy) -> Resolution {
-        let mut by_base: BTreeMap<MembershipId, Vec<(&ChangeId, &Change)>> = BTreeMap::new();
-        for (id, change) in &self.changes {
-            by_base.entry(change.base).or_default().push((id, change));
-        }
-        let mut chain = vec![Membership::genesis(genesis)];
-        let mut applied = Vec::new();
-        // Each step moves to a membership id never seen before (it hashes the one before), so
-        // a change applies at most once and the loop ends within `changes.len()` steps.
-        loop {
-            let current = chain.last().expect("the chain starts with the genesis membership");
-            let qualified = by_base.get(&current.id).into_iter().flatten().filter(|(id, change)| {
-                current.check_kind(&change.kind).is_ok() && {
-                    let voters: BTreeSet<&PublicKey> = current.voters(&change.kind).collect();
-                    let approvals = self.approvers(id).filter(|(k, _)| voters.contains(k)).count();
-                    approvals >= current.threshold(policy, &change.kind)
-                }
-            });
-            let Some((id, change)) = qualified.min_by_key(|(id, change)| (change.kind.rank(), **id)) else {
-                break;
-            };
-            let next = current.apply(**id, &change.kind);
-            applied.push(**id);
-            chain.push(next);
-        }
-        let double_approvals = self.double_approvals(&chain);
-        Resolution { chain, applied, double_approvals }
+    /// The key chains the rotations recorded so far make.
+    pub fn chains(&self) -> KeyChains {
+        KeyChains::build(&self.rotations, &self.genesis.founders_ever)
     }
 
-    /// Every member that approved two different changes of one membership of `chain`, with the
-    /// two lowest such changes and where it approved them.
-    fn double_approvals(&self, chain: &[Membership]) -> Vec<DoubleApproval> {
-        let bases: BTreeSet<MembershipId> = chain.iter().map(|m| m.id).collect();
-        let mut seen: BTreeMap<(MembershipId, PublicKey), (ChangeId, ApprovedAt)> = BTreeMap::new();
-        let mut found: BTreeMap<(MembershipId, PublicKey), DoubleApproval> = BTreeMap::new();
-        for (id, change) in &self.changes {
-            if !bases.contains(&change.base) {
+    /// The membership chain, key chains, cuts and evidence this log makes (`docs/PROTOCOL.md`
+    /// §17, rules M1 to M9). Costs O((changes + approvals + rotations) · log) plus, per change
+    /// applied, O(seats · rounds).
+    pub fn resolve(&self) -> Resolution {
+        let chains = self.chains();
+        // Every counted approval, per (base, round, seat), in the order that picks a seat's vote.
+        let mut ballots: BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>> = BTreeMap::new();
+        for ((change, round, key), (seq, event)) in &self.approvals {
+            let Some((proposed, _)) = self.changes.get(change) else { continue };
+            if chains.last_seq(key).is_some_and(|last| *seq > last) {
                 continue;
             }
-            for (approver, at) in self.approvers(id) {
-                let slot = (change.base, *approver);
-                match seen.get(&slot) {
-                    None => {
-                        seen.insert(slot, (*id, *at));
-                    }
-                    Some(first) => {
-                        found.entry(slot).or_insert(DoubleApproval {
-                            approver: *approver,
-                            base: change.base,
-                            first: (first.0, first.1.0, first.1.1),
-                            second: (*id, at.0, at.1),
-                        });
-                    }
+            let Some((seat, position)) = chains.locate(key) else { continue };
+            let vote = Vote { position, seq: *seq, change: *change, key: *key, event: *event };
+            ballots.entry((proposed.base, *round, seat)).or_default().push(vote);
+        }
+        for votes in ballots.values_mut() {
+            votes.sort_unstable();
+        }
+
+        let mut membership = self.genesis.clone();
+        let mut chain = vec![membership.id];
+        let mut applied = Vec::new();
+        let mut founded: BTreeSet<PublicKey> = membership.founders_ever.clone();
+        let mut cuts: BTreeMap<PublicKey, Cut> = BTreeMap::new();
+        let round = loop {
+            let id = match self.decide(&membership, &ballots, &chains) {
+                Ok(id) => id,
+                Err(round) => break round,
+            };
+            let (change, _) = &self.changes[&id];
+            if let Some((seat, cut)) = membership.apply(id, &change.kind, &chains) {
+                cuts.insert(seat, cut);
+            }
+            founded.extend(change.kind.adds());
+            applied.push(id);
+            chain.push(membership.id);
+        };
+
+        let on_chain: BTreeSet<MembershipId> = chain.iter().copied().collect();
+        let mut double_approvals = Vec::new();
+        let mut excluded: BTreeMap<PublicKey, (usize, u64)> = BTreeMap::new();
+        for ((base, round, seat), votes) in &ballots {
+            if !on_chain.contains(base) {
+                continue;
+            }
+            let first = votes[0];
+            let Some(second) = votes.iter().find(|v| v.change != first.change) else { continue };
+            double_approvals.push(DoubleApproval {
+                seat: *seat,
+                base: *base,
+                round: *round,
+                first,
+                second: *second,
+            });
+            let from = (second.position, second.seq);
+            excluded.entry(*seat).and_modify(|at| *at = (*at).min(from)).or_insert(from);
+        }
+        Resolution {
+            chain,
+            applied,
+            in_force: membership,
+            round,
+            chains,
+            founded,
+            cuts,
+            excluded,
+            double_approvals,
+        }
+    }
+
+    /// The change of `membership` that takes effect, or the round still open if none does:
+    /// rounds are counted from 0; in each, a seat's first vote counts if it is for a change that
+    /// may apply; a change with the threshold of votes wins; a round where no change can reach
+    /// it any more (even with every seat that has not voted) opens the next.
+    fn decide(
+        &self,
+        membership: &Membership,
+        ballots: &BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>>,
+        chains: &KeyChains,
+    ) -> Result<ChangeId, u32> {
+        let threshold = membership.threshold(self.policy);
+        let seats = membership.seats.len();
+        let may_apply = |id: &ChangeId| {
+            let (change, seen) = &self.changes[id];
+            membership.check_kind(&change.kind, chains).is_ok()
+                && change.kind.removes().is_none_or(|(_, cut)| cut <= *seen)
+        };
+        for round in 0..=u32::MAX {
+            let mut tally: BTreeMap<ChangeId, usize> = BTreeMap::new();
+            let mut voted = 0;
+            for seat in &membership.seats {
+                let Some(votes) = ballots.get(&(membership.id, round, seat.founder)) else { continue };
+                voted += 1;
+                if may_apply(&votes[0].change) {
+                    *tally.entry(votes[0].change).or_default() += 1;
                 }
             }
+            // Votes are disjoint and the threshold is a majority: at most one change reaches it.
+            if let Some((id, _)) = tally.iter().find(|(_, n)| **n >= threshold) {
+                return Ok(*id);
+            }
+            let best = tally.values().max().copied().unwrap_or(0);
+            if voted == 0 || best + (seats - voted) >= threshold {
+                return Err(round);
+            }
         }
-        found.into_values().collect()
+        // Each round that opens the next needs votes in it, and there are finitely many.
+        Err(u32::MAX)
     }
 }
 
-/// A member's approvals of two different changes of one membership: misbehaviour, like an
-/// equivocation. Each side is (change, seq, event).
+/// A seat's approvals of two different changes of one membership in one round: misbehaviour,
+/// like an equivocation. Each side is the seat's vote; `first` is the one that counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DoubleApproval {
-    /// Who approved both.
-    pub approver: PublicKey,
+    /// The seat (its founding key).
+    pub seat: PublicKey,
     /// The membership both changes change.
     pub base: MembershipId,
-    /// The change with the lower id, the seq and the event of its approval.
-    pub first: (ChangeId, u64, EventId),
-    /// The other change, the seq and the event of its approval.
-    pub second: (ChangeId, u64, EventId),
+    /// The round both approvals vote in.
+    pub round: u32,
+    /// The seat's vote that counts.
+    pub first: Vote,
+    /// Its earliest vote for another change.
+    pub second: Vote,
 }
 
-impl DoubleApproval {
-    /// The approver's first seq whose ops are not admitted: the later of the two approvals.
-    pub fn excluded_from(&self) -> u64 {
-        self.first.1.max(self.second.1)
-    }
-}
-
-/// What [`ChangeLog::resolve`] found: the chain of memberships and the changes between them.
+/// What [`ChangeLog::resolve`] found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolution {
-    /// From the genesis membership to the one in force.
-    chain: Vec<Membership>,
+    /// Membership ids from the genesis's to the one in force.
+    chain: Vec<MembershipId>,
     /// `applied[i]` took `chain[i]` to `chain[i + 1]`.
     applied: Vec<ChangeId>,
-    /// Sorted by (base, approver).
+    in_force: Membership,
+    /// The round of the membership in force that is open for votes.
+    round: u32,
+    chains: KeyChains,
+    /// Every seat ever in force.
+    founded: BTreeSet<PublicKey>,
+    /// Per seat removed: where its removal cut it.
+    cuts: BTreeMap<PublicKey, Cut>,
+    /// Per seat with a double approval: the (position, seq) of its earliest second vote.
+    excluded: BTreeMap<PublicKey, (usize, u64)>,
+    /// Sorted by (base, round, seat).
     double_approvals: Vec<DoubleApproval>,
 }
 
 impl Resolution {
     /// The membership in force.
     pub fn in_force(&self) -> &Membership {
-        self.chain.last().expect("the chain starts with the genesis membership")
+        &self.in_force
     }
 
-    /// Every membership from the genesis's to the one in force.
-    pub fn chain(&self) -> &[Membership] {
+    /// The round of the membership in force that is open: a proposal or approval of one of its
+    /// changes votes in this round (0 unless earlier rounds deadlocked).
+    pub fn round(&self) -> u32 {
+        self.round
+    }
+
+    /// Membership ids from the genesis's (the cluster id) to the one in force.
+    pub fn chain(&self) -> &[MembershipId] {
         &self.chain
     }
 
@@ -585,16 +817,38 @@ impl Resolution {
         &self.applied
     }
 
-    /// Members that approved two changes of one membership of the chain.
+    /// The key chains.
+    pub fn chains(&self) -> &KeyChains {
+        &self.chains
+    }
+
+    /// Seats that approved two changes of one membership of the chain in one round.
     pub fn double_approvals(&self) -> &[DoubleApproval] {
         &self.double_approvals
     }
 
-    /// Whether the document admits the ops of `key`'s event at `seq`: a member's or a retired
-    /// key's up to its cut, and not at or past a double approval of its. A key that only a
-    /// losing change (or no change) brought in is not admitted at all.
+    /// The seat of `key` (its founder) and the key's position in it, if the seat was ever in
+    /// force.
+    pub fn seat_of(&self, key: &PublicKey) -> Option<(PublicKey, usize)> {
+        self.chains.locate(key).filter(|(seat, _)| self.founded.contains(seat))
+    }
+
+    /// Whether `key`'s event at `seq` counts as its seat's: the seat was in force at some point,
+    /// the key had not rotated away before `seq`, and no removal of the seat cut it.
+    pub fn may_author(&self, key: &PublicKey, seq: u64) -> bool {
+        let Some((seat, position)) = self.seat_of(key) else { return false };
+        self.chains.last_seq(key).is_none_or(|last| seq <= last)
+            && self.cuts.get(&seat).is_none_or(|cut| cut.keeps(position, seq))
+    }
+
+    /// Whether the document admits the ops of `key`'s event at `seq`: [`Resolution::may_author`],
+    /// and not at or past its seat's earliest second vote in a double approval.
     pub fn admits(&self, key: &PublicKey, seq: u64) -> bool {
-        self.in_force().may_author(key, seq)
-            && self.double_approvals.iter().all(|d| d.approver != *key || seq < d.excluded_from())
+        self.may_author(key, seq)
+            && self.seat_of(key).is_some_and(|(seat, position)| {
+                self.excluded
+                    .get(&seat)
+                    .is_none_or(|&(at, from)| position < at || (position == at && seq < from))
+            })
     }
 }

@@ -18,7 +18,7 @@ use cairn_protocol::document::{Applied, Document, MemoryHistory};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits;
 use cairn_protocol::membership::{
-    Approval, Change, ChangeKind, ChangeLog, MembershipId, Policy, Proposal, rotation_message,
+    Approval, Change, ChangeKind, ChangeLog, MembershipId, Policy, Proposal, Rotation,
 };
 use cairn_protocol::node::{EVENTS_CHUNK_BYTES, FORK_PROBE_SEQS_PER_ROUND, WANT_PERIODIC_IDS_MAX};
 use cairn_protocol::{
@@ -470,19 +470,14 @@ fn compute() -> Vectors {
     v.add("change.add_dave", codec::encode_change(&m.add_dave));
     v.add("change.add_dave.id", m.add_dave.id().0);
     v.add("membership1.id", m.membership1.0);
+    v.comment("rotation.alice: alice rotates to alice2 in her event of seq 3 (cut 3). No vote: rotations");
+    v.comment("name no membership. rotation.alice.message = SHA-256(\"cairn/rotation/v1\" || cluster_id ||");
     v.comment(
-        "change.rotate_alice: alice rotates to alice2 in her event of seq 3 (cut 3), base membership1.",
+        "alice || u64(3) || alice2), which alice2 signs (the proof, the last 64 bytes of the rotation).",
     );
-    v.comment(
-        "change.rotate_alice.message = SHA-256(\"cairn/rotation/v1\" || base || alice || u64(3) || alice2),",
-    );
-    v.comment("which alice2 signs (the proof, the last 64 bytes of the change). membership2.id follows from");
-    v.comment("membership1.id and change.rotate_alice.id as above.");
-    v.add("change.rotate_alice.message", m.rotation_message);
-    v.add("change.rotate_alice", codec::encode_change(&m.rotate_alice));
-    v.add("change.rotate_alice.id", m.rotate_alice.id().0);
-    v.add("membership2.id", m.membership2.0);
-    v.comment("change.remove_bob removes bob from membership2 keeping his events up to seq 2.");
+    v.add("rotation.alice.message", m.rotation_message);
+    v.add("rotation.alice", codec::encode_rotation(&m.rotate_alice));
+    v.comment("change.remove_bob removes bob's seat from membership1 keeping his events up to seq 2.");
     v.add("change.remove_bob", codec::encode_change(&m.remove_bob));
     v.add("change.remove_bob.id", m.remove_bob.id().0);
     v
@@ -491,14 +486,13 @@ fn compute() -> Vectors {
 const DAVE_SEED: [u8; 32] = [4; 32];
 const ALICE2_SEED: [u8; 32] = [5; 32];
 
-/// Three membership changes of the scenario's genesis, one after another: dave is added, alice
-/// rotates to alice2, bob is removed (this last one is not approved, so not in force).
+/// Membership ops of the scenario's genesis: dave is added (alice proposes, bob approves: 2 of
+/// 3), alice rotates to alice2, and a removal of bob is proposed (not approved, so not in force).
 struct MembershipScenario {
     add_dave: Change,
     membership1: MembershipId,
     rotation_message: [u8; 32],
-    rotate_alice: Change,
-    membership2: MembershipId,
+    rotate_alice: Rotation,
     remove_bob: Change,
 }
 
@@ -507,28 +501,33 @@ fn membership_scenario(s: &Scenario) -> MembershipScenario {
     let dave = SecretKey::from_seed(&DAVE_SEED).public();
     let alice2 = SecretKey::from_seed(&ALICE2_SEED);
     let event_of = |n: u8| EventId([n; 32]);
-    let mut log = ChangeLog::new();
-    let add_dave = Change {
-        base: MembershipId(s.genesis.cluster_id()),
-        kind: ChangeKind::Add { key: dave, name: "dave".into() },
-    };
-    log.propose(&Proposal { change: add_dave.clone(), author: alice, seq: 2, event: event_of(1) });
-    log.approve(&Approval { change: add_dave.id(), author: bob, seq: 2, event: event_of(2) });
-    let membership1 = log.resolve(&s.genesis, Policy::Majority).in_force().id();
-    let rotation_message = rotation_message(&membership1, &alice, 3, &alice2.public());
-    let rotate_alice = Change {
-        base: membership1,
-        kind: ChangeKind::Rotate {
-            key: alice,
-            cut: 3,
-            successor: alice2.public(),
-            proof: alice2.sign(&rotation_message),
-        },
-    };
-    log.propose(&Proposal { change: rotate_alice.clone(), author: alice, seq: 3, event: event_of(3) });
-    let membership2 = log.resolve(&s.genesis, Policy::Majority).in_force().id();
-    let remove_bob = Change { base: membership2, kind: ChangeKind::Remove { key: bob, cut: 2 } };
-    MembershipScenario { add_dave, membership1, rotation_message, rotate_alice, membership2, remove_bob }
+    let cluster = s.genesis.cluster_id();
+    let mut log = ChangeLog::new(&s.genesis, Policy::Majority);
+    let add_dave =
+        Change { base: MembershipId(cluster), kind: ChangeKind::Add { key: dave, name: "dave".into() } };
+    log.propose(&Proposal {
+        change: add_dave.clone(),
+        round: 0,
+        author: alice,
+        seq: 2,
+        event: event_of(1),
+        seen: 0,
+    });
+    log.approve(&Approval { change: add_dave.id(), round: 0, author: bob, seq: 2, event: event_of(2) });
+    let membership1 = log.resolve().in_force().id();
+    let rotate_alice = Rotation::new(&cluster, alice, 3, &alice2);
+    log.rotate(&rotate_alice, &alice, 3).expect("alice's own rotation with alice2's proof");
+    let resolution = log.resolve();
+    assert_eq!(resolution.in_force().id(), membership1, "a rotation changes no membership");
+    assert_eq!(resolution.chains().current(&alice), Some(alice2.public()));
+    let remove_bob = Change { base: membership1, kind: ChangeKind::Remove { key: bob, cut: 2 } };
+    MembershipScenario {
+        add_dave,
+        membership1,
+        rotation_message: Rotation::message(&cluster, &alice, 3, &alice2.public()),
+        rotate_alice,
+        remove_bob,
+    }
 }
 
 /// A change built by hand from section 17: base, the u32 tag, then the variant's fields.
@@ -551,15 +550,13 @@ fn hand_change(change: &Change) -> Vec<u8> {
             out.extend(u64_le(*cut));
             out.extend(successor.0);
         }
-        ChangeKind::Rotate { key, cut, successor, proof } => {
-            out.extend(3u32.to_le_bytes());
-            out.extend(key.0);
-            out.extend(u64_le(*cut));
-            out.extend(successor.0);
-            out.extend(proof.0);
-        }
     }
     out
+}
+
+/// A rotation built by hand from section 17: key, cut, successor, proof.
+fn hand_rotation(rotation: &Rotation) -> Vec<u8> {
+    [&rotation.key.0[..], &u64_le(rotation.cut), &rotation.successor.0, &rotation.proof.0].concat()
 }
 
 /// Three concurrent events for the document's harder cases: alice and bob each put `k2`, incr
@@ -770,11 +767,10 @@ fn hand_built_layouts_equal_the_codec() {
     assert_eq!(tips_message, codec::encode_message(&message), "message.tips");
 
     let m = membership_scenario(&s);
-    for (name, change) in
-        [("add_dave", &m.add_dave), ("rotate_alice", &m.rotate_alice), ("remove_bob", &m.remove_bob)]
-    {
+    for (name, change) in [("add_dave", &m.add_dave), ("remove_bob", &m.remove_bob)] {
         assert_eq!(hand_change(change), codec::encode_change(change), "change.{name}");
     }
+    assert_eq!(hand_rotation(&m.rotate_alice), codec::encode_rotation(&m.rotate_alice), "rotation.alice");
     let chained = |base: &MembershipId, change: &Change| {
         hash(Domain::Membership, &[&base.0[..], &change.id().0[..]].concat())
     };
@@ -783,13 +779,12 @@ fn hand_built_layouts_equal_the_codec() {
         m.membership1.0,
         "membership1.id"
     );
-    assert_eq!(chained(&m.membership1, &m.rotate_alice), m.membership2.0, "membership2.id");
     let alice = s.keys[0].public();
-    let mut pre_image = m.membership1.0.to_vec();
+    let mut pre_image = s.genesis.cluster_id().to_vec();
     pre_image.extend(alice.0);
     pre_image.extend(u64_le(3));
     pre_image.extend(SecretKey::from_seed(&ALICE2_SEED).public().0);
-    assert_eq!(hash(Domain::Rotation, &pre_image), m.rotation_message, "change.rotate_alice.message");
+    assert_eq!(hash(Domain::Rotation, &pre_image), m.rotation_message, "rotation.alice.message");
 }
 
 /// Every value of the file decodes back into what it names and re-encodes to the same bytes;
@@ -864,7 +859,7 @@ fn vectors_decode_back() {
 
     // The membership changes decode, their ids and the memberships' ids follow, and alice2's
     // proof verifies over the rotation message.
-    for name in ["add_dave", "rotate_alice", "remove_bob"] {
+    for name in ["add_dave", "remove_bob"] {
         let bytes = get(&format!("change.{name}"));
         let change = codec::decode_change(&bytes).unwrap_or_else(|err| panic!("change.{name}: {err}"));
         assert_eq!(codec::encode_change(&change), bytes, "change.{name}");
@@ -876,13 +871,15 @@ fn vectors_decode_back() {
     }
     let membership1 = hash(Domain::Membership, &[get("cluster_id"), get("change.add_dave.id")].concat());
     assert_eq!(membership1[..], get("membership1.id")[..], "membership1.id");
-    let membership2 =
-        hash(Domain::Membership, &[get("membership1.id"), get("change.rotate_alice.id")].concat());
-    assert_eq!(membership2[..], get("membership2.id")[..], "membership2.id");
-    let rotation = codec::decode_change(&get("change.rotate_alice")).expect("decoded above");
-    let ChangeKind::Rotate { successor, proof, .. } = rotation.kind else { panic!("a rotation") };
-    assert_eq!(successor.0[..], get("public.alice2")[..], "the successor is alice2");
-    assert!(verify_strict(&successor, &get("change.rotate_alice.message"), &proof), "alice2's proof");
+    let rotation = codec::decode_rotation(&get("rotation.alice")).expect("rotation.alice decodes");
+    assert_eq!(codec::encode_rotation(&rotation), get("rotation.alice"), "rotation.alice");
+    assert_eq!(rotation.successor.0[..], get("public.alice2")[..], "the successor is alice2");
+    assert!(
+        verify_strict(&rotation.successor, &get("rotation.alice.message"), &rotation.proof),
+        "alice2's proof"
+    );
+    let cluster: [u8; 32] = get("cluster_id").try_into().expect("a cluster id is 32 bytes");
+    assert!(rotation.verify(&cluster), "the proof is over the message section 17 names");
 }
 
 /// The title of a Markdown heading line without its `#`s and section number, if it is one.
@@ -953,6 +950,7 @@ fn limits_table_matches_the_constants() {
         ("MEMBER_NAME_BYTES_MAX", limits::MEMBER_NAME_BYTES_MAX),
         ("GENESIS_BYTES_MAX", limits::GENESIS_BYTES_MAX),
         ("CHANGE_BYTES_MAX", limits::CHANGE_BYTES_MAX),
+        ("ROTATION_BYTES", limits::ROTATION_BYTES),
         ("DEPS_MAX", limits::DEPS_MAX),
         ("OPS_MAX", limits::OPS_MAX),
         ("KEY_BYTES_MAX", limits::KEY_BYTES_MAX),
