@@ -16,6 +16,11 @@ pub const GENESIS_BYTES_MAX: usize = 8 + MEMBERS_MAX * (32 + 8 + MEMBER_NAME_BYT
 pub const CHANGE_BYTES_MAX: usize = 32 + 4 + 32 + 8 + MEMBER_NAME_BYTES_MAX;
 /// An encoded key rotation: key, cut, successor, proof (fixed size).
 pub const ROTATION_BYTES: usize = 32 + 8 + 32 + 64;
+/// Most different changes one seat may approve (proposals included) of one membership in one
+/// round: its vote, and one more that is already evidence. A further one is invalid, so a
+/// seat flooding proposals makes honest nodes keep at most this many changes per membership
+/// and round.
+pub const VOTES_PER_SEAT_ROUND_MAX: usize = 2;
 
 /// Most dependencies one event may name.
 pub const DEPS_MAX: usize = 128;

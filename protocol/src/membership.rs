@@ -40,7 +40,7 @@ use cairn_crypto::{Domain, Hasher, PublicKey, SecretKey, Signature, hash, is_usa
 use crate::codec;
 use crate::event::EventId;
 use crate::genesis::{Genesis, is_valid_name};
-use crate::limits::MEMBERS_MAX;
+use crate::limits::{MEMBERS_MAX, VOTES_PER_SEAT_ROUND_MAX};
 
 /// The id of a membership: the cluster id for the genesis membership, then
 /// `SHA-256("cairn/membership/v1" ‖ base id ‖ change id)` for each change applied.
@@ -276,6 +276,29 @@ pub enum ChangeError {
     /// A rotation whose proof does not verify under the new key.
     #[error("the rotation's proof does not verify under the new key")]
     BadProof,
+    /// A vote by a key whose seat is not in force (or that may not author at this seq).
+    #[error("{0} is not a key of a seat in force at this seq: it cannot vote")]
+    NotVoter(PublicKey),
+    /// A vote in another round than the open one.
+    #[error("the vote is in round {found}, the open round is {open}")]
+    WrongRound {
+        /// The round the vote names.
+        found: u32,
+        /// The open round of the membership in force.
+        open: u32,
+    },
+    /// An approval of a change not proposed in the event's causal past.
+    #[error("change {0} was not proposed in the event's causal past")]
+    UnknownChange(ChangeId),
+    /// An event with more than one vote, or a seat's vote for a third different change of one
+    /// membership and round.
+    #[error(
+        "one vote per event, and at most {VOTES_PER_SEAT_ROUND_MAX} different changes per seat, membership and round"
+    )]
+    TooManyVotes,
+    /// An event with more than one rotation.
+    #[error("one rotation per event")]
+    TooManyRotations,
 }
 
 impl Membership {
@@ -714,6 +737,7 @@ impl ChangeLog {
             cuts,
             excluded,
             double_approvals,
+            ballots,
         }
     }
 
@@ -758,6 +782,89 @@ impl ChangeLog {
     }
 }
 
+/// A membership op as an event carries it (`docs/PROTOCOL.md` §17; not yet an [`crate::Op`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MembershipOp {
+    /// Proposes a change, and votes for it.
+    Propose {
+        /// The change.
+        change: Change,
+        /// The round of the change's base it votes in.
+        round: u32,
+    },
+    /// Votes for a change proposed before, by its id.
+    Approve {
+        /// The change.
+        change: ChangeId,
+        /// The round of the change's base it votes in.
+        round: u32,
+    },
+    /// Hands the author's seat over to a new key.
+    Rotate(Rotation),
+}
+
+/// Rules V2 to V5 of `docs/PROTOCOL.md` §17: whether `author`'s event of `seq` may carry `ops`,
+/// given `log` and `past`, the change log of the event's causal past and its resolution, and
+/// `seen(key)`, the highest seq of `key` in that causal past. (V1, that the author may author
+/// at all, is [`Resolution::may_author`].) A function of the event and its causal past only.
+pub fn check_ops(
+    log: &ChangeLog,
+    past: &Resolution,
+    author: &PublicKey,
+    seq: u64,
+    ops: &[MembershipOp],
+    seen: impl Fn(&PublicKey) -> u64,
+) -> Result<(), ChangeError> {
+    let votes = ops.iter().filter(|op| !matches!(op, MembershipOp::Rotate(_))).count();
+    if votes > 1 {
+        return Err(ChangeError::TooManyVotes);
+    }
+    if ops.iter().filter(|op| matches!(op, MembershipOp::Rotate(_))).count() > 1 {
+        return Err(ChangeError::TooManyRotations);
+    }
+    let in_force = past.in_force();
+    for op in ops {
+        let (id, round) = match op {
+            MembershipOp::Rotate(rotation) => {
+                if rotation.key != *author || rotation.cut != seq || rotation.successor == rotation.key {
+                    return Err(ChangeError::RotationNotOwn);
+                }
+                if !rotation.verify(log.cluster()) {
+                    return Err(ChangeError::BadProof);
+                }
+                continue;
+            }
+            MembershipOp::Propose { change, round } => {
+                let cut_of = change.kind.removes().map_or(0, |(key, _)| seen(key));
+                in_force.check(change, past.chains(), cut_of)?;
+                (change.id(), *round)
+            }
+            MembershipOp::Approve { change, round } => match log.change(change) {
+                Some(proposed) if proposed.base == in_force.id() => (*change, *round),
+                Some(proposed) => {
+                    return Err(ChangeError::WrongBase { found: proposed.base, in_force: in_force.id() });
+                }
+                None => return Err(ChangeError::UnknownChange(*change)),
+            },
+        };
+        if round != past.round() {
+            return Err(ChangeError::WrongRound { found: round, open: past.round() });
+        }
+        let seat = past
+            .seat_of(author)
+            .filter(|(seat, _)| in_force.seat(seat).is_some() && past.may_author(author, seq))
+            .map(|(seat, _)| seat)
+            .ok_or(ChangeError::NotVoter(*author))?;
+        let ballot = past.ballot(&seat, &in_force.id(), round);
+        let mut changes: BTreeSet<ChangeId> = ballot.iter().map(|v| v.change).collect();
+        changes.insert(id);
+        if changes.len() > VOTES_PER_SEAT_ROUND_MAX {
+            return Err(ChangeError::TooManyVotes);
+        }
+    }
+    Ok(())
+}
+
 /// A seat's approvals of two different changes of one membership in one round: misbehaviour,
 /// like an equivocation. Each side is the seat's vote; `first` is the one that counts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -793,6 +900,8 @@ pub struct Resolution {
     excluded: BTreeMap<PublicKey, (usize, u64)>,
     /// Sorted by (base, round, seat).
     double_approvals: Vec<DoubleApproval>,
+    /// Per (base, round, seat): its approvals, in the order of rule M2.
+    ballots: BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>>,
 }
 
 impl Resolution {
@@ -805,6 +914,25 @@ impl Resolution {
     /// changes votes in this round (0 unless earlier rounds deadlocked).
     pub fn round(&self) -> u32 {
         self.round
+    }
+
+    /// The approvals of `seat` of changes of `base` in `round`, its vote first (rule M2).
+    pub fn ballot(&self, seat: &PublicKey, base: &MembershipId, round: u32) -> &[Vote] {
+        self.ballots.get(&(*base, round, *seat)).map_or(&[], Vec::as_slice)
+    }
+
+    /// The changes voted for in the open round of the membership in force, with their counted
+    /// votes (seats in force whose vote it is), most votes first, then by id.
+    pub fn pending(&self) -> Vec<(ChangeId, usize)> {
+        let mut tally: BTreeMap<ChangeId, usize> = BTreeMap::new();
+        for seat in &self.in_force.seats {
+            if let Some(vote) = self.ballot(&seat.founder, &self.in_force.id, self.round).first() {
+                *tally.entry(vote.change).or_default() += 1;
+            }
+        }
+        let mut pending: Vec<(ChangeId, usize)> = tally.into_iter().collect();
+        pending.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        pending
     }
 
     /// Membership ids from the genesis's (the cluster id) to the one in force.

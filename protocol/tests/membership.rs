@@ -12,7 +12,7 @@ use cairn_protocol::codec::{CodecError, decode_change, decode_rotation, encode_c
 use cairn_protocol::limits::{CHANGE_BYTES_MAX, ROTATION_BYTES};
 use cairn_protocol::membership::{
     Approval, Change, ChangeError, ChangeId, ChangeKind, ChangeLog, KeyChains, Membership, MembershipId,
-    Policy, Proposal, Resolution, Rotation,
+    MembershipOp, Policy, Proposal, Resolution, Rotation, check_ops,
 };
 use cairn_protocol::{EventId, Genesis, Member};
 use proptest::prelude::*;
@@ -564,6 +564,93 @@ fn changes_and_rotations_encode_as_protocol_md_says_and_decode_strictly() {
     assert_eq!(decode_rotation(&bytes), Ok(rotation));
     assert_eq!(decode_rotation(&bytes[..ROTATION_BYTES - 1]), Err(CodecError::Truncated));
     assert!(matches!(decode_rotation(&[bytes.as_slice(), &[0]].concat()), Err(CodecError::Oversize { .. })));
+}
+
+/// Rules V2 to V5: what one event may carry, judged on its causal past.
+#[test]
+fn an_event_carries_only_votes_and_rotations_its_causal_past_allows() {
+    let mut l = Log::new(genesis(3));
+    let m0 = l.base();
+    let cluster = l.genesis.cluster_id();
+    let a = add(m0, 30, "alpha");
+    let a_id = l.propose(&a, &key(1), 1);
+    let past = l.resolve();
+    let check = |l: &Log, past: &Resolution, author: u16, seq: u64, ops: &[MembershipOp]| {
+        check_ops(&l.log, past, &key(author), seq, ops, |_| 4)
+    };
+    let approve = |change: ChangeId, round: u32| MembershipOp::Approve { change, round };
+    let propose = |change: &Change, round: u32| MembershipOp::Propose { change: change.clone(), round };
+    assert_eq!(check(&l, &past, 2, 1, &[approve(a_id, 0)]), Ok(()));
+    assert_eq!(
+        check(&l, &past, 2, 1, &[approve(a_id, 1)]),
+        Err(ChangeError::WrongRound { found: 1, open: 0 })
+    );
+    assert_eq!(
+        check(&l, &past, 2, 1, &[approve(ChangeId([3; 32]), 0)]),
+        Err(ChangeError::UnknownChange(ChangeId([3; 32])))
+    );
+    assert_eq!(check(&l, &past, 9, 1, &[approve(a_id, 0)]), Err(ChangeError::NotVoter(key(9))));
+    let b = add(m0, 31, "beta");
+    assert_eq!(check(&l, &past, 2, 1, &[approve(a_id, 0), propose(&b, 0)]), Err(ChangeError::TooManyVotes));
+    assert!(matches!(
+        check(&l, &past, 2, 1, &[propose(&add(MembershipId([1; 32]), 31, "b"), 0)]),
+        Err(ChangeError::WrongBase { .. })
+    ));
+    // A removal's cut is at most what the event had seen of the key (4 here).
+    assert_eq!(check(&l, &past, 2, 1, &[propose(&remove(m0, &key(3), 4), 0)]), Ok(()));
+    assert_eq!(
+        check(&l, &past, 2, 1, &[propose(&remove(m0, &key(3), 5), 0)]),
+        Err(ChangeError::CutUnseen { cut: 5, seen: 4 })
+    );
+    // m1 voted for alpha; a second different change is valid (and evidence); a third is not;
+    // alpha again is fine.
+    assert_eq!(check(&l, &past, 1, 2, &[propose(&b, 0)]), Ok(()));
+    l.propose(&b, &key(1), 2);
+    let past = l.resolve();
+    let c = add(m0, 32, "gamma");
+    assert_eq!(check(&l, &past, 1, 3, &[propose(&c, 0)]), Err(ChangeError::TooManyVotes));
+    assert_eq!(check(&l, &past, 1, 3, &[approve(a_id, 0)]), Ok(()));
+    // Rotations: one per event, by the author itself at its seq, with the proof.
+    let rotation = Rotation::new(&cluster, key(2), 5, &secret(40));
+    assert_eq!(check(&l, &past, 2, 5, &[MembershipOp::Rotate(rotation.clone())]), Ok(()));
+    assert_eq!(
+        check(&l, &past, 2, 6, &[MembershipOp::Rotate(rotation.clone())]),
+        Err(ChangeError::RotationNotOwn)
+    );
+    assert_eq!(
+        check(&l, &past, 3, 5, &[MembershipOp::Rotate(rotation.clone())]),
+        Err(ChangeError::RotationNotOwn)
+    );
+    let other = Rotation::new(&cluster, key(2), 5, &secret(41));
+    assert_eq!(
+        check(&l, &past, 2, 5, &[MembershipOp::Rotate(rotation.clone()), MembershipOp::Rotate(other)]),
+        Err(ChangeError::TooManyRotations)
+    );
+    let forged = Rotation { proof: Signature([1; 64]), ..rotation };
+    assert_eq!(check(&l, &past, 2, 5, &[MembershipOp::Rotate(forged)]), Err(ChangeError::BadProof));
+    // After its rotation at seq 5, m2's old key cannot vote; its successor can.
+    l.rotate(&key(2), 5, 40).unwrap();
+    let past = l.resolve();
+    assert_eq!(check(&l, &past, 2, 6, &[approve(a_id, 0)]), Err(ChangeError::NotVoter(key(2))));
+    assert_eq!(check(&l, &past, 40, 1, &[approve(a_id, 0)]), Ok(()));
+    // Once alpha is in force, approving a change of the old membership is refused.
+    l.approve(a_id, &key(40), 1);
+    let past = l.resolve();
+    assert_eq!(past.applied(), &[a_id]);
+    assert!(matches!(check(&l, &past, 3, 1, &[approve(b.id(), 0)]), Err(ChangeError::WrongBase { .. })));
+    assert_eq!(check(&l, &past, 30, 1, &[propose(&add(past.in_force().id(), 33, "delta"), 0)]), Ok(()));
+}
+
+/// The pending view: the open round's changes and their counted votes.
+#[test]
+fn pending_changes_are_the_open_rounds_votes() {
+    let mut l = Log::new(genesis(5));
+    let base = l.base();
+    let a = l.propose(&add(base, 30, "alpha"), &key(1), 1);
+    let b = l.propose(&add(base, 31, "beta"), &key(2), 1);
+    l.approve(a, &key(3), 1);
+    l.approve(b, &key(3), 2);
+    assert_eq!(l.resolve().pending(), vec![(a, 2), (b, 1)]);
 }
 
 // ---- properties -------------------------------------------------------------------------------

@@ -951,6 +951,7 @@ fn limits_table_matches_the_constants() {
         ("GENESIS_BYTES_MAX", limits::GENESIS_BYTES_MAX),
         ("CHANGE_BYTES_MAX", limits::CHANGE_BYTES_MAX),
         ("ROTATION_BYTES", limits::ROTATION_BYTES),
+        ("VOTES_PER_SEAT_ROUND_MAX", limits::VOTES_PER_SEAT_ROUND_MAX),
         ("DEPS_MAX", limits::DEPS_MAX),
         ("OPS_MAX", limits::OPS_MAX),
         ("KEY_BYTES_MAX", limits::KEY_BYTES_MAX),
