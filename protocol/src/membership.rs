@@ -585,8 +585,10 @@ pub struct ChangeLog {
     cluster: [u8; 32],
     genesis: Membership,
     policy: Policy,
-    /// Per change: the change, and the highest `seen` among its proposals.
-    changes: BTreeMap<ChangeId, (Change, u64)>,
+    /// Every change proposed.
+    changes: BTreeMap<ChangeId, Change>,
+    /// Per change, per proposing key and seq: the proposal's `seen`.
+    proposals: BTreeMap<ChangeId, BTreeMap<(PublicKey, u64), u64>>,
     /// Per (change, round, approving key): where it approved first (seq, event).
     approvals: BTreeMap<(ChangeId, u32, PublicKey), (u64, EventId)>,
     /// Per rotating key: its rotation that counts so far, as (seq, successor).
@@ -601,6 +603,7 @@ impl ChangeLog {
             genesis: Membership::genesis(genesis),
             policy,
             changes: BTreeMap::new(),
+            proposals: BTreeMap::new(),
             approvals: BTreeMap::new(),
             rotations: BTreeMap::new(),
         }
@@ -609,8 +612,9 @@ impl ChangeLog {
     /// Records a proposal and its author's approval.
     pub fn propose(&mut self, proposal: &Proposal) {
         let id = proposal.change.id();
-        let entry = self.changes.entry(id).or_insert_with(|| (proposal.change.clone(), proposal.seen));
-        entry.1 = entry.1.max(proposal.seen);
+        self.changes.entry(id).or_insert_with(|| proposal.change.clone());
+        let seen = self.proposals.entry(id).or_default().entry((proposal.author, proposal.seq)).or_insert(0);
+        *seen = (*seen).max(proposal.seen);
         self.approve(&Approval {
             change: id,
             round: proposal.round,
@@ -651,7 +655,7 @@ impl ChangeLog {
 
     /// The change of this id, if proposed.
     pub fn change(&self, id: &ChangeId) -> Option<&Change> {
-        self.changes.get(id).map(|(change, _)| change)
+        self.changes.get(id)
     }
 
     /// Changes proposed.
@@ -673,12 +677,37 @@ impl ChangeLog {
     /// §17, rules M1 to M9). Costs O((changes + approvals + rotations) · log) plus, per change
     /// applied, O(seats · rounds).
     pub fn resolve(&self) -> Resolution {
-        let chains = self.chains();
+        self.resolve_within(|_, _| true)
+    }
+
+    /// The resolution of the ops signed by `key` at `seq` for which `within(key, seq)` holds:
+    /// for an event's causal past, `within(key, seq)` is `seq ≤` the event's clock entry of
+    /// `key`. Equal to [`ChangeLog::resolve`] of a log holding only those ops, provided
+    /// `within` holds for a prefix of each key's seqs (as a causal past does): each key's
+    /// earliest approval and rotation are what count, and if the earliest is not within, no
+    /// later one is.
+    pub fn resolve_within(&self, within: impl Fn(&PublicKey, u64) -> bool) -> Resolution {
+        let rotations: BTreeMap<PublicKey, (u64, PublicKey)> = self
+            .rotations
+            .iter()
+            .filter(|(key, (seq, _))| within(key, *seq))
+            .map(|(k, r)| (*k, *r))
+            .collect();
+        let chains = KeyChains::build(&rotations, &self.genesis.founders_ever);
+        // The changes proposed within, with the highest `seen` of their proposals within.
+        let mut changes: BTreeMap<ChangeId, (&Change, u64)> = BTreeMap::new();
+        for (id, proposals) in &self.proposals {
+            let seen =
+                proposals.iter().filter(|((key, seq), _)| within(key, *seq)).map(|(_, seen)| *seen).max();
+            if let Some(seen) = seen {
+                changes.insert(*id, (&self.changes[id], seen));
+            }
+        }
         // Every counted approval, per (base, round, seat), in the order that picks a seat's vote.
         let mut ballots: BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>> = BTreeMap::new();
         for ((change, round, key), (seq, event)) in &self.approvals {
-            let Some((proposed, _)) = self.changes.get(change) else { continue };
-            if chains.last_seq(key).is_some_and(|last| *seq > last) {
+            let Some((proposed, _)) = changes.get(change) else { continue };
+            if !within(key, *seq) || chains.last_seq(key).is_some_and(|last| *seq > last) {
                 continue;
             }
             let Some((seat, position)) = chains.locate(key) else { continue };
@@ -695,11 +724,11 @@ impl ChangeLog {
         let mut founded: BTreeSet<PublicKey> = membership.founders_ever.clone();
         let mut cuts: BTreeMap<PublicKey, Cut> = BTreeMap::new();
         let round = loop {
-            let id = match self.decide(&membership, &ballots, &chains) {
+            let id = match self.decide(&membership, &changes, &ballots, &chains) {
                 Ok(id) => id,
                 Err(round) => break round,
             };
-            let (change, _) = &self.changes[&id];
+            let (change, _) = changes[&id];
             if let Some((seat, cut)) = membership.apply(id, &change.kind, &chains) {
                 cuts.insert(seat, cut);
             }
@@ -738,6 +767,8 @@ impl ChangeLog {
             excluded,
             double_approvals,
             ballots,
+            proposed: changes.iter().map(|(id, (change, _))| (*id, change.base)).collect(),
+            cluster: self.cluster,
         }
     }
 
@@ -748,13 +779,15 @@ impl ChangeLog {
     fn decide(
         &self,
         membership: &Membership,
+        changes: &BTreeMap<ChangeId, (&Change, u64)>,
         ballots: &BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>>,
         chains: &KeyChains,
     ) -> Result<ChangeId, u32> {
         let threshold = membership.threshold(self.policy);
         let seats = membership.seats.len();
         let may_apply = |id: &ChangeId| {
-            let (change, seen) = &self.changes[id];
+            // Ballots only hold approvals of changes in `changes`.
+            let (change, seen) = &changes[id];
             membership.check_kind(&change.kind, chains).is_ok()
                 && change.kind.removes().is_none_or(|(_, cut)| cut <= *seen)
         };
@@ -804,11 +837,11 @@ pub enum MembershipOp {
 }
 
 /// Rules V2 to V5 of `docs/PROTOCOL.md` §17: whether `author`'s event of `seq` may carry `ops`,
-/// given `log` and `past`, the change log of the event's causal past and its resolution, and
-/// `seen(key)`, the highest seq of `key` in that causal past. (V1, that the author may author
-/// at all, is [`Resolution::may_author`].) A function of the event and its causal past only.
+/// given `past`, the resolution of the event's causal past
+/// ([`ChangeLog::resolve_within`] its clock), and `seen(key)`, the highest seq of `key` in that
+/// causal past. (V1, that the author may author at all, is [`Resolution::may_author`].) A
+/// function of the event and its causal past only.
 pub fn check_ops(
-    log: &ChangeLog,
     past: &Resolution,
     author: &PublicKey,
     seq: u64,
@@ -829,7 +862,7 @@ pub fn check_ops(
                 if rotation.key != *author || rotation.cut != seq || rotation.successor == rotation.key {
                     return Err(ChangeError::RotationNotOwn);
                 }
-                if !rotation.verify(log.cluster()) {
+                if !rotation.verify(&past.cluster) {
                     return Err(ChangeError::BadProof);
                 }
                 continue;
@@ -839,11 +872,9 @@ pub fn check_ops(
                 in_force.check(change, past.chains(), cut_of)?;
                 (change.id(), *round)
             }
-            MembershipOp::Approve { change, round } => match log.change(change) {
-                Some(proposed) if proposed.base == in_force.id() => (*change, *round),
-                Some(proposed) => {
-                    return Err(ChangeError::WrongBase { found: proposed.base, in_force: in_force.id() });
-                }
+            MembershipOp::Approve { change, round } => match past.proposed.get(change) {
+                Some(base) if *base == in_force.id() => (*change, *round),
+                Some(base) => return Err(ChangeError::WrongBase { found: *base, in_force: in_force.id() }),
                 None => return Err(ChangeError::UnknownChange(*change)),
             },
         };
@@ -902,6 +933,10 @@ pub struct Resolution {
     double_approvals: Vec<DoubleApproval>,
     /// Per (base, round, seat): its approvals, in the order of rule M2.
     ballots: BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>>,
+    /// The base of every change proposed in the resolved set.
+    proposed: BTreeMap<ChangeId, MembershipId>,
+    /// The cluster the rotations' proofs are bound to.
+    cluster: [u8; 32],
 }
 
 impl Resolution {

@@ -575,70 +575,67 @@ fn an_event_carries_only_votes_and_rotations_its_causal_past_allows() {
     let a = add(m0, 30, "alpha");
     let a_id = l.propose(&a, &key(1), 1);
     let past = l.resolve();
-    let check = |l: &Log, past: &Resolution, author: u16, seq: u64, ops: &[MembershipOp]| {
-        check_ops(&l.log, past, &key(author), seq, ops, |_| 4)
+    let check = |past: &Resolution, author: u16, seq: u64, ops: &[MembershipOp]| {
+        check_ops(past, &key(author), seq, ops, |_| 4)
     };
     let approve = |change: ChangeId, round: u32| MembershipOp::Approve { change, round };
     let propose = |change: &Change, round: u32| MembershipOp::Propose { change: change.clone(), round };
-    assert_eq!(check(&l, &past, 2, 1, &[approve(a_id, 0)]), Ok(()));
+    assert_eq!(check(&past, 2, 1, &[approve(a_id, 0)]), Ok(()));
+    assert_eq!(check(&past, 2, 1, &[approve(a_id, 1)]), Err(ChangeError::WrongRound { found: 1, open: 0 }));
     assert_eq!(
-        check(&l, &past, 2, 1, &[approve(a_id, 1)]),
-        Err(ChangeError::WrongRound { found: 1, open: 0 })
-    );
-    assert_eq!(
-        check(&l, &past, 2, 1, &[approve(ChangeId([3; 32]), 0)]),
+        check(&past, 2, 1, &[approve(ChangeId([3; 32]), 0)]),
         Err(ChangeError::UnknownChange(ChangeId([3; 32])))
     );
-    assert_eq!(check(&l, &past, 9, 1, &[approve(a_id, 0)]), Err(ChangeError::NotVoter(key(9))));
+    assert_eq!(check(&past, 9, 1, &[approve(a_id, 0)]), Err(ChangeError::NotVoter(key(9))));
     let b = add(m0, 31, "beta");
-    assert_eq!(check(&l, &past, 2, 1, &[approve(a_id, 0), propose(&b, 0)]), Err(ChangeError::TooManyVotes));
+    assert_eq!(check(&past, 2, 1, &[approve(a_id, 0), propose(&b, 0)]), Err(ChangeError::TooManyVotes));
     assert!(matches!(
-        check(&l, &past, 2, 1, &[propose(&add(MembershipId([1; 32]), 31, "b"), 0)]),
+        check(&past, 2, 1, &[propose(&add(MembershipId([1; 32]), 31, "b"), 0)]),
         Err(ChangeError::WrongBase { .. })
     ));
     // A removal's cut is at most what the event had seen of the key (4 here).
-    assert_eq!(check(&l, &past, 2, 1, &[propose(&remove(m0, &key(3), 4), 0)]), Ok(()));
+    assert_eq!(check(&past, 2, 1, &[propose(&remove(m0, &key(3), 4), 0)]), Ok(()));
     assert_eq!(
-        check(&l, &past, 2, 1, &[propose(&remove(m0, &key(3), 5), 0)]),
+        check(&past, 2, 1, &[propose(&remove(m0, &key(3), 5), 0)]),
         Err(ChangeError::CutUnseen { cut: 5, seen: 4 })
     );
     // m1 voted for alpha; a second different change is valid (and evidence); a third is not;
     // alpha again is fine.
-    assert_eq!(check(&l, &past, 1, 2, &[propose(&b, 0)]), Ok(()));
+    assert_eq!(check(&past, 1, 2, &[propose(&b, 0)]), Ok(()));
     l.propose(&b, &key(1), 2);
     let past = l.resolve();
     let c = add(m0, 32, "gamma");
-    assert_eq!(check(&l, &past, 1, 3, &[propose(&c, 0)]), Err(ChangeError::TooManyVotes));
-    assert_eq!(check(&l, &past, 1, 3, &[approve(a_id, 0)]), Ok(()));
+    assert_eq!(check(&past, 1, 3, &[propose(&c, 0)]), Err(ChangeError::TooManyVotes));
+    assert_eq!(check(&past, 1, 3, &[approve(a_id, 0)]), Ok(()));
     // Rotations: one per event, by the author itself at its seq, with the proof.
     let rotation = Rotation::new(&cluster, key(2), 5, &secret(40));
-    assert_eq!(check(&l, &past, 2, 5, &[MembershipOp::Rotate(rotation.clone())]), Ok(()));
+    assert_eq!(check(&past, 2, 5, &[MembershipOp::Rotate(rotation.clone())]), Ok(()));
     assert_eq!(
-        check(&l, &past, 2, 6, &[MembershipOp::Rotate(rotation.clone())]),
+        check(&past, 2, 6, &[MembershipOp::Rotate(rotation.clone())]),
         Err(ChangeError::RotationNotOwn)
     );
     assert_eq!(
-        check(&l, &past, 3, 5, &[MembershipOp::Rotate(rotation.clone())]),
+        check(&past, 3, 5, &[MembershipOp::Rotate(rotation.clone())]),
         Err(ChangeError::RotationNotOwn)
     );
     let other = Rotation::new(&cluster, key(2), 5, &secret(41));
     assert_eq!(
-        check(&l, &past, 2, 5, &[MembershipOp::Rotate(rotation.clone()), MembershipOp::Rotate(other)]),
+        check(&past, 2, 5, &[MembershipOp::Rotate(rotation.clone()), MembershipOp::Rotate(other)]),
         Err(ChangeError::TooManyRotations)
     );
     let forged = Rotation { proof: Signature([1; 64]), ..rotation };
-    assert_eq!(check(&l, &past, 2, 5, &[MembershipOp::Rotate(forged)]), Err(ChangeError::BadProof));
+    assert_eq!(check(&past, 2, 5, &[MembershipOp::Rotate(forged)]), Err(ChangeError::BadProof));
     // After its rotation at seq 5, m2's old key cannot vote; its successor can.
     l.rotate(&key(2), 5, 40).unwrap();
     let past = l.resolve();
-    assert_eq!(check(&l, &past, 2, 6, &[approve(a_id, 0)]), Err(ChangeError::NotVoter(key(2))));
-    assert_eq!(check(&l, &past, 40, 1, &[approve(a_id, 0)]), Ok(()));
+    assert_eq!(check(&past, 2, 6, &[approve(a_id, 0)]), Err(ChangeError::NotVoter(key(2))));
+    assert_eq!(check(&past, 40, 1, &[approve(a_id, 0)]), Ok(()));
     // Once alpha is in force, approving a change of the old membership is refused.
     l.approve(a_id, &key(40), 1);
     let past = l.resolve();
     assert_eq!(past.applied(), &[a_id]);
-    assert!(matches!(check(&l, &past, 3, 1, &[approve(b.id(), 0)]), Err(ChangeError::WrongBase { .. })));
-    assert_eq!(check(&l, &past, 30, 1, &[propose(&add(past.in_force().id(), 33, "delta"), 0)]), Ok(()));
+    assert!(matches!(check(&past, 3, 1, &[approve(b.id(), 0)]), Err(ChangeError::WrongBase { .. })));
+    assert_eq!(check(&past, 30, 1, &[propose(&add(past.in_force().id(), 33, "delta"), 0)]), Ok(()));
 }
 
 /// The pending view: the open round's changes and their counted votes.
@@ -880,6 +877,35 @@ proptest! {
             );
             at += 1 + at / 4;
         }
+    }
+
+    /// The resolution of an event's causal past, read off one log of everything with the
+    /// event's clock, equals the resolution of a log of just that past.
+    #[test]
+    fn resolving_within_a_clock_equals_resolving_the_causal_past(
+        seed in any::<u64>(),
+        n in 2u16..=6,
+        steps in 1usize..=40,
+        cut in any::<u64>(),
+    ) {
+        let h = history(seed, n, usize::from(n) / 2, steps);
+        let at = (cut % (h.entries.len() as u64 + 1)) as usize;
+        let mut clock: BTreeMap<PublicKey, u64> = BTreeMap::new();
+        for entry in &h.entries[..at] {
+            let (author, seq) = match entry {
+                Entry::Propose(p) => (p.author, p.seq),
+                Entry::Approve(a) => (a.author, a.seq),
+                Entry::Rotate(_, author, seq) => (*author, *seq),
+            };
+            let highest = clock.entry(author).or_insert(0);
+            *highest = (*highest).max(seq);
+        }
+        let mut whole = ChangeLog::new(&h.genesis, Policy::Majority);
+        for entry in &h.entries {
+            record(&mut whole, entry);
+        }
+        let within = whole.resolve_within(|key, seq| clock.get(key).is_some_and(|c| seq <= *c));
+        prop_assert_eq!(within, resolve(&h.genesis, &h.entries[..at]));
     }
 
     /// With fewer Byzantine seats than the threshold (at most half of the genesis), every change
