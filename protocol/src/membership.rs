@@ -348,6 +348,7 @@ impl Membership {
         if change.base != self.id {
             return Err(ChangeError::WrongBase { found: change.base, in_force: self.id });
         }
+        usable(&change.kind)?;
         self.check_kind(&change.kind, chains)?;
         match change.kind.removes() {
             Some((_, cut)) if cut > seen => Err(ChangeError::CutUnseen { cut, seen }),
@@ -367,13 +368,8 @@ impl Membership {
                 return Err(ChangeError::LastMember);
             }
         }
-        if let Some(key) = kind.adds() {
-            if !is_usable_key(key) {
-                return Err(ChangeError::BadKey(*key));
-            }
-            if self.founders_ever.contains(key) {
-                return Err(ChangeError::KeyUsed(*key));
-            }
+        if let Some(key) = kind.adds().filter(|k| self.founders_ever.contains(k)) {
+            return Err(ChangeError::KeyUsed(*key));
         }
         if let ChangeKind::Add { name, .. } = kind {
             if !is_valid_name(name) {
@@ -417,6 +413,15 @@ impl Membership {
             self.seats.insert(at, Seat { founder, name });
         }
         removed
+    }
+}
+
+/// Whether the key a change founds a seat with can ever sign: a property of the change alone, so
+/// a log checks it once per change rather than at every membership (it decompresses a point).
+fn usable(kind: &ChangeKind) -> Result<(), ChangeError> {
+    match kind.adds() {
+        Some(key) if !is_usable_key(key) => Err(ChangeError::BadKey(*key)),
+        _ => Ok(()),
     }
 }
 
@@ -585,8 +590,8 @@ pub struct ChangeLog {
     cluster: [u8; 32],
     genesis: Membership,
     policy: Policy,
-    /// Every change proposed.
-    changes: BTreeMap<ChangeId, Change>,
+    /// Every change proposed, and whether its founding key, if any, is usable (checked once).
+    changes: BTreeMap<ChangeId, (Change, bool)>,
     /// Per change, per proposing key and seq: the proposal's `seen`.
     proposals: BTreeMap<ChangeId, BTreeMap<(PublicKey, u64), u64>>,
     /// Per (change, round, approving key): where it approved first (seq, event).
@@ -612,7 +617,9 @@ impl ChangeLog {
     /// Records a proposal and its author's approval.
     pub fn propose(&mut self, proposal: &Proposal) {
         let id = proposal.change.id();
-        self.changes.entry(id).or_insert_with(|| proposal.change.clone());
+        self.changes
+            .entry(id)
+            .or_insert_with(|| (proposal.change.clone(), usable(&proposal.change.kind).is_ok()));
         let seen = self.proposals.entry(id).or_default().entry((proposal.author, proposal.seq)).or_insert(0);
         *seen = (*seen).max(proposal.seen);
         self.approve(&Approval {
@@ -655,7 +662,7 @@ impl ChangeLog {
 
     /// The change of this id, if proposed.
     pub fn change(&self, id: &ChangeId) -> Option<&Change> {
-        self.changes.get(id)
+        self.changes.get(id).map(|(change, _)| change)
     }
 
     /// Changes proposed.
@@ -695,18 +702,18 @@ impl ChangeLog {
             .collect();
         let chains = KeyChains::build(&rotations, &self.genesis.founders_ever);
         // The changes proposed within, with the highest `seen` of their proposals within.
-        let mut changes: BTreeMap<ChangeId, (&Change, u64)> = BTreeMap::new();
+        let mut changes: BTreeMap<ChangeId, (&Change, bool, u64)> = BTreeMap::new();
         for (id, proposals) in &self.proposals {
             let seen =
                 proposals.iter().filter(|((key, seq), _)| within(key, *seq)).map(|(_, seen)| *seen).max();
-            if let Some(seen) = seen {
-                changes.insert(*id, (&self.changes[id], seen));
+            if let (Some(seen), Some((change, usable))) = (seen, self.changes.get(id)) {
+                changes.insert(*id, (change, *usable, seen));
             }
         }
         // Every counted approval, per (base, round, seat), in the order that picks a seat's vote.
         let mut ballots: BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>> = BTreeMap::new();
         for ((change, round, key), (seq, event)) in &self.approvals {
-            let Some((proposed, _)) = changes.get(change) else { continue };
+            let Some((proposed, _, _)) = changes.get(change) else { continue };
             if !within(key, *seq) || chains.last_seq(key).is_some_and(|last| *seq > last) {
                 continue;
             }
@@ -728,7 +735,7 @@ impl ChangeLog {
                 Ok(id) => id,
                 Err(round) => break round,
             };
-            let (change, _) = changes[&id];
+            let (change, _, _) = changes[&id];
             if let Some((seat, cut)) = membership.apply(id, &change.kind, &chains) {
                 cuts.insert(seat, cut);
             }
@@ -767,7 +774,7 @@ impl ChangeLog {
             excluded,
             double_approvals,
             ballots,
-            proposed: changes.iter().map(|(id, (change, _))| (*id, change.base)).collect(),
+            proposed: changes.iter().map(|(id, (change, _, _))| (*id, change.base)).collect(),
             cluster: self.cluster,
         }
     }
@@ -779,7 +786,7 @@ impl ChangeLog {
     fn decide(
         &self,
         membership: &Membership,
-        changes: &BTreeMap<ChangeId, (&Change, u64)>,
+        changes: &BTreeMap<ChangeId, (&Change, bool, u64)>,
         ballots: &BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>>,
         chains: &KeyChains,
     ) -> Result<ChangeId, u32> {
@@ -787,8 +794,9 @@ impl ChangeLog {
         let seats = membership.seats.len();
         let may_apply = |id: &ChangeId| {
             // Ballots only hold approvals of changes in `changes`.
-            let (change, seen) = &changes[id];
-            membership.check_kind(&change.kind, chains).is_ok()
+            let (change, usable, seen) = &changes[id];
+            *usable
+                && membership.check_kind(&change.kind, chains).is_ok()
                 && change.kind.removes().is_none_or(|(_, cut)| cut <= *seen)
         };
         for round in 0..=u32::MAX {

@@ -2,7 +2,7 @@
 //! in the same run on the same machine.
 //!
 //! ```text
-//! cairn-bench [all | verify | ingest | sync]... [--quick] [--out FILE]
+//! cairn-bench [all | verify | ingest | sync | membership]... [--quick] [--out FILE]
 //! ```
 //!
 //! - `verify`: the baseline, raw `verify_strict` per second on one and on two threads.
@@ -10,12 +10,16 @@
 //!   document), against `verify_strict` per second on the same number of threads.
 //! - `sync`: flights, round trips and bytes of reconciliation sessions between two nodes,
 //!   against the bytes of the events that had to move.
+//! - `membership`: resolving the membership in force on histories of 10 to 1 000 changes,
+//!   against `verify_strict` on one thread.
 //!
 //! Test data is signed before any clock starts. The tables go to stdout in markdown, and to
 //! `FILE` too with `--out`. `--quick` shrinks every size for a smoke test.
 
 #[path = "../protocol/data.rs"]
 mod data;
+#[path = "../protocol/membership.rs"]
+mod membership;
 #[path = "../protocol/sync.rs"]
 mod sync;
 
@@ -35,13 +39,15 @@ use data::{Cast, View, chain, drain_events, events_messages, small_ops};
 /// Times each measurement is repeated; the median is reported.
 const REPEATS: usize = 3;
 
-const USAGE: &str = "usage: cairn-bench [all | verify | ingest | sync]... [--quick] [--out FILE]";
+const USAGE: &str =
+    "usage: cairn-bench [all | verify | ingest | sync | membership]... [--quick] [--out FILE]";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Command {
     Verify,
     Ingest,
     Sync,
+    Membership,
 }
 
 struct Args {
@@ -55,10 +61,13 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
-            "all" => args.commands.extend([Command::Verify, Command::Ingest, Command::Sync]),
+            "all" => {
+                args.commands.extend([Command::Verify, Command::Ingest, Command::Sync, Command::Membership])
+            }
             "verify" => args.commands.push(Command::Verify),
             "ingest" => args.commands.push(Command::Ingest),
             "sync" => args.commands.push(Command::Sync),
+            "membership" => args.commands.push(Command::Membership),
             "--quick" => args.quick = true,
             "--out" => args.out = Some(it.next().ok_or("--out needs a file name")?.into()),
             "-h" | "--help" => return Err(String::new()),
@@ -441,6 +450,13 @@ fn main() -> ExitCode {
                 eprintln!("sync: building scenarios");
                 let rows = sync::run(&cast, &sizes.sync);
                 sync_table(&mut out, &rows);
+            }
+            Command::Membership => {
+                let set = verify_set.get_or_insert_with(|| {
+                    eprintln!("verify: signing {} messages with distinct keys", sizes.verify);
+                    VerifySet::new(sizes.verify)
+                });
+                membership::section(&mut out, set, args.quick);
             }
         }
     }

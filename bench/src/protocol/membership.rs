@@ -1,0 +1,153 @@
+//! `cairn-bench membership`: what resolving the membership costs, against `verify_strict`.
+//!
+//! Membership ops are not on the wire yet (`docs/PROTOCOL.md` §17), so this measures the part
+//! the adapter will pay per membership op: one [`ChangeLog::resolve_within`] of the event's
+//! clock (the membership in force for the event), on logs of growing history. Events without a
+//! membership op share the resolution their deps had, so the projected cost on ingest at one
+//! change per 10 000 events is (ops per change × one resolution) ÷ 10 000 signatures' worth.
+
+use std::fmt::Write as _;
+use std::hint::black_box;
+use std::time::Instant;
+
+use cairn_bench::VerifySet;
+use cairn_crypto::{PublicKey, SecretKey};
+use cairn_protocol::membership::{Approval, Change, ChangeKind, ChangeLog, Policy, Proposal, Rotation};
+use cairn_protocol::{EventId, Genesis, Member};
+
+/// Seats of the benchmark's cluster.
+const SEATS: u64 = 5;
+
+fn secret(i: u64) -> SecretKey {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&i.to_le_bytes());
+    seed[8] = 0x3b;
+    SecretKey::from_seed(&seed)
+}
+
+/// A log of `changes` changes applied one after another (an addition, then its removal, and so
+/// on, so the cluster stays at 5 or 6 seats), each proposed by one seat and approved by three
+/// more, plus a rotation of one genesis key every 10 changes. Returns the log and its ops.
+fn history(changes: u64) -> (ChangeLog, usize) {
+    let genesis =
+        Genesis::new((0..SEATS).map(|i| Member { key: secret(i).public(), name: format!("m{i}") }).collect())
+            .expect("a valid genesis");
+    let cluster = genesis.cluster_id();
+    let mut log = ChangeLog::new(&genesis, Policy::Majority);
+    // The current key of genesis seat 0, which rotates; seats 1 to 3 always approve (4 of 5 or 6
+    // seats: a majority of either).
+    let mut rotating = secret(0).public();
+    let mut seq = [0u64; 4];
+    let mut ops = 0;
+    let event = |key: &PublicKey, seq: u64| {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&seq.to_le_bytes());
+        id[8..16].copy_from_slice(&key.0[..8]);
+        EventId(id)
+    };
+    for i in 0..changes {
+        let base = log.resolve().in_force().id();
+        let added = secret(1_000 + i / 2).public();
+        let kind = if i % 2 == 0 {
+            ChangeKind::Add { key: added, name: format!("n{}", i / 2) }
+        } else {
+            ChangeKind::Remove { key: added, cut: 0 }
+        };
+        let change = Change { base, kind };
+        seq[0] += 1;
+        log.propose(&Proposal {
+            change: change.clone(),
+            round: 0,
+            author: rotating,
+            seq: seq[0],
+            event: event(&rotating, seq[0]),
+            seen: 0,
+        });
+        for (s, seq) in seq.iter_mut().enumerate().skip(1) {
+            *seq += 1;
+            let author = secret(s as u64).public();
+            log.approve(&Approval {
+                change: change.id(),
+                round: 0,
+                author,
+                seq: *seq,
+                event: event(&author, *seq),
+            });
+        }
+        ops += 4;
+        if i % 10 == 9 {
+            seq[0] += 1;
+            let next = secret(100_000 + i);
+            let rotation = Rotation::new(&cluster, rotating, seq[0], &next);
+            log.rotate(&rotation, &rotating, seq[0]).expect("an own rotation with its proof");
+            rotating = next.public();
+            seq[0] = 0;
+            ops += 1;
+        }
+    }
+    let resolution = log.resolve();
+    assert_eq!(resolution.applied().len() as u64, changes, "every change took effect");
+    (log, ops)
+}
+
+/// Seconds per call of `f`, the median of 3 runs of enough calls to take about 50 ms.
+fn per_call(mut f: impl FnMut()) -> f64 {
+    let start = Instant::now();
+    f();
+    let once = start.elapsed().as_secs_f64().max(1e-7);
+    let calls = ((0.05 / once) as usize).clamp(1, 100_000);
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        for _ in 0..calls {
+            f();
+        }
+        runs.push(start.elapsed().as_secs_f64() / calls as f64);
+    }
+    runs.sort_by(f64::total_cmp);
+    runs[1]
+}
+
+/// The membership section of the report.
+pub(crate) fn section(out: &mut String, set: &VerifySet, quick: bool) {
+    let sizes: &[u64] = if quick { &[10, 100] } else { &[10, 100, 1_000] };
+    let mut rows = Vec::new();
+    for &changes in sizes {
+        eprintln!("membership: a history of {changes} changes");
+        let (log, ops) = history(changes);
+        let baseline = set.run(1);
+        let resolve = per_call(|| drop(black_box(log.resolve())));
+        let within = per_call(|| drop(black_box(log.resolve_within(|_, seq| seq < 5))));
+        let baseline_after = set.run(1);
+        let verifies_per_sec = (baseline + baseline_after) / 2.0;
+        rows.push((changes, ops, resolve, within, verifies_per_sec));
+    }
+    let _ = writeln!(out, "## membership: resolving the membership in force\n");
+    let _ = writeln!(
+        out,
+        "| changes in the history (ops) | `resolve` µs | in `verify_strict`s (1 thread, same run) | \
+         `resolve_within` an early clock µs | projected ingest cost at 1 change per 10 000 events |"
+    );
+    let _ = writeln!(out, "|---:|---:|---:|---:|---:|");
+    for (changes, ops, resolve, within, verifies) in &rows {
+        let equivalents = resolve * verifies;
+        let ops_per_change = *ops as f64 / *changes as f64;
+        let _ = writeln!(
+            out,
+            "| {changes} ({ops}) | {:.1} | {equivalents:.2} | {:.1} | {:.4} % |",
+            resolve * 1e6,
+            within * 1e6,
+            100.0 * ops_per_change * equivalents / 10_000.0
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nA cluster of {SEATS} seats; each change (an addition, then its removal, and so on) is proposed \
+         by one seat and approved by three more (4 ops), and one genesis key rotates every 10 changes. \
+         `resolve` resolves the whole log; `resolve_within` the part of it a clock of seq 4 covers \
+         (the membership in force for an early event). The projection assumes the adapter resolves \
+         once per membership op (the ops per change counted above) and that other events reuse their \
+         deps' resolution; membership ops are not on the wire yet, so it is not an ingest \
+         measurement.\n"
+    );
+}
