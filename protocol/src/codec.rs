@@ -457,13 +457,15 @@ impl Encode for Change {
                 key.0.encode(encoder)?;
                 encode_bytes(name.as_bytes(), encoder)
             }
-            ChangeKind::Remove { key, cut } => {
+            ChangeKind::Remove { seat, key, cut } => {
                 CHANGE_REMOVE.encode(encoder)?;
+                seat.0.encode(encoder)?;
                 key.0.encode(encoder)?;
                 cut.encode(encoder)
             }
-            ChangeKind::Replace { key, cut, successor } => {
+            ChangeKind::Replace { seat, key, cut, successor } => {
                 CHANGE_REPLACE.encode(encoder)?;
+                seat.0.encode(encoder)?;
                 key.0.encode(encoder)?;
                 cut.encode(encoder)?;
                 successor.0.encode(encoder)
@@ -479,7 +481,7 @@ impl<Context> Decode<Context> for Change {
         if tag > CHANGE_REPLACE {
             return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}change tag {tag}")));
         }
-        let key = PublicKey(decode_array(decoder)?);
+        let first = PublicKey(decode_array(decoder)?);
         let kind = match tag {
             CHANGE_ADD => {
                 let name = decode_bytes(decoder, MEMBER_NAME_BYTES_MAX, "member name")?;
@@ -490,11 +492,16 @@ impl<Context> Decode<Context> for Change {
                         "bad_name: member name {name:?} must be 1 to {MEMBER_NAME_BYTES_MAX} bytes without control characters"
                     )));
                 }
-                ChangeKind::Add { key, name }
+                ChangeKind::Add { key: first, name }
             }
-            CHANGE_REMOVE => ChangeKind::Remove { key, cut: u64::decode(decoder)? },
+            CHANGE_REMOVE => ChangeKind::Remove {
+                seat: first,
+                key: PublicKey(decode_array(decoder)?),
+                cut: u64::decode(decoder)?,
+            },
             _ => ChangeKind::Replace {
-                key,
+                seat: first,
+                key: PublicKey(decode_array(decoder)?),
                 cut: u64::decode(decoder)?,
                 successor: PublicKey(decode_array(decoder)?),
             },

@@ -12,7 +12,7 @@ pub const MEMBER_NAME_BYTES_MAX: usize = 64;
 pub const GENESIS_BYTES_MAX: usize = 8 + MEMBERS_MAX * (32 + 8 + MEMBER_NAME_BYTES_MAX);
 
 /// Largest encoded membership change: an addition with the longest name (base, tag, key, name
-/// length, name).
+/// length, name), as long as a replacement (base, tag, seat, key, cut, successor).
 pub const CHANGE_BYTES_MAX: usize = 32 + 4 + 32 + 8 + MEMBER_NAME_BYTES_MAX;
 /// An encoded key rotation: key, cut, successor, proof (fixed size).
 pub const ROTATION_BYTES: usize = 32 + 8 + 32 + 64;
@@ -59,7 +59,7 @@ const _: () =
 const _: () = assert!(4 + 8 + 7 * (8 + EVENT_BYTES_MAX) <= MESSAGE_BYTES_MAX);
 const _: () = assert!(4 + 8 + 8 * (8 + EVENT_BYTES_MAX) > MESSAGE_BYTES_MAX);
 // A replacement fits a change.
-const _: () = assert!(32 + 4 + 32 + 8 + 32 <= CHANGE_BYTES_MAX);
+const _: () = assert!(32 + 4 + 32 + 32 + 8 + 32 <= CHANGE_BYTES_MAX);
 // A full Tips, Want or evidence message fits in one message.
 const _: () = assert!(
     16 + TIPS_PER_MESSAGE_MAX * (32 + 8 + 32) + 8 + EVIDENCE_PER_MESSAGE_MAX * EVIDENCE_BYTES_MAX

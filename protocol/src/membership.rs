@@ -85,33 +85,36 @@ pub enum ChangeKind {
         /// Its display name (the genesis's name rule).
         name: String,
     },
-    /// Removes the seat `key` belongs to. Of that seat, `key`'s events up to `cut` are kept,
-    /// the keys before `key` in the seat's chain keep theirs up to their rotations, and the keys
-    /// after it keep none.
+    /// Removes `seat`. Of its keys, `key`'s events up to `cut` are kept, the keys before `key`
+    /// in the seat's chain keep theirs up to their rotations, and the keys after it keep none.
     Remove {
-        /// A key of the seat removed, as the proposer knew it.
+        /// The seat removed (its founding key).
+        seat: PublicKey,
+        /// A key of the seat's chain, as the proposer knew it: where the cut is.
         key: PublicKey,
         /// The last seq of `key` that is kept (0 keeps none).
         cut: u64,
     },
-    /// Removes the seat `key` belongs to, as [`ChangeKind::Remove`] does, and founds a seat of
-    /// `successor` under the same name (a lost or stolen key).
+    /// Removes `seat`, as [`ChangeKind::Remove`] does, and founds a seat of `successor` under
+    /// the same name (a lost or stolen key).
     Replace {
-        /// A key of the seat replaced.
+        /// The seat replaced (its founding key).
+        seat: PublicKey,
+        /// A key of the seat's chain: where the cut is.
         key: PublicKey,
         /// The last seq of `key` that is kept.
         cut: u64,
-        /// The key that takes its place; it never founded a seat.
+        /// The key that founds the new seat; it never founded one before.
         successor: PublicKey,
     },
 }
 
 impl ChangeKind {
-    /// The key whose seat this change removes, and its cut.
-    pub const fn removes(&self) -> Option<(&PublicKey, u64)> {
+    /// The seat this change removes, the key its cut names, and the cut.
+    pub const fn removes(&self) -> Option<(&PublicKey, &PublicKey, u64)> {
         match self {
             Self::Add { .. } => None,
-            Self::Remove { key, cut } | Self::Replace { key, cut, .. } => Some((key, *cut)),
+            Self::Remove { seat, key, cut } | Self::Replace { seat, key, cut, .. } => Some((seat, key, *cut)),
         }
     }
 
@@ -240,9 +243,17 @@ pub enum ChangeError {
         /// The membership in force.
         in_force: MembershipId,
     },
-    /// The key to remove or replace is not a key of a seat in force.
-    #[error("{0} is not a key of a seat in force")]
+    /// The seat to remove or replace is not in force.
+    #[error("{0} founded no seat in force")]
     NotMember(PublicKey),
+    /// The key a removal's cut names is not on the seat's chain.
+    #[error("{key} is not a key of the seat of {seat}")]
+    NotInChain {
+        /// The seat.
+        seat: PublicKey,
+        /// The key.
+        key: PublicKey,
+    },
     /// The key to add founded a seat of this chain before.
     #[error("{0} founded a seat already")]
     KeyUsed(PublicKey),
@@ -351,18 +362,20 @@ impl Membership {
         usable(&change.kind)?;
         self.check_kind(&change.kind, chains)?;
         match change.kind.removes() {
-            Some((_, cut)) if cut > seen => Err(ChangeError::CutUnseen { cut, seen }),
+            Some((_, _, cut)) if cut > seen => Err(ChangeError::CutUnseen { cut, seen }),
             _ => Ok(()),
         }
     }
 
-    /// The rules on the change's kind against this membership. None of them depends on
-    /// anything that can arrive later: a change that passes here passes in every superset.
+    /// The rules on the change's kind against this membership. A change that passes here
+    /// passes in every causally later superset: key chains only grow (see [`KeyChains`]).
     fn check_kind(&self, kind: &ChangeKind, chains: &KeyChains) -> Result<(), ChangeError> {
-        if let Some((key, _)) = kind.removes() {
-            let seat = chains.locate(key).map(|(seat, _)| seat);
-            if seat.is_none_or(|s| self.seat(&s).is_none()) {
-                return Err(ChangeError::NotMember(*key));
+        if let Some((seat, key, _)) = kind.removes() {
+            if self.seat(seat).is_none() {
+                return Err(ChangeError::NotMember(*seat));
+            }
+            if chains.position(seat, key).is_none() {
+                return Err(ChangeError::NotInChain { seat: *seat, key: *key });
             }
             if kind.adds().is_none() && self.seats.len() == 1 {
                 return Err(ChangeError::LastMember);
@@ -394,12 +407,12 @@ impl Membership {
         self.epoch += 1;
         let mut removed = None;
         let mut name = None;
-        if let Some((key, cut)) = kind.removes() {
-            // `check_kind` located the key in a seat in force.
-            let (founder, position) = chains.locate(key).expect("a removed key has a seat");
-            let at = self.seats.binary_search_by(|s| s.founder.cmp(&founder));
+        if let Some((seat, key, cut)) = kind.removes() {
+            // `check_kind` found the seat in force and the key on its chain.
+            let position = chains.position(seat, key).expect("the cut key is on the seat's chain");
+            let at = self.seats.binary_search_by(|s| s.founder.cmp(seat));
             name = Some(self.seats.remove(at.expect("a removed seat is in force")).name);
-            removed = Some((founder, Cut { position, seq: cut }));
+            removed = Some((*seat, Cut { position, seq: cut }));
         }
         let founded = match kind {
             ChangeKind::Add { key, name } => Some((*key, name.clone())),
@@ -425,92 +438,79 @@ fn usable(kind: &ChangeKind) -> Result<(), ChangeError> {
     }
 }
 
-/// The seats' key chains that a set of rotations makes: which seat each key belongs to, at which
-/// position of its chain, and up to which seq it counts.
+/// The seats' key chains that a set of rotations makes: the keys of each seat, in order, and up
+/// to which seq each key counts.
 ///
 /// A key rotates at most once: its rotation with the lowest seq (then the lowest successor)
-/// counts, and its events past that seq do not. A successor belongs to the rotating key's seat,
-/// unless it is a genesis key, the key itself, or the successor of two different keys (only
-/// possible if its holder signed two proofs): then the old key still retires at its rotation
-/// but no seat gains the successor.
+/// counts, and its events past that seq do not. A seat's chain starts at its founder and
+/// follows each key's rotation to its successor, except into a genesis key, and stops before a
+/// key it already holds. Rotating to a key takes that key's own signature, so a key on two
+/// chains (it signed two proofs, or founded a seat and signed a proof) belongs to both: chains
+/// only ever grow as rotations arrive in causal order, so no vote once counted is taken back.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KeyChains {
     /// Per rotating key: the seq its rotation was signed at, and the successor.
     rotated: BTreeMap<PublicKey, (u64, PublicKey)>,
-    /// Per successor that joined a chain: its chain's first key and its position (≥ 1).
-    located: BTreeMap<PublicKey, (PublicKey, usize)>,
-    /// Successors that joined no chain (see above): they belong to no seat.
-    orphans: BTreeSet<PublicKey>,
+    /// Per seat (founding key): its chain, founder first.
+    chains: BTreeMap<PublicKey, Vec<PublicKey>>,
+    /// Per key: the seats whose chains hold it, and its position there.
+    seats: BTreeMap<PublicKey, Vec<(PublicKey, usize)>>,
 }
 
 impl KeyChains {
-    fn build(rotations: &BTreeMap<PublicKey, (u64, PublicKey)>, genesis_keys: &BTreeSet<PublicKey>) -> Self {
-        let mut predecessors: BTreeMap<PublicKey, Vec<PublicKey>> = BTreeMap::new();
-        for (key, (_, successor)) in rotations {
-            predecessors.entry(*successor).or_default().push(*key);
-        }
-        // Per successor that joins its predecessor's chain: that predecessor.
-        let mut joined: BTreeMap<PublicKey, PublicKey> = BTreeMap::new();
-        let mut orphans = BTreeSet::new();
-        for (successor, keys) in &predecessors {
-            if genesis_keys.contains(successor) {
-                // A genesis key stays the first key of its own seat.
+    /// The chains of `founders` under `rotations`.
+    fn build<'a>(
+        rotations: &BTreeMap<PublicKey, (u64, PublicKey)>,
+        genesis_keys: &BTreeSet<PublicKey>,
+        founders: impl IntoIterator<Item = &'a PublicKey>,
+    ) -> Self {
+        let mut chains = BTreeMap::new();
+        let mut seats: BTreeMap<PublicKey, Vec<(PublicKey, usize)>> = BTreeMap::new();
+        for founder in founders {
+            if chains.contains_key(founder) {
                 continue;
             }
-            match keys.as_slice() {
-                [one] => {
-                    joined.insert(*successor, *one);
-                }
-                _ => {
-                    orphans.insert(*successor);
-                }
-            }
-        }
-        // Walk each chain forward from its first key. Every joined successor has one
-        // predecessor, so a walk never meets a key twice.
-        let mut located = BTreeMap::new();
-        for first in rotations.keys().filter(|k| !joined.contains_key(k)) {
-            let mut key = *first;
-            let mut position = 0;
+            let mut chain = vec![*founder];
+            let mut held = BTreeSet::from([*founder]);
+            let mut key = *founder;
             while let Some((_, successor)) = rotations.get(&key) {
-                if joined.get(successor) != Some(&key) {
+                if genesis_keys.contains(successor) || !held.insert(*successor) {
                     break;
                 }
-                position += 1;
-                located.insert(*successor, (*first, position));
+                chain.push(*successor);
                 key = *successor;
             }
+            for (position, key) in chain.iter().enumerate() {
+                seats.entry(*key).or_default().push((*founder, position));
+            }
+            chains.insert(*founder, chain);
         }
-        // Joined successors no walk reached sit on a cycle of rotations: no seat has them.
-        orphans.extend(joined.keys().filter(|k| !located.contains_key(*k)));
-        Self { rotated: rotations.clone(), located, orphans }
+        Self { rotated: rotations.clone(), chains, seats }
     }
 
-    /// The chain `key` belongs to (named by its first key) and its position there; a key no one
-    /// rotated to is the first of its own chain. `None` for a successor that joined no chain.
-    pub fn locate(&self, key: &PublicKey) -> Option<(PublicKey, usize)> {
-        if let Some(found) = self.located.get(key) {
-            return Some(*found);
+    /// The seats whose chains hold `key`, with its position in each (a founder is at 0 of its
+    /// own). Empty for a key of no chain.
+    pub fn seats_of(&self, key: &PublicKey) -> &[(PublicKey, usize)] {
+        self.seats.get(key).map_or(&[], Vec::as_slice)
+    }
+
+    /// The position of `key` on the chain of `seat`: 0 for the founder itself (whatever the
+    /// chains know), `None` if it is not on it.
+    pub fn position(&self, seat: &PublicKey, key: &PublicKey) -> Option<usize> {
+        if seat == key {
+            return Some(0);
         }
-        (!self.orphans.contains(key)).then_some((*key, 0))
+        self.chains.get(seat)?.iter().position(|k| k == key)
+    }
+
+    /// The key that signs for `seat` now: the last of its chain.
+    pub fn current(&self, seat: &PublicKey) -> PublicKey {
+        self.chains.get(seat).and_then(|chain| chain.last()).copied().unwrap_or(*seat)
     }
 
     /// The last seq of `key` that counts, if it rotated.
     pub fn last_seq(&self, key: &PublicKey) -> Option<u64> {
         self.rotated.get(key).map(|(seq, _)| *seq)
-    }
-
-    /// The key that signs for the seat `founder` founded now: the last key of its chain. `None`
-    /// if its founding key belongs to another seat's chain or to none.
-    pub fn current(&self, founder: &PublicKey) -> Option<PublicKey> {
-        let (first, _) = self.locate(founder).filter(|(first, _)| first == founder)?;
-        let mut key = *founder;
-        while let Some(next) =
-            self.successor(&key).filter(|s| self.located.get(s).is_some_and(|(f, _)| *f == first))
-        {
-            key = *next;
-        }
-        Some(key)
     }
 
     /// The key `key` rotated to, if it rotated.
@@ -675,9 +675,15 @@ impl ChangeLog {
         self.changes.is_empty()
     }
 
-    /// The key chains the rotations recorded so far make.
+    /// The key chains the rotations recorded so far make, of the genesis's seats and of every
+    /// key a proposed change would found a seat with.
     pub fn chains(&self) -> KeyChains {
-        KeyChains::build(&self.rotations, &self.genesis.founders_ever)
+        let founders = self.changes.values().filter_map(|(change, _)| change.kind.adds());
+        KeyChains::build(
+            &self.rotations,
+            &self.genesis.founders_ever,
+            self.genesis.founders_ever.iter().chain(founders),
+        )
     }
 
     /// The membership chain, key chains, cuts and evidence this log makes (`docs/PROTOCOL.md`
@@ -700,7 +706,6 @@ impl ChangeLog {
             .filter(|(key, (seq, _))| within(key, *seq))
             .map(|(k, r)| (*k, *r))
             .collect();
-        let chains = KeyChains::build(&rotations, &self.genesis.founders_ever);
         // The changes proposed within, with the highest `seen` of their proposals within.
         let mut changes: BTreeMap<ChangeId, (&Change, bool, u64)> = BTreeMap::new();
         for (id, proposals) in &self.proposals {
@@ -710,6 +715,14 @@ impl ChangeLog {
                 changes.insert(*id, (change, *usable, seen));
             }
         }
+        // The chains of every seat that is or may come to be: the genesis's and those the changes
+        // proposed within would found.
+        let founders = changes.values().filter_map(|(change, _, _)| change.kind.adds());
+        let chains = KeyChains::build(
+            &rotations,
+            &self.genesis.founders_ever,
+            self.genesis.founders_ever.iter().chain(founders),
+        );
         // Every counted approval, per (base, round, seat), in the order that picks a seat's vote.
         let mut ballots: BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>> = BTreeMap::new();
         for ((change, round, key), (seq, event)) in &self.approvals {
@@ -717,9 +730,10 @@ impl ChangeLog {
             if !within(key, *seq) || chains.last_seq(key).is_some_and(|last| *seq > last) {
                 continue;
             }
-            let Some((seat, position)) = chains.locate(key) else { continue };
-            let vote = Vote { position, seq: *seq, change: *change, key: *key, event: *event };
-            ballots.entry((proposed.base, *round, seat)).or_default().push(vote);
+            for (seat, position) in chains.seats_of(key) {
+                let vote = Vote { position: *position, seq: *seq, change: *change, key: *key, event: *event };
+                ballots.entry((proposed.base, *round, *seat)).or_default().push(vote);
+            }
         }
         for votes in ballots.values_mut() {
             votes.sort_unstable();
@@ -797,7 +811,7 @@ impl ChangeLog {
             let (change, usable, seen) = &changes[id];
             *usable
                 && membership.check_kind(&change.kind, chains).is_ok()
-                && change.kind.removes().is_none_or(|(_, cut)| cut <= *seen)
+                && change.kind.removes().is_none_or(|(_, _, cut)| cut <= *seen)
         };
         for round in 0..=u32::MAX {
             let mut tally: BTreeMap<ChangeId, usize> = BTreeMap::new();
@@ -876,7 +890,7 @@ pub fn check_ops(
                 continue;
             }
             MembershipOp::Propose { change, round } => {
-                let cut_of = change.kind.removes().map_or(0, |(key, _)| seen(key));
+                let cut_of = change.kind.removes().map_or(0, |(_, key, _)| seen(key));
                 in_force.check(change, past.chains(), cut_of)?;
                 (change.id(), *round)
             }
@@ -889,16 +903,26 @@ pub fn check_ops(
         if round != past.round() {
             return Err(ChangeError::WrongRound { found: round, open: past.round() });
         }
-        let seat = past
-            .seat_of(author)
-            .filter(|(seat, _)| in_force.seat(seat).is_some() && past.may_author(author, seq))
+        // The seats in force the author votes for (usually one; a key on two chains votes for
+        // both).
+        let seats: Vec<PublicKey> = past
+            .seats_of(author)
+            .into_iter()
+            .filter(|(seat, position)| {
+                in_force.seat(seat).is_some() && past.keeps(seat, *position, author, seq)
+            })
             .map(|(seat, _)| seat)
-            .ok_or(ChangeError::NotVoter(*author))?;
-        let ballot = past.ballot(&seat, &in_force.id(), round);
-        let mut changes: BTreeSet<ChangeId> = ballot.iter().map(|v| v.change).collect();
-        changes.insert(id);
-        if changes.len() > VOTES_PER_SEAT_ROUND_MAX {
-            return Err(ChangeError::TooManyVotes);
+            .collect();
+        if seats.is_empty() {
+            return Err(ChangeError::NotVoter(*author));
+        }
+        for seat in seats {
+            let ballot = past.ballot(&seat, &in_force.id(), round);
+            let mut changes: BTreeSet<ChangeId> = ballot.iter().map(|v| v.change).collect();
+            changes.insert(id);
+            if changes.len() > VOTES_PER_SEAT_ROUND_MAX {
+                return Err(ChangeError::TooManyVotes);
+            }
         }
     }
     Ok(())
@@ -998,28 +1022,35 @@ impl Resolution {
         &self.double_approvals
     }
 
-    /// The seat of `key` (its founder) and the key's position in it, if the seat was ever in
-    /// force.
-    pub fn seat_of(&self, key: &PublicKey) -> Option<(PublicKey, usize)> {
-        self.chains.locate(key).filter(|(seat, _)| self.founded.contains(seat))
+    /// The seats ever in force whose chains hold `key`, with its position in each.
+    pub fn seats_of(&self, key: &PublicKey) -> Vec<(PublicKey, usize)> {
+        self.chains.seats_of(key).iter().filter(|(seat, _)| self.founded.contains(seat)).copied().collect()
     }
 
-    /// Whether `key`'s event at `seq` counts as its seat's: the seat was in force at some point,
-    /// the key had not rotated away before `seq`, and no removal of the seat cut it.
-    pub fn may_author(&self, key: &PublicKey, seq: u64) -> bool {
-        let Some((seat, position)) = self.seat_of(key) else { return false };
+    /// Whether `key`, at `position` of `seat`'s chain, counts for the seat at `seq`: not past
+    /// its rotation, nor cut by a removal of the seat.
+    fn keeps(&self, seat: &PublicKey, position: usize, key: &PublicKey, seq: u64) -> bool {
         self.chains.last_seq(key).is_none_or(|last| seq <= last)
-            && self.cuts.get(&seat).is_none_or(|cut| cut.keeps(position, seq))
+            && self.cuts.get(seat).is_none_or(|cut| cut.keeps(position, seq))
     }
 
-    /// Whether the document admits the ops of `key`'s event at `seq`: [`Resolution::may_author`],
-    /// and not at or past its seat's earliest second vote in a double approval.
+    /// Whether `key`'s event at `seq` counts as a seat's (rule M8): on the chain of a seat that
+    /// was in force at some point, not past the key's rotation, and not cut by a removal of that
+    /// seat.
+    pub fn may_author(&self, key: &PublicKey, seq: u64) -> bool {
+        self.seats_of(key).iter().any(|(seat, position)| self.keeps(seat, *position, key, seq))
+    }
+
+    /// Whether the document admits the ops of `key`'s event at `seq` (rule M9): as
+    /// [`Resolution::may_author`], for a seat whose earliest second vote in a double approval, if
+    /// any, comes later.
     pub fn admits(&self, key: &PublicKey, seq: u64) -> bool {
-        self.may_author(key, seq)
-            && self.seat_of(key).is_some_and(|(seat, position)| {
-                self.excluded
-                    .get(&seat)
-                    .is_none_or(|&(at, from)| position < at || (position == at && seq < from))
-            })
+        self.seats_of(key).iter().any(|(seat, position)| {
+            self.keeps(seat, *position, key, seq)
+                && self
+                    .excluded
+                    .get(seat)
+                    .is_none_or(|&(at, from)| *position < at || (*position == at && seq < from))
+        })
     }
 }

@@ -519,8 +519,8 @@ fn membership_scenario(s: &Scenario) -> MembershipScenario {
     log.rotate(&rotate_alice, &alice, 3).expect("alice's own rotation with alice2's proof");
     let resolution = log.resolve();
     assert_eq!(resolution.in_force().id(), membership1, "a rotation changes no membership");
-    assert_eq!(resolution.chains().current(&alice), Some(alice2.public()));
-    let remove_bob = Change { base: membership1, kind: ChangeKind::Remove { key: bob, cut: 2 } };
+    assert_eq!(resolution.chains().current(&alice), alice2.public());
+    let remove_bob = Change { base: membership1, kind: ChangeKind::Remove { seat: bob, key: bob, cut: 2 } };
     MembershipScenario {
         add_dave,
         membership1,
@@ -539,13 +539,15 @@ fn hand_change(change: &Change) -> Vec<u8> {
             out.extend(key.0);
             put_bytes(&mut out, name.as_bytes());
         }
-        ChangeKind::Remove { key, cut } => {
+        ChangeKind::Remove { seat, key, cut } => {
             out.extend(1u32.to_le_bytes());
+            out.extend(seat.0);
             out.extend(key.0);
             out.extend(u64_le(*cut));
         }
-        ChangeKind::Replace { key, cut, successor } => {
+        ChangeKind::Replace { seat, key, cut, successor } => {
             out.extend(2u32.to_le_bytes());
+            out.extend(seat.0);
             out.extend(key.0);
             out.extend(u64_le(*cut));
             out.extend(successor.0);

@@ -51,7 +51,7 @@ fn history(changes: u64) -> (ChangeLog, usize) {
         let kind = if i % 2 == 0 {
             ChangeKind::Add { key: added, name: format!("n{}", i / 2) }
         } else {
-            ChangeKind::Remove { key: added, cut: 0 }
+            ChangeKind::Remove { seat: added, key: added, cut: 0 }
         };
         let change = Change { base, kind };
         seq[0] += 1;
