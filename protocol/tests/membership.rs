@@ -869,8 +869,13 @@ fn resolve(genesis: &Genesis, entries: &[Entry]) -> Resolution {
     log.resolve()
 }
 
+/// Cases per property: 256, or `PROPTEST_CASES` (a soak: `PROPTEST_CASES=10000`).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     /// Any order and duplication of the same ops gives the same resolution.
     #[test]
