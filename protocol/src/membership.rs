@@ -361,6 +361,12 @@ impl Membership {
         }
         usable(&change.kind)?;
         self.check_kind(&change.kind, chains)?;
+        // A key some seat rotated to is that seat's: a proposal may not found another seat with
+        // it. (Resolution does not re-check this, so that a rotation arriving later never
+        // changes what may apply; a key on two chains is on both, rule M1.)
+        if let Some(key) = change.kind.adds().filter(|k| !chains.seats_of(k).is_empty()) {
+            return Err(ChangeError::KeyUsed(*key));
+        }
         match change.kind.removes() {
             Some((_, _, cut)) if cut > seen => Err(ChangeError::CutUnseen { cut, seen }),
             _ => Ok(()),

@@ -222,6 +222,11 @@ fn a_rotation_needs_no_vote_and_hands_the_seat_to_its_successor() {
     assert_eq!(r.chain(), before.chain(), "a rotation is not a change of the membership");
     assert_eq!(r.seats_of(&key(11)), vec![(key(1), 1)]);
     assert_eq!(r.chains().current(&key(1)), key(11));
+    assert_eq!(
+        r.in_force().check(&add(r.in_force().id(), 11, "eleven"), r.chains(), 0),
+        Err(ChangeError::KeyUsed(key(11))),
+        "a key a seat rotated to cannot found another seat"
+    );
     assert!(r.admits(&key(1), 3) && !r.admits(&key(1), 4), "the old key counts up to its rotation");
     assert!(r.admits(&key(11), 1));
     // The successor votes for the seat: m1 (through its new key) and m2 make 2 of 3.
