@@ -896,6 +896,12 @@ pub fn check_ops(
                 continue;
             }
             MembershipOp::Propose { change, round } => {
+                // A removal's cut names the seat's current key in the causal past.
+                if let Some((seat, key, _)) = change.kind.removes()
+                    && past.chains().current(seat) != *key
+                {
+                    return Err(ChangeError::NotInChain { seat: *seat, key: *key });
+                }
                 let cut_of = change.kind.removes().map_or(0, |(_, key, _)| seen(key));
                 in_force.check(change, past.chains(), cut_of)?;
                 (change.id(), *round)
@@ -915,7 +921,10 @@ pub fn check_ops(
             .seats_of(author)
             .into_iter()
             .filter(|(seat, position)| {
-                in_force.seat(seat).is_some() && past.keeps(seat, *position, author, seq)
+                in_force.seat(seat).is_some()
+                    && past.keeps(seat, *position, author, seq)
+                    // A seat that left a double approval in the causal past votes no more.
+                    && !past.excluded.contains_key(seat)
             })
             .map(|(seat, _)| seat)
             .collect();
