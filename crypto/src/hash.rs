@@ -49,7 +49,7 @@ impl Domain {
             Self::Event => b"cairn/event/v1",
             Self::Ops => b"cairn/ops/v1",
             Self::SyncDigest => b"cairn/sync-digest/v1",
-            Self::Document => b"cairn/document/v2",
+            Self::Document => b"cairn/document/v3",
             Self::Value => b"cairn/value/v1",
             Self::Membership => b"cairn/membership/v1",
             Self::Change => b"cairn/change/v1",

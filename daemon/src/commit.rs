@@ -192,6 +192,11 @@ fn ops_bytes(ops: &[Op]) -> usize {
                     Op::Put { value, .. } => value.len(),
                     Op::Add { element, .. } | Op::Remove { element, .. } => element.len(),
                     Op::Del { .. } | Op::Incr { .. } => 8,
+                    // At most a change's bytes; local writes carry none (the API takes document
+                    // ops only).
+                    Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => {
+                        cairn_protocol::limits::CHANGE_BYTES_MAX
+                    }
                 }
         })
         .sum()

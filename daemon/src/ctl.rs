@@ -1188,6 +1188,11 @@ fn op_row(op: &json::Op) -> Vec<String> {
             bytes_text(element.as_deref(), element_base64)
         }
         json::Op::Del { .. } => String::new(),
+        json::Op::Propose { change, action, key, round, .. } => {
+            format!("{action} {key} (change {change}, round {round})")
+        }
+        json::Op::Approve { change, round } => format!("change {change}, round {round}"),
+        json::Op::Rotate { key, cut, successor } => format!("{key} after seq {cut} to {successor}"),
     };
     vec![op.name().to_owned(), bytes_text(key, key_base64), argument]
 }

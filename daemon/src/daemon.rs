@@ -86,14 +86,18 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     // The document as persisted with the log; a start replays only the events it has not
     // applied (the last commit's own events, or the whole log once after an upgrade).
     let store_open_ms = opening.elapsed().as_millis();
+    // The roster: the genesis members. Keys that membership changes bring in (PROTOCOL.md
+    // §17) are not on the wire yet, so a store holds events of genesis members only.
+    let roster = cairn_protocol::Roster::new(&genesis);
     let document = store
-        .load_document(genesis.members().len())
+        .load_document(roster.keys())
         .with_context(|| format!("cannot use the store {}", store_path.display()))?;
     let mut node = Node::resume(
         genesis.clone(),
         Some(me),
         node_config,
         Box::new(archive),
+        roster,
         loaded.chains.clone(),
         document,
     );

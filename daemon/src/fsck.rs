@@ -55,7 +55,7 @@ pub fn check_store(path: &Path, genesis: &Genesis, me: cairn_crypto::PublicKey) 
         }
         Err(error) => return Err(error.into()),
     };
-    let persisted = match store.load_document(genesis.members().len()) {
+    let persisted = match store.load_document(cairn_protocol::Roster::new(genesis).keys()) {
         Ok(document) => document,
         Err(error) => {
             report.problems.push(error.to_string());
@@ -122,10 +122,10 @@ fn compare_documents(
 ) {
     let (adapter, reference) = rebuilt.into_parts();
     let chains = adapter.chain_states().to_vec();
-    let (archive, _) = adapter.into_parts();
+    let (archive, roster, _) = adapter.into_parts();
     let tail: Vec<_> = tail.iter().filter_map(|id| archive.event(id)).collect();
     let mut resumed =
-        Node::resume(genesis.clone(), None, NodeConfig::default(), archive, chains, Some(persisted));
+        Node::resume(genesis.clone(), None, NodeConfig::default(), archive, roster, chains, Some(persisted));
     if !resumed.replay_document(&tail).is_empty() {
         report.problems.push("the log's tail after the persisted document does not replay".to_owned());
     }

@@ -629,6 +629,13 @@ pub enum Op {
     Add { key: Option<String>, key_base64: String, element: Option<String>, element_base64: String },
     /// A set remove.
     Remove { key: Option<String>, key_base64: String, element: Option<String>, element_base64: String },
+    /// A membership change proposed (PROTOCOL.md §17): `action` is `add`, `remove` or
+    /// `replace`, `key` the key it adds or cuts.
+    Propose { change: String, base: String, action: String, key: String, round: u32 },
+    /// A vote for a membership change.
+    Approve { change: String, round: u32 },
+    /// A key rotation: `key`'s seat passes to `successor` after seq `cut`.
+    Rotate { key: String, cut: u64, successor: String },
 }
 
 impl Op {
@@ -640,6 +647,9 @@ impl Op {
             Self::Incr { .. } => "incr",
             Self::Add { .. } => "add",
             Self::Remove { .. } => "remove",
+            Self::Propose { .. } => "propose",
+            Self::Approve { .. } => "approve",
+            Self::Rotate { .. } => "rotate",
         }
     }
 
@@ -651,6 +661,8 @@ impl Op {
             | Self::Incr { key, key_base64, .. }
             | Self::Add { key, key_base64, .. }
             | Self::Remove { key, key_base64, .. } => (key.as_deref(), key_base64),
+            // A membership op writes no document key.
+            Self::Propose { .. } | Self::Approve { .. } | Self::Rotate { .. } => (Some(""), ""),
         }
     }
 }
@@ -676,6 +688,29 @@ impl From<&ProtocolOp> for Op {
                 key_base64,
                 element: text_of(element),
                 element_base64: BASE64.encode(element),
+            },
+            ProtocolOp::Propose { change, round } => {
+                use cairn_protocol::ChangeKind;
+                let (action, key) = match &change.kind {
+                    ChangeKind::Add { key, .. } => ("add", key),
+                    ChangeKind::Remove { key, .. } => ("remove", key),
+                    ChangeKind::Replace { successor, .. } => ("replace", successor),
+                };
+                Self::Propose {
+                    change: change.id().to_string(),
+                    base: change.base.to_string(),
+                    action: action.to_owned(),
+                    key: key.to_string(),
+                    round: *round,
+                }
+            }
+            ProtocolOp::Approve { change, round } => {
+                Self::Approve { change: change.to_string(), round: *round }
+            }
+            ProtocolOp::Rotate(rotation) => Self::Rotate {
+                key: rotation.key.to_string(),
+                cut: rotation.cut,
+                successor: rotation.successor.to_string(),
             },
         }
     }

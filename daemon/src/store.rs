@@ -92,6 +92,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
+use cairn_crypto::PublicKey;
 use cairn_protocol::document::{Covered, Document, KeyKind, OpId};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::{ChainState, DocumentDelta, EventId, EventMeta, codec};
@@ -895,8 +896,9 @@ impl Store {
     }
 
     /// The persisted document, if one was ever persisted (`None`: replay the whole log into
-    /// an empty one), for a cluster of `n_members`. Reads every key; what a start costs.
-    pub fn load_document(&self, n_members: usize) -> Result<Option<Document>, StoreError> {
+    /// an empty one), whose author indices name `authors` (the node's roster). Reads every
+    /// key; what a start costs.
+    pub fn load_document(&self, authors: &[PublicKey]) -> Result<Option<Document>, StoreError> {
         let path = &self.path;
         let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
         let tx = self.db()?.begin_read().map_err(|e| fail(e.into()))?;
@@ -912,7 +914,7 @@ impl Store {
         if through == 0 && exclusions.is_none() && doc.is_empty().map_err(|e| fail(e.into()))? {
             return Ok(None);
         }
-        let mut document = Document::new(n_members);
+        let mut document = Document::new(authors);
         if let Some(bytes) = exclusions {
             document
                 .restore_exclusions(&bytes)

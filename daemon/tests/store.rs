@@ -713,7 +713,7 @@ fn the_document_is_persisted_with_the_events_it_applied() {
     let (store, loaded) = open(&path).unwrap();
     assert_eq!(loaded.doc_through, 21);
     assert_eq!(loaded.authors, vec![(24, events.iter().map(|e| e.encode().len() as u64).sum())]);
-    let document = store.load_document(1).unwrap().expect("a document was persisted");
+    let document = store.load_document(&[key.public()]).unwrap().expect("a document was persisted");
     assert_eq!(document.digest(), digest);
     assert_eq!(document.register(b"k1").visible.unwrap().value, vec![21]);
 }

@@ -12,10 +12,13 @@ use cairn_crypto::verify::{Check, KeyCache, verify_many_with};
 
 use crate::archive::{Archive, EventMeta, MemoryArchive, StoredEvent};
 use crate::buffer::{CausalBuffer, PeerId};
-use crate::event::EventId;
+use crate::event::{EventId, Op};
 use crate::evidence::{Evidence, EvidenceError, SignedHeader};
 use crate::genesis::{Genesis, MemberIdx};
+use crate::members::{MemberReject, MemberState};
+use crate::membership::{MembershipOp, Resolution};
 use crate::message::Tip;
+use crate::roster::Roster;
 use crate::validate::{Decoded, Reject, check_causal, check_stateless};
 use crate::verified::Verified;
 
@@ -28,6 +31,10 @@ pub struct AdapterConfig {
     pub buffer_bytes_total_max: usize,
     /// Threads for signature checks of one batch (verdicts do not depend on it).
     pub verify_threads: usize,
+    /// Whether events may carry membership ops (`docs/PROTOCOL.md` §17). A node that cannot
+    /// keep what they resolve to across a restart (the daemon, until its store indexes them)
+    /// refuses them as `bad_membership`, so that it never accepts what it would forget.
+    pub membership_changes: bool,
 }
 
 impl Default for AdapterConfig {
@@ -36,6 +43,7 @@ impl Default for AdapterConfig {
             buffer_bytes_per_peer_max: 16 * 1024 * 1024,
             buffer_bytes_total_max: 64 * 1024 * 1024,
             verify_threads: 1,
+            membership_changes: true,
         }
     }
 }
@@ -95,6 +103,9 @@ pub struct Ingested {
     /// Authors whose lowest accepted fork seq appeared or went down: `(author, fork seq)`.
     /// The document must exclude their ops from that seq on.
     pub exclusions: Vec<(MemberIdx, u64)>,
+    /// Whether an accepted event carried membership ops: the membership in force, and what
+    /// the document admits ([`Adapter::admitted_from`]), may have changed.
+    pub membership_changed: bool,
 }
 
 /// Per-author chain bookkeeping, kept in memory (the events themselves are in the archive).
@@ -112,6 +123,8 @@ pub struct ChainState {
 /// The validation adapter. See the module docs.
 pub struct Adapter {
     genesis: Genesis,
+    /// The keys indexed as authors: `chains` has an entry per key.
+    roster: Roster,
     config: AdapterConfig,
     archive: Box<dyn Archive>,
     /// See [`Adapter::orphans_dropped`].
@@ -119,8 +132,12 @@ pub struct Adapter {
     chains: Vec<ChainState>,
     buffer: CausalBuffer,
     evidence: BTreeMap<MemberIdx, Evidence>,
-    /// The members' keys, decoded once for every signature check.
+    /// The roster's keys, decoded once for every signature check.
     keys: KeyCache,
+    /// Membership over time: the ops, and what they resolve to.
+    members: MemberState,
+    /// Per indexed key, the highest seq the document admits (see [`Adapter::admitted_through`]).
+    admitted_through: Vec<u64>,
 }
 
 impl std::fmt::Debug for Adapter {
@@ -136,28 +153,35 @@ impl std::fmt::Debug for Adapter {
 impl Adapter {
     /// An empty adapter for the cluster `genesis`, its events in memory.
     pub fn new(genesis: Genesis, config: AdapterConfig) -> Self {
-        let chains = genesis.members().iter().map(|_| ChainState::default()).collect();
-        Self::resume(genesis, config, Box::new(MemoryArchive::new()), chains)
+        let roster = Roster::new(&genesis);
+        let chains = roster.keys().iter().map(|_| ChainState::default()).collect();
+        Self::resume(genesis, config, Box::new(MemoryArchive::new()), roster, chains)
     }
 
-    /// An adapter over `archive`, which holds the events accepted before, and `chains`, the
-    /// chain state of each member ([`Adapter::chain_states`] when they were accepted).
-    /// Evidence is added with [`Adapter::add_evidence`].
+    /// An adapter over `archive`, which holds the events accepted before, `roster`, the keys
+    /// indexed then ([`Adapter::roster`]), and `chains`, the chain state of each
+    /// ([`Adapter::chain_states`] when they were accepted). Evidence is added with
+    /// [`Adapter::add_evidence`].
     ///
     /// # Panics
     ///
-    /// If `chains` does not have one entry per member.
+    /// If `chains` does not have one entry per key of `roster`.
     pub fn resume(
         genesis: Genesis,
         config: AdapterConfig,
         archive: Box<dyn Archive>,
+        roster: Roster,
         chains: Vec<ChainState>,
     ) -> Self {
-        assert_eq!(chains.len(), genesis.members().len(), "one chain state per member");
+        assert_eq!(chains.len(), roster.len(), "one chain state per key of the roster");
         let buffer = CausalBuffer::new(config.buffer_bytes_per_peer_max, config.buffer_bytes_total_max);
-        let keys = KeyCache::new(genesis.members().iter().map(|m| &m.key));
+        let keys = KeyCache::new(roster.keys());
+        let members = MemberState::new(&genesis);
         Self {
+            admitted_through: vec![u64::MAX; roster.len()],
+            members,
             genesis,
+            roster,
             config,
             archive,
             n_orphans_dropped: 0,
@@ -168,14 +192,19 @@ impl Adapter {
         }
     }
 
-    /// The archive and the chain states, for a replica that resumes over them
+    /// The archive, the roster and the chain states, for a replica that resumes over them
     /// ([`crate::Node::resume`]): what a restart in a test or the simulator hands over, as the
     /// daemon's store does.
-    pub fn into_parts(self) -> (Box<dyn Archive>, Vec<ChainState>) {
-        (self.archive, self.chains)
+    pub fn into_parts(self) -> (Box<dyn Archive>, Roster, Vec<ChainState>) {
+        (self.archive, self.roster, self.chains)
     }
 
-    /// Every member's chain state, in member order: what [`Adapter::resume`] takes.
+    /// The keys indexed as authors, in index order.
+    pub fn roster(&self) -> &Roster {
+        &self.roster
+    }
+
+    /// Every indexed key's chain state, in index order: what [`Adapter::resume`] takes.
     pub fn chain_states(&self) -> &[ChainState] {
         &self.chains
     }
@@ -193,6 +222,31 @@ impl Adapter {
     /// The genesis.
     pub fn genesis(&self) -> &Genesis {
         &self.genesis
+    }
+
+    /// The resolution of every accepted membership op (`docs/PROTOCOL.md` §17): the membership
+    /// in force at this node, pending changes, double approvals, what the document admits.
+    pub fn membership(&self) -> &Resolution {
+        self.members.current()
+    }
+
+    /// The highest seq of `author` the document admits under the membership in force here
+    /// (rule M9; `u64::MAX`: every seq). A key that is not a member yet admits none, and
+    /// none of its events can be accepted until it is.
+    pub fn admitted_through(&self, author: MemberIdx) -> u64 {
+        self.admitted_through.get(author).copied().unwrap_or(0)
+    }
+
+    /// What the document may not admit of the events accepted so far (rule M9): for each
+    /// author with accepted events past its admitted seqs, `(author, the first seq not
+    /// admitted)`.
+    pub fn admission_exclusions(&self) -> Vec<(MemberIdx, u64)> {
+        (0..self.roster.len())
+            .filter_map(|idx| {
+                let through = self.admitted_through(idx);
+                (self.max_seq(idx) > through).then(|| (idx, through.saturating_add(1)))
+            })
+            .collect()
     }
 
     /// The accepted event `id`, read from the archive.
@@ -256,9 +310,11 @@ impl Adapter {
         self.buffer.missing(limit)
     }
 
-    /// The evidence held, one per equivocating author, in author order.
+    /// The evidence held, one per equivocating author, in the order of the authors' keys.
     pub fn evidence(&self) -> impl Iterator<Item = &Evidence> {
-        self.evidence.values()
+        let mut held: Vec<&Evidence> = self.evidence.values().collect();
+        held.sort_by_key(|evidence| evidence.author());
+        held.into_iter()
     }
 
     /// Whether `author` is a proven equivocator.
@@ -289,11 +345,12 @@ impl Adapter {
     /// exactly, because it is causally closed.
     pub fn tips(&self) -> Vec<Tip> {
         let mut tips = Vec::new();
-        for (member, chain) in self.genesis.members().iter().zip(&self.chains) {
-            let mut ids = chain.tips.clone();
+        for author in self.roster.in_key_order() {
+            let key = self.roster.keys()[author];
+            let mut ids = self.chains[author].tips.clone();
             ids.sort_unstable();
             for (id, seq) in ids {
-                tips.push(Tip { author: member.key, seq, id });
+                tips.push(Tip { author: key, seq, id });
             }
         }
         tips
@@ -354,7 +411,7 @@ impl Adapter {
         let mut out = Ingested::default();
         let mut decoded_all: Vec<Decoded> = Vec::with_capacity(raw.len());
         for bytes in raw {
-            match check_stateless(&self.genesis, bytes) {
+            match check_stateless(bytes) {
                 Err((id, reason)) => out.rejected.push(Rejection { from, id, reason }),
                 Ok(decoded) => decoded_all.push(decoded),
             }
@@ -376,6 +433,8 @@ impl Adapter {
             let id = decoded.id;
             if accepted || self.buffer.contains(&id) || !candidate_ids.insert(id) {
                 out.n_duplicate += 1;
+            } else if self.is_stranger(&decoded) {
+                out.rejected.push(Rejection { from, id: Some(id), reason: Reject::NotMember });
             } else {
                 candidates.push(decoded);
             }
@@ -400,6 +459,30 @@ impl Adapter {
             self.admit(decoded, from, &mut out);
         }
         out
+    }
+
+    /// Whether `decoded`'s author is a key no accepted event names while every dep is accepted:
+    /// the author is then not a member in its causal past (rule 3), and no signature check is
+    /// spent on it. (With a dep missing, the op that names the key may still come.)
+    fn is_stranger(&self, decoded: &Decoded) -> bool {
+        self.roster.idx(&decoded.event.header.author).is_none()
+            && decoded.event.header.deps.iter().all(|dep| self.archive.contains(dep))
+    }
+
+    /// Indexes `key` as an author from now on (a key a membership op named).
+    fn index_key(&mut self, key: cairn_crypto::PublicKey) {
+        let before = self.roster.len();
+        match self.roster.insert(key) {
+            Ok(idx) if idx == before => {
+                self.chains.push(ChainState::default());
+                self.admitted_through.push(0);
+                self.keys = KeyCache::new(self.roster.keys());
+            }
+            Ok(_) => {}
+            // A full roster leaves the key unindexed: its events are refused as `not_member`
+            // here. `ROSTER_KEYS_MAX` is far above what membership changes can name in years.
+            Err(_) => {}
+        }
     }
 
     /// Drops, before any signature is checked, the candidates that would have to wait in the
@@ -488,8 +571,11 @@ impl Adapter {
             .filter_map(|d| self.archive.meta(d).map(|meta| (*d, meta)))
             .collect();
         debug_assert_eq!(deps.len(), decoded.event.header.deps.len(), "every dep is accepted");
-        check_causal(&decoded, deps.iter().map(|(_, d)| (d.author, d.seq, d.lamport)))?;
-        let author = decoded.author_idx;
+        // Every dep is accepted, so every op naming the author in its causal past is too: a
+        // key the roster does not hold is no member there (rule 3).
+        let key = decoded.event.header.author;
+        let author = self.roster.idx(&key).ok_or(Reject::NotMember)?;
+        check_causal(&decoded, author, deps.iter().map(|(_, d)| (d.author, d.seq, d.lamport)))?;
         let seq = decoded.event.header.seq;
         let meta = EventMeta::from_deps(
             author,
@@ -498,10 +584,12 @@ impl Adapter {
             self.chains.len(),
             deps.iter().map(|(id, meta)| (*id, meta)),
         );
+        self.check_membership(&decoded, &meta)?;
         let own_predecessor = meta.own_pred;
         let forked_now = seq <= self.chains[author].max_seq && !self.archive.at_seq(author, seq).is_empty();
-        let Decoded { event, id, bytes, author_idx } = decoded;
-        let verified = Verified::new(event, id, bytes, author_idx, meta.clock.clone());
+        let Decoded { event, id, bytes } = decoded;
+        let carries_membership = event.ops.iter().any(Op::is_membership);
+        let verified = Verified::new(event, id, bytes, author, meta.clock.clone());
         let chain = &mut self.chains[author];
         if let Some(pred) = own_predecessor {
             chain.tips.retain(|(t, _)| *t != pred);
@@ -512,9 +600,82 @@ impl Adapter {
             chain.fork_seq = Some(seq);
             out.exclusions.push((author, seq));
         }
+        if carries_membership {
+            let roster = &self.roster;
+            let clock = |k: &cairn_crypto::PublicKey| {
+                roster.idx(k).and_then(|idx| meta.clock.get(idx).copied()).unwrap_or(0)
+            };
+            let named = self.members.record(key, seq, id, &verified.event().ops, clock);
+            for key in named {
+                self.index_key(key);
+            }
+            let resolution = self.members.current();
+            self.admitted_through =
+                self.roster.keys().iter().map(|k| resolution.admitted_through(k)).collect();
+            out.membership_changed = true;
+        }
         self.archive.insert(&verified, meta);
         out.accepted.push(verified);
         Ok(())
+    }
+
+    /// Rules 3 and 8 for an event `author` is about to sign at `seq` on `deps` (all accepted)
+    /// with `ops`: why it would be refused, if it would. For the node's own membership ops,
+    /// before it signs them.
+    pub(crate) fn check_own(
+        &mut self,
+        author: &cairn_crypto::PublicKey,
+        seq: u64,
+        deps: &[EventId],
+        ops: &[Op],
+    ) -> Result<(), crate::membership::ChangeError> {
+        use crate::membership::ChangeError;
+        let idx = self.roster.idx(author).ok_or(ChangeError::NotVoter(*author))?;
+        let metas: Vec<(EventId, EventMeta)> =
+            deps.iter().filter_map(|d| self.archive.meta(d).map(|meta| (*d, meta))).collect();
+        let meta = EventMeta::from_deps(idx, seq, 0, self.chains.len(), metas.iter().map(|(id, m)| (*id, m)));
+        let ops: Vec<MembershipOp> = ops.iter().filter_map(Op::membership).collect();
+        let past = self.past_of(deps, &meta);
+        let roster = &self.roster;
+        let clock =
+            |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| meta.clock.get(i).copied()).unwrap_or(0);
+        MemberState::check(&past, author, seq, &ops, clock).map_err(|reject| match reject {
+            MemberReject::NotMember => ChangeError::NotVoter(*author),
+            MemberReject::Op(error) => error,
+        })
+    }
+
+    /// The resolution of the causal past of an event on `deps` (all accepted) with `meta`.
+    fn past_of(&mut self, deps: &[EventId], meta: &EventMeta) -> std::sync::Arc<Resolution> {
+        let (roster, chains, archive) = (&self.roster, &self.chains, self.archive.as_ref());
+        let clock =
+            |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| meta.clock.get(i).copied()).unwrap_or(0);
+        let fork_seq = |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| chains.get(i)?.fork_seq);
+        self.members.past(clock, fork_seq, |event| reaches(archive, deps, event))
+    }
+
+    /// Rules 3 and 8 (`docs/PROTOCOL.md` §17, V1 to V5): the author may author the event at its
+    /// seq, and may carry its membership ops, in its causal past, whose clock `meta` has.
+    fn check_membership(&mut self, decoded: &Decoded, meta: &EventMeta) -> Result<(), Reject> {
+        let ops: Vec<MembershipOp> = decoded.event.ops.iter().filter_map(Op::membership).collect();
+        if !ops.is_empty() && !self.config.membership_changes {
+            return Err(Reject::BadMembership);
+        }
+        if ops.is_empty() && self.members.is_genesis_only() {
+            // No membership op anywhere: the genesis is in force, and the author is in it
+            // (the roster holds only genesis keys).
+            return Ok(());
+        }
+        let past = self.past_of(&decoded.event.header.deps, meta);
+        let roster = &self.roster;
+        let clock = |k: &cairn_crypto::PublicKey| {
+            roster.idx(k).and_then(|idx| meta.clock.get(idx).copied()).unwrap_or(0)
+        };
+        let header = &decoded.event.header;
+        MemberState::check(&past, &header.author, header.seq, &ops, clock).map_err(|reject| match reject {
+            MemberReject::NotMember => Reject::NotMember,
+            MemberReject::Op(_) => Reject::BadMembership,
+        })
     }
 
     /// Records evidence if another signed event with the same author and seq is known. The
@@ -522,10 +683,12 @@ impl Adapter {
     /// seq, so comparing each new event with the smallest other id known at its seq finds it
     /// whatever the order of arrival.
     fn detect_equivocation(&mut self, decoded: &Decoded, out: &mut Ingested) {
-        let author = decoded.author_idx;
+        let key = decoded.event.header.author;
         let seq = decoded.event.header.seq;
+        // A key no accepted event names has no accepted events.
+        let Some(author) = self.roster.idx(&key) else { return };
         let accepted = self.at_seq(author, seq);
-        let buffered = self.buffer.same_seq(author, seq);
+        let buffered = self.buffer.same_seq(&key, seq);
         let smallest_other = accepted.iter().chain(buffered).filter(|id| **id != decoded.id).min().copied();
         let Some(other) = smallest_other.and_then(|id| self.signed_header_of(&id)) else { return };
         let mine = SignedHeader { header: decoded.event.header.clone(), sig: decoded.event.sig };
@@ -558,15 +721,42 @@ impl Adapter {
     /// Evidence from a peer: verified, and kept if it is the least for its author. Returns
     /// whether it was kept; the caller should then fetch the two events if they are unknown.
     pub fn add_evidence(&mut self, evidence: Evidence) -> Result<bool, EvidenceError> {
-        let author = self.genesis.member_idx(&evidence.author()).ok_or(EvidenceError::NotMember)?;
+        let author = self.roster.idx(&evidence.author()).ok_or(EvidenceError::NotMember)?;
         // Evidence that would not replace what is held is dropped before its signatures are
         // checked: every `Tips` repeats the sender's evidence.
         if self.evidence.get(&author).is_some_and(|held| evidence_order(held) <= evidence_order(&evidence)) {
             return Ok(false);
         }
-        evidence.verify(&self.genesis)?;
+        evidence.verify(&self.roster)?;
         Ok(self.keep_evidence(author, evidence))
     }
+}
+
+/// Whether the causal past of an event on `deps` (all accepted) holds the accepted event
+/// `target`: a walk down from the deps that leaves out every event whose clock shows it cannot
+/// hold `target` (its entry for `target`'s author below `target`'s seq, or a lamport not above
+/// `target`'s). Only asked where a key equivocated and carried membership ops at or past its
+/// fork seq, where the clock alone cannot tell which of two events of one seq a past holds.
+fn reaches(archive: &dyn Archive, deps: &[EventId], target: &EventId) -> bool {
+    let Some(goal) = archive.meta(target) else { return false };
+    let mut stack: Vec<EventId> = deps.to_vec();
+    let mut visited: BTreeSet<EventId> = BTreeSet::new();
+    while let Some(id) = stack.pop() {
+        if id == *target {
+            return true;
+        }
+        if !visited.insert(id) {
+            continue;
+        }
+        let Some(meta) = archive.meta(&id) else { continue };
+        if meta.lamport <= goal.lamport || meta.clock.get(goal.author).is_none_or(|&seq| seq < goal.seq) {
+            continue;
+        }
+        if let Some(event) = archive.event(&id).and_then(|stored| stored.event()) {
+            stack.extend(event.header.deps);
+        }
+    }
+    false
 }
 
 /// The order in which evidence for one author is preferred: its rank, then (for the same two

@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use cairn_crypto::PublicKey;
 
 use crate::event::EventId;
-use crate::genesis::MemberIdx;
 use crate::validate::Decoded;
 
 /// Bytes charged per buffered event on top of twice its encoded size (the raw bytes and the
@@ -44,7 +43,7 @@ pub(crate) struct CausalBuffer {
     /// For each missing dep, the buffered events waiting for it.
     waiting_on: BTreeMap<EventId, Vec<EventId>>,
     by_peer: BTreeMap<PeerId, PeerUse>,
-    by_author_seq: BTreeMap<(MemberIdx, u64), Vec<EventId>>,
+    by_author_seq: BTreeMap<(PublicKey, u64), Vec<EventId>>,
     total_bytes: usize,
     arrivals: u64,
     n_evicted: u64,
@@ -100,8 +99,8 @@ impl CausalBuffer {
     }
 
     /// Ids of buffered events with the same author and seq.
-    pub(crate) fn same_seq(&self, author_idx: MemberIdx, seq: u64) -> &[EventId] {
-        self.by_author_seq.get(&(author_idx, seq)).map_or(&[], Vec::as_slice)
+    pub(crate) fn same_seq(&self, author: &PublicKey, seq: u64) -> &[EventId] {
+        self.by_author_seq.get(&(*author, seq)).map_or(&[], Vec::as_slice)
     }
 
     /// Buffers `decoded`, which waits for `missing` (its deps not yet accepted, non-empty).
@@ -119,7 +118,7 @@ impl CausalBuffer {
         for dep in missing {
             self.waiting_on.entry(*dep).or_default().push(id);
         }
-        let key = (decoded.author_idx, decoded.event.header.seq);
+        let key = (decoded.event.header.author, decoded.event.header.seq);
         self.by_author_seq.entry(key).or_default().push(id);
         let usage = self.by_peer.entry(from).or_default();
         usage.bytes += cost;
@@ -171,7 +170,7 @@ impl CausalBuffer {
             }
         }
         self.total_bytes -= entry.cost;
-        let key = (entry.decoded.author_idx, entry.decoded.event.header.seq);
+        let key = (entry.decoded.event.header.author, entry.decoded.event.header.seq);
         if let Some(ids) = self.by_author_seq.get_mut(&key) {
             ids.retain(|x| x != id);
             if ids.is_empty() {

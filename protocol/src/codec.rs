@@ -21,7 +21,7 @@ use crate::limits::{
     MEMBERS_MAX, MESSAGE_BYTES_MAX, OPS_MAX, ROTATION_BYTES, TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX,
     WANT_IDS_MAX,
 };
-use crate::membership::{Change, ChangeKind, MembershipId, Rotation};
+use crate::membership::{Change, ChangeId, ChangeKind, MembershipId, Rotation};
 use crate::message::{Message, Tip};
 
 /// Why bytes did not decode into a canonical object.
@@ -317,6 +317,9 @@ const OP_DEL: u32 = 1;
 const OP_INCR: u32 = 2;
 const OP_ADD: u32 = 3;
 const OP_REMOVE: u32 = 4;
+const OP_PROPOSE: u32 = 5;
+const OP_APPROVE: u32 = 6;
+const OP_ROTATE: u32 = 7;
 
 impl Encode for Op {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
@@ -345,6 +348,20 @@ impl Encode for Op {
                 encode_bytes(key, encoder)?;
                 encode_bytes(element, encoder)
             }
+            Self::Propose { change, round } => {
+                OP_PROPOSE.encode(encoder)?;
+                change.encode(encoder)?;
+                round.encode(encoder)
+            }
+            Self::Approve { change, round } => {
+                OP_APPROVE.encode(encoder)?;
+                change.0.encode(encoder)?;
+                round.encode(encoder)
+            }
+            Self::Rotate(rotation) => {
+                OP_ROTATE.encode(encoder)?;
+                rotation.encode(encoder)
+            }
         }
     }
 }
@@ -362,6 +379,11 @@ impl<Context> Decode<Context> for Op {
             OP_INCR => Self::Incr { key: key(decoder)?, delta: i64::decode(decoder)? },
             OP_ADD => Self::Add { key: key(decoder)?, element: element(decoder)? },
             OP_REMOVE => Self::Remove { key: key(decoder)?, element: element(decoder)? },
+            OP_PROPOSE => Self::Propose { change: Change::decode(decoder)?, round: u32::decode(decoder)? },
+            OP_APPROVE => {
+                Self::Approve { change: ChangeId(decode_array(decoder)?), round: u32::decode(decoder)? }
+            }
+            OP_ROTATE => Self::Rotate(Rotation::decode(decoder)?),
             other => return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}op tag {other}"))),
         })
     }

@@ -443,6 +443,9 @@ fn op_name(event: &Event, idx: usize) -> &'static str {
         Some(crate::event::Op::Incr { .. }) => "incr",
         Some(crate::event::Op::Add { .. }) => "add",
         Some(crate::event::Op::Remove { .. }) => "remove",
+        Some(crate::event::Op::Propose { .. }) => "propose",
+        Some(crate::event::Op::Approve { .. }) => "approve",
+        Some(crate::event::Op::Rotate(_)) => "rotate",
         None => "?",
     }
 }
@@ -469,7 +472,8 @@ pub fn diagnose_evidence(bytes: &[u8], genesis: Option<&Genesis>) -> Diagnosis<E
         }
     };
     let (a, b) = (&evidence.first.header, &evidence.second.header);
-    let step = |step: EvidenceError, detail: String| match evidence.step_holds(step, genesis) {
+    let roster = genesis.map(crate::roster::Roster::new);
+    let step = |step: EvidenceError, detail: String| match evidence.step_holds(step, roster.as_ref()) {
         None => Verdict::Undecided(Needs::Genesis),
         Some(true) => Verdict::Pass,
         Some(false) => Failure::evidence(step, detail),

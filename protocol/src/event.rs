@@ -7,6 +7,7 @@ use std::fmt;
 use cairn_crypto::{Domain, PublicKey, SecretKey, Signature, hash};
 
 use crate::codec;
+use crate::membership::{Change, ChangeId, MembershipOp, Rotation};
 
 /// An event id: `SHA-256("cairn/event/v1" ‖ canonical(header))`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -75,10 +76,27 @@ pub enum Op {
         /// The element.
         element: Vec<u8>,
     },
+    /// Proposes a membership change and votes for it (`docs/PROTOCOL.md` §17). Not a document
+    /// op: it changes who may write.
+    Propose {
+        /// The change.
+        change: Change,
+        /// The round of the change's base it votes in.
+        round: u32,
+    },
+    /// Votes for a membership change proposed in the event's causal past, by its id.
+    Approve {
+        /// The change.
+        change: ChangeId,
+        /// The round of the change's base it votes in.
+        round: u32,
+    },
+    /// Hands the author's seat over to a new key, which signed the proof.
+    Rotate(Rotation),
 }
 
 impl Op {
-    /// The key the op writes.
+    /// The document key the op writes; empty for a membership op, which writes none.
     pub fn key(&self) -> &[u8] {
         match self {
             Self::Put { key, .. }
@@ -86,6 +104,24 @@ impl Op {
             | Self::Incr { key, .. }
             | Self::Add { key, .. }
             | Self::Remove { key, .. } => key,
+            Self::Propose { .. } | Self::Approve { .. } | Self::Rotate(_) => &[],
+        }
+    }
+
+    /// Whether the op is a membership op (propose, approve, rotate) rather than a document op.
+    pub fn is_membership(&self) -> bool {
+        matches!(self, Self::Propose { .. } | Self::Approve { .. } | Self::Rotate(_))
+    }
+
+    /// The membership op it is, if it is one.
+    pub fn membership(&self) -> Option<MembershipOp> {
+        match self {
+            Self::Propose { change, round } => {
+                Some(MembershipOp::Propose { change: change.clone(), round: *round })
+            }
+            Self::Approve { change, round } => Some(MembershipOp::Approve { change: *change, round: *round }),
+            Self::Rotate(rotation) => Some(MembershipOp::Rotate(rotation.clone())),
+            _ => None,
         }
     }
 }

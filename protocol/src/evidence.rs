@@ -1,11 +1,11 @@
 //! Equivocation evidence: two signed headers by one author with the same seq and different
-//! ids. It verifies on its own, with nothing but the genesis.
+//! ids. It verifies on its own, with nothing but the keys the node indexes (its roster).
 
 use cairn_crypto::{PublicKey, Signature, verify_strict};
 
 use crate::codec;
 use crate::event::{EventId, Header};
-use crate::genesis::Genesis;
+use crate::roster::Roster;
 
 /// A header with its signature: enough to prove what its author signed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,10 +110,11 @@ impl Evidence {
         (self.seq(), a, b)
     }
 
-    /// Checks that the evidence proves an equivocation by a member of `genesis`: every step of
-    /// [`EvidenceError::ALL`] in its order, stopping at the first that fails.
-    pub fn verify(&self, genesis: &Genesis) -> Result<(), EvidenceError> {
-        match EvidenceError::ALL.into_iter().find(|&step| self.step_holds(step, Some(genesis)) == Some(false))
+    /// Checks that the evidence proves an equivocation by a key of `roster` (the genesis
+    /// members, and the keys that membership changes brought in, PROTOCOL.md §17): every step
+    /// of [`EvidenceError::ALL`] in its order, stopping at the first that fails.
+    pub fn verify(&self, roster: &Roster) -> Result<(), EvidenceError> {
+        match EvidenceError::ALL.into_iter().find(|&step| self.step_holds(step, Some(roster)) == Some(false))
         {
             Some(error) => Err(error),
             None => Ok(()),
@@ -121,8 +122,8 @@ impl Evidence {
     }
 
     /// Whether one step of [`Evidence::verify`] holds, the step named by the error it gives;
-    /// `None` for membership without a genesis. [`crate::diagnose`] runs the steps one by one.
-    pub(crate) fn step_holds(&self, step: EvidenceError, genesis: Option<&Genesis>) -> Option<bool> {
+    /// `None` for membership without a roster. [`crate::diagnose`] runs the steps one by one.
+    pub(crate) fn step_holds(&self, step: EvidenceError, roster: Option<&Roster>) -> Option<bool> {
         let (a, b) = (&self.first.header, &self.second.header);
         Some(match step {
             EvidenceError::DifferentAuthors => a.author == b.author,
@@ -131,7 +132,7 @@ impl Evidence {
                 let (id_a, id_b) = self.ids();
                 id_a < id_b
             }
-            EvidenceError::NotMember => genesis?.member_idx(&a.author).is_some(),
+            EvidenceError::NotMember => roster?.idx(&a.author).is_some(),
             EvidenceError::BadSignature => self.first.signature_holds() && self.second.signature_holds(),
         })
     }

@@ -17,9 +17,11 @@ pub mod event;
 pub mod evidence;
 pub mod genesis;
 pub mod limits;
+mod members;
 pub mod membership;
 pub mod message;
 pub mod node;
+pub mod roster;
 pub mod validate;
 pub mod verified;
 
@@ -32,8 +34,12 @@ pub use diagnose::{
 pub use event::{Event, EventId, Header, Op};
 pub use evidence::{Evidence, EvidenceError, SignedHeader};
 pub use genesis::{Genesis, Member, MemberIdx};
+pub use members::PAST_RESOLUTIONS_CACHED_MAX;
 pub use membership::{Change, ChangeId, ChangeKind, ChangeLog, Membership, MembershipId, Policy, Resolution};
 pub use message::{Message, Tip};
-pub use node::{DocumentDelta, Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError};
+pub use node::{
+    DocumentDelta, MemberRequest, Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError,
+};
+pub use roster::{ROSTER_KEYS_MAX, Roster, RosterError};
 pub use validate::Reject;
 pub use verified::Verified;

@@ -76,7 +76,7 @@ impl fmt::Display for ChangeId {
 }
 
 /// What a voted change does to the membership it names.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ChangeKind {
     /// Adds a seat founded by a key that never founded one, under a name never used.
     Add {
@@ -129,7 +129,7 @@ impl ChangeKind {
 }
 
 /// A voted membership change: what it does, and the membership it changes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Change {
     /// The id of the membership this change applies to.
     pub base: MembershipId,
@@ -147,7 +147,7 @@ impl Change {
 /// A seat's key handing over to its successor. Signed by `key` itself in its event of seq
 /// `cut` (its last event that counts), with the successor's `proof` that it holds its secret
 /// key and agrees to this seat.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Rotation {
     /// The key that rotates away (the event's author).
     pub key: PublicKey,
@@ -598,12 +598,15 @@ pub struct ChangeLog {
     policy: Policy,
     /// Every change proposed, and whether its founding key, if any, is usable (checked once).
     changes: BTreeMap<ChangeId, (Change, bool)>,
-    /// Per change, per proposing key and seq: the proposal's `seen`.
-    proposals: BTreeMap<ChangeId, BTreeMap<(PublicKey, u64), u64>>,
-    /// Per (change, round, approving key): where it approved first (seq, event).
-    approvals: BTreeMap<(ChangeId, u32, PublicKey), (u64, EventId)>,
-    /// Per rotating key: its rotation that counts so far, as (seq, successor).
-    rotations: BTreeMap<PublicKey, (u64, PublicKey)>,
+    /// Per change, per proposing key, seq and event: the proposal's `seen`.
+    proposals: BTreeMap<ChangeId, BTreeMap<(PublicKey, u64, EventId), u64>>,
+    /// Per (change, round, approving key): every (seq, event) where it approved. A key that
+    /// equivocated can approve in two events of one seq; which one an event's causal past
+    /// holds decides which counts there ([`ChangeLog::resolve_in`]).
+    approvals: BTreeMap<(ChangeId, u32, PublicKey), BTreeSet<(u64, EventId)>>,
+    /// Per rotating key: its rotations, as (seq, successor, event; no event for one recorded
+    /// by [`ChangeLog::rotate`]).
+    rotations: BTreeMap<PublicKey, BTreeSet<(u64, PublicKey, Option<EventId>)>>,
 }
 
 impl ChangeLog {
@@ -626,7 +629,12 @@ impl ChangeLog {
         self.changes
             .entry(id)
             .or_insert_with(|| (proposal.change.clone(), usable(&proposal.change.kind).is_ok()));
-        let seen = self.proposals.entry(id).or_default().entry((proposal.author, proposal.seq)).or_insert(0);
+        let seen = self
+            .proposals
+            .entry(id)
+            .or_default()
+            .entry((proposal.author, proposal.seq, proposal.event))
+            .or_insert(0);
         *seen = (*seen).max(proposal.seen);
         self.approve(&Approval {
             change: id,
@@ -640,25 +648,60 @@ impl ChangeLog {
     /// Records an approval. The same approval again, or the same key's approval of the same
     /// change in the same round in another event, changes nothing but where it approved first.
     pub fn approve(&mut self, approval: &Approval) {
-        let at = (approval.seq, approval.event);
         self.approvals
             .entry((approval.change, approval.round, approval.author))
-            .and_modify(|first| *first = (*first).min(at))
-            .or_insert(at);
+            .or_default()
+            .insert((approval.seq, approval.event));
     }
 
     /// Records a rotation signed by `author` in its event of `seq`, after checking that the
     /// author is the rotating key, `seq` its cut, the successor another key, and the proof.
     pub fn rotate(&mut self, rotation: &Rotation, author: &PublicKey, seq: u64) -> Result<(), ChangeError> {
+        self.rotate_at(rotation, author, seq, None)
+    }
+
+    /// [`ChangeLog::rotate`], for a rotation carried by the event `event`.
+    pub fn rotate_in(
+        &mut self,
+        rotation: &Rotation,
+        author: &PublicKey,
+        seq: u64,
+        event: EventId,
+    ) -> Result<(), ChangeError> {
+        self.rotate_at(rotation, author, seq, Some(event))
+    }
+
+    fn rotate_at(
+        &mut self,
+        rotation: &Rotation,
+        author: &PublicKey,
+        seq: u64,
+        event: Option<EventId>,
+    ) -> Result<(), ChangeError> {
         if rotation.key != *author || rotation.cut != seq || rotation.successor == rotation.key {
             return Err(ChangeError::RotationNotOwn);
         }
         if !rotation.verify(&self.cluster) {
             return Err(ChangeError::BadProof);
         }
-        let at = (seq, rotation.successor);
-        self.rotations.entry(*author).and_modify(|first| *first = (*first).min(at)).or_insert(at);
+        self.rotations.entry(*author).or_default().insert((seq, rotation.successor, event));
         Ok(())
+    }
+
+    /// Each key's rotation that counts among those `within` holds for: its first by (seq,
+    /// successor).
+    fn rotations_in(
+        &self,
+        within: &impl Fn(&PublicKey, u64, Option<&EventId>) -> bool,
+    ) -> BTreeMap<PublicKey, (u64, PublicKey)> {
+        self.rotations
+            .iter()
+            .filter_map(|(key, all)| {
+                let (seq, successor, _) =
+                    all.iter().find(|(seq, _, event)| within(key, *seq, event.as_ref()))?;
+                Some((*key, (*seq, *successor)))
+            })
+            .collect()
     }
 
     /// The cluster id the rotations' proofs are bound to.
@@ -686,7 +729,7 @@ impl ChangeLog {
     pub fn chains(&self) -> KeyChains {
         let founders = self.changes.values().filter_map(|(change, _)| change.kind.adds());
         KeyChains::build(
-            &self.rotations,
+            &self.rotations_in(&|_, _, _| true),
             &self.genesis.founders_ever,
             self.genesis.founders_ever.iter().chain(founders),
         )
@@ -706,17 +749,24 @@ impl ChangeLog {
     /// earliest approval and rotation are what count, and if the earliest is not within, no
     /// later one is.
     pub fn resolve_within(&self, within: impl Fn(&PublicKey, u64) -> bool) -> Resolution {
-        let rotations: BTreeMap<PublicKey, (u64, PublicKey)> = self
-            .rotations
-            .iter()
-            .filter(|(key, (seq, _))| within(key, *seq))
-            .map(|(k, r)| (*k, *r))
-            .collect();
+        self.resolve_in(|key, seq, _| within(key, seq))
+    }
+
+    /// The resolution of the ops for which `within(key, seq, event)` holds, where `event` is
+    /// the event that carries the op (`None` for a rotation recorded without one): for an
+    /// event's causal past, whether that event is in it. Exact where a key equivocated, which
+    /// [`ChangeLog::resolve_within`] is not: two events of one seq can carry different ops, and
+    /// a causal past may hold either, or both.
+    pub fn resolve_in(&self, within: impl Fn(&PublicKey, u64, Option<&EventId>) -> bool) -> Resolution {
+        let rotations = self.rotations_in(&within);
         // The changes proposed within, with the highest `seen` of their proposals within.
         let mut changes: BTreeMap<ChangeId, (&Change, bool, u64)> = BTreeMap::new();
         for (id, proposals) in &self.proposals {
-            let seen =
-                proposals.iter().filter(|((key, seq), _)| within(key, *seq)).map(|(_, seen)| *seen).max();
+            let seen = proposals
+                .iter()
+                .filter(|((key, seq, event), _)| within(key, *seq, Some(event)))
+                .map(|(_, seen)| *seen)
+                .max();
             if let (Some(seen), Some((change, usable))) = (seen, self.changes.get(id)) {
                 changes.insert(*id, (change, *usable, seen));
             }
@@ -731,9 +781,13 @@ impl ChangeLog {
         );
         // Every counted approval, per (base, round, seat), in the order that picks a seat's vote.
         let mut ballots: BTreeMap<(MembershipId, u32, PublicKey), Vec<Vote>> = BTreeMap::new();
-        for ((change, round, key), (seq, event)) in &self.approvals {
+        for ((change, round, key), all) in &self.approvals {
             let Some((proposed, _, _)) = changes.get(change) else { continue };
-            if !within(key, *seq) || chains.last_seq(key).is_some_and(|last| *seq > last) {
+            // The key's first approval of the change within: a later one changes nothing.
+            let Some((seq, event)) = all.iter().find(|(seq, event)| within(key, *seq, Some(event))) else {
+                continue;
+            };
+            if chains.last_seq(key).is_some_and(|last| *seq > last) {
                 continue;
             }
             for (seat, position) in chains.seats_of(key) {
@@ -1054,6 +1108,34 @@ impl Resolution {
     /// seat.
     pub fn may_author(&self, key: &PublicKey, seq: u64) -> bool {
         self.seats_of(key).iter().any(|(seat, position)| self.keeps(seat, *position, key, seq))
+    }
+
+    /// The highest seq of `key` whose ops the document admits (rule M9): it admits exactly
+    /// the seqs up to it (`u64::MAX`: all; 0: none). [`Resolution::admits`] holds for a prefix
+    /// of each key's seqs, and this is its end.
+    pub fn admitted_through(&self, key: &PublicKey) -> u64 {
+        self.seats_of(key)
+            .iter()
+            .map(|(seat, position)| {
+                let mut through = self.chains.last_seq(key).unwrap_or(u64::MAX);
+                if let Some(cut) = self.cuts.get(seat) {
+                    through = match position.cmp(&cut.position) {
+                        std::cmp::Ordering::Less => through,
+                        std::cmp::Ordering::Equal => through.min(cut.seq),
+                        std::cmp::Ordering::Greater => 0,
+                    };
+                }
+                if let Some(&(at, from)) = self.excluded.get(seat) {
+                    through = match position.cmp(&at) {
+                        std::cmp::Ordering::Less => through,
+                        std::cmp::Ordering::Equal => through.min(from.saturating_sub(1)),
+                        std::cmp::Ordering::Greater => 0,
+                    };
+                }
+                through
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     /// Whether the document admits the ops of `key`'s event at `seq` (rule M9): as

@@ -14,7 +14,7 @@ use cairn_crypto::verify_strict;
 
 use crate::codec::{self, CodecError};
 use crate::event::{Event, EventId, Header, Op, ops_hash};
-use crate::genesis::{Genesis, MemberIdx};
+use crate::genesis::MemberIdx;
 use crate::limits::OPS_MAX;
 
 /// Why an event is invalid. The numbering in the docs follows the rules of `docs/PROTOCOL.md` §7.
@@ -31,7 +31,8 @@ pub enum Reject {
     NonCanonical,
     /// Rule 2: the deps are not sorted ascending and unique.
     DepsNotSorted,
-    /// Rule 3: the author is not a member.
+    /// Rule 3: the author may not author this event: not a member in its causal past
+    /// (`docs/PROTOCOL.md` §17, rule V1).
     NotMember,
     /// Rule 4: `verify_strict(author, id, sig)` fails.
     BadSignature,
@@ -43,11 +44,13 @@ pub enum Reject {
     OpsHashMismatch,
     /// Rule 7: no ops, more than [`OPS_MAX`], or an op with an empty key.
     BadOp,
+    /// Rule 8: a membership op the event may not carry (`docs/PROTOCOL.md` §17, rules V2 to V5).
+    BadMembership,
 }
 
 impl Reject {
     /// Every reason, for metrics.
-    pub const ALL: [Self; 11] = [
+    pub const ALL: [Self; 12] = [
         Self::Oversize,
         Self::Malformed,
         Self::TrailingBytes,
@@ -59,6 +62,7 @@ impl Reject {
         Self::BadLamport,
         Self::OpsHashMismatch,
         Self::BadOp,
+        Self::BadMembership,
     ];
 
     /// A stable snake_case name for metrics labels and logs.
@@ -75,6 +79,7 @@ impl Reject {
             Self::BadLamport => "bad_lamport",
             Self::OpsHashMismatch => "ops_hash_mismatch",
             Self::BadOp => "bad_op",
+            Self::BadMembership => "bad_membership",
         }
     }
 }
@@ -105,30 +110,25 @@ pub(crate) struct Decoded {
     pub(crate) event: Event,
     pub(crate) id: EventId,
     pub(crate) bytes: Vec<u8>,
-    pub(crate) author_idx: MemberIdx,
 }
 
-/// Rules 1, 2, 3 and 7, and the order of the deps, in the order of `docs/PROTOCOL.md` §7.
-pub(crate) fn check_stateless(
-    genesis: &Genesis,
-    bytes: Vec<u8>,
-) -> Result<Decoded, (Option<EventId>, Reject)> {
+/// Rules 1, 2 and 7, and the order of the deps, in the order of `docs/PROTOCOL.md` §7. Rule 3
+/// (the author may author) needs the causal past: the adapter checks it once the deps are
+/// accepted, or before the signature when they are and the author is a key it never heard of.
+pub(crate) fn check_stateless(bytes: Vec<u8>) -> Result<Decoded, (Option<EventId>, Reject)> {
     let event = codec::decode_event(&bytes).map_err(|e| (None, Reject::of_codec(&e)))?;
     let id = event.id();
     let fail = |reason| Err((Some(id), reason));
     if unsorted_dep(&event.header.deps).is_some() {
         return fail(Reject::DepsNotSorted);
     }
-    let Some(author_idx) = genesis.member_idx(&event.header.author) else {
-        return fail(Reject::NotMember);
-    };
     if op_flaw(&event.ops).is_some() {
         return fail(Reject::BadOp);
     }
     if check_ops_hash(&event).is_err() {
         return fail(Reject::OpsHashMismatch);
     }
-    Ok(Decoded { event, id, bytes, author_idx })
+    Ok(Decoded { event, id, bytes })
 }
 
 /// Rule 2 (deps): the index of the first dep that is not above the one before it, if any
@@ -155,7 +155,7 @@ pub(crate) fn op_flaw(ops: &[Op]) -> Option<OpFlaw> {
     } else if ops.len() > OPS_MAX {
         Some(OpFlaw::TooMany(ops.len()))
     } else {
-        ops.iter().position(|op| op.key().is_empty()).map(OpFlaw::EmptyKey)
+        ops.iter().position(|op| !op.is_membership() && op.key().is_empty()).map(OpFlaw::EmptyKey)
     }
 }
 
@@ -215,9 +215,11 @@ pub(crate) fn lamport_from_header(header: &Header) -> Option<bool> {
     }
 }
 
-/// Rules 5 and 6, given the accepted deps as `(author_idx, seq, lamport)` in the header's order.
+/// Rules 5 and 6, given the author's index and the accepted deps as `(author_idx, seq,
+/// lamport)` in the header's order.
 pub(crate) fn check_causal(
     decoded: &Decoded,
+    author: MemberIdx,
     deps: impl Iterator<Item = (MemberIdx, u64, u64)>,
 ) -> Result<(), Reject> {
     let header = &decoded.event.header;
@@ -225,7 +227,7 @@ pub(crate) fn check_causal(
     let mut own_dep_seq = 0u64;
     let mut lamport_max = 0u64;
     for (author_idx, seq, lamport) in deps {
-        if author_idx == decoded.author_idx {
+        if author_idx == author {
             own_deps += 1;
             own_dep_seq = seq;
         }

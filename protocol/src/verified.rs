@@ -31,7 +31,10 @@ impl Verified {
         author_idx: MemberIdx,
         clock: Box<[u64]>,
     ) -> Self {
-        assert!(clock[author_idx] >= event.header.seq, "an event's clock covers its own seq");
+        assert!(
+            clock.get(author_idx).is_some_and(|&seq| seq >= event.header.seq),
+            "an event's clock covers its own seq"
+        );
         Self(Arc::new(Inner { event, id, bytes, author_idx, clock }))
     }
 
@@ -40,13 +43,12 @@ impl Verified {
     /// clock taken from the archive. Crate-private like [`Verified::new`]: the archive is this
     /// node's own memory of what it validated, kept on its own disk (checksummed), and reading
     /// it back is how a restart avoids checking every signature again.
-    pub(crate) fn from_stored(stored: &crate::archive::StoredEvent, n_members: usize) -> Option<Self> {
+    pub(crate) fn from_stored(stored: &crate::archive::StoredEvent, n_keys: usize) -> Option<Self> {
         let event = stored.event()?;
-        if event.id() != stored.id || stored.meta.clock.len() != n_members || stored.meta.author >= n_members
-        {
+        if event.id() != stored.id || stored.meta.clock.len() > n_keys || stored.meta.author >= n_keys {
             return None;
         }
-        if stored.meta.clock[stored.meta.author] < event.header.seq {
+        if stored.meta.clock.get(stored.meta.author).is_none_or(|&seq| seq < event.header.seq) {
             return None;
         }
         Some(Self(Arc::new(Inner {
@@ -88,11 +90,18 @@ impl Verified {
         self.0.event.header.lamport
     }
 
-    /// The causal clock: for each member index, the highest seq of that member in this event's
-    /// causal past, this event included (0 when none). For any author that has not forked
-    /// below a seq `s`, "the author's event at `s` is in the causal past of this event" holds
-    /// exactly when `clock[author] >= s`.
+    /// The causal clock: for each author index, the highest seq of that author in this event's
+    /// causal past, this event included (0 when none). It has an entry for each key the node's
+    /// roster held when the event was accepted (at least up to the event's author); authors
+    /// indexed later have none, and read as 0 ([`Verified::clock_of`]). For any author that has
+    /// not forked below a seq `s`, "the author's event at `s` is in the causal past of this
+    /// event" holds exactly when `clock_of(author) >= s`.
     pub fn clock(&self) -> &[u64] {
         &self.0.clock
+    }
+
+    /// The clock's entry for `author`: 0 past its end.
+    pub fn clock_of(&self, author: MemberIdx) -> u64 {
+        self.0.clock.get(author).copied().unwrap_or(0)
     }
 }

@@ -250,6 +250,7 @@ fn the_buffer_stays_within_its_bounds_and_a_flood_costs_only_the_flooder() {
         buffer_bytes_per_peer_max: 40_000,
         buffer_bytes_total_max: 60_000,
         verify_threads: 2,
+        membership_changes: true,
     };
     let mut a = Adapter::new(genesis(3), config.clone());
     let honest = PublicKey([1; 32]);
@@ -307,7 +308,7 @@ fn equivocation_is_detected_on_acceptance_and_in_the_buffer() {
         }
         assert_eq!(a.n_accepted(), 3, "both branches are kept");
         assert_eq!(evidence.len(), 1, "one evidence, whatever the order");
-        assert_eq!(evidence[0].verify(a.genesis()), Ok(()));
+        assert_eq!(evidence[0].verify(a.roster()), Ok(()));
         let idx = a.genesis().member_idx(&m1.public()).unwrap();
         assert_eq!(exclusions, vec![(idx, 2)]);
         assert!(a.is_equivocator(idx));
@@ -344,7 +345,9 @@ fn forged_evidence_is_refused() {
     let a2 = Event::sign(&m1, 2, 2, vec![a1.id()], put("k", "2"));
     let sh = |e: &Event| SignedHeader { header: e.header.clone(), sig: e.sig };
     let g = genesis(3);
-    let check = |e: Evidence, expected: EvidenceError| assert_eq!(e.verify(&g), Err(expected));
+    let check = |e: Evidence, expected: EvidenceError| {
+        assert_eq!(e.verify(&cairn_protocol::Roster::new(&g)), Err(expected))
+    };
     check(Evidence::new(sh(&a1), sh(&a1)), EvidenceError::NotTwoOrdered);
     check(Evidence::new(sh(&a1), sh(&b1)), EvidenceError::DifferentAuthors);
     check(Evidence::new(sh(&a1), sh(&a2)), EvidenceError::DifferentSeqs);
@@ -358,7 +361,7 @@ fn forged_evidence_is_refused() {
     let o1 = Event::sign(&outsider.0, 1, 1, vec![], put("k", "1"));
     let o1b = Event::sign(&outsider.1, 1, 1, vec![], put("k", "2"));
     check(Evidence::new(sh(&o1), sh(&o1b)), EvidenceError::NotMember);
-    assert_eq!(Evidence::new(sh(&a1), sh(&a1b)).verify(&g), Ok(()));
+    assert_eq!(Evidence::new(sh(&a1), sh(&a1b)).verify(&cairn_protocol::Roster::new(&g)), Ok(()));
 }
 
 #[test]

@@ -263,7 +263,7 @@ fn the_vector_evidence_and_broken_evidence() {
     let bytes = vector("evidence");
     let d = diagnose_evidence(&bytes, Some(&genesis));
     assert_eq!(d.outcome(), Outcome::Valid, "{:?}", evidence_summary(&d));
-    assert!(d.decoded.as_ref().unwrap().verify(&genesis).is_ok());
+    assert!(d.decoded.as_ref().unwrap().verify(&cairn_protocol::Roster::new(&genesis)).is_ok());
     let d = diagnose_evidence(&bytes, None);
     assert_eq!(d.outcome(), Outcome::Undecided);
     assert_eq!(
@@ -285,7 +285,7 @@ fn the_vector_evidence_and_broken_evidence() {
     // Each broken step gives the reason `Evidence::verify` gives.
     let check = |evidence: &Evidence, rule: EvidenceRule| {
         let d = diagnose_evidence(&evidence.encode(), Some(&genesis));
-        let expected = evidence.verify(&genesis).unwrap_err().name();
+        let expected = evidence.verify(&cairn_protocol::Roster::new(&genesis)).unwrap_err().name();
         assert_eq!(reason(&d, rule), expected, "{:?}", evidence_summary(&d));
         assert_eq!(d.failures().next().unwrap().1.reason, expected);
     };

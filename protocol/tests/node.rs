@@ -613,6 +613,7 @@ fn a_resumed_node_over_its_archive_is_the_same_node() {
         Some(key(1).public()),
         NodeConfig::default(),
         Box::new(archive.clone()),
+        cairn_protocol::Roster::new(&g),
         chains,
         None,
     );
@@ -643,6 +644,7 @@ fn a_resumed_node_over_its_archive_is_the_same_node() {
         Some(key(1).public()),
         NodeConfig::default(),
         Box::new(archive.clone()),
+        first.adapter().roster().clone(),
         first.adapter().chain_states().to_vec(),
         None,
     );
@@ -661,7 +663,7 @@ fn a_resumed_node_over_its_archive_is_the_same_node() {
 
     // A third life opens the document the first persisted instead of replaying the archive.
     let delta = first.take_document_delta().expect("tracking is on");
-    let mut document = cairn_protocol::document::Document::new(3);
+    let mut document = cairn_protocol::document::Document::new(first.adapter().roster().keys());
     document.restore_exclusions(&delta.exclusions.expect("the fork changed the exclusions")).unwrap();
     for (kind, key, state) in &delta.keys {
         if let Some(state) = state {
@@ -673,6 +675,7 @@ fn a_resumed_node_over_its_archive_is_the_same_node() {
         Some(key(1).public()),
         NodeConfig::default(),
         Box::new(archive.clone()),
+        first.adapter().roster().clone(),
         first.adapter().chain_states().to_vec(),
         Some(document),
     );

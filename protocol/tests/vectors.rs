@@ -119,7 +119,7 @@ fn document_via_adapter(scenario: &Scenario, events: &[&Event]) -> Document {
     let ingested = adapter.ingest(scenario.keys[2].public(), events.iter().map(|e| e.encode()).collect());
     assert!(ingested.rejected.is_empty(), "{:?}", ingested.rejected);
     assert_eq!(ingested.accepted.len(), events.len());
-    let mut document = Document::new(scenario.genesis.members().len());
+    let mut document = Document::new(cairn_protocol::Roster::new(&scenario.genesis).keys());
     let mut history = MemoryHistory::new();
     for event in &ingested.accepted {
         history.record_event(event);
@@ -184,6 +184,20 @@ fn hand_ops(ops: &[Op]) -> Vec<u8> {
                 put_bytes(&mut out, key);
                 put_bytes(&mut out, element);
             }
+            Op::Propose { change, round } => {
+                out.extend(5u32.to_le_bytes());
+                out.extend(hand_change(change));
+                out.extend(round.to_le_bytes());
+            }
+            Op::Approve { change, round } => {
+                out.extend(6u32.to_le_bytes());
+                out.extend(change.0);
+                out.extend(round.to_le_bytes());
+            }
+            Op::Rotate(rotation) => {
+                out.extend(7u32.to_le_bytes());
+                out.extend(hand_rotation(rotation));
+            }
         }
     }
     out
@@ -228,7 +242,7 @@ fn hand_sync_input(tips: &[Tip], evidence: &[&Evidence]) -> Vec<u8> {
 struct HandSibling<'a> {
     id: EventId,
     op_idx: u64,
-    author_idx: u64,
+    author: PublicKey,
     lamport: u64,
     value: &'a str,
 }
@@ -238,7 +252,7 @@ struct HandSibling<'a> {
 /// documented order.
 struct HandState<'a> {
     registers: Vec<(&'a str, Vec<HandSibling<'a>>)>,
-    counters: Vec<(&'a str, Vec<(u64, i128)>)>,
+    counters: Vec<(&'a str, Vec<(PublicKey, i128)>)>,
     sets: Vec<(&'a str, Vec<&'a str>)>,
 }
 
@@ -250,7 +264,7 @@ fn hand_document_state(state: &HandState<'_>) -> Vec<u8> {
         for sibling in siblings {
             out.extend(sibling.id.0);
             out.extend(u64_le(sibling.op_idx));
-            out.extend(u64_le(sibling.author_idx));
+            out.extend(sibling.author.0);
             out.extend(u64_le(sibling.lamport));
             out.extend(u64_le(sibling.value.len() as u64));
             out.extend(hash(Domain::Value, sibling.value.as_bytes()));
@@ -260,8 +274,8 @@ fn hand_document_state(state: &HandState<'_>) -> Vec<u8> {
     for (key, totals) in &state.counters {
         put_bytes(&mut out, key.as_bytes());
         out.extend(u64_le(totals.len() as u64));
-        for (author_idx, total) in totals {
-            out.extend(u64_le(*author_idx));
+        for (author, total) in totals {
+            out.extend(author.0);
             out.extend(total.to_le_bytes());
         }
     }
@@ -414,7 +428,7 @@ fn compute() -> Vectors {
     let partial = node_with(&s, &[&s.event1, &s.event2]);
     v.comment("");
     v.comment("Document digests: NAME.document_state is the pre-image after the domain string, and");
-    v.comment("NAME.document_digest = SHA-256(\"cairn/document/v2\" || NAME.document_state).");
+    v.comment("NAME.document_digest = SHA-256(\"cairn/document/v3\" || NAME.document_state).");
     v.comment("partial: events 1 and 2 applied: register k = v, counter c = -5 (bob), set s = {x}.");
     let partial_state = hand_document_state(&document_state_partial(&s));
     v.add("partial.document_state", &partial_state);
@@ -595,15 +609,15 @@ fn concurrent_events(s: &Scenario) -> (Event, Event, Event) {
 }
 
 /// After the three concurrent events: two siblings of `k2` (sorted by lamport, then author
-/// index: bob's, then alice's), a counter with two authors, and a set where bob's add of `"a"`,
+/// key: bob's, then alice's), a counter with two authors, and a set where bob's add of `"a"`,
 /// concurrent with carol's remove, wins.
 fn document_state_concurrent<'a>(s: &Scenario, a: &Event, b: &Event) -> HandState<'a> {
-    let (alice, bob) = (member_idx(s, 0), member_idx(s, 1));
+    let (alice, bob) = (author(s, 0), author(s, 1));
     let mut siblings = vec![
-        HandSibling { id: a.id(), op_idx: 0, author_idx: alice, lamport: 1, value: "a" },
-        HandSibling { id: b.id(), op_idx: 0, author_idx: bob, lamport: 1, value: "b" },
+        HandSibling { id: a.id(), op_idx: 0, author: alice, lamport: 1, value: "a" },
+        HandSibling { id: b.id(), op_idx: 0, author: bob, lamport: 1, value: "b" },
     ];
-    siblings.sort_by_key(|sibling| (sibling.lamport, sibling.author_idx));
+    siblings.sort_by_key(|sibling| (sibling.lamport, sibling.author));
     let mut totals = vec![(alice, 3), (bob, -1)];
     totals.sort();
     HandState {
@@ -613,16 +627,16 @@ fn document_state_concurrent<'a>(s: &Scenario, a: &Event, b: &Event) -> HandStat
     }
 }
 
-fn member_idx(s: &Scenario, seed_idx: usize) -> u64 {
-    s.genesis.member_idx(&s.keys[seed_idx].public()).expect("a member") as u64
+fn author(s: &Scenario, seed_idx: usize) -> PublicKey {
+    s.keys[seed_idx].public()
 }
 
 fn document_state_partial(s: &Scenario) -> HandState<'static> {
-    let (alice, bob) = (member_idx(s, 0), member_idx(s, 1));
+    let (alice, bob) = (author(s, 0), author(s, 1));
     HandState {
         registers: vec![(
             "k",
-            vec![HandSibling { id: s.event1.id(), op_idx: 0, author_idx: alice, lamport: 1, value: "v" }],
+            vec![HandSibling { id: s.event1.id(), op_idx: 0, author: alice, lamport: 1, value: "v" }],
         )],
         counters: vec![("c", vec![(bob, -5)])],
         sets: vec![("s", vec!["x"])],
@@ -630,7 +644,7 @@ fn document_state_partial(s: &Scenario) -> HandState<'static> {
 }
 
 fn document_state_full(s: &Scenario) -> HandState<'static> {
-    HandState { registers: vec![], counters: vec![("c", vec![(member_idx(s, 1), -5)])], sets: vec![] }
+    HandState { registers: vec![], counters: vec![("c", vec![(author(s, 1), -5)])], sets: vec![] }
 }
 
 // ---- reading the file -----------------------------------------------------------------------
@@ -823,7 +837,7 @@ fn vectors_decode_back() {
     }
     let evidence = codec::decode_evidence(&get("evidence")).expect("evidence decodes");
     assert_eq!(evidence.encode(), get("evidence"), "evidence");
-    evidence.verify(&genesis).expect("the evidence verifies");
+    evidence.verify(&cairn_protocol::Roster::new(&genesis)).expect("the evidence verifies");
     let (a, b) = evidence.ids();
     let mut named = [a, b];
     named.sort();
@@ -1027,6 +1041,8 @@ fn node_settings_tables_match_the_defaults() {
         ("BUFFER_ENTRY_OVERHEAD_BYTES", cairn_protocol::buffer::BUFFER_ENTRY_OVERHEAD_BYTES.to_string()),
         ("VERIFY_THREADS_MAX", cairn_crypto::verify::VERIFY_THREADS_MAX.to_string()),
         ("VERIFY_CHUNK_MIN", cairn_crypto::verify::VERIFY_CHUNK_MIN.to_string()),
+        ("ROSTER_KEYS_MAX", cairn_protocol::ROSTER_KEYS_MAX.to_string()),
+        ("PAST_RESOLUTIONS_CACHED_MAX", cairn_protocol::PAST_RESOLUTIONS_CACHED_MAX.to_string()),
     ];
     check_table("node constants", &table_rows("Node constants"), &constants);
 }

@@ -77,6 +77,8 @@ fn check_op(op: &Op) {
         Op::Put { value, .. } => value.len(),
         Op::Add { element, .. } | Op::Remove { element, .. } => element.len(),
         Op::Del { .. } | Op::Incr { .. } => 0,
+        Op::Propose { change, .. } => cairn_protocol::codec::encode_change(change).len(),
+        Op::Approve { .. } | Op::Rotate(_) => 0,
     };
     assert!(value <= VALUE_BYTES_MAX, "a value of {value} bytes");
 }
@@ -87,7 +89,7 @@ fn check_evidence(evidence: &Evidence) {
     let encoded = encode_evidence(evidence);
     assert!(encoded.len() <= EVIDENCE_BYTES_MAX, "evidence of {} bytes", encoded.len());
     assert_eq!(decode_evidence(&encoded).as_ref(), Ok(evidence), "evidence in a message is canonical");
-    let verdict = evidence.verify(vectors_genesis());
+    let verdict = evidence.verify(&cairn_protocol::Roster::new(vectors_genesis()));
     if verdict.is_ok() {
         let (a, b) = evidence.ids();
         assert!(a < b);

@@ -105,11 +105,12 @@ fn ingest_pipeline(
     let (mut target, loaded) =
         Store::open_indexed(&path, genesis.cluster_id(), follower_key.0, OwnHistory::Unknown, &members)?;
     let (archive, handle) = StoreArchive::new(target.shared_db(), 0, 0);
-    let document = target.load_document(members.len())?;
+    let roster = cairn_protocol::Roster::new(&genesis);
+    let document = target.load_document(roster.keys())?;
     let mut config = NodeConfig::default();
     config.adapter.verify_threads = 2;
     let mut node =
-        Node::resume(genesis, Some(follower_key), config, Box::new(archive), loaded.chains, document);
+        Node::resume(genesis, Some(follower_key), config, Box::new(archive), roster, loaded.chains, document);
     node.track_document();
     ensure!(node.handle_connected(holder_key, 0), "the holder is a member");
 

@@ -199,6 +199,8 @@ impl Fake {
                     }
                     self.notify(KeyKind::Set, key);
                 }
+                // The API writes document ops only.
+                Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => {}
             }
         }
         self.events.push(info);

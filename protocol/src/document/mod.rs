@@ -125,7 +125,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use cairn_crypto::{Domain, Hasher};
+use cairn_crypto::{Domain, Hasher, PublicKey};
 
 use crate::event::{EventId, Op};
 use crate::genesis::MemberIdx;
@@ -226,8 +226,10 @@ pub struct Applied {
 /// or after its events arrived; the getters at any time.
 #[derive(Debug)]
 pub struct Document {
-    /// Per author, the lowest seq whose ops are excluded; `u64::MAX` for an author in good
-    /// standing.
+    /// The key of each author index: the node's roster (`crate::Roster`), which only grows.
+    authors: Vec<PublicKey>,
+    /// Per author index, the lowest seq whose ops are excluded; `u64::MAX` for an author in
+    /// good standing.
     excluded_from: Vec<u64>,
     registers: BTreeMap<Vec<u8>, RegisterState>,
     counters: BTreeMap<Vec<u8>, CounterState>,
@@ -242,6 +244,8 @@ pub struct Document {
 struct EventMeta {
     id: EventId,
     author: MemberIdx,
+    /// The author's key: what orders siblings, since indices are local to a node.
+    author_key: PublicKey,
     seq: u64,
     lamport: u64,
     clock: Box<[u64]>,
@@ -252,6 +256,7 @@ impl EventMeta {
         Self {
             id: event.id(),
             author: event.author_idx(),
+            author_key: event.event().header.author,
             seq: event.seq(),
             lamport: event.lamport(),
             clock: event.clock().into(),
@@ -272,13 +277,13 @@ impl OpMeta {
         if self.event.id == later.event.id {
             self.op_idx < later.op_idx
         } else {
-            later.event.clock[self.event.author] >= self.event.seq
+            later.event.clock.get(self.event.author).is_some_and(|&seq| seq >= self.event.seq)
         }
     }
 
-    /// The sibling order: `(lamport, author index, event id, op index)`.
-    fn order_key(&self) -> (u64, MemberIdx, EventId, u32) {
-        (self.event.lamport, self.event.author, self.event.id, self.op_idx)
+    /// The sibling order: `(lamport, author key, event id, op index)`.
+    fn order_key(&self) -> (u64, PublicKey, EventId, u32) {
+        (self.event.lamport, self.event.author_key, self.event.id, self.op_idx)
     }
 
     fn id(&self) -> OpId {
@@ -292,10 +297,11 @@ impl OpMeta {
 }
 
 impl Document {
-    /// An empty document for a cluster of `n_members` members.
-    pub fn new(n_members: usize) -> Self {
+    /// An empty document whose author indices name `authors` (the node's roster).
+    pub fn new(authors: &[PublicKey]) -> Self {
         Self {
-            excluded_from: vec![u64::MAX; n_members],
+            authors: authors.to_vec(),
+            excluded_from: vec![u64::MAX; authors.len()],
             registers: BTreeMap::new(),
             counters: BTreeMap::new(),
             sets: BTreeMap::new(),
@@ -311,12 +317,15 @@ impl Document {
     ///
     /// # Panics
     ///
-    /// If the event's author or clock does not fit the document's number of members.
+    /// If the event's author or clock does not fit the document's authors.
     pub fn apply(&mut self, event: &Verified) -> Applied {
         let author = event.author_idx();
-        let n_members = self.excluded_from.len();
-        assert!(author < n_members, "author {author} of a document with {n_members} members");
-        assert_eq!(event.clock().len(), n_members, "an event's clock has one entry per member");
+        let n_authors = self.authors.len();
+        assert!(
+            self.authors.get(author) == Some(&event.event().header.author),
+            "author {author} of a document with {n_authors} authors"
+        );
+        assert!(event.clock().len() <= n_authors, "an event's clock has an entry per author at most");
         if event.seq() >= self.excluded_from[author] {
             return Applied::default();
         }
@@ -477,11 +486,15 @@ impl Document {
                     Op::Add { key, element } | Op::Remove { key, element } => {
                         sets.entry(key.clone()).or_default().entry(element.clone()).or_default().push(id);
                     }
+                    // Membership ops wrote nothing to the document.
+                    Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => {}
                 }
             }
         }
 
-        let mut loader = Loader::new(history, self.excluded_from.len());
+        // The loader reads the authors while the states change; exclusions are rare.
+        let authors = self.authors.clone();
+        let mut loader = Loader::new(history, &authors);
         let mut covered: BTreeMap<OpId, Vec<OpId>> = BTreeMap::new();
         let mut applied = Applied::default();
         for (key, excluded) in registers {
@@ -636,7 +649,7 @@ impl Document {
             for sibling in state.siblings() {
                 hasher.update(&sibling.op.event.id.0);
                 hasher.update(&u64::from(sibling.op.op_idx).to_le_bytes());
-                update_len(&mut hasher, sibling.op.event.author);
+                hasher.update(sibling.op.event.author_key.as_bytes());
                 hasher.update(&sibling.op.event.lamport.to_le_bytes());
                 let (len, value_hash) = sibling.value.as_ref().expect("siblings are puts").len_and_hash();
                 hasher.update(&len.to_le_bytes());
@@ -648,8 +661,11 @@ impl Document {
         for (key, state) in counters {
             update_bytes(&mut hasher, key);
             update_len(&mut hasher, state.totals.len());
-            for (&author, total) in &state.totals {
-                update_len(&mut hasher, author);
+            let mut totals: Vec<(&PublicKey, i128)> =
+                state.totals.iter().map(|(&author, &total)| (&self.authors[author], total)).collect();
+            totals.sort_unstable();
+            for (author, total) in totals {
+                hasher.update(author.as_bytes());
                 hasher.update(&total.to_le_bytes());
             }
         }
@@ -689,9 +705,20 @@ impl Document {
         }
     }
 
-    /// The number of members the document is for.
-    pub fn n_members(&self) -> usize {
-        self.excluded_from.len()
+    /// The key of each author index.
+    pub fn authors(&self) -> &[PublicKey] {
+        &self.authors
+    }
+
+    /// Indexes `key` as the next author, as the node's roster did: call it with each key the
+    /// roster gains, in order, before applying an event by it. Returns its index.
+    pub fn add_author(&mut self, key: PublicKey) -> MemberIdx {
+        if let Some(idx) = self.authors.iter().position(|k| *k == key) {
+            return idx;
+        }
+        self.authors.push(key);
+        self.excluded_from.push(u64::MAX);
+        self.authors.len() - 1
     }
 
     /// Excludes `author` from `from_seq` in a document that has applied none of its events at
@@ -713,28 +740,30 @@ impl Document {
 /// Reads the events that candidates of an exclusion belong to, each once.
 struct Loader<'h> {
     history: &'h dyn DocHistory,
-    n_members: usize,
+    authors: &'h [PublicKey],
     events: BTreeMap<EventId, (Arc<EventMeta>, Vec<Op>)>,
 }
 
 impl<'h> Loader<'h> {
-    fn new(history: &'h dyn DocHistory, n_members: usize) -> Self {
-        Self { history, n_members, events: BTreeMap::new() }
+    fn new(history: &'h dyn DocHistory, authors: &'h [PublicKey]) -> Self {
+        Self { history, authors, events: BTreeMap::new() }
     }
 
     /// The meta and the op of `id`, from the history.
     fn load(&mut self, (event_id, op_idx): OpId) -> (Arc<EventMeta>, &Op) {
-        let n_members = self.n_members;
+        let authors = self.authors;
         let (meta, ops) = self.events.entry(event_id).or_insert_with(|| {
             let Some(event) = self.history.event(&event_id) else {
                 panic!("the history's covered lists name event {event_id}, which it does not hold");
             };
+            let n_authors = authors.len();
             assert!(
-                event.id == event_id && event.author < n_members && event.clock.len() == n_members,
-                "the history's event {event_id} does not fit a document of {n_members} members"
+                event.id == event_id && event.author < n_authors && event.clock.len() <= n_authors,
+                "the history's event {event_id} does not fit a document of {n_authors} authors"
             );
             let HistoricEvent { id, author, seq, lamport, clock, ops } = event;
-            (Arc::new(EventMeta { id, author, seq, lamport, clock: clock.into() }), ops)
+            let author_key = authors[author];
+            (Arc::new(EventMeta { id, author, author_key, seq, lamport, clock: clock.into() }), ops)
         });
         let Some(op) = ops.get(op_idx as usize) else {
             panic!("the history's covered lists name op {op_idx} of event {event_id}, which has fewer");
@@ -751,11 +780,13 @@ fn note_covered(covered: &mut Vec<Covered>, by: OpId, ids: Vec<OpId>) {
 }
 
 /// How an event's ops are grouped: by key space, key, and (for sets) element.
-/// An event's op indices sorted by [`group_key`]: ops on one key (and one set element) are
-/// adjacent, in index order.
+/// An event's document op indices sorted by [`group_key`]: ops on one key (and one set
+/// element) are adjacent, in index order. Membership ops write no document key: they are left
+/// out.
 fn key_order(ops: &[Op]) -> Vec<u32> {
-    let mut order: Vec<u32> =
-        (0..u32::try_from(ops.len()).expect("an event holds at most OPS_MAX ops")).collect();
+    let mut order: Vec<u32> = (0..u32::try_from(ops.len()).expect("an event holds at most OPS_MAX ops"))
+        .filter(|&idx| !ops[idx as usize].is_membership())
+        .collect();
     order.sort_by(|&a, &b| group_key(&ops[a as usize]).cmp(&group_key(&ops[b as usize])));
     order
 }
@@ -767,11 +798,16 @@ fn same_key(ops: &[Op], a: u32, b: u32) -> bool {
     (kind_a, key_a) == (kind_b, key_b)
 }
 
+/// The group of a document op. Only called on the ops [`key_order`] lists.
 fn group_key(op: &Op) -> (KeyKind, &[u8], &[u8]) {
     match op {
         Op::Put { key, .. } | Op::Del { key } => (KeyKind::Register, key, &[]),
         Op::Incr { key, .. } => (KeyKind::Counter, key, &[]),
         Op::Add { key, element } | Op::Remove { key, element } => (KeyKind::Set, key, element),
+        // `key_order` leaves membership ops out, so no group holds one.
+        Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => {
+            unreachable!("a membership op in a document group")
+        }
     }
 }
 

@@ -5,9 +5,9 @@
 //!
 //! ```text
 //! entry      = event id (32 bytes) ‖ u64(op index) ‖ u64(author index) ‖ u64(seq)
-//!              ‖ u64(lamport) ‖ u64(number of members) ‖ that many u64(clock entry)
+//!              ‖ u64(lamport) ‖ u64(number of clock entries, at most the authors) ‖ that many u64(clock entry)
 //! register   = u64(number of frontier entries ≥ 1)
-//!              then each, ascending by (lamport, author index, event id, op index):
+//!              then each, ascending by (lamport, author key, event id, op index):
 //!                entry ‖ u8(1) ‖ bytes(value)      a put of at most VALUE_INLINE_BYTES_MAX bytes
 //!                entry ‖ u8(2) ‖ u64(len(value)) ‖ SHA-256("cairn/value/v1" ‖ value)
 //!                                                  a larger put (its value is in its event)
@@ -17,15 +17,17 @@
 //! set        = u64(number of elements with a frontier ≥ 1)
 //!              then each, in ascending byte order:
 //!                bytes(element) ‖ u64(number of frontier entries ≥ 1)
-//!                then each, ascending by (lamport, author index, event id, op index):
+//!                then each, ascending by (lamport, author key, event id, op index):
 //!                  entry ‖ u8(1 for an add, 0 for a remove)
-//! exclusions = u64(number of members) ‖ per member u64(lowest excluded seq, 2^64-1 for none)
+//! exclusions = u64(number of authors) ‖ per author u64(lowest excluded seq, 2^64-1 for none)
 //! ```
 //!
 //! Only the canonical form decodes: entries in order and unique, no empty list, no zero total.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+use cairn_crypto::PublicKey;
 
 use super::counter::CounterState;
 use super::register::{HeldValue, RegisterEntry, RegisterState, VALUE_INLINE_BYTES_MAX};
@@ -127,8 +129,7 @@ impl Document {
         if key.len() > KEY_BYTES_MAX {
             return Err(invalid(format!("a key of {} bytes", key.len())));
         }
-        let n_members = self.excluded_from.len();
-        let mut reader = Reader { bytes, metas: BTreeMap::new(), n_members };
+        let mut reader = Reader { bytes, metas: BTreeMap::new(), authors: &self.authors };
         match kind {
             KeyKind::Register => {
                 let n = reader.len(ENTRY_BYTES_MIN, "register entries")?;
@@ -222,16 +223,18 @@ impl Document {
     /// the persisted keys already hold the state after the exclusions. Nothing changes when the
     /// bytes do not decode or are for another number of members.
     pub fn restore_exclusions(&mut self, bytes: &[u8]) -> Result<(), DocumentDecodeError> {
-        let mut reader = Reader { bytes, metas: BTreeMap::new(), n_members: self.excluded_from.len() };
+        let mut reader = Reader { bytes, metas: BTreeMap::new(), authors: &self.authors };
         let n = reader.len(8, "members")?;
-        if n != self.excluded_from.len() {
+        if n > self.authors.len() {
             return Err(invalid(format!(
-                "exclusions of {n} members for a document of {}",
-                self.excluded_from.len()
+                "exclusions of {n} authors for a document of {}",
+                self.authors.len()
             )));
         }
-        let excluded_from = (0..n).map(|_| reader.u64()).collect::<Result<Vec<_>, _>>()?;
+        let mut excluded_from = (0..n).map(|_| reader.u64()).collect::<Result<Vec<_>, _>>()?;
         reader.finish()?;
+        // Authors indexed after the exclusions were written have none.
+        excluded_from.resize(self.authors.len(), u64::MAX);
         self.excluded_from = excluded_from;
         Ok(())
     }
@@ -280,7 +283,8 @@ fn put_op(out: &mut Vec<u8>, op: &OpMeta) {
 struct Reader<'a> {
     bytes: &'a [u8],
     metas: BTreeMap<EventId, Arc<EventMeta>>,
-    n_members: usize,
+    /// The document's authors, by index.
+    authors: &'a [PublicKey],
 }
 
 impl Reader<'_> {
@@ -328,8 +332,8 @@ impl Reader<'_> {
     fn member(&mut self) -> Result<usize, DocumentDecodeError> {
         let author = self.u64()?;
         match usize::try_from(author) {
-            Ok(author) if author < self.n_members => Ok(author),
-            _ => Err(invalid(format!("member index {author} of {} members", self.n_members))),
+            Ok(author) if author < self.authors.len() => Ok(author),
+            _ => Err(invalid(format!("author index {author} of {} authors", self.authors.len()))),
         }
     }
 
@@ -343,14 +347,15 @@ impl Reader<'_> {
         let seq = self.u64()?;
         let lamport = self.u64()?;
         let n_clock = self.len(8, "clock entries")?;
-        if n_clock != self.n_members {
-            return Err(invalid(format!("a clock of {n_clock} entries for {} members", self.n_members)));
+        if n_clock > self.authors.len() {
+            return Err(invalid(format!("a clock of {n_clock} entries for {} authors", self.authors.len())));
         }
         let clock: Box<[u64]> = (0..n_clock).map(|_| self.u64()).collect::<Result<_, _>>()?;
-        if seq == 0 || clock[author] < seq {
+        if seq == 0 || clock.get(author).is_none_or(|&entry| entry < seq) {
             return Err(invalid("a seq that its clock does not cover"));
         }
-        let meta = EventMeta { id, author, seq, lamport, clock };
+        let author_key = self.authors[author];
+        let meta = EventMeta { id, author, author_key, seq, lamport, clock };
         let event = match self.metas.get(&id) {
             Some(known) if **known == meta => Arc::clone(known),
             Some(_) => return Err(invalid(format!("two metas for event {id}"))),

@@ -28,6 +28,8 @@ pub(super) struct Reference {
     sets: BTreeMap<Vec<u8>, SetState>,
     /// Per author, the keys holding its ops, so that an exclusion recomputes only those.
     touched: Vec<Touched>,
+    /// Each author's key, as its events named it: the digest orders authors by key.
+    keys: BTreeMap<MemberIdx, cairn_crypto::PublicKey>,
 }
 
 /// A per-key state that keeps its included ops in apply order (a causal order) and derives
@@ -220,11 +222,13 @@ impl Reference {
             counters: BTreeMap::new(),
             sets: BTreeMap::new(),
             touched: (0..n_members).map(|_| Touched::default()).collect(),
+            keys: BTreeMap::new(),
         }
     }
 
     pub(super) fn apply(&mut self, event: &Verified) -> Vec<Change> {
         let author = event.author_idx();
+        self.keys.insert(author, event.event().header.author);
         let seq = event.seq();
         if seq >= self.excluded_from[author] {
             return Vec::new();
@@ -431,7 +435,7 @@ impl Reference {
                 let write = &state.history[idx];
                 hasher.update(&write.op.event.id.0);
                 hasher.update(&u64::from(write.op.op_idx).to_le_bytes());
-                update_len(&mut hasher, write.op.event.author);
+                hasher.update(write.op.event.author_key.as_bytes());
                 hasher.update(&write.op.event.lamport.to_le_bytes());
                 let value = write.value.as_deref().expect("only puts are siblings");
                 hasher.update(&(value.len() as u64).to_le_bytes());
@@ -442,11 +446,17 @@ impl Reference {
         update_len(&mut hasher, counters.len());
         for (key, state) in counters {
             update_bytes(&mut hasher, key);
-            let totals: Vec<_> = state.by_author.iter().filter(|(_, tally)| tally.total != 0).collect();
+            let mut totals: Vec<_> = state
+                .by_author
+                .iter()
+                .filter(|(_, tally)| tally.total != 0)
+                .map(|(author, tally)| (self.keys[author], tally.total))
+                .collect();
+            totals.sort_unstable();
             update_len(&mut hasher, totals.len());
-            for (&author, tally) in totals {
-                update_len(&mut hasher, author);
-                hasher.update(&tally.total.to_le_bytes());
+            for (author, total) in totals {
+                hasher.update(author.as_bytes());
+                hasher.update(&total.to_le_bytes());
             }
         }
         let sets: Vec<_> = self.sets.iter().filter(|(_, state)| state.n_members > 0).collect();

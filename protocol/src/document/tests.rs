@@ -17,6 +17,11 @@ const B: MemberIdx = 1;
 const C: MemberIdx = 2;
 const N_AUTHORS: usize = 3;
 
+/// The authors' keys, by index (sorted, as a genesis is).
+fn authors() -> Vec<PublicKey> {
+    Dag::new().keys.iter().map(SecretKey::public).collect()
+}
+
 /// Signed test events with their causal relations; an event is named by its index.
 struct Dag {
     /// Sorted by public key, so a key's position is its member index.
@@ -104,7 +109,7 @@ struct Replica {
 
 impl Replica {
     fn new() -> Self {
-        Self { doc: Document::new(N_AUTHORS), history: MemoryHistory::new() }
+        Self { doc: Document::new(&authors()), history: MemoryHistory::new() }
     }
 
     fn apply(&mut self, event: &Verified) -> Vec<Change> {
@@ -220,9 +225,9 @@ fn check(dag: &Dag, exclusions: &[(MemberIdx, u64)], expected: &str) {
     assert_eq!(before.digest(), after.digest());
     assert_eq!(never.digest(), after.digest());
     if rendered.is_empty() {
-        assert_eq!(after.digest(), Document::new(N_AUTHORS).digest());
+        assert_eq!(after.digest(), Document::new(&authors()).digest());
     } else {
-        assert_ne!(after.digest(), Document::new(N_AUTHORS).digest());
+        assert_ne!(after.digest(), Document::new(&authors()).digest());
     }
 }
 
@@ -666,10 +671,10 @@ fn changes_name_each_key_whose_visible_state_changed() {
 
 #[test]
 fn empty_digest_vector() {
-    // SHA-256("cairn/document/v2" ‖ three u64 zero counts), computed with `sha256sum`.
+    // SHA-256("cairn/document/v3" ‖ three u64 zero counts), computed with `sha256sum`.
     assert_eq!(
-        hex::encode(Document::new(N_AUTHORS).digest()),
-        "df9ba0de962c547ee62ccfcfc43544882be21455ccdd5704a2c4bc2f5c49091c"
+        hex::encode(Document::new(&authors()).digest()),
+        "f276e45ea96397bc861d6c154b2e7899365fa7d60bc9168dc4aac29f6a404c9e"
     );
 }
 
@@ -694,7 +699,7 @@ fn digest_follows_the_documented_layout() {
     for (event, value) in [(a1, b"v1"), (b1, b"v2")] {
         state.extend_from_slice(&dag.events[event].id().0);
         u64_le(&mut state, 0); // op index
-        u64_le(&mut state, dag.events[event].author_idx() as u64);
+        state.extend_from_slice(dag.events[event].event().header.author.as_bytes());
         u64_le(&mut state, 1); // lamport
         state.extend_from_slice(&(value.len() as u64).to_le_bytes());
         state.extend_from_slice(&hash(Domain::Value, value));
@@ -702,9 +707,10 @@ fn digest_follows_the_documented_layout() {
     u64_le(&mut state, 1); // counters
     bytes(&mut state, b"c");
     u64_le(&mut state, 2);
-    u64_le(&mut state, A as u64);
+    // A's key sorts before B's (the dag's keys are sorted).
+    state.extend_from_slice(dag.keys[A].public().as_bytes());
     state.extend_from_slice(&(-7i128).to_le_bytes());
-    u64_le(&mut state, B as u64);
+    state.extend_from_slice(dag.keys[B].public().as_bytes());
     state.extend_from_slice(&9i128.to_le_bytes());
     u64_le(&mut state, 1); // sets
     bytes(&mut state, b"s");
@@ -1067,6 +1073,8 @@ fn model_digest(
     counters: &CounterReads,
     sets: &BTreeMap<String, Vec<Vec<u8>>>,
 ) -> [u8; 32] {
+    // The test authors' keys are sorted, so index order is key order.
+    let authors = authors();
     let mut state = Vec::new();
     let u64_le = |state: &mut Vec<u8>, n: usize| state.extend_from_slice(&(n as u64).to_le_bytes());
     let bytes = |state: &mut Vec<u8>, b: &[u8]| {
@@ -1081,7 +1089,7 @@ fn model_digest(
         for sibling in &read.siblings {
             state.extend_from_slice(&sibling.event_id.0);
             u64_le(&mut state, sibling.op_idx as usize);
-            u64_le(&mut state, sibling.author);
+            state.extend_from_slice(authors[sibling.author].as_bytes());
             state.extend_from_slice(&sibling.lamport.to_le_bytes());
             assert!(sibling.value_held, "the generated values are small enough to be held");
             state.extend_from_slice(&(sibling.value.len() as u64).to_le_bytes());
@@ -1094,7 +1102,7 @@ fn model_digest(
         bytes(&mut state, key.as_bytes());
         u64_le(&mut state, totals.len());
         for &(author, total) in totals {
-            u64_le(&mut state, author);
+            state.extend_from_slice(authors[author].as_bytes());
             state.extend_from_slice(&total.to_le_bytes());
         }
     }
@@ -1285,7 +1293,7 @@ impl<'d> Harness<'d> {
             .map(|(kind, key)| ((kind, key.to_vec()), self.doc.encode_key(kind, key).expect("a state key")))
             .collect();
         assert_eq!(self.store, full, "take_dirty named every key whose persisted state changed");
-        let mut restored = Document::new(N_AUTHORS);
+        let mut restored = Document::new(&authors());
         restored.restore_exclusions(&self.doc.encode_exclusions()).expect("encoded by the document");
         for ((kind, key), bytes) in &self.store {
             restored.restore_key(*kind, key, bytes).expect("encoded by the document");
@@ -1537,7 +1545,7 @@ fn exclusion_reads_the_author_s_ops_not_the_key_s_history() {
 #[test]
 fn a_register_overwritten_100_000_times_holds_one_frontier_entry() {
     let mut chains = Chains::new();
-    let mut doc = Document::new(N_AUTHORS);
+    let mut doc = Document::new(&authors());
     let mut previous = None;
     for n in 0..100_000 {
         let event = chains.next(A, &[], vec![put("k", &format!("v{n}"))]);
@@ -1661,7 +1669,7 @@ fn persisted_bytes_that_do_not_decode_are_refused() {
     let digest = doc.digest();
     for (kind, key) in &keys {
         let bytes = doc.encode_key(*kind, key).unwrap();
-        let mut target = Document::new(N_AUTHORS);
+        let mut target = Document::new(&authors());
         for len in 0..bytes.len() {
             assert!(target.restore_key(*kind, key, &bytes[..len]).is_err(), "{kind:?} cut at {len}");
         }
@@ -1670,9 +1678,9 @@ fn persisted_bytes_that_do_not_decode_are_refused() {
         assert_eq!(target.restore_key(*kind, key, &longer), Err(DocumentDecodeError::TrailingBytes(1)));
         // A count of zero: a key without state is not persisted.
         assert!(target.restore_key(*kind, key, &0u64.to_le_bytes()).is_err());
-        // Another number of members.
+        // Fewer authors than the bytes' clocks have entries.
         assert!(
-            Document::new(N_AUTHORS + 1).restore_key(*kind, key, &bytes).is_err()
+            Document::new(&authors()[..N_AUTHORS - 1]).restore_key(*kind, key, &bytes).is_err()
                 || *kind == KeyKind::Counter
         );
         assert_eq!(target.state_keys().count(), 0, "nothing changes when the bytes do not decode");
@@ -1685,12 +1693,12 @@ fn persisted_bytes_that_do_not_decode_are_refused() {
     let mut swapped = bytes[..8].to_vec();
     swapped.extend_from_slice(&bytes[8 + entry_len..]);
     swapped.extend_from_slice(&bytes[8..8 + entry_len]);
-    let mut target = Document::new(N_AUTHORS);
+    let mut target = Document::new(&authors());
     assert!(target.restore_key(KeyKind::Register, b"k", &swapped).is_err());
     // Exclusions.
     let exclusions = doc.encode_exclusions();
     assert!(target.restore_exclusions(&exclusions[..exclusions.len() - 1]).is_err());
-    assert!(Document::new(N_AUTHORS + 1).restore_exclusions(&exclusions).is_err());
+    assert!(Document::new(&authors()[..N_AUTHORS - 1]).restore_exclusions(&exclusions).is_err());
     target.restore_exclusions(&exclusions).unwrap();
     for (kind, key) in &keys {
         target.restore_key(*kind, key, &doc.encode_key(*kind, key).unwrap()).unwrap();
@@ -1724,7 +1732,7 @@ proptest! {
         }
         bytes.truncate(cut % (bytes.len() + 1));
         bytes.extend_from_slice(&noise);
-        let mut target = Document::new(N_AUTHORS);
+        let mut target = Document::new(&authors());
         if target.restore_key(kind, key, &bytes).is_ok() {
             let _ = (target.digest(), target.register(key), target.counter(key), target.set_members(key));
             let event = &dag.events[0];
@@ -1752,7 +1760,7 @@ fn large_values_are_held_by_hash_not_in_memory() {
     assert!(doc.doc.register(b"small").visible.unwrap().value_held);
     let encoded = doc.doc.encode_key(KeyKind::Register, b"big").unwrap();
     assert!(encoded.len() < large.len(), "the persisted state holds no value bytes");
-    let mut restored = Document::new(N_AUTHORS);
+    let mut restored = Document::new(&authors());
     restored.restore_key(KeyKind::Register, b"big", &encoded).unwrap();
     restored
         .restore_key(KeyKind::Register, b"small", &doc.doc.encode_key(KeyKind::Register, b"small").unwrap())

@@ -51,7 +51,7 @@ impl ForkSearch {
 impl Node {
     pub(super) fn start_fork_search(&mut self, peer: PeerId, tip: Tip, now_ms: u64) {
         let max = self.config.fork_searches_max;
-        let Some(author) = self.genesis().member_idx(&tip.author) else { return };
+        let Some(author) = self.adapter.roster().idx(&tip.author) else { return };
         let Some(p) = self.peers.get_mut(&peer) else { return };
         if p.searches.contains_key(&tip.id) || p.searches.len() >= max || tip.seq == 0 {
             return;

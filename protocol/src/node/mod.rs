@@ -62,7 +62,7 @@ use fork::ForkSearch;
 pub use misbehaviour::Misbehaviour;
 pub use peer::PeerStats;
 use peer::{Outgoing, Peer, SentEvents};
-pub use writes::{Prepared, WriteError};
+pub use writes::{MemberRequest, Prepared, WriteError};
 
 /// Seqs asked per fork-search round: each round narrows the unknown range about 32-fold.
 pub const FORK_PROBE_SEQS_PER_ROUND: usize = 32;
@@ -220,10 +220,10 @@ impl Node {
     /// A replica of the cluster `genesis`. `me` is this node's own key (never treated as a
     /// peer), or `None` for an observer.
     pub fn new(genesis: Genesis, me: Option<PublicKey>, config: NodeConfig) -> Self {
-        let n_members = genesis.members().len();
+        let adapter = Adapter::new(genesis, config.adapter.clone());
         Self {
-            adapter: Adapter::new(genesis, config.adapter.clone()),
-            document: Document::new(n_members),
+            document: Document::new(adapter.roster().keys()),
+            adapter,
             doc_tracking: None,
             learning_own_seq: config.own_seq_peers_needed > 0,
             prepared_up_to: 0,
@@ -267,9 +267,27 @@ impl Node {
         self.peers.get(peer).is_some_and(|p| p.connected)
     }
 
+    /// This node's own key, if it has one.
+    pub fn me(&self) -> Option<PublicKey> {
+        self.me
+    }
+
+    /// Takes `key` as this node's own key from now on: after this node's rotation to it
+    /// ([`crate::MemberRequest::Rotate`]) was committed. The new key starts its own chain at seq 1,
+    /// and nothing it signed before can exist (it is new), so no own seq needs learning.
+    ///
+    /// # Panics
+    ///
+    /// If writes prepared by the old key are not committed or aborted yet.
+    pub fn rekey(&mut self, key: PublicKey) {
+        assert!(self.prepared_from.is_none(), "rekey with prepared writes of the old key pending");
+        self.me = Some(key);
+        self.prepared_up_to = 0;
+    }
+
     /// Whether connections from `peer` must be refused (a proven equivocator or a non-member).
     pub fn is_refused(&self, peer: &PeerId) -> bool {
-        self.refused.contains(peer) || self.genesis().member_idx(peer).is_none() || Some(*peer) == self.me
+        self.refused.contains(peer) || self.adapter.roster().idx(peer).is_none() || Some(*peer) == self.me
     }
 
     /// The reconciliation digest: `SHA-256("cairn/sync-digest/v1" ‖ tips ‖ evidence)`, where
@@ -350,8 +368,8 @@ impl Node {
     }
 
     /// A replica over an archive that holds the events accepted before (the node's store on
-    /// disk): the adapter resumes from `chains` ([`crate::Adapter::chain_states`] as stored)
-    /// without reading the history. The document is `document`, the one persisted with the
+    /// disk): the adapter resumes from `roster` and `chains` ([`crate::Adapter::roster`] and
+    /// [`crate::Adapter::chain_states`] as stored) without reading the history. The document is `document`, the one persisted with the
     /// archive (see [`Node::track_document`]), with every known fork excluded (an exclusion it
     /// holds already costs nothing); or, for `None`, an empty document with every known fork
     /// excluded, to which the caller replays the whole archive. Then feed it the stored events
@@ -360,12 +378,14 @@ impl Node {
     ///
     /// # Panics
     ///
-    /// If `document` is for another number of members than the genesis.
+    /// If `document` indexes other authors than `roster`, or `chains` does not have an entry
+    /// per key of `roster`.
     pub fn resume(
         genesis: Genesis,
         me: Option<PublicKey>,
         config: NodeConfig,
         archive: Box<dyn crate::archive::Archive>,
+        roster: crate::roster::Roster,
         chains: Vec<crate::adapter::ChainState>,
         document: Option<Document>,
     ) -> Self {
@@ -375,10 +395,15 @@ impl Node {
             .enumerate()
             .filter_map(|(author, chain)| chain.fork_seq.map(|seq| (author, seq)))
             .collect();
-        node.adapter = Adapter::resume(genesis, config.adapter, archive, chains);
+        node.adapter = Adapter::resume(genesis, config.adapter, archive, roster, chains);
+        node.document = Document::new(node.adapter.roster().keys());
         match document {
             Some(document) => {
-                assert_eq!(document.n_members(), node.document.n_members(), "a document of this cluster");
+                assert_eq!(
+                    document.authors(),
+                    node.adapter.roster().keys(),
+                    "a document of this node's roster"
+                );
                 node.document = document;
                 for (author, seq) in forks {
                     let history = ArchiveHistory {
@@ -404,10 +429,10 @@ impl Node {
     /// `Verified::from_stored`). Returns the ids of those that could not be read back (bytes
     /// that no longer decode or match their meta): a non-empty list means the store was altered.
     pub fn replay_document(&mut self, events: &[crate::archive::StoredEvent]) -> Vec<EventId> {
-        let n_members = self.genesis().members().len();
+        let n_keys = self.adapter.roster().len();
         let mut bad = Vec::new();
         for stored in events {
-            match Verified::from_stored(stored, n_members) {
+            match Verified::from_stored(stored, n_keys) {
                 Some(event) => {
                     let Applied { covered, .. } = self.document.apply(&event);
                     self.record_covered(covered, false);
@@ -699,7 +724,21 @@ impl Node {
 
     /// Applies what the adapter accepted, reports rejections and evidence, pushes and asks.
     fn absorb(&mut self, from: Option<PeerId>, ingested: Ingested, now_ms: u64) {
-        let Ingested { accepted, rejected, missing, evidence, exclusions, .. } = ingested;
+        let Ingested { accepted, rejected, missing, evidence, mut exclusions, membership_changed, .. } =
+            ingested;
+        if membership_changed {
+            // A change that took effect, a cut, or a double approval: the document stops
+            // admitting what the membership in force no longer allows (rule M9).
+            exclusions.extend(self.adapter.admission_exclusions());
+        }
+        // An event past its author's admitted seqs (a removed seat's, written before it saw
+        // its removal) is valid but not admitted.
+        for event in &accepted {
+            let through = self.adapter.admitted_through(event.author_idx());
+            if event.seq() > through {
+                exclusions.push((event.author_idx(), through.saturating_add(1)));
+            }
+        }
         for r in rejected {
             // Restored and local events have no peer to blame.
             if let Some(p) = self.peers.get_mut(&r.from) {
@@ -721,6 +760,11 @@ impl Node {
         }
         if !accepted.is_empty() || !evidence.is_empty() {
             self.digest_cache = None;
+        }
+        // The document indexes authors as the roster does; the roster grows as events that
+        // name new keys are accepted, before any event by such a key.
+        for key in self.adapter.roster().keys().iter().skip(self.document.authors().len()) {
+            self.document.add_author(*key);
         }
         let mut changes: BTreeSet<Change> = BTreeSet::new();
         for event in &accepted {

@@ -62,7 +62,7 @@ impl Node {
 
         let mut by_author: BTreeMap<MemberIdx, Vec<Tip>> = BTreeMap::new();
         for tip in tips {
-            match self.genesis().member_idx(&tip.author) {
+            match self.adapter.roster().idx(&tip.author) {
                 Some(author) => by_author.entry(author).or_default().push(tip),
                 None => {
                     self.bad_message(peer, Misbehaviour::TipOfNonMember, &"a tip of a non-member");
@@ -72,9 +72,9 @@ impl Node {
         }
         // Events the peer lacks, for every author whose peer tips we all hold.
         let mut lacking = Vec::new();
-        let n_members = self.genesis().members().len();
+        let n_authors = self.adapter.roster().len();
         let mut unknown = Vec::new();
-        for author in 0..n_members {
+        for author in 0..n_authors {
             let theirs = by_author.get(&author).map_or(&[][..], Vec::as_slice);
             if theirs.iter().all(|t| self.adapter.is_accepted(&t.id)) {
                 let covers: Vec<EventId> = theirs.iter().map(|t| t.id).collect();
@@ -93,7 +93,7 @@ impl Node {
         }
         self.sort_causally(&mut lacking);
         self.queue_events(peer, lacking, false);
-        let own = self.me.and_then(|me| self.genesis().member_idx(&me));
+        let own = self.me.and_then(|me| self.adapter.roster().idx(&me));
         let own_reported =
             own.map(|m| by_author.get(&m).map_or(Vec::new(), |t| t.iter().map(|t| (t.seq, t.id)).collect()));
         // Whoever opened the session, a complete Tips ends this node's part of it: with

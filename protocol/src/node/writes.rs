@@ -39,6 +39,21 @@ pub enum WriteError {
     /// The ops do not form a valid event.
     #[error("the write is not a valid event: {0}")]
     Invalid(Reject),
+    /// The membership op may not be signed now (`docs/PROTOCOL.md` §17).
+    #[error("{0}")]
+    Membership(crate::membership::ChangeError),
+}
+
+/// A membership op to sign (`docs/PROTOCOL.md` §17), for [`Node::prepare_membership`]: the node
+/// fills in what its accepted set decides (the base, the round, the rotation's seq).
+#[derive(Debug)]
+pub enum MemberRequest<'a> {
+    /// Propose a change of the membership in force, and vote for it.
+    Propose(crate::membership::ChangeKind),
+    /// Vote for a pending change.
+    Approve(crate::membership::ChangeId),
+    /// Hand this node's seat over to the key `successor`, which signs the proof here.
+    Rotate(&'a SecretKey),
 }
 
 /// Own events signed by [`Node::prepare_writes`] and not yet accepted: the caller stores
@@ -95,9 +110,12 @@ impl Node {
     /// equivocator, or own-seq safety (see [`Node::own_seq_pending`]). The same checks as
     /// [`Node::prepare_writes`], for status reports.
     pub fn write_refusal(&self, me: &PublicKey) -> Option<WriteError> {
-        let Some(author) = self.genesis().member_idx(me) else {
+        let Some(author) = self.adapter.roster().idx(me) else {
             return Some(WriteError::NotMember);
         };
+        if !self.adapter.membership().may_author(me, self.adapter.max_seq(author) + 1) {
+            return Some(WriteError::NotMember);
+        }
         if self.adapter.is_equivocator(author) {
             return Some(WriteError::Equivocator);
         }
@@ -118,7 +136,7 @@ impl Node {
             reports.iter().filter(|tips| tips.iter().all(|(_, id)| self.adapter.is_accepted(id))).count();
         let reported = reports.iter().flat_map(|tips| tips.iter().map(|(seq, _)| *seq)).max().unwrap_or(0);
         let held =
-            self.me.and_then(|me| self.genesis().member_idx(&me)).map_or(0, |m| self.adapter.max_seq(m));
+            self.me.and_then(|me| self.adapter.roster().idx(&me)).map_or(0, |m| self.adapter.max_seq(m));
         let needed = self.config.own_seq_peers_needed;
         if heard >= needed {
             return None;
@@ -138,6 +156,8 @@ impl Node {
                 Op::Put { value, .. } => value.len(),
                 Op::Add { element, .. } | Op::Remove { element, .. } => element.len(),
                 Op::Del { .. } | Op::Incr { .. } => 0,
+                // A write is document ops; a membership op goes through `Node::write_membership`.
+                Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => return invalid(),
             };
             if op.key().is_empty() || op.key().len() > KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
                 return invalid();
@@ -189,15 +209,64 @@ impl Node {
     ///
     /// If an op list fails [`Node::check_ops`]: callers check every request first.
     pub fn prepare_writes(&mut self, key: &SecretKey, writes: Vec<Vec<Op>>) -> Result<Prepared, WriteError> {
+        for ops in &writes {
+            assert!(Self::check_ops(ops).is_ok(), "prepare_writes takes checked ops");
+        }
+        self.prepare(key, writes, |_, _, _| Ok(()))
+    }
+
+    /// Signs one event carrying the membership op `request` asks for, on the node's whole
+    /// accepted set, without accepting it: as [`Node::prepare_writes`], the caller stores it and
+    /// commits it. Refused, with the rule's reason, if the event would not be valid: the base
+    /// is the membership in force here, the round its open round, and a rotation's cut the
+    /// event's own seq.
+    pub fn prepare_membership(
+        &mut self,
+        key: &SecretKey,
+        request: MemberRequest<'_>,
+    ) -> Result<Prepared, WriteError> {
+        let resolution = self.adapter.membership();
+        let (base, round) = (resolution.in_force().id(), resolution.round());
+        let cluster = self.genesis().cluster_id();
         let me = key.public();
-        let author = self.genesis().member_idx(&me).ok_or(WriteError::NotMember)?;
+        let build = |seq: u64| match &request {
+            MemberRequest::Propose(kind) => {
+                Op::Propose { change: crate::membership::Change { base, kind: kind.clone() }, round }
+            }
+            MemberRequest::Approve(change) => Op::Approve { change: *change, round },
+            MemberRequest::Rotate(successor) => {
+                Op::Rotate(crate::membership::Rotation::new(&cluster, me, seq, successor))
+            }
+        };
+        let author = self.adapter.roster().idx(&me).ok_or(WriteError::NotMember)?;
+        let seq = self.adapter.max_seq(author) + 1;
+        let op = build(seq);
+        self.prepare(key, vec![vec![op]], |adapter, deps, ops| {
+            adapter.check_own(&me, seq, deps, ops).map_err(WriteError::Membership)
+        })
+    }
+
+    /// Signs one event per op list, chained by seq, after `check(adapter, deps, ops)` of the
+    /// first accepts it (the membership path checks its op on the event's causal past).
+    fn prepare(
+        &mut self,
+        key: &SecretKey,
+        writes: Vec<Vec<Op>>,
+        check: impl Fn(&mut Adapter, &[EventId], &[Op]) -> Result<(), WriteError>,
+    ) -> Result<Prepared, WriteError> {
+        let me = key.public();
+        let author = self.adapter.roster().idx(&me).ok_or(WriteError::NotMember)?;
         if self.adapter.is_equivocator(author) {
             return Err(WriteError::Equivocator);
         }
         if let Some(pending) = self.own_seq_pending() {
             return Err(pending);
         }
-        self.learning_own_seq = false;
+        // A key removed, or rotated away, in the accepted set may not sign again (rule V1 on
+        // the event's causal past, which is the whole accepted set).
+        if !self.adapter.membership().may_author(&me, self.adapter.max_seq(author) + 1) {
+            return Err(WriteError::NotMember);
+        }
         let mut tips = self.adapter.tips();
         // The own predecessor must be a dep; the other tips fill the rest, newest first.
         let lamport_of = |id: &EventId| self.adapter.meta(id).map_or(0, |meta| meta.lamport);
@@ -209,9 +278,12 @@ impl Node {
         // seqs twice: equivocation by this node itself.
         assert!(self.prepared_up_to <= seq, "prepare_writes called again before commit_writes");
         let mut deps: Vec<EventId> = tips.iter().map(|t| t.id).collect();
+        if let Some(first) = writes.first() {
+            check(&mut self.adapter, &deps, first)?;
+        }
+        self.learning_own_seq = false;
         let mut events = Vec::with_capacity(writes.len());
         for ops in writes {
-            assert!(Self::check_ops(&ops).is_ok(), "prepare_writes takes checked ops");
             seq += 1;
             lamport += 1;
             let event = Event::sign(key, seq, lamport, std::mem::take(&mut deps), ops);

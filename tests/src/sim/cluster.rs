@@ -1109,10 +1109,10 @@ impl Cluster {
         let evidence: Vec<Vec<u8>> = sim.store.evidence().cloned().collect();
         // The node itself starts as the daemon does: over its archive, from the persisted
         // document and its covered records, replaying only the log's tail.
-        let n_members = self.genesis.members().len();
         let mut adapter = Adapter::new(self.genesis.clone(), config.adapter.clone());
         let _ = adapter.restore(events.clone());
-        let (mut archive, chains) = adapter.into_parts();
+        // The log is in acceptance order, so validating it again gives the same roster.
+        let (mut archive, roster, chains) = adapter.into_parts();
         let persisted = sim.store.document();
         archive.record_covered(persisted.covered);
         let mut restore_error = None;
@@ -1120,7 +1120,7 @@ impl Cluster {
             if persisted.through == 0 && persisted.keys.is_empty() && persisted.exclusions.is_none() {
                 None
             } else {
-                let mut document = Document::new(n_members);
+                let mut document = Document::new(roster.keys());
                 if let Some(bytes) = persisted.exclusions
                     && let Err(e) = document.restore_exclusions(bytes)
                 {
@@ -1138,7 +1138,8 @@ impl Cluster {
             .filter_map(|bytes| decode_event(bytes).ok())
             .filter_map(|event| archive.event(&event.id()))
             .collect();
-        let mut node = Node::resume(self.genesis.clone(), Some(me), config, archive, chains, document);
+        let mut node =
+            Node::resume(self.genesis.clone(), Some(me), config, archive, roster, chains, document);
         // Tracked before the tail's replay, whose changes the next commit persists.
         node.track_document();
         if !node.replay_document(&tail).is_empty() {

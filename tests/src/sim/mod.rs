@@ -123,6 +123,7 @@ pub fn sim_node_config() -> NodeConfig {
             buffer_bytes_per_peer_max: SIM_BUFFER_PEER_BYTES_MAX,
             buffer_bytes_total_max: SIM_BUFFER_TOTAL_BYTES_MAX,
             verify_threads: 1,
+            membership_changes: true,
         },
         sync_interval_ms: 200,
         session_timeout_ms: 2_000,

@@ -1,0 +1,369 @@
+//! Membership over time on the wire (`docs/PROTOCOL.md` §17): replicas that sign membership ops
+//! in ordinary events, validate them on each event's causal past (rules V1 to V5), follow the
+//! membership in force, and keep the document to what it admits (rule M9).
+
+use cairn_crypto::{PublicKey, SecretKey};
+use cairn_protocol::codec::encode_message;
+use cairn_protocol::membership::{ChangeKind, Rotation};
+use cairn_protocol::{
+    Adapter, AdapterConfig, Event, EventId, Genesis, Member, MemberRequest, Message, Node, NodeConfig, Op,
+    PeerId, Reject, Verified, WriteError,
+};
+
+fn key(i: u8) -> SecretKey {
+    SecretKey::from_seed(&[i; 32])
+}
+
+fn genesis(n: u8) -> Genesis {
+    Genesis::new((1..=n).map(|i| Member { key: key(i).public(), name: format!("m{i}") }).collect()).unwrap()
+}
+
+fn put(k: &str, v: &str) -> Vec<Op> {
+    vec![Op::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec() }]
+}
+
+/// Replicas, each with the secret key it signs with now.
+struct Cluster {
+    genesis: Genesis,
+    nodes: Vec<(SecretKey, Node)>,
+}
+
+impl Cluster {
+    /// Replicas of the genesis of members 1..=n_members, run by the keys `running`.
+    fn new(n_members: u8, running: &[u8]) -> Self {
+        let genesis = genesis(n_members);
+        let nodes = running
+            .iter()
+            .map(|&i| (key(i), Node::new(genesis.clone(), Some(key(i).public()), NodeConfig::default())))
+            .collect();
+        Self { genesis, nodes }
+    }
+
+    /// A replica for a key that is not (yet) a member.
+    fn join(&mut self, secret: SecretKey) -> usize {
+        let node = Node::new(self.genesis.clone(), Some(secret.public()), NodeConfig::default());
+        self.nodes.push((secret, node));
+        self.nodes.len() - 1
+    }
+
+    fn write(&mut self, i: usize, ops: Vec<Op>) -> Result<Verified, WriteError> {
+        let (secret, node) = &mut self.nodes[i];
+        let prepared = node.prepare_writes(secret, vec![ops])?;
+        Ok(node.commit_writes(prepared, 1).remove(0))
+    }
+
+    fn member_op(&mut self, i: usize, request: MemberRequest<'_>) -> Result<Verified, WriteError> {
+        let (secret, node) = &mut self.nodes[i];
+        let prepared = node.prepare_membership(secret, request)?;
+        Ok(node.commit_writes(prepared, 1).remove(0))
+    }
+
+    /// Every accepted event of node `from`, in a causal order (ascending lamport).
+    fn events_of(&self, from: usize) -> Vec<Vec<u8>> {
+        let node = &self.nodes[from].1;
+        let mut events: Vec<(u64, EventId, Vec<u8>)> = node
+            .adapter()
+            .accepted_ids()
+            .into_iter()
+            .map(|id| {
+                let stored = node.adapter().event(&id).unwrap();
+                (stored.lamport(), id, stored.bytes().to_vec())
+            })
+            .collect();
+        events.sort();
+        events.into_iter().map(|(_, _, bytes)| bytes).collect()
+    }
+
+    /// Node `from` sends node `to` everything it has accepted.
+    fn send(&mut self, from: usize, to: usize) {
+        let events = self.events_of(from);
+        self.deliver(from, to, events);
+    }
+
+    /// Node `to` receives `events` from node `from` (as the peer it is now).
+    fn deliver(&mut self, from: usize, to: usize, events: Vec<Vec<u8>>) {
+        let sender: PeerId = self.nodes[from].0.public();
+        let node = &mut self.nodes[to].1;
+        if !node.is_connected(&sender) {
+            node.handle_connected(sender, 1);
+        }
+        node.handle_message(sender, &encode_message(&Message::Events { events }), 1);
+        while node.poll_transmit().is_some() {}
+        while node.poll_event().is_some() {}
+    }
+
+    /// Everyone sends everyone everything, twice (so relayed events arrive too).
+    fn gossip(&mut self) {
+        for _ in 0..2 {
+            for from in 0..self.nodes.len() {
+                for to in 0..self.nodes.len() {
+                    if from != to {
+                        self.send(from, to);
+                    }
+                }
+            }
+        }
+    }
+
+    fn seats(&self, i: usize) -> Vec<PublicKey> {
+        self.nodes[i].1.adapter().membership().in_force().seats().iter().map(|s| s.founder).collect()
+    }
+
+    /// Every node holds the same events, membership and document.
+    fn assert_agree(&mut self) {
+        let first = self.nodes[0].1.adapter().membership().chain().to_vec();
+        let digest = self.nodes[0].1.document().digest();
+        let sync = self.nodes[0].1.sync_digest();
+        for (i, (_, node)) in self.nodes.iter_mut().enumerate() {
+            assert_eq!(
+                node.adapter().membership().chain(),
+                first.as_slice(),
+                "node {i}: the membership chain"
+            );
+            assert_eq!(node.document().digest(), digest, "node {i}: the document");
+            assert_eq!(node.sync_digest(), sync, "node {i}: the accepted set");
+        }
+    }
+
+    fn value(&self, i: usize, k: &str) -> Vec<Vec<u8>> {
+        self.nodes[i].1.document().register(k.as_bytes()).siblings.into_iter().map(|s| s.value).collect()
+    }
+
+    /// The one pending change, as node `i` sees it.
+    fn pending(&self, i: usize) -> cairn_protocol::ChangeId {
+        let pending = self.nodes[i].1.adapter().membership().pending();
+        assert_eq!(pending.len(), 1, "one pending change: {pending:?}");
+        pending[0].0
+    }
+}
+
+/// An event `secret` signs on everything node `on` accepted, at `seq`, with `ops`: what a
+/// member that does not follow the rules could send.
+fn forge(cluster: &Cluster, on: usize, secret: &SecretKey, seq: u64, ops: Vec<Op>) -> Vec<u8> {
+    let node = &cluster.nodes[on].1;
+    let tips = node.adapter().tips();
+    let lamport = 1 + tips.iter().map(|t| node.adapter().meta(&t.id).unwrap().lamport).max().unwrap_or(0);
+    let deps = tips.iter().map(|t| t.id).collect();
+    Event::sign(secret, seq, lamport, deps, ops).encode()
+}
+
+/// What node `to` did with `event` from node `from`: `None` if accepted, or the reason.
+fn verdict(cluster: &mut Cluster, from: usize, to: usize, event: Vec<u8>) -> Option<Reject> {
+    let sender = cluster.nodes[from].0.public();
+    let node = &mut cluster.nodes[to].1;
+    if !node.is_connected(&sender) {
+        node.handle_connected(sender, 1);
+    }
+    let before = node.peer_stats(&sender).map(|s| s.rejected.clone()).unwrap_or_default();
+    node.handle_message(sender, &encode_message(&Message::Events { events: vec![event] }), 1);
+    while node.poll_transmit().is_some() {}
+    while node.poll_event().is_some() {}
+    let after = &node.peer_stats(&sender).unwrap().rejected;
+    after
+        .iter()
+        .find(|(reason, n)| before.get(*reason).copied().unwrap_or(0) < **n)
+        .map(|(reason, _)| *reason)
+}
+
+#[test]
+fn a_member_added_by_a_majority_writes_and_every_node_admits_it() {
+    let mut c = Cluster::new(3, &[1, 2, 3]);
+    let dave = c.join(key(4));
+    assert_eq!(c.write(dave, put("k", "dave")).unwrap_err(), WriteError::NotMember, "not a member yet");
+
+    c.member_op(0, MemberRequest::Propose(ChangeKind::Add { key: key(4).public(), name: "dave".into() }))
+        .unwrap();
+    c.gossip();
+    assert_eq!(c.seats(1).len(), 3, "one vote of three is not a quorum");
+    // A key no change ever named signs nothing valid, even on the pending proposal.
+    let stranger = forge(&c, 1, &key(9), 1, put("k", "eve"));
+    assert_eq!(verdict(&mut c, 1, 2, stranger), Some(Reject::NotMember));
+
+    let change = c.pending(1);
+    c.member_op(1, MemberRequest::Approve(change)).unwrap();
+    c.gossip();
+    for i in 0..4 {
+        assert_eq!(c.seats(i).len(), 4, "node {i}: dave is in force");
+    }
+    c.write(dave, put("k", "dave")).unwrap();
+    c.gossip();
+    c.assert_agree();
+    for i in 0..4 {
+        assert_eq!(c.value(i, "k"), vec![b"dave".to_vec()], "node {i} admits dave's write");
+    }
+}
+
+#[test]
+fn a_removed_member_is_cut_where_the_removal_says() {
+    let mut c = Cluster::new(3, &[1, 2, 3]);
+    c.write(2, put("x", "kept")).unwrap();
+    c.gossip();
+    let carol = key(3).public();
+    c.member_op(0, MemberRequest::Propose(ChangeKind::Remove { seat: carol, key: carol, cut: 1 })).unwrap();
+    c.send(0, 1);
+    // Carol, not having seen her removal, writes on: valid, but past her cut.
+    c.write(2, put("y", "after the cut")).unwrap();
+    let change = c.pending(1);
+    c.member_op(1, MemberRequest::Approve(change)).unwrap();
+    c.gossip();
+    assert_eq!(c.seats(0).len(), 2, "carol's seat is gone");
+    c.assert_agree();
+    for i in 0..3 {
+        assert_eq!(c.value(i, "x"), vec![b"kept".to_vec()], "node {i}: what carol wrote up to her cut stays");
+        assert!(c.value(i, "y").is_empty(), "node {i}: what she wrote past it is not admitted");
+    }
+    // Having seen her removal, she can sign nothing more: her node refuses, and an event she
+    // signs anyway is invalid everywhere.
+    assert_eq!(c.write(2, put("z", "no")).unwrap_err(), WriteError::NotMember);
+    let late = forge(&c, 2, &key(3), 3, put("z", "no"));
+    assert_eq!(verdict(&mut c, 2, 0, late), Some(Reject::NotMember));
+}
+
+#[test]
+fn a_rotation_hands_the_seat_to_the_new_key() {
+    let mut c = Cluster::new(3, &[1, 2, 3]);
+    c.write(0, put("k", "old key")).unwrap();
+    let successor = key(11);
+    let rotation = c.member_op(0, MemberRequest::Rotate(&successor)).unwrap();
+    assert_eq!(rotation.seq(), 2, "the rotation is carried by the old key's event of its cut");
+    // The peers learn of the rotation from the old key, then know the new one.
+    c.gossip();
+    c.nodes[0].1.rekey(successor.public());
+    c.nodes[0].0 = key(11);
+    c.write(0, put("k", "new key")).unwrap();
+    c.gossip();
+    c.assert_agree();
+    assert_eq!(c.value(2, "k"), vec![b"new key".to_vec()]);
+    // The new key votes for the seat; the old one signs nothing valid past its rotation.
+    let old = forge(&c, 1, &key(1), 3, put("k", "stale"));
+    assert_eq!(verdict(&mut c, 1, 2, old), Some(Reject::NotMember));
+    c.member_op(0, MemberRequest::Propose(ChangeKind::Add { key: key(4).public(), name: "dave".into() }))
+        .unwrap();
+    c.gossip();
+    c.member_op(1, MemberRequest::Approve(c.pending(1))).unwrap();
+    c.gossip();
+    assert_eq!(c.seats(2).len(), 4, "the rotated seat's vote counted");
+    // A rotation whose proof the successor did not sign is refused.
+    let cluster = c.genesis.cluster_id();
+    let mut forged = Rotation::new(&cluster, key(2).public(), 2, &key(12));
+    forged.successor = key(13).public();
+    let bad = forge(&c, 1, &key(2), 2, vec![Op::Rotate(forged)]);
+    assert_eq!(verdict(&mut c, 1, 2, bad), Some(Reject::BadMembership));
+}
+
+#[test]
+fn membership_ops_that_break_a_rule_are_invalid() {
+    let mut c = Cluster::new(3, &[1, 2, 3]);
+    let base = c.nodes[0].1.adapter().membership().in_force().id();
+    // An approval of a change nobody proposed.
+    let approve =
+        forge(&c, 0, &key(1), 1, vec![Op::Approve { change: cairn_protocol::ChangeId([7; 32]), round: 0 }]);
+    assert_eq!(verdict(&mut c, 0, 1, approve), Some(Reject::BadMembership));
+    // A proposal of another membership than the one in force.
+    let change = cairn_protocol::Change {
+        base: cairn_protocol::MembershipId([1; 32]),
+        kind: ChangeKind::Add { key: key(4).public(), name: "d".into() },
+    };
+    let wrong_base = forge(&c, 0, &key(1), 1, vec![Op::Propose { change, round: 0 }]);
+    assert_eq!(verdict(&mut c, 0, 1, wrong_base), Some(Reject::BadMembership));
+    // A vote in a round that is not open.
+    let change =
+        cairn_protocol::Change { base, kind: ChangeKind::Add { key: key(4).public(), name: "d".into() } };
+    let wrong_round = forge(&c, 0, &key(1), 1, vec![Op::Propose { change: change.clone(), round: 1 }]);
+    assert_eq!(verdict(&mut c, 0, 1, wrong_round), Some(Reject::BadMembership));
+    // Two votes in one event.
+    let two = forge(
+        &c,
+        0,
+        &key(1),
+        1,
+        vec![Op::Propose { change: change.clone(), round: 0 }, Op::Approve { change: change.id(), round: 0 }],
+    );
+    assert_eq!(verdict(&mut c, 0, 1, two), Some(Reject::BadMembership));
+    // A removal whose cut is past what its proposer had seen.
+    let carol = key(3).public();
+    let unseen =
+        cairn_protocol::Change { base, kind: ChangeKind::Remove { seat: carol, key: carol, cut: 5 } };
+    let unseen = forge(&c, 0, &key(1), 1, vec![Op::Propose { change: unseen, round: 0 }]);
+    assert_eq!(verdict(&mut c, 0, 1, unseen), Some(Reject::BadMembership));
+    // And the node's own path refuses them before signing.
+    let err = c.member_op(0, MemberRequest::Approve(cairn_protocol::ChangeId([7; 32]))).unwrap_err();
+    assert!(matches!(err, WriteError::Membership(_)), "{err:?}");
+    // A valid proposal goes through.
+    let ok = forge(&c, 0, &key(1), 1, vec![Op::Propose { change, round: 0 }]);
+    assert_eq!(verdict(&mut c, 0, 1, ok), None);
+}
+
+#[test]
+fn a_node_that_cannot_keep_membership_ops_refuses_them() {
+    let g = genesis(3);
+    let config = AdapterConfig { membership_changes: false, ..AdapterConfig::default() };
+    let mut adapter = Adapter::new(g.clone(), config);
+    let change = cairn_protocol::Change {
+        base: cairn_protocol::MembershipId(g.cluster_id()),
+        kind: ChangeKind::Add { key: key(4).public(), name: "d".into() },
+    };
+    let event = Event::sign(&key(1), 1, 1, vec![], vec![Op::Propose { change, round: 0 }]);
+    let out = adapter.ingest(PublicKey([9; 32]), vec![event.encode()]);
+    assert_eq!(out.rejected[0].reason, Reject::BadMembership);
+}
+
+/// The case: the honest seats split between two additions, and one seat approves
+/// both (in two events of one seq: it equivocates too). Each side's nodes see their change
+/// take effect and its new member write; once everything is everywhere, one change wins on
+/// every node, the double approval is evidence, and what only the loser allowed (the loser's
+/// new member's writes) is not in the document.
+#[test]
+fn two_competing_changes_pushed_over_by_a_double_approver_leave_one_winner() {
+    // Seats 1..=5; nodes run by 1 and 3 watch each side; 5 double-approves.
+    let mut c = Cluster::new(5, &[1, 2, 3, 4]);
+    let (y, z) = (c.join(key(6)), c.join(key(7)));
+    let add_y = ChangeKind::Add { key: key(6).public(), name: "y".into() };
+    let add_z = ChangeKind::Add { key: key(7).public(), name: "z".into() };
+    let p1 = c.member_op(0, MemberRequest::Propose(add_y)).unwrap();
+    let p2 = c.member_op(2, MemberRequest::Propose(add_z)).unwrap();
+    // Side one: 1 and 2; side two: 3 and 4.
+    c.send(0, 1);
+    let c1 = c.pending(1);
+    c.member_op(1, MemberRequest::Approve(c1)).unwrap();
+    c.send(2, 3);
+    let c2 = c.pending(3);
+    c.member_op(3, MemberRequest::Approve(c2)).unwrap();
+    c.send(1, 0);
+    c.send(3, 2);
+    // Seat 5 approves both, at its seq 1, on each side's events.
+    let x1 = forge(&c, 0, &key(5), 1, vec![Op::Approve { change: c1, round: 0 }]);
+    let x2 = forge(&c, 2, &key(5), 1, vec![Op::Approve { change: c2, round: 0 }]);
+    assert_eq!(verdict(&mut c, 1, 0, x1), None);
+    assert_eq!(verdict(&mut c, 3, 2, x2), None);
+    assert_eq!(c.seats(0).len(), 6, "side one sees its change in force");
+    assert_eq!(c.seats(2).len(), 6, "side two sees its change in force");
+    // Each new member writes on its side.
+    c.send(0, y);
+    c.write(y, put("k", "y")).unwrap();
+    c.send(y, 0);
+    c.send(2, z);
+    c.write(z, put("k", "z")).unwrap();
+    c.send(z, 2);
+    assert_eq!(c.value(0, "k"), vec![b"y".to_vec()]);
+    assert_eq!(c.value(2, "k"), vec![b"z".to_vec()]);
+    assert_ne!(p1.id(), p2.id());
+    // Everything everywhere.
+    c.gossip();
+    c.assert_agree();
+    let winner = c.nodes[0].1.adapter().membership().applied().to_vec();
+    assert_eq!(winner.len(), 1, "one change took effect");
+    let (won, lost, admitted) = if winner[0] == c1 { (c1, c2, "y") } else { (c2, c1, "z") };
+    assert_ne!(won, lost);
+    for i in 0..c.nodes.len() {
+        let m = c.nodes[i].1.adapter().membership();
+        assert_eq!(m.applied(), &[won], "node {i}");
+        assert_eq!(m.double_approvals().len(), 1, "node {i}: the double approval is evidence");
+        assert_eq!(m.double_approvals()[0].seat, key(5).public());
+        assert_eq!(
+            c.value(i, "k"),
+            vec![admitted.as_bytes().to_vec()],
+            "node {i}: only the winner's member is admitted"
+        );
+    }
+}
