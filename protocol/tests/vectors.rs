@@ -494,7 +494,30 @@ fn compute() -> Vectors {
     v.comment("change.remove_bob removes bob's seat from membership1 keeping his events up to seq 2.");
     v.add("change.remove_bob", codec::encode_change(&m.remove_bob));
     v.add("change.remove_bob.id", m.remove_bob.id().0);
+    let [propose, approve, rotate] = membership_events(&s);
+    v.comment("The same changes carried by events (ops 5 to 7, section 5): alice proposes change.add_dave");
+    v.comment("(seq 1, no deps), bob approves it (seq 1, on alice's), and alice, having seen the approval,");
+    v.comment("rotates to alice2 in her event of seq 2 (a rotation with cut 2). On a replica the three are");
+    v.comment("valid, dave is in force (membership1.id) and alice2 holds alice's seat.");
+    v.add("membership.propose", propose.encode());
+    v.add("membership.approve", approve.encode());
+    v.add("membership.rotate", rotate.encode());
     v
+}
+
+/// The membership scenario as events: alice's proposal of `change.add_dave`, bob's approval,
+/// alice's rotation to alice2 at seq 2.
+fn membership_events(s: &Scenario) -> [Event; 3] {
+    let m = membership_scenario(s);
+    let [alice, bob, _] = s.keys.each_ref();
+    let propose =
+        Event::sign(alice, 1, 1, vec![], vec![Op::Propose { change: m.add_dave.clone(), round: 0 }]);
+    let approve =
+        Event::sign(bob, 1, 2, vec![propose.id()], vec![Op::Approve { change: m.add_dave.id(), round: 0 }]);
+    let rotation =
+        Rotation::new(&s.genesis.cluster_id(), alice.public(), 2, &SecretKey::from_seed(&ALICE2_SEED));
+    let rotate = Event::sign(alice, 2, 3, vec![propose.id(), approve.id()], vec![Op::Rotate(rotation)]);
+    [propose, approve, rotate]
 }
 
 const DAVE_SEED: [u8; 32] = [4; 32];
@@ -786,6 +809,26 @@ fn hand_built_layouts_equal_the_codec() {
     for (name, change) in [("add_dave", &m.add_dave), ("remove_bob", &m.remove_bob)] {
         assert_eq!(hand_change(change), codec::encode_change(change), "change.{name}");
     }
+    let events = membership_events(&s);
+    for (name, event) in ["propose", "approve", "rotate"].into_iter().zip(&events) {
+        assert_eq!(hand_ops(&event.ops), codec::encode_ops(&event.ops), "membership.{name}: the ops");
+        let mut hand = hand_header(&event.header);
+        hand.extend(hand_ops(&event.ops));
+        hand.extend(event.sig.0);
+        assert_eq!(hand, event.encode(), "membership.{name}");
+    }
+    // On a replica: valid, and they do what the comments of vectors.txt say.
+    let mut adapter =
+        cairn_protocol::Adapter::new(s.genesis.clone(), cairn_protocol::AdapterConfig::default());
+    let out = adapter.ingest(PublicKey([9; 32]), events.iter().map(Event::encode).collect());
+    assert!(out.rejected.is_empty(), "{:?}", out.rejected);
+    assert_eq!(adapter.membership().in_force().id(), m.membership1, "membership.*: dave is in force");
+    let alice2 = SecretKey::from_seed(&ALICE2_SEED).public();
+    assert_eq!(
+        adapter.membership().chains().current(&s.keys[0].public()),
+        alice2,
+        "alice2 holds alice's seat"
+    );
     assert_eq!(hand_rotation(&m.rotate_alice), codec::encode_rotation(&m.rotate_alice), "rotation.alice");
     let chained = |base: &MembershipId, change: &Change| {
         hash(Domain::Membership, &[&base.0[..], &change.id().0[..]].concat())
@@ -896,6 +939,14 @@ fn vectors_decode_back() {
     );
     let cluster: [u8; 32] = get("cluster_id").try_into().expect("a cluster id is 32 bytes");
     assert!(rotation.verify(&cluster), "the proof is over the message section 17 names");
+
+    // The events that carry them are valid on a replica of the genesis, in this order.
+    let events: Vec<Vec<u8>> =
+        ["propose", "approve", "rotate"].map(|n| get(&format!("membership.{n}"))).into();
+    let mut adapter = cairn_protocol::Adapter::new(genesis, cairn_protocol::AdapterConfig::default());
+    let out = adapter.ingest(PublicKey([9; 32]), events);
+    assert!(out.rejected.is_empty(), "membership.*: {:?}", out.rejected);
+    assert_eq!(adapter.membership().in_force().id().0[..], get("membership1.id")[..], "membership.*");
 }
 
 /// The title of a Markdown heading line without its `#`s and section number, if it is one.
