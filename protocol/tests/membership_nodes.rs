@@ -367,3 +367,180 @@ fn two_competing_changes_pushed_over_by_a_double_approver_leave_one_winner() {
         );
     }
 }
+
+// ---- any order ----------------------------------------------------------------------------
+
+/// Steps of one random history.
+const HISTORY_STEPS: usize = 100;
+
+/// A small deterministic generator for the scripts below.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        // xorshift64*
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+    }
+}
+
+/// A history made by four members and a joiner acting at random on partial views: writes,
+/// proposals to add the joiner or remove a seat (cut at what the proposer has seen), approvals
+/// of pending changes, one rotation per member, and partial syncs between pairs. Every op is
+/// made through the node's own checked path, so the history is valid. Returns every event.
+fn random_history(seed: u64, steps: usize) -> (Genesis, Vec<Vec<u8>>) {
+    let mut rng = Rng(seed | 1);
+    let mut c = Cluster::new(4, &[1, 2, 3, 4]);
+    let joiner = c.join(key(5));
+    let mut rotated = [false; 5];
+    for _ in 0..steps {
+        let i = rng.below(c.nodes.len());
+        match rng.below(10) {
+            0 | 1 => {
+                let k = format!("k{}", rng.below(3));
+                let _ = c.write(i, put(&k, &format!("{i}")));
+            }
+            2 => {
+                let _ = c.write(i, vec![Op::Incr { key: b"c".to_vec(), delta: 1 }]);
+            }
+            3 => {
+                let kind = if rng.below(2) == 0 {
+                    ChangeKind::Add { key: key(5).public(), name: "joiner".into() }
+                } else {
+                    let seat = key(1 + rng.below(4) as u8).public();
+                    let node = &c.nodes[i].1;
+                    let resolution = node.adapter().membership();
+                    let current = resolution.chains().current(&seat);
+                    let seen =
+                        node.adapter().roster().idx(&current).map_or(0, |idx| node.adapter().max_seq(idx));
+                    ChangeKind::Remove { seat, key: current, cut: seen }
+                };
+                let _ = c.member_op(i, MemberRequest::Propose(kind));
+            }
+            4..=6 => {
+                let pending = c.nodes[i].1.adapter().membership().pending();
+                if !pending.is_empty() {
+                    let change = pending[rng.below(pending.len())].0;
+                    let _ = c.member_op(i, MemberRequest::Approve(change));
+                }
+            }
+            7 if i != joiner && !rotated[i] && rng.below(3) == 0 => {
+                let successor = key(20 + i as u8);
+                // The peers hear of it from the old key first (see the rotation test).
+                if c.member_op(i, MemberRequest::Rotate(&successor)).is_ok() {
+                    for to in 0..c.nodes.len() {
+                        if to != i {
+                            c.send(i, to);
+                        }
+                    }
+                    c.nodes[i].1.rekey(successor.public());
+                    c.nodes[i].0 = key(20 + i as u8);
+                    rotated[i] = true;
+                }
+            }
+            _ => {
+                let to = rng.below(c.nodes.len());
+                if to != i {
+                    c.send(i, to);
+                }
+            }
+        }
+    }
+    let mut all: Vec<Vec<u8>> = Vec::new();
+    for i in 0..c.nodes.len() {
+        for event in c.events_of(i) {
+            if !all.contains(&event) {
+                all.push(event);
+            }
+        }
+    }
+    (c.genesis.clone(), all)
+}
+
+/// What a replica that received `events` in this order, in messages of `chunk` events with
+/// some sent twice, ends up with: its membership chain, accepted ids, and digests.
+fn replay(
+    genesis: &Genesis,
+    events: &[Vec<u8>],
+) -> (Vec<cairn_protocol::MembershipId>, Vec<EventId>, [u8; 32], [u8; 32]) {
+    let mut node = Node::new(genesis.clone(), None, NodeConfig::default());
+    let peer = key(1).public();
+    node.handle_connected(peer, 1);
+    for chunk in events.chunks(3) {
+        node.handle_message(peer, &encode_message(&Message::Events { events: chunk.to_vec() }), 1);
+        while node.poll_transmit().is_some() {}
+        while node.poll_event().is_some() {}
+    }
+    let stats = node.peer_stats(&peer).unwrap();
+    assert!(stats.rejected.is_empty(), "a valid history is valid in any order: {:?}", stats.rejected);
+    let chain = node.adapter().membership().chain().to_vec();
+    (chain, node.adapter().accepted_ids(), node.document().digest(), node.sync_digest())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Any order, duplication or interleaving of a valid history with membership changes
+    /// (concurrent proposals, removals of each other, rotations concurrent with removals,
+    /// approvals before their proposal arrives) gives the same membership, accepted set and
+    /// document on every replica.
+    #[test]
+    fn any_order_of_a_history_with_membership_changes_gives_one_result(
+        seed in proptest::prelude::any::<u64>(),
+        orders in proptest::collection::vec(proptest::prelude::any::<u64>(), 3),
+    ) {
+        let (genesis, events) = random_history(seed, HISTORY_STEPS);
+        let expected = replay(&genesis, &events);
+        proptest::prop_assert_eq!(expected.1.len(), events.len(), "every event is accepted");
+        for order in orders {
+            let mut rng = Rng(order | 1);
+            let mut shuffled = events.clone();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.below(i + 1));
+            }
+            // Some events twice.
+            let n = shuffled.len();
+            for _ in 0..n / 5 {
+                let again = shuffled[rng.below(n)].clone();
+                shuffled.insert(rng.below(shuffled.len()), again);
+            }
+            proptest::prop_assert_eq!(&replay(&genesis, &shuffled), &expected);
+        }
+    }
+}
+
+/// The generator above makes what the property is about: changes that take effect (additions
+/// and removals), rotations, and writes past a cut, across its seeds.
+#[test]
+fn random_histories_hold_membership_changes() {
+    let (mut additions, mut removals, mut rotations, mut joiner_writes) = (0, 0, 0, 0);
+    for seed in 1..=40 {
+        let (genesis, events) = random_history(seed, HISTORY_STEPS);
+        let mut node = Node::new(genesis.clone(), None, NodeConfig::default());
+        node.handle_connected(key(1).public(), 1);
+        node.handle_message(key(1).public(), &encode_message(&Message::Events { events: events.clone() }), 1);
+        let mut kinds = std::collections::BTreeMap::new();
+        for event in &events {
+            let event = cairn_protocol::codec::decode_event(event).unwrap();
+            for op in &event.ops {
+                match op {
+                    Op::Propose { change, .. } => {
+                        kinds.insert(change.id(), matches!(change.kind, ChangeKind::Add { .. }));
+                    }
+                    Op::Rotate(_) => rotations += 1,
+                    _ => {}
+                }
+            }
+            joiner_writes += usize::from(event.header.author == key(5).public());
+        }
+        for id in node.adapter().membership().applied() {
+            if kinds[id] { additions += 1 } else { removals += 1 }
+        }
+    }
+    eprintln!(
+        "additions {additions} removals {removals} rotations {rotations} joiner events {joiner_writes}"
+    );
+    assert!(additions >= 5 && removals >= 5 && rotations >= 20 && joiner_writes >= 5);
+}
