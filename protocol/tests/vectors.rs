@@ -818,8 +818,7 @@ fn hand_built_layouts_equal_the_codec() {
         assert_eq!(hand, event.encode(), "membership.{name}");
     }
     // On a replica: valid, and they do what the comments of vectors.txt say.
-    let mut adapter =
-        cairn_protocol::Adapter::new(s.genesis.clone(), cairn_protocol::AdapterConfig::default());
+    let mut adapter = Adapter::new(s.genesis.clone(), AdapterConfig::default());
     let out = adapter.ingest(PublicKey([9; 32]), events.iter().map(Event::encode).collect());
     assert!(out.rejected.is_empty(), "{:?}", out.rejected);
     assert_eq!(adapter.membership().in_force().id(), m.membership1, "membership.*: dave is in force");
@@ -943,7 +942,7 @@ fn vectors_decode_back() {
     // The events that carry them are valid on a replica of the genesis, in this order.
     let events: Vec<Vec<u8>> =
         ["propose", "approve", "rotate"].map(|n| get(&format!("membership.{n}"))).into();
-    let mut adapter = cairn_protocol::Adapter::new(genesis, cairn_protocol::AdapterConfig::default());
+    let mut adapter = Adapter::new(genesis, AdapterConfig::default());
     let out = adapter.ingest(PublicKey([9; 32]), events);
     assert!(out.rejected.is_empty(), "membership.*: {:?}", out.rejected);
     assert_eq!(adapter.membership().in_force().id().0[..], get("membership1.id")[..], "membership.*");
