@@ -74,6 +74,18 @@ pub const WRITES_QUEUED_MAX: usize = 4_096;
 /// Bytes of ops (keys, values and elements) waiting for a commit, at most: a few large writes
 /// cannot queue more memory than this.
 pub const WRITES_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Membership ops (proposals and approvals, `docs/PROTOCOL.md` §17) waiting for a commit, at
+/// most. Each is signed into an event of its own, ahead of the document writes queued.
+pub const MEMBER_OPS_QUEUED_MAX: usize = 16;
+
+/// A membership op this node's operator asks it to sign.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberOp {
+    /// Propose a change of the membership in force (and vote for it).
+    Propose(cairn_protocol::ChangeKind),
+    /// Vote for a pending change.
+    Approve(cairn_protocol::ChangeId),
+}
 
 /// Why a write was not acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -170,6 +182,7 @@ pub struct GroupCommit<R> {
     writes_per_commit_max: usize,
     writes: VecDeque<(Vec<Op>, R)>,
     writes_bytes: usize,
+    member_ops: VecDeque<(MemberOp, R)>,
     peer_events: Vec<([u8; 32], Vec<u8>)>,
     /// The bytes of `peer_events`.
     peer_events_bytes: usize,
@@ -214,6 +227,7 @@ impl<R> GroupCommit<R> {
             writes_per_commit_max,
             writes: VecDeque::new(),
             writes_bytes: 0,
+            member_ops: VecDeque::new(),
             peer_events: Vec::new(),
             peer_events_bytes: 0,
             peer_events_since_ms: None,
@@ -272,6 +286,7 @@ impl<R> GroupCommit<R> {
     pub fn is_idle(&self) -> bool {
         self.in_flight.is_none()
             && self.writes.is_empty()
+            && self.member_ops.is_empty()
             && self.peer_events.is_empty()
             && self.evidence.is_empty()
     }
@@ -302,6 +317,20 @@ impl<R> GroupCommit<R> {
         self.writes.push_back((ops, reply));
     }
 
+    /// Queues a membership op to sign, answered like a write: once its event is durable and
+    /// accepted, or with why the replica refused to sign it ([`WriteFailure::NotReady`]).
+    pub fn handle_member_op(&mut self, op: MemberOp, reply: R) {
+        if let Some(reason) = &self.failed {
+            self.replies.push_back((reply, Err(WriteFailure::Storage(reason.clone()))));
+            return;
+        }
+        if self.member_ops.len() >= MEMBER_OPS_QUEUED_MAX {
+            self.replies.push_back((reply, Err(WriteFailure::QueueFull)));
+            return;
+        }
+        self.member_ops.push_back((op, reply));
+    }
+
     /// An event the replica accepted from a peer, to be stored.
     pub fn handle_peer_event(&mut self, id: [u8; 32], bytes: Vec<u8>, now_ms: u64) {
         self.peer_events_bytes += bytes.len();
@@ -322,6 +351,9 @@ impl<R> GroupCommit<R> {
     /// Fails every queued write (the daemon is stopping without committing them).
     pub fn fail_queued(&mut self, failure: &WriteFailure) {
         for (_, reply) in self.writes.drain(..) {
+            self.replies.push_back((reply, Err(failure.clone())));
+        }
+        for (_, reply) in self.member_ops.drain(..) {
             self.replies.push_back((reply, Err(failure.clone())));
         }
         self.writes_bytes = 0;
@@ -413,7 +445,23 @@ impl<R> GroupCommit<R> {
         let n_writes = self.writes.len().min(self.writes_per_commit_max);
         let mut own: Option<Prepared> = None;
         let mut replies = Vec::new();
-        if n_writes > 0 {
+        // A membership op goes alone, ahead of the document writes (they take the next job).
+        while own.is_none()
+            && let Some((op, reply)) = self.member_ops.pop_front()
+        {
+            let request = match &op {
+                MemberOp::Propose(kind) => cairn_protocol::MemberRequest::Propose(kind.clone()),
+                MemberOp::Approve(change) => cairn_protocol::MemberRequest::Approve(*change),
+            };
+            match node.prepare_membership(key, request) {
+                Ok(prepared) => {
+                    own = Some(prepared);
+                    replies.push(vec![reply]);
+                }
+                Err(error) => self.replies.push_back((reply, Err(WriteFailure::NotReady(error)))),
+            }
+        }
+        if own.is_none() && n_writes > 0 {
             let (writes, writers): (Vec<Vec<Op>>, Vec<R>) = self.writes.drain(..n_writes).unzip();
             self.writes_bytes -= writes.iter().map(|ops| ops_bytes(ops)).sum::<usize>();
             // Concurrent writes share one event (one signature) as far as the limits allow.
@@ -482,13 +530,13 @@ impl<R> GroupCommit<R> {
         }
         let peer_events_due = self.peer_events_since_ms.map(|t| t + PEER_EVENTS_COMMIT_DELAY_MS);
         let Some(full) = &self.full else {
-            return if self.writes.is_empty() && self.evidence.is_empty() {
+            return if self.writes.is_empty() && self.member_ops.is_empty() && self.evidence.is_empty() {
                 peer_events_due
             } else {
                 Some(0)
             };
         };
-        if !self.writes.is_empty() || !self.evidence.is_empty() {
+        if !self.writes.is_empty() || !self.member_ops.is_empty() || !self.evidence.is_empty() {
             Some(full.retry_at_ms)
         } else {
             peer_events_due.map(|due| due.max(full.retry_at_ms))

@@ -224,6 +224,11 @@ impl Adapter {
         &self.genesis
     }
 
+    /// The change of this id, if an accepted event proposed it.
+    pub fn change(&self, id: &crate::membership::ChangeId) -> Option<&crate::membership::Change> {
+        self.members.change(id)
+    }
+
     /// The resolution of every accepted membership op (`docs/PROTOCOL.md` §17): the membership
     /// in force at this node, pending changes, double approvals, what the document admits.
     pub fn membership(&self) -> &Resolution {

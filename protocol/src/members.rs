@@ -60,6 +60,11 @@ impl MemberState {
         &self.current
     }
 
+    /// The change of this id, if an accepted event proposed it.
+    pub(crate) fn change(&self, id: &crate::membership::ChangeId) -> Option<&crate::membership::Change> {
+        self.log.change(id)
+    }
+
     /// The resolution of a causal past: `clock(key)` is its clock's entry for a key,
     /// `fork_seq(key)` the key's lowest seq with two accepted events, if any, and
     /// `holds(event)` whether the past holds `event` (asked only of events of a forked key at

@@ -310,6 +310,10 @@ pub enum ChangeError {
     /// An event with more than one rotation.
     #[error("one rotation per event")]
     TooManyRotations,
+    /// This node's seat voted in this membership and round already: an honest node never
+    /// approves a second change there (that is a double approval, rule M7).
+    #[error("this seat voted for change {0} in this membership and round already")]
+    AlreadyVoted(ChangeId),
 }
 
 impl Membership {

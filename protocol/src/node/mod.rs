@@ -285,9 +285,31 @@ impl Node {
         self.prepared_up_to = 0;
     }
 
-    /// Whether connections from `peer` must be refused (a proven equivocator or a non-member).
+    /// Whether connections from `peer` must be refused: a proven equivocator, a key that is
+    /// not a member, or one a membership change took out of force (a removed seat's, or a key
+    /// its seat rotated away from).
     pub fn is_refused(&self, peer: &PeerId) -> bool {
-        self.refused.contains(peer) || self.adapter.roster().idx(peer).is_none() || Some(*peer) == self.me
+        self.refused.contains(peer)
+            || self.adapter.roster().idx(peer).is_none()
+            || Some(*peer) == self.me
+            || !self.is_in_force(peer)
+    }
+
+    /// Whether `key` is a key of a seat in force that may still sign (`docs/PROTOCOL.md` §17):
+    /// one this node accepts connections from.
+    fn is_in_force(&self, key: &PublicKey) -> bool {
+        self.adapter.membership().may_author(key, u64::MAX)
+    }
+
+    /// Refuses, and disconnects, the peers a membership change just took out of force.
+    fn refuse_out_of_force(&mut self) {
+        let out: Vec<PeerId> = self.peers.keys().filter(|peer| !self.is_in_force(peer)).copied().collect();
+        for peer in out {
+            if self.refused.insert(peer) {
+                self.events.push_back(NodeEvent::PeerRefused(peer));
+                self.handle_disconnected(&peer);
+            }
+        }
     }
 
     /// The reconciliation digest: `SHA-256("cairn/sync-digest/v1" ‖ tips ‖ evidence)`, where
@@ -728,8 +750,10 @@ impl Node {
             ingested;
         if membership_changed {
             // A change that took effect, a cut, or a double approval: the document stops
-            // admitting what the membership in force no longer allows (rule M9).
+            // admitting what the membership in force no longer allows (rule M9), and the keys
+            // out of force are refused as peers.
             exclusions.extend(self.adapter.admission_exclusions());
+            self.refuse_out_of_force();
         }
         // An event past its author's admitted seqs (a removed seat's, written before it saw
         // its removal) is valid but not admitted.

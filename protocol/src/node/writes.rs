@@ -241,6 +241,19 @@ impl Node {
         let author = self.adapter.roster().idx(&me).ok_or(WriteError::NotMember)?;
         let seq = self.adapter.max_seq(author) + 1;
         let op = build(seq);
+        // An honest seat votes once per membership and round (rule M2): a second approval of
+        // another change would be a double approval, and one of the same change counts for
+        // nothing.
+        if matches!(op, Op::Propose { .. } | Op::Approve { .. }) {
+            let resolution = self.adapter.membership();
+            for (seat, _) in resolution.seats_of(&me) {
+                if let Some(vote) = resolution.ballot(&seat, &base, round).first() {
+                    return Err(WriteError::Membership(crate::membership::ChangeError::AlreadyVoted(
+                        vote.change,
+                    )));
+                }
+            }
+        }
         self.prepare(key, vec![vec![op]], |adapter, deps, ops| {
             adapter.check_own(&me, seq, deps, ops).map_err(WriteError::Membership)
         })
