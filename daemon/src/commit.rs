@@ -128,6 +128,10 @@ pub struct CommitJob {
     /// How many of `events`, from the first, the document had applied when `document` was
     /// taken: the events from peers.
     pub n_doc_events: usize,
+    /// The keys the node's roster indexes after the genesis members, in index order, when the
+    /// job was formed (`Roster::later_keys`): the author indices of the job's metas and of the
+    /// persisted document mean these keys, so a start must index them the same way.
+    pub roster: Vec<[u8; 32]>,
 }
 
 /// The store's verdict on a job.
@@ -497,7 +501,8 @@ impl<R> GroupCommit<R> {
         let own_history_complete = own.is_some();
         self.in_flight =
             Some(InFlight { own, replies, n_events: events.len(), n_peer_events: n_doc_events, peer_bytes });
-        Some(CommitJob { events, evidence, own_history_complete, document, n_doc_events })
+        let roster = node.adapter().roster().later_keys().iter().map(|key| key.0).collect();
+        Some(CommitJob { events, evidence, own_history_complete, document, n_doc_events, roster })
     }
 
     /// The job handed out by [`GroupCommit::poll_commit`] could not reach the store at all

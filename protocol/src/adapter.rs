@@ -192,6 +192,35 @@ impl Adapter {
         }
     }
 
+    /// Rebuilds what the membership ops of accepted events resolve to, for an adapter that
+    /// resumed over an archive ([`Adapter::resume`] does not read the history): `events` are
+    /// the accepted events that carry membership ops, in the order they were accepted (others
+    /// are skipped). Their validity is not checked again.
+    pub fn resume_membership(&mut self, events: &[StoredEvent]) {
+        let mut any = false;
+        for stored in events {
+            let Some(event) = stored.event() else { continue };
+            if !event.ops.iter().any(Op::is_membership) {
+                continue;
+            }
+            let roster = &self.roster;
+            let clock = |k: &cairn_crypto::PublicKey| {
+                roster.idx(k).and_then(|idx| stored.meta.clock.get(idx).copied()).unwrap_or(0)
+            };
+            let named =
+                self.members.record(event.header.author, event.header.seq, stored.id, &event.ops, clock);
+            for key in named {
+                self.index_key(key);
+            }
+            any = true;
+        }
+        if any {
+            let resolution = self.members.current();
+            self.admitted_through =
+                self.roster.keys().iter().map(|k| resolution.admitted_through(k)).collect();
+        }
+    }
+
     /// The archive, the roster and the chain states, for a replica that resumes over them
     /// ([`crate::Node::resume`]): what a restart in a test or the simulator hands over, as the
     /// daemon's store does.

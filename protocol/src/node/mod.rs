@@ -446,6 +446,16 @@ impl Node {
         node
     }
 
+    /// Rebuilds the membership the node's accepted events resolve to, after [`Node::resume`]:
+    /// `events` are accepted events, in the order they were accepted, among them every one that
+    /// carries membership ops (see [`Adapter::resume_membership`]). Peers out of force are
+    /// refused from then on.
+    pub fn resume_membership(&mut self, events: &[crate::archive::StoredEvent]) {
+        self.adapter.resume_membership(events);
+        self.refuse_out_of_force();
+        self.digest_cache = None;
+    }
+
     /// Applies events read back from this node's own archive to the document, in the order
     /// they were accepted (a causal order), without validating them again (see
     /// `Verified::from_stored`). Returns the ids of those that could not be read back (bytes

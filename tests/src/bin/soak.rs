@@ -69,6 +69,9 @@ struct Totals {
     n_commits_no_space: u64,
     n_mutes: u64,
     n_link_full: u64,
+    n_removals_planned: u64,
+    n_member_ops: u64,
+    n_member_changes: u64,
 }
 
 impl Totals {
@@ -91,6 +94,9 @@ impl Totals {
         self.n_commits_no_space += outcome.n_commits_no_space;
         self.n_mutes += outcome.n_mutes;
         self.n_link_full += outcome.n_link_full;
+        self.n_removals_planned += u64::from(outcome.removal_planned);
+        self.n_member_ops += outcome.n_member_ops;
+        self.n_member_changes += outcome.n_member_changes as u64;
     }
 }
 
@@ -187,6 +193,11 @@ fn main() -> ExitCode {
         totals.n_commits,
         totals.n_commits_no_space,
         totals.n_disk_full
+    );
+    println!(
+        "cairn-soak: {} runs set out to remove a Byzantine member; honest nodes signed {} membership ops; {} \
+         membership changes took effect",
+        totals.n_removals_planned, totals.n_member_ops, totals.n_member_changes
     );
     println!(
         "cairn-soak: {} crashes ({} with a commit that landed, {} with one lost), {} restarts with a lost store, {} \

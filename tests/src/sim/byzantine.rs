@@ -7,7 +7,8 @@ use cairn_crypto::{PublicKey, SecretKey, Signature};
 use cairn_daemon::discipline::INVALID_INPUTS_MAX;
 use cairn_protocol::codec::{decode_event, decode_message, encode_message};
 use cairn_protocol::event::ops_hash;
-use cairn_protocol::limits::{EVENT_BYTES_MAX, MESSAGE_BYTES_MAX, OPS_MAX};
+use cairn_protocol::limits::{DEPS_MAX, EVENT_BYTES_MAX, MESSAGE_BYTES_MAX, OPS_MAX};
+use cairn_protocol::membership::{Change, ChangeId, ChangeKind, MembershipId, Rotation};
 use cairn_protocol::node::Node;
 use cairn_protocol::{Event, EventId, Evidence, Header, Message, Op, SignedHeader, StoredEvent, Tip};
 
@@ -66,11 +67,21 @@ pub enum Attack {
     /// each branch sent to its own set of honest nodes: deep forks, which reconciliation
     /// must find by searching on seq.
     ForkChains,
+    /// Two proposals of different changes of one membership, in consecutive events: valid,
+    /// and a double approval (`docs/PROTOCOL.md` §17, rule M7).
+    DoubleApproval,
+    /// Membership ops that break a rule (`bad_membership`): a proposal of a membership that
+    /// is not in force, an approval of a change nobody proposed, a rotation whose proof the
+    /// successor did not sign, a rotation to another member's key.
+    BadMembership,
+    /// Three to six proposals in consecutive events: from the third on, over the two changes
+    /// a seat may vote for in one membership and round (rule V5), so invalid.
+    ProposalFlood,
 }
 
 impl Attack {
     /// Every attack.
-    pub const ALL: [Self; 22] = [
+    pub const ALL: [Self; 25] = [
         Self::ForgedSignature,
         Self::MutatedBytes,
         Self::WrongAuthor,
@@ -93,6 +104,9 @@ impl Attack {
         Self::NotMember,
         Self::BadOp,
         Self::ForkFan,
+        Self::DoubleApproval,
+        Self::BadMembership,
+        Self::ProposalFlood,
     ];
 }
 
@@ -411,6 +425,60 @@ pub fn craft(attack: Attack, cx: &mut CraftContext<'_>, rng: &mut Rng) -> Crafte
             out.invalid.push(event.id());
             out.sends.push((target, events_message(vec![event.encode()])));
         }
+        Attack::DoubleApproval | Attack::ProposalFlood => {
+            let n = if attack == Attack::DoubleApproval { 2 } else { rng.range(3, 7) as usize };
+            let (mut seq, mut lamport, mut deps) = full_frontier(cx.node, &me);
+            let resolution = cx.node.adapter().membership();
+            let (base, round) = (resolution.in_force().id(), resolution.round());
+            for k in 0..n {
+                let newcomer = SecretKey::from_seed(&rng.array32()).public();
+                *cx.counter += 1;
+                let name = format!("byz-{}", cx.counter);
+                let change = Change { base, kind: ChangeKind::Add { key: newcomer, name } };
+                let event = Event::sign(cx.key, seq, lamport, deps, vec![Op::Propose { change, round }]);
+                if k >= 2 {
+                    out.invalid.push(event.id());
+                }
+                deps = vec![event.id()];
+                seq += 1;
+                lamport += 1;
+                out.sends.push((target, events_message(vec![event.encode()])));
+            }
+        }
+        Attack::BadMembership => {
+            let (seq, lamport, deps) = full_frontier(cx.node, &me);
+            let resolution = cx.node.adapter().membership();
+            let cluster = cx.node.genesis().cluster_id();
+            let op = match rng.below(4) {
+                0 => {
+                    let newcomer = SecretKey::from_seed(&rng.array32()).public();
+                    let change = Change {
+                        base: MembershipId(rng.array32()),
+                        kind: ChangeKind::Add { key: newcomer, name: "nobody's".into() },
+                    };
+                    Op::Propose { change, round: resolution.round() }
+                }
+                1 => Op::Approve { change: ChangeId(rng.array32()), round: resolution.round() },
+                2 => {
+                    // Signed by one fresh key, naming another as the successor.
+                    let mut rotation =
+                        Rotation::new(&cluster, me, seq, &SecretKey::from_seed(&rng.array32()));
+                    rotation.successor = SecretKey::from_seed(&rng.array32()).public();
+                    Op::Rotate(rotation)
+                }
+                _ => {
+                    // To another member's key: the attacker cannot sign its proof.
+                    let other = *rng.pick(cx.publics);
+                    let mut rotation =
+                        Rotation::new(&cluster, me, seq, &SecretKey::from_seed(&rng.array32()));
+                    rotation.successor = other;
+                    Op::Rotate(rotation)
+                }
+            };
+            let event = Event::sign(cx.key, seq, lamport, deps, vec![op]);
+            out.invalid.push(event.id());
+            out.sends.push((target, events_message(vec![event.encode()])));
+        }
         Attack::ForkFan => {
             let (seq, lamport, deps) = frontier(cx.node, &me, rng);
             let mut ids = Vec::new();
@@ -657,6 +725,21 @@ fn random_accepted(node: &Node, rng: &mut Rng) -> Option<StoredEvent> {
     }
     let id = *adapter.accepted_ids().get(rng.index(n))?;
     adapter.event(&id)
+}
+
+/// The next `(seq, lamport, deps)` for `author` on everything the node accepted (its own
+/// latest event and every tip, up to the deps limit): a causal past as large as the node's
+/// view, where its membership in force is the one in force.
+fn full_frontier(node: &Node, author: &PublicKey) -> (u64, u64, Vec<EventId>) {
+    let adapter = node.adapter();
+    let Some(idx) = adapter.roster().idx(author) else { return (1, 1, Vec::new()) };
+    let seq = adapter.max_seq(idx) + 1;
+    let mut tips = adapter.tips();
+    // The own predecessor first, so the deps limit never drops it.
+    tips.sort_by_key(|tip| (tip.author != *author, tip.id));
+    let deps: Vec<EventId> = tips.iter().take(DEPS_MAX).map(|tip| tip.id).collect();
+    let lamport = 1 + deps.iter().filter_map(|d| adapter.meta(d)).map(|meta| meta.lamport).max().unwrap_or(0);
+    (seq, lamport, sorted(deps))
 }
 
 /// A plausible next `(seq, lamport, deps)` for `author` from the node's view: the author's

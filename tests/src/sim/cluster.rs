@@ -20,12 +20,13 @@ use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use cairn_crypto::{PublicKey, SecretKey};
-use cairn_daemon::commit::{Acked, CommitJob, Committed, GroupCommit, WriteFailure};
+use cairn_daemon::commit::{Acked, CommitJob, Committed, GroupCommit, MemberOp, WriteFailure};
 use cairn_daemon::discipline::{PeerDiscipline, Verdict};
 use cairn_protocol::codec::{decode_event, decode_evidence};
 use cairn_protocol::document::Document;
 use cairn_protocol::node::{Node, NodeConfig, NodeEvent};
 use cairn_protocol::{Adapter, EventId, Genesis, Member, Op, Reject, StoredEvent};
+use cairn_protocol::{ChainState, ChangeKind, MemoryArchive, Roster};
 
 use super::byzantine::{
     AfterHeal, Attack, ByzantineConfig, CraftContext, ForkChains, corrupt_one_signature, craft,
@@ -122,7 +123,38 @@ pub enum Scripted {
         /// The partition's id.
         id: u64,
     },
+    /// An honest node's operator takes part in removing a member (see
+    /// [`crate::sim::SimConfig::removal`]): through the group commit, like a write. Tried again
+    /// [`MEMBER_RETRY_MS`] later until the node has signed it.
+    Member {
+        /// Sim index of the node.
+        node: usize,
+        /// What it signs.
+        op: SimMember,
+    },
 }
+
+/// A membership op an honest node signs in the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SimMember {
+    /// Propose removing `target`'s seat, cut at the highest seq of its current key this node
+    /// holds.
+    ProposeRemoval {
+        /// Sim index of the member to remove.
+        target: usize,
+    },
+    /// Approve the removal of `target` that `proposer` proposed, once this node holds it.
+    ApproveRemoval {
+        /// Sim index of the member to remove.
+        target: usize,
+        /// Sim index of the node whose proposal to approve.
+        proposer: usize,
+    },
+}
+
+/// How long an honest node waits before trying a membership op again that it could not sign
+/// yet (the proposal has not reached it, its seq is being relearned, its disk is full).
+pub const MEMBER_RETRY_MS: u64 = 150;
 
 /// What a crash does to the job with the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +251,10 @@ struct SimNode {
     store: SimStore,
     /// Write numbers given to the group commit and not answered yet.
     writes_pending: BTreeSet<u64>,
+    /// Membership ops given to the group commit and not answered yet, by write number.
+    members_pending: BTreeMap<u64, SimMember>,
+    /// Membership ops this node has signed (durable and accepted).
+    members_done: BTreeSet<SimMember>,
     /// The process is down (crashed, not yet started again).
     down: bool,
     /// When `handle_timeout` was last called.
@@ -318,6 +354,12 @@ pub struct Outcome {
     pub n_steps: u64,
     /// Hash of every delivery (time, link, bytes), every write and every attack.
     pub trace_hash: u64,
+    /// Membership ops honest nodes signed.
+    pub n_member_ops: u64,
+    /// Membership changes in force at the end (the same on every honest node).
+    pub n_member_changes: usize,
+    /// Whether the honest nodes set out to remove a Byzantine member.
+    pub removal_planned: bool,
 }
 
 /// A simulated cluster. Build it with [`Cluster::new`], then either [`Cluster::run_to_end`],
@@ -407,6 +449,8 @@ impl Cluster {
                     // The first start of a brand-new cluster (`new_cluster = true`).
                     store: SimStore::new(true),
                     writes_pending: BTreeSet::new(),
+                    members_pending: BTreeMap::new(),
+                    members_done: BTreeSet::new(),
                     down: false,
                     last_timeout_ms: None,
                     input_since_timeout: false,
@@ -497,6 +541,18 @@ impl Cluster {
         }
         for (node, at_ms, duration_ms) in self.config.disk_full.clone() {
             self.schedule(at_ms, Scripted::DiskFull { node, duration_ms });
+        }
+        if let Some((proposer, target, at_ms)) = self.config.removal {
+            self.schedule(
+                at_ms,
+                Scripted::Member { node: proposer, op: SimMember::ProposeRemoval { target } },
+            );
+            for node in self.honest.clone() {
+                if node != proposer {
+                    let op = SimMember::ApproveRemoval { target, proposer };
+                    self.schedule(at_ms + rng.below(active_ms), Scripted::Member { node, op });
+                }
+            }
         }
         for _ in 0..self.config.n_partitions {
             let side = Network::random_bipartition(self.config.n_nodes, rng);
@@ -827,6 +883,7 @@ impl Cluster {
                 self.network.end_partition(id);
                 self.reconnect_all();
             }
+            Action::Scripted(Scripted::Member { node, op }) => self.member_op(node, op),
         }
     }
 
@@ -910,10 +967,63 @@ impl Cluster {
         self.drive(i);
     }
 
+    /// Node `i`'s operator asks it to sign `op`, unless it did or is doing so: queued in the
+    /// group commit, or tried again later when the node cannot sign it yet.
+    fn member_op(&mut self, i: usize, op: SimMember) {
+        let sim = &self.nodes[i];
+        if sim.members_done.contains(&op) || sim.members_pending.values().any(|pending| *pending == op) {
+            return;
+        }
+        let request = if sim.down { None } else { self.member_request(i, op) };
+        match request {
+            Some(request) => {
+                self.n_writes_submitted += 1;
+                let number = self.n_writes_submitted;
+                let sim = &mut self.nodes[i];
+                sim.members_pending.insert(number, op);
+                sim.commit.handle_member_op(request, number);
+                self.drive(i);
+            }
+            None => self.schedule(self.now_ms + MEMBER_RETRY_MS, Scripted::Member { node: i, op }),
+        }
+    }
+
+    /// What node `i` would sign for `op` now, if it can: `None` while the proposal to approve
+    /// has not reached it.
+    fn member_request(&self, i: usize, op: SimMember) -> Option<MemberOp> {
+        let node = &self.nodes[i].node;
+        let resolution = node.adapter().membership();
+        match op {
+            SimMember::ProposeRemoval { target } => {
+                let seat = self.publics[target];
+                let key = resolution.chains().current(&seat);
+                let seen = node.adapter().roster().idx(&key).map_or(0, |idx| node.adapter().max_seq(idx));
+                Some(MemberOp::Propose(ChangeKind::Remove { seat, key, cut: seen }))
+            }
+            SimMember::ApproveRemoval { proposer, .. } => {
+                let base = resolution.in_force().id();
+                let vote = resolution.ballot(&self.publics[proposer], &base, resolution.round()).first()?;
+                Some(MemberOp::Approve(vote.change))
+            }
+        }
+    }
+
     /// The group commit's answers to node `i`'s writers. Only an acknowledged write is
     /// expected everywhere at the end; it must be durable and accepted when it is answered.
     fn answer_writers(&mut self, i: usize) {
         while let Some((number, answer)) = self.nodes[i].commit.poll_reply() {
+            if let Some(op) = self.nodes[i].members_pending.remove(&number) {
+                match answer {
+                    Ok(_) => {
+                        self.nodes[i].members_done.insert(op);
+                        self.outcome.n_member_ops += 1;
+                    }
+                    // Not yet (the proposal moved on, the seq is relearned, the disk is
+                    // full): the operator tries again.
+                    Err(_) => self.schedule(self.now_ms + MEMBER_RETRY_MS, Scripted::Member { node: i, op }),
+                }
+                continue;
+            }
             self.nodes[i].writes_pending.remove(&number);
             match answer {
                 Ok(Acked { event }) => {
@@ -1109,7 +1219,23 @@ impl Cluster {
         let evidence: Vec<Vec<u8>> = sim.store.evidence().cloned().collect();
         // The node itself starts as the daemon does: over its archive, from the persisted
         // document and its covered records, replaying only the log's tail.
-        let mut adapter = Adapter::new(self.genesis.clone(), config.adapter.clone());
+        // The roster as stored: the persisted document's author indices mean these keys.
+        let later: Vec<PublicKey> = sim.store.roster().iter().map(|key| PublicKey(*key)).collect();
+        let roster = match Roster::with_later(&self.genesis, &later) {
+            Ok(roster) => roster,
+            Err(e) => {
+                self.violations.push(format!("node {i}'s stored roster does not load: {e}"));
+                Roster::new(&self.genesis)
+            }
+        };
+        let chains = vec![ChainState::default(); roster.len()];
+        let mut adapter = Adapter::resume(
+            self.genesis.clone(),
+            config.adapter.clone(),
+            Box::new(MemoryArchive::new()),
+            roster,
+            chains,
+        );
         let _ = adapter.restore(events.clone());
         // The log is in acceptance order, so validating it again gives the same roster.
         let (mut archive, roster, chains) = adapter.into_parts();
@@ -1138,8 +1264,15 @@ impl Cluster {
             .filter_map(|bytes| decode_event(bytes).ok())
             .filter_map(|event| archive.event(&event.id()))
             .collect();
+        let all: Vec<StoredEvent> = events
+            .iter()
+            .filter_map(|bytes| decode_event(bytes).ok())
+            .filter_map(|event| archive.event(&event.id()))
+            .collect();
         let mut node =
             Node::resume(self.genesis.clone(), Some(me), config, archive, roster, chains, document);
+        // The store's log, in the order it was accepted, holds the membership ops.
+        node.resume_membership(&all);
         // Tracked before the tail's replay, whose changes the next commit persists.
         node.track_document();
         if !node.replay_document(&tail).is_empty() {
@@ -1598,9 +1731,18 @@ impl Cluster {
                         self.name_of(key)
                     ));
                 }
-                if node.document().excluded_from(author_idx) != fork_seq {
+                // The document excludes from the lowest fork seq, or from the first seq past
+                // what the membership admits (a removal's cut), whichever comes first.
+                let through = node.adapter().admitted_through(author_idx);
+                let cut = (node.adapter().max_seq(author_idx) > through).then(|| through.saturating_add(1));
+                let expected = match (fork_seq, cut) {
+                    (Some(fork), Some(cut)) => Some(fork.min(cut)),
+                    (fork, cut) => fork.or(cut),
+                };
+                if node.document().excluded_from(author_idx) != expected {
                     return Err(format!(
-                        "honest node {i} excludes {} from seq {:?}, but its lowest fork seq is {fork_seq:?}",
+                        "honest node {i} excludes {} from seq {:?}, but its lowest fork seq is {fork_seq:?} and \
+                         the membership admits its seqs up to {through}",
                         self.name_of(key),
                         node.document().excluded_from(author_idx)
                     ));
@@ -1654,6 +1796,7 @@ impl Cluster {
                 }
             }
         }
+        self.check_membership()?;
         self.outcome.n_accepted = reference_ids.len();
         self.outcome.n_evidence = reference_evidence.len();
         self.outcome.n_equivocators = n_equivocators;
@@ -1661,6 +1804,70 @@ impl Cluster {
         self.outcome.n_orphans_dropped =
             honest.iter().map(|i| self.nodes[*i].node.adapter().orphans_dropped()).sum();
         self.trace.update(&reference_document);
+        Ok(())
+    }
+}
+
+impl Cluster {
+    /// The membership at the end (`docs/PROTOCOL.md` §17): the honest nodes agree on it; it
+    /// changed only as honest seats voted (with fewer Byzantine seats than a quorum, every
+    /// change in force had a quorum's worth of honest votes less the Byzantine seats); and a
+    /// removal every honest node signed its part of is in force.
+    fn check_membership(&mut self) -> Result<(), String> {
+        let honest = self.honest.clone();
+        let reference = self.nodes[honest[0]].node.adapter().membership().clone();
+        for &i in &honest[1..] {
+            if self.nodes[i].node.adapter().membership().chain() != reference.chain() {
+                return Err(format!("honest nodes {} and {i} hold different memberships", honest[0]));
+            }
+        }
+        let n_byzantine = self.config.byzantine.len();
+        let chain = reference.chain();
+        let mut seats = self.publics.len();
+        for (at, change) in reference.applied().iter().enumerate() {
+            // The membership the change applied to: its seats and threshold.
+            let base = chain[at];
+            let honest_votes = honest
+                .iter()
+                .filter(|&&i| {
+                    (0..=reference.round()).any(|round| {
+                        reference
+                            .ballot(&self.publics[i], &base, round)
+                            .first()
+                            .is_some_and(|v| v.change == *change)
+                    })
+                })
+                .count();
+            let threshold = seats / 2 + 1;
+            if honest_votes + n_byzantine < threshold {
+                return Err(format!(
+                    "change {change} took effect with {honest_votes} honest votes of a threshold of {threshold} and \
+                     {n_byzantine} Byzantine seats"
+                ));
+            }
+            seats = match self.nodes[honest[0]].node.adapter().change(change).map(|c| &c.kind) {
+                Some(ChangeKind::Add { .. }) => seats + 1,
+                Some(ChangeKind::Remove { .. }) => seats - 1,
+                _ => seats,
+            };
+        }
+        if let Some((proposer, target, _)) = self.config.removal {
+            let signed = honest.iter().all(|&i| {
+                let op = if i == proposer {
+                    SimMember::ProposeRemoval { target }
+                } else {
+                    SimMember::ApproveRemoval { target, proposer }
+                };
+                self.nodes[i].members_done.contains(&op)
+            });
+            if signed && reference.in_force().seat(&self.publics[target]).is_some() {
+                return Err(format!(
+                    "every honest node signed the removal of Byzantine node {target}, but its seat is in force"
+                ));
+            }
+        }
+        self.outcome.n_member_changes = reference.applied().len();
+        self.outcome.removal_planned = self.config.removal.is_some();
         Ok(())
     }
 }

@@ -40,7 +40,7 @@ mod store;
 pub use byzantine::{
     AfterHeal, Attack, ByzantineConfig, CraftContext, Crafted, ForkChains, craft, events_message,
 };
-pub use cluster::{Cluster, JobFate, Outcome, Scripted};
+pub use cluster::{Cluster, JobFate, MEMBER_RETRY_MS, Outcome, Scripted, SimMember};
 pub use network::{Link, LinkProfile, Network};
 pub use rng::{PPM, Rng, TraceHash};
 pub use store::{CrashedJob, SimStore};
@@ -114,6 +114,11 @@ pub struct SimConfig {
     pub commit_writes_max: usize,
     /// Slowest fsync, in virtual milliseconds.
     pub store_delay_ms_max: u64,
+    /// The honest nodes remove a Byzantine member (`docs/PROTOCOL.md` §17): `(proposer,
+    /// target, at_ms)`. The proposer proposes the removal, cut at what it has seen of the
+    /// target's key, from `at_ms` on; every other honest node approves that change as soon as
+    /// it sees it. Each retries until it has signed (see [`Scripted::Member`]).
+    pub removal: Option<(usize, usize, u64)>,
 }
 
 /// The node settings of the simulator: small buffers, a short sync interval and timeouts.
@@ -164,6 +169,7 @@ impl SimConfig {
             transport_queue_max: SIM_TRANSPORT_QUEUE_MAX,
             commit_writes_max: SIM_COMMIT_WRITES_MAX,
             store_delay_ms_max: SIM_STORE_DELAY_MS_MAX,
+            removal: None,
         }
     }
 
@@ -259,6 +265,11 @@ impl SimConfig {
         let transport_queue_max = *rng.pick(&[2, 8, SIM_TRANSPORT_QUEUE_MAX]);
         let commit_writes_max = *rng.pick(&[1, 4, SIM_COMMIT_WRITES_MAX]);
         let store_delay_ms_max = *rng.pick(&[3, SIM_STORE_DELAY_MS_MAX, 25]);
+        // In half the runs with a Byzantine member, the honest ones (always a majority here)
+        // remove one.
+        let removal = (n_byzantine > 0 && rng.chance(PPM / 2)).then(|| {
+            (*rng.pick(&order[n_byzantine..]), *rng.pick(&order[..n_byzantine]), rng.below(active_ms / 2))
+        });
         Self {
             seed,
             n_nodes,
@@ -277,6 +288,7 @@ impl SimConfig {
             transport_queue_max,
             commit_writes_max,
             store_delay_ms_max,
+            removal,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct SimStore {
     covered: Vec<Covered>,
     /// How many of `events`, from the first, the persisted document has applied.
     doc_through: usize,
+    /// The node's roster after the genesis members ([`CommitJob::roster`]), as last stored.
+    roster: Vec<[u8; 32]>,
 }
 
 /// The persisted document of a [`SimStore`], as a start reads it.
@@ -87,6 +89,11 @@ impl SimStore {
             covered: &self.covered,
             through: self.doc_through,
         }
+    }
+
+    /// The keys the node's roster indexed after the genesis members, as last stored.
+    pub fn roster(&self) -> &[[u8; 32]] {
+        &self.roster
     }
 
     /// Whether the event with id `id` is durable.
@@ -170,6 +177,7 @@ impl SimStore {
         self.doc_exclusions = None;
         self.covered.clear();
         self.doc_through = 0;
+        self.roster.clear();
         self.in_flight = None;
         // The node starts again with a new, empty store for a running cluster.
         self.own_history_complete = false;
@@ -207,5 +215,9 @@ impl SimStore {
             self.evidence.insert(*author, bytes.clone());
         }
         self.own_history_complete |= job.own_history_complete;
+        // The roster only grows.
+        if job.roster.len() > self.roster.len() {
+            self.roster = job.roster.clone();
+        }
     }
 }
