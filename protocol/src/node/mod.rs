@@ -453,6 +453,7 @@ impl Node {
     pub fn resume_membership(&mut self, events: &[crate::archive::StoredEvent]) {
         self.adapter.resume_membership(events);
         self.refuse_out_of_force();
+        self.exclude_unadmitted();
         self.digest_cache = None;
     }
 
@@ -472,8 +473,24 @@ impl Node {
                 None => bad.push(stored.id),
             }
         }
+        // What the membership does not admit of them (a removal's cut the persisted document
+        // did not know of yet: its exclusions go with the commit after the events).
+        self.exclude_unadmitted();
         self.digest_cache = None;
         bad
+    }
+
+    /// Excludes from the document what the membership in force does not admit (rule M9) of
+    /// the events accepted so far. Costs nothing when the membership never changed.
+    fn exclude_unadmitted(&mut self) {
+        for (author, from) in self.adapter.admission_exclusions() {
+            let Applied { covered, .. } = self.document.exclude(
+                author,
+                from,
+                &ArchiveHistory { archive: self.adapter.archive(), chains: self.adapter.chain_states() },
+            );
+            self.record_covered(covered, true);
+        }
     }
 
     /// The register `key` with every sibling's value: those the document does not hold (more
