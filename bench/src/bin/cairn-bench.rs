@@ -457,6 +457,7 @@ fn main() -> ExitCode {
                     VerifySet::new(sizes.verify)
                 });
                 membership::section(&mut out, set, args.quick);
+                membership::ingest_section(&mut out, set, if args.quick { 20_000 } else { 40_000 });
             }
         }
     }

@@ -11,9 +11,13 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use cairn_bench::VerifySet;
-use cairn_crypto::{PublicKey, SecretKey};
-use cairn_protocol::membership::{Approval, Change, ChangeKind, ChangeLog, Policy, Proposal, Rotation};
-use cairn_protocol::{EventId, Genesis, Member};
+use cairn_crypto::{Domain, PublicKey, SecretKey, hash};
+use cairn_protocol::membership::{
+    Approval, Change, ChangeId, ChangeKind, ChangeLog, MembershipId, Policy, Proposal, Rotation,
+};
+use cairn_protocol::{EventId, Genesis, Member, Node, NodeConfig, Op};
+
+use crate::data;
 
 /// Seats of the benchmark's cluster.
 const SEATS: u64 = 5;
@@ -149,5 +153,134 @@ pub(crate) fn section(out: &mut String, set: &VerifySet, quick: bool) {
          once per membership op (the ops per change counted above) and that other events reuse their \
          deps' resolution; membership ops are not on the wire yet, so it is not an ingest \
          measurement.\n"
+    );
+}
+
+/// Events between two membership changes in the ingest stream with changes.
+const EVENTS_PER_CHANGE: usize = 10_000;
+/// Paired runs of each stream.
+const INGEST_REPEATS: usize = 5;
+
+/// The ops of event `i` of a stream by three seats in turn (`i % 3` signs it) with one
+/// membership change per [`EVENTS_PER_CHANGE`] events: in each block, the first event of seat 0
+/// from the block's middle on proposes the change and the next two (seats 1 and 2) approve it.
+/// The changes add a seat and remove it again, so three seats stay a quorum. Every other event
+/// is an ordinary write.
+struct ChangeStream {
+    base: MembershipId,
+    pending: Option<(ChangeId, usize)>,
+    n_changes: usize,
+}
+
+impl ChangeStream {
+    fn ops(&mut self, i: usize) -> Vec<Op> {
+        if let Some((change, proposed_at)) = self.pending {
+            if i <= proposed_at + 2 {
+                if i == proposed_at + 2 {
+                    // The third vote: it takes effect, and the next change is of the new membership.
+                    self.base = MembershipId(hash(Domain::Membership, &[self.base.0, change.0].concat()));
+                    self.pending = None;
+                }
+                return vec![Op::Approve { change, round: 0 }];
+            }
+        }
+        let block = i / EVENTS_PER_CHANGE;
+        if self.pending.is_none()
+            && self.n_changes == block
+            && i % EVENTS_PER_CHANGE >= EVENTS_PER_CHANGE / 2
+            && i % 3 == 0
+        {
+            let newcomer = secret(5_000 + (self.n_changes / 2) as u64).public();
+            let kind = if self.n_changes % 2 == 0 {
+                ChangeKind::Add { key: newcomer, name: format!("n{}", self.n_changes / 2) }
+            } else {
+                ChangeKind::Remove { seat: newcomer, key: newcomer, cut: 0 }
+            };
+            let change = Change { base: self.base, kind };
+            self.pending = Some((change.id(), i));
+            self.n_changes += 1;
+            return vec![Op::Propose { change, round: 0 }];
+        }
+        data::small_ops(i, 0)
+    }
+}
+
+/// `cairn-bench membership` part two: ingest through `Node::handle_message` on two threads of
+/// a stream with one membership change per [`EVENTS_PER_CHANGE`] events, against the same
+/// stream without, each run paired with a `verify_strict` baseline run.
+pub(crate) fn ingest_section(out: &mut String, set: &VerifySet, n_events: usize) {
+    let seats: Vec<SecretKey> = (0..3).map(secret).collect();
+    let genesis =
+        Genesis::new(seats.iter().enumerate().map(|(i, k)| Member { key: k.public(), name: format!("s{i}") }).collect())
+            .expect("a valid genesis");
+    let authors: Vec<&SecretKey> = seats.iter().collect();
+    eprintln!("membership: signing two streams of {n_events} events");
+    let plain = data::chain(&mut data::View::default(), &authors, n_events, |i| data::small_ops(i, 0));
+    let mut stream = ChangeStream { base: MembershipId(genesis.cluster_id()), pending: None, n_changes: 0 };
+    let with_changes = data::chain(&mut data::View::default(), &authors, n_events, |i| stream.ops(i));
+    let n_changes = stream.n_changes;
+    let peer = seats[0].public();
+    let run = |events: &[Vec<u8>]| {
+        let messages = data::events_messages(events);
+        let mut config = NodeConfig::default();
+        config.adapter.verify_threads = 2;
+        let mut node = Node::new(genesis.clone(), None, config);
+        assert!(node.handle_connected(peer, 0), "the sender is a member");
+        let start = Instant::now();
+        let mut accepted = 0;
+        for message in &messages {
+            node.handle_message(peer, message, 0);
+            while node.poll_transmit().is_some() {}
+            accepted += data::drain_events(&mut node).accepted;
+        }
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(accepted, events.len(), "every generated event is accepted");
+        let applied = node.adapter().membership().applied().len();
+        drop(black_box(node));
+        (events.len() as f64 / secs, applied)
+    };
+    let mut ratios = [Vec::new(), Vec::new()];
+    let mut rates = [Vec::new(), Vec::new()];
+    let mut applied = 0;
+    for _ in 0..INGEST_REPEATS {
+        for (which, events) in [&plain, &with_changes].into_iter().enumerate() {
+            let baseline = set.run(2);
+            let (rate, n_applied) = run(events);
+            if which == 1 {
+                applied = n_applied;
+            }
+            ratios[which].push(rate / baseline);
+            rates[which].push(rate);
+        }
+    }
+    let median = |mut xs: Vec<f64>| {
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    let (plain_ratio, changes_ratio) = (median(ratios[0].clone()), median(ratios[1].clone()));
+    eprintln!("membership: ingest {plain_ratio:.3} without changes, {changes_ratio:.3} with {n_changes}");
+    let _ = writeln!(out, "## membership: ingest with membership changes in the stream\n");
+    let _ = writeln!(
+        out,
+        "{n_events} events of 3 seats through `Node::handle_message` on 2 threads; {n_changes} changes \
+         (propose + 2 approvals each, one per {EVENTS_PER_CHANGE} events; {applied} took effect). Each run \
+         is paired with a `verify_strict` run on 2 threads; medians of {INGEST_REPEATS}.\n"
+    );
+    let _ = writeln!(out, "| stream | events/s | ratio to `verify_strict`/s | runs (ratio) |");
+    let _ = writeln!(out, "|---|---:|---:|---|");
+    for (which, name) in ["no membership op", "one change per 10 000 events"].into_iter().enumerate() {
+        let runs: Vec<String> = ratios[which].iter().map(|r| format!("{r:.3}")).collect();
+        let _ = writeln!(
+            out,
+            "| {name} | {:.0} | **{:.3}** | {} |",
+            median(rates[which].clone()),
+            median(ratios[which].clone()),
+            runs.join(", ")
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nWith changes ÷ without: **{:.3}** (target: no measurable loss).\n",
+        changes_ratio / plain_ratio
     );
 }
