@@ -58,6 +58,18 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args { commands: Vec::new(), quick: false, out: None };
+    // One ingest of one stream on one thread, nothing else, for `valgrind --tool=callgrind`:
+    // `cairn-bench membership-count plain|changes` (see `membership::count_run`).
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if all.first().map(String::as_str) == Some("membership-count") {
+        let with_changes = match all.get(1).map(String::as_str) {
+            Some("plain") => false,
+            Some("changes") => true,
+            _ => return Err("membership-count takes plain or changes".to_owned()),
+        };
+        membership::count_run(with_changes, 20_000);
+        std::process::exit(0);
+    }
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
