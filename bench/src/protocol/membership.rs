@@ -176,25 +176,25 @@ struct ChangeStream {
 
 impl ChangeStream {
     fn ops(&mut self, i: usize) -> Vec<Op> {
-        if let Some((change, proposed_at, votes)) = self.pending {
-            if i < proposed_at + votes {
-                if i + 1 == proposed_at + votes {
-                    // The last vote needed: it takes effect, and the next change is of the new
-                    // membership.
-                    self.base = MembershipId(hash(Domain::Membership, &[self.base.0, change.0].concat()));
-                    self.pending = None;
-                }
-                return vec![Op::Approve { change, round: 0 }];
+        if let Some((change, proposed_at, votes)) = self.pending
+            && i < proposed_at + votes
+        {
+            if i + 1 == proposed_at + votes {
+                // The last vote needed: it takes effect, and the next change is of the new
+                // membership.
+                self.base = MembershipId(hash(Domain::Membership, &[self.base.0, change.0].concat()));
+                self.pending = None;
             }
+            return vec![Op::Approve { change, round: 0 }];
         }
         let block = i / EVENTS_PER_CHANGE;
         if self.pending.is_none()
             && self.n_changes == block
             && i % EVENTS_PER_CHANGE >= EVENTS_PER_CHANGE / 2
-            && i % 3 == 0
+            && i.is_multiple_of(3)
         {
             let newcomer = secret(5_000 + (self.n_changes / 2) as u64).public();
-            let (kind, votes) = if self.n_changes % 2 == 0 {
+            let (kind, votes) = if self.n_changes.is_multiple_of(2) {
                 (ChangeKind::Add { key: newcomer, name: format!("n{}", self.n_changes / 2) }, 2)
             } else {
                 (ChangeKind::Remove { seat: newcomer, key: newcomer, cut: 0 }, 3)
