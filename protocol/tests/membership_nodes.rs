@@ -555,3 +555,98 @@ fn random_histories_hold_membership_changes() {
     );
     assert!(additions >= 5 && removals >= 5 && rotations >= 20 && joiner_writes >= 5);
 }
+
+// ---- the cases point 2 names --------------------------------------------------------------
+
+/// Two seats propose to remove each other at once, on a cluster of four: each proposal gets
+/// one more vote. Every replica ends with the same membership, whatever order it learned the
+/// votes in.
+#[test]
+fn concurrent_removals_of_each_other_settle_the_same_everywhere() {
+    let mut c = Cluster::new(4, &[1, 2, 3, 4]);
+    let (a, b) = (key(1).public(), key(2).public());
+    c.member_op(0, MemberRequest::Propose(ChangeKind::Remove { seat: b, key: b, cut: 0 })).unwrap();
+    c.member_op(1, MemberRequest::Propose(ChangeKind::Remove { seat: a, key: a, cut: 0 })).unwrap();
+    c.send(0, 2);
+    c.send(1, 3);
+    let (remove_b, remove_a) = (c.pending(2), c.pending(3));
+    c.member_op(2, MemberRequest::Approve(remove_b)).unwrap();
+    c.member_op(3, MemberRequest::Approve(remove_a)).unwrap();
+    c.gossip();
+    // Two votes each of four seats: neither reaches three, and the round is deadlocked (every
+    // seat voted), so the next round is open.
+    let m = c.nodes[0].1.adapter().membership().clone();
+    assert!(m.applied().is_empty(), "neither removal has a quorum");
+    assert_eq!(m.round(), 1, "the deadlocked round opens the next");
+    c.assert_agree();
+    // In round 1 three seats remove b.
+    for i in [0, 2, 3] {
+        let request = if i == 0 {
+            MemberRequest::Propose(ChangeKind::Remove { seat: b, key: b, cut: 0 })
+        } else {
+            MemberRequest::Approve(
+                c.nodes[0].1.adapter().membership().ballot(&a, &m.in_force().id(), 1)[0].change,
+            )
+        };
+        c.member_op(i, request).unwrap();
+        c.gossip();
+    }
+    let seats = c.seats(0);
+    assert!(seats.len() == 3 && !seats.contains(&b), "b is removed in round 1");
+    // Node 1 (b) learned it too; the others agree and refuse b.
+    for i in [0, 2, 3] {
+        assert!(c.nodes[i].1.is_refused(&b));
+    }
+    let digest = c.nodes[0].1.document().digest();
+    assert!([2, 3].iter().all(|&i| c.nodes[i].1.document().digest() == digest));
+}
+
+/// A seat rotates while a removal of it, cut at its old key, is voted: the removal cuts the
+/// successor too (rule M8), so nothing the new key signs is admitted, and the new key is
+/// refused as a peer.
+#[test]
+fn a_removal_cuts_a_rotation_made_concurrently() {
+    let mut c = Cluster::new(3, &[1, 2, 3]);
+    let carol = key(3).public();
+    c.write(2, put("x", "carol")).unwrap();
+    c.gossip();
+    c.member_op(0, MemberRequest::Propose(ChangeKind::Remove { seat: carol, key: carol, cut: 1 })).unwrap();
+    // Carol, unaware, rotates to a new key and writes with it.
+    let successor = key(13);
+    c.member_op(2, MemberRequest::Rotate(&successor)).unwrap();
+    c.send(2, 1);
+    c.send(2, 0);
+    c.nodes[2].1.rekey(successor.public());
+    c.nodes[2].0 = key(13);
+    c.write(2, put("y", "carol's new key")).unwrap();
+    c.send(2, 1);
+    c.send(0, 1);
+    let change = c.pending(1);
+    c.member_op(1, MemberRequest::Approve(change)).unwrap();
+    c.send(1, 0);
+    c.send(2, 0);
+    for i in [0, 1] {
+        assert_eq!(c.value(i, "x"), vec![b"carol".to_vec()], "node {i}: up to the cut stays");
+        assert!(c.value(i, "y").is_empty(), "node {i}: the successor's write is cut too");
+        assert!(c.nodes[i].1.is_refused(&successor.public()), "node {i} refuses the successor");
+    }
+    assert_eq!(c.nodes[0].1.document().digest(), c.nodes[1].1.document().digest());
+}
+
+/// An approval that arrives before the proposal it approves waits in the causal buffer (the
+/// proposal is in its causal past) and counts once the proposal is accepted.
+#[test]
+fn an_approval_that_arrives_before_its_proposal_counts() {
+    let mut c = Cluster::new(3, &[1, 2, 3]);
+    let propose = c
+        .member_op(0, MemberRequest::Propose(ChangeKind::Add { key: key(4).public(), name: "dave".into() }))
+        .unwrap();
+    c.send(0, 1);
+    let approve = c.member_op(1, MemberRequest::Approve(c.pending(1))).unwrap();
+    // Node 2 hears the approval first, then the proposal.
+    c.deliver(1, 2, vec![approve.bytes().to_vec()]);
+    assert_eq!(c.seats(2).len(), 3, "the approval waits for its proposal");
+    assert_eq!(c.nodes[2].1.adapter().buffer_use().0, 1);
+    c.deliver(0, 2, vec![propose.bytes().to_vec()]);
+    assert_eq!(c.seats(2).len(), 4, "then both count");
+}
