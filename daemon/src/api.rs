@@ -12,6 +12,7 @@
 //! |---|---|
 //! | `GET /v1/status` | the node in brief |
 //! | `GET /v1/peers` | every other member, its connection and counters |
+//! | `GET /v1/members` | the membership in force (seats, current keys), the open round and its pending changes, double approvals (`docs/PROTOCOL.md` §17) |
 //! | `GET /v1/keys?kind=register\|counter\|set&after=&limit=` | keys with a non-empty state (all kinds without `kind`), one page |
 //! | `GET /v1/registers/{key}` | the visible value and every sibling |
 //! | `PUT /v1/registers/{key}` | `{"value": "text"}` or `{"value_base64": "..."}` |
@@ -218,6 +219,7 @@ pub fn router(handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router 
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/members", get(membership))
         .route("/v1/keys", get(keys))
         .route("/v1/registers/", any(empty_key))
         .route("/v1/registers/{key}", get(register).put(put_register).delete(delete_register))
@@ -621,6 +623,57 @@ async fn status(State(st): State<AppState>) -> Result<Json<json::Status>, ApiErr
 async fn peers(State(st): State<AppState>) -> Result<Json<json::Peers>, ApiError> {
     let peers = st.handle.peers().await?;
     Ok(Json(json::Peers { peers: peers.into_iter().map(peer_json).collect() }))
+}
+
+async fn membership(State(st): State<AppState>) -> Result<Json<json::Membership>, ApiError> {
+    Ok(Json(membership_json(&st.handle.membership().await?)))
+}
+
+/// The membership as `GET /v1/members` shows it.
+pub(crate) fn membership_json(info: &crate::service::MembershipInfo) -> json::Membership {
+    use cairn_protocol::ChangeKind;
+    let resolution = &info.resolution;
+    let in_force = resolution.in_force();
+    let seats = in_force
+        .seats()
+        .iter()
+        .map(|seat| json::MemberSeat {
+            name: seat.name.clone(),
+            founder: seat.founder.to_string(),
+            key: resolution.chains().current(&seat.founder).to_string(),
+        })
+        .collect();
+    let mut pending: Vec<json::PendingChange> = info
+        .pending
+        .iter()
+        .filter_map(|(id, votes, change)| {
+            let (action, key, seat, cut) = match &change.as_ref()?.kind {
+                ChangeKind::Add { key, name } => ("add", key, name.clone(), None),
+                ChangeKind::Remove { seat, key, cut } => ("remove", key, seat.to_string(), Some(*cut)),
+                ChangeKind::Replace { seat, successor, cut, .. } => {
+                    ("replace", successor, seat.to_string(), Some(*cut))
+                }
+            };
+            Some(json::PendingChange {
+                change: id.to_string(),
+                action: action.to_owned(),
+                key: key.to_string(),
+                seat,
+                cut,
+                votes: *votes,
+            })
+        })
+        .collect();
+    pending.sort_by(|a, b| b.votes.cmp(&a.votes).then_with(|| a.change.cmp(&b.change)));
+    json::Membership {
+        id: in_force.id().to_string(),
+        n_changes: resolution.applied().len(),
+        round: resolution.round(),
+        threshold: in_force.threshold(cairn_protocol::Policy::Majority),
+        seats,
+        pending,
+        double_approvals: resolution.double_approvals().iter().map(|d| d.seat.to_string()).collect(),
+    }
 }
 
 /// The key spaces in the order `GET /v1/keys` lists them.

@@ -152,6 +152,11 @@ impl Client {
         self.typed(Method::GET, "/v1/peers", None::<&()>).await
     }
 
+    /// `GET /v1/members`.
+    pub async fn membership(&self) -> Result<Answer<json::Membership>, ClientError> {
+        self.typed(Method::GET, "/v1/members", None::<&()>).await
+    }
+
     /// `GET /v1/keys`: one page.
     pub async fn keys(&self, query: &json::KeysQuery) -> Result<Answer<json::KeysPage>, ClientError> {
         self.typed(Method::GET, &format!("/v1/keys{}", query.to_query()), None::<&()>).await

@@ -663,6 +663,16 @@ impl Driver {
             Command::Peers(reply) => {
                 let _ = reply.send(self.peers());
             }
+            Command::Membership(reply) => {
+                let adapter = self.node.adapter();
+                let resolution = adapter.membership().clone();
+                let pending = resolution
+                    .pending()
+                    .into_iter()
+                    .map(|(id, votes)| (id, votes, adapter.change(&id).cloned()))
+                    .collect();
+                let _ = reply.send(crate::service::MembershipInfo { resolution, pending });
+            }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }

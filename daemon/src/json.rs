@@ -397,6 +397,53 @@ pub struct Author {
     pub bytes_per_sec: f64,
 }
 
+/// `GET /v1/members`: the membership in force (`docs/PROTOCOL.md` §17) and its pending changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The membership's id (the cluster id while no change took effect).
+    pub id: String,
+    /// Changes that took effect since the genesis.
+    pub n_changes: usize,
+    /// The round open for votes.
+    pub round: u32,
+    /// Votes a change needs.
+    pub threshold: usize,
+    /// The seats in force, by founding key.
+    pub seats: Vec<MemberSeat>,
+    /// The changes of this membership and round with votes, most votes first.
+    pub pending: Vec<PendingChange>,
+    /// Seats that approved two changes of one membership and round (evidence, rule M7).
+    pub double_approvals: Vec<String>,
+}
+
+/// One seat in force.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberSeat {
+    /// Its name.
+    pub name: String,
+    /// The key that founded it.
+    pub founder: String,
+    /// The key that signs for it now (the founder, or the last key it rotated to).
+    pub key: String,
+}
+
+/// A change with votes in the open round.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChange {
+    /// Its id.
+    pub change: String,
+    /// `add`, `remove` or `replace`.
+    pub action: String,
+    /// The key it adds, or cuts.
+    pub key: String,
+    /// The seat it removes or replaces (its founding key), or the name it adds.
+    pub seat: String,
+    /// For a removal or replacement: the last seq of `key` it keeps.
+    pub cut: Option<u64>,
+    /// Votes counted for it.
+    pub votes: usize,
+}
+
 /// `GET /v1/peers`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Peers {

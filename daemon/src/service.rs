@@ -134,6 +134,16 @@ pub enum PeerState {
     Refused,
 }
 
+/// The membership in force and what is pending (`docs/PROTOCOL.md` §17), as the node's
+/// accepted set resolves it.
+#[derive(Clone, Debug)]
+pub struct MembershipInfo {
+    /// The resolution of every accepted membership op.
+    pub resolution: cairn_protocol::Resolution,
+    /// The pending changes of the open round: id, votes, and the change.
+    pub pending: Vec<(cairn_protocol::ChangeId, usize, Option<cairn_protocol::Change>)>,
+}
+
 /// What the daemon knows about one peer.
 #[derive(Clone, Debug)]
 pub struct PeerInfo {
@@ -231,6 +241,7 @@ pub(crate) enum Command {
     Event(EventId, oneshot::Sender<Option<EventInfo>>),
     Evidence(oneshot::Sender<Vec<Evidence>>),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
+    Membership(oneshot::Sender<MembershipInfo>),
     Status(oneshot::Sender<Status>),
 }
 
@@ -299,6 +310,11 @@ impl ServiceHandle {
     /// Every other member, with its connection state and counters.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, ServiceError> {
         self.ask(Command::Peers).await
+    }
+
+    /// The membership in force and the pending changes.
+    pub async fn membership(&self) -> Result<MembershipInfo, ServiceError> {
+        self.ask(Command::Membership).await
     }
 
     /// The node's state in brief.

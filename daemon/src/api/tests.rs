@@ -257,6 +257,33 @@ impl Fake {
             Command::Evidence(tx) => {
                 let _ = tx.send(self.evidence.clone());
             }
+            Command::Membership(tx) => {
+                // The genesis of this node and its peer, with a pending addition of a third.
+                let genesis = cairn_protocol::Genesis::new(vec![
+                    Member { key: self.own, name: "alpha".into() },
+                    Member { key: self.peer, name: "beta".into() },
+                ])
+                .unwrap();
+                let mut log = cairn_protocol::ChangeLog::new(&genesis, cairn_protocol::Policy::Majority);
+                let change = cairn_protocol::Change {
+                    base: cairn_protocol::MembershipId(genesis.cluster_id()),
+                    kind: cairn_protocol::ChangeKind::Add {
+                        key: SecretKey::from_seed(&[7; 32]).public(),
+                        name: "gamma".into(),
+                    },
+                };
+                log.propose(&cairn_protocol::membership::Proposal {
+                    change: change.clone(),
+                    round: 0,
+                    author: self.own,
+                    seq: 1,
+                    event: EventId([1; 32]),
+                    seen: 0,
+                });
+                let resolution = log.resolve();
+                let pending = vec![(change.id(), 1, Some(change))];
+                let _ = tx.send(crate::service::MembershipInfo { resolution, pending });
+            }
             Command::Peers(tx) => {
                 let stats = PeerStats {
                     events_in: 3,
@@ -443,6 +470,29 @@ async fn status_and_peers() {
     assert_eq!(peer["rtt_ms"], 0.5);
     assert_eq!(peer["stats"]["events_in"], 3);
     assert_eq!(peer["stats"]["rejected"], json!({"bad_signature": 2}));
+}
+
+#[tokio::test]
+async fn members_shows_the_membership_in_force_and_pending_changes() {
+    let server = start().await;
+    let members = server.get("/v1/members").await;
+    let seats = members["seats"].as_array().unwrap();
+    assert_eq!(seats.len(), 2);
+    let names: BTreeSet<&str> = seats.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, BTreeSet::from(["alpha", "beta"]));
+    for seat in seats {
+        assert_eq!(seat["key"], seat["founder"], "no seat rotated");
+    }
+    assert_eq!(members["n_changes"], 0, "{members}");
+    assert_eq!(members["round"], 0);
+    assert_eq!(members["threshold"], 2, "a majority of two seats is both");
+    let pending = &members["pending"][0];
+    assert_eq!(pending["action"], "add");
+    assert_eq!(pending["seat"], "gamma");
+    assert_eq!(pending["key"], SecretKey::from_seed(&[7; 32]).public().to_string());
+    assert_eq!(pending["votes"], 1);
+    assert_eq!(pending["cut"], Value::Null);
+    assert_eq!(members["double_approvals"], json!([]));
 }
 
 #[tokio::test]
