@@ -1101,10 +1101,29 @@ impl Resolution {
     }
 
     /// Whether `key`, at `position` of `seat`'s chain, counts for the seat at `seq`: not past
-    /// its rotation, nor cut by a removal of the seat.
+    /// its rotation, nor cut by a removal of this seat or of any other whose chain holds it.
     fn keeps(&self, seat: &PublicKey, position: usize, key: &PublicKey, seq: u64) -> bool {
         self.chains.last_seq(key).is_none_or(|last| seq <= last)
             && self.cuts.get(seat).is_none_or(|cut| cut.keeps(position, seq))
+            && seq <= self.cut_through(key)
+    }
+
+    /// The highest seq of `key` that no removal cuts: a removal's cut binds the key on every
+    /// chain that holds it, so a seat in force that rotates onto a removed seat's key never
+    /// brings back what the removal cut (`u64::MAX`: no removal cuts it).
+    fn cut_through(&self, key: &PublicKey) -> u64 {
+        self.seats_of(key)
+            .iter()
+            .filter_map(|(seat, position)| {
+                let cut = self.cuts.get(seat)?;
+                Some(match position.cmp(&cut.position) {
+                    std::cmp::Ordering::Less => u64::MAX,
+                    std::cmp::Ordering::Equal => cut.seq,
+                    std::cmp::Ordering::Greater => 0,
+                })
+            })
+            .min()
+            .unwrap_or(u64::MAX)
     }
 
     /// Whether `key`'s event at `seq` counts as a seat's (rule M8): on the chain of a seat that
@@ -1140,6 +1159,7 @@ impl Resolution {
             })
             .max()
             .unwrap_or(0)
+            .min(self.cut_through(key))
     }
 
     /// Whether the document admits the ops of `key`'s event at `seq` (rule M9): as

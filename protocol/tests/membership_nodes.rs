@@ -650,3 +650,68 @@ fn an_approval_that_arrives_before_its_proposal_counts() {
     c.deliver(0, 2, vec![propose.bytes().to_vec()]);
     assert_eq!(c.seats(2).len(), 4, "then both count");
 }
+
+/// From review 3 (finding 1): a seat in force rotates onto the key of a seat removed earlier (rule M1 allows a
+/// key on two chains). Rule M9 then admits every seq of that key again, including the ones past
+/// its cut unless a cut binds the key on every chain (it does now): before, a node that had
+/// already excluded them kept them out and a fresh replica given the same accepted set let them
+/// in. No equivocation involved.
+#[test]
+fn a_rotation_onto_a_removed_key_brings_back_nothing_past_its_cut() {
+    let mut c = Cluster::new(3, &[1, 2, 3]);
+    let dave = c.join(key(4));
+    let dave_key = key(4).public();
+    c.member_op(0, MemberRequest::Propose(ChangeKind::Add { key: dave_key, name: "dave".into() })).unwrap();
+    c.gossip();
+    let change = c.pending(1);
+    c.member_op(1, MemberRequest::Approve(change)).unwrap();
+    c.gossip();
+    assert_eq!(c.seats(1).len(), 4, "dave is in force");
+    c.write(dave, put("k", "d1")).unwrap();
+    c.gossip();
+
+    // m2 proposes removing dave with his cut at seq 1; m3 and m1 approve (3 of 4). Dave has not seen it yet.
+    c.member_op(1, MemberRequest::Propose(ChangeKind::Remove { seat: dave_key, key: dave_key, cut: 1 }))
+        .unwrap();
+    c.send(1, 2);
+    let change = c.pending(2);
+    c.member_op(2, MemberRequest::Approve(change)).unwrap();
+    c.send(2, 0);
+    c.send(1, 0);
+    c.member_op(0, MemberRequest::Approve(change)).unwrap();
+    // Dave writes past his cut without having seen the removal: valid, not admitted.
+    let d2 = c.write(dave, put("k", "d2")).unwrap();
+    let (d2_id, d2) = (d2.id(), d2.bytes().to_vec());
+    // Dave is refused as a peer now; a member relays his event.
+    for i in 0..3 {
+        c.deliver(2, i, vec![d2.clone()]);
+    }
+    c.gossip();
+    assert!(c.nodes.iter().all(|(_, node)| node.adapter().is_accepted(&d2_id)));
+    assert_eq!(c.seats(0).len(), 3, "dave's seat is removed");
+    for i in 0..4 {
+        assert_eq!(c.value(i, "k"), vec![b"d1".to_vec()], "node {i}: d2 is past dave's cut");
+    }
+
+    // m1 (colluding with dave's key) rotates its seat onto dave's key.
+    let rotation = c.member_op(0, MemberRequest::Rotate(&key(4)));
+    assert!(rotation.is_ok(), "the rotation is valid: {rotation:?}");
+    c.gossip();
+
+    // A fresh replica gets the same accepted set in one message.
+    let fresh = c.join(key(9));
+    c.send(0, fresh);
+    let (a, b) = (c.nodes[0].1.sync_digest(), c.nodes[fresh].1.sync_digest());
+    assert_eq!(a, b, "same accepted set");
+    assert_eq!(
+        c.nodes[0].1.adapter().membership().chain(),
+        c.nodes[fresh].1.adapter().membership().chain(),
+        "same membership"
+    );
+    assert_eq!(
+        c.value(0, "k"),
+        c.value(fresh, "k"),
+        "the same accepted set gives the same document (node 0 vs a fresh replica)"
+    );
+    assert_eq!(c.nodes[0].1.document().digest(), c.nodes[fresh].1.document().digest());
+}
