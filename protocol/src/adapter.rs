@@ -506,16 +506,10 @@ impl Adapter {
     /// Indexes `key` as an author from now on (a key a membership op named).
     fn index_key(&mut self, key: cairn_crypto::PublicKey) {
         let before = self.roster.len();
-        match self.roster.insert(key) {
-            Ok(idx) if idx == before => {
-                self.chains.push(ChainState::default());
-                self.admitted_through.push(0);
-                self.keys = KeyCache::new(self.roster.keys());
-            }
-            Ok(_) => {}
-            // A full roster leaves the key unindexed: its events are refused as `not_member`
-            // here. `ROSTER_KEYS_MAX` is far above what membership changes can name in years.
-            Err(_) => {}
+        if self.roster.insert(key) == before {
+            self.chains.push(ChainState::default());
+            self.admitted_through.push(0);
+            self.keys = KeyCache::new(self.roster.keys());
         }
     }
 

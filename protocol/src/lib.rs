@@ -40,6 +40,6 @@ pub use message::{Message, Tip};
 pub use node::{
     DocumentDelta, MemberRequest, Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError,
 };
-pub use roster::{ROSTER_KEYS_MAX, Roster, RosterError};
+pub use roster::{Roster, RosterError};
 pub use validate::Reject;
 pub use verified::Verified;

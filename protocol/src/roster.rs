@@ -14,12 +14,6 @@ use cairn_crypto::PublicKey;
 
 use crate::genesis::{Genesis, MemberIdx};
 
-/// Most keys one node indexes as authors: the genesis members, then every key that founded a
-/// seat or was rotated to. Each accepted event's causal clock has an entry per key indexed when
-/// it was accepted (8 bytes each), so this bounds per-event memory. A node setting: it never
-/// decides validity.
-pub const ROSTER_KEYS_MAX: usize = 1024;
-
 /// The keys a node indexes, in index order. See the module docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Roster {
@@ -28,12 +22,9 @@ pub struct Roster {
     n_genesis: usize,
 }
 
-/// A key the roster cannot take.
+/// A roster that cannot be resumed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RosterError {
-    /// [`ROSTER_KEYS_MAX`] keys are indexed already.
-    #[error("the roster holds {ROSTER_KEYS_MAX} keys, its limit")]
-    Full,
     /// A resumed roster lists a key twice.
     #[error("key {0} appears twice in the roster")]
     Duplicate(PublicKey),
@@ -55,7 +46,7 @@ impl Roster {
             if roster.idx(key).is_some() {
                 return Err(RosterError::Duplicate(*key));
             }
-            roster.insert(*key)?;
+            roster.insert(*key);
         }
         Ok(roster)
     }
@@ -70,18 +61,18 @@ impl Roster {
         self.keys.get(idx)
     }
 
-    /// The index of `key`, which is given the next index if it had none.
-    pub fn insert(&mut self, key: PublicKey) -> Result<MemberIdx, RosterError> {
+    /// The index of `key`, which is given the next index if it had none. There is no limit
+    /// here on purpose: a key a valid op named must be indexed on every node, or validity would
+    /// depend on what else a node had indexed (review 3). What bounds the roster is how many
+    /// keys valid ops can name (see `docs/PROTOCOL.md` §17, "The roster").
+    pub fn insert(&mut self, key: PublicKey) -> MemberIdx {
         if let Some(idx) = self.idx(&key) {
-            return Ok(idx);
-        }
-        if self.keys.len() >= ROSTER_KEYS_MAX {
-            return Err(RosterError::Full);
+            return idx;
         }
         let idx = self.keys.len();
         self.keys.push(key);
         self.index.insert(key, idx);
-        Ok(idx)
+        idx
     }
 
     /// Every key, in index order.

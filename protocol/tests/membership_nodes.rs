@@ -715,3 +715,42 @@ fn a_rotation_onto_a_removed_key_brings_back_nothing_past_its_cut() {
     );
     assert_eq!(c.nodes[0].1.document().digest(), c.nodes[fresh].1.document().digest());
 }
+
+/// From review 3 (finding 2): one member names many successors in forked events of one seq.
+/// Every node indexes every named key, whatever the order it received them in, so the
+/// successor that wins rule M1 gets one verdict everywhere. (With a node-local roster limit,
+/// since removed, the last keys were left out on one node and not another.)
+#[test]
+fn a_flood_of_named_keys_gets_one_verdict_in_any_order() {
+    let key16 = |i: u16| {
+        let mut seed = [0xA5u8; 32];
+        seed[..2].copy_from_slice(&i.to_le_bytes());
+        SecretKey::from_seed(&seed)
+    };
+    let genesis = genesis(3);
+    let cluster = genesis.cluster_id();
+    let m1 = key(1);
+    let mut rotations: Vec<(PublicKey, u16, Vec<u8>, EventId)> = (0..64u16)
+        .map(|i| {
+            let rotation = Rotation::new(&cluster, m1.public(), 1, &key16(i));
+            let event = Event::sign(&m1, 1, 1, vec![], vec![Op::Rotate(rotation)]);
+            (key16(i).public(), i, event.encode(), event.id())
+        })
+        .collect();
+    rotations.sort();
+    let (s_min, i_min, _, e_min) = rotations[0].clone();
+    let ascending: Vec<Vec<u8>> = rotations.iter().map(|r| r.2.clone()).collect();
+    let descending: Vec<Vec<u8>> = ascending.iter().rev().cloned().collect();
+    let peer = key(2).public();
+    let mut a = Adapter::new(genesis.clone(), AdapterConfig::default());
+    let mut b = Adapter::new(genesis, AdapterConfig::default());
+    assert_eq!(a.ingest(peer, descending).accepted.len(), 64);
+    assert_eq!(b.ingest(peer, ascending).accepted.len(), 64);
+    assert_eq!(a.tips(), b.tips(), "same accepted set");
+    assert_eq!(a.membership().chains().successor(&m1.public()), Some(&s_min), "m1 rotated to the lowest");
+    let next = Event::sign(&key16(i_min), 1, 2, vec![e_min], put("k", "v")).encode();
+    let ra: Vec<Reject> = a.ingest(peer, vec![next.clone()]).rejected.iter().map(|r| r.reason).collect();
+    let rb: Vec<Reject> = b.ingest(peer, vec![next]).rejected.iter().map(|r| r.reason).collect();
+    assert_eq!(ra, rb, "one event, one causal past: one verdict");
+    assert!(ra.is_empty(), "the winning successor may author: {ra:?}");
+}

@@ -1091,7 +1091,6 @@ fn node_settings_tables_match_the_defaults() {
         ("BUFFER_ENTRY_OVERHEAD_BYTES", cairn_protocol::buffer::BUFFER_ENTRY_OVERHEAD_BYTES.to_string()),
         ("VERIFY_THREADS_MAX", cairn_crypto::verify::VERIFY_THREADS_MAX.to_string()),
         ("VERIFY_CHUNK_MIN", cairn_crypto::verify::VERIFY_CHUNK_MIN.to_string()),
-        ("ROSTER_KEYS_MAX", cairn_protocol::ROSTER_KEYS_MAX.to_string()),
         ("PAST_RESOLUTIONS_CACHED_MAX", cairn_protocol::PAST_RESOLUTIONS_CACHED_MAX.to_string()),
     ];
     check_table("node constants", &table_rows("Node constants"), &constants);
