@@ -318,6 +318,12 @@ pub enum Command {
     },
     /// Equivocation evidence: members proved to have signed two events with the same seq.
     Evidence,
+    /// The cluster's membership (PROTOCOL.md §17): the seats in force, or the changes pending.
+    Member {
+        /// What to show.
+        #[command(subcommand)]
+        what: Member,
+    },
     /// Prints each change to the document as it is applied, until Ctrl-C.
     Watch,
     /// The daemon's metrics in OpenMetrics text (there is no JSON form: --json is refused).
@@ -339,6 +345,17 @@ pub enum Command {
         #[command(subcommand)]
         what: Inspect,
     },
+}
+
+/// What `member` shows.
+#[derive(Debug, Subcommand)]
+pub enum Member {
+    /// The seats in force: name, founding key, the key that signs for it now; the membership's
+    /// id, its open round and the votes a change needs.
+    List,
+    /// The changes of the membership in force with votes in its open round, most votes first,
+    /// and the seats that approved two changes (evidence). Exits 3 if none is pending.
+    Pending,
 }
 
 /// What `inspect` reads.
@@ -686,6 +703,8 @@ enum Request {
     Events { query: json::EventsQuery },
     Event { id: String, raw: bool },
     Evidence,
+    MemberList,
+    MemberPending,
     Watch,
     Metrics,
     Backup { file: PathBuf },
@@ -758,6 +777,8 @@ impl Request {
                 Self::Event { id: event_id_arg(&id)?, raw }
             }
             Command::Evidence => Self::Evidence,
+            Command::Member { what: Member::List } => Self::MemberList,
+            Command::Member { what: Member::Pending } => Self::MemberPending,
             Command::Watch => Self::Watch,
             Command::Metrics => {
                 if json {
@@ -823,6 +844,13 @@ async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::
             Err(error) => Err(error.into()),
         },
         Request::Evidence => out.answer(client.evidence().await?, evidence),
+        Request::MemberList => out.answer(client.membership().await?, member_list),
+        Request::MemberPending => {
+            let answer = client.membership().await?;
+            let code = found(answer.value.pending.is_empty());
+            out.answer(answer, member_pending)?;
+            Ok(code)
+        }
         Request::Watch => watch(client, out).await,
         Request::Metrics => {
             // The daemon's own text, which it built from names and numbers alone.
@@ -928,6 +956,7 @@ impl AnswerCode for json::KeysPage {}
 impl AnswerCode for json::EventsPage {}
 impl AnswerCode for json::Event {}
 impl AnswerCode for json::EvidenceList {}
+impl AnswerCode for json::Membership {}
 
 impl AnswerCode for json::Register {
     fn code(&self) -> u8 {
@@ -1043,6 +1072,56 @@ fn status(out: &mut Output, status: &json::Status) -> anyhow::Result<()> {
     }
     out.print_table(&table)?;
     out.line(DIGESTS_NOTE)?;
+    Ok(())
+}
+
+fn member_list(out: &mut Output, answer: &json::Membership) -> anyhow::Result<()> {
+    out.line(format_args!(
+        "membership {} ({} change{} since the genesis); round {} open; a change needs {} vote{}",
+        short(&escape(&answer.id, false)),
+        answer.n_changes,
+        if answer.n_changes == 1 { "" } else { "s" },
+        answer.round,
+        answer.threshold,
+        if answer.threshold == 1 { "" } else { "s" }
+    ))?;
+    let mut table = out.table(&["NAME", "FOUNDER", "KEY NOW"]);
+    for seat in &answer.seats {
+        let now =
+            if seat.key == seat.founder { "(the founder)".to_owned() } else { escape(&seat.key, false) };
+        table.add_row(vec![escape(&seat.name, false), escape(&seat.founder, false), now]);
+    }
+    out.print_table(&table)?;
+    Ok(())
+}
+
+fn member_pending(out: &mut Output, answer: &json::Membership) -> anyhow::Result<()> {
+    if answer.pending.is_empty() {
+        out.line(format_args!(
+            "no change pending in round {} of membership {}",
+            answer.round,
+            short(&escape(&answer.id, false))
+        ))?;
+    } else {
+        let mut table = out.table(&["CHANGE", "ACTION", "SEAT OR NAME", "KEY", "CUT", "VOTES"]);
+        for change in &answer.pending {
+            table.add_row(vec![
+                escape(&change.change, false),
+                escape(&change.action, false),
+                escape(&change.seat, false),
+                escape(&change.key, false),
+                change.cut.map_or_else(|| "-".to_owned(), |cut| cut.to_string()),
+                format!("{} of {}", change.votes, answer.threshold),
+            ]);
+        }
+        out.print_table(&table)?;
+    }
+    for seat in &answer.double_approvals {
+        out.line(format_args!(
+            "seat {} approved two changes of one membership and round",
+            escape(seat, false)
+        ))?;
+    }
     Ok(())
 }
 
@@ -1916,12 +1995,30 @@ mod tests {
                 {"op": "del", "key": h, "key_base64": "x"},
             ]}));
         let header = serde_json::json!({"id": h, "author": h, "seq": 1, "lamport": 1, "deps": [], "ops_hash": h, "sig": h});
+        let membership_json = json::Membership {
+            id: h.into(),
+            n_changes: 1,
+            round: 0,
+            threshold: 2,
+            seats: vec![json::MemberSeat { name: h.into(), founder: h.into(), key: h.into() }],
+            pending: vec![json::PendingChange {
+                change: h.into(),
+                action: h.into(),
+                key: h.into(),
+                seat: h.into(),
+                cut: Some(1),
+                votes: 1,
+            }],
+            double_approvals: vec![h.into()],
+        };
         let evidence_json: json::EvidenceList = typed(serde_json::json!({"evidence": [{"author": h,
             "author_name": h, "seq": 1, "first": header, "second": header, "encoded_hex": h}]}));
         type Render<'a> = Box<dyn Fn(&mut Output) -> anyhow::Result<()> + 'a>;
         let cases: Vec<(&str, Render<'_>)> = vec![
             ("status", Box::new(|out| status(out, &status_json))),
             ("peers", Box::new(|out| peers(out, &peers_json))),
+            ("member list", Box::new(|out| member_list(out, &membership_json))),
+            ("member pending", Box::new(|out| member_pending(out, &membership_json))),
             ("get", Box::new(|out| register(out, &register_json))),
             ("members", Box::new(|out| members(out, &set_json))),
             ("keys", Box::new(|out| keys(out, &keys_json))),
@@ -2189,6 +2286,21 @@ mod tests {
             peers.contains("beta") && peers.contains("connected") && peers.contains("192.0.2.7:7000"),
             "{peers}"
         );
+
+        let members = ok(&server, &["member", "list"]).await;
+        assert!(
+            members.contains("alpha")
+                && members.contains("beta")
+                && members.contains("a change needs 2 votes"),
+            "{members}"
+        );
+        let pending = ok(&server, &["member", "pending"]).await;
+        assert!(
+            pending.contains("add") && pending.contains("gamma") && pending.contains("1 of 2"),
+            "{pending}"
+        );
+        let json_members = ok(&server, &["--json", "member", "pending"]).await;
+        assert!(json_members.contains("\"votes\": 1"), "{json_members}");
 
         let written = ok(&server, &["put", "dir/k", "some text"]).await;
         assert!(written.starts_with("written: event "), "{written}");
