@@ -48,6 +48,12 @@ impl Default for AdapterConfig {
     }
 }
 
+/// Answers of [`reaches`] kept, by (event sought, accepted event): an accepted event's causal
+/// past never changes, so an answer never goes stale, and a walk from a new event stops at the
+/// deps it meets here (usually its direct deps). Past this many the memo starts over: a node
+/// setting, it only costs walks.
+pub const REACH_MEMO_MAX: usize = 65_536;
+
 /// The buffer source charged for restored events (no peer has this all-zero key).
 const RESTORE_SOURCE: cairn_crypto::PublicKey = cairn_crypto::PublicKey([0; 32]);
 
@@ -138,6 +144,13 @@ pub struct Adapter {
     members: MemberState,
     /// Per indexed key, the highest seq the document admits (see [`Adapter::admitted_through`]).
     admitted_through: Vec<u64>,
+    /// See [`REACH_MEMO_MAX`].
+    reach_memo: BTreeMap<(EventId, EventId), bool>,
+    /// The answers the last membership check of an event asked [`reaches`] for, kept in
+    /// `reach_memo` under the event's id once it is accepted.
+    reach_asked: Vec<(EventId, bool)>,
+    /// See [`Adapter::reach_visits`].
+    reach_visits: u64,
 }
 
 impl std::fmt::Debug for Adapter {
@@ -179,6 +192,9 @@ impl Adapter {
         let members = MemberState::new(&genesis);
         Self {
             admitted_through: vec![u64::MAX; roster.len()],
+            reach_memo: BTreeMap::new(),
+            reach_asked: Vec::new(),
+            reach_visits: 0,
             members,
             genesis,
             roster,
@@ -612,6 +628,7 @@ impl Adapter {
             self.chains.len(),
             deps.iter().map(|(id, meta)| (*id, meta)),
         );
+        self.reach_asked.clear();
         self.check_membership(&decoded, &meta)?;
         let own_predecessor = meta.own_pred;
         let forked_now = seq <= self.chains[author].max_seq && !self.archive.at_seq(author, seq).is_empty();
@@ -643,6 +660,7 @@ impl Adapter {
             out.membership_changed = true;
         }
         self.archive.insert(&verified, meta);
+        self.remember_reach(id);
         out.accepted.push(verified);
         Ok(())
     }
@@ -675,11 +693,38 @@ impl Adapter {
 
     /// The resolution of the causal past of an event on `deps` (all accepted) with `meta`.
     fn past_of(&mut self, deps: &[EventId], meta: &EventMeta) -> std::sync::Arc<Resolution> {
-        let (roster, chains, archive) = (&self.roster, &self.chains, self.archive.as_ref());
+        let (roster, chains, archive, memo) =
+            (&self.roster, &self.chains, self.archive.as_ref(), &self.reach_memo);
         let clock =
             |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| meta.clock.get(i).copied()).unwrap_or(0);
         let fork_seq = |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| chains.get(i)?.fork_seq);
-        self.members.past(clock, fork_seq, |event| reaches(archive, deps, event))
+        let asked = &mut self.reach_asked;
+        let visits = &mut self.reach_visits;
+        asked.clear();
+        self.members.past(clock, fork_seq, |event| {
+            let held = reaches(archive, memo, deps, event, visits);
+            asked.push((*event, held));
+            held
+        })
+    }
+
+    /// Events the walks of [`reaches`] have looked at since start: the cost, counted exactly,
+    /// of telling which events of an equivocating key's fork a causal past holds.
+    pub fn reach_visits(&self) -> u64 {
+        self.reach_visits
+    }
+
+    /// Keeps the answers the membership check of the accepted event `id` asked for.
+    fn remember_reach(&mut self, id: EventId) {
+        if self.reach_asked.is_empty() {
+            return;
+        }
+        if self.reach_memo.len() + self.reach_asked.len() > REACH_MEMO_MAX {
+            self.reach_memo.clear();
+        }
+        for (target, held) in self.reach_asked.drain(..) {
+            self.reach_memo.insert((target, id), held);
+        }
     }
 
     /// Rules 3 and 8 (`docs/PROTOCOL.md` §17, V1 to V5): the author may author the event at its
@@ -763,9 +808,16 @@ impl Adapter {
 /// Whether the causal past of an event on `deps` (all accepted) holds the accepted event
 /// `target`: a walk down from the deps that leaves out every event whose clock shows it cannot
 /// hold `target` (its entry for `target`'s author below `target`'s seq, or a lamport not above
-/// `target`'s). Only asked where a key equivocated and carried membership ops at or past its
-/// fork seq, where the clock alone cannot tell which of two events of one seq a past holds.
-fn reaches(archive: &dyn Archive, deps: &[EventId], target: &EventId) -> bool {
+/// `target`'s), and stops at events whose answer `memo` holds. Only asked where a key
+/// equivocated and carried membership ops at or past its fork seq, where the clock alone cannot
+/// tell which of two events of one seq a past holds.
+fn reaches(
+    archive: &dyn Archive,
+    memo: &BTreeMap<(EventId, EventId), bool>,
+    deps: &[EventId],
+    target: &EventId,
+    visits: &mut u64,
+) -> bool {
     let Some(goal) = archive.meta(target) else { return false };
     let mut stack: Vec<EventId> = deps.to_vec();
     let mut visited: BTreeSet<EventId> = BTreeSet::new();
@@ -775,6 +827,12 @@ fn reaches(archive: &dyn Archive, deps: &[EventId], target: &EventId) -> bool {
         }
         if !visited.insert(id) {
             continue;
+        }
+        *visits += 1;
+        match memo.get(&(*target, id)) {
+            Some(true) => return true,
+            Some(false) => continue,
+            None => {}
         }
         let Some(meta) = archive.meta(&id) else { continue };
         if meta.lamport <= goal.lamport || meta.clock.get(goal.author).is_none_or(|&seq| seq < goal.seq) {

@@ -754,3 +754,48 @@ fn a_flood_of_named_keys_gets_one_verdict_in_any_order() {
     assert_eq!(ra, rb, "one event, one causal past: one verdict");
     assert!(ra.is_empty(), "the winning successor may author: {ra:?}");
 }
+
+/// From review 3 (finding 3): one member forks 64 rotations at its seq 1, an honest member
+/// merges them and writes on. Telling which of the forked rotations each later event's causal
+/// past holds walks the history; with the walks' answers kept per accepted event, an event's
+/// walk stops at its deps, so the work per event stays flat as the history grows (counted
+/// exactly: events the walks look at). It grew with the history before.
+#[test]
+fn a_fork_with_membership_ops_costs_every_later_event_the_same() {
+    let key16 = |i: u16| {
+        let mut seed = [0x5Au8; 32];
+        seed[..2].copy_from_slice(&i.to_le_bytes());
+        SecretKey::from_seed(&seed)
+    };
+    let genesis = genesis(3);
+    let cluster = genesis.cluster_id();
+    let (m1, m2) = (key(1), key(2));
+    let forks: Vec<Event> = (0..64u16)
+        .map(|i| {
+            let rotation = Rotation::new(&cluster, m1.public(), 1, &key16(i));
+            Event::sign(&m1, 1, 1, vec![], vec![Op::Rotate(rotation)])
+        })
+        .collect();
+    let peer = key(3).public();
+    let mut adapter = Adapter::new(genesis, AdapterConfig::default());
+    assert_eq!(adapter.ingest(peer, forks.iter().map(Event::encode).collect()).accepted.len(), 64);
+    let first = Event::sign(&m2, 1, 2, forks.iter().map(Event::id).collect(), put("k", "0"));
+    let mut prev = first.id();
+    assert!(adapter.ingest(peer, vec![first.encode()]).rejected.is_empty());
+    let chain: Vec<Vec<u8>> = (2..=401u64)
+        .map(|seq| {
+            let event = Event::sign(&m2, seq, seq + 1, vec![prev], put("k", &seq.to_string()));
+            prev = event.id();
+            event.encode()
+        })
+        .collect();
+    let mut per_batch = Vec::new();
+    for chunk in chain.chunks(100) {
+        let before = adapter.reach_visits();
+        assert_eq!(adapter.ingest(peer, chunk.to_vec()).accepted.len(), chunk.len());
+        per_batch.push(adapter.reach_visits() - before);
+    }
+    // Each event's walk, per forked rotation, looks at its one dep and stops there.
+    assert!(per_batch.iter().all(|&n| n == per_batch[0]), "flat: {per_batch:?}");
+    assert!(per_batch[0] <= 100 * 64, "at most one event per walk: {per_batch:?}");
+}

@@ -1092,6 +1092,7 @@ fn node_settings_tables_match_the_defaults() {
         ("VERIFY_THREADS_MAX", cairn_crypto::verify::VERIFY_THREADS_MAX.to_string()),
         ("VERIFY_CHUNK_MIN", cairn_crypto::verify::VERIFY_CHUNK_MIN.to_string()),
         ("PAST_RESOLUTIONS_CACHED_MAX", cairn_protocol::PAST_RESOLUTIONS_CACHED_MAX.to_string()),
+        ("REACH_MEMO_MAX", cairn_protocol::adapter::REACH_MEMO_MAX.to_string()),
     ];
     check_table("node constants", &table_rows("Node constants"), &constants);
 }
