@@ -219,9 +219,12 @@ impl Adapter {
             if !event.ops.iter().any(Op::is_membership) {
                 continue;
             }
+            let deps: Vec<EventMeta> =
+                event.header.deps.iter().filter_map(|d| self.archive.meta(d)).collect();
+            let past_clock = clock_of_deps(self.roster.len(), deps.iter());
             let roster = &self.roster;
             let clock = |k: &cairn_crypto::PublicKey| {
-                roster.idx(k).and_then(|idx| stored.meta.clock.get(idx).copied()).unwrap_or(0)
+                roster.idx(k).and_then(|idx| past_clock.get(idx).copied()).unwrap_or(0)
             };
             let named =
                 self.members.record(event.header.author, event.header.seq, stored.id, &event.ops, clock);
@@ -628,8 +631,12 @@ impl Adapter {
             self.chains.len(),
             deps.iter().map(|(id, meta)| (*id, meta)),
         );
+        // The clock of the causal past, the event itself left out (rule V1 onwards read it):
+        // `meta.clock` counts the event's own seq for its author, and an equivocating author's
+        // twin at that seq is not in the past.
+        let past_clock = clock_of_deps(self.chains.len(), deps.iter().map(|(_, meta)| meta));
         self.reach_asked.clear();
-        self.check_membership(&decoded, &meta)?;
+        self.check_membership(&decoded, &past_clock)?;
         let own_predecessor = meta.own_pred;
         let forked_now = seq <= self.chains[author].max_seq && !self.archive.at_seq(author, seq).is_empty();
         let Decoded { event, id, bytes } = decoded;
@@ -648,7 +655,7 @@ impl Adapter {
         if carries_membership {
             let roster = &self.roster;
             let clock = |k: &cairn_crypto::PublicKey| {
-                roster.idx(k).and_then(|idx| meta.clock.get(idx).copied()).unwrap_or(0)
+                roster.idx(k).and_then(|idx| past_clock.get(idx).copied()).unwrap_or(0)
             };
             let named = self.members.record(key, seq, id, &verified.event().ops, clock);
             for key in named {
@@ -676,27 +683,29 @@ impl Adapter {
         ops: &[Op],
     ) -> Result<(), crate::membership::ChangeError> {
         use crate::membership::ChangeError;
-        let idx = self.roster.idx(author).ok_or(ChangeError::NotVoter(*author))?;
-        let metas: Vec<(EventId, EventMeta)> =
-            deps.iter().filter_map(|d| self.archive.meta(d).map(|meta| (*d, meta))).collect();
-        let meta = EventMeta::from_deps(idx, seq, 0, self.chains.len(), metas.iter().map(|(id, m)| (*id, m)));
+        if self.roster.idx(author).is_none() {
+            return Err(ChangeError::NotVoter(*author));
+        }
+        let metas: Vec<EventMeta> = deps.iter().filter_map(|d| self.archive.meta(d)).collect();
+        let past_clock = clock_of_deps(self.chains.len(), metas.iter());
         let ops: Vec<MembershipOp> = ops.iter().filter_map(Op::membership).collect();
-        let past = self.past_of(deps, &meta);
+        let past = self.past_of(deps, &past_clock);
         let roster = &self.roster;
         let clock =
-            |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| meta.clock.get(i).copied()).unwrap_or(0);
+            |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| past_clock.get(i).copied()).unwrap_or(0);
         MemberState::check(&past, author, seq, &ops, clock).map_err(|reject| match reject {
             MemberReject::NotMember => ChangeError::NotVoter(*author),
             MemberReject::Op(error) => error,
         })
     }
 
-    /// The resolution of the causal past of an event on `deps` (all accepted) with `meta`.
-    fn past_of(&mut self, deps: &[EventId], meta: &EventMeta) -> std::sync::Arc<Resolution> {
+    /// The resolution of the causal past of an event on `deps` (all accepted), whose clock is
+    /// `past_clock` (the deps', see [`clock_of_deps`]).
+    fn past_of(&mut self, deps: &[EventId], past_clock: &[u64]) -> std::sync::Arc<Resolution> {
         let (roster, chains, archive, memo) =
             (&self.roster, &self.chains, self.archive.as_ref(), &self.reach_memo);
         let clock =
-            |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| meta.clock.get(i).copied()).unwrap_or(0);
+            |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| past_clock.get(i).copied()).unwrap_or(0);
         let fork_seq = |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| chains.get(i)?.fork_seq);
         let asked = &mut self.reach_asked;
         let visits = &mut self.reach_visits;
@@ -728,8 +737,8 @@ impl Adapter {
     }
 
     /// Rules 3 and 8 (`docs/PROTOCOL.md` §17, V1 to V5): the author may author the event at its
-    /// seq, and may carry its membership ops, in its causal past, whose clock `meta` has.
-    fn check_membership(&mut self, decoded: &Decoded, meta: &EventMeta) -> Result<(), Reject> {
+    /// seq, and may carry its membership ops, in its causal past, whose clock is `past_clock`.
+    fn check_membership(&mut self, decoded: &Decoded, past_clock: &[u64]) -> Result<(), Reject> {
         let ops: Vec<MembershipOp> = decoded.event.ops.iter().filter_map(Op::membership).collect();
         if !ops.is_empty() && !self.config.membership_changes {
             return Err(Reject::BadMembership);
@@ -739,10 +748,10 @@ impl Adapter {
             // (the roster holds only genesis keys).
             return Ok(());
         }
-        let past = self.past_of(&decoded.event.header.deps, meta);
+        let past = self.past_of(&decoded.event.header.deps, past_clock);
         let roster = &self.roster;
         let clock = |k: &cairn_crypto::PublicKey| {
-            roster.idx(k).and_then(|idx| meta.clock.get(idx).copied()).unwrap_or(0)
+            roster.idx(k).and_then(|idx| past_clock.get(idx).copied()).unwrap_or(0)
         };
         let header = &decoded.event.header;
         MemberState::check(&past, &header.author, header.seq, &ops, clock).map_err(|reject| match reject {
@@ -803,6 +812,19 @@ impl Adapter {
         evidence.verify(&self.roster)?;
         Ok(self.keep_evidence(author, evidence))
     }
+}
+
+/// The clock of a causal past made of `deps` and their pasts: the pointwise maximum of the deps'
+/// clocks, `n` entries. Unlike an event's own clock ([`EventMeta::from_deps`]) it does not count
+/// the event itself.
+fn clock_of_deps<'a>(n: usize, deps: impl Iterator<Item = &'a EventMeta>) -> Box<[u64]> {
+    let mut clock = vec![0u64; n].into_boxed_slice();
+    for dep in deps {
+        for (mine, theirs) in clock.iter_mut().zip(dep.clock.iter()) {
+            *mine = (*mine).max(*theirs);
+        }
+    }
+    clock
 }
 
 /// Whether the causal past of an event on `deps` (all accepted) holds the accepted event

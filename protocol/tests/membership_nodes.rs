@@ -405,12 +405,87 @@ impl Rng {
 /// of pending changes, one rotation per member, and partial syncs between pairs. Every op is
 /// made through the node's own checked path, so the history is valid. Returns every event.
 fn random_history(seed: u64, steps: usize) -> (Genesis, Vec<Vec<u8>>) {
+    random_history_with(seed, steps, false)
+}
+
+/// [`random_history`], where seat 4 (node 3) may also double-approve (two votes of one
+/// membership and round, in consecutive events) and equivocate (two events of one seq, with
+/// different votes, each to other nodes).
+fn random_history_with(seed: u64, steps: usize, byzantine: bool) -> (Genesis, Vec<Vec<u8>>) {
     let mut rng = Rng(seed | 1);
     let mut c = Cluster::new(4, &[1, 2, 3, 4]);
     let joiner = c.join(key(5));
     let mut rotated = [false; 5];
+    let mut n_crafted = 0u32;
     for _ in 0..steps {
         let i = rng.below(c.nodes.len());
+        if byzantine && i == 3 && !rotated[3] && rng.below(3) == 0 {
+            let node = &c.nodes[3].1;
+            let resolution = node.adapter().membership().clone();
+            let (base, round) = (resolution.in_force().id(), resolution.round());
+            let seq = node.adapter().max_seq(node.adapter().roster().idx(&key(4).public()).unwrap()) + 1;
+            n_crafted += 1;
+            let fresh = |n: u32| {
+                let change = cairn_protocol::Change {
+                    base,
+                    kind: ChangeKind::Add {
+                        key: SecretKey::from_seed(&[
+                            0x70 ^ (n as u8),
+                            (n >> 8) as u8,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                            9,
+                        ])
+                        .public(),
+                        name: format!("byz{n}"),
+                    },
+                };
+                vec![Op::Propose { change, round }]
+            };
+            let first = forge(&c, 3, &key(4), seq, fresh(2 * n_crafted));
+            if rng.below(2) == 0 {
+                // Double approval: a second proposal on the first, in the next event.
+                let rejected = c.nodes[3].1.restore(vec![first]);
+                if rejected.is_empty() {
+                    let second = forge(&c, 3, &key(4), seq + 1, fresh(2 * n_crafted + 1));
+                    let _ = c.nodes[3].1.restore(vec![second]);
+                }
+            } else {
+                // Equivocation: another event of the same seq, to another node only.
+                let twin = forge(&c, 3, &key(4), seq, fresh(2 * n_crafted + 1));
+                let _ = c.nodes[3].1.restore(vec![first]);
+                let to = rng.below(3);
+                let _ = c.nodes[to].1.restore(vec![twin]);
+            }
+            continue;
+        }
         match rng.below(10) {
             0 | 1 => {
                 let k = format!("k{}", rng.below(3));
@@ -798,4 +873,42 @@ fn a_fork_with_membership_ops_costs_every_later_event_the_same() {
     // Each event's walk, per forked rotation, looks at its one dep and stops there.
     assert!(per_batch.iter().all(|&n| n == per_batch[0]), "flat: {per_batch:?}");
     assert!(per_batch[0] <= 100 * 64, "at most one event per walk: {per_batch:?}");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// The same, with a Byzantine seat that double-approves and equivocates.
+    #[test]
+    fn any_order_with_a_byzantine_seat_gives_one_result(
+        seed in proptest::prelude::any::<u64>(),
+        orders in proptest::collection::vec(proptest::prelude::any::<u64>(), 3),
+    ) {
+        let (genesis, events) = random_history_with(seed, HISTORY_STEPS, true);
+        let expected = replay(&genesis, &events);
+        for order in orders {
+            let mut rng = Rng(order | 1);
+            let mut shuffled = events.clone();
+            for i in (1..shuffled.len()).rev() {
+                shuffled.swap(i, rng.below(i + 1));
+            }
+            proptest::prop_assert_eq!(&replay(&genesis, &shuffled), &expected);
+        }
+    }
+}
+
+/// The Byzantine histories hold what that property is about: double approvals the resolution
+/// reports, and forks of the Byzantine seat's chain.
+#[test]
+fn byzantine_histories_hold_double_approvals_and_forks() {
+    let (mut double, mut forked) = (0, 0);
+    for seed in 1..=30 {
+        let (genesis, events) = random_history_with(seed, HISTORY_STEPS, true);
+        let mut node = Node::new(genesis, None, NodeConfig::default());
+        assert!(node.restore(events).is_empty());
+        double += usize::from(!node.adapter().membership().double_approvals().is_empty());
+        forked += usize::from(node.adapter().evidence().count() > 0);
+    }
+    eprintln!("double approvals in {double} of 30 histories, forks in {forked}");
+    assert!(double >= 5 && forked >= 5, "double approvals {double}, forks {forked}");
 }
