@@ -901,7 +901,9 @@ impl ChangeLog {
     }
 }
 
-/// A membership op as an event carries it (`docs/PROTOCOL.md` §17; not yet an [`crate::Op`]).
+/// A membership op as the rules read it: ops 5 to 7 of [`crate::Op`] (`docs/PROTOCOL.md` §17),
+/// which `Op::membership` turns into this. (The two enums mirror each other; folding them into
+/// one, `Op::Member(MembershipOp)`, is a follow-up.)
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MembershipOp {
     /// Proposes a change, and votes for it.
