@@ -16,7 +16,7 @@ use crate::event::{EventId, Op};
 use crate::evidence::{Evidence, EvidenceError, SignedHeader};
 use crate::genesis::{Genesis, MemberIdx};
 use crate::members::{MemberReject, MemberState};
-use crate::membership::{MembershipOp, Resolution};
+use crate::membership::Resolution;
 use crate::message::Tip;
 use crate::roster::Roster;
 use crate::validate::{Decoded, Reject, check_causal, check_stateless};
@@ -688,12 +688,11 @@ impl Adapter {
         }
         let metas: Vec<EventMeta> = deps.iter().filter_map(|d| self.archive.meta(d)).collect();
         let past_clock = clock_of_deps(self.chains.len(), metas.iter());
-        let ops: Vec<MembershipOp> = ops.iter().filter_map(Op::membership).collect();
         let past = self.past_of(deps, &past_clock);
         let roster = &self.roster;
         let clock =
             |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| past_clock.get(i).copied()).unwrap_or(0);
-        MemberState::check(&past, author, seq, &ops, clock).map_err(|reject| match reject {
+        MemberState::check(&past, author, seq, ops, clock).map_err(|reject| match reject {
             MemberReject::NotMember => ChangeError::NotVoter(*author),
             MemberReject::Op(error) => error,
         })
@@ -739,11 +738,12 @@ impl Adapter {
     /// Rules 3 and 8 (`docs/PROTOCOL.md` §17, V1 to V5): the author may author the event at its
     /// seq, and may carry its membership ops, in its causal past, whose clock is `past_clock`.
     fn check_membership(&mut self, decoded: &Decoded, past_clock: &[u64]) -> Result<(), Reject> {
-        let ops: Vec<MembershipOp> = decoded.event.ops.iter().filter_map(Op::membership).collect();
-        if !ops.is_empty() && !self.config.membership_changes {
+        let ops = &decoded.event.ops;
+        let carries_membership = ops.iter().any(Op::is_membership);
+        if carries_membership && !self.config.membership_changes {
             return Err(Reject::BadMembership);
         }
-        if ops.is_empty() && self.members.is_genesis_only() {
+        if !carries_membership && self.members.is_genesis_only() {
             // No membership op anywhere: the genesis is in force, and the author is in it
             // (the roster holds only genesis keys).
             return Ok(());
@@ -754,7 +754,7 @@ impl Adapter {
             roster.idx(k).and_then(|idx| past_clock.get(idx).copied()).unwrap_or(0)
         };
         let header = &decoded.event.header;
-        MemberState::check(&past, &header.author, header.seq, &ops, clock).map_err(|reject| match reject {
+        MemberState::check(&past, &header.author, header.seq, ops, clock).map_err(|reject| match reject {
             MemberReject::NotMember => Reject::NotMember,
             MemberReject::Op(_) => Reject::BadMembership,
         })

@@ -7,7 +7,7 @@ use std::fmt;
 use cairn_crypto::{Domain, PublicKey, SecretKey, Signature, hash};
 
 use crate::codec;
-use crate::membership::{Change, ChangeId, MembershipOp, Rotation};
+use crate::membership::{Change, ChangeId, Rotation};
 
 /// An event id: `SHA-256("cairn/event/v1" ‖ canonical(header))`.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -111,18 +111,6 @@ impl Op {
     /// Whether the op is a membership op (propose, approve, rotate) rather than a document op.
     pub fn is_membership(&self) -> bool {
         matches!(self, Self::Propose { .. } | Self::Approve { .. } | Self::Rotate(_))
-    }
-
-    /// The membership op it is, if it is one.
-    pub fn membership(&self) -> Option<MembershipOp> {
-        match self {
-            Self::Propose { change, round } => {
-                Some(MembershipOp::Propose { change: change.clone(), round: *round })
-            }
-            Self::Approve { change, round } => Some(MembershipOp::Approve { change: *change, round: *round }),
-            Self::Rotate(rotation) => Some(MembershipOp::Rotate(rotation.clone())),
-            _ => None,
-        }
     }
 }
 

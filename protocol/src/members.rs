@@ -17,7 +17,7 @@ use cairn_crypto::PublicKey;
 use crate::event::{EventId, Op};
 use crate::genesis::Genesis;
 use crate::membership::{
-    Approval, ChangeError, ChangeKind, ChangeLog, MembershipOp, Policy, Proposal, Resolution, check_ops,
+    Approval, ChangeError, ChangeKind, ChangeLog, Policy, Proposal, Resolution, check_ops,
 };
 
 /// Most resolutions of causal pasts kept, by membership frontier. A node setting: a miss only
@@ -116,13 +116,13 @@ impl MemberState {
         past: &Resolution,
         author: &PublicKey,
         seq: u64,
-        ops: &[MembershipOp],
+        ops: &[Op],
         clock: impl Fn(&PublicKey) -> u64,
     ) -> Result<(), MemberReject> {
         if !past.may_author(author, seq) {
             return Err(MemberReject::NotMember);
         }
-        if ops.is_empty() {
+        if !ops.iter().any(Op::is_membership) {
             return Ok(());
         }
         check_ops(past, author, seq, ops, clock).map_err(MemberReject::Op)

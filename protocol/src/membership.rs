@@ -38,7 +38,7 @@ use std::fmt;
 use cairn_crypto::{Domain, Hasher, PublicKey, SecretKey, Signature, hash, is_usable_key, verify_strict};
 
 use crate::codec;
-use crate::event::EventId;
+use crate::event::{EventId, Op};
 use crate::genesis::{Genesis, is_valid_name};
 use crate::limits::{MEMBERS_MAX, VOTES_PER_SEAT_ROUND_MAX};
 
@@ -901,52 +901,34 @@ impl ChangeLog {
     }
 }
 
-/// A membership op as the rules read it: ops 5 to 7 of [`crate::Op`] (`docs/PROTOCOL.md` §17),
-/// which `Op::membership` turns into this. (The two enums mirror each other; folding them into
-/// one, `Op::Member(MembershipOp)`, is a follow-up.)
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MembershipOp {
-    /// Proposes a change, and votes for it.
-    Propose {
-        /// The change.
-        change: Change,
-        /// The round of the change's base it votes in.
-        round: u32,
-    },
-    /// Votes for a change proposed before, by its id.
-    Approve {
-        /// The change.
-        change: ChangeId,
-        /// The round of the change's base it votes in.
-        round: u32,
-    },
-    /// Hands the author's seat over to a new key.
-    Rotate(Rotation),
-}
-
 /// Rules V2 to V5 of `docs/PROTOCOL.md` §17: whether `author`'s event of `seq` may carry `ops`,
 /// given `past`, the resolution of the event's causal past
 /// ([`ChangeLog::resolve_within`] its clock), and `seen(key)`, the highest seq of `key` in that
-/// causal past. (V1, that the author may author at all, is [`Resolution::may_author`].) A
+/// causal past. (V1, that the author may author at all, is [`Resolution::may_author`].) Only
+/// the membership ops of `ops` (5 to 7) are read; document ops are the other rules' business. A
 /// function of the event and its causal past only.
 pub fn check_ops(
     past: &Resolution,
     author: &PublicKey,
     seq: u64,
-    ops: &[MembershipOp],
+    ops: &[Op],
     seen: impl Fn(&PublicKey) -> u64,
 ) -> Result<(), ChangeError> {
-    let votes = ops.iter().filter(|op| !matches!(op, MembershipOp::Rotate(_))).count();
+    let votes = ops.iter().filter(|op| matches!(op, Op::Propose { .. } | Op::Approve { .. })).count();
     if votes > 1 {
         return Err(ChangeError::TooManyVotes);
     }
-    if ops.iter().filter(|op| matches!(op, MembershipOp::Rotate(_))).count() > 1 {
+    if ops.iter().filter(|op| matches!(op, Op::Rotate(_))).count() > 1 {
         return Err(ChangeError::TooManyRotations);
     }
     let in_force = past.in_force();
     for op in ops {
         let (id, round) = match op {
-            MembershipOp::Rotate(rotation) => {
+            // Document ops are the other rules' business.
+            Op::Put { .. } | Op::Del { .. } | Op::Incr { .. } | Op::Add { .. } | Op::Remove { .. } => {
+                continue;
+            }
+            Op::Rotate(rotation) => {
                 if rotation.key != *author || rotation.cut != seq || rotation.successor == rotation.key {
                     return Err(ChangeError::RotationNotOwn);
                 }
@@ -955,7 +937,7 @@ pub fn check_ops(
                 }
                 continue;
             }
-            MembershipOp::Propose { change, round } => {
+            Op::Propose { change, round } => {
                 // A removal's cut names the seat's current key in the causal past.
                 if let Some((seat, key, _)) = change.kind.removes()
                     && past.chains().current(seat) != *key
@@ -966,7 +948,7 @@ pub fn check_ops(
                 in_force.check(change, past.chains(), cut_of)?;
                 (change.id(), *round)
             }
-            MembershipOp::Approve { change, round } => match past.proposed.get(change) {
+            Op::Approve { change, round } => match past.proposed.get(change) {
                 Some(base) if *base == in_force.id() => (*change, *round),
                 Some(base) => return Err(ChangeError::WrongBase { found: *base, in_force: in_force.id() }),
                 None => return Err(ChangeError::UnknownChange(*change)),

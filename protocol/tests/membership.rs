@@ -12,9 +12,9 @@ use cairn_protocol::codec::{CodecError, decode_change, decode_rotation, encode_c
 use cairn_protocol::limits::{CHANGE_BYTES_MAX, ROTATION_BYTES};
 use cairn_protocol::membership::{
     Approval, Change, ChangeError, ChangeId, ChangeKind, ChangeLog, KeyChains, Membership, MembershipId,
-    MembershipOp, Policy, Proposal, Resolution, Rotation, check_ops,
+    Policy, Proposal, Resolution, Rotation, check_ops,
 };
-use cairn_protocol::{EventId, Genesis, Member};
+use cairn_protocol::{EventId, Genesis, Member, Op};
 use proptest::prelude::*;
 
 fn secret(i: u16) -> SecretKey {
@@ -617,11 +617,10 @@ fn an_event_carries_only_votes_and_rotations_its_causal_past_allows() {
     let a = add(m0, 30, "alpha");
     let a_id = l.propose(&a, &key(1), 1);
     let past = l.resolve();
-    let check = |past: &Resolution, author: u16, seq: u64, ops: &[MembershipOp]| {
-        check_ops(past, &key(author), seq, ops, |_| 4)
-    };
-    let approve = |change: ChangeId, round: u32| MembershipOp::Approve { change, round };
-    let propose = |change: &Change, round: u32| MembershipOp::Propose { change: change.clone(), round };
+    let check =
+        |past: &Resolution, author: u16, seq: u64, ops: &[Op]| check_ops(past, &key(author), seq, ops, |_| 4);
+    let approve = |change: ChangeId, round: u32| Op::Approve { change, round };
+    let propose = |change: &Change, round: u32| Op::Propose { change: change.clone(), round };
     assert_eq!(check(&past, 2, 1, &[approve(a_id, 0)]), Ok(()));
     assert_eq!(check(&past, 2, 1, &[approve(a_id, 1)]), Err(ChangeError::WrongRound { found: 1, open: 0 }));
     assert_eq!(
@@ -658,22 +657,16 @@ fn an_event_carries_only_votes_and_rotations_its_causal_past_allows() {
     ));
     // Rotations: one per event, by the author itself at its seq, with the proof.
     let rotation = Rotation::new(&cluster, key(2), 5, &secret(40));
-    assert_eq!(check(&past, 2, 5, &[MembershipOp::Rotate(rotation.clone())]), Ok(()));
-    assert_eq!(
-        check(&past, 2, 6, &[MembershipOp::Rotate(rotation.clone())]),
-        Err(ChangeError::RotationNotOwn)
-    );
-    assert_eq!(
-        check(&past, 3, 5, &[MembershipOp::Rotate(rotation.clone())]),
-        Err(ChangeError::RotationNotOwn)
-    );
+    assert_eq!(check(&past, 2, 5, &[Op::Rotate(rotation.clone())]), Ok(()));
+    assert_eq!(check(&past, 2, 6, &[Op::Rotate(rotation.clone())]), Err(ChangeError::RotationNotOwn));
+    assert_eq!(check(&past, 3, 5, &[Op::Rotate(rotation.clone())]), Err(ChangeError::RotationNotOwn));
     let other = Rotation::new(&cluster, key(2), 5, &secret(41));
     assert_eq!(
-        check(&past, 2, 5, &[MembershipOp::Rotate(rotation.clone()), MembershipOp::Rotate(other)]),
+        check(&past, 2, 5, &[Op::Rotate(rotation.clone()), Op::Rotate(other)]),
         Err(ChangeError::TooManyRotations)
     );
     let forged = Rotation { proof: Signature([1; 64]), ..rotation };
-    assert_eq!(check(&past, 2, 5, &[MembershipOp::Rotate(forged)]), Err(ChangeError::BadProof));
+    assert_eq!(check(&past, 2, 5, &[Op::Rotate(forged)]), Err(ChangeError::BadProof));
     // After its rotation at seq 5, m2's old key cannot vote; its successor can.
     l.rotate(&key(2), 5, 40).unwrap();
     let past = l.resolve();
