@@ -110,7 +110,7 @@ pub struct Ingested {
     /// The document must exclude their ops from that seq on.
     pub exclusions: Vec<(MemberIdx, u64)>,
     /// Whether an accepted event carried membership ops: the membership in force, and what
-    /// the document admits ([`Adapter::admitted_from`]), may have changed.
+    /// the document admits ([`Adapter::admitted_through`]), may have changed.
     pub membership_changed: bool,
 }
 
@@ -223,9 +223,7 @@ impl Adapter {
                 event.header.deps.iter().filter_map(|d| self.archive.meta(d)).collect();
             let past_clock = clock_of_deps(self.roster.len(), deps.iter());
             let roster = &self.roster;
-            let clock = |k: &cairn_crypto::PublicKey| {
-                roster.idx(k).and_then(|idx| past_clock.get(idx).copied()).unwrap_or(0)
-            };
+            let clock = clock_by_key(roster, &past_clock);
             let named =
                 self.members.record(event.header.author, event.header.seq, stored.id, &event.ops, clock);
             for key in named {
@@ -234,9 +232,7 @@ impl Adapter {
             any = true;
         }
         if any {
-            let resolution = self.members.current();
-            self.admitted_through =
-                self.roster.keys().iter().map(|k| resolution.admitted_through(k)).collect();
+            self.refresh_admission();
         }
     }
 
@@ -522,6 +518,12 @@ impl Adapter {
             && decoded.event.header.deps.iter().all(|dep| self.archive.contains(dep))
     }
 
+    /// Reads each indexed key's admitted seqs again from the membership in force.
+    fn refresh_admission(&mut self) {
+        let resolution = self.members.current();
+        self.admitted_through = self.roster.keys().iter().map(|k| resolution.admitted_through(k)).collect();
+    }
+
     /// Indexes `key` as an author from now on (a key a membership op named).
     fn index_key(&mut self, key: cairn_crypto::PublicKey) {
         let before = self.roster.len();
@@ -633,14 +635,19 @@ impl Adapter {
         );
         // The clock of the causal past, the event itself left out (rule V1 onwards read it):
         // `meta.clock` counts the event's own seq for its author, and an equivocating author's
-        // twin at that seq is not in the past.
-        let past_clock = clock_of_deps(self.chains.len(), deps.iter().map(|(_, meta)| meta));
+        // twin at that seq is not in the past. Only membership rules read it, so a cluster whose
+        // membership never changed does not build it for every event.
+        let carries_membership = decoded.event.ops.iter().any(Op::is_membership);
+        let past_clock: Box<[u64]> = if carries_membership || !self.members.is_genesis_only() {
+            clock_of_deps(self.chains.len(), deps.iter().map(|(_, meta)| meta))
+        } else {
+            Box::default()
+        };
         self.reach_asked.clear();
-        self.check_membership(&decoded, &past_clock)?;
+        self.check_membership(&decoded, carries_membership, &past_clock)?;
         let own_predecessor = meta.own_pred;
         let forked_now = seq <= self.chains[author].max_seq && !self.archive.at_seq(author, seq).is_empty();
         let Decoded { event, id, bytes } = decoded;
-        let carries_membership = event.ops.iter().any(Op::is_membership);
         let verified = Verified::new(event, id, bytes, author, meta.clock.clone());
         let chain = &mut self.chains[author];
         if let Some(pred) = own_predecessor {
@@ -654,16 +661,12 @@ impl Adapter {
         }
         if carries_membership {
             let roster = &self.roster;
-            let clock = |k: &cairn_crypto::PublicKey| {
-                roster.idx(k).and_then(|idx| past_clock.get(idx).copied()).unwrap_or(0)
-            };
+            let clock = clock_by_key(roster, &past_clock);
             let named = self.members.record(key, seq, id, &verified.event().ops, clock);
             for key in named {
                 self.index_key(key);
             }
-            let resolution = self.members.current();
-            self.admitted_through =
-                self.roster.keys().iter().map(|k| resolution.admitted_through(k)).collect();
+            self.refresh_admission();
             out.membership_changed = true;
         }
         self.archive.insert(&verified, meta);
@@ -690,8 +693,7 @@ impl Adapter {
         let past_clock = clock_of_deps(self.chains.len(), metas.iter());
         let past = self.past_of(deps, &past_clock);
         let roster = &self.roster;
-        let clock =
-            |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| past_clock.get(i).copied()).unwrap_or(0);
+        let clock = clock_by_key(roster, &past_clock);
         MemberState::check(&past, author, seq, ops, clock).map_err(|reject| match reject {
             MemberReject::NotMember => ChangeError::NotVoter(*author),
             MemberReject::Op(error) => error,
@@ -703,8 +705,7 @@ impl Adapter {
     fn past_of(&mut self, deps: &[EventId], past_clock: &[u64]) -> std::sync::Arc<Resolution> {
         let (roster, chains, archive, memo) =
             (&self.roster, &self.chains, self.archive.as_ref(), &self.reach_memo);
-        let clock =
-            |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| past_clock.get(i).copied()).unwrap_or(0);
+        let clock = clock_by_key(roster, past_clock);
         let fork_seq = |k: &cairn_crypto::PublicKey| roster.idx(k).and_then(|i| chains.get(i)?.fork_seq);
         let asked = &mut self.reach_asked;
         let visits = &mut self.reach_visits;
@@ -736,10 +737,16 @@ impl Adapter {
     }
 
     /// Rules 3 and 8 (`docs/PROTOCOL.md` §17, V1 to V5): the author may author the event at its
-    /// seq, and may carry its membership ops, in its causal past, whose clock is `past_clock`.
-    fn check_membership(&mut self, decoded: &Decoded, past_clock: &[u64]) -> Result<(), Reject> {
+    /// seq, and may carry its membership ops (`carries_membership`: it has some), in its causal
+    /// past, whose clock is `past_clock` (empty when neither the event nor any accepted one
+    /// carries a membership op: then the genesis decides).
+    fn check_membership(
+        &mut self,
+        decoded: &Decoded,
+        carries_membership: bool,
+        past_clock: &[u64],
+    ) -> Result<(), Reject> {
         let ops = &decoded.event.ops;
-        let carries_membership = ops.iter().any(Op::is_membership);
         if carries_membership && !self.config.membership_changes {
             return Err(Reject::BadMembership);
         }
@@ -750,9 +757,7 @@ impl Adapter {
         }
         let past = self.past_of(&decoded.event.header.deps, past_clock);
         let roster = &self.roster;
-        let clock = |k: &cairn_crypto::PublicKey| {
-            roster.idx(k).and_then(|idx| past_clock.get(idx).copied()).unwrap_or(0)
-        };
+        let clock = clock_by_key(roster, past_clock);
         let header = &decoded.event.header;
         MemberState::check(&past, &header.author, header.seq, ops, clock).map_err(|reject| match reject {
             MemberReject::NotMember => Reject::NotMember,
@@ -812,6 +817,12 @@ impl Adapter {
         evidence.verify(&self.roster)?;
         Ok(self.keep_evidence(author, evidence))
     }
+}
+
+/// A clock read by key: `clock`'s entry for the key's index in `roster`, 0 for a key it does not
+/// index or past the clock's end.
+fn clock_by_key<'a>(roster: &'a Roster, clock: &'a [u64]) -> impl Fn(&cairn_crypto::PublicKey) -> u64 + 'a {
+    move |key| roster.idx(key).and_then(|idx| clock.get(idx).copied()).unwrap_or(0)
 }
 
 /// The clock of a causal past made of `deps` and their pasts: the pointwise maximum of the deps'

@@ -156,7 +156,7 @@ impl Node {
                 Op::Put { value, .. } => value.len(),
                 Op::Add { element, .. } | Op::Remove { element, .. } => element.len(),
                 Op::Del { .. } | Op::Incr { .. } => 0,
-                // A write is document ops; a membership op goes through `Node::write_membership`.
+                // A write is document ops; a membership op goes through `Node::prepare_membership`.
                 Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => return invalid(),
             };
             if op.key().is_empty() || op.key().len() > KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
