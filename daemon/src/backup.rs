@@ -598,6 +598,9 @@ fn write_staging(
         }
         let events: Vec<([u8; 32], &[u8])> =
             ids.iter().copied().zip(batch.iter().map(Vec::as_slice)).collect();
+        // Keys membership ops brought in are indexed as the replica indexed them.
+        let later: Vec<[u8; 32]> = node.adapter().roster().later_keys().iter().map(|key| key.0).collect();
+        store.extend_roster(&later);
         store.append(&events, &[], false).with_context(|| format!("cannot write {}", staging.display()))?;
         n_events += batch.len() as u64;
         batch.clear();

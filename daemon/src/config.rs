@@ -368,9 +368,7 @@ impl Config {
                 buffer_bytes_per_peer_max: limits.buffer_bytes_per_peer_max,
                 buffer_bytes_total_max: limits.buffer_bytes_total_max,
                 verify_threads,
-                // The store does not keep what membership ops resolve to yet, so the daemon
-                // refuses them rather than forget them at a restart (PROTOCOL.md §17).
-                membership_changes: false,
+                membership_changes: true,
             },
             sync_interval_ms: millis(timing.sync_interval),
             session_timeout_ms: millis(timing.session_timeout),

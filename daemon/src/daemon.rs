@@ -39,12 +39,12 @@ pub fn check(config_path: &Path) -> anyhow::Result<Checked> {
     let key = SecretKey::read_file(&config.key_file).context("key_file")?;
     let genesis = load_genesis(&config.genesis_file)?;
     let me = key.public();
-    if genesis.member_idx(&me).is_none() {
+    if genesis.member_idx(&me).is_none() && config.peers.is_empty() {
         bail!(
-            "this node's key {me} (from {}) is not a member of the genesis {}. A changed genesis is a new \
-             cluster (its id is the hash of the genesis): the old cluster's stores are refused under it, and \
-             every node must start from the new genesis with an empty store. To join an existing cluster, \
-             use a key that its genesis lists",
+            "this node's key {me} (from {}) is not a member of the genesis {}, and no peer is configured. A \
+             host that joins a running cluster (added by `cairnctl member add`, or a rotated or replacing key) \
+             learns its membership from its peers: list at least one. A changed genesis is a new cluster (its id \
+             is the hash of the genesis): the old cluster's stores are refused under it",
             config.key_file.display(),
             config.genesis_file.display()
         );
@@ -59,7 +59,14 @@ pub fn check(config_path: &Path) -> anyhow::Result<Checked> {
 pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let Checked { config, key, genesis, peers } = checked;
     let me = key.public();
-    let my_name = genesis.members()[genesis.member_idx(&me).expect("checked in `check`")].name.clone();
+    let my_name = genesis.member_idx(&me).map_or_else(|| me.short(), |i| genesis.members()[i].name.clone());
+    if genesis.member_idx(&me).is_none() {
+        info!(
+            key = %me,
+            "this node's key is not a genesis member: it joins through a membership change (PROTOCOL.md §17), and \
+             signs once a change in force that it has received makes its key a seat's (until then writes are refused)"
+        );
+    }
     let cluster_id = genesis.cluster_id();
 
     // The store first: a store of another cluster or key, or a corrupt one, stops us here.
@@ -86,9 +93,15 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     // The document as persisted with the log; a start replays only the events it has not
     // applied (the last commit's own events, or the whole log once after an upgrade).
     let store_open_ms = opening.elapsed().as_millis();
-    // The roster: the genesis members. Keys that membership changes bring in (PROTOCOL.md
-    // §17) are not on the wire yet, so a store holds events of genesis members only.
-    let roster = cairn_protocol::Roster::new(&genesis);
+    // The roster: the genesis members, then the keys membership ops named (PROTOCOL.md §17), as
+    // the store indexes them.
+    let later: Vec<PublicKey> = loaded.roster_later.iter().map(|key| PublicKey(*key)).collect();
+    let roster = cairn_protocol::Roster::with_later(&genesis, &later).map_err(|error| {
+        anyhow::anyhow!(
+            "the store at {} is corrupt ({error}); it is refused, not used. Run `cairnd check-store`",
+            store_path.display()
+        )
+    })?;
     let document = store
         .load_document(roster.keys())
         .with_context(|| format!("cannot use the store {}", store_path.display()))?;
@@ -101,6 +114,22 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         loaded.chains.clone(),
         document,
     );
+    // What the membership ops of the log resolve to, before the tail's replay: the document
+    // admits only what the membership does (rule M9).
+    let member_events = crate::store::reads::log_at(&db, &loaded.member_events).map_err(|error| {
+        anyhow::anyhow!(
+            "the store at {} is corrupt ({error}); it is refused, not used. Run `cairnd check-store`",
+            store_path.display()
+        )
+    })?;
+    let member_events: Vec<StoredEvent> = member_events
+        .into_iter()
+        .filter_map(|(_, meta, bytes)| {
+            let id = codec::decode_event(&bytes).ok()?.id();
+            Some(StoredEvent { id, meta, bytes: bytes.into() })
+        })
+        .collect();
+    node.resume_membership(&member_events);
     node.track_document();
     let authored = loaded.authors.clone();
     let mut position = loaded.doc_through;

@@ -879,6 +879,7 @@ fn spawn_store_writer(
                         continue;
                     }
                 };
+                store.extend_roster(&job.roster);
                 let result = {
                     let events: Vec<([u8; 32], &[u8])> =
                         job.events.iter().map(|(id, b)| (*id, b.as_slice())).collect();

@@ -55,7 +55,17 @@ pub fn check_store(path: &Path, genesis: &Genesis, me: cairn_crypto::PublicKey) 
         }
         Err(error) => return Err(error.into()),
     };
-    let persisted = match store.load_document(cairn_protocol::Roster::new(genesis).keys()) {
+    // The persisted document's author indices mean the store's roster.
+    let later: Vec<cairn_crypto::PublicKey> =
+        loaded.roster_later.iter().map(|key| cairn_crypto::PublicKey(*key)).collect();
+    let stored_roster = match cairn_protocol::Roster::with_later(genesis, &later) {
+        Ok(roster) => roster,
+        Err(error) => {
+            report.problems.push(format!("the store's `roster` does not load: {error}"));
+            return Ok(report);
+        }
+    };
+    let persisted = match store.load_document(stored_roster.keys()) {
         Ok(document) => document,
         Err(error) => {
             report.problems.push(error.to_string());
@@ -102,10 +112,18 @@ pub fn check_store(path: &Path, genesis: &Genesis, me: cairn_crypto::PublicKey) 
             }
         }
     }
+    // Validating the log again in its order indexes the keys in the order the node did.
+    if node.adapter().roster().keys() != stored_roster.keys() {
+        report.problems.push(format!(
+            "the store's `roster` indexes {} key(s), but validating its log again indexes {}, or in another order",
+            stored_roster.len(),
+            node.adapter().roster().len()
+        ));
+    }
     if report.problems.is_empty()
         && let Some(persisted) = persisted
     {
-        compare_documents(node, persisted, &ids[doc_through..], genesis, &mut report);
+        compare_documents(node, persisted, &ids, doc_through, genesis, &mut report);
     }
     Ok(report)
 }
@@ -116,16 +134,19 @@ pub fn check_store(path: &Path, genesis: &Genesis, me: cairn_crypto::PublicKey) 
 fn compare_documents(
     rebuilt: Node,
     persisted: Document,
-    tail: &[EventId],
+    ids: &[EventId],
+    doc_through: usize,
     genesis: &Genesis,
     report: &mut Report,
 ) {
     let (adapter, reference) = rebuilt.into_parts();
     let chains = adapter.chain_states().to_vec();
     let (archive, roster, _) = adapter.into_parts();
-    let tail: Vec<_> = tail.iter().filter_map(|id| archive.event(id)).collect();
+    let all: Vec<_> = ids.iter().filter_map(|id| archive.event(id)).collect();
+    let tail = all[doc_through.min(all.len())..].to_vec();
     let mut resumed =
         Node::resume(genesis.clone(), None, NodeConfig::default(), archive, roster, chains, Some(persisted));
+    resumed.resume_membership(&all);
     if !resumed.replay_document(&tail).is_empty() {
         report.problems.push("the log's tail after the persisted document does not replay".to_owned());
     }

@@ -9,7 +9,7 @@
 //! the document has not applied. [`Store::open`] also returns every event (for tools and
 //! tests).
 //!
-//! Layout (format [`FORMAT_VERSION`]), ten redb tables:
+//! Layout (format [`FORMAT_VERSION`]), twelve redb tables:
 //!
 //! | table      | key                   | value                                  |
 //! |------------|-----------------------|----------------------------------------|
@@ -23,6 +23,14 @@
 //! | `authors`  | author index u32      | (events, bytes) of the author in `log` |
 //! | `doc`      | kind (0 register, 1 counter, 2 set) ‖ key | the key's document state (`Document::encode_key`) |
 //! | `covered`  | op: event id ‖ op index u32 LE | the ops it covered, 36 bytes each (`Archive::covered`) |
+//! | `roster`   | author index u32, from the genesis's member count on | a 32-byte key the node indexed after the genesis members (`Roster::later_keys`) |
+//! | `member_events` | u64 position in `log` | nothing: the event there carries a membership op |
+//!
+//! Author indices are the node's roster's (`cairn_protocol::Roster`): the genesis members in
+//! member order, then every key a membership op named, in the order the node indexed it. A
+//! commit writes the keys indexed since the last one ([`Store::extend_roster`]) in the same
+//! transaction as its events, and a start reads them back ([`Loaded::roster_later`]), with the
+//! membership events ([`Loaded::member_events`]) that `Node::resume_membership` resolves.
 //!
 //! The document is written with the events it applied: each group commit carries the document's
 //! changed keys, exclusions and covered records as they were when the commit was formed, after
@@ -56,8 +64,10 @@
 //! last one writes this format's meta with `doc_through` 0, so the start replays the whole log
 //! into the document once, persisting it page by page. A
 //! format-1 store becomes [`OwnHistory::Unknown`] (format 1 trusted any store holding an own
-//! event, which a crash while relearning made unsafe; a sole member's becomes complete). A
-//! store of a later format is refused.
+//! event, which a crash while relearning made unsafe; a sole member's becomes complete).
+//! Format 4 (up to commit bbfb13e) had no `roster` and no `member_events`; its upgrade only
+//! creates them, empty, and writes the new format (no cairnd of format 4 accepted a membership
+//! op). A store of a later format is refused.
 //!
 //! A corrupt store is refused, never used: redb checks its pages' checksums, the tables must
 //! agree in size (and `authors` with `log`), every document key must decode, and a start reads
@@ -100,7 +110,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 
 /// The layout version in `meta["format"]`. Bump it when the layout changes; a store with
 /// another version is refused with [`StoreError::Format`].
-pub const FORMAT_VERSION: u64 = 4;
+pub const FORMAT_VERSION: u64 = 5;
 
 /// The format before `own_history`, upgraded in place on open.
 const FORMAT_WITHOUT_OWN_HISTORY: u64 = 1;
@@ -110,6 +120,9 @@ const FORMAT_WITHOUT_INDEXES: u64 = 2;
 /// on open: its indexes are built again, and the first start replays the log into the document
 /// once and persists it.
 const FORMAT_WITHOUT_DOCUMENT: u64 = 3;
+/// The format before membership changes (`roster`, `member_events`), upgraded in place on open
+/// by creating those two tables, empty: no cairnd of that format accepted a membership op.
+const FORMAT_WITHOUT_MEMBERSHIP: u64 = 4;
 /// Events indexed per transaction when an upgrade builds the indexes.
 const REINDEX_BATCH: u64 = 50_000;
 
@@ -128,6 +141,8 @@ const CHAINS: TableDefinition<u32, &[u8]> = TableDefinition::new("chains");
 const AUTHORS: TableDefinition<u32, (u64, u64)> = TableDefinition::new("authors");
 const DOC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("doc");
 const COVERED: TableDefinition<&[u8; 36], &[u8]> = TableDefinition::new("covered");
+const ROSTER: TableDefinition<u32, &[u8; 32]> = TableDefinition::new("roster");
+const MEMBER_EVENTS: TableDefinition<u64, ()> = TableDefinition::new("member_events");
 const META_DOC_THROUGH: &str = "doc_through";
 const META_DOC_EXCLUSIONS: &str = "doc_exclusions";
 const META_N_BYTES: &str = "n_bytes";
@@ -216,6 +231,13 @@ pub struct Loaded {
     pub authors: Vec<(u64, u64)>,
     /// How many events of the log, from the first, the persisted document has applied.
     pub doc_through: u64,
+    /// The keys the node's roster indexes after the genesis members, in index order
+    /// (`Roster::with_later`): the author indices of `chains`, `authors`, the metas and the
+    /// persisted document mean the genesis members, then these.
+    pub roster_later: Vec<[u8; 32]>,
+    /// The log positions of the events that carry membership ops, in log order: what
+    /// `Node::resume_membership` reads back at a start.
+    pub member_events: Vec<u64>,
 }
 
 /// The document's part of a commit ([`Store::append_with_document`]).
@@ -358,8 +380,14 @@ pub struct Store {
     own_history: OwnHistory,
     cluster_id: [u8; 32],
     node_key: [u8; 32],
-    /// The genesis members' keys, in member order: an event's author index.
+    /// The roster (`cairn_protocol::Roster`): the genesis members' keys in member order, then
+    /// the keys membership ops named, in the order the node indexed them. An event's author
+    /// index.
     members: Vec<[u8; 32]>,
+    /// How many of `members` are the genesis's.
+    n_genesis: usize,
+    /// How many of `members` are in `roster` (or the genesis), as last committed.
+    roster_stored: usize,
     /// Each member's chain state, as last committed (see [`ChainState`]).
     chains: Vec<ChainState>,
     /// Encoded bytes of the events in `log`.
@@ -454,6 +482,8 @@ impl Store {
             cluster_id,
             node_key,
             members: members.to_vec(),
+            n_genesis: members.len(),
+            roster_stored: members.len(),
             chains: vec![ChainState::default(); members.len()],
             n_bytes: 0,
             authors: vec![(0, 0); members.len()],
@@ -463,6 +493,16 @@ impl Store {
         match found {
             Found::New => store.write_meta(cluster_id, node_key, new_store)?,
             Found::Current(_) => {}
+            Found::Old { format: FORMAT_WITHOUT_MEMBERSHIP, .. } => {
+                store.add_membership_tables()?;
+                upgraded_from = Some(FORMAT_WITHOUT_MEMBERSHIP);
+                tracing::info!(
+                    path = %path.display(),
+                    from = FORMAT_WITHOUT_MEMBERSHIP,
+                    to = FORMAT_VERSION,
+                    "upgraded the store's format in place (two empty tables for membership changes)"
+                );
+            }
             Found::Old { format, own_history } => {
                 let own_history = store.reindex(own_history)?;
                 upgraded_from = Some(format);
@@ -515,6 +555,50 @@ impl Store {
         Ok(())
     }
 
+    /// Upgrades a store of format 4 in place: creates `roster` and `member_events`, empty (no
+    /// cairnd of format 4 accepted a membership op, so it indexes the genesis members only and
+    /// no event of its log carries one), and writes this format, in one transaction. Nothing
+    /// else is read or written.
+    fn add_membership_tables(&mut self) -> Result<(), StoreError> {
+        let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Open);
+        let mut tx = self.db()?.begin_write().map_err(|e| fail(e.into()))?;
+        tx.set_two_phase_commit(true);
+        tx.open_table(ROSTER).map_err(|e| fail(e.into()))?;
+        tx.open_table(MEMBER_EVENTS).map_err(|e| fail(e.into()))?;
+        {
+            let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+            meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+        }
+        tx.commit().map_err(|e| fail(e.into()))
+    }
+
+    /// Follows the node's roster: `later` is `Roster::later_keys` (the keys indexed after the
+    /// genesis members, in index order), which only ever grows. The new keys are written with
+    /// the next commit, ahead of its events (whose author indices may name them).
+    ///
+    /// # Panics
+    ///
+    /// If `later` does not extend the keys the store indexes: the node's roster never drops or
+    /// reorders a key, so that is a bug.
+    pub fn extend_roster(&mut self, later: &[[u8; 32]]) {
+        let known = &self.members[self.n_genesis..];
+        assert!(
+            later.len() >= known.len() && later[..known.len()] == *known,
+            "the roster handed to the store does not extend the one it indexes"
+        );
+        for key in &later[known.len()..] {
+            self.members.push(*key);
+            self.chains.push(ChainState::default());
+            self.authors.push((0, 0));
+        }
+    }
+
+    /// The keys the store indexes after the genesis members, in index order (see
+    /// [`Store::extend_roster`]).
+    pub fn roster_later(&self) -> &[[u8; 32]] {
+        &self.members[self.n_genesis..]
+    }
+
     /// Builds the indexes of a store of an older format from its log, in transactions of
     /// [`REINDEX_BATCH`] events, then writes this format's meta: the node's own history is
     /// `own_history`, or for format 1 (which had no mark) that format's rule, complete if the
@@ -532,6 +616,10 @@ impl Store {
             tx.delete_table(AUTHORS).map_err(|e| fail(e.into()))?;
             tx.delete_table(DOC).map_err(|e| fail(e.into()))?;
             tx.delete_table(COVERED).map_err(|e| fail(e.into()))?;
+            tx.delete_table(ROSTER).map_err(|e| fail(e.into()))?;
+            tx.delete_table(MEMBER_EVENTS).map_err(|e| fail(e.into()))?;
+            tx.open_table(ROSTER).map_err(|e| fail(e.into()))?;
+            tx.open_table(MEMBER_EVENTS).map_err(|e| fail(e.into()))?;
             tx.open_table(METAS).map_err(|e| fail(e.into()))?;
             tx.open_table(BY_SEQ).map_err(|e| fail(e.into()))?;
             tx.open_table(CHAINS).map_err(|e| fail(e.into()))?;
@@ -579,7 +667,7 @@ impl Store {
                             ));
                         }
                     }
-                    match indexes.index(&self.members, &mut chains, &mut dirty, &id.0, &event) {
+                    match indexes.index(&self.members, &mut chains, &mut dirty, (*at, &id.0), &event) {
                         Ok(author) => {
                             authors[author].0 += 1;
                             authors[author].1 += bytes.len() as u64;
@@ -655,7 +743,33 @@ impl Store {
         // The document's tables are read by `load_document`; they must exist.
         tx.open_table(DOC).map_err(open_error)?;
         tx.open_table(COVERED).map_err(open_error)?;
-        let mut authors = vec![(0u64, 0u64); self.members.len()];
+        let mut members = self.members[..self.n_genesis].to_vec();
+        for entry in tx.open_table(ROSTER).map_err(open_error)?.iter().map_err(|e| fail(e.into()))? {
+            let (idx, key) = entry.map_err(|e| fail(e.into()))?;
+            let (idx, key) = (idx.value() as usize, *key.value());
+            if idx != members.len() {
+                return Err(corrupt(
+                    &path,
+                    format!("`roster` has key index {idx} where index {} comes next", members.len()),
+                ));
+            }
+            if members.contains(&key) {
+                return Err(corrupt(&path, format!("`roster` indexes key {} twice", hex::encode(key))));
+            }
+            members.push(key);
+        }
+        let member_events: Vec<u64> = tx
+            .open_table(MEMBER_EVENTS)
+            .map_err(open_error)?
+            .iter()
+            .map_err(|e| fail(e.into()))?
+            .map(|entry| entry.map(|(position, _)| position.value()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| fail(e.into()))?;
+        if member_events.last().is_some_and(|&last| last >= n_events) {
+            return Err(corrupt(&path, "`member_events` names a position past the log".to_owned()));
+        }
+        let mut authors = vec![(0u64, 0u64); members.len()];
         for entry in tx.open_table(AUTHORS).map_err(open_error)?.iter().map_err(|e| fail(e.into()))? {
             let (author, tally) = entry.map_err(|e| fail(e.into()))?;
             let author = author.value() as usize;
@@ -677,7 +791,7 @@ impl Store {
                 ),
             ));
         }
-        let mut chains = vec![ChainState::default(); self.members.len()];
+        let mut chains = vec![ChainState::default(); members.len()];
         for entry in tx.open_table(CHAINS).map_err(open_error)?.iter().map_err(|e| fail(e.into()))? {
             let (author, bytes) = entry.map_err(|e| fail(e.into()))?;
             let author = author.value() as usize;
@@ -731,6 +845,9 @@ impl Store {
         drop(db);
         self.n_events = n_events;
         self.n_bytes = n_bytes;
+        self.roster_stored = members.len();
+        let roster_later = members[self.n_genesis..].to_vec();
+        self.members = members;
         self.chains = chains.clone();
         self.own_history = own_history;
         self.authors = authors.clone();
@@ -742,6 +859,8 @@ impl Store {
             n_bytes,
             authors,
             doc_through,
+            roster_later,
+            member_events,
             ..Loaded::default()
         })
     }
@@ -829,7 +948,11 @@ impl Store {
         if let Some(document) = document {
             assert!(document.n_applied <= events.len(), "the document applied events of the commit only");
         }
-        if events.is_empty() && evidence.is_empty() && document.is_none_or(|d| d.delta.is_empty()) {
+        if events.is_empty()
+            && evidence.is_empty()
+            && document.is_none_or(|d| d.delta.is_empty())
+            && self.roster_stored == self.members.len()
+        {
             // Nothing to make durable: spare the fsync.
             return Ok(());
         }
@@ -841,6 +964,7 @@ impl Store {
                 self.chains = written.chains;
                 self.n_bytes = written.n_bytes;
                 self.authors = written.authors;
+                self.roster_stored = self.members.len();
                 if mark {
                     self.own_history = OwnHistory::Complete;
                 }
@@ -1041,6 +1165,13 @@ impl Store {
         tx.set_two_phase_commit(true);
         let mut n_events = self.n_events;
         {
+            // Keys the roster indexed since the last commit, before the events they author.
+            let mut roster = tx.open_table(ROSTER).map_err(|e| fail(e.into()))?;
+            for (idx, key) in self.members.iter().enumerate().skip(self.roster_stored) {
+                let idx = u32::try_from(idx).expect("a roster index fits u32");
+                roster.insert(idx, key).map_err(|e| fail(e.into()))?;
+            }
+            drop(roster);
             let mut log = tx.open_table(LOG).map_err(|e| fail(e.into()))?;
             let mut ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
             let mut indexes = Indexes::open(&tx).map_err(&fail)?;
@@ -1057,9 +1188,10 @@ impl Store {
                     continue;
                 }
                 log.insert(n_events, *bytes).map_err(|e| fail(e.into()))?;
+                let position = n_events;
                 n_events += 1;
                 n_bytes += bytes.len() as u64;
-                match indexes.index(&self.members, &mut chains, &mut dirty, id, event) {
+                match indexes.index(&self.members, &mut chains, &mut dirty, (position, id), event) {
                     Ok(author) => {
                         authors[author].0 += 1;
                         authors[author].1 += bytes.len() as u64;
@@ -1159,7 +1291,10 @@ impl Store {
                 ));
             }
         };
-        if format == FORMAT_WITHOUT_INDEXES || format == FORMAT_WITHOUT_DOCUMENT {
+        if format == FORMAT_WITHOUT_INDEXES
+            || format == FORMAT_WITHOUT_DOCUMENT
+            || format == FORMAT_WITHOUT_MEMBERSHIP
+        {
             return Ok(Found::Old { format, own_history: Some(own_history) });
         }
         Ok(Found::Current(own_history))
@@ -1197,6 +1332,8 @@ impl Store {
             tx.open_table(METAS).map_err(|e| fail(e.into()))?;
             tx.open_table(BY_SEQ).map_err(|e| fail(e.into()))?;
             tx.open_table(CHAINS).map_err(|e| fail(e.into()))?;
+            tx.open_table(ROSTER).map_err(|e| fail(e.into()))?;
+            tx.open_table(MEMBER_EVENTS).map_err(|e| fail(e.into()))?;
         }
         tx.commit().map_err(|e| fail(e.into()))?;
         // redb syncs the file, not the directory that names it.
@@ -1374,6 +1511,7 @@ fn write_lock(db: &SharedDb) -> std::sync::RwLockWriteGuard<'_, Option<Database>
 struct Indexes<'tx> {
     metas: redb::Table<'tx, &'static [u8; 32], &'static [u8]>,
     by_seq: redb::Table<'tx, (u32, u64, [u8; 32]), ()>,
+    member_events: redb::Table<'tx, u64, ()>,
     /// The metas written in this transaction: an event's deps are mostly the events just
     /// before it.
     written: std::collections::BTreeMap<[u8; 32], EventMeta>,
@@ -1479,21 +1617,26 @@ impl<'tx> Indexes<'tx> {
         Ok(Self {
             metas: tx.open_table(METAS)?,
             by_seq: tx.open_table(BY_SEQ)?,
+            member_events: tx.open_table(MEMBER_EVENTS)?,
             written: std::collections::BTreeMap::new(),
         })
     }
 
-    /// Indexes one event just appended to `log`: its meta (computed from its deps' metas, as
-    /// the node's adapter does: `EventMeta::from_deps`), its entry in `by_seq`, and its
-    /// author's chain state (marked in `dirty`).
+    /// Indexes one event just appended to `log` at `position`: its meta (computed from its
+    /// deps' metas, as the node's adapter does: `EventMeta::from_deps`), its entry in `by_seq`,
+    /// its author's chain state (marked in `dirty`), and its position in `member_events` if it
+    /// carries a membership op.
     fn index(
         &mut self,
         members: &[[u8; 32]],
         chains: &mut [ChainState],
         dirty: &mut std::collections::BTreeSet<usize>,
-        id: &[u8; 32],
+        (position, id): (u64, &[u8; 32]),
         event: &cairn_protocol::Event,
     ) -> Result<usize, IndexError> {
+        if event.ops.iter().any(cairn_protocol::Op::is_membership) {
+            self.member_events.insert(position, ())?;
+        }
         let header = &event.header;
         let author = members.iter().position(|k| *k == header.author.0).ok_or_else(|| {
             IndexError::Bad(format!("event {} is by {}, who is not a member", hex::encode(id), header.author))
@@ -1821,6 +1964,19 @@ pub mod reads {
         let iter = table.iter().map_err(|e| failed("the ids", e))?;
         iter.map(|entry| entry.map(|(key, _)| EventId(*key.value())).map_err(|e| failed("the ids", e)))
             .collect()
+    }
+
+    /// The events of `log` at `positions`, `(position, meta, bytes)`, checked as
+    /// [`log_page`] checks them: the membership events a start reads back.
+    pub fn log_at(db: &SharedDb, positions: &[u64]) -> Result<Vec<(u64, EventMeta, Vec<u8>)>, ReadError> {
+        let mut out = Vec::with_capacity(positions.len());
+        for &position in positions {
+            match log_page(db, position, 1)?.pop() {
+                Some(found) if found.0 == position => out.push(found),
+                _ => return Err(format!("event {position} of the log is missing")),
+            }
+        }
+        Ok(out)
     }
 
     /// Up to `limit` events of `log` from position `from` on, `(position, meta, bytes)`, each

@@ -746,3 +746,85 @@ fn covered_records_accumulate_per_covering_op() {
     assert_eq!(covered(op(4, 2)), vec![op(5, 0)]);
     assert_eq!(covered(op(1, 1)), Vec::new());
 }
+
+/// The keys membership ops brought in, and the events that carry those ops, come back from a
+/// reopen as the node indexed them: a start rebuilds its roster and membership from them.
+#[test]
+fn the_roster_and_the_membership_events_are_kept() {
+    use cairn_protocol::{Change, ChangeKind, MembershipId};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.redb");
+    let newcomer = SecretKey::from_seed(&[9; 32]);
+    let change = Change {
+        base: MembershipId(CLUSTER),
+        kind: ChangeKind::Add { key: newcomer.public(), name: "delta".to_owned() },
+    };
+    let first =
+        Event::sign(&author(), 1, 1, vec![], vec![Op::Put { key: b"a".to_vec(), value: b"1".to_vec() }]);
+    let propose = Event::sign(&author(), 2, 2, vec![first.id()], vec![Op::Propose { change, round: 0 }]);
+    let by_newcomer = Event::sign(
+        &newcomer,
+        1,
+        3,
+        vec![propose.id()],
+        vec![Op::Put { key: b"b".to_vec(), value: b"2".to_vec() }],
+    );
+    {
+        let (mut store, _) = open(&path).unwrap();
+        append(&mut store, &[first.clone(), propose.clone()], &[]);
+        store.extend_roster(&[newcomer.public().0]);
+        append(&mut store, std::slice::from_ref(&by_newcomer), &[]);
+        assert_eq!(store.roster_later(), [newcomer.public().0]);
+    }
+    let (_, loaded) = open(&path).unwrap();
+    assert_eq!(loaded.roster_later, vec![newcomer.public().0]);
+    assert_eq!(loaded.member_events, vec![1], "the proposal is at log position 1");
+    assert_eq!(loaded.chains.len(), 2);
+    assert_eq!(loaded.chains[1].max_seq, 1, "the newcomer's chain is indexed under its roster index");
+    assert_eq!(
+        loaded.authors,
+        vec![
+            (2, (first.encode().len() + propose.encode().len()) as u64),
+            (1, by_newcomer.encode().len() as u64)
+        ]
+    );
+    assert_eq!(loaded.events, encoded(&[first, propose, by_newcomer]));
+}
+
+/// A roster that does not extend the one the store indexes is a bug of the caller.
+#[test]
+#[should_panic(expected = "does not extend")]
+fn a_roster_that_does_not_extend_the_stored_one_is_a_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut store, _) = open(&dir.path().join("store.redb")).unwrap();
+    store.extend_roster(&[[1; 32], [2; 32]]);
+    store.extend_roster(&[[2; 32]]);
+}
+
+/// Format 4 had no `roster` and no `member_events`; its upgrade creates them and writes the
+/// format, and nothing else: the persisted document is not replayed again (`doc_through` stays),
+/// and the log and its indexes are as they were.
+#[test]
+fn format_4_is_upgraded_by_its_meta_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain(1, 5, b"v");
+    let path = store_with(dir.path(), &events);
+    const ROSTER: TableDefinition<u32, &[u8; 32]> = TableDefinition::new("roster");
+    const MEMBER_EVENTS: TableDefinition<u64, ()> = TableDefinition::new("member_events");
+    tamper(&path, |tx| {
+        assert!(tx.delete_table(ROSTER).unwrap());
+        assert!(tx.delete_table(MEMBER_EVENTS).unwrap());
+        let mut meta = tx.open_table(META).unwrap();
+        meta.insert("format", 4u64.to_le_bytes().as_slice()).unwrap();
+        // As if a start had persisted the document through the whole log.
+        meta.insert("doc_through", 5u64.to_le_bytes().as_slice()).unwrap();
+    });
+    let (_, loaded) = open(&path).unwrap();
+    assert_eq!(loaded.upgraded_from, Some(4));
+    assert_eq!(loaded.doc_through, 5, "an upgrade from format 4 does not replay the document");
+    assert_eq!(loaded.events, encoded(&events));
+    assert!(loaded.roster_later.is_empty() && loaded.member_events.is_empty());
+    let (_, again) = open(&path).unwrap();
+    assert_eq!(again.upgraded_from, None, "the format was written");
+    assert_eq!(FORMAT_VERSION, 5);
+}
