@@ -307,30 +307,47 @@ impl Config {
         names.sort_unstable();
         let mut peers: Vec<Peer> = Vec::new();
         for (i, peer) in self.peers.iter().enumerate() {
-            let member = match (&peer.name, &peer.key) {
-                (Some(name), _) => genesis.members().iter().find(|m| &m.name == name).with_context(|| {
-                    format!(
-                        "peers[{i}].name: {name:?} is not a member of the genesis; members are {}",
-                        names.join(", ")
-                    )
-                })?,
-                (None, Some(key)) => {
-                    let key: PublicKey = key.parse().with_context(|| format!("peers[{i}].key"))?;
-                    let idx = genesis
-                        .member_idx(&key)
-                        .with_context(|| format!("peers[{i}].key: {key} is not a member of the genesis"))?;
-                    &genesis.members()[idx]
-                }
+            let key = peer
+                .key
+                .as_deref()
+                .map(str::parse::<PublicKey>)
+                .transpose()
+                .with_context(|| format!("peers[{i}].key"))?;
+            let in_genesis = |key: &PublicKey| genesis.member_idx(key).map(|idx| &genesis.members()[idx]);
+            let (key, name) = match (&peer.name, key) {
+                (Some(name), key) => match genesis.members().iter().find(|m| &m.name == name) {
+                    Some(member) => {
+                        if key.is_some_and(|key| key != member.key) {
+                            bail!(
+                                "peers[{i}]: the genesis member {name:?} has another key than the one given"
+                            );
+                        }
+                        (member.key, member.name.clone())
+                    }
+                    // A member a membership change added (or will add): its key says who it is.
+                    None => match key {
+                        Some(key) => (key, name.clone()),
+                        None => bail!(
+                            "peers[{i}].name: {name:?} is not a member of the genesis (members are {}); for a host a \
+                             membership change added, give its `key` too",
+                            names.join(", ")
+                        ),
+                    },
+                },
+                (None, Some(key)) => match in_genesis(&key) {
+                    Some(member) => (member.key, member.name.clone()),
+                    None => (key, key.short()),
+                },
                 (None, None) => bail!("peers[{i}]: give `name` or `key`"),
             };
-            if member.key == *me {
-                bail!("peers[{i}]: {:?} is this node itself", member.name);
+            if key == *me {
+                bail!("peers[{i}]: {name:?} is this node itself");
             }
-            if peers.iter().any(|p| p.key == member.key) {
-                bail!("peers[{i}]: {:?} is listed twice", member.name);
+            if peers.iter().any(|p| p.key == key) {
+                bail!("peers[{i}]: {name:?} is listed twice");
             }
             let address = resolve_address(&peer.address).with_context(|| format!("peers[{i}].address"))?;
-            peers.push(Peer { key: member.key, name: member.name.clone(), address });
+            peers.push(Peer { key, name, address });
         }
         Ok(peers)
     }

@@ -39,12 +39,17 @@ pub fn check(config_path: &Path) -> anyhow::Result<Checked> {
     let key = SecretKey::read_file(&config.key_file).context("key_file")?;
     let genesis = load_genesis(&config.genesis_file)?;
     let me = key.public();
-    if genesis.member_idx(&me).is_none() && config.peers.is_empty() {
+    if genesis.member_idx(&me).is_none() && (config.new_cluster || config.peers.is_empty()) {
+        let why = if config.new_cluster {
+            "but the config says `new_cluster = true`: a new cluster's members are its genesis's"
+        } else {
+            "and no peer is configured to learn the membership from"
+        };
         bail!(
-            "this node's key {me} (from {}) is not a member of the genesis {}, and no peer is configured. A \
-             host that joins a running cluster (added by `cairnctl member add`, or a rotated or replacing key) \
-             learns its membership from its peers: list at least one. A changed genesis is a new cluster (its id \
-             is the hash of the genesis): the old cluster's stores are refused under it",
+            "this node's key {me} (from {}) is not a member of the genesis {}, {why}. A host that joins a running \
+             cluster (added by `cairnctl member add` on a member, or a replacing key) needs at least one peer and \
+             no `new_cluster`. A changed genesis is a new cluster (its id is the hash of the genesis): the old \
+             cluster's stores are refused under it",
             config.key_file.display(),
             config.genesis_file.display()
         );

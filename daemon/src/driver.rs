@@ -137,6 +137,10 @@ pub struct Driver {
     /// Per member index: its `cairn_author_events` and `cairn_author_bytes` counters (looked up
     /// once, not per event).
     authored_metrics: Vec<(Counter, Counter)>,
+    /// The keys in force (every seat's current key) as the transport last followed them.
+    in_force: std::collections::BTreeSet<PublicKey>,
+    /// An accepted event carried a membership op since the transport last followed it.
+    membership_changed: bool,
 }
 
 impl Driver {
@@ -174,6 +178,7 @@ impl Driver {
             store: store_jobs.clone(),
             backup_slot: Arc::default(),
         };
+        let in_force = parts.genesis.members().iter().map(|m| m.key).collect();
         let driver = Self {
             node: parts.node,
             key: parts.key,
@@ -201,6 +206,9 @@ impl Driver {
             authored_rates: vec![(0.0, 0.0); n_members],
             authored,
             authored_metrics,
+            in_force,
+            // The membership the node resumed may differ from the genesis's.
+            membership_changed: true,
         };
         (driver, handle, commands_rx, parts.transport_events)
     }
@@ -209,8 +217,18 @@ impl Driver {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
+    /// The name of the seat `key` is (or was) a key of: the genesis's, or, for a key a
+    /// membership change brought in, its seat's in force; else the key, short.
     fn name_of(&self, key: &PublicKey) -> String {
-        self.genesis.member_idx(key).map_or_else(|| key.short(), |i| self.genesis.members()[i].name.clone())
+        if let Some(i) = self.genesis.member_idx(key) {
+            return self.genesis.members()[i].name.clone();
+        }
+        let resolution = self.node.adapter().membership();
+        resolution
+            .seats_of(key)
+            .iter()
+            .find_map(|(founder, _)| resolution.in_force().seat(founder))
+            .map_or_else(|| key.short(), |seat| seat.name.clone())
     }
 
     /// Runs until `shutdown` turns true, then drains: queued writes are stored and
@@ -378,6 +396,7 @@ impl Driver {
     fn after_input(&mut self) {
         self.unmute_expired();
         self.drain_node_events();
+        self.follow_membership();
         self.transmit();
         self.start_commit();
         self.answer_writers();
@@ -453,6 +472,9 @@ impl Driver {
             match event {
                 NodeEvent::Accepted { event, from } => {
                     self.metrics.events_accepted.inc();
+                    if event.event().ops.iter().any(cairn_protocol::Op::is_membership) {
+                        self.membership_changed = true;
+                    }
                     self.count_authored(event.author_idx(), event.bytes().len());
                     if from.is_some() {
                         let now = self.now_ms();
@@ -485,8 +507,13 @@ impl Driver {
                     }
                 }
                 NodeEvent::PeerRefused(peer) => {
-                    warn!(peer = %self.name_of(&peer), "refusing a proven equivocator");
-                    self.transport.refuse(&peer);
+                    if self.node.adapter().evidence().any(|e| e.author() == peer) {
+                        warn!(peer = %self.name_of(&peer), "refusing a proven equivocator");
+                        self.transport.refuse(&peer);
+                    } else {
+                        // Out of force: the membership sync below retires it.
+                        self.membership_changed = true;
+                    }
                 }
                 NodeEvent::Changed(changes) => {
                     for change in changes {
@@ -501,6 +528,39 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Makes the transport follow the membership in force, once an accepted event carried a
+    /// membership op: keys a change brought in are admitted (and dialed, if their address is
+    /// configured), keys it took out of force are retired (their connections closed, their
+    /// handshakes refused, saying why).
+    fn follow_membership(&mut self) {
+        if !std::mem::take(&mut self.membership_changed) {
+            return;
+        }
+        let resolution = self.node.adapter().membership();
+        let in_force: std::collections::BTreeSet<PublicKey> = resolution
+            .in_force()
+            .seats()
+            .iter()
+            .map(|seat| resolution.chains().current(&seat.founder))
+            .collect();
+        if in_force == self.in_force {
+            return;
+        }
+        let me = self.key.public();
+        for key in in_force.difference(&self.in_force) {
+            if *key != me && self.transport.admit(*key) {
+                info!(peer = %self.name_of(key), "a membership change in force brought this key in");
+            }
+        }
+        for key in self.in_force.difference(&in_force) {
+            if *key != me {
+                warn!(peer = %self.name_of(key), "a membership change in force took this key out: its connections are closed and refused");
+                self.transport.retire(key);
+            }
+        }
+        self.in_force = in_force;
     }
 
     fn transmit(&mut self) {

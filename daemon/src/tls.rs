@@ -177,6 +177,12 @@ pub enum KeyRefusal {
          must never sign again; it needs a new key and membership"
     )]
     Equivocator,
+    /// The key is out of force: a membership change removed its seat or rotated it away.
+    #[error(
+        "this key is no longer a member: a membership change in force on the refusing node removed its seat, or \
+         its seat rotated to another key (see `cairnctl member list` there)"
+    )]
+    Removed,
 }
 
 /// The keys a server admits: the genesis members except the node itself, minus any key refused
@@ -191,13 +197,36 @@ pub struct MemberKeys {
 struct Keys {
     allowed: BTreeSet<[u8; 32]>,
     refused: BTreeSet<[u8; 32]>,
+    removed: BTreeSet<[u8; 32]>,
 }
 
 impl MemberKeys {
     /// Admits `members` except `own`.
     pub fn new(members: &[PublicKey], own: &PublicKey) -> Self {
         let allowed = members.iter().filter(|key| *key != own).map(|key| key.0).collect();
-        Self { keys: Arc::new(RwLock::new(Keys { allowed, refused: BTreeSet::new() })) }
+        Self { keys: Arc::new(RwLock::new(Keys { allowed, ..Keys::default() })) }
+    }
+
+    /// Admits `key` from now on (a membership change brought it in), unless it is refused for
+    /// good or out of force already: a key never comes back into force (PROTOCOL.md §17).
+    /// Returns whether it is admitted.
+    pub fn allow(&self, key: &PublicKey) -> bool {
+        // As in `refuse`: set operations cannot leave the sets half-written.
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        if keys.refused.contains(&key.0) || keys.removed.contains(&key.0) {
+            return false;
+        }
+        keys.allowed.insert(key.0);
+        true
+    }
+
+    /// Takes `key` out of force from now on (a membership change removed or rotated it).
+    pub fn remove(&self, key: &PublicKey) {
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        keys.allowed.remove(&key.0);
+        if !keys.refused.contains(&key.0) {
+            keys.removed.insert(key.0);
+        }
     }
 
     /// Refuses `key` from now on; connections already established are the transport's business.
@@ -222,6 +251,8 @@ impl MemberKeys {
             Ok(())
         } else if keys.refused.contains(&key.0) {
             Err(KeyRefusal::Equivocator)
+        } else if keys.removed.contains(&key.0) {
+            Err(KeyRefusal::Removed)
         } else {
             Err(KeyRefusal::NotMember)
         }

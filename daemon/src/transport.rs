@@ -76,6 +76,7 @@
 //! | 5 | `Refused` | the peer's key is refused (a proven equivocator) |
 //! | 6 | `WrongDirection` | retired: sent by earlier versions, where only the smaller key dialed |
 //! | 7 | `HandshakeTimeout` | the QUIC handshake and hello took longer than the timeout |
+//! | 8 | `Removed` | the peer's key is out of force: a membership change removed its seat or rotated it away |
 //!
 //! # Limits
 //!
@@ -189,6 +190,9 @@ pub enum CloseCode {
     WrongDirection = 6,
     /// The QUIC handshake and the hello exchange took longer than the handshake timeout.
     HandshakeTimeout = 7,
+    /// The peer's key is out of force: a membership change in force on the closing node
+    /// removed its seat, or its seat rotated to another key (`docs/PROTOCOL.md` §17).
+    Removed = 8,
 }
 
 impl CloseCode {
@@ -208,6 +212,7 @@ impl CloseCode {
             Self::Refused,
             Self::WrongDirection,
             Self::HandshakeTimeout,
+            Self::Removed,
         ]
         .into_iter()
         .find(|close| u64::from(close.code()) == code)
@@ -224,6 +229,7 @@ impl CloseCode {
             Self::Refused => "refused",
             Self::WrongDirection => "wrong direction (retired close code)",
             Self::HandshakeTimeout => "handshake timed out",
+            Self::Removed => "removed from the membership (its seat was removed, or rotated to another key)",
         }
     }
 
@@ -417,8 +423,15 @@ struct Shared {
     members: tls::MemberKeys,
     client_transport: Arc<quinn::TransportConfig>,
     events: mpsc::Sender<TransportEvent>,
-    /// The peers we may have a connection with (every member but us), fixed at start.
-    peers: BTreeMap<PublicKey, PeerControl>,
+    /// The peers we may have a connection with: every key that was in force here but us. It
+    /// grows as membership changes bring keys in ([`Transport::admit`]); a key taken out of
+    /// force keeps its entry, its tasks stopped.
+    peers: Mutex<BTreeMap<PublicKey, PeerControl>>,
+    /// Every address we know, including those of keys not (yet) in force: a key that a
+    /// membership change brings in is dialed at its address from then on.
+    addresses: Mutex<BTreeMap<PublicKey, SocketAddr>>,
+    /// The span the peers' tasks run in.
+    span: tracing::Span,
     /// The connections that are up.
     links: Mutex<BTreeMap<PublicKey, Link>>,
     shutdown: watch::Sender<bool>,
@@ -435,7 +448,8 @@ struct Link {
 
 /// How to reach a peer's tasks.
 struct PeerControl {
-    refused: watch::Sender<bool>,
+    /// Set when the peer is refused for good: the code its connection is closed with.
+    refused: watch::Sender<Option<CloseCode>>,
     /// Where established connections with this peer, incoming or dialed, go to its task.
     handoff: Arc<Handoff>,
 }
@@ -570,13 +584,14 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stopped {
     Shutdown,
-    Refused,
+    /// Refused, closed with this code.
+    Refused(CloseCode),
 }
 
 /// Waits for shutdown or for the refusal of one peer.
 struct StopSignal {
     shutdown: watch::Receiver<bool>,
-    refused: watch::Receiver<bool>,
+    refused: watch::Receiver<Option<CloseCode>>,
 }
 
 impl StopSignal {
@@ -585,7 +600,9 @@ impl StopSignal {
         // gone, which is a shutdown too.
         tokio::select! {
             _ = self.shutdown.wait_for(|stop| *stop) => Stopped::Shutdown,
-            _ = self.refused.wait_for(|refused| *refused) => Stopped::Refused,
+            code = self.refused.wait_for(Option::is_some) => {
+                Stopped::Refused(code.ok().and_then(|code| *code).unwrap_or(CloseCode::Refused))
+            }
         }
     }
 }
@@ -697,11 +714,6 @@ impl Transport {
             if *peer == own {
                 continue;
             }
-            if !config.members.contains(peer) {
-                bail!(
-                    "peer {peer} has an address but is not a genesis member; remove it from the peers list"
-                );
-            }
             if addresses.insert(*peer, *address).is_some() {
                 bail!("peer {peer} is listed twice; give each peer one address");
             }
@@ -724,15 +736,7 @@ impl Transport {
             .with_context(|| format!("cannot start the QUIC endpoint on UDP {}", config.listen))?;
         let local_addr = endpoint.local_addr().context("the endpoint has no local address")?;
 
-        let mut peers = BTreeMap::new();
-        let mut roles = Vec::new();
-        for peer in config.members.iter().filter(|peer| **peer != own) {
-            let (refused, refused_receiver) = watch::channel(false);
-            let handoff = Arc::new(Handoff::new(own, *peer));
-            peers.insert(*peer, PeerControl { refused, handoff: handoff.clone() });
-            roles.push((*peer, addresses.get(peer).copied(), handoff, refused_receiver));
-        }
-
+        let node_span = info_span!("transport", node = %own.short(), address = %local_addr);
         let shared = Arc::new(Shared {
             own,
             cluster_id: config.cluster_id,
@@ -747,7 +751,9 @@ impl Transport {
             members,
             client_transport,
             events,
-            peers,
+            peers: Mutex::default(),
+            addresses: Mutex::new(addresses),
+            span: node_span.clone(),
             links: Mutex::default(),
             shutdown: watch::channel(false).0,
             warnings: Mutex::default(),
@@ -755,25 +761,68 @@ impl Transport {
             tasks: Mutex::default(),
         });
 
-        let node_span = info_span!("transport", node = %own.short(), address = %local_addr);
-        let mut tasks = Vec::new();
-        for (peer, address, handoff, refused) in roles {
-            let span = info_span!(parent: &node_span, "peer", peer = %peer.short());
-            let (link, link_receiver) = watch::channel(false);
-            if let Some(address) = address {
-                let stop = StopSignal { shutdown: shared.shutdown.subscribe(), refused: refused.clone() };
-                let dialer = dial_loop(shared.clone(), peer, address, handoff.clone(), link_receiver, stop);
-                tasks.push(tokio::spawn(dialer.instrument(span.clone())));
-            } else {
-                debug!(parent: &span, "no address for this peer: it is reached when it dials us");
-            }
-            let stop = StopSignal { shutdown: shared.shutdown.subscribe(), refused };
-            tasks.push(tokio::spawn(run_peer(shared.clone(), peer, handoff, link, stop).instrument(span)));
+        let transport = Self { _owner: Arc::new(Owner { shared: shared.clone() }), shared };
+        for peer in config.members.iter().filter(|peer| **peer != own) {
+            transport.start_peer(*peer);
         }
-        tasks.push(tokio::spawn(accept_loop(shared.clone()).instrument(node_span.clone())));
-        *lock(&shared.tasks) = tasks;
+        let accept = tokio::spawn(accept_loop(transport.shared.clone()).instrument(node_span.clone()));
+        lock(&transport.shared.tasks).push(accept);
         info!(parent: &node_span, "transport listening");
-        Ok(Self { _owner: Arc::new(Owner { shared: shared.clone() }), shared })
+        Ok(transport)
+    }
+
+    /// Starts the tasks of `peer`, a key in force that has none yet: its connection's task,
+    /// and its dialer if its address is known. Returns whether it started them.
+    fn start_peer(&self, peer: PublicKey) -> bool {
+        let shared = &self.shared;
+        let mut peers = lock(&shared.peers);
+        if peer == shared.own || peers.contains_key(&peer) {
+            return false;
+        }
+        let (refused, refused_receiver) = watch::channel(None);
+        let handoff = Arc::new(Handoff::new(shared.own, peer));
+        peers.insert(peer, PeerControl { refused, handoff: handoff.clone() });
+        drop(peers);
+        let span = info_span!(parent: &shared.span, "peer", peer = %peer.short());
+        let (link, link_receiver) = watch::channel(false);
+        let mut tasks = Vec::new();
+        if let Some(address) = lock(&shared.addresses).get(&peer).copied() {
+            let stop =
+                StopSignal { shutdown: shared.shutdown.subscribe(), refused: refused_receiver.clone() };
+            let dialer = dial_loop(shared.clone(), peer, address, handoff.clone(), link_receiver, stop);
+            tasks.push(tokio::spawn(dialer.instrument(span.clone())));
+        } else {
+            debug!(parent: &span, "no address for this peer: it is reached when it dials us");
+        }
+        let stop = StopSignal { shutdown: shared.shutdown.subscribe(), refused: refused_receiver };
+        tasks.push(tokio::spawn(run_peer(shared.clone(), peer, handoff, link, stop).instrument(span)));
+        lock(&shared.tasks).extend(tasks);
+        true
+    }
+
+    /// Admits `peer` from now on: a key a membership change in force brought in (an added
+    /// seat's, or a rotated seat's new key). Its handshakes are accepted, and it is dialed if
+    /// its address is configured. A key refused for good stays refused. Returns whether the
+    /// key was new here.
+    pub fn admit(&self, peer: PublicKey) -> bool {
+        if !self.shared.members.allow(&peer) {
+            return false;
+        }
+        let started = self.start_peer(peer);
+        if started {
+            info!(parent: &self.shared.span, peer = %peer.short(), "a membership change brought this key in: admitted");
+        }
+        started
+    }
+
+    /// Takes `peer` out of force for good: a membership change in force removed its seat or
+    /// rotated it to another key. Its connection is closed with [`CloseCode::Removed`], it is
+    /// never dialed again, and the server refuses its key (saying why) from now on.
+    pub fn retire(&self, peer: &PublicKey) {
+        self.shared.members.remove(peer);
+        if let Some(control) = lock(&self.shared.peers).get(peer) {
+            control.refused.send_replace(Some(CloseCode::Removed));
+        }
     }
 
     /// The bound UDP address (useful when listening on port 0).
@@ -809,8 +858,8 @@ impl Transport {
     /// it again, and the server rejects its key from now on.
     pub fn refuse(&self, peer: &PublicKey) {
         self.shared.members.refuse(peer);
-        if let Some(control) = self.shared.peers.get(peer) {
-            control.refused.send_replace(true);
+        if let Some(control) = lock(&self.shared.peers).get(peer) {
+            control.refused.send_replace(Some(CloseCode::Refused));
         }
     }
 
@@ -1194,9 +1243,9 @@ async fn serve(
             close_with(&connection, CloseCode::Replaced);
             CloseCode::Replaced.reason().to_owned()
         }
-        Ended::Stopped(Stopped::Refused) => {
-            close_with(&connection, CloseCode::Refused);
-            CloseCode::Refused.reason().to_owned()
+        Ended::Stopped(Stopped::Refused(code)) => {
+            close_with(&connection, *code);
+            code.reason().to_owned()
         }
         Ended::Stopped(Stopped::Shutdown) => {
             close_with(&connection, CloseCode::Shutdown);
@@ -1388,7 +1437,8 @@ async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (O
             return Err(Failure::closing(CloseCode::Refused, CloseCode::Refused.reason()));
         }
         // The verifier admitted only members other than us, and every one has a task.
-        let Some(handoff) = shared.peers.get(&peer).map(|control| control.handoff.clone()) else {
+        let handoff = lock(&shared.peers).get(&peer).map(|control| control.handoff.clone());
+        let Some(handoff) = handoff else {
             return Err(Failure::closing(CloseCode::Refused, CloseCode::Refused.reason()));
         };
         let (mut send, mut recv) = connection.accept_bi().await?;

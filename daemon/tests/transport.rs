@@ -665,10 +665,13 @@ async fn send_queue_fills_when_the_peer_does_not_read() {
 async fn start_rejects_inconsistent_configuration() {
     let keys = keys(150, 3);
     let (sender, _events) = mpsc::channel(1);
-    let outsider_address: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let bad = config(publics(&[&keys[0], &keys[1]]), vec![(keys[2].public(), outsider_address)]);
-    let error = Transport::start(&keys[0], bad, sender.clone()).await.unwrap_err();
-    assert!(error.to_string().contains("not a genesis member"), "{error}");
+    let address: SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let twice = config(
+        publics(&[&keys[0], &keys[1]]),
+        vec![(keys[1].public(), address), (keys[1].public(), address)],
+    );
+    let error = Transport::start(&keys[0], twice, sender.clone()).await.unwrap_err();
+    assert!(error.to_string().contains("listed twice"), "{error}");
     let mut zero_queue = config(publics(&[&keys[0], &keys[1]]), vec![]);
     zero_queue.peer_queue_messages_max = 0;
     assert!(Transport::start(&keys[0], zero_queue, sender).await.is_err());
@@ -891,4 +894,40 @@ fn a_crashed_peer_is_reconnected_within_a_second_of_its_restart_whoever_dials() 
             survivor.transport.shutdown().await;
         });
     }
+}
+
+/// A key a membership change brings in is not admitted before it is in force, then is: the
+/// node that knows its address dials it. A key a change takes out of force is closed with
+/// `Removed`, its handshakes are refused saying so, and it is not dialed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_admitted_when_a_change_brings_it_in_and_retired_when_one_takes_it_out() {
+    init_logs();
+    let keys = keys(160, 2);
+    let (old, newcomer) = (&keys[0], &keys[1]);
+    // The newcomer knows the member (the genesis it was given); the member knows the
+    // newcomer's address from its config, but not yet its key as a member.
+    let mut joining = start(newcomer, config(publics(&[old]), vec![])).await;
+    let mut member = start(old, config(publics(&[old]), vec![(newcomer.public(), joining.address())])).await;
+    let reason = expect_tls_rejection(&tls::Identity::new(newcomer), &old.public(), member.address()).await;
+    assert!(reason.contains(&tls::KeyRefusal::NotMember.to_string()), "{reason}");
+    member.assert_no_event();
+
+    assert!(member.transport.admit(newcomer.public()), "a new key is admitted");
+    assert!(!member.transport.admit(newcomer.public()), "admitting it again changes nothing");
+    member.expect_connected(&newcomer.public()).await;
+    joining.expect_connected(&old.public()).await;
+    member.transport.send(&newcomer.public(), vec![7]).unwrap();
+    assert_eq!(joining.expect_message(&old.public()).await, vec![7]);
+
+    member.transport.retire(&newcomer.public());
+    let reason = member.expect_disconnected(&newcomer.public()).await;
+    assert_eq!(reason, CloseCode::Removed.reason());
+    let reason = joining.expect_disconnected(&old.public()).await;
+    assert!(reason.contains("removed from the membership"), "{reason}");
+    let reason = expect_tls_rejection(&tls::Identity::new(newcomer), &old.public(), member.address()).await;
+    assert!(reason.contains(&tls::KeyRefusal::Removed.to_string()), "{reason}");
+    assert!(!member.transport.admit(newcomer.public()), "a key out of force never comes back");
+    member.assert_no_event();
+    member.transport.shutdown().await;
+    joining.transport.shutdown().await;
 }
