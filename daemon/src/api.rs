@@ -220,6 +220,8 @@ pub fn router(handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router 
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
         .route("/v1/members", get(membership))
+        .route("/v1/members/changes", post(propose_change))
+        .route("/v1/members/changes/{id}/approve", post(approve_change))
         .route("/v1/keys", get(keys))
         .route("/v1/registers/", any(empty_key))
         .route("/v1/registers/{key}", get(register).put(put_register).delete(delete_register))
@@ -313,6 +315,8 @@ impl From<ServiceError> for ApiError {
             ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ServiceError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             ServiceError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
+            ServiceError::Membership(_) => (StatusCode::CONFLICT, "membership_refused"),
+            ServiceError::NeedsForce(_) => (StatusCode::CONFLICT, "needs_force"),
         };
         Self::new(status, code, error.to_string())
     }
@@ -627,6 +631,77 @@ async fn peers(State(st): State<AppState>) -> Result<Json<json::Peers>, ApiError
 
 async fn membership(State(st): State<AppState>) -> Result<Json<json::Membership>, ApiError> {
     Ok(Json(membership_json(&st.handle.membership().await?)))
+}
+
+async fn propose_change(
+    State(st): State<AppState>,
+    ApiJson(body): ApiJson<json::ChangeBody>,
+) -> Result<Json<json::MemberAck>, ApiError> {
+    let request = change_request(body)?;
+    member_ack(st.handle.member_change(request).await?)
+}
+
+async fn approve_change(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<json::MemberAck>, ApiError> {
+    let change = parse_hex32(&id).map(cairn_protocol::ChangeId).ok_or_else(|| {
+        ApiError::bad_request("bad_change", format!("{id:?} is not a change id (64 hex digits)"))
+    })?;
+    member_ack(st.handle.member_change(crate::service::MemberChange::Approve(change)).await?)
+}
+
+fn member_ack(ack: crate::service::MemberAck) -> Result<Json<json::MemberAck>, ApiError> {
+    let write = ack.write;
+    Ok(Json(json::MemberAck {
+        change: ack.change.to_string(),
+        event: json::Ack { id: write.id.to_string(), seq: write.seq, lamport: write.lamport },
+    }))
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(text, &mut out).ok()?;
+    Some(out)
+}
+
+/// The request a `POST /v1/members/changes` body makes, its fields checked.
+fn change_request(body: json::ChangeBody) -> Result<crate::service::MemberChange, ApiError> {
+    use crate::service::MemberChange;
+    let bad = |message: String| ApiError::bad_request("bad_change", message);
+    let key = |field: Option<String>, what: &str| -> Result<PublicKey, ApiError> {
+        let text = field.ok_or_else(|| bad(format!("`{}` needs `key`: {what}", body.action)))?;
+        text.parse().map_err(|e| bad(format!("`key` {text:?} is not a public key (64 hex digits): {e}")))
+    };
+    let unused = |field: &Option<String>, name: &str| match field {
+        Some(_) => Err(bad(format!("`{}` takes no `{name}`", body.action))),
+        None => Ok(()),
+    };
+    match body.action.as_str() {
+        "add" => {
+            unused(&body.seat, "seat")?;
+            if body.cut.is_some() || body.force {
+                return Err(bad("`add` takes no `cut` or `force`".to_owned()));
+            }
+            let name =
+                body.name.clone().ok_or_else(|| bad("`add` needs `name`: the new seat's name".to_owned()))?;
+            Ok(MemberChange::Add { key: key(body.key.clone(), "the new seat's key")?, name })
+        }
+        "remove" => {
+            unused(&body.key, "key")?;
+            unused(&body.name, "name")?;
+            let seat = body.seat.ok_or_else(|| bad("`remove` needs `seat`: its name or a key".to_owned()))?;
+            Ok(MemberChange::Remove { seat, cut: body.cut, force: body.force })
+        }
+        "replace" => {
+            unused(&body.name, "name")?;
+            let successor = key(body.key.clone(), "the successor's key")?;
+            let seat =
+                body.seat.ok_or_else(|| bad("`replace` needs `seat`: its name or a key".to_owned()))?;
+            Ok(MemberChange::Replace { seat, successor, cut: body.cut, force: body.force })
+        }
+        other => Err(bad(format!("unknown action {other:?}: give `add`, `remove` or `replace`"))),
+    }
 }
 
 /// The membership as `GET /v1/members` shows it.

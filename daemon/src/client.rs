@@ -157,6 +157,19 @@ impl Client {
         self.typed(Method::GET, "/v1/members", None::<&()>).await
     }
 
+    /// `POST /v1/members/changes`: proposes a membership change (and votes for it).
+    pub async fn propose_change(
+        &self,
+        body: &json::ChangeBody,
+    ) -> Result<Answer<json::MemberAck>, ClientError> {
+        self.typed(Method::POST, "/v1/members/changes", Some(body)).await
+    }
+
+    /// `POST /v1/members/changes/{id}/approve`: votes for a pending change.
+    pub async fn approve_change(&self, change: &str) -> Result<Answer<json::MemberAck>, ClientError> {
+        self.typed(Method::POST, &format!("/v1/members/changes/{change}/approve"), None::<&()>).await
+    }
+
     /// `GET /v1/keys`: one page.
     pub async fn keys(&self, query: &json::KeysQuery) -> Result<Answer<json::KeysPage>, ClientError> {
         self.typed(Method::GET, &format!("/v1/keys{}", query.to_query()), None::<&()>).await

@@ -67,10 +67,11 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PeerConfig {
-    /// The peer's genesis name (or give `key`).
+    /// The peer's name: a genesis member's (then `key` may be left out), or the seat name of a
+    /// host a membership change added (then give `key` too).
     #[serde(default)]
     pub name: Option<String>,
-    /// The peer's public key (hex), if not named.
+    /// The peer's public key (hex): alone, or with `name` for a host a membership change added.
     #[serde(default)]
     pub key: Option<String>,
     /// Its UDP address, `host:port` or `ip:port`.
@@ -294,8 +295,10 @@ impl Config {
             bail!("timing.reconnect_backoff_min must not exceed timing.reconnect_backoff_max");
         }
         for (i, peer) in self.peers.iter().enumerate() {
-            if peer.name.is_some() == peer.key.is_some() {
-                bail!("peers[{i}]: give exactly one of `name` and `key`");
+            if peer.name.is_none() && peer.key.is_none() {
+                bail!(
+                    "peers[{i}]: give `name` (a genesis member's), `key`, or both (a host a membership change added)"
+                );
             }
         }
         Ok(())

@@ -356,6 +356,47 @@ pub enum Member {
     /// The changes of the membership in force with votes in its open round, most votes first,
     /// and the seats that approved two changes (evidence). Exits 3 if none is pending.
     Pending,
+    /// Proposes adding a seat for KEY named NAME (this node's seat votes for it). It is in force
+    /// once a majority of the seats approve it (`member approve CHANGE` on other members);
+    /// then start cairnd on the new host with KEY, the genesis and at least one peer.
+    Add {
+        /// The new host's public key (64 hex digits; `cairnd keygen` prints it).
+        key: String,
+        /// The new seat's name (1 to 64 bytes, never used by a seat before).
+        name: String,
+    },
+    /// Proposes removing a seat: its events past the cut are dropped on every node, and its key
+    /// is refused. Drain and stop the host first; a removal that may cut writes it acknowledged
+    /// (it is connected, or --cut is below what this node holds) needs --force.
+    Remove {
+        /// The seat: its name or one of its keys.
+        seat: String,
+        /// The last seq of the seat's key that is kept (default: the highest this node holds).
+        #[arg(long)]
+        cut: Option<u64>,
+        /// Remove it even if that cuts writes it may have acknowledged.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Votes for a pending change (see `member pending`).
+    Approve {
+        /// The change's id (64 hex digits).
+        change: String,
+    },
+    /// Proposes replacing a seat whose key was lost or stolen: the seat is removed with a cut,
+    /// and a new seat with the same name is founded by KEY. Same cut rules as `remove`.
+    Replace {
+        /// The seat: its name or one of its keys.
+        seat: String,
+        /// The replacing host's public key (64 hex digits).
+        key: String,
+        /// The last seq of the old key that is kept (default: the highest this node holds).
+        #[arg(long)]
+        cut: Option<u64>,
+        /// Replace it even if that cuts writes it may have acknowledged.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 /// What `inspect` reads.
@@ -705,6 +746,8 @@ enum Request {
     Evidence,
     MemberList,
     MemberPending,
+    MemberPropose(json::ChangeBody),
+    MemberApprove(String),
     Watch,
     Metrics,
     Backup { file: PathBuf },
@@ -779,6 +822,34 @@ impl Request {
             Command::Evidence => Self::Evidence,
             Command::Member { what: Member::List } => Self::MemberList,
             Command::Member { what: Member::Pending } => Self::MemberPending,
+            Command::Member { what: Member::Add { key, name } } => Self::MemberPropose(json::ChangeBody {
+                action: "add".to_owned(),
+                key: Some(key_hex_arg(&key, "KEY")?),
+                name: Some(name),
+                ..json::ChangeBody::default()
+            }),
+            Command::Member { what: Member::Remove { seat, cut, force } } => {
+                Self::MemberPropose(json::ChangeBody {
+                    action: "remove".to_owned(),
+                    seat: Some(seat),
+                    cut,
+                    force,
+                    ..json::ChangeBody::default()
+                })
+            }
+            Command::Member { what: Member::Replace { seat, key, cut, force } } => {
+                Self::MemberPropose(json::ChangeBody {
+                    action: "replace".to_owned(),
+                    key: Some(key_hex_arg(&key, "KEY")?),
+                    seat: Some(seat),
+                    cut,
+                    force,
+                    ..json::ChangeBody::default()
+                })
+            }
+            Command::Member { what: Member::Approve { change } } => {
+                Self::MemberApprove(key_hex_arg(&change, "CHANGE")?)
+            }
             Command::Watch => Self::Watch,
             Command::Metrics => {
                 if json {
@@ -851,6 +922,8 @@ async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::
             out.answer(answer, member_pending)?;
             Ok(code)
         }
+        Request::MemberPropose(body) => out.answer(client.propose_change(&body).await?, member_ack),
+        Request::MemberApprove(change) => out.answer(client.approve_change(&change).await?, member_ack),
         Request::Watch => watch(client, out).await,
         Request::Metrics => {
             // The daemon's own text, which it built from names and numbers alone.
@@ -957,6 +1030,7 @@ impl AnswerCode for json::EventsPage {}
 impl AnswerCode for json::Event {}
 impl AnswerCode for json::EvidenceList {}
 impl AnswerCode for json::Membership {}
+impl AnswerCode for json::MemberAck {}
 
 impl AnswerCode for json::Register {
     fn code(&self) -> u8 {
@@ -1009,6 +1083,29 @@ fn batch_body(file: &Path) -> anyhow::Result<json::BatchBody> {
         _ => bail!("{}: expected a JSON list of ops or {{\"ops\": [...]}}", file.display()),
     };
     body.with_context(|| format!("{}: not a batch of ops", file.display()))
+}
+
+/// 64 hex digits (a key or a change id), checked before any request.
+fn key_hex_arg(text: &str, what: &str) -> anyhow::Result<String> {
+    let text = text.trim();
+    if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!(Usage(format!(
+            "{what} must be 64 hex digits, not {:?}",
+            text.chars().take(80).collect::<String>()
+        )));
+    }
+    Ok(text.to_ascii_lowercase())
+}
+
+fn member_ack(out: &mut Output, ack: &json::MemberAck) -> anyhow::Result<()> {
+    out.line(format_args!("change {}", escape(&ack.change, false)))?;
+    out.line(format_args!(
+        "voted: event {} (seq {}), on disk on this node; the change is in force once enough seats approve it \
+         (see `cairnctl member pending`)",
+        escape(&ack.event.id, false),
+        ack.event.seq
+    ))?;
+    Ok(())
 }
 
 fn ack(out: &mut Output, ack: &json::Ack) -> anyhow::Result<()> {

@@ -13,6 +13,8 @@
 //! The first failure logs one warning, the first commit that succeeds again one line. Any
 //! other store failure stops the daemon.
 
+use crate::commit::MemberOp;
+use crate::service::MemberChange;
 use std::net::SocketAddr;
 
 use cairn_crypto::PublicKey;
@@ -636,6 +638,9 @@ impl Driver {
                 Err(failure) => {
                     self.metrics.write_errors.inc();
                     Err(match failure {
+                        WriteFailure::NotReady(cairn_protocol::WriteError::Membership(why)) => {
+                            ServiceError::Membership(why.to_string())
+                        }
                         WriteFailure::NotReady(why) => ServiceError::NotReady(why),
                         WriteFailure::QueueFull => ServiceError::WritesQueued {
                             writes_max: WRITES_QUEUED_MAX,
@@ -733,10 +738,108 @@ impl Driver {
                     .collect();
                 let _ = reply.send(crate::service::MembershipInfo { resolution, pending });
             }
+            Command::MemberChange(request, reply) => match self.member_op(request) {
+                Ok(op) => self.commit.handle_member_op(op, reply),
+                Err(error) => {
+                    let _ = reply.send(Err(error));
+                }
+            },
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
         }
+    }
+
+    /// The seat named `seat` (its name, or any key of its chain) in force: its founder and
+    /// current key.
+    fn seat_in_force(&self, seat: &str) -> Result<(PublicKey, PublicKey, String), ServiceError> {
+        let resolution = self.node.adapter().membership();
+        let in_force = resolution.in_force();
+        let found = in_force.seats().iter().find(|s| s.name == seat).or_else(|| {
+            let key: PublicKey = seat.parse().ok()?;
+            resolution.seats_of(&key).iter().find_map(|(founder, _)| in_force.seat(founder))
+        });
+        let Some(found) = found else {
+            let names: Vec<&str> = in_force.seats().iter().map(|s| s.name.as_str()).collect();
+            return Err(ServiceError::Membership(format!(
+                "{seat:?} names no seat in force (seats: {}); give a seat's name or one of its keys",
+                names.join(", ")
+            )));
+        };
+        Ok((found.founder, resolution.chains().current(&found.founder), found.name.clone()))
+    }
+
+    /// The cut of a removal of the seat whose current key is `key`: `cut`, or the highest seq
+    /// of `key` this node holds. Without `force`, refuses a cut that may drop writes the seat
+    /// acknowledged: one below what this node holds, or any while the seat is connected (it
+    /// may have acknowledged writes that have not reached this node yet).
+    fn removal_cut(
+        &self,
+        name: &str,
+        key: &PublicKey,
+        cut: Option<u64>,
+        force: bool,
+    ) -> Result<u64, ServiceError> {
+        if *key == self.key.public() {
+            return Err(ServiceError::Membership(format!(
+                "this node is {name}: propose its removal on another member, once it is drained and stopped (a node \
+                 cannot cut its own writes as it acknowledges them)"
+            )));
+        }
+        let adapter = self.node.adapter();
+        let held = adapter.roster().idx(key).map_or(0, |idx| adapter.max_seq(idx));
+        let cut = cut.unwrap_or(held);
+        if cut > held {
+            return Err(ServiceError::Membership(format!(
+                "the cut {cut} is past seq {held}, the highest of {name} this node holds: a cut names an event it holds"
+            )));
+        }
+        if force {
+            return Ok(cut);
+        }
+        if cut < held {
+            return Err(ServiceError::NeedsForce(format!(
+                "the cut {cut} drops {} event(s) of {name} that this node holds (seqs {} to {held}), writes it may have \
+                 acknowledged; give --force to cut them",
+                held - cut,
+                cut + 1
+            )));
+        }
+        if self.node.is_connected(key) {
+            return Err(ServiceError::NeedsForce(format!(
+                "{name} is connected: it may have acknowledged writes that have not reached this node (which holds its \
+                 seq {held}), and the removal would cut them. Drain it first (stop its clients, wait until its seq here \
+                 stops growing, stop its cairnd), or give --force"
+            )));
+        }
+        Ok(cut)
+    }
+
+    /// The membership op an operator's request asks for, checked against this node's view.
+    fn member_op(&self, request: MemberChange) -> Result<MemberOp, ServiceError> {
+        use cairn_protocol::ChangeKind;
+        let kind = match request {
+            MemberChange::Add { key, name } => ChangeKind::Add { key, name },
+            MemberChange::Remove { seat, cut, force } => {
+                let (founder, key, name) = self.seat_in_force(&seat)?;
+                let cut = self.removal_cut(&name, &key, cut, force)?;
+                ChangeKind::Remove { seat: founder, key, cut }
+            }
+            MemberChange::Replace { seat, successor, cut, force } => {
+                let (founder, key, name) = self.seat_in_force(&seat)?;
+                let cut = self.removal_cut(&name, &key, cut, force)?;
+                ChangeKind::Replace { seat: founder, key, cut, successor }
+            }
+            MemberChange::Approve(change) => {
+                if self.node.adapter().change(&change).is_none() {
+                    return Err(ServiceError::Membership(format!(
+                        "no change {change} was proposed in what this node holds (see `cairnctl member pending`)"
+                    )));
+                }
+                return Ok(MemberOp::Approve(change));
+            }
+        };
+        Ok(MemberOp::Propose(kind))
     }
 
     fn event_info(&self, id: &EventId) -> Option<EventInfo> {

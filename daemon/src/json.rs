@@ -146,6 +146,47 @@ pub struct ValueBody {
     pub value_base64: Option<String>,
 }
 
+/// The body of `POST /v1/members/changes`: a proposed membership change (`docs/PROTOCOL.md`
+/// §17), which is also this seat's vote for it.
+///
+/// - `{"action": "add", "key": KEY, "name": NAME}` adds a seat;
+/// - `{"action": "remove", "seat": NAME_OR_KEY}` removes one (optional `cut`: the last seq of
+///   its current key kept, default the highest this node holds; `force`: cut even what the
+///   seat may have acknowledged);
+/// - `{"action": "replace", "seat": NAME_OR_KEY, "key": SUCCESSOR}` replaces one, with the
+///   same `cut` and `force`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangeBody {
+    /// `add`, `remove` or `replace`.
+    pub action: String,
+    /// The key to add, or the successor (64 hex digits).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The name of the seat to add.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The seat to remove or replace: its name or a key of its chain.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seat: Option<String>,
+    /// The last seq of the seat's current key that is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cut: Option<u64>,
+    /// Remove even if that may cut writes the seat acknowledged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// The answer to `POST /v1/members/changes` and `/v1/members/changes/{id}/approve`: the change
+/// and the event that carries this node's op, once it is on disk on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAck {
+    /// The change's id (64 hex digits): what the other seats approve.
+    pub change: String,
+    /// The event that carries the proposal or approval.
+    pub event: Ack,
+}
+
 /// The body of `POST /v1/sets/{key}/add` and `/remove`: exactly one of the two fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -63,6 +63,13 @@ pub enum ServiceError {
          once it has sent nothing for a minute"
     )]
     BackupRunning,
+    /// A membership request that cannot be made as asked: an unknown seat, a change the
+    /// membership in force refuses, or a vote this node gave already.
+    #[error("{0}")]
+    Membership(String),
+    /// A removal that would cut writes a live member may have acknowledged: it needs `force`.
+    #[error("{0}")]
+    NeedsForce(String),
 }
 
 /// An acknowledged write: durable on this node (fsync'd) before this is returned.
@@ -74,6 +81,52 @@ pub struct WriteAck {
     pub seq: u64,
     /// Its lamport timestamp.
     pub lamport: u64,
+}
+
+/// A membership change an operator asks this node to propose or approve (`docs/PROTOCOL.md`
+/// §17). A seat is named by its name or by any key of its chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Add a seat founded by `key`, named `name`.
+    Add {
+        /// The new seat's key.
+        key: PublicKey,
+        /// The new seat's name.
+        name: String,
+    },
+    /// Remove a seat, keeping its current key's events up to `cut` (default: the highest seq of
+    /// it this node holds).
+    Remove {
+        /// The seat.
+        seat: String,
+        /// The last seq kept.
+        cut: Option<u64>,
+        /// Remove it even if that may cut writes it acknowledged.
+        force: bool,
+    },
+    /// Replace a seat by a new one founded by `successor` that keeps its name, with a cut as
+    /// for a removal.
+    Replace {
+        /// The seat.
+        seat: String,
+        /// The new seat's key.
+        successor: PublicKey,
+        /// The last seq kept.
+        cut: Option<u64>,
+        /// Replace it even if that may cut writes it acknowledged.
+        force: bool,
+    },
+    /// Vote for a pending change.
+    Approve(cairn_protocol::ChangeId),
+}
+
+/// A membership op signed and stored.
+#[derive(Clone, Debug)]
+pub struct MemberAck {
+    /// The change proposed or approved.
+    pub change: cairn_protocol::ChangeId,
+    /// The event that carries the op.
+    pub write: WriteAck,
 }
 
 /// An accepted event, for listing and inspection.
@@ -242,6 +295,7 @@ pub(crate) enum Command {
     Evidence(oneshot::Sender<Vec<Evidence>>),
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Membership(oneshot::Sender<MembershipInfo>),
+    MemberChange(MemberChange, oneshot::Sender<Result<WriteAck, ServiceError>>),
     Status(oneshot::Sender<Status>),
 }
 
@@ -315,6 +369,26 @@ impl ServiceHandle {
     /// The membership in force and the pending changes.
     pub async fn membership(&self) -> Result<MembershipInfo, ServiceError> {
         self.ask(Command::Membership).await
+    }
+
+    /// Signs a membership op (a proposal, which is this seat's vote too, or an approval) and
+    /// stores it durably; returns once it is fsync'd. See [`MemberChange`].
+    pub async fn member_change(&self, request: MemberChange) -> Result<MemberAck, ServiceError> {
+        let write = self.ask(|tx| Command::MemberChange(request, tx)).await??;
+        // The change as signed (its id names the membership in force when it was signed).
+        let info = self.event(write.id).await?;
+        let change = info
+            .iter()
+            .flat_map(|info| &info.ops)
+            .find_map(|op| match op {
+                Op::Propose { change, .. } => Some(change.id()),
+                Op::Approve { change, .. } => Some(*change),
+                _ => None,
+            })
+            .ok_or_else(|| ServiceError::Storage {
+                reason: format!("the membership op's event {} is not readable after it was stored", write.id),
+            })?;
+        Ok(MemberAck { change, write })
     }
 
     /// The node's state in brief.

@@ -162,6 +162,54 @@ impl Cluster {
         });
     }
 
+    /// Writes the files of a new host `name` that joins the running cluster through a
+    /// membership change (`cairnctl member add`): a fresh key, the cluster's genesis, every
+    /// node as a peer, no `new_cluster`; starts nothing. The other nodes learn its address
+    /// only from a restart with a `[[peers]]` table naming it (`name` and `key`): until then
+    /// it dials them. Returns its index and its public key.
+    pub(crate) fn add_host(&mut self, name: &str) -> (usize, cairn_crypto::PublicKey) {
+        let key = cairn_crypto::SecretKey::generate();
+        let node_dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&node_dir).expect("the new host's directory");
+        let key_file = node_dir.join("node.key");
+        key.write_file(&key_file).expect("the new host's key");
+        let address = demo::free_udp_addresses(1).expect("a free port")[0];
+        let socket = node_dir.join("cairnd.sock");
+        let data_dir = node_dir.join("data");
+        let mut config = format!(
+            "key_file = {key_file:?}\ngenesis_file = {:?}\nlisten = \"{address}\"\ndata_dir = {data_dir:?}\n\
+             socket = {socket:?}\n{TIMING}\n",
+            self.dir.path().join("genesis.toml"),
+        );
+        for node in &self.nodes {
+            config
+                .push_str(&format!("\n[[peers]]\nname = {:?}\naddress = \"{}\"\n", node.name, node.address));
+        }
+        let config_path = node_dir.join("cairnd.toml");
+        std::fs::write(&config_path, config).expect("the new host's config");
+        self.nodes.push(LocalNode {
+            name: name.to_owned(),
+            config: config_path,
+            socket,
+            address,
+            key_file,
+            data_dir,
+            log: node_dir.join("cairnd.log"),
+        });
+        self.children.push(None);
+        self.prefixes.push(Vec::new());
+        (self.nodes.len() - 1, key.public())
+    }
+
+    /// Adds a `[[peers]]` table for node `j` (by name and key: a host a membership change
+    /// added) to node `i`'s config; it takes effect at node `i`'s next start.
+    pub(crate) fn add_peer(&self, i: usize, j: usize, key: &cairn_crypto::PublicKey) {
+        let (name, address) = (self.nodes[j].name.clone(), self.nodes[j].address);
+        self.edit_config(i, |text| {
+            format!("{text}\n[[peers]]\nname = {name:?}\nkey = \"{key}\"\naddress = \"{address}\"\n")
+        });
+    }
+
     /// Starts every node.
     pub(crate) fn spawn_all(&mut self) {
         for i in 0..self.len() {

@@ -1,0 +1,233 @@
+//! The operator's membership procedures (`deploy/GUIDE.md`, "Changing the membership") on
+//! real `cairnd` processes, driven through `cairnctl` as an operator would: add a fourth host,
+//! decommission a host, replace a host whose key was lost, and the refusals on the way (a
+//! removal that would cut acknowledged writes, a change without enough approvals). Every wait
+//! is for a condition with a deadline.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::Cluster;
+use serde_json::Value;
+
+fn cairnctl() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_cairnctl"))
+}
+
+/// Runs `cairnctl --socket <node i's socket> args…`.
+fn ctl(cluster: &Cluster, i: usize, args: &[&str]) -> Output {
+    Command::new(cairnctl())
+        .arg("--socket")
+        .arg(&cluster.nodes[i].socket)
+        .args(args)
+        .output()
+        .expect("run cairnctl")
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+/// Runs `cairnctl` and expects success; returns its output.
+fn ctl_ok(cluster: &Cluster, i: usize, args: &[&str]) -> String {
+    let output = ctl(cluster, i, args);
+    assert!(output.status.success(), "cairnctl {args:?} on node {i} failed: {}", text(&output));
+    text(&output)
+}
+
+/// The change id `cairnctl member add|remove|replace` printed.
+fn change_id(output: &str) -> String {
+    output
+        .lines()
+        .find_map(|line| line.strip_prefix("change "))
+        .unwrap_or_else(|| panic!("no change id in {output:?}"))
+        .trim()
+        .to_owned()
+}
+
+/// Node `i`'s `GET /v1/members`.
+fn members(cluster: &Cluster, i: usize) -> Value {
+    cluster.get(i, "/v1/members")
+}
+
+/// The seat names in force on node `i`, sorted.
+fn seat_names(cluster: &Cluster, i: usize) -> Vec<String> {
+    let mut names: Vec<String> = members(cluster, i)["seats"]
+        .as_array()
+        .expect("seats")
+        .iter()
+        .map(|seat| seat["name"].as_str().expect("name").to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Whether node `i` holds `change` as pending.
+fn is_pending(cluster: &Cluster, i: usize, change: &str) -> bool {
+    members(cluster, i)["pending"]
+        .as_array()
+        .is_some_and(|pending| pending.iter().any(|p| p["change"].as_str() == Some(change)))
+}
+
+/// Waits until node `i` accepts writes (its own seq learned), then writes `key`.
+fn put_when_ready(cluster: &Cluster, i: usize, key: &str, value: &str) {
+    cluster.wait_for(&format!("node {i} accepts writes"), |c| {
+        c.try_status(i).is_some_and(|s| s["writes_refused"].is_null())
+    });
+    cluster.put(i, key, value);
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|name| (*name).to_owned()).collect()
+}
+
+/// "Add a fourth host": a member proposes the new key, a second approves (2 of 3), every node
+/// follows; the new host starts with the genesis and its peers' addresses, catches up, writes,
+/// and its writes reach everyone. The members keep the new membership across a restart.
+#[test]
+fn a_fourth_host_is_added_catches_up_and_writes() {
+    let mut c = Cluster::start(3);
+    for k in 0..20 {
+        c.put(k % 3, &format!("before-{k}"), "v");
+    }
+    let (dave, key) = c.add_host("dave");
+    let key_hex = key.to_string();
+
+    // A proposal alone is not enough: one vote of the two needed.
+    let proposed = ctl_ok(&c, 0, &["member", "add", &key_hex, "dave"]);
+    let change = change_id(&proposed);
+    c.wait_for("every member holds the proposal", |c| (0..3).all(|i| is_pending(c, i, &change)));
+    assert_eq!(seat_names(&c, 1), names(&["alice", "bob", "carol"]));
+    let pending = ctl_ok(&c, 2, &["member", "pending"]);
+    assert!(pending.contains(&change) && pending.contains("add"), "{pending}");
+
+    // The new host can start now: it is refused until the change is in force.
+    c.spawn(dave);
+    c.wait_ready(dave);
+    let refused = c.status(dave)["writes_refused"].as_str().unwrap_or_default().to_owned();
+    assert!(!refused.is_empty(), "a host not yet added accepts writes");
+
+    ctl_ok(&c, 1, &["member", "approve", &change]);
+    c.wait_for("every member has four seats", |c| {
+        (0..3).all(|i| seat_names(c, i) == names(&["alice", "bob", "carol", "dave"]))
+    });
+    // The new host connects (it dials the others, who admit its key now), catches up and
+    // writes.
+    c.wait_connected(dave, 3);
+    c.wait_for("the new host holds every earlier write", |c| {
+        c.register_value(dave, "before-19").as_deref() == Some("v")
+    });
+    put_when_ready(&c, dave, "from-dave", "hello");
+    c.wait_for("every node reads the new host's write", |c| {
+        (0..4).all(|i| c.register_value(i, "from-dave").as_deref() == Some("hello"))
+    });
+    c.wait_for("the four nodes converge", |c| c.converged(&[0, 1, 2, 3]));
+    let list = ctl_ok(&c, dave, &["member", "list"]);
+    assert!(list.contains("dave") && list.contains(&key_hex), "{list}");
+
+    // A restarted member keeps the membership (its store keeps the roster and the membership
+    // events) and admits the new host again; so does the new host.
+    c.stop(0);
+    c.stop(dave);
+    c.add_peer(0, dave, &key);
+    c.restart(0);
+    c.restart(dave);
+    c.wait_connected(0, 3);
+    c.wait_connected(dave, 3);
+    assert_eq!(seat_names(&c, 0), names(&["alice", "bob", "carol", "dave"]));
+    c.put(0, "after-restart", "x");
+    c.wait_for("the write after the restarts reaches everyone", |c| {
+        (0..4).all(|i| c.register_value(i, "after-restart").as_deref() == Some("x"))
+    });
+    c.wait_for("the four nodes converge", |c| c.converged(&[0, 1, 2, 3]));
+}
+
+/// "Decommission a host": drain it and stop it, then remove it by threshold. Nothing it
+/// acknowledged is lost (the cut is the last seq the others hold, which is all it wrote), and
+/// the removal is refused while it is connected unless forced. Once removed, its key is
+/// refused at the TLS layer, saying so.
+#[test]
+fn a_drained_host_is_removed_without_losing_a_write() {
+    let mut c = Cluster::start(3);
+    for k in 0..10 {
+        c.put(2, &format!("carol-{k}"), "kept");
+    }
+    c.wait_converged();
+
+    // While carol is connected, a removal could cut writes it acknowledged but not sent yet.
+    let refused = ctl(&c, 0, &["member", "remove", "carol"]);
+    assert!(!refused.status.success());
+    let message = text(&refused);
+    assert!(message.contains("is connected") && message.contains("--force"), "{message}");
+    // A cut below what this node holds drops writes it holds: also refused without --force.
+    let refused = ctl(&c, 0, &["member", "remove", "carol", "--cut", "3"]);
+    assert!(text(&refused).contains("drops 7 event(s)"), "{}", text(&refused));
+
+    // Drained (no more clients) and stopped: the removal keeps all it wrote.
+    c.stop(2);
+    c.wait_connected(0, 1);
+    let proposed = ctl_ok(&c, 0, &["member", "remove", "carol"]);
+    let change = change_id(&proposed);
+    c.wait_for("bob holds the proposal", |c| is_pending(c, 1, &change));
+    ctl_ok(&c, 1, &["member", "approve", &change]);
+    c.wait_for("both members hold two seats", |c| {
+        (0..2).all(|i| seat_names(c, i) == names(&["alice", "bob"]))
+    });
+    for k in 0..10 {
+        assert_eq!(c.register_value(1, &format!("carol-{k}")).as_deref(), Some("kept"));
+    }
+
+    // The removed host comes back: it is refused, and both sides say why.
+    c.spawn(2);
+    c.wait_ready(2);
+    c.wait_for("the removed host is told it is no longer a member", |c| {
+        c.log(2).contains("no longer a member")
+    });
+    assert_eq!(c.status(2)["n_peers_connected"].as_u64(), Some(0), "{}", c.status(2));
+    // The cluster of two goes on: a majority of two is both.
+    c.put(0, "after", "v");
+    c.wait_for("bob reads the write", |c| c.register_value(1, "after").as_deref() == Some("v"));
+}
+
+/// "Replace a host whose key was lost or stolen": the seat is removed with a cut and refounded
+/// by a new key under the same name; the new host starts with an empty store, catches up and
+/// writes; the old key is refused.
+#[test]
+fn a_host_whose_key_was_lost_is_replaced() {
+    let mut c = Cluster::start(3);
+    for k in 0..5 {
+        c.put(2, &format!("old-carol-{k}"), "v");
+    }
+    c.wait_converged();
+    c.stop(2);
+    c.wait_connected(0, 1);
+    let (new_carol, key) = c.add_host("carol-new");
+    let proposed = ctl_ok(&c, 0, &["member", "replace", "carol", &key.to_string()]);
+    let change = change_id(&proposed);
+    c.wait_for("bob holds the proposal", |c| is_pending(c, 1, &change));
+    ctl_ok(&c, 1, &["member", "approve", &change]);
+    c.wait_for("the seat is carol's, founded by the new key", |c| {
+        (0..2).all(|i| {
+            members(c, i)["seats"].as_array().is_some_and(|seats| {
+                seats
+                    .iter()
+                    .any(|s| s["name"] == "carol" && s["founder"].as_str() == Some(&key.to_string()))
+            })
+        })
+    });
+    c.spawn(new_carol);
+    c.wait_connected(new_carol, 2);
+    c.wait_for("the replacement holds the old key's writes up to the cut", |c| {
+        c.register_value(new_carol, "old-carol-4").as_deref() == Some("v")
+    });
+    put_when_ready(&c, new_carol, "from-new-carol", "v");
+    c.wait_for("every member reads the replacement's write", |c| {
+        [0, 1, new_carol].iter().all(|&i| c.register_value(i, "from-new-carol").as_deref() == Some("v"))
+    });
+    // The old host, if it comes back with the old key, is refused.
+    c.spawn(2);
+    c.wait_ready(2);
+    c.wait_for("the old key is told it is no longer a member", |c| c.log(2).contains("no longer a member"));
+}
