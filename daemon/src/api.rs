@@ -504,6 +504,12 @@ fn status_json(s: Status) -> json::Status {
                 bytes_per_sec: a.bytes_per_sec,
             })
             .collect(),
+        membership: json::MembershipSummary {
+            id: hex::encode(s.membership.id),
+            n_seats: s.membership.n_seats,
+            round: s.membership.round,
+            n_pending: s.membership.n_pending,
+        },
     }
 }
 
@@ -517,6 +523,7 @@ fn peer_json(p: PeerInfo) -> json::Peer {
             PeerState::Connected => json::PeerState::Connected,
             PeerState::Connecting => json::PeerState::Connecting,
             PeerState::Refused => json::PeerState::Refused,
+            PeerState::OutOfForce => json::PeerState::OutOfForce,
         },
         last_seen_ms_ago: p.last_seen_ms_ago,
         rtt_ms: p.rtt_ms,

@@ -1149,6 +1149,15 @@ fn status(out: &mut Output, status: &json::Status) -> anyhow::Result<()> {
             ),
         ),
         ("peers", format!("{} of {} connected", status.n_peers_connected, status.n_peers)),
+        (
+            "membership",
+            format!(
+                "{}, round {}, {} pending (`cairnctl member list`)",
+                plural(status.membership.n_seats as u64, "seat", "seats"),
+                status.membership.round,
+                status.membership.n_pending
+            ),
+        ),
         ("document digest", escape(&status.digest, false)),
         ("sync digest", escape(&status.sync_digest, false)),
     ];

@@ -15,6 +15,7 @@
 
 use crate::commit::MemberOp;
 use crate::service::MemberChange;
+use crate::service::MembershipBrief;
 use std::net::SocketAddr;
 
 use cairn_crypto::PublicKey;
@@ -423,6 +424,20 @@ impl Driver {
 
     /// Counts an accepted event for its author.
     fn count_authored(&mut self, author: usize, bytes: usize) {
+        // A key a membership op brought into the roster gets its figures when it first writes.
+        while self.authored.len() <= author && self.authored.len() < self.node.adapter().roster().len() {
+            let idx = self.authored.len();
+            let name =
+                self.node.adapter().roster().key(idx).map_or_else(String::new, |key| self.name_of(key));
+            let label = AuthorLabel { author: name };
+            self.authored.push((0, 0));
+            self.authored_window.1.push((0, 0));
+            self.authored_rates.push((0.0, 0.0));
+            self.authored_metrics.push((
+                self.metrics.author_events.get_or_create_owned(&label),
+                self.metrics.author_bytes.get_or_create_owned(&label),
+            ));
+        }
         let Some(tally) = self.authored.get_mut(author) else { return };
         tally.0 += 1;
         tally.1 += bytes as u64;
@@ -908,28 +923,34 @@ impl Driver {
         })
     }
 
+    /// Every key this node indexes but its own: the genesis members, then the keys membership
+    /// ops named, each with its state (`out_of_force`: removed, rotated away, or not added yet).
     fn peers(&self) -> Vec<PeerInfo> {
         let me = self.key.public();
-        self.genesis
-            .members()
+        let adapter = self.node.adapter();
+        adapter
+            .roster()
+            .keys()
             .iter()
-            .filter(|m| m.key != me)
-            .map(|m| {
-                let state = if self.node.is_refused(&m.key) {
+            .filter(|key| **key != me)
+            .map(|key| {
+                let state = if adapter.evidence().any(|e| e.author() == *key) {
                     PeerState::Refused
-                } else if self.node.is_connected(&m.key) {
+                } else if !self.in_force.contains(key) {
+                    PeerState::OutOfForce
+                } else if self.node.is_connected(key) {
                     PeerState::Connected
                 } else {
                     PeerState::Connecting
                 };
                 PeerInfo {
-                    key: m.key,
-                    name: m.name.clone(),
-                    address: self.addresses.get(&m.key).copied(),
+                    key: *key,
+                    name: self.name_of(key),
+                    address: self.addresses.get(key).copied(),
                     state,
-                    last_seen_ms_ago: self.last_seen.get(&m.key).map(|t| t.elapsed().as_millis() as u64),
-                    rtt_ms: self.transport.rtt(&m.key).map(|d| d.as_secs_f64() * 1000.0),
-                    stats: self.node.peer_stats(&m.key).cloned().unwrap_or_default(),
+                    last_seen_ms_ago: self.last_seen.get(key).map(|t| t.elapsed().as_millis() as u64),
+                    rtt_ms: self.transport.rtt(key).map(|d| d.as_secs_f64() * 1000.0),
+                    stats: self.node.peer_stats(key).cloned().unwrap_or_default(),
                 }
             })
             .collect()
@@ -938,13 +959,15 @@ impl Driver {
     fn status(&mut self) -> Status {
         self.roll_author_window();
         let authors = self
-            .genesis
-            .members()
+            .node
+            .adapter()
+            .roster()
+            .keys()
             .iter()
             .zip(self.authored.iter().zip(&self.authored_rates))
-            .map(|(m, (&(events, bytes), &(events_per_sec, bytes_per_sec)))| AuthorFigures {
-                key: m.key,
-                name: m.name.clone(),
+            .map(|(key, (&(events, bytes), &(events_per_sec, bytes_per_sec)))| AuthorFigures {
+                key: *key,
+                name: self.name_of(key),
                 events,
                 bytes,
                 events_per_sec,
@@ -952,7 +975,14 @@ impl Driver {
             })
             .collect();
         let me = self.key.public();
-        let own_idx = self.genesis.member_idx(&me);
+        let own_idx = self.node.adapter().roster().idx(&me);
+        let resolution = self.node.adapter().membership();
+        let membership = MembershipBrief {
+            id: resolution.in_force().id().0,
+            n_seats: resolution.in_force().seats().len(),
+            round: resolution.round(),
+            n_pending: resolution.pending().len(),
+        };
         let sync_digest = self.node.sync_digest();
         let adapter = self.node.adapter();
         let (buffer_events, buffer_bytes) = adapter.buffer_use();
@@ -974,8 +1004,9 @@ impl Driver {
                 .map(|e| e.to_string())
                 .or_else(|| self.commit.no_space().map(str::to_owned)),
             n_peers_connected: self.node.connected_peers().len(),
-            n_peers: self.genesis.members().len().saturating_sub(1),
+            n_peers: self.in_force.iter().filter(|key| **key != me).count(),
             authors,
+            membership,
         }
     }
 }

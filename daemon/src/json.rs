@@ -413,12 +413,28 @@ pub struct Status {
     pub writes_refused: Option<String>,
     /// Peers connected now.
     pub n_peers_connected: usize,
-    /// Every other member.
+    /// Every other key in force.
     pub n_peers: usize,
-    /// What each member has written, as this node holds it, this node included, in genesis
-    /// order: who fills the disks.
+    /// What each key has written, as this node holds it, this node included: the genesis
+    /// members, then the keys membership changes brought in. Who fills the disks.
     #[serde(default)]
     pub authors: Vec<Author>,
+    /// The membership in force (`GET /v1/members` has the details).
+    #[serde(default)]
+    pub membership: MembershipSummary,
+}
+
+/// The membership in force in brief, in [`Status`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipSummary {
+    /// Its id (64 hex digits): the cluster id until a change is in force.
+    pub id: String,
+    /// Its seats.
+    pub n_seats: usize,
+    /// Its open round.
+    pub round: u32,
+    /// Changes with votes in the open round.
+    pub n_pending: usize,
 }
 
 /// One member's writes, in [`Status`].
@@ -502,6 +518,9 @@ pub enum PeerState {
     Connecting,
     /// The peer is refused (it equivocated).
     Refused,
+    /// Not a key of a seat in force: removed, rotated away, or not added yet.
+    #[serde(rename = "out_of_force")]
+    OutOfForce,
 }
 
 impl PeerState {
@@ -511,6 +530,7 @@ impl PeerState {
             Self::Connected => "connected",
             Self::Connecting => "connecting",
             Self::Refused => "refused",
+            Self::OutOfForce => "out_of_force",
         }
     }
 }

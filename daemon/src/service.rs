@@ -185,6 +185,22 @@ pub enum PeerState {
     Connecting,
     /// A proven equivocator: connections are refused.
     Refused,
+    /// Not a key of a seat in force (removed, rotated away, or not added yet): connections are
+    /// refused.
+    OutOfForce,
+}
+
+/// The membership in force, in brief, for the status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MembershipBrief {
+    /// Its id.
+    pub id: [u8; 32],
+    /// Its seats.
+    pub n_seats: usize,
+    /// Its open round.
+    pub round: u32,
+    /// Changes with votes in the open round.
+    pub n_pending: usize,
 }
 
 /// The membership in force and what is pending (`docs/PROTOCOL.md` §17), as the node's
@@ -265,10 +281,12 @@ pub struct Status {
     pub writes_refused: Option<String>,
     /// Connected peers.
     pub n_peers_connected: usize,
-    /// Members other than this node.
+    /// Keys in force other than this node's.
     pub n_peers: usize,
-    /// What each member has written, this node included, in genesis order.
+    /// What each key this node indexes has written, this node included, in roster order.
     pub authors: Vec<AuthorFigures>,
+    /// The membership in force.
+    pub membership: MembershipBrief,
 }
 
 /// A key whose visible state changed, for the watch stream.

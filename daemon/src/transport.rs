@@ -1509,11 +1509,11 @@ mod tests {
 
     #[test]
     fn close_codes_round_trip() {
-        for code in 0..8 {
-            let close = CloseCode::from_code(code).expect("codes 0 to 7 are defined");
+        for code in 0..9 {
+            let close = CloseCode::from_code(code).expect("codes 0 to 8 are defined");
             assert_eq!(u64::from(close.code()), code);
         }
-        assert_eq!(CloseCode::from_code(8), None);
+        assert_eq!(CloseCode::from_code(9), None);
     }
 }
 

@@ -211,9 +211,7 @@ fn a_host_whose_key_was_lost_is_replaced() {
     c.wait_for("the seat is carol's, founded by the new key", |c| {
         (0..2).all(|i| {
             members(c, i)["seats"].as_array().is_some_and(|seats| {
-                seats
-                    .iter()
-                    .any(|s| s["name"] == "carol" && s["founder"].as_str() == Some(&key.to_string()))
+                seats.iter().any(|s| s["name"] == "carol" && s["founder"].as_str() == Some(&key.to_string()))
             })
         })
     });

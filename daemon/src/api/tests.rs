@@ -257,6 +257,30 @@ impl Fake {
             Command::Evidence(tx) => {
                 let _ = tx.send(self.evidence.clone());
             }
+            Command::MemberChange(request, tx) => {
+                use crate::service::MemberChange;
+                let op = match request {
+                    MemberChange::Add { key, name } => Op::Propose {
+                        change: cairn_protocol::Change {
+                            base: cairn_protocol::MembershipId([3; 32]),
+                            kind: cairn_protocol::ChangeKind::Add { key, name },
+                        },
+                        round: 0,
+                    },
+                    MemberChange::Approve(change) => Op::Approve { change, round: 0 },
+                    // The driver's checks, as a fake: a removal here always needs force.
+                    MemberChange::Remove { force: false, .. }
+                    | MemberChange::Replace { force: false, .. } => {
+                        let _ = tx.send(Err(ServiceError::NeedsForce("beta is connected".into())));
+                        return;
+                    }
+                    MemberChange::Remove { .. } | MemberChange::Replace { .. } => {
+                        let _ = tx.send(Err(ServiceError::Membership("no seat".into())));
+                        return;
+                    }
+                };
+                let _ = tx.send(self.write(vec![op]));
+            }
             Command::Membership(tx) => {
                 // The genesis of this node and its peer, with a pending addition of a third.
                 let genesis = cairn_protocol::Genesis::new(vec![
@@ -324,6 +348,12 @@ impl Fake {
                         events_per_sec: 0.5,
                         bytes_per_sec: 50.0,
                     }],
+                    membership: crate::service::MembershipBrief {
+                        id: [3; 32],
+                        n_seats: 2,
+                        round: 0,
+                        n_pending: 0,
+                    },
                 });
             }
         }
@@ -493,6 +523,76 @@ async fn members_shows_the_membership_in_force_and_pending_changes() {
     assert_eq!(pending["votes"], 1);
     assert_eq!(pending["cut"], Value::Null);
     assert_eq!(members["double_approvals"], json!([]));
+}
+
+#[tokio::test]
+async fn membership_changes_are_proposed_and_approved_and_bad_ones_refused() {
+    let server = start().await;
+    let key = SecretKey::from_seed(&[8; 32]).public().to_string();
+    let ack = server
+        .send(Method::POST, "/v1/members/changes", json!({"action": "add", "key": key, "name": "delta"}))
+        .await;
+    let change = cairn_protocol::Change {
+        base: cairn_protocol::MembershipId([3; 32]),
+        kind: cairn_protocol::ChangeKind::Add { key: key.parse().unwrap(), name: "delta".into() },
+    };
+    assert_eq!(ack["change"], change.id().to_string(), "the id of the change as signed: {ack}");
+    assert!(ack["event"]["seq"].as_u64().is_some(), "{ack}");
+    let path = format!("/v1/members/changes/{}/approve", change.id());
+    let approved = server.send(Method::POST, &path, json!(null)).await;
+    assert_eq!(approved["change"], change.id().to_string());
+    assert_ne!(approved["event"]["id"], ack["event"]["id"]);
+
+    let bad_bodies = [
+        (json!({"action": "add", "key": key}), "needs `name`"),
+        (json!({"action": "add", "name": "x"}), "needs `key`"),
+        (json!({"action": "add", "key": "zz", "name": "x"}), "not a public key"),
+        (json!({"action": "add", "key": key, "name": "x", "cut": 3}), "no `cut`"),
+        (json!({"action": "remove"}), "needs `seat`"),
+        (json!({"action": "remove", "seat": "beta", "key": key}), "no `key`"),
+        (json!({"action": "replace", "seat": "beta"}), "needs `key`"),
+        (json!({"action": "evict", "seat": "beta"}), "unknown action"),
+    ];
+    for (body, says) in bad_bodies {
+        let bytes = serde_json::to_vec(&body).unwrap();
+        let message = check_error(
+            &server,
+            "POST",
+            "/v1/members/changes",
+            JSON,
+            &bytes,
+            StatusCode::BAD_REQUEST,
+            "bad_change",
+        )
+        .await;
+        assert!(message.contains(says), "{body}: {message}");
+    }
+    let body = serde_json::to_vec(&json!({"action": "remove", "seat": "beta"})).unwrap();
+    let message =
+        check_error(&server, "POST", "/v1/members/changes", JSON, &body, StatusCode::CONFLICT, "needs_force")
+            .await;
+    assert!(message.contains("connected"), "{message}");
+    let body = serde_json::to_vec(&json!({"action": "remove", "seat": "beta", "force": true})).unwrap();
+    check_error(
+        &server,
+        "POST",
+        "/v1/members/changes",
+        JSON,
+        &body,
+        StatusCode::CONFLICT,
+        "membership_refused",
+    )
+    .await;
+    check_error(
+        &server,
+        "POST",
+        "/v1/members/changes/nothex/approve",
+        None,
+        b"",
+        StatusCode::BAD_REQUEST,
+        "bad_change",
+    )
+    .await;
 }
 
 #[tokio::test]
