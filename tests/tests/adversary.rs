@@ -288,6 +288,26 @@ fn attack(name: &str, orphans: u64, setup: impl FnOnce(&AttackCluster)) {
                 assert_ne!(peer["state"], "refused", "{node} refuses {ADVERSARY_NAME} after {name}");
             }
         }
+        // Double approvals: shown everywhere, and nothing took effect.
+        for i in 0..3 {
+            let node = &cluster.honest[i].name;
+            if expect.double_approval {
+                let mallory = cluster.mallory.public().to_string();
+                cluster
+                    .wait_for(&format!("{node} shows {ADVERSARY_NAME}'s double approval"), SETTLE, || async {
+                        cluster.client(i).get_json("/v1/members").await.is_ok_and(|m| {
+                            m["double_approvals"]
+                                .as_array()
+                                .is_some_and(|l| l.iter().any(|d| d.as_str() == Some(mallory.as_str())))
+                        })
+                    })
+                    .await
+                    .unwrap();
+            }
+            let members = cluster.client(i).get_json("/v1/members").await.unwrap();
+            assert_eq!(members["n_changes"], 0, "{node}: a change took effect during {name}: {members}");
+            assert_eq!(members["seats"].as_array().map(Vec::len), Some(4), "{node}: {members}");
+        }
         // Memory.
         for i in 0..3 {
             let peak = cluster.peak_rss_kib(i).expect("VmHWM of a live node");
@@ -407,4 +427,226 @@ fn s22_non_member() {
 #[test]
 fn s23_impostor() {
     run("impostor");
+}
+#[test]
+fn s24_double_approval() {
+    run("double-approval");
+}
+#[test]
+fn s25_unapproved_add() {
+    run("unapproved-add");
+}
+#[test]
+fn s26_old_key_after_rotation() {
+    run("old-key-after-rotation");
+}
+
+/// Values of the abuser's flood: large, each under its own key.
+const ABUSE_VALUE_BYTES: usize = 4096;
+/// Events of the abuser's flood before the removal is proposed.
+const ABUSE_EVENTS: u64 = 400;
+/// Events of the abuser's flood while the removal gathers votes (past its cut).
+const ABUSE_EVENTS_LATE: u64 = 100;
+
+/// Removing an abuser (the point 7), and a removed member that keeps connecting and
+/// pushing events (point 6): a member floods valid writes (large values, distinct keys); the
+/// per-author figures show it; the three honest members remove it by threshold with a cut (the
+/// removal says it needs `force` while the abuser is connected); its connection is closed and
+/// every later one refused, saying why; and nothing it signed past the cut is applied anywhere.
+#[test]
+fn s27_an_abuser_is_removed_by_threshold_with_a_cut() {
+    let _serial = SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut cluster = AttackCluster::write(3, &format!("{FAST_TIMING}{LIMITS}")).expect("write the cluster");
+    cluster.start().expect("start the honest nodes");
+    runtime.block_on(async {
+        let cluster = &mut cluster;
+        cluster.wait_connected(START).await.expect("the honest nodes connect");
+        let mut adv = Adversary::new(
+            cairn_crypto::SecretKey::from_seed(&cluster.mallory.seed_bytes()),
+            cluster.genesis.clone(),
+            cluster.targets(),
+        );
+        let mallory = adv.key.public().to_string();
+        let mut link = scenarios::learned_link(&mut adv, 0).await.expect("the abuser links to alice");
+
+        // The flood: valid events, large values, distinct keys.
+        let mut seq_of_key = BTreeMap::new();
+        let mut events = Vec::new();
+        for n in 0..ABUSE_EVENTS {
+            let key = format!("abuse/{n}");
+            let ops = vec![cairn_protocol::Op::Put {
+                key: key.clone().into_bytes(),
+                value: vec![b'x'; ABUSE_VALUE_BYTES],
+            }];
+            let event = adv.next_event(ops);
+            adv.keep(&event);
+            seq_of_key.insert(key, event.header.seq);
+            events.push(event.encode());
+        }
+        scenarios::send_events(&mut link, events).await.expect("send the flood");
+
+        // The per-author figures show who fills the disks.
+        cluster
+            .wait_for("alice counts the abuser's events", SETTLE, || async {
+                cluster.status(0).await.is_ok_and(|s| {
+                    s["authors"].as_array().is_some_and(|authors| {
+                        authors.iter().any(|a| {
+                            a["name"] == ADVERSARY_NAME && a["events"].as_u64() >= Some(ABUSE_EVENTS)
+                        })
+                    })
+                })
+            })
+            .await
+            .unwrap();
+        let metrics = parse_metrics(&cluster.client(0).get_text("/v1/metrics").await.unwrap());
+        let bytes = metrics.get(&format!("cairn_author_bytes_total{{author=\"{ADVERSARY_NAME}\"}}")).copied();
+        assert!(
+            bytes.is_some_and(|b| b >= (ABUSE_EVENTS as usize * ABUSE_VALUE_BYTES) as f64),
+            "the metrics do not show the abuser's bytes: {bytes:?}"
+        );
+
+        // The removal: refused while the abuser is connected unless forced.
+        let remove = json!({"action": "remove", "seat": ADVERSARY_NAME});
+        match cluster.client(0).send_json(Method::POST, "/v1/members/changes", &remove).await {
+            Err(ClientError::Http { status, message, .. }) => {
+                assert_eq!(status.as_u16(), 409, "{message}");
+                assert!(message.contains("--force"), "{message}");
+            }
+            other => panic!("a removal of a connected member was not refused: {other:?}"),
+        }
+        let forced = json!({"action": "remove", "seat": ADVERSARY_NAME, "force": true});
+        let ack = cluster.client(0).send_json(Method::POST, "/v1/members/changes", &forced).await.unwrap();
+        let change = ack["change"].as_str().unwrap().to_owned();
+        // The abuser keeps writing while the removal gathers votes: these are past the cut.
+        let mut events = Vec::new();
+        for n in ABUSE_EVENTS..ABUSE_EVENTS + ABUSE_EVENTS_LATE {
+            let key = format!("abuse/{n}");
+            let ops = vec![cairn_protocol::Op::Put {
+                key: key.clone().into_bytes(),
+                value: vec![b'x'; ABUSE_VALUE_BYTES],
+            }];
+            let event = adv.next_event(ops);
+            adv.keep(&event);
+            seq_of_key.insert(key, event.header.seq);
+            events.push(event.encode());
+        }
+        scenarios::send_events(&mut link, events).await.expect("send the flood's second wave");
+        cluster
+            .wait_for("alice holds the second wave", SETTLE, || async {
+                cluster.status(0).await.is_ok_and(|s| {
+                    s["authors"].as_array().is_some_and(|authors| {
+                        authors.iter().any(|a| {
+                            a["name"] == ADVERSARY_NAME
+                                && a["events"].as_u64() >= Some(ABUSE_EVENTS + ABUSE_EVENTS_LATE)
+                        })
+                    })
+                })
+            })
+            .await
+            .unwrap();
+        let mut cut = None;
+        for i in 1..3 {
+            cluster
+                .wait_for(&format!("{} holds the proposal", cluster.honest[i].name), SETTLE, || async {
+                    cluster.client(i).get_json("/v1/members").await.is_ok_and(|m| {
+                        m["pending"]
+                            .as_array()
+                            .is_some_and(|p| p.iter().any(|c| c["change"] == change.as_str()))
+                    })
+                })
+                .await
+                .unwrap();
+            let members = cluster.client(i).get_json("/v1/members").await.unwrap();
+            let pending = members["pending"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["change"] == change.as_str())
+                .unwrap()
+                .clone();
+            cut = pending["cut"].as_u64();
+            let path = format!("/v1/members/changes/{change}/approve");
+            cluster.client(i).send_json(Method::POST, &path, &json!(null)).await.unwrap();
+        }
+        let cut = cut.expect("the removal's cut");
+        for i in 0..3 {
+            cluster
+                .wait_for(&format!("{} has three seats", cluster.honest[i].name), SETTLE, || async {
+                    cluster
+                        .client(i)
+                        .get_json("/v1/members")
+                        .await
+                        .is_ok_and(|m| m["seats"].as_array().map(Vec::len) == Some(3))
+                })
+                .await
+                .unwrap();
+        }
+
+        // Its connection is closed, saying why, and it is refused from then on.
+        let closed = link.closed(SETTLE).await.expect("alice closes the abuser's connection");
+        assert_eq!(
+            cairn_tests::adversary::wire::close_code(&closed),
+            Some(u64::from(cairn_daemon::transport::CloseCode::Removed.code())),
+            "{closed:?}"
+        );
+        // It keeps signing and connecting: every node refuses it in the TLS handshake.
+        let late = adv
+            .next_event(vec![cairn_protocol::Op::Put { key: b"abuse/late".to_vec(), value: b"x".to_vec() }]);
+        for target in cluster.targets() {
+            match cairn_tests::adversary::wire::dial(
+                &cairn_daemon::tls::Identity::new(&adv.key),
+                &target,
+                &adv.cluster_id(),
+            )
+            .await
+            .unwrap()
+            {
+                cairn_tests::adversary::wire::Dialed::Refused(reason) => {
+                    assert!(reason.contains("no longer a member"), "{}: {reason}", target.name)
+                }
+                cairn_tests::adversary::wire::Dialed::Linked(mut link) => {
+                    let _ = scenarios::send_events(&mut link, vec![late.encode()]).await;
+                    panic!("{} let the removed member in", target.name);
+                }
+            }
+        }
+        let peer = cluster.peer(1, ADVERSARY_NAME).await.unwrap();
+        assert_eq!(peer["state"], "out_of_force", "{peer}");
+
+        // Nothing past the cut is applied anywhere; everything up to it is.
+        cluster
+            .wait_for("the honest nodes converge", SETTLE, || async {
+                states(cluster).await.is_some_and(|s| s.windows(2).all(|w| w[0] == w[1]))
+            })
+            .await
+            .unwrap();
+        let mut n_cut = 0;
+        for (key, seq) in &seq_of_key {
+            for i in 0..3 {
+                let register = cluster
+                    .client(i)
+                    .get_json(&format!("/v1/registers/{}", path_segment(key)))
+                    .await
+                    .unwrap();
+                let applied = !register["value"].is_null() || !register["value_base64"].is_null();
+                assert_eq!(
+                    applied,
+                    *seq <= cut,
+                    "{}: {key} (seq {seq}, cut {cut}): {register}",
+                    cluster.honest[i].name
+                );
+            }
+            n_cut += u64::from(*seq > cut);
+        }
+        assert_eq!(n_cut, ABUSE_EVENTS_LATE, "the flood's second wave is past the cut");
+        let late_id = hex::encode(late.id().0);
+        for i in 0..3 {
+            assert!(cluster.client(i).get_json(&format!("/v1/events/{late_id}")).await.is_err());
+        }
+        eprintln!(
+            "abuser: cut at seq {cut}; {n_cut} of its {} flood events were past it; mallory {mallory}",
+            ABUSE_EVENTS + ABUSE_EVENTS_LATE
+        );
+    });
 }

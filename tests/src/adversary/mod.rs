@@ -48,6 +48,9 @@ pub struct Expect {
     /// The adversary equivocated: every honest node must hold evidence against it and refuse
     /// its connections.
     pub equivocated: bool,
+    /// The adversary approved two changes of one membership and round: every honest node must
+    /// show the double approval, and no change may be in force.
+    pub double_approval: bool,
 }
 
 /// A member (or would-be member) attacking a cluster.

@@ -13,7 +13,8 @@ use cairn_crypto::{SecretKey, Signature};
 use cairn_daemon::tls;
 use cairn_daemon::transport::{CloseCode, FRAME_LENGTH_BYTES};
 use cairn_protocol::limits::{EVENTS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX};
-use cairn_protocol::{Event, EventId, Evidence, Header, Message, Op, SignedHeader};
+use cairn_protocol::membership::Rotation;
+use cairn_protocol::{Change, ChangeKind, Event, EventId, Evidence, Header, Message, Op, SignedHeader};
 
 use super::wire::{self, Dialed, Link, Target, WIRE_TIMEOUT, close_code, frame};
 use super::{Adversary, hash_of, put, sign_header};
@@ -51,7 +52,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order.
-pub const SCENARIOS: [Scenario; 23] = [
+pub const SCENARIOS: [Scenario; 26] = [
     Scenario {
         number: 1,
         name: "forged-signature",
@@ -155,6 +156,21 @@ pub const SCENARIOS: [Scenario; 23] = [
         name: "impostor",
         summary: "a member's public key presented without its private key",
     },
+    Scenario {
+        number: 24,
+        name: "double-approval",
+        summary: "proposes two competing changes of one membership and round (two votes)",
+    },
+    Scenario {
+        number: 25,
+        name: "unapproved-add",
+        summary: "proposes an accomplice's key, then connects and writes as it before any approval",
+    },
+    Scenario {
+        number: 26,
+        name: "old-key-after-rotation",
+        summary: "rotates its key, then signs with the old key past the rotation",
+    },
 ];
 
 /// Runs the scenario called `name` (`orphans` sizes the orphan flood).
@@ -183,6 +199,9 @@ pub async fn run(name: &str, adv: &mut Adversary, orphans: u64) -> anyhow::Resul
         "wrong-cluster" => wrong_cluster(adv).await,
         "non-member" => non_member(adv).await,
         "impostor" => impostor(adv).await,
+        "double-approval" => double_approval(adv).await,
+        "unapproved-add" => unapproved_add(adv).await,
+        "old-key-after-rotation" => old_key_after_rotation(adv).await,
         other => {
             let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
             bail!("no scenario {other:?}; the scenarios are: {}", names.join(", "))
@@ -200,7 +219,7 @@ pub async fn learned_link(adv: &mut Adversary, i: usize) -> anyhow::Result<Link>
 }
 
 /// Sends `events` (encoded) in `Events` messages that stay within the message limit.
-async fn send_events(link: &mut Link, events: Vec<Vec<u8>>) -> anyhow::Result<()> {
+pub async fn send_events(link: &mut Link, events: Vec<Vec<u8>>) -> anyhow::Result<()> {
     let mut chunk = Vec::new();
     let mut bytes = 0usize;
     for event in events {
@@ -941,4 +960,91 @@ async fn impostor(adv: &mut Adversary) -> anyhow::Result<()> {
     let identity = wire::impostor_identity(&victim, &adv.key);
     let name = adv.target(1)?.name.clone();
     expect_tls_refusal(adv, &identity, &format!("{name}'s public key without its private key")).await
+}
+
+// ---- 24–26: membership ----------------------------------------------------------------------
+
+/// A proposal, by the adversary's seat, to add the key of seed `seed` as `name`, to the
+/// membership in force in its replica, in the open round.
+fn propose_add(adv: &Adversary, seed: u8, name: &str) -> Op {
+    let resolution = adv.replica.adapter().membership();
+    let change = Change {
+        base: resolution.in_force().id(),
+        kind: ChangeKind::Add { key: SecretKey::from_seed(&[seed; 32]).public(), name: name.to_owned() },
+    };
+    Op::Propose { change, round: resolution.round() }
+}
+
+async fn double_approval(adv: &mut Adversary) -> anyhow::Result<()> {
+    let mut link = learned_link(adv, 0).await?;
+    let first = adv.next_event(vec![propose_add(adv, 201, "accomplice-a")]);
+    adv.keep(&first);
+    let second = adv.next_event(vec![propose_add(adv, 202, "accomplice-b")]);
+    adv.keep(&second);
+    send_events(&mut link, vec![first.encode(), second.encode()]).await?;
+    adv.say(format!(
+        "proposed two competing additions in one round to {}: {} and {} (two votes of one seat)",
+        link.target.name,
+        first.id(),
+        second.id()
+    ));
+    adv.expect.double_approval = true;
+    link.close().await;
+    Ok(())
+}
+
+async fn unapproved_add(adv: &mut Adversary) -> anyhow::Result<()> {
+    let mut link = learned_link(adv, 0).await?;
+    let proposal = adv.next_event(vec![propose_add(adv, 203, "accomplice")]);
+    adv.keep(&proposal);
+    send_events(&mut link, vec![proposal.encode()]).await?;
+    adv.say(format!("proposed adding an accomplice's key: {}", proposal.id()));
+    // The accomplice's key is named by a valid op, but no change made it a seat's: every honest
+    // node refuses it at the TLS layer and its events as not a member's.
+    let accomplice = SecretKey::from_seed(&[203; 32]);
+    expect_tls_refusal(adv, &tls::Identity::new(&accomplice), "the accomplice").await?;
+    let (_, lamport, deps) = adv.next_header();
+    let mut events = Vec::new();
+    let mut previous: Option<EventId> = None;
+    for seq in 1..=5 {
+        let deps = previous.map_or_else(|| deps.clone(), |p| vec![p]);
+        let event = Event::sign(&accomplice, seq, lamport + seq - 1, deps, put("accomplice", seq));
+        previous = Some(event.id());
+        adv.expect.forbidden.push(event.id());
+        events.push(event.encode());
+    }
+    send_events(&mut link, events).await?;
+    adv.say(format!("sent 5 events signed by the accomplice's key to {}", link.target.name));
+    // The first has every dep accepted and is refused; the others wait for it in the buffer
+    // (their author is known to no one yet), and go when the session ends.
+    adv.expect.rejected.push((link.target.name.clone(), "not_member", 1));
+    link.close().await;
+    Ok(())
+}
+
+async fn old_key_after_rotation(adv: &mut Adversary) -> anyhow::Result<()> {
+    let mut link = learned_link(adv, 0).await?;
+    let successor = SecretKey::from_seed(&[204; 32]);
+    let (seq, _, _) = adv.next_header();
+    let rotation = Rotation::new(&adv.cluster_id(), adv.key.public(), seq, &successor);
+    let rotate = adv.next_event(vec![Op::Rotate(rotation)]);
+    adv.keep(&rotate);
+    let after = adv.next_event(put("after-rotation", 1));
+    adv.expect.forbidden.push(after.id());
+    send_events(&mut link, vec![rotate.encode(), after.encode()]).await?;
+    adv.say(format!(
+        "rotated to {} at seq {seq}, then signed seq {} with the old key ({})",
+        successor.public(),
+        seq + 1,
+        after.id()
+    ));
+    // The rotation is in force at once (it needs no vote): the old key is out, its connection
+    // closed, saying why.
+    adv.expect.rejected.push((link.target.name.clone(), "not_member", 1));
+    expect_close(adv, &link, CloseCode::Removed).await?;
+    // The new key is the seat's now: it connects to the node that holds the rotation.
+    let new_link = wire::link(&successor, adv.target(0)?, &adv.cluster_id()).await?;
+    adv.say(format!("the new key connects to {}", new_link.target.name));
+    new_link.close().await;
+    Ok(())
 }
