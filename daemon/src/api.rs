@@ -222,6 +222,7 @@ pub fn router(handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router 
         .route("/v1/members", get(membership))
         .route("/v1/members/changes", post(propose_change))
         .route("/v1/members/changes/{id}/approve", post(approve_change))
+        .route("/v1/members/rotate", post(rotate_key))
         .route("/v1/keys", get(keys))
         .route("/v1/registers/", any(empty_key))
         .route("/v1/registers/{key}", get(register).put(put_register).delete(delete_register))
@@ -656,6 +657,15 @@ async fn approve_change(
         ApiError::bad_request("bad_change", format!("{id:?} is not a change id (64 hex digits)"))
     })?;
     member_ack(st.handle.member_change(crate::service::MemberChange::Approve(change)).await?)
+}
+
+async fn rotate_key(State(st): State<AppState>) -> Result<Json<json::KeyRotated>, ApiError> {
+    let rotated = st.handle.rotate_key().await?;
+    let write = rotated.write;
+    Ok(Json(json::KeyRotated {
+        key: rotated.key.to_string(),
+        event: json::Ack { id: write.id.to_string(), seq: write.seq, lamport: write.lamport },
+    }))
 }
 
 fn member_ack(ack: crate::service::MemberAck) -> Result<Json<json::MemberAck>, ApiError> {

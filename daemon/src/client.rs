@@ -170,6 +170,11 @@ impl Client {
         self.typed(Method::POST, &format!("/v1/members/changes/{change}/approve"), None::<&()>).await
     }
 
+    /// `POST /v1/members/rotate`: rotates the node's key.
+    pub async fn rotate_key(&self) -> Result<Answer<json::KeyRotated>, ClientError> {
+        self.typed(Method::POST, "/v1/members/rotate", None::<&()>).await
+    }
+
     /// `GET /v1/keys`: one page.
     pub async fn keys(&self, query: &json::KeysQuery) -> Result<Answer<json::KeysPage>, ClientError> {
         self.typed(Method::GET, &format!("/v1/keys{}", query.to_query()), None::<&()>).await

@@ -79,12 +79,15 @@ pub const WRITES_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
 pub const MEMBER_OPS_QUEUED_MAX: usize = 16;
 
 /// A membership op this node's operator asks it to sign.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum MemberOp {
     /// Propose a change of the membership in force (and vote for it).
     Propose(cairn_protocol::ChangeKind),
     /// Vote for a pending change.
     Approve(cairn_protocol::ChangeId),
+    /// Rotate this node's key to this one: the old key signs the rotation (with the new key's
+    /// proof), and the job that stores it records the new key as the store's node key.
+    Rotate(std::sync::Arc<SecretKey>),
 }
 
 /// Why a write was not acknowledged.
@@ -132,6 +135,9 @@ pub struct CommitJob {
     /// job was formed (`Roster::later_keys`): the author indices of the job's metas and of the
     /// persisted document mean these keys, so a start must index them the same way.
     pub roster: Vec<[u8; 32]>,
+    /// The node's new key, when the job holds the rotation of its old one: the store records
+    /// it in the same transaction (`Store::rotate_node_key`).
+    pub node_key: Option<[u8; 32]>,
 }
 
 /// The store's verdict on a job.
@@ -448,6 +454,7 @@ impl<R> GroupCommit<R> {
         }
         let n_writes = self.writes.len().min(self.writes_per_commit_max);
         let mut own: Option<Prepared> = None;
+        let mut node_key = None;
         let mut replies = Vec::new();
         // A membership op goes alone, ahead of the document writes (they take the next job).
         while own.is_none()
@@ -456,9 +463,13 @@ impl<R> GroupCommit<R> {
             let request = match &op {
                 MemberOp::Propose(kind) => cairn_protocol::MemberRequest::Propose(kind.clone()),
                 MemberOp::Approve(change) => cairn_protocol::MemberRequest::Approve(*change),
+                MemberOp::Rotate(next) => cairn_protocol::MemberRequest::Rotate(next),
             };
             match node.prepare_membership(key, request) {
                 Ok(prepared) => {
+                    if let MemberOp::Rotate(next) = &op {
+                        node_key = Some(next.public().0);
+                    }
                     own = Some(prepared);
                     replies.push(vec![reply]);
                 }
@@ -502,7 +513,7 @@ impl<R> GroupCommit<R> {
         self.in_flight =
             Some(InFlight { own, replies, n_events: events.len(), n_peer_events: n_doc_events, peer_bytes });
         let roster = node.adapter().roster().later_keys().iter().map(|key| key.0).collect();
-        Some(CommitJob { events, evidence, own_history_complete, document, n_doc_events, roster })
+        Some(CommitJob { events, evidence, own_history_complete, document, n_doc_events, roster, node_key })
     }
 
     /// The job handed out by [`GroupCommit::poll_commit`] could not reach the store at all

@@ -39,8 +39,9 @@ pub fn check(config_path: &Path) -> anyhow::Result<Checked> {
     let key = SecretKey::read_file(&config.key_file).context("key_file")?;
     let genesis = load_genesis(&config.genesis_file)?;
     let me = key.public();
-    if genesis.member_idx(&me).is_none() && (config.new_cluster || config.peers.is_empty()) {
-        let why = if config.new_cluster {
+    let new_store = !config.store_path().try_exists().unwrap_or(false);
+    if genesis.member_idx(&me).is_none() && ((config.new_cluster && new_store) || config.peers.is_empty()) {
+        let why = if config.new_cluster && new_store {
             "but the config says `new_cluster = true`: a new cluster's members are its genesis's"
         } else {
             "and no peer is configured to learn the membership from"
@@ -58,6 +59,31 @@ pub fn check(config_path: &Path) -> anyhow::Result<Checked> {
         .resolve_peers(&genesis, &me)
         .with_context(|| format!("config file {}", config_path.display()))?;
     Ok(Checked { config, key, genesis, peers })
+}
+
+/// Finishes or undoes a key rotation a stop interrupted (`cairnd rotate-key`): the new key waits
+/// in `<key_file>.next` until the store names it. If the store names it, the rotation was stored
+/// and the new key replaces the key file; if the store names the key file's key, it was not, and
+/// the new key is thrown away.
+pub fn finish_key_rotation(config: &Config) -> anyhow::Result<()> {
+    let next_file = crate::driver::next_key_file(&config.key_file);
+    if !next_file.try_exists().unwrap_or(false) {
+        return Ok(());
+    }
+    let next = SecretKey::read_file(&next_file).context("the key rotation's new key")?;
+    let stored = crate::store::stored_node_key(&config.store_path()).with_context(|| {
+        format!("cannot read the node key of the store {}", config.store_path().display())
+    })?;
+    if stored == Some(next.public().0) {
+        std::fs::rename(&next_file, &config.key_file).with_context(|| {
+            format!("cannot move {} over {}", next_file.display(), config.key_file.display())
+        })?;
+        warn!(key = %next.public(), "finished a key rotation that a stop interrupted: the new key replaced the key file");
+    } else {
+        std::fs::remove_file(&next_file).with_context(|| format!("cannot remove {}", next_file.display()))?;
+        warn!(file = %next_file.display(), "a key rotation was not stored before the stop: its new key was thrown away");
+    }
+    Ok(())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -247,6 +273,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         db,
         buffer_bytes_max: config.limits.buffer_bytes_total_max,
         authored,
+        key_file: config.key_file.clone(),
     };
     let (service, handle, commands, transport_events) = Driver::new(parts);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

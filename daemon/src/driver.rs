@@ -87,6 +87,30 @@ pub struct DriverParts {
     pub buffer_bytes_max: usize,
     /// Per member index: events and encoded bytes of it the store held at start.
     pub authored: Vec<(u64, u64)>,
+    /// The node's key file: a key rotation replaces it.
+    pub key_file: std::path::PathBuf,
+}
+
+/// How long a rotated node keeps presenting its old key in new handshakes at most, waiting for
+/// a peer to hold the rotation (see `Driver::rotation_reached_a_peer`).
+const ROTATION_IDENTITY_WAIT: Duration = Duration::from_secs(60);
+
+/// A key rotation under way: asked for, its event being signed and stored.
+struct Rotating {
+    next: Arc<SecretKey>,
+    /// `<key_file>.next`, holding `next` until the rotation is stored.
+    next_file: std::path::PathBuf,
+    /// The group commit's answer for the rotation's event.
+    ack: oneshot::Receiver<Result<WriteAck, ServiceError>>,
+    /// The operator's request.
+    reply: oneshot::Sender<Result<crate::service::KeyRotated, ServiceError>>,
+}
+
+/// The file beside `key_file` that holds a key rotation's new key until the rotation is stored.
+pub fn next_key_file(key_file: &std::path::Path) -> std::path::PathBuf {
+    let mut name = key_file.file_name().map(std::ffi::OsStr::to_os_string).unwrap_or_default();
+    name.push(".next");
+    key_file.with_file_name(name)
 }
 
 /// What the store's writer thread reports for a job: the verdict, with the job given back.
@@ -144,6 +168,11 @@ pub struct Driver {
     in_force: std::collections::BTreeSet<PublicKey>,
     /// An accepted event carried a membership op since the transport last followed it.
     membership_changed: bool,
+    key_file: std::path::PathBuf,
+    rotating: Option<Rotating>,
+    /// After a rotation: the new key, until handshakes present it (once a peer holds the
+    /// rotation), with when the rotation was stored and each peer's sessions in sync then.
+    identity_pending: Option<(Arc<SecretKey>, Instant, BTreeMap<PublicKey, u64>)>,
 }
 
 impl Driver {
@@ -212,6 +241,9 @@ impl Driver {
             in_force,
             // The membership the node resumed may differ from the genesis's.
             membership_changed: true,
+            key_file: parts.key_file,
+            rotating: None,
+            identity_pending: None,
         };
         (driver, handle, commands_rx, parts.transport_events)
     }
@@ -468,6 +500,11 @@ impl Driver {
                     info!(peer = %self.name_of(&peer), %reason, "peer lost");
                 }
                 self.node.handle_disconnected(&peer);
+                // A peer that closes the old key's connection as out of force holds the
+                // rotation: new handshakes may present the new key.
+                if reason.contains(crate::transport::CloseCode::Removed.reason()) {
+                    self.rotation_reached_a_peer(true);
+                }
             }
             // The credit is dropped at the end of this arm: the connection may read on.
             TransportEvent::Message { peer, bytes, credit: _credit } => {
@@ -552,10 +589,17 @@ impl Driver {
     /// configured), keys it took out of force are retired (their connections closed, their
     /// handshakes refused, saying why).
     fn follow_membership(&mut self) {
+        self.rotation_reached_a_peer(false);
         if !std::mem::take(&mut self.membership_changed) {
             return;
         }
         let resolution = self.node.adapter().membership();
+        // This node's own keys (before and after a rotation) are never peers.
+        let me = self.key.public();
+        let own_seats: Vec<PublicKey> = resolution.seats_of(&me).iter().map(|(seat, _)| *seat).collect();
+        let is_own = |key: &PublicKey| {
+            *key == me || resolution.seats_of(key).iter().any(|(seat, _)| own_seats.contains(seat))
+        };
         let in_force: std::collections::BTreeSet<PublicKey> = resolution
             .in_force()
             .seats()
@@ -565,17 +609,27 @@ impl Driver {
         if in_force == self.in_force {
             return;
         }
-        let me = self.key.public();
-        for key in in_force.difference(&self.in_force) {
-            if *key != me && self.transport.admit(*key) {
-                info!(peer = %self.name_of(key), "a membership change in force brought this key in");
+        let mut admit = Vec::new();
+        for key in in_force.difference(&self.in_force).filter(|key| !is_own(key)) {
+            // A rotated seat's new key is reached at its founder's configured address.
+            let address =
+                resolution.seats_of(key).iter().find_map(|(seat, _)| self.addresses.get(seat).copied());
+            admit.push((*key, address));
+        }
+        // This node's own old key too: nobody may connect as it.
+        let retire: Vec<PublicKey> =
+            self.in_force.difference(&in_force).filter(|key| **key != me).copied().collect();
+        for (key, address) in admit {
+            if let Some(address) = address {
+                self.addresses.entry(key).or_insert(address);
+            }
+            if self.transport.admit(key, address) {
+                info!(peer = %self.name_of(&key), "a membership change in force brought this key in");
             }
         }
-        for key in self.in_force.difference(&in_force) {
-            if *key != me {
-                warn!(peer = %self.name_of(key), "a membership change in force took this key out: its connections are closed and refused");
-                self.transport.retire(key);
-            }
+        for key in &retire {
+            warn!(peer = %self.name_of(key), "a membership change in force took this key out: its connections are closed and refused");
+            self.transport.retire(key);
         }
         self.in_force = in_force;
     }
@@ -630,6 +684,7 @@ impl Driver {
         }
         let now = self.now_ms();
         let stored = matches!(committed, Committed::Ok);
+        let rotated_to = job.node_key.filter(|_| stored);
         let ids: Vec<EventId> =
             if stored { job.events.iter().map(|(id, _)| EventId(*id)).collect() } else { Vec::new() };
         if stored && let Some(delta) = &job.document {
@@ -639,7 +694,116 @@ impl Driver {
         // After `handle_committed`, which hands the job's own events to the node: every event
         // of the job is in the store now, and read from there.
         self.archive.committed(ids);
+        // Before any later job is prepared: it must be signed by the new key.
+        if rotated_to.is_some() {
+            self.finish_rotation();
+        }
         self.answer_writers();
+        self.answer_rotation();
+    }
+
+    /// `cairnd rotate-key`: a new key is made and written beside the key file, and the old key
+    /// signs its rotation to it (`docs/PROTOCOL.md` §17), in an event of its own; once that is
+    /// stored (with the new key as the store's node key, in the same transaction) the new key
+    /// replaces the key file and signs from then on (see [`Driver::finish_rotation`]).
+    fn start_rotation(&mut self, reply: oneshot::Sender<Result<crate::service::KeyRotated, ServiceError>>) {
+        let refuse = |why: String| Err(ServiceError::Membership(why));
+        if self.rotating.is_some() || self.identity_pending.is_some() {
+            let _ =
+                reply.send(refuse("a key rotation is under way already; wait until it is done".to_owned()));
+            return;
+        }
+        if self.node.connected_peers().is_empty() {
+            // The rotation reaches the others over the old key's connections: new ones present
+            // the new key, which nobody admits before it holds the rotation.
+            let _ = reply.send(refuse(
+                "no peer is connected: the rotation must reach a peer over the old key's connections; retry once one is"
+                    .to_owned(),
+            ));
+            return;
+        }
+        if let Some(refusal) = self.node.write_refusal(&self.key.public()) {
+            let _ = reply.send(Err(ServiceError::NotReady(refusal)));
+            return;
+        }
+        let next = SecretKey::generate();
+        let next_file = next_key_file(&self.key_file);
+        if let Err(error) = next.write_file(&next_file) {
+            let _ = reply.send(Err(ServiceError::Storage {
+                reason: format!("cannot write the new key to {}: {error}", next_file.display()),
+            }));
+            return;
+        }
+        let next = Arc::new(next);
+        let (tx, ack) = oneshot::channel();
+        self.commit.handle_member_op(MemberOp::Rotate(next.clone()), tx);
+        info!(new_key = %next.public(), file = %next_file.display(), "rotating this node's key");
+        self.rotating = Some(Rotating { next, next_file, ack, reply });
+    }
+
+    /// The rotation's event is stored, and the store names the new key: the new key file
+    /// replaces the old (the old key is gone from disk), and the node signs with the new key.
+    /// Handshakes keep presenting the old key until a peer holds the rotation.
+    fn finish_rotation(&mut self) {
+        let Some(rotating) = &self.rotating else { return };
+        let next = rotating.next.clone();
+        if let Err(error) = std::fs::rename(&rotating.next_file, &self.key_file).and_then(|()| {
+            let dir = self
+                .key_file
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            std::fs::File::open(dir)?.sync_all()
+        }) {
+            // The store names the new key already; a start finishes the rename (see `daemon`).
+            error!(%error, file = %rotating.next_file.display(),
+                "cannot move the new key over the key file; the next start does it");
+        }
+        let old = self.key.public();
+        self.key = SecretKey::from_seed(&next.seed_bytes());
+        self.node.rekey(next.public());
+        let sessions = self
+            .node
+            .connected_peers()
+            .into_iter()
+            .map(|peer| (peer, self.node.peer_stats(&peer).map_or(0, |s| s.sessions_in_sync)))
+            .collect();
+        self.identity_pending = Some((next.clone(), Instant::now(), sessions));
+        info!(old = %old, new = %next.public(), "the key rotation is stored: this node signs with its new key");
+    }
+
+    /// Answers the operator once the rotation's event is acknowledged (or failed).
+    fn answer_rotation(&mut self) {
+        let Some(rotating) = &mut self.rotating else { return };
+        let answer = match rotating.ack.try_recv() {
+            Err(oneshot::error::TryRecvError::Empty) => return,
+            Ok(Ok(write)) => Ok(crate::service::KeyRotated { key: rotating.next.public(), write }),
+            Ok(Err(error)) => Err(error),
+            Err(oneshot::error::TryRecvError::Closed) => {
+                Err(ServiceError::Storage { reason: "the rotation's commit was dropped".to_owned() })
+            }
+        };
+        let Some(rotating) = self.rotating.take() else { return };
+        if answer.is_err() && self.identity_pending.is_none() {
+            // Not stored: the old key stays, and the new one is thrown away.
+            let _ = std::fs::remove_file(&rotating.next_file);
+        }
+        let _ = rotating.reply.send(answer);
+    }
+
+    /// Switches the transport to the new key once a peer holds the rotation: it closed the old
+    /// key's connection as out of force, or a sync session with it ended in sync since; or at
+    /// [`ROTATION_IDENTITY_WAIT`].
+    fn rotation_reached_a_peer(&mut self, removed_by_peer: bool) {
+        let Some((next, since, sessions)) = &self.identity_pending else { return };
+        let synced = sessions
+            .iter()
+            .any(|(peer, before)| self.node.peer_stats(peer).is_some_and(|s| s.sessions_in_sync > *before));
+        if !(removed_by_peer || synced || since.elapsed() >= ROTATION_IDENTITY_WAIT) {
+            return;
+        }
+        self.transport.set_identity(next);
+        self.identity_pending = None;
     }
 
     /// Sends the group commit's answers to the writers.
@@ -759,6 +923,7 @@ impl Driver {
                     let _ = reply.send(Err(error));
                 }
             },
+            Command::RotateKey(reply) => self.start_rotation(reply),
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }
@@ -883,7 +1048,7 @@ impl Driver {
         let limit = query.limit.max(1);
         match query.author {
             Some(author) => {
-                let Some(idx) = self.genesis.member_idx(&author) else { return Vec::new() };
+                let Some(idx) = self.node.adapter().roster().idx(&author) else { return Vec::new() };
                 let adapter = self.node.adapter();
                 let from = query.after.unwrap_or(0).saturating_add(1);
                 (from..=adapter.max_seq(idx))
@@ -1074,6 +1239,9 @@ fn spawn_store_writer(
                     }
                 };
                 store.extend_roster(&job.roster);
+                if let Some(key) = job.node_key {
+                    store.rotate_node_key(key);
+                }
                 let result = {
                     let events: Vec<([u8; 32], &[u8])> =
                         job.events.iter().map(|(id, b)| (*id, b.as_slice())).collect();

@@ -187,6 +187,16 @@ pub struct MemberAck {
     pub event: Ack,
 }
 
+/// The answer to `POST /v1/members/rotate`: the node's new key, and the event (signed by the
+/// old key) that rotated it, once it is on disk on this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRotated {
+    /// The new key (64 hex digits).
+    pub key: String,
+    /// The rotation's event.
+    pub event: Ack,
+}
+
 /// The body of `POST /v1/sets/{key}/add` and `/remove`: exactly one of the two fields.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

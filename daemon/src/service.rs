@@ -120,6 +120,15 @@ pub enum MemberChange {
     Approve(cairn_protocol::ChangeId),
 }
 
+/// A key rotation done: the new key, and the event (signed by the old key) that carries it.
+#[derive(Clone, Debug)]
+pub struct KeyRotated {
+    /// The node's key from now on.
+    pub key: PublicKey,
+    /// The rotation's event.
+    pub write: WriteAck,
+}
+
 /// A membership op signed and stored.
 #[derive(Clone, Debug)]
 pub struct MemberAck {
@@ -314,6 +323,7 @@ pub(crate) enum Command {
     Peers(oneshot::Sender<Vec<PeerInfo>>),
     Membership(oneshot::Sender<MembershipInfo>),
     MemberChange(MemberChange, oneshot::Sender<Result<WriteAck, ServiceError>>),
+    RotateKey(oneshot::Sender<Result<KeyRotated, ServiceError>>),
     Status(oneshot::Sender<Status>),
 }
 
@@ -407,6 +417,11 @@ impl ServiceHandle {
                 reason: format!("the membership op's event {} is not readable after it was stored", write.id),
             })?;
         Ok(MemberAck { change, write })
+    }
+
+    /// Rotates the node's key: see [`Command::RotateKey`] and `cairnd rotate-key`.
+    pub async fn rotate_key(&self) -> Result<KeyRotated, ServiceError> {
+        self.ask(Command::RotateKey).await?
     }
 
     /// The node's state in brief.

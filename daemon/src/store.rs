@@ -388,6 +388,9 @@ pub struct Store {
     n_genesis: usize,
     /// How many of `members` are in `roster` (or the genesis), as last committed.
     roster_stored: usize,
+    /// A new node key to write with the next commit (a key rotation's, see
+    /// [`Store::rotate_node_key`]).
+    next_node_key: Option<[u8; 32]>,
     /// Each member's chain state, as last committed (see [`ChainState`]).
     chains: Vec<ChainState>,
     /// Encoded bytes of the events in `log`.
@@ -484,6 +487,7 @@ impl Store {
             members: members.to_vec(),
             n_genesis: members.len(),
             roster_stored: members.len(),
+            next_node_key: None,
             chains: vec![ChainState::default(); members.len()],
             n_bytes: 0,
             authors: vec![(0, 0); members.len()],
@@ -591,6 +595,13 @@ impl Store {
             self.chains.push(ChainState::default());
             self.authors.push((0, 0));
         }
+    }
+
+    /// Records `key` as the node's key with the next commit, in the same transaction as the
+    /// event that rotates the node's old key to it (`docs/PROTOCOL.md` §17): from then on the
+    /// store is opened with the new key, and refused with the old one.
+    pub fn rotate_node_key(&mut self, key: [u8; 32]) {
+        self.next_node_key = Some(key);
     }
 
     /// The keys the store indexes after the genesis members, in index order (see
@@ -952,6 +963,7 @@ impl Store {
             && evidence.is_empty()
             && document.is_none_or(|d| d.delta.is_empty())
             && self.roster_stored == self.members.len()
+            && self.next_node_key.is_none()
         {
             // Nothing to make durable: spare the fsync.
             return Ok(());
@@ -965,14 +977,28 @@ impl Store {
                 self.n_bytes = written.n_bytes;
                 self.authors = written.authors;
                 self.roster_stored = self.members.len();
+                if let Some(key) = self.next_node_key.take() {
+                    self.node_key = key;
+                }
                 if mark {
                     self.own_history = OwnHistory::Complete;
                 }
                 Ok(())
             }
-            Err(error @ StoreError::NoSpace { .. }) => self.after_no_space(events, mark, error),
+            Err(error @ StoreError::NoSpace { .. }) => {
+                let landed = self.after_no_space(events, mark, error);
+                // The key goes with its batch (one transaction): stored with it, or not at all.
+                let key = self.next_node_key.take();
+                if landed.is_ok()
+                    && let Some(key) = key
+                {
+                    self.node_key = key;
+                }
+                landed
+            }
             Err(error) => {
                 self.failed = true;
+                self.next_node_key = None;
                 Err(error)
             }
         }
@@ -1213,6 +1239,9 @@ impl Store {
                     .map_err(|e| fail(e.into()))?;
             }
             meta.insert(META_N_BYTES, n_bytes.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+            if let Some(key) = &self.next_node_key {
+                meta.insert(META_NODE_KEY, key.as_slice()).map_err(|e| fail(e.into()))?;
+            }
             if let Some(document) = document {
                 let through = doc_through.unwrap_or(n_events);
                 meta.insert(META_DOC_THROUGH, through.to_le_bytes().as_slice())
@@ -1462,6 +1491,24 @@ pub struct TableSpace {
     pub metadata: u64,
     /// Bytes of its pages left unused (pages are 4 KiB; a leaf is rarely full).
     pub fragmented: u64,
+}
+
+/// The node key the store at `path` records (`None`: no store there yet), read without opening
+/// it for use: what a start compares with the key file after a key rotation was interrupted.
+pub fn stored_node_key(path: &Path) -> Result<Option<[u8; 32]>, StoreError> {
+    if !path.try_exists().unwrap_or(false) {
+        return Ok(None);
+    }
+    let (db, _) = open_database(path, OpenMode::Existing, PageCheck::AfterCrash)?;
+    let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
+    let tx = db.begin_read().map_err(|e| fail(e.into()))?;
+    let meta = match tx.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(fail(e.into())),
+    };
+    let key = meta.get(META_NODE_KEY).map_err(|e| fail(e.into()))?;
+    Ok(key.and_then(|v| <[u8; 32]>::try_from(v.value()).ok()))
 }
 
 /// The member keys of `genesis`, in member order, as the store takes them.

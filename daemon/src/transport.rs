@@ -96,7 +96,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail, ensure};
@@ -419,7 +419,10 @@ struct Shared {
     handshake_timeout: Duration,
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
-    identity: tls::Identity,
+    /// The TLS identity of new handshakes, and the key it is of (which a key rotation
+    /// changes, see [`Transport::set_identity`]).
+    identity: RwLock<(tls::Identity, PublicKey)>,
+    server_transport: Arc<quinn::TransportConfig>,
     members: tls::MemberKeys,
     client_transport: Arc<quinn::TransportConfig>,
     events: mpsc::Sender<TransportEvent>,
@@ -580,6 +583,22 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// The QUIC server configuration: `identity`, admitting `members`.
+fn server_config(
+    identity: &tls::Identity,
+    members: &tls::MemberKeys,
+    transport: &Arc<quinn::TransportConfig>,
+) -> quinn::ServerConfig {
+    let mut server = tls::server_config(identity, members);
+    server.transport_config(transport.clone());
+    // No 0-RTT, so an incoming connection attempt needs little buffering before we decide.
+    server
+        .max_incoming(4 * HANDSHAKES_CONCURRENT_MAX)
+        .incoming_buffer_size(64 * 1024)
+        .incoming_buffer_size_total(4 * 1024 * 1024);
+    server
+}
+
 /// Why a peer's task stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Stopped {
@@ -721,13 +740,8 @@ impl Transport {
 
         let identity = tls::Identity::new(key);
         let members = tls::MemberKeys::new(&config.members, &own);
-        let mut server = tls::server_config(&identity, &members);
-        server.transport_config(Arc::new(quic_transport(&config, Side::Acceptor)?));
-        // No 0-RTT, so an incoming connection attempt needs little buffering before we decide.
-        server
-            .max_incoming(4 * HANDSHAKES_CONCURRENT_MAX)
-            .incoming_buffer_size(64 * 1024)
-            .incoming_buffer_size_total(4 * 1024 * 1024);
+        let server_transport = Arc::new(quic_transport(&config, Side::Acceptor)?);
+        let server = server_config(&identity, &members, &server_transport);
         let client_transport = Arc::new(quic_transport(&config, Side::Dialer)?);
         let socket = std::net::UdpSocket::bind(config.listen)
             .with_context(|| format!("cannot listen on UDP {}", config.listen))?;
@@ -747,7 +761,8 @@ impl Transport {
             handshake_timeout: config.handshake_timeout,
             endpoint,
             local_addr,
-            identity,
+            identity: RwLock::new((identity, own)),
+            server_transport,
             members,
             client_transport,
             events,
@@ -801,18 +816,33 @@ impl Transport {
     }
 
     /// Admits `peer` from now on: a key a membership change in force brought in (an added
-    /// seat's, or a rotated seat's new key). Its handshakes are accepted, and it is dialed if
-    /// its address is configured. A key refused for good stays refused. Returns whether the
-    /// key was new here.
-    pub fn admit(&self, peer: PublicKey) -> bool {
+    /// seat's, or a rotated seat's new key). Its handshakes are accepted, and it is dialed at
+    /// its configured address, else at `address` (a rotated seat's founder's). A key refused
+    /// for good stays refused. Returns whether the key was new here.
+    pub fn admit(&self, peer: PublicKey, address: Option<SocketAddr>) -> bool {
         if !self.shared.members.allow(&peer) {
             return false;
+        }
+        if let Some(address) = address {
+            lock(&self.shared.addresses).entry(peer).or_insert(address);
         }
         let started = self.start_peer(peer);
         if started {
             info!(parent: &self.shared.span, peer = %peer.short(), "a membership change brought this key in: admitted");
         }
         started
+    }
+
+    /// Presents `key` in every handshake from now on, as a server and as a client: this node's
+    /// key rotated to it (`docs/PROTOCOL.md` §17). Connections already up keep the old key's
+    /// identity until they end (the peers close them once the rotation is in force there, and
+    /// dial the new key).
+    pub fn set_identity(&self, key: &SecretKey) {
+        let identity = tls::Identity::new(key);
+        let server = server_config(&identity, &self.shared.members, &self.shared.server_transport);
+        self.shared.endpoint.set_server_config(Some(server));
+        *self.shared.identity.write().unwrap_or_else(PoisonError::into_inner) = (identity, key.public());
+        info!(parent: &self.shared.span, key = %key.public(), "handshakes present the node's new key from now on");
     }
 
     /// Takes `peer` out of force for good: a membership change in force removed its seat or
@@ -993,7 +1023,8 @@ impl Shared {
 
     /// The QUIC client configuration for dialing `peer`.
     fn client_config(&self, peer: &PublicKey) -> quinn::ClientConfig {
-        let mut config = tls::client_config(&self.identity, peer);
+        let identity = self.identity.read().unwrap_or_else(PoisonError::into_inner);
+        let mut config = tls::client_config(&identity.0, peer);
         config.transport_config(self.client_transport.clone());
         config
     }

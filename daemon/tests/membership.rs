@@ -229,3 +229,109 @@ fn a_host_whose_key_was_lost_is_replaced() {
     c.wait_ready(2);
     c.wait_for("the old key is told it is no longer a member", |c| c.log(2).contains("no longer a member"));
 }
+
+/// "Rotate a key": `cairnd rotate-key` on a running node. The old key signs the rotation, the
+/// new key replaces the key file, and every member follows without a vote; the node goes on
+/// writing under the new key, across restarts (its own and a peer's), and the old key is
+/// refused from then on.
+#[test]
+fn a_running_nodes_key_is_rotated() {
+    let mut c = Cluster::start(3);
+    c.put(1, "before-rotation", "v");
+    let old = cairn_crypto::SecretKey::read_file(&c.nodes[1].key_file).expect("bob's key");
+    let rotate = Command::new(common::cairnd())
+        .args(["rotate-key", "--config"])
+        .arg(&c.nodes[1].config)
+        .output()
+        .expect("cairnd rotate-key");
+    assert!(rotate.status.success(), "{}", text(&rotate));
+    let new_key = String::from_utf8_lossy(&rotate.stdout).trim().to_owned();
+    assert_eq!(new_key.len(), 64, "{}", text(&rotate));
+    let on_disk = cairn_crypto::SecretKey::read_file(&c.nodes[1].key_file).expect("the new key file");
+    assert_eq!(on_disk.public().to_string(), new_key, "the key file holds the new key");
+    assert!(!common::next_key_file_exists(&c.nodes[1].key_file), "the new key's staging file is gone");
+
+    c.wait_for("every member signs bob's seat with the new key", |c| {
+        (0..3).all(|i| {
+            members(c, i)["seats"].as_array().is_some_and(|seats| {
+                seats.iter().any(|s| s["name"] == "bob" && s["key"].as_str() == Some(new_key.as_str()))
+            })
+        })
+    });
+    c.wait_connected(1, 2);
+    c.put(1, "after-rotation", "w");
+    c.wait_for("every node reads bob's write under the new key", |c| {
+        (0..3).all(|i| c.register_value(i, "after-rotation").as_deref() == Some("w"))
+    });
+    let by_new = c.get(0, &format!("/v1/events?author={new_key}"));
+    assert!(by_new["events"].as_array().is_some_and(|e| !e.is_empty()), "{by_new}");
+
+    // Restarts: bob's store names the new key; alice reaches bob's new key at bob's address.
+    c.stop(1);
+    c.restart(1);
+    c.stop(0);
+    c.restart(0);
+    c.wait_connected(0, 2);
+    c.wait_connected(1, 2);
+    c.put(1, "after-restarts", "x");
+    c.wait_for("bob's write after the restarts reaches everyone", |c| {
+        (0..3).all(|i| c.register_value(i, "after-restarts").as_deref() == Some("x"))
+    });
+    c.wait_for("the three nodes converge", |c| c.converged(&[0, 1, 2]));
+
+    // The old key is refused, saying why.
+    let status = c.status(2);
+    let server: cairn_crypto::PublicKey = status["key"].as_str().unwrap().parse().unwrap();
+    let refused = c.block_on(common::raw_tls_refusal(&old, &server, c.nodes[2].address));
+    assert!(refused.contains("no longer a member"), "{refused}");
+}
+
+/// A stop in the middle of a key rotation: the new key waits beside the key file until the
+/// store names it. A start that finds the store naming it finishes the rotation (the new key
+/// replaces the key file); one that finds the store naming the old key throws the new key away.
+#[test]
+fn a_start_finishes_or_undoes_an_interrupted_key_rotation() {
+    let c = Cluster::write(2, common::TIMING);
+    let config = cairn_daemon::config::Config::load(&c.nodes[0].config).expect("the config");
+    let old = cairn_crypto::SecretKey::read_file(&config.key_file).expect("the key");
+    let next_file = cairn_daemon::driver::next_key_file(&config.key_file);
+    let genesis = cairn_daemon::config::load_genesis(&config.genesis_file).expect("the genesis");
+    let members = cairn_daemon::store::member_keys(&genesis);
+    let open = |key: [u8; 32]| {
+        cairn_daemon::store::Store::open(
+            &config.store_path(),
+            genesis.cluster_id(),
+            key,
+            cairn_daemon::store::OwnHistory::Complete,
+            &members,
+        )
+    };
+
+    // Not stored: the store names the old key.
+    drop(open(old.public().0).expect("a store of the old key"));
+    cairn_crypto::SecretKey::generate().write_file(&next_file).unwrap();
+    cairn_daemon::daemon::finish_key_rotation(&config).unwrap();
+    assert!(!next_file.exists(), "the unstored new key is thrown away");
+    assert_eq!(cairn_crypto::SecretKey::read_file(&config.key_file).unwrap().public(), old.public());
+
+    // Stored: the store names the new key (written with the rotation's commit).
+    let next = cairn_crypto::SecretKey::generate();
+    next.write_file(&next_file).unwrap();
+    {
+        let (mut store, _) = open(old.public().0).unwrap();
+        store.rotate_node_key(next.public().0);
+        let event = cairn_protocol::Event::sign(
+            &old,
+            1,
+            1,
+            vec![],
+            vec![cairn_protocol::Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }],
+        );
+        store.append(&[(event.id().0, event.encode().as_slice())], &[], true).unwrap();
+    }
+    assert!(open(old.public().0).is_err(), "the store refuses the old key once it names the new one");
+    cairn_daemon::daemon::finish_key_rotation(&config).unwrap();
+    assert!(!next_file.exists());
+    assert_eq!(cairn_crypto::SecretKey::read_file(&config.key_file).unwrap().public(), next.public());
+    drop(open(next.public().0).expect("the store opens with the new key"));
+}

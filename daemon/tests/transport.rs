@@ -912,8 +912,8 @@ async fn a_key_is_admitted_when_a_change_brings_it_in_and_retired_when_one_takes
     assert!(reason.contains(&tls::KeyRefusal::NotMember.to_string()), "{reason}");
     member.assert_no_event();
 
-    assert!(member.transport.admit(newcomer.public()), "a new key is admitted");
-    assert!(!member.transport.admit(newcomer.public()), "admitting it again changes nothing");
+    assert!(member.transport.admit(newcomer.public(), None), "a new key is admitted");
+    assert!(!member.transport.admit(newcomer.public(), None), "admitting it again changes nothing");
     member.expect_connected(&newcomer.public()).await;
     joining.expect_connected(&old.public()).await;
     member.transport.send(&newcomer.public(), vec![7]).unwrap();
@@ -926,7 +926,7 @@ async fn a_key_is_admitted_when_a_change_brings_it_in_and_retired_when_one_takes
     assert!(reason.contains("removed from the membership"), "{reason}");
     let reason = expect_tls_rejection(&tls::Identity::new(newcomer), &old.public(), member.address()).await;
     assert!(reason.contains(&tls::KeyRefusal::Removed.to_string()), "{reason}");
-    assert!(!member.transport.admit(newcomer.public()), "a key out of force never comes back");
+    assert!(!member.transport.admit(newcomer.public(), None), "a key out of force never comes back");
     member.assert_no_event();
     member.transport.shutdown().await;
     joining.transport.shutdown().await;

@@ -281,6 +281,9 @@ impl Fake {
                 };
                 let _ = tx.send(self.write(vec![op]));
             }
+            Command::RotateKey(tx) => {
+                let _ = tx.send(Err(ServiceError::Membership("no peer is connected".into())));
+            }
             Command::Membership(tx) => {
                 // The genesis of this node and its peer, with a pending addition of a third.
                 let genesis = cairn_protocol::Genesis::new(vec![

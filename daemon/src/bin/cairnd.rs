@@ -71,6 +71,15 @@ enum Command {
         #[arg(long, short, default_value = "/etc/cairn/cairnd.toml", env = "CAIRN_CONFIG")]
         config: PathBuf,
     },
+    /// Rotate the running node's key (PROTOCOL.md §17): the daemon makes a new key, the old key
+    /// signs the rotation, and once that is stored the new key replaces the key file (the old
+    /// one is gone) and signs from then on; nothing acknowledged is lost. The other members
+    /// follow when the rotation reaches them: no vote is needed. Needs a connected peer.
+    RotateKey {
+        /// The config file.
+        #[arg(long, short, default_value = "/etc/cairn/cairnd.toml", env = "CAIRN_CONFIG")]
+        config: PathBuf,
+    },
     /// Run a local demo cluster of separate cairnd processes until Ctrl-C (or SIGTERM).
     Demo {
         /// How many nodes, 1 to 16.
@@ -93,10 +102,32 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run { config } => {
+            let loaded = cairn_daemon::config::Config::load(&config)?;
+            cairn_daemon::logging::init(&loaded.log_level);
+            cairn_daemon::daemon::finish_key_rotation(&loaded)?;
             let checked = cairn_daemon::daemon::check(&config)?;
-            cairn_daemon::logging::init(&checked.config.log_level);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             runtime.block_on(cairn_daemon::daemon::run(checked))?;
+        }
+        Command::RotateKey { config } => {
+            let loaded = cairn_daemon::config::Config::load(&config)?;
+            let client = cairn_daemon::client::Client::new(&loaded.socket);
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rotated = runtime
+                .block_on(client.rotate_key())
+                .with_context(|| {
+                    format!("cannot rotate the key of the cairnd at {}", loaded.socket.display())
+                })?
+                .value;
+            println!("{}", rotated.key);
+            eprintln!(
+                "rotated: the new key {} replaced {} (the rotation is event {}, seq {}); the other members follow \
+                 as it reaches them",
+                rotated.key,
+                loaded.key_file.display(),
+                rotated.event.id,
+                rotated.event.seq
+            );
         }
         Command::Keygen { out } => {
             let key = cairn_crypto::SecretKey::generate();

@@ -632,3 +632,36 @@ impl Drop for Writer {
         // Joined only when stopped explicitly: a failing test must not wait on a put.
     }
 }
+
+/// Whether a key rotation's staging file (`<key_file>.next`) is there.
+pub(crate) fn next_key_file_exists(key_file: &Path) -> bool {
+    cairn_daemon::driver::next_key_file(key_file).exists()
+}
+
+/// Dials `address` (whose server key is `server`) presenting `key`, expecting the server to
+/// refuse it in the TLS handshake; returns the refusal's words. Panics if it is admitted.
+pub(crate) async fn raw_tls_refusal(
+    key: &cairn_crypto::SecretKey,
+    server: &cairn_crypto::PublicKey,
+    address: std::net::SocketAddr,
+) -> String {
+    use cairn_daemon::tls;
+    let endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("an address")).expect("a client endpoint");
+    let config = tls::client_config(&tls::Identity::new(key), server);
+    let connecting = endpoint.connect_with(config, address, tls::SERVER_NAME).expect("connect");
+    let error = match connecting.await {
+        // TLS 1.3: the client may finish before the server has checked its certificate.
+        Ok(connection) => {
+            let _ = connection.open_bi().await;
+            tokio::time::timeout(DEADLINE, connection.closed()).await.expect("the server did not close")
+        }
+        Err(error) => error,
+    };
+    match error {
+        quinn::ConnectionError::ConnectionClosed(close) => {
+            String::from_utf8_lossy(&close.reason).into_owned()
+        }
+        other => format!("{other}"),
+    }
+}
