@@ -48,7 +48,7 @@ use cluster::{Cluster, CpuSnapshot, CpuSplit, cpu_seconds, load_average, machine
 use load::{LoadResult, Until};
 
 const USAGE: &str = "usage: cairn-daemon-bench [all | writes | replication | catchup | history | idle]... \
-                     [--quick] [--out FILE] [--replication-events N] [--catchup-events N] [--history-events N]";
+                     [--quick] [--out FILE] [--replication-events N] [--catchup-events N] [--catchup-new-member] [--history-events N]";
 
 /// Settings every bench cluster shares: quiet logs, and the sync interval stated explicitly.
 const BASE_CONFIG: &str = "log_level = \"warn\"\n[timing]\nsync_interval = \"1s\"\n";
@@ -66,11 +66,18 @@ enum Section {
     Catchup,
     History,
     Idle,
+    Removal,
 }
 
 /// What `all` (or no section) runs.
-const ALL: [Section; 5] =
-    [Section::Writes, Section::Replication, Section::Catchup, Section::History, Section::Idle];
+const ALL: [Section; 6] = [
+    Section::Writes,
+    Section::Replication,
+    Section::Catchup,
+    Section::History,
+    Section::Idle,
+    Section::Removal,
+];
 
 struct Args {
     sections: Vec<Section>,
@@ -78,6 +85,7 @@ struct Args {
     out: Option<PathBuf>,
     replication_events: Option<usize>,
     catchup_events: Option<usize>,
+    catchup_new_member: bool,
     history_events: Option<usize>,
 }
 
@@ -88,6 +96,7 @@ fn parse_args() -> Result<Args, String> {
         out: None,
         replication_events: None,
         catchup_events: None,
+        catchup_new_member: false,
         history_events: None,
     };
     let number = |it: &mut dyn Iterator<Item = String>, flag: &str| -> Result<Option<usize>, String> {
@@ -103,10 +112,12 @@ fn parse_args() -> Result<Args, String> {
             "catchup" => args.sections.push(Section::Catchup),
             "history" => args.sections.push(Section::History),
             "idle" => args.sections.push(Section::Idle),
+            "removal" => args.sections.push(Section::Removal),
             "--quick" => args.quick = true,
             "--out" => args.out = Some(it.next().ok_or("--out needs a file name")?.into()),
             "--replication-events" => args.replication_events = number(&mut it, &arg)?,
             "--catchup-events" => args.catchup_events = number(&mut it, &arg)?,
+            "--catchup-new-member" => args.catchup_new_member = true,
             "--history-events" => args.history_events = number(&mut it, &arg)?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
@@ -217,6 +228,9 @@ struct Bench {
     verify: Option<(VerifySet, [f64; 2], [Vec<f64>; 2])>,
     /// Daemon log lines at warn or above, by section, for the report.
     warnings: Vec<String>,
+    /// `catchup`: the follower is a host a membership change adds (the genesis holds the
+    /// holder alone, whose proposal puts it in force), not a genesis member.
+    catchup_new_member: bool,
 }
 
 impl Bench {
@@ -737,6 +751,28 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
     let mut cluster = Cluster::new(&bench.exe, bench.dir.join("catchup"), 2, BASE_CONFIG)?;
     let order = cluster.by_key();
     let (follower, holder) = (order[0], order[1]);
+    let new_member = bench.catchup_new_member;
+    if new_member {
+        // The genesis holds the holder alone; the follower is added by its proposal (a
+        // majority of one seat), then starts as a joining host.
+        let holder_config = Config::load(&cluster.nodes[holder].config)?;
+        let holder_key = SecretKey::read_file(&holder_config.key_file)?.public();
+        let follower_key =
+            SecretKey::read_file(&Config::load(&cluster.nodes[follower].config)?.key_file)?.public();
+        let genesis =
+            Genesis::new(vec![Member { key: holder_key, name: cluster.nodes[holder].name.clone() }])?;
+        std::fs::write(&holder_config.genesis_file, cairn_daemon::config::render_genesis(&genesis))?;
+        let follower_name = cluster.nodes[follower].name.clone();
+        let holder_text = std::fs::read_to_string(&cluster.nodes[holder].config)?;
+        let named = format!("name = {follower_name:?}\n");
+        anyhow::ensure!(holder_text.contains(&named), "the holder's config does not name the follower");
+        std::fs::write(
+            &cluster.nodes[holder].config,
+            holder_text.replace(&named, &format!("{named}key = \"{follower_key}\"\n")),
+        )?;
+        let follower_text = std::fs::read_to_string(&cluster.nodes[follower].config)?;
+        std::fs::write(&cluster.nodes[follower].config, follower_text.replace("new_cluster = true\n", ""))?;
+    }
 
     // The holder's store, built offline: its own chain, signed in-process and appended in
     // batches, as its group commit would have.
@@ -752,6 +788,20 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
     let held = cluster.n_events(holder).await?;
     if held != n_events as u64 {
         bail!("the holder restored {held} events, expected {n_events}");
+    }
+    // What the follower must hold: the history, and the proposal that added it.
+    let mut n_target = n_events as u64;
+    if new_member {
+        let follower_key =
+            SecretKey::read_file(&Config::load(&cluster.nodes[follower].config)?.key_file)?.public();
+        let body = serde_json::json!({
+            "action": "add",
+            "key": follower_key.to_string(),
+            "name": cluster.nodes[follower].name,
+        });
+        cluster.client(holder).send_json(hyper::Method::POST, "/v1/members/changes", &body).await?;
+        n_target += 1;
+        eprintln!("catchup: the holder added the follower's key (a membership change in force)");
     }
     eprintln!("catchup: holder up in {holder_startup:?}; starting the empty follower");
     let spawned = Instant::now();
@@ -784,7 +834,7 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
                 }
             }
         }
-        if have >= n_events as u64 {
+        if have >= n_target {
             break spawned.elapsed();
         }
         if Instant::now() > next_report {
@@ -865,17 +915,29 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
         cluster.start(i)?;
         let killed = cluster.wait_ready(i, spawned).await?;
         let held = cluster.n_events(i).await?;
-        anyhow::ensure!(held == n_events as u64, "the {who} holds {held} events after its restarts");
+        anyhow::ensure!(held == n_target, "the {who} holds {held} events after its restarts");
         restarts.push((who, clean, killed, hwm_clean));
     }
     bench.collect_warnings("catchup", &cluster);
 
     let bytes_in = stats["bytes_in"].as_f64().unwrap_or(0.0);
+    // A new member's catch-up also carries the proposal that added it: the one event its store
+    // holds past the history.
+    let event_bytes = if new_member && stored_events == n_target { stored_bytes } else { event_bytes };
     let ratio = bytes_in / event_bytes as f64;
     let events_in = stats["events_in"].as_f64().unwrap_or(0.0);
     let messages_in = stats["messages_in"].as_f64().unwrap_or(0.0);
     eprintln!("catchup: {:.1} s, wire/event bytes {ratio:.4}", done.as_secs_f64());
-    let _ = writeln!(out, "## catchup: an empty node catching up from a peer\n");
+    if new_member {
+        let _ = writeln!(
+            out,
+            "## catchup: a host added by a membership change catching up from a peer\n\nThe genesis holds the \
+             holder alone; its proposal to add the follower's key (in force at once: a majority of one seat) is \
+             the one event past the history.\n"
+        );
+    } else {
+        let _ = writeln!(out, "## catchup: an empty node catching up from a peer\n");
+    }
     let _ = writeln!(out, "| measurement | value |");
     let _ = writeln!(out, "|---|---:|");
     let _ = writeln!(out, "| events the holder held | {} |", n(n_events as f64));
@@ -997,7 +1059,7 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
         "| check: the follower's store after it stopped: events (bytes) | {} ({}) {} |",
         n(stored_events as f64),
         n(stored_bytes as f64),
-        if stored_events == n_events as u64 && stored_bytes == event_bytes { "match" } else { "DIFFER" }
+        if stored_events == n_target && stored_bytes == event_bytes { "match" } else { "DIFFER" }
     );
     let _ = writeln!(out, "| reopening that store (integrity check and load) | {reopen_secs:.2} s |");
     let _ = writeln!(
@@ -1052,6 +1114,153 @@ async fn pair_stats(cluster: &Cluster) -> anyhow::Result<PairStats> {
         }
     }
     Ok(stats)
+}
+
+// ---- removal --------------------------------------------------------------------------------
+
+/// Removals measured (each on a fresh 5-node cluster), and writes timed for the baseline.
+const REMOVAL_RUNS: usize = 5;
+const REMOVAL_BASELINE_WRITES: usize = 20;
+
+/// Polls `condition` every millisecond until it holds; the time it took.
+async fn time_until<F, Fut>(what: &str, mut condition: F) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let start = Instant::now();
+    loop {
+        if condition().await? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("{what} did not happen within 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The time from the approval that completes a removal's quorum (on a 5-node cluster: the
+/// proposer's vote and two approvals) until every other node refuses the removed key (its peer
+/// state `out_of_force` everywhere, and the removed node connected to nobody), against the time
+/// a write takes to reach all five nodes, measured on the same cluster just before.
+async fn removal_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()> {
+    let mut refusals = Vec::new();
+    let mut baselines = Vec::new();
+    for run in 0..REMOVAL_RUNS {
+        let mut cluster = Cluster::new(&bench.exe, bench.dir.join(format!("removal-{run}")), 5, BASE_CONFIG)?;
+        cluster.start_all().await?;
+        cluster.wait_converged(0, Duration::from_secs(60)).await?;
+        let removed = 4;
+        let removed_name = cluster.nodes[removed].name.clone();
+        // The baseline: a write on node 0 until all five read it.
+        for w in 0..REMOVAL_BASELINE_WRITES {
+            let key = format!("baseline-{w}");
+            let path = format!("/v1/registers/{key}");
+            let start = Instant::now();
+            cluster
+                .client(0)
+                .send_json(hyper::Method::PUT, &path, &serde_json::json!({"value": "v"}))
+                .await?;
+            let cl = &cluster;
+            let path = &path;
+            time_until("a write reaching every node", || async move {
+                for i in 0..5 {
+                    let register = cl.client(i).get_json(path).await?;
+                    if register["value"] != "v" {
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })
+            .await?;
+            baselines.push(start.elapsed().as_secs_f64());
+        }
+        // The removal: node 0 proposes (forced: the node is connected), 1 and 2 approve.
+        let body = serde_json::json!({"action": "remove", "seat": removed_name, "force": true});
+        let ack = cluster.client(0).send_json(hyper::Method::POST, "/v1/members/changes", &body).await?;
+        let change =
+            ack["change"].as_str().ok_or_else(|| anyhow::anyhow!("no change id in {ack}"))?.to_owned();
+        for i in 1..3 {
+            let cl = &cluster;
+            let change = change.clone();
+            time_until("the proposal reaching an approver", || {
+                let change = change.clone();
+                async move {
+                    let members = cl.client(i).get_json("/v1/members").await?;
+                    Ok(members["pending"]
+                        .as_array()
+                        .is_some_and(|p| p.iter().any(|c| c["change"] == change.as_str())))
+                }
+            })
+            .await?;
+        }
+        cluster
+            .client(1)
+            .send_json(
+                hyper::Method::POST,
+                &format!("/v1/members/changes/{change}/approve"),
+                &serde_json::json!(null),
+            )
+            .await?;
+        // The clock starts as the approval that completes the quorum is asked for.
+        let start = Instant::now();
+        cluster
+            .client(2)
+            .send_json(
+                hyper::Method::POST,
+                &format!("/v1/members/changes/{change}/approve"),
+                &serde_json::json!(null),
+            )
+            .await?;
+        let cl = &cluster;
+        let name = removed_name.clone();
+        time_until("every node refusing the removed key", || {
+            let name = name.clone();
+            async move {
+                for i in 0..4 {
+                    let peers = cl.peers(i).await?;
+                    if !peers.iter().any(|(n, p)| *n == name && p["state"] == "out_of_force") {
+                        return Ok(false);
+                    }
+                }
+                let status = cl.client(removed).get_json("/v1/status").await?;
+                Ok(status["n_peers_connected"] == 0)
+            }
+        })
+        .await?;
+        refusals.push(start.elapsed().as_secs_f64());
+        bench.collect_warnings("removal", &cluster);
+        eprintln!("removal: run {run}: refused everywhere after {:.1} ms", refusals[run] * 1e3);
+    }
+    let refusal = median(refusals.clone());
+    let baseline = median(baselines.clone());
+    let _ = writeln!(out, "## removal: time until every node refuses a removed key (5 real nodes)\n");
+    let _ = writeln!(out, "| measurement | value |");
+    let _ = writeln!(out, "|---|---:|");
+    let _ = writeln!(
+        out,
+        "| from asking for the approval that completes the quorum until the 4 others show the key `out_of_force` \
+         and the removed node is connected to none: median of {REMOVAL_RUNS} (each run) | **{:.1} ms** ({}) |",
+        refusal * 1e3,
+        refusals.iter().map(|r| format!("{:.1}", r * 1e3)).collect::<Vec<_>>().join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "| baseline: a write on one node until all five read it, median of {} | {:.1} ms |",
+        baselines.len(),
+        baseline * 1e3
+    );
+    let _ = writeln!(out, "| **ratio: refusal ÷ baseline** | **{:.2}** |", refusal / baseline);
+    let _ = writeln!(
+        out,
+        "\nHow it was measured. Each run starts a fresh 5-node cluster on loopback (sync interval 1 s), times \
+         {REMOVAL_BASELINE_WRITES} writes on node 0 until every node's API returns them (polled every millisecond), \
+         then node 0 proposes removing node 4 (with `force`: node 4 is connected), nodes 1 and 2 approve (3 of 5 \
+         seats), and the clock runs from node 2's approval request until the other four nodes' `/v1/peers` show \
+         node 4 `out_of_force` and node 4's `/v1/status` shows no peer connected.\n"
+    );
+    Ok(())
 }
 
 async fn idle_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()> {
@@ -1174,7 +1383,14 @@ async fn run(args: &Args) -> (String, anyhow::Result<()>) {
     sizes.replication = args.replication_events.unwrap_or(sizes.replication);
     sizes.catchup = args.catchup_events.unwrap_or(sizes.catchup);
     sizes.history = args.history_events.unwrap_or(sizes.history);
-    let mut bench = Bench { exe, dir: dir.clone(), sizes, verify: None, warnings: Vec::new() };
+    let mut bench = Bench {
+        exe,
+        dir: dir.clone(),
+        sizes,
+        verify: None,
+        warnings: Vec::new(),
+        catchup_new_member: args.catchup_new_member,
+    };
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let started = Instant::now();
     let load_before = load_average();
@@ -1191,6 +1407,7 @@ async fn run(args: &Args) -> (String, anyhow::Result<()>) {
             Section::Catchup => catchup_section(&mut bench, &mut body).await,
             Section::History => history::history_section(&mut bench, &mut body).await,
             Section::Idle => idle_section(&mut bench, &mut body).await,
+            Section::Removal => removal_section(&mut bench, &mut body).await,
         };
         let (busy1, own1) = machine_cpu();
         let wall = t0.elapsed().as_secs_f64();
