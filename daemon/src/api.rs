@@ -1080,7 +1080,30 @@ async fn event(
 async fn evidence(State(st): State<AppState>) -> Result<Json<json::EvidenceList>, ApiError> {
     let list = st.handle.evidence().await?;
     let members = if list.is_empty() { Arc::from([]) } else { st.members().await? };
-    Ok(Json(json::EvidenceList { evidence: list.iter().map(|e| evidence_json(e, &members)).collect() }))
+    let membership = st.handle.membership().await?;
+    let resolution = &membership.resolution;
+    let vote = |v: &cairn_protocol::membership::Vote| json::VoteRef {
+        event: v.event.to_string(),
+        key: v.key.to_string(),
+        seq: v.seq,
+        change: v.change.to_string(),
+    };
+    let double_approvals = resolution
+        .double_approvals()
+        .iter()
+        .map(|d| json::DoubleApproval {
+            seat: d.seat.to_string(),
+            name: resolution.in_force().seat(&d.seat).map(|s| s.name.clone()),
+            base: hex::encode(d.base.0),
+            round: d.round,
+            first: vote(&d.first),
+            second: vote(&d.second),
+        })
+        .collect();
+    Ok(Json(json::EvidenceList {
+        evidence: list.iter().map(|e| evidence_json(e, &members)).collect(),
+        double_approvals,
+    }))
 }
 
 async fn metrics(State(st): State<AppState>) -> Response {

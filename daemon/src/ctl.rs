@@ -1430,6 +1430,28 @@ fn event_bytes(out: &mut Output, event: &json::Event) -> anyhow::Result<u8> {
 }
 
 fn evidence(out: &mut Output, list: &json::EvidenceList) -> anyhow::Result<()> {
+    if !list.double_approvals.is_empty() {
+        let mut table = out.table(&["SEAT", "KEY", "ROUND", "VOTE (COUNTS)", "SECOND VOTE"]);
+        for item in &list.double_approvals {
+            table.add_row(vec![
+                text(item.name.as_deref()),
+                short(&escape(&item.seat, false)),
+                item.round.to_string(),
+                format!(
+                    "event {} for {}",
+                    short(&escape(&item.first.event, false)),
+                    short(&escape(&item.first.change, false))
+                ),
+                format!(
+                    "event {} for {}",
+                    short(&escape(&item.second.event, false)),
+                    short(&escape(&item.second.change, false))
+                ),
+            ]);
+        }
+        out.line("double approvals: seats that voted for two changes of one membership and round")?;
+        out.print_table(&table)?;
+    }
     if list.evidence.is_empty() {
         out.line("no evidence: no member has been caught equivocating")?;
         return Ok(());

@@ -884,6 +884,41 @@ pub struct Event {
 pub struct EvidenceList {
     /// The least evidence held per equivocating author.
     pub evidence: Vec<Evidence>,
+    /// Seats that approved two different changes of one membership and round (rule M7 of
+    /// `docs/PROTOCOL.md` §17): each side is a signed event this node accepted, so anyone can
+    /// check it with `GET /v1/events/{id}`.
+    #[serde(default)]
+    pub double_approvals: Vec<DoubleApproval>,
+}
+
+/// A seat's two votes in one membership and round, in [`EvidenceList`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoubleApproval {
+    /// The seat's founding key.
+    pub seat: String,
+    /// The seat's name, if it is in force.
+    pub name: Option<String>,
+    /// The membership both changes change.
+    pub base: String,
+    /// The round both votes are in.
+    pub round: u32,
+    /// The vote that counts.
+    pub first: VoteRef,
+    /// The earliest vote for another change.
+    pub second: VoteRef,
+}
+
+/// One vote: the event that carries it and the change it approves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VoteRef {
+    /// The approving event's id.
+    pub event: String,
+    /// Its author (a key of the seat's chain).
+    pub key: String,
+    /// Its seq.
+    pub seq: u64,
+    /// The change approved.
+    pub change: String,
 }
 
 /// Proof that an author signed two events with one seq.

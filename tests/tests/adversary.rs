@@ -295,10 +295,20 @@ fn attack(name: &str, orphans: u64, setup: impl FnOnce(&AttackCluster)) {
                 let mallory = cluster.mallory.public().to_string();
                 cluster
                     .wait_for(&format!("{node} shows {ADVERSARY_NAME}'s double approval"), SETTLE, || async {
-                        cluster.client(i).get_json("/v1/members").await.is_ok_and(|m| {
+                        let members = cluster.client(i).get_json("/v1/members").await;
+                        let evidence = cluster.client(i).get_json("/v1/evidence").await;
+                        members.is_ok_and(|m| {
                             m["double_approvals"]
                                 .as_array()
                                 .is_some_and(|l| l.iter().any(|d| d.as_str() == Some(mallory.as_str())))
+                        }) && evidence.is_ok_and(|e| {
+                            e["double_approvals"].as_array().is_some_and(|l| {
+                                l.iter().any(|d| {
+                                    d["seat"] == mallory.as_str()
+                                        && d["name"] == ADVERSARY_NAME
+                                        && d["first"]["change"] != d["second"]["change"]
+                                })
+                            })
                         })
                     })
                     .await

@@ -1036,7 +1036,7 @@ async fn catchup_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
         out,
         "| follower: events in (sent twice: events in − events) / messages in / rate-limited | {} ({}) / {} / {} |",
         n(events_in),
-        n(events_in - n_events as f64),
+        n(events_in - n_target as f64),
         n(messages_in),
         n(stats["events_rate_limited"].as_f64().unwrap_or(0.0))
     );
