@@ -11,8 +11,11 @@
 //! | method and path | what |
 //! |---|---|
 //! | `GET /v1/status` | the node in brief |
-//! | `GET /v1/peers` | every other member, its connection and counters |
+//! | `GET /v1/peers` | every other key this node indexes (the genesis members, then keys membership changes named), its state (`connected`, `connecting`, `refused`, `out_of_force`), connection and counters |
 //! | `GET /v1/members` | the membership in force (seats, current keys), the open round and its pending changes, double approvals (`docs/PROTOCOL.md` §17) |
+//! | `POST /v1/members/changes` | propose a change, which is this seat's vote: `{"action": "add", "key": K, "name": N}`, `{"action": "remove", "seat": S}` or `{"action": "replace", "seat": S, "key": K}` (optional `cut`, `force`); 409 `needs_force` when a removal may cut acknowledged writes, 409 `membership_refused` when the membership refuses it |
+//! | `POST /v1/members/changes/{id}/approve` | vote for a pending change |
+//! | `POST /v1/members/rotate` | rotate this node's key (`cairnd rotate-key`) |
 //! | `GET /v1/keys?kind=register\|counter\|set&after=&limit=` | keys with a non-empty state (all kinds without `kind`), one page |
 //! | `GET /v1/registers/{key}` | the visible value and every sibling |
 //! | `PUT /v1/registers/{key}` | `{"value": "text"}` or `{"value_base64": "..."}` |
@@ -24,7 +27,7 @@
 //! | `POST /v1/batch` | `{"ops": [...]}`: several ops in one event, atomically |
 //! | `GET /v1/events?author=&after=&limit=` | accepted events, one page |
 //! | `GET /v1/events/{id}` | one event, with its ops and its canonical bytes (`encoded_hex`) |
-//! | `GET /v1/evidence` | equivocation evidence, with its canonical bytes |
+//! | `GET /v1/evidence` | equivocation evidence, with its canonical bytes, and double approvals (the two voting events of each) |
 //! | `GET /v1/metrics` | OpenMetrics text |
 //! | `GET /v1/backup` | a consistent copy of the store, streamed (`application/octet-stream`, format in [`crate::backup`]); 409 while another is being taken (unless it sent nothing for a minute) |
 //! | `GET /v1/watch` | server-sent events: `change` per changed key, `lagged` when some were missed |
@@ -761,7 +764,7 @@ pub(crate) fn membership_json(info: &crate::service::MembershipInfo) -> json::Me
         id: in_force.id().to_string(),
         n_changes: resolution.applied().len(),
         round: resolution.round(),
-        threshold: in_force.threshold(cairn_protocol::Policy::Majority),
+        threshold: in_force.threshold(info.policy),
         seats,
         pending,
         double_approvals: resolution.double_approvals().iter().map(|d| d.seat.to_string()).collect(),

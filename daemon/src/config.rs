@@ -189,6 +189,9 @@ impl Default for Timing {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct GenesisFile {
+    /// The approvals a membership change needs; absent: a majority of the seats in force.
+    #[serde(default)]
+    threshold: Option<u32>,
     member: Vec<MemberEntry>,
 }
 
@@ -215,12 +218,22 @@ pub fn parse_genesis(text: &str) -> anyhow::Result<Genesis> {
             entry.key.parse().with_context(|| format!("member[{i}] ({:?}).key", entry.name))?;
         members.push(Member { key, name: entry.name });
     }
-    Ok(Genesis::new(members)?)
+    let genesis = Genesis::new(members)?;
+    Ok(match file.threshold {
+        Some(threshold) => genesis.with_threshold(threshold).context("threshold")?,
+        None => genesis,
+    })
 }
 
 /// Renders a genesis as TOML, in the form [`parse_genesis`] reads.
 pub fn render_genesis(genesis: &Genesis) -> String {
     let mut out = String::from("# Cairn cluster genesis: the same file on every node.\n");
+    if let Some(threshold) = genesis.threshold() {
+        out.push_str(&format!(
+            "\n# Approvals a membership change needs (without this line: a majority of the seats).\nthreshold = \
+             {threshold}\n"
+        ));
+    }
     for member in genesis.members() {
         // The name as a TOML string, quoted and escaped by the TOML library: Rust's `{:?}`
         // writes escapes such as `\u{36b}` that TOML does not read.
@@ -438,6 +451,15 @@ mod tests {
     fn genesis_round_trips_through_its_file_form() {
         let (g, _) = genesis();
         assert_eq!(parse_genesis(&render_genesis(&g)).unwrap(), g);
+        let strict = g.clone().with_threshold(3).unwrap();
+        let text = render_genesis(&strict);
+        assert!(text.contains("threshold = 3"), "{text}");
+        assert_eq!(parse_genesis(&text).unwrap(), strict);
+        assert_ne!(strict.cluster_id(), g.cluster_id());
+        let err =
+            parse_genesis(&render_genesis(&g).replacen("\n[[member]]", "threshold = 1\n\n[[member]]", 1))
+                .unwrap_err();
+        assert!(format!("{err:#}").contains("more than half"), "{err:#}");
     }
 
     #[test]

@@ -915,7 +915,8 @@ impl Driver {
                     .into_iter()
                     .map(|(id, votes)| (id, votes, adapter.change(&id).cloned()))
                     .collect();
-                let _ = reply.send(crate::service::MembershipInfo { resolution, pending });
+                let policy = self.genesis.policy();
+                let _ = reply.send(crate::service::MembershipInfo { resolution, pending, policy });
             }
             Command::MemberChange(request, reply) => match self.member_op(request) {
                 Ok(op) => self.commit.handle_member_op(op, reply),

@@ -220,6 +220,8 @@ pub struct MembershipInfo {
     pub resolution: cairn_protocol::Resolution,
     /// The pending changes of the open round: id, votes, and the change.
     pub pending: Vec<(cairn_protocol::ChangeId, usize, Option<cairn_protocol::Change>)>,
+    /// The genesis's membership policy.
+    pub policy: cairn_protocol::Policy,
 }
 
 /// What the daemon knows about one peer.

@@ -208,9 +208,29 @@ pub fn decode_evidence(bytes: &[u8]) -> Result<Evidence, CodecError> {
 }
 
 /// Decodes a genesis; at most [`GENESIS_BYTES_MAX`] bytes. Membership rules (sorted, unique,
-/// names) are checked too.
+/// names, the threshold) are checked too. The member list may be followed by exactly one
+/// `u32` threshold (`Genesis::with_threshold`); without it the policy is a majority.
 pub fn decode_genesis(bytes: &[u8]) -> Result<Genesis, CodecError> {
-    decode_canonical::<Genesis, GENESIS_BYTES_MAX>(bytes, encode_genesis)
+    const LIMIT: usize = GENESIS_BYTES_MAX;
+    if bytes.len() > LIMIT {
+        return Err(CodecError::Oversize { len: bytes.len(), max: LIMIT });
+    }
+    let (genesis, used) =
+        bincode::decode_from_slice::<Genesis, _>(bytes, config().with_limit::<LIMIT>()).map_err(classify)?;
+    let genesis = match &bytes[used..] {
+        [] => genesis,
+        &[a, b, c, d] => {
+            let threshold = u32::from_le_bytes([a, b, c, d]);
+            genesis
+                .with_threshold(threshold)
+                .map_err(|e| CodecError::InvalidValue(format!("{}: {e}", e.name())))?
+        }
+        rest => return Err(CodecError::TrailingBytes(rest.len())),
+    };
+    if encode_genesis(&genesis) != bytes {
+        return Err(CodecError::NonCanonical);
+    }
+    Ok(genesis)
 }
 
 /// Decodes a membership change; at most [`CHANGE_BYTES_MAX`] bytes. A name must follow the
@@ -449,6 +469,11 @@ impl Encode for Genesis {
         for member in self.members() {
             member.key.0.encode(encoder)?;
             encode_bytes(member.name.as_bytes(), encoder)?;
+        }
+        // The policy only when the genesis sets one: a genesis without one encodes (and so
+        // hashes into its cluster id) as before thresholds existed.
+        if let Some(threshold) = self.threshold() {
+            threshold.encode(encoder)?;
         }
         Ok(())
     }

@@ -18,10 +18,13 @@ pub struct Member {
     pub name: String,
 }
 
-/// The cluster's membership, sorted by key.
+/// The cluster's membership, sorted by key, and its membership policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Genesis {
     members: Vec<Member>,
+    /// The approvals a membership change needs (`Policy::AtLeast`); `None`: a majority of the
+    /// seats in force (`Policy::Majority`).
+    threshold: Option<u32>,
 }
 
 /// A genesis that breaks a rule.
@@ -46,12 +49,30 @@ pub enum GenesisError {
     /// The encoded members are not in ascending key order (only on decoding).
     #[error("members must be sorted by key")]
     NotSorted,
+    /// A threshold that is not more than half of the members, or more than all of them.
+    #[error(
+        "the threshold {threshold} must be more than half of the {members} members (so that two changes can never \
+         both pass) and at most all of them"
+    )]
+    BadThreshold {
+        /// The threshold given.
+        threshold: u32,
+        /// The members.
+        members: usize,
+    },
 }
 
 impl GenesisError {
     /// Every name [`GenesisError::name`] gives, in the order of `docs/PROTOCOL.md` §4.
-    pub const NAMES: [&'static str; 6] =
-        ["empty", "too_many_members", "duplicate_key", "duplicate_name", "bad_name", "not_sorted"];
+    pub const NAMES: [&'static str; 7] = [
+        "empty",
+        "too_many_members",
+        "duplicate_key",
+        "duplicate_name",
+        "bad_name",
+        "not_sorted",
+        "bad_threshold",
+    ];
 
     /// A stable snake_case name for the rule broken, as `docs/PROTOCOL.md` §4 lists them.
     pub const fn name(&self) -> &'static str {
@@ -62,6 +83,7 @@ impl GenesisError {
             Self::DuplicateName(_) => "duplicate_name",
             Self::BadName(_) => "bad_name",
             Self::NotSorted => "not_sorted",
+            Self::BadThreshold { .. } => "bad_threshold",
         }
     }
 }
@@ -97,7 +119,30 @@ impl Genesis {
         if let Some(member) = members.iter().find(|m| !is_valid_name(&m.name)) {
             return Err(GenesisError::BadName(member.name.clone()));
         }
-        Ok(Self { members })
+        Ok(Self { members, threshold: None })
+    }
+
+    /// This genesis with a membership policy of `threshold` approvals per change
+    /// ([`Policy::AtLeast`](crate::Policy::AtLeast)): more than half of the members, at most
+    /// all of them. Without one, a change needs a majority of the seats in force.
+    pub fn with_threshold(mut self, threshold: u32) -> Result<Self, GenesisError> {
+        let members = self.members.len();
+        let n = threshold as usize;
+        if n <= members / 2 || n > members {
+            return Err(GenesisError::BadThreshold { threshold, members });
+        }
+        self.threshold = Some(threshold);
+        Ok(self)
+    }
+
+    /// The threshold the genesis sets, if it sets one.
+    pub fn threshold(&self) -> Option<u32> {
+        self.threshold
+    }
+
+    /// The membership policy: the genesis's threshold, else a majority of the seats in force.
+    pub fn policy(&self) -> crate::Policy {
+        self.threshold.map_or(crate::Policy::Majority, crate::Policy::AtLeast)
     }
 
     /// The members in key order; a member's position is its [`MemberIdx`].

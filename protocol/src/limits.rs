@@ -9,7 +9,7 @@ pub const MEMBERS_MAX: usize = 64;
 /// Longest member display name, in bytes of UTF-8.
 pub const MEMBER_NAME_BYTES_MAX: usize = 64;
 /// Largest encoded genesis.
-pub const GENESIS_BYTES_MAX: usize = 8 + MEMBERS_MAX * (32 + 8 + MEMBER_NAME_BYTES_MAX);
+pub const GENESIS_BYTES_MAX: usize = 8 + MEMBERS_MAX * (32 + 8 + MEMBER_NAME_BYTES_MAX) + 4;
 
 /// Largest encoded membership change: an addition with the longest name (base, tag, key, name
 /// length, name), as long as a replacement (base, tag, seat, key, cut, successor).

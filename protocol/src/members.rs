@@ -16,9 +16,7 @@ use cairn_crypto::PublicKey;
 
 use crate::event::{EventId, Op};
 use crate::genesis::Genesis;
-use crate::membership::{
-    Approval, ChangeError, ChangeKind, ChangeLog, Policy, Proposal, Resolution, check_ops,
-};
+use crate::membership::{Approval, ChangeError, ChangeKind, ChangeLog, Proposal, Resolution, check_ops};
 
 /// Most resolutions of causal pasts kept, by membership frontier. A node setting: a miss only
 /// costs a resolution.
@@ -44,7 +42,7 @@ pub(crate) struct MemberState {
 
 impl MemberState {
     pub(crate) fn new(genesis: &Genesis) -> Self {
-        let log = ChangeLog::new(genesis, Policy::Majority);
+        let log = ChangeLog::new(genesis, genesis.policy());
         let current = Arc::new(log.resolve());
         Self { log, op_events: BTreeMap::new(), cache: VecDeque::new(), current }
     }

@@ -913,3 +913,56 @@ fn byzantine_histories_hold_double_approvals_and_forks() {
     eprintln!("double approvals in {double} of 30 histories, forks in {forked}");
     assert!(double >= 5 && forked >= 5, "double approvals {double}, forks {forked}");
 }
+
+/// The genesis's policy: with a threshold of 3 of 3 seats, two votes do not add a member and
+/// three do, on every replica.
+#[test]
+fn a_genesis_threshold_is_the_votes_a_change_needs() {
+    let genesis = genesis(3).with_threshold(3).unwrap();
+    let nodes = (1..=3u8)
+        .map(|i| (key(i), Node::new(genesis.clone(), Some(key(i).public()), NodeConfig::default())))
+        .collect();
+    let mut c = Cluster { genesis, nodes };
+    c.member_op(0, MemberRequest::Propose(ChangeKind::Add { key: key(4).public(), name: "dave".into() }))
+        .unwrap();
+    c.gossip();
+    let change = c.pending(1);
+    c.member_op(1, MemberRequest::Approve(change)).unwrap();
+    c.gossip();
+    for i in 0..3 {
+        assert_eq!(c.seats(i).len(), 3, "node {i}: two votes of a threshold of three");
+    }
+    c.member_op(2, MemberRequest::Approve(change)).unwrap();
+    c.gossip();
+    for i in 0..3 {
+        assert_eq!(c.seats(i).len(), 4, "node {i}: three votes");
+    }
+    c.assert_agree();
+}
+
+/// A threshold must be more than half of the genesis's members (two changes can never both
+/// pass) and at most all of them; the codec refuses one that breaks the rule, and any other
+/// bytes after the members.
+#[test]
+fn a_genesis_threshold_outside_its_bounds_is_refused() {
+    for (n, threshold, ok) in
+        [(3, 1, false), (3, 2, true), (3, 3, true), (3, 4, false), (4, 2, false), (4, 3, true)]
+    {
+        assert_eq!(genesis(n).with_threshold(threshold).is_ok(), ok, "{threshold} of {n}");
+    }
+    let mut bytes = genesis(3).encode();
+    bytes.extend(1u32.to_le_bytes());
+    assert!(matches!(
+        cairn_protocol::codec::decode_genesis(&bytes),
+        Err(cairn_protocol::codec::CodecError::InvalidValue(message)) if message.starts_with("bad_threshold")
+    ));
+    let mut bytes = genesis(3).encode();
+    bytes.extend([2, 0]);
+    assert!(matches!(
+        cairn_protocol::codec::decode_genesis(&bytes),
+        Err(cairn_protocol::codec::CodecError::TrailingBytes(2))
+    ));
+    let strict = genesis(3).with_threshold(2).unwrap();
+    assert_ne!(strict.cluster_id(), genesis(3).cluster_id(), "the policy is part of the cluster id");
+    assert_eq!(cairn_protocol::codec::decode_genesis(&strict.encode()).unwrap(), strict);
+}

@@ -371,6 +371,11 @@ fn compute() -> Vectors {
     v.comment("by key, and cluster_id = SHA-256(\"cairn/cluster/v1\" || genesis).");
     v.add("genesis", s.genesis.encode());
     v.add("cluster_id", s.genesis.cluster_id());
+    v.comment("The same members with a membership policy of 3 approvals per change: the member list,");
+    v.comment("then u32(threshold). A genesis without a threshold ends with its members (a majority).");
+    let strict = s.genesis.clone().with_threshold(3).expect("3 of 3 is a valid threshold");
+    v.add("genesis_threshold", strict.encode());
+    v.add("cluster_id_threshold", strict.cluster_id());
     v.comment("");
     v.comment("event1: alice, seq 1, lamport 1, no deps, ops [Put{key \"k\", value \"v\"}].");
     v.comment("NAME.ops is the op list, NAME.ops_hash = SHA-256(\"cairn/ops/v1\" || NAME.ops), NAME.header");
@@ -752,6 +757,9 @@ fn vectors_file_matches_the_code() {
 fn hand_built_layouts_equal_the_codec() {
     let s = scenario();
     assert_eq!(hand_genesis(&s), s.genesis.encode(), "genesis");
+    let mut strict = hand_genesis(&s);
+    strict.extend(3u32.to_le_bytes());
+    assert_eq!(strict, s.genesis.clone().with_threshold(3).unwrap().encode(), "genesis_threshold");
     for (name, event) in
         [("event1", &s.event1), ("event2", &s.event2), ("event3", &s.event3), ("event2b", &s.event2b)]
     {
@@ -854,6 +862,15 @@ fn vectors_decode_back() {
     let genesis = codec::decode_genesis(&get("genesis")).expect("genesis decodes");
     assert_eq!(genesis.encode(), get("genesis"), "genesis");
     assert_eq!(hash(Domain::Cluster, &get("genesis")), get("cluster_id")[..], "cluster_id");
+    let strict = codec::decode_genesis(&get("genesis_threshold")).expect("genesis_threshold decodes");
+    assert_eq!(strict.threshold(), Some(3));
+    assert_eq!(strict.members(), genesis.members());
+    assert_eq!(strict.encode(), get("genesis_threshold"), "genesis_threshold");
+    assert_eq!(
+        hash(Domain::Cluster, &get("genesis_threshold")),
+        get("cluster_id_threshold")[..],
+        "cluster_id_threshold"
+    );
     for name in NAMES {
         let seed: [u8; 32] = get(&format!("seed.{name}")).try_into().expect("a seed is 32 bytes");
         let public = SecretKey::from_seed(&seed).public();

@@ -309,7 +309,11 @@ impl Fake {
                 });
                 let resolution = log.resolve();
                 let pending = vec![(change.id(), 1, Some(change))];
-                let _ = tx.send(crate::service::MembershipInfo { resolution, pending });
+                let _ = tx.send(crate::service::MembershipInfo {
+                    resolution,
+                    pending,
+                    policy: cairn_protocol::Policy::Majority,
+                });
             }
             Command::Peers(tx) => {
                 let stats = PeerStats {
