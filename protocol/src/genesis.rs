@@ -186,6 +186,7 @@ mod tests {
             GenesisError::DuplicateName(String::new()),
             GenesisError::BadName(String::new()),
             GenesisError::NotSorted,
+            GenesisError::BadThreshold { threshold: 1, members: 3 },
         ];
         assert_eq!(every.each_ref().map(GenesisError::name), GenesisError::NAMES);
     }
