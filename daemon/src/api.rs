@@ -652,14 +652,25 @@ async fn propose_change(
     member_ack(st.handle.member_change(request).await?)
 }
 
+/// `?force=true` on an approval: approve a removal even if its cut may drop acknowledged writes.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
 async fn approve_change(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ApproveQuery>,
 ) -> Result<Json<json::MemberAck>, ApiError> {
     let change = parse_hex32(&id).map(cairn_protocol::ChangeId).ok_or_else(|| {
         ApiError::bad_request("bad_change", format!("{id:?} is not a change id (64 hex digits)"))
     })?;
-    member_ack(st.handle.member_change(crate::service::MemberChange::Approve(change)).await?)
+    member_ack(
+        st.handle.member_change(crate::service::MemberChange::Approve { change, force: query.force }).await?,
+    )
 }
 
 async fn rotate_key(State(st): State<AppState>) -> Result<Json<json::KeyRotated>, ApiError> {

@@ -165,9 +165,15 @@ impl Client {
         self.typed(Method::POST, "/v1/members/changes", Some(body)).await
     }
 
-    /// `POST /v1/members/changes/{id}/approve`: votes for a pending change.
-    pub async fn approve_change(&self, change: &str) -> Result<Answer<json::MemberAck>, ClientError> {
-        self.typed(Method::POST, &format!("/v1/members/changes/{change}/approve"), None::<&()>).await
+    /// `POST /v1/members/changes/{id}/approve`: votes for a pending change (`force`: a removal
+    /// even if its cut may drop acknowledged writes).
+    pub async fn approve_change(
+        &self,
+        change: &str,
+        force: bool,
+    ) -> Result<Answer<json::MemberAck>, ClientError> {
+        let query = if force { "?force=true" } else { "" };
+        self.typed(Method::POST, &format!("/v1/members/changes/{change}/approve{query}"), None::<&()>).await
     }
 
     /// `POST /v1/members/rotate`: rotates the node's key.

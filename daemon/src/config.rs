@@ -135,6 +135,10 @@ pub struct Timing {
     /// On SIGTERM, the longest wait for queued writes to be stored and sent. Default 5 s.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// A removal (or an approval of one) cuts a seat without `--force` only if no event of its
+    /// key was accepted here for this long. Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub removal_quiet: Duration,
 }
 
 fn default_listen() -> SocketAddr {
@@ -181,6 +185,7 @@ impl Default for Timing {
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(5),
+            removal_quiet: Duration::from_secs(10),
         }
     }
 }

@@ -378,10 +378,14 @@ pub enum Member {
         #[arg(long)]
         force: bool,
     },
-    /// Votes for a pending change (see `member pending`).
+    /// Votes for a pending change (see `member pending`). Approving a removal checks its cut as
+    /// proposing it does, and asks for --force the same way.
     Approve {
         /// The change's id (64 hex digits).
         change: String,
+        /// Approve a removal even if its cut may drop writes the seat acknowledged.
+        #[arg(long)]
+        force: bool,
     },
     /// Proposes replacing a seat whose key was lost or stolen: the seat is removed with a cut,
     /// and a new seat with the same name is founded by KEY. Same cut rules as `remove`.
@@ -747,7 +751,7 @@ enum Request {
     MemberList,
     MemberPending,
     MemberPropose(json::ChangeBody),
-    MemberApprove(String),
+    MemberApprove(String, bool),
     Watch,
     Metrics,
     Backup { file: PathBuf },
@@ -847,8 +851,8 @@ impl Request {
                     ..json::ChangeBody::default()
                 })
             }
-            Command::Member { what: Member::Approve { change } } => {
-                Self::MemberApprove(key_hex_arg(&change, "CHANGE")?)
+            Command::Member { what: Member::Approve { change, force } } => {
+                Self::MemberApprove(key_hex_arg(&change, "CHANGE")?, force)
             }
             Command::Watch => Self::Watch,
             Command::Metrics => {
@@ -923,7 +927,9 @@ async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::
             Ok(code)
         }
         Request::MemberPropose(body) => out.answer(client.propose_change(&body).await?, member_ack),
-        Request::MemberApprove(change) => out.answer(client.approve_change(&change).await?, member_ack),
+        Request::MemberApprove(change, force) => {
+            out.answer(client.approve_change(&change, force).await?, member_ack)
+        }
         Request::Watch => watch(client, out).await,
         Request::Metrics => {
             // The daemon's own text, which it built from names and numbers alone.

@@ -74,14 +74,26 @@ pub fn finish_key_rotation(config: &Config) -> anyhow::Result<()> {
     let stored = crate::store::stored_node_key(&config.store_path()).with_context(|| {
         format!("cannot read the node key of the store {}", config.store_path().display())
     })?;
+    let current = SecretKey::read_file(&config.key_file).context("key_file")?;
     if stored == Some(next.public().0) {
         std::fs::rename(&next_file, &config.key_file).with_context(|| {
             format!("cannot move {} over {}", next_file.display(), config.key_file.display())
         })?;
         warn!(key = %next.public(), "finished a key rotation that a stop interrupted: the new key replaced the key file");
-    } else {
+    } else if stored == Some(current.public().0) {
         std::fs::remove_file(&next_file).with_context(|| format!("cannot remove {}", next_file.display()))?;
         warn!(file = %next_file.display(), "a key rotation was not stored before the stop: its new key was thrown away");
+    } else {
+        // No store, or one of another key: nothing says which key is the node's now, and
+        // throwing either away could lose the seat. The operator decides.
+        bail!(
+            "{} holds the new key of a key rotation, but the store {} {}: cairnd cannot tell whether the rotation \
+             was stored. If the store is on a volume that is not mounted, mount it and start again; otherwise keep \
+             both key files and see deploy/GUIDE.md (\"Rotate a host's key\")",
+            next_file.display(),
+            config.store_path().display(),
+            if stored.is_some() { "names neither key" } else { "is missing" }
+        );
     }
     Ok(())
 }
@@ -241,7 +253,8 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let transport_config = TransportConfig {
         listen: config.listen,
         peers: peers.iter().map(|p| (p.key, p.address)).collect(),
-        members: genesis.members().iter().map(|m| m.key).collect(),
+        // The keys in force as the store's membership events resolve them, not the genesis's.
+        members: crate::driver::keys_in_force(&node).into_iter().collect(),
         cluster_id,
         peer_queue_messages_max: config.limits.transport_queue_messages_max,
         inbound_bytes_per_sec: config.limits.peer_inbound_bytes_per_sec,
@@ -274,6 +287,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         buffer_bytes_max: config.limits.buffer_bytes_total_max,
         authored,
         key_file: config.key_file.clone(),
+        removal_quiet: config.timing.removal_quiet,
     };
     let (service, handle, commands, transport_events) = Driver::new(parts);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -33,6 +33,7 @@ reconnect_backoff_max = \"500ms\"
 handshake_timeout = \"3s\"
 idle_timeout = \"6s\"
 shutdown_grace = \"3s\"
+removal_quiet = \"300ms\"
 ";
 
 /// One node of a local cluster: its directory, config, socket and process.

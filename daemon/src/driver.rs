@@ -89,11 +89,9 @@ pub struct DriverParts {
     pub authored: Vec<(u64, u64)>,
     /// The node's key file: a key rotation replaces it.
     pub key_file: std::path::PathBuf,
+    /// `timing.removal_quiet`.
+    pub removal_quiet: Duration,
 }
-
-/// How long a rotated node keeps presenting its old key in new handshakes at most, waiting for
-/// a peer to hold the rotation (see `Driver::rotation_reached_a_peer`).
-const ROTATION_IDENTITY_WAIT: Duration = Duration::from_secs(60);
 
 /// A key rotation under way: asked for, its event being signed and stored.
 struct Rotating {
@@ -104,6 +102,26 @@ struct Rotating {
     ack: oneshot::Receiver<Result<WriteAck, ServiceError>>,
     /// The operator's request.
     reply: oneshot::Sender<Result<crate::service::KeyRotated, ServiceError>>,
+}
+
+/// The keys in force as `node`'s accepted set resolves them: each seat's current key.
+pub(crate) fn keys_in_force(node: &Node) -> std::collections::BTreeSet<PublicKey> {
+    let resolution = node.adapter().membership();
+    resolution.in_force().seats().iter().map(|seat| resolution.chains().current(&seat.founder)).collect()
+}
+
+/// The name of the seat `key` is (or was) a key of: the genesis's, or, for a key a membership
+/// change brought in, its seat's in force; else the key, short.
+fn seat_name(genesis: &Genesis, node: &Node, key: &PublicKey) -> String {
+    if let Some(i) = genesis.member_idx(key) {
+        return genesis.members()[i].name.clone();
+    }
+    let resolution = node.adapter().membership();
+    resolution
+        .seats_of(key)
+        .iter()
+        .find_map(|(founder, _)| resolution.in_force().seat(founder))
+        .map_or_else(|| key.short(), |seat| seat.name.clone())
 }
 
 /// The file beside `key_file` that holds a key rotation's new key until the rotation is stored.
@@ -168,6 +186,9 @@ pub struct Driver {
     in_force: std::collections::BTreeSet<PublicKey>,
     /// An accepted event carried a membership op since the transport last followed it.
     membership_changed: bool,
+    /// When each author's newest event was accepted here (for the removal check).
+    last_wrote: BTreeMap<PublicKey, Instant>,
+    removal_quiet: Duration,
     key_file: std::path::PathBuf,
     rotating: Option<Rotating>,
     /// After a rotation: the new key, until handshakes present it (once a peer holds the
@@ -184,16 +205,17 @@ impl Driver {
         let (changes, _) = broadcast::channel(WATCH_BUFFER_MAX);
         let metrics = Arc::new(Metrics::new());
         let (store_jobs, store_done) = spawn_store_writer(parts.store);
-        let n_members = parts.genesis.members().len();
+        // Per key of the roster (the genesis members, then keys membership ops named), as the
+        // store counted them.
+        let roster: Vec<PublicKey> = parts.node.adapter().roster().keys().to_vec();
+        let n_members = roster.len();
         let mut authored = parts.authored;
         authored.resize(n_members, (0, 0));
-        let authored_metrics: Vec<(Counter, Counter)> = parts
-            .genesis
-            .members()
+        let authored_metrics: Vec<(Counter, Counter)> = roster
             .iter()
             .zip(&authored)
-            .map(|(member, (events, bytes))| {
-                let label = AuthorLabel { author: member.name.clone() };
+            .map(|(key, (events, bytes))| {
+                let label = AuthorLabel { author: seat_name(&parts.genesis, &parts.node, key) };
                 let counters = (
                     metrics.author_events.get_or_create_owned(&label),
                     metrics.author_bytes.get_or_create_owned(&label),
@@ -210,7 +232,8 @@ impl Driver {
             store: store_jobs.clone(),
             backup_slot: Arc::default(),
         };
-        let in_force = parts.genesis.members().iter().map(|m| m.key).collect();
+        // What the transport was started with (`daemon::run`).
+        let in_force = keys_in_force(&parts.node);
         let driver = Self {
             node: parts.node,
             key: parts.key,
@@ -241,6 +264,8 @@ impl Driver {
             in_force,
             // The membership the node resumed may differ from the genesis's.
             membership_changed: true,
+            last_wrote: BTreeMap::new(),
+            removal_quiet: parts.removal_quiet,
             key_file: parts.key_file,
             rotating: None,
             identity_pending: None,
@@ -252,18 +277,8 @@ impl Driver {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    /// The name of the seat `key` is (or was) a key of: the genesis's, or, for a key a
-    /// membership change brought in, its seat's in force; else the key, short.
     fn name_of(&self, key: &PublicKey) -> String {
-        if let Some(i) = self.genesis.member_idx(key) {
-            return self.genesis.members()[i].name.clone();
-        }
-        let resolution = self.node.adapter().membership();
-        resolution
-            .seats_of(key)
-            .iter()
-            .find_map(|(founder, _)| resolution.in_force().seat(founder))
-            .map_or_else(|| key.short(), |seat| seat.name.clone())
+        seat_name(&self.genesis, &self.node, key)
     }
 
     /// Runs until `shutdown` turns true, then drains: queued writes are stored and
@@ -435,6 +450,8 @@ impl Driver {
         self.transmit();
         self.start_commit();
         self.answer_writers();
+        // A rotation refused before it reached the store is answered here.
+        self.answer_rotation();
         self.update_gauges();
         self.roll_author_window();
     }
@@ -494,15 +511,15 @@ impl Driver {
                     self.transport.refuse(&peer);
                 }
             }
-            TransportEvent::Disconnected { peer, reason } => {
+            TransportEvent::Disconnected { peer, reason, removed_by_peer } => {
                 self.linked.remove(&peer);
                 if self.node.is_connected(&peer) {
                     info!(peer = %self.name_of(&peer), %reason, "peer lost");
                 }
                 self.node.handle_disconnected(&peer);
-                // A peer that closes the old key's connection as out of force holds the
-                // rotation: new handshakes may present the new key.
-                if reason.contains(crate::transport::CloseCode::Removed.reason()) {
+                // A peer that closes the old key's connection as out of force (code 8) holds
+                // the rotation: new handshakes may present the new key.
+                if removed_by_peer {
                     self.rotation_reached_a_peer(true);
                 }
             }
@@ -529,6 +546,7 @@ impl Driver {
                     if event.event().ops.iter().any(cairn_protocol::Op::is_membership) {
                         self.membership_changed = true;
                     }
+                    self.last_wrote.insert(event.event().header.author, Instant::now());
                     self.count_authored(event.author_idx(), event.bytes().len());
                     if from.is_some() {
                         let now = self.now_ms();
@@ -600,12 +618,7 @@ impl Driver {
         let is_own = |key: &PublicKey| {
             *key == me || resolution.seats_of(key).iter().any(|(seat, _)| own_seats.contains(seat))
         };
-        let in_force: std::collections::BTreeSet<PublicKey> = resolution
-            .in_force()
-            .seats()
-            .iter()
-            .map(|seat| resolution.chains().current(&seat.founder))
-            .collect();
+        let in_force = keys_in_force(&self.node);
         if in_force == self.in_force {
             return;
         }
@@ -768,6 +781,8 @@ impl Driver {
             .into_iter()
             .map(|peer| (peer, self.node.peer_stats(&peer).map_or(0, |s| s.sessions_in_sync)))
             .collect();
+        // Dials that peers refuse under the old key (they hold the rotation) try the new one.
+        self.transport.add_alternate_identity(&next);
         self.identity_pending = Some((next.clone(), Instant::now(), sessions));
         info!(old = %old, new = %next.public(), "the key rotation is stored: this node signs with its new key");
     }
@@ -784,22 +799,35 @@ impl Driver {
             }
         };
         let Some(rotating) = self.rotating.take() else { return };
-        if answer.is_err() && self.identity_pending.is_none() {
-            // Not stored: the old key stays, and the new one is thrown away.
+        // The new key is thrown away only when the rotation is certainly not stored: refused
+        // before it was signed, never queued, or a full disk the store proved it did not reach.
+        // A store failure may have stored it: the key stays beside the key file, and the next
+        // start looks at what the store names (`daemon::finish_key_rotation`).
+        let not_stored = matches!(
+            &answer,
+            Err(ServiceError::NotReady(_)
+                | ServiceError::Membership(_)
+                | ServiceError::WritesQueued { .. }
+                | ServiceError::NoSpace { .. })
+        );
+        if not_stored && self.identity_pending.is_none() {
             let _ = std::fs::remove_file(&rotating.next_file);
         }
         let _ = rotating.reply.send(answer);
     }
 
-    /// Switches the transport to the new key once a peer holds the rotation: it closed the old
-    /// key's connection as out of force, or a sync session with it ended in sync since; or at
-    /// [`ROTATION_IDENTITY_WAIT`].
+    /// Switches the transport's server identity to the new key once a peer holds the rotation:
+    /// it closed the old key's connection as out of force (code 8), or a sync session with it
+    /// ended in sync since. Until then peers that dial this node expect the old key, and only a
+    /// node holding the rotation admits the new one; this node's own dials try both keys
+    /// meanwhile (`Transport::add_alternate_identity`), so it reaches every peer whose address it
+    /// knows either way.
     fn rotation_reached_a_peer(&mut self, removed_by_peer: bool) {
-        let Some((next, since, sessions)) = &self.identity_pending else { return };
+        let Some((next, _, sessions)) = &self.identity_pending else { return };
         let synced = sessions
             .iter()
             .any(|(peer, before)| self.node.peer_stats(peer).is_some_and(|s| s.sessions_in_sync > *before));
-        if !(removed_by_peer || synced || since.elapsed() >= ROTATION_IDENTITY_WAIT) {
+        if !(removed_by_peer || synced) {
             return;
         }
         self.transport.set_identity(next);
@@ -936,10 +964,12 @@ impl Driver {
     fn seat_in_force(&self, seat: &str) -> Result<(PublicKey, PublicKey, String), ServiceError> {
         let resolution = self.node.adapter().membership();
         let in_force = resolution.in_force();
-        let found = in_force.seats().iter().find(|s| s.name == seat).or_else(|| {
-            let key: PublicKey = seat.parse().ok()?;
-            resolution.seats_of(&key).iter().find_map(|(founder, _)| in_force.seat(founder))
-        });
+        // A key first: a seat's name may look like another seat's key.
+        let by_key = seat
+            .parse::<PublicKey>()
+            .ok()
+            .and_then(|key| resolution.seats_of(&key).iter().find_map(|(founder, _)| in_force.seat(founder)));
+        let found = by_key.or_else(|| in_force.seats().iter().find(|s| s.name == seat));
         let Some(found) = found else {
             let names: Vec<&str> = in_force.seats().iter().map(|s| s.name.as_str()).collect();
             return Err(ServiceError::Membership(format!(
@@ -952,8 +982,10 @@ impl Driver {
 
     /// The cut of a removal of the seat whose current key is `key`: `cut`, or the highest seq
     /// of `key` this node holds. Without `force`, refuses a cut that may drop writes the seat
-    /// acknowledged: one below what this node holds, or any while the seat is connected (it
-    /// may have acknowledged writes that have not reached this node yet).
+    /// acknowledged: one below what this node holds, or any while the seat is connected or
+    /// wrote in the last `timing.removal_quiet` (it may have acknowledged writes that have not
+    /// reached this node yet). The same check guards an approval of a removal. It cannot see
+    /// writes a seat acknowledged and never sent anyone before it went silent.
     fn removal_cut(
         &self,
         name: &str,
@@ -993,6 +1025,14 @@ impl Driver {
                  stops growing, stop its cairnd), or give --force"
             )));
         }
+        if let Some(wrote) = self.last_wrote.get(key).filter(|at| at.elapsed() < self.removal_quiet) {
+            return Err(ServiceError::NeedsForce(format!(
+                "{name} wrote {:.1} s ago (through a peer): it may have acknowledged writes that have not reached this \
+                 node yet. Wait until it has been quiet for {:.1} s, or give --force",
+                wrote.elapsed().as_secs_f64(),
+                self.removal_quiet.as_secs_f64()
+            )));
+        }
         Ok(cut)
     }
 
@@ -1011,11 +1051,16 @@ impl Driver {
                 let cut = self.removal_cut(&name, &key, cut, force)?;
                 ChangeKind::Replace { seat: founder, key, cut, successor }
             }
-            MemberChange::Approve(change) => {
-                if self.node.adapter().change(&change).is_none() {
+            MemberChange::Approve { change, force } => {
+                let Some(proposed) = self.node.adapter().change(&change) else {
                     return Err(ServiceError::Membership(format!(
                         "no change {change} was proposed in what this node holds (see `cairnctl member pending`)"
                     )));
+                };
+                // An approval of a removal cuts as much as its proposal: the same check.
+                if let Some((seat, key, cut)) = proposed.kind.removes() {
+                    let name = self.name_of(seat);
+                    self.removal_cut(&name, key, Some(cut), force)?;
                 }
                 return Ok(MemberOp::Approve(change));
             }

@@ -116,8 +116,13 @@ pub enum MemberChange {
         /// Replace it even if that may cut writes it acknowledged.
         force: bool,
     },
-    /// Vote for a pending change.
-    Approve(cairn_protocol::ChangeId),
+    /// Vote for a pending change; for a removal, with the same cut check as proposing it.
+    Approve {
+        /// The change.
+        change: cairn_protocol::ChangeId,
+        /// Approve a removal even if its cut may drop writes the seat acknowledged.
+        force: bool,
+    },
 }
 
 /// A key rotation done: the new key, and the event (signed by the old key) that carries it.

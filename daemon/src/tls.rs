@@ -220,6 +220,13 @@ impl MemberKeys {
         true
     }
 
+    /// Whether [`MemberKeys::allow`] would admit `key`: it is neither refused for good nor out of
+    /// force.
+    pub fn may_allow(&self, key: &PublicKey) -> bool {
+        let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
+        !keys.refused.contains(&key.0) && !keys.removed.contains(&key.0)
+    }
+
     /// Takes `key` out of force from now on (a membership change removed or rotated it).
     pub fn remove(&self, key: &PublicKey) {
         let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);

@@ -313,6 +313,9 @@ pub enum TransportEvent {
         peer: PublicKey,
         /// Why, for logs and the API.
         reason: String,
+        /// The peer closed it with [`CloseCode::Removed`]: our key is out of force there (after
+        /// a key rotation, the peer holds it).
+        removed_by_peer: bool,
     },
     /// One frame from `peer`: a reconciliation message, not yet decoded.
     Message {
@@ -391,7 +394,7 @@ pub struct Transport {
 impl std::fmt::Debug for Transport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Transport")
-            .field("own", &self.shared.own)
+            .field("own", &self.shared.own())
             .field("local_addr", &self.shared.local_addr)
             .finish_non_exhaustive()
     }
@@ -410,7 +413,6 @@ impl Drop for Owner {
 
 /// The state the handles and the tasks share.
 struct Shared {
-    own: PublicKey,
     cluster_id: [u8; 32],
     peer_queue_messages_max: usize,
     inbound_bytes_per_sec: u64,
@@ -422,6 +424,8 @@ struct Shared {
     /// The TLS identity of new handshakes, and the key it is of (which a key rotation
     /// changes, see [`Transport::set_identity`]).
     identity: RwLock<(tls::Identity, PublicKey)>,
+    /// During a key rotation, the other key's identity: dials that the first refuses try it.
+    alternate: RwLock<Option<tls::Identity>>,
     server_transport: Arc<quinn::TransportConfig>,
     members: tls::MemberKeys,
     client_transport: Arc<quinn::TransportConfig>,
@@ -504,7 +508,6 @@ pub fn newcomer_wins(
 /// picks one (both are young), and the other is closed as replaced; so the mailbox holds at
 /// most one connection, and the accept loop never waits on a peer's task.
 struct Handoff {
-    own: PublicKey,
     peer: PublicKey,
     state: Mutex<HandoffState>,
     notify: Notify,
@@ -518,11 +521,12 @@ struct HandoffState {
 }
 
 impl Handoff {
-    fn new(own: PublicKey, peer: PublicKey) -> Self {
-        Self { own, peer, state: Mutex::default(), notify: Notify::new() }
+    fn new(peer: PublicKey) -> Self {
+        Self { peer, state: Mutex::default(), notify: Notify::new() }
     }
 
-    fn put(&self, candidate: Candidate) {
+    /// Offers `candidate`; `own` is this node's key now (a key rotation changes it).
+    fn put(&self, own: &PublicKey, candidate: Candidate) {
         let mut state = lock(&self.state);
         if state.closed {
             close_with(&candidate.established.connection, CloseCode::Refused);
@@ -535,14 +539,8 @@ impl Handoff {
             }
             Some(waiting) => {
                 let us = |c: &Candidate| c.dialed_by == DialedBy::Us;
-                if newcomer_wins(
-                    &self.own,
-                    &self.peer,
-                    us(&waiting),
-                    Duration::ZERO,
-                    us(&candidate),
-                    Duration::MAX,
-                ) {
+                if newcomer_wins(own, &self.peer, us(&waiting), Duration::ZERO, us(&candidate), Duration::MAX)
+                {
                     state.pending = Some(candidate);
                     Some(waiting)
                 } else {
@@ -752,7 +750,6 @@ impl Transport {
 
         let node_span = info_span!("transport", node = %own.short(), address = %local_addr);
         let shared = Arc::new(Shared {
-            own,
             cluster_id: config.cluster_id,
             peer_queue_messages_max: config.peer_queue_messages_max,
             inbound_bytes_per_sec: config.inbound_bytes_per_sec,
@@ -762,6 +759,7 @@ impl Transport {
             endpoint,
             local_addr,
             identity: RwLock::new((identity, own)),
+            alternate: RwLock::default(),
             server_transport,
             members,
             client_transport,
@@ -791,11 +789,11 @@ impl Transport {
     fn start_peer(&self, peer: PublicKey) -> bool {
         let shared = &self.shared;
         let mut peers = lock(&shared.peers);
-        if peer == shared.own || peers.contains_key(&peer) {
+        if peer == shared.own() || peers.contains_key(&peer) {
             return false;
         }
         let (refused, refused_receiver) = watch::channel(None);
-        let handoff = Arc::new(Handoff::new(shared.own, peer));
+        let handoff = Arc::new(Handoff::new(peer));
         peers.insert(peer, PeerControl { refused, handoff: handoff.clone() });
         drop(peers);
         let span = info_span!(parent: &shared.span, "peer", peer = %peer.short());
@@ -820,13 +818,15 @@ impl Transport {
     /// its configured address, else at `address` (a rotated seat's founder's). A key refused
     /// for good stays refused. Returns whether the key was new here.
     pub fn admit(&self, peer: PublicKey, address: Option<SocketAddr>) -> bool {
-        if !self.shared.members.allow(&peer) {
+        if !self.shared.members.may_allow(&peer) {
             return false;
         }
         if let Some(address) = address {
             lock(&self.shared.addresses).entry(peer).or_insert(address);
         }
+        // The peer's task first, so that a handshake the server admits finds it.
         let started = self.start_peer(peer);
+        self.shared.members.allow(&peer);
         if started {
             info!(parent: &self.shared.span, peer = %peer.short(), "a membership change brought this key in: admitted");
         }
@@ -841,8 +841,20 @@ impl Transport {
         let identity = tls::Identity::new(key);
         let server = server_config(&identity, &self.shared.members, &self.shared.server_transport);
         self.shared.endpoint.set_server_config(Some(server));
-        *self.shared.identity.write().unwrap_or_else(PoisonError::into_inner) = (identity, key.public());
+        let old = std::mem::replace(
+            &mut *self.shared.identity.write().unwrap_or_else(PoisonError::into_inner),
+            (identity, key.public()),
+        );
+        // Peers that do not hold the rotation yet still admit only the old key.
+        *self.shared.alternate.write().unwrap_or_else(PoisonError::into_inner) = Some(old.0);
         info!(parent: &self.shared.span, key = %key.public(), "handshakes present the node's new key from now on");
+    }
+
+    /// Dials with `key`'s identity too when a peer refuses the current one: a key rotation is
+    /// stored, and peers that hold it refuse the old key (see [`Transport::set_identity`]).
+    pub fn add_alternate_identity(&self, key: &SecretKey) {
+        *self.shared.alternate.write().unwrap_or_else(PoisonError::into_inner) =
+            Some(tls::Identity::new(key));
     }
 
     /// Takes `peer` out of force for good: a membership change in force removed its seat or
@@ -1021,12 +1033,24 @@ impl Shared {
         }
     }
 
-    /// The QUIC client configuration for dialing `peer`.
-    fn client_config(&self, peer: &PublicKey) -> quinn::ClientConfig {
+    /// The QUIC client configurations for dialing `peer`, to try in order: the identity of now,
+    /// then, during a key rotation, the other key's.
+    fn client_configs(&self, peer: &PublicKey) -> Vec<quinn::ClientConfig> {
         let identity = self.identity.read().unwrap_or_else(PoisonError::into_inner);
-        let mut config = tls::client_config(&identity.0, peer);
-        config.transport_config(self.client_transport.clone());
-        config
+        let alternate = self.alternate.read().unwrap_or_else(PoisonError::into_inner);
+        std::iter::once(&identity.0)
+            .chain(alternate.as_ref())
+            .map(|identity| {
+                let mut config = tls::client_config(identity, peer);
+                config.transport_config(self.client_transport.clone());
+                config
+            })
+            .collect()
+    }
+
+    /// The key of the identity new handshakes present.
+    fn own(&self) -> PublicKey {
+        self.identity.read().unwrap_or_else(PoisonError::into_inner).1
     }
 }
 
@@ -1127,8 +1151,7 @@ async fn dial_loop(
     mut link: watch::Receiver<bool>,
     mut stop: StopSignal,
 ) {
-    let client_config = shared.client_config(&peer);
-    let defer = if shared.own > peer { DIAL_DEFER } else { Duration::ZERO };
+    let defer = if shared.own() > peer { DIAL_DEFER } else { Duration::ZERO };
     let mut backoff = shared.reconnect_backoff_min;
     let mut wait = defer;
     let stopped = loop {
@@ -1152,13 +1175,28 @@ async fn dial_loop(
             _ = link.wait_for(|up| *up) => continue,
             stopped = stop.wait() => break stopped,
         }
-        let dialed = tokio::select! {
-            dialed = dial(&shared, &peer, address, client_config.clone()) => dialed,
-            stopped = stop.wait() => break stopped,
-        };
+        // The identity of now; during a key rotation, the other key too if the peer refuses this
+        // one (it does not hold the rotation yet, or holds it and refuses the old key).
+        let mut dialed = Err(Failure::lost("not dialed"));
+        let mut stopped_now = None;
+        for client_config in shared.client_configs(&peer) {
+            tokio::select! {
+                result = dial(&shared, &peer, address, client_config) => dialed = result,
+                stopped = stop.wait() => {
+                    stopped_now = Some(stopped);
+                    break;
+                }
+            }
+            if dialed.is_ok() || shared.is_shut_down() {
+                break;
+            }
+        }
+        if let Some(stopped) = stopped_now {
+            break stopped;
+        }
         match dialed {
             Ok(established) => {
-                handoff.put(Candidate { established, dialed_by: DialedBy::Us });
+                handoff.put(&shared.own(), Candidate { established, dialed_by: DialedBy::Us });
                 // If the connection loses to another or dies at once, the next dial waits.
                 wait = backoff;
             }
@@ -1247,7 +1285,7 @@ async fn serve(
                     let held_by_us = dialed_by == DialedBy::Us;
                     let newcomer_by_us = newcomer.dialed_by == DialedBy::Us;
                     let window = shared.handshake_timeout + DUPLICATE_WINDOW_SLACK;
-                    if newcomer_wins(&shared.own, &peer, held_by_us, since.elapsed(), newcomer_by_us, window) {
+                    if newcomer_wins(&shared.own(), &peer, held_by_us, since.elapsed(), newcomer_by_us, window) {
                         break Ended::Replaced(newcomer);
                     }
                     debug!(dialed_by = ?newcomer.dialed_by, "closed a duplicate connection; kept the one held");
@@ -1284,7 +1322,11 @@ async fn serve(
         }
     };
     info!(%address, reason, "peer lost");
-    if !shared.emit(TransportEvent::Disconnected { peer, reason }).await {
+    let removed_by_peer = matches!(
+        connection.close_reason(),
+        Some(ConnectionError::ApplicationClosed(close)) if close.error_code == CloseCode::Removed.var_int()
+    );
+    if !shared.emit(TransportEvent::Disconnected { peer, reason, removed_by_peer }).await {
         return Ended::Stopped(Stopped::Shutdown);
     }
     ended
@@ -1464,8 +1506,12 @@ async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (O
     };
     let checked = timeout_at(deadline, async {
         // A refusal may have landed during the TLS handshake.
-        if !shared.members.allows(&peer) {
-            return Err(Failure::closing(CloseCode::Refused, CloseCode::Refused.reason()));
+        match shared.members.check(&peer) {
+            Ok(()) => {}
+            Err(tls::KeyRefusal::Removed) => {
+                return Err(Failure::closing(CloseCode::Removed, CloseCode::Removed.reason()));
+            }
+            Err(_) => return Err(Failure::closing(CloseCode::Refused, CloseCode::Refused.reason())),
         }
         // The verifier admitted only members other than us, and every one has a task.
         let handoff = lock(&shared.peers).get(&peer).map(|control| control.handoff.clone());
@@ -1483,10 +1529,10 @@ async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (O
     });
     match checked {
         Ok((handoff, send, recv)) => {
-            handoff.put(Candidate {
-                established: Established { connection, send, recv },
-                dialed_by: DialedBy::Peer,
-            });
+            handoff.put(
+                &shared.own(),
+                Candidate { established: Established { connection, send, recv }, dialed_by: DialedBy::Peer },
+            );
             Ok(())
         }
         Err(failure) => {

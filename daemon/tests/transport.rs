@@ -88,7 +88,7 @@ impl Node {
 
     async fn expect_disconnected(&mut self, peer: &PublicKey) -> String {
         match self.next_event().await {
-            TransportEvent::Disconnected { peer: lost, reason } => {
+            TransportEvent::Disconnected { peer: lost, reason, .. } => {
                 assert_eq!(&lost, peer);
                 reason
             }
@@ -922,8 +922,14 @@ async fn a_key_is_admitted_when_a_change_brings_it_in_and_retired_when_one_takes
     member.transport.retire(&newcomer.public());
     let reason = member.expect_disconnected(&newcomer.public()).await;
     assert_eq!(reason, CloseCode::Removed.reason());
-    let reason = joining.expect_disconnected(&old.public()).await;
-    assert!(reason.contains("removed from the membership"), "{reason}");
+    match joining.next_event().await {
+        TransportEvent::Disconnected { peer, reason, removed_by_peer } => {
+            assert_eq!(peer, old.public());
+            assert!(reason.contains("removed from the membership"), "{reason}");
+            assert!(removed_by_peer, "the close code says the peer removed us");
+        }
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
     let reason = expect_tls_rejection(&tls::Identity::new(newcomer), &old.public(), member.address()).await;
     assert!(reason.contains(&tls::KeyRefusal::Removed.to_string()), "{reason}");
     assert!(!member.transport.admit(newcomer.public(), None), "a key out of force never comes back");

@@ -318,6 +318,31 @@ fn attack(name: &str, orphans: u64, setup: impl FnOnce(&AttackCluster)) {
             assert_eq!(members["n_changes"], 0, "{node}: a change took effect during {name}: {members}");
             assert_eq!(members["seats"].as_array().map(Vec::len), Some(4), "{node}: {members}");
         }
+        if expect.double_approval {
+            // The double approver's second vote counts for nothing: two honest approvals of that
+            // change make two votes of the three needed, where counting it would make three.
+            let evidence = cluster.client(0).get_json("/v1/evidence").await.unwrap();
+            let second = evidence["double_approvals"][0]["second"]["change"].as_str().unwrap().to_owned();
+            for i in 0..2 {
+                let path = format!("/v1/members/changes/{second}/approve");
+                cluster.client(i).send_json(Method::POST, &path, &json!(null)).await.unwrap();
+            }
+            for i in 0..3 {
+                let node = &cluster.honest[i].name;
+                cluster
+                    .wait_for(&format!("{node} counts two votes for the second change"), SETTLE, || async {
+                        cluster.client(i).get_json("/v1/members").await.is_ok_and(|m| {
+                            m["pending"].as_array().is_some_and(|p| {
+                                p.iter().any(|c| c["change"] == second.as_str() && c["votes"] == 2)
+                            })
+                        })
+                    })
+                    .await
+                    .unwrap();
+                let members = cluster.client(i).get_json("/v1/members").await.unwrap();
+                assert_eq!(members["n_changes"], 0, "{node}: the double vote counted: {members}");
+            }
+        }
         // Memory.
         for i in 0..3 {
             let peak = cluster.peak_rss_kib(i).expect("VmHWM of a live node");
@@ -576,7 +601,16 @@ fn s27_an_abuser_is_removed_by_threshold_with_a_cut() {
                 .unwrap()
                 .clone();
             cut = pending["cut"].as_u64();
+            // An approval cuts as much as the proposal: the same check asks for force.
             let path = format!("/v1/members/changes/{change}/approve");
+            match cluster.client(i).send_json(Method::POST, &path, &json!(null)).await {
+                Err(ClientError::Http { status, message, .. }) => {
+                    assert_eq!(status.as_u16(), 409, "{message}");
+                    assert!(message.contains("--force"), "{message}");
+                }
+                other => panic!("an approval of a connected member's removal was not refused: {other:?}"),
+            }
+            let path = format!("/v1/members/changes/{change}/approve?force=true");
             cluster.client(i).send_json(Method::POST, &path, &json!(null)).await.unwrap();
         }
         let cut = cut.expect("the removal's cut");

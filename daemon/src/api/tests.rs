@@ -267,7 +267,7 @@ impl Fake {
                         },
                         round: 0,
                     },
-                    MemberChange::Approve(change) => Op::Approve { change, round: 0 },
+                    MemberChange::Approve { change, .. } => Op::Approve { change, round: 0 },
                     // The driver's checks, as a fake: a removal here always needs force.
                     MemberChange::Remove { force: false, .. }
                     | MemberChange::Replace { force: false, .. } => {

@@ -159,6 +159,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::Restore { config, file, replace } => {
+            // A key rotation a stop interrupted is finished (or undone) first.
+            cairn_daemon::daemon::finish_key_rotation(&cairn_daemon::config::Config::load(&config)?)?;
             let checked = cairn_daemon::daemon::check(&config)?;
             let store_path = checked.config.store_path();
             let restored = cairn_daemon::backup::restore(
@@ -182,6 +184,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::RelearnOwnSeq { config } => {
+            // A key rotation a stop interrupted is finished (or undone) first.
+            cairn_daemon::daemon::finish_key_rotation(&cairn_daemon::config::Config::load(&config)?)?;
             let checked = cairn_daemon::daemon::check(&config)?;
             let store_path = checked.config.store_path();
             if !store_path.try_exists().unwrap_or(false) {
@@ -208,6 +212,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             );
         }
         Command::CheckStore { config } => {
+            // A key rotation a stop interrupted is finished (or undone) first.
+            cairn_daemon::daemon::finish_key_rotation(&cairn_daemon::config::Config::load(&config)?)?;
             let checked = cairn_daemon::daemon::check(&config)?;
             let store_path = checked.config.store_path();
             let report =
