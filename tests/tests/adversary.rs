@@ -483,6 +483,42 @@ const ABUSE_EVENTS: u64 = 400;
 /// Events of the abuser's flood while the removal gathers votes (past its cut).
 const ABUSE_EVENTS_LATE: u64 = 100;
 
+/// The abuser's writes `abuse/N` for N in `range`, each a valid event of 4 KiB, signed on top
+/// of the one before; records each key's seq.
+fn abuse(
+    adv: &mut Adversary,
+    range: std::ops::Range<u64>,
+    seq_of_key: &mut BTreeMap<String, u64>,
+) -> Vec<Vec<u8>> {
+    let mut events = Vec::new();
+    for n in range {
+        let key = format!("abuse/{n}");
+        let ops = vec![cairn_protocol::Op::Put {
+            key: key.clone().into_bytes(),
+            value: vec![b'x'; ABUSE_VALUE_BYTES],
+        }];
+        let event = adv.next_event(ops);
+        adv.keep(&event);
+        seq_of_key.insert(key, event.header.seq);
+        events.push(event.encode());
+    }
+    events
+}
+
+/// Waits until alice's per-author figures count `n` events of the abuser.
+async fn wait_abuser_events(cluster: &AttackCluster, n: u64) {
+    cluster
+        .wait_for(&format!("alice counts {n} events of the abuser"), SETTLE, || async {
+            cluster.status(0).await.is_ok_and(|s| {
+                s["authors"].as_array().is_some_and(|authors| {
+                    authors.iter().any(|a| a["name"] == ADVERSARY_NAME && a["events"].as_u64() >= Some(n))
+                })
+            })
+        })
+        .await
+        .unwrap();
+}
+
 /// Removing an abuser (the point 7), and a removed member that keeps connecting and
 /// pushing events (point 6): a member floods valid writes (large values, distinct keys); the
 /// per-author figures show it; the three honest members remove it by threshold with a cut (the
@@ -507,33 +543,11 @@ fn s27_an_abuser_is_removed_by_threshold_with_a_cut() {
 
         // The flood: valid events, large values, distinct keys.
         let mut seq_of_key = BTreeMap::new();
-        let mut events = Vec::new();
-        for n in 0..ABUSE_EVENTS {
-            let key = format!("abuse/{n}");
-            let ops = vec![cairn_protocol::Op::Put {
-                key: key.clone().into_bytes(),
-                value: vec![b'x'; ABUSE_VALUE_BYTES],
-            }];
-            let event = adv.next_event(ops);
-            adv.keep(&event);
-            seq_of_key.insert(key, event.header.seq);
-            events.push(event.encode());
-        }
+        let events = abuse(&mut adv, 0..ABUSE_EVENTS, &mut seq_of_key);
         scenarios::send_events(&mut link, events).await.expect("send the flood");
 
         // The per-author figures show who fills the disks.
-        cluster
-            .wait_for("alice counts the abuser's events", SETTLE, || async {
-                cluster.status(0).await.is_ok_and(|s| {
-                    s["authors"].as_array().is_some_and(|authors| {
-                        authors.iter().any(|a| {
-                            a["name"] == ADVERSARY_NAME && a["events"].as_u64() >= Some(ABUSE_EVENTS)
-                        })
-                    })
-                })
-            })
-            .await
-            .unwrap();
+        wait_abuser_events(cluster, ABUSE_EVENTS).await;
         let metrics = parse_metrics(&cluster.client(0).get_text("/v1/metrics").await.unwrap());
         let bytes = metrics.get(&format!("cairn_author_bytes_total{{author=\"{ADVERSARY_NAME}\"}}")).copied();
         assert!(
@@ -554,32 +568,9 @@ fn s27_an_abuser_is_removed_by_threshold_with_a_cut() {
         let ack = cluster.client(0).send_json(Method::POST, "/v1/members/changes", &forced).await.unwrap();
         let change = ack["change"].as_str().unwrap().to_owned();
         // The abuser keeps writing while the removal gathers votes: these are past the cut.
-        let mut events = Vec::new();
-        for n in ABUSE_EVENTS..ABUSE_EVENTS + ABUSE_EVENTS_LATE {
-            let key = format!("abuse/{n}");
-            let ops = vec![cairn_protocol::Op::Put {
-                key: key.clone().into_bytes(),
-                value: vec![b'x'; ABUSE_VALUE_BYTES],
-            }];
-            let event = adv.next_event(ops);
-            adv.keep(&event);
-            seq_of_key.insert(key, event.header.seq);
-            events.push(event.encode());
-        }
+        let events = abuse(&mut adv, ABUSE_EVENTS..ABUSE_EVENTS + ABUSE_EVENTS_LATE, &mut seq_of_key);
         scenarios::send_events(&mut link, events).await.expect("send the flood's second wave");
-        cluster
-            .wait_for("alice holds the second wave", SETTLE, || async {
-                cluster.status(0).await.is_ok_and(|s| {
-                    s["authors"].as_array().is_some_and(|authors| {
-                        authors.iter().any(|a| {
-                            a["name"] == ADVERSARY_NAME
-                                && a["events"].as_u64() >= Some(ABUSE_EVENTS + ABUSE_EVENTS_LATE)
-                        })
-                    })
-                })
-            })
-            .await
-            .unwrap();
+        wait_abuser_events(cluster, ABUSE_EVENTS + ABUSE_EVENTS_LATE).await;
         let mut cut = None;
         for i in 1..3 {
             cluster

@@ -1199,7 +1199,7 @@ async fn removal_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
             .client(1)
             .send_json(
                 hyper::Method::POST,
-                &format!("/v1/members/changes/{change}/approve"),
+                &format!("/v1/members/changes/{change}/approve?force=true"),
                 &serde_json::json!(null),
             )
             .await?;
@@ -1209,7 +1209,7 @@ async fn removal_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
             .client(2)
             .send_json(
                 hyper::Method::POST,
-                &format!("/v1/members/changes/{change}/approve"),
+                &format!("/v1/members/changes/{change}/approve?force=true"),
                 &serde_json::json!(null),
             )
             .await?;
@@ -1256,7 +1256,7 @@ async fn removal_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<
         out,
         "\nHow it was measured. Each run starts a fresh 5-node cluster on loopback (sync interval 1 s), times \
          {REMOVAL_BASELINE_WRITES} writes on node 0 until every node's API returns them (polled every millisecond), \
-         then node 0 proposes removing node 4 (with `force`: node 4 is connected), nodes 1 and 2 approve (3 of 5 \
+         then node 0 proposes removing node 4 (with `force`: node 4 is connected), nodes 1 and 2 approve (also forced; 3 of 5 \
          seats), and the clock runs from node 2's approval request until the other four nodes' `/v1/peers` show \
          node 4 `out_of_force` and node 4's `/v1/status` shows no peer connected.\n"
     );
