@@ -528,6 +528,7 @@ fn peer_json(p: PeerInfo) -> json::Peer {
             PeerState::Connecting => json::PeerState::Connecting,
             PeerState::Refused => json::PeerState::Refused,
             PeerState::OutOfForce => json::PeerState::OutOfForce,
+            PeerState::VersionMismatch => json::PeerState::VersionMismatch,
         },
         last_seen_ms_ago: p.last_seen_ms_ago,
         rtt_ms: p.rtt_ms,
@@ -544,6 +545,10 @@ fn peer_json(p: PeerInfo) -> json::Peer {
             sessions_in_sync: s.sessions_in_sync,
             sessions_tips: s.sessions_tips,
         },
+        protocol_versions: p.version_mismatch.map(|(ours, theirs)| json::ProtocolVersions {
+            ours: crate::transport::version_name(ours),
+            theirs: theirs.map(crate::transport::version_name),
+        }),
     }
 }
 

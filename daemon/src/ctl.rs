@@ -1276,6 +1276,16 @@ fn peers(out: &mut Output, answer: &json::Peers) -> anyhow::Result<()> {
         ]);
     }
     out.print_table(&table)?;
+    for peer in &answer.peers {
+        if let Some(versions) = &peer.protocol_versions {
+            out.line(format_args!(
+                "{} speaks protocol version {}, this node {}: they cannot connect until one is upgraded",
+                escape(&peer.name, false),
+                versions.theirs.as_deref().map_or_else(|| "(unknown)".to_owned(), |v| escape(v, false)),
+                escape(&versions.ours, false)
+            ))?;
+        }
+    }
     Ok(())
 }
 
@@ -2106,6 +2116,7 @@ mod tests {
                     rejected: [(h.to_owned(), 1)].into_iter().collect(),
                     ..json::PeerStats::default()
                 },
+                protocol_versions: None,
             }],
         };
         let register_json: json::Register = typed(

@@ -262,6 +262,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         reconnect_backoff_max: config.timing.reconnect_backoff_max,
         handshake_timeout: config.timing.handshake_timeout,
         idle_timeout: config.timing.idle_timeout,
+        protocol_version: crate::transport::PROTOCOL_VERSION,
     };
     let transport = Transport::start(&key, transport_config, transport_tx)
         .await

@@ -186,6 +186,8 @@ pub struct Driver {
     in_force: std::collections::BTreeSet<PublicKey>,
     /// An accepted event carried a membership op since the transport last followed it.
     membership_changed: bool,
+    /// Peers whose last handshake failed for a protocol version mismatch: (ours, theirs).
+    version_mismatch: BTreeMap<PublicKey, (u8, Option<u8>)>,
     /// When each author's newest event was accepted here (for the removal check).
     last_wrote: BTreeMap<PublicKey, Instant>,
     removal_quiet: Duration,
@@ -265,6 +267,7 @@ impl Driver {
             // The membership the node resumed may differ from the genesis's.
             membership_changed: true,
             last_wrote: BTreeMap::new(),
+            version_mismatch: BTreeMap::new(),
             removal_quiet: parts.removal_quiet,
             key_file: parts.key_file,
             rotating: None,
@@ -500,6 +503,7 @@ impl Driver {
         let now = self.now_ms();
         match event {
             TransportEvent::Connected { peer, address } => {
+                self.version_mismatch.remove(&peer);
                 self.linked.insert(peer);
                 if self.is_muted(&peer) {
                     debug!(peer = %self.name_of(&peer), "ignoring a muted peer's new connection for now");
@@ -510,6 +514,10 @@ impl Driver {
                     warn!(peer = %self.name_of(&peer), "refusing a connection from a refused peer");
                     self.transport.refuse(&peer);
                 }
+            }
+            TransportEvent::VersionMismatch { peer, ours, theirs } => {
+                self.metrics.version_mismatches.get_or_create(&PeerLabel { peer: self.name_of(&peer) }).inc();
+                self.version_mismatch.insert(peer, (ours, theirs));
             }
             TransportEvent::Disconnected { peer, reason, removed_by_peer } => {
                 self.linked.remove(&peer);
@@ -1151,6 +1159,8 @@ impl Driver {
                     PeerState::OutOfForce
                 } else if self.node.is_connected(key) {
                     PeerState::Connected
+                } else if self.version_mismatch.contains_key(key) {
+                    PeerState::VersionMismatch
                 } else {
                     PeerState::Connecting
                 };
@@ -1162,6 +1172,7 @@ impl Driver {
                     last_seen_ms_ago: self.last_seen.get(key).map(|t| t.elapsed().as_millis() as u64),
                     rtt_ms: self.transport.rtt(key).map(|d| d.as_secs_f64() * 1000.0),
                     stats: self.node.peer_stats(key).cloned().unwrap_or_default(),
+                    version_mismatch: self.version_mismatch.get(key).copied(),
                 }
             })
             .collect()

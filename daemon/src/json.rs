@@ -531,6 +531,9 @@ pub enum PeerState {
     /// Not a key of a seat in force: removed, rotated away, or not added yet.
     #[serde(rename = "out_of_force")]
     OutOfForce,
+    /// Not connected: the two speak different protocol versions (`protocol_versions` says which).
+    #[serde(rename = "version_mismatch")]
+    VersionMismatch,
 }
 
 impl PeerState {
@@ -541,6 +544,7 @@ impl PeerState {
             Self::Connecting => "connecting",
             Self::Refused => "refused",
             Self::OutOfForce => "out_of_force",
+            Self::VersionMismatch => "version_mismatch",
         }
     }
 }
@@ -562,6 +566,19 @@ pub struct Peer {
     pub rtt_ms: Option<f64>,
     /// Counters since this node started.
     pub stats: PeerStats,
+    /// When the last handshake failed for a protocol version mismatch: the versions, this
+    /// node's and the peer's (`null` if it did not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_versions: Option<ProtocolVersions>,
+}
+
+/// The two sides of a protocol version mismatch, as versions read (`"1"`, `"2"`, or hex).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolVersions {
+    /// This node's.
+    pub ours: String,
+    /// The peer's, if it said.
+    pub theirs: Option<String>,
 }
 
 /// Counters of one peer.

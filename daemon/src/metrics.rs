@@ -49,6 +49,8 @@ pub struct Metrics {
     pub bad_messages: Family<ReasonLabel, Counter>,
     /// Events dropped unread by the per-peer rate limit.
     pub rate_limited_events: Counter,
+    /// Handshakes that failed because the peer speaks another protocol version, per peer.
+    pub version_mismatches: Family<PeerLabel, Counter>,
     /// Events dropped before their signature check: deps missing, the sender's buffer share full.
     pub orphans_dropped: Counter,
     /// Bytes received, per peer.
@@ -90,6 +92,7 @@ impl Metrics {
             committed_events: Counter::default(),
             bad_messages: Family::default(),
             rate_limited_events: Counter::default(),
+            version_mismatches: Family::default(),
             orphans_dropped: Counter::default(),
             bytes_in: Family::default(),
             bytes_out: Family::default(),
@@ -122,6 +125,11 @@ impl Metrics {
             "bad_messages",
             "Peer messages that broke a rule, by rule (`Misbehaviour::name`)",
             metrics.bad_messages.clone(),
+        );
+        registry.register(
+            "version_mismatches",
+            "Handshakes that failed because the peer speaks another protocol version, per peer",
+            metrics.version_mismatches.clone(),
         );
         registry.register(
             "rate_limited_events",

@@ -202,6 +202,9 @@ pub enum PeerState {
     /// Not a key of a seat in force (removed, rotated away, or not added yet): connections are
     /// refused.
     OutOfForce,
+    /// Not connected: the last handshake failed because the two speak different protocol
+    /// versions (see `PeerInfo::version_mismatch`).
+    VersionMismatch,
 }
 
 /// The membership in force, in brief, for the status.
@@ -246,6 +249,9 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     /// Counters: messages, bytes, events in and out, rejections by reason.
     pub stats: PeerStats,
+    /// The protocol versions, this node's and the peer's (if it said), when the last handshake
+    /// with it failed because they differ.
+    pub version_mismatch: Option<(u8, Option<u8>)>,
 }
 
 /// What one member has written, as this node holds it.

@@ -77,6 +77,7 @@
 //! | 6 | `WrongDirection` | retired: sent by earlier versions, where only the smaller key dialed |
 //! | 7 | `HandshakeTimeout` | the QUIC handshake and hello took longer than the timeout |
 //! | 8 | `Removed` | the peer's key is out of force: a membership change removed its seat or rotated it away |
+//! | 9 | `VersionMismatch` | the peer's hello names another protocol version (the reason names ours) |
 //!
 //! # Limits
 //!
@@ -110,8 +111,20 @@ use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::tls;
 
-/// The magic bytes at the start of a hello.
+/// The magic bytes at the start of a hello: [`HELLO_PREFIX`], then this node's
+/// [`PROTOCOL_VERSION`].
 pub const HELLO_MAGIC: &[u8; 6] = b"CAIRN1";
+/// The first five bytes of every version's hello.
+pub const HELLO_PREFIX: &[u8; 5] = b"CAIRN";
+/// The protocol version this node speaks: the hello's sixth byte (`'1'`, 0x31). A node whose
+/// hello names another version is closed with [`CloseCode::VersionMismatch`].
+pub const PROTOCOL_VERSION: u8 = b'1';
+const _: () = assert!(HELLO_MAGIC[5] == PROTOCOL_VERSION);
+
+/// A protocol version byte as people read it: the digit for `'0'` to `'9'`, else hex.
+pub fn version_name(version: u8) -> String {
+    if version.is_ascii_digit() { (version as char).to_string() } else { format!("0x{version:02x}") }
+}
 /// Length of a hello's payload: the magic and the cluster id.
 pub const HELLO_BYTES: usize = HELLO_MAGIC.len() + 32;
 /// Length of a frame's length prefix.
@@ -193,6 +206,8 @@ pub enum CloseCode {
     /// The peer's key is out of force: a membership change in force on the closing node
     /// removed its seat, or its seat rotated to another key (`docs/PROTOCOL.md` §17).
     Removed = 8,
+    /// The peer's hello names another protocol version; the reason names the closing node's.
+    VersionMismatch = 9,
 }
 
 impl CloseCode {
@@ -213,6 +228,7 @@ impl CloseCode {
             Self::WrongDirection,
             Self::HandshakeTimeout,
             Self::Removed,
+            Self::VersionMismatch,
         ]
         .into_iter()
         .find(|close| u64::from(close.code()) == code)
@@ -230,6 +246,7 @@ impl CloseCode {
             Self::WrongDirection => "wrong direction (retired close code)",
             Self::HandshakeTimeout => "handshake timed out",
             Self::Removed => "removed from the membership (its seat was removed, or rotated to another key)",
+            Self::VersionMismatch => "protocol version mismatch",
         }
     }
 
@@ -240,10 +257,32 @@ impl CloseCode {
 
 /// The hello payload of a node of cluster `cluster_id` (without its length prefix).
 pub fn hello(cluster_id: &[u8; 32]) -> [u8; HELLO_BYTES] {
+    hello_of_version(cluster_id, PROTOCOL_VERSION)
+}
+
+/// The hello of a node that speaks `version`.
+pub fn hello_of_version(cluster_id: &[u8; 32], version: u8) -> [u8; HELLO_BYTES] {
     let mut bytes = [0u8; HELLO_BYTES];
-    bytes[..HELLO_MAGIC.len()].copy_from_slice(HELLO_MAGIC);
+    bytes[..HELLO_PREFIX.len()].copy_from_slice(HELLO_PREFIX);
+    bytes[HELLO_PREFIX.len()] = version;
     bytes[HELLO_MAGIC.len()..].copy_from_slice(cluster_id);
     bytes
+}
+
+/// The close reason of a version mismatch, which names the closing node's version so that the
+/// other side can say both.
+fn version_mismatch_reason(ours: u8) -> String {
+    format!("{}: the closing node speaks {}", CloseCode::VersionMismatch.reason(), version_name(ours))
+}
+
+/// The version a [`version_mismatch_reason`] names.
+fn version_in_reason(reason: &[u8]) -> Option<u8> {
+    let text = std::str::from_utf8(reason).ok()?;
+    let named = text.rsplit_once("speaks ")?.1;
+    match named.as_bytes() {
+        [digit] if digit.is_ascii_digit() => Some(*digit),
+        _ => u8::from_str_radix(named.strip_prefix("0x")?, 16).ok(),
+    }
 }
 
 /// The transport's settings.
@@ -272,6 +311,9 @@ pub struct TransportConfig {
     /// A connection with no traffic for this long is dead (QUIC `max_idle_timeout`); keep-alives
     /// go out after a third of it, or [`KEEP_ALIVE_INTERVAL_MAX`] if that is shorter.
     pub idle_timeout: Duration,
+    /// The protocol version the hello names: [`PROTOCOL_VERSION`]. Another value only in tests
+    /// of the version check.
+    pub protocol_version: u8,
 }
 
 impl TransportConfig {
@@ -293,6 +335,7 @@ impl TransportConfig {
             reconnect_backoff_max: RECONNECT_BACKOFF_MAX_DEFAULT,
             handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
+            protocol_version: PROTOCOL_VERSION,
         }
     }
 }
@@ -316,6 +359,15 @@ pub enum TransportEvent {
         /// The peer closed it with [`CloseCode::Removed`]: our key is out of force there (after
         /// a key rotation, the peer holds it).
         removed_by_peer: bool,
+    },
+    /// A handshake with `peer` failed because the two speak different protocol versions.
+    VersionMismatch {
+        /// The peer's key.
+        peer: PublicKey,
+        /// The version this node speaks.
+        ours: u8,
+        /// The version the peer speaks, if it said.
+        theirs: Option<u8>,
     },
     /// One frame from `peer`: a reconciliation message, not yet decoded.
     Message {
@@ -373,6 +425,8 @@ pub struct TransportCounters {
     pub n_outgoing_handshakes_failed: u64,
     /// Connections closed because the peer broke the framing rules.
     pub n_protocol_violations: u64,
+    /// Handshakes that failed because the peer speaks another protocol version.
+    pub n_version_mismatches: u64,
 }
 
 #[derive(Default)]
@@ -381,6 +435,7 @@ struct Counters {
     n_incoming_handshakes_failed: AtomicU64,
     n_outgoing_handshakes_failed: AtomicU64,
     n_protocol_violations: AtomicU64,
+    n_version_mismatches: AtomicU64,
 }
 
 /// A handle to the running transport; clones share it. The transport stops when
@@ -414,6 +469,7 @@ impl Drop for Owner {
 /// The state the handles and the tasks share.
 struct Shared {
     cluster_id: [u8; 32],
+    protocol_version: u8,
     peer_queue_messages_max: usize,
     inbound_bytes_per_sec: u64,
     reconnect_backoff_min: Duration,
@@ -630,15 +686,17 @@ impl StopSignal {
 struct Failure {
     reason: String,
     close: Option<CloseCode>,
+    /// The protocol version the peer speaks, when it is not ours.
+    peer_version: Option<u8>,
 }
 
 impl Failure {
     fn closing(code: CloseCode, reason: impl Into<String>) -> Self {
-        Self { reason: reason.into(), close: Some(code) }
+        Self { reason: reason.into(), close: Some(code), peer_version: None }
     }
 
     fn lost(reason: impl Into<String>) -> Self {
-        Self { reason: reason.into(), close: None }
+        Self { reason: reason.into(), close: None, peer_version: None }
     }
 }
 
@@ -751,6 +809,7 @@ impl Transport {
         let node_span = info_span!("transport", node = %own.short(), address = %local_addr);
         let shared = Arc::new(Shared {
             cluster_id: config.cluster_id,
+            protocol_version: config.protocol_version,
             peer_queue_messages_max: config.peer_queue_messages_max,
             inbound_bytes_per_sec: config.inbound_bytes_per_sec,
             reconnect_backoff_min: config.reconnect_backoff_min,
@@ -928,6 +987,7 @@ impl Transport {
             n_incoming_handshakes_failed: counters.n_incoming_handshakes_failed.load(Ordering::Relaxed),
             n_outgoing_handshakes_failed: counters.n_outgoing_handshakes_failed.load(Ordering::Relaxed),
             n_protocol_violations: counters.n_protocol_violations.load(Ordering::Relaxed),
+            n_version_mismatches: counters.n_version_mismatches.load(Ordering::Relaxed),
         }
     }
 
@@ -1046,6 +1106,20 @@ impl Shared {
                 config
             })
             .collect()
+    }
+
+    /// Counts, logs (both versions named) and reports a hello that named another protocol
+    /// version, if `failure` is one.
+    async fn note_version_mismatch(&self, peer: &PublicKey, failure: &Failure) {
+        if failure.close != Some(CloseCode::VersionMismatch) && failure.peer_version.is_none() {
+            return;
+        }
+        self.counters.n_version_mismatches.fetch_add(1, Ordering::Relaxed);
+        let ours = self.protocol_version;
+        warn!(peer = %peer.short(), ours = %version_name(ours),
+            theirs = %failure.peer_version.map_or_else(|| "unknown".to_owned(), version_name),
+            "the peer speaks another protocol version: no connection until one of the two nodes is upgraded");
+        self.emit(TransportEvent::VersionMismatch { peer: *peer, ours, theirs: failure.peer_version }).await;
     }
 
     /// The key of the identity new handshakes present.
@@ -1235,8 +1309,8 @@ async fn dial(
             return Err(Failure::closing(CloseCode::ProtocolViolation, "the server presented another key"));
         }
         let (mut send, mut recv) = connection.open_bi().await?;
-        write_frame(&mut send, &hello(&shared.cluster_id)).await?;
-        read_hello(&mut recv, &shared.cluster_id).await?;
+        write_frame(&mut send, &hello_of_version(&shared.cluster_id, shared.protocol_version)).await?;
+        read_hello(&mut recv, &shared.cluster_id, shared.protocol_version).await?;
         Ok((send, recv))
     })
     .await
@@ -1245,8 +1319,21 @@ async fn dial(
     });
     match exchanged {
         Ok((send, recv)) => Ok(Established { connection, send, recv }),
-        Err(failure) => {
+        Err(mut failure) => {
             close(&connection, &failure);
+            // The acceptor closed us for speaking another version: its reason names its own.
+            if let Some(ConnectionError::ApplicationClosed(closed)) = connection.close_reason()
+                && closed.error_code == CloseCode::VersionMismatch.var_int()
+            {
+                failure.peer_version = version_in_reason(&closed.reason);
+                failure.reason = format!(
+                    "{}: the peer speaks {}, this node {}",
+                    CloseCode::VersionMismatch.reason(),
+                    failure.peer_version.map_or_else(|| "another".to_owned(), version_name),
+                    version_name(shared.protocol_version)
+                );
+            }
+            shared.note_version_mismatch(peer, &failure).await;
             Err(failure)
         }
     }
@@ -1432,8 +1519,8 @@ async fn write_frame(send: &mut SendStream, payload: &[u8]) -> Result<(), Failur
     Ok(())
 }
 
-/// Reads the peer's hello and checks it names our cluster.
-async fn read_hello(recv: &mut RecvStream, cluster_id: &[u8; 32]) -> Result<(), Failure> {
+/// Reads the peer's hello and checks it names our protocol version and our cluster.
+async fn read_hello(recv: &mut RecvStream, cluster_id: &[u8; 32], version: u8) -> Result<(), Failure> {
     let bad_hello = || Failure::closing(CloseCode::BadHello, CloseCode::BadHello.reason());
     let mut prefix = [0u8; FRAME_LENGTH_BYTES];
     recv.read_exact(&mut prefix).await?;
@@ -1442,8 +1529,14 @@ async fn read_hello(recv: &mut RecvStream, cluster_id: &[u8; 32]) -> Result<(), 
     }
     let mut payload = [0u8; HELLO_BYTES];
     recv.read_exact(&mut payload).await?;
-    if payload[..HELLO_MAGIC.len()] != HELLO_MAGIC[..] {
+    if payload[..HELLO_PREFIX.len()] != HELLO_PREFIX[..] {
         return Err(bad_hello());
+    }
+    let theirs = payload[HELLO_PREFIX.len()];
+    if theirs != version {
+        let mut failure = Failure::closing(CloseCode::VersionMismatch, version_mismatch_reason(version));
+        failure.peer_version = Some(theirs);
+        return Err(failure);
     }
     if payload[HELLO_MAGIC.len()..] != cluster_id[..] {
         return Err(Failure::closing(CloseCode::ClusterMismatch, CloseCode::ClusterMismatch.reason()));
@@ -1519,8 +1612,8 @@ async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (O
             return Err(Failure::closing(CloseCode::Refused, CloseCode::Refused.reason()));
         };
         let (mut send, mut recv) = connection.accept_bi().await?;
-        read_hello(&mut recv, &shared.cluster_id).await?;
-        write_frame(&mut send, &hello(&shared.cluster_id)).await?;
+        read_hello(&mut recv, &shared.cluster_id, shared.protocol_version).await?;
+        write_frame(&mut send, &hello_of_version(&shared.cluster_id, shared.protocol_version)).await?;
         Ok((handoff, send, recv))
     })
     .await
@@ -1535,8 +1628,17 @@ async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (O
             );
             Ok(())
         }
-        Err(failure) => {
+        Err(mut failure) => {
             close(&connection, &failure);
+            if let Some(theirs) = failure.peer_version {
+                failure.reason = format!(
+                    "{}: the peer speaks {}, this node {}",
+                    CloseCode::VersionMismatch.reason(),
+                    version_name(theirs),
+                    version_name(shared.protocol_version)
+                );
+            }
+            shared.note_version_mismatch(&peer, &failure).await;
             Err((Some(peer), failure))
         }
     }
@@ -1586,11 +1688,23 @@ mod tests {
 
     #[test]
     fn close_codes_round_trip() {
-        for code in 0..9 {
-            let close = CloseCode::from_code(code).expect("codes 0 to 8 are defined");
+        for code in 0..10 {
+            let close = CloseCode::from_code(code).expect("codes 0 to 9 are defined");
             assert_eq!(u64::from(close.code()), code);
         }
-        assert_eq!(CloseCode::from_code(9), None);
+        assert_eq!(CloseCode::from_code(10), None);
+    }
+
+    #[test]
+    fn a_version_mismatch_reason_names_the_closing_nodes_version() {
+        assert_eq!(hello(&[7; 32])[..], hello_of_version(&[7; 32], PROTOCOL_VERSION)[..]);
+        assert_eq!(&hello(&[7; 32])[..6], b"CAIRN1", "this version's hello is byte for byte the old one");
+        for version in [b'1', b'2', b'9', 0x00, 0xff] {
+            assert_eq!(version_in_reason(version_mismatch_reason(version).as_bytes()), Some(version));
+        }
+        assert_eq!(version_name(b'2'), "2");
+        assert_eq!(version_name(0x7f), "0x7f");
+        assert_eq!(version_in_reason(b"shutting down"), None);
     }
 }
 

@@ -937,3 +937,28 @@ async fn a_key_is_admitted_when_a_change_brings_it_in_and_retired_when_one_takes
     member.transport.shutdown().await;
     joining.transport.shutdown().await;
 }
+
+/// Two nodes that speak different protocol versions never connect, and both say so with both
+/// versions named: the acceptor reads the dialer's hello and closes with code 9, naming its
+/// own version in the reason, which the dialer reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_version_mismatch_is_named_on_both_sides() {
+    init_logs();
+    let keys = keys(170, 2);
+    let (small, large) = (&keys[0], &keys[1]);
+    let members = publics(&[small, large]);
+    let mut newer = config(members.clone(), vec![]);
+    newer.protocol_version = b'2';
+    let mut acceptor = start(large, newer).await;
+    let mut dialer = start(small, config(members, vec![(large.public(), acceptor.address())])).await;
+    let mismatch = |event: TransportEvent| match event {
+        TransportEvent::VersionMismatch { peer, ours, theirs } => (peer, ours, theirs),
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    };
+    assert_eq!(mismatch(acceptor.next_event().await), (small.public(), b'2', Some(b'1')));
+    assert_eq!(mismatch(dialer.next_event().await), (large.public(), b'1', Some(b'2')));
+    assert!(acceptor.counters().n_version_mismatches >= 1 && dialer.counters().n_version_mismatches >= 1);
+    assert_eq!(acceptor.counters().n_connections_established, 0);
+    dialer.transport.shutdown().await;
+    acceptor.transport.shutdown().await;
+}

@@ -329,6 +329,7 @@ impl Fake {
                     last_seen_ms_ago: Some(12),
                     rtt_ms: Some(0.5),
                     stats,
+                    version_mismatch: None,
                 }]);
             }
             Command::Status(tx) => {
