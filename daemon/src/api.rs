@@ -11,6 +11,8 @@
 //! | method and path | what |
 //! |---|---|
 //! | `GET /v1/status` | the node in brief |
+//! | `GET /v1/health` | liveness and readiness with each check: 200 when ready, 503 when not, or when the service loop did not answer within [`HEALTH_DEADLINE`] |
+//! | `GET /v1/health/live` | 200 when the service loop answers, 503 when it does not |
 //! | `GET /v1/peers` | every other key this node indexes (the genesis members, then keys membership changes named), its state (`connected`, `connecting`, `refused`, `out_of_force`), connection and counters |
 //! | `GET /v1/members` | the membership in force (seats, current keys), the open round and its pending changes, double approvals (`docs/PROTOCOL.md` §17) |
 //! | `POST /v1/members/changes` | propose a change, which is this seat's vote: `{"action": "add", "key": K, "name": N}`, `{"action": "remove", "seat": S}` or `{"action": "replace", "seat": S, "key": K}` (optional `cut`, `force`); 409 `needs_force` when a removal may cut acknowledged writes, 409 `membership_refused` when the membership refuses it |
@@ -221,6 +223,8 @@ pub fn router(handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router 
     let state = AppState { handle, shutdown, members: Arc::new(OnceCell::new()) };
     Router::new()
         .route("/v1/status", get(status))
+        .route("/v1/health", get(health))
+        .route("/v1/health/live", get(health_live))
         .route("/v1/peers", get(peers))
         .route("/v1/members", get(membership))
         .route("/v1/members/changes", post(propose_change))
@@ -647,6 +651,50 @@ async fn peers(State(st): State<AppState>) -> Result<Json<json::Peers>, ApiError
 
 async fn membership(State(st): State<AppState>) -> Result<Json<json::Membership>, ApiError> {
     Ok(Json(membership_json(&st.handle.membership().await?)))
+}
+
+/// How long the health endpoints wait for the service loop before they call it not live.
+pub const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The service loop's health, or `None` when it did not answer within [`HEALTH_DEADLINE`].
+async fn ask_health(st: &AppState) -> Option<crate::service::Health> {
+    tokio::time::timeout(HEALTH_DEADLINE, st.handle.health()).await.ok()?.ok()
+}
+
+async fn health(State(st): State<AppState>) -> (StatusCode, Json<json::Health>) {
+    let Some(health) = ask_health(&st).await else {
+        let checks =
+            [("service_loop".to_owned(), format!("did not answer within {} s", HEALTH_DEADLINE.as_secs()))];
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json::Health { live: false, ready: false, checks: checks.into_iter().collect() }),
+        );
+    };
+    let ok = |pass: bool, why: String| if pass { "ok".to_owned() } else { why };
+    let checks = [
+        ("service_loop".to_owned(), "ok".to_owned()),
+        ("store".to_owned(), ok(health.store_ok, health.store_problem.clone().unwrap_or_default())),
+        ("own_seq".to_owned(), health.own_seq_learning.clone().unwrap_or_else(|| "ok".to_owned())),
+        (
+            "peers".to_owned(),
+            if health.peers == 0 {
+                "ok (none in force)".to_owned()
+            } else if health.peers_connected > 0 {
+                format!("ok ({} of {} connected)", health.peers_connected, health.peers)
+            } else {
+                format!("none of {} connected", health.peers)
+            },
+        ),
+    ];
+    let ready = health.ready();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json::Health { live: true, ready, checks: checks.into_iter().collect() }))
+}
+
+async fn health_live(State(st): State<AppState>) -> (StatusCode, Json<json::Health>) {
+    let live = ask_health(&st).await.is_some();
+    let status = if live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json::Health { live, ready: false, checks: std::collections::BTreeMap::new() }))
 }
 
 async fn propose_change(

@@ -410,6 +410,34 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Response<Incoming>, ClientError> {
+        let response = self.send(method, path, body).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let bytes = read_body(response).await?;
+        Err(http_error(status, &bytes))
+    }
+
+    /// `GET /v1/health`: the daemon's liveness and readiness, whether it answered 200 (ready)
+    /// or 503 (not); `Ok(None)` with the status when it answered anything else.
+    pub async fn health(&self) -> Result<(StatusCode, Option<json::Health>), ClientError> {
+        self.with_timeout(async {
+            let response = self.send(Method::GET, "/v1/health", None).await?;
+            let status = response.status();
+            let bytes = read_body(response).await?;
+            Ok((status, serde_json::from_slice(&bytes).ok()))
+        })
+        .await
+    }
+
+    /// Connects and sends a request; the answer whatever its status.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Response<Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|error| ClientError::Connect { socket: self.socket.clone(), error })?;
@@ -428,14 +456,7 @@ impl Client {
         let request = request
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| ClientError::BadResponse(format!("cannot build the request for {path:?}: {e}")))?;
-        let response =
-            sender.send_request(request).await.map_err(|e| ClientError::Transport(e.to_string()))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let bytes = read_body(response).await?;
-        Err(http_error(status, &bytes))
+        sender.send_request(request).await.map_err(|e| ClientError::Transport(e.to_string()))
     }
 }
 

@@ -54,6 +54,7 @@
 //! | 3 | not found: `get` of a register with no value, `members` of a set with no member, `counter` of a counter whose value is 0, `event ID` of an event the daemon does not hold |
 //! | 4 | `inspect`: a rule fails: the bytes are malformed, or a hash, signature, seq or other rule is broken |
 //! | 5 | `inspect`: no rule fails, but one needs what the bytes do not hold: the genesis (`--genesis FILE`) or, for an event with deps, its causal past; the bytes are not known to be valid |
+//! | 6 | `health`: the daemon answers but is not ready (a check fails), or its service loop did not answer in time |
 //!
 //! "Not found" is the empty state, since the document does not keep keys apart from their
 //! state: a register that was never written reads as one whose values were deleted, and the
@@ -105,6 +106,8 @@ pub const EXIT_INSPECT_FAILED: u8 = 4;
 /// Exit code: `inspect` found no rule broken, but some undecided (they need the genesis or the
 /// causal past), so it cannot say that the bytes are valid.
 pub const EXIT_INSPECT_UNDECIDED: u8 = 5;
+/// Exit code: `health` found the daemon not ready (or its service loop not answering).
+pub const EXIT_NOT_READY: u8 = 6;
 
 /// The largest file `inspect` reads: hex text of the largest event, with line breaks, fits.
 const INSPECT_FILE_BYTES_MAX: usize = 1024 * 1024;
@@ -141,7 +144,9 @@ Exit codes:
   4  inspect: a rule fails: the bytes are malformed, or a hash, signature, seq or other
      rule is broken
   5  inspect: no rule fails, but one is undecided: membership needs --genesis FILE, seq
-     and lamport of an event with deps need its causal past; not known to be valid"
+     and lamport of an event with deps need its causal past; not known to be valid
+  6  health: the daemon answers but is not ready (a check fails), or its service loop did
+     not answer in time (1: it could not be reached at all)"
     )
 }
 
@@ -187,6 +192,10 @@ fn offline_socket(_: &str) -> Result<PathBuf, String> {
 pub enum Command {
     /// The node in brief: key, cluster, own seq, digests, buffer, peers, whether writes are accepted.
     Status,
+    /// Liveness and readiness for scripts and monitors: each check (service loop, store, own
+    /// seq, peers). Exits 0 when ready, 6 when the daemon answers but is not ready (or its loop
+    /// does not), 1 when it cannot be reached.
+    Health,
     /// Every other member: address, connection state, round trip, counters.
     Peers,
     /// A register's value, and its concurrent values (siblings) if there are several. Exits 3
@@ -735,6 +744,7 @@ enum SetAction {
 #[derive(Debug)]
 enum Request {
     Status,
+    Health,
     Peers,
     Get { key: String },
     Put { key: String, value: Payload },
@@ -762,6 +772,7 @@ impl Request {
     fn new(command: Command, json: bool) -> anyhow::Result<Self> {
         Ok(match command {
             Command::Status => Self::Status,
+            Command::Health => Self::Health,
             Command::Peers => Self::Peers,
             Command::Get { key } => Self::Get { key: key_arg(&key)? },
             Command::Put { key, value, base64, file } => Self::Put {
@@ -889,6 +900,7 @@ fn found(empty: bool) -> u8 {
 async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::Result<u8> {
     match request {
         Request::Status => out.answer(client.status().await?, status),
+        Request::Health => health(client, out).await,
         Request::Peers => out.answer(client.peers().await?, peers),
         Request::Get { key } => out.answer(client.register(&key).await?, register),
         Request::Put { key, value } => out.answer(client.put(&key, &value.value_body()).await?, ack),
@@ -939,6 +951,30 @@ async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::
         }
         Request::Backup { file } => backup(client, out, &file).await,
     }
+}
+
+/// `cairnctl health`: each check, and whether the node is ready (exit 0) or not (exit 6).
+async fn health(client: &Client, out: &mut Output) -> anyhow::Result<u8> {
+    let (status, answer) = client.health().await?;
+    let Some(health) = answer else {
+        bail!("the daemon answered {status} to GET /v1/health, without its health");
+    };
+    if out.json {
+        out.line(serde_json::to_string_pretty(&health)?)?;
+    } else {
+        let verdict = match (health.live, health.ready) {
+            (true, true) => "ready",
+            (true, false) => "live, not ready",
+            (false, _) => "NOT LIVE: its service loop does not answer",
+        };
+        out.line(format_args!("{verdict}"))?;
+        let mut table = out.table(&["CHECK", "RESULT"]);
+        for (check, result) in &health.checks {
+            table.add_row(vec![escape(check, false), escape(result, false)]);
+        }
+        out.print_table(&table)?;
+    }
+    Ok(if health.ready { EXIT_OK } else { EXIT_NOT_READY })
 }
 
 /// `cairnctl backup FILE`: streams the backup into FILE.partial, checks it whole (its end, its
@@ -2729,9 +2765,15 @@ mod tests {
         assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
         // The table of the help text lists every code.
         let help = after_help();
-        for code in
-            [EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_FOUND, EXIT_INSPECT_FAILED, EXIT_INSPECT_UNDECIDED]
-        {
+        for code in [
+            EXIT_OK,
+            EXIT_ERROR,
+            EXIT_USAGE,
+            EXIT_NOT_FOUND,
+            EXIT_INSPECT_FAILED,
+            EXIT_INSPECT_UNDECIDED,
+            EXIT_NOT_READY,
+        ] {
             assert!(help.contains(&format!("\n  {code}  ")), "{code}: {help}");
         }
     }

@@ -961,6 +961,25 @@ impl Driver {
                 }
             },
             Command::RotateKey(reply) => self.start_rotation(reply),
+            Command::Health(reply) => {
+                let me = self.key.public();
+                let store_problem =
+                    self.commit.failed().map(str::to_owned).or_else(|| self.archive.read_error());
+                let own_seq_learning = match self.node.write_refusal(&me) {
+                    Some(refusal @ cairn_protocol::WriteError::OwnSeqUnknown { .. }) => {
+                        Some(refusal.to_string())
+                    }
+                    _ => None,
+                };
+                let peers: Vec<&PublicKey> = self.in_force.iter().filter(|key| **key != me).collect();
+                let _ = reply.send(crate::service::Health {
+                    store_ok: store_problem.is_none(),
+                    store_problem,
+                    own_seq_learning,
+                    peers: peers.len(),
+                    peers_connected: peers.iter().filter(|key| self.node.is_connected(key)).count(),
+                });
+            }
             Command::Status(reply) => {
                 let _ = reply.send(self.status());
             }

@@ -394,6 +394,18 @@ pub struct Ack {
     pub lamport: u64,
 }
 
+/// `GET /v1/health`: liveness (the service loop answered) and readiness, with each check. The
+/// status code is 200 when ready, 503 when not (or when the loop did not answer).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// The service loop answered within the API's deadline.
+    pub live: bool,
+    /// Ready for clients: every check passes.
+    pub ready: bool,
+    /// The checks, by name, each `"ok"` or why not.
+    pub checks: BTreeMap<String, String>,
+}
+
 /// `GET /v1/status`: the node in brief.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Status {

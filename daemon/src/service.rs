@@ -125,6 +125,29 @@ pub enum MemberChange {
     },
 }
 
+/// What readiness checks, as the service loop sees it (`GET /v1/health`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// The store is open and has not failed (a failed store stops the daemon).
+    pub store_ok: bool,
+    /// Why the store is not usable, if it is not.
+    pub store_problem: Option<String>,
+    /// Why the node does not know its latest own seq yet (it is learning it from peers).
+    pub own_seq_learning: Option<String>,
+    /// Keys in force other than this node's, and how many are connected.
+    pub peers: usize,
+    /// Of them, connected.
+    pub peers_connected: usize,
+}
+
+impl Health {
+    /// Ready: the store is usable, the node knows its own seq, and at least one peer is
+    /// connected or none is in force.
+    pub fn ready(&self) -> bool {
+        self.store_ok && self.own_seq_learning.is_none() && (self.peers == 0 || self.peers_connected > 0)
+    }
+}
+
 /// A key rotation done: the new key, and the event (signed by the old key) that carries it.
 #[derive(Clone, Debug)]
 pub struct KeyRotated {
@@ -337,6 +360,7 @@ pub(crate) enum Command {
     Membership(oneshot::Sender<MembershipInfo>),
     MemberChange(MemberChange, oneshot::Sender<Result<WriteAck, ServiceError>>),
     RotateKey(oneshot::Sender<Result<KeyRotated, ServiceError>>),
+    Health(oneshot::Sender<Health>),
     Status(oneshot::Sender<Status>),
 }
 
@@ -430,6 +454,11 @@ impl ServiceHandle {
                 reason: format!("the membership op's event {} is not readable after it was stored", write.id),
             })?;
         Ok(MemberAck { change, write })
+    }
+
+    /// The node's readiness, from its service loop (an answer at all is the liveness).
+    pub async fn health(&self) -> Result<Health, ServiceError> {
+        self.ask(Command::Health).await
     }
 
     /// Rotates the node's key: see [`Command::RotateKey`] and `cairnd rotate-key`.

@@ -281,6 +281,15 @@ impl Fake {
                 };
                 let _ = tx.send(self.write(vec![op]));
             }
+            Command::Health(tx) => {
+                let _ = tx.send(crate::service::Health {
+                    store_ok: true,
+                    store_problem: None,
+                    own_seq_learning: None,
+                    peers: 1,
+                    peers_connected: 1,
+                });
+            }
             Command::RotateKey(tx) => {
                 let _ = tx.send(Err(ServiceError::Membership("no peer is connected".into())));
             }
