@@ -466,7 +466,7 @@ async fn bad_hello_is_rejected() {
     let mut server = start(server_key, config(publics(&[client_key, server_key]), vec![])).await;
     let identity = tls::Identity::new(client_key);
     let mut garbage = hello(&CLUSTER);
-    garbage[..6].copy_from_slice(b"CAIRN2");
+    garbage[..6].copy_from_slice(b"CAIRX1");
     let first_frames = [
         frame(&garbage),                 // wrong magic
         frame(&[0u8; 37]),               // wrong length
@@ -484,6 +484,17 @@ async fn bad_hello_is_rejected() {
         .await;
     }
     server.assert_no_event();
+    // The right magic with another version byte is a version mismatch, not a bad hello.
+    let raw = raw_connect(&identity, &server_key.public(), server.address()).await;
+    let (_send, _recv) = raw.open(&frame(&cairn_daemon::transport::hello_of_version(&CLUSTER, b'2'))).await;
+    let error = raw.closed_with().await;
+    assert_eq!(application_code(&error), Some(u64::from(CloseCode::VersionMismatch.code())), "{error:?}");
+    match server.next_event().await {
+        TransportEvent::VersionMismatch { peer, ours, theirs } => {
+            assert_eq!((peer, ours, theirs), (client_key.public(), b'1', Some(b'2')));
+        }
+        other => panic!("expected VersionMismatch, got {other:?}"),
+    }
     server.transport.shutdown().await;
 }
 
