@@ -4,22 +4,16 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::{Cluster, TIMING};
 
 fn cairnctl(cluster: &Cluster, i: usize, args: &[&str]) -> Output {
-    Command::new(Path::new(env!("CARGO_BIN_EXE_cairnctl")))
-        .arg("--socket")
-        .arg(&cluster.nodes[i].socket)
-        .args(args)
-        .output()
-        .expect("run cairnctl")
+    cluster.cairnctl(i, args)
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    common::output_text(output)
 }
 
 #[test]

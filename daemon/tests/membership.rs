@@ -6,28 +6,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use common::Cluster;
 use serde_json::Value;
 
-fn cairnctl() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_cairnctl"))
-}
-
 /// Runs `cairnctl --socket <node i's socket> args…`.
 fn ctl(cluster: &Cluster, i: usize, args: &[&str]) -> Output {
-    Command::new(cairnctl())
-        .arg("--socket")
-        .arg(&cluster.nodes[i].socket)
-        .args(args)
-        .output()
-        .expect("run cairnctl")
+    cluster.cairnctl(i, args)
 }
 
 fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+    common::output_text(output)
 }
 
 /// Runs `cairnctl` and expects success; returns its output.

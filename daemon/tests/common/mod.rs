@@ -201,6 +201,16 @@ impl Cluster {
         (self.nodes.len() - 1, key.public())
     }
 
+    /// Runs `cairnctl --socket <node i's socket> args…` and returns how it ended.
+    pub(crate) fn cairnctl(&self, i: usize, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_cairnctl"))
+            .arg("--socket")
+            .arg(&self.nodes[i].socket)
+            .args(args)
+            .output()
+            .expect("run cairnctl")
+    }
+
     /// Adds a `[[peers]]` table for node `j` (by name and key: a host a membership change
     /// added) to node `i`'s config; it takes effect at node `i`'s next start.
     pub(crate) fn add_peer(&self, i: usize, j: usize, key: &cairn_crypto::PublicKey) {
@@ -631,6 +641,11 @@ impl Drop for Writer {
         self.stop.store(true, Ordering::Relaxed);
         // Joined only when stopped explicitly: a failing test must not wait on a put.
     }
+}
+
+/// A command's stdout then stderr, as text.
+pub(crate) fn output_text(output: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
 /// Whether a key rotation's staging file (`<key_file>.next`) is there.
