@@ -56,3 +56,55 @@ fn a_format_1_store_is_upgraded_in_place_and_keeps_its_document() {
     assert_eq!(cluster.counter(0, "hits"), 3);
     assert_eq!(cluster.set_members(0, "tags"), vec!["y".to_owned()]);
 }
+
+/// A store written by the cairnd of format 4 (`tests/fixtures/store-v4`, see its README) is
+/// upgraded by its meta alone: the start adds the two tables for membership changes and opens
+/// the persisted document as it was, replaying nothing; the document, the reconciliation digest
+/// and the events are the same, the node writes at once (its store held its whole own chain),
+/// and the offline check finds nothing wrong.
+#[test]
+fn a_format_4_store_is_upgraded_without_a_replay_and_keeps_its_document() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v4");
+    let digests = std::fs::read_to_string(fixture.join("digests")).expect("the fixture's digests");
+    let mut digests = digests.lines();
+    let (document, sync) = (digests.next().expect("document digest"), digests.next().expect("sync digest"));
+    let n_events: u64 = digests.next().expect("events").parse().expect("a count");
+
+    let mut cluster = Cluster::write(2, TIMING);
+    std::fs::copy(fixture.join("node.key"), &cluster.nodes[0].key_file).expect("the key");
+    std::fs::set_permissions(&cluster.nodes[0].key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod 600 the key");
+    std::fs::copy(fixture.join("genesis.toml"), cluster.dir().join("genesis.toml")).expect("the genesis");
+    let data_dir = &cluster.nodes[0].data_dir;
+    std::fs::create_dir_all(data_dir).expect("the data directory");
+    std::fs::copy(fixture.join("store.redb"), data_dir.join(STORE_FILE)).expect("the store");
+    cluster.edit_config(0, |text| text.replace("new_cluster = true\n", ""));
+
+    cluster.spawn(0);
+    cluster.wait_ready(0);
+    let status = cluster.status(0);
+    assert_eq!(status["digest"].as_str(), Some(document), "{status}");
+    assert_eq!(status["sync_digest"].as_str(), Some(sync), "{status}");
+    assert_eq!(status["n_events"].as_u64(), Some(n_events), "{status}");
+    assert_eq!(status["writes_refused"], serde_json::Value::Null, "{status}");
+    assert_eq!(cluster.register_value(0, "a1").as_deref(), Some("v1"));
+    assert_eq!(cluster.register_value(0, "a0"), None, "bob deleted a0");
+    assert_eq!(cluster.counter(0, "hits"), 3);
+    assert_eq!(cluster.set_members(0, "tags"), vec!["y".to_owned()]);
+    cluster.put(0, "after-upgrade", "v");
+    let log = cluster.log(0);
+    assert!(log.contains("upgraded the store's format in place") && log.contains("from=4"), "{log}");
+    assert!(
+        !log.contains("replayed the log's tail"),
+        "an upgrade from format 4 replayed the document:\n{log}"
+    );
+
+    cluster.stop(0);
+    let check = std::process::Command::new(cairnd())
+        .args(["check-store", "--config"])
+        .arg(&cluster.nodes[0].config)
+        .output()
+        .expect("cairnd check-store");
+    let out = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "{out}");
+}
