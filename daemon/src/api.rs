@@ -12,8 +12,8 @@
 //! |---|---|
 //! | `GET /v1/status` | the node in brief |
 //! | `GET /v1/health` | liveness and readiness with each check: 200 when ready, 503 when not, or when the service loop did not answer within [`HEALTH_DEADLINE`] |
-//! | `GET /v1/health/live` | 200 when the service loop answers, 503 when it does not |
-//! | `GET /v1/peers` | every other key this node indexes (the genesis members, then keys membership changes named), its state (`connected`, `connecting`, `refused`, `out_of_force`), connection and counters |
+//! | `GET /v1/health/live` | liveness alone (`ready` is not judged there): 200 when the service loop answers or is too busy to (its command queue is full), 503 when it is stopping or silent |
+//! | `GET /v1/peers` | every other key this node indexes (the genesis members, then keys membership changes named), its state (`connected`, `connecting`, `refused`, `out_of_force`, `version_mismatch` with `protocol_versions`), connection and counters |
 //! | `GET /v1/members` | the membership in force (seats, current keys), the open round and its pending changes, double approvals (`docs/PROTOCOL.md` §17) |
 //! | `POST /v1/members/changes` | propose a change, which is this seat's vote: `{"action": "add", "key": K, "name": N}`, `{"action": "remove", "seat": S}` or `{"action": "replace", "seat": S, "key": K}` (optional `cut`, `force`); 409 `needs_force` when a removal may cut acknowledged writes, 409 `membership_refused` when the membership refuses it |
 //! | `POST /v1/members/changes/{id}/approve` | vote for a pending change |
@@ -656,19 +656,27 @@ async fn membership(State(st): State<AppState>) -> Result<Json<json::Membership>
 /// How long the health endpoints wait for the service loop before they call it not live.
 pub const HEALTH_DEADLINE: Duration = Duration::from_secs(2);
 
-/// The service loop's health, or `None` when it did not answer within [`HEALTH_DEADLINE`].
-async fn ask_health(st: &AppState) -> Option<crate::service::Health> {
-    tokio::time::timeout(HEALTH_DEADLINE, st.handle.health()).await.ok()?.ok()
+/// The service loop's health; else whether the loop is alive (its command queue full: it is
+/// working; stopping; or silent past [`HEALTH_DEADLINE`]) and why it did not answer.
+async fn ask_health(st: &AppState) -> Result<crate::service::Health, (bool, String)> {
+    match tokio::time::timeout(HEALTH_DEADLINE, st.handle.health()).await {
+        Ok(Ok(health)) => Ok(health),
+        Ok(Err(ServiceError::Busy)) => Err((true, ServiceError::Busy.to_string())),
+        Ok(Err(error)) => Err((false, error.to_string())),
+        Err(_) => Err((false, format!("did not answer within {} s", HEALTH_DEADLINE.as_secs()))),
+    }
 }
 
 async fn health(State(st): State<AppState>) -> (StatusCode, Json<json::Health>) {
-    let Some(health) = ask_health(&st).await else {
-        let checks =
-            [("service_loop".to_owned(), format!("did not answer within {} s", HEALTH_DEADLINE.as_secs()))];
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json::Health { live: false, ready: false, checks: checks.into_iter().collect() }),
-        );
+    let health = match ask_health(&st).await {
+        Ok(health) => health,
+        Err((live, why)) => {
+            let checks = [("service_loop".to_owned(), why)];
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json::Health { live, ready: false, checks: checks.into_iter().collect() }),
+            );
+        }
     };
     let ok = |pass: bool, why: String| if pass { "ok".to_owned() } else { why };
     let checks = [
@@ -691,10 +699,15 @@ async fn health(State(st): State<AppState>) -> (StatusCode, Json<json::Health>) 
     (status, Json(json::Health { live: true, ready, checks: checks.into_iter().collect() }))
 }
 
+/// Liveness alone: the loop answered, or is too busy to (its queue is full: it is working).
+/// `ready` is not judged here and is always `false`; ask `/v1/health` for it.
 async fn health_live(State(st): State<AppState>) -> (StatusCode, Json<json::Health>) {
-    let live = ask_health(&st).await.is_some();
+    let (live, checks) = match ask_health(&st).await {
+        Ok(_) => (true, [("service_loop".to_owned(), "ok".to_owned())]),
+        Err((live, why)) => (live, [("service_loop".to_owned(), why)]),
+    };
     let status = if live { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json::Health { live, ready: false, checks: std::collections::BTreeMap::new() }))
+    (status, Json(json::Health { live, ready: false, checks: checks.into_iter().collect() }))
 }
 
 async fn propose_change(

@@ -957,6 +957,11 @@ async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::
 async fn health(client: &Client, out: &mut Output) -> anyhow::Result<u8> {
     let (status, answer) = client.health().await?;
     let Some(health) = answer else {
+        // A 503 is not ready, whatever came with it; anything else is an error.
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            out.line(format_args!("not ready: the daemon answered {status} without its health"))?;
+            return Ok(EXIT_NOT_READY);
+        }
         bail!("the daemon answered {status} to GET /v1/health, without its health");
     };
     if out.json {

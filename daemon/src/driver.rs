@@ -517,7 +517,10 @@ impl Driver {
             }
             TransportEvent::VersionMismatch { peer, ours, theirs } => {
                 self.metrics.version_mismatches.get_or_create(&PeerLabel { peer: self.name_of(&peer) }).inc();
-                self.version_mismatch.insert(peer, (ours, theirs));
+                // A stray handshake of a peer that is connected says nothing about the peer.
+                if !self.linked.contains(&peer) {
+                    self.version_mismatch.insert(peer, (ours, theirs));
+                }
             }
             TransportEvent::Disconnected { peer, reason, removed_by_peer } => {
                 self.linked.remove(&peer);
@@ -1191,7 +1194,11 @@ impl Driver {
                     last_seen_ms_ago: self.last_seen.get(key).map(|t| t.elapsed().as_millis() as u64),
                     rtt_ms: self.transport.rtt(key).map(|d| d.as_secs_f64() * 1000.0),
                     stats: self.node.peer_stats(key).cloned().unwrap_or_default(),
-                    version_mismatch: self.version_mismatch.get(key).copied(),
+                    version_mismatch: self
+                        .version_mismatch
+                        .get(key)
+                        .copied()
+                        .filter(|_| state == PeerState::VersionMismatch),
                 }
             })
             .collect()

@@ -272,8 +272,9 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     /// Counters: messages, bytes, events in and out, rejections by reason.
     pub stats: PeerStats,
-    /// The protocol versions, this node's and the peer's (if it said), when the last handshake
-    /// with it failed because they differ.
+    /// The protocol versions, this node's and the peer's (if it said), when the state is
+    /// [`PeerState::VersionMismatch`]: not connected, and a handshake with it since the last
+    /// connection failed because they differ.
     pub version_mismatch: Option<(u8, Option<u8>)>,
 }
 

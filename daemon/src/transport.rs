@@ -51,8 +51,9 @@
 //! ```
 //!
 //! The dialer sends its hello first; the acceptor checks it and only then answers with its
-//! own. A hello frame of another length or with another magic closes the connection with
-//! [`CloseCode::BadHello`] ("bad hello"); a different cluster id closes it with
+//! own. A hello frame of another length or whose first five bytes are not `CAIRN` closes the
+//! connection with [`CloseCode::BadHello`] ("bad hello"); another protocol version byte with
+//! [`CloseCode::VersionMismatch`]; a different cluster id closes it with
 //! [`CloseCode::ClusterMismatch`] ("cluster id mismatch"). Nothing else is accepted before the
 //! hello. A TLS 1.3 client finishes its handshake before the server has checked the client's
 //! key, so the dialer counts the peer as connected only once it has received the acceptor's
@@ -91,7 +92,8 @@
 //! # Events
 //!
 //! Events of one peer arrive in order: `Connected`, then its `Message`s in the order they were
-//! sent, then `Disconnected`, then possibly `Connected` again. After [`Transport::shutdown`]
+//! sent, then `Disconnected`, then possibly `Connected` again. `VersionMismatch` comes from a
+//! failed handshake and may arrive at any point between them. After [`Transport::shutdown`]
 //! (or when the last handle is dropped) no more events are sent.
 
 use std::collections::BTreeMap;
@@ -1110,16 +1112,26 @@ impl Shared {
 
     /// Counts, logs (both versions named) and reports a hello that named another protocol
     /// version, if `failure` is one.
-    async fn note_version_mismatch(&self, peer: &PublicKey, failure: &Failure) {
+    ///
+    /// Never waits: a handshake must not hang on a full event queue (the event is dropped then;
+    /// the counter and the log still have it). The warning goes through `log_trouble` with the
+    /// handshake's failure, rate-limited per peer.
+    fn note_version_mismatch(&self, peer: &PublicKey, failure: &Failure) {
         if failure.close != Some(CloseCode::VersionMismatch) && failure.peer_version.is_none() {
             return;
         }
         self.counters.n_version_mismatches.fetch_add(1, Ordering::Relaxed);
         let ours = self.protocol_version;
-        warn!(peer = %peer.short(), ours = %version_name(ours),
+        debug!(peer = %peer.short(), ours = %version_name(ours),
             theirs = %failure.peer_version.map_or_else(|| "unknown".to_owned(), version_name),
             "the peer speaks another protocol version: no connection until one of the two nodes is upgraded");
-        self.emit(TransportEvent::VersionMismatch { peer: *peer, ours, theirs: failure.peer_version }).await;
+        if !self.is_shut_down() {
+            let _ = self.events.try_send(TransportEvent::VersionMismatch {
+                peer: *peer,
+                ours,
+                theirs: failure.peer_version,
+            });
+        }
     }
 
     /// The key of the identity new handshakes present.
@@ -1326,6 +1338,8 @@ async fn dial(
                 && closed.error_code == CloseCode::VersionMismatch.var_int()
             {
                 failure.peer_version = version_in_reason(&closed.reason);
+                // Counted and reported even when its reason does not say its version.
+                failure.close = Some(CloseCode::VersionMismatch);
                 failure.reason = format!(
                     "{}: the peer speaks {}, this node {}",
                     CloseCode::VersionMismatch.reason(),
@@ -1333,7 +1347,7 @@ async fn dial(
                     version_name(shared.protocol_version)
                 );
             }
-            shared.note_version_mismatch(peer, &failure).await;
+            shared.note_version_mismatch(peer, &failure);
             Err(failure)
         }
     }
@@ -1638,7 +1652,7 @@ async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (O
                     version_name(shared.protocol_version)
                 );
             }
-            shared.note_version_mismatch(&peer, &failure).await;
+            shared.note_version_mismatch(&peer, &failure);
             Err((Some(peer), failure))
         }
     }
