@@ -186,6 +186,8 @@ pub struct Driver {
     in_force: std::collections::BTreeSet<PublicKey>,
     /// An accepted event carried a membership op since the transport last followed it.
     membership_changed: bool,
+    /// Keys refused for a double approval of their seat.
+    double_approvers: std::collections::BTreeSet<PublicKey>,
     /// Peers whose last handshake failed for a protocol version mismatch: (ours, theirs).
     version_mismatch: BTreeMap<PublicKey, (u8, Option<u8>)>,
     /// When each author's newest event was accepted here (for the removal check).
@@ -268,6 +270,7 @@ impl Driver {
             membership_changed: true,
             last_wrote: BTreeMap::new(),
             version_mismatch: BTreeMap::new(),
+            double_approvers: std::collections::BTreeSet::new(),
             removal_quiet: parts.removal_quiet,
             key_file: parts.key_file,
             rotating: None,
@@ -629,7 +632,23 @@ impl Driver {
         let is_own = |key: &PublicKey| {
             *key == me || resolution.seats_of(key).iter().any(|(seat, _)| own_seats.contains(seat))
         };
+        // A double approval is handled like an equivocation: the keys that signed the seat's
+        // two votes, and its key of now, are refused for good (its later votes and writes are
+        // already out, rule M7 and M9).
+        let mut double_approvers = Vec::new();
+        for double in resolution.double_approvals() {
+            for key in [double.first.key, double.second.key, resolution.chains().current(&double.seat)] {
+                if !is_own(&key) && !self.double_approvers.contains(&key) {
+                    double_approvers.push(key);
+                }
+            }
+        }
         let in_force = keys_in_force(&self.node);
+        for key in double_approvers {
+            warn!(peer = %self.name_of(&key), "refusing a double approver: its seat approved two changes of one membership and round");
+            self.transport.refuse_for(&key, crate::tls::KeyRefusal::DoubleApprover);
+            self.double_approvers.insert(key);
+        }
         if in_force == self.in_force {
             return;
         }
@@ -1175,7 +1194,9 @@ impl Driver {
             .iter()
             .filter(|key| **key != me)
             .map(|key| {
-                let state = if adapter.evidence().any(|e| e.author() == *key) {
+                let state = if adapter.evidence().any(|e| e.author() == *key)
+                    || self.double_approvers.contains(key)
+                {
                     PeerState::Refused
                 } else if !self.in_force.contains(key) {
                     PeerState::OutOfForce

@@ -177,6 +177,12 @@ pub enum KeyRefusal {
          must never sign again; it needs a new key and membership"
     )]
     Equivocator,
+    /// The key's seat approved two changes of one membership and round: refused for good.
+    #[error(
+        "this key is refused for good: its seat approved two different changes of one membership and round (a \
+         double approval, PROTOCOL.md §17 rule M7; see `cairnctl evidence` on the refusing node)"
+    )]
+    DoubleApprover,
     /// The key is out of force: a membership change removed its seat or rotated it away.
     #[error(
         "this key is no longer a member: a membership change in force on the refusing node removed its seat, or \
@@ -196,7 +202,8 @@ pub struct MemberKeys {
 #[derive(Debug, Default)]
 struct Keys {
     allowed: BTreeSet<[u8; 32]>,
-    refused: BTreeSet<[u8; 32]>,
+    /// Keys refused for good, and why.
+    refused: std::collections::BTreeMap<[u8; 32], KeyRefusal>,
     removed: BTreeSet<[u8; 32]>,
 }
 
@@ -213,7 +220,7 @@ impl MemberKeys {
     pub fn allow(&self, key: &PublicKey) -> bool {
         // As in `refuse`: set operations cannot leave the sets half-written.
         let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
-        if keys.refused.contains(&key.0) || keys.removed.contains(&key.0) {
+        if keys.refused.contains_key(&key.0) || keys.removed.contains(&key.0) {
             return false;
         }
         keys.allowed.insert(key.0);
@@ -224,25 +231,30 @@ impl MemberKeys {
     /// force.
     pub fn may_allow(&self, key: &PublicKey) -> bool {
         let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
-        !keys.refused.contains(&key.0) && !keys.removed.contains(&key.0)
+        !keys.refused.contains_key(&key.0) && !keys.removed.contains(&key.0)
     }
 
     /// Takes `key` out of force from now on (a membership change removed or rotated it).
     pub fn remove(&self, key: &PublicKey) {
         let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         keys.allowed.remove(&key.0);
-        if !keys.refused.contains(&key.0) {
+        if !keys.refused.contains_key(&key.0) {
             keys.removed.insert(key.0);
         }
     }
 
     /// Refuses `key` from now on; connections already established are the transport's business.
     pub fn refuse(&self, key: &PublicKey) {
+        self.refuse_for(key, KeyRefusal::Equivocator);
+    }
+
+    /// Refuses `key` from now on for `why` (a key already out of force stays as it is).
+    pub fn refuse_for(&self, key: &PublicKey, why: KeyRefusal) {
         // The sets stay consistent whatever a panicking holder did: inserts and removes of
         // `[u8; 32]` cannot leave them half-written, so a poisoned lock is safe to use.
         let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
         if keys.allowed.remove(&key.0) {
-            keys.refused.insert(key.0);
+            keys.refused.insert(key.0, why);
         }
     }
 
@@ -256,8 +268,8 @@ impl MemberKeys {
         let keys = self.keys.read().unwrap_or_else(PoisonError::into_inner);
         if keys.allowed.contains(&key.0) {
             Ok(())
-        } else if keys.refused.contains(&key.0) {
-            Err(KeyRefusal::Equivocator)
+        } else if let Some(why) = keys.refused.get(&key.0) {
+            Err(*why)
         } else if keys.removed.contains(&key.0) {
             Err(KeyRefusal::Removed)
         } else {
@@ -496,6 +508,10 @@ mod tests {
         assert!(members.allows(&keys[1]) && members.allows(&keys[2]));
         members.clone().refuse(&keys[1]);
         assert!(!members.allows(&keys[1]));
+        assert_eq!(members.check(&keys[1]), Err(KeyRefusal::Equivocator));
         assert!(members.allows(&keys[2]));
+        members.refuse_for(&keys[2], KeyRefusal::DoubleApprover);
+        assert_eq!(members.check(&keys[2]), Err(KeyRefusal::DoubleApprover), "refused, saying why");
+        assert!(!members.allow(&keys[2]), "refused for good");
     }
 }

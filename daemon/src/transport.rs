@@ -960,7 +960,13 @@ impl Transport {
     /// Refuses `peer` for good (a proven equivocator): closes its connection now, never dials
     /// it again, and the server rejects its key from now on.
     pub fn refuse(&self, peer: &PublicKey) {
-        self.shared.members.refuse(peer);
+        self.refuse_for(peer, tls::KeyRefusal::Equivocator);
+    }
+
+    /// Refuses `peer` for good for `why` (a proven equivocator, or a double approver), as
+    /// [`Transport::refuse`] does.
+    pub fn refuse_for(&self, peer: &PublicKey, why: tls::KeyRefusal) {
+        self.shared.members.refuse_for(peer, why);
         if let Some(control) = lock(&self.shared.peers).get(peer) {
             control.refused.send_replace(Some(CloseCode::Refused));
         }

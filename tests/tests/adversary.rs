@@ -9,7 +9,8 @@
 //! - each honest node's peak resident memory stayed under [`RSS_MAX_KIB`] (the configured
 //!   causal-buffer bound plus the node's own working set);
 //! - after an equivocation, every honest node holds the evidence and refuses the adversary;
-//!   otherwise nobody holds evidence and nobody is refused.
+//!   after a double approval, every honest node shows it and refuses the adversary; otherwise
+//!   nobody holds evidence and nobody is refused.
 //!
 //! The scenarios run one at a time (a lock): each brings its own cluster, and several at once
 //! on two cores would turn timing-sensitive ones (slowloris, floods) into a test of the
@@ -284,8 +285,22 @@ fn attack(name: &str, orphans: u64, setup: impl FnOnce(&AttackCluster)) {
             } else {
                 let evidence = cluster.client(i).get_json("/v1/evidence").await.unwrap();
                 assert_eq!(evidence["evidence"], json!([]), "{node} holds evidence after {name}");
-                let peer = cluster.peer(i, ADVERSARY_NAME).await.unwrap();
-                assert_ne!(peer["state"], "refused", "{node} refuses {ADVERSARY_NAME} after {name}");
+                if expect.double_approval {
+                    // Handled like an equivocation: refused for good.
+                    cluster
+                        .wait_for(
+                            &format!("{node} refuses {ADVERSARY_NAME} as a double approver"),
+                            SETTLE,
+                            || async {
+                                cluster.peer(i, ADVERSARY_NAME).await.is_ok_and(|p| p["state"] == "refused")
+                            },
+                        )
+                        .await
+                        .unwrap();
+                } else {
+                    let peer = cluster.peer(i, ADVERSARY_NAME).await.unwrap();
+                    assert_ne!(peer["state"], "refused", "{node} refuses {ADVERSARY_NAME} after {name}");
+                }
             }
         }
         // Double approvals: shown everywhere, and nothing took effect.
