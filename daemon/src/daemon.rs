@@ -98,6 +98,17 @@ pub fn finish_key_rotation(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Events read back from the log (`reads::log_page`, `reads::log_at`) as the node takes them.
+/// Those reads checked every event's bytes, so none is dropped here in practice.
+fn stored_events(page: Vec<(u64, cairn_protocol::EventMeta, Vec<u8>)>) -> Vec<StoredEvent> {
+    page.into_iter()
+        .filter_map(|(_, meta, bytes)| {
+            let id = codec::decode_event(&bytes).ok()?.id();
+            Some(StoredEvent { id, meta, bytes: bytes.into() })
+        })
+        .collect()
+}
+
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let Checked { config, key, genesis, peers } = checked;
@@ -138,13 +149,14 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let store_open_ms = opening.elapsed().as_millis();
     // The roster: the genesis members, then the keys membership ops named (PROTOCOL.md §17), as
     // the store indexes them.
-    let later: Vec<PublicKey> = loaded.roster_later.iter().map(|key| PublicKey(*key)).collect();
-    let roster = cairn_protocol::Roster::with_later(&genesis, &later).map_err(|error| {
+    let corrupt = |error: &dyn std::fmt::Display| {
         anyhow::anyhow!(
             "the store at {} is corrupt ({error}); it is refused, not used. Run `cairnd check-store`",
             store_path.display()
         )
-    })?;
+    };
+    let later: Vec<PublicKey> = loaded.roster_later.iter().map(|key| PublicKey(*key)).collect();
+    let roster = cairn_protocol::Roster::with_later(&genesis, &later).map_err(|error| corrupt(&error))?;
     let document = store
         .load_document(roster.keys())
         .with_context(|| format!("cannot use the store {}", store_path.display()))?;
@@ -159,20 +171,9 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     );
     // What the membership ops of the log resolve to, before the tail's replay: the document
     // admits only what the membership does (rule M9).
-    let member_events = crate::store::reads::log_at(&db, &loaded.member_events).map_err(|error| {
-        anyhow::anyhow!(
-            "the store at {} is corrupt ({error}); it is refused, not used. Run `cairnd check-store`",
-            store_path.display()
-        )
-    })?;
-    let member_events: Vec<StoredEvent> = member_events
-        .into_iter()
-        .filter_map(|(_, meta, bytes)| {
-            let id = codec::decode_event(&bytes).ok()?.id();
-            Some(StoredEvent { id, meta, bytes: bytes.into() })
-        })
-        .collect();
-    node.resume_membership(&member_events);
+    let member_events =
+        crate::store::reads::log_at(&db, &loaded.member_events).map_err(|error| corrupt(&error))?;
+    node.resume_membership(&stored_events(member_events));
     node.track_document();
     let authored = loaded.authors.clone();
     let mut position = loaded.doc_through;
@@ -190,14 +191,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         let Some((last, _, _)) = page.last() else { break };
         position = last + 1;
         n_replayed += page.len() as u64;
-        let events: Vec<StoredEvent> = page
-            .into_iter()
-            .filter_map(|(_, meta, bytes)| {
-                let id = codec::decode_event(&bytes).ok()?.id();
-                Some(StoredEvent { id, meta, bytes: bytes.into() })
-            })
-            .collect();
-        let bad = node.replay_document(&events);
+        let bad = node.replay_document(&stored_events(page));
         if let Some(first) = bad.first() {
             bail!(
                 "the store {} holds {} event(s) that no longer read back as they were stored (first: {first}); it was \

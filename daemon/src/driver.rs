@@ -42,7 +42,7 @@ use crate::commit::{
     WriteFailure,
 };
 use crate::discipline::{PeerDiscipline, Verdict};
-use crate::metrics::{AuthorLabel, Metrics, PeerLabel, ReasonLabel};
+use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
 use crate::store::{Store, StoreError};
 use crate::transport::{Transport, TransportEvent};
 use prometheus_client::metrics::counter::Counter;
@@ -219,11 +219,7 @@ impl Driver {
             .iter()
             .zip(&authored)
             .map(|(key, (events, bytes))| {
-                let label = AuthorLabel { author: seat_name(&parts.genesis, &parts.node, key) };
-                let counters = (
-                    metrics.author_events.get_or_create_owned(&label),
-                    metrics.author_bytes.get_or_create_owned(&label),
-                );
+                let counters = metrics.author_counters(seat_name(&parts.genesis, &parts.node, key));
                 counters.0.inc_by(*events);
                 counters.1.inc_by(*bytes);
                 counters
@@ -484,14 +480,10 @@ impl Driver {
             let idx = self.authored.len();
             let name =
                 self.node.adapter().roster().key(idx).map_or_else(String::new, |key| self.name_of(key));
-            let label = AuthorLabel { author: name };
             self.authored.push((0, 0));
             self.authored_window.1.push((0, 0));
             self.authored_rates.push((0.0, 0.0));
-            self.authored_metrics.push((
-                self.metrics.author_events.get_or_create_owned(&label),
-                self.metrics.author_bytes.get_or_create_owned(&label),
-            ));
+            self.authored_metrics.push(self.metrics.author_counters(name));
         }
         let Some(tally) = self.authored.get_mut(author) else { return };
         tally.0 += 1;

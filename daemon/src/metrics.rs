@@ -78,6 +78,12 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The `cairn_author_events` and `cairn_author_bytes` counters of the author named `name`.
+    pub fn author_counters(&self, name: String) -> (Counter, Counter) {
+        let label = AuthorLabel { author: name };
+        (self.author_events.get_or_create_owned(&label), self.author_bytes.get_or_create_owned(&label))
+    }
+
     /// A fresh registry with every metric registered (prefix `cairn`).
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("cairn");

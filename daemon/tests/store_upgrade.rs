@@ -10,6 +10,23 @@ use std::path::Path;
 use cairn_daemon::config::STORE_FILE;
 use common::{Cluster, TIMING, cairnd};
 
+/// A 2-node layout whose node 0 gets the key, genesis and store of `fixture`; node 1 never
+/// runs. Not a brand-new cluster: only the store's own history decides whether it may write.
+fn cluster_with(fixture: &Path) -> Cluster {
+    let cluster = Cluster::write(2, TIMING);
+    std::fs::copy(fixture.join("node.key"), &cluster.nodes[0].key_file).expect("the key");
+    // git keeps no file mode but the executable bit: a clone has the key readable by others,
+    // which cairnd refuses.
+    std::fs::set_permissions(&cluster.nodes[0].key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod 600 the key");
+    std::fs::copy(fixture.join("genesis.toml"), cluster.dir().join("genesis.toml")).expect("the genesis");
+    let data_dir = &cluster.nodes[0].data_dir;
+    std::fs::create_dir_all(data_dir).expect("the data directory");
+    std::fs::copy(fixture.join("store.redb"), data_dir.join(STORE_FILE)).expect("the store");
+    cluster.edit_config(0, |text| text.replace("new_cluster = true\n", ""));
+    cluster
+}
+
 #[test]
 fn a_format_1_store_is_upgraded_in_place_and_keeps_its_document() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-v1");
@@ -21,19 +38,7 @@ fn a_format_1_store_is_upgraded_in_place_and_keeps_its_document() {
     let _v2 = digests.next().expect("document digest, layout v2");
     let document = digests.next().expect("document digest, layout v3");
 
-    // A 2-node layout whose node 0 gets the fixture's key, genesis and store; node 1 never runs.
-    let mut cluster = Cluster::write(2, TIMING);
-    std::fs::copy(fixture.join("node.key"), &cluster.nodes[0].key_file).expect("the key");
-    // git keeps no file mode but the executable bit: a clone has the key readable by others,
-    // which cairnd refuses.
-    std::fs::set_permissions(&cluster.nodes[0].key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod 600 the key");
-    std::fs::copy(fixture.join("genesis.toml"), cluster.dir().join("genesis.toml")).expect("the genesis");
-    let data_dir = &cluster.nodes[0].data_dir;
-    std::fs::create_dir_all(data_dir).expect("the data directory");
-    std::fs::copy(fixture.join("store.redb"), data_dir.join(STORE_FILE)).expect("the store");
-    // Not a brand-new cluster: only the store's own history decides whether it may write.
-    cluster.edit_config(0, |text| text.replace("new_cluster = true\n", ""));
+    let mut cluster = cluster_with(&fixture);
 
     let check = std::process::Command::new(cairnd())
         .args(["check-store", "--config"])
@@ -70,15 +75,7 @@ fn a_format_4_store_is_upgraded_without_a_replay_and_keeps_its_document() {
     let (document, sync) = (digests.next().expect("document digest"), digests.next().expect("sync digest"));
     let n_events: u64 = digests.next().expect("events").parse().expect("a count");
 
-    let mut cluster = Cluster::write(2, TIMING);
-    std::fs::copy(fixture.join("node.key"), &cluster.nodes[0].key_file).expect("the key");
-    std::fs::set_permissions(&cluster.nodes[0].key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .expect("chmod 600 the key");
-    std::fs::copy(fixture.join("genesis.toml"), cluster.dir().join("genesis.toml")).expect("the genesis");
-    let data_dir = &cluster.nodes[0].data_dir;
-    std::fs::create_dir_all(data_dir).expect("the data directory");
-    std::fs::copy(fixture.join("store.redb"), data_dir.join(STORE_FILE)).expect("the store");
-    cluster.edit_config(0, |text| text.replace("new_cluster = true\n", ""));
+    let mut cluster = cluster_with(&fixture);
 
     cluster.spawn(0);
     cluster.wait_ready(0);
