@@ -10,6 +10,18 @@ use std::path::Path;
 use cairn_daemon::config::STORE_FILE;
 use common::{Cluster, TIMING, cairnd};
 
+/// Runs `cairnd check-store` on node 0, which must pass; returns what it printed.
+fn check_store(cluster: &Cluster) -> String {
+    let check = std::process::Command::new(cairnd())
+        .args(["check-store", "--config"])
+        .arg(&cluster.nodes[0].config)
+        .output()
+        .expect("cairnd check-store");
+    let out = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
+    assert!(check.status.success(), "{out}");
+    out
+}
+
 /// A 2-node layout whose node 0 gets the key, genesis and store of `fixture`; node 1 never
 /// runs. Not a brand-new cluster: only the store's own history decides whether it may write.
 fn cluster_with(fixture: &Path) -> Cluster {
@@ -40,13 +52,7 @@ fn a_format_1_store_is_upgraded_in_place_and_keeps_its_document() {
 
     let mut cluster = cluster_with(&fixture);
 
-    let check = std::process::Command::new(cairnd())
-        .args(["check-store", "--config"])
-        .arg(&cluster.nodes[0].config)
-        .output()
-        .expect("cairnd check-store");
-    let out = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    assert!(check.status.success(), "{out}");
+    let out = check_store(&cluster);
     assert!(out.contains("upgraded in place from format 1"), "{out}");
     assert!(out.contains("own history: Unknown"), "{out}");
 
@@ -97,11 +103,5 @@ fn a_format_4_store_is_upgraded_without_a_replay_and_keeps_its_document() {
     );
 
     cluster.stop(0);
-    let check = std::process::Command::new(cairnd())
-        .args(["check-store", "--config"])
-        .arg(&cluster.nodes[0].config)
-        .output()
-        .expect("cairnd check-store");
-    let out = format!("{}{}", String::from_utf8_lossy(&check.stdout), String::from_utf8_lossy(&check.stderr));
-    assert!(check.status.success(), "{out}");
+    check_store(&cluster);
 }
