@@ -648,7 +648,8 @@ impl Adapter {
         let own_predecessor = meta.own_pred;
         let forked_now = seq <= self.chains[author].max_seq && !self.archive.at_seq(author, seq).is_empty();
         let Decoded { event, id, bytes } = decoded;
-        let verified = Verified::new(event, id, bytes, author, meta.clock.clone());
+        let seen = crate::archive::seen_clocks(self.archive.as_ref(), author, &event.ops, self.chains.len());
+        let verified = Verified::new(event, id, bytes, author, meta.clock.clone(), seen);
         let chain = &mut self.chains[author];
         if let Some(pred) = own_predecessor {
             chain.tips.retain(|(t, _)| *t != pred);

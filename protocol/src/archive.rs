@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::codec;
 use crate::document::{Covered, DocHistory, HistoricEvent, OpId};
-use crate::event::{Event, EventId};
+use crate::event::{Event, EventId, Op};
 use crate::genesis::MemberIdx;
 use crate::verified::Verified;
 
@@ -60,6 +60,34 @@ impl EventMeta {
         Self { author, seq, lamport, own_pred, clock }
     }
 }
+
+/// For each op of an event that carries a causal context ([`crate::Seen`]), by op index: the
+/// pointwise maximum of the clocks of the events the context names, `n` entries. An event in
+/// that maximum's causal past is one the writer had read. The named events are deps and the
+/// author's own earlier events, so every one is accepted before the event is; an own seq where
+/// the author forked names every event the archive holds at that seq (the event is then
+/// excluded from the document, which never reads this). Empty for an event without contexts:
+/// nothing is looked up.
+pub fn seen_clocks(archive: &dyn Archive, author: MemberIdx, ops: &[Op], n: usize) -> SeenClocks {
+    let mut clocks = Vec::new();
+    for (op_idx, op) in (0u32..).zip(ops) {
+        let Some(seen) = op.seen() else { continue };
+        let mut clock = vec![0u64; n].into_boxed_slice();
+        let own = seen.own.iter().flat_map(|&seq| archive.at_seq(author, seq));
+        for id in seen.events.iter().copied().chain(own) {
+            if let Some(meta) = archive.meta(&id) {
+                for (mine, theirs) in clock.iter_mut().zip(meta.clock.iter()) {
+                    *mine = (*mine).max(*theirs);
+                }
+            }
+        }
+        clocks.push((op_idx, clock));
+    }
+    clocks
+}
+
+/// What [`seen_clocks`] gives: `(op index, clock)` for each op with a causal context.
+pub type SeenClocks = Vec<(u32, Box<[u64]>)>;
 
 /// An accepted event as read back from an archive: its meta and its canonical bytes. Plain
 /// data, not a proof: only validation makes a [`Verified`].
@@ -203,6 +231,7 @@ impl ArchiveHistory<'_> {
             seq: stored.meta.seq,
             lamport: stored.meta.lamport,
             clock: stored.meta.clock.to_vec(),
+            seen: seen_clocks(self.archive, stored.meta.author, &event.ops, stored.meta.clock.len()),
             ops: event.ops,
         })
     }

@@ -12,14 +12,14 @@ use bincode::enc::{Encode, Encoder};
 use bincode::error::{DecodeError, EncodeError};
 use cairn_crypto::{PublicKey, Signature};
 
-use crate::event::{Event, EventId, Header, Op};
+use crate::event::{Event, EventId, Header, Op, Seen};
 use crate::evidence::{Evidence, SignedHeader};
 use crate::genesis::{Genesis, Member};
 use crate::limits::{
     CHANGE_BYTES_MAX, DEPS_MAX, EVENT_BYTES_MAX, EVENTS_PER_MESSAGE_MAX, EVIDENCE_BYTES_MAX,
     EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX, GENESIS_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX,
-    MEMBERS_MAX, MESSAGE_BYTES_MAX, OPS_MAX, ROTATION_BYTES, TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX,
-    WANT_IDS_MAX,
+    MEMBERS_MAX, MESSAGE_BYTES_MAX, OPS_MAX, ROTATION_BYTES, SEEN_EVENTS_MAX, SEEN_OWN_MAX,
+    TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
 };
 use crate::membership::{Change, ChangeId, ChangeKind, MembershipId, Rotation};
 use crate::message::{Message, Tip};
@@ -340,6 +340,28 @@ const OP_REMOVE: u32 = 4;
 const OP_PROPOSE: u32 = 5;
 const OP_APPROVE: u32 = 6;
 const OP_ROTATE: u32 = 7;
+const OP_PUT_SEEN: u32 = 8;
+const OP_DEL_SEEN: u32 = 9;
+const OP_ADD_SEEN: u32 = 10;
+const OP_REMOVE_SEEN: u32 = 11;
+
+impl Encode for Seen {
+    fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
+        encode_len(self.events.len(), encoder)?;
+        self.events.iter().try_for_each(|id| id.encode(encoder))?;
+        encode_len(self.own.len(), encoder)?;
+        self.own.iter().try_for_each(|seq| seq.encode(encoder))
+    }
+}
+
+impl<Context> Decode<Context> for Seen {
+    fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
+        let events =
+            decode_vec(decoder, SEEN_EVENTS_MAX, "seen events", |d| Ok(EventId(decode_array(d)?)))?;
+        let own = decode_vec(decoder, SEEN_OWN_MAX, "seen own seqs", u64::decode)?;
+        Ok(Self { events, own })
+    }
+}
 
 impl Encode for Op {
     fn encode<E: Encoder>(&self, encoder: &mut E) -> Result<(), EncodeError> {
@@ -382,6 +404,29 @@ impl Encode for Op {
                 OP_ROTATE.encode(encoder)?;
                 rotation.encode(encoder)
             }
+            Self::PutSeen { key, value, seen } => {
+                OP_PUT_SEEN.encode(encoder)?;
+                encode_bytes(key, encoder)?;
+                encode_bytes(value, encoder)?;
+                seen.encode(encoder)
+            }
+            Self::DelSeen { key, seen } => {
+                OP_DEL_SEEN.encode(encoder)?;
+                encode_bytes(key, encoder)?;
+                seen.encode(encoder)
+            }
+            Self::AddSeen { key, element, seen } => {
+                OP_ADD_SEEN.encode(encoder)?;
+                encode_bytes(key, encoder)?;
+                encode_bytes(element, encoder)?;
+                seen.encode(encoder)
+            }
+            Self::RemoveSeen { key, element, seen } => {
+                OP_REMOVE_SEEN.encode(encoder)?;
+                encode_bytes(key, encoder)?;
+                encode_bytes(element, encoder)?;
+                seen.encode(encoder)
+            }
         }
     }
 }
@@ -404,6 +449,16 @@ impl<Context> Decode<Context> for Op {
                 Self::Approve { change: ChangeId(decode_array(decoder)?), round: u32::decode(decoder)? }
             }
             OP_ROTATE => Self::Rotate(Rotation::decode(decoder)?),
+            OP_PUT_SEEN => {
+                Self::PutSeen { key: key(decoder)?, value: value(decoder)?, seen: Seen::decode(decoder)? }
+            }
+            OP_DEL_SEEN => Self::DelSeen { key: key(decoder)?, seen: Seen::decode(decoder)? },
+            OP_ADD_SEEN => {
+                Self::AddSeen { key: key(decoder)?, element: element(decoder)?, seen: Seen::decode(decoder)? }
+            }
+            OP_REMOVE_SEEN => {
+                Self::RemoveSeen { key: key(decoder)?, element: element(decoder)?, seen: Seen::decode(decoder)? }
+            }
             other => return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}op tag {other}"))),
         })
     }

@@ -376,7 +376,7 @@ pub fn diagnose(bytes: &[u8], genesis: Option<&Genesis>) -> Diagnosis<Event, Eve
                         ),
                     },
                 },
-                EventRule::Ops => match validate::op_flaw(&event.ops) {
+                EventRule::Ops => match validate::op_flaw(&event) {
                     None => Verdict::Pass,
                     Some(OpFlaw::NoOps) => Failure::verdict(Reject::BadOp, "no ops; an event carries at least one"),
                     Some(OpFlaw::TooMany(n)) => {
@@ -385,6 +385,14 @@ pub fn diagnose(bytes: &[u8], genesis: Option<&Genesis>) -> Diagnosis<Event, Eve
                     Some(OpFlaw::EmptyKey(idx)) => Failure::verdict(
                         Reject::BadOp,
                         format!("op {idx} ({}) has an empty key (ops count from 0)", op_name(&event, idx)),
+                    ),
+                    Some(OpFlaw::Seen(idx)) => Failure::verdict(
+                        Reject::BadOp,
+                        format!(
+                            "op {idx} ({}) has a causal context that is not strictly ascending, names an \
+                             event that is not a dep, or an own seq not below the event's (ops count from 0)",
+                            op_name(&event, idx)
+                        ),
                     ),
                 },
                 EventRule::OpsHash => match validate::check_ops_hash(&event) {
@@ -446,6 +454,10 @@ fn op_name(event: &Event, idx: usize) -> &'static str {
         Some(crate::event::Op::Propose { .. }) => "propose",
         Some(crate::event::Op::Approve { .. }) => "approve",
         Some(crate::event::Op::Rotate(_)) => "rotate",
+        Some(crate::event::Op::PutSeen { .. }) => "put with a context",
+        Some(crate::event::Op::DelSeen { .. }) => "del with a context",
+        Some(crate::event::Op::AddSeen { .. }) => "add with a context",
+        Some(crate::event::Op::RemoveSeen { .. }) => "remove with a context",
         None => "?",
     }
 }

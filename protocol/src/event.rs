@@ -93,6 +93,59 @@ pub enum Op {
     },
     /// Hands the author's seat over to a new key, which signed the proof.
     Rotate(Rotation),
+    /// Register write with a client's causal context: supersedes exactly the writes to `key`
+    /// that `seen` names (`docs/PROTOCOL.md` §14).
+    PutSeen {
+        /// Register key.
+        key: Vec<u8>,
+        /// New value.
+        value: Vec<u8>,
+        /// What the writer had read.
+        seen: Seen,
+    },
+    /// Register delete with a client's causal context: supersedes exactly the writes to `key`
+    /// that `seen` names.
+    DelSeen {
+        /// Register key.
+        key: Vec<u8>,
+        /// What the writer had read.
+        seen: Seen,
+    },
+    /// Set add with a client's causal context: supersedes exactly the adds and removes of
+    /// `element` that `seen` names (a new tag either way).
+    AddSeen {
+        /// Set key.
+        key: Vec<u8>,
+        /// The element.
+        element: Vec<u8>,
+        /// What the writer had read.
+        seen: Seen,
+    },
+    /// Set remove with a client's causal context: takes out exactly the adds of `element` that
+    /// `seen` names, so an add the writer had not read stays.
+    RemoveSeen {
+        /// Set key.
+        key: Vec<u8>,
+        /// The element.
+        element: Vec<u8>,
+        /// What the writer had read.
+        seen: Seen,
+    },
+}
+
+/// A client's causal context as an op carries it: the events whose causal past (themselves
+/// included) the writer had read. Other authors' events are named by id and must be deps of
+/// the op's event; the author's own earlier events are named by seq (an event cannot depend on
+/// two of its author's events). An op with a `Seen` supersedes exactly the ops on its key (or
+/// set element) in the causal past of a named event, so what the writer had not read stays as
+/// a sibling (`docs/PROTOCOL.md` §14).
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seen {
+    /// Events of other authors (or of the author's own predecessor), strictly ascending; each
+    /// must be a dep of the op's event.
+    pub events: Vec<EventId>,
+    /// Seqs of the author's own earlier events, strictly ascending; each `1 ≤ seq <` the event's.
+    pub own: Vec<u64>,
 }
 
 impl Op {
@@ -103,8 +156,23 @@ impl Op {
             | Self::Del { key }
             | Self::Incr { key, .. }
             | Self::Add { key, .. }
-            | Self::Remove { key, .. } => key,
+            | Self::Remove { key, .. }
+            | Self::PutSeen { key, .. }
+            | Self::DelSeen { key, .. }
+            | Self::AddSeen { key, .. }
+            | Self::RemoveSeen { key, .. } => key,
             Self::Propose { .. } | Self::Approve { .. } | Self::Rotate(_) => &[],
+        }
+    }
+
+    /// The causal context the op carries, if any.
+    pub fn seen(&self) -> Option<&Seen> {
+        match self {
+            Self::PutSeen { seen, .. }
+            | Self::DelSeen { seen, .. }
+            | Self::AddSeen { seen, .. }
+            | Self::RemoveSeen { seen, .. } => Some(seen),
+            _ => None,
         }
     }
 

@@ -31,7 +31,7 @@ pub use buffer::PeerId;
 pub use diagnose::{
     Diagnosis, EventRule, EvidenceRule, Failure, Needs, Outcome, Verdict, diagnose, diagnose_evidence,
 };
-pub use event::{Event, EventId, Header, Op};
+pub use event::{Event, EventId, Header, Op, Seen};
 pub use evidence::{Evidence, EvidenceError, SignedHeader};
 pub use genesis::{Genesis, Member, MemberIdx};
 pub use members::PAST_RESOLUTIONS_CACHED_MAX;

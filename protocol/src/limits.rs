@@ -26,6 +26,12 @@ pub const VOTES_PER_SEAT_ROUND_MAX: usize = 2;
 pub const DEPS_MAX: usize = 128;
 /// Most operations one event may carry.
 pub const OPS_MAX: usize = 256;
+/// Most events an op's causal context names by id (`Seen::events`). Each must be a dep, and the
+/// node keeps half of [`DEPS_MAX`] for its own tips: the events named by all the ops of one
+/// event it signs are at most this many too.
+pub const SEEN_EVENTS_MAX: usize = DEPS_MAX / 2;
+/// Most of its author's own earlier events an op's causal context names by seq (`Seen::own`).
+pub const SEEN_OWN_MAX: usize = 64;
 /// Longest key of a register, counter or set, in bytes.
 pub const KEY_BYTES_MAX: usize = 1024;
 /// Longest register value or set element, in bytes.

@@ -925,7 +925,15 @@ pub fn check_ops(
     for op in ops {
         let (id, round) = match op {
             // Document ops are the other rules' business.
-            Op::Put { .. } | Op::Del { .. } | Op::Incr { .. } | Op::Add { .. } | Op::Remove { .. } => {
+            Op::Put { .. }
+            | Op::Del { .. }
+            | Op::Incr { .. }
+            | Op::Add { .. }
+            | Op::Remove { .. }
+            | Op::PutSeen { .. }
+            | Op::DelSeen { .. }
+            | Op::AddSeen { .. }
+            | Op::RemoveSeen { .. } => {
                 continue;
             }
             Op::Rotate(rotation) => {

@@ -13,7 +13,7 @@ use std::fmt;
 use cairn_crypto::verify_strict;
 
 use crate::codec::{self, CodecError};
-use crate::event::{Event, EventId, Header, Op, ops_hash};
+use crate::event::{Event, EventId, Header, Seen, ops_hash};
 use crate::genesis::MemberIdx;
 use crate::limits::OPS_MAX;
 
@@ -122,7 +122,7 @@ pub(crate) fn check_stateless(bytes: Vec<u8>) -> Result<Decoded, (Option<EventId
     if unsorted_dep(&event.header.deps).is_some() {
         return fail(Reject::DepsNotSorted);
     }
-    if op_flaw(&event.ops).is_some() {
+    if op_flaw(&event).is_some() {
         return fail(Reject::BadOp);
     }
     if check_ops_hash(&event).is_err() {
@@ -146,17 +146,33 @@ pub(crate) enum OpFlaw {
     TooMany(usize),
     /// The op at this index has an empty key.
     EmptyKey(usize),
+    /// The causal context of the op at this index is not strictly ascending, names an event
+    /// that is not a dep, or an own seq that is not below the event's.
+    Seen(usize),
 }
 
 /// Rule 7 (ops): what is wrong with the ops, if anything (`bad_op`).
-pub(crate) fn op_flaw(ops: &[Op]) -> Option<OpFlaw> {
+pub(crate) fn op_flaw(event: &Event) -> Option<OpFlaw> {
+    let ops = &event.ops;
     if ops.is_empty() {
         Some(OpFlaw::NoOps)
     } else if ops.len() > OPS_MAX {
         Some(OpFlaw::TooMany(ops.len()))
+    } else if let Some(idx) = ops.iter().position(|op| !op.is_membership() && op.key().is_empty()) {
+        Some(OpFlaw::EmptyKey(idx))
     } else {
-        ops.iter().position(|op| !op.is_membership() && op.key().is_empty()).map(OpFlaw::EmptyKey)
+        ops.iter().position(|op| op.seen().is_some_and(|seen| !seen_holds(seen, &event.header))).map(OpFlaw::Seen)
     }
+}
+
+/// Rule 7 (causal contexts): the named events are strictly ascending and deps of the event,
+/// and the own seqs strictly ascending, each at least 1 and below the event's seq.
+fn seen_holds(seen: &Seen, header: &Header) -> bool {
+    let events_hold = seen.events.windows(2).all(|pair| pair[0] < pair[1])
+        && seen.events.iter().all(|id| header.deps.binary_search(id).is_ok());
+    let own_holds = seen.own.windows(2).all(|pair| pair[0] < pair[1])
+        && seen.own.iter().all(|&seq| seq >= 1 && seq < header.seq);
+    events_hold && own_holds
 }
 
 /// Rule 7 (ops hash): `Err` with the hash of the ops when the header names another
@@ -297,10 +313,29 @@ mod tests {
         assert_eq!(unsorted_dep(&ids(&[1, 2, 3])), None);
         assert_eq!(unsorted_dep(&ids(&[1, 3, 2])), Some(2));
         assert_eq!(unsorted_dep(&ids(&[1, 1])), Some(1));
-        let del = |key: &[u8]| Op::Del { key: key.to_vec() };
-        assert_eq!(op_flaw(&[]), Some(OpFlaw::NoOps));
-        assert_eq!(op_flaw(&[del(b"a"), del(b"")]), Some(OpFlaw::EmptyKey(1)));
-        assert_eq!(op_flaw(&vec![del(b"a"); OPS_MAX + 1]), Some(OpFlaw::TooMany(OPS_MAX + 1)));
-        assert_eq!(op_flaw(&vec![del(b"a"); OPS_MAX]), None);
+        let del = |key: &[u8]| crate::Op::Del { key: key.to_vec() };
+        let key = cairn_crypto::SecretKey::from_seed(&[7; 32]);
+        let on = |seq: u64, deps: Vec<EventId>, ops: Vec<crate::Op>| Event::sign(&key, seq, seq, deps, ops);
+        let flaw = |ops: Vec<crate::Op>| op_flaw(&on(2, ids(&[1, 2]), ops));
+        assert_eq!(flaw(vec![]), Some(OpFlaw::NoOps));
+        assert_eq!(flaw(vec![del(b"a"), del(b"")]), Some(OpFlaw::EmptyKey(1)));
+        assert_eq!(flaw(vec![del(b"a"); OPS_MAX + 1]), Some(OpFlaw::TooMany(OPS_MAX + 1)));
+        assert_eq!(flaw(vec![del(b"a"); OPS_MAX]), None);
+
+        // A causal context names deps by id and the author's own earlier seqs, each list
+        // strictly ascending.
+        let seen = |events: &[u8], own: &[u64]| crate::Op::DelSeen {
+            key: b"k".to_vec(),
+            seen: Seen { events: ids(events), own: own.to_vec() },
+        };
+        assert_eq!(flaw(vec![del(b"a"), seen(&[1, 2], &[1])]), None);
+        assert_eq!(flaw(vec![seen(&[], &[])]), None);
+        assert_eq!(flaw(vec![del(b"a"), seen(&[3], &[])]), Some(OpFlaw::Seen(1)), "not a dep");
+        assert_eq!(flaw(vec![seen(&[2, 1], &[])]), Some(OpFlaw::Seen(0)), "not ascending");
+        assert_eq!(flaw(vec![seen(&[1, 1], &[])]), Some(OpFlaw::Seen(0)), "repeated");
+        assert_eq!(flaw(vec![seen(&[], &[2])]), Some(OpFlaw::Seen(0)), "own seq not below the event's");
+        assert_eq!(flaw(vec![seen(&[], &[0])]), Some(OpFlaw::Seen(0)), "own seq 0");
+        assert_eq!(op_flaw(&on(5, vec![], vec![seen(&[], &[1, 4])])), None);
+        assert_eq!(op_flaw(&on(5, vec![], vec![seen(&[], &[4, 1])])), Some(OpFlaw::Seen(0)));
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::archive::SeenClocks;
 use crate::event::{Event, EventId};
 use crate::genesis::MemberIdx;
 
@@ -17,6 +18,7 @@ struct Inner {
     bytes: Vec<u8>,
     author_idx: MemberIdx,
     clock: Box<[u64]>,
+    seen: SeenClocks,
 }
 
 impl Verified {
@@ -30,12 +32,13 @@ impl Verified {
         bytes: Vec<u8>,
         author_idx: MemberIdx,
         clock: Box<[u64]>,
+        seen: SeenClocks,
     ) -> Self {
         assert!(
             clock.get(author_idx).is_some_and(|&seq| seq >= event.header.seq),
             "an event's clock covers its own seq"
         );
-        Self(Arc::new(Inner { event, id, bytes, author_idx, clock }))
+        Self(Arc::new(Inner { event, id, bytes, author_idx, clock, seen }))
     }
 
     /// An event read back from this node's own archive, which only ever held events that
@@ -43,7 +46,11 @@ impl Verified {
     /// clock taken from the archive. Crate-private like [`Verified::new`]: the archive is this
     /// node's own memory of what it validated, kept on its own disk (checksummed), and reading
     /// it back is how a restart avoids checking every signature again.
-    pub(crate) fn from_stored(stored: &crate::archive::StoredEvent, n_keys: usize) -> Option<Self> {
+    pub(crate) fn from_stored(
+        stored: &crate::archive::StoredEvent,
+        n_keys: usize,
+        archive: &dyn crate::archive::Archive,
+    ) -> Option<Self> {
         let event = stored.event()?;
         if event.id() != stored.id || stored.meta.clock.len() > n_keys || stored.meta.author >= n_keys {
             return None;
@@ -52,11 +59,12 @@ impl Verified {
             return None;
         }
         Some(Self(Arc::new(Inner {
-            event,
             id: stored.id,
             bytes: stored.bytes.to_vec(),
             author_idx: stored.meta.author,
             clock: stored.meta.clock.clone(),
+            seen: crate::archive::seen_clocks(archive, stored.meta.author, &event.ops, stored.meta.clock.len()),
+            event,
         })))
     }
 
@@ -98,6 +106,17 @@ impl Verified {
     /// event" holds exactly when `clock_of(author) >= s`.
     pub fn clock(&self) -> &[u64] {
         &self.0.clock
+    }
+
+    /// The seen clock of op `op_idx` when it carries a causal context
+    /// ([`crate::archive::seen_clocks`]); `None` for an op without one.
+    pub fn seen_clock(&self, op_idx: u32) -> Option<&[u64]> {
+        self.0.seen.iter().find(|(idx, _)| *idx == op_idx).map(|(_, clock)| &**clock)
+    }
+
+    /// Every seen clock, by op index.
+    pub fn seen_clocks(&self) -> &SeenClocks {
+        &self.0.seen
     }
 
     /// The clock's entry for `author`: 0 past its end.

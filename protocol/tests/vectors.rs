@@ -23,7 +23,7 @@ use cairn_protocol::membership::{
 use cairn_protocol::node::{EVENTS_CHUNK_BYTES, FORK_PROBE_SEQS_PER_ROUND, WANT_PERIODIC_IDS_MAX};
 use cairn_protocol::{
     Adapter, AdapterConfig, Event, EventId, Evidence, Genesis, Header, Member, Message, Node, NodeConfig,
-    NodeEvent, Op, SignedHeader, Tip,
+    NodeEvent, Op, Seen, SignedHeader, Tip,
 };
 
 /// Set to `1` to write `docs/vectors.txt` instead of comparing with it.
@@ -198,7 +198,43 @@ fn hand_ops(ops: &[Op]) -> Vec<u8> {
                 out.extend(7u32.to_le_bytes());
                 out.extend(hand_rotation(rotation));
             }
+            Op::PutSeen { key, value, seen } => {
+                out.extend(8u32.to_le_bytes());
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, value);
+                out.extend(hand_seen(seen));
+            }
+            Op::DelSeen { key, seen } => {
+                out.extend(9u32.to_le_bytes());
+                put_bytes(&mut out, key);
+                out.extend(hand_seen(seen));
+            }
+            Op::AddSeen { key, element, seen } => {
+                out.extend(10u32.to_le_bytes());
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, element);
+                out.extend(hand_seen(seen));
+            }
+            Op::RemoveSeen { key, element, seen } => {
+                out.extend(11u32.to_le_bytes());
+                put_bytes(&mut out, key);
+                put_bytes(&mut out, element);
+                out.extend(hand_seen(seen));
+            }
         }
+    }
+    out
+}
+
+/// `seen = u64(n) ‖ n × event id (32) ‖ u64(m) ‖ m × u64(own seq)`.
+fn hand_seen(seen: &Seen) -> Vec<u8> {
+    let mut out = u64_le(seen.events.len() as u64).to_vec();
+    for id in &seen.events {
+        out.extend(id.0);
+    }
+    out.extend(u64_le(seen.own.len() as u64));
+    for seq in &seen.own {
+        out.extend(u64_le(*seq));
     }
     out
 }
@@ -476,6 +512,23 @@ fn compute() -> Vectors {
     v.add("concurrent.document_state", hand_document_state(&document_state_concurrent(&s, &a, &b)));
     v.add("concurrent.document_digest", concurrent.document().digest());
 
+    let [x1, y1, z1, x2] = context_events(&s);
+    let contexts = node_with(&s, &[&x1, &y1, &z1, &x2]);
+    v.comment("");
+    v.comment("Causal contexts (ops 8 to 11, section 14). context.alice1: alice puts k3 = \"x\" and adds \"e\"");
+    v.comment("to s3. context.bob1: bob, on alice1, puts k3 = \"y\" with a context naming alice1 (as a dep).");
+    v.comment("context.carol1: carol, with no deps, puts k3 = \"z\" and adds \"e\" to s3. context.alice2:");
+    v.comment("alice, seq 2, on alice1, bob1 and carol1: PutSeen k3 = \"w\" naming bob1 (a dep) and her own seq 1,");
+    v.comment("RemoveSeen \"e\" from s3 naming her own seq 1, DelSeen k4 with an empty context, and AddSeen");
+    v.comment("\"f\" to s3 naming carol1. State: k3 keeps carol's \"z\" (not named, though in the past) beside");
+    v.comment("alice's \"w\"; s3 = {e, f}, since carol's add of \"e\" was not named; k4 has no value.");
+    v.add("context.alice1", x1.encode());
+    v.add("context.bob1", y1.encode());
+    v.add("context.carol1", z1.encode());
+    v.add("context.alice2", x2.encode());
+    v.add("context.document_state", hand_document_state(&document_state_contexts(&s, &z1, &x2)));
+    v.add("context.document_digest", contexts.document().digest());
+
     let m = membership_scenario(&s);
     v.comment("");
     v.comment("Membership changes (section 17). dave (seed.dave) and alice2 (seed.alice2) are new keys.");
@@ -636,6 +689,70 @@ fn concurrent_events(s: &Scenario) -> (Event, Event, Event) {
     (a, b, c)
 }
 
+/// The causal-context scenario: alice1, bob1 (on alice1, naming it), carol1 (no deps), and
+/// alice2 (on alice1, bob1 and carol1) with all four context ops.
+fn context_events(s: &Scenario) -> [Event; 4] {
+    let [alice, bob, carol] = &s.keys;
+    let x1 = Event::sign(
+        alice,
+        1,
+        1,
+        vec![],
+        vec![
+            Op::Put { key: bytes("k3"), value: bytes("x") },
+            Op::Add { key: bytes("s3"), element: bytes("e") },
+        ],
+    );
+    let named = |events: Vec<EventId>, own: Vec<u64>| Seen { events, own };
+    let y1 = Event::sign(
+        bob,
+        1,
+        2,
+        vec![x1.id()],
+        vec![Op::PutSeen { key: bytes("k3"), value: bytes("y"), seen: named(vec![x1.id()], vec![]) }],
+    );
+    let z1 = Event::sign(
+        carol,
+        1,
+        1,
+        vec![],
+        vec![
+            Op::Put { key: bytes("k3"), value: bytes("z") },
+            Op::Add { key: bytes("s3"), element: bytes("e") },
+        ],
+    );
+    let x2 = Event::sign(
+        alice,
+        2,
+        3,
+        vec![x1.id(), y1.id(), z1.id()],
+        vec![
+            Op::PutSeen { key: bytes("k3"), value: bytes("w"), seen: named(vec![y1.id()], vec![1]) },
+            Op::RemoveSeen { key: bytes("s3"), element: bytes("e"), seen: named(vec![], vec![1]) },
+            Op::DelSeen { key: bytes("k4"), seen: named(vec![], vec![]) },
+            Op::AddSeen { key: bytes("s3"), element: bytes("f"), seen: named(vec![z1.id()], vec![]) },
+        ],
+    );
+    [x1, y1, z1, x2]
+}
+
+/// After the context events: k3 has carol's "z" (lamport 1) and alice's "w" (lamport 3); s3 is
+/// {e, f}.
+fn document_state_contexts<'a>(s: &Scenario, z1: &Event, x2: &Event) -> HandState<'a> {
+    let (alice, carol) = (author(s, 0), author(s, 2));
+    HandState {
+        registers: vec![(
+            "k3",
+            vec![
+                HandSibling { id: z1.id(), op_idx: 0, author: carol, lamport: 1, value: "z" },
+                HandSibling { id: x2.id(), op_idx: 0, author: alice, lamport: 3, value: "w" },
+            ],
+        )],
+        counters: vec![],
+        sets: vec![("s3", vec!["e", "f"])],
+    }
+}
+
 /// After the three concurrent events: two siblings of `k2` (sorted by lamport, then author
 /// key: bob's, then alice's), a counter with two authors, and a set where bob's add of `"a"`,
 /// concurrent with carol's remove, wins.
@@ -792,6 +909,19 @@ fn hand_built_layouts_equal_the_codec() {
     assert_eq!(hash(Domain::Document, &state), concurrent.digest(), "concurrent.document_digest");
     let read = concurrent.register(b"k2");
     assert_eq!(read.siblings.len(), 2, "two siblings");
+    let context = context_events(&s);
+    for (name, event) in ["alice1", "bob1", "carol1", "alice2"].into_iter().zip(&context) {
+        assert_eq!(hand_ops(&event.ops), codec::encode_ops(&event.ops), "context.{name}: the ops");
+        let mut hand = hand_header(&event.header);
+        hand.extend(hand_ops(&event.ops));
+        hand.extend(event.sig.0);
+        assert_eq!(hand, event.encode(), "context.{name}");
+    }
+    let [x1, y1, z1, x2] = &context;
+    let with_contexts = document_via_adapter(&s, &[x1, y1, z1, x2]);
+    let state = hand_document_state(&document_state_contexts(&s, z1, x2));
+    assert_eq!(hash(Domain::Document, &state), with_contexts.digest(), "context.document_digest");
+    assert_eq!(with_contexts.set_members(b"s3"), [b"e".to_vec(), b"f".to_vec()], "carol's add stays");
     assert_eq!(concurrent.counter(b"c2"), 2, "3 - 1 over two authors");
     assert_eq!(concurrent.set_members(b"s2"), [b"a".to_vec(), b"b".to_vec()], "the concurrent add wins");
 
@@ -1037,6 +1167,8 @@ fn limits_table_matches_the_constants() {
         ("VOTES_PER_SEAT_ROUND_MAX", limits::VOTES_PER_SEAT_ROUND_MAX),
         ("DEPS_MAX", limits::DEPS_MAX),
         ("OPS_MAX", limits::OPS_MAX),
+        ("SEEN_EVENTS_MAX", limits::SEEN_EVENTS_MAX),
+        ("SEEN_OWN_MAX", limits::SEEN_OWN_MAX),
         ("KEY_BYTES_MAX", limits::KEY_BYTES_MAX),
         ("VALUE_BYTES_MAX", limits::VALUE_BYTES_MAX),
         ("EVENT_BYTES_MAX", limits::EVENT_BYTES_MAX),

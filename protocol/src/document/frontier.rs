@@ -19,7 +19,7 @@ pub(super) trait FrontierEntry {
 pub(super) fn advance<E: FrontierEntry>(frontier: &mut Vec<E>, new: E) -> Vec<OpId> {
     let mut covered = Vec::new();
     frontier.retain(|entry| {
-        let is_seen = entry.op().is_seen_by(new.op());
+        let is_seen = entry.op().is_superseded_by(new.op());
         if is_seen {
             covered.push(entry.op().id());
         }
@@ -67,7 +67,7 @@ pub(super) fn retract<E: FrontierEntry>(
 /// order; the others are recorded in `covered`. Quadratic in the pool, which holds the
 /// surviving frontier and what the excluded ops covered.
 fn maximal<E: FrontierEntry>(pool: Vec<E>, covered: &mut BTreeMap<OpId, Vec<OpId>>) -> Vec<E> {
-    let sees = |j: usize, i: usize| i != j && pool[i].op().is_seen_by(pool[j].op());
+    let sees = |j: usize, i: usize| i != j && pool[i].op().is_superseded_by(pool[j].op());
     let kept: Vec<bool> = (0..pool.len()).map(|i| !(0..pool.len()).any(|j| sees(j, i))).collect();
     for i in (0..pool.len()).filter(|&i| !kept[i]) {
         // With the causal test exact, a kept op sees every dropped one (the order is finite and

@@ -45,6 +45,8 @@ pub struct HistoricEvent {
     pub clock: Vec<u64>,
     /// The ops.
     pub ops: Vec<Op>,
+    /// The seen clock of each op with a causal context ([`crate::archive::seen_clocks`]).
+    pub seen: crate::archive::SeenClocks,
 }
 
 impl From<&Verified> for HistoricEvent {
@@ -56,6 +58,7 @@ impl From<&Verified> for HistoricEvent {
             lamport: event.lamport(),
             clock: event.clock().to_vec(),
             ops: event.event().ops.clone(),
+            seen: event.seen_clocks().clone(),
         }
     }
 }

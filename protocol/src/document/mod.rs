@@ -15,6 +15,18 @@
 //! - Registers (multi-value): a `Put` or `Del` supersedes exactly the included puts on its key in
 //!   its causal past. The siblings are the included puts that nothing included supersedes; the
 //!   visible value is the greatest sibling by `(lamport, author index, event id, op index)`.
+//! - Causal contexts: `PutSeen`, `DelSeen`, `AddSeen` and `RemoveSeen` carry what their writer
+//!   had read ([`crate::Seen`]), and supersede exactly the ops on their key (or element) in the
+//!   causal past of a named event, or in it: op X (author `a`, seq `s`) when the op's *seen
+//!   clock* (the pointwise max of the named events' clocks, `crate::archive::seen_clocks`)
+//!   has `seen[a] >= s`, and never an op of its own event. Without a context an op supersedes
+//!   its causal past. Either way what an op supersedes is *closed downwards*: an op in the
+//!   causal past of one it supersedes is superseded too (it is in the named event's past as
+//!   well). Below, "X sees Y" and `⊑` mean this relation; the argument of the section
+//!   Exclusion uses only that it lies within the causal past, is closed downwards (so
+//!   transitive), and is decided by clocks that are exact for unforked ops. A context that
+//!   named events by a bare vector of seqs would not be closed downwards, and an exclusion
+//!   could then bring back an op that an included op still supersedes.
 //! - Counters: the included `Incr` deltas of each author are summed in an `i128`; the value is
 //!   the sum over authors.
 //! - Sets (observed-remove): an `Add` makes a tag; a `Remove` takes out exactly the tags of its
@@ -127,6 +139,7 @@ use std::sync::Arc;
 
 use cairn_crypto::{Domain, Hasher, PublicKey};
 
+use crate::archive::SeenClocks;
 use crate::event::{EventId, Op};
 use crate::genesis::MemberIdx;
 use crate::verified::Verified;
@@ -178,6 +191,71 @@ pub struct RegisterRead {
     pub visible: Option<Sibling>,
     /// Every sibling, ascending by `(lamport, author, event id, op index)`.
     pub siblings: Vec<Sibling>,
+}
+
+impl RegisterRead {
+    /// The causal context of this read: the events of its siblings, sorted and unique. A write
+    /// or delete that carries it supersedes exactly what this read saw (module documentation).
+    pub fn context(&self) -> Vec<EventId> {
+        let mut events: Vec<EventId> = self.siblings.iter().map(|sibling| sibling.event_id).collect();
+        events.sort_unstable();
+        events.dedup();
+        events
+    }
+}
+
+/// The first byte of a causal context as clients hold it ([`encode_context`]).
+pub const CONTEXT_VERSION: u8 = 1;
+
+/// A causal context as clients hold it, opaque to them: [`CONTEXT_VERSION`] then the named
+/// events' ids, 32 bytes each, strictly ascending.
+pub fn encode_context(events: &[EventId]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 32 * events.len());
+    out.push(CONTEXT_VERSION);
+    for id in events {
+        out.extend_from_slice(&id.0);
+    }
+    out
+}
+
+/// Why a client's causal context did not decode.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ContextError {
+    /// Empty, or a first byte other than [`CONTEXT_VERSION`].
+    #[error("not a causal context of this version (it must come from a read of this API)")]
+    Version,
+    /// Not a whole number of event ids after the version.
+    #[error("a causal context's ids are 32 bytes each; {0} bytes are left over")]
+    Length(usize),
+    /// The ids are not strictly ascending.
+    #[error("a causal context's ids must be strictly ascending")]
+    Order,
+    /// More ids than one op may name.
+    #[error("a causal context names {0} events, over the limit of {max}", max = crate::limits::SEEN_EVENTS_MAX)]
+    TooMany(usize),
+}
+
+/// The events a client's causal context names ([`encode_context`]'s form).
+pub fn decode_context(bytes: &[u8]) -> Result<Vec<EventId>, ContextError> {
+    let Some((&CONTEXT_VERSION, ids)) = bytes.split_first() else {
+        return Err(ContextError::Version);
+    };
+    if ids.len() % 32 != 0 {
+        return Err(ContextError::Length(ids.len() % 32));
+    }
+    let n = ids.len() / 32;
+    if n > crate::limits::SEEN_EVENTS_MAX {
+        return Err(ContextError::TooMany(n));
+    }
+    let events: Vec<EventId> = ids
+        .chunks_exact(32)
+        .map(|chunk| EventId(chunk.try_into().expect("chunks_exact gives 32 bytes")))
+        .collect();
+    if events.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err(ContextError::Order);
+    }
+    Ok(events)
 }
 
 /// The key space a key belongs to; each type of key has its own.
@@ -269,15 +347,38 @@ impl EventMeta {
 struct OpMeta {
     event: Arc<EventMeta>,
     op_idx: u32,
+    /// For an op with a causal context, its seen clock (`crate::archive::seen_clocks`).
+    seen: Option<Arc<[u64]>>,
 }
 
 impl OpMeta {
+    /// The op `op_idx` of `event`, with its seen clock from `seen` if it has one.
+    fn new(event: Arc<EventMeta>, op_idx: u32, seen: &[(u32, Box<[u64]>)]) -> Self {
+        let seen = seen.iter().find(|(idx, _)| *idx == op_idx).map(|(_, clock)| Arc::from(&**clock));
+        Self { event, op_idx, seen }
+    }
+
     /// Whether `self` is in the causal past of `later`.
     fn is_seen_by(&self, later: &Self) -> bool {
         if self.event.id == later.event.id {
             self.op_idx < later.op_idx
         } else {
             later.event.clock.get(self.event.author).is_some_and(|&seq| seq >= self.event.seq)
+        }
+    }
+
+    /// Whether `later` supersedes `self` (both on one key or element): without a causal
+    /// context, when `self` is in its causal past; with one, when `self` is in the causal past
+    /// of an event the context names (never an op of `later`'s own event). Either way the ops
+    /// `later` supersedes are closed downwards: an op in the causal past of one it supersedes
+    /// is superseded too, which the exclusion's argument needs (module documentation).
+    fn is_superseded_by(&self, later: &Self) -> bool {
+        match &later.seen {
+            None => self.is_seen_by(later),
+            Some(seen) => {
+                self.event.id != later.event.id
+                    && seen.get(self.event.author).is_some_and(|&seq| seq >= self.event.seq)
+            }
         }
     }
 
@@ -341,14 +442,16 @@ impl Document {
             let (kind, key, _) = group_key(&ops[group[0] as usize]);
             let (changed, dirty) = match kind {
                 KeyKind::Register => {
-                    (self.apply_register(key, ops, group, &mut event_meta, &mut applied.covered), true)
+                    let covered = &mut applied.covered;
+                    (self.apply_register(key, ops, group, event.seen_clocks(), &mut event_meta, covered), true)
                 }
                 KeyKind::Counter => {
                     let changed = self.apply_counter(author, key, ops, group);
                     (changed, changed)
                 }
                 KeyKind::Set => {
-                    (self.apply_set(key, ops, group, &mut event_meta, &mut applied.covered), true)
+                    let covered = &mut applied.covered;
+                    (self.apply_set(key, ops, group, event.seen_clocks(), &mut event_meta, covered), true)
                 }
             };
             if changed {
@@ -366,6 +469,7 @@ impl Document {
         key: &[u8],
         ops: &[Op],
         group: &[u32],
+        seen: &SeenClocks,
         event_meta: &mut impl FnMut() -> Arc<EventMeta>,
         covered: &mut Vec<Covered>,
     ) -> bool {
@@ -373,11 +477,11 @@ impl Document {
         let before = state.sibling_ids();
         for &op_idx in group {
             let value = match &ops[op_idx as usize] {
-                Op::Put { value, .. } => Some(HeldValue::of(value)),
-                Op::Del { .. } => None,
+                Op::Put { value, .. } | Op::PutSeen { value, .. } => Some(HeldValue::of(value)),
+                Op::Del { .. } | Op::DelSeen { .. } => None,
                 op => unreachable!("{op:?} in a register group"),
             };
-            let op = OpMeta { event: event_meta(), op_idx };
+            let op = OpMeta::new(event_meta(), op_idx, seen);
             let by = op.id();
             note_covered(covered, by, frontier::advance(&mut state.frontier, RegisterEntry { op, value }));
         }
@@ -407,6 +511,7 @@ impl Document {
         key: &[u8],
         ops: &[Op],
         group: &[u32],
+        seen: &SeenClocks,
         event_meta: &mut impl FnMut() -> Arc<EventMeta>,
         covered: &mut Vec<Covered>,
     ) -> bool {
@@ -421,11 +526,11 @@ impl Document {
             let was_member = element_state.is_member();
             for &op_idx in &group[start..end] {
                 let is_add = match &ops[op_idx as usize] {
-                    Op::Add { .. } => true,
-                    Op::Remove { .. } => false,
+                    Op::Add { .. } | Op::AddSeen { .. } => true,
+                    Op::Remove { .. } | Op::RemoveSeen { .. } => false,
                     op => unreachable!("{op:?} in a set group"),
                 };
-                let op = OpMeta { event: event_meta(), op_idx };
+                let op = OpMeta::new(event_meta(), op_idx, seen);
                 let by = op.id();
                 note_covered(
                     covered,
@@ -476,14 +581,17 @@ impl Document {
             for (op_idx, op) in (0u32..).zip(&event.ops) {
                 let id = (event.id, op_idx);
                 match op {
-                    Op::Put { key, .. } | Op::Del { key } => {
+                    Op::Put { key, .. } | Op::Del { key } | Op::PutSeen { key, .. } | Op::DelSeen { key, .. } => {
                         registers.entry(key.clone()).or_default().push(id)
                     }
                     Op::Incr { key, delta } => {
                         let sum = counters.entry(key.clone()).or_default();
                         *sum = checked_sum(*sum, i128::from(*delta));
                     }
-                    Op::Add { key, element } | Op::Remove { key, element } => {
+                    Op::Add { key, element }
+                    | Op::Remove { key, element }
+                    | Op::AddSeen { key, element, .. }
+                    | Op::RemoveSeen { key, element, .. } => {
                         sets.entry(key.clone()).or_default().entry(element.clone()).or_default().push(id);
                     }
                     // Membership ops wrote nothing to the document.
@@ -504,13 +612,15 @@ impl Document {
             let pool = std::mem::take(&mut state.frontier);
             let excluded_from = &self.excluded_from;
             state.frontier = frontier::retract(pool, excluded_from, &excluded, history, &mut covered, |id| {
-                let (meta, op) = loader.load(id);
+                let (op_meta, op) = loader.load(id);
                 let value = match op {
-                    Op::Put { key: op_key, value } if *op_key == key => Some(HeldValue::of(value)),
-                    Op::Del { key: op_key } if *op_key == key => None,
+                    Op::Put { key: op_key, value } | Op::PutSeen { key: op_key, value, .. } if *op_key == key => {
+                        Some(HeldValue::of(value))
+                    }
+                    Op::Del { key: op_key } | Op::DelSeen { key: op_key, .. } if *op_key == key => None,
                     _ => panic!("the history's covered list of a write on a register names {op:?}"),
                 };
-                RegisterEntry { op: OpMeta { event: meta, op_idx: id.1 }, value }
+                RegisterEntry { op: op_meta, value }
             });
             if state.sibling_ids() != before_siblings {
                 applied.changes.push(Change { kind: KeyKind::Register, key: key.clone() });
@@ -546,13 +656,21 @@ impl Document {
                 let pool = std::mem::take(&mut element_state.frontier);
                 element_state.frontier =
                     frontier::retract(pool, &self.excluded_from, &excluded, history, &mut covered, |id| {
-                        let (meta, op) = loader.load(id);
+                        let (op_meta, op) = loader.load(id);
                         let is_add = match op {
-                            Op::Add { key: k, element: e } if *k == key && *e == element => true,
-                            Op::Remove { key: k, element: e } if *k == key && *e == element => false,
+                            Op::Add { key: k, element: e } | Op::AddSeen { key: k, element: e, .. }
+                                if *k == key && *e == element =>
+                            {
+                                true
+                            }
+                            Op::Remove { key: k, element: e } | Op::RemoveSeen { key: k, element: e, .. }
+                                if *k == key && *e == element =>
+                            {
+                                false
+                            }
                             _ => panic!("the history's covered list of a set op names {op:?}"),
                         };
-                        SetEntry { op: OpMeta { event: meta, op_idx: id.1 }, is_add }
+                        SetEntry { op: op_meta, is_add }
                     });
                 changed |= update_membership(&mut state.n_members, was_member, element_state.is_member());
                 dirty |= element_state.frontier_ids() != before;
@@ -607,6 +725,31 @@ impl Document {
             return Vec::new();
         };
         state.members().map(<[u8]>::to_vec).collect()
+    }
+
+    /// The members of the set `key` with their causal contexts: for each member, the events of
+    /// its live adds, sorted and unique. A remove that carries an element's context takes out
+    /// exactly the adds this read saw, so a concurrent add stays.
+    pub fn set_member_contexts(&self, key: &[u8]) -> Vec<(Vec<u8>, Vec<EventId>)> {
+        let Some(state) = self.sets.get(key) else {
+            return Vec::new();
+        };
+        state
+            .elements
+            .iter()
+            .filter(|(_, element)| element.is_member())
+            .map(|(element, element_state)| {
+                let mut events: Vec<EventId> = element_state
+                    .frontier
+                    .iter()
+                    .filter(|entry| entry.is_add)
+                    .map(|entry| entry.op.event.id)
+                    .collect();
+                events.sort_unstable();
+                events.dedup();
+                (element.clone(), events)
+            })
+            .collect()
     }
 
     /// The registers with at least one sibling, in key order.
@@ -741,7 +884,7 @@ impl Document {
 struct Loader<'h> {
     history: &'h dyn DocHistory,
     authors: &'h [PublicKey],
-    events: BTreeMap<EventId, (Arc<EventMeta>, Vec<Op>)>,
+    events: BTreeMap<EventId, (Arc<EventMeta>, Vec<Op>, SeenClocks)>,
 }
 
 impl<'h> Loader<'h> {
@@ -750,9 +893,9 @@ impl<'h> Loader<'h> {
     }
 
     /// The meta and the op of `id`, from the history.
-    fn load(&mut self, (event_id, op_idx): OpId) -> (Arc<EventMeta>, &Op) {
+    fn load(&mut self, (event_id, op_idx): OpId) -> (OpMeta, &Op) {
         let authors = self.authors;
-        let (meta, ops) = self.events.entry(event_id).or_insert_with(|| {
+        let (meta, ops, seen) = self.events.entry(event_id).or_insert_with(|| {
             let Some(event) = self.history.event(&event_id) else {
                 panic!("the history's covered lists name event {event_id}, which it does not hold");
             };
@@ -761,14 +904,14 @@ impl<'h> Loader<'h> {
                 event.id == event_id && event.author < n_authors && event.clock.len() <= n_authors,
                 "the history's event {event_id} does not fit a document of {n_authors} authors"
             );
-            let HistoricEvent { id, author, seq, lamport, clock, ops } = event;
+            let HistoricEvent { id, author, seq, lamport, clock, ops, seen } = event;
             let author_key = authors[author];
-            (Arc::new(EventMeta { id, author, author_key, seq, lamport, clock: clock.into() }), ops)
+            (Arc::new(EventMeta { id, author, author_key, seq, lamport, clock: clock.into() }), ops, seen)
         });
         let Some(op) = ops.get(op_idx as usize) else {
             panic!("the history's covered lists name op {op_idx} of event {event_id}, which has fewer");
         };
-        (Arc::clone(meta), op)
+        (OpMeta::new(Arc::clone(meta), op_idx, seen), op)
     }
 }
 
@@ -801,9 +944,14 @@ fn same_key(ops: &[Op], a: u32, b: u32) -> bool {
 /// The group of a document op. Only called on the ops [`key_order`] lists.
 fn group_key(op: &Op) -> (KeyKind, &[u8], &[u8]) {
     match op {
-        Op::Put { key, .. } | Op::Del { key } => (KeyKind::Register, key, &[]),
+        Op::Put { key, .. } | Op::Del { key } | Op::PutSeen { key, .. } | Op::DelSeen { key, .. } => {
+            (KeyKind::Register, key, &[])
+        }
         Op::Incr { key, .. } => (KeyKind::Counter, key, &[]),
-        Op::Add { key, element } | Op::Remove { key, element } => (KeyKind::Set, key, element),
+        Op::Add { key, element }
+        | Op::Remove { key, element }
+        | Op::AddSeen { key, element, .. }
+        | Op::RemoveSeen { key, element, .. } => (KeyKind::Set, key, element),
         // `key_order` leaves membership ops out, so no group holds one.
         Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => {
             unreachable!("a membership op in a document group")

@@ -12,13 +12,16 @@
 //!                entry ‖ u8(2) ‖ u64(len(value)) ‖ SHA-256("cairn/value/v1" ‖ value)
 //!                                                  a larger put (its value is in its event)
 //!                entry ‖ u8(0)                     a del
+//!              an op with a causal context has 16 added to its tag, and its seen clock follows
+//!              the tag: u64(number of entries, at most the authors) ‖ that many u64(entry)
 //! counter    = u64(number of non-zero author totals ≥ 1)
 //!              then each, ascending by author index: u64(author index) ‖ i128(total)
 //! set        = u64(number of elements with a frontier ≥ 1)
 //!              then each, in ascending byte order:
 //!                bytes(element) ‖ u64(number of frontier entries ≥ 1)
 //!                then each, ascending by (lamport, author key, event id, op index):
-//!                  entry ‖ u8(1 for an add, 0 for a remove)
+//!                  entry ‖ u8(1 for an add, 0 for a remove)  (16 added, and the seen clock
+//!                  after it, as for a register)
 //! exclusions = u64(number of authors) ‖ per author u64(lowest excluded seq, 2^64-1 for none)
 //! ```
 //!
@@ -55,6 +58,9 @@ fn invalid(what: impl Into<String>) -> DocumentDecodeError {
     DocumentDecodeError::Invalid(what.into())
 }
 
+/// Set in an entry's tag when a seen clock follows it: the entry's op carries a causal context.
+const SEEN_TAG: u8 = 0x10;
+
 /// The smallest encoding of a frontier entry with its tag, for 0 members: what bounds a count
 /// before anything is allocated.
 const ENTRY_BYTES_MIN: usize = 32 + 5 * 8 + 1;
@@ -73,15 +79,15 @@ impl Document {
                     put_op(&mut out, &entry.op);
                     match &entry.value {
                         Some(HeldValue::Inline(value)) => {
-                            out.push(1);
+                            put_tag(&mut out, 1, &entry.op);
                             put_bytes(&mut out, value);
                         }
                         Some(HeldValue::Elsewhere { len, hash }) => {
-                            out.push(2);
+                            put_tag(&mut out, 2, &entry.op);
                             out.extend_from_slice(&len.to_le_bytes());
                             out.extend_from_slice(hash);
                         }
-                        None => out.push(0),
+                        None => put_tag(&mut out, 0, &entry.op),
                     }
                 }
             }
@@ -101,7 +107,7 @@ impl Document {
                     put_len(&mut out, element_state.frontier.len());
                     for entry in &element_state.frontier {
                         put_op(&mut out, &entry.op);
-                        out.push(u8::from(entry.is_add));
+                        put_tag(&mut out, u8::from(entry.is_add), &entry.op);
                     }
                 }
             }
@@ -135,8 +141,8 @@ impl Document {
                 let n = reader.len(ENTRY_BYTES_MIN, "register entries")?;
                 let mut frontier = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let op = reader.op()?;
-                    let value = match reader.u8()? {
+                    let mut op = reader.op()?;
+                    let value = match reader.tag(&mut op)? {
                         1 => Some(HeldValue::Inline(reader.bytes(VALUE_INLINE_BYTES_MAX, "value")?.into())),
                         2 => {
                             let len = reader.u64()?;
@@ -189,8 +195,8 @@ impl Document {
                     let n_entries = reader.len(ENTRY_BYTES_MIN, "element entries")?;
                     let mut frontier = Vec::with_capacity(n_entries);
                     for _ in 0..n_entries {
-                        let op = reader.op()?;
-                        let is_add = match reader.u8()? {
+                        let mut op = reader.op()?;
+                        let is_add = match reader.tag(&mut op)? {
                             1 => true,
                             0 => false,
                             tag => return Err(invalid(format!("set entry tag {tag}"))),
@@ -266,6 +272,21 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
+/// An entry's tag, with [`SEEN_TAG`] set and the seen clock after it for an op with a causal
+/// context.
+fn put_tag(out: &mut Vec<u8>, tag: u8, op: &OpMeta) {
+    match &op.seen {
+        None => out.push(tag),
+        Some(seen) => {
+            out.push(tag | SEEN_TAG);
+            put_len(out, seen.len());
+            for &entry in seen.iter() {
+                out.extend_from_slice(&entry.to_le_bytes());
+            }
+        }
+    }
+}
+
 fn put_op(out: &mut Vec<u8>, op: &OpMeta) {
     let event = &op.event;
     out.extend_from_slice(&event.id.0);
@@ -337,6 +358,21 @@ impl Reader<'_> {
         }
     }
 
+    /// An entry's tag without [`SEEN_TAG`]; with it, the seen clock that follows goes into `op`.
+    fn tag(&mut self, op: &mut OpMeta) -> Result<u8, DocumentDecodeError> {
+        let tag = self.u8()?;
+        if tag & SEEN_TAG == 0 {
+            return Ok(tag);
+        }
+        let n = self.len(8, "seen clock entries")?;
+        if n > self.authors.len() {
+            return Err(invalid(format!("a seen clock of {n} entries for {} authors", self.authors.len())));
+        }
+        let seen: Arc<[u64]> = (0..n).map(|_| self.u64()).collect::<Result<_, _>>()?;
+        op.seen = Some(seen);
+        Ok(tag & !SEEN_TAG)
+    }
+
     fn op(&mut self) -> Result<OpMeta, DocumentDecodeError> {
         let id = EventId(self.take()?);
         let op_idx = match u32::try_from(self.u64()?) {
@@ -361,7 +397,7 @@ impl Reader<'_> {
             Some(_) => return Err(invalid(format!("two metas for event {id}"))),
             None => Arc::clone(self.metas.entry(id).or_insert_with(|| Arc::new(meta))),
         };
-        Ok(OpMeta { event, op_idx })
+        Ok(OpMeta { event, op_idx, seen: None })
     }
 
     fn finish(&self) -> Result<(), DocumentDecodeError> {

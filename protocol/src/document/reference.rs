@@ -13,6 +13,7 @@ use super::{
     Change, EventMeta, KeyKind, OpMeta, RegisterRead, Sibling, checked_sum, entry, group_key, key_order,
     same_key, update_bytes, update_len, update_membership,
 };
+use crate::archive::SeenClocks;
 use crate::event::{EventId, Op};
 use crate::genesis::MemberIdx;
 use crate::verified::Verified;
@@ -105,7 +106,7 @@ impl Replay for RegisterState {
 
     fn push(&mut self, write: RegisterWrite) {
         let history = &self.history;
-        self.siblings.retain(|&idx| !history[idx].op.is_seen_by(&write.op));
+        self.siblings.retain(|&idx| !history[idx].op.is_superseded_by(&write.op));
         if write.value.is_some() {
             let order_key = write.op.order_key();
             let position = self.siblings.partition_point(|&idx| history[idx].op.order_key() < order_key);
@@ -206,7 +207,7 @@ impl Replay for ElementState {
             self.live.push(self.history.len());
         } else {
             let history = &self.history;
-            self.live.retain(|&idx| !history[idx].op.is_seen_by(&write.op));
+            self.live.retain(|&idx| !history[idx].op.is_superseded_by(&write.op));
         }
         self.history.push(write);
     }
@@ -240,9 +241,9 @@ impl Reference {
         for group in order.chunk_by(|&a, &b| same_key(ops, a, b)) {
             let (kind, key, _) = group_key(&ops[group[0] as usize]);
             let changed = match kind {
-                KeyKind::Register => self.apply_register(&meta, key, ops, group),
+                KeyKind::Register => self.apply_register(&meta, key, ops, group, event.seen_clocks()),
                 KeyKind::Counter => self.apply_counter(author, seq, key, ops, group),
-                KeyKind::Set => self.apply_set(&meta, key, ops, group),
+                KeyKind::Set => self.apply_set(&meta, key, ops, group, event.seen_clocks()),
             };
             if changed {
                 changes.push(Change { kind, key: key.to_vec() });
@@ -251,17 +252,24 @@ impl Reference {
         changes
     }
 
-    fn apply_register(&mut self, meta: &Arc<EventMeta>, key: &[u8], ops: &[Op], group: &[u32]) -> bool {
+    fn apply_register(
+        &mut self,
+        meta: &Arc<EventMeta>,
+        key: &[u8],
+        ops: &[Op],
+        group: &[u32],
+        seen: &SeenClocks,
+    ) -> bool {
         note_touch(&mut self.touched[meta.author].registers, key, meta.seq);
         let state = entry(&mut self.registers, key);
         let before = state.siblings.clone();
         for &op_idx in group {
             let value = match &ops[op_idx as usize] {
-                Op::Put { value, .. } => Some(value.as_slice().into()),
-                Op::Del { .. } => None,
+                Op::Put { value, .. } | Op::PutSeen { value, .. } => Some(value.as_slice().into()),
+                Op::Del { .. } | Op::DelSeen { .. } => None,
                 op => unreachable!("{op:?} in a register group"),
             };
-            state.push(RegisterWrite { op: OpMeta { event: Arc::clone(meta), op_idx }, value });
+            state.push(RegisterWrite { op: OpMeta::new(Arc::clone(meta), op_idx, seen), value });
         }
         state.siblings != before
     }
@@ -287,7 +295,7 @@ impl Reference {
         true
     }
 
-    fn apply_set(&mut self, meta: &Arc<EventMeta>, key: &[u8], ops: &[Op], group: &[u32]) -> bool {
+    fn apply_set(&mut self, meta: &Arc<EventMeta>, key: &[u8], ops: &[Op], group: &[u32], seen: &SeenClocks) -> bool {
         note_touch(&mut self.touched[meta.author].sets, key, meta.seq);
         let state = entry(&mut self.sets, key);
         let mut changed = false;
@@ -299,8 +307,8 @@ impl Reference {
             let element_state = entry(&mut state.elements, element);
             let was_member = element_state.is_member();
             for &op_idx in &group[start..end] {
-                let is_add = matches!(&ops[op_idx as usize], Op::Add { .. });
-                element_state.push(SetWrite { op: OpMeta { event: Arc::clone(meta), op_idx }, is_add });
+                let is_add = matches!(&ops[op_idx as usize], Op::Add { .. } | Op::AddSeen { .. });
+                element_state.push(SetWrite { op: OpMeta::new(Arc::clone(meta), op_idx, seen), is_add });
             }
             changed |= update_membership(&mut state.n_members, was_member, element_state.is_member());
             start = end;

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 
 use super::reference::Reference;
 use super::*;
-use crate::event::{Event, Header, ops_hash};
+use crate::event::{Event, Header, Seen, ops_hash};
 
 const A: MemberIdx = 0;
 const B: MemberIdx = 1;
@@ -68,6 +68,7 @@ impl Dag {
             }
         }
         clock[author] = clock[author].max(seq);
+        let seen_clocks = self.seen_clocks(author, parent, &ops);
         let dep_ids = deps.iter().map(|&d| self.events[d].id()).collect();
         let event = Event::sign(&self.keys[author], seq, lamport, dep_ids, ops);
         let id = event.id();
@@ -75,9 +76,44 @@ impl Dag {
             return None;
         }
         let bytes = event.encode();
-        self.events.push(Verified::new(event, id, bytes, author, clock.into()));
+        self.events.push(Verified::new(event, id, bytes, author, clock.into(), seen_clocks));
         self.deps.push(deps);
         Some(self.events.len() - 1)
+    }
+
+    /// The seen clocks of `ops` in an event of `author` on `parent`, as the adapter computes
+    /// them: the clocks of the named events (by id), and of the author's own events on its
+    /// chain at the named seqs.
+    fn seen_clocks(&self, author: MemberIdx, parent: Option<usize>, ops: &[Op]) -> SeenClocks {
+        let mut chain = Vec::new();
+        let mut at = parent;
+        while let Some(idx) = at {
+            chain.push(idx);
+            at = self.deps[idx].iter().copied().find(|&dep| self.events[dep].author_idx() == author);
+        }
+        let mut clocks = Vec::new();
+        for (op_idx, op) in (0u32..).zip(ops) {
+            let Some(seen) = op.seen() else { continue };
+            let named = seen.events.iter().map(|id| {
+                self.events.iter().position(|e| e.id() == *id).expect("a named event is in the dag")
+            });
+            let own = seen.own.iter().map(|&seq| {
+                *chain.iter().find(|&&idx| self.events[idx].seq() == seq).expect("a named own seq is on the chain")
+            });
+            let mut clock = vec![0u64; N_AUTHORS].into_boxed_slice();
+            for idx in named.chain(own) {
+                for (mine, &theirs) in clock.iter_mut().zip(self.events[idx].clock()) {
+                    *mine = (*mine).max(theirs);
+                }
+            }
+            clocks.push((op_idx, clock));
+        }
+        clocks
+    }
+
+    /// The index of the event `id`.
+    fn idx_of(&self, id: &EventId) -> usize {
+        self.events.iter().position(|e| e.id() == *id).expect("an event of the dag")
     }
 
     /// A causal order of all events; `choose(n)` picks one of the `n` ready events.
@@ -343,6 +379,137 @@ fn register_ops_in_one_event_apply_in_index_order() {
         register two-puts = second [second/A]
         ",
     );
+}
+
+// ---- causal contexts ------------------------------------------------------------------
+
+/// A context naming events by their indexes in the dag (other authors' events, which must be
+/// deps) and own seqs.
+fn context(dag: &Dag, events: &[usize], own: &[u64]) -> Seen {
+    let mut events: Vec<EventId> = events.iter().map(|&idx| dag.events[idx].id()).collect();
+    events.sort_unstable();
+    Seen { events, own: own.to_vec() }
+}
+
+#[test]
+fn two_clients_that_read_the_same_value_and_write_on_one_node_make_siblings() {
+    // B wrote v1; clients 1 and 2 both read it on A's node (context: B's event), then each
+    // writes. A signs both writes, the second after the first, but neither client had read the
+    // other's value: the second write keeps the first as a sibling instead of erasing it.
+    let mut dag = Dag::new();
+    let b1 = dag.event(B, &[], vec![put("k", "v1")]);
+    let read = context(&dag, &[b1], &[]);
+    let a1 = dag.event(A, &[b1], vec![with_seen(put("k", "client 1"), read.clone())]);
+    dag.event(A, &[b1], vec![with_seen(put("k", "client 2"), read)]);
+    check(&dag, &[], "register k = client 2 [client 1/A client 2/A]");
+
+    // Without contexts the second write supersedes the first, which its node had seen.
+    let mut blind = Dag::new();
+    let b1 = blind.event(B, &[], vec![put("k", "v1")]);
+    blind.event(A, &[b1], vec![put("k", "client 1")]);
+    blind.event(A, &[b1], vec![put("k", "client 2")]);
+    check(&blind, &[], "register k = client 2 [client 2/A]");
+
+    // A client that then reads both siblings and writes with their context resolves them;
+    // the own earlier write is named by its seq.
+    let both = Seen { events: Vec::new(), own: vec![1, 2] };
+    dag.event(A, &[], vec![with_seen(put("k", "merged"), both)]);
+    check(&dag, &[], "register k = merged [merged/A]");
+    let _ = a1;
+}
+
+#[test]
+fn a_context_supersedes_what_its_events_had_seen_and_nothing_else() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "old")]);
+    let b1 = dag.event(B, &[a1], vec![put("k", "read")]);
+    let c1 = dag.event(C, &[], vec![put("k", "unread")]);
+    // A's next event depends on all three, but its client read only B's value, which had seen
+    // A's first.
+    dag.event(A, &[b1, c1], vec![with_seen(put("k", "new"), context(&dag, &[b1], &[]))]);
+    check(&dag, &[], "register k = new [unread/C new/A]");
+}
+
+#[test]
+fn an_empty_or_forged_context_never_erases_a_write() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "a")]);
+    // An empty context: a blind write that supersedes nothing, though A's put is a dep.
+    let b1 = dag.event(B, &[a1], vec![with_seen(put("k", "b"), Seen::default())]);
+    check(&dag, &[], "register k = b [a/A b/B]");
+    // A delete with an empty context deletes nothing either.
+    dag.event(C, &[a1, b1], vec![with_seen(del("k"), Seen::default())]);
+    check(&dag, &[], "register k = b [a/A b/B]");
+}
+
+#[test]
+fn a_delete_with_a_context_keeps_a_concurrent_write() {
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![put("k", "seen")]);
+    let read = context(&dag, &[a1], &[]);
+    let c1 = dag.event(C, &[a1], vec![put("k", "concurrent")]);
+    dag.event(B, &[a1, c1], vec![with_seen(del("k"), read)]);
+    check(&dag, &[], "register k = concurrent [concurrent/C]");
+}
+
+#[test]
+fn a_remove_with_a_stale_context_keeps_a_concurrent_add() {
+    // A added x; a client read the set on B's node (x, with A's add as its context). Then C's
+    // add of x arrived at B, and the client's remove, with the context it read, takes out only
+    // A's add.
+    let mut dag = Dag::new();
+    let a1 = dag.event(A, &[], vec![add("s", "x")]);
+    let read = context(&dag, &[a1], &[]);
+    let c1 = dag.event(C, &[a1], vec![add("s", "x")]);
+    dag.event(B, &[a1, c1], vec![with_seen(remove("s", "x"), read.clone())]);
+    check(&dag, &[], "set s = {x}");
+
+    // Without the context the remove takes out both adds, which its node had seen.
+    let mut blind = Dag::new();
+    let a1 = blind.event(A, &[], vec![add("s", "x")]);
+    let c1 = blind.event(C, &[a1], vec![add("s", "x")]);
+    blind.event(B, &[a1, c1], vec![remove("s", "x")]);
+    check(&blind, &[], "");
+
+    // And the doc's read gives each member's context: the events of its live adds.
+    let mut replica = Replica::new();
+    for event in &dag.events {
+        replica.apply(event);
+    }
+    assert_eq!(replica.set_member_contexts(b"s"), vec![(b"x".to_vec(), vec![dag.events[1].id()])]);
+    let _ = read;
+}
+
+#[test]
+fn an_exclusion_under_a_context_brings_back_exactly_what_a_replay_would() {
+    // A (an equivocator, excluded from seq 1) covered B's first put; C wrote with a context
+    // naming B's event, and B again with one naming C's only. With A excluded, B's first put
+    // stays superseded (C's context named it) although B's second write did not name it:
+    // one value, in every order. An exclusion that only re-tested B's first put against the
+    // frontier would bring it back.
+    let mut dag = Dag::new();
+    let b1 = dag.event(B, &[], vec![put("k", "b")]);
+    let a1 = dag.event(A, &[b1], vec![put("k", "a")]);
+    let c1 = dag.event(C, &[b1], vec![with_seen(put("k", "c"), context(&dag, &[b1], &[]))]);
+    dag.event(B, &[a1, c1], vec![with_seen(put("k", "d"), context(&dag, &[c1], &[]))]);
+    check(&dag, &[], "register k = d [a/A d/B]");
+    check(&dag, &[(A, 1)], "register k = d [d/B]");
+}
+
+#[test]
+fn client_contexts_round_trip_and_refuse_what_is_not_one() {
+    let ids = [EventId([1; 32]), EventId([2; 32])];
+    let bytes = encode_context(&ids);
+    assert_eq!(bytes.len(), 1 + 64);
+    assert_eq!(decode_context(&bytes), Ok(ids.to_vec()));
+    assert_eq!(decode_context(&encode_context(&[])), Ok(Vec::new()));
+    assert_eq!(decode_context(&[]), Err(ContextError::Version));
+    assert_eq!(decode_context(&[2]), Err(ContextError::Version));
+    assert_eq!(decode_context(&bytes[..40]), Err(ContextError::Length(7)));
+    assert_eq!(decode_context(&encode_context(&[ids[1], ids[0]])), Err(ContextError::Order));
+    assert_eq!(decode_context(&encode_context(&[ids[0], ids[0]])), Err(ContextError::Order));
+    let many: Vec<EventId> = (0..=crate::limits::SEEN_EVENTS_MAX as u8).map(|b| EventId([b; 32])).collect();
+    assert_eq!(decode_context(&encode_context(&many)), Err(ContextError::TooMany(many.len())));
 }
 
 // ---- counters -------------------------------------------------------------------------
@@ -735,18 +902,54 @@ enum OpSpec {
     Incr(usize, i64),
     Add(usize, usize),
     Remove(usize, usize),
+    /// An op of the kinds above (never `Incr`) with a causal context: the mask's low four bits
+    /// pick among the event's deps of other authors, the high four among its author's own
+    /// earlier seqs.
+    Seen(Box<Self>, u8),
 }
 
 impl OpSpec {
     fn op(&self) -> Op {
-        match *self {
-            Self::Put(key, value) => put(REGISTER_KEYS[key], VALUES[value]),
-            Self::Del(key) => del(REGISTER_KEYS[key]),
-            Self::Incr(key, delta) => incr(COUNTER_KEYS[key], delta),
-            Self::Add(key, element) => add(SET_KEYS[key], ELEMENTS[element]),
-            Self::Remove(key, element) => remove(SET_KEYS[key], ELEMENTS[element]),
+        self.op_in(&[], &[])
+    }
+
+    /// The op, a context naming what its mask picks of `deps` and `own`.
+    fn op_in(&self, deps: &[EventId], own: &[u64]) -> Op {
+        match self {
+            &Self::Put(key, value) => put(REGISTER_KEYS[key], VALUES[value]),
+            &Self::Del(key) => del(REGISTER_KEYS[key]),
+            &Self::Incr(key, delta) => incr(COUNTER_KEYS[key], delta),
+            &Self::Add(key, element) => add(SET_KEYS[key], ELEMENTS[element]),
+            &Self::Remove(key, element) => remove(SET_KEYS[key], ELEMENTS[element]),
+            Self::Seen(op, mask) => {
+                let pick = |n: usize, bits: u8| (0..n.min(4)).filter(move |i| bits & (1 << i) != 0);
+                let mut events: Vec<EventId> = pick(deps.len(), mask & 0xf).map(|i| deps[i]).collect();
+                events.sort_unstable();
+                let own: Vec<u64> = pick(own.len(), mask >> 4).map(|i| own[i]).collect();
+                with_seen(op.op(), Seen { events, own })
+            }
         }
     }
+}
+
+/// `op` with the causal context `seen`.
+fn with_seen(op: Op, seen: Seen) -> Op {
+    match op {
+        Op::Put { key, value } => Op::PutSeen { key, value, seen },
+        Op::Del { key } => Op::DelSeen { key, seen },
+        Op::Add { key, element } => Op::AddSeen { key, element, seen },
+        Op::Remove { key, element } => Op::RemoveSeen { key, element, seen },
+        op => panic!("{op:?} takes no context"),
+    }
+}
+
+/// Wraps some of the ops `plain` gives in a causal context (never an `Incr`).
+fn with_contexts(plain: impl Strategy<Value = OpSpec>) -> impl Strategy<Value = OpSpec> {
+    (plain, proptest::option::weighted(0.4, any::<u8>())).prop_map(|(op, mask)| match (op, mask) {
+        (OpSpec::Incr(key, delta), _) => OpSpec::Incr(key, delta),
+        (op, Some(mask)) => OpSpec::Seen(Box::new(op), mask),
+        (op, None) => op,
+    })
 }
 
 fn op_spec() -> impl Strategy<Value = OpSpec> {
@@ -773,7 +976,7 @@ struct StepSpec {
 
 /// A step that forks with probability `fork_weight` (for an author that forks).
 fn step_spec(fork_weight: f64) -> impl Strategy<Value = StepSpec> {
-    step_spec_with(fork_weight, op_spec())
+    step_spec_with(fork_weight, with_contexts(op_spec()))
 }
 
 /// Ops on one register and one set element only: every op competes with every other.
@@ -841,7 +1044,12 @@ fn build(steps: &[StepSpec], forkers: &[MemberIdx]) -> Dag {
             .filter(|&(position, _)| position < 31 && step.seen_mask & (1 << position) != 0)
             .map(|(_, &event)| event)
             .collect();
-        let ops = step.ops.iter().map(OpSpec::op).collect();
+        // Contexts name deps of other authors and the author's own earlier seqs.
+        let mut dep_ids: Vec<EventId> = seen.iter().map(|&idx| dag.events[idx].id()).collect();
+        dep_ids.sort_unstable();
+        dep_ids.dedup();
+        let own: Vec<u64> = (1..=chain.len() as u64).collect();
+        let ops = step.ops.iter().map(|op| op.op_in(&dep_ids, &own)).collect();
         let Some(idx) = dag.event_on(author, chain.last().copied(), &seen, ops) else {
             continue;
         };
@@ -984,19 +1192,40 @@ fn model(dag: &Dag, exclusions: &[(MemberIdx, u64)]) -> Reads {
         })
         .collect();
     let seen = |x: (usize, u32), y: (usize, u32)| if x.0 == y.0 { x.1 < y.1 } else { ancestors[y.0][x.0] };
+    // The events a context of an op of event `y` names: by id, and the author's own events in
+    // `y`'s causal past at the named seqs.
+    let named = |y: usize, context: &Seen| -> Vec<usize> {
+        let author = dag.events[y].author_idx();
+        let own = context.own.iter().filter_map(|&seq| {
+            (0..n_events).find(|&i| {
+                ancestors[y][i] && dag.events[i].author_idx() == author && dag.events[i].seq() == seq
+            })
+        });
+        context.events.iter().map(|id| dag.idx_of(id)).chain(own).collect()
+    };
+    // Whether op `y` supersedes op `x` on its key: `x` in its causal past, or with a context
+    // in the causal past of (or in) an event the context names.
+    let supersedes = |x: (usize, u32), y: (usize, u32), op: &Op| match op.seen() {
+        None => seen(x, y),
+        Some(context) => x.0 != y.0 && named(y.0, context).into_iter().any(|n| n == x.0 || ancestors[n][x.0]),
+    };
 
     let mut registers = BTreeMap::new();
     for key in REGISTER_KEYS {
         let writes: Vec<_> = ops
             .iter()
-            .filter(|(_, _, op)| matches!(op, Op::Put { .. } | Op::Del { .. }) && op.key() == key.as_bytes())
+            .filter(|(_, _, op)| {
+                matches!(op, Op::Put { .. } | Op::Del { .. } | Op::PutSeen { .. } | Op::DelSeen { .. })
+                    && op.key() == key.as_bytes()
+            })
             .collect();
         let mut siblings: Vec<Sibling> = writes
             .iter()
             .filter_map(|&&(idx, op_idx, op)| {
-                let Op::Put { value, .. } = op else { return None };
-                let superseded = writes.iter().any(|&&(other, other_op_idx, _)| {
-                    (other, other_op_idx) != (idx, op_idx) && seen((idx, op_idx), (other, other_op_idx))
+                let (Op::Put { value, .. } | Op::PutSeen { value, .. }) = op else { return None };
+                let superseded = writes.iter().any(|&&(other, other_op_idx, other_op)| {
+                    (other, other_op_idx) != (idx, op_idx)
+                        && supersedes((idx, op_idx), (other, other_op_idx), other_op)
                 });
                 let event = &dag.events[idx];
                 // The document holds small values; larger ones are read from their events.
@@ -1035,17 +1264,21 @@ fn model(dag: &Dag, exclusions: &[(MemberIdx, u64)]) -> Reads {
         for element in ELEMENTS {
             let of_element = |want_add: bool| {
                 ops.iter().filter(move |(_, _, op)| match op {
-                    Op::Add { key: k, element: e } => {
+                    Op::Add { key: k, element: e } | Op::AddSeen { key: k, element: e, .. } => {
                         want_add && k == key.as_bytes() && e == element.as_bytes()
                     }
-                    Op::Remove { key: k, element: e } => {
+                    Op::Remove { key: k, element: e } | Op::RemoveSeen { key: k, element: e, .. } => {
                         !want_add && k == key.as_bytes() && e == element.as_bytes()
                     }
                     _ => false,
                 })
             };
+            // A tag is live unless a remove takes it out; an add with a context that does not
+            // name it leaves it, and one that names it takes it out while making its own.
             let is_member = of_element(true).any(|&(idx, op_idx, _)| {
-                !of_element(false).any(|&(other, other_op_idx, _)| seen((idx, op_idx), (other, other_op_idx)))
+                !of_element(false).any(|&(other, other_op_idx, op)| {
+                    supersedes((idx, op_idx), (other, other_op_idx), op)
+                })
             });
             if is_member {
                 members.push(element.as_bytes().to_vec());
@@ -1378,7 +1611,7 @@ proptest! {
     /// long and exclusions bring back ops that the rest has seen.
     #[test]
     fn reads_as_the_replay_on_one_contended_key(
-        steps in proptest::collection::vec(step_spec_with(0.2, contended_op_spec()), 1..28),
+        steps in proptest::collection::vec(step_spec_with(0.2, with_contexts(contended_op_spec())), 1..28),
         order_choices in proptest::collection::vec(any::<usize>(), 32),
         exclusions in proptest::collection::vec((0..N_AUTHORS, any::<u64>(), any::<usize>()), 0..8),
         prompt in any::<bool>(),
@@ -1449,7 +1682,7 @@ impl Chains {
         };
         let event = Event { header, ops, sig: Signature([0; 64]) };
         let id = event.id();
-        let verified = Verified::new(event, id, Vec::new(), author, clock.into());
+        let verified = Verified::new(event, id, Vec::new(), author, clock.into(), Vec::new());
         self.tips[author] = Some(verified.clone());
         verified
     }

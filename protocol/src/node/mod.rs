@@ -465,7 +465,7 @@ impl Node {
         let n_keys = self.adapter.roster().len();
         let mut bad = Vec::new();
         for stored in events {
-            match Verified::from_stored(stored, n_keys) {
+            match Verified::from_stored(stored, n_keys, self.adapter.archive()) {
                 Some(event) => {
                     let Applied { covered, .. } = self.document.apply(&event);
                     self.record_covered(covered, false);

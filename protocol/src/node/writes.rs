@@ -5,6 +5,8 @@ use cairn_crypto::keys::SIGNATURE_BYTES;
 use cairn_crypto::{PublicKey, SecretKey};
 
 use super::*;
+use crate::event::Seen;
+use crate::limits::SEEN_EVENTS_MAX;
 
 /// Why a local write failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +44,17 @@ pub enum WriteError {
     /// The membership op may not be signed now (`docs/PROTOCOL.md` §17).
     #[error("{0}")]
     Membership(crate::membership::ChangeError),
+    /// A causal context names an event this node has not accepted.
+    #[error(
+        "the context names event {0}, which this node has not received (yet): read on this node, \
+         or retry once it has caught up"
+    )]
+    UnknownSeen(EventId),
+}
+
+/// How many events the causal contexts of `ops` name, counting repeats.
+fn n_named(ops: &[Op]) -> usize {
+    ops.iter().filter_map(Op::seen).map(|seen| seen.events.len()).sum()
 }
 
 /// A membership op to sign (`docs/PROTOCOL.md` §17), for [`Node::prepare_membership`]: the node
@@ -153,15 +166,24 @@ impl Node {
         }
         for op in ops {
             let value_len = match op {
-                Op::Put { value, .. } => value.len(),
-                Op::Add { element, .. } | Op::Remove { element, .. } => element.len(),
-                Op::Del { .. } | Op::Incr { .. } => 0,
+                Op::Put { value, .. } | Op::PutSeen { value, .. } => value.len(),
+                Op::Add { element, .. }
+                | Op::Remove { element, .. }
+                | Op::AddSeen { element, .. }
+                | Op::RemoveSeen { element, .. } => element.len(),
+                Op::Del { .. } | Op::Incr { .. } | Op::DelSeen { .. } => 0,
                 // A write is document ops; a membership op goes through `Node::prepare_membership`.
                 Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => return invalid(),
             };
             if op.key().is_empty() || op.key().len() > KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
                 return invalid();
             }
+            if op.seen().is_some_and(|seen| seen.events.len() > SEEN_EVENTS_MAX || !seen.own.is_empty()) {
+                return invalid();
+            }
+        }
+        if n_named(ops) > SEEN_EVENTS_MAX {
+            return invalid();
         }
         if HEADER_BYTES_MAX + codec::encode_ops(ops).len() + SIGNATURE_BYTES > EVENT_BYTES_MAX {
             return Err(WriteError::Invalid(Reject::Oversize));
@@ -183,20 +205,39 @@ impl Node {
         let bytes_max = EVENT_BYTES_MAX - HEADER_BYTES_MAX - SIGNATURE_BYTES - prefix;
         let mut groups = Vec::new();
         let (mut n, mut ops, mut bytes) = (0usize, 0usize, 0usize);
+        let mut named = 0usize;
         for write in writes {
+            // A named event becomes a dep, which the header's bound on bytes already counts.
             let write_bytes = codec::encode_ops(write).len() - prefix;
-            if n > 0 && (ops + write.len() > OPS_MAX || bytes + write_bytes > bytes_max) {
+            let write_named = n_named(write);
+            if n > 0
+                && (ops + write.len() > OPS_MAX
+                    || bytes + write_bytes > bytes_max
+                    || named + write_named > SEEN_EVENTS_MAX)
+            {
                 groups.push(n);
-                (n, ops, bytes) = (0, 0, 0);
+                (n, ops, bytes, named) = (0, 0, 0, 0);
             }
             n += 1;
             ops += write.len();
             bytes += write_bytes;
+            named += write_named;
         }
         if n > 0 {
             groups.push(n);
         }
         groups
+    }
+
+    /// Why the causal contexts of `ops` cannot be signed here, if they cannot: each named event
+    /// must be accepted by this node (a context read on another node may name events this one
+    /// has not received yet).
+    pub fn check_seen(&self, ops: &[Op]) -> Result<(), WriteError> {
+        let named = ops.iter().filter_map(Op::seen).flat_map(|seen| &seen.events);
+        match named.into_iter().find(|id| !self.adapter.is_accepted(id)) {
+            Some(id) => Err(WriteError::UnknownSeen(*id)),
+            None => Ok(()),
+        }
     }
 
     /// Signs one event per op list, chained by seq (each depends on the one before; the first
@@ -281,31 +322,76 @@ impl Node {
             return Err(WriteError::NotMember);
         }
         let mut tips = self.adapter.tips();
-        // The own predecessor must be a dep; the other tips fill the rest, newest first.
-        let lamport_of = |id: &EventId| self.adapter.meta(id).map_or(0, |meta| meta.lamport);
-        tips.sort_by_cached_key(|t| (t.author != me, std::cmp::Reverse(lamport_of(&t.id)), t.id));
-        tips.truncate(DEPS_MAX);
-        let mut lamport = tips.iter().map(|t| lamport_of(&t.id)).max().unwrap_or(0);
+        // The own predecessor must be a dep; the other tips fill the rest, newest first, leaving
+        // room for the events the first event's causal contexts name (`check_ops` bounds them).
+        let lamport_of = |adapter: &Adapter, id: &EventId| adapter.meta(id).map_or(0, |meta| meta.lamport);
+        tips.sort_by_cached_key(|t| (t.author != me, std::cmp::Reverse(lamport_of(&self.adapter, &t.id)), t.id));
+        tips.truncate(DEPS_MAX - writes.first().map_or(0, |ops| n_named(ops)));
         let mut seq = self.adapter.max_seq(author);
         // Preparing again before the last prepared events were committed would sign their
         // seqs twice: equivocation by this node itself.
         assert!(self.prepared_up_to <= seq, "prepare_writes called again before commit_writes");
         let mut deps: Vec<EventId> = tips.iter().map(|t| t.id).collect();
-        if let Some(first) = writes.first() {
-            check(&mut self.adapter, &deps, first)?;
-        }
+        let mut writes = writes.into_iter();
+        let Some(first) = writes.next() else {
+            return Ok(Prepared { events: Vec::new(), up_to: self.prepared_up_to });
+        };
+        let first = self.place_seen(author, first, &mut deps);
+        check(&mut self.adapter, &deps, &first)?;
         self.learning_own_seq = false;
-        let mut events = Vec::with_capacity(writes.len());
-        for ops in writes {
+        let mut events = Vec::with_capacity(writes.len() + 1);
+        let mut ops = Some(first);
+        // The lamport of the event signed last, which the adapter has not accepted yet.
+        let mut last_lamport = 0;
+        while let Some(event_ops) = ops.take() {
             seq += 1;
-            lamport += 1;
-            let event = Event::sign(key, seq, lamport, std::mem::take(&mut deps), ops);
+            let lamport =
+                1 + deps.iter().map(|id| lamport_of(&self.adapter, id)).max().unwrap_or(0).max(last_lamport);
+            let event = Event::sign(key, seq, lamport, std::mem::take(&mut deps), event_ops);
             deps = vec![event.id()];
+            last_lamport = lamport;
             events.push(event);
+            ops = writes.next().map(|next| self.place_seen(author, next, &mut deps));
         }
         self.prepared_from = Some(self.prepared_up_to);
         self.prepared_up_to = seq;
         Ok(Prepared { events, up_to: seq })
+    }
+
+    /// Puts the causal contexts of `ops` (which `check_seen` accepted) in their wire form: the
+    /// named events of `author` (this node's key) become own seqs, and every other named event
+    /// joins `deps`, which stays sorted and unique.
+    fn place_seen(&self, author: MemberIdx, mut ops: Vec<Op>, deps: &mut Vec<EventId>) -> Vec<Op> {
+        for op in &mut ops {
+            let seen = match op {
+                Op::PutSeen { seen, .. }
+                | Op::DelSeen { seen, .. }
+                | Op::AddSeen { seen, .. }
+                | Op::RemoveSeen { seen, .. } => seen,
+                _ => continue,
+            };
+            let mut events = Vec::new();
+            let mut own = Vec::new();
+            for id in std::mem::take(&mut seen.events) {
+                // An event not accepted here cannot be named (`check_seen`); dropping it can only
+                // leave a write standing as a sibling.
+                let Some(meta) = self.adapter.meta(&id) else { continue };
+                if meta.author == author {
+                    own.push(meta.seq);
+                } else {
+                    events.push(id);
+                }
+            }
+            events.sort_unstable();
+            events.dedup();
+            own.sort_unstable();
+            own.dedup();
+            deps.extend_from_slice(&events);
+            *seen = Seen { events, own };
+        }
+        deps.sort_unstable();
+        deps.dedup();
+        ops
     }
 
     /// Undoes a [`Node::prepare_writes`] whose events were never committed: their seqs are
