@@ -99,10 +99,10 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as BASE64, URL_SAFE_NO_PAD as BASE64_URL};
 use cairn_crypto::PublicKey;
-use cairn_protocol::document::{KeyKind, RegisterRead, Sibling};
+use cairn_protocol::document::{KeyKind, RegisterRead, Sibling, decode_context, encode_context};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits::{EVENT_BYTES_MAX, KEY_BYTES_MAX, OPS_MAX, VALUE_BYTES_MAX};
-use cairn_protocol::{Event, EventId, Evidence, Header, Member, Op};
+use cairn_protocol::{Event, EventId, Evidence, Header, Member, Op, Seen, WriteError};
 use futures_util::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -320,6 +320,7 @@ impl From<ServiceError> for ApiError {
             ServiceError::WritesQueued { .. } => (StatusCode::SERVICE_UNAVAILABLE, "writes_queued"),
             ServiceError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ServiceError::BackupRunning => (StatusCode::CONFLICT, "backup_running"),
+            ServiceError::Invalid(WriteError::UnknownSeen(_)) => (StatusCode::CONFLICT, "unknown_context"),
             ServiceError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             ServiceError::Storage { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "storage"),
             ServiceError::NoSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "no_space"),
@@ -575,11 +576,42 @@ fn register_state_json(read: &RegisterRead, members: &[Member]) -> json::Registe
         value: read.visible.as_ref().and_then(|s| text_of(&s.value)),
         value_base64: read.visible.as_ref().map(|s| BASE64.encode(&s.value)),
         siblings: read.siblings.iter().map(|s| sibling_json(s, members)).collect(),
+        context: BASE64.encode(encode_context(&read.context())),
     }
 }
 
-fn values_json(values: &[Vec<u8>]) -> Vec<json::SetMember> {
-    values.iter().map(|v| json::SetMember::of(v)).collect()
+/// A set's members as a read gives them, each with its causal context.
+fn members_json(members: &[(Vec<u8>, Vec<EventId>)]) -> Vec<json::SetMember> {
+    members
+        .iter()
+        .map(|(element, adds)| json::SetMember {
+            context: Some(BASE64.encode(encode_context(adds))),
+            ..json::SetMember::of(element)
+        })
+        .collect()
+}
+
+/// The events a client's causal context names (base64 of [`encode_context`]'s bytes); `at`
+/// names the field in errors.
+fn context_events(context: &str, at: &str) -> Result<Vec<EventId>, ApiError> {
+    let bytes = BASE64.decode(context).map_err(|_| {
+        ApiError::bad_request("bad_context", format!("{at}: a context is base64, as a read gave it"))
+    })?;
+    decode_context(&bytes).map_err(|e| ApiError::bad_request("bad_context", format!("{at}: {e}")))
+}
+
+/// A register or set op with the causal context `context` (base64), or without one.
+fn with_context(op: Op, context: Option<String>, at: &str) -> Result<Op, ApiError> {
+    let Some(context) = context else { return Ok(op) };
+    let seen = Seen { events: context_events(&context, at)?, own: Vec::new() };
+    Ok(match op {
+        Op::Put { key, value } => Op::PutSeen { key, value, seen },
+        Op::Del { key } => Op::DelSeen { key, seen },
+        Op::Add { key, element } => Op::AddSeen { key, element, seen },
+        Op::Remove { key, element } => Op::RemoveSeen { key, element, seen },
+        // Counters and membership ops take no context; the callers never pass one.
+        other => other,
+    })
 }
 
 fn event_summary_json(e: &EventInfo) -> json::EventSummary {
@@ -947,21 +979,46 @@ async fn put_register(
     ApiPath(key): ApiPath<String>,
     ApiJson(body): ApiJson<ValueBody>,
 ) -> Result<Json<json::Ack>, ApiError> {
+    if let Some(expected) = &body.if_context {
+        // Checked on what this node holds now; the write then carries the context, so a write
+        // that slipped in between stays as a sibling.
+        let read = st.handle.register(check_key(key.clone(), "path")?).await?;
+        let now = BASE64.encode(encode_context(&read.context()));
+        context_events(expected, "if_context")?;
+        if *expected != now {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "context_changed",
+                format!(
+                    "the register changed since the read that gave if_context; nothing was written. \
+                     Its context now is {now}: read it again and retry"
+                ),
+            ));
+        }
+    }
     write(&st, put_ops(key, body)?).await
 }
 
 fn put_ops(key: String, body: ValueBody) -> Result<Vec<Op>, ApiError> {
     let key = check_key(key, "path")?;
     let value = value_bytes(body.value, body.value_base64, "value", "")?;
-    Ok(vec![Op::Put { key, value }])
+    let (context, at) = match (body.context, body.if_context) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("bad_context", "give context or if_context, not both"));
+        }
+        (Some(context), None) => (Some(context), "context"),
+        (None, if_context) => (if_context, "if_context"),
+    };
+    Ok(vec![with_context(Op::Put { key, value }, context, at)?])
 }
 
 async fn delete_register(
     State(st): State<AppState>,
     ApiPath(key): ApiPath<String>,
+    ApiQuery(query): ApiQuery<json::DeleteQuery>,
 ) -> Result<Json<json::Ack>, ApiError> {
     let key = check_key(key, "path")?;
-    write(&st, vec![Op::Del { key }]).await
+    write(&st, vec![with_context(Op::Del { key }, query.context, "context")?]).await
 }
 
 async fn counter(
@@ -986,7 +1043,7 @@ fn incr_ops(key: String, body: IncrBody) -> Result<Vec<Op>, ApiError> {
 
 async fn set(State(st): State<AppState>, ApiPath(key): ApiPath<String>) -> Result<Json<json::Set>, ApiError> {
     let members = st.handle.set_members(check_key(key.clone(), "path")?).await?;
-    Ok(Json(json::Set { key, members: values_json(&members) }))
+    Ok(Json(json::Set { key, members: members_json(&members) }))
 }
 
 async fn add_to_set(
@@ -1008,28 +1065,46 @@ async fn remove_from_set(
 fn element_ops(key: String, body: ElementBody, add: bool) -> Result<Vec<Op>, ApiError> {
     let key = check_key(key, "path")?;
     let element = value_bytes(body.element, body.element_base64, "element", "")?;
-    Ok(vec![if add { Op::Add { key, element } } else { Op::Remove { key, element } }])
+    let op = if add { Op::Add { key, element } } else { Op::Remove { key, element } };
+    Ok(vec![with_context(op, body.context, "context")?])
 }
 
 /// The op of one op of a batch; `op_idx` places it in errors.
 fn batch_op(op: BatchOp, op_idx: usize) -> Result<Op, ApiError> {
     let at = format!("ops[{op_idx}]");
-    let context = format!("{at}: ");
-    Ok(match op {
-        BatchOp::Put { key, value, value_base64 } => {
-            Op::Put { key: check_key(key, &at)?, value: value_bytes(value, value_base64, "value", &context)? }
+    let context_of = format!("{at}: ");
+    let context_at = format!("{at}.context");
+    let op = match op {
+        BatchOp::Put { key, value, value_base64, context } => with_context(
+            Op::Put {
+                key: check_key(key, &at)?,
+                value: value_bytes(value, value_base64, "value", &context_of)?,
+            },
+            context,
+            &context_at,
+        )?,
+        BatchOp::Del { key, context } => {
+            with_context(Op::Del { key: check_key(key, &at)? }, context, &context_at)?
         }
-        BatchOp::Del { key } => Op::Del { key: check_key(key, &at)? },
         BatchOp::Incr { key, delta } => Op::Incr { key: check_key(key, &at)?, delta },
-        BatchOp::Add { key, element, element_base64 } => Op::Add {
-            key: check_key(key, &at)?,
-            element: value_bytes(element, element_base64, "element", &context)?,
-        },
-        BatchOp::Remove { key, element, element_base64 } => Op::Remove {
-            key: check_key(key, &at)?,
-            element: value_bytes(element, element_base64, "element", &context)?,
-        },
-    })
+        BatchOp::Add { key, element, element_base64, context } => with_context(
+            Op::Add {
+                key: check_key(key, &at)?,
+                element: value_bytes(element, element_base64, "element", &context_of)?,
+            },
+            context,
+            &context_at,
+        )?,
+        BatchOp::Remove { key, element, element_base64, context } => with_context(
+            Op::Remove {
+                key: check_key(key, &at)?,
+                element: value_bytes(element, element_base64, "element", &context_of)?,
+            },
+            context,
+            &context_at,
+        )?,
+    };
+    Ok(op)
 }
 
 async fn batch(
@@ -1224,7 +1299,7 @@ async fn change_state(st: &AppState, notice: &ChangeNotice) -> Result<json::Chan
         KeyKind::Counter => {
             json::ChangeState::Counter { value: json::CounterValue(st.handle.counter(key).await?) }
         }
-        KeyKind::Set => json::ChangeState::Set { members: values_json(&st.handle.set_members(key).await?) },
+        KeyKind::Set => json::ChangeState::Set { members: members_json(&st.handle.set_members(key).await?) },
     })
 }
 

@@ -196,9 +196,10 @@ impl Client {
         self.typed(Method::PUT, &key_path("registers", key, ""), Some(body)).await
     }
 
-    /// `DELETE /v1/registers/{key}`.
-    pub async fn delete(&self, key: &str) -> Result<Answer<json::Ack>, ClientError> {
-        self.typed(Method::DELETE, &key_path("registers", key, ""), None::<&()>).await
+    /// `DELETE /v1/registers/{key}`, with the causal context of a read if given.
+    pub async fn delete(&self, key: &str, context: Option<&str>) -> Result<Answer<json::Ack>, ClientError> {
+        let query = context.map_or_else(String::new, |context| format!("?context={}", path_segment(context)));
+        self.typed(Method::DELETE, &key_path("registers", key, &query), None::<&()>).await
     }
 
     /// `GET /v1/counters/{key}`.

@@ -215,6 +215,11 @@ fn ops_bytes(ops: &[Op]) -> usize {
                     Op::Put { value, .. } => value.len(),
                     Op::Add { element, .. } | Op::Remove { element, .. } => element.len(),
                     Op::Del { .. } | Op::Incr { .. } => 8,
+                    // The named events' ids, 32 bytes each.
+                    Op::PutSeen { value: bytes, seen, .. }
+                    | Op::AddSeen { element: bytes, seen, .. }
+                    | Op::RemoveSeen { element: bytes, seen, .. } => bytes.len() + 32 * seen.events.len(),
+                    Op::DelSeen { seen, .. } => 8 + 32 * seen.events.len(),
                     // At most a change's bytes; local writes carry none (the API takes document
                     // ops only).
                     Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => {

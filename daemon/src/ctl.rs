@@ -108,6 +108,8 @@ pub const EXIT_INSPECT_FAILED: u8 = 4;
 pub const EXIT_INSPECT_UNDECIDED: u8 = 5;
 /// Exit code: `health` found the daemon not ready (or its service loop not answering).
 pub const EXIT_NOT_READY: u8 = 6;
+/// Exit code: `put --if-context` found the register changed since the read; nothing written.
+pub const EXIT_CONTEXT_CHANGED: u8 = 7;
 
 /// The largest file `inspect` reads: hex text of the largest event, with line breaks, fits.
 const INSPECT_FILE_BYTES_MAX: usize = 1024 * 1024;
@@ -198,8 +200,9 @@ pub enum Command {
     Health,
     /// Every other member: address, connection state, round trip, counters.
     Peers,
-    /// A register's value, and its concurrent values (siblings) if there are several. Exits 3
-    /// if it has no value.
+    /// A register's value, its concurrent values (siblings) if there are several, and the
+    /// read's causal context (`context: ...`), which `put --context` and `del --context` take
+    /// back. Exits 3 if it has no value.
     Get {
         /// The register's key.
         key: OsString,
@@ -218,11 +221,23 @@ pub enum Command {
         /// Writes the bytes of this file, as they are, instead of VALUE.
         #[arg(long, value_name = "PATH", conflicts_with_all = ["value", "base64"])]
         file: Option<PathBuf>,
+        /// The context a `get` printed: the write supersedes exactly what that read saw, and a
+        /// value written since stays beside it as a sibling (no lost update).
+        #[arg(long, value_name = "CONTEXT")]
+        context: Option<String>,
+        /// Read-modify-write: writes (with this context) only if the register's context on
+        /// this node is still CONTEXT; otherwise exits 4 and writes nothing. Two such writes
+        /// racing on one node can both pass, and are then siblings.
+        #[arg(long, value_name = "CONTEXT", conflicts_with = "context")]
+        if_context: Option<String>,
     },
     /// Deletes a register's values.
     Del {
         /// The register's key.
         key: OsString,
+        /// The context a `get` printed: deletes exactly what that read saw.
+        #[arg(long, value_name = "CONTEXT")]
+        context: Option<String>,
     },
     /// Adds a signed delta to a counter (`incr hits -5`, `incr hits -- -5` or `incr hits --delta -5`).
     Incr {
@@ -253,6 +268,10 @@ pub enum Command {
         /// Adds the bytes of this file, as they are, instead of ELEMENT.
         #[arg(long, value_name = "PATH", conflicts_with_all = ["element", "base64"])]
         file: Option<PathBuf>,
+        /// The member's context a `members --context` printed (the add then supersedes the
+        /// adds and removes that read saw).
+        #[arg(long, value_name = "CONTEXT")]
+        context: Option<String>,
     },
     /// Removes an element from a set (the adds this node has seen; a concurrent add wins).
     Srem {
@@ -267,11 +286,18 @@ pub enum Command {
         /// Removes the bytes of this file, as they are, instead of ELEMENT.
         #[arg(long, value_name = "PATH", conflicts_with_all = ["element", "base64"])]
         file: Option<PathBuf>,
+        /// The member's context a `members --context` printed: removes exactly the adds that
+        /// read saw, so an add made since stays.
+        #[arg(long, value_name = "CONTEXT")]
+        context: Option<String>,
     },
     /// A set's members. Exits 3 if it has none.
     Members {
         /// The set's key.
         key: OsString,
+        /// Prints each member's causal context after it (a tab between), for `srem --context`.
+        #[arg(long)]
+        context: bool,
     },
     /// The keys with a value, of one kind or all, one page at a time.
     Keys {
@@ -450,10 +476,18 @@ pub struct NotFound(String);
 #[error("{0}")]
 pub struct Usage(String);
 
+/// `put --if-context` found the register changed since the read: exit code
+/// [`EXIT_CONTEXT_CHANGED`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ContextChanged(String);
+
 /// The exit code for an error from [`run`].
 pub fn exit_code(error: &anyhow::Error) -> u8 {
     if error.chain().any(|cause| cause.is::<NotFound>()) {
         EXIT_NOT_FOUND
+    } else if error.chain().any(|cause| cause.is::<ContextChanged>()) {
+        EXIT_CONTEXT_CHANGED
     } else if error.chain().any(|cause| cause.is::<Usage>()) {
         EXIT_USAGE
     } else {
@@ -653,16 +687,20 @@ impl Payload {
     /// The body of a register write.
     fn value_body(self) -> json::ValueBody {
         match self {
-            Self::Text(text) => json::ValueBody { value: Some(text), value_base64: None },
-            Self::Base64(encoded) => json::ValueBody { value: None, value_base64: Some(encoded) },
+            Self::Text(text) => json::ValueBody { value: Some(text), ..json::ValueBody::default() },
+            Self::Base64(encoded) => {
+                json::ValueBody { value_base64: Some(encoded), ..json::ValueBody::default() }
+            }
         }
     }
 
     /// The body of a set add or remove.
     fn element_body(self) -> json::ElementBody {
         match self {
-            Self::Text(text) => json::ElementBody { element: Some(text), element_base64: None },
-            Self::Base64(encoded) => json::ElementBody { element: None, element_base64: Some(encoded) },
+            Self::Text(text) => json::ElementBody { element: Some(text), ..json::ElementBody::default() },
+            Self::Base64(encoded) => {
+                json::ElementBody { element_base64: Some(encoded), ..json::ElementBody::default() }
+            }
         }
     }
 }
@@ -747,12 +785,12 @@ enum Request {
     Health,
     Peers,
     Get { key: String },
-    Put { key: String, value: Payload },
-    Del { key: String },
+    Put { key: String, value: Payload, context: Option<String>, if_context: Option<String> },
+    Del { key: String, context: Option<String> },
     Incr { key: String, delta: i64 },
     Counter { key: String },
-    SetWrite { key: String, action: SetAction, element: Payload },
-    Members { key: String },
+    SetWrite { key: String, action: SetAction, element: Payload, context: Option<String> },
+    Members { key: String, context: bool },
     Keys { query: json::KeysQuery },
     Batch { file: PathBuf },
     Events { query: json::EventsQuery },
@@ -775,11 +813,13 @@ impl Request {
             Command::Health => Self::Health,
             Command::Peers => Self::Peers,
             Command::Get { key } => Self::Get { key: key_arg(&key)? },
-            Command::Put { key, value, base64, file } => Self::Put {
+            Command::Put { key, value, base64, file, context, if_context } => Self::Put {
                 key: key_arg(&key)?,
                 value: payload_arg("value", value.as_deref(), base64, file.as_deref())?,
+                context,
+                if_context,
             },
-            Command::Del { key } => Self::Del { key: key_arg(&key)? },
+            Command::Del { key, context } => Self::Del { key: key_arg(&key)?, context },
             Command::Incr { key, amount, delta } => {
                 let Some(delta) = amount.or(delta) else {
                     bail!(Usage("give the amount: `incr KEY DELTA` or `--delta DELTA`".to_owned()))
@@ -787,17 +827,19 @@ impl Request {
                 Self::Incr { key: key_arg(&key)?, delta }
             }
             Command::Counter { key } => Self::Counter { key: key_arg(&key)? },
-            Command::Sadd { key, element, base64, file } => Self::SetWrite {
+            Command::Sadd { key, element, base64, file, context } => Self::SetWrite {
                 key: key_arg(&key)?,
                 action: SetAction::Add,
                 element: payload_arg("element", element.as_deref(), base64, file.as_deref())?,
+                context,
             },
-            Command::Srem { key, element, base64, file } => Self::SetWrite {
+            Command::Srem { key, element, base64, file, context } => Self::SetWrite {
                 key: key_arg(&key)?,
                 action: SetAction::Remove,
                 element: payload_arg("element", element.as_deref(), base64, file.as_deref())?,
+                context,
             },
-            Command::Members { key } => Self::Members { key: key_arg(&key)? },
+            Command::Members { key, context } => Self::Members { key: key_arg(&key)?, context },
             Command::Keys { kind, after, limit } => {
                 if let Some(after) = &after {
                     parse_key_cursor(after).map_err(|e| Usage(format!("--{e}")))?;
@@ -903,19 +945,32 @@ async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::
         Request::Health => health(client, out).await,
         Request::Peers => out.answer(client.peers().await?, peers),
         Request::Get { key } => out.answer(client.register(&key).await?, register),
-        Request::Put { key, value } => out.answer(client.put(&key, &value.value_body()).await?, ack),
-        Request::Del { key } => out.answer(client.delete(&key).await?, ack),
+        Request::Put { key, value, context, if_context } => {
+            let body = json::ValueBody { context, if_context, ..value.value_body() };
+            match client.put(&key, &body).await {
+                Err(ClientError::Http { status: StatusCode::CONFLICT, code, message })
+                    if code == "context_changed" =>
+                {
+                    Err(ContextChanged(message).into())
+                }
+                answer => out.answer(answer?, ack),
+            }
+        }
+        Request::Del { key, context } => out.answer(client.delete(&key, context.as_deref()).await?, ack),
         Request::Incr { key, delta } => out.answer(client.incr(&key, delta).await?, ack),
         Request::Counter { key } => out.answer(client.counter(&key).await?, counter),
-        Request::SetWrite { key, action, element } => {
-            let body = element.element_body();
+        Request::SetWrite { key, action, element, context } => {
+            let body = json::ElementBody { context, ..element.element_body() };
             let answer = match action {
                 SetAction::Add => client.set_add(&key, &body).await?,
                 SetAction::Remove => client.set_remove(&key, &body).await?,
             };
             out.answer(answer, ack)
         }
-        Request::Members { key } => out.answer(client.set(&key).await?, members),
+        Request::Members { key, context } => {
+            let answer = client.set(&key).await?;
+            if context { out.answer(answer, members_with_contexts) } else { out.answer(answer, members) }
+        }
         Request::Keys { query } => out.answer(client.keys(&query).await?, keys),
         Request::Batch { file } => {
             let body = batch_body(&file)?;
@@ -1359,6 +1414,7 @@ fn register(out: &mut Output, read: &json::Register) -> anyhow::Result<()> {
         }
         out.print_table(&table)?;
     }
+    out.line(format_args!("context: {}", state.context))?;
     Ok(())
 }
 
@@ -1375,6 +1431,18 @@ fn members(out: &mut Output, set: &json::Set) -> anyhow::Result<()> {
     }
     for member in &set.members {
         out.line(bytes_text(member.value.as_deref(), &member.value_base64))?;
+    }
+    Ok(())
+}
+
+/// `members --context`: each member, a tab, and its causal context.
+fn members_with_contexts(out: &mut Output, set: &json::Set) -> anyhow::Result<()> {
+    if set.members.is_empty() {
+        out.line("(no members)")?;
+    }
+    for member in &set.members {
+        let context = member.context.as_deref().unwrap_or_default();
+        out.line(format_args!("{}\t{context}", bytes_text(member.value.as_deref(), &member.value_base64)))?;
     }
     Ok(())
 }
@@ -2490,9 +2558,22 @@ mod tests {
 
         let written = ok(&server, &["put", "dir/k", "some text"]).await;
         assert!(written.starts_with("written: event "), "{written}");
-        assert_eq!(ok(&server, &["get", "dir/k"]).await, "\"some text\"\n");
+        let read = ok(&server, &["get", "dir/k"]).await;
+        let (value, context) = read.split_once('\n').expect("two lines");
+        assert_eq!(value, "\"some text\"");
+        let context = context.strip_prefix("context: ").and_then(|c| c.strip_suffix('\n')).expect(&read);
+        // A write with the context it read; a stale guard is refused with exit code 7.
+        ok(&server, &["put", "dir/k", "second", "--context", context]).await;
+        let (code, message) = fails(&server, &["put", "dir/k", "third", "--if-context", context]).await;
+        assert_eq!(code, EXIT_CONTEXT_CHANGED, "{message}");
+        assert!(message.contains("changed since the read"), "{message}");
+        let read = ok(&server, &["get", "dir/k"]).await;
+        assert!(read.starts_with("\"second\"\n"), "{read}");
+        let fresh = read.lines().last().and_then(|line| line.strip_prefix("context: ")).expect(&read);
+        ok(&server, &["put", "dir/k", "third", "--if-context", fresh]).await;
+        assert!(ok(&server, &["get", "dir/k"]).await.starts_with("\"third\"\n"));
         ok(&server, &["put", "--base64", "bin", "/w=="]).await;
-        assert_eq!(ok(&server, &["get", "bin"]).await, "base64:/w==\n");
+        assert!(ok(&server, &["get", "bin"]).await.starts_with("base64:/w==\ncontext: "));
         let multi = ok(&server, &["get", "multi"]).await;
         assert!(multi.starts_with("\"text\"\n\n2 concurrent values"), "{multi}");
         assert!(multi.contains("base64://4="), "{multi}");
@@ -2578,7 +2659,7 @@ mod tests {
 
         // Deleted, emptied and cancelled out are the same empty state.
         ok(&server, &["put", "r", "v"]).await;
-        assert_eq!(ok(&server, &["get", "r"]).await, "\"v\"\n");
+        assert!(ok(&server, &["get", "r"]).await.starts_with("\"v\"\ncontext: "));
         ok(&server, &["del", "r"]).await;
         exits(&server, EXIT_NOT_FOUND, &["get", "r"]).await;
         ok(&server, &["sadd", "s", "e"]).await;

@@ -917,7 +917,7 @@ impl Driver {
     fn on_command(&mut self, command: Command) {
         match command {
             Command::Write(ops, reply) => {
-                if let Err(error) = Node::check_ops(&ops) {
+                if let Err(error) = Node::check_ops(&ops).and_then(|()| self.node.check_seen(&ops)) {
                     self.metrics.write_errors.inc();
                     let _ = reply.send(Err(ServiceError::Invalid(error)));
                 } else if let Some(refusal) = self.node.write_refusal(&self.key.public()) {
@@ -934,7 +934,7 @@ impl Driver {
                 let _ = reply.send(self.node.document().counter(&key));
             }
             Command::SetMembers(key, reply) => {
-                let _ = reply.send(self.node.document().set_members(&key));
+                let _ = reply.send(self.node.document().set_member_contexts(&key));
             }
             Command::Keys(query, reply) => {
                 let document = self.node.document();

@@ -144,6 +144,15 @@ pub struct ValueBody {
     /// The value's bytes in standard base64.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value_base64: Option<String>,
+    /// The causal context of a read of this register (`context` of `GET`): the write supersedes
+    /// exactly what that read saw, and a value written since stays as a sibling.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+    /// A read-modify-write guard: the write is refused (409 `context_changed`) unless the
+    /// register's context here is still this one, and otherwise made with it as `context`.
+    /// Advisory: two guarded writes racing on one node can both pass, and then are siblings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub if_context: Option<String>,
 }
 
 /// The body of `POST /v1/members/changes`: a proposed membership change (`docs/PROTOCOL.md`
@@ -207,6 +216,19 @@ pub struct ElementBody {
     /// The element's bytes in standard base64.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub element_base64: Option<String>,
+    /// The causal context of a read of the set (the member's `context` of `GET`): a remove
+    /// takes out exactly the adds that read saw, so an add made since stays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
+}
+
+/// The query of `DELETE /v1/registers/{key}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteQuery {
+    /// The causal context of a read of the register: the delete supersedes exactly what that
+    /// read saw.
+    pub context: Option<String>,
 }
 
 /// The body of `POST /v1/counters/{key}/incr`.
@@ -237,9 +259,15 @@ pub enum BatchOp {
         value: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         value_base64: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
     },
     /// A register delete.
-    Del { key: String },
+    Del {
+        key: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
+    },
     /// A counter increment.
     Incr { key: String, delta: i64 },
     /// A set add.
@@ -249,6 +277,8 @@ pub enum BatchOp {
         element: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         element_base64: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
     },
     /// A set remove.
     Remove {
@@ -257,6 +287,8 @@ pub enum BatchOp {
         element: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         element_base64: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        context: Option<String>,
     },
 }
 
@@ -661,6 +693,10 @@ pub struct RegisterState {
     pub value_base64: Option<String>,
     /// Every concurrent value.
     pub siblings: Vec<Sibling>,
+    /// The causal context of this read, opaque (base64): give it back with a write or delete
+    /// so that it supersedes exactly what this read saw.
+    #[serde(default)]
+    pub context: String,
 }
 
 /// `GET /v1/registers/{key}`.
@@ -744,12 +780,16 @@ pub struct SetMember {
     pub value: Option<String>,
     /// The element in base64.
     pub value_base64: String,
+    /// The causal context of this member in a set read, opaque (base64): a remove that
+    /// carries it takes out exactly the adds this read saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
 }
 
 impl SetMember {
     /// The JSON of an element's bytes.
     pub fn of(element: &[u8]) -> Self {
-        Self { value: text_of(element), value_base64: BASE64.encode(element) }
+        Self { value: text_of(element), value_base64: BASE64.encode(element), context: None }
     }
 }
 
@@ -767,15 +807,41 @@ pub struct Set {
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Op {
     /// A register write.
-    Put { key: Option<String>, key_base64: String, value: Option<String>, value_base64: String },
+    Put {
+        key: Option<String>,
+        key_base64: String,
+        value: Option<String>,
+        value_base64: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<Seen>,
+    },
     /// A register delete.
-    Del { key: Option<String>, key_base64: String },
+    Del {
+        key: Option<String>,
+        key_base64: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<Seen>,
+    },
     /// A counter increment.
     Incr { key: Option<String>, key_base64: String, delta: i64 },
     /// A set add.
-    Add { key: Option<String>, key_base64: String, element: Option<String>, element_base64: String },
+    Add {
+        key: Option<String>,
+        key_base64: String,
+        element: Option<String>,
+        element_base64: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<Seen>,
+    },
     /// A set remove.
-    Remove { key: Option<String>, key_base64: String, element: Option<String>, element_base64: String },
+    Remove {
+        key: Option<String>,
+        key_base64: String,
+        element: Option<String>,
+        element_base64: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seen: Option<Seen>,
+    },
     /// A membership change proposed (PROTOCOL.md §17): `action` is `add`, `remove` or
     /// `replace`, `key` the key it adds or cuts.
     Propose { change: String, base: String, action: String, key: String, round: u32 },
@@ -783,6 +849,22 @@ pub enum Op {
     Approve { change: String, round: u32 },
     /// A key rotation: `key`'s seat passes to `successor` after seq `cut`.
     Rotate { key: String, cut: u64, successor: String },
+}
+
+/// An op's causal context as the API shows it (PROTOCOL.md §5): the events its writer had read,
+/// by id (other authors', deps of the event) and by the author's own seq.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seen {
+    /// Named events of other authors, hex.
+    pub events: Vec<String>,
+    /// Named own seqs.
+    pub own: Vec<u64>,
+}
+
+impl From<&cairn_protocol::Seen> for Seen {
+    fn from(seen: &cairn_protocol::Seen) -> Self {
+        Self { events: seen.events.iter().map(ToString::to_string).collect(), own: seen.own.clone() }
+    }
 }
 
 impl Op {
@@ -804,7 +886,7 @@ impl Op {
     pub fn key(&self) -> (Option<&str>, &str) {
         match self {
             Self::Put { key, key_base64, .. }
-            | Self::Del { key, key_base64 }
+            | Self::Del { key, key_base64, .. }
             | Self::Incr { key, key_base64, .. }
             | Self::Add { key, key_base64, .. }
             | Self::Remove { key, key_base64, .. } => (key.as_deref(), key_base64),
@@ -818,23 +900,26 @@ impl From<&ProtocolOp> for Op {
     fn from(op: &ProtocolOp) -> Self {
         let key = text_of(op.key());
         let key_base64 = BASE64.encode(op.key());
+        let seen = op.seen().map(Seen::from);
         match op {
-            ProtocolOp::Put { value, .. } => {
-                Self::Put { key, key_base64, value: text_of(value), value_base64: BASE64.encode(value) }
+            ProtocolOp::Put { value, .. } | ProtocolOp::PutSeen { value, .. } => {
+                Self::Put { key, key_base64, value: text_of(value), value_base64: BASE64.encode(value), seen }
             }
-            ProtocolOp::Del { .. } => Self::Del { key, key_base64 },
+            ProtocolOp::Del { .. } | ProtocolOp::DelSeen { .. } => Self::Del { key, key_base64, seen },
             ProtocolOp::Incr { delta, .. } => Self::Incr { key, key_base64, delta: *delta },
-            ProtocolOp::Add { element, .. } => Self::Add {
+            ProtocolOp::Add { element, .. } | ProtocolOp::AddSeen { element, .. } => Self::Add {
                 key,
                 key_base64,
                 element: text_of(element),
                 element_base64: BASE64.encode(element),
+                seen,
             },
-            ProtocolOp::Remove { element, .. } => Self::Remove {
+            ProtocolOp::Remove { element, .. } | ProtocolOp::RemoveSeen { element, .. } => Self::Remove {
                 key,
                 key_base64,
                 element: text_of(element),
                 element_base64: BASE64.encode(element),
+                seen,
             },
             ProtocolOp::Propose { change, round } => {
                 use cairn_protocol::ChangeKind;
@@ -1176,11 +1261,16 @@ mod tests {
         let state = check(r#"{"kind":"set","key":"s","key_base64":"cw==","position":2,"members":[]}"#);
         assert_eq!(state, ChangeState::Set { members: vec![] });
         let state = check(
-            r#"{"kind":"register","key":"r","key_base64":"cg==","position":3,"value":null,"value_base64":null,"siblings":[]}"#,
+            r#"{"kind":"register","key":"r","key_base64":"cg==","position":3,"value":null,"value_base64":null,"siblings":[],"context":"AQ=="}"#,
         );
         assert_eq!(
             state,
-            ChangeState::Register(RegisterState { value: None, value_base64: None, siblings: vec![] })
+            ChangeState::Register(RegisterState {
+                value: None,
+                value_base64: None,
+                siblings: vec![],
+                context: "AQ==".into()
+            })
         );
         let state =
             check(r#"{"kind":"set","key":null,"key_base64":"/w==","position":4,"state_error":"busy"}"#);
@@ -1200,9 +1290,14 @@ mod tests {
 
     #[test]
     fn request_bodies_hold_only_what_is_given() {
-        let body = ValueBody { value: Some("v".into()), value_base64: None };
+        let body = ValueBody { value: Some("v".into()), ..ValueBody::default() };
         assert_eq!(serde_json::to_string(&body).unwrap(), r#"{"value":"v"}"#);
-        let op = BatchOp::Add { key: "k".into(), element: None, element_base64: Some("/w==".into()) };
+        let op = BatchOp::Add {
+            key: "k".into(),
+            element: None,
+            element_base64: Some("/w==".into()),
+            context: None,
+        };
         assert_eq!(serde_json::to_string(&op).unwrap(), r#"{"op":"add","key":"k","element_base64":"/w=="}"#);
         assert!(serde_json::from_str::<BatchOp>(r#"{"op":"put","key":"k","vlaue":"v"}"#).is_err());
         let query = KeysQuery { kind: Some(KeyKind::Set), after: Some("set:YQ".into()), limit: Some(2) };

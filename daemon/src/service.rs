@@ -352,7 +352,7 @@ pub(crate) enum Command {
     Write(Vec<Op>, oneshot::Sender<Result<WriteAck, ServiceError>>),
     Register(Vec<u8>, oneshot::Sender<RegisterRead>),
     Counter(Vec<u8>, oneshot::Sender<i128>),
-    SetMembers(Vec<u8>, oneshot::Sender<Vec<Vec<u8>>>),
+    SetMembers(Vec<u8>, oneshot::Sender<Vec<(Vec<u8>, Vec<EventId>)>>),
     Keys(KeyQuery, oneshot::Sender<Vec<Vec<u8>>>),
     Events(EventQuery, oneshot::Sender<Vec<EventInfo>>),
     Event(EventId, oneshot::Sender<Option<EventInfo>>),
@@ -402,8 +402,8 @@ impl ServiceHandle {
         self.ask(|tx| Command::Counter(key, tx)).await
     }
 
-    /// A set's members, sorted.
-    pub async fn set_members(&self, key: Vec<u8>) -> Result<Vec<Vec<u8>>, ServiceError> {
+    /// A set's members, sorted, each with its causal context: the events of its live adds.
+    pub async fn set_members(&self, key: Vec<u8>) -> Result<Vec<(Vec<u8>, Vec<EventId>)>, ServiceError> {
         self.ask(|tx| Command::SetMembers(key, tx)).await
     }
 

@@ -235,7 +235,14 @@ fn text_a_member_wrote_reaches_no_terminal_raw() {
         return;
     };
     assert_eq!(code, 0, "{text}");
-    assert_eq!(text, format!("{escaped_value}\n"));
+    assert_eq!(without_context(&text), format!("{escaped_value}\n"));
+}
+
+/// What `get` printed without its last line, the read's context (which it checks is there).
+fn without_context(text: &str) -> String {
+    let (value, context) = text.trim_end_matches('\n').rsplit_once('\n').expect("a value and a context line");
+    assert!(context.starts_with("context: "), "{text}");
+    format!("{value}\n")
 }
 
 #[test]
@@ -253,7 +260,7 @@ fn empty_state_and_unknown_events_exit_3() {
     assert_eq!(serde_json::from_str::<Value>(&json).expect("JSON"), json!({"key": "absent", "value": 0}));
 
     cairnctl(socket, &["put", "r", "v"]).expect(0, "put");
-    check(&["get", "r"], 0, "\"v\"\n");
+    assert_eq!(without_context(&cairnctl(socket, &["get", "r"]).expect(0, "get r")), "\"v\"\n");
     cairnctl(socket, &["del", "r"]).expect(0, "del");
     check(&["get", "r"], 3, "(no value)\n");
     cairnctl(socket, &["sadd", "s", "e"]).expect(0, "sadd");
@@ -298,14 +305,17 @@ fn values_from_stdin_and_files_within_the_limits() {
     cairnctl(socket, &["sadd", "s", "--file", file]).expect(0, "sadd --file");
     // Text that looks like bytes, and the bytes: they print differently.
     cairnctl(socket, &["put", "text", "base64:/wA="]).expect(0, "put text");
-    let bytes = cairnctl(socket, &["get", "bytes"]).expect(0, "get bytes");
-    let text = cairnctl(socket, &["get", "text"]).expect(0, "get text");
+    let bytes = without_context(&cairnctl(socket, &["get", "bytes"]).expect(0, "get bytes"));
+    let text = without_context(&cairnctl(socket, &["get", "text"]).expect(0, "get text"));
     assert_eq!(bytes, "base64:/wA=\n");
     assert_eq!(text, "\"base64:/wA=\"\n");
     assert_eq!(cairnctl(socket, &["members", "s"]).expect(0, "members"), "base64:/wA=\n");
     // The same bytes as base64 on the command line.
     cairnctl(socket, &["put", "--base64", "bytes2", "/wA="]).expect(0, "put --base64");
-    assert_eq!(cairnctl(socket, &["get", "bytes2"]).expect(0, "get bytes2"), "base64:/wA=\n");
+    assert_eq!(
+        without_context(&cairnctl(socket, &["get", "bytes2"]).expect(0, "get bytes2")),
+        "base64:/wA=\n"
+    );
 
     // Keys over the limit: the limit, not the key, whatever the length (a 70 000-byte key
     // does not fit in a request line; a 16 000-byte key does).
@@ -489,8 +499,8 @@ fn help_texts() {
 fn the_typed_client_reads_every_answer() {
     let c = Cluster::start(2);
     let client = c.client(0);
-    let text = |value: &str| json::ValueBody { value: Some(value.to_owned()), value_base64: None };
-    let element = |value: &str| json::ElementBody { element: Some(value.to_owned()), element_base64: None };
+    let text = |value: &str| json::ValueBody { value: Some(value.to_owned()), ..Default::default() };
+    let element = |value: &str| json::ElementBody { element: Some(value.to_owned()), ..Default::default() };
 
     let status = c.block_on(client.status()).expect("status").value;
     assert_eq!(status.name, "alice");
@@ -505,11 +515,11 @@ fn the_typed_client_reads_every_answer() {
     assert_eq!((read.key.as_str(), read.state.value.as_deref()), ("dir/k", Some("v")));
     assert_eq!(read.state.siblings.len(), 1);
     assert_eq!(read.state.siblings[0].event_id, ack.id);
-    let binary = json::ValueBody { value: None, value_base64: Some("/wA=".to_owned()) };
+    let binary = json::ValueBody { value_base64: Some("/wA=".to_owned()), ..Default::default() };
     c.block_on(client.put("bin", &binary)).expect("put bytes");
     let read = c.block_on(client.register("bin")).expect("register bytes").value;
     assert_eq!((read.state.value, read.state.value_base64.as_deref()), (None, Some("/wA=")));
-    c.block_on(client.delete("dir/k")).expect("delete");
+    c.block_on(client.delete("dir/k", None)).expect("delete");
     assert_eq!(c.block_on(client.register("dir/k")).expect("register").value.state.value_base64, None);
 
     for _ in 0..2 {
@@ -523,11 +533,18 @@ fn the_typed_client_reads_every_answer() {
     c.block_on(client.set_add("s", &element("b"))).expect("sadd");
     c.block_on(client.set_remove("s", &element("a"))).expect("srem");
     let set = c.block_on(client.set("s")).expect("set").value;
-    assert_eq!(set.members, [json::SetMember { value: Some("b".into()), value_base64: "Yg==".into() }]);
+    assert_eq!(set.members.len(), 1);
+    assert_eq!((set.members[0].value.as_deref(), set.members[0].value_base64.as_str()), (Some("b"), "Yg=="));
+    assert!(set.members[0].context.is_some(), "a set read gives each member's context");
 
     let batch = json::BatchBody {
         ops: vec![
-            json::BatchOp::Put { key: "b1".into(), value: Some("x".into()), value_base64: None },
+            json::BatchOp::Put {
+                key: "b1".into(),
+                value: Some("x".into()),
+                value_base64: None,
+                context: None,
+            },
             json::BatchOp::Incr { key: "c".into(), delta: -2 },
         ],
     };

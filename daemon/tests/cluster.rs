@@ -8,6 +8,8 @@ mod common;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use cairn_crypto::{PublicKey, SecretKey};
 use cairn_daemon::client::Client;
 use cairn_daemon::tls;
@@ -566,4 +568,90 @@ fn a_restart_returns_the_same_digests() {
     // And it goes on: a write after the restarts replicates.
     c.put(1, "after", "restart");
     c.wait_converged();
+}
+
+/// Causal contexts on real processes (DESIGN "the document's client causal contexts"): two
+/// clients that read the same value on one node and both write keep both writes as siblings
+/// on every node; a remove made with a context read before a concurrent add leaves that add,
+/// on every node, after sync; a context that is not one is refused.
+#[test]
+fn clients_that_read_before_they_write_never_lose_each_others_writes() {
+    let c = Cluster::start(3);
+    let contexts_path = "/v1/registers/doc";
+
+    // Node 1 writes the value both clients then read on node 0.
+    c.put(1, "doc", "v0");
+    c.wait_for("node 0 reads v0", |c| c.register_value(0, "doc").as_deref() == Some("v0"));
+    let read = c.register(0, "doc");
+    let context = read["context"].as_str().expect("a read gives its context").to_owned();
+    for client in ["client 1", "client 2"] {
+        c.send(0, Method::PUT, contexts_path, &json!({ "value": client, "context": context }))
+            .unwrap_or_else(|e| panic!("PUT with a context: {e}"));
+    }
+    let values = |c: &Cluster, i: usize| -> Vec<String> {
+        let register = c.register(i, "doc");
+        let mut values: Vec<String> = register["siblings"]
+            .as_array()
+            .expect("siblings")
+            .iter()
+            .map(|s| s["value"].as_str().expect("text").to_owned())
+            .collect();
+        values.sort();
+        values
+    };
+    c.wait_for("every node holds both clients' writes as siblings", |c| {
+        (0..3).all(|i| values(c, i) == ["client 1", "client 2"])
+    });
+    // Without a context the second write would have superseded the first, which node 0 had.
+    c.put(0, "blind", "first");
+    c.put(0, "blind", "second");
+    assert_eq!(c.register(0, "blind")["siblings"].as_array().map(Vec::len), Some(1));
+
+    // A client that read both resolves them, on another node.
+    c.wait_converged();
+    let both = c.register(2, "doc")["context"].as_str().expect("context").to_owned();
+    c.send(2, Method::PUT, contexts_path, &json!({ "value": "merged", "context": both })).expect("merge");
+    c.wait_for("every node has the merged value alone", |c| (0..3).all(|i| values(c, i) == ["merged"]));
+
+    // Sets: node 1 adds x; a client reads the set on node 0 (x with its context); node 2 adds
+    // x again, and node 0 receives it; then the client removes x with what it read.
+    c.set_op(1, "add", "team", "x");
+    c.wait_for("node 0 sees x", |c| c.set_members(0, "team") == ["x"]);
+    let member_context = |c: &Cluster, i: usize| -> String {
+        let set = c.get(i, "/v1/sets/team");
+        set["members"][0]["context"].as_str().expect("a member's context").to_owned()
+    };
+    let stale = member_context(&c, 0);
+    c.set_op(2, "add", "team", "x");
+    c.wait_for("node 0 holds node 2's add of x too", |c| member_context(c, 0) != stale);
+    c.send(0, Method::POST, "/v1/sets/team/remove", &json!({ "element": "x", "context": stale }))
+        .expect("a remove with a stale context");
+    c.wait_converged();
+    for i in 0..3 {
+        assert_eq!(c.set_members(i, "team"), ["x"], "node {i}: the concurrent add stays");
+    }
+    // The context that names both adds removes x everywhere.
+    let fresh = member_context(&c, 0);
+    c.send(0, Method::POST, "/v1/sets/team/remove", &json!({ "element": "x", "context": fresh }))
+        .expect("a remove with a fresh context");
+    c.wait_for("x is gone everywhere", |c| (0..3).all(|i| c.set_members(i, "team").is_empty()));
+
+    // What is not a context is refused, and nothing is written.
+    let n_events = c.status(0)["n_events"].clone();
+    for (bad, why) in [("not base64!", "base64"), ("Ag==", "version"), ("AQID", "32 bytes")] {
+        let error = c
+            .send(0, Method::PUT, contexts_path, &json!({ "value": "v", "context": bad }))
+            .expect_err("a bad context is refused");
+        let text = error.to_string();
+        assert!(text.contains("bad_context") || text.contains("context"), "{bad} ({why}): {text}");
+    }
+    // A well-formed context naming an event this node has not received is refused with 409.
+    let mut named = vec![1u8];
+    named.extend([0x70; 32]);
+    let unknown_context = BASE64.encode(&named);
+    let error = c
+        .send(0, Method::PUT, contexts_path, &json!({ "value": "v", "context": unknown_context }))
+        .expect_err("an unknown event is refused");
+    assert!(error.to_string().contains("has not received"), "{error}");
+    assert_eq!(c.status(0)["n_events"], n_events, "nothing was written");
 }

@@ -356,8 +356,7 @@ impl Encode for Seen {
 
 impl<Context> Decode<Context> for Seen {
     fn decode<D: Decoder<Context = Context>>(decoder: &mut D) -> Result<Self, DecodeError> {
-        let events =
-            decode_vec(decoder, SEEN_EVENTS_MAX, "seen events", |d| Ok(EventId(decode_array(d)?)))?;
+        let events = decode_vec(decoder, SEEN_EVENTS_MAX, "seen events", |d| Ok(EventId(decode_array(d)?)))?;
         let own = decode_vec(decoder, SEEN_OWN_MAX, "seen own seqs", u64::decode)?;
         Ok(Self { events, own })
     }
@@ -456,9 +455,11 @@ impl<Context> Decode<Context> for Op {
             OP_ADD_SEEN => {
                 Self::AddSeen { key: key(decoder)?, element: element(decoder)?, seen: Seen::decode(decoder)? }
             }
-            OP_REMOVE_SEEN => {
-                Self::RemoveSeen { key: key(decoder)?, element: element(decoder)?, seen: Seen::decode(decoder)? }
-            }
+            OP_REMOVE_SEEN => Self::RemoveSeen {
+                key: key(decoder)?,
+                element: element(decoder)?,
+                seen: Seen::decode(decoder)?,
+            },
             other => return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}op tag {other}"))),
         })
     }

@@ -161,7 +161,9 @@ pub(crate) fn op_flaw(event: &Event) -> Option<OpFlaw> {
     } else if let Some(idx) = ops.iter().position(|op| !op.is_membership() && op.key().is_empty()) {
         Some(OpFlaw::EmptyKey(idx))
     } else {
-        ops.iter().position(|op| op.seen().is_some_and(|seen| !seen_holds(seen, &event.header))).map(OpFlaw::Seen)
+        ops.iter()
+            .position(|op| op.seen().is_some_and(|seen| !seen_holds(seen, &event.header)))
+            .map(OpFlaw::Seen)
     }
 }
 

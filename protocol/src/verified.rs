@@ -63,7 +63,12 @@ impl Verified {
             bytes: stored.bytes.to_vec(),
             author_idx: stored.meta.author,
             clock: stored.meta.clock.clone(),
-            seen: crate::archive::seen_clocks(archive, stored.meta.author, &event.ops, stored.meta.clock.len()),
+            seen: crate::archive::seen_clocks(
+                archive,
+                stored.meta.author,
+                &event.ops,
+                stored.meta.clock.len(),
+            ),
             event,
         })))
     }

@@ -699,3 +699,67 @@ fn a_large_value_is_read_back_from_its_event() {
     assert_eq!(node.register(b"small").visible.unwrap().value, b"v");
     assert!(node.register(b"none").visible.is_none());
 }
+
+/// A register op with a client's causal context: the events it read, by id.
+fn put_seen(k: &str, v: &str, read: Vec<cairn_protocol::EventId>) -> Vec<Op> {
+    let seen = cairn_protocol::Seen { events: read, own: Vec::new() };
+    vec![Op::PutSeen { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec(), seen }]
+}
+
+#[test]
+fn two_clients_read_modify_write_on_one_node_and_keep_both_writes() {
+    let mut net = Net::new(2, &[1, 2]);
+    net.connect(0, 1);
+    net.settle();
+    // Node 2 writes the value both clients read on node 1.
+    net.write(1, "k", "v0");
+    net.settle();
+    let node = &mut net.nodes[0].1;
+    let read = node.document().register(b"k").context();
+    assert_eq!(read.len(), 1);
+    // Node 1 writes something else in between, so its own chain has moved on.
+    write(node, &key(1), put("other", "x"), 1).unwrap();
+    // Both clients write with the context they read: the second keeps the first.
+    let first = write(node, &key(1), put_seen("k", "client 1", read.clone()), 2).unwrap();
+    let second = write(node, &key(1), put_seen("k", "client 2", read.clone()), 3).unwrap();
+    // The named event of the other author became a dep of each; the own chain stays rule 5's.
+    assert!(first.event().header.deps.contains(&read[0]));
+    assert!(second.event().header.deps.contains(&read[0]));
+    let values = |node: &Node| -> Vec<Vec<u8>> {
+        node.document().register(b"k").siblings.iter().map(|s| s.value.clone()).collect()
+    };
+    assert_eq!(values(node), [b"client 1".to_vec(), b"client 2".to_vec()]);
+
+    // A client that reads both and writes with that context resolves them; its own events are
+    // named by seq on the wire.
+    let both = node.document().register(b"k").context();
+    let merged = write(node, &key(1), put_seen("k", "merged", both), 4).unwrap();
+    let Op::PutSeen { seen, .. } = &merged.event().ops[0] else { panic!("a context op") };
+    assert!(seen.events.is_empty(), "both named events are node 1's own: {seen:?}");
+    assert_eq!(seen.own, [first.seq(), second.seq()]);
+    assert_eq!(values(node), [b"merged".to_vec()]);
+
+    // Every node converges on the same document.
+    net.settle();
+    let d = net.digests();
+    assert!(d.iter().all(|x| *x == d[0]));
+    assert_eq!(values(&net.nodes[1].1), [b"merged".to_vec()]);
+}
+
+#[test]
+fn a_context_naming_an_event_the_node_lacks_is_refused_before_signing() {
+    let mut net = Net::new(2, &[1, 2]);
+    net.write(1, "k", "not sent");
+    let unknown = net.nodes[1].1.document().register(b"k").context();
+    let node = &mut net.nodes[0].1;
+    let ops = put_seen("k", "v", unknown.clone());
+    assert_eq!(node.check_seen(&ops), Err(WriteError::UnknownSeen(unknown[0])));
+    assert_eq!(Node::check_ops(&ops), Ok(()));
+    // A context the client wrote itself with own seqs is not for clients to give.
+    let own = vec![Op::PutSeen {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+        seen: cairn_protocol::Seen { events: Vec::new(), own: vec![1] },
+    }];
+    assert!(Node::check_ops(&own).is_err());
+}

@@ -515,12 +515,20 @@ fn compute() -> Vectors {
     let [x1, y1, z1, x2] = context_events(&s);
     let contexts = node_with(&s, &[&x1, &y1, &z1, &x2]);
     v.comment("");
-    v.comment("Causal contexts (ops 8 to 11, section 14). context.alice1: alice puts k3 = \"x\" and adds \"e\"");
-    v.comment("to s3. context.bob1: bob, on alice1, puts k3 = \"y\" with a context naming alice1 (as a dep).");
+    v.comment(
+        "Causal contexts (ops 8 to 11, section 14). context.alice1: alice puts k3 = \"x\" and adds \"e\"",
+    );
+    v.comment(
+        "to s3. context.bob1: bob, on alice1, puts k3 = \"y\" with a context naming alice1 (as a dep).",
+    );
     v.comment("context.carol1: carol, with no deps, puts k3 = \"z\" and adds \"e\" to s3. context.alice2:");
-    v.comment("alice, seq 2, on alice1, bob1 and carol1: PutSeen k3 = \"w\" naming bob1 (a dep) and her own seq 1,");
+    v.comment(
+        "alice, seq 2, on alice1, bob1 and carol1: PutSeen k3 = \"w\" naming bob1 (a dep) and her own seq 1,",
+    );
     v.comment("RemoveSeen \"e\" from s3 naming her own seq 1, DelSeen k4 with an empty context, and AddSeen");
-    v.comment("\"f\" to s3 naming carol1. State: k3 keeps carol's \"z\" (not named, though in the past) beside");
+    v.comment(
+        "\"f\" to s3 naming carol1. State: k3 keeps carol's \"z\" (not named, though in the past) beside",
+    );
     v.comment("alice's \"w\"; s3 = {e, f}, since carol's add of \"e\" was not named; k4 has no value.");
     v.add("context.alice1", x1.encode());
     v.add("context.bob1", y1.encode());

@@ -74,13 +74,24 @@ fn check_header(header: &Header) {
 fn check_op(op: &Op) {
     assert!(op.key().len() <= KEY_BYTES_MAX, "a key of {} bytes", op.key().len());
     let value = match op {
-        Op::Put { value, .. } => value.len(),
-        Op::Add { element, .. } | Op::Remove { element, .. } => element.len(),
-        Op::Del { .. } | Op::Incr { .. } => 0,
+        Op::Put { value, .. } | Op::PutSeen { value, .. } => value.len(),
+        Op::Add { element, .. }
+        | Op::Remove { element, .. }
+        | Op::AddSeen { element, .. }
+        | Op::RemoveSeen { element, .. } => element.len(),
+        Op::Del { .. } | Op::Incr { .. } | Op::DelSeen { .. } => 0,
         Op::Propose { change, .. } => cairn_protocol::codec::encode_change(change).len(),
         Op::Approve { .. } | Op::Rotate(_) => 0,
     };
     assert!(value <= VALUE_BYTES_MAX, "a value of {value} bytes");
+    if let Some(seen) = op.seen() {
+        assert!(
+            seen.events.len() <= cairn_protocol::limits::SEEN_EVENTS_MAX,
+            "{} named events",
+            seen.events.len()
+        );
+        assert!(seen.own.len() <= cairn_protocol::limits::SEEN_OWN_MAX, "{} named own seqs", seen.own.len());
+    }
 }
 
 fn check_evidence(evidence: &Evidence) {

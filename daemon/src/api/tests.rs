@@ -18,8 +18,8 @@ use crate::service::Command;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 /// What the fake service refuses writes to `refuse` with: own-seq safety, as a fresh node says.
-pub(crate) fn refused() -> cairn_protocol::WriteError {
-    cairn_protocol::WriteError::OwnSeqUnknown { heard: 0, needed: 1, held: 0, reported: 3 }
+pub(crate) fn refused() -> WriteError {
+    WriteError::OwnSeqUnknown { heard: 0, needed: 1, held: 0, reported: 3 }
 }
 const FULL_MESSAGE: &str = "the file system holding the data directory /var/lib/cairn is full";
 
@@ -166,7 +166,7 @@ impl Fake {
         let own_idx = self.idx(&self.own);
         for (op_idx, op) in ops.iter().enumerate() {
             match op {
-                Op::Put { key, value } => {
+                Op::Put { key, value } | Op::PutSeen { key, value, .. } => {
                     let sibling = Sibling {
                         value: value.clone(),
                         value_held: true,
@@ -181,7 +181,7 @@ impl Fake {
                     );
                     self.notify(KeyKind::Register, key);
                 }
-                Op::Del { key } => {
+                Op::Del { key } | Op::DelSeen { key, .. } => {
                     self.registers.remove(key);
                     self.notify(KeyKind::Register, key);
                 }
@@ -189,11 +189,11 @@ impl Fake {
                     *self.counters.entry(key.clone()).or_default() += i128::from(*delta);
                     self.notify(KeyKind::Counter, key);
                 }
-                Op::Add { key, element } => {
+                Op::Add { key, element } | Op::AddSeen { key, element, .. } => {
                     self.sets.entry(key.clone()).or_default().insert(element.clone());
                     self.notify(KeyKind::Set, key);
                 }
-                Op::Remove { key, element } => {
+                Op::Remove { key, element } | Op::RemoveSeen { key, element, .. } => {
                     if let Some(set) = self.sets.get_mut(key) {
                         set.remove(element);
                     }
@@ -220,7 +220,9 @@ impl Fake {
                 let _ = tx.send(self.counters.get(&key).copied().unwrap_or(0));
             }
             Command::SetMembers(key, tx) => {
-                let _ = tx.send(self.sets.get(&key).map(|s| s.iter().cloned().collect()).unwrap_or_default());
+                let members =
+                    self.sets.get(&key).map(|s| s.iter().map(|m| (m.clone(), Vec::new())).collect());
+                let _ = tx.send(members.unwrap_or_default());
             }
             Command::Keys(query, tx) => {
                 let keys: Vec<Vec<u8>> = match query.kind {
@@ -648,7 +650,10 @@ async fn registers_put_get_delete() {
         .unwrap();
     assert_eq!(ack["seq"], 3);
     let read = server.get("/v1/registers/greeting").await;
-    assert_eq!(read, json!({"key": "greeting", "value": null, "value_base64": null, "siblings": []}));
+    assert_eq!(
+        read,
+        json!({"key": "greeting", "value": null, "value_base64": null, "siblings": [], "context": "AQ=="})
+    );
 }
 
 #[tokio::test]
@@ -685,8 +690,8 @@ async fn counters_and_sets() {
     assert_eq!(
         set,
         json!({"key": "tags", "members": [
-            {"value": "a", "value_base64": "YQ=="},
-            {"value": null, "value_base64": "/w=="},
+            {"value": "a", "value_base64": "YQ==", "context": "AQ=="},
+            {"value": null, "value_base64": "/w==", "context": "AQ=="},
         ]})
     );
 }
@@ -1252,7 +1257,7 @@ async fn watch_delivers_changes_with_their_state() {
         seen[2].1,
         json!({
             "kind": "set", "key": "s", "key_base64": "cw==", "position": 3,
-            "members": [{"value": "x", "value_base64": "eA=="}],
+            "members": [{"value": "x", "value_base64": "eA==", "context": "AQ=="}],
         })
     );
 }

@@ -443,7 +443,10 @@ impl Document {
             let (changed, dirty) = match kind {
                 KeyKind::Register => {
                     let covered = &mut applied.covered;
-                    (self.apply_register(key, ops, group, event.seen_clocks(), &mut event_meta, covered), true)
+                    (
+                        self.apply_register(key, ops, group, event.seen_clocks(), &mut event_meta, covered),
+                        true,
+                    )
                 }
                 KeyKind::Counter => {
                     let changed = self.apply_counter(author, key, ops, group);
@@ -581,9 +584,10 @@ impl Document {
             for (op_idx, op) in (0u32..).zip(&event.ops) {
                 let id = (event.id, op_idx);
                 match op {
-                    Op::Put { key, .. } | Op::Del { key } | Op::PutSeen { key, .. } | Op::DelSeen { key, .. } => {
-                        registers.entry(key.clone()).or_default().push(id)
-                    }
+                    Op::Put { key, .. }
+                    | Op::Del { key }
+                    | Op::PutSeen { key, .. }
+                    | Op::DelSeen { key, .. } => registers.entry(key.clone()).or_default().push(id),
                     Op::Incr { key, delta } => {
                         let sum = counters.entry(key.clone()).or_default();
                         *sum = checked_sum(*sum, i128::from(*delta));
@@ -614,7 +618,9 @@ impl Document {
             state.frontier = frontier::retract(pool, excluded_from, &excluded, history, &mut covered, |id| {
                 let (op_meta, op) = loader.load(id);
                 let value = match op {
-                    Op::Put { key: op_key, value } | Op::PutSeen { key: op_key, value, .. } if *op_key == key => {
+                    Op::Put { key: op_key, value } | Op::PutSeen { key: op_key, value, .. }
+                        if *op_key == key =>
+                    {
                         Some(HeldValue::of(value))
                     }
                     Op::Del { key: op_key } | Op::DelSeen { key: op_key, .. } if *op_key == key => None,

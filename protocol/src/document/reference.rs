@@ -295,7 +295,14 @@ impl Reference {
         true
     }
 
-    fn apply_set(&mut self, meta: &Arc<EventMeta>, key: &[u8], ops: &[Op], group: &[u32], seen: &SeenClocks) -> bool {
+    fn apply_set(
+        &mut self,
+        meta: &Arc<EventMeta>,
+        key: &[u8],
+        ops: &[Op],
+        group: &[u32],
+        seen: &SeenClocks,
+    ) -> bool {
         note_touch(&mut self.touched[meta.author].sets, key, meta.seq);
         let state = entry(&mut self.sets, key);
         let mut changed = false;

@@ -98,7 +98,10 @@ impl Dag {
                 self.events.iter().position(|e| e.id() == *id).expect("a named event is in the dag")
             });
             let own = seen.own.iter().map(|&seq| {
-                *chain.iter().find(|&&idx| self.events[idx].seq() == seq).expect("a named own seq is on the chain")
+                *chain
+                    .iter()
+                    .find(|&&idx| self.events[idx].seq() == seq)
+                    .expect("a named own seq is on the chain")
             });
             let mut clock = vec![0u64; N_AUTHORS].into_boxed_slice();
             for idx in named.chain(own) {
@@ -1276,9 +1279,8 @@ fn model(dag: &Dag, exclusions: &[(MemberIdx, u64)]) -> Reads {
             // A tag is live unless a remove takes it out; an add with a context that does not
             // name it leaves it, and one that names it takes it out while making its own.
             let is_member = of_element(true).any(|&(idx, op_idx, _)| {
-                !of_element(false).any(|&(other, other_op_idx, op)| {
-                    supersedes((idx, op_idx), (other, other_op_idx), op)
-                })
+                !of_element(false)
+                    .any(|&(other, other_op_idx, op)| supersedes((idx, op_idx), (other, other_op_idx), op))
             });
             if is_member {
                 members.push(element.as_bytes().to_vec());

@@ -325,7 +325,9 @@ impl Node {
         // The own predecessor must be a dep; the other tips fill the rest, newest first, leaving
         // room for the events the first event's causal contexts name (`check_ops` bounds them).
         let lamport_of = |adapter: &Adapter, id: &EventId| adapter.meta(id).map_or(0, |meta| meta.lamport);
-        tips.sort_by_cached_key(|t| (t.author != me, std::cmp::Reverse(lamport_of(&self.adapter, &t.id)), t.id));
+        tips.sort_by_cached_key(|t| {
+            (t.author != me, std::cmp::Reverse(lamport_of(&self.adapter, &t.id)), t.id)
+        });
         tips.truncate(DEPS_MAX - writes.first().map_or(0, |ops| n_named(ops)));
         let mut seq = self.adapter.max_seq(author);
         // Preparing again before the last prepared events were committed would sign their
@@ -363,12 +365,12 @@ impl Node {
     /// joins `deps`, which stays sorted and unique.
     fn place_seen(&self, author: MemberIdx, mut ops: Vec<Op>, deps: &mut Vec<EventId>) -> Vec<Op> {
         for op in &mut ops {
-            let seen = match op {
-                Op::PutSeen { seen, .. }
-                | Op::DelSeen { seen, .. }
-                | Op::AddSeen { seen, .. }
-                | Op::RemoveSeen { seen, .. } => seen,
-                _ => continue,
+            let (Op::PutSeen { seen, .. }
+            | Op::DelSeen { seen, .. }
+            | Op::AddSeen { seen, .. }
+            | Op::RemoveSeen { seen, .. }) = op
+            else {
+                continue;
             };
             let mut events = Vec::new();
             let mut own = Vec::new();
