@@ -406,6 +406,11 @@ fn which(names: &[&str]) -> Option<PathBuf> {
     names.iter().find_map(|name| std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file()))
 }
 
+/// The browser window's width, in CSS pixels.
+const WINDOW_WIDTH: u64 = 1360;
+/// The tallest screenshot taken.
+const SCREENSHOT_HEIGHT_MAX: u64 = 4000;
+
 /// A chromedriver process and one browser session; both end on drop.
 struct Browser {
     driver: Child,
@@ -490,8 +495,13 @@ impl Browser {
         }
     }
 
-    /// Saves a screenshot of the page as `<dir>/<name>.png`; returns its path.
+    /// Saves a screenshot of the whole page as `<dir>/<name>.png` (the window made as tall
+    /// as the page, up to [`SCREENSHOT_HEIGHT_MAX`]); returns its path.
     fn screenshot(&self, dir: &Path, name: &str) -> PathBuf {
+        let height =
+            self.script("return Math.ceil(document.documentElement.scrollHeight)").as_u64().unwrap_or(1000);
+        let rect = json!({ "width": WINDOW_WIDTH, "height": height.clamp(600, SCREENSHOT_HEIGHT_MAX) });
+        self.session_call("POST", "/window/rect", Some(&rect));
         let encoded = self.session_call("GET", "/screenshot", None);
         let png = base64::engine::general_purpose::STANDARD
             .decode(encoded.as_str().expect("base64"))
@@ -561,13 +571,12 @@ fn the_console_in_chromium_shows_a_live_cluster() {
     // The token left the address bar at once.
     let href = browser.script("return location.href");
     assert!(!href.as_str().expect("href").contains("token"), "{href}");
-    browser.screenshot(&shots, "cluster");
 
     // The live document: a write on another node appears without a reload.
     browser.script("location.hash = '#/document'; window.cairnNoReload = true; return true");
     browser
         .wait_for("the watch stream is open", "return document.querySelector('#main .badge.live') !== null");
-    let ack = c.cluster.put(2, "greeting", "hello from carol");
+    c.cluster.put(2, "greeting", "hello from carol");
     browser.wait_for(
         "the page shows carol's write",
         "const row = document.querySelector('#document tbody tr[data-key=\"register:Z3JlZXRpbmc=\"]'); \
@@ -596,17 +605,23 @@ fn the_console_in_chromium_shows_a_live_cluster() {
     );
     browser.screenshot(&shots, "document");
 
-    // Carol's chain.
+    // Carol's chain, three events long, each after the one before.
+    c.cluster.put(2, "greeting", "hello again from carol");
+    let ack = c.cluster.put(2, "weather", "sunny");
+    c.cluster.wait_for("alice holds carol's third event", |cluster| {
+        cluster.register_value(0, "weather").as_deref() == Some("sunny")
+    });
     let carol = c.cluster.status(2)["key"].as_str().expect("carol's key").to_owned();
     browser.script(&format!("location.hash = '#/author/' + {}; return true", js(&carol)));
     browser.wait_for(
         "carol's chain is shown, unbroken",
         "const check = document.getElementById('chain-check'); \
-         return check !== null && check.innerText.includes('Unbroken') && document.querySelectorAll('#chain tr.chain').length >= 1",
+         return check !== null && check.innerText.includes('Unbroken') && document.querySelectorAll('#chain tr.chain').length === 3",
     );
     browser.screenshot(&shots, "author");
 
-    // Carol's event, verified again by alice.
+    // Carol's last event, verified again by alice: its seq and lamport against the deps alice
+    // holds (carol's seq 2 among them).
     let id = ack["id"].as_str().expect("the event id");
     browser.script(&format!("location.hash = '#/event/' + {}; return true", js(id)));
     browser.wait_for(
@@ -619,4 +634,13 @@ fn the_console_in_chromium_shows_a_live_cluster() {
     assert_eq!(n_checks, json!(cairn_protocol::EventRule::ALL.len()));
     assert_eq!(browser.script("return window.cairnNoReload === true"), true, "the page was reloaded");
     browser.screenshot(&shots, "event");
+
+    // Back to the cluster, now with events from every node.
+    browser.script("location.hash = '#/cluster'; return true");
+    browser.wait_for(
+        "the cluster page counts alice's own write",
+        "const own = [...document.querySelectorAll('.card')].find(c => c.innerText.includes('OWN SEQ') || c.innerText.includes('Own seq')); \
+         return own !== undefined && own.innerText.includes('1') && document.querySelectorAll('#peers tr.peer').length === 2",
+    );
+    browser.screenshot(&shots, "cluster");
 }

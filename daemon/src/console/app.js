@@ -22,7 +22,7 @@ function h(tag, attrs, ...children) {
     else if (name.startsWith('on')) el.addEventListener(name.slice(2), value);
     else el.setAttribute(name, value === true ? '' : String(value));
   }
-  for (const child of children.flat()) {
+  for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
   }
@@ -208,6 +208,8 @@ async function clusterPage(main) {
       h('td', { class: 'num' }, bytes(p.stats.bytes_in)),
       h('td', { class: 'num' }, bytes(p.stats.bytes_out)),
       h('td', { class: 'num' }, p.stats.events_in + ' / ' + p.stats.events_out),
+      h('td', { class: 'num', title: 'anti-entropy sessions that found both sides equal / that exchanged tips' },
+        p.stats.sessions_in_sync + ' / ' + p.stats.sessions_tips),
       h('td', {}, rejections(p.stats))));
     // Lag: how many events each author has here; a peer that lags shows fewer on its own page.
     const authorRows = status.authors.map((a) => h('tr', {},
@@ -237,9 +239,9 @@ async function clusterPage(main) {
         card('Evidence', status.n_evidence, status.n_evidence ? 'equivocations proved' : 'none'),
         card('Membership', 'round ' + status.membership.round, status.membership.n_seats + ' seats, ' + status.membership.n_pending + ' pending')),
       panel('Peers', peers.peers.length + ' other keys', peerRows.length
-        ? table(['Peer', 'State', 'Address', '#RTT', '#Last seen', '#Bytes in', '#Bytes out', '#Events in / out', 'Rejected'], peerRows, { id: 'peers' })
+        ? table(['Peer', 'State', 'Address', '#RTT', '#Last seen', '#Bytes in', '#Bytes out', '#Events in / out', '#Sync equal / behind', 'Rejected'], peerRows, { id: 'peers' })
         : h('div', { class: 'empty' }, 'No peers.')),
-      panel('Authors', 'events held here per author', table(['Author', '#Events', '#Bytes', '#Rate'], authorRows)),
+      panel('Authors', 'events of each author held here: a node that lags holds fewer', table(['Author', '#Events', '#Bytes', '#Rate'], authorRows)),
       panel('Membership', 'threshold ' + members.threshold + ', ' + members.n_changes + ' changes in force',
         table(['Seat', 'Key', 'Founder'], seats),
         pending.length ? table(['Pending change', 'Action', 'Key', 'Seat', '#Votes'], pending) : h('div', { class: 'empty' }, 'No pending changes.')),
