@@ -315,6 +315,19 @@ fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Respons
     response
 }
 
+/// Why the guard refused a request: the answer's status, code and message.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
 /// Paths that answer without the token (for GET and HEAD only).
 const PUBLIC_PATHS: [&str; 6] = ["/", "/app.js", "/app.css", "/favicon.svg", "/v1/health", "/v1/health/live"];
 
@@ -322,7 +335,7 @@ const PUBLIC_PATHS: [&str; 6] = ["/", "/app.js", "/app.css", "/favicon.svg", "/v
 async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let mut response = match guard.admit(&request) {
         Ok(()) => next.run(request).await,
-        Err(refusal) => refusal,
+        Err(Refusal { status, code, message }) => refuse(status, code, message),
     };
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
@@ -338,16 +351,16 @@ async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Resp
 impl Guard {
     fn host_allowed(&self, host: &str) -> bool {
         let host = host.to_ascii_lowercase();
-        self.hosts.iter().any(|allowed| *allowed == host)
+        self.hosts.contains(&host)
     }
 
-    fn admit(&self, request: &Request) -> Result<(), Response> {
+    fn admit(&self, request: &Request) -> Result<(), Refusal> {
         let headers = request.headers();
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         let target = request.uri().authority().map(|a| a.as_str());
         let named = [host, target];
         if host.is_none() || named.into_iter().flatten().any(|name| !self.host_allowed(name)) {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::MISDIRECTED_REQUEST,
                 "misdirected",
                 format!(
@@ -364,7 +377,7 @@ impl Guard {
                 .and_then(|o| o.strip_prefix("http://"))
                 .is_some_and(|o| self.host_allowed(o));
             if !same {
-                return Err(refuse(
+                return Err(Refusal::new(
                     StatusCode::FORBIDDEN,
                     "cross_origin",
                     "requests from other origins are refused",
@@ -382,7 +395,7 @@ impl Guard {
         let authenticated = bearer(headers).is_some_and(|t| self.token.matches(t))
             || (!exchange && cookie(headers, SESSION_COOKIE).is_some_and(|t| self.token.matches(t)));
         if !authenticated {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
                 "no valid console token; open the address `cairnctl console-url` prints",
@@ -391,7 +404,7 @@ impl Guard {
         if !safe && path != "/console/session" {
             let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
             if !csrf.is_some_and(|c| constant_time_eq(c.as_bytes(), self.csrf.as_bytes())) {
-                return Err(refuse(
+                return Err(Refusal::new(
                     StatusCode::FORBIDDEN,
                     "csrf",
                     format!(
@@ -401,7 +414,7 @@ impl Guard {
             }
         }
         if path == "/v1/backup" || path.starts_with("/v1/backup/") {
-            return Err(refuse(
+            return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "backups are not served on the console; run `cairnctl backup` on the host",

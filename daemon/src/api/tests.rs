@@ -881,7 +881,7 @@ async fn an_event_is_verified_again_with_the_deps_this_node_holds() {
     assert_eq!(report["valid"], true);
     assert_eq!(report["decoded"]["id"], put_a["id"]);
     assert!(verdicts(&report).iter().all(|(_, verdict)| verdict == "pass"), "{report}");
-    assert_eq!(verdicts(&report).len(), cairn_protocol::EventRule::ALL.len());
+    assert_eq!(verdicts(&report).len(), EventRule::ALL.len());
     // The fake signs seq 2 without its own seq 1 as a dep: the deps it holds show that.
     let report = server.get(&format!("/v1/events/{}/verify", put_b["id"].as_str().unwrap())).await;
     assert_eq!(report["outcome"], "invalid", "{report}");
