@@ -643,4 +643,14 @@ fn the_console_in_chromium_shows_a_live_cluster() {
          return own !== undefined && own.innerText.includes('1') && document.querySelectorAll('#peers tr.peer').length === 2",
     );
     browser.screenshot(&shots, "cluster");
+
+    // With a watch stream open on the console, the node still stops cleanly and in time on
+    // SIGTERM: the stream ends with the shutdown.
+    browser.script("location.hash = '#/document'; return true");
+    browser.wait_for(
+        "the watch stream is open again",
+        "return document.querySelector('#main .badge.live') !== null",
+    );
+    let mut c = c;
+    c.cluster.stop(0);
 }
