@@ -29,6 +29,7 @@
 //! | `POST /v1/batch` | `{"ops": [...]}`: several ops in one event, atomically |
 //! | `GET /v1/events?author=&after=&limit=` | accepted events, one page |
 //! | `GET /v1/events/{id}` | one event, with its ops and its canonical bytes (`encoded_hex`) |
+//! | `GET /v1/events/{id}/verify` | every validity rule's verdict on that event's bytes, checked again now (the report of `cairnctl --json inspect event`): membership against the keys this node indexes, seq and lamport against the deps it holds |
 //! | `GET /v1/evidence` | equivocation evidence, with its canonical bytes, and double approvals (the two voting events of each) |
 //! | `GET /v1/metrics` | OpenMetrics text |
 //! | `GET /v1/backup` | a consistent copy of the store, streamed (`application/octet-stream`, format in [`crate::backup`]); 409 while another is being taken (unless it sent nothing for a minute) |
@@ -102,7 +103,9 @@ use cairn_crypto::PublicKey;
 use cairn_protocol::document::{KeyKind, RegisterRead, Sibling, decode_context, encode_context};
 use cairn_protocol::event::ops_hash;
 use cairn_protocol::limits::{EVENT_BYTES_MAX, KEY_BYTES_MAX, OPS_MAX, VALUE_BYTES_MAX};
-use cairn_protocol::{Event, EventId, Evidence, Header, Member, Op, Seen, WriteError};
+use cairn_protocol::{
+    DepHeader, Event, EventId, EventRule, Evidence, Header, Member, Op, Outcome, Seen, Verdict, WriteError,
+};
 use futures_util::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -198,8 +201,18 @@ pub async fn serve(
     handle: ServiceHandle,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let socket_path = listener.local_addr().ok().and_then(|addr| addr.as_pathname().map(Path::to_path_buf));
     let app = router(handle, shutdown.clone());
+    serve_app(listener, app, shutdown).await
+}
+
+/// Serves `app` (the API's [`router`], perhaps with routes merged in) on `listener` as
+/// [`serve`] does.
+pub async fn serve_app(
+    listener: UnixListener,
+    app: Router,
+    shutdown: watch::Receiver<bool>,
+) -> io::Result<()> {
+    let socket_path = listener.local_addr().ok().and_then(|addr| addr.as_pathname().map(Path::to_path_buf));
     let mut stop = shutdown;
     axum::serve(listener, app).with_graceful_shutdown(async move { stopped(&mut stop).await }).await?;
     if let Some(path) = socket_path {
@@ -243,6 +256,7 @@ pub fn router(handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router 
         .route("/v1/batch", post(batch))
         .route("/v1/events", get(events))
         .route("/v1/events/{id}", get(event))
+        .route("/v1/events/{id}/verify", get(verify_event))
         .route("/v1/evidence", get(evidence))
         .route("/v1/metrics", get(metrics))
         .route("/v1/backup", get(backup))
@@ -631,18 +645,8 @@ fn event_summary_json(e: &EventInfo) -> json::EventSummary {
 /// An event as `GET /v1/events/{id}` shows it. Its canonical bytes are re-encoded from its
 /// parts: the encoding is canonical, so they are the bytes the author signed and peers sent.
 fn event_json(e: &EventInfo) -> Result<json::Event, ApiError> {
-    let ops_hash = ops_hash(&e.ops);
-    let header = Header { author: e.author, seq: e.seq, lamport: e.lamport, deps: e.deps.clone(), ops_hash };
-    let event = Event { header, ops: e.ops.clone(), sig: e.sig };
-    if event.id() != e.id {
-        // The service's parts do not make up the event it named: a bug, but one that must not
-        // hand out bytes that are not the event's.
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            format!("event {} re-encodes to another id, {}; please report this bug", e.id, event.id()),
-        ));
-    }
+    let event = rebuilt_event(e)?;
+    let ops_hash = event.header.ops_hash;
     Ok(json::Event {
         id: e.id.to_string(),
         author: e.author.to_string(),
@@ -656,6 +660,51 @@ fn event_json(e: &EventInfo) -> Result<json::Event, ApiError> {
         excluded: e.excluded,
         encoded_hex: hex::encode(event.encode()),
     })
+}
+
+/// The event the service's parts make up, checked to have the id the service named.
+fn rebuilt_event(e: &EventInfo) -> Result<Event, ApiError> {
+    let ops_hash = ops_hash(&e.ops);
+    let header = Header { author: e.author, seq: e.seq, lamport: e.lamport, deps: e.deps.clone(), ops_hash };
+    let event = Event { header, ops: e.ops.clone(), sig: e.sig };
+    if event.id() != e.id {
+        // The service's parts do not make up the event it named: a bug, but one that must not
+        // hand out bytes that are not the event's.
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("event {} re-encodes to another id, {}; please report this bug", e.id, event.id()),
+        ));
+    }
+    Ok(event)
+}
+
+/// One rule's verdict as `cairnctl --json inspect event` shows it.
+fn inspect_check(rule: EventRule, verdict: &Verdict) -> json::InspectCheck {
+    let (name, ok, reason, codec, needs, detail) = match verdict {
+        Verdict::Pass => ("pass", Some(true), None, None, None, rule.requirement().to_owned()),
+        Verdict::Fail(failure) => (
+            "fail",
+            Some(false),
+            Some(failure.reason.to_owned()),
+            failure.codec.map(str::to_owned),
+            None,
+            failure.to_string(),
+        ),
+        Verdict::Undecided(needs) => {
+            ("undecided", None, None, None, Some(needs.name().to_owned()), needs.why().to_owned())
+        }
+    };
+    json::InspectCheck {
+        name: rule.name().to_owned(),
+        rule: rule.number(),
+        verdict: name.to_owned(),
+        ok,
+        reason,
+        codec,
+        needs,
+        detail,
+    }
 }
 
 fn evidence_json(evidence: &Evidence, members: &[Member]) -> json::Evidence {
@@ -1230,6 +1279,73 @@ async fn event(
             Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no accepted event has id {id}")))
         }
     }
+}
+
+/// Every validity rule checked again on an accepted event's canonical bytes, as `cairnctl
+/// inspect event` checks a file, and more: membership is decided against the keys this node
+/// indexes, and seq and lamport against the deps it holds (at most `DEPS_MAX` reads).
+async fn verify_event(
+    State(st): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<json::InspectReport<json::InspectedEvent>>, ApiError> {
+    let id = parse_event_id(&id)?;
+    let Some(info) = st.handle.event(id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no accepted event has id {id}"),
+        ));
+    };
+    let bytes = rebuilt_event(&info)?.encode();
+    let mut diagnosis = cairn_protocol::diagnose(&bytes, None);
+    let members = st.members().await?;
+    if members.iter().any(|m| m.key == info.author) {
+        for (rule, verdict) in &mut diagnosis.verdicts {
+            if *rule == EventRule::Membership {
+                *verdict = Verdict::Pass;
+            }
+        }
+    }
+    let mut deps = Vec::with_capacity(info.deps.len());
+    for dep in &info.deps {
+        match st.handle.event(*dep).await? {
+            Some(dep) => deps.push(DepHeader { author: dep.author, seq: dep.seq, lamport: dep.lamport }),
+            // Not held (it cannot be: an event is accepted after its deps); left undecided.
+            None => break,
+        }
+    }
+    diagnosis.decide_causal(&deps);
+    let outcome = diagnosis.outcome();
+    let checks = diagnosis.verdicts.iter().map(|(rule, verdict)| inspect_check(*rule, verdict)).collect();
+    let decoded = diagnosis.decoded.as_ref().map(|event| {
+        let header = &event.header;
+        json::InspectedEvent {
+            id: header.id().to_string(),
+            author: header.author.to_string(),
+            seq: header.seq,
+            lamport: header.lamport,
+            deps: header.deps.iter().map(ToString::to_string).collect(),
+            ops_hash: hex::encode(header.ops_hash),
+            sig: hex::encode(event.sig.0),
+            ops: event.ops.iter().map(json::Op::from).collect(),
+        }
+    });
+    Ok(Json(json::InspectReport {
+        kind: "event".to_owned(),
+        size: Some(diagnosis.n_bytes),
+        hex_input: false,
+        well_formed: decoded.is_some(),
+        error: None,
+        decoded,
+        checks,
+        outcome: match outcome {
+            Outcome::Valid => "valid",
+            Outcome::Invalid => "invalid",
+            Outcome::Undecided => "undecided",
+        }
+        .to_owned(),
+        valid: outcome == Outcome::Valid,
+    }))
 }
 
 async fn evidence(State(st): State<AppState>) -> Result<Json<json::EvidenceList>, ApiError> {

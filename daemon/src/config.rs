@@ -61,6 +61,28 @@ pub struct Config {
     /// Intervals and timeouts.
     #[serde(default)]
     pub timing: Timing,
+    /// The web console (`crate::console`); off without this table.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
+}
+
+/// The `[console]` table: the web console, off by default (`crate::console`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// The TCP address the console listens on, such as `127.0.0.1:7780` (port 0: any free
+    /// port; `cairnctl console-url` names the one bound). A loopback address unless
+    /// `allow_non_loopback` is true.
+    pub listen: SocketAddr,
+    /// Allow a `listen` address that is not loopback. The console speaks plain HTTP: anyone on
+    /// the path can read its token. Prefer an SSH tunnel (`deploy/GUIDE.md`). Default false.
+    #[serde(default)]
+    pub allow_non_loopback: bool,
+    /// Extra `Host` header values the console answers to (`name:port`), besides the listen
+    /// address, `localhost:PORT`, `127.0.0.1:PORT` and `[::1]:PORT`; for a name that reaches it
+    /// through a tunnel or proxy. Any other `Host` is refused (421), against DNS rebinding.
+    #[serde(default)]
+    pub hosts: Vec<String>,
 }
 
 /// One peer to dial.
@@ -312,6 +334,9 @@ impl Config {
         if timing.reconnect_backoff_min > timing.reconnect_backoff_max {
             bail!("timing.reconnect_backoff_min must not exceed timing.reconnect_backoff_max");
         }
+        if let Some(console) = &self.console {
+            console.check()?;
+        }
         for (i, peer) in self.peers.iter().enumerate() {
             if peer.name.is_none() && peer.key.is_none() {
                 bail!(
@@ -426,6 +451,35 @@ impl Config {
     }
 }
 
+impl ConsoleConfig {
+    fn check(&self) -> anyhow::Result<()> {
+        if !self.listen.ip().is_loopback() && !self.allow_non_loopback {
+            bail!(
+                "console.listen: {} is not a loopback address. The console speaks plain HTTP, so its token would \
+                 cross the network in clear: listen on 127.0.0.1 and reach it through an SSH tunnel \
+                 (deploy/GUIDE.md, \"The web console\"), or set `allow_non_loopback = true` in [console] if the \
+                 network is trusted",
+                self.listen
+            );
+        }
+        for (i, host) in self.hosts.iter().enumerate() {
+            let valid = !host.is_empty()
+                && host.len() <= CONSOLE_HOST_BYTES_MAX
+                && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]_".contains(&b));
+            if !valid {
+                bail!(
+                    "console.hosts[{i}]: {host:?} is not a Host header value (a name or address and a port, \
+                     such as \"cairn.internal:7780\", at most {CONSOLE_HOST_BYTES_MAX} bytes)"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The longest `Host` value `console.hosts` takes: a DNS name (253) and a port.
+pub const CONSOLE_HOST_BYTES_MAX: usize = 253 + 6;
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
@@ -507,6 +561,29 @@ mod tests {
             let err = Config::parse(&format!("{MINIMAL}{extra}")).unwrap_err();
             assert!(format!("{err:#}").contains(field), "{extra:?}: {err:#}");
         }
+    }
+
+    #[test]
+    fn the_console_is_off_by_default_and_on_loopback_unless_allowed() {
+        assert!(Config::parse(MINIMAL).unwrap().console.is_none());
+        let on = Config::parse(&format!("{MINIMAL}[console]\nlisten = \"127.0.0.1:7780\"\n")).unwrap();
+        let console = on.console.expect("a console");
+        assert_eq!(console.listen, "127.0.0.1:7780".parse().unwrap());
+        assert!(!console.allow_non_loopback && console.hosts.is_empty());
+        assert!(Config::parse(&format!("{MINIMAL}[console]\nlisten = \"[::1]:7780\"\n")).is_ok());
+        // A non-loopback address is a config error unless explicitly allowed.
+        for listen in ["0.0.0.0:7780", "192.0.2.1:7780", "[::]:7780"] {
+            let text = format!("{MINIMAL}[console]\nlisten = \"{listen}\"\n");
+            let err = Config::parse(&text).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains("console.listen") && err.contains("allow_non_loopback"), "{listen}: {err}");
+            let allowed = format!("{text}allow_non_loopback = true\n");
+            assert!(Config::parse(&allowed).is_ok(), "{listen}");
+        }
+        let bad_host = format!("{MINIMAL}[console]\nlisten = \"127.0.0.1:1\"\nhosts = [\"a b\"]\n");
+        assert!(format!("{:#}", Config::parse(&bad_host).unwrap_err()).contains("console.hosts[0]"));
+        let unknown = format!("{MINIMAL}[console]\nlisten = \"127.0.0.1:1\"\ntoken = \"x\"\n");
+        assert!(format!("{:#}", Config::parse(&unknown).unwrap_err()).contains("token"));
     }
 
     #[test]

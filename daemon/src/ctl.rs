@@ -372,6 +372,10 @@ pub enum Command {
         /// first, and renamed once complete and checked.
         file: PathBuf,
     },
+    /// The web console's address with its token (`[console]` in the config; deploy/GUIDE.md):
+    /// open it in a browser on this host, or through an SSH tunnel. Anyone who has it can
+    /// read and write the node as cairnctl can.
+    ConsoleUrl,
     /// Checks an event's or evidence's bytes offline, without a daemon.
     // A local `--socket`, hidden and refused, keeps the global one out of inspect's help.
     #[command(arg = clap::Arg::new("socket").long("socket").hide(true).value_parser(offline_socket))]
@@ -803,6 +807,7 @@ enum Request {
     Watch,
     Metrics,
     Backup { file: PathBuf },
+    ConsoleUrl,
 }
 
 impl Request {
@@ -924,6 +929,7 @@ impl Request {
                 }
                 Self::Backup { file }
             }
+            Command::ConsoleUrl => Self::ConsoleUrl,
             Command::Inspect { .. } => {
                 // `run` sends inspect down its own offline path; nothing calls this with it.
                 bail!(Usage("inspect works offline; it is no request to the daemon".to_owned()))
@@ -1005,6 +1011,16 @@ async fn online(client: &Client, out: &mut Output, request: Request) -> anyhow::
             Ok(EXIT_OK)
         }
         Request::Backup { file } => backup(client, out, &file).await,
+        Request::ConsoleUrl => {
+            let console: crate::console::ConsoleUrl =
+                client.request_json(hyper::Method::GET, "/v1/console", None::<&()>).await?;
+            if out.json {
+                out.print_json(&console)?;
+            } else {
+                out.line(&console.url)?;
+            }
+            Ok(EXIT_OK)
+        }
     }
 }
 

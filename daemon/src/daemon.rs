@@ -265,6 +265,10 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
 
     let listener = crate::api::bind(&config.socket)
         .with_context(|| format!("cannot create the API socket {}", config.socket.display()))?;
+    let console = match &config.console {
+        Some(console) => Some(crate::console::bind(console, &config.data_dir).await?),
+        None => None,
+    };
 
     let addresses: BTreeMap<PublicKey, std::net::SocketAddr> =
         peers.iter().map(|p| (p.key, p.address)).collect();
@@ -286,7 +290,14 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     };
     let (service, handle, commands, transport_events) = Driver::new(parts);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let api = tokio::spawn(crate::api::serve(listener, handle, shutdown_rx.clone()));
+    let console_url = console.as_ref().map(|console| console.url.clone());
+    let console = console.map(|console| {
+        info!(listen = %console.url.listen, "web console started; `cairnctl console-url` prints its address");
+        tokio::spawn(console.serve(handle.clone(), shutdown_rx.clone()))
+    });
+    let app =
+        crate::api::router(handle, shutdown_rx.clone()).merge(crate::console::socket_router(console_url));
+    let api = tokio::spawn(crate::api::serve_app(listener, app, shutdown_rx.clone()));
 
     info!(
         node = %my_name, key = %me, cluster = %hex::encode(&cluster_id[..8]), listen = %local_addr,
@@ -320,6 +331,9 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let result = service.run(commands, transport_events, shutdown_rx, config.timing.shutdown_grace).await;
     signals.abort();
     let _ = api.await;
+    if let Some(console) = console {
+        let _ = console.await;
+    }
     // The process may exit before the store's writer thread drops its handle: close the file
     // here, so that the next start finds it closed cleanly (no crash recovery, no full read).
     crate::store::close(&db_to_close);

@@ -10,6 +10,7 @@ pub mod backup;
 pub mod client;
 pub mod commit;
 pub mod config;
+pub mod console;
 pub mod ctl;
 pub mod daemon;
 pub mod demo;

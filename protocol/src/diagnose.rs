@@ -9,6 +9,8 @@
 
 use std::fmt;
 
+use cairn_crypto::PublicKey;
+
 use crate::codec::{self, CodecError};
 use crate::event::Event;
 use crate::evidence::{Evidence, EvidenceError, SignedHeader};
@@ -444,6 +446,61 @@ pub fn diagnose(bytes: &[u8], genesis: Option<&Genesis>) -> Diagnosis<Event, Eve
     Diagnosis { n_bytes, decoded: Some(event), verdicts }
 }
 
+/// The header fields of an accepted dep that rules 5 and 6 read, for
+/// [`Diagnosis::decide_causal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DepHeader {
+    /// The dep's author.
+    pub author: PublicKey,
+    /// Its seq.
+    pub seq: u64,
+    /// Its lamport.
+    pub lamport: u64,
+}
+
+impl Diagnosis<Event, EventRule> {
+    /// Decides rules 5 and 6 (seq, lamport) from the headers of the event's deps, given in the
+    /// header's order, with the functions a node that holds the deps runs. Changes nothing
+    /// unless the bytes decoded and `deps` holds one header per dep.
+    pub fn decide_causal(&mut self, deps: &[DepHeader]) {
+        let Some(event) = &self.decoded else { return };
+        let header = &event.header;
+        if deps.len() != header.deps.len() {
+            return;
+        }
+        let own: Vec<&DepHeader> = deps.iter().filter(|dep| dep.author == header.author).collect();
+        let own_dep_seq = own.last().map_or(0, |dep| dep.seq);
+        let lamport_max = deps.iter().map(|dep| dep.lamport).max().unwrap_or(0);
+        let seq = if validate::seq_follows(header.seq, own.len(), own_dep_seq) {
+            Verdict::Pass
+        } else {
+            Failure::verdict(
+                Reject::BadSeq,
+                format!(
+                    "seq {} after {} of the author's own deps (the last at seq {own_dep_seq})",
+                    header.seq,
+                    own.len()
+                ),
+            )
+        };
+        let lamport = if validate::lamport_follows(header.lamport, lamport_max) {
+            Verdict::Pass
+        } else {
+            Failure::verdict(
+                Reject::BadLamport,
+                format!("lamport {}, where the deps' greatest is {lamport_max}", header.lamport),
+            )
+        };
+        for (rule, verdict) in &mut self.verdicts {
+            match rule {
+                EventRule::Seq => *verdict = seq.clone(),
+                EventRule::Lamport => *verdict = lamport.clone(),
+                _ => {}
+            }
+        }
+    }
+}
+
 fn op_name(event: &Event, idx: usize) -> &'static str {
     match event.ops.get(idx) {
         Some(crate::event::Op::Put { .. }) => "put",
@@ -549,5 +606,39 @@ mod tests {
         // The evidence steps after decoding follow `EvidenceError::ALL`.
         let numbers: Vec<u8> = EvidenceRule::ALL.iter().map(|r| r.number()).collect();
         assert!(numbers.windows(2).all(|pair| pair[0] <= pair[1]), "{numbers:?}");
+    }
+
+    #[test]
+    fn the_deps_decide_seq_and_lamport() {
+        let key = cairn_crypto::SecretKey::from_seed(&[7; 32]);
+        let other = cairn_crypto::SecretKey::from_seed(&[8; 32]).public();
+        let ops = vec![crate::event::Op::Put { key: b"k".to_vec(), value: b"v".to_vec() }];
+        let deps = vec![crate::event::EventId([1; 32]), crate::event::EventId([2; 32])];
+        let event = Event::sign(&key, 2, 4, deps, ops);
+        let verdict = |d: &Diagnosis<Event, EventRule>, rule| {
+            d.verdicts.iter().find(|(r, _)| *r == rule).unwrap().1.clone()
+        };
+        let mut d = diagnose(&event.encode(), None);
+        assert_eq!(verdict(&d, EventRule::Seq), Verdict::Undecided(Needs::CausalPast));
+        // Too few headers: nothing is decided.
+        d.decide_causal(&[DepHeader { author: key.public(), seq: 1, lamport: 3 }]);
+        assert_eq!(verdict(&d, EventRule::Lamport), Verdict::Undecided(Needs::CausalPast));
+        let good = [
+            DepHeader { author: key.public(), seq: 1, lamport: 1 },
+            DepHeader { author: other, seq: 5, lamport: 3 },
+        ];
+        d.decide_causal(&good);
+        assert_eq!(
+            (verdict(&d, EventRule::Seq), verdict(&d, EventRule::Lamport)),
+            (Verdict::Pass, Verdict::Pass)
+        );
+        assert_eq!(d.outcome(), Outcome::Undecided, "membership still needs the genesis");
+        let bad = [
+            DepHeader { author: other, seq: 1, lamport: 1 },
+            DepHeader { author: other, seq: 5, lamport: 4 },
+        ];
+        d.decide_causal(&bad);
+        let failed: Vec<&str> = d.failures().map(|(_, f)| f.reason).collect();
+        assert_eq!(failed, ["bad_seq", "bad_lamport"]);
     }
 }

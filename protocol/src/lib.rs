@@ -29,7 +29,8 @@ pub use adapter::{Adapter, AdapterConfig, ChainState, Ingested, Rejection};
 pub use archive::{Archive, EventMeta, MemoryArchive, StoredEvent};
 pub use buffer::PeerId;
 pub use diagnose::{
-    Diagnosis, EventRule, EvidenceRule, Failure, Needs, Outcome, Verdict, diagnose, diagnose_evidence,
+    DepHeader, Diagnosis, EventRule, EvidenceRule, Failure, Needs, Outcome, Verdict, diagnose,
+    diagnose_evidence,
 };
 pub use event::{Event, EventId, Header, Op, Seen};
 pub use evidence::{Evidence, EvidenceError, SignedHeader};

@@ -867,6 +867,40 @@ async fn events_list_and_one_event() {
 }
 
 #[tokio::test]
+async fn an_event_is_verified_again_with_the_deps_this_node_holds() {
+    let server = start().await;
+    let put_a = server.send(Method::PUT, "/v1/registers/a", json!({"value": "1"})).await;
+    let put_b = server.send(Method::PUT, "/v1/registers/b", json!({"value": "2"})).await;
+    let verdicts = |report: &Value| -> Vec<(String, String)> {
+        report["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap().to_owned(), c["verdict"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    // Seq 1 after the peer's first event: every rule holds, membership and the causal rules
+    // included, which `cairnctl inspect` alone leaves undecided.
+    let report = server.get(&format!("/v1/events/{}/verify", put_a["id"].as_str().unwrap())).await;
+    assert_eq!(report["outcome"], "valid", "{report}");
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["decoded"]["id"], put_a["id"]);
+    assert!(verdicts(&report).iter().all(|(_, verdict)| verdict == "pass"), "{report}");
+    assert_eq!(verdicts(&report).len(), EventRule::ALL.len());
+    // The fake signs seq 2 without its own seq 1 as a dep: the deps it holds show that.
+    let report = server.get(&format!("/v1/events/{}/verify", put_b["id"].as_str().unwrap())).await;
+    assert_eq!(report["outcome"], "invalid", "{report}");
+    let seq = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "seq").unwrap();
+    assert_eq!((seq["verdict"].as_str(), seq["reason"].as_str()), (Some("fail"), Some("bad_seq")), "{seq}");
+    // Errors: an unknown id, a malformed one.
+    let (status, _, _) =
+        server.raw("GET", &format!("/v1/events/{}/verify", "ab".repeat(32)), None, vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, body) = server.raw("GET", "/v1/events/xyz/verify", None, vec![]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", String::from_utf8_lossy(&body));
+}
+
+#[tokio::test]
 async fn an_event_page_does_not_end_inside_a_forked_seq() {
     // The peer signed seq 1 once (the fake's first event), then seq 2 three times and seq 3.
     let server = start_with(64, |fake| {

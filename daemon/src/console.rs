@@ -1,0 +1,518 @@
+//! The web console: a small page built into `cairnd` (`console/`: plain HTML, CSS and JS, no
+//! framework, nothing fetched from elsewhere), served on a loopback TCP port when the config
+//! has a `[console]` table, over the local API's own handlers ([`crate::api::router`]) behind
+//! one guard.
+//!
+//! # What the guard refuses
+//!
+//! Every request, in this order (each refusal is a JSON error, as the API's are):
+//!
+//! 1. A `Host` header (or an absolute request target) that is not one of the configured names
+//!    (the listen address, `localhost:PORT`, `127.0.0.1:PORT`, `[::1]:PORT`, `[console] hosts`):
+//!    421 `misdirected`. A page of another site whose name was made to resolve to 127.0.0.1
+//!    (DNS rebinding) sends its own name, so it is refused before anything else.
+//! 2. An `Origin` header that is not `http://` and one of those names: 403 `cross_origin`.
+//! 3. No valid token: 401 `unauthorized`. The token is [`TOKEN_BYTES`] random bytes, made at
+//!    the first start with a console and kept in hex in `<data_dir>/console.token` (mode 0600;
+//!    delete it and restart to change it). It comes as `Authorization: Bearer <hex>` or as the
+//!    cookie [`SESSION_COOKIE`]; it is compared in constant time. Only the page's own files
+//!    (`/`, `/app.js`, `/app.css`, `/favicon.svg`, the same bytes in every `cairnd` and free of
+//!    any data) and `/v1/health`, `/v1/health/live` (for monitors, `docs/DESIGN.md`) answer
+//!    without it.
+//! 4. A method other than GET and HEAD without the header [`CSRF_HEADER`] holding this
+//!    console's CSRF token: 403 `csrf`. That token is derived from the secret token (an HMAC),
+//!    and the page learns it only from an authenticated, same-origin answer, which no other
+//!    site can read. The one exception is `POST /console/session`, which needs the token in
+//!    `Authorization` itself.
+//! 5. `/v1/backup` (the whole store) is not served here: 404.
+//!
+//! The route that reveals the token, `GET /v1/console`, exists only on the Unix socket
+//! ([`socket_router`]): `cairnctl console-url` asks it.
+//!
+//! Every answer, refusals included, carries [`CONTENT_SECURITY_POLICY`] (no inline script or
+//! style, nothing from elsewhere, no framing), `X-Content-Type-Options: nosniff`,
+//! `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
+//!
+//! # How the page gets in
+//!
+//! `cairnctl console-url` prints `http://127.0.0.1:PORT/#token=<hex>`. A URL fragment is never
+//! sent to a server, so the token lands in no log and no `Referer`. The page's script reads it,
+//! removes it from the address bar, and trades it in `POST /console/session` (the token as
+//! `Authorization: Bearer`) for the cookie [`SESSION_COOKIE`] (`HttpOnly`, `SameSite=Strict`:
+//! scripts cannot read it and other sites' requests do not carry it) and the CSRF token. The
+//! cookie is what authenticates the watch stream: `EventSource` cannot send headers, and a
+//! token in its query string would land in logs. The cookie lasts until the browser closes.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::config::ConsoleConfig;
+use crate::json;
+use crate::service::ServiceHandle;
+
+/// Bytes of randomness in the console's token (64 hex digits).
+pub const TOKEN_BYTES: usize = 32;
+/// The token's file name, in the data directory.
+pub const TOKEN_FILE: &str = "console.token";
+/// The cookie the page's session is kept in.
+pub const SESSION_COOKIE: &str = "cairn_console";
+/// The header that must carry the CSRF token on every request that may change state.
+pub const CSRF_HEADER: &str = "x-cairn-csrf";
+/// The Content-Security-Policy of every console answer.
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src \
+                                           'self' data:; connect-src 'self'; base-uri 'none'; form-action \
+                                           'self'; frame-ancestors 'none'";
+/// What the HMAC of the CSRF token signs: a fixed label, so the CSRF token is not the token.
+const CSRF_LABEL: &[u8] = b"cairn/console/csrf/v1";
+
+const INDEX_HTML: &str = include_str!("console/index.html");
+const APP_JS: &str = include_str!("console/app.js");
+const APP_CSS: &str = include_str!("console/app.css");
+const FAVICON_SVG: &str = include_str!("console/favicon.svg");
+
+/// The console's secret token.
+pub struct Token([u8; TOKEN_BYTES]);
+
+impl Token {
+    /// Reads the token from `path`, or makes one and writes it there (mode 0600) if the file
+    /// does not exist. A file that others may read, or that holds anything but the token, is
+    /// refused with what to do.
+    pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let mode = std::fs::metadata(path)
+                    .with_context(|| format!("cannot inspect {}", path.display()))?
+                    .permissions()
+                    .mode();
+                if mode & 0o077 != 0 {
+                    bail!(
+                        "the console token file {} may be read by others (mode {:o}); run `chmod 600` on it",
+                        path.display(),
+                        mode & 0o777
+                    );
+                }
+                Self::parse(text.trim()).with_context(|| {
+                    format!(
+                        "the console token file {} does not hold a token ({} hex digits); delete it and \
+                         restart, and a new one is made",
+                        path.display(),
+                        2 * TOKEN_BYTES
+                    )
+                })
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                let mut bytes = [0u8; TOKEN_BYTES];
+                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                    .map_err(|_| anyhow::anyhow!("the system gave no randomness for the console token"))?;
+                let token = Self(bytes);
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("cannot create the console token file {}", path.display()))?;
+                std::io::Write::write_all(&mut file, format!("{}\n", token.hex()).as_bytes())
+                    .and_then(|()| file.sync_all())
+                    .with_context(|| format!("cannot write the console token file {}", path.display()))?;
+                Ok(token)
+            }
+            Err(error) => {
+                Err(error).with_context(|| format!("cannot read the console token file {}", path.display()))
+            }
+        }
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        hex::decode_to_slice(text, &mut bytes).context("not the token")?;
+        Ok(Self(bytes))
+    }
+
+    fn hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Whether `candidate` (hex) is this token. The length of a token is no secret; its bytes
+    /// are compared in constant time.
+    fn matches(&self, candidate: &str) -> bool {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        if hex::decode_to_slice(candidate.trim(), &mut bytes).is_err() {
+            return false;
+        }
+        constant_time_eq(&self.0, &bytes)
+    }
+
+    /// The CSRF token: `HMAC-SHA256(token, CSRF_LABEL)` in hex.
+    fn csrf(&self) -> String {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.0);
+        hex::encode(ring::hmac::sign(&key, CSRF_LABEL).as_ref())
+    }
+}
+
+/// Whether `a` and `b` are equal, in a time that depends on their lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// What `GET /v1/console` answers on the Unix socket (`cairnctl console-url`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleUrl {
+    /// The page's address with the token in its fragment.
+    pub url: String,
+    /// The address the console listens on.
+    pub listen: String,
+    /// Where the token is kept.
+    pub token_file: String,
+}
+
+/// What `/console/session` answers: the CSRF token the page sends with each write.
+#[derive(Clone, Debug, Serialize)]
+struct Session {
+    csrf: String,
+}
+
+/// A console bound and ready to serve.
+pub struct Console {
+    listener: TcpListener,
+    guard: Guard,
+    /// What `cairnctl console-url` prints.
+    pub url: ConsoleUrl,
+}
+
+/// The guard's knowledge: the token and the names this console answers to.
+#[derive(Clone)]
+struct Guard {
+    token: Arc<Token>,
+    csrf: Arc<str>,
+    /// Allowed `Host` values, lowercase.
+    hosts: Arc<[String]>,
+}
+
+/// Binds the console's listener and loads (or makes) its token in `data_dir`. Must be called
+/// within a tokio runtime.
+pub async fn bind(config: &ConsoleConfig, data_dir: &Path) -> anyhow::Result<Console> {
+    let token_file: PathBuf = data_dir.join(TOKEN_FILE);
+    let token = Token::load_or_create(&token_file)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the console", config.listen))?;
+    let address = listener.local_addr().context("the console's bound address")?;
+    let hosts = allowed_hosts(address, &config.hosts);
+    let url = ConsoleUrl {
+        url: format!("http://{}/#token={}", url_host(address), token.hex()),
+        listen: address.to_string(),
+        token_file: token_file.display().to_string(),
+    };
+    let csrf: Arc<str> = Arc::from(token.csrf());
+    Ok(Console { listener, guard: Guard { token: Arc::new(token), csrf, hosts: hosts.into() }, url })
+}
+
+/// The `host:port` a browser on this host reaches `address` at: a wildcard address is
+/// reached at loopback.
+fn url_host(address: SocketAddr) -> String {
+    match address {
+        SocketAddr::V4(v4) if v4.ip().is_unspecified() => format!("127.0.0.1:{}", v4.port()),
+        SocketAddr::V6(v6) if v6.ip().is_unspecified() => format!("[::1]:{}", v6.port()),
+        other => other.to_string(),
+    }
+}
+
+/// The `Host` values the console answers to, lowercase: its address, the loopback names at
+/// its port, and the configured extras.
+fn allowed_hosts(address: SocketAddr, extra: &[String]) -> Vec<String> {
+    let port = address.port();
+    let mut hosts = vec![
+        address.to_string(),
+        url_host(address),
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ];
+    hosts.extend(extra.iter().cloned());
+    for host in &mut hosts {
+        host.make_ascii_lowercase();
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+impl Console {
+    /// The address the console listens on.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.local_addr().ok()
+    }
+
+    /// Serves the console until `shutdown` becomes true, then lets the requests in flight
+    /// finish (the watch streams end with shutdown).
+    pub async fn serve(self, handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+        let app = router(self.guard, handle, shutdown.clone());
+        let mut stop = shutdown;
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })
+            .await
+    }
+}
+
+/// The console's routes: its files, the session, and the API, all behind the guard.
+fn router(guard: Guard, handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router {
+    let files = Router::new()
+        .route("/", get(|| async { file("text/html; charset=utf-8", INDEX_HTML) }))
+        .route("/app.js", get(|| async { file("text/javascript; charset=utf-8", APP_JS) }))
+        .route("/app.css", get(|| async { file("text/css; charset=utf-8", APP_CSS) }))
+        .route("/favicon.svg", get(|| async { file("image/svg+xml", FAVICON_SVG) }))
+        .route("/console/session", get(session).post(open_session))
+        .with_state(guard.clone());
+    files.merge(crate::api::router(handle, shutdown)).layer(middleware::from_fn_with_state(guard, check))
+}
+
+fn file(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `GET /console/session`: the CSRF token, for a page that already holds the cookie.
+async fn session(State(guard): State<Guard>) -> Json<Session> {
+    Json(Session { csrf: guard.csrf.to_string() })
+}
+
+/// `POST /console/session`: trades the token (checked by the guard, in `Authorization`) for
+/// the session cookie and the CSRF token.
+async fn open_session(State(guard): State<Guard>) -> Response {
+    let cookie = format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", guard.token.hex());
+    let mut response = Json(Session { csrf: guard.csrf.to_string() }).into_response();
+    // Hex digits and fixed words only: always a valid header value.
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// A refusal: the API's error shape, with its status.
+fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body =
+        json::ErrorBody { error: json::ErrorDetail { code: code.to_owned(), message: message.into() } };
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"cairn console\""));
+    }
+    response
+}
+
+/// Why the guard refused a request: the answer's status, code and message.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+}
+
+/// Paths that answer without the token (for GET and HEAD only).
+const PUBLIC_PATHS: [&str; 6] = ["/", "/app.js", "/app.css", "/favicon.svg", "/v1/health", "/v1/health/live"];
+
+/// The guard (see the module documentation), then the security headers on every answer.
+async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let mut response = match guard.admit(&request) {
+        Ok(()) => next.run(request).await,
+        Err(Refusal { status, code, message }) => refuse(status, code, message),
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONTENT_SECURITY_POLICY));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert("cross-origin-opener-policy", HeaderValue::from_static("same-origin"));
+    headers.insert("cross-origin-resource-policy", HeaderValue::from_static("same-origin"));
+    response
+}
+
+impl Guard {
+    fn host_allowed(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.hosts.contains(&host)
+    }
+
+    fn admit(&self, request: &Request) -> Result<(), Refusal> {
+        let headers = request.headers();
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+        let target = request.uri().authority().map(|a| a.as_str());
+        let named = [host, target];
+        if host.is_none() || named.into_iter().flatten().any(|name| !self.host_allowed(name)) {
+            return Err(Refusal::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected",
+                format!(
+                    "this console answers to Host {} only; add a name to `hosts` in [console] to reach it by \
+                     another",
+                    self.hosts.join(", ")
+                ),
+            ));
+        }
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let same = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.strip_prefix("http://"))
+                .is_some_and(|o| self.host_allowed(o));
+            if !same {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_origin",
+                    "requests from other origins are refused",
+                ));
+            }
+        }
+        let method = request.method();
+        let safe = method == Method::GET || method == Method::HEAD;
+        let path = request.uri().path();
+        if safe && PUBLIC_PATHS.contains(&path) {
+            return Ok(());
+        }
+        // The exchange takes the token itself, never the cookie it sets.
+        let exchange = path == "/console/session" && method == Method::POST;
+        let authenticated = bearer(headers).is_some_and(|t| self.token.matches(t))
+            || (!exchange && cookie(headers, SESSION_COOKIE).is_some_and(|t| self.token.matches(t)));
+        if !authenticated {
+            return Err(Refusal::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "no valid console token; open the address `cairnctl console-url` prints",
+            ));
+        }
+        if !safe && path != "/console/session" {
+            let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+            if !csrf.is_some_and(|c| constant_time_eq(c.as_bytes(), self.csrf.as_bytes())) {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "csrf",
+                    format!(
+                        "a request that may change state needs the header {CSRF_HEADER} from /console/session"
+                    ),
+                ));
+            }
+        }
+        if path == "/v1/backup" || path.starts_with("/v1/backup/") {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "backups are not served on the console; run `cairnctl backup` on the host",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
+}
+
+/// The value of cookie `name` in the `Cookie` headers.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+/// `GET /v1/console` for the Unix socket only: the console's address with its token, or 404
+/// `console_off` when the config has no `[console]`.
+pub fn socket_router(url: Option<ConsoleUrl>) -> Router {
+    Router::new().route(
+        "/v1/console",
+        get(move || {
+            let url = url.clone();
+            async move {
+                match url {
+                    Some(url) => Json(url).into_response(),
+                    None => refuse(
+                        StatusCode::NOT_FOUND,
+                        "console_off",
+                        "the web console is off; add `[console]` with `listen = \"127.0.0.1:7780\"` to the config \
+                         and restart cairnd (deploy/GUIDE.md, \"The web console\")",
+                    ),
+                }
+            }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_made_once_kept_private_and_checked_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(TOKEN_FILE);
+        let token = Token::load_or_create(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = Token::load_or_create(&path).unwrap();
+        assert_eq!(token.hex(), again.hex());
+        assert_eq!(token.hex().len(), 2 * TOKEN_BYTES);
+        assert!(token.matches(&token.hex()) && token.matches(&token.hex().to_uppercase()));
+        let mut wrong = token.hex();
+        wrong.replace_range(0..1, if wrong.starts_with('0') { "1" } else { "0" });
+        for bad in [wrong.as_str(), "", "00", &token.hex()[..62], "zz"] {
+            assert!(!token.matches(bad), "{bad:?}");
+        }
+        assert_ne!(token.csrf(), token.hex());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(format!("{:#}", Token::load_or_create(&path).err().unwrap()).contains("chmod 600"));
+        std::fs::write(&path, "not a token\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(format!("{:#}", Token::load_or_create(&path).err().unwrap()).contains("delete it"));
+    }
+
+    #[test]
+    fn hosts_are_the_address_the_loopback_names_and_the_extras() {
+        let hosts = allowed_hosts("127.0.0.1:7780".parse().unwrap(), &["Cairn.Internal:7780".to_owned()]);
+        assert_eq!(hosts, ["127.0.0.1:7780", "[::1]:7780", "cairn.internal:7780", "localhost:7780"]);
+        assert_eq!(url_host("0.0.0.0:1".parse().unwrap()), "127.0.0.1:1");
+        assert_eq!(url_host("[::]:1".parse().unwrap()), "[::1]:1");
+    }
+
+    #[test]
+    fn cookies_and_bearers_are_found() {
+        let mut headers = HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1; cairn_console=abc ; b=2"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer  xyz"));
+        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
+        assert_eq!(cookie(&headers, "c"), None);
+        assert_eq!(bearer(&headers), Some("xyz"));
+        assert!(
+            constant_time_eq(b"ab", b"ab")
+                && !constant_time_eq(b"ab", b"ac")
+                && !constant_time_eq(b"a", b"ab")
+        );
+    }
+}
