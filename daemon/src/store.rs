@@ -67,7 +67,9 @@
 //! event, which a crash while relearning made unsafe; a sole member's becomes complete).
 //! Format 4 (up to commit bbfb13e) had no `roster` and no `member_events`; its upgrade only
 //! creates them, empty, and writes the new format (no cairnd of format 4 accepted a membership
-//! op). A store of a later format is refused.
+//! op). Format 5 (up to commit 453d622) has this layout, but its document entries never carry a
+//! seen clock (an op with a client's causal context); its upgrade only writes the new format, so
+//! that an older cairnd refuses a store it could not read. A store of a later format is refused.
 //!
 //! A corrupt store is refused, never used: redb checks its pages' checksums, the tables must
 //! agree in size (and `authors` with `log`), every document key must decode, and a start reads
@@ -110,7 +112,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 
 /// The layout version in `meta["format"]`. Bump it when the layout changes; a store with
 /// another version is refused with [`StoreError::Format`].
-pub const FORMAT_VERSION: u64 = 5;
+pub const FORMAT_VERSION: u64 = 6;
 
 /// The format before `own_history`, upgraded in place on open.
 const FORMAT_WITHOUT_OWN_HISTORY: u64 = 1;
@@ -123,6 +125,10 @@ const FORMAT_WITHOUT_DOCUMENT: u64 = 3;
 /// The format before membership changes (`roster`, `member_events`), upgraded in place on open
 /// by creating those two tables, empty: no cairnd of that format accepted a membership op.
 const FORMAT_WITHOUT_MEMBERSHIP: u64 = 4;
+/// The format before causal contexts: the layout is the same, but from format 6 on a persisted
+/// document entry may carry a seen clock (`cairn_protocol::document`'s persisted layout), which
+/// a cairnd of format 5 would take for a corrupt store. Upgraded in place by writing the format.
+const FORMAT_WITHOUT_CONTEXTS: u64 = 5;
 /// Events indexed per transaction when an upgrade builds the indexes.
 const REINDEX_BATCH: u64 = 50_000;
 
@@ -507,6 +513,16 @@ impl Store {
                     "upgraded the store's format in place (two empty tables for membership changes)"
                 );
             }
+            Found::Old { format: FORMAT_WITHOUT_CONTEXTS, .. } => {
+                store.write_format()?;
+                upgraded_from = Some(FORMAT_WITHOUT_CONTEXTS);
+                tracing::info!(
+                    path = %path.display(),
+                    from = FORMAT_WITHOUT_CONTEXTS,
+                    to = FORMAT_VERSION,
+                    "upgraded the store's format in place (the same layout; document entries may now carry causal contexts)"
+                );
+            }
             Found::Old { format, own_history } => {
                 let own_history = store.reindex(own_history)?;
                 upgraded_from = Some(format);
@@ -557,6 +573,18 @@ impl Store {
         tx.commit().map_err(|e| fail(e.into()))?;
         self.own_history = own_history;
         Ok(())
+    }
+
+    /// Upgrades a store of format 5 in place: writes this format, in a transaction of its own.
+    fn write_format(&mut self) -> Result<(), StoreError> {
+        let fail = |e: redb::Error| redb_error(&self.path, e, Stage::Open);
+        let mut tx = self.db()?.begin_write().map_err(|e| fail(e.into()))?;
+        tx.set_two_phase_commit(true);
+        {
+            let mut meta = tx.open_table(META).map_err(|e| fail(e.into()))?;
+            meta.insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice()).map_err(|e| fail(e.into()))?;
+        }
+        tx.commit().map_err(|e| fail(e.into()))
     }
 
     /// Upgrades a store of format 4 in place: creates `roster` and `member_events`, empty (no
@@ -1323,6 +1351,7 @@ impl Store {
         if format == FORMAT_WITHOUT_INDEXES
             || format == FORMAT_WITHOUT_DOCUMENT
             || format == FORMAT_WITHOUT_MEMBERSHIP
+            || format == FORMAT_WITHOUT_CONTEXTS
         {
             return Ok(Found::Old { format, own_history: Some(own_history) });
         }

@@ -826,5 +826,23 @@ fn format_4_is_upgraded_by_its_meta_alone() {
     assert!(loaded.roster_later.is_empty() && loaded.member_events.is_empty());
     let (_, again) = open(&path).unwrap();
     assert_eq!(again.upgraded_from, None, "the format was written");
-    assert_eq!(FORMAT_VERSION, 5);
+    assert_eq!(FORMAT_VERSION, 6);
+}
+
+#[test]
+fn format_5_is_upgraded_by_writing_its_format() {
+    let dir = tempfile::tempdir().unwrap();
+    let events = chain(1, 5, b"v");
+    let path = store_with(dir.path(), &events);
+    tamper(&path, |tx| {
+        let mut meta = tx.open_table(META).unwrap();
+        meta.insert("format", 5u64.to_le_bytes().as_slice()).unwrap();
+        meta.insert("doc_through", 5u64.to_le_bytes().as_slice()).unwrap();
+    });
+    let (_, loaded) = open(&path).unwrap();
+    assert_eq!(loaded.upgraded_from, Some(5));
+    assert_eq!(loaded.doc_through, 5, "an upgrade from format 5 does not replay the document");
+    assert_eq!(loaded.events, encoded(&events));
+    let (_, again) = open(&path).unwrap();
+    assert_eq!(again.upgraded_from, None, "the format was written");
 }

@@ -103,6 +103,8 @@ fn no_faults_converge() {
         assert_eq!(outcome.n_lost, 0);
         assert!(outcome.rejected.is_empty(), "{:?}", outcome.rejected);
         assert_eq!(outcome.n_bad_messages, 0);
+        // About a third of the register and set ops carry a client's context, some stale.
+        assert!(outcome.n_context_ops > 0, "{outcome:?}");
     }
 }
 

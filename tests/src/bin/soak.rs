@@ -72,6 +72,8 @@ struct Totals {
     n_removals_planned: u64,
     n_member_ops: u64,
     n_member_changes: u64,
+    n_context_ops: u64,
+    n_stale_context_ops: u64,
 }
 
 impl Totals {
@@ -97,6 +99,8 @@ impl Totals {
         self.n_removals_planned += u64::from(outcome.removal_planned);
         self.n_member_ops += outcome.n_member_ops;
         self.n_member_changes += outcome.n_member_changes as u64;
+        self.n_context_ops += outcome.n_context_ops;
+        self.n_stale_context_ops += outcome.n_stale_context_ops;
     }
 }
 
@@ -198,6 +202,10 @@ fn main() -> ExitCode {
         "cairn-soak: {} runs set out to remove a Byzantine member; honest nodes signed {} membership ops; {} \
          membership changes took effect",
         totals.n_removals_planned, totals.n_member_ops, totals.n_member_changes
+    );
+    println!(
+        "cairn-soak: {} ops of honest clients carried a causal context, {} of them read before a later write",
+        totals.n_context_ops, totals.n_stale_context_ops
     );
     println!(
         "cairn-soak: {} crashes ({} with a commit that landed, {} with one lost), {} restarts with a lost store, {} \

@@ -25,7 +25,7 @@ use cairn_daemon::discipline::{PeerDiscipline, Verdict};
 use cairn_protocol::codec::{decode_event, decode_evidence};
 use cairn_protocol::document::Document;
 use cairn_protocol::node::{Node, NodeConfig, NodeEvent};
-use cairn_protocol::{Adapter, EventId, Genesis, Member, Op, Reject, StoredEvent};
+use cairn_protocol::{Adapter, EventId, Genesis, Member, Op, Reject, Seen, StoredEvent};
 use cairn_protocol::{ChainState, ChangeKind, MemoryArchive, Roster};
 
 use super::byzantine::{
@@ -309,6 +309,11 @@ pub struct Outcome {
     /// `queue_full`, `no_space`, `storage` (the group commit's [`WriteFailure`]s), `down` (the
     /// node's process was down), `unanswered` (queued or in flight when the process died).
     pub writes_refused: BTreeMap<&'static str, u64>,
+    /// Ops of honest clients' writes that carried a causal context (read on the same node, now
+    /// or earlier), and how many of those contexts were stale.
+    pub n_context_ops: u64,
+    /// Of [`Outcome::n_context_ops`], those whose context was read before the latest write.
+    pub n_stale_context_ops: u64,
     /// Distinct own events holding the acknowledged writes of honest nodes (concurrent writes
     /// share one).
     pub n_honest_write_events: usize,
@@ -380,9 +385,14 @@ pub struct Cluster {
     rng_actions: Rng,
     /// Store delays, crash fates and downtimes.
     rng_store: Rng,
+    /// Which writes carry a client's causal context, and whether the client's read is stale
+    /// (its own stream, so that the other streams, and every earlier figure, stay as they were).
+    rng_contexts: Rng,
     healed: bool,
     /// Write numbers handed out, for the group commits' answers.
     n_writes_submitted: u64,
+    /// The last causal context a client of each node read for each key, for stale reads.
+    client_reads: BTreeMap<(usize, Vec<u8>), Vec<EventId>>,
     /// Every own event of an honest node that reached its store, by `(node, seq)`: a second id
     /// for one seq is a node signing a seq twice.
     own_seqs: BTreeMap<(usize, u64), EventId>,
@@ -420,6 +430,7 @@ impl Cluster {
         let mut rng_script = rng.fork();
         let rng_actions = rng.fork();
         let rng_store = rng.fork();
+        let rng_contexts = rng.fork();
 
         let keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::from_seed(&rng_keys.array32())).collect();
         let publics: Vec<PublicKey> = keys.iter().map(SecretKey::public).collect();
@@ -479,9 +490,11 @@ impl Cluster {
             network,
             rng_network,
             rng_actions,
+            rng_contexts,
             rng_store,
             healed: false,
             n_writes_submitted: 0,
+            client_reads: BTreeMap::new(),
             own_seqs: BTreeMap::new(),
             invalid_ids: BTreeSet::new(),
             honest_writes: Vec::new(),
@@ -943,7 +956,10 @@ impl Cluster {
     /// are checked, a node that refuses to sign answers at once, and the group commit takes
     /// the rest (answered once stored, see [`Cluster::answer_writers`]).
     fn write(&mut self, i: usize) {
-        let ops = random_ops(&mut self.rng_actions);
+        let mut ops = random_ops(&mut self.rng_actions);
+        if !self.nodes[i].down {
+            self.add_contexts(i, &mut ops);
+        }
         if self.nodes[i].down {
             if !self.is_byzantine(i) {
                 *self.outcome.writes_refused.entry("down").or_default() += 1;
@@ -952,6 +968,11 @@ impl Cluster {
         }
         if let Err(error) = Node::check_ops(&ops) {
             self.violations.push(format!("the simulator made invalid ops: {error}"));
+            return;
+        }
+        // A context read on this node names only events it accepted, which it keeps.
+        if let Err(error) = self.nodes[i].node.check_seen(&ops) {
+            self.violations.push(format!("a context read on node {i} names an event it lacks: {error}"));
             return;
         }
         let me = self.publics[i];
@@ -965,6 +986,46 @@ impl Cluster {
             sim.commit.handle_write(ops, number);
         }
         self.drive(i);
+    }
+
+    /// Gives some of `ops` the causal context a client of node `i` read: now, or (a stale
+    /// read) at an earlier write of that client, which the node's document has moved past.
+    fn add_contexts(&mut self, i: usize, ops: &mut [Op]) {
+        for op in ops.iter_mut() {
+            if matches!(op, Op::Incr { .. }) || self.rng_contexts.below(3) != 0 {
+                continue;
+            }
+            let document = self.nodes[i].node.document();
+            let fresh = match &*op {
+                Op::Put { key, .. } | Op::Del { key } => document.register(key).context(),
+                Op::Add { key, element } | Op::Remove { key, element } => document
+                    .set_member_contexts(key)
+                    .into_iter()
+                    .find(|(member, _)| member == element)
+                    .map(|(_, adds)| adds)
+                    .unwrap_or_default(),
+                _ => continue,
+            };
+            let slot = (i, op.key().to_vec());
+            let stale = self.rng_contexts.below(2) == 0;
+            let events = match self.client_reads.get(&slot) {
+                Some(earlier) if stale && *earlier != fresh => {
+                    self.outcome.n_stale_context_ops += 1;
+                    earlier.clone()
+                }
+                _ => fresh.clone(),
+            };
+            self.client_reads.insert(slot, fresh);
+            self.outcome.n_context_ops += 1;
+            let seen = Seen { events, own: Vec::new() };
+            *op = match std::mem::replace(op, Op::Del { key: Vec::new() }) {
+                Op::Put { key, value } => Op::PutSeen { key, value, seen },
+                Op::Del { key } => Op::DelSeen { key, seen },
+                Op::Add { key, element } => Op::AddSeen { key, element, seen },
+                Op::Remove { key, element } => Op::RemoveSeen { key, element, seen },
+                other => other,
+            };
+        }
     }
 
     /// Node `i`'s operator asks it to sign `op`, unless it did or is doing so: queued in the
@@ -1145,6 +1206,8 @@ impl Cluster {
     /// expected everywhere, so restart a node only once its events have left it.
     pub fn restart(&mut self, i: usize, own_seq_peers_needed: usize) {
         self.outcome.n_restarts += 1;
+        // Its clients' reads named events the empty store no longer holds.
+        self.client_reads.retain(|(node, _), _| *node != i);
         self.close_all(i);
         self.lose_pending_writes(i);
         let me = self.publics[i];
