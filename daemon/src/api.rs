@@ -19,14 +19,14 @@
 //! | `POST /v1/members/changes/{id}/approve` | vote for a pending change |
 //! | `POST /v1/members/rotate` | rotate this node's key (`cairnd rotate-key`) |
 //! | `GET /v1/keys?kind=register\|counter\|set&after=&limit=` | keys with a non-empty state (all kinds without `kind`), one page |
-//! | `GET /v1/registers/{key}` | the visible value and every sibling |
-//! | `PUT /v1/registers/{key}` | `{"value": "text"}` or `{"value_base64": "..."}` |
-//! | `DELETE /v1/registers/{key}` | deletes the register's values |
+//! | `GET /v1/registers/{key}` | the visible value, every sibling and the read's `context` |
+//! | `PUT /v1/registers/{key}` | `{"value": "text"}` or `{"value_base64": "..."}`, optional `context` or `if_context` (below) |
+//! | `DELETE /v1/registers/{key}?context=` | deletes the register's values (with `context`, those that read saw) |
 //! | `GET /v1/counters/{key}` | the counter's value |
 //! | `POST /v1/counters/{key}/incr` | `{"delta": -5}` |
-//! | `GET /v1/sets/{key}` | the set's members |
-//! | `POST /v1/sets/{key}/add`, `/remove` | `{"element": "text"}` or `{"element_base64": "..."}` |
-//! | `POST /v1/batch` | `{"ops": [...]}`: several ops in one event, atomically |
+//! | `GET /v1/sets/{key}` | the set's members, each with its `context` |
+//! | `POST /v1/sets/{key}/add`, `/remove` | `{"element": "text"}` or `{"element_base64": "..."}`, optional `context` |
+//! | `POST /v1/batch` | `{"ops": [...]}`: several ops in one event, atomically (put, del, add and remove take an optional `context`) |
 //! | `GET /v1/events?author=&after=&limit=` | accepted events, one page |
 //! | `GET /v1/events/{id}` | one event, with its ops and its canonical bytes (`encoded_hex`) |
 //! | `GET /v1/events/{id}/verify` | every validity rule's verdict on that event's bytes, checked again now (the report of `cairnctl --json inspect event`): membership against the keys this node indexes, seq and lamport against the deps it holds |
@@ -53,6 +53,20 @@
 //!   it, unless more than `limit` events share that seq, and then the rest of it is skipped:
 //!   ask again with a larger `limit`. `limit` is 1 to [`EVENTS_LIMIT_MAX`],
 //!   [`EVENTS_LIMIT_DEFAULT`] if not given.
+//!
+//! # Causal contexts
+//!
+//! A register read gives `context`, and a set read gives each member's: opaque base64 (version
+//! byte 1, then the ids of the siblings' events, or of the member's live adds). A write, delete,
+//! add or remove that carries one supersedes exactly what that read saw (`docs/PROTOCOL.md`
+//! §14): a value written since, on this node or elsewhere, stays beside the new one as a
+//! sibling, and a remove leaves an add made since. Without a context a write supersedes what
+//! this node holds, as before. A context that does not decode is 400 `bad_context`; one that
+//! names an event this node has not received (read on another node that is ahead) is 409
+//! `unknown_context`, and nothing is written. `if_context` (register writes) also asks that the
+//! register's context here still be the one given, else 409 `context_changed`: a
+//! read-modify-write guard, advisory only, since two guarded writes racing on one node both
+//! pass and become siblings, never a lost update.
 //!
 //! # Counters
 //!

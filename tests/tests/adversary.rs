@@ -233,6 +233,24 @@ fn attack(name: &str, orphans: u64, setup: impl FnOnce(&AttackCluster)) {
                 .await
                 .unwrap();
         }
+        // Values that must stand as siblings on every node.
+        for (key, value) in &expect.kept {
+            for i in 0..3 {
+                let register = cluster
+                    .client(i)
+                    .get_json(&format!("/v1/registers/{}", path_segment(key)))
+                    .await
+                    .unwrap();
+                let held = register["siblings"]
+                    .as_array()
+                    .is_some_and(|siblings| siblings.iter().any(|s| s["value"] == value.as_str()));
+                assert!(
+                    held,
+                    "{} lacks {value:?} among the siblings of {key}: {register}",
+                    cluster.honest[i].name
+                );
+            }
+        }
         // Nothing invalid accepted anywhere.
         for i in 0..3 {
             for id in &expect.forbidden {
@@ -404,6 +422,10 @@ fn s05_non_canonical() {
 #[test]
 fn s06_edge_signatures() {
     run("edge-signatures");
+}
+#[test]
+fn s28_forged_context() {
+    run("forged-context");
 }
 #[test]
 fn s07_seq_gap() {

@@ -51,6 +51,9 @@ pub struct Expect {
     /// The adversary approved two changes of one membership and round: every honest node must
     /// show the double approval, and no change may be in force.
     pub double_approval: bool,
+    /// `(register, value)`: every honest node must hold this value among the register's
+    /// siblings once converged.
+    pub kept: Vec<(String, String)>,
 }
 
 /// A member (or would-be member) attacking a cluster.

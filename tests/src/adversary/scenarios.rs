@@ -14,7 +14,7 @@ use cairn_daemon::tls;
 use cairn_daemon::transport::{CloseCode, FRAME_LENGTH_BYTES};
 use cairn_protocol::limits::{EVENTS_PER_MESSAGE_MAX, MESSAGE_BYTES_MAX};
 use cairn_protocol::membership::Rotation;
-use cairn_protocol::{Change, ChangeKind, Event, EventId, Evidence, Header, Message, Op, SignedHeader};
+use cairn_protocol::{Change, ChangeKind, Event, EventId, Evidence, Header, Message, Op, Seen, SignedHeader};
 
 use super::wire::{self, Dialed, Link, Target, WIRE_TIMEOUT, close_code, frame};
 use super::{Adversary, hash_of, put, sign_header};
@@ -52,7 +52,7 @@ pub struct Scenario {
 }
 
 /// Every scenario, in the order.
-pub const SCENARIOS: [Scenario; 26] = [
+pub const SCENARIOS: [Scenario; 27] = [
     Scenario {
         number: 1,
         name: "forged-signature",
@@ -171,6 +171,11 @@ pub const SCENARIOS: [Scenario; 26] = [
         name: "old-key-after-rotation",
         summary: "rotates its key, then signs with the old key past the rotation",
     },
+    Scenario {
+        number: 28,
+        name: "forged-context",
+        summary: "causal contexts naming events outside the deps or future own seqs; a valid context that names nothing over an honest value",
+    },
 ];
 
 /// Runs the scenario called `name` (`orphans` sizes the orphan flood).
@@ -202,6 +207,7 @@ pub async fn run(name: &str, adv: &mut Adversary, orphans: u64) -> anyhow::Resul
         "double-approval" => double_approval(adv).await,
         "unapproved-add" => unapproved_add(adv).await,
         "old-key-after-rotation" => old_key_after_rotation(adv).await,
+        "forged-context" => forged_context(adv).await,
         other => {
             let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
             bail!("no scenario {other:?}; the scenarios are: {}", names.join(", "))
@@ -482,6 +488,53 @@ async fn seq_gap(adv: &mut Adversary) -> anyhow::Result<()> {
     let (_, lamport, deps) = adv.next_header();
     events.push(encoded(&Event::sign(&adv.key, 0, lamport, deps, put("gap", 99))));
     send_invalid(adv, &mut link, events, "bad_seq").await?;
+    link.close().await;
+    Ok(())
+}
+
+/// The register every honest node wrote before the attack: `seed-0-0` = "seed".
+const CONTEXT_VICTIM: &str = "seed-0-0";
+
+async fn forged_context(adv: &mut Adversary) -> anyhow::Result<()> {
+    let mut link = learned_link(adv, 0).await?;
+    let key = CONTEXT_VICTIM.as_bytes().to_vec();
+    let seen = |events: Vec<EventId>, own: Vec<u64>| Seen { events, own };
+    let put_seen = |k: u64, seen: Seen| Op::PutSeen {
+        key: key.clone(),
+        value: format!("forged {k}").into_bytes(),
+        seen,
+    };
+    // Rule 7: contexts that name an event outside the deps, an own seq not below the event's, or
+    // lists out of order. Distinct seqs, so that no two share one.
+    let outsider = EventId([0x5a; 32]);
+    let mut events = Vec::new();
+    for k in 0..12u64 {
+        let (seq, lamport, deps) = adv.next_header();
+        let seq = seq + k;
+        let bad = match k % 4 {
+            0 => seen(vec![outsider], vec![]),
+            1 => seen(vec![], vec![seq]),
+            2 => seen(vec![], vec![seq + 3]),
+            _ => {
+                let mut named = deps.clone();
+                named.push(outsider);
+                named.sort_unstable();
+                named.reverse();
+                seen(named, vec![])
+            }
+        };
+        events.push(encoded(&Event::sign(&adv.key, seq, lamport, deps, vec![put_seen(k, bad)])));
+    }
+    send_invalid(adv, &mut link, events, "bad_op").await?;
+    // A valid context that names nothing, over an honest value it depends on: accepted, and the
+    // honest value stays as a sibling on every node (a context can leave writes standing, never
+    // erase one).
+    let event = adv.next_event(vec![put_seen(99, seen(vec![], vec![]))]);
+    adv.say(format!("a context naming nothing over {CONTEXT_VICTIM}, event {}", event.id()));
+    send_events(&mut link, vec![event.encode()]).await?;
+    adv.keep(&event);
+    adv.expect.kept.push((CONTEXT_VICTIM.to_owned(), "seed".to_owned()));
+    adv.expect.kept.push((CONTEXT_VICTIM.to_owned(), "forged 99".to_owned()));
     link.close().await;
     Ok(())
 }
