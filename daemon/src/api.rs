@@ -1046,9 +1046,9 @@ async fn put_register(
         // Checked on what this node holds now; the write then carries the context, so a write
         // that slipped in between stays as a sibling.
         let read = st.handle.register(check_key(key.clone(), "path")?).await?;
-        let now = BASE64.encode(encode_context(&read.context()));
-        context_events(expected, "if_context")?;
-        if *expected != now {
+        let now = read.context();
+        if context_events(expected, "if_context")? != now {
+            let now = BASE64.encode(encode_context(&now));
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "context_changed",

@@ -916,8 +916,14 @@ impl Driver {
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Write(ops, reply) => {
-                if let Err(error) = Node::check_ops(&ops).and_then(|()| self.node.check_seen(&ops)) {
+            Command::Write(mut ops, reply) => {
+                // A context is checked (its events held here) and reduced (those in another's
+                // causal past dropped) before the ops' limits are.
+                let checked = self.node.check_seen(&ops).and_then(|()| {
+                    self.node.reduce_seen(&mut ops);
+                    Node::check_ops(&ops)
+                });
+                if let Err(error) = checked {
                     self.metrics.write_errors.inc();
                     let _ = reply.send(Err(ServiceError::Invalid(error)));
                 } else if let Some(refusal) = self.node.write_refusal(&self.key.public()) {

@@ -46,8 +46,8 @@
 //! The first frame in each direction is the **hello**, 38 bytes of payload:
 //!
 //! ```text
-//! hello = "CAIRN1" (6 ASCII bytes: 43 41 49 52 4e 31) ‖ cluster_id (32 bytes)
-//! on the wire: 26 00 00 00 ‖ 43 41 49 52 4e 31 ‖ cluster_id
+//! hello = "CAIRN2" (6 ASCII bytes: 43 41 49 52 4e 32) ‖ cluster_id (32 bytes)
+//! on the wire: 26 00 00 00 ‖ 43 41 49 52 4e 32 ‖ cluster_id
 //! ```
 //!
 //! The dialer sends its hello first; the acceptor checks it and only then answers with its
@@ -115,12 +115,14 @@ use crate::tls;
 
 /// The magic bytes at the start of a hello: [`HELLO_PREFIX`], then this node's
 /// [`PROTOCOL_VERSION`].
-pub const HELLO_MAGIC: &[u8; 6] = b"CAIRN1";
+pub const HELLO_MAGIC: &[u8; 6] = b"CAIRN2";
 /// The first five bytes of every version's hello.
 pub const HELLO_PREFIX: &[u8; 5] = b"CAIRN";
-/// The protocol version this node speaks: the hello's sixth byte (`'1'`, 0x31). A node whose
-/// hello names another version is closed with [`CloseCode::VersionMismatch`].
-pub const PROTOCOL_VERSION: u8 = b'1';
+/// The protocol version this node speaks: the hello's sixth byte (`'2'`, 0x32). A node whose
+/// hello names another version is closed with [`CloseCode::VersionMismatch`]. Version 2 added
+/// the ops with a causal context (tags 8 to 11), which a node of version 1 rejects as
+/// `malformed`: the two cannot share a cluster's events, so they do not connect.
+pub const PROTOCOL_VERSION: u8 = b'2';
 const _: () = assert!(HELLO_MAGIC[5] == PROTOCOL_VERSION);
 
 /// A protocol version byte as people read it: the digit for `'0'` to `'9'`, else hex.
@@ -1672,7 +1674,7 @@ mod tests {
     fn hello_layout() {
         let hello = hello(&[0xab; 32]);
         assert_eq!(hello.len(), 38);
-        assert_eq!(&hello[..6], b"CAIRN1");
+        assert_eq!(&hello[..6], b"CAIRN2");
         assert_eq!(&hello[6..], &[0xab; 32]);
     }
 
@@ -1718,7 +1720,11 @@ mod tests {
     #[test]
     fn a_version_mismatch_reason_names_the_closing_nodes_version() {
         assert_eq!(hello(&[7; 32])[..], hello_of_version(&[7; 32], PROTOCOL_VERSION)[..]);
-        assert_eq!(&hello(&[7; 32])[..6], b"CAIRN1", "this version's hello is byte for byte the old one");
+        assert_eq!(
+            &hello(&[7; 32])[..6],
+            b"CAIRN2",
+            "version 2's hello differs from version 1's in its version byte only"
+        );
         for version in [b'1', b'2', b'9', 0x00, 0xff] {
             assert_eq!(version_in_reason(version_mismatch_reason(version).as_bytes()), Some(version));
         }

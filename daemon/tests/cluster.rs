@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use cairn_crypto::{PublicKey, SecretKey};
-use cairn_daemon::client::Client;
+use cairn_daemon::client::{Client, ClientError};
 use cairn_daemon::tls;
 use cairn_daemon::transport::hello;
 use common::{Cluster, DEADLINE, wait_exit};
@@ -639,19 +639,23 @@ fn clients_that_read_before_they_write_never_lose_each_others_writes() {
     // What is not a context is refused, and nothing is written.
     let n_events = c.status(0)["n_events"].clone();
     for (bad, why) in [("not base64!", "base64"), ("Ag==", "version"), ("AQID", "32 bytes")] {
-        let error = c
-            .send(0, Method::PUT, contexts_path, &json!({ "value": "v", "context": bad }))
-            .expect_err("a bad context is refused");
-        let text = error.to_string();
-        assert!(text.contains("bad_context") || text.contains("context"), "{bad} ({why}): {text}");
+        match c.send(0, Method::PUT, contexts_path, &json!({ "value": "v", "context": bad })) {
+            Err(ClientError::Http { status, code, .. }) => {
+                assert_eq!((status, code.as_str()), (StatusCode::BAD_REQUEST, "bad_context"), "{bad} ({why})")
+            }
+            other => panic!("{bad} ({why}) was not refused: {other:?}"),
+        }
     }
     // A well-formed context naming an event this node has not received is refused with 409.
     let mut named = vec![1u8];
     named.extend([0x70; 32]);
     let unknown_context = BASE64.encode(&named);
-    let error = c
-        .send(0, Method::PUT, contexts_path, &json!({ "value": "v", "context": unknown_context }))
-        .expect_err("an unknown event is refused");
-    assert!(error.to_string().contains("has not received"), "{error}");
+    match c.send(0, Method::PUT, contexts_path, &json!({ "value": "v", "context": unknown_context })) {
+        Err(ClientError::Http { status, code, message }) => {
+            assert_eq!((status, code.as_str()), (StatusCode::CONFLICT, "unknown_context"), "{message}");
+            assert!(message.contains("has not received"), "{message}");
+        }
+        other => panic!("a context naming an unknown event was not refused: {other:?}"),
+    }
     assert_eq!(c.status(0)["n_events"], n_events, "nothing was written");
 }

@@ -64,19 +64,24 @@ impl EventMeta {
 /// For each op of an event that carries a causal context ([`crate::Seen`]), by op index: the
 /// pointwise maximum of the clocks of the events the context names, `n` entries. An event in
 /// that maximum's causal past is one the writer had read. The named events are deps and the
-/// author's own earlier events, so every one is accepted before the event is; an own seq where
-/// the author forked names every event the archive holds at that seq (the event is then
-/// excluded from the document, which never reads this). Empty for an event without contexts:
-/// nothing is looked up.
+/// author's own earlier events, so every one is accepted before the event is. Of the own seqs
+/// only the highest is read: the author's events at lower seqs are in its causal past, so their
+/// clocks add nothing, unless the author forked below the event's seq; and then the event is
+/// excluded from the document, which never reads its seen clocks (so where the author forked at
+/// the highest named seq, the clocks of every event the archive holds there are joined, and
+/// nothing depends on the result). Each named event is read once per event. Empty for an event
+/// without contexts: nothing is looked up.
 pub fn seen_clocks(archive: &dyn Archive, author: MemberIdx, ops: &[Op], n: usize) -> SeenClocks {
     let mut clocks = Vec::new();
+    let mut metas: BTreeMap<EventId, Option<Box<[u64]>>> = BTreeMap::new();
     for (op_idx, op) in (0u32..).zip(ops) {
         let Some(seen) = op.seen() else { continue };
         let mut clock = vec![0u64; n].into_boxed_slice();
-        let own = seen.own.iter().flat_map(|&seq| archive.at_seq(author, seq));
-        for id in seen.events.iter().copied().chain(own) {
-            if let Some(meta) = archive.meta(&id) {
-                for (mine, theirs) in clock.iter_mut().zip(meta.clock.iter()) {
+        let own = seen.own.iter().max().map(|&seq| archive.at_seq(author, seq)).unwrap_or_default();
+        for id in seen.events.iter().chain(&own) {
+            let named = metas.entry(*id).or_insert_with(|| archive.meta(id).map(|meta| meta.clock));
+            if let Some(named) = named {
+                for (mine, theirs) in clock.iter_mut().zip(named.iter()) {
                     *mine = (*mine).max(*theirs);
                 }
             }

@@ -13,7 +13,7 @@ use std::fmt;
 use cairn_crypto::verify_strict;
 
 use crate::codec::{self, CodecError};
-use crate::event::{Event, EventId, Header, Seen, ops_hash};
+use crate::event::{Event, EventId, Header, Op, Seen, ops_hash};
 use crate::genesis::MemberIdx;
 use crate::limits::OPS_MAX;
 
@@ -147,7 +147,8 @@ pub(crate) enum OpFlaw {
     /// The op at this index has an empty key.
     EmptyKey(usize),
     /// The causal context of the op at this index is not strictly ascending, names an event
-    /// that is not a dep, or an own seq that is not below the event's.
+    /// that is not a dep, or an own seq that is not below the event's; or the op shares its
+    /// register key or set element with an op with a causal context of the same event.
     Seen(usize),
 }
 
@@ -160,11 +161,49 @@ pub(crate) fn op_flaw(event: &Event) -> Option<OpFlaw> {
         Some(OpFlaw::TooMany(ops.len()))
     } else if let Some(idx) = ops.iter().position(|op| !op.is_membership() && op.key().is_empty()) {
         Some(OpFlaw::EmptyKey(idx))
+    } else if let Some(idx) =
+        ops.iter().position(|op| op.seen().is_some_and(|seen| !seen_holds(seen, &event.header)))
+    {
+        Some(OpFlaw::Seen(idx))
     } else {
-        ops.iter()
-            .position(|op| op.seen().is_some_and(|seen| !seen_holds(seen, &event.header)))
-            .map(OpFlaw::Seen)
+        context_clash(ops).map(OpFlaw::Seen)
     }
+}
+
+/// What a register or set op writes: `(0, key, [])` for a register, `(2, key, element)` for a
+/// set element; `None` for a counter or membership op, which takes no causal context.
+pub(crate) fn op_target(op: &Op) -> Option<(u8, &[u8], &[u8])> {
+    match op {
+        Op::Put { key, .. } | Op::Del { key } | Op::PutSeen { key, .. } | Op::DelSeen { key, .. } => {
+            Some((0, key, &[]))
+        }
+        Op::Add { key, element }
+        | Op::Remove { key, element }
+        | Op::AddSeen { key, element, .. }
+        | Op::RemoveSeen { key, element, .. } => Some((2, key, element)),
+        _ => None,
+    }
+}
+
+/// Rule 7 (causal contexts): the index of the first op that shares a register key or set
+/// element with an op with a causal context in the same event, if any. (An op with a context
+/// supersedes no op of its own event, so without this rule one event could leave any number of
+/// siblings on one key.)
+pub(crate) fn context_clash(ops: &[Op]) -> Option<usize> {
+    // Per target: whether an op on it so far carries a context.
+    let mut targets: std::collections::BTreeMap<(u8, &[u8], &[u8]), bool> = std::collections::BTreeMap::new();
+    for (idx, op) in ops.iter().enumerate() {
+        let Some(target) = op_target(op) else { continue };
+        let has_context = op.seen().is_some();
+        match targets.get(&target) {
+            Some(&earlier_has_context) if earlier_has_context || has_context => return Some(idx),
+            Some(_) => {}
+            None => {
+                targets.insert(target, has_context);
+            }
+        }
+    }
+    None
 }
 
 /// Rule 7 (causal contexts): the named events are strictly ascending and deps of the event,
@@ -315,10 +354,10 @@ mod tests {
         assert_eq!(unsorted_dep(&ids(&[1, 2, 3])), None);
         assert_eq!(unsorted_dep(&ids(&[1, 3, 2])), Some(2));
         assert_eq!(unsorted_dep(&ids(&[1, 1])), Some(1));
-        let del = |key: &[u8]| crate::Op::Del { key: key.to_vec() };
+        let del = |key: &[u8]| Op::Del { key: key.to_vec() };
         let key = cairn_crypto::SecretKey::from_seed(&[7; 32]);
-        let on = |seq: u64, deps: Vec<EventId>, ops: Vec<crate::Op>| Event::sign(&key, seq, seq, deps, ops);
-        let flaw = |ops: Vec<crate::Op>| op_flaw(&on(2, ids(&[1, 2]), ops));
+        let on = |seq: u64, deps: Vec<EventId>, ops: Vec<Op>| Event::sign(&key, seq, seq, deps, ops);
+        let flaw = |ops: Vec<Op>| op_flaw(&on(2, ids(&[1, 2]), ops));
         assert_eq!(flaw(vec![]), Some(OpFlaw::NoOps));
         assert_eq!(flaw(vec![del(b"a"), del(b"")]), Some(OpFlaw::EmptyKey(1)));
         assert_eq!(flaw(vec![del(b"a"); OPS_MAX + 1]), Some(OpFlaw::TooMany(OPS_MAX + 1)));
@@ -326,7 +365,7 @@ mod tests {
 
         // A causal context names deps by id and the author's own earlier seqs, each list
         // strictly ascending.
-        let seen = |events: &[u8], own: &[u64]| crate::Op::DelSeen {
+        let seen = |events: &[u8], own: &[u64]| Op::DelSeen {
             key: b"k".to_vec(),
             seen: Seen { events: ids(events), own: own.to_vec() },
         };
@@ -338,6 +377,11 @@ mod tests {
         assert_eq!(flaw(vec![seen(&[], &[2])]), Some(OpFlaw::Seen(0)), "own seq not below the event's");
         assert_eq!(flaw(vec![seen(&[], &[0])]), Some(OpFlaw::Seen(0)), "own seq 0");
         assert_eq!(op_flaw(&on(5, vec![], vec![seen(&[], &[1, 4])])), None);
+        // An op with a context shares its key with no other op of its event, in either order.
+        assert_eq!(flaw(vec![del(b"k"), seen(&[], &[])]), Some(OpFlaw::Seen(1)));
+        assert_eq!(flaw(vec![seen(&[], &[]), del(b"k")]), Some(OpFlaw::Seen(1)));
+        assert_eq!(flaw(vec![seen(&[], &[]), seen(&[1], &[])]), Some(OpFlaw::Seen(1)));
+        assert_eq!(flaw(vec![del(b"k"), del(b"k")]), None, "without a context, as before");
         assert_eq!(op_flaw(&on(5, vec![], vec![seen(&[], &[4, 1])])), Some(OpFlaw::Seen(0)));
     }
 }

@@ -763,3 +763,47 @@ fn a_context_naming_an_event_the_node_lacks_is_refused_before_signing() {
     }];
     assert!(Node::check_ops(&own).is_err());
 }
+
+#[test]
+fn a_context_of_many_siblings_is_reduced_to_what_adds_to_it_and_large_values_read_back() {
+    let mut net = Net::new(2, &[1, 2]);
+    let node = &mut net.nodes[0].1;
+    // 70 blind writes (each with a context that names nothing) leave 70 siblings: more events
+    // than one op may name.
+    for n in 0..70 {
+        write(node, &key(1), put_seen("k", &format!("v{n}"), Vec::new()), n).unwrap();
+    }
+    let read = node.document().register(b"k");
+    assert_eq!(read.siblings.len(), 70);
+    let mut ops = put_seen("k", &"x".repeat(100), read.context());
+    assert_eq!(read.context().len(), 70);
+    assert!(Node::check_ops(&ops).is_err(), "70 named events are over SEEN_EVENTS_MAX");
+    // All are this node's own, each in the causal past of the last: one is left.
+    node.check_seen(&ops).unwrap();
+    node.reduce_seen(&mut ops);
+    assert_eq!(ops[0].seen().map(|seen| seen.events.len()), Some(1));
+    Node::check_ops(&ops).unwrap();
+    write(node, &key(1), ops, 99).unwrap();
+    let read = node.register(b"k");
+    assert_eq!(read.siblings.len(), 1, "the reduced context supersedes every sibling read");
+    // A value over the document's inline size, written with a context, reads back whole.
+    assert_eq!(read.siblings[0].value, "x".repeat(100).into_bytes());
+    assert!(read.siblings[0].value_held);
+}
+
+#[test]
+fn writes_with_a_context_on_one_key_never_share_an_event() {
+    let plain = |k: &str| put(k, "v");
+    let seen = |k: &str| put_seen(k, "v", Vec::new());
+    // Two writes with contexts on one key, or one with and one without: two events.
+    assert_eq!(Node::pack_writes(&[seen("a"), seen("a")]), [1, 1]);
+    assert_eq!(Node::pack_writes(&[plain("a"), seen("a")]), [1, 1]);
+    assert_eq!(Node::pack_writes(&[seen("a"), plain("a")]), [1, 1]);
+    // Other keys, or no context at all: one event, as before.
+    assert_eq!(Node::pack_writes(&[seen("a"), seen("b"), plain("c")]), [3]);
+    assert_eq!(Node::pack_writes(&[plain("a"), plain("a")]), [2]);
+    // One write holding both is refused.
+    let mut both = plain("a");
+    both.extend(seen("a"));
+    assert!(Node::check_ops(&both).is_err());
+}

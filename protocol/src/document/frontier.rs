@@ -7,6 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{DocHistory, OpId, OpMeta};
+use crate::event::EventId;
 
 /// A frontier entry: an op, and what it wrote.
 pub(super) trait FrontierEntry {
@@ -63,21 +64,19 @@ pub(super) fn retract<E: FrontierEntry>(
     maximal(pool, covered)
 }
 
-/// The entries of `pool` that no other entry has in its causal past, sorted by the sibling
-/// order; the others are recorded in `covered`. Quadratic in the pool, which holds the
-/// surviving frontier and what the excluded ops covered.
+/// The entries of `pool` that no other entry supersedes, sorted by the sibling order; the
+/// others are recorded in `covered`. Linear in the pool times the authors ([`Superseders`]), so
+/// an exclusion over a key with many siblings stays cheap.
 fn maximal<E: FrontierEntry>(pool: Vec<E>, covered: &mut BTreeMap<OpId, Vec<OpId>>) -> Vec<E> {
-    let sees = |j: usize, i: usize| i != j && pool[i].op().is_superseded_by(pool[j].op());
-    let kept: Vec<bool> = (0..pool.len()).map(|i| !(0..pool.len()).any(|j| sees(j, i))).collect();
+    let all = Superseders::of(&pool, |_| true);
+    let kept: Vec<bool> = (0..pool.len()).map(|i| all.find(&pool, i).is_none()).collect();
+    let by_kept = Superseders::of(&pool, |j| kept[j]);
     for i in (0..pool.len()).filter(|&i| !kept[i]) {
-        // With the causal test exact, a kept op sees every dropped one (the order is finite and
-        // transitive); with a fork not yet excluded there may be none, and any op that sees it
-        // keeps the invariant.
-        let Some(by) = (0..pool.len())
-            .find(|&j| kept[j] && sees(j, i))
-            .or_else(|| (0..pool.len()).find(|&j| sees(j, i)))
-        else {
-            unreachable!("an op is dropped only when another op of the pool sees it")
+        // With the causal test exact, a kept op supersedes every dropped one (the relation is
+        // finite and transitive); with a fork not yet excluded there may be none, and any op
+        // that supersedes it keeps the invariant.
+        let Some(by) = by_kept.find(&pool, i).or_else(|| all.find(&pool, i)) else {
+            unreachable!("an op is dropped only when another op of the pool supersedes it")
         };
         covered.entry(pool[by].op().id()).or_default().push(pool[i].op().id());
     }
@@ -85,4 +84,75 @@ fn maximal<E: FrontierEntry>(pool: Vec<E>, covered: &mut BTreeMap<OpId, Vec<OpId
         pool.into_iter().zip(kept).filter_map(|(entry, is_kept)| is_kept.then_some(entry)).collect();
     frontier.sort_by_key(|entry| entry.op().order_key());
     frontier
+}
+
+/// Which entries of a pool supersede a given one, found without comparing every pair. Op Y of
+/// another event supersedes op X (author `a`, seq `s`) when Y's *reach* for `a` (its seen clock
+/// with a causal context, else its event's clock) is at least `s`; an op of X's own event
+/// supersedes it when it comes later and has no context. So it is enough to know, per author,
+/// the two entries of highest reach from two distinct events, and per event its last op
+/// without a context.
+struct Superseders {
+    /// Per author index: up to two `(reach, entry)` of the highest reach for that author, of
+    /// two distinct events, the higher first.
+    top: Vec<[Option<(u64, usize)>; 2]>,
+    /// Per event: the entry with the highest op index among its ops without a context.
+    last_plain: BTreeMap<EventId, (u32, usize)>,
+}
+
+impl Superseders {
+    /// Over the entries `j` of `pool` with `counts(j)`.
+    fn of<E: FrontierEntry>(pool: &[E], counts: impl Fn(usize) -> bool) -> Self {
+        let mut top: Vec<[Option<(u64, usize)>; 2]> = Vec::new();
+        let mut last_plain: BTreeMap<EventId, (u32, usize)> = BTreeMap::new();
+        for (j, entry) in pool.iter().enumerate().filter(|&(j, _)| counts(j)) {
+            let op = entry.op();
+            let reach: &[u64] = op.seen.as_deref().unwrap_or(&op.event.clock);
+            if top.len() < reach.len() {
+                top.resize(reach.len(), [None, None]);
+            }
+            for (author, &value) in reach.iter().enumerate() {
+                let slots = &mut top[author];
+                let event_of = |k: usize| pool[k].op().event.id;
+                match slots[0] {
+                    None => slots[0] = Some((value, j)),
+                    Some((best, k)) if value > best => {
+                        if event_of(k) != op.event.id {
+                            slots[1] = slots[0];
+                        }
+                        slots[0] = Some((value, j));
+                    }
+                    Some((_, k)) if event_of(k) != op.event.id => {
+                        if slots[1].is_none_or(|(second, _)| value > second) {
+                            slots[1] = Some((value, j));
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+            if op.seen.is_none() {
+                let last = last_plain.entry(op.event.id).or_insert((op.op_idx, j));
+                if op.op_idx > last.0 {
+                    *last = (op.op_idx, j);
+                }
+            }
+        }
+        Self { top, last_plain }
+    }
+
+    /// An entry that supersedes entry `i` of `pool`, if one does.
+    fn find<E: FrontierEntry>(&self, pool: &[E], i: usize) -> Option<usize> {
+        let op = pool[i].op();
+        if let Some(&(op_idx, j)) = self.last_plain.get(&op.event.id)
+            && op_idx > op.op_idx
+        {
+            return Some(j);
+        }
+        let slots = self.top.get(op.event.author)?;
+        slots
+            .iter()
+            .flatten()
+            .find(|&&(reach, j)| pool[j].op().event.id != op.event.id && reach >= op.event.seq)
+            .map(|&(_, j)| j)
+    }
 }

@@ -195,7 +195,9 @@ pub struct RegisterRead {
 
 impl RegisterRead {
     /// The causal context of this read: the events of its siblings, sorted and unique. A write
-    /// or delete that carries it supersedes exactly what this read saw (module documentation).
+    /// or delete that carries it supersedes exactly what this read saw (module documentation);
+    /// the node drops the named events another one has in its causal past before it signs
+    /// (`Node::reduce_seen`).
     pub fn context(&self) -> Vec<EventId> {
         let mut events: Vec<EventId> = self.siblings.iter().map(|sibling| sibling.event_id).collect();
         events.sort_unstable();
@@ -204,8 +206,29 @@ impl RegisterRead {
     }
 }
 
+/// The events of `ops` that no other of them has in its causal past, sorted and unique: a
+/// causal context with the seen clock of all of them (an event in the causal past of another
+/// adds nothing to the join of their clocks), at most one event per author that has not
+/// forked, so never more than the authors.
+fn reduced_context<'a>(ops: impl Iterator<Item = &'a OpMeta>) -> Vec<EventId> {
+    let mut events: Vec<&EventMeta> = ops.map(|op| &*op.event).collect();
+    events.sort_unstable_by_key(|event| event.id);
+    events.dedup_by_key(|event| event.id);
+    let in_past_of_another = |event: &EventMeta| {
+        events.iter().any(|other| {
+            other.id != event.id && other.clock.get(event.author).is_some_and(|&seq| seq >= event.seq)
+        })
+    };
+    events.iter().filter(|event| !in_past_of_another(event)).map(|event| event.id).collect()
+}
+
 /// The first byte of a causal context as clients hold it ([`encode_context`]).
 pub const CONTEXT_VERSION: u8 = 1;
+
+/// Most events a client's causal context may name: a read of a register with that many
+/// siblings. The node keeps of them only those no other has in its causal past (at most one per
+/// author that has not forked) before it signs, within `crate::limits::SEEN_EVENTS_MAX`.
+pub const CONTEXT_EVENTS_MAX: usize = 1024;
 
 /// A causal context as clients hold it, opaque to them: [`CONTEXT_VERSION`] then the named
 /// events' ids, 32 bytes each, strictly ascending.
@@ -231,8 +254,8 @@ pub enum ContextError {
     /// The ids are not strictly ascending.
     #[error("a causal context's ids must be strictly ascending")]
     Order,
-    /// More ids than one op may name.
-    #[error("a causal context names {0} events, over the limit of {max}", max = crate::limits::SEEN_EVENTS_MAX)]
+    /// More ids than [`CONTEXT_EVENTS_MAX`].
+    #[error("a causal context names {0} events, over the limit of {CONTEXT_EVENTS_MAX}")]
     TooMany(usize),
 }
 
@@ -245,7 +268,7 @@ pub fn decode_context(bytes: &[u8]) -> Result<Vec<EventId>, ContextError> {
         return Err(ContextError::Length(ids.len() % 32));
     }
     let n = ids.len() / 32;
-    if n > crate::limits::SEEN_EVENTS_MAX {
+    if n > CONTEXT_EVENTS_MAX {
         return Err(ContextError::TooMany(n));
     }
     let events: Vec<EventId> = ids
@@ -734,8 +757,8 @@ impl Document {
     }
 
     /// The members of the set `key` with their causal contexts: for each member, the events of
-    /// its live adds, sorted and unique. A remove that carries an element's context takes out
-    /// exactly the adds this read saw, so a concurrent add stays.
+    /// its live adds, less those in the causal past of another. A remove that carries an
+    /// element's context takes out exactly the adds this read saw, so a concurrent add stays.
     pub fn set_member_contexts(&self, key: &[u8]) -> Vec<(Vec<u8>, Vec<EventId>)> {
         let Some(state) = self.sets.get(key) else {
             return Vec::new();
@@ -745,15 +768,8 @@ impl Document {
             .iter()
             .filter(|(_, element)| element.is_member())
             .map(|(element, element_state)| {
-                let mut events: Vec<EventId> = element_state
-                    .frontier
-                    .iter()
-                    .filter(|entry| entry.is_add)
-                    .map(|entry| entry.op.event.id)
-                    .collect();
-                events.sort_unstable();
-                events.dedup();
-                (element.clone(), events)
+                let adds = element_state.frontier.iter().filter(|entry| entry.is_add).map(|entry| &entry.op);
+                (element.clone(), reduced_context(adds))
             })
             .collect()
     }

@@ -511,8 +511,15 @@ fn client_contexts_round_trip_and_refuse_what_is_not_one() {
     assert_eq!(decode_context(&bytes[..40]), Err(ContextError::Length(7)));
     assert_eq!(decode_context(&encode_context(&[ids[1], ids[0]])), Err(ContextError::Order));
     assert_eq!(decode_context(&encode_context(&[ids[0], ids[0]])), Err(ContextError::Order));
-    let many: Vec<EventId> = (0..=crate::limits::SEEN_EVENTS_MAX as u8).map(|b| EventId([b; 32])).collect();
+    let many: Vec<EventId> = (0..=CONTEXT_EVENTS_MAX as u32)
+        .map(|n| {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            EventId(id)
+        })
+        .collect();
     assert_eq!(decode_context(&encode_context(&many)), Err(ContextError::TooMany(many.len())));
+    assert_eq!(decode_context(&encode_context(&many[1..])).map(|ids| ids.len()), Ok(CONTEXT_EVENTS_MAX));
 }
 
 // ---- counters -------------------------------------------------------------------------

@@ -502,7 +502,11 @@ impl Node {
         for sibling in read.siblings.iter_mut().filter(|sibling| !sibling.value_held) {
             let value = self.adapter.archive().event(&sibling.event_id).and_then(|stored| {
                 match stored.event()?.ops.into_iter().nth(sibling.op_idx as usize)? {
-                    Op::Put { key: op_key, value } if op_key == key => Some(value),
+                    Op::Put { key: op_key, value } | Op::PutSeen { key: op_key, value, .. }
+                        if op_key == key =>
+                    {
+                        Some(value)
+                    }
                     _ => None,
                 }
             });

@@ -5,8 +5,10 @@ use cairn_crypto::keys::SIGNATURE_BYTES;
 use cairn_crypto::{PublicKey, SecretKey};
 
 use super::*;
+use crate::archive::EventMeta;
 use crate::event::Seen;
 use crate::limits::SEEN_EVENTS_MAX;
+use crate::validate::{context_clash, op_target};
 
 /// Why a local write failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -52,9 +54,10 @@ pub enum WriteError {
     UnknownSeen(EventId),
 }
 
-/// How many events the causal contexts of `ops` name, counting repeats.
+/// How many distinct events the causal contexts of `ops` name: each becomes a dep once.
 fn n_named(ops: &[Op]) -> usize {
-    ops.iter().filter_map(Op::seen).map(|seen| seen.events.len()).sum()
+    let named: BTreeSet<&EventId> = ops.iter().filter_map(Op::seen).flat_map(|seen| &seen.events).collect();
+    named.len()
 }
 
 /// A membership op to sign (`docs/PROTOCOL.md` §17), for [`Node::prepare_membership`]: the node
@@ -182,7 +185,7 @@ impl Node {
                 return invalid();
             }
         }
-        if n_named(ops) > SEEN_EVENTS_MAX {
+        if n_named(ops) > SEEN_EVENTS_MAX || context_clash(ops).is_some() {
             return invalid();
         }
         if HEADER_BYTES_MAX + codec::encode_ops(ops).len() + SIGNATURE_BYTES > EVENT_BYTES_MAX {
@@ -206,22 +209,43 @@ impl Node {
         let mut groups = Vec::new();
         let (mut n, mut ops, mut bytes) = (0usize, 0usize, 0usize);
         let mut named = 0usize;
+        // The register keys and set elements the group's ops write, and those of them an op
+        // with a causal context writes: such an op shares its event with no other op on its key
+        // (rule 7), so a write that would meet one starts a new event.
+        let mut targets = BTreeSet::new();
+        let mut context_targets = BTreeSet::new();
         for write in writes {
             // A named event becomes a dep, which the header's bound on bytes already counts.
             let write_bytes = codec::encode_ops(write).len() - prefix;
             let write_named = n_named(write);
+            let clashes = write.iter().any(|op| {
+                op_target(op).is_some_and(|target| {
+                    context_targets.contains(&target) || (op.seen().is_some() && targets.contains(&target))
+                })
+            });
             if n > 0
                 && (ops + write.len() > OPS_MAX
                     || bytes + write_bytes > bytes_max
-                    || named + write_named > SEEN_EVENTS_MAX)
+                    || named + write_named > SEEN_EVENTS_MAX
+                    || clashes)
             {
                 groups.push(n);
                 (n, ops, bytes, named) = (0, 0, 0, 0);
+                targets.clear();
+                context_targets.clear();
             }
             n += 1;
             ops += write.len();
             bytes += write_bytes;
             named += write_named;
+            for op in write {
+                if let Some(target) = op_target(op) {
+                    if op.seen().is_some() {
+                        context_targets.insert(target);
+                    }
+                    targets.insert(target);
+                }
+            }
         }
         if n > 0 {
             groups.push(n);
@@ -237,6 +261,31 @@ impl Node {
         match named.into_iter().find(|id| !self.adapter.is_accepted(id)) {
             Some(id) => Err(WriteError::UnknownSeen(*id)),
             None => Ok(()),
+        }
+    }
+
+    /// Drops from the causal contexts of `ops` (which `check_seen` accepted) every named event
+    /// that another named event of the same op has in its causal past: the seen clock stays the
+    /// same (a clock is at least those of its causal past), and what is left is at most one event
+    /// per author that has not forked. A read of a register with many siblings gives a context
+    /// that fits [`SEEN_EVENTS_MAX`] this way.
+    pub fn reduce_seen(&self, ops: &mut [Op]) {
+        for op in ops.iter_mut() {
+            let (Op::PutSeen { seen, .. }
+            | Op::DelSeen { seen, .. }
+            | Op::AddSeen { seen, .. }
+            | Op::RemoveSeen { seen, .. }) = op
+            else {
+                continue;
+            };
+            let metas: Vec<(EventId, EventMeta)> =
+                seen.events.iter().filter_map(|id| self.adapter.meta(id).map(|meta| (*id, meta))).collect();
+            seen.events.retain(|id| {
+                let Some((_, meta)) = metas.iter().find(|(named, _)| named == id) else { return true };
+                !metas.iter().any(|(other, other_meta)| {
+                    other != id && other_meta.clock.get(meta.author).is_some_and(|&seq| seq >= meta.seq)
+                })
+            });
         }
     }
 

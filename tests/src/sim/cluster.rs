@@ -966,13 +966,15 @@ impl Cluster {
             }
             return;
         }
-        if let Err(error) = Node::check_ops(&ops) {
-            self.violations.push(format!("the simulator made invalid ops: {error}"));
-            return;
-        }
-        // A context read on this node names only events it accepted, which it keeps.
+        // A context read on this node names only events it accepted, which it keeps; then, as
+        // the driver does, the context is reduced before the ops' limits are checked.
         if let Err(error) = self.nodes[i].node.check_seen(&ops) {
             self.violations.push(format!("a context read on node {i} names an event it lacks: {error}"));
+            return;
+        }
+        self.nodes[i].node.reduce_seen(&mut ops);
+        if let Err(error) = Node::check_ops(&ops) {
+            self.violations.push(format!("the simulator made invalid ops: {error}"));
             return;
         }
         let me = self.publics[i];
