@@ -47,6 +47,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use axum::extract::{Request, State};
@@ -55,9 +56,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::config::ConsoleConfig;
 use crate::json;
@@ -250,6 +255,27 @@ fn allowed_hosts(address: SocketAddr, extra: &[String]) -> Vec<String> {
     hosts
 }
 
+/// The most console connections served at once. An operator's browser opens six per host at
+/// most (HTTP/1.1); the rest of the room is for a few tabs and `curl`. A connection beyond it
+/// waits in the kernel's listen backlog until one closes, so a client that opens many cannot
+/// make the node spawn without bound.
+pub const CONSOLE_CONNECTIONS_MAX: usize = 32;
+/// The most watch streams (`/v1/watch`) open on the console at once: each holds a connection
+/// for as long as the page shows the document, so they may not take every connection. One
+/// more is refused with 503 `busy`.
+pub const CONSOLE_WATCH_STREAMS_MAX: usize = 8;
+const _: () = assert!(CONSOLE_WATCH_STREAMS_MAX < CONSOLE_CONNECTIONS_MAX);
+/// How long a console connection may take to send a request's head (the request line and
+/// headers); then it is closed. Without it, a connection that sends half a request holds its
+/// place, and the shutdown, for ever.
+pub const CONSOLE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the console waits, once shutdown has started, for its connections to finish the
+/// requests in flight (watch streams end with shutdown); then it closes the rest.
+pub const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the console waits after an accept error (such as running out of file
+/// descriptors) before it accepts again, so that it does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 impl Console {
     /// The address the console listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -257,16 +283,73 @@ impl Console {
     }
 
     /// Serves the console until `shutdown` becomes true, then lets the requests in flight
-    /// finish (the watch streams end with shutdown).
+    /// finish for up to [`CONSOLE_DRAIN_TIMEOUT`] (the watch streams end with shutdown) and
+    /// closes the connections still open.
+    ///
+    /// Each connection is served by hyper's HTTP/1.1 server with a
+    /// [`CONSOLE_HEADER_READ_TIMEOUT`], at most [`CONSOLE_CONNECTIONS_MAX`] at once. (Not
+    /// `axum::serve`: it sets no header read timeout, so a connection that sent half a
+    /// request kept its graceful shutdown waiting for ever.)
     pub async fn serve(self, handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
         let app = router(self.guard, handle, shutdown.clone());
-        let mut stop = shutdown;
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await
+        let slots = Arc::new(Semaphore::new(CONSOLE_CONNECTIONS_MAX));
+        let mut connections = JoinSet::new();
+        let mut stop = shutdown.clone();
+        loop {
+            let slot = tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            };
+            let stream = tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "the console cannot accept a connection");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+            };
+            while connections.try_join_next().is_some() {}
+            let service = TowerToHyperService::new(app.clone());
+            let mut connection_stop = shutdown.clone();
+            connections.spawn(async move {
+                let _slot = slot;
+                let mut builder = http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(CONSOLE_HEADER_READ_TIMEOUT);
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    () = stopped(&mut connection_stop) => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
+        }
+        drop(self.listener);
+        let drained =
+            tokio::time::timeout(CONSOLE_DRAIN_TIMEOUT, async { while connections.join_next().await.is_some() {} })
+                .await;
+        if drained.is_err() {
+            tracing::warn!(
+                connections = connections.len(),
+                "console connections still open {CONSOLE_DRAIN_TIMEOUT:?} after shutdown began; closing them"
+            );
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+        }
+        Ok(())
     }
+}
+
+/// Resolves once shutdown has started: the flag is true, or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// The console's routes: its files, the session, and the API, all behind the guard.

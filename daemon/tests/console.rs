@@ -392,6 +392,52 @@ fn the_page_is_strict_and_self_contained() {
     );
 }
 
+// ---- connections ----------------------------------------------------------------------------
+
+/// Opens a connection and sends the first line of a request, and no more.
+fn half_request(address: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
+    stream.set_read_timeout(Some(EXCHANGE_TIMEOUT)).expect("a read timeout");
+    stream.write_all(b"GET / HTTP/1.1\r\n").expect("send half a request");
+    stream
+}
+
+#[test]
+fn a_half_sent_request_does_not_hold_the_shutdown() {
+    let mut c = Console::start(1);
+    let half = half_request(c.address);
+    // A whole request on a later connection is answered: the half one was accepted before it.
+    assert_eq!(c.request("GET", "/", &[], "").status, 200);
+    // SIGTERM: the node exits with status 0 within the stop deadline, the half request
+    // notwithstanding.
+    c.cluster.stop(0);
+    drop(half);
+}
+
+#[test]
+fn connections_beyond_the_cap_wait_and_half_requests_time_out() {
+    let c = Console::start(1);
+    let started = Instant::now();
+    let mut halves: Vec<TcpStream> =
+        (0..cairn_daemon::console::CONSOLE_CONNECTIONS_MAX).map(|_| half_request(c.address)).collect();
+    // One connection more waits in the backlog until a slot frees: the half requests hold
+    // every slot until their header read timeout closes them.
+    let answer = c.request("GET", "/", &[], "");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let waited = started.elapsed();
+    assert!(
+        waited >= cairn_daemon::console::CONSOLE_HEADER_READ_TIMEOUT,
+        "a connection beyond the cap was served after {waited:?}, before any half request timed out"
+    );
+    // Every half request was closed by the console (perhaps with a 408), not left open.
+    for (i, half) in halves.iter_mut().enumerate() {
+        let mut rest = Vec::new();
+        let read = half.read_to_end(&mut rest);
+        assert!(read.is_ok(), "half request {i} was not closed: {read:?}");
+        assert!(rest.is_empty() || rest.starts_with(b"HTTP/1.1 408"), "half request {i}: {rest:?}");
+    }
+}
+
 // ---- the browser ----------------------------------------------------------------------------
 
 /// Where the screenshots go: `console-screenshots/` in the target directory.
