@@ -327,6 +327,9 @@ fn a_foreign_host_is_refused_421() {
     }
 }
 
+/// A request refused: what it is, the refusal's code, and its headers.
+type Refused<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>);
+
 #[test]
 fn a_write_without_the_csrf_token_or_from_another_origin_or_site_is_refused_403() {
     let c = Console::start(1);
@@ -339,7 +342,7 @@ fn a_write_without_the_csrf_token_or_from_another_origin_or_site_is_refused_403(
     let https_origin = format!("https://{}", c.address);
     let bearer = ("Authorization", auth.as_str());
     let with_csrf = ("X-Cairn-CSRF", csrf.as_str());
-    let refused: [(&str, &str, Vec<(&str, &str)>); 9] = [
+    let refused: [Refused<'_>; 9] = [
         ("a bearer, no CSRF header", "csrf", vec![bearer, json]),
         ("a wrong CSRF header", "csrf", vec![bearer, json, ("X-Cairn-CSRF", wrong_csrf.as_str())]),
         ("the token as the CSRF header", "csrf", vec![bearer, json, ("X-Cairn-CSRF", c.token.as_str())]),
