@@ -29,7 +29,7 @@
 //! | `POST /v1/batch` | `{"ops": [...]}`: several ops in one event, atomically (put, del, add and remove take an optional `context`) |
 //! | `GET /v1/events?author=&after=&limit=` | accepted events, one page |
 //! | `GET /v1/events/{id}` | one event, with its ops and its canonical bytes (`encoded_hex`) |
-//! | `GET /v1/events/{id}/verify` | every validity rule's verdict on that event's bytes, checked again now (the report of `cairnctl --json inspect event`): membership against the keys this node indexes, seq and lamport against the deps it holds |
+//! | `GET /v1/events/{id}/verify` | every validity rule's verdict on that event's bytes, checked again now (the report of `cairnctl --json inspect event`): membership against this node's live roster (rules V2 to V5 of membership ops are not checked again; the check says so), seq and lamport against the deps it holds |
 //! | `GET /v1/evidence` | equivocation evidence, with its canonical bytes, and double approvals (the two voting events of each) |
 //! | `GET /v1/metrics` | OpenMetrics text |
 //! | `GET /v1/backup` | a consistent copy of the store, streamed (`application/octet-stream`, format in [`crate::backup`]); 409 while another is being taken (unless it sent nothing for a minute) |
@@ -1296,8 +1296,10 @@ async fn event(
 }
 
 /// Every validity rule checked again on an accepted event's canonical bytes, as `cairnctl
-/// inspect event` checks a file, and more: membership is decided against the keys this node
-/// indexes, and seq and lamport against the deps it holds (at most `DEPS_MAX` reads).
+/// inspect event` checks a file, and more: membership is decided against this node's live
+/// roster (the keys on the chains of the seats ever in force; the membership ops an event
+/// carries, rules V2 to V5, are not checked again, and the check says so), and seq and
+/// lamport against the deps it holds (at most `DEPS_MAX` reads).
 async fn verify_event(
     State(st): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -1312,14 +1314,19 @@ async fn verify_event(
     };
     let bytes = rebuilt_event(&info)?.encode();
     let mut diagnosis = cairn_protocol::diagnose(&bytes, None);
-    let members = st.members().await?;
-    if members.iter().any(|m| m.key == info.author) {
+    // Membership is judged against the node's live roster (asked now, not cached: adds,
+    // replacements and rotations change it): the keys on the chain of a seat ever in force.
+    let membership = st.handle.membership().await?;
+    let seats = membership.resolution.seats_of(&info.author);
+    if !seats.is_empty() {
         for (rule, verdict) in &mut diagnosis.verdicts {
             if *rule == EventRule::Membership {
                 *verdict = Verdict::Pass;
             }
         }
     }
+    let carries_membership =
+        diagnosis.decoded.as_ref().is_some_and(|event| event.ops.iter().any(Op::is_membership));
     let mut deps = Vec::with_capacity(info.deps.len());
     for dep in &info.deps {
         match st.handle.event(*dep).await? {
@@ -1330,7 +1337,11 @@ async fn verify_event(
     }
     diagnosis.decide_causal(&deps);
     let outcome = diagnosis.outcome();
-    let checks = diagnosis.verdicts.iter().map(|(rule, verdict)| inspect_check(*rule, verdict)).collect();
+    let mut checks: Vec<json::InspectCheck> =
+        diagnosis.verdicts.iter().map(|(rule, verdict)| inspect_check(*rule, verdict)).collect();
+    for check in checks.iter_mut().filter(|c| c.name == EventRule::Membership.name()) {
+        check.detail = roster_detail(seats.len(), carries_membership, check.ok);
+    }
     let decoded = diagnosis.decoded.as_ref().map(|event| {
         let header = &event.header;
         json::InspectedEvent {
@@ -1360,6 +1371,26 @@ async fn verify_event(
         .to_owned(),
         valid: outcome == Outcome::Valid,
     }))
+}
+
+/// The words of the membership check of `GET /v1/events/{id}/verify`: what was judged
+/// against what, and what was not (`ok`: the check's verdict).
+fn roster_detail(n_seats: usize, carries_membership: bool, ok: Option<bool>) -> String {
+    let mut detail = match ok {
+        Some(true) => format!(
+            "the author is a key of this node's roster (on the key chain of {} ever in force)",
+            if n_seats == 1 { "a seat".to_owned() } else { format!("{n_seats} seats") }
+        ),
+        _ => "the author is not a key of this node's roster (no seat ever in force has it on its key chain)"
+            .to_owned(),
+    };
+    if carries_membership {
+        detail.push_str(
+            "; its membership ops are not checked again by this page: rules V2 to V5 (docs/PROTOCOL.md §17) were \
+             judged when this node accepted the event",
+        );
+    }
+    detail
 }
 
 async fn evidence(State(st): State<AppState>) -> Result<Json<json::EvidenceList>, ApiError> {

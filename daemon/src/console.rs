@@ -8,23 +8,31 @@
 //! Every request, in this order (each refusal is a JSON error, as the API's are):
 //!
 //! 1. A `Host` header (or an absolute request target) that is not one of the configured names
-//!    (the listen address, `localhost:PORT`, `127.0.0.1:PORT`, `[::1]:PORT`, `[console] hosts`):
-//!    421 `misdirected`. A page of another site whose name was made to resolve to 127.0.0.1
-//!    (DNS rebinding) sends its own name, so it is refused before anything else.
+//!    (the listen address, `localhost:PORT`, `127.0.0.1:PORT`, `[::1]:PORT`, `[console] hosts`;
+//!    compared whole, so `localhost.:PORT` is another name): 421 `misdirected`. A page of
+//!    another site whose name was made to resolve to 127.0.0.1 (DNS rebinding) sends its own
+//!    name, so it is refused before anything else. The answer does not list the names.
 //! 2. An `Origin` header that is not `http://` and one of those names: 403 `cross_origin`.
-//! 3. No valid token: 401 `unauthorized`. The token is [`TOKEN_BYTES`] random bytes, made at
-//!    the first start with a console and kept in hex in `<data_dir>/console.token` (mode 0600;
-//!    delete it and restart to change it). It comes as `Authorization: Bearer <hex>` or as the
-//!    cookie [`SESSION_COOKIE`]; it is compared in constant time. Only the page's own files
-//!    (`/`, `/app.js`, `/app.css`, `/favicon.svg`, the same bytes in every `cairnd` and free of
-//!    any data) and `/v1/health`, `/v1/health/live` (for monitors, `docs/DESIGN.md`) answer
-//!    without it.
-//! 4. A method other than GET and HEAD without the header [`CSRF_HEADER`] holding this
+//! 3. A `Sec-Fetch-Site` header other than `same-origin` or `none` (the browser says the
+//!    request comes from another site or another port): 403 `cross_site`.
+//! 4. No valid token: 401 `unauthorized`. The token is [`TOKEN_BYTES`] random bytes, made at
+//!    the first start with a console and kept in hex in `<data_dir>/console.token` (mode 0600,
+//!    owned by the daemon's user; delete it and restart to change it). It comes only as
+//!    `Authorization: Bearer <hex>`, compared in constant time. There is no cookie: a cookie
+//!    for `127.0.0.1` is sent to every port of that host (RFC 6265 §8.5), so it would give the
+//!    token to any other local listener the browser visits, another node's console among them.
+//!    Only the page's own files (`/`, `/app.js`, `/app.css`, `/favicon.svg`, for GET and HEAD:
+//!    the same bytes in every `cairnd` and free of any data) answer without it; health too
+//!    needs it here (monitors ask the Unix socket, or `cairnctl health`).
+//! 5. A method other than GET and HEAD without the header [`CSRF_HEADER`] holding this
 //!    console's CSRF token: 403 `csrf`. That token is derived from the secret token (an HMAC),
-//!    and the page learns it only from an authenticated, same-origin answer, which no other
-//!    site can read. The one exception is `POST /console/session`, which needs the token in
-//!    `Authorization` itself.
-//! 5. `/v1/backup` (the whole store) is not served here: 404.
+//!    and the page learns it from `GET /console/session`, under the bearer. With no ambient
+//!    credential a cross-site request carries no token anyway; the CSRF header is defence in
+//!    depth, for the day something in front of the console (a proxy that adds the bearer)
+//!    makes a credential ambient again.
+//! 6. `/v1/backup` (the whole store) is not served here, however its path is spelt (`//`,
+//!    percent escapes): 404.
+//! 7. A watch stream beyond [`CONSOLE_WATCH_STREAMS_MAX`] open at once: 503 `busy`.
 //!
 //! The route that reveals the token, `GET /v1/console`, exists only on the Unix socket
 //! ([`socket_router`]): `cairnctl console-url` asks it.
@@ -33,31 +41,42 @@
 //! style, nothing from elsewhere, no framing), `X-Content-Type-Options: nosniff`,
 //! `Referrer-Policy: no-referrer` and `Cache-Control: no-store`.
 //!
+//! Connections are served with a [`CONSOLE_HEADER_READ_TIMEOUT`], at most
+//! [`CONSOLE_CONNECTIONS_MAX`] at once, and drained for at most [`CONSOLE_DRAIN_TIMEOUT`] at
+//! shutdown (see [`Console::serve`]).
+//!
 //! # How the page gets in
 //!
 //! `cairnctl console-url` prints `http://127.0.0.1:PORT/#token=<hex>`. A URL fragment is never
 //! sent to a server, so the token lands in no log and no `Referer`. The page's script reads it,
-//! removes it from the address bar, and trades it in `POST /console/session` (the token as
-//! `Authorization: Bearer`) for the cookie [`SESSION_COOKIE`] (`HttpOnly`, `SameSite=Strict`:
-//! scripts cannot read it and other sites' requests do not carry it) and the CSRF token. The
-//! cookie is what authenticates the watch stream: `EventSource` cannot send headers, and a
-//! token in its query string would land in logs. The cookie lasts until the browser closes.
+//! removes it from the address bar, and keeps it in memory and in `sessionStorage` (which is
+//! per origin, so per port, and per tab: a reload keeps it, closing the tab forgets it). It
+//! sends it as `Authorization: Bearer` on every request, the watch stream included (read with
+//! `fetch`, not `EventSource`, which cannot send headers).
 
+use std::io::Read as _;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
+use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use futures_util::StreamExt as _;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tokio::task::JoinSet;
 
 use crate::config::ConsoleConfig;
 use crate::json;
@@ -67,14 +86,15 @@ use crate::service::ServiceHandle;
 pub const TOKEN_BYTES: usize = 32;
 /// The token's file name, in the data directory.
 pub const TOKEN_FILE: &str = "console.token";
-/// The cookie the page's session is kept in.
-pub const SESSION_COOKIE: &str = "cairn_console";
+/// The most bytes read of the token file: the token in hex, a line end, and room for
+/// whitespace an editor may add.
+const TOKEN_FILE_BYTES_MAX: u64 = 4 * TOKEN_BYTES as u64;
 /// The header that must carry the CSRF token on every request that may change state.
 pub const CSRF_HEADER: &str = "x-cairn-csrf";
 /// The Content-Security-Policy of every console answer.
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src \
-                                           'self' data:; connect-src 'self'; base-uri 'none'; form-action \
-                                           'self'; frame-ancestors 'none'";
+                                           'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; \
+                                           frame-ancestors 'none'";
 /// What the HMAC of the CSRF token signs: a fixed label, so the CSRF token is not the token.
 const CSRF_LABEL: &[u8] = b"cairn/console/csrf/v1";
 
@@ -88,15 +108,15 @@ pub struct Token([u8; TOKEN_BYTES]);
 
 impl Token {
     /// Reads the token from `path`, or makes one and writes it there (mode 0600) if the file
-    /// does not exist. A file that others may read, or that holds anything but the token, is
-    /// refused with what to do.
+    /// does not exist. A file that others may read, that another user owns, or that holds
+    /// anything but the token, is refused with what to do.
     pub fn load_or_create(path: &Path) -> anyhow::Result<Self> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => {
-                let mode = std::fs::metadata(path)
-                    .with_context(|| format!("cannot inspect {}", path.display()))?
-                    .permissions()
-                    .mode();
+        match std::fs::File::open(path) {
+            Ok(mut file) => {
+                // The mode and owner of the file opened, not of whatever the path names later.
+                let metadata =
+                    file.metadata().with_context(|| format!("cannot inspect {}", path.display()))?;
+                let mode = metadata.permissions().mode();
                 if mode & 0o077 != 0 {
                     bail!(
                         "the console token file {} may be read by others (mode {:o}); run `chmod 600` on it",
@@ -104,6 +124,20 @@ impl Token {
                         mode & 0o777
                     );
                 }
+                let uid = nix::unistd::geteuid().as_raw();
+                if metadata.uid() != uid {
+                    bail!(
+                        "the console token file {} belongs to user {}, not to cairnd's user {uid}; delete it and \
+                         restart, and a new one is made",
+                        path.display(),
+                        metadata.uid()
+                    );
+                }
+                let mut text = String::new();
+                (&mut file)
+                    .take(TOKEN_FILE_BYTES_MAX)
+                    .read_to_string(&mut text)
+                    .with_context(|| format!("cannot read the console token file {}", path.display()))?;
                 Self::parse(text.trim()).with_context(|| {
                     format!(
                         "the console token file {} does not hold a token ({} hex digits); delete it and \
@@ -113,26 +147,47 @@ impl Token {
                     )
                 })
             }
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                let mut bytes = [0u8; TOKEN_BYTES];
-                ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-                    .map_err(|_| anyhow::anyhow!("the system gave no randomness for the console token"))?;
-                let token = Self(bytes);
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                    .with_context(|| format!("cannot create the console token file {}", path.display()))?;
-                std::io::Write::write_all(&mut file, format!("{}\n", token.hex()).as_bytes())
-                    .and_then(|()| file.sync_all())
-                    .with_context(|| format!("cannot write the console token file {}", path.display()))?;
-                Ok(token)
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Self::create(path),
             Err(error) => {
                 Err(error).with_context(|| format!("cannot read the console token file {}", path.display()))
             }
         }
+    }
+
+    /// Makes a token and writes it to `path` whole or not at all: to a temporary file of mode
+    /// 0600 beside it, synced, then renamed, so that a crash never leaves a short token file.
+    fn create(path: &Path) -> anyhow::Result<Self> {
+        let mut bytes = [0u8; TOKEN_BYTES];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+            .map_err(|_| anyhow::anyhow!("the system gave no randomness for the console token"))?;
+        let token = Self(bytes);
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".new");
+        let temporary = PathBuf::from(temporary);
+        // A leftover of a start that crashed before its rename holds no token anyone uses.
+        match std::fs::remove_file(&temporary) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                return Err(error).with_context(|| format!("cannot remove {}", temporary.display()));
+            }
+            _ => {}
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .with_context(|| format!("cannot create the console token file {}", temporary.display()))?;
+        std::io::Write::write_all(&mut file, format!("{}\n", token.hex()).as_bytes())
+            .and_then(|()| file.sync_all())
+            .with_context(|| format!("cannot write the console token file {}", temporary.display()))?;
+        std::fs::rename(&temporary, path)
+            .with_context(|| format!("cannot rename {} to {}", temporary.display(), path.display()))?;
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|dir| dir.sync_all())
+                .with_context(|| format!("cannot sync the directory {}", dir.display()))?;
+        }
+        Ok(token)
     }
 
     fn parse(text: &str) -> anyhow::Result<Self> {
@@ -178,7 +233,7 @@ pub struct ConsoleUrl {
     pub token_file: String,
 }
 
-/// What `/console/session` answers: the CSRF token the page sends with each write.
+/// What `GET /console/session` answers: the CSRF token the page sends with each write.
 #[derive(Clone, Debug, Serialize)]
 struct Session {
     csrf: String,
@@ -192,13 +247,16 @@ pub struct Console {
     pub url: ConsoleUrl,
 }
 
-/// The guard's knowledge: the token and the names this console answers to.
+/// The guard's knowledge: the token, the names this console answers to, and the watch
+/// streams' slots.
 #[derive(Clone)]
 struct Guard {
     token: Arc<Token>,
     csrf: Arc<str>,
     /// Allowed `Host` values, lowercase.
     hosts: Arc<[String]>,
+    /// One permit per watch stream that may be open ([`CONSOLE_WATCH_STREAMS_MAX`]).
+    watch_streams: Arc<Semaphore>,
 }
 
 /// Binds the console's listener and loads (or makes) its token in `data_dir`. Must be called
@@ -217,7 +275,20 @@ pub async fn bind(config: &ConsoleConfig, data_dir: &Path) -> anyhow::Result<Con
         token_file: token_file.display().to_string(),
     };
     let csrf: Arc<str> = Arc::from(token.csrf());
-    Ok(Console { listener, guard: Guard { token: Arc::new(token), csrf, hosts: hosts.into() }, url })
+    if !address.ip().is_loopback() {
+        tracing::warn!(
+            listen = %address,
+            "the web console listens on an address that is not loopback (allow_non_loopback): it speaks plain \
+             HTTP, so its token crosses the network in clear"
+        );
+    }
+    let guard = Guard {
+        token: Arc::new(token),
+        csrf,
+        hosts: hosts.into(),
+        watch_streams: Arc::new(Semaphore::new(CONSOLE_WATCH_STREAMS_MAX)),
+    };
+    Ok(Console { listener, guard, url })
 }
 
 /// The `host:port` a browser on this host reaches `address` at: a wildcard address is
@@ -250,6 +321,27 @@ fn allowed_hosts(address: SocketAddr, extra: &[String]) -> Vec<String> {
     hosts
 }
 
+/// The most console connections served at once. An operator's browser opens six per host at
+/// most (HTTP/1.1); the rest of the room is for a few tabs and `curl`. A connection beyond it
+/// waits in the kernel's listen backlog until one closes, so a client that opens many cannot
+/// make the node spawn without bound.
+pub const CONSOLE_CONNECTIONS_MAX: usize = 32;
+/// The most watch streams (`/v1/watch`) open on the console at once: each holds a connection
+/// for as long as the page shows the document, so they may not take every connection. One
+/// more is refused with 503 `busy`.
+pub const CONSOLE_WATCH_STREAMS_MAX: usize = 8;
+const _: () = assert!(CONSOLE_WATCH_STREAMS_MAX < CONSOLE_CONNECTIONS_MAX);
+/// How long a console connection may take to send a request's head (the request line and
+/// headers); then it is closed. Without it, a connection that sends half a request holds its
+/// place, and the shutdown, for ever.
+pub const CONSOLE_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the console waits, once shutdown has started, for its connections to finish the
+/// requests in flight (watch streams end with shutdown); then it closes the rest.
+pub const CONSOLE_DRAIN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the console waits after an accept error (such as running out of file
+/// descriptors) before it accepts again, so that it does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 impl Console {
     /// The address the console listens on.
     pub fn local_addr(&self) -> Option<SocketAddr> {
@@ -257,16 +349,74 @@ impl Console {
     }
 
     /// Serves the console until `shutdown` becomes true, then lets the requests in flight
-    /// finish (the watch streams end with shutdown).
+    /// finish for up to [`CONSOLE_DRAIN_TIMEOUT`] (the watch streams end with shutdown) and
+    /// closes the connections still open.
+    ///
+    /// Each connection is served by hyper's HTTP/1.1 server with a
+    /// [`CONSOLE_HEADER_READ_TIMEOUT`], at most [`CONSOLE_CONNECTIONS_MAX`] at once. (Not
+    /// `axum::serve`: it sets no header read timeout, so a connection that sent half a
+    /// request kept its graceful shutdown waiting for ever.)
     pub async fn serve(self, handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
         let app = router(self.guard, handle, shutdown.clone());
-        let mut stop = shutdown;
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stop| *stop).await;
-            })
-            .await
+        let slots = Arc::new(Semaphore::new(CONSOLE_CONNECTIONS_MAX));
+        let mut connections = JoinSet::new();
+        let mut stop = shutdown.clone();
+        loop {
+            let slot = tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            };
+            let stream = tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "the console cannot accept a connection");
+                        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                        continue;
+                    }
+                },
+            };
+            while connections.try_join_next().is_some() {}
+            let service = TowerToHyperService::new(app.clone());
+            let mut connection_stop = shutdown.clone();
+            connections.spawn(async move {
+                let _slot = slot;
+                let mut builder = http1::Builder::new();
+                builder.timer(TokioTimer::new()).header_read_timeout(CONSOLE_HEADER_READ_TIMEOUT);
+                let connection = builder.serve_connection(TokioIo::new(stream), service);
+                let mut connection = std::pin::pin!(connection);
+                tokio::select! {
+                    _ = connection.as_mut() => {}
+                    () = stopped(&mut connection_stop) => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
+                }
+            });
+        }
+        drop(self.listener);
+        let drained = tokio::time::timeout(CONSOLE_DRAIN_TIMEOUT, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                connections = connections.len(),
+                "console connections still open {CONSOLE_DRAIN_TIMEOUT:?} after shutdown began; closing them"
+            );
+            connections.abort_all();
+            while connections.join_next().await.is_some() {}
+        }
+        Ok(())
     }
+}
+
+/// Resolves once shutdown has started: the flag is true, or its sender is gone.
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// The console's routes: its files, the session, and the API, all behind the guard.
@@ -276,7 +426,7 @@ fn router(guard: Guard, handle: ServiceHandle, shutdown: watch::Receiver<bool>) 
         .route("/app.js", get(|| async { file("text/javascript; charset=utf-8", APP_JS) }))
         .route("/app.css", get(|| async { file("text/css; charset=utf-8", APP_CSS) }))
         .route("/favicon.svg", get(|| async { file("image/svg+xml", FAVICON_SVG) }))
-        .route("/console/session", get(session).post(open_session))
+        .route("/console/session", get(session))
         .with_state(guard.clone());
     files.merge(crate::api::router(handle, shutdown)).layer(middleware::from_fn_with_state(guard, check))
 }
@@ -285,21 +435,10 @@ fn file(content_type: &'static str, body: &'static str) -> Response {
     ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
-/// `GET /console/session`: the CSRF token, for a page that already holds the cookie.
+/// `GET /console/session`: the CSRF token, for a page that holds the token (the guard checked
+/// its bearer).
 async fn session(State(guard): State<Guard>) -> Json<Session> {
     Json(Session { csrf: guard.csrf.to_string() })
-}
-
-/// `POST /console/session`: trades the token (checked by the guard, in `Authorization`) for
-/// the session cookie and the CSRF token.
-async fn open_session(State(guard): State<Guard>) -> Response {
-    let cookie = format!("{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/", guard.token.hex());
-    let mut response = Json(Session { csrf: guard.csrf.to_string() }).into_response();
-    // Hex digits and fixed words only: always a valid header value.
-    if let Ok(value) = HeaderValue::from_str(&cookie) {
-        response.headers_mut().insert(header::SET_COOKIE, value);
-    }
-    response
 }
 
 /// A refusal: the API's error shape, with its status.
@@ -328,13 +467,26 @@ impl Refusal {
     }
 }
 
-/// Paths that answer without the token (for GET and HEAD only).
-const PUBLIC_PATHS: [&str; 6] = ["/", "/app.js", "/app.css", "/favicon.svg", "/v1/health", "/v1/health/live"];
+/// Paths that answer without the token (for GET and HEAD only): the page's own files.
+const PUBLIC_PATHS: [&str; 4] = ["/", "/app.js", "/app.css", "/favicon.svg"];
+
+/// The path of the watch stream, whose number the guard bounds.
+const WATCH_PATH: &str = "/v1/watch";
 
 /// The guard (see the module documentation), then the security headers on every answer.
 async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let mut response = match guard.admit(&request) {
-        Ok(()) => next.run(request).await,
+        Ok(None) => next.run(request).await,
+        Ok(Some(slot)) => {
+            // The slot is held as long as the stream's body is: until the page closes it or
+            // shutdown ends it.
+            let (parts, body) = next.run(request).await.into_parts();
+            let body = Body::from_stream(body.into_data_stream().map(move |chunk| {
+                let _held = &slot;
+                chunk
+            }));
+            Response::from_parts(parts, body)
+        }
         Err(Refusal { status, code, message }) => refuse(status, code, message),
     };
     let headers = response.headers_mut();
@@ -354,7 +506,8 @@ impl Guard {
         self.hosts.contains(&host)
     }
 
-    fn admit(&self, request: &Request) -> Result<(), Refusal> {
+    /// Admits `request` or says why not; a watch stream's slot comes with its admission.
+    fn admit(&self, request: &Request) -> Result<Option<OwnedSemaphorePermit>, Refusal> {
         let headers = request.headers();
         let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
         let target = request.uri().authority().map(|a| a.as_str());
@@ -363,11 +516,8 @@ impl Guard {
             return Err(Refusal::new(
                 StatusCode::MISDIRECTED_REQUEST,
                 "misdirected",
-                format!(
-                    "this console answers to Host {} only; add a name to `hosts` in [console] to reach it by \
-                     another",
-                    self.hosts.join(", ")
-                ),
+                "this console does not answer to that Host; add the name to `hosts` in [console] to reach it by \
+                 another (deploy/GUIDE.md, \"The web console\")",
             ));
         }
         if let Some(origin) = headers.get(header::ORIGIN) {
@@ -384,24 +534,31 @@ impl Guard {
                 ));
             }
         }
+        if let Some(site) = headers.get("sec-fetch-site") {
+            // `none`: the operator typed the address or opened a bookmark.
+            if !(site == "same-origin" || site == "none") {
+                return Err(Refusal::new(
+                    StatusCode::FORBIDDEN,
+                    "cross_site",
+                    "requests that a page of another site or port made are refused (Sec-Fetch-Site)",
+                ));
+            }
+        }
         let method = request.method();
         let safe = method == Method::GET || method == Method::HEAD;
         let path = request.uri().path();
         if safe && PUBLIC_PATHS.contains(&path) {
-            return Ok(());
+            return Ok(None);
         }
-        // The exchange takes the token itself, never the cookie it sets.
-        let exchange = path == "/console/session" && method == Method::POST;
-        let authenticated = bearer(headers).is_some_and(|t| self.token.matches(t))
-            || (!exchange && cookie(headers, SESSION_COOKIE).is_some_and(|t| self.token.matches(t)));
-        if !authenticated {
+        if !bearer(headers).is_some_and(|t| self.token.matches(t)) {
             return Err(Refusal::new(
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
-                "no valid console token; open the address `cairnctl console-url` prints",
+                "no valid console token (it goes in `Authorization: Bearer`); open the address `cairnctl \
+                 console-url` prints",
             ));
         }
-        if !safe && path != "/console/session" {
+        if !safe {
             let csrf = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
             if !csrf.is_some_and(|c| constant_time_eq(c.as_bytes(), self.csrf.as_bytes())) {
                 return Err(Refusal::new(
@@ -413,15 +570,59 @@ impl Guard {
                 ));
             }
         }
-        if path == "/v1/backup" || path.starts_with("/v1/backup/") {
+        let canonical = canonical_path(path);
+        if canonical == "/v1/backup" || canonical.starts_with("/v1/backup/") {
             return Err(Refusal::new(
                 StatusCode::NOT_FOUND,
                 "not_found",
                 "backups are not served on the console; run `cairnctl backup` on the host",
             ));
         }
-        Ok(())
+        if canonical == WATCH_PATH {
+            return match Arc::clone(&self.watch_streams).try_acquire_owned() {
+                Ok(slot) => Ok(Some(slot)),
+                Err(_) => Err(Refusal::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    format!(
+                        "{CONSOLE_WATCH_STREAMS_MAX} watch streams are open on this console already; close a \
+                         document page and try again"
+                    ),
+                )),
+            };
+        }
+        Ok(None)
     }
+}
+
+/// `path` with its percent escapes decoded and runs of `/` made one, lowercase: the route a
+/// lenient server might take it for, for the guard's own decisions (the router matches the
+/// path as sent).
+fn canonical_path(path: &str) -> String {
+    let raw = path.as_bytes();
+    let mut decoded = Vec::with_capacity(raw.len());
+    let mut idx = 0;
+    while idx < raw.len() {
+        let escaped = (raw[idx] == b'%')
+            .then(|| raw.get(idx + 1..idx + 3))
+            .flatten()
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        let byte = match escaped {
+            Some(byte) => {
+                idx += 3;
+                byte
+            }
+            None => {
+                idx += 1;
+                raw[idx - 1]
+            }
+        };
+        if !(byte == b'/' && decoded.last() == Some(&b'/')) {
+            decoded.push(byte.to_ascii_lowercase());
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
 }
 
 /// The token of an `Authorization: Bearer` header.
@@ -429,18 +630,6 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then_some(token.trim())
-}
-
-/// The value of cookie `name` in the `Cookie` headers.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value)
 }
 
 /// `GET /v1/console` for the Unix socket only: the console's address with its token, or 404
@@ -476,6 +665,9 @@ mod tests {
         let token = Token::load_or_create(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        let leftovers: Vec<_> =
+            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers, [TOKEN_FILE], "the temporary file was renamed");
         let again = Token::load_or_create(&path).unwrap();
         assert_eq!(token.hex(), again.hex());
         assert_eq!(token.hex().len(), 2 * TOKEN_BYTES);
@@ -502,17 +694,27 @@ mod tests {
     }
 
     #[test]
-    fn cookies_and_bearers_are_found() {
+    fn bearers_are_found_and_paths_made_canonical() {
         let mut headers = HeaderMap::new();
-        headers.append(header::COOKIE, HeaderValue::from_static("a=1; cairn_console=abc ; b=2"));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer  xyz"));
-        assert_eq!(cookie(&headers, SESSION_COOKIE), Some("abc"));
-        assert_eq!(cookie(&headers, "c"), None);
         assert_eq!(bearer(&headers), Some("xyz"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
+        assert_eq!(bearer(&headers), None);
         assert!(
             constant_time_eq(b"ab", b"ab")
                 && !constant_time_eq(b"ab", b"ac")
                 && !constant_time_eq(b"a", b"ab")
         );
+        for (path, canonical) in [
+            ("/v1/backup", "/v1/backup"),
+            ("//v1//backup", "/v1/backup"),
+            ("/v1/%62ackup", "/v1/backup"),
+            ("/v1%2Fbackup", "/v1/backup"),
+            ("/V1/Backup/", "/v1/backup/"),
+            ("/v1/watch", "/v1/watch"),
+            ("/%zz/%4", "/%zz/%4"),
+        ] {
+            assert_eq!(canonical_path(path), canonical, "{path}");
+        }
     }
 }

@@ -19,6 +19,9 @@ use crate::store::{PageCheck, Store};
 
 /// Events read per page when the document is rebuilt from the store at start.
 const REPLAY_PAGE_EVENTS: usize = 4_096;
+/// How much longer than its own drain bound the daemon waits for the web console to stop,
+/// once the service has stopped, before it aborts it.
+const CONSOLE_STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::transport::{Transport, TransportConfig};
 
 /// Everything `check-config` verifies, and `run` needs before it opens anything.
@@ -331,8 +334,16 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let result = service.run(commands, transport_events, shutdown_rx, config.timing.shutdown_grace).await;
     signals.abort();
     let _ = api.await;
-    if let Some(console) = console {
-        let _ = console.await;
+    if let Some(mut console) = console {
+        // The console bounds its own drain (CONSOLE_DRAIN_TIMEOUT) and then closes what is
+        // still open; this bound is the backstop, so that the store is closed below whatever
+        // a console connection does. Aborting the task drops every connection it still holds.
+        let bound = crate::console::CONSOLE_DRAIN_TIMEOUT + CONSOLE_STOP_MARGIN;
+        if tokio::time::timeout(bound, &mut console).await.is_err() {
+            warn!("the web console did not stop within {bound:?} of shutdown; closing its connections");
+            console.abort();
+            let _ = console.await;
+        }
     }
     // The process may exit before the store's writer thread drops its handle: close the file
     // here, so that the next start finds it closed cleanly (no crash recovery, no full read).

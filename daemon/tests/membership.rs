@@ -250,8 +250,13 @@ fn a_running_nodes_key_is_rotated() {
     c.remove_peer(2, 1);
     c.spawn_all();
     c.wait_all_connected();
-    c.put(1, "before-rotation", "v");
+    let before = c.put(1, "before-rotation", "v");
     let old = cairn_crypto::SecretKey::read_file(&c.nodes[1].key_file).expect("bob's key");
+    // Alice verifies an event of bob's before the rotation (the console's event page), and
+    // again after it, against her roster as it is then.
+    c.wait_for("alice holds bob's first write", |c| c.register_value(0, "before-rotation").is_some());
+    let verified = verify(&c, 0, before["id"].as_str().expect("an id"));
+    assert_eq!(verified["outcome"], "valid", "{verified}");
     let rotate = Command::new(common::cairnd())
         .args(["rotate-key", "--config"])
         .arg(&c.nodes[1].config)
@@ -278,6 +283,31 @@ fn a_running_nodes_key_is_rotated() {
     });
     let by_new = c.get(0, &format!("/v1/events?author={new_key}"));
     assert!(by_new["events"].as_array().is_some_and(|e| !e.is_empty()), "{by_new}");
+    // The new key is on alice's roster now: an event it signed verifies, and the rotation
+    // (a membership op) says that rules V2 to V5 are not checked again.
+    let new_event = by_new["events"][0]["id"].as_str().expect("an id").to_owned();
+    let verified = verify(&c, 0, &new_event);
+    assert_eq!(verified["outcome"], "valid", "{verified}");
+    let membership = membership_check(&verified);
+    assert!(
+        membership["detail"].as_str().is_some_and(|d| d.contains("a key of this node's roster")),
+        "{membership}"
+    );
+    let by_old = c.get(0, &format!("/v1/events?author={}", old.public()));
+    let rotation = by_old["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["id"].as_str())
+        .find(|id| {
+            let event = c.get(0, &format!("/v1/events/{id}"));
+            event["ops"].as_array().is_some_and(|ops| ops.iter().any(|op| op["op"] == "rotate"))
+        })
+        .unwrap_or_else(|| panic!("no rotation event of the old key: {by_old}"))
+        .to_owned();
+    let verified = verify(&c, 0, &rotation);
+    let membership = membership_check(&verified);
+    assert!(membership["detail"].as_str().is_some_and(|d| d.contains("V2 to V5")), "{verified}");
 
     // Restarts: bob's store names the new key, and it dials the others with it.
     c.stop(1);
@@ -354,4 +384,18 @@ fn a_start_finishes_or_undoes_an_interrupted_key_rotation() {
     assert!(!next_file.exists());
     assert_eq!(cairn_crypto::SecretKey::read_file(&config.key_file).unwrap().public(), next.public());
     drop(open(next.public().0).expect("the store opens with the new key"));
+}
+
+/// `GET /v1/events/{id}/verify` on node `i`.
+fn verify(c: &Cluster, i: usize, id: &str) -> Value {
+    c.get(i, &format!("/v1/events/{id}/verify"))
+}
+
+/// The membership check of a verify report.
+fn membership_check(report: &Value) -> Value {
+    report["checks"]
+        .as_array()
+        .and_then(|checks| checks.iter().find(|c| c["name"] == "membership"))
+        .cloned()
+        .unwrap_or_else(|| panic!("no membership check: {report}"))
 }

@@ -9,8 +9,16 @@ const CLUSTER_REFRESH_MS = 2000;
 const DOCUMENT_KEYS_MAX = 200;
 /** Events of an author's chain shown per page. */
 const CHAIN_PAGE_EVENTS = 50;
+/** How long the document page waits before it opens a watch stream again after one ended. */
+const WATCH_RETRY_MS = 2000;
+/** The longest line of the watch stream the page takes (a change is far smaller). */
+const WATCH_LINE_CHARS_MAX = 1 << 20;
+/** Where the token is kept: sessionStorage is per origin (so per port) and per tab. */
+const TOKEN_KEY = 'cairn-console-token';
 
-const state = { csrf: null, node: null, timer: null, watch: null, page: null };
+// The token lives in memory and in sessionStorage, never in a cookie: a cookie for 127.0.0.1
+// goes to every port of the host, other nodes' consoles included.
+const state = { token: null, csrf: null, node: null, timer: null, watch: null, page: null };
 
 // ---- small helpers ------------------------------------------------------------------------
 
@@ -84,8 +92,13 @@ class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
+function authorized(headers) {
+  return Object.assign({ Authorization: 'Bearer ' + (state.token || '') }, headers || {});
+}
+
 async function api(path, options) {
-  const init = { method: (options && options.method) || 'GET', credentials: 'same-origin', headers: {} };
+  // credentials: 'omit': the console sets no cookie, and the page sends none.
+  const init = { method: (options && options.method) || 'GET', credentials: 'omit', cache: 'no-store', headers: authorized() };
   if (options && options.body !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(options.body);
@@ -102,6 +115,52 @@ async function api(path, options) {
   return body;
 }
 
+/**
+ * Reads the server-sent events of `path` with fetch (EventSource cannot send the bearer),
+ * calling `onEvent(name, data)` for each, until the stream ends or `signal` aborts it.
+ * Resolves when the stream ends; rejects on an error answer or a broken connection.
+ */
+async function readEvents(path, signal, onOpen, onEvent) {
+  const response = await fetch(path, {
+    credentials: 'omit', cache: 'no-store', signal, headers: authorized({ Accept: 'text/event-stream' }),
+  });
+  if (!response.ok) {
+    let message = response.statusText;
+    try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+    throw new ApiError(response.status, message);
+  }
+  onOpen();
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  let name = '';
+  let data = [];
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf('\n')) >= 0) {
+      const line = buffer.slice(0, end).replace(/\r$/, '');
+      buffer = buffer.slice(end + 1);
+      if (line === '') {
+        // A blank line dispatches the event gathered so far (the SSE format).
+        if (data.length) onEvent(name || 'message', data.join('\n'));
+        name = '';
+        data = [];
+      } else if (line.startsWith(':')) {
+        // A comment: the keep-alive.
+      } else {
+        const colon = line.indexOf(':');
+        const field = colon < 0 ? line : line.slice(0, colon);
+        const text = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '');
+        if (field === 'event') name = text;
+        else if (field === 'data') data.push(text);
+      }
+    }
+    if (buffer.length > WATCH_LINE_CHARS_MAX) throw new Error('the watch stream sent a line too long');
+  }
+}
+
 function stamp() {
   document.getElementById('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
 }
@@ -110,19 +169,27 @@ function stamp() {
 
 async function login() {
   const match = /(?:^#|&)token=([0-9a-fA-F]{64})/.exec(location.hash);
-  let response;
   if (match) {
     // The token leaves the address bar (and the history) before anything else happens.
     history.replaceState(null, '', location.pathname + '#/cluster');
-    response = await fetch('/console/session', {
-      method: 'POST', credentials: 'same-origin', headers: { Authorization: 'Bearer ' + match[1] },
-    });
+    state.token = match[1];
+    try { sessionStorage.setItem(TOKEN_KEY, state.token); } catch (_) { /* storage off: memory only */ }
   } else {
-    response = await fetch('/console/session', { credentials: 'same-origin' });
+    try { state.token = sessionStorage.getItem(TOKEN_KEY); } catch (_) { state.token = null; }
   }
-  if (!response.ok) return false;
+  if (!state.token) return false;
+  const response = await fetch('/console/session', { credentials: 'omit', cache: 'no-store', headers: authorized() });
+  if (!response.ok) {
+    if (response.status === 401) forgetToken();
+    return false;
+  }
   state.csrf = (await response.json()).csrf;
   return true;
+}
+
+function forgetToken() {
+  state.token = null;
+  try { sessionStorage.removeItem(TOKEN_KEY); } catch (_) { /* nothing kept */ }
 }
 
 function showLogin() {
@@ -140,7 +207,7 @@ function showLogin() {
 
 function stopPage() {
   if (state.timer) { clearInterval(state.timer); state.timer = null; }
-  if (state.watch) { state.watch.close(); state.watch = null; }
+  if (state.watch) { state.watch.abort(); state.watch = null; }
 }
 
 function route() {
@@ -156,11 +223,18 @@ function route() {
   const render = pages[page] || clusterPage;
   main.dataset.page = pages[page] ? page : 'cluster';
   main.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
-  render(main, arg ? decodeURIComponent(arg) : null).catch((error) => showError(main, error));
+  let decoded = null;
+  try {
+    decoded = arg ? decodeURIComponent(arg) : null;
+  } catch (_) {
+    showError(main, new Error('the address names no valid page: ' + arg));
+    return;
+  }
+  render(main, decoded).catch((error) => showError(main, error));
 }
 
 function showError(main, error) {
-  if (error instanceof ApiError && error.status === 401) { showLogin(); return; }
+  if (error instanceof ApiError && error.status === 401) { stopPage(); forgetToken(); showLogin(); return; }
   main.replaceChildren(h('div', { class: 'banner bad' }, h('strong', {}, 'Error'), ' ', error.message || String(error)));
 }
 
@@ -318,16 +392,28 @@ async function documentPage(main) {
   };
 
   // Subscribe first, so that no change between the listing and the stream is lost.
-  const watch = new EventSource('/v1/watch');
+  const watch = new AbortController();
   state.watch = watch;
-  watch.addEventListener('open', () => { status.className = 'badge ok live'; status.textContent = 'live'; });
-  watch.addEventListener('error', () => { status.className = 'badge warn'; status.textContent = 'reconnecting'; });
-  watch.addEventListener('change', (event) => {
-    const change = JSON.parse(event.data);
-    put(change.kind, change.key, change.key_base64, change, change.position, true);
-    stamp();
+  const onOpen = () => { status.className = 'badge ok live'; status.textContent = 'live'; };
+  const onEvent = (name, data) => {
+    if (name === 'change') {
+      const change = JSON.parse(data);
+      put(change.kind, change.key, change.key_base64, change, change.position, true);
+      stamp();
+    } else if (name === 'lagged') {
+      route();
+    }
+  };
+  readEvents('/v1/watch', watch.signal, onOpen, onEvent).then(
+    () => { throw new Error('the watch stream ended'); },
+  ).catch((error) => {
+    if (watch.signal.aborted) return;
+    if (error instanceof ApiError && error.status === 401) { showError(main, error); return; }
+    // Changes may have been missed while the stream was down: list the document again.
+    status.className = 'badge warn';
+    status.textContent = 'reconnecting';
+    setTimeout(() => { if (!watch.signal.aborted) route(); }, WATCH_RETRY_MS);
   });
-  watch.addEventListener('lagged', () => { route(); });
 
   const page = await api('/v1/keys?limit=' + DOCUMENT_KEYS_MAX);
   const states = await Promise.all(page.keys.map((k) =>
