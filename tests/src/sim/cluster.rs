@@ -993,8 +993,23 @@ impl Cluster {
     /// Gives some of `ops` the causal context a client of node `i` read: now, or (a stale
     /// read) at an earlier write of that client, which the node's document has moved past.
     fn add_contexts(&mut self, i: usize, ops: &mut [Op]) {
-        for op in ops.iter_mut() {
-            if matches!(op, Op::Incr { .. }) || self.rng_contexts.below(3) != 0 {
+        // What a register or set op writes; an op with a context is alone on its key in its
+        // event (rule 7), so only an op on a key no other op of the write touches gets one.
+        fn target(op: &Op) -> Option<(bool, &[u8], &[u8])> {
+            match op {
+                Op::Put { key, .. } | Op::Del { key } => Some((false, key, &[])),
+                Op::Add { key, element } | Op::Remove { key, element } => Some((true, key, element)),
+                _ => None,
+            }
+        }
+        let alone: Vec<bool> = ops
+            .iter()
+            .map(|op| {
+                target(op).is_some_and(|t| ops.iter().filter(|other| target(other) == Some(t)).count() == 1)
+            })
+            .collect();
+        for (op, alone) in ops.iter_mut().zip(alone) {
+            if !alone || self.rng_contexts.below(3) != 0 {
                 continue;
             }
             let document = self.nodes[i].node.document();
