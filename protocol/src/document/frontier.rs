@@ -107,7 +107,7 @@ impl Superseders {
         let mut last_plain: BTreeMap<EventId, (u32, usize)> = BTreeMap::new();
         for (j, entry) in pool.iter().enumerate().filter(|&(j, _)| counts(j)) {
             let op = entry.op();
-            let reach: &[u64] = op.seen.as_deref().unwrap_or(&op.event.clock);
+            let reach: &[u64] = op.seen.as_deref().map_or(&op.event.clock, |seen| &**seen);
             if top.len() < reach.len() {
                 top.resize(reach.len(), [None, None]);
             }

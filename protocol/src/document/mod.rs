@@ -370,14 +370,15 @@ impl EventMeta {
 struct OpMeta {
     event: Arc<EventMeta>,
     op_idx: u32,
-    /// For an op with a causal context, its seen clock (`crate::archive::seen_clocks`).
-    seen: Option<Arc<[u64]>>,
+    /// For an op with a causal context, its seen clock (`crate::archive::seen_clocks`). Boxed
+    /// behind a thin pointer, so that an op without one costs 8 bytes here, not 16.
+    seen: Option<Arc<Box<[u64]>>>,
 }
 
 impl OpMeta {
     /// The op `op_idx` of `event`, with its seen clock from `seen` if it has one.
     fn new(event: Arc<EventMeta>, op_idx: u32, seen: &[(u32, Box<[u64]>)]) -> Self {
-        let seen = seen.iter().find(|(idx, _)| *idx == op_idx).map(|(_, clock)| Arc::from(&**clock));
+        let seen = seen.iter().find(|(idx, _)| *idx == op_idx).map(|(_, clock)| Arc::new(clock.clone()));
         Self { event, op_idx, seen }
     }
 

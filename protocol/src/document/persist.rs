@@ -368,8 +368,8 @@ impl Reader<'_> {
         if n > self.authors.len() {
             return Err(invalid(format!("a seen clock of {n} entries for {} authors", self.authors.len())));
         }
-        let seen: Arc<[u64]> = (0..n).map(|_| self.u64()).collect::<Result<_, _>>()?;
-        op.seen = Some(seen);
+        let seen: Box<[u64]> = (0..n).map(|_| self.u64()).collect::<Result<_, _>>()?;
+        op.seen = Some(Arc::new(seen));
         Ok(tag & !SEEN_TAG)
     }
 
