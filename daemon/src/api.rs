@@ -695,30 +695,9 @@ fn rebuilt_event(e: &EventInfo) -> Result<Event, ApiError> {
 
 /// One rule's verdict as `cairnctl --json inspect event` shows it.
 fn inspect_check(rule: EventRule, verdict: &Verdict) -> json::InspectCheck {
-    let (name, ok, reason, codec, needs, detail) = match verdict {
-        Verdict::Pass => ("pass", Some(true), None, None, None, rule.requirement().to_owned()),
-        Verdict::Fail(failure) => (
-            "fail",
-            Some(false),
-            Some(failure.reason.to_owned()),
-            failure.codec.map(str::to_owned),
-            None,
-            failure.to_string(),
-        ),
-        Verdict::Undecided(needs) => {
-            ("undecided", None, None, None, Some(needs.name().to_owned()), needs.why().to_owned())
-        }
-    };
-    json::InspectCheck {
-        name: rule.name().to_owned(),
-        rule: rule.number(),
-        verdict: name.to_owned(),
-        ok,
-        reason,
-        codec,
-        needs,
-        detail,
-    }
+    json::InspectCheck::of((rule.name(), rule.number(), rule.requirement()), verdict, |needs| {
+        needs.why().to_owned()
+    })
 }
 
 fn evidence_json(evidence: &Evidence, members: &[Member]) -> json::Evidence {

@@ -71,7 +71,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use cairn_protocol::diagnose::{Diagnosis, Needs, Outcome, Verdict};
+use cairn_protocol::diagnose::{Diagnosis, Needs, Outcome};
 use cairn_protocol::limits::{
     EVENT_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX, OPS_MAX, VALUE_BYTES_MAX,
 };
@@ -1819,30 +1819,7 @@ fn checks<T, R: RuleInfo>(diagnosis: &Diagnosis<T, R>) -> Vec<json::InspectCheck
         .verdicts
         .iter()
         .map(|(rule, verdict)| {
-            let (name, ok, reason, codec, needs, detail) = match verdict {
-                Verdict::Pass => ("pass", Some(true), None, None, None, rule.requirement().to_owned()),
-                Verdict::Fail(failure) => (
-                    "fail",
-                    Some(false),
-                    Some(failure.reason.to_owned()),
-                    failure.codec.map(str::to_owned),
-                    None,
-                    failure.to_string(),
-                ),
-                Verdict::Undecided(needs) => {
-                    ("undecided", None, None, None, Some(needs.name().to_owned()), needs_detail(*needs))
-                }
-            };
-            json::InspectCheck {
-                name: rule.name().to_owned(),
-                rule: rule.number(),
-                verdict: name.to_owned(),
-                ok,
-                reason,
-                codec,
-                needs,
-                detail,
-            }
+            json::InspectCheck::of((rule.name(), rule.number(), rule.requirement()), verdict, needs_detail)
         })
         .collect()
 }

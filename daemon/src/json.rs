@@ -1197,6 +1197,43 @@ pub struct InspectCheck {
     pub detail: String,
 }
 
+impl InspectCheck {
+    /// The verdict of the rule `(name, number, requirement)` as the report shows it; an
+    /// undecided verdict's detail is `undecided` of what it needs (each caller says what would
+    /// decide it).
+    pub fn of(
+        (rule_name, number, requirement): (&str, u8, &str),
+        verdict: &cairn_protocol::diagnose::Verdict,
+        undecided: impl FnOnce(cairn_protocol::diagnose::Needs) -> String,
+    ) -> Self {
+        use cairn_protocol::diagnose::Verdict;
+        let (name, ok, reason, codec, needs, detail) = match verdict {
+            Verdict::Pass => ("pass", Some(true), None, None, None, requirement.to_owned()),
+            Verdict::Fail(failure) => (
+                "fail",
+                Some(false),
+                Some(failure.reason.to_owned()),
+                failure.codec.map(str::to_owned),
+                None,
+                failure.to_string(),
+            ),
+            Verdict::Undecided(needs) => {
+                ("undecided", None, None, None, Some(needs.name().to_owned()), undecided(*needs))
+            }
+        };
+        Self {
+            name: rule_name.to_owned(),
+            rule: number,
+            verdict: name.to_owned(),
+            ok,
+            reason,
+            codec,
+            needs,
+            detail,
+        }
+    }
+}
+
 /// The decoded event of an [`InspectReport`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InspectedEvent {

@@ -165,6 +165,30 @@ impl Op {
         }
     }
 
+    /// The bytes a register write or set op carries: the value or the element; `None` for
+    /// the other ops.
+    pub fn payload(&self) -> Option<&[u8]> {
+        match self {
+            Self::Put { value, .. } | Self::PutSeen { value, .. } => Some(value),
+            Self::Add { element, .. }
+            | Self::Remove { element, .. }
+            | Self::AddSeen { element, .. }
+            | Self::RemoveSeen { element, .. } => Some(element),
+            _ => None,
+        }
+    }
+
+    /// The causal context the op carries, to change it.
+    pub fn seen_mut(&mut self) -> Option<&mut Seen> {
+        match self {
+            Self::PutSeen { seen, .. }
+            | Self::DelSeen { seen, .. }
+            | Self::AddSeen { seen, .. }
+            | Self::RemoveSeen { seen, .. } => Some(seen),
+            _ => None,
+        }
+    }
+
     /// The causal context the op carries, if any.
     pub fn seen(&self) -> Option<&Seen> {
         match self {

@@ -74,14 +74,8 @@ fn check_header(header: &Header) {
 fn check_op(op: &Op) {
     assert!(op.key().len() <= KEY_BYTES_MAX, "a key of {} bytes", op.key().len());
     let value = match op {
-        Op::Put { value, .. } | Op::PutSeen { value, .. } => value.len(),
-        Op::Add { element, .. }
-        | Op::Remove { element, .. }
-        | Op::AddSeen { element, .. }
-        | Op::RemoveSeen { element, .. } => element.len(),
-        Op::Del { .. } | Op::Incr { .. } | Op::DelSeen { .. } => 0,
         Op::Propose { change, .. } => cairn_protocol::codec::encode_change(change).len(),
-        Op::Approve { .. } | Op::Rotate(_) => 0,
+        op => op.payload().map_or(0, <[u8]>::len),
     };
     assert!(value <= VALUE_BYTES_MAX, "a value of {value} bytes");
     if let Some(seen) = op.seen() {

@@ -503,7 +503,7 @@ fn an_exclusion_under_a_context_brings_back_exactly_what_a_replay_would() {
 fn an_op_without_a_context_pays_one_pointer_for_the_feature() {
     // A frontier entry's op: the event's shared meta, the op index, and the seen clock of an op
     // with a context behind a thin pointer (what the document's memory grows with per entry).
-    assert_eq!(std::mem::size_of::<OpMeta>(), 24);
+    assert_eq!(size_of::<OpMeta>(), 24);
 }
 
 #[test]

@@ -168,16 +168,11 @@ impl Node {
             return invalid();
         }
         for op in ops {
-            let value_len = match op {
-                Op::Put { value, .. } | Op::PutSeen { value, .. } => value.len(),
-                Op::Add { element, .. }
-                | Op::Remove { element, .. }
-                | Op::AddSeen { element, .. }
-                | Op::RemoveSeen { element, .. } => element.len(),
-                Op::Del { .. } | Op::Incr { .. } | Op::DelSeen { .. } => 0,
-                // A write is document ops; a membership op goes through `Node::prepare_membership`.
-                Op::Propose { .. } | Op::Approve { .. } | Op::Rotate(_) => return invalid(),
-            };
+            // A write is document ops; a membership op goes through `Node::prepare_membership`.
+            if op.is_membership() {
+                return invalid();
+            }
+            let value_len = op.payload().map_or(0, <[u8]>::len);
             if op.key().is_empty() || op.key().len() > KEY_BYTES_MAX || value_len > VALUE_BYTES_MAX {
                 return invalid();
             }
@@ -271,13 +266,7 @@ impl Node {
     /// that fits [`SEEN_EVENTS_MAX`] this way.
     pub fn reduce_seen(&self, ops: &mut [Op]) {
         for op in ops.iter_mut() {
-            let (Op::PutSeen { seen, .. }
-            | Op::DelSeen { seen, .. }
-            | Op::AddSeen { seen, .. }
-            | Op::RemoveSeen { seen, .. }) = op
-            else {
-                continue;
-            };
+            let Some(seen) = op.seen_mut() else { continue };
             let metas: Vec<(EventId, EventMeta)> =
                 seen.events.iter().filter_map(|id| self.adapter.meta(id).map(|meta| (*id, meta))).collect();
             seen.events.retain(|id| {
@@ -414,13 +403,7 @@ impl Node {
     /// joins `deps`, which stays sorted and unique.
     fn place_seen(&self, author: MemberIdx, mut ops: Vec<Op>, deps: &mut Vec<EventId>) -> Vec<Op> {
         for op in &mut ops {
-            let (Op::PutSeen { seen, .. }
-            | Op::DelSeen { seen, .. }
-            | Op::AddSeen { seen, .. }
-            | Op::RemoveSeen { seen, .. }) = op
-            else {
-                continue;
-            };
+            let Some(seen) = op.seen_mut() else { continue };
             let mut events = Vec::new();
             let mut own = Vec::new();
             for id in std::mem::take(&mut seen.events) {
