@@ -1361,6 +1361,7 @@ fn peers(out: &mut Output, answer: &json::Peers) -> anyhow::Result<()> {
         "STATE",
         "LAST SEEN",
         "RTT",
+        "LAG",
         "EVENTS IN",
         "EVENTS OUT",
         "REJECTED",
@@ -1382,6 +1383,7 @@ fn peers(out: &mut Output, answer: &json::Peers) -> anyhow::Result<()> {
             peer.state.name().to_owned(),
             last_seen,
             rtt,
+            peer.lag_events.map_or_else(|| "-".to_owned(), |lag| lag.to_string()),
             peer.stats.events_in.to_string(),
             peer.stats.events_out.to_string(),
             rejected.to_string(),
@@ -2214,6 +2216,7 @@ mod tests {
                 state: json::PeerState::Connected,
                 last_seen_ms_ago: None,
                 rtt_ms: Some(0.5),
+                lag_events: Some(0),
                 stats: json::PeerStats {
                     rejected: [(h.to_owned(), 1)].into_iter().collect(),
                     ..json::PeerStats::default()

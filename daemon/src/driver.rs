@@ -1213,6 +1213,7 @@ impl Driver {
                     last_seen_ms_ago: self.last_seen.get(key).map(|t| t.elapsed().as_millis() as u64),
                     rtt_ms: self.transport.rtt(key).map(|d| d.as_secs_f64() * 1000.0),
                     stats: self.node.peer_stats(key).cloned().unwrap_or_default(),
+                    lag_events: self.node.peer_lag(key),
                     version_mismatch: self
                         .version_mismatch
                         .get(key)

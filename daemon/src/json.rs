@@ -610,6 +610,11 @@ pub struct Peer {
     pub rtt_ms: Option<f64>,
     /// Counters since this node started.
     pub stats: PeerStats,
+    /// How far it lagged at the end of its last sync session with this node: the events this
+    /// node holds past each author's highest seq the peer held then (0 when both sets were
+    /// equal). An upper bound of what it lacks now; `null` before a session ended.
+    #[serde(default)]
+    pub lag_events: Option<u64>,
     /// When the last handshake failed for a protocol version mismatch: the versions, this
     /// node's and the peer's (`null` if it did not say).
     #[serde(default, skip_serializing_if = "Option::is_none")]

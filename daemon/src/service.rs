@@ -272,6 +272,9 @@ pub struct PeerInfo {
     pub rtt_ms: Option<f64>,
     /// Counters: messages, bytes, events in and out, rejections by reason.
     pub stats: PeerStats,
+    /// Events this node holds past what the peer held at the end of its last session with
+    /// it (`Node::peer_lag`); `None` before one ended.
+    pub lag_events: Option<u64>,
     /// The protocol versions, this node's and the peer's (if it said), when the state is
     /// [`PeerState::VersionMismatch`]: not connected, and a handshake with it since the last
     /// connection failed because they differ.

@@ -741,6 +741,12 @@ fn the_console_in_chromium_shows_a_live_cluster() {
         "return document.querySelectorAll('#peers tr.peer').length === 2 && \
          [...document.querySelectorAll('#peers tr.peer')].every(r => r.innerText.includes('connected'))",
     );
+    // Each peer's lag, once a sync session with it has ended (0 in a quiet cluster).
+    browser.wait_for(
+        "the cluster page shows each peer's lag",
+        "return [...document.querySelectorAll('#peers th')].some(th => th.innerText.trim() === 'Lag') && \
+         [...document.querySelectorAll('#peers tr.peer')].every(r => /^[0-9]+$/.test(r.children[4].innerText.trim()))",
+    );
     let text = browser.script("return document.getElementById('main').innerText");
     let text = text.as_str().expect("text");
     for name in ["alice", "bob", "carol"] {

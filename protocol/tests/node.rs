@@ -807,3 +807,28 @@ fn writes_with_a_context_on_one_key_never_share_an_event() {
     both.extend(seen("a"));
     assert!(Node::check_ops(&both).is_err());
 }
+
+#[test]
+fn a_peers_lag_is_what_this_node_held_past_its_last_session() {
+    let mut net = Net::new(2, &[1, 2]);
+    let (a, b) = (net.nodes[0].0, net.nodes[1].0);
+    assert_eq!(net.nodes[0].1.peer_lag(&b), None, "no session yet");
+    net.connect(0, 1);
+    net.settle();
+    net.sync_from(0);
+    net.settle();
+    assert_eq!(net.nodes[0].1.peer_lag(&b), Some(0), "the session found both sets equal");
+    // Three writes on node 1 that node 2 has not been sent yet (nothing is delivered).
+    for n in 0..3 {
+        let now = net.now_ms;
+        write(&mut net.nodes[0].1, &key(1), put("k", &n.to_string()), now).unwrap();
+    }
+    assert_eq!(net.nodes[0].1.peer_lag(&b), Some(3));
+    assert_eq!(net.nodes[1].1.peer_lag(&a), Some(0), "node 2 knows of nothing it lacks");
+    // Delivered, and a session after it: no lag either way.
+    net.settle();
+    net.sync_from(1);
+    net.settle();
+    assert_eq!(net.nodes[0].1.peer_lag(&b), Some(0));
+    assert_eq!(net.nodes[1].1.peer_lag(&a), Some(0));
+}

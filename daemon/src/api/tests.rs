@@ -340,6 +340,7 @@ impl Fake {
                     last_seen_ms_ago: Some(12),
                     rtt_ms: Some(0.5),
                     stats,
+                    lag_events: Some(4),
                     version_mismatch: None,
                 }]);
             }
@@ -517,6 +518,7 @@ async fn status_and_peers() {
     assert_eq!(peer["address"], "192.0.2.7:7000");
     assert_eq!(peer["state"], "connected");
     assert_eq!(peer["rtt_ms"], 0.5);
+    assert_eq!(peer["lag_events"], 4);
     assert_eq!(peer["stats"]["events_in"], 3);
     assert_eq!(peer["stats"]["rejected"], json!({"bad_signature": 2}));
 }

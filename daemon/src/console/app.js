@@ -278,6 +278,8 @@ async function clusterPage(main) {
       h('td', {}, peerState(p)),
       h('td', { class: 'mono' }, p.address || '–'),
       h('td', { class: 'num' }, ms(p.rtt_ms)),
+      h('td', { class: 'num', title: 'events held here past what the peer held at its last sync session with this node' },
+        p.lag_events === null || p.lag_events === undefined ? '–' : String(p.lag_events)),
       h('td', { class: 'num' }, p.last_seen_ms_ago === null || p.last_seen_ms_ago === undefined ? '–' : ms(p.last_seen_ms_ago) + ' ago'),
       h('td', { class: 'num' }, bytes(p.stats.bytes_in)),
       h('td', { class: 'num' }, bytes(p.stats.bytes_out)),
@@ -313,7 +315,7 @@ async function clusterPage(main) {
         card('Evidence', status.n_evidence, status.n_evidence ? 'equivocations proved' : 'none'),
         card('Membership', 'round ' + status.membership.round, status.membership.n_seats + ' seats, ' + status.membership.n_pending + ' pending')),
       panel('Peers', peers.peers.length + ' other keys', peerRows.length
-        ? table(['Peer', 'State', 'Address', '#RTT', '#Last seen', '#Bytes in', '#Bytes out', '#Events in / out', '#Sync equal / behind', 'Rejected'], peerRows, { id: 'peers' })
+        ? table(['Peer', 'State', 'Address', '#RTT', '#Lag', '#Last seen', '#Bytes in', '#Bytes out', '#Events in / out', '#Sync equal / behind', 'Rejected'], peerRows, { id: 'peers' })
         : h('div', { class: 'empty' }, 'No peers.')),
       panel('Authors', 'events of each author held here: a node that lags holds fewer', table(['Author', '#Events', '#Bytes', '#Rate'], authorRows)),
       panel('Membership', 'threshold ' + members.threshold + ', ' + members.n_changes + ' changes in force',

@@ -262,6 +262,27 @@ impl Node {
         self.peers.get(peer).map(|p| &p.stats)
     }
 
+    /// How far `peer` lagged at the end of its last session with this node: the events this
+    /// node holds now past the highest seq of each author the peer held then (from its tips,
+    /// or none when the session found both sets equal). An upper bound of what it lacks now,
+    /// since pushes may have reached it since; `None` before a session with it ended.
+    pub fn peer_lag(&self, peer: &PeerId) -> Option<u64> {
+        let reported = self.peers.get(peer)?.reported_max_seqs.as_ref()?;
+        let lag = self
+            .adapter
+            .chain_states()
+            .iter()
+            .enumerate()
+            .map(|(author, chain)| chain.max_seq.saturating_sub(reported.get(author).copied().unwrap_or(0)))
+            .sum();
+        Some(lag)
+    }
+
+    /// This node's highest seq of each author, by member index.
+    fn max_seqs(&self) -> Vec<u64> {
+        self.adapter.chain_states().iter().map(|chain| chain.max_seq).collect()
+    }
+
     /// Whether `peer` is connected.
     pub fn is_connected(&self, peer: &PeerId) -> bool {
         self.peers.get(peer).is_some_and(|p| p.connected)
@@ -610,9 +631,11 @@ impl Node {
         match message {
             Message::Summary { digest } => {
                 if digest == self.sync_digest() {
+                    let max_seqs = self.max_seqs();
                     if let Some(p) = self.peers.get_mut(&peer) {
                         p.last_in_sync = Some(digest);
                         p.own_tips_reported = Some(Vec::new());
+                        p.reported_max_seqs = Some(max_seqs);
                         p.stats.sessions_in_sync += 1;
                     }
                     self.send(peer, &Message::InSync { digest });
@@ -622,11 +645,13 @@ impl Node {
             }
             Message::InSync { digest } => {
                 let mine = self.sync_digest();
+                let max_seqs = self.max_seqs();
                 if let Some(p) = self.peers.get_mut(&peer) {
                     if digest == mine {
                         // Equal sets: the peer holds no own event this node lacks.
                         p.last_in_sync = Some(digest);
                         p.own_tips_reported = Some(Vec::new());
+                        p.reported_max_seqs = Some(max_seqs);
                         p.stats.sessions_in_sync += 1;
                     }
                     p.session_since_ms = None;

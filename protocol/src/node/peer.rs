@@ -65,6 +65,10 @@ pub(super) struct Peer {
     /// This node's own tips as the peer reported them, `(seq, id)`, once it sent its tips or
     /// confirmed that the sets are equal (then: none beyond what this node holds).
     pub(super) own_tips_reported: Option<Vec<(u64, EventId)>>,
+    /// The highest seq of each author (by member index) the peer held at the end of its last
+    /// session with this node: from its complete `Tips`, or this node's own when the session
+    /// found both sets equal. `None` before the first session ends.
+    pub(super) reported_max_seqs: Option<Vec<u64>>,
     pub(super) searches: BTreeMap<EventId, ForkSearch>,
     /// Messages received from the peer on this connection (sent back as `Tips.heard`).
     pub(super) heard: u64,
@@ -129,6 +133,12 @@ impl Peer {
         own_reported: Option<Vec<(u64, EventId)>>,
         in_sync: Option<[u8; 32]>,
     ) {
+        let n = peer_tips.keys().next_back().map_or(0, |&last| last + 1);
+        let mut max_seqs = vec![0u64; n];
+        for (&author, tips) in &peer_tips {
+            max_seqs[author] = tips.iter().map(|tip| tip.seq).max().unwrap_or(0);
+        }
+        self.reported_max_seqs = Some(max_seqs);
         self.peer_tips = peer_tips;
         if own_reported.is_some() {
             self.own_tips_reported = own_reported;
@@ -166,6 +176,7 @@ impl Peer {
             incoming_tips: Vec::new(),
             peer_tips: BTreeMap::new(),
             own_tips_reported: None,
+            reported_max_seqs: None,
             searches: BTreeMap::new(),
             heard: 0,
             sent: 0,
