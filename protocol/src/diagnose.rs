@@ -118,7 +118,8 @@ pub enum EventRule {
     DepsSorted,
     /// Rule 3: the author is a member of the genesis (`not_member`).
     Membership,
-    /// Rule 7: one op or more, no empty key (`bad_op`).
+    /// Rule 7: one op or more, no empty key, causal contexts that name deps and earlier own seqs
+    /// and stand alone on their key (`bad_op`).
     Ops,
     /// Rule 7: `ops_hash` is the hash of the ops (`ops_hash_mismatch`).
     OpsHash,
@@ -179,7 +180,9 @@ impl EventRule {
             Self::Canonical => "the bytes are the canonical encoding",
             Self::DepsSorted => "the deps are strictly ascending",
             Self::Membership => "the author is a member of the genesis",
-            Self::Ops => "one op or more, every key non-empty",
+            Self::Ops => {
+                "one op or more, every key non-empty; a causal context names deps and earlier own seqs, in order, and its op is alone on its key"
+            }
             Self::OpsHash => "ops_hash is the hash of the ops",
             Self::Signature => "verify_strict(author, id, sig) holds",
             Self::Seq => "seq 1 without an own dep, or seq n after the own dep at n - 1",
