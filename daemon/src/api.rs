@@ -124,7 +124,7 @@ use futures_util::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::net::UnixListener;
-use tokio::sync::{OnceCell, broadcast, watch};
+use tokio::sync::{broadcast, watch};
 
 pub use crate::json::JSON_SAFE_INTEGER_MAX;
 use crate::json::{self, BatchBody, BatchOp, ElementBody, IncrBody, ValueBody, text_of};
@@ -247,7 +247,7 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// The API's routes over `handle`. Watch streams end when `shutdown` becomes true.
 pub fn router(handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router {
-    let state = AppState { handle, shutdown, members: Arc::new(OnceCell::new()) };
+    let state = AppState { handle, shutdown, members: Arc::default() };
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/health", get(health))
@@ -286,28 +286,37 @@ pub fn router(handle: ServiceHandle, shutdown: watch::Receiver<bool>) -> Router 
 struct AppState {
     handle: ServiceHandle,
     shutdown: watch::Receiver<bool>,
-    /// The genesis members in key order (a member's position is its index), asked of the
-    /// service once: membership does not change while the daemon runs.
-    members: Arc<OnceCell<Arc<[Member]>>>,
+    /// The keys this node indexes with their names, by author index
+    /// ([`AppState::members_covering`]).
+    members: Arc<std::sync::Mutex<Arc<[Member]>>>,
 }
 
 impl AppState {
-    async fn members(&self) -> Result<Arc<[Member]>, ApiError> {
-        let members = self
-            .members
-            .get_or_try_init(|| async {
-                let status = self.handle.status().await?;
-                let peers = self.handle.peers().await?;
-                let mut members: Vec<Member> =
-                    peers.into_iter().map(|p| Member { key: p.key, name: p.name }).collect();
-                members.push(Member { key: status.key, name: status.name });
-                // The genesis is sorted by key, so this order gives each member its index.
-                members.sort_by_key(|m| m.key);
-                members.dedup_by_key(|m| m.key);
-                Ok::<_, ApiError>(Arc::from(members))
-            })
-            .await?;
-        Ok(Arc::clone(members))
+    /// The keys this node indexes with their display names, by author index (the roster's
+    /// order, which only grows: an index never changes its key). Cached, and read again from
+    /// the service when the cache is empty or `covers` says it lacks what the caller needs (a
+    /// key added by a membership change since).
+    async fn members_covering(&self, covers: impl Fn(&[Member]) -> bool) -> Result<Arc<[Member]>, ApiError> {
+        let cached = Arc::clone(&self.members.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if !cached.is_empty() && covers(&cached) {
+            return Ok(cached);
+        }
+        let status = self.handle.status().await?;
+        let fresh: Arc<[Member]> = status
+            .authors
+            .iter()
+            .map(|author| Member { key: author.key, name: author.name.clone() })
+            .collect();
+        *self.members.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::clone(&fresh);
+        Ok(fresh)
+    }
+
+    /// The members, covering every author index of `read`'s siblings.
+    async fn members_for(&self, read: &RegisterRead) -> Result<Arc<[Member]>, ApiError> {
+        if read.siblings.is_empty() {
+            return Ok(Arc::from([]));
+        }
+        self.members_covering(|members| read.siblings.iter().all(|s| s.author < members.len())).await
     }
 }
 
@@ -1009,7 +1018,7 @@ async fn register(
 ) -> Result<Json<json::Register>, ApiError> {
     let key_bytes = check_key(key.clone(), "path")?;
     let read = st.handle.register(key_bytes).await?;
-    let members = if read.siblings.is_empty() { Arc::from([]) } else { st.members().await? };
+    let members = st.members_for(&read).await?;
     Ok(Json(json::Register { key, state: register_state_json(&read, &members) }))
 }
 
@@ -1250,7 +1259,7 @@ async fn resolve_author(st: &AppState, text: &str) -> Result<PublicKey, ApiError
     if let Ok(key) = PublicKey::from_str(&text.to_ascii_lowercase()) {
         return Ok(key);
     }
-    let members = st.members().await?;
+    let members = st.members_covering(|members| members.iter().any(|m| m.name == text)).await?;
     members.iter().find(|m| m.name == text).map(|m| m.key).ok_or_else(|| {
         ApiError::bad_request(
             "bad_query",
@@ -1375,7 +1384,12 @@ fn roster_detail(n_seats: usize, carries_membership: bool, ok: Option<bool>) -> 
 
 async fn evidence(State(st): State<AppState>) -> Result<Json<json::EvidenceList>, ApiError> {
     let list = st.handle.evidence().await?;
-    let members = if list.is_empty() { Arc::from([]) } else { st.members().await? };
+    let members = if list.is_empty() {
+        Arc::from([])
+    } else {
+        st.members_covering(|members| list.iter().all(|e| members.iter().any(|m| m.key == e.author())))
+            .await?
+    };
     let membership = st.handle.membership().await?;
     let resolution = &membership.resolution;
     let vote = |v: &cairn_protocol::membership::Vote| json::VoteRef {
@@ -1435,7 +1449,7 @@ async fn change_state(st: &AppState, notice: &ChangeNotice) -> Result<json::Chan
     Ok(match notice.kind {
         KeyKind::Register => {
             let read = st.handle.register(key).await?;
-            json::ChangeState::Register(register_state_json(&read, &st.members().await?))
+            json::ChangeState::Register(register_state_json(&read, &st.members_for(&read).await?))
         }
         KeyKind::Counter => {
             json::ChangeState::Counter { value: json::CounterValue(st.handle.counter(key).await?) }

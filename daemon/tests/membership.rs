@@ -130,6 +130,13 @@ fn a_fourth_host_is_added_catches_up_and_writes() {
     c.wait_for("every node reads the new host's write", |c| {
         (0..4).all(|i| c.register_value(i, "from-dave").as_deref() == Some("hello"))
     });
+    // Its author is named on every node, though the API had named the genesis members before
+    // the new key was indexed (its author index comes after theirs).
+    for i in 0..4 {
+        let register = c.register(i, "from-dave");
+        assert_eq!(register["siblings"][0]["author_name"], "dave", "node {i}: {register}");
+        assert_eq!(register["siblings"][0]["author"], key_hex.as_str(), "node {i}: {register}");
+    }
     c.wait_for("the four nodes converge", |c| c.converged(&[0, 1, 2, 3]));
     let list = ctl_ok(&c, dave, &["member", "list"]);
     assert!(list.contains("dave") && list.contains(&key_hex), "{list}");

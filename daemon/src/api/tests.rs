@@ -360,14 +360,19 @@ impl Fake {
                     writes_refused: None,
                     n_peers_connected: 1,
                     n_peers: 1,
-                    authors: vec![crate::service::AuthorFigures {
-                        key: self.own,
-                        name: "alpha".into(),
-                        events: self.events.len() as u64,
-                        bytes: 100,
-                        events_per_sec: 0.5,
-                        bytes_per_sec: 50.0,
-                    }],
+                    // Every indexed key in index order, as the driver gives them.
+                    authors: self
+                        .members
+                        .iter()
+                        .map(|member| crate::service::AuthorFigures {
+                            key: member.key,
+                            name: member.name.clone(),
+                            events: if member.key == self.own { self.events.len() as u64 } else { 0 },
+                            bytes: if member.key == self.own { 100 } else { 0 },
+                            events_per_sec: if member.key == self.own { 0.5 } else { 0.0 },
+                            bytes_per_sec: if member.key == self.own { 50.0 } else { 0.0 },
+                        })
+                        .collect(),
                     membership: crate::service::MembershipBrief {
                         id: [3; 32],
                         n_seats: 2,
