@@ -667,3 +667,19 @@ fn a_crash_while_relearning_its_own_seq_never_makes_a_node_sign_a_seq_twice() {
     );
     assert!(cluster.store(0).own_history_complete(), "its first new own event marked the store");
 }
+
+/// What the full mesh costs, counted on virtual time (BENCHMARKS, "Scale"): each event reaches
+/// each node once from each other node at most, one write converges in one hop, and messages
+/// per event per node stay within today's figure, so that a change that sends more fails here.
+/// Issue 14's bounded fan-out will lower these bounds.
+#[test]
+fn the_full_mesh_sends_each_event_at_most_once_per_peer() {
+    let figures = cairn_tests::sim::scale::measure(10, 20, 14).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(figures.events, 20, "one event per write");
+    let copies = figures.copies_per_event();
+    assert!((8.5..=9.1).contains(&copies), "copies of each event per node: {copies}");
+    let messages = figures.messages_per_event_per_node();
+    assert!(messages <= 15.0, "messages per event per node: {messages} (13.6 at 533bf48)");
+    let slowest = figures.convergence_ms.iter().max().copied().unwrap_or(0);
+    assert!(slowest <= 20, "a write took {slowest} virtual ms to reach every node (links are 1 to 10 ms)");
+}

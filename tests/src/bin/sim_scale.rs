@@ -15,12 +15,7 @@
 use std::process::ExitCode;
 
 use cairn_protocol::limits::MEMBERS_MAX;
-use cairn_tests::sim::{Cluster, LinkProfile, Scripted, SimConfig};
-
-/// Virtual milliseconds a write may take to reach every node before the run is called stuck.
-const CONVERGENCE_DEADLINE_MS: u64 = 60_000;
-/// Virtual milliseconds between a write's convergence and the next write.
-const WRITE_GAP_MS: u64 = 50;
+use cairn_tests::sim::scale::measure;
 
 struct Args {
     sizes: Vec<usize>,
@@ -55,70 +50,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-/// What one cluster size cost.
-struct Figures {
-    n_nodes: usize,
-    events: u64,
-    messages: u64,
-    bytes: u64,
-    /// Events received from peers, over all nodes (an event sent to a node twice counts twice).
-    received: u64,
-    convergence_ms: Vec<u64>,
-}
-
-/// Events every node received from its peers so far, in all.
-fn received(cluster: &Cluster, n_nodes: usize) -> u64 {
-    (0..n_nodes)
-        .flat_map(|i| (0..n_nodes).filter(move |&j| j != i).map(move |j| (i, j)))
-        .filter_map(|(i, j)| cluster.node(i).peer_stats(&cluster.public(j)).map(|stats| stats.events_in))
-        .sum()
-}
-
-fn measure(n_nodes: usize, writes: usize, seed: u64) -> Result<Figures, String> {
-    let mut config = SimConfig::quiet(seed, n_nodes);
-    config.n_writes = 0;
-    config.links = LinkProfile::reliable(10);
-    let mut cluster = Cluster::new(config);
-    // Connections and the first sessions, before anything is counted.
-    let settle =
-        |cluster: &mut Cluster| cluster.run_until_quiescent(cluster.now_ms() + CONVERGENCE_DEADLINE_MS);
-    settle(&mut cluster)?;
-    let before = cluster.outcome();
-    let received_before = received(&cluster, n_nodes);
-    let accepted = |cluster: &Cluster, i: usize| cluster.node(i).adapter().n_accepted();
-    let accepted_before = accepted(&cluster, 0);
-    let mut convergence_ms = Vec::with_capacity(writes);
-    for _ in 0..writes {
-        let start = cluster.now_ms() + WRITE_GAP_MS;
-        let target = accepted(&cluster, 0);
-        cluster.schedule(start, Scripted::Write { node: 0 });
-        cluster.run_until(start)?;
-        // The write's event (or events) accepted by its node, then by every node.
-        while accepted(&cluster, 0) <= target {
-            if !cluster.step()? || cluster.now_ms() > start + CONVERGENCE_DEADLINE_MS {
-                return Err(format!("{n_nodes} nodes: the write was not accepted by its node"));
-            }
-        }
-        let goal = accepted(&cluster, 0);
-        while (0..n_nodes).any(|i| accepted(&cluster, i) < goal) {
-            if !cluster.step()? || cluster.now_ms() > start + CONVERGENCE_DEADLINE_MS {
-                return Err(format!("{n_nodes} nodes: a write did not reach every node"));
-            }
-        }
-        convergence_ms.push(cluster.now_ms() - start);
-    }
-    settle(&mut cluster)?;
-    let after = cluster.outcome();
-    Ok(Figures {
-        n_nodes,
-        events: (accepted(&cluster, 0) - accepted_before) as u64,
-        received: received(&cluster, n_nodes) - received_before,
-        messages: after.n_messages - before.n_messages,
-        bytes: after.n_bytes - before.n_bytes,
-        convergence_ms,
-    })
-}
-
 fn main() -> ExitCode {
     let args = match parse_args() {
         Ok(args) => args,
@@ -142,17 +73,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let per = (figures.events.max(1) * figures.n_nodes as u64) as f64;
-        let copies = figures.received as f64 / (figures.events.max(1) * (figures.n_nodes as u64 - 1)) as f64;
+
         let mut sorted = figures.convergence_ms.clone();
         sorted.sort_unstable();
         println!(
             "| {} | {} | {:.2} | {:.1} | {:.0} | {} / {} |",
             figures.n_nodes,
             figures.events,
-            copies,
-            figures.messages as f64 / per,
-            figures.bytes as f64 / per,
+            figures.copies_per_event(),
+            figures.messages_per_event_per_node(),
+            figures.bytes_per_event_per_node(),
             sorted[sorted.len() / 2],
             sorted[sorted.len() - 1],
         );

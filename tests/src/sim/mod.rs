@@ -35,6 +35,7 @@ mod byzantine;
 mod cluster;
 mod network;
 mod rng;
+pub mod scale;
 mod store;
 
 pub use byzantine::{
