@@ -641,15 +641,8 @@ fn context_events(context: &str, at: &str) -> Result<Vec<EventId>, ApiError> {
 /// A register or set op with the causal context `context` (base64), or without one.
 fn with_context(op: Op, context: Option<String>, at: &str) -> Result<Op, ApiError> {
     let Some(context) = context else { return Ok(op) };
-    let seen = Seen { events: context_events(&context, at)?, own: Vec::new() };
-    Ok(match op {
-        Op::Put { key, value } => Op::PutSeen { key, value, seen },
-        Op::Del { key } => Op::DelSeen { key, seen },
-        Op::Add { key, element } => Op::AddSeen { key, element, seen },
-        Op::Remove { key, element } => Op::RemoveSeen { key, element, seen },
-        // Counters and membership ops take no context; the callers never pass one.
-        other => other,
-    })
+    // Counters and membership ops take no context; the callers never pass one.
+    Ok(op.with_seen(Seen { events: context_events(&context, at)?, own: Vec::new() }))
 }
 
 fn event_summary_json(e: &EventInfo) -> json::EventSummary {

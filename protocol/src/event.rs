@@ -178,6 +178,23 @@ impl Op {
         }
     }
 
+    /// This register or set op with the causal context `seen` (a `Put` becomes a `PutSeen`, and
+    /// so on; an op that has one gets `seen` instead). A counter or membership op takes no
+    /// context and is given back as it is.
+    pub fn with_seen(self, seen: Seen) -> Self {
+        match self {
+            Self::Put { key, value } | Self::PutSeen { key, value, .. } => Self::PutSeen { key, value, seen },
+            Self::Del { key } | Self::DelSeen { key, .. } => Self::DelSeen { key, seen },
+            Self::Add { key, element } | Self::AddSeen { key, element, .. } => {
+                Self::AddSeen { key, element, seen }
+            }
+            Self::Remove { key, element } | Self::RemoveSeen { key, element, .. } => {
+                Self::RemoveSeen { key, element, seen }
+            }
+            other => other,
+        }
+    }
+
     /// The causal context the op carries, to change it.
     pub fn seen_mut(&mut self) -> Option<&mut Seen> {
         match self {

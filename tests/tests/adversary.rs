@@ -169,11 +169,7 @@ fn attack(name: &str, orphans: u64, setup: impl FnOnce(&AttackCluster)) {
         eprintln!("{name}: converged {:.2} s after the attack", converged.elapsed().as_secs_f64());
         for i in 0..3 {
             for (key, _) in &acks {
-                let register = cluster
-                    .client(i)
-                    .get_json(&format!("/v1/registers/{}", path_segment(key)))
-                    .await
-                    .unwrap();
+                let register = cluster.register(i, key).await.unwrap();
                 assert_eq!(
                     register["value"],
                     json!(key),
@@ -236,11 +232,7 @@ fn attack(name: &str, orphans: u64, setup: impl FnOnce(&AttackCluster)) {
         // Values that must stand as siblings on every node.
         for (key, value) in &expect.kept {
             for i in 0..3 {
-                let register = cluster
-                    .client(i)
-                    .get_json(&format!("/v1/registers/{}", path_segment(key)))
-                    .await
-                    .unwrap();
+                let register = cluster.register(i, key).await.unwrap();
                 let held = register["siblings"]
                     .as_array()
                     .is_some_and(|siblings| siblings.iter().any(|s| s["value"] == value.as_str()));
@@ -696,11 +688,7 @@ fn s27_an_abuser_is_removed_by_threshold_with_a_cut() {
         let mut n_cut = 0;
         for (key, seq) in &seq_of_key {
             for i in 0..3 {
-                let register = cluster
-                    .client(i)
-                    .get_json(&format!("/v1/registers/{}", path_segment(key)))
-                    .await
-                    .unwrap();
+                let register = cluster.register(i, key).await.unwrap();
                 let applied = !register["value"].is_null() || !register["value_base64"].is_null();
                 assert_eq!(
                     applied,

@@ -951,13 +951,9 @@ impl OpSpec {
 
 /// `op` with the causal context `seen`.
 fn with_seen(op: Op, seen: Seen) -> Op {
-    match op {
-        Op::Put { key, value } => Op::PutSeen { key, value, seen },
-        Op::Del { key } => Op::DelSeen { key, seen },
-        Op::Add { key, element } => Op::AddSeen { key, element, seen },
-        Op::Remove { key, element } => Op::RemoveSeen { key, element, seen },
-        op => panic!("{op:?} takes no context"),
-    }
+    let op = op.with_seen(seen);
+    assert!(op.seen().is_some(), "{op:?} takes no context");
+    op
 }
 
 /// Wraps some of the ops `plain` gives in a causal context (never an `Incr`).

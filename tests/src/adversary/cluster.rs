@@ -215,6 +215,12 @@ impl AttackCluster {
         Ok(self.client(i).get_json("/v1/status").await?)
     }
 
+    /// Honest node `i`'s register `key` (`GET /v1/registers/{key}`).
+    pub async fn register(&self, i: usize, key: &str) -> anyhow::Result<Value> {
+        let path = format!("/v1/registers/{}", cairn_daemon::client::path_segment(key));
+        Ok(self.client(i).get_json(&path).await?)
+    }
+
     /// Honest node `i`'s `/v1/peers` entry for the peer called `name`.
     pub async fn peer(&self, i: usize, name: &str) -> anyhow::Result<Value> {
         let peers = self.client(i).get_json("/v1/peers").await?;

@@ -1034,14 +1034,8 @@ impl Cluster {
             };
             self.client_reads.insert(slot, fresh);
             self.outcome.n_context_ops += 1;
-            let seen = Seen { events, own: Vec::new() };
-            *op = match std::mem::replace(op, Op::Del { key: Vec::new() }) {
-                Op::Put { key, value } => Op::PutSeen { key, value, seen },
-                Op::Del { key } => Op::DelSeen { key, seen },
-                Op::Add { key, element } => Op::AddSeen { key, element, seen },
-                Op::Remove { key, element } => Op::RemoveSeen { key, element, seen },
-                other => other,
-            };
+            let plain = std::mem::replace(op, Op::Del { key: Vec::new() });
+            *op = plain.with_seen(Seen { events, own: Vec::new() });
         }
     }
 
