@@ -26,11 +26,13 @@ pub enum Domain {
     Change,
     /// What a rotation's new key signs to prove it holds its secret key.
     Rotation,
+    /// What a member signs to publish the addresses it can be dialed at.
+    Address,
 }
 
 impl Domain {
     /// Every domain, in the order of the table in `docs/PROTOCOL.md`.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Cluster,
         Self::Event,
         Self::Ops,
@@ -40,6 +42,7 @@ impl Domain {
         Self::Membership,
         Self::Change,
         Self::Rotation,
+        Self::Address,
     ];
 
     /// The domain string that prefixes the hashed bytes.
@@ -54,6 +57,7 @@ impl Domain {
             Self::Membership => b"cairn/membership/v1",
             Self::Change => b"cairn/change/v1",
             Self::Rotation => b"cairn/rotation/v1",
+            Self::Address => b"cairn/address/v1",
         }
     }
 }

@@ -593,6 +593,9 @@ impl Driver {
                         self.membership_changed = true;
                     }
                 }
+                NodeEvent::Addresses { key, addrs } => {
+                    debug!(peer = %self.name_of(&key), ?addrs, "a member's signed address record");
+                }
                 NodeEvent::Changed(changes) => {
                     for change in changes {
                         self.n_changes += 1;

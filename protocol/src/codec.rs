@@ -12,14 +12,16 @@ use bincode::enc::{Encode, Encoder};
 use bincode::error::{DecodeError, EncodeError};
 use cairn_crypto::{PublicKey, Signature};
 
+use crate::addr::AddrRecord;
 use crate::event::{Event, EventId, Header, Op, Seen};
 use crate::evidence::{Evidence, SignedHeader};
 use crate::genesis::{Genesis, Member};
 use crate::limits::{
-    CHANGE_BYTES_MAX, DEPS_MAX, EVENT_BYTES_MAX, EVENTS_PER_MESSAGE_MAX, EVIDENCE_BYTES_MAX,
-    EVIDENCE_PER_MESSAGE_MAX, FORK_PROBE_SEQS_MAX, GENESIS_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX,
-    MEMBERS_MAX, MESSAGE_BYTES_MAX, OPS_MAX, ROTATION_BYTES, SEEN_EVENTS_MAX, SEEN_OWN_MAX,
-    TIPS_PER_MESSAGE_MAX, VALUE_BYTES_MAX, WANT_IDS_MAX,
+    ADDR_RECORDS_PER_MESSAGE_MAX, ADDR_TEXT_BYTES_MAX, ADDRS_PER_RECORD_MAX, CHANGE_BYTES_MAX, DEPS_MAX,
+    EVENT_BYTES_MAX, EVENTS_PER_MESSAGE_MAX, EVIDENCE_BYTES_MAX, EVIDENCE_PER_MESSAGE_MAX,
+    FORK_PROBE_SEQS_MAX, GENESIS_BYTES_MAX, KEY_BYTES_MAX, MEMBER_NAME_BYTES_MAX, MEMBERS_MAX,
+    MESSAGE_BYTES_MAX, OPS_MAX, ROTATION_BYTES, SEEN_EVENTS_MAX, SEEN_OWN_MAX, TIPS_PER_MESSAGE_MAX,
+    VALUE_BYTES_MAX, WANT_IDS_MAX,
 };
 use crate::membership::{Change, ChangeId, ChangeKind, MembershipId, Rotation};
 use crate::message::{Message, Tip};
@@ -642,6 +644,10 @@ const MSG_FORK_PROBE: u32 = 5;
 const MSG_FORK_IDS: u32 = 6;
 const MSG_WANT_CHAIN: u32 = 7;
 const MSG_EVIDENCE: u32 = 8;
+const MSG_HAVE: u32 = 9;
+const MSG_PRUNE: u32 = 10;
+const MSG_GRAFT: u32 = 11;
+const MSG_ADDRS: u32 = 12;
 
 fn encode_evidence_list<E: Encoder>(list: &[Evidence], encoder: &mut E) -> Result<(), EncodeError> {
     encode_len(list.len(), encoder)?;
@@ -710,6 +716,29 @@ impl Encode for Message {
                 MSG_EVIDENCE.encode(encoder)?;
                 encode_evidence_list(evidence, encoder)
             }
+            Self::Have { ids } => {
+                MSG_HAVE.encode(encoder)?;
+                encode_len(ids.len(), encoder)?;
+                ids.iter().try_for_each(|id| id.encode(encoder))
+            }
+            Self::Prune => MSG_PRUNE.encode(encoder),
+            Self::Graft { ids } => {
+                MSG_GRAFT.encode(encoder)?;
+                encode_len(ids.len(), encoder)?;
+                ids.iter().try_for_each(|id| id.encode(encoder))
+            }
+            Self::Addrs { records } => {
+                MSG_ADDRS.encode(encoder)?;
+                encode_len(records.len(), encoder)?;
+                for record in records {
+                    record.key.0.encode(encoder)?;
+                    record.seq.encode(encoder)?;
+                    encode_len(record.addrs.len(), encoder)?;
+                    record.addrs.iter().try_for_each(|a| encode_bytes(a.as_bytes(), encoder))?;
+                    record.signature.0.encode(encoder)?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -747,6 +776,23 @@ impl<Context> Decode<Context> for Message {
             },
             MSG_WANT_CHAIN => Self::WantChain { tip: decode_id(decoder)?, from_seq: u64::decode(decoder)? },
             MSG_EVIDENCE => Self::Evidence { evidence: decode_evidence_list(decoder)? },
+            MSG_HAVE => Self::Have { ids: decode_vec(decoder, WANT_IDS_MAX, "ids", decode_id)? },
+            MSG_PRUNE => Self::Prune,
+            MSG_GRAFT => Self::Graft { ids: decode_vec(decoder, WANT_IDS_MAX, "ids", decode_id)? },
+            MSG_ADDRS => Self::Addrs {
+                records: decode_vec(decoder, ADDR_RECORDS_PER_MESSAGE_MAX, "records", |d| {
+                    Ok(AddrRecord {
+                        key: PublicKey(decode_array(d)?),
+                        seq: u64::decode(d)?,
+                        addrs: decode_vec(d, ADDRS_PER_RECORD_MAX, "addrs", |d| {
+                            let bytes = decode_bytes(d, ADDR_TEXT_BYTES_MAX, "addr")?;
+                            String::from_utf8(bytes)
+                                .map_err(|_| DecodeError::OtherString("an address is not UTF-8".into()))
+                        })?,
+                        signature: Signature(decode_array(d)?),
+                    })
+                })?,
+            },
             other => return Err(DecodeError::OtherString(format!("{UNKNOWN_TAG}message tag {other}"))),
         })
     }

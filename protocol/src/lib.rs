@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod addr;
 pub mod archive;
 pub mod buffer;
 pub mod codec;
@@ -21,11 +22,13 @@ mod members;
 pub mod membership;
 pub mod message;
 pub mod node;
+pub mod overlay;
 pub mod roster;
 pub mod validate;
 pub mod verified;
 
 pub use adapter::{Adapter, AdapterConfig, ChainState, Ingested, Rejection};
+pub use addr::{AddrError, AddrRecord};
 pub use archive::{Archive, EventMeta, MemoryArchive, StoredEvent};
 pub use buffer::PeerId;
 pub use diagnose::{
@@ -41,6 +44,7 @@ pub use message::{Message, Tip};
 pub use node::{
     DocumentDelta, MemberRequest, Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError,
 };
+pub use overlay::{Overlay, OverlayChange, OverlayConfig};
 pub use roster::{Roster, RosterError};
 pub use validate::Reject;
 pub use verified::Verified;

@@ -4,8 +4,8 @@
 //! `docs/PROTOCOL.md` lists the same numbers, and a test keeps the two in step.
 
 /// Most members a genesis may list. Each accepted event carries a causal clock with one entry
-/// per member, so this bounds per-event memory (8 bytes × members).
-pub const MEMBERS_MAX: usize = 64;
+/// per member, so this bounds per-event memory (8 bytes × members: 4 KiB at the bound).
+pub const MEMBERS_MAX: usize = 512;
 /// Longest member display name, in bytes of UTF-8.
 pub const MEMBER_NAME_BYTES_MAX: usize = 64;
 /// Largest encoded genesis.
@@ -50,10 +50,23 @@ pub const MESSAGE_BYTES_MAX: usize = 1024 * 1024;
 pub const EVENTS_PER_MESSAGE_MAX: usize = 16 * 1024;
 /// Most tips one `Tips` message carries; a larger tip set is split over several messages.
 pub const TIPS_PER_MESSAGE_MAX: usize = 4096;
-/// Most evidence objects one message carries.
-pub const EVIDENCE_PER_MESSAGE_MAX: usize = MEMBERS_MAX;
+/// Most evidence objects one message carries (a `Tips` carries at most this many of the
+/// sender's; evidence beyond it still travels in `Evidence` pushes).
+pub const EVIDENCE_PER_MESSAGE_MAX: usize = 64;
 /// Most ids one `Want` message asks for.
 pub const WANT_IDS_MAX: usize = 4096;
+/// Most address records one `Addrs` message carries: one per member.
+pub const ADDR_RECORDS_PER_MESSAGE_MAX: usize = MEMBERS_MAX;
+/// Most addresses one member's address record lists.
+pub const ADDRS_PER_RECORD_MAX: usize = 4;
+/// Longest address text in an address record (`[IPv6%scope]:port` fits).
+pub const ADDR_TEXT_BYTES_MAX: usize = 64;
+// An `Addrs` message with a record for every member, each as long as it may be, fits.
+const _: () = assert!(
+    8 + 8
+        + ADDR_RECORDS_PER_MESSAGE_MAX * (32 + 8 + 8 + ADDRS_PER_RECORD_MAX * (8 + ADDR_TEXT_BYTES_MAX) + 64)
+        <= MESSAGE_BYTES_MAX
+);
 /// Most seqs one `ForkProbe` asks about.
 pub const FORK_PROBE_SEQS_MAX: usize = 64;
 

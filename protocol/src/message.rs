@@ -3,6 +3,7 @@
 
 use cairn_crypto::PublicKey;
 
+pub use crate::addr::AddrRecord;
 use crate::event::EventId;
 use crate::evidence::Evidence;
 
@@ -81,6 +82,26 @@ pub enum Message {
         /// The evidence objects.
         evidence: Vec<Evidence>,
     },
+    /// A lazy push: "I hold these events" (ids of events the sender accepted and pushed
+    /// eagerly to others). The receiver asks for those it still lacks with `Graft` if they do
+    /// not reach it otherwise.
+    Have {
+        /// The ids announced.
+        ids: Vec<EventId>,
+    },
+    /// "Stop pushing events to me; announce them": the receiver's pushes reached the sender
+    /// another way first.
+    Prune,
+    /// "Push events to me again, and send these": a lazy announcement arrived before the event.
+    Graft {
+        /// The ids asked for (the receiver sends those it has accepted).
+        ids: Vec<EventId>,
+    },
+    /// Members' signed address records, for dialing them.
+    Addrs {
+        /// The records.
+        records: Vec<AddrRecord>,
+    },
 }
 
 impl Message {
@@ -96,6 +117,10 @@ impl Message {
             Self::ForkIds { .. } => "fork_ids",
             Self::WantChain { .. } => "want_chain",
             Self::Evidence { .. } => "evidence",
+            Self::Have { .. } => "have",
+            Self::Prune => "prune",
+            Self::Graft { .. } => "graft",
+            Self::Addrs { .. } => "addrs",
         }
     }
 }

@@ -20,10 +20,10 @@ use cairn_protocol::limits;
 use cairn_protocol::membership::{
     Approval, Change, ChangeKind, ChangeLog, MembershipId, Policy, Proposal, Rotation,
 };
-use cairn_protocol::node::{EVENTS_CHUNK_BYTES, FORK_PROBE_SEQS_PER_ROUND, WANT_PERIODIC_IDS_MAX};
+use cairn_protocol::node::{self, EVENTS_CHUNK_BYTES, FORK_PROBE_SEQS_PER_ROUND, WANT_PERIODIC_IDS_MAX};
 use cairn_protocol::{
-    Adapter, AdapterConfig, Event, EventId, Evidence, Genesis, Header, Member, Message, Node, NodeConfig,
-    NodeEvent, Op, Seen, SignedHeader, Tip,
+    Adapter, AdapterConfig, AddrRecord, Event, EventId, Evidence, Genesis, Header, Member, Message, Node,
+    NodeConfig, NodeEvent, Op, Seen, SignedHeader, Tip,
 };
 
 /// Set to `1` to write `docs/vectors.txt` instead of comparing with it.
@@ -57,6 +57,14 @@ const NAMES: [&str; 3] = ["alice", "bob", "carol"];
 
 fn bytes(text: &str) -> Vec<u8> {
     text.as_bytes().to_vec()
+}
+
+/// Alice's address record of the vectors.
+fn addr_record(s: &Scenario) -> AddrRecord {
+    let alice = SecretKey::from_seed(&[1u8; 32]);
+    let addrs =
+        ["192.0.2.1:7000".parse().expect("an address"), "[2001:db8::1]:7000".parse().expect("an address")];
+    AddrRecord::new(&s.genesis.cluster_id(), &alice, 7, &addrs)
 }
 
 fn scenario() -> Scenario {
@@ -461,10 +469,33 @@ fn compute() -> Vectors {
         ("fork_ids", Message::ForkIds { tip: s.event3.id(), entries: vec![(1, s.event1.id())] }),
         ("want_chain", Message::WantChain { tip: s.event2b.id(), from_seq: 2 }),
         ("evidence", Message::Evidence { evidence: vec![s.evidence.clone()] }),
+        ("have", Message::Have { ids: vec![s.event3.id()] }),
+        ("prune", Message::Prune),
+        ("graft", Message::Graft { ids: vec![s.event3.id()] }),
+        ("addrs", Message::Addrs { records: vec![addr_record(&s)] }),
     ];
     for (name, message) in &messages {
         v.add(&format!("message.{name}"), codec::encode_message(message));
     }
+    let record = addr_record(&s);
+    v.comment("message.addrs carries alice's address record: seq 7, addresses 192.0.2.1:7000 and");
+    v.comment("[2001:db8::1]:7000. addr.alice.message = SHA-256(\"cairn/address/v1\" || cluster_id ||");
+    v.comment("alice || u64(7) || u64(2) || each address as u64(len) || text); addr.alice.sig signs it.");
+    let message = AddrRecord::message(&s.genesis.cluster_id(), &record.key, record.seq, &record.addrs);
+    // The pre-image, by hand.
+    let mut pre_image = s.genesis.cluster_id().to_vec();
+    pre_image.extend(record.key.0);
+    pre_image.extend(7u64.to_le_bytes());
+    pre_image.extend(2u64.to_le_bytes());
+    for text in ["192.0.2.1:7000", "[2001:db8::1]:7000"] {
+        pre_image.extend((text.len() as u64).to_le_bytes());
+        pre_image.extend(text.as_bytes());
+    }
+    assert_eq!(message, hash(Domain::Address, &pre_image));
+    assert!(verify_strict(&record.key, &message, &record.signature));
+    assert!(record.verify(&s.genesis.cluster_id()).is_ok());
+    v.add("addr.alice.message", message);
+    v.add("addr.alice.sig", record.signature.0);
 
     let partial = node_with(&s, &[&s.event1, &s.event2]);
     v.comment("");
@@ -1187,6 +1218,9 @@ fn limits_table_matches_the_constants() {
         ("TIPS_PER_MESSAGE_MAX", limits::TIPS_PER_MESSAGE_MAX),
         ("EVIDENCE_PER_MESSAGE_MAX", limits::EVIDENCE_PER_MESSAGE_MAX),
         ("WANT_IDS_MAX", limits::WANT_IDS_MAX),
+        ("ADDR_RECORDS_PER_MESSAGE_MAX", limits::ADDR_RECORDS_PER_MESSAGE_MAX),
+        ("ADDRS_PER_RECORD_MAX", limits::ADDRS_PER_RECORD_MAX),
+        ("ADDR_TEXT_BYTES_MAX", limits::ADDR_TEXT_BYTES_MAX),
         ("FORK_PROBE_SEQS_MAX", limits::FORK_PROBE_SEQS_MAX),
     ];
     // The list above must name every constant of the module, so a new limit cannot be missed.
@@ -1231,6 +1265,8 @@ fn node_settings_tables_match_the_defaults() {
         ("want_interval_ms", node.want_interval_ms.to_string()),
         ("peer_queue_ids_max", node.peer_queue_ids_max.to_string()),
         ("peer_queue_messages_max", node.peer_queue_messages_max.to_string()),
+        ("graft_timeout_ms", node.graft_timeout_ms.to_string()),
+        ("have_interval_ms", node.have_interval_ms.to_string()),
         ("peer_events_per_sec", node.peer_events_per_sec.to_string()),
         ("peer_events_burst", node.peer_events_burst.to_string()),
         ("peer_tips_max", node.peer_tips_max.to_string()),
@@ -1244,6 +1280,11 @@ fn node_settings_tables_match_the_defaults() {
     let constants: Vec<(&str, String)> = vec![
         ("FORK_PROBE_SEQS_PER_ROUND", FORK_PROBE_SEQS_PER_ROUND.to_string()),
         ("WANT_PERIODIC_IDS_MAX", WANT_PERIODIC_IDS_MAX.to_string()),
+        ("AWAITED_IDS_MAX", node::AWAITED_IDS_MAX.to_string()),
+        ("AWAITED_PER_PEER_MAX", node::AWAITED_PER_PEER_MAX.to_string()),
+        ("ANNOUNCERS_PER_ID_MAX", node::ANNOUNCERS_PER_ID_MAX.to_string()),
+        ("LAZY_QUEUE_IDS_MAX", node::LAZY_QUEUE_IDS_MAX.to_string()),
+        ("ADDR_RECORD_INTERVAL_MS", node::ADDR_RECORD_INTERVAL_MS.to_string()),
         ("EVENTS_CHUNK_BYTES", EVENTS_CHUNK_BYTES.to_string()),
         ("BUFFER_ENTRY_OVERHEAD_BYTES", cairn_protocol::buffer::BUFFER_ENTRY_OVERHEAD_BYTES.to_string()),
         ("VERIFY_THREADS_MAX", cairn_crypto::verify::VERIFY_THREADS_MAX.to_string()),

@@ -156,7 +156,18 @@ pub fn message(data: &[u8]) {
     assert_eq!(message_len(&message), data.len());
     assert!(!message.kind().is_empty());
     match &message {
-        Message::Summary { .. } | Message::InSync { .. } | Message::WantChain { .. } => {}
+        Message::Summary { .. } | Message::InSync { .. } | Message::WantChain { .. } | Message::Prune => {}
+        Message::Have { ids } | Message::Graft { ids } => {
+            assert!(ids.len() <= cairn_protocol::limits::WANT_IDS_MAX);
+        }
+        Message::Addrs { records } => {
+            assert!(records.len() <= cairn_protocol::limits::ADDR_RECORDS_PER_MESSAGE_MAX);
+            for record in records {
+                assert!(record.addrs.len() <= cairn_protocol::limits::ADDRS_PER_RECORD_MAX);
+                // Whatever it holds, checking it answers without panicking.
+                let _ = record.verify(&[0; 32]);
+            }
+        }
         Message::Tips { tips, evidence, .. } => {
             assert!(tips.len() <= TIPS_PER_MESSAGE_MAX);
             assert!(evidence.len() <= EVIDENCE_PER_MESSAGE_MAX);

@@ -677,7 +677,9 @@ fn the_full_mesh_sends_each_event_at_most_once_per_peer() {
     let figures = cairn_tests::sim::scale::measure(10, 20, 14).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(figures.events, 20, "one event per write");
     let copies = figures.copies_per_event();
-    assert!((8.5..=9.1).contains(&copies), "copies of each event per node: {copies}");
+    // The first write goes to every peer (all links start eager), the duplicates prune the mesh
+    // to a tree, and later writes cross each link once.
+    assert!(copies <= 1.5, "copies of each event per node: {copies} (1.41 with the tree)");
     let messages = figures.messages_per_event_per_node();
     assert!(messages <= 15.0, "messages per event per node: {messages} (13.6 at 533bf48)");
     let slowest = figures.convergence_ms.iter().max().copied().unwrap_or(0);

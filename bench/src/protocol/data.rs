@@ -125,7 +125,7 @@ pub(crate) fn drain_events(node: &mut Node) -> Drained {
             NodeEvent::Rejected { .. } => out.rejected += 1,
             NodeEvent::BadMessage { .. } => out.bad_messages += 1,
             NodeEvent::Evidence(_) => out.evidence += 1,
-            NodeEvent::PeerRefused(_) | NodeEvent::Changed(_) => {}
+            NodeEvent::PeerRefused(_) | NodeEvent::Changed(_) | NodeEvent::Addresses { .. } => {}
         }
     }
     out

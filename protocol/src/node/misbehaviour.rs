@@ -28,11 +28,13 @@ pub enum Misbehaviour {
     TipOfNonMember,
     /// Evidence that does not verify (see `EvidenceError`).
     BadEvidence,
+    /// An address record that does not verify, or names a key not in force (see `AddrError`).
+    BadAddress,
 }
 
 impl Misbehaviour {
     /// Every misbehaviour, in the order of the table in `docs/PROTOCOL.md`.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 11] = [
         Self::Oversize,
         Self::Truncated,
         Self::LengthOverLimit,
@@ -43,6 +45,7 @@ impl Misbehaviour {
         Self::TooManyTips,
         Self::TipOfNonMember,
         Self::BadEvidence,
+        Self::BadAddress,
     ];
 
     /// The misbehaviour of a message that did not decode: the decoding rule it broke.
@@ -72,11 +75,12 @@ impl Misbehaviour {
             Self::TooManyTips => "too_many_tips",
             Self::TipOfNonMember => "tip_of_non_member",
             Self::BadEvidence => "bad_evidence",
+            Self::BadAddress => "bad_address",
         }
     }
 }
 
-const _: () = assert!(Misbehaviour::ALL.len() == CodecError::NAMES.len() + 3);
+const _: () = assert!(Misbehaviour::ALL.len() == CodecError::NAMES.len() + 4);
 
 #[cfg(test)]
 mod tests {

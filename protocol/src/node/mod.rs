@@ -52,6 +52,7 @@ use crate::validate::Reject;
 use crate::verified::Verified;
 
 mod fork;
+mod gossip;
 mod misbehaviour;
 mod outbox;
 mod peer;
@@ -59,6 +60,11 @@ mod session;
 mod writes;
 
 use fork::ForkSearch;
+pub use gossip::{
+    ADDR_RECORD_INTERVAL_MS, ANNOUNCERS_PER_ID_MAX, AWAITED_IDS_MAX, AWAITED_PER_PEER_MAX,
+    LAZY_QUEUE_IDS_MAX, RECENT_IDS_MAX,
+};
+use gossip::{Awaited, HeldAddr};
 pub use misbehaviour::Misbehaviour;
 pub use peer::PeerStats;
 use peer::{Outgoing, Peer, SentEvents};
@@ -93,6 +99,12 @@ pub struct NodeConfig {
     pub peer_queue_ids_max: usize,
     /// Most control messages queued for one peer.
     pub peer_queue_messages_max: usize,
+    /// Milliseconds an announced event (`Have`) may take to arrive another way before this
+    /// node asks an announcer for it (`Graft`).
+    pub graft_timeout_ms: u64,
+    /// Milliseconds between flushes of the ids queued for lazy peers (`Have`): announcements
+    /// of the events accepted meanwhile share one message per peer.
+    pub have_interval_ms: u64,
     /// Events per second one peer may send (a token bucket); the excess is dropped unread and
     /// fetched again by reconciliation from honest peers.
     pub peer_events_per_sec: u64,
@@ -117,6 +129,8 @@ impl Default for NodeConfig {
             want_interval_ms: 500,
             peer_queue_ids_max: 262_144,
             peer_queue_messages_max: 1_024,
+            graft_timeout_ms: 100,
+            have_interval_ms: 50,
             peer_events_per_sec: 100_000,
             peer_events_burst: 200_000,
             peer_tips_max: 65_536,
@@ -161,6 +175,13 @@ pub enum NodeEvent {
     PeerRefused(PeerId),
     /// Keys whose visible document state changed.
     Changed(Vec<Change>),
+    /// A member's signed address record was taken: it may be dialed at these addresses.
+    Addresses {
+        /// The member.
+        key: PublicKey,
+        /// Its addresses, from its latest record.
+        addrs: Vec<std::net::SocketAddr>,
+    },
 }
 
 /// What the document changed since it was last persisted, besides its dirty keys.
@@ -214,6 +235,16 @@ pub struct Node {
     prepared_from: Option<u64>,
     /// The latest time any input carried (outputs have no clock of their own).
     now_ms: u64,
+    /// Announced events this node lacks, by id (see [`gossip`]).
+    awaited: BTreeMap<EventId, Awaited>,
+    /// When the ids queued for lazy peers are announced, if any are.
+    next_flush_ms: Option<u64>,
+    /// Members' address records, by key.
+    addrs: BTreeMap<PublicKey, HeldAddr>,
+    /// Ids accepted lately, oldest first, with when (see [`Node::drop_recent`]).
+    recent: VecDeque<(u64, EventId)>,
+    /// The same ids, for lookups.
+    recent_ids: BTreeSet<EventId>,
 }
 
 impl Node {
@@ -237,6 +268,11 @@ impl Node {
             digest_cache: None,
             next_want_ms: 0,
             transmit_cursor: None,
+            awaited: BTreeMap::new(),
+            next_flush_ms: None,
+            addrs: BTreeMap::new(),
+            recent: VecDeque::new(),
+            recent_ids: BTreeSet::new(),
         }
     }
 
@@ -380,6 +416,7 @@ impl Node {
         *entry = Peer::new(now_ms, burst);
         entry.stats = stats;
         entry.last_in_sync = last_in_sync;
+        self.send_addr_book(peer);
         true
     }
 
@@ -394,6 +431,12 @@ impl Node {
             p.searches.clear();
             p.incoming_tips.clear();
             p.session_since_ms = None;
+            p.lazy.clear();
+            p.n_awaited = 0;
+            if p.eager {
+                p.eager = false;
+                self.keep_an_eager_peer(None);
+            }
         }
     }
 
@@ -679,6 +722,10 @@ impl Node {
             Message::ForkIds { tip, entries } => self.on_fork_ids(peer, tip, entries, now_ms),
             Message::WantChain { tip, from_seq } => self.on_want_chain(peer, tip, from_seq),
             Message::Evidence { evidence } => self.on_evidence(peer, evidence, now_ms),
+            Message::Have { ids } => self.on_have(peer, ids),
+            Message::Prune => self.on_prune(peer),
+            Message::Graft { ids } => self.on_graft(peer, ids),
+            Message::Addrs { records } => self.on_addrs(peer, records),
         }
     }
 
@@ -701,6 +748,7 @@ impl Node {
                 }
             }
         }
+        self.gossip_timeout(now_ms);
         if now_ms >= self.next_want_ms {
             self.next_want_ms = now_ms + self.config.want_interval_ms;
             let missing = self.adapter.missing(WANT_PERIODIC_IDS_MAX);
@@ -773,6 +821,9 @@ impl Node {
         if self.adapter.buffer_use().0 > 0 {
             earliest(self.next_want_ms);
         }
+        if let Some(at) = self.gossip_deadline() {
+            earliest(at);
+        }
         next
     }
 
@@ -797,7 +848,15 @@ impl Node {
             events.truncate(allowed as usize);
         }
         let ingested = self.adapter.ingest(peer, events);
+        // A message that brought only events held already: this link is redundant for pushes.
+        let redundant = ingested.n_duplicate > 0
+            && ingested.accepted.is_empty()
+            && ingested.n_buffered == 0
+            && ingested.rejected.is_empty();
         self.absorb(Some(peer), ingested, now_ms);
+        if redundant {
+            self.prune(peer);
+        }
     }
 
     /// Applies what the adapter accepted, reports rejections and evidence, pushes and asks.
@@ -869,15 +928,7 @@ impl Node {
             self.events.push_back(NodeEvent::Changed(changes.into_iter().collect()));
         }
         if !ids.is_empty() {
-            let targets: Vec<PeerId> = self
-                .peers
-                .iter()
-                .filter(|(k, p)| p.connected && Some(**k) != from)
-                .map(|(k, _)| *k)
-                .collect();
-            for peer in targets {
-                self.queue_events(peer, ids.clone(), true);
-            }
+            self.disseminate(&ids, from);
         }
         for e in evidence {
             self.new_evidence(e, from, now_ms);

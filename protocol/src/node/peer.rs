@@ -30,6 +30,9 @@ pub struct PeerStats {
     pub sessions_in_sync: u64,
     /// Completed sessions that exchanged tips.
     pub sessions_tips: u64,
+    /// Ids grafted from this peer (asked for after its announcement, when the event had not
+    /// arrived in time another way).
+    pub grafts_out: u64,
 }
 
 /// Session timeouts after which an unheard `Events` message's events may be sent again even
@@ -84,6 +87,13 @@ pub(super) struct Peer {
     pub(super) milli_tokens: u64,
     pub(super) tokens_at_ms: u64,
     pub(super) stats: PeerStats,
+    /// Accepted events go to this peer whole (`Events`), else as ids (`Have`); see
+    /// [`super::gossip`].
+    pub(super) eager: bool,
+    /// Ids to announce to this peer at the next flush.
+    pub(super) lazy: Vec<EventId>,
+    /// Awaited ids this peer announced first.
+    pub(super) n_awaited: usize,
 }
 
 impl Peer {
@@ -187,6 +197,9 @@ impl Peer {
             milli_tokens: burst.saturating_mul(1000),
             tokens_at_ms: now_ms,
             stats: PeerStats::default(),
+            eager: true,
+            lazy: Vec::new(),
+            n_awaited: 0,
         }
     }
 }

@@ -80,7 +80,13 @@ impl Node {
                 let covers: Vec<EventId> = theirs.iter().map(|t| t.id).collect();
                 lacking.extend(self.not_covered(author, &covers));
             } else {
-                unknown.extend(theirs.iter().filter(|t| !self.adapter.is_known(&t.id)).copied());
+                // A tip announced by `Have` is on its way (or grafted soon): no fork search.
+                unknown.extend(
+                    theirs
+                        .iter()
+                        .filter(|t| !self.adapter.is_known(&t.id) && !self.is_awaited(&t.id))
+                        .copied(),
+                );
             }
         }
         // What this node sent after the peer wrote its tips is on its way, on the same ordered
@@ -91,6 +97,7 @@ impl Node {
             p.forget_in_flight(heard, now, timeout);
             p.retain_not_in_flight(&mut lacking);
         }
+        self.drop_recent(&mut lacking);
         self.sort_causally(&mut lacking);
         self.queue_events(peer, lacking, false);
         let own = self.me.and_then(|me| self.adapter.roster().idx(&me));

@@ -1606,7 +1606,7 @@ impl Cluster {
                     self.nodes[i].commit.handle_peer_event(event.id().0, event.bytes().to_vec(), now);
                 }
             }
-            NodeEvent::Changed(_) => {}
+            NodeEvent::Changed(_) | NodeEvent::Addresses { .. } => {}
             NodeEvent::Rejected { peer, id, reason } => {
                 self.strike(i, peer);
                 if honest_here {
