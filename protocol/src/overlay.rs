@@ -17,9 +17,13 @@
 //!   Byzantine, all `k` slots are Byzantine with probability about `(f/n)^k` (0.0014 for
 //!   `k = 6`, `f/n = 1/3`), and rotation ([`OverlayConfig::rotate_ms`]) redraws one slot at a
 //!   time, so no such state lasts.
-//! - It can dial an honest node: inbound connections are capped
-//!   ([`OverlayConfig::inbound_max`]) but never displace the node's own outbound choices, so
-//!   filling every inbound slot only costs honest dialers a retry elsewhere.
+//! - It can dial an honest node. Inbound connections from members in force are all accepted by
+//!   default ([`OverlayConfig::inbound_max`] is [`MEMBERS_MAX`]): a cap would let Byzantine
+//!   members take every inbound slot of every honest node first, and then each honest node's
+//!   dials to honest peers would be refused, leaving it only the Byzantine ones. Uncapped, an
+//!   honest node's own dials always succeed, and Byzantine dialers cost it one more connection
+//!   each (its anti-entropy, and at most one message per event), bounded by the membership.
+//!   They never displace its outbound choices.
 //! - It can accept a dial and then withhold events or announce and not deliver: the broadcast
 //!   repairs around it (grafts, anti-entropy with every connected peer), and an outbound peer
 //!   that never becomes connected is replaced after [`OverlayConfig::dial_timeout_ms`].
@@ -34,6 +38,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use cairn_crypto::PublicKey;
 
+use crate::limits::MEMBERS_MAX;
+
 /// The overlay's settings. They affect liveness and cost only, never validity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OverlayConfig {
@@ -42,7 +48,8 @@ pub struct OverlayConfig {
     pub outbound: usize,
     /// Members kept as candidates for an outbound slot that frees up (the passive view).
     pub passive: usize,
-    /// Inbound connections accepted beyond the peers this node dials itself.
+    /// Inbound connections accepted beyond the peers this node dials itself. By default every
+    /// member's ([`MEMBERS_MAX`]); see the module docs for why a lower cap helps an eclipse.
     pub inbound_max: usize,
     /// Milliseconds between rotations: one outbound slot is redrawn, and one passive entry.
     pub rotate_ms: u64,
@@ -53,7 +60,13 @@ pub struct OverlayConfig {
 
 impl Default for OverlayConfig {
     fn default() -> Self {
-        Self { outbound: 6, passive: 30, inbound_max: 12, rotate_ms: 60_000, dial_timeout_ms: 10_000 }
+        Self {
+            outbound: 6,
+            passive: 30,
+            inbound_max: MEMBERS_MAX,
+            rotate_ms: 60_000,
+            dial_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -316,7 +329,7 @@ mod tests {
     #[test]
     fn inbound_beyond_the_cap_is_refused_unless_dialed_too() {
         let members = keys(40);
-        let config = OverlayConfig::default();
+        let config = OverlayConfig { inbound_max: 12, ..OverlayConfig::default() };
         let mut overlay = Overlay::new(members[0], 5, config.clone());
         overlay.update(&members, |_| true, 0);
         let chosen = *overlay.outbound().next().expect("six chosen");

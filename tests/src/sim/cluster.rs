@@ -26,7 +26,7 @@ use cairn_protocol::codec::{decode_event, decode_evidence};
 use cairn_protocol::document::Document;
 use cairn_protocol::node::{Node, NodeConfig, NodeEvent};
 use cairn_protocol::{Adapter, EventId, Genesis, Member, Op, Reject, Seen, StoredEvent};
-use cairn_protocol::{ChainState, ChangeKind, MemoryArchive, Roster};
+use cairn_protocol::{ChainState, ChangeKind, MemoryArchive, Overlay, Roster};
 
 use super::byzantine::{
     AfterHeal, Attack, ByzantineConfig, CraftContext, ForkChains, corrupt_one_signature, craft,
@@ -187,6 +187,8 @@ enum Action {
     },
     /// The transport dials the connections that are down again.
     Reconnect,
+    /// The drivers bring their overlays up to date (see [`super::SIM_OVERLAY_TICK_MS`]).
+    OverlayTick,
     Scripted(Scripted),
 }
 
@@ -407,6 +409,8 @@ pub struct Cluster {
     violations: Vec<String>,
     outcome: Outcome,
     trace: TraceHash,
+    /// Each node's overlay, when the run has one (`SimConfig::overlay`).
+    overlays: Vec<Option<Overlay>>,
 }
 
 impl Cluster {
@@ -431,6 +435,8 @@ impl Cluster {
         let rng_actions = rng.fork();
         let rng_store = rng.fork();
         let rng_contexts = rng.fork();
+        // The overlays' seeds: the nodes' own randomness (a stream of its own, after the others).
+        let mut rng_overlay = rng.fork();
 
         let keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::from_seed(&rng_keys.array32())).collect();
         let publics: Vec<PublicKey> = keys.iter().map(SecretKey::public).collect();
@@ -472,6 +478,9 @@ impl Cluster {
             })
             .collect();
         let network = Network::new(n, config.links, &mut rng_network);
+        let overlays: Vec<Option<Overlay>> = (0..n)
+            .map(|i| config.overlay.clone().map(|oc| Overlay::new(publics[i], rng_overlay.next_u64(), oc)))
+            .collect();
         let outcome = Outcome {
             seed: config.seed,
             n_nodes: n,
@@ -505,6 +514,7 @@ impl Cluster {
             violations: Vec::new(),
             outcome,
             trace: TraceHash::default(),
+            overlays,
             config,
         };
         let severed: Vec<(usize, usize)> =
@@ -513,11 +523,27 @@ impl Cluster {
             super::honest_connected(&cluster.honest, &severed),
             "severed pairs must leave an honest path"
         );
+        // With an overlay, connections open only where one end dials and the other accepts.
+        let with_overlay = cluster.config.overlay.is_some();
+        if with_overlay {
+            cluster.update_overlays();
+            for a in 0..n {
+                for b in a + 1..n {
+                    cluster.network.close(a, b, false);
+                }
+            }
+        }
         for a in 0..n {
             for b in a + 1..n {
                 if severed.contains(&(a, b)) {
                     cluster.network.sever(a, b);
                     continue;
+                }
+                if with_overlay {
+                    if !cluster.may_connect(a, b) {
+                        continue;
+                    }
+                    cluster.network.open(a, b);
                 }
                 let (pa, pb) = (cluster.publics[a], cluster.publics[b]);
                 let ok = cluster.nodes[a].node.handle_connected(pb, 0)
@@ -525,8 +551,93 @@ impl Cluster {
                 assert!(ok, "members accept each other at the start");
             }
         }
+        if cluster.config.overlay.is_some() {
+            cluster.push(super::SIM_OVERLAY_TICK_MS, Action::OverlayTick);
+        }
         cluster.schedule_random(&mut rng_script);
         cluster
+    }
+
+    // ---- the overlay ------------------------------------------------------------------------
+
+    /// Whether node `a` dials node `b`: always without an overlay (a full mesh); with one, when
+    /// `b` is among `a`'s outbound choices, or, for a Byzantine node trying to eclipse honest
+    /// ones (`SimConfig::byzantine_dial_all`), whenever `b` is honest.
+    fn dials(&self, a: usize, b: usize) -> bool {
+        match &self.overlays[a] {
+            None => true,
+            Some(overlay) => {
+                overlay.wants(&self.publics[b])
+                    || (self.config.byzantine_dial_all && self.is_byzantine(a) && !self.is_byzantine(b))
+            }
+        }
+    }
+
+    /// Whether node `acceptor` takes a connection dialed by `dialer`: one it dials itself, or
+    /// while its inbound connections (from peers it does not dial) are under its cap.
+    fn accepts(&self, acceptor: usize, dialer: usize) -> bool {
+        let Some(overlay) = &self.overlays[acceptor] else { return true };
+        if self.dials(acceptor, dialer) {
+            return true;
+        }
+        let n_inbound = (0..self.nodes.len())
+            .filter(|&j| j != acceptor && self.network.is_up(acceptor, j) && !self.dials(acceptor, j))
+            .count();
+        overlay.accepts_inbound(&self.publics[dialer], n_inbound)
+    }
+
+    /// Whether the connection `a – b` may open: one end dials it and the other accepts it.
+    fn may_connect(&self, a: usize, b: usize) -> bool {
+        (self.dials(a, b) && self.accepts(b, a)) || (self.dials(b, a) && self.accepts(a, b))
+    }
+
+    /// Whether nodes `a` and `b` are connected now.
+    pub fn is_connected(&self, a: usize, b: usize) -> bool {
+        a != b && self.network.is_up(a, b)
+    }
+
+    /// Connections node `i` holds now.
+    pub fn n_connections(&self, i: usize) -> usize {
+        (0..self.nodes.len()).filter(|&j| j != i && self.network.is_up(i, j)).count()
+    }
+
+    /// Node `i`'s overlay, if the run has one.
+    pub fn overlay(&self, i: usize) -> Option<&Overlay> {
+        self.overlays[i].as_ref()
+    }
+
+    /// Brings every running node's overlay up to date with its members in force and its
+    /// connections.
+    fn update_overlays(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].down || self.overlays[i].is_none() {
+                continue;
+            }
+            let members: Vec<PublicKey> =
+                self.publics.iter().copied().filter(|key| !self.nodes[i].node.is_refused(key)).collect();
+            let up: Vec<bool> = (0..self.nodes.len()).map(|j| j != i && self.network.is_up(i, j)).collect();
+            let index_of = &self.index_of;
+            let now = self.now_ms;
+            if let Some(overlay) = &mut self.overlays[i] {
+                overlay.update(&members, |key| index_of.get(key).is_some_and(|&j| up[j]), now);
+            }
+        }
+    }
+
+    /// The drivers' overlay tick: overlays updated, connections neither end wants closed, the
+    /// wanted ones dialed.
+    fn overlay_tick(&mut self) {
+        self.update_overlays();
+        let n = self.nodes.len();
+        for a in 0..n {
+            for b in a + 1..n {
+                if self.network.is_up(a, b) && !self.dials(a, b) && !self.dials(b, a) {
+                    self.close(a, b, false);
+                }
+            }
+        }
+        self.reconnect_all();
+        self.push(self.now_ms + super::SIM_OVERLAY_TICK_MS, Action::OverlayTick);
     }
 
     fn schedule_random(&mut self, rng: &mut Rng) {
@@ -585,6 +696,11 @@ impl Cluster {
     /// The node with sim index `i`.
     pub fn node(&self, i: usize) -> &Node {
         &self.nodes[i].node
+    }
+
+    /// The number of nodes.
+    pub fn n_nodes(&self) -> usize {
+        self.nodes.len()
     }
 
     /// The public key of node `i`.
@@ -858,6 +974,7 @@ impl Cluster {
             Action::StoreDone { node, job_number } => self.store_done(node, job_number),
             Action::Recover { node } => self.recover(node),
             Action::Reconnect => self.reconnect_all(),
+            Action::OverlayTick => self.overlay_tick(),
             Action::Scripted(Scripted::Write { node }) => {
                 if !self.is_silent(node) {
                     self.write(node);
@@ -926,7 +1043,7 @@ impl Cluster {
     /// driver's `linked` set) until the mute ends.
     fn reconnect_all(&mut self) {
         for (a, b) in self.network.reconnectable() {
-            if self.nodes[a].down || self.nodes[b].down {
+            if self.nodes[a].down || self.nodes[b].down || !self.may_connect(a, b) {
                 continue;
             }
             let now = self.now_ms;

@@ -50,8 +50,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use cairn_protocol::AdapterConfig;
 use cairn_protocol::node::NodeConfig;
+use cairn_protocol::{AdapterConfig, OverlayConfig};
 
 /// Bytes of the causal buffer one peer may fill at a simulated node: small, so that floods
 /// reach the bound and eviction happens.
@@ -120,6 +120,23 @@ pub struct SimConfig {
     /// target's key, from `at_ms` on; every other honest node approves that change as soon as
     /// it sees it. Each retries until it has signed (see [`Scripted::Member`]).
     pub removal: Option<(usize, usize, u64)>,
+    /// The overlay each node draws its connections from (`protocol/src/overlay.rs`); `None`:
+    /// every pair of nodes is connected (a full mesh), as a cluster of at most
+    /// `outbound + 1` members is anyway.
+    pub overlay: Option<OverlayConfig>,
+    /// With an overlay: the Byzantine nodes try to eclipse honest ones, dialing every honest
+    /// node (filling its inbound slots) instead of drawing their own.
+    pub byzantine_dial_all: bool,
+}
+
+/// Virtual milliseconds between two overlay ticks of the simulated drivers: each node's overlay
+/// is brought up to date, connections neither end wants are closed, and wanted ones dialed.
+pub const SIM_OVERLAY_TICK_MS: u64 = 100;
+
+/// The overlay settings of the simulator: the daemon's fan-out, with rotations and dial
+/// timeouts shortened to the simulator's time scale.
+pub fn sim_overlay_config() -> OverlayConfig {
+    OverlayConfig { rotate_ms: 5_000, dial_timeout_ms: 1_000, ..OverlayConfig::default() }
 }
 
 /// The node settings of the simulator: small buffers, a short sync interval and timeouts.
@@ -171,6 +188,8 @@ impl SimConfig {
             commit_writes_max: SIM_COMMIT_WRITES_MAX,
             store_delay_ms_max: SIM_STORE_DELAY_MS_MAX,
             removal: None,
+            overlay: None,
+            byzantine_dial_all: false,
         }
     }
 
@@ -290,6 +309,8 @@ impl SimConfig {
             commit_writes_max,
             store_delay_ms_max,
             removal,
+            overlay: None,
+            byzantine_dial_all: false,
         }
     }
 }
