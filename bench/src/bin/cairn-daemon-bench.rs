@@ -1756,9 +1756,8 @@ async fn scale_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()
          {n_writes} writes, one at a time on node 0: acknowledged in {write_secs:.2} s, on every node \
          {stream_secs:.2} s after the first ({tail_ms:.0} ms after the last acknowledgement). One write \
          to all {n} nodes, 5 times: mean {s_mean:.0} ms, median {s_med:.0} ms, max {s_max:.0} ms \
-         (polling every node's status, about {:.0} ms a round).",
+         (each poll reads all {n} nodes' status in turn).",
         overlay.outbound + overlay.inbound_max,
-        1000.0 * 0.001 * n as f64
     );
     let _ = writeln!(
         out,
