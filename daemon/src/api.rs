@@ -13,7 +13,7 @@
 //! | `GET /v1/status` | the node in brief |
 //! | `GET /v1/health` | liveness and readiness with each check: 200 when ready, 503 when not, or when the service loop did not answer within [`HEALTH_DEADLINE`] |
 //! | `GET /v1/health/live` | liveness alone (`ready` is not judged there): 200 when the service loop answers or is too busy to (its command queue is full), 503 when it is stopping or silent |
-//! | `GET /v1/peers` | every other key this node indexes (the genesis members, then keys membership changes named), its state (`connected`, `connecting`, `refused`, `out_of_force`, `version_mismatch` with `protocol_versions`), connection, counters and `lag_events` (what this node held past what the peer held at their last sync session) |
+//! | `GET /v1/peers` | every other key this node indexes (the genesis members, then keys membership changes named), its state (`connected`, `connecting`, `refused`, `out_of_force`, `version_mismatch` with `protocol_versions`), the address it is dialed at (from its signed record, else configured), `outbound` (this node's overlay chose it: it dials it) and `eager` (connected, and sent whole events rather than ids), connection, counters and `lag_events` (what this node held past what the peer held at their last sync session) |
 //! | `GET /v1/members` | the membership in force (seats, current keys), the open round and its pending changes, double approvals (`docs/PROTOCOL.md` §17) |
 //! | `POST /v1/members/changes` | propose a change, which is this seat's vote: `{"action": "add", "key": K, "name": N}`, `{"action": "remove", "seat": S}` or `{"action": "replace", "seat": S, "key": K}` (optional `cut`, `force`); 409 `needs_force` when a removal may cut acknowledged writes, 409 `membership_refused` when the membership refuses it |
 //! | `POST /v1/members/changes/{id}/approve` | vote for a pending change |
@@ -572,6 +572,8 @@ fn peer_json(p: PeerInfo) -> json::Peer {
             PeerState::OutOfForce => json::PeerState::OutOfForce,
             PeerState::VersionMismatch => json::PeerState::VersionMismatch,
         },
+        outbound: p.outbound,
+        eager: p.eager,
         last_seen_ms_ago: p.last_seen_ms_ago,
         rtt_ms: p.rtt_ms,
         lag_events: p.lag_events,

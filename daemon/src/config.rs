@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use cairn_crypto::PublicKey;
-use cairn_protocol::{AdapterConfig, Genesis, Member, NodeConfig};
+use cairn_protocol::{AdapterConfig, Genesis, Member, NodeConfig, OverlayConfig};
 use serde::Deserialize;
 
 /// Where the systemd unit puts the socket (`RuntimeDirectory=cairn`); `cairnctl` defaults to it.
@@ -29,6 +29,12 @@ pub struct Config {
     /// UDP address for QUIC. Default `0.0.0.0:7710`.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The address peers should dial this node at (`ip:port`), published in its signed
+    /// address record. Default: the listen address, unless it is unspecified (`0.0.0.0`,
+    /// `::`); then no record is published and peers reach this node only at an address in
+    /// their own `peers`, or when it dials them.
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
     /// Directory of the store. Default `/var/lib/cairn`.
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
@@ -52,9 +58,15 @@ pub struct Config {
     /// store that exists (a restored backup keeps its mark). Default false.
     #[serde(default)]
     pub new_cluster: bool,
-    /// The peers this node dials, by genesis name or key. Peers not listed may still dial in.
+    /// Seed peers, by genesis name or key, with an address: where this node first dials. It
+    /// learns every other member's address from their signed address records, exchanged over
+    /// its connections, so one reachable seed is enough; a member's own record replaces the
+    /// address configured here. Which members it dials is the overlay's choice (`[overlay]`).
     #[serde(default)]
     pub peers: Vec<PeerConfig>,
+    /// Which members this node connects to (`cairn_protocol::Overlay`).
+    #[serde(default)]
+    pub overlay: OverlaySettings,
     /// Bounds on memory, queues and rates.
     #[serde(default)]
     pub limits: Limits,
@@ -127,6 +139,51 @@ pub struct Limits {
     pub own_seq_peers_needed: usize,
     /// Most local writes signed and stored in one commit. Default 1 024.
     pub commit_writes_max: usize,
+}
+
+/// The `[overlay]` table: the bounded set of members this node dials, drawn by its own
+/// randomness over the members in force (`protocol/src/overlay.rs`). A cluster of at most
+/// `outbound + 1` members is a full mesh.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OverlaySettings {
+    /// Members this node dials and keeps connected. Default 6.
+    pub outbound: usize,
+    /// Members kept as candidates for an outbound slot that frees up. Default 30.
+    pub passive: usize,
+    /// Inbound connections accepted from members this node does not dial itself; more are
+    /// refused (close code 11, `Busy`). Default 12.
+    pub inbound_max: usize,
+    /// Seconds between rotations: one outbound slot is redrawn. Default 60.
+    pub rotate_secs: u64,
+    /// Seconds an outbound peer may stay unconnected before its slot is redrawn. Default 10.
+    pub dial_timeout_secs: u64,
+}
+
+impl Default for OverlaySettings {
+    fn default() -> Self {
+        let overlay = OverlayConfig::default();
+        Self {
+            outbound: overlay.outbound,
+            passive: overlay.passive,
+            inbound_max: overlay.inbound_max,
+            rotate_secs: overlay.rotate_ms / 1000,
+            dial_timeout_secs: overlay.dial_timeout_ms / 1000,
+        }
+    }
+}
+
+impl OverlaySettings {
+    /// The protocol's overlay settings.
+    pub fn overlay_config(&self) -> OverlayConfig {
+        OverlayConfig {
+            outbound: self.outbound,
+            passive: self.passive,
+            inbound_max: self.inbound_max,
+            rotate_ms: self.rotate_secs.saturating_mul(1000),
+            dial_timeout_ms: self.dial_timeout_secs.saturating_mul(1000),
+        }
+    }
 }
 
 /// Intervals and timeouts (humantime: `500ms`, `2s`, `1m`).
@@ -337,6 +394,25 @@ impl Config {
         if let Some(console) = &self.console {
             console.check()?;
         }
+        let overlay = &self.overlay;
+        for (field, value) in [
+            ("overlay.outbound", overlay.outbound as u64),
+            ("overlay.inbound_max", overlay.inbound_max as u64),
+            ("overlay.rotate_secs", overlay.rotate_secs),
+            ("overlay.dial_timeout_secs", overlay.dial_timeout_secs),
+        ] {
+            if value == 0 {
+                bail!("{field} must be greater than 0");
+            }
+        }
+        if let Some(advertise) = self.advertise
+            && (advertise.ip().is_unspecified() || advertise.port() == 0)
+        {
+            bail!(
+                "advertise: {advertise} cannot be dialed; give the address peers reach this node at, such as \
+                 \"192.0.2.1:7710\""
+            );
+        }
         for (i, peer) in self.peers.iter().enumerate() {
             if peer.name.is_none() && peer.key.is_none() {
                 bail!(
@@ -545,6 +621,16 @@ mod tests {
         assert_eq!(c.socket, PathBuf::from(DEFAULT_SOCKET));
         assert_eq!(c.timing.sync_interval, Duration::from_secs(1));
         assert!(!c.new_cluster);
+        assert_eq!(c.advertise, None);
+        assert_eq!(c.overlay.overlay_config(), OverlayConfig::default(), "the protocol's defaults");
+        let set = Config::parse(&format!(
+            "advertise = \"192.0.2.1:7710\"\n{MINIMAL}[overlay]\noutbound = 3\ninbound_max = 6\nrotate_secs = 2\n"
+        ))
+        .unwrap();
+        assert_eq!(set.advertise, Some("192.0.2.1:7710".parse().unwrap()));
+        let overlay = set.overlay.overlay_config();
+        assert_eq!((overlay.outbound, overlay.inbound_max, overlay.rotate_ms), (3, 6, 2000));
+        assert_eq!(overlay.dial_timeout_ms, OverlayConfig::default().dial_timeout_ms);
     }
 
     #[test]
@@ -556,6 +642,12 @@ mod tests {
             ("[timing]\nsync_interval = \"soon\"\n", "sync_interval"),
             ("[[peers]]\naddress = \"127.0.0.1:1\"\n", "peers[0]"),
             ("log_level = \"loud\"\n", "log_level"),
+            ("[overlay]\noutbound = 0\n", "overlay.outbound"),
+            ("[overlay]\ninbound_max = 0\n", "overlay.inbound_max"),
+            ("[overlay]\nfanout = 3\n", "fanout"),
+            ("advertise = \"0.0.0.0:7710\"\n", "advertise"),
+            ("advertise = \"192.0.2.1:0\"\n", "advertise"),
+            ("advertise = \"example.org:7710\"\n", "advertise"),
         ];
         for (extra, field) in cases {
             let err = Config::parse(&format!("{MINIMAL}{extra}")).unwrap_err();

@@ -1359,6 +1359,8 @@ fn peers(out: &mut Output, answer: &json::Peers) -> anyhow::Result<()> {
         "KEY",
         "ADDRESS",
         "STATE",
+        "DIALED",
+        "PUSH",
         "LAST SEEN",
         "RTT",
         "LAG",
@@ -1381,6 +1383,14 @@ fn peers(out: &mut Output, answer: &json::Peers) -> anyhow::Result<()> {
             short(&escape(&peer.key, false)),
             text(peer.address.as_deref()),
             peer.state.name().to_owned(),
+            // Whether the overlay chose it (this node dials it), and how events go to it.
+            if peer.outbound { "yes" } else { "-" }.to_owned(),
+            match (peer.state, peer.eager) {
+                (json::PeerState::Connected, true) => "eager",
+                (json::PeerState::Connected, false) => "lazy",
+                _ => "-",
+            }
+            .to_owned(),
             last_seen,
             rtt,
             peer.lag_events.map_or_else(|| "-".to_owned(), |lag| lag.to_string()),
@@ -2214,6 +2224,8 @@ mod tests {
                 name: h.into(),
                 address: Some(h.into()),
                 state: json::PeerState::Connected,
+                outbound: true,
+                eager: false,
                 last_seen_ms_ago: None,
                 rtt_ms: Some(0.5),
                 lag_events: Some(0),

@@ -260,11 +260,21 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         handshake_timeout: config.timing.handshake_timeout,
         idle_timeout: config.timing.idle_timeout,
         protocol_version: crate::transport::PROTOCOL_VERSION,
+        // The overlay chooses whom to dial (`crate::overlay`), from the driver's first turn.
+        dial_peers: false,
+        inbound_max: config.overlay.inbound_max,
     };
     let transport = Transport::start(&key, transport_config, transport_tx)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local_addr = transport.local_addr();
+    // This node's signed address record, which the replica sends to every peer: how the
+    // members that do not list it as a seed learn where to dial it.
+    let advertised = crate::overlay::advertised(config.advertise, local_addr);
+    crate::overlay::log_own_address(advertised, local_addr);
+    if let Some(address) = advertised {
+        node.set_own_addr(crate::overlay::own_record(&cluster_id, &key, address));
+    }
 
     let listener = crate::api::bind(&config.socket)
         .with_context(|| format!("cannot create the API socket {}", config.socket.display()))?;
@@ -290,6 +300,9 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         authored,
         key_file: config.key_file.clone(),
         removal_quiet: config.timing.removal_quiet,
+        overlay: config.overlay.overlay_config(),
+        overlay_seed: crate::overlay::seed()?,
+        advertised,
     };
     let (service, handle, commands, transport_events) = Driver::new(parts);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -15,11 +15,18 @@ use crate::config::render_genesis;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the nodes may take to stop after SIGTERM before they are killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Names for the demo's nodes.
+/// Names for the demo's nodes; past these, `node17`, `node18`, ….
 const NAMES: [&str; 16] = [
     "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory", "niaj",
     "olivia", "peggy", "rupert", "sybil",
 ];
+/// Most nodes of a local cluster (the benchmarks run 30).
+pub const LOCAL_NODES_MAX: usize = 64;
+
+/// The name of a local cluster's node `i`.
+pub fn node_name(i: usize) -> String {
+    NAMES.get(i).map_or_else(|| format!("node{}", i + 1), |name| (*name).to_owned())
+}
 
 /// Short timings for local test clusters, so that sync rounds and reconnects take a fraction of
 /// a second. Goes after a config's top-level keys (it ends with the `[timing]` table).
@@ -55,21 +62,33 @@ pub struct LocalNode {
 }
 
 /// Writes keys, a genesis and one config per node into `dir` (which must exist): a brand-new
-/// cluster on loopback, every node dialing every other. Used by the demo and the tests.
+/// cluster on loopback, every node listing every other as a seed peer. Used by the demo and the
+/// tests.
 pub fn write_cluster(dir: &Path, n: usize, extra_config: &str) -> anyhow::Result<Vec<LocalNode>> {
-    if n == 0 || n > NAMES.len() {
-        bail!("a local cluster has 1 to {} nodes", NAMES.len());
+    write_cluster_with_seeds(dir, n, extra_config, |i| (0..n).filter(|j| *j != i).collect())
+}
+
+/// [`write_cluster`], with node `i`'s config listing only the nodes `seeds(i)` as `[[peers]]`:
+/// the others it learns from their address records.
+pub fn write_cluster_with_seeds(
+    dir: &Path,
+    n: usize,
+    extra_config: &str,
+    seeds: impl Fn(usize) -> Vec<usize>,
+) -> anyhow::Result<Vec<LocalNode>> {
+    if n == 0 || n > LOCAL_NODES_MAX {
+        bail!("a local cluster has 1 to {LOCAL_NODES_MAX} nodes");
     }
     let keys: Vec<SecretKey> = (0..n).map(|_| SecretKey::generate()).collect();
     let members =
-        keys.iter().zip(NAMES).map(|(k, name)| Member { key: k.public(), name: name.to_owned() }).collect();
+        keys.iter().enumerate().map(|(i, k)| Member { key: k.public(), name: node_name(i) }).collect();
     let genesis = Genesis::new(members)?;
     let genesis_file = dir.join("genesis.toml");
     std::fs::write(&genesis_file, render_genesis(&genesis))?;
     let addresses = free_udp_addresses(n)?;
     let mut nodes = Vec::with_capacity(n);
     for (i, key) in keys.iter().enumerate() {
-        let name = NAMES[i].to_owned();
+        let name = node_name(i);
         let node_dir = dir.join(&name);
         std::fs::create_dir_all(&node_dir)?;
         let key_file = node_dir.join("node.key");
@@ -80,8 +99,9 @@ pub fn write_cluster(dir: &Path, n: usize, extra_config: &str) -> anyhow::Result
             "key_file = {:?}\ngenesis_file = {:?}\nlisten = \"{}\"\ndata_dir = {:?}\nsocket = {:?}\nnew_cluster = true\n{extra_config}\n",
             key_file, genesis_file, addresses[i], data_dir, socket
         );
-        for (j, other) in NAMES.iter().enumerate().take(n) {
-            if j != i {
+        for j in seeds(i) {
+            if j != i && j < n {
+                let other = node_name(j);
                 config.push_str(&format!("\n[[peers]]\nname = {other:?}\naddress = \"{}\"\n", addresses[j]));
             }
         }

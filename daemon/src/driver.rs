@@ -91,6 +91,13 @@ pub struct DriverParts {
     pub key_file: std::path::PathBuf,
     /// `timing.removal_quiet`.
     pub removal_quiet: Duration,
+    /// The overlay's settings (`[overlay]`).
+    pub overlay: cairn_protocol::OverlayConfig,
+    /// The overlay's seed, from the operating system (`crate::overlay::seed`).
+    pub overlay_seed: u64,
+    /// The address this node's signed record publishes, if any (re-signed after a key
+    /// rotation).
+    pub advertised: Option<SocketAddr>,
 }
 
 /// A key rotation under way: asked for, its event being signed and stored.
@@ -198,6 +205,10 @@ pub struct Driver {
     /// After a rotation: the new key, until handshakes present it (once a peer holds the
     /// rotation), with when the rotation was stored and each peer's sessions in sync then.
     identity_pending: Option<(Arc<SecretKey>, Instant, BTreeMap<PublicKey, u64>)>,
+    /// Which members the transport dials (`crate::overlay`).
+    topology: crate::overlay::Topology,
+    /// The address this node's record publishes.
+    advertised: Option<SocketAddr>,
 }
 
 impl Driver {
@@ -234,6 +245,7 @@ impl Driver {
         };
         // What the transport was started with (`daemon::run`).
         let in_force = keys_in_force(&parts.node);
+        let topology = crate::overlay::Topology::new(parts.key.public(), parts.overlay_seed, parts.overlay);
         let driver = Self {
             node: parts.node,
             key: parts.key,
@@ -271,6 +283,8 @@ impl Driver {
             key_file: parts.key_file,
             rotating: None,
             identity_pending: None,
+            topology,
+            advertised: parts.advertised,
         };
         (driver, handle, commands_rx, parts.transport_events)
     }
@@ -408,7 +422,12 @@ impl Driver {
     /// commit's, the end of a mute, or a retry of output the transport had no room for.
     fn next_wake(&self) -> Option<Instant> {
         let at = |ms: u64| self.started + Duration::from_millis(ms);
-        let timers = [self.node.poll_timeout(), self.commit.poll_timeout(), self.discipline.poll_timeout()];
+        let timers = [
+            self.node.poll_timeout(),
+            self.commit.poll_timeout(),
+            self.discipline.poll_timeout(),
+            Some(self.topology.next_timeout()),
+        ];
         let timer = timers.into_iter().flatten().min().map(at);
         let retry = self.has_output().then(|| Instant::now() + TRANSMIT_RETRY);
         earliest(timer, retry)
@@ -449,6 +468,7 @@ impl Driver {
         self.unmute_expired();
         self.drain_node_events();
         self.follow_membership();
+        self.drive_overlay();
         self.transmit();
         self.start_commit();
         self.answer_writers();
@@ -500,6 +520,7 @@ impl Driver {
             TransportEvent::Connected { peer, address } => {
                 self.version_mismatch.remove(&peer);
                 self.linked.insert(peer);
+                self.topology.mark();
                 if self.is_muted(&peer) {
                     debug!(peer = %self.name_of(&peer), "ignoring a muted peer's new connection for now");
                 } else if self.node.handle_connected(peer, now) {
@@ -519,6 +540,7 @@ impl Driver {
             }
             TransportEvent::Disconnected { peer, reason, removed_by_peer } => {
                 self.linked.remove(&peer);
+                self.topology.mark();
                 if self.node.is_connected(&peer) {
                     info!(peer = %self.name_of(&peer), %reason, "peer lost");
                 }
@@ -594,7 +616,9 @@ impl Driver {
                     }
                 }
                 NodeEvent::Addresses { key, addrs } => {
-                    debug!(peer = %self.name_of(&key), ?addrs, "a member's signed address record");
+                    if self.topology.learn(key, &addrs, &self.transport) {
+                        debug!(peer = %self.name_of(&key), ?addrs, "learned a member's address from its signed record");
+                    }
                 }
                 NodeEvent::Changed(changes) => {
                     for change in changes {
@@ -647,11 +671,14 @@ impl Driver {
         if in_force == self.in_force {
             return;
         }
+        self.topology.mark();
         let mut admit = Vec::new();
         for key in in_force.difference(&self.in_force).filter(|key| !is_own(key)) {
-            // A rotated seat's new key is reached at its founder's configured address.
-            let address =
-                resolution.seats_of(key).iter().find_map(|(seat, _)| self.addresses.get(seat).copied());
+            // A rotated seat's new key is reached at its founder's address (configured, or from
+            // the founder's record), until the new key's own record arrives.
+            let address = resolution.seats_of(key).iter().find_map(|(seat, _)| {
+                self.addresses.get(seat).copied().or_else(|| self.transport.address_of(seat))
+            });
             admit.push((*key, address));
         }
         // This node's own old key too: nobody may connect as it.
@@ -856,7 +883,33 @@ impl Driver {
             return;
         }
         self.transport.set_identity(next);
+        // The new key's address record: peers that hold the rotation dial the new key there.
+        if let Some(address) = self.advertised {
+            let record = crate::overlay::own_record(&self.genesis.cluster_id(), next, address);
+            self.node.set_own_addr(record);
+        }
         self.identity_pending = None;
+    }
+
+    /// Brings the overlay up to date (if something changed or its timer is due) with the
+    /// members it may dial: in force, not this node, not refused, with a known address.
+    fn drive_overlay(&mut self) {
+        let now = self.now_ms();
+        if !self.topology.is_due(now) {
+            return;
+        }
+        let me = self.key.public();
+        let adapter = self.node.adapter();
+        let members: Vec<PublicKey> = self
+            .in_force
+            .iter()
+            .filter(|key| **key != me && !self.double_approvers.contains(key))
+            .filter(|key| !adapter.evidence().any(|e| e.author() == **key))
+            .filter(|key| self.transport.address_of(key).is_some())
+            .copied()
+            .collect();
+        let linked = &self.linked;
+        self.topology.update(&members, |key| linked.contains(key), now, &self.transport);
     }
 
     /// Sends the group commit's answers to the writers.
@@ -903,6 +956,11 @@ impl Driver {
         let dropped = adapter.orphans_dropped();
         self.metrics.orphans_dropped.inc_by(dropped.saturating_sub(self.metrics.orphans_dropped.get()));
         let (n_buffered, buffer_bytes) = adapter.buffer_use();
+        let transport = self.transport.counters();
+        self.metrics.dials_busy.inc_by(transport.n_dials_busy.saturating_sub(self.metrics.dials_busy.get()));
+        self.metrics
+            .inbound_busy
+            .inc_by(transport.n_inbound_busy.saturating_sub(self.metrics.inbound_busy.get()));
         self.metrics.peers_connected.set(self.node.connected_peers().len() as i64);
         self.metrics.events_held.set(adapter.n_accepted() as i64);
         self.metrics.evidence_held.set(adapter.evidence().count() as i64);
@@ -1211,8 +1269,10 @@ impl Driver {
                 PeerInfo {
                     key: *key,
                     name: self.name_of(key),
-                    address: self.addresses.get(key).copied(),
+                    address: self.transport.address_of(key).or_else(|| self.addresses.get(key).copied()),
                     state,
+                    outbound: self.topology.is_outbound(key),
+                    eager: self.node.is_eager(key),
                     last_seen_ms_ago: self.last_seen.get(key).map(|t| t.elapsed().as_millis() as u64),
                     rtt_ms: self.transport.rtt(key).map(|d| d.as_secs_f64() * 1000.0),
                     stats: self.node.peer_stats(key).cloned().unwrap_or_default(),

@@ -600,10 +600,19 @@ pub struct Peer {
     pub key: String,
     /// Its name in the genesis.
     pub name: String,
-    /// The address dialled; `null` if this node does not dial it.
+    /// The address this node dials it at (from the member's signed address record, else its
+    /// configured seed address); `null` if no address is known.
     pub address: Option<String>,
     /// The connection state.
     pub state: PeerState,
+    /// Whether it is one of this node's outbound choices (the overlay: this node dials it).
+    /// Absent from older nodes' answers (read as false).
+    #[serde(default)]
+    pub outbound: bool,
+    /// Whether it is connected and receives events eagerly (whole events; the others get
+    /// announced ids). Absent from older nodes' answers (read as false).
+    #[serde(default)]
+    pub eager: bool,
     /// How long ago it last sent something; `null` if never.
     pub last_seen_ms_ago: Option<u64>,
     /// The connection's round-trip time; `null` without a connection.
@@ -1266,6 +1275,18 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// A peer as an older node answers it, without `outbound` and `eager`, still reads (as
+    /// false): `cairnctl` of this version can talk to a daemon of the last.
+    #[test]
+    fn a_peer_without_the_overlay_fields_reads_as_neither() {
+        let older = json!({"key": "ab", "name": "bob", "address": null, "state": "connected",
+            "last_seen_ms_ago": 5, "rtt_ms": 0.4, "stats": PeerStats::default()});
+        let peer: Peer = serde_json::from_value(older).unwrap();
+        assert!(!peer.outbound && !peer.eager);
+        let newer = serde_json::to_value(Peer { outbound: true, eager: true, ..peer }).unwrap();
+        assert_eq!((&newer["outbound"], &newer["eager"]), (&json!(true), &json!(true)));
+    }
 
     #[test]
     fn counters_are_json_numbers_only_where_json_readers_hold_them() {

@@ -20,6 +20,7 @@ pub mod fsck;
 pub mod json;
 pub mod logging;
 pub mod metrics;
+pub mod overlay;
 pub mod service;
 pub mod store;
 pub mod tls;

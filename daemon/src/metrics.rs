@@ -75,6 +75,10 @@ pub struct Metrics {
     pub unstored_events: Gauge,
     /// Times the node stopped reading from peers because too many events waited for the store.
     pub peer_input_paused: Counter,
+    /// Dials a peer refused as busy (close code 11: past its `inbound_max`).
+    pub dials_busy: Counter,
+    /// Inbound connections this node refused as busy (past its `overlay.inbound_max`).
+    pub inbound_busy: Counter,
 }
 
 impl Metrics {
@@ -111,6 +115,8 @@ impl Metrics {
             buffer_bytes: Gauge::default(),
             unstored_events: Gauge::default(),
             peer_input_paused: Counter::default(),
+            dials_busy: Counter::default(),
+            inbound_busy: Counter::default(),
         };
         registry.register("events_accepted", "Events accepted", metrics.events_accepted.clone());
         registry.register("events_rejected", "Events rejected, by reason", metrics.events_rejected.clone());
@@ -177,6 +183,16 @@ impl Metrics {
             "peer_input_paused",
             "Times reading from peers paused because too many accepted events waited for the store",
             metrics.peer_input_paused.clone(),
+        );
+        registry.register(
+            "dials_busy",
+            "Dials a peer refused as busy (close code 11: it holds its cap of inbound connections)",
+            metrics.dials_busy.clone(),
+        );
+        registry.register(
+            "inbound_busy",
+            "Inbound connections refused as busy (past overlay.inbound_max, close code 11)",
+            metrics.inbound_busy.clone(),
         );
         Self { registry, ..metrics }
     }

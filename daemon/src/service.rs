@@ -262,10 +262,14 @@ pub struct PeerInfo {
     pub key: PublicKey,
     /// Its display name.
     pub name: String,
-    /// Its configured address.
+    /// The address this node dials it at: from its signed address record, else configured.
     pub address: Option<SocketAddr>,
     /// The connection state.
     pub state: PeerState,
+    /// Whether it is one of this node's outbound choices (the overlay's: this node dials it).
+    pub outbound: bool,
+    /// Whether it is connected and receives events eagerly (whole), not as announced ids.
+    pub eager: bool,
     /// Milliseconds since the last message from it.
     pub last_seen_ms_ago: Option<u64>,
     /// The transport's smoothed round-trip time.

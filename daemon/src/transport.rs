@@ -3,13 +3,22 @@
 //!
 //! # Connections
 //!
-//! Each pair of members keeps at most one connection, and either side may dial it: a node dials
-//! every peer whose address it knows whenever it holds no connection to it (the node with the
-//! larger key first waits [`DIAL_DEFER`], so that when both know each other's address usually
-//! only the smaller key's dial happens). Dials retry with exponential backoff (from
+//! Each pair of members keeps at most one connection, and either side may dial it. A node dials
+//! the peers it is told to want ([`Transport::set_outbound`]: the overlay's outbound choice,
+//! `crate::overlay`), at the address it knows for each ([`Transport::learn_address`]: from
+//! the config, or from the member's signed address record), whenever it holds no connection to
+//! it (the node with the larger key first waits [`DIAL_DEFER`], so that when both want each
+//! other usually only the smaller key's dial happens). Dials retry with exponential backoff (from
 //! `reconnect_backoff_min`, doubling up to `reconnect_backoff_max`, reset after a connection that
-//! lived more than [`CONNECTION_STABLE`]), until the transport shuts down or the peer is
-//! refused. A peer whose address we do not know is reached only when it dials us.
+//! lived more than [`CONNECTION_STABLE`]) while the peer is wanted, until the transport shuts
+//! down or the peer is refused. A peer that stops being wanted is no longer dialed, and a
+//! connection this node dialed to it is closed with [`CloseCode::Rotated`]; one the peer dialed
+//! stays (the peer wants it). A peer whose address we do not know is reached only when it dials
+//! us.
+//!
+//! Inbound connections from peers this node does not want itself are capped
+//! ([`TransportConfig::inbound_max`]): past the cap the acceptor reads the dialer's hello and
+//! closes with [`CloseCode::Busy`] instead of answering, so the dialer sees a failed dial.
 //!
 //! When a second connection with the same peer completes its hellos while one is up, one rule,
 //! [`newcomer_wins`], applied the same way on both sides, keeps one and closes the other with
@@ -46,8 +55,8 @@
 //! The first frame in each direction is the **hello**, 38 bytes of payload:
 //!
 //! ```text
-//! hello = "CAIRN2" (6 ASCII bytes: 43 41 49 52 4e 32) ‖ cluster_id (32 bytes)
-//! on the wire: 26 00 00 00 ‖ 43 41 49 52 4e 32 ‖ cluster_id
+//! hello = "CAIRN3" (6 ASCII bytes: 43 41 49 52 4e 33) ‖ cluster_id (32 bytes)
+//! on the wire: 26 00 00 00 ‖ 43 41 49 52 4e 33 ‖ cluster_id
 //! ```
 //!
 //! The dialer sends its hello first; the acceptor checks it and only then answers with its
@@ -79,6 +88,8 @@
 //! | 7 | `HandshakeTimeout` | the QUIC handshake and hello took longer than the timeout |
 //! | 8 | `Removed` | the peer's key is out of force: a membership change removed its seat or rotated it away |
 //! | 9 | `VersionMismatch` | the peer's hello names another protocol version (the reason names ours) |
+//! | 10 | `Rotated` | the dialer's overlay no longer chose the peer: it closes the connection it dialed |
+//! | 11 | `Busy` | the acceptor holds `inbound_max` connections from peers it did not choose (a failed dial) |
 //!
 //! # Limits
 //!
@@ -96,7 +107,7 @@
 //! failed handshake and may arrive at any point between them. After [`Transport::shutdown`]
 //! (or when the last handle is dropped) no more events are sent.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -115,14 +126,17 @@ use crate::tls;
 
 /// The magic bytes at the start of a hello: [`HELLO_PREFIX`], then this node's
 /// [`PROTOCOL_VERSION`].
-pub const HELLO_MAGIC: &[u8; 6] = b"CAIRN2";
+pub const HELLO_MAGIC: &[u8; 6] = b"CAIRN3";
 /// The first five bytes of every version's hello.
 pub const HELLO_PREFIX: &[u8; 5] = b"CAIRN";
-/// The protocol version this node speaks: the hello's sixth byte (`'2'`, 0x32). A node whose
+/// The protocol version this node speaks: the hello's sixth byte (`'3'`, 0x33). A node whose
 /// hello names another version is closed with [`CloseCode::VersionMismatch`]. Version 2 added
-/// the ops with a causal context (tags 8 to 11), which a node of version 1 rejects as
-/// `malformed`: the two cannot share a cluster's events, so they do not connect.
-pub const PROTOCOL_VERSION: u8 = b'2';
+/// the ops with a causal context (op tags 8 to 11), which a node of version 1 rejects as
+/// `malformed`; version 3 added the messages of the bounded broadcast and the address records
+/// (message tags 9 to 12: `Have`, `Prune`, `Graft`, `Addrs`), which a node of version 2 counts
+/// as `unknown_tag` and drops. Nodes of two versions would misread each other, so they do not
+/// connect.
+pub const PROTOCOL_VERSION: u8 = b'3';
 const _: () = assert!(HELLO_MAGIC[5] == PROTOCOL_VERSION);
 
 /// A protocol version byte as people read it: the digit for `'0'` to `'9'`, else hex.
@@ -212,6 +226,12 @@ pub enum CloseCode {
     Removed = 8,
     /// The peer's hello names another protocol version; the reason names the closing node's.
     VersionMismatch = 9,
+    /// The dialer's overlay no longer chose the peer (a rotation, or a membership change): it
+    /// closes the connection it dialed. The peer may dial back if it chose this node.
+    Rotated = 10,
+    /// The acceptor already holds its cap of inbound connections from peers it did not choose
+    /// (`inbound_max`): sent before the acceptor's hello, so the dialer sees a failed dial.
+    Busy = 11,
 }
 
 impl CloseCode {
@@ -233,6 +253,8 @@ impl CloseCode {
             Self::HandshakeTimeout,
             Self::Removed,
             Self::VersionMismatch,
+            Self::Rotated,
+            Self::Busy,
         ]
         .into_iter()
         .find(|close| u64::from(close.code()) == code)
@@ -251,6 +273,8 @@ impl CloseCode {
             Self::HandshakeTimeout => "handshake timed out",
             Self::Removed => "removed from the membership (its seat was removed, or rotated to another key)",
             Self::VersionMismatch => "protocol version mismatch",
+            Self::Rotated => "rotated out of the dialer's overlay",
+            Self::Busy => "busy: too many inbound connections",
         }
     }
 
@@ -318,6 +342,13 @@ pub struct TransportConfig {
     /// The protocol version the hello names: [`PROTOCOL_VERSION`]. Another value only in tests
     /// of the version check.
     pub protocol_version: u8,
+    /// Whether every peer of `peers` is wanted (dialed) from the start, until
+    /// [`Transport::set_outbound`] says otherwise. The daemon starts with none wanted and lets
+    /// its overlay choose; tests of the transport alone dial what they configure.
+    pub dial_peers: bool,
+    /// Inbound connections accepted from peers this node does not want itself (see
+    /// [`Transport::set_outbound`]); more are closed with [`CloseCode::Busy`].
+    pub inbound_max: usize,
 }
 
 impl TransportConfig {
@@ -340,6 +371,8 @@ impl TransportConfig {
             handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
             idle_timeout: IDLE_TIMEOUT_DEFAULT,
             protocol_version: PROTOCOL_VERSION,
+            dial_peers: true,
+            inbound_max: usize::MAX,
         }
     }
 }
@@ -431,6 +464,12 @@ pub struct TransportCounters {
     pub n_protocol_violations: u64,
     /// Handshakes that failed because the peer speaks another protocol version.
     pub n_version_mismatches: u64,
+    /// Dials the acceptor refused as busy ([`CloseCode::Busy`]); counted in
+    /// `n_outgoing_handshakes_failed` too.
+    pub n_dials_busy: u64,
+    /// Incoming connections this node refused as busy (past `inbound_max`); counted in
+    /// `n_incoming_handshakes_failed` too.
+    pub n_inbound_busy: u64,
 }
 
 #[derive(Default)]
@@ -440,6 +479,8 @@ struct Counters {
     n_outgoing_handshakes_failed: AtomicU64,
     n_protocol_violations: AtomicU64,
     n_version_mismatches: AtomicU64,
+    n_dials_busy: AtomicU64,
+    n_inbound_busy: AtomicU64,
 }
 
 /// A handle to the running transport; clones share it. The transport stops when
@@ -495,8 +536,20 @@ struct Shared {
     /// force keeps its entry, its tasks stopped.
     peers: Mutex<BTreeMap<PublicKey, PeerControl>>,
     /// Every address we know, including those of keys not (yet) in force: a key that a
-    /// membership change brings in is dialed at its address from then on.
+    /// membership change brings in is dialed at its address from then on. A dial reads it
+    /// afresh, so a learned address applies from the next dial on.
     addresses: Mutex<BTreeMap<PublicKey, SocketAddr>>,
+    /// The peers this node wants connected (dials, and accepts beyond the inbound cap). Lock
+    /// order: `wanted`, then `inbound_reserved`, then `links`.
+    wanted: Mutex<BTreeSet<PublicKey>>,
+    /// Whether `admit` makes a key with an address wanted (see [`TransportConfig::dial_peers`]).
+    dial_peers: bool,
+    /// See [`TransportConfig::inbound_max`].
+    inbound_max: usize,
+    /// Inbound connections admitted under the cap whose peer task has not served them yet,
+    /// with when: they hold their slot until served (or for a duplicate window at most), so
+    /// that handshakes that run at once cannot all pass the cap.
+    inbound_reserved: Mutex<BTreeMap<PublicKey, Instant>>,
     /// The span the peers' tasks run in.
     span: tracing::Span,
     /// The connections that are up.
@@ -511,6 +564,7 @@ struct Shared {
 struct Link {
     connection: Connection,
     queue: mpsc::Sender<Vec<u8>>,
+    dialed_by: DialedBy,
 }
 
 /// How to reach a peer's tasks.
@@ -519,6 +573,8 @@ struct PeerControl {
     refused: watch::Sender<Option<CloseCode>>,
     /// Where established connections with this peer, incoming or dialed, go to its task.
     handoff: Arc<Handoff>,
+    /// Whether the peer is wanted: its dialer dials only while this is true.
+    wanted: watch::Sender<bool>,
 }
 
 /// A connection whose hellos have been exchanged, with its one stream.
@@ -788,6 +844,7 @@ impl Transport {
         ensure!(!config.handshake_timeout.is_zero(), "handshake_timeout must be positive");
         ensure!(!config.idle_timeout.is_zero(), "idle_timeout must be positive");
 
+        ensure!(config.inbound_max > 0, "inbound_max must be at least 1");
         let mut addresses = BTreeMap::new();
         for (peer, address) in &config.peers {
             if *peer == own {
@@ -828,7 +885,15 @@ impl Transport {
             client_transport,
             events,
             peers: Mutex::default(),
+            wanted: Mutex::new(if config.dial_peers {
+                addresses.keys().copied().collect()
+            } else {
+                BTreeSet::new()
+            }),
             addresses: Mutex::new(addresses),
+            dial_peers: config.dial_peers,
+            inbound_max: config.inbound_max,
+            inbound_reserved: Mutex::default(),
             span: node_span.clone(),
             links: Mutex::default(),
             shutdown: watch::channel(false).0,
@@ -848,28 +913,25 @@ impl Transport {
     }
 
     /// Starts the tasks of `peer`, a key in force that has none yet: its connection's task,
-    /// and its dialer if its address is known. Returns whether it started them.
+    /// and its dialer (which dials while the peer is wanted). Returns whether it started them.
     fn start_peer(&self, peer: PublicKey) -> bool {
         let shared = &self.shared;
+        let is_wanted = lock(&shared.wanted).contains(&peer);
         let mut peers = lock(&shared.peers);
         if peer == shared.own() || peers.contains_key(&peer) {
             return false;
         }
         let (refused, refused_receiver) = watch::channel(None);
+        let (wanted, wanted_receiver) = watch::channel(is_wanted);
         let handoff = Arc::new(Handoff::new(peer));
-        peers.insert(peer, PeerControl { refused, handoff: handoff.clone() });
+        peers.insert(peer, PeerControl { refused, handoff: handoff.clone(), wanted });
         drop(peers);
         let span = info_span!(parent: &shared.span, "peer", peer = %peer.short());
         let (link, link_receiver) = watch::channel(false);
         let mut tasks = Vec::new();
-        if let Some(address) = lock(&shared.addresses).get(&peer).copied() {
-            let stop =
-                StopSignal { shutdown: shared.shutdown.subscribe(), refused: refused_receiver.clone() };
-            let dialer = dial_loop(shared.clone(), peer, address, handoff.clone(), link_receiver, stop);
-            tasks.push(tokio::spawn(dialer.instrument(span.clone())));
-        } else {
-            debug!(parent: &span, "no address for this peer: it is reached when it dials us");
-        }
+        let stop = StopSignal { shutdown: shared.shutdown.subscribe(), refused: refused_receiver.clone() };
+        let dialer = dial_loop(shared.clone(), peer, handoff.clone(), link_receiver, wanted_receiver, stop);
+        tasks.push(tokio::spawn(dialer.instrument(span.clone())));
         let stop = StopSignal { shutdown: shared.shutdown.subscribe(), refused: refused_receiver };
         tasks.push(tokio::spawn(run_peer(shared.clone(), peer, handoff, link, stop).instrument(span)));
         lock(&shared.tasks).extend(tasks);
@@ -886,6 +948,9 @@ impl Transport {
         }
         if let Some(address) = address {
             lock(&self.shared.addresses).entry(peer).or_insert(address);
+        }
+        if self.shared.dial_peers && lock(&self.shared.addresses).contains_key(&peer) {
+            lock(&self.shared.wanted).insert(peer);
         }
         // The peer's task first, so that a handshake the server admits finds it.
         let started = self.start_peer(peer);
@@ -933,6 +998,51 @@ impl Transport {
     /// The bound UDP address (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// Dials `peer` at `address` from the next dial on (a configured address, or one from the
+    /// member's signed record). Returns whether the address is new or changed.
+    pub fn learn_address(&self, peer: PublicKey, address: SocketAddr) -> bool {
+        lock(&self.shared.addresses).insert(peer, address) != Some(address)
+    }
+
+    /// The address `peer` is dialed at, if known.
+    pub fn address_of(&self, peer: &PublicKey) -> Option<SocketAddr> {
+        lock(&self.shared.addresses).get(peer).copied()
+    }
+
+    /// Makes `outbound` the peers this node wants connected: each is dialed whenever no
+    /// connection with it is up (it needs a known address), and its inbound connections never
+    /// count against `inbound_max`. A peer that leaves the set is no longer dialed, and a
+    /// connection this node dialed to it is closed with [`CloseCode::Rotated`]; a connection
+    /// the peer dialed stays (the peer wants it), counted as inbound from then on. Returns the
+    /// peers whose connection was closed.
+    pub fn set_outbound(&self, outbound: &BTreeSet<PublicKey>) -> Vec<PublicKey> {
+        let left: Vec<PublicKey> = {
+            let mut wanted = lock(&self.shared.wanted);
+            let left = wanted.difference(outbound).copied().collect();
+            wanted.clone_from(outbound);
+            left
+        };
+        for (peer, control) in lock(&self.shared.peers).iter() {
+            control.wanted.send_if_modified(|wanted| {
+                let now = outbound.contains(peer);
+                std::mem::replace(wanted, now) != now
+            });
+        }
+        let mut closed = Vec::new();
+        for (peer, link) in lock(&self.shared.links).iter() {
+            if left.contains(peer) && link.dialed_by == DialedBy::Us {
+                close_with(&link.connection, CloseCode::Rotated);
+                closed.push(*peer);
+            }
+        }
+        closed
+    }
+
+    /// Whether the connection with `peer` that is up was dialed by this node.
+    pub fn dialed_by_us(&self, peer: &PublicKey) -> Option<bool> {
+        lock(&self.shared.links).get(peer).map(|link| link.dialed_by == DialedBy::Us)
     }
 
     /// Queues `bytes` as one frame to `peer`, without waiting.
@@ -998,6 +1108,8 @@ impl Transport {
             n_outgoing_handshakes_failed: counters.n_outgoing_handshakes_failed.load(Ordering::Relaxed),
             n_protocol_violations: counters.n_protocol_violations.load(Ordering::Relaxed),
             n_version_mismatches: counters.n_version_mismatches.load(Ordering::Relaxed),
+            n_dials_busy: counters.n_dials_busy.load(Ordering::Relaxed),
+            n_inbound_busy: counters.n_inbound_busy.load(Ordering::Relaxed),
         }
     }
 
@@ -1142,6 +1254,32 @@ impl Shared {
         }
     }
 
+    /// Whether an inbound connection from `peer` may be served: it is wanted (this node's own
+    /// choice), or it already holds an inbound slot, or fewer than `inbound_max` peers hold one
+    /// (the rule of `cairn_protocol::Overlay::accepts_inbound`). An admitted peer holds its slot
+    /// from now on, so that handshakes running at once cannot all pass the cap.
+    fn admit_inbound(&self, peer: &PublicKey) -> bool {
+        let wanted = lock(&self.wanted);
+        if wanted.contains(peer) {
+            return true;
+        }
+        let mut reserved = lock(&self.inbound_reserved);
+        let now = Instant::now();
+        let window = self.handshake_timeout + DUPLICATE_WINDOW_SLACK;
+        reserved.retain(|_, at| now.duration_since(*at) < window);
+        let mut holders: BTreeSet<PublicKey> = lock(&self.links)
+            .iter()
+            .filter(|(key, link)| link.dialed_by == DialedBy::Peer && !wanted.contains(key))
+            .map(|(key, _)| *key)
+            .collect();
+        holders.extend(reserved.keys().filter(|key| !wanted.contains(key)));
+        let admitted = holders.contains(peer) || holders.len() < self.inbound_max;
+        if admitted {
+            reserved.insert(*peer, now);
+        }
+        admitted
+    }
+
     /// The key of the identity new handshakes present.
     fn own(&self) -> PublicKey {
         self.identity.read().unwrap_or_else(PoisonError::into_inner).1
@@ -1234,25 +1372,38 @@ async fn run_peer(
     debug!(?stopped, "peer task stopped");
 }
 
-/// Dials `peer` at `address` whenever no connection with it is up (`link` false): at once, or
+/// Dials `peer` while it is wanted and no connection with it is up (`link` false): at once, or
 /// after [`DIAL_DEFER`] if our key is the larger, then with doubling backoff while dials fail or
-/// connections die young. Established connections go to the peer's mailbox.
+/// connections die young. The address is read afresh for each dial. Established connections
+/// go to the peer's mailbox. A peer that stops being wanted is not dialed until it is wanted
+/// again (with the backoff reset).
 async fn dial_loop(
     shared: Arc<Shared>,
     peer: PublicKey,
-    address: SocketAddr,
     handoff: Arc<Handoff>,
     mut link: watch::Receiver<bool>,
+    mut wanted: watch::Receiver<bool>,
     mut stop: StopSignal,
 ) {
     let defer = if shared.own() > peer { DIAL_DEFER } else { Duration::ZERO };
     let mut backoff = shared.reconnect_backoff_min;
     let mut wait = defer;
     let stopped = loop {
+        if !*wanted.borrow_and_update() {
+            // The sender lives in `Shared`, which outlives this task.
+            tokio::select! {
+                _ = wanted.wait_for(|wanted| *wanted) => {}
+                stopped = stop.wait() => break stopped,
+            }
+            backoff = shared.reconnect_backoff_min;
+            wait = defer;
+            continue;
+        }
         if *link.borrow_and_update() {
             let since = Instant::now();
             tokio::select! {
                 _ = link.wait_for(|up| !*up) => {}
+                _ = wanted.wait_for(|wanted| !*wanted) => continue,
                 stopped = stop.wait() => break stopped,
             }
             if since.elapsed() > CONNECTION_STABLE {
@@ -1267,8 +1418,15 @@ async fn dial_loop(
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
             _ = link.wait_for(|up| *up) => continue,
+            _ = wanted.wait_for(|wanted| !*wanted) => continue,
             stopped = stop.wait() => break stopped,
         }
+        let Some(address) = lock(&shared.addresses).get(&peer).copied() else {
+            debug!("wanted, but no address known for this peer: it is reached when it dials us");
+            wait = backoff;
+            backoff = (backoff * 2).min(shared.reconnect_backoff_max);
+            continue;
+        };
         // The identity of now; during a key rotation, the other key too if the peer refuses this
         // one (it does not hold the rotation yet, or holds it and refuses the old key).
         let mut dialed = Err(Failure::lost("not dialed"));
@@ -1289,6 +1447,10 @@ async fn dial_loop(
             break stopped;
         }
         match dialed {
+            // Unwanted while the dial ran: the overlay moved on, so the connection goes.
+            Ok(established) if !*wanted.borrow() => {
+                close_with(&established.connection, CloseCode::Rotated);
+            }
             Ok(established) => {
                 handoff.put(&shared.own(), Candidate { established, dialed_by: DialedBy::Us });
                 // If the connection loses to another or dies at once, the next dial waits.
@@ -1341,6 +1503,11 @@ async fn dial(
         Ok((send, recv)) => Ok(Established { connection, send, recv }),
         Err(mut failure) => {
             close(&connection, &failure);
+            if let Some(ConnectionError::ApplicationClosed(closed)) = connection.close_reason()
+                && closed.error_code == CloseCode::Busy.var_int()
+            {
+                shared.counters.n_dials_busy.fetch_add(1, Ordering::Relaxed);
+            }
             // The acceptor closed us for speaking another version: its reason names its own.
             if let Some(ConnectionError::ApplicationClosed(closed)) = connection.close_reason()
                 && closed.error_code == CloseCode::VersionMismatch.var_int()
@@ -1376,7 +1543,9 @@ async fn serve(
     let since = Instant::now();
     let address = connection.remote_address();
     let (queue, queue_receiver) = mpsc::channel(shared.peer_queue_messages_max);
-    lock(&shared.links).insert(peer, Link { connection: connection.clone(), queue });
+    lock(&shared.links).insert(peer, Link { connection: connection.clone(), queue, dialed_by });
+    // The link holds the inbound slot from now on (see `Shared::admit_inbound`).
+    lock(&shared.inbound_reserved).remove(&peer);
     shared.counters.n_connections_established.fetch_add(1, Ordering::Relaxed);
     info!(%address, dialed_by = ?dialed_by, "peer connected");
 
@@ -1635,6 +1804,11 @@ async fn accept_one(shared: &Shared, incoming: quinn::Incoming) -> Result<(), (O
         };
         let (mut send, mut recv) = connection.accept_bi().await?;
         read_hello(&mut recv, &shared.cluster_id, shared.protocol_version).await?;
+        // Past the cap, refused before our hello: the dialer sees a failed dial.
+        if !shared.admit_inbound(&peer) {
+            shared.counters.n_inbound_busy.fetch_add(1, Ordering::Relaxed);
+            return Err(Failure::closing(CloseCode::Busy, CloseCode::Busy.reason()));
+        }
         write_frame(&mut send, &hello_of_version(&shared.cluster_id, shared.protocol_version)).await?;
         Ok((handoff, send, recv))
     })
@@ -1674,7 +1848,7 @@ mod tests {
     fn hello_layout() {
         let hello = hello(&[0xab; 32]);
         assert_eq!(hello.len(), 38);
-        assert_eq!(&hello[..6], b"CAIRN2");
+        assert_eq!(&hello[..6], b"CAIRN3");
         assert_eq!(&hello[6..], &[0xab; 32]);
     }
 
@@ -1710,11 +1884,11 @@ mod tests {
 
     #[test]
     fn close_codes_round_trip() {
-        for code in 0..10 {
-            let close = CloseCode::from_code(code).expect("codes 0 to 9 are defined");
+        for code in 0..12 {
+            let close = CloseCode::from_code(code).expect("codes 0 to 11 are defined");
             assert_eq!(u64::from(close.code()), code);
         }
-        assert_eq!(CloseCode::from_code(10), None);
+        assert_eq!(CloseCode::from_code(12), None);
     }
 
     #[test]
@@ -1722,10 +1896,10 @@ mod tests {
         assert_eq!(hello(&[7; 32])[..], hello_of_version(&[7; 32], PROTOCOL_VERSION)[..]);
         assert_eq!(
             &hello(&[7; 32])[..6],
-            b"CAIRN2",
-            "version 2's hello differs from version 1's in its version byte only"
+            b"CAIRN3",
+            "version 3's hello differs from version 2's in its version byte only"
         );
-        for version in [b'1', b'2', b'9', 0x00, 0xff] {
+        for version in [b'1', b'2', b'3', b'9', 0x00, 0xff] {
             assert_eq!(version_in_reason(version_mismatch_reason(version).as_bytes()), Some(version));
         }
         assert_eq!(version_name(b'2'), "2");

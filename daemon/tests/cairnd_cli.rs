@@ -149,7 +149,7 @@ fn help_and_version_texts_say_what_they_should() {
     };
     assert_eq!(text(&["--version"]).trim(), format!("cairnd {}", env!("CARGO_PKG_VERSION")));
     let demo = text(&["demo", "--help"]);
-    assert!(demo.contains("1 to 16") && demo.contains("SIGTERM"), "{demo}");
+    assert!(demo.contains("1 to 64") && demo.contains("SIGTERM"), "{demo}");
     let run = text(&["run", "--help"]);
     assert!(run.contains("[env: CAIRN_CONFIG="), "{run}");
     let refused = Command::new(cairnd()).args(["demo", "--nodes", "17"]).output().unwrap();

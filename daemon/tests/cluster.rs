@@ -80,10 +80,22 @@ fn writes_replicate_to_every_node() {
 #[test]
 fn concurrent_writes_on_both_sides_of_a_relay_become_siblings() {
     // Nodes 0 and 1 do not know each other: node 2 is their only link. With node 2 frozen,
-    // neither can see the other's write, so the two writes are concurrent.
+    // neither can see the other's write, so the two writes are concurrent. They listen on
+    // 0.0.0.0, so they publish no address record (`advertise` is unset) and cannot learn each
+    // other's address through node 2 either.
     let mut c = Cluster::write(3, common::TIMING);
     c.remove_peer(0, 1);
     c.remove_peer(1, 0);
+    for i in 0..2 {
+        let port = c.nodes[i].address.port();
+        c.edit_config(i, |text| {
+            text.replacen(
+                &format!("listen = \"127.0.0.1:{port}\""),
+                &format!("listen = \"0.0.0.0:{port}\""),
+                1,
+            )
+        });
+    }
     c.spawn_all();
     c.wait_connected(2, 2);
     c.wait_connected(0, 1);

@@ -11,7 +11,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use cairn_crypto::SecretKey;
-use cairn_daemon::config::{self, Config, Limits, Timing};
+use cairn_daemon::config::{self, Config, Limits, OverlaySettings, Timing};
 
 /// The exposure level `systemd-analyze security --offline=true` gave the unit with systemd 252.
 /// What is left: the service needs the host's network (PrivateNetwork=, AF_INET/AF_INET6), its
@@ -187,6 +187,12 @@ fn example_configs_parse_and_resolve_against_the_example_genesis() {
         assert_eq!(config.key_file, Path::new("/var/lib/cairn/node.key"), "{file}");
         assert_eq!(config.genesis_file, Path::new("/etc/cairn/genesis.toml"), "{file}");
         assert_eq!(config.listen.to_string(), "0.0.0.0:7710", "{file}");
+        let own_address = EXAMPLE_HOSTS.iter().find(|(host, _)| *host == name).unwrap().1;
+        assert_eq!(
+            config.advertise.map(|a| a.to_string()).as_deref(),
+            Some(own_address),
+            "{file}: advertise"
+        );
         assert_eq!(config.data_dir, Path::new("/var/lib/cairn"), "{file}");
         assert_eq!(config.socket, Path::new(config::DEFAULT_SOCKET), "{file}");
         assert!(!config.new_cluster, "{file}: the examples leave new_cluster off");
@@ -272,6 +278,9 @@ fn example_configs_list_every_setting_with_its_default() {
         };
         assert_eq!(keys("limits"), limits_fields, "{file}: [limits] must list every setting");
         assert_eq!(keys("timing"), timing_fields, "{file}: [timing] must list every setting");
+        assert_eq!(config.overlay, OverlaySettings::default(), "{file}");
+        let overlay_fields = debug_field_names(&format!("{:?}", OverlaySettings::default()));
+        assert_eq!(keys("overlay"), overlay_fields, "{file}: [overlay] must list every setting");
         let top: BTreeSet<String> = table.keys().cloned().collect();
         assert_eq!(top, debug_field_names(&format!("{config:?}")), "{file}: every top-level setting");
     }

@@ -486,12 +486,12 @@ async fn bad_hello_is_rejected() {
     server.assert_no_event();
     // The right magic with another version byte is a version mismatch, not a bad hello.
     let raw = raw_connect(&identity, &server_key.public(), server.address()).await;
-    let (_send, _recv) = raw.open(&frame(&cairn_daemon::transport::hello_of_version(&CLUSTER, b'3'))).await;
+    let (_send, _recv) = raw.open(&frame(&cairn_daemon::transport::hello_of_version(&CLUSTER, b'4'))).await;
     let error = raw.closed_with().await;
     assert_eq!(application_code(&error), Some(u64::from(CloseCode::VersionMismatch.code())), "{error:?}");
     match server.next_event().await {
         TransportEvent::VersionMismatch { peer, ours, theirs } => {
-            assert_eq!((peer, ours, theirs), (client_key.public(), b'2', Some(b'3')));
+            assert_eq!((peer, ours, theirs), (client_key.public(), b'3', Some(b'4')));
         }
         other => panic!("expected VersionMismatch, got {other:?}"),
     }
@@ -959,15 +959,15 @@ async fn a_protocol_version_mismatch_is_named_on_both_sides() {
     let (small, large) = (&keys[0], &keys[1]);
     let members = publics(&[small, large]);
     let mut newer = config(members.clone(), vec![]);
-    newer.protocol_version = b'3';
+    newer.protocol_version = b'4';
     let mut acceptor = start(large, newer).await;
     let mut dialer = start(small, config(members, vec![(large.public(), acceptor.address())])).await;
     let mismatch = |event: TransportEvent| match event {
         TransportEvent::VersionMismatch { peer, ours, theirs } => (peer, ours, theirs),
         other => panic!("expected VersionMismatch, got {other:?}"),
     };
-    assert_eq!(mismatch(acceptor.next_event().await), (small.public(), b'3', Some(b'2')));
-    assert_eq!(mismatch(dialer.next_event().await), (large.public(), b'2', Some(b'3')));
+    assert_eq!(mismatch(acceptor.next_event().await), (small.public(), b'4', Some(b'3')));
+    assert_eq!(mismatch(dialer.next_event().await), (large.public(), b'3', Some(b'4')));
     assert!(acceptor.counters().n_version_mismatches >= 1 && dialer.counters().n_version_mismatches >= 1);
     assert_eq!(acceptor.counters().n_connections_established, 0);
     dialer.transport.shutdown().await;

@@ -2,7 +2,7 @@
 //! against a baseline measured in the same run on the same machine.
 //!
 //! ```text
-//! cairn-daemon-bench [all | writes | replication | catchup | history | idle]... [--quick] [--out FILE]
+//! cairn-daemon-bench [all | writes | replication | catchup | history | idle | scale]... [--quick] [--out FILE]
 //! ```
 //!
 //! - `writes`: durable writes per second through the API with 1, 16 and 256 concurrent
@@ -15,6 +15,9 @@
 //!   the adapter, document and store; restarts; memory after a restart and during a catch-up;
 //!   store bytes against event bytes; a backup under writes.
 //! - `idle`: anti-entropy traffic of an idle three-node cluster, per round and peer.
+//! - `scale` (not in `all`): a 30-node cluster (10 with `--quick`) with the default overlay, each
+//!   node configured with one seed: messages, bytes and copies received per event per node,
+//!   connections per node, and convergence time after writes on one node.
 //!
 //! The nodes are the release `cairnd` next to this binary, each in its own process with its own
 //! data directory under the system's temporary directory. The tables go to stdout in markdown,
@@ -47,7 +50,7 @@ use cairn_bench::VerifySet;
 use cluster::{Cluster, CpuSnapshot, CpuSplit, cpu_seconds, load_average, machine_cpu, proc_status_mib};
 use load::{LoadResult, Until};
 
-const USAGE: &str = "usage: cairn-daemon-bench [all | writes | replication | catchup | history | idle]... \
+const USAGE: &str = "usage: cairn-daemon-bench [all | writes | replication | catchup | history | idle | scale]... \
                      [--quick] [--out FILE] [--replication-events N] [--catchup-events N] [--catchup-new-member] [--history-events N]";
 
 /// Settings every bench cluster shares: quiet logs, and the sync interval stated explicitly.
@@ -67,6 +70,7 @@ enum Section {
     History,
     Idle,
     Removal,
+    Scale,
 }
 
 /// What `all` (or no section) runs.
@@ -113,6 +117,7 @@ fn parse_args() -> Result<Args, String> {
             "history" => args.sections.push(Section::History),
             "idle" => args.sections.push(Section::Idle),
             "removal" => args.sections.push(Section::Removal),
+            "scale" => args.sections.push(Section::Scale),
             "--quick" => args.quick = true,
             "--out" => args.out = Some(it.next().ok_or("--out needs a file name")?.into()),
             "--replication-events" => args.replication_events = number(&mut it, &arg)?,
@@ -159,6 +164,10 @@ struct Sizes {
     idle_settle: Duration,
     /// The idle measurement window.
     idle_window: Duration,
+    /// Nodes of the `scale` cluster.
+    scale_nodes: usize,
+    /// Events written on one node in `scale`.
+    scale_events: usize,
 }
 
 impl Sizes {
@@ -176,6 +185,8 @@ impl Sizes {
                 history: 20_000,
                 idle_settle: Duration::from_secs(2),
                 idle_window: Duration::from_secs(4),
+                scale_nodes: 10,
+                scale_events: 50,
             }
         } else {
             Self {
@@ -190,6 +201,8 @@ impl Sizes {
                 history: 1_000_000,
                 idle_settle: Duration::from_secs(3),
                 idle_window: Duration::from_secs(10),
+                scale_nodes: 30,
+                scale_events: 200,
             }
         }
     }
@@ -1408,6 +1421,7 @@ async fn run(args: &Args) -> (String, anyhow::Result<()>) {
             Section::History => history::history_section(&mut bench, &mut body).await,
             Section::Idle => idle_section(&mut bench, &mut body).await,
             Section::Removal => removal_section(&mut bench, &mut body).await,
+            Section::Scale => scale_section(&mut bench, &mut body).await,
         };
         let (busy1, own1) = machine_cpu();
         let wall = t0.elapsed().as_secs_f64();
@@ -1516,4 +1530,247 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// One node's traffic counters, summed over its peers (`/v1/peers` stats).
+#[derive(Clone, Copy, Debug, Default)]
+struct Traffic {
+    messages_out: f64,
+    bytes_out: f64,
+    events_in: f64,
+    events_out: f64,
+}
+
+impl Traffic {
+    async fn of(cluster: &Cluster, i: usize) -> anyhow::Result<Self> {
+        let mut sum = Self::default();
+        for (_, peer) in cluster.peers(i).await? {
+            let stats = &peer["stats"];
+            let n = |field: &str| stats[field].as_f64().unwrap_or(0.0);
+            sum.messages_out += n("messages_out");
+            sum.bytes_out += n("bytes_out");
+            sum.events_in += n("events_in");
+            sum.events_out += n("events_out");
+        }
+        Ok(sum)
+    }
+
+    fn minus(self, before: Self) -> Self {
+        Self {
+            messages_out: self.messages_out - before.messages_out,
+            bytes_out: self.bytes_out - before.bytes_out,
+            events_in: self.events_in - before.events_in,
+            events_out: self.events_out - before.events_out,
+        }
+    }
+}
+
+/// Each node's connections: `(connected peers, outbound choices, outbound choices connected,
+/// peers with a known address)`.
+async fn overlay_state(cluster: &Cluster, i: usize) -> anyhow::Result<(usize, usize, usize, usize)> {
+    let peers = cluster.peers(i).await?;
+    let connected = |p: &serde_json::Value| p["state"] == "connected";
+    let outbound = |p: &serde_json::Value| p["outbound"] == true;
+    Ok((
+        peers.iter().filter(|(_, p)| connected(p)).count(),
+        peers.iter().filter(|(_, p)| outbound(p)).count(),
+        peers.iter().filter(|(_, p)| outbound(p) && connected(p)).count(),
+        peers.iter().filter(|(_, p)| !p["address"].is_null()).count(),
+    ))
+}
+
+/// Waits until every node holds at least `n` events; returns when the last one did.
+async fn wait_all_hold(cluster: &Cluster, n: u64, deadline: Instant) -> anyhow::Result<Instant> {
+    let mut behind: Vec<usize> = (0..cluster.nodes.len()).collect();
+    while !behind.is_empty() {
+        let mut still = Vec::new();
+        for &i in &behind {
+            if cluster.n_events(i).await? < n {
+                still.push(i);
+            }
+        }
+        behind = still;
+        if behind.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("nodes {behind:?} do not hold {n} events by the deadline");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(Instant::now())
+}
+
+/// `scale`: a cluster of `scale_nodes` real processes with the default overlay (outbound 6,
+/// inbound cap 12), each node configured with one seed (the next node), so that every other
+/// address comes from the records. Measures what one node's writes cost every node.
+async fn scale_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()> {
+    let sizes = bench.sizes;
+    let n = sizes.scale_nodes;
+    let n_writes = sizes.scale_events;
+    let mut cluster =
+        Cluster::seeded(&bench.exe, bench.dir.join("scale"), n, BASE_CONFIG, |i| vec![(i + 1) % n])?;
+    let overlay = cairn_protocol::OverlayConfig::default();
+    let want_outbound = overlay.outbound.min(n - 1);
+    let t_start = Instant::now();
+    cluster.start_all().await?;
+    let started_secs = t_start.elapsed().as_secs_f64();
+    // Connected per the overlay: every node knows every address, has chosen its outbound
+    // peers, and each of them is connected.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut ready = true;
+        for i in 0..n {
+            let (_, chosen, chosen_up, known) = overlay_state(&cluster, i).await?;
+            if known < n - 1 || chosen != want_outbound || chosen_up != chosen {
+                ready = false;
+                break;
+            }
+        }
+        if ready {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the {n} nodes were not connected per the overlay within 180 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let connected_secs = t_start.elapsed().as_secs_f64();
+    let base = cluster.n_events(0).await?;
+    // Idle traffic over a window as long as the writes are expected to take, to subtract.
+    let idle_window = Duration::from_secs(5);
+    let mut idle0 = Vec::with_capacity(n);
+    for i in 0..n {
+        idle0.push(Traffic::of(&cluster, i).await?);
+    }
+    let idle_t0 = Instant::now();
+    tokio::time::sleep(idle_window).await;
+    let mut idle = Vec::with_capacity(n);
+    for (i, before) in idle0.iter().enumerate() {
+        idle.push(Traffic::of(&cluster, i).await?.minus(*before));
+    }
+    let idle_secs = idle_t0.elapsed().as_secs_f64();
+
+    // The writes: one client on node 0, one write at a time.
+    let mut before = Vec::with_capacity(n);
+    for i in 0..n {
+        before.push(Traffic::of(&cluster, i).await?);
+    }
+    let t0 = Instant::now();
+    let conns = load::connect(&cluster.nodes[0].socket, 1).await?;
+    let written = load::run(conns, t0, Until::Count(n_writes)).await?;
+    let acked = Instant::now();
+    anyhow::ensure!(written.n_ok == n_writes, "{} of {n_writes} writes acknowledged", written.n_ok);
+    let total = base + n_writes as u64;
+    let converged = wait_all_hold(&cluster, total, acked + Duration::from_secs(120)).await?;
+    let write_secs = acked.duration_since(t0).as_secs_f64();
+    let stream_secs = converged.duration_since(t0).as_secs_f64();
+    let tail_ms = converged.duration_since(acked).as_secs_f64() * 1000.0;
+    let mut after = Vec::with_capacity(n);
+    for i in 0..n {
+        after.push(Traffic::of(&cluster, i).await?);
+    }
+    // Single-write latency to the whole cluster: a write on node 0, until all hold it.
+    let mut single_ms = Vec::new();
+    for k in 0..5u64 {
+        let conns = load::connect(&cluster.nodes[0].socket, 1).await?;
+        let t = Instant::now();
+        load::run(conns, t, Until::Count(1)).await?;
+        let done = wait_all_hold(&cluster, total + k + 1, Instant::now() + Duration::from_secs(60)).await?;
+        single_ms.push(done.duration_since(t).as_secs_f64() * 1000.0);
+    }
+    let mut connections = Vec::with_capacity(n);
+    let mut inbound_busy = 0.0;
+    let mut dials_busy = 0.0;
+    for i in 0..n {
+        connections.push(overlay_state(&cluster, i).await?.0);
+        let metrics = cluster.metrics(i).await?;
+        inbound_busy += metrics.get("cairn_inbound_busy_total");
+        dials_busy += metrics.get("cairn_dials_busy_total");
+    }
+    bench.collect_warnings("scale", &cluster);
+
+    // Per node and event, the idle rate over the same time subtracted.
+    let w = n_writes as f64;
+    let window = stream_secs;
+    let per_event: Vec<Traffic> = (0..n)
+        .map(|i| {
+            let d = after[i].minus(before[i]);
+            let scale = window / idle_secs;
+            Traffic {
+                messages_out: (d.messages_out - idle[i].messages_out * scale).max(0.0) / w,
+                bytes_out: (d.bytes_out - idle[i].bytes_out * scale).max(0.0) / w,
+                events_in: d.events_in / w,
+                events_out: d.events_out / w,
+            }
+        })
+        .collect();
+    let raw: Vec<Traffic> = (0..n).map(|i| after[i].minus(before[i])).collect();
+    let stat = |xs: Vec<f64>| -> (f64, f64, f64) {
+        let mean = xs.iter().sum::<f64>() / xs.len() as f64;
+        let max = xs.iter().copied().fold(f64::MIN, f64::max);
+        (mean, median(xs), max)
+    };
+    let others = 1..n;
+    let row = |name: &str, xs: Vec<f64>, out: &mut String| {
+        let (mean, med, max) = stat(xs);
+        let _ = writeln!(out, "| {name} | {mean:.2} | {med:.2} | {max:.2} |");
+    };
+    let _ = writeln!(
+        out,
+        "## scale: {n} nodes, default overlay (outbound {}, inbound cap {}), one seed each\n",
+        overlay.outbound, overlay.inbound_max
+    );
+    let _ =
+        writeln!(out, "| per node and event written (nodes other than the writer) | mean | median | max |");
+    let _ = writeln!(out, "|---|---:|---:|---:|");
+    row(
+        "copies of each event received (`events_in`)",
+        others.clone().map(|i| per_event[i].events_in).collect(),
+        out,
+    );
+    row("events sent (`events_out`)", others.clone().map(|i| per_event[i].events_out).collect(), out);
+    row(
+        "messages sent, idle rate subtracted",
+        others.clone().map(|i| per_event[i].messages_out).collect(),
+        out,
+    );
+    row("messages sent, as counted", others.clone().map(|i| raw[i].messages_out / w).collect(), out);
+    row("bytes sent, idle rate subtracted", others.clone().map(|i| per_event[i].bytes_out).collect(), out);
+    row("bytes sent, as counted", others.clone().map(|i| raw[i].bytes_out / w).collect(), out);
+    let (c_mean, _, c_max) = stat(connections.iter().map(|&c| c as f64).collect());
+    let _ = writeln!(
+        out,
+        "\n| the writer (node 0) per event | messages sent {:.2} (as counted {:.2}) | bytes sent {:.0} | events sent {:.2} |",
+        per_event[0].messages_out,
+        raw[0].messages_out / w,
+        per_event[0].bytes_out,
+        per_event[0].events_out
+    );
+    let _ = writeln!(out, "|---|---|---|---|\n");
+    let (s_mean, s_med, s_max) = stat(single_ms.clone());
+    let _ = writeln!(
+        out,
+        "Connections per node: mean {c_mean:.1}, max {c_max:.0} (cap {} = outbound + inbound_max). \
+         Dials refused as busy: {dials_busy:.0} (nodes refusing: {inbound_busy:.0} inbound). \
+         {n_writes} writes, one at a time on node 0: acknowledged in {write_secs:.2} s, on every node \
+         {stream_secs:.2} s after the first ({tail_ms:.0} ms after the last acknowledgement). One write \
+         to all {n} nodes, 5 times: mean {s_mean:.0} ms, median {s_med:.0} ms, max {s_max:.0} ms \
+         (each poll reads all {n} nodes' status in turn).",
+        overlay.outbound + overlay.inbound_max,
+    );
+    let _ = writeln!(
+        out,
+        "\nHow it was measured. {n} release `cairnd` processes on loopback, default limits and overlay, \
+         sync interval 1 s; node i lists only node i+1 as a peer and learns every other address from \
+         the signed address records. Started in {started_secs:.1} s; every node knew all {} addresses \
+         and had its {want_outbound} outbound peers connected {connected_secs:.1} s after the start. \
+         Counters are the sums of `/v1/peers` stats over each node's peers (messages and bytes as \
+         framed by the protocol, before QUIC), read before the writes and once every node held them \
+         all. \"Idle rate subtracted\" takes off each node's own traffic of an idle {idle_secs:.1} s \
+         window just before, scaled to the {window:.2} s of the writes (anti-entropy sessions with \
+         each connected peer every second).\n",
+        n - 1
+    );
+    Ok(())
 }

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use bytes::Bytes;
 use cairn_crypto::{PublicKey, SecretKey};
 use cairn_daemon::client::Client;
-use cairn_daemon::demo::{LocalNode, spawn, stop, write_cluster};
+use cairn_daemon::demo::{LocalNode, spawn, stop, write_cluster_with_seeds};
 use http_body_util::{BodyExt as _, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper::{Method, Request, StatusCode, header};
@@ -34,11 +34,23 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// Writes a cluster of `n` nodes into a fresh directory `dir` (see `demo::write_cluster`).
     pub(crate) fn new(exe: &Path, dir: PathBuf, n: usize, extra_config: &str) -> anyhow::Result<Self> {
+        Self::seeded(exe, dir, n, extra_config, |i| (0..n).filter(|j| *j != i).collect())
+    }
+
+    /// [`Cluster::new`], with node `i` configured with the nodes `seeds(i)` only as peers
+    /// (`demo::write_cluster_with_seeds`): it learns the others from their address records.
+    pub(crate) fn seeded(
+        exe: &Path,
+        dir: PathBuf,
+        n: usize,
+        extra_config: &str,
+        seeds: impl Fn(usize) -> Vec<usize>,
+    ) -> anyhow::Result<Self> {
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::create_dir_all(&dir)?;
-        let nodes = write_cluster(&dir, n, extra_config)?;
+        let nodes = write_cluster_with_seeds(&dir, n, extra_config, seeds)?;
         let keys = nodes
             .iter()
             .map(|node| Ok(SecretKey::read_file(&node.key_file)?.public()))
@@ -196,10 +208,11 @@ impl Cluster {
     }
 
     /// Rewrites each node's config so that it reaches peer `j` at `addresses[j]` instead (for
-    /// the counting proxies). Node `j` still listens on its own address.
+    /// the counting proxies). Node `j` still listens on its own address, and advertises
+    /// `addresses[j]` in its address record, so that no peer learns the direct way.
     pub(crate) fn redirect_peers(&self, addresses: &[std::net::SocketAddr]) -> anyhow::Result<()> {
-        for node in &self.nodes {
-            let mut text = std::fs::read_to_string(&node.config)?;
+        for (node, own) in self.nodes.iter().zip(addresses) {
+            let mut text = format!("advertise = \"{own}\"\n{}", std::fs::read_to_string(&node.config)?);
             for (other, to) in self.nodes.iter().zip(addresses) {
                 if other.config != node.config {
                     let from = format!("address = \"{}\"", other.address);

@@ -337,6 +337,8 @@ impl Fake {
                     name: "beta".into(),
                     address: Some("192.0.2.7:7000".parse().unwrap()),
                     state: PeerState::Connected,
+                    outbound: true,
+                    eager: false,
                     last_seen_ms_ago: Some(12),
                     rtt_ms: Some(0.5),
                     stats,
@@ -522,6 +524,8 @@ async fn status_and_peers() {
     assert_eq!(peer["key"], peer_secret().public().to_string());
     assert_eq!(peer["address"], "192.0.2.7:7000");
     assert_eq!(peer["state"], "connected");
+    assert_eq!(peer["outbound"], true);
+    assert_eq!(peer["eager"], false);
     assert_eq!(peer["rtt_ms"], 0.5);
     assert_eq!(peer["lag_events"], 4);
     assert_eq!(peer["stats"]["events_in"], 3);

@@ -82,7 +82,7 @@ enum Command {
     },
     /// Run a local demo cluster of separate cairnd processes until Ctrl-C (or SIGTERM).
     Demo {
-        /// How many nodes, 1 to 16.
+        /// How many nodes, 1 to 64.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
         nodes: u8,
     },

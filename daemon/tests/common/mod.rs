@@ -120,6 +120,19 @@ impl Cluster {
         Self { children: (0..n).map(|_| None).collect(), prefixes: vec![Vec::new(); n], nodes, runtime, dir }
     }
 
+    /// [`Cluster::write`], with node `i`'s config listing only the nodes `seeds(i)` as peers.
+    pub(crate) fn write_seeded(n: usize, extra_config: &str, seeds: impl Fn(usize) -> Vec<usize>) -> Self {
+        let dir = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("a temp dir");
+        let nodes = demo::write_cluster_with_seeds(dir.path(), n, extra_config, seeds)
+            .expect("write_cluster_with_seeds");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        Self { children: (0..n).map(|_| None).collect(), prefixes: vec![Vec::new(); n], nodes, runtime, dir }
+    }
+
     /// A cluster of `n` nodes with short timings, every node connected to every other.
     pub(crate) fn start(n: usize) -> Self {
         let mut cluster = Self::write(n, TIMING);
@@ -164,9 +177,10 @@ impl Cluster {
 
     /// Writes the files of a new host `name` that joins the running cluster through a
     /// membership change (`cairnctl member add`): a fresh key, the cluster's genesis, every
-    /// node as a peer, no `new_cluster`; starts nothing. The other nodes learn its address
-    /// only from a restart with a `[[peers]]` table naming it (`name` and `key`): until then
-    /// it dials them. Returns its index and its public key.
+    /// node as a peer, no `new_cluster`; starts nothing. It dials them, and they learn its
+    /// address from its signed address record once it is a member there (or from a restart
+    /// with a `[[peers]]` table naming it, `name` and `key`). Returns its index and its public
+    /// key.
     pub(crate) fn add_host(&mut self, name: &str) -> (usize, cairn_crypto::PublicKey) {
         let key = cairn_crypto::SecretKey::generate();
         let node_dir = self.dir.path().join(name);
