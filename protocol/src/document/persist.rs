@@ -123,7 +123,14 @@ impl Document {
         const LEN: usize = 8;
         // An entry's op (put_op) and its tag (put_tag).
         let op_len = |op: &OpMeta| {
-            32 + 8 + LEN + 8 + 8 + LEN + 8 * op.event.clock.len() + 1 + op.seen.as_ref().map_or(0, |seen| LEN + 8 * seen.len())
+            32 + 8
+                + LEN
+                + 8
+                + 8
+                + LEN
+                + 8 * op.event.clock.len()
+                + 1
+                + op.seen.as_ref().map_or(0, |seen| LEN + 8 * seen.len())
         };
         match kind {
             KeyKind::Register => self.registers.get(key).map_or(0, |state| {
@@ -140,7 +147,9 @@ impl Document {
                     })
                     .sum::<usize>()
             }),
-            KeyKind::Counter => self.counters.get(key).map_or(0, |state| LEN + state.totals.len() * (LEN + 16)),
+            KeyKind::Counter => {
+                self.counters.get(key).map_or(0, |state| LEN + state.totals.len() * (LEN + 16))
+            }
             KeyKind::Set => self.sets.get(key).map_or(0, |state| {
                 LEN + state
                     .elements
