@@ -225,3 +225,58 @@ fn writes_the_replica_refuses_to_sign_are_answered_not_ready() {
     assert!(commit.poll_commit(&mut node, &key(1), 0).is_none());
     assert!(matches!(&replies(&mut commit)[..], [(1, Err(WriteFailure::NotReady(_)))]));
 }
+
+#[test]
+fn after_a_commit_that_answered_many_writers_the_next_one_gathers_them_for_a_bounded_time() {
+    let (mut node, mut commit) = (node(), GroupCommit::new(1_024));
+    let n = WRITES_GATHER_WRITERS_MIN as u32;
+    for i in 0..n {
+        commit.handle_write(put(&format!("k{i}")), i);
+    }
+    let job = commit.poll_commit(&mut node, &key(1), 0).expect("writes are due at once");
+    // Two writers came while it was in flight; then it lands and answers `n` writers.
+    commit.handle_write(put("early-0"), 1_000);
+    commit.handle_write(put("early-1"), 1_001);
+    commit.handle_committed(Committed::Ok, job, &mut node, 10);
+    assert_eq!(replies(&mut commit).len(), n as usize);
+    // The next commit waits for the answered writers to come back (2 queued + n answered)...
+    for i in 0..n - 1 {
+        commit.handle_write(put(&format!("k{i}")), 2_000 + i);
+        assert!(commit.poll_commit(&mut node, &key(1), 10).is_none(), "{} of {} back", i + 1, n);
+    }
+    // The commit took 10 ms (from 0 to 10): the wait ends 10 ms after it landed.
+    assert_eq!(commit.poll_timeout(), Some(20), "the wait has an end");
+    // ... and starts the moment the last is queued, with all of them in one commit.
+    commit.handle_write(put("last"), 3_000);
+    let job = commit.poll_commit(&mut node, &key(1), 10).expect("every writer is back");
+    assert_eq!(job.events.len(), 1, "one event for all {} writes", n + 2);
+    commit.handle_committed(Committed::Ok, job, &mut node, 20);
+    assert_eq!(replies(&mut commit).len(), n as usize + 2);
+    // Writers that do not come back hold the next commit only until the wait ends: as long as
+    // the last commit took (10 to 20 ms: 10, plus 1 for the milliseconds' truncation), and no
+    // longer than the cap.
+    commit.handle_write(put("alone"), 4_000);
+    let until = 20 + 11.min(WRITES_GATHER_MS_MAX);
+    assert_eq!(commit.poll_timeout(), Some(until));
+    assert!(commit.poll_commit(&mut node, &key(1), until - 1).is_none());
+    let job = commit.poll_commit(&mut node, &key(1), until).expect("the wait ended");
+    commit.handle_committed(Committed::Ok, job, &mut node, 30);
+    assert!(matches!(&replies(&mut commit)[..], [(4_000, Ok(_))]));
+    // A commit that answered few writers (one, here) makes nobody wait.
+    commit.handle_write(put("next"), 5_000);
+    assert!(commit.poll_commit(&mut node, &key(1), 30).is_some(), "no wait after a small commit");
+}
+
+#[test]
+fn draining_does_not_wait_for_writers_to_gather() {
+    let (mut node, mut commit) = (node(), GroupCommit::new(1_024));
+    for i in 0..WRITES_GATHER_WRITERS_MIN as u32 {
+        commit.handle_write(put(&format!("k{i}")), i);
+    }
+    let job = commit.poll_commit(&mut node, &key(1), 0).expect("writes are due at once");
+    commit.handle_committed(Committed::Ok, job, &mut node, 10);
+    commit.handle_write(put("one"), 100);
+    assert!(commit.poll_commit(&mut node, &key(1), 10).is_none(), "gathering");
+    commit.start_draining();
+    assert!(commit.poll_commit(&mut node, &key(1), 10).is_some(), "draining commits at once");
+}
