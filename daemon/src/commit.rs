@@ -21,11 +21,6 @@
 //!   as far as the protocol's limits allow (`Node::pack_writes`).
 //! - A write is answered `Ok` only after the job holding its event was committed, and its event
 //!   reaches the replica (and so the peers) only then (`Node::commit_writes`).
-//! - After a commit that answered at least [`WRITES_GATHER_WRITERS_MIN`] writers, the next one
-//!   waits, at most as long as that commit took (and never over [`WRITES_GATHER_MS_MAX`]), until
-//!   as many writes are queued as were queued when it landed plus those it answered: writers that write again at once (a client's next
-//!   request) then share one fsync with those that waited, instead of splitting into two
-//!   cohorts that take turns, each commit holding half of them. Fewer writers never wait.
 //! - Events accepted from peers wait at most [`PEER_EVENTS_COMMIT_DELAY_MS`] (or until
 //!   [`PEER_EVENTS_COMMIT_BATCH`] wait) when no write or evidence is due: nothing waits on their
 //!   fsync.
@@ -79,16 +74,6 @@ pub const WRITES_QUEUED_MAX: usize = 4_096;
 /// Bytes of ops (keys, values and elements) waiting for a commit, at most: a few large writes
 /// cannot queue more memory than this.
 pub const WRITES_QUEUED_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// A commit that answered at least this many writers makes the next one gather (see
-/// [`WRITES_GATHER_MS_MAX`]): with fewer, a write does not wait for others. 32 is far above what
-/// one interactive client has in flight, and a commit of fewer writes costs little to repeat.
-pub const WRITES_GATHER_WRITERS_MIN: usize = 32;
-/// The next commit waits for the writers a commit answered to write again at most as long as
-/// that commit took, in whole milliseconds plus one (a commit measured at 0 ms took under one),
-/// and never longer than this: so a write waits at most about one more commit, and the wait
-/// ends as soon as the writers are back. The cap keeps a commit slowed by a stalling disk from
-/// making the next writes wait as long.
-pub const WRITES_GATHER_MS_MAX: u64 = 10;
 /// Membership ops (proposals and approvals, `docs/PROTOCOL.md` §17) waiting for a commit, at
 /// most. Each is signed into an event of its own, ahead of the document writes queued.
 pub const MEMBER_OPS_QUEUED_MAX: usize = 16;
@@ -185,19 +170,11 @@ pub struct Acked {
 /// (`replies[i]` wrote into the `i`th own event).
 struct InFlight<R> {
     own: Option<Prepared>,
-    /// When the job was handed to the store.
-    started_ms: u64,
     replies: Vec<Vec<R>>,
     n_events: usize,
     /// Events from peers in the job, and their bytes.
     n_peer_events: usize,
     peer_bytes: usize,
-}
-
-/// The next commit gathers writes: it starts once `writes` are queued, or at `until_ms`.
-struct Gather {
-    writes: usize,
-    until_ms: u64,
 }
 
 /// The store's file system is full.
@@ -223,7 +200,6 @@ pub struct GroupCommit<R> {
     peer_events_since_ms: Option<u64>,
     evidence: Vec<([u8; 32], Vec<u8>)>,
     in_flight: Option<InFlight<R>>,
-    gather: Option<Gather>,
     full: Option<Full>,
     draining: bool,
     failed: Option<String>,
@@ -272,7 +248,6 @@ impl<R> GroupCommit<R> {
             peer_events_since_ms: None,
             evidence: Vec::new(),
             in_flight: None,
-            gather: None,
             full: None,
             draining: false,
             failed: None,
@@ -406,18 +381,13 @@ impl<R> GroupCommit<R> {
     ///
     /// If no job is in flight: the caller hands over one verdict per job.
     pub fn handle_committed(&mut self, committed: Committed, job: CommitJob, node: &mut Node, now_ms: u64) {
-        let InFlight { own, replies, n_events, started_ms, .. } =
+        let InFlight { own, replies, n_events, .. } =
             self.in_flight.take().expect("a verdict for a job in flight");
         debug_assert_eq!(n_events, job.events.len());
         match committed {
             Committed::Ok => {
                 self.full = None;
                 let accepted = own.map_or_else(Vec::new, |prepared| node.commit_writes(prepared, now_ms));
-                let n_answered: usize = replies.iter().map(Vec::len).sum();
-                self.gather = (n_answered >= WRITES_GATHER_WRITERS_MIN).then(|| Gather {
-                    writes: (self.writes.len() + n_answered).min(self.writes_per_commit_max),
-                    until_ms: now_ms + (now_ms.saturating_sub(started_ms) + 1).min(WRITES_GATHER_MS_MAX),
-                });
                 for (event, writers) in accepted.into_iter().zip(replies) {
                     for reply in writers {
                         self.replies.push_back((reply, Ok(Acked { event: event.clone() })));
@@ -487,10 +457,6 @@ impl<R> GroupCommit<R> {
                 return None;
             }
         }
-        if self.gathering_until(now_ms).is_some() {
-            return None;
-        }
-        self.gather = None;
         let n_writes = self.writes.len().min(self.writes_per_commit_max);
         let mut own: Option<Prepared> = None;
         let mut node_key = None;
@@ -549,14 +515,8 @@ impl<R> GroupCommit<R> {
         events.extend(own.iter().flat_map(Prepared::events).map(|e| (e.id().0, e.encode())));
         let evidence = std::mem::take(&mut self.evidence);
         let own_history_complete = own.is_some();
-        self.in_flight = Some(InFlight {
-            own,
-            started_ms: now_ms,
-            replies,
-            n_events: events.len(),
-            n_peer_events: n_doc_events,
-            peer_bytes,
-        });
+        self.in_flight =
+            Some(InFlight { own, replies, n_events: events.len(), n_peer_events: n_doc_events, peer_bytes });
         let roster = node.adapter().roster().later_keys().iter().map(|key| key.0).collect();
         Some(CommitJob { events, evidence, own_history_complete, document, n_doc_events, roster, node_key })
     }
@@ -594,9 +554,7 @@ impl<R> GroupCommit<R> {
             return if self.writes.is_empty() && self.member_ops.is_empty() && self.evidence.is_empty() {
                 peer_events_due
             } else {
-                // While the writes gather, the end of the wait (the writers' return ends it
-                // earlier, as an input).
-                Some(self.gather.as_ref().map_or(0, |gather| gather.until_ms))
+                Some(0)
             };
         };
         if !self.writes.is_empty() || !self.member_ops.is_empty() || !self.evidence.is_empty() {
@@ -607,20 +565,6 @@ impl<R> GroupCommit<R> {
     }
 
     // ---- internals ------------------------------------------------------------------------
-
-    /// The end of the wait, while the next commit gathers writes at `now_ms`: fewer are queued
-    /// than it waits for, nothing else is due that must not wait (a membership op, evidence),
-    /// and the node is not draining.
-    fn gathering_until(&self, now_ms: u64) -> Option<u64> {
-        let gather = self.gather.as_ref()?;
-        let waits = self.writes.len() < gather.writes
-            && now_ms < gather.until_ms
-            && self.member_ops.is_empty()
-            && self.evidence.is_empty()
-            && !self.draining
-            && self.full.is_none();
-        waits.then_some(gather.until_ms)
-    }
 
     fn peer_events_due(&self, now_ms: u64) -> bool {
         !self.peer_events.is_empty()
