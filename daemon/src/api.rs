@@ -457,7 +457,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 
 // ---- checking input -------------------------------------------------------------------------
 
-fn check_key(key: String, what: &str) -> Result<Vec<u8>, ApiError> {
+fn check_key(key: String, what: impl std::fmt::Display) -> Result<Vec<u8>, ApiError> {
     if key.is_empty() {
         return Err(ApiError::bad_request("bad_key", format!("{what}: the key is empty")));
     }
@@ -475,7 +475,7 @@ fn value_bytes(
     text: Option<String>,
     base64: Option<String>,
     field: &str,
-    context: &str,
+    context: impl std::fmt::Display,
 ) -> Result<Vec<u8>, ApiError> {
     let bytes = match (text, base64) {
         (Some(text), None) => text.into_bytes(),
@@ -633,7 +633,7 @@ fn members_json(members: &[(Vec<u8>, Vec<EventId>)]) -> Vec<json::SetMember> {
 
 /// The events a client's causal context names (base64 of [`encode_context`]'s bytes); `at`
 /// names the field in errors.
-fn context_events(context: &str, at: &str) -> Result<Vec<EventId>, ApiError> {
+fn context_events(context: &str, at: impl std::fmt::Display) -> Result<Vec<EventId>, ApiError> {
     let bytes = BASE64.decode(context).map_err(|_| {
         ApiError::bad_request("bad_context", format!("{at}: a context is base64, as a read gave it"))
     })?;
@@ -641,7 +641,7 @@ fn context_events(context: &str, at: &str) -> Result<Vec<EventId>, ApiError> {
 }
 
 /// A register or set op with the causal context `context` (base64), or without one.
-fn with_context(op: Op, context: Option<String>, at: &str) -> Result<Op, ApiError> {
+fn with_context(op: Op, context: Option<String>, at: impl std::fmt::Display) -> Result<Op, ApiError> {
     let Some(context) = context else { return Ok(op) };
     // Counters and membership ops take no context; the callers never pass one.
     Ok(op.with_seen(Seen { events: context_events(&context, at)?, own: Vec::new() }))
@@ -1116,39 +1116,58 @@ fn element_ops(key: String, body: ElementBody, add: bool) -> Result<Vec<Op>, Api
     Ok(vec![with_context(op, body.context, "context")?])
 }
 
+/// Where in a batch an error is: the op (`ops[3]`), the prefix of a message about one of its
+/// fields (`ops[3]: `), or its context (`ops[3].context`). Written only into an error's
+/// message, so that a valid batch makes no string per op.
+#[derive(Clone, Copy)]
+enum OpPlace {
+    Op(usize),
+    Prefix(usize),
+    Context(usize),
+}
+
+impl std::fmt::Display for OpPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Op(idx) => write!(f, "ops[{idx}]"),
+            Self::Prefix(idx) => write!(f, "ops[{idx}]: "),
+            Self::Context(idx) => write!(f, "ops[{idx}].context"),
+        }
+    }
+}
+
 /// The op of one op of a batch; `op_idx` places it in errors.
 fn batch_op(op: BatchOp, op_idx: usize) -> Result<Op, ApiError> {
-    let at = format!("ops[{op_idx}]");
-    let context_of = format!("{at}: ");
-    let context_at = format!("{at}.context");
+    let (at, context_of, context_at) =
+        (OpPlace::Op(op_idx), OpPlace::Prefix(op_idx), OpPlace::Context(op_idx));
     let op = match op {
         BatchOp::Put { key, value, value_base64, context } => with_context(
             Op::Put {
-                key: check_key(key, &at)?,
-                value: value_bytes(value, value_base64, "value", &context_of)?,
+                key: check_key(key, at)?,
+                value: value_bytes(value, value_base64, "value", context_of)?,
             },
             context,
-            &context_at,
+            context_at,
         )?,
         BatchOp::Del { key, context } => {
-            with_context(Op::Del { key: check_key(key, &at)? }, context, &context_at)?
+            with_context(Op::Del { key: check_key(key, at)? }, context, context_at)?
         }
-        BatchOp::Incr { key, delta } => Op::Incr { key: check_key(key, &at)?, delta },
+        BatchOp::Incr { key, delta } => Op::Incr { key: check_key(key, at)?, delta },
         BatchOp::Add { key, element, element_base64, context } => with_context(
             Op::Add {
-                key: check_key(key, &at)?,
-                element: value_bytes(element, element_base64, "element", &context_of)?,
+                key: check_key(key, at)?,
+                element: value_bytes(element, element_base64, "element", context_of)?,
             },
             context,
-            &context_at,
+            context_at,
         )?,
         BatchOp::Remove { key, element, element_base64, context } => with_context(
             Op::Remove {
-                key: check_key(key, &at)?,
-                element: value_bytes(element, element_base64, "element", &context_of)?,
+                key: check_key(key, at)?,
+                element: value_bytes(element, element_base64, "element", context_of)?,
             },
             context,
-            &context_at,
+            context_at,
         )?,
     };
     Ok(op)

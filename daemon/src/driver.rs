@@ -763,6 +763,12 @@ impl Driver {
         if rotated_to.is_some() {
             self.finish_rotation();
         }
+        // The next job goes to the store at once, before the writers are answered and the rest
+        // of the turn runs (transmit, gauges): the store commits it meanwhile instead of
+        // waiting for them. What the node accepted is drained first, so that the job holds
+        // every event from peers whose changes are in the document delta it takes.
+        self.drain_node_events();
+        self.start_commit();
         self.answer_writers();
         self.answer_rotation();
     }

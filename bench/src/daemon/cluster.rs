@@ -284,6 +284,11 @@ impl Conn {
         self.request(Method::PUT, path, body).await
     }
 
+    /// `POST path` with a JSON body; returns the status (the answer is read in full).
+    pub(crate) async fn post(&mut self, path: &str, body: Bytes) -> anyhow::Result<StatusCode> {
+        self.request(Method::POST, path, body).await
+    }
+
     /// `GET path`; returns the status (the answer is read in full).
     pub(crate) async fn get(&mut self, path: &str) -> anyhow::Result<StatusCode> {
         self.request(Method::GET, path, Bytes::new()).await

@@ -1,6 +1,7 @@
 //! The API load for `cairn-daemon-bench`: concurrent clients, each a tokio task with its own
 //! persistent connection, each writing `PUT /v1/registers/{key}` (or reading it back with
-//! `GET`, the API's own ceiling) one request after another.
+//! `GET`, the API's own ceiling, or writing [`BATCH_OPS`] registers at once with
+//! `POST /v1/batch`) one request after another.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,6 +21,31 @@ pub(crate) fn key_and_value(client: usize, i: usize) -> (String, String) {
     (format!("bench-{client:03}"), format!("{i:0width$}", width = VALUE_BYTES))
 }
 
+/// Ops in each `POST /v1/batch` of the batch load: the most one request may carry (one event).
+pub(crate) const BATCH_OPS: usize = cairn_protocol::limits::OPS_MAX;
+
+/// The body of a client's `i`th batch: [`BATCH_OPS`] puts of [`VALUE_BYTES`] text values to
+/// the client's own registers `batch-CCC-OOO` (the same keys each time, so the document does
+/// not grow during the run).
+pub(crate) fn batch_body(client: usize, i: usize) -> String {
+    use std::fmt::Write as _;
+    let mut body = String::with_capacity(BATCH_OPS * (VALUE_BYTES + 48) + 16);
+    body.push_str("{\"ops\":[");
+    for op in 0..BATCH_OPS {
+        if op > 0 {
+            body.push(',');
+        }
+        // Infallible: writing to a String.
+        let _ = write!(
+            body,
+            "{{\"op\":\"put\",\"key\":\"batch-{client:03}-{op:03}\",\"value\":\"{i:0width$}\"}}",
+            width = VALUE_BYTES
+        );
+    }
+    body.push_str("]}");
+    body
+}
+
 /// What each client sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -28,6 +54,19 @@ pub(crate) enum Kind {
     /// `GET /v1/registers/bench-NNN`: the same HTTP, JSON and service-loop round trip without
     /// signing or fsync.
     Read,
+    /// `POST /v1/batch` with [`BATCH_OPS`] puts: one durable event per request.
+    Batch,
+}
+
+impl Kind {
+    /// Ops (document writes) one request of this kind carries.
+    pub(crate) fn ops_per_request(self) -> usize {
+        match self {
+            Self::Write => 1,
+            Self::Read => 0,
+            Self::Batch => BATCH_OPS,
+        }
+    }
 }
 
 /// When the load stops.
@@ -109,10 +148,17 @@ pub(crate) async fn run_kind(
                 }
                 let (key, value) = key_and_value(client, i);
                 let path = format!("/v1/registers/{key}");
+                // Built before the clock starts: only the round trip is timed.
+                let body = match kind {
+                    Kind::Write => Bytes::from(format!("{{\"value\":\"{value}\"}}")),
+                    Kind::Read => Bytes::new(),
+                    Kind::Batch => Bytes::from(batch_body(client, i)),
+                };
                 let sent = Instant::now();
                 let status = match kind {
-                    Kind::Write => conn.put(&path, Bytes::from(format!("{{\"value\":\"{value}\"}}"))).await?,
+                    Kind::Write => conn.put(&path, body).await?,
                     Kind::Read => conn.get(&path).await?,
+                    Kind::Batch => conn.post("/v1/batch", body).await?,
                 };
                 let now = Instant::now();
                 if status.is_success() {

@@ -1090,6 +1090,29 @@ async fn bad_bodies_are_json_errors() {
     )
     .await;
     assert!(message.starts_with("ops[0]: missing value"), "{message}");
+    // Each place in a batch is named in the message: an op's key, an op's context.
+    let message = check_error(
+        &server,
+        "POST",
+        "/v1/batch",
+        JSON,
+        br#"{"ops":[{"op":"incr","key":"c","delta":1}, {"op":"del","key":""}]}"#,
+        StatusCode::BAD_REQUEST,
+        "bad_key",
+    )
+    .await;
+    assert_eq!(message, "ops[1]: the key is empty");
+    let message = check_error(
+        &server,
+        "POST",
+        "/v1/batch",
+        JSON,
+        br#"{"ops":[{"op":"del","key":"a"}, {"op":"del","key":"b"}, {"op":"del","key":"k","context":"%"}]}"#,
+        StatusCode::BAD_REQUEST,
+        "bad_context",
+    )
+    .await;
+    assert_eq!(message, "ops[2].context: a context is base64, as a read gave it");
 }
 
 #[tokio::test]

@@ -70,7 +70,9 @@ impl Document {
     /// set's element frontiers, in the layout of this module's documentation; `None` when the
     /// key has no state.
     pub fn encode_key(&self, kind: KeyKind, key: &[u8]) -> Option<Vec<u8>> {
-        let mut out = Vec::new();
+        // Each key's state is encoded once per commit that changes it, so the buffer is sized
+        // exactly up front ([`encoded_len`]) rather than grown entry by entry.
+        let mut out = Vec::with_capacity(self.encoded_len(kind, key));
         match kind {
             KeyKind::Register => {
                 let state = self.registers.get(key).filter(|state| !state.frontier.is_empty())?;
@@ -112,7 +114,54 @@ impl Document {
                 }
             }
         }
+        debug_assert_eq!(out.len(), self.encoded_len(kind, key), "encoded_len is exact");
         Some(out)
+    }
+
+    /// The length of [`Document::encode_key`]'s bytes for `key` (0 when it has no state).
+    fn encoded_len(&self, kind: KeyKind, key: &[u8]) -> usize {
+        const LEN: usize = 8;
+        // An entry's op (put_op) and its tag (put_tag).
+        let op_len = |op: &OpMeta| {
+            32 + 8
+                + LEN
+                + 8
+                + 8
+                + LEN
+                + 8 * op.event.clock.len()
+                + 1
+                + op.seen.as_ref().map_or(0, |seen| LEN + 8 * seen.len())
+        };
+        match kind {
+            KeyKind::Register => self.registers.get(key).map_or(0, |state| {
+                LEN + state
+                    .frontier
+                    .iter()
+                    .map(|entry| {
+                        op_len(&entry.op)
+                            + match &entry.value {
+                                Some(HeldValue::Inline(value)) => LEN + value.len(),
+                                Some(HeldValue::Elsewhere { hash, .. }) => 8 + hash.len(),
+                                None => 0,
+                            }
+                    })
+                    .sum::<usize>()
+            }),
+            KeyKind::Counter => {
+                self.counters.get(key).map_or(0, |state| LEN + state.totals.len() * (LEN + 16))
+            }
+            KeyKind::Set => self.sets.get(key).map_or(0, |state| {
+                LEN + state
+                    .elements
+                    .iter()
+                    .map(|(element, element_state)| {
+                        LEN + element.len()
+                            + LEN
+                            + element_state.frontier.iter().map(|entry| op_len(&entry.op)).sum::<usize>()
+                    })
+                    .sum::<usize>()
+            }),
+        }
     }
 
     /// Every key with persisted state, by kind then key: what to write for a full snapshot.
