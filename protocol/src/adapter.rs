@@ -714,9 +714,27 @@ impl Adapter {
         let mut kept_ready = Vec::with_capacity(candidates.len());
         let before = candidates.len();
         let in_flight = &self.in_flight;
+        // One question to the archive for every dep neither in the batch nor in flight (one
+        // read, for an archive on disk): an orphan flood names deps nobody holds, and a read
+        // per dep cost more than the decoding it was meant to be the only cost of.
+        let batch: BTreeSet<EventId> = candidates.iter().map(|c| c.id).collect();
+        let asked: Vec<EventId> = candidates
+            .iter()
+            .flat_map(|c| c.event.header.deps.iter())
+            .filter(|d| !batch.contains(d) && !in_flight.contains_key(d))
+            .copied()
+            .collect::<BTreeSet<EventId>>()
+            .into_iter()
+            .collect();
+        let accepted: BTreeSet<EventId> = asked
+            .iter()
+            .zip(self.archive.contains_many(&asked))
+            .filter(|(_, held)| *held)
+            .map(|(d, _)| *d)
+            .collect();
         candidates.retain(|c| {
             let is_ready = |d: &EventId| {
-                ready.contains(d) || in_flight.get(d).copied().unwrap_or(false) || self.archive.contains(d)
+                ready.contains(d) || in_flight.get(d).copied().unwrap_or(false) || accepted.contains(d)
             };
             if c.event.header.deps.iter().all(is_ready) {
                 ready.insert(c.id);
