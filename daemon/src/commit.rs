@@ -48,7 +48,11 @@ use cairn_protocol::{DocumentDelta, Node, Op, Prepared, Verified, WriteError};
 
 /// Events accepted from peers wait this long at most for a store commit of their own when no
 /// local write or evidence is due: nothing waits on their fsync (peers hold them too), and
-/// fewer, larger commits leave the cores to signature checks during a catch-up.
+/// fewer, larger commits leave the cores to signature checks during a catch-up. A commit
+/// rewrites every page its inserts touch, and the `ids` and `metas` tables are keyed by random
+/// ids, so a commit of a few hundred events rewrote about a page per event and table; at 100 ms
+/// a catch-up at 30 000 events/s commits about 3 000 at a time (a local write still commits at
+/// once, and takes these with it).
 pub const PEER_EVENTS_COMMIT_DELAY_MS: u64 = 100;
 /// ... unless this many are waiting.
 pub const PEER_EVENTS_COMMIT_BATCH: usize = 4_096;
