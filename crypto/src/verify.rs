@@ -90,21 +90,38 @@ pub fn verify_many(checks: &[Check<'_>], n_threads: usize) -> Vec<bool> {
 }
 
 /// [`verify_many`], with the keys in `cache` decoded once: the same verdicts.
+///
+/// The threads take the checks [`VERIFY_CHUNK_MIN`] at a time from a shared counter rather
+/// than a fixed share each: on cores shared with other work (the daemon's service loop, its
+/// store, a peer on the same host), a thread that is descheduled no longer holds back the
+/// whole batch while the others sit idle.
 pub fn verify_many_with(cache: &KeyCache, checks: &[Check<'_>], n_threads: usize) -> Vec<bool> {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let n_threads = n_threads.clamp(1, VERIFY_THREADS_MAX).min(checks.len().div_ceil(VERIFY_CHUNK_MIN));
     if n_threads <= 1 {
         return checks.iter().map(|c| cache.verify(c)).collect();
     }
-    let mut verdicts = vec![false; checks.len()];
-    let chunk = checks.len().div_ceil(n_threads);
-    std::thread::scope(|scope| {
-        for (inputs, outputs) in checks.chunks(chunk).zip(verdicts.chunks_mut(chunk)) {
-            scope.spawn(move || {
-                for (check, verdict) in inputs.iter().zip(outputs.iter_mut()) {
-                    *verdict = cache.verify(check);
-                }
-            });
+    let verdicts: Vec<AtomicBool> = checks.iter().map(|_| AtomicBool::new(false)).collect();
+    let next = AtomicUsize::new(0);
+    let work = || {
+        loop {
+            let start = next.fetch_add(VERIFY_CHUNK_MIN, Ordering::Relaxed);
+            if start >= checks.len() {
+                break;
+            }
+            let end = (start + VERIFY_CHUNK_MIN).min(checks.len());
+            for (check, verdict) in checks[start..end].iter().zip(&verdicts[start..end]) {
+                verdict.store(cache.verify(check), Ordering::Relaxed);
+            }
         }
+    };
+    std::thread::scope(|scope| {
+        // This thread works too: one spawn fewer per batch.
+        for _ in 1..n_threads {
+            scope.spawn(work);
+        }
+        work();
     });
-    verdicts
+    // The scope joined every thread, so every store is visible here.
+    verdicts.into_iter().map(AtomicBool::into_inner).collect()
 }

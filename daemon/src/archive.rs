@@ -221,6 +221,11 @@ impl Archive for StoreArchive {
         self.read(reads::meta(&self.db, id), None)
     }
 
+    fn contains(&self, id: &EventId) -> bool {
+        // Not through `meta`: a miss would read and decode a meta only to drop it.
+        self.contains_many(std::slice::from_ref(id)).first().copied().unwrap_or(false)
+    }
+
     fn event(&self, id: &EventId) -> Option<StoredEvent> {
         if let Some((meta, bytes)) = self.state().held(id) {
             return Some(StoredEvent { id: *id, meta: meta.clone(), bytes: Arc::clone(bytes) });

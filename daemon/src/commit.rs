@@ -48,8 +48,12 @@ use cairn_protocol::{DocumentDelta, Node, Op, Prepared, Verified, WriteError};
 
 /// Events accepted from peers wait this long at most for a store commit of their own when no
 /// local write or evidence is due: nothing waits on their fsync (peers hold them too), and
-/// fewer, larger commits leave the cores to signature checks during a catch-up.
-pub const PEER_EVENTS_COMMIT_DELAY_MS: u64 = 20;
+/// fewer, larger commits leave the cores to signature checks during a catch-up. A commit
+/// rewrites every page its inserts touch, and the `ids` and `metas` tables are keyed by random
+/// ids, so a commit of a few hundred events rewrote about a page per event and table; at 100 ms
+/// a catch-up at 30 000 events/s commits about 3 000 at a time (a local write still commits at
+/// once, and takes these with it).
+pub const PEER_EVENTS_COMMIT_DELAY_MS: u64 = 100;
 /// ... unless this many are waiting.
 pub const PEER_EVENTS_COMMIT_BATCH: usize = 4_096;
 /// Events from peers accepted but not yet durable (waiting for a commit or in the one in
@@ -111,11 +115,42 @@ pub enum WriteFailure {
     Storage(String),
 }
 
-/// A batch for the store: events (id, bytes) in causal order, and evidence (author, bytes).
+/// An event for the store.
+#[derive(Clone, Debug)]
+pub enum JobEvent {
+    /// Accepted from a peer: the proof of validation carries the event decoded, its bytes and
+    /// its meta, so the store indexes it without decoding it again or reading its deps' metas
+    /// (`store::Append::Accepted`), and its bytes are not copied.
+    Accepted(Verified),
+    /// An event as its id and canonical bytes: one of this node's own new events, signed for
+    /// this job (accepted by the replica only once stored), or an event handed over without
+    /// its proof ([`GroupCommit::handle_peer_event`]). The store decodes and indexes it.
+    Bytes([u8; 32], Vec<u8>),
+}
+
+impl JobEvent {
+    /// The event's id.
+    pub fn id(&self) -> [u8; 32] {
+        match self {
+            Self::Accepted(event) => event.id().0,
+            Self::Bytes(id, _) => *id,
+        }
+    }
+
+    /// The event's canonical bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Accepted(event) => event.bytes(),
+            Self::Bytes(_, bytes) => bytes,
+        }
+    }
+}
+
+/// A batch for the store: events in causal order, and evidence (author, bytes).
 #[derive(Debug, Default)]
 pub struct CommitJob {
     /// Accepted events from peers first, then this node's own new events.
-    pub events: Vec<([u8; 32], Vec<u8>)>,
+    pub events: Vec<JobEvent>,
     /// New evidence.
     pub evidence: Vec<([u8; 32], Vec<u8>)>,
     /// The job holds events this node signed in this process. The replica signs only once it
@@ -193,7 +228,7 @@ pub struct GroupCommit<R> {
     writes: VecDeque<(Vec<Op>, R)>,
     writes_bytes: usize,
     member_ops: VecDeque<(MemberOp, R)>,
-    peer_events: Vec<([u8; 32], Vec<u8>)>,
+    peer_events: Vec<JobEvent>,
     /// The bytes of `peer_events`.
     peer_events_bytes: usize,
     /// When the oldest of `peer_events` was accepted.
@@ -347,9 +382,19 @@ impl<R> GroupCommit<R> {
     }
 
     /// An event the replica accepted from a peer, to be stored.
+    pub fn handle_accepted(&mut self, event: Verified, now_ms: u64) {
+        self.push_peer_event(JobEvent::Accepted(event), now_ms);
+    }
+
+    /// An event accepted from a peer, as its id and canonical bytes, to be stored (decoded and
+    /// indexed by the store).
     pub fn handle_peer_event(&mut self, id: [u8; 32], bytes: Vec<u8>, now_ms: u64) {
-        self.peer_events_bytes += bytes.len();
-        self.peer_events.push((id, bytes));
+        self.push_peer_event(JobEvent::Bytes(id, bytes), now_ms);
+    }
+
+    fn push_peer_event(&mut self, event: JobEvent, now_ms: u64) {
+        self.peer_events_bytes += event.bytes().len();
+        self.peer_events.push(event);
         self.peer_events_since_ms.get_or_insert(now_ms);
     }
 
@@ -412,7 +457,7 @@ impl<R> GroupCommit<R> {
                 events.truncate(n_peer_events);
                 events.append(&mut self.peer_events);
                 self.peer_events = events;
-                self.peer_events_bytes = self.peer_events.iter().map(|(_, bytes)| bytes.len()).sum();
+                self.peer_events_bytes = self.peer_events.iter().map(|event| event.bytes().len()).sum();
                 if !self.peer_events.is_empty() {
                     self.peer_events_since_ms.get_or_insert(now_ms);
                 }
@@ -512,7 +557,7 @@ impl<R> GroupCommit<R> {
         // The document has applied every event from peers accepted so far (all in this job or
         // an earlier one) and the own events of every earlier job.
         let document = node.take_document_delta();
-        events.extend(own.iter().flat_map(Prepared::events).map(|e| (e.id().0, e.encode())));
+        events.extend(own.iter().flat_map(Prepared::events).map(|e| JobEvent::Bytes(e.id().0, e.encode())));
         let evidence = std::mem::take(&mut self.evidence);
         let own_history_complete = own.is_some();
         self.in_flight =

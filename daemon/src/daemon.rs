@@ -143,6 +143,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
     let own_history = loaded.own_history;
     let node_config = config.node_config(&genesis, own_history);
     let own_seq_peers_needed = node_config.own_seq_peers_needed;
+    let verify_threads = node_config.adapter.verify_threads;
     // The events stay on disk: the node reads them back through its archive.
     let db = store.shared_db();
     let db_to_close = db.clone();
@@ -303,6 +304,7 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         overlay: config.overlay.overlay_config(),
         overlay_seed: crate::overlay::seed()?,
         advertised,
+        verify_threads,
     };
     let (service, handle, commands, transport_events) = Driver::new(parts);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

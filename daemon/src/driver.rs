@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_crypto::SecretKey;
-use cairn_protocol::{Genesis, Node, NodeEvent};
+use cairn_protocol::{Genesis, Node, NodeEvent, PendingEvents, SignatureChecks, SignatureVerdicts};
 use tracing::{debug, error, info, warn};
 
 use crate::backup::{BackupPiece, BackupRead};
@@ -44,7 +44,7 @@ use crate::commit::{
 use crate::discipline::{PeerDiscipline, Verdict};
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
 use crate::store::{Store, StoreError};
-use crate::transport::{Transport, TransportEvent};
+use crate::transport::{InboundCredit, Transport, TransportEvent};
 use prometheus_client::metrics::counter::Counter;
 
 /// While a peer's transport queue is full and the node still has output for it, the driver
@@ -59,6 +59,13 @@ pub const TRANSPORT_EVENTS_MAX: usize = 1_024;
 /// message of a catch-up (up to `MESSAGE_BYTES_MAX` of events to verify) can take tens of
 /// milliseconds, so the turn is bounded by time, not by a message count.
 pub const PEER_INPUT_PER_TURN: Duration = Duration::from_millis(5);
+/// `Events` messages whose signatures are being checked, at most, while the loop goes on: one
+/// on the verifier thread and one waiting for it, so the verifier always has the next batch at
+/// hand while the loop applies the one before (its events, the document, the group commit) and
+/// handles other input. Each holds its message's inbound credit, and one message is at most
+/// `MESSAGE_BYTES_MAX` bytes, so this bounds the bytes held too. Past it, nothing more is read
+/// from peers until a batch comes back.
+pub const VERIFY_BATCHES_IN_FLIGHT_MAX: usize = 2;
 pub use crate::discipline::{INVALID_INPUTS_MAX, INVALID_INPUTS_WINDOW_MS, MUTE_MAX_MS, MUTE_MIN_MS};
 
 /// What the driver needs to run.
@@ -98,6 +105,8 @@ pub struct DriverParts {
     /// The address this node's signed record publishes, if any (re-signed after a key
     /// rotation).
     pub advertised: Option<SocketAddr>,
+    /// Threads that check one batch's signatures (`limits.verify_threads`, 0 resolved).
+    pub verify_threads: usize,
 }
 
 /// A key rotation under way: asked for, its event being signed and stored.
@@ -209,6 +218,11 @@ pub struct Driver {
     topology: crate::overlay::Topology,
     /// The address this node's record publishes.
     advertised: Option<SocketAddr>,
+    /// Batches whose signatures the verifier thread is checking, oldest first, each with its
+    /// message's inbound credit (at most [`VERIFY_BATCHES_IN_FLIGHT_MAX`]).
+    verifying: std::collections::VecDeque<(PendingEvents, InboundCredit)>,
+    verify_jobs: std::sync::mpsc::Sender<SignatureChecks>,
+    verdicts: mpsc::Receiver<SignatureVerdicts>,
 }
 
 impl Driver {
@@ -220,6 +234,7 @@ impl Driver {
         let (changes, _) = broadcast::channel(WATCH_BUFFER_MAX);
         let metrics = Arc::new(Metrics::new());
         let (store_jobs, store_done) = spawn_store_writer(parts.store);
+        let (verify_jobs, verdicts) = spawn_verifier(parts.verify_threads);
         // Per key of the roster (the genesis members, then keys membership ops named), as the
         // store counted them.
         let roster: Vec<PublicKey> = parts.node.adapter().roster().keys().to_vec();
@@ -285,6 +300,9 @@ impl Driver {
             identity_pending: None,
             topology,
             advertised: parts.advertised,
+            verifying: std::collections::VecDeque::new(),
+            verify_jobs,
+            verdicts,
         };
         (driver, handle, commands_rx, parts.transport_events)
     }
@@ -320,6 +338,8 @@ impl Driver {
                 biased;
                 _ = shutdown.changed() => {}
                 Some((committed, job)) = self.store_done.recv() => self.on_committed(committed, job),
+                // A batch's verdicts first among peer input: its events are the oldest.
+                Some(verdicts) = self.verdicts.recv() => self.on_verdicts(verdicts),
                 // Local commands and timers first: a peer flooding data must not delay the
                 // API or anti-entropy.
                 Some(command) = commands.recv() => {
@@ -338,7 +358,7 @@ impl Driver {
                 // Backpressure: while too many events from peers wait for the store, nothing
                 // more is read from peers until a commit lands (`GroupCommit::takes_peer_input`);
                 // the transport's bounded queues and QUIC's flow control hold the peers back.
-                Some(event) = transport_events.recv(), if self.commit.takes_peer_input() => {
+                Some(event) = transport_events.recv(), if self.takes_peer_input() => {
                     let turn_started = Instant::now();
                     self.on_transport(event);
                     for _ in 1..INPUTS_PER_TURN_MAX {
@@ -348,7 +368,7 @@ impl Driver {
                         // What the replica accepted goes to the group commit first, so the
                         // bound is checked against it.
                         self.drain_node_events();
-                        if !self.commit.takes_peer_input() {
+                        if !self.takes_peer_input() {
                             break;
                         }
                         match transport_events.try_recv() {
@@ -431,6 +451,25 @@ impl Driver {
         let timer = timers.into_iter().flatten().min().map(at);
         let retry = self.has_output().then(|| Instant::now() + TRANSMIT_RETRY);
         earliest(timer, retry)
+    }
+
+    /// Whether the loop reads more from peers: not while too many events from peers wait for
+    /// the store (`GroupCommit::takes_peer_input`), nor while [`VERIFY_BATCHES_IN_FLIGHT_MAX`]
+    /// batches wait for their signatures.
+    fn takes_peer_input(&self) -> bool {
+        self.commit.takes_peer_input() && self.verifying.len() < VERIFY_BATCHES_IN_FLIGHT_MAX
+    }
+
+    /// The verifier thread checked the oldest batch's signatures: its events are accepted or
+    /// buffered now, and its message's credit is given back to its connection.
+    fn on_verdicts(&mut self, verdicts: SignatureVerdicts) {
+        // The verifier answers each batch once, in the order they were sent.
+        let Some((pending, credit)) = self.verifying.pop_front() else {
+            unreachable!("verdicts come only for batches sent to the verifier")
+        };
+        let now = self.now_ms();
+        self.node.finish_events(pending, verdicts, now);
+        drop(credit);
     }
 
     fn has_output(&self) -> bool {
@@ -551,8 +590,9 @@ impl Driver {
                     self.rotation_reached_a_peer(true);
                 }
             }
-            // The credit is dropped at the end of this arm: the connection may read on.
-            TransportEvent::Message { peer, bytes, credit: _credit } => {
+            // The credit is dropped at the end of this arm, or once the message's signatures are
+            // checked: the connection may read on.
+            TransportEvent::Message { peer, bytes, credit } => {
                 if self.is_muted(&peer) {
                     return;
                 }
@@ -561,7 +601,19 @@ impl Driver {
                     .bytes_in
                     .get_or_create(&PeerLabel { peer: self.name_of(&peer) })
                     .inc_by(bytes.len() as u64);
-                self.node.handle_message(peer, &bytes, now);
+                let Some((pending, checks)) = self.node.begin_message(peer, &bytes, now) else { return };
+                drop(bytes);
+                if checks.is_empty() && self.verifying.is_empty() {
+                    // Nothing to check and nothing before it: finished at once.
+                    self.node.finish_events(pending, checks.run(1), now);
+                    return;
+                }
+                if self.verify_jobs.send(checks).is_err() {
+                    // The verifier never stops while the driver holds its queue; its thread
+                    // panicked, which is a bug.
+                    panic!("the signature verifier thread stopped");
+                }
+                self.verifying.push_back((pending, credit));
             }
         }
     }
@@ -578,7 +630,7 @@ impl Driver {
                     self.count_authored(event.author_idx(), event.bytes().len());
                     if from.is_some() {
                         let now = self.now_ms();
-                        self.commit.handle_peer_event(event.id().0, event.bytes().to_vec(), now);
+                        self.commit.handle_accepted(event, now);
                     } else {
                         // Own events are accepted only once stored (`commit_writes`).
                         self.metrics.own_events.inc();
@@ -751,7 +803,7 @@ impl Driver {
         let stored = matches!(committed, Committed::Ok);
         let rotated_to = job.node_key.filter(|_| stored);
         let ids: Vec<EventId> =
-            if stored { job.events.iter().map(|(id, _)| EventId(*id)).collect() } else { Vec::new() };
+            if stored { job.events.iter().map(|event| EventId(event.id())).collect() } else { Vec::new() };
         if stored && let Some(delta) = &job.document {
             self.archive.committed_covered(&delta.covered);
         }
@@ -1388,6 +1440,29 @@ fn no_space(error: &StoreError) -> Committed {
     Committed::NoSpace { write_error: error.to_string(), reason }
 }
 
+/// Signature checks live on their own thread, so that the loop applies one batch while the
+/// next one's signatures are checked (each batch on `n_threads` threads, scoped to it). It
+/// answers each batch in the order it came; the driver sends at most
+/// [`VERIFY_BATCHES_IN_FLIGHT_MAX`] before an answer, which bounds both channels.
+fn spawn_verifier(
+    n_threads: usize,
+) -> (std::sync::mpsc::Sender<SignatureChecks>, mpsc::Receiver<SignatureVerdicts>) {
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<SignatureChecks>();
+    let (done_tx, done_rx) = mpsc::channel(VERIFY_BATCHES_IN_FLIGHT_MAX);
+    std::thread::Builder::new()
+        .name("cairn-verify".to_owned())
+        .spawn(move || {
+            while let Ok(checks) = jobs_rx.recv() {
+                if done_tx.blocking_send(checks.run(n_threads)).is_err() {
+                    break;
+                }
+            }
+        })
+        // Spawning a thread fails only when the OS is out of resources at start-up.
+        .expect("cannot start the signature verifier thread");
+    (jobs_tx, done_rx)
+}
+
 /// The store lives on its own thread: commits block on fsync, and the service loop must not.
 /// One job at a time, so everything that accumulates meanwhile goes into the next commit.
 /// A failed commit ends the thread, unless it failed for want of space: the store is usable
@@ -1415,15 +1490,23 @@ fn spawn_store_writer(
                     store.rotate_node_key(key);
                 }
                 let result = {
-                    let events: Vec<([u8; 32], &[u8])> =
-                        job.events.iter().map(|(id, b)| (*id, b.as_slice())).collect();
+                    let events: Vec<crate::store::Append<'_>> = job
+                        .events
+                        .iter()
+                        .map(|event| match event {
+                            crate::commit::JobEvent::Accepted(event) => crate::store::Append::Accepted(event),
+                            crate::commit::JobEvent::Bytes(id, bytes) => {
+                                crate::store::Append::Bytes(*id, bytes)
+                            }
+                        })
+                        .collect();
                     let evidence: Vec<([u8; 32], &[u8])> =
                         job.evidence.iter().map(|(a, b)| (*a, b.as_slice())).collect();
                     let document = job
                         .document
                         .as_ref()
                         .map(|delta| crate::store::DocumentCommit { delta, n_applied: job.n_doc_events });
-                    store.append_with_document(&events, &evidence, job.own_history_complete, document)
+                    store.append_events(&events, &evidence, job.own_history_complete, document)
                 };
                 debug!(events = job.events.len(), ok = result.is_ok(), "store commit");
                 let (committed, fatal) = match result {

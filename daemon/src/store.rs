@@ -41,7 +41,9 @@
 //! `ids` makes appending an event twice a no-op. The append order is a causal order because the
 //! node only accepts an event after its dependencies. The store computes `metas`, `by_seq` and
 //! `chains` itself as it appends each event, with the adapter's own rule
-//! (`EventMeta::from_deps`), in the same transaction.
+//! (`EventMeta::from_deps`), in the same transaction; or, for an event the node accepted
+//! ([`Append::Accepted`]), from the meta the adapter computed, so that the store's thread
+//! neither decodes the event again nor reads its deps' metas.
 //!
 //! # The node's own history
 //!
@@ -107,7 +109,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use cairn_crypto::PublicKey;
 use cairn_protocol::document::{Covered, Document, KeyKind, OpId};
 use cairn_protocol::event::ops_hash;
-use cairn_protocol::{ChainState, DocumentDelta, EventId, EventMeta, codec};
+use cairn_protocol::{ChainState, DocumentDelta, EventId, EventMeta, Verified, codec};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 /// The layout version in `meta["format"]`. Bump it when the layout changes; a store with
@@ -244,6 +246,33 @@ pub struct Loaded {
     /// The log positions of the events that carry membership ops, in log order: what
     /// `Node::resume_membership` reads back at a start.
     pub member_events: Vec<u64>,
+}
+
+/// One event for [`Store::append_events`].
+#[derive(Clone, Copy, Debug)]
+pub enum Append<'a> {
+    /// An event's id and canonical bytes: decoded, checked against the id, and indexed from
+    /// its deps' stored metas (`EventMeta::from_deps`).
+    Bytes([u8; 32], &'a [u8]),
+    /// An event this node's adapter accepted: the proof of validation carries the decoded
+    /// event, its id, its bytes and its meta, which are indexed as they are.
+    Accepted(&'a Verified),
+}
+
+impl Append<'_> {
+    fn id(&self) -> [u8; 32] {
+        match self {
+            Self::Bytes(id, _) => *id,
+            Self::Accepted(event) => event.id().0,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Bytes(_, bytes) => bytes,
+            Self::Accepted(event) => event.bytes(),
+        }
+    }
 }
 
 /// The document's part of a commit ([`Store::append_with_document`]).
@@ -970,12 +999,32 @@ impl Store {
         own_history_complete: bool,
         document: Option<DocumentCommit<'_>>,
     ) -> Result<(), StoreError> {
+        let events: Vec<Append<'_>> = events.iter().map(|(id, bytes)| Append::Bytes(*id, bytes)).collect();
+        self.append_events(&events, evidence, own_history_complete, document)
+    }
+
+    /// [`Store::append_with_document`] for events given as bytes or as accepted events
+    /// ([`Append`]). Bytes are decoded and checked against their id before they are written
+    /// (TigerStyle); an accepted event was checked by validation, which is the only maker of a
+    /// [`Verified`], and its meta is checked against its header and the roster.
+    pub fn append_events(
+        &mut self,
+        events: &[Append<'_>],
+        evidence: &[([u8; 32], &[u8])],
+        own_history_complete: bool,
+        document: Option<DocumentCommit<'_>>,
+    ) -> Result<(), StoreError> {
         if self.failed {
             return Err(self.io_error("an earlier write failed".to_owned()));
         }
         // Check data before it is written (TigerStyle); the decoded events are indexed.
-        let decoded: Vec<cairn_protocol::Event> =
-            events.iter().map(|(id, bytes)| assert_event(id, bytes)).collect();
+        let decoded: Vec<Option<cairn_protocol::Event>> = events
+            .iter()
+            .map(|event| match event {
+                Append::Bytes(id, bytes) => Some(assert_event(id, bytes)),
+                Append::Accepted(_) => None,
+            })
+            .collect();
         for (author, bytes) in evidence {
             let decoded = codec::decode_evidence(bytes)
                 .unwrap_or_else(|e| panic!("evidence to store does not decode: {e}"));
@@ -1014,7 +1063,8 @@ impl Store {
                 Ok(())
             }
             Err(error @ StoreError::NoSpace { .. }) => {
-                let landed = self.after_no_space(events, mark, error);
+                let ids: Vec<[u8; 32]> = events.iter().map(Append::id).collect();
+                let landed = self.after_no_space(&ids, mark, error);
                 // The key goes with its batch (one transaction): stored with it, or not at all.
                 let key = self.next_node_key.take();
                 if landed.is_ok()
@@ -1118,7 +1168,7 @@ impl Store {
     /// cannot tell.
     fn after_no_space(
         &mut self,
-        events: &[([u8; 32], &[u8])],
+        events: &[[u8; 32]],
         own_history_complete: bool,
         error: StoreError,
     ) -> Result<(), StoreError> {
@@ -1195,8 +1245,8 @@ impl Store {
     /// One write transaction with all of `events` and `evidence`; returns the new event count.
     fn write(
         &self,
-        events: &[([u8; 32], &[u8])],
-        decoded: &[cairn_protocol::Event],
+        events: &[Append<'_>],
+        decoded: &[Option<cairn_protocol::Event>],
         evidence: &[([u8; 32], &[u8])],
         own_history_complete: bool,
         document: Option<DocumentCommit<'_>>,
@@ -1229,7 +1279,8 @@ impl Store {
             let mut log = tx.open_table(LOG).map_err(|e| fail(e.into()))?;
             let mut ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
             let mut indexes = Indexes::open(&tx).map_err(&fail)?;
-            for (i, ((id, bytes), event)) in events.iter().zip(decoded).enumerate() {
+            for (i, (append, decoded)) in events.iter().zip(decoded).enumerate() {
+                let (id, bytes) = (&append.id(), append.bytes());
                 if document.is_some_and(|d| d.n_applied == i) {
                     doc_through = Some(n_events);
                 }
@@ -1241,11 +1292,20 @@ impl Store {
                     ids.insert(id, at).map_err(|e| fail(e.into()))?;
                     continue;
                 }
-                log.insert(n_events, *bytes).map_err(|e| fail(e.into()))?;
+                log.insert(n_events, bytes).map_err(|e| fail(e.into()))?;
                 let position = n_events;
                 n_events += 1;
                 n_bytes += bytes.len() as u64;
-                match indexes.index(&self.members, &mut chains, &mut dirty, (position, id), event) {
+                let indexed = match (append, decoded) {
+                    (Append::Accepted(event), _) => {
+                        indexes.index_accepted(&self.members, &mut chains, &mut dirty, position, event)
+                    }
+                    (Append::Bytes(..), Some(event)) => {
+                        indexes.index(&self.members, &mut chains, &mut dirty, (position, id), event)
+                    }
+                    (Append::Bytes(..), None) => unreachable!("every event given as bytes was decoded above"),
+                };
+                match indexed {
                     Ok(author) => {
                         authors[author].0 += 1;
                         authors[author].1 += bytes.len() as u64;
@@ -1737,16 +1797,54 @@ impl<'tx> Indexes<'tx> {
             members.len(),
             deps.iter().map(|(d, m)| (*d, m)),
         );
+        self.file(chains, dirty, id, meta)?;
+        Ok(author)
+    }
+
+    /// [`Indexes::index`] for an event the node accepted: its meta is the adapter's, checked
+    /// against its header and the roster (a mismatch is a bug of this node, and panics).
+    fn index_accepted(
+        &mut self,
+        members: &[[u8; 32]],
+        chains: &mut [ChainState],
+        dirty: &mut std::collections::BTreeSet<usize>,
+        position: u64,
+        event: &Verified,
+    ) -> Result<usize, IndexError> {
+        let header = &event.event().header;
+        if event.event().ops.iter().any(cairn_protocol::Op::is_membership) {
+            self.member_events.insert(position, ())?;
+        }
+        let meta = event.meta();
+        assert!(
+            members.get(meta.author) == Some(&header.author.0) && meta.seq == header.seq,
+            "an accepted event's meta names its author and seq"
+        );
+        let author = meta.author;
+        self.file(chains, dirty, &event.id().0, meta)?;
+        Ok(author)
+    }
+
+    /// Files `meta` of event `id` in `metas` and `by_seq`, and advances its author's chain.
+    fn file(
+        &mut self,
+        chains: &mut [ChainState],
+        dirty: &mut std::collections::BTreeSet<usize>,
+        id: &[u8; 32],
+        meta: EventMeta,
+    ) -> Result<(), IndexError> {
+        let author = meta.author;
         let author32 = u32::try_from(author).expect("a member index fits u32");
-        let seq = header.seq;
+        let seq = meta.seq;
         // An author's seqs are contiguous from 1 on each branch (the validity rules), so a seq
         // not above the author's highest is taken already: a fork.
         let forked = seq <= chains[author].max_seq;
         self.metas.insert(id, encode_meta(&meta).as_slice())?;
         self.by_seq.insert((author32, seq, *id), ())?;
-        self.written.insert(*id, meta.clone());
+        let own_pred = meta.own_pred;
+        self.written.insert(*id, meta);
         let chain = &mut chains[author];
-        if let Some(pred) = meta.own_pred {
+        if let Some(pred) = own_pred {
             chain.tips.retain(|(t, _)| *t != pred);
         }
         chain.tips.push((EventId(*id), seq));
@@ -1755,7 +1853,7 @@ impl<'tx> Indexes<'tx> {
             chain.fork_seq = Some(seq);
         }
         dirty.insert(author);
-        Ok(author)
+        Ok(())
     }
 }
 
@@ -2161,17 +2259,13 @@ fn open_database(path: &Path, mode: OpenMode, pages: PageCheck) -> Result<(Datab
 }
 
 /// How many events `db` holds, and how many of `events` are among them.
-fn count_stored(
-    path: &Path,
-    db: &Database,
-    events: &[([u8; 32], &[u8])],
-) -> Result<(u64, usize), StoreError> {
+fn count_stored(path: &Path, db: &Database, events: &[[u8; 32]]) -> Result<(u64, usize), StoreError> {
     let fail = |e: redb::Error| redb_error(path, e, Stage::Open);
     let tx = db.begin_read().map_err(|e| fail(e.into()))?;
     let n_stored = tx.open_table(LOG).map_err(|e| fail(e.into()))?.len().map_err(|e| fail(e.into()))?;
     let ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
     let mut n_found = 0;
-    for (id, _) in events {
+    for id in events {
         if ids.get(id).map_err(|e| fail(e.into()))?.is_some() {
             n_found += 1;
         }

@@ -675,6 +675,71 @@ fn the_indexes_are_what_the_adapter_computed() {
     assert_eq!(loaded.n_events, 6);
 }
 
+/// An event the node accepted is indexed from its proof of validation (`Append::Accepted`: its
+/// meta as the adapter computed it, no decoding, no read of its deps' metas) exactly as from its
+/// bytes: the same metas, the same places by seq, the same chain states and log, a fork
+/// included, mixed in one commit with events given as bytes.
+#[test]
+fn accepted_events_are_indexed_from_their_proof_as_from_their_bytes() {
+    use cairn_daemon::store::Append;
+    use cairn_protocol::{Genesis, Member, Node, NodeConfig, NodeEvent};
+    let dir = tempfile::tempdir().unwrap();
+    let key = author();
+    let mut events = chain(1, 5, b"v");
+    events.push(Event::sign(&key, 4, 4, vec![events[2].id()], vec![Op::Del { key: b"k3".to_vec() }]));
+    let genesis = Genesis::new(vec![Member { key: key.public(), name: "a".into() }]).unwrap();
+    let mut node = Node::new(genesis, None, NodeConfig::default());
+    // From a peer, as the driver takes them (a restore reports no acceptance).
+    assert!(node.handle_connected(key.public(), 0));
+    let message =
+        cairn_protocol::codec::encode_message(&cairn_protocol::Message::Events { events: encoded(&events) });
+    node.handle_message(key.public(), &message, 0);
+    let mut accepted = Vec::new();
+    while let Some(event) = node.poll_event() {
+        if let NodeEvent::Accepted { event, .. } = event {
+            accepted.push(event);
+        }
+    }
+    assert_eq!(accepted.len(), events.len(), "every event was accepted, in order");
+    let adapter = node.adapter();
+
+    let bytes_path = dir.path().join("bytes.redb");
+    let (mut by_bytes, _) = open(&bytes_path).unwrap();
+    append(&mut by_bytes, &events, &[]);
+    let proof_path = dir.path().join("proof.redb");
+    let (mut by_proof, _) = open(&proof_path).unwrap();
+    let encoded_events = encoded(&events);
+    // The first two as bytes, the rest (the fork among them) from their proofs.
+    let mixed: Vec<Append<'_>> = encoded_events
+        .iter()
+        .zip(&accepted)
+        .enumerate()
+        .map(
+            |(i, (bytes, event))| {
+                if i < 2 { Append::Bytes(event.id().0, bytes) } else { Append::Accepted(event) }
+            },
+        )
+        .collect();
+    by_proof.append_events(&mixed, &[], false, None).unwrap();
+    let (bytes_db, proof_db) = (by_bytes.shared_db(), by_proof.shared_db());
+    for event in &events {
+        let meta = cairn_daemon::store::reads::meta(&proof_db, &event.id()).unwrap();
+        assert_eq!(meta, adapter.meta(&event.id()), "{}", event.id());
+        assert_eq!(meta, cairn_daemon::store::reads::meta(&bytes_db, &event.id()).unwrap());
+    }
+    assert_eq!(cairn_daemon::store::reads::at_seq(&proof_db, 0, 4).unwrap(), adapter.at_seq(0, 4));
+    assert_eq!(by_proof.read_log(0, usize::MAX).unwrap(), by_bytes.read_log(0, usize::MAX).unwrap());
+    drop((by_bytes, by_proof, bytes_db, proof_db));
+    for path in [&bytes_path, &proof_path] {
+        let (_, loaded) =
+            Store::open_indexed(path, CLUSTER, node_key(), OwnHistory::Unknown, &[author().public().0])
+                .unwrap();
+        assert_eq!(loaded.chains, adapter.chain_states());
+        assert_eq!(loaded.n_events, 6);
+        assert_eq!(loaded.authors, vec![(6, encoded_events.iter().map(|e| e.len() as u64).sum::<u64>())]);
+    }
+}
+
 /// The document goes to disk with the events that changed it: a reopen reads it back equal (same
 /// digest) and knows which of the log's events it has applied; the author tallies too.
 #[test]

@@ -114,6 +114,75 @@ pub struct Ingested {
     pub membership_changed: bool,
 }
 
+/// A batch between [`Adapter::begin_ingest`] and [`Adapter::finish_ingest`]: its events past
+/// every check that needs no signature, and what those checks found.
+#[derive(Debug)]
+pub struct PendingIngest {
+    from: PeerId,
+    ticket: u64,
+    candidates: Vec<Decoded>,
+    out: Ingested,
+}
+
+impl PendingIngest {
+    /// The peer that delivered the batch.
+    pub fn from(&self) -> PeerId {
+        self.from
+    }
+
+    /// The events waiting for their signatures.
+    pub fn n_candidates(&self) -> usize {
+        self.candidates.len()
+    }
+}
+
+/// The signature checks of one batch ([`Adapter::begin_ingest`]), owned, to run on any thread.
+pub struct SignatureChecks {
+    ticket: u64,
+    keys: std::sync::Arc<KeyCache>,
+    /// (claimed author, event id: the signed message, signature)
+    checks: Vec<(cairn_crypto::PublicKey, EventId, cairn_crypto::Signature)>,
+}
+
+impl std::fmt::Debug for SignatureChecks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignatureChecks")
+            .field("ticket", &self.ticket)
+            .field("n", &self.checks.len())
+            .finish()
+    }
+}
+
+impl SignatureChecks {
+    /// How many signatures.
+    pub fn len(&self) -> usize {
+        self.checks.len()
+    }
+
+    /// Whether there is none to check.
+    pub fn is_empty(&self) -> bool {
+        self.checks.is_empty()
+    }
+
+    /// Checks every signature with `verify_strict` on up to `n_threads` threads
+    /// ([`verify_many_with`]: the verdicts do not depend on the thread count). The verdicts
+    /// are the only way to finish the batch ([`Adapter::finish_ingest`]).
+    pub fn run(self, n_threads: usize) -> SignatureVerdicts {
+        let checks: Vec<Check<'_>> =
+            self.checks.iter().map(|(key, id, sig)| Check { key, message: &id.0, signature: sig }).collect();
+        let verdicts = verify_many_with(&self.keys, &checks, n_threads);
+        SignatureVerdicts { ticket: self.ticket, verdicts }
+    }
+}
+
+/// The verdicts of one batch's signature checks: only [`SignatureChecks::run`] makes them, so
+/// an event is admitted only once `verify_strict` accepted its signature.
+#[derive(Debug)]
+pub struct SignatureVerdicts {
+    ticket: u64,
+    verdicts: Vec<bool>,
+}
+
 /// Per-author chain bookkeeping, kept in memory (the events themselves are in the archive).
 /// Small: one tip per author, more only for an equivocator.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -138,8 +207,14 @@ pub struct Adapter {
     chains: Vec<ChainState>,
     buffer: CausalBuffer,
     evidence: BTreeMap<MemberIdx, Evidence>,
-    /// The roster's keys, decoded once for every signature check.
-    keys: KeyCache,
+    /// The roster's keys, decoded once for every signature check (shared with the checks of
+    /// batches in flight, [`SignatureChecks`]).
+    keys: std::sync::Arc<KeyCache>,
+    /// The events of batches begun and not finished ([`Adapter::begin_ingest`]), each with
+    /// whether it needed no buffer when its batch began.
+    in_flight: BTreeMap<EventId, bool>,
+    /// The ticket of the next batch begun: it pairs a batch with its verdicts.
+    next_ticket: u64,
     /// Membership over time: the ops, and what they resolve to.
     members: MemberState,
     /// Per indexed key, the highest seq the document admits (see [`Adapter::admitted_through`]).
@@ -188,7 +263,7 @@ impl Adapter {
     ) -> Self {
         assert_eq!(chains.len(), roster.len(), "one chain state per key of the roster");
         let buffer = CausalBuffer::new(config.buffer_bytes_per_peer_max, config.buffer_bytes_total_max);
-        let keys = KeyCache::new(roster.keys());
+        let keys = std::sync::Arc::new(KeyCache::new(roster.keys()));
         let members = MemberState::new(&genesis);
         Self {
             admitted_through: vec![u64::MAX; roster.len()],
@@ -205,6 +280,8 @@ impl Adapter {
             buffer,
             evidence: BTreeMap::new(),
             keys,
+            in_flight: BTreeMap::new(),
+            next_ticket: 0,
         }
     }
 
@@ -457,6 +534,53 @@ impl Adapter {
         signatures: Signatures,
         orphans: Orphans,
     ) -> Ingested {
+        let (pending, checks) = self.begin_inner(from, raw, signatures, orphans);
+        let verdicts = match signatures {
+            Signatures::Check => checks.run(self.config.verify_threads).verdicts,
+            Signatures::OwnJustSigned => vec![true; pending.candidates.len()],
+        };
+        self.finish_inner(pending, verdicts)
+    }
+
+    /// The first half of [`Adapter::ingest`]: every check of `raw` that needs no signature
+    /// (rules 1, 2 and 7, duplicates, strangers, orphans that would not fit their sender's
+    /// buffer share), and the signature checks of the events left, to run on any thread
+    /// ([`SignatureChecks::run`]) while this adapter goes on with other input. The batch is
+    /// accepted by [`Adapter::finish_ingest`] with their verdicts; the outcome is the one
+    /// [`Adapter::ingest`] gives, since validity depends only on the events and their causal
+    /// pasts, and each event is admitted (buffered or accepted) only once its signature held.
+    ///
+    /// Batches may overlap: the events of a batch begun and not finished are *in flight*. An
+    /// event in flight is a duplicate for the batches begun after it (its signature is checked
+    /// once), and one that needed no buffer counts as ready for their orphan check.
+    pub fn begin_ingest(&mut self, from: PeerId, raw: Vec<Vec<u8>>) -> (PendingIngest, SignatureChecks) {
+        self.begin_inner(from, raw, Signatures::Check, Orphans::DropUnaffordable)
+    }
+
+    /// The second half of [`Adapter::ingest`]: the batch's events whose signatures held are
+    /// admitted, in their order.
+    ///
+    /// # Panics
+    ///
+    /// If `verdicts` are not those of `pending`'s checks (a bug of the caller).
+    pub fn finish_ingest(&mut self, pending: PendingIngest, verdicts: SignatureVerdicts) -> Ingested {
+        assert_eq!(pending.ticket, verdicts.ticket, "signature verdicts of another batch");
+        assert_eq!(pending.candidates.len(), verdicts.verdicts.len(), "one verdict per candidate");
+        self.finish_inner(pending, verdicts.verdicts)
+    }
+
+    /// Events of batches begun and not finished ([`Adapter::begin_ingest`]).
+    pub fn n_in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    fn begin_inner(
+        &mut self,
+        from: PeerId,
+        raw: Vec<Vec<u8>>,
+        signatures: Signatures,
+        orphans: Orphans,
+    ) -> (PendingIngest, SignatureChecks) {
         let mut out = Ingested::default();
         let mut decoded_all: Vec<Decoded> = Vec::with_capacity(raw.len());
         for bytes in raw {
@@ -465,11 +589,29 @@ impl Adapter {
                 Ok(decoded) => decoded_all.push(decoded),
             }
         }
-        // One question to the archive for the whole batch (one read, for an archive on disk).
+        // One question to the archive for the whole batch (one read, for an archive on disk),
+        // about the events it may hold: an event above its author's highest accepted seq is
+        // not accepted (the chain states advance with every accepted event), so a batch of new
+        // events, a catch-up's or a push's, costs no read of the store.
         let accepted = match signatures {
             Signatures::Check => {
-                let ids: Vec<EventId> = decoded_all.iter().map(|d| d.id).collect();
-                self.archive.contains_many(&ids)
+                let may_hold = |d: &Decoded| {
+                    self.roster.idx(&d.event.header.author).is_some_and(|author| {
+                        self.chains.get(author).is_some_and(|chain| d.event.header.seq <= chain.max_seq)
+                    })
+                };
+                let asked: Vec<(usize, EventId)> = decoded_all
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, d)| may_hold(d))
+                    .map(|(i, d)| (i, d.id))
+                    .collect();
+                let ids: Vec<EventId> = asked.iter().map(|(_, id)| *id).collect();
+                let mut accepted = vec![false; decoded_all.len()];
+                for ((i, _), held) in asked.iter().zip(self.archive.contains_many(&ids)) {
+                    accepted[*i] = held;
+                }
+                accepted
             }
             // The node's own new events are in its store already (see `is_known_for`).
             Signatures::OwnJustSigned => vec![false; decoded_all.len()],
@@ -480,7 +622,11 @@ impl Adapter {
         let mut candidate_ids: BTreeSet<EventId> = BTreeSet::new();
         for (decoded, accepted) in decoded_all.into_iter().zip(accepted) {
             let id = decoded.id;
-            if accepted || self.buffer.contains(&id) || !candidate_ids.insert(id) {
+            if accepted
+                || self.buffer.contains(&id)
+                || self.in_flight.contains_key(&id)
+                || !candidate_ids.insert(id)
+            {
                 out.n_duplicate += 1;
             } else if self.is_stranger(&decoded) {
                 out.rejected.push(Rejection { from, id: Some(id), reason: Reject::NotMember });
@@ -488,18 +634,31 @@ impl Adapter {
                 candidates.push(decoded);
             }
         }
-        if orphans == Orphans::DropUnaffordable {
-            self.drop_unaffordable_orphans(from, &mut candidates, &mut out);
-        }
-        let checks: Vec<Check<'_>> = candidates
-            .iter()
-            .map(|c| Check { key: &c.event.header.author, message: &c.id.0, signature: &c.event.sig })
-            .collect();
-        let verdicts = match signatures {
-            Signatures::Check => verify_many_with(&self.keys, &checks, self.config.verify_threads),
-            Signatures::OwnJustSigned => vec![true; checks.len()],
+        let ready = if orphans == Orphans::DropUnaffordable {
+            self.drop_unaffordable_orphans(from, &mut candidates, &mut out)
+        } else {
+            vec![false; candidates.len()]
         };
-        drop(checks);
+        for (c, ready) in candidates.iter().zip(ready) {
+            self.in_flight.insert(c.id, ready);
+        }
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        let checks = match signatures {
+            Signatures::Check => {
+                candidates.iter().map(|c| (c.event.header.author, c.id, c.event.sig)).collect()
+            }
+            Signatures::OwnJustSigned => Vec::new(),
+        };
+        let checks = SignatureChecks { ticket, keys: std::sync::Arc::clone(&self.keys), checks };
+        (PendingIngest { from, ticket, candidates, out }, checks)
+    }
+
+    fn finish_inner(&mut self, pending: PendingIngest, verdicts: Vec<bool>) -> Ingested {
+        let PendingIngest { from, candidates, mut out, .. } = pending;
+        for decoded in &candidates {
+            self.in_flight.remove(&decoded.id);
+        }
         for (decoded, ok) in candidates.into_iter().zip(verdicts) {
             if !ok {
                 out.rejected.push(Rejection { from, id: Some(decoded.id), reason: Reject::BadSignature });
@@ -530,7 +689,7 @@ impl Adapter {
         if self.roster.insert(key) == before {
             self.chains.push(ChainState::default());
             self.admitted_through.push(0);
-            self.keys = KeyCache::new(self.roster.keys());
+            self.keys = std::sync::Arc::new(KeyCache::new(self.roster.keys()));
         }
     }
 
@@ -539,17 +698,47 @@ impl Adapter {
     /// verification each, only for the buffer to evict one of `from`'s events. An orphan flood
     /// thus costs a decode per event once its sender's share is full, not a verification.
     ///
-    /// A candidate needs no buffer if each dep is accepted or is an earlier candidate that needs
-    /// none; a dep that is merely buffered does not count, or a chain hanging from one orphan
-    /// would pass.
-    fn drop_unaffordable_orphans(&mut self, from: PeerId, candidates: &mut Vec<Decoded>, out: &mut Ingested) {
+    /// A candidate needs no buffer if each dep is accepted, or is an earlier candidate or an
+    /// event in flight that needed none; a dep that is merely buffered does not count, or a
+    /// chain hanging from one orphan would pass. Returns, for each candidate kept, whether it
+    /// needs no buffer.
+    fn drop_unaffordable_orphans(
+        &mut self,
+        from: PeerId,
+        candidates: &mut Vec<Decoded>,
+        out: &mut Ingested,
+    ) -> Vec<bool> {
         let share = self.buffer.per_peer_max();
         let mut used = self.buffer.peer_bytes(&from);
         let mut ready: BTreeSet<EventId> = BTreeSet::new();
+        let mut kept_ready = Vec::with_capacity(candidates.len());
         let before = candidates.len();
+        let in_flight = &self.in_flight;
+        // One question to the archive for every dep neither in the batch nor in flight (one
+        // read, for an archive on disk): an orphan flood names deps nobody holds, and a read
+        // per dep cost more than the decoding it was meant to be the only cost of.
+        let batch: BTreeSet<EventId> = candidates.iter().map(|c| c.id).collect();
+        let asked: Vec<EventId> = candidates
+            .iter()
+            .flat_map(|c| c.event.header.deps.iter())
+            .filter(|d| !batch.contains(d) && !in_flight.contains_key(d))
+            .copied()
+            .collect::<BTreeSet<EventId>>()
+            .into_iter()
+            .collect();
+        let accepted: BTreeSet<EventId> = asked
+            .iter()
+            .zip(self.archive.contains_many(&asked))
+            .filter(|(_, held)| *held)
+            .map(|(d, _)| *d)
+            .collect();
         candidates.retain(|c| {
-            if c.event.header.deps.iter().all(|d| ready.contains(d) || self.archive.contains(d)) {
+            let is_ready = |d: &EventId| {
+                ready.contains(d) || in_flight.get(d).copied().unwrap_or(false) || accepted.contains(d)
+            };
+            if c.event.header.deps.iter().all(is_ready) {
                 ready.insert(c.id);
+                kept_ready.push(true);
                 return true;
             }
             let cost = CausalBuffer::cost(c.bytes.len());
@@ -557,20 +746,23 @@ impl Adapter {
                 return false;
             }
             used += cost;
+            kept_ready.push(false);
             true
         });
         let dropped = before - candidates.len();
         out.n_orphans_dropped += dropped;
         self.n_orphans_dropped += dropped as u64;
+        kept_ready
     }
 
     /// Takes one signature-checked event: accept it now, or buffer it.
     fn admit(&mut self, decoded: Decoded, from: PeerId, out: &mut Ingested) {
-        // The batch was checked against the archive and the buffer, and its duplicates
-        // dropped, before the signatures; since then only this batch's candidates and the
-        // buffered events they released were accepted, none of which is this candidate. A
-        // candidate can only have entered the buffer meanwhile, as an earlier candidate's
-        // duplicate, which the batch check excluded too; this check is for safety, and cheap.
+        // The batch was checked against the archive, the buffer and the events in flight, and
+        // its duplicates dropped, before the signatures; since then only candidates of batches
+        // in flight (never this one: a batch begun later took it for a duplicate) and the
+        // buffered events they released (never an event in flight, which was not buffered when
+        // its batch began and is admitted only now) were accepted or buffered. This check is
+        // for safety, and cheap.
         if self.buffer.contains(&decoded.id) {
             out.n_duplicate += 1;
             return;
@@ -649,7 +841,7 @@ impl Adapter {
         let forked_now = seq <= self.chains[author].max_seq && !self.archive.at_seq(author, seq).is_empty();
         let Decoded { event, id, bytes } = decoded;
         let seen = crate::archive::seen_clocks(self.archive.as_ref(), author, &event.ops, self.chains.len());
-        let verified = Verified::new(event, id, bytes, author, meta.clock.clone(), seen);
+        let verified = Verified::new(event, id, bytes, (author, own_predecessor), meta.clock.clone(), seen);
         let chain = &mut self.chains[author];
         if let Some(pred) = own_predecessor {
             chain.tips.retain(|(t, _)| *t != pred);

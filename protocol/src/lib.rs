@@ -27,7 +27,10 @@ pub mod roster;
 pub mod validate;
 pub mod verified;
 
-pub use adapter::{Adapter, AdapterConfig, ChainState, Ingested, Rejection};
+pub use adapter::{
+    Adapter, AdapterConfig, ChainState, Ingested, PendingIngest, Rejection, SignatureChecks,
+    SignatureVerdicts,
+};
 pub use addr::{AddrError, AddrRecord};
 pub use archive::{Archive, EventMeta, MemoryArchive, StoredEvent};
 pub use buffer::PeerId;
@@ -42,7 +45,8 @@ pub use members::PAST_RESOLUTIONS_CACHED_MAX;
 pub use membership::{Change, ChangeId, ChangeKind, ChangeLog, Membership, MembershipId, Policy, Resolution};
 pub use message::{Message, Tip};
 pub use node::{
-    DocumentDelta, MemberRequest, Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, Prepared, WriteError,
+    DocumentDelta, MemberRequest, Misbehaviour, Node, NodeConfig, NodeEvent, PeerStats, PendingEvents,
+    Prepared, WriteError,
 };
 pub use overlay::{Overlay, OverlayChange, OverlayConfig};
 pub use roster::{Roster, RosterError};

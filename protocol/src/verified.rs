@@ -18,6 +18,8 @@ struct Inner {
     bytes: Vec<u8>,
     author_idx: MemberIdx,
     clock: Box<[u64]>,
+    /// The dep by the same author, if any.
+    own_pred: Option<EventId>,
     seen: SeenClocks,
 }
 
@@ -25,12 +27,12 @@ impl Verified {
     /// Only validation calls this: `event` must have passed every rule, `bytes` must be its
     /// canonical encoding, and `clock[m]` the highest seq of member `m` in the event's causal
     /// past, the event itself included (it can exceed the event's own seq only for an author who
-    /// forked).
+    /// forked). `own_pred` is its dep by the same author, if any.
     pub(crate) fn new(
         event: Event,
         id: EventId,
         bytes: Vec<u8>,
-        author_idx: MemberIdx,
+        (author_idx, own_pred): (MemberIdx, Option<EventId>),
         clock: Box<[u64]>,
         seen: SeenClocks,
     ) -> Self {
@@ -38,7 +40,7 @@ impl Verified {
             clock.get(author_idx).is_some_and(|&seq| seq >= event.header.seq),
             "an event's clock covers its own seq"
         );
-        Self(Arc::new(Inner { event, id, bytes, author_idx, clock, seen }))
+        Self(Arc::new(Inner { event, id, bytes, author_idx, clock, own_pred, seen }))
     }
 
     /// An event read back from this node's own archive, which only ever held events that
@@ -63,6 +65,7 @@ impl Verified {
             bytes: stored.bytes.to_vec(),
             author_idx: stored.meta.author,
             clock: stored.meta.clock.clone(),
+            own_pred: stored.meta.own_pred,
             seen: crate::archive::seen_clocks(
                 archive,
                 stored.meta.author,
@@ -71,6 +74,18 @@ impl Verified {
             ),
             event,
         })))
+    }
+
+    /// Its meta, as the adapter computed it when it accepted the event (for a store that
+    /// indexes it without decoding it again or reading its deps' metas).
+    pub fn meta(&self) -> crate::archive::EventMeta {
+        crate::archive::EventMeta {
+            author: self.0.author_idx,
+            seq: self.0.event.header.seq,
+            lamport: self.0.event.header.lamport,
+            own_pred: self.0.own_pred,
+            clock: self.0.clock.clone(),
+        }
     }
 
     /// The event.

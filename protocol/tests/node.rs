@@ -834,3 +834,84 @@ fn a_peers_lag_is_what_this_node_held_past_its_last_session() {
     assert_eq!(net.nodes[0].1.peer_lag(&b), Some(0));
     assert_eq!(net.nodes[1].1.peer_lag(&a), Some(0));
 }
+
+/// The `heard` a node reports in its tips to `peer`, after `peer` sends it a summary that
+/// differs (which it answers with its tips).
+fn heard_reported(node: &mut Node, peer: PublicKey, now_ms: u64) -> u64 {
+    node.handle_message(peer, &encode_message(&Message::Summary { digest: [0; 32] }), now_ms);
+    let mut heard = None;
+    while let Some((to, bytes)) = node.poll_transmit() {
+        if to == peer
+            && let Message::Tips { heard: h, .. } = decode_message(&bytes).unwrap()
+        {
+            heard = Some(h);
+        }
+    }
+    heard.expect("the node answered with its tips")
+}
+
+/// `Events` messages whose signatures are checked while the node goes on (`begin_message`, then
+/// `finish_events` with the verdicts): an event in flight is not checked twice when a later
+/// batch brings it again, a batch waiting for its signatures does not count in the `heard` the
+/// node reports (so the peer does not take its events for missing), and the node ends where
+/// `handle_message` one message at a time leaves it.
+#[test]
+fn overlapping_event_batches_end_where_one_message_at_a_time_does() {
+    let g = genesis(2);
+    let (ka, kb) = (key(1), key(2));
+    let mut writer = Node::new(g.clone(), Some(ka.public()), NodeConfig::default());
+    let events: Vec<Vec<u8>> = (0..40)
+        .map(|i| write(&mut writer, &ka, put(&format!("k{i}"), "v"), 1).unwrap().bytes().to_vec())
+        .collect();
+    let first = encode_message(&Message::Events { events: events[..20].to_vec() });
+    let second = encode_message(&Message::Events { events: events[10..].to_vec() });
+    let fresh = || {
+        let mut node = Node::new(g.clone(), Some(kb.public()), NodeConfig::default());
+        assert!(node.handle_connected(ka.public(), 1));
+        node
+    };
+
+    let mut pipelined = fresh();
+    let (pending_first, checks_first) =
+        pipelined.begin_message(ka.public(), &first, 2).expect("an Events message");
+    assert_eq!(checks_first.len(), 20);
+    let (pending_second, checks_second) =
+        pipelined.begin_message(ka.public(), &second, 2).expect("an Events message");
+    assert_eq!(checks_second.len(), 20, "the 10 events of the first batch are in flight: checked once");
+    assert_eq!(pipelined.adapter().n_in_flight(), 40);
+    // Messages 1 and 2 wait for their signatures; the summary is message 3.
+    assert_eq!(heard_reported(&mut pipelined, ka.public(), 3), 0);
+    pipelined.finish_events(pending_first, checks_first.run(1), 4);
+    assert_eq!(pipelined.adapter().n_accepted(), 20);
+    assert_eq!(heard_reported(&mut pipelined, ka.public(), 5), 1, "message 2 still waits");
+    pipelined.finish_events(pending_second, checks_second.run(2), 6);
+    assert_eq!(pipelined.adapter().n_in_flight(), 0);
+    assert_eq!(heard_reported(&mut pipelined, ka.public(), 7), 5);
+
+    let mut serial = fresh();
+    serial.handle_message(ka.public(), &first, 2);
+    serial.handle_message(ka.public(), &second, 2);
+    assert_eq!(serial.adapter().n_accepted(), 40);
+    assert_eq!(pipelined.adapter().n_accepted(), 40);
+    assert_eq!(pipelined.sync_digest(), serial.sync_digest());
+    assert_eq!(pipelined.document().digest(), serial.document().digest());
+}
+
+/// A batch finishes only with the verdicts of its own signature checks.
+#[test]
+#[should_panic(expected = "signature verdicts of another batch")]
+fn a_batch_takes_only_its_own_verdicts() {
+    let g = genesis(2);
+    let (ka, kb) = (key(1), key(2));
+    let mut writer = Node::new(g.clone(), Some(ka.public()), NodeConfig::default());
+    let events: Vec<Vec<u8>> = (0..4)
+        .map(|i| write(&mut writer, &ka, put(&format!("k{i}"), "v"), 1).unwrap().bytes().to_vec())
+        .collect();
+    let mut node = Node::new(g, Some(kb.public()), NodeConfig::default());
+    assert!(node.handle_connected(ka.public(), 1));
+    let message =
+        |range: std::ops::Range<usize>| encode_message(&Message::Events { events: events[range].to_vec() });
+    let (first, _) = node.begin_message(ka.public(), &message(0..2), 2).unwrap();
+    let (_, second_checks) = node.begin_message(ka.public(), &message(2..4), 2).unwrap();
+    node.finish_events(first, second_checks.run(1), 3);
+}

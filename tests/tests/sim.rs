@@ -417,7 +417,11 @@ fn member_idx(cluster: &Cluster, i: usize) -> usize {
 fn own_in_flight(cluster: &Cluster, i: usize) -> Vec<EventId> {
     let me = cluster.public(i);
     let job = cluster.store(i).in_flight().expect("a commit is in flight");
-    job.events.iter().filter(|(_, bytes)| bytes.starts_with(&me.0)).map(|(id, _)| EventId(*id)).collect()
+    job.events
+        .iter()
+        .filter(|event| event.bytes().starts_with(&me.0))
+        .map(|event| EventId(event.id()))
+        .collect()
 }
 
 /// A process that dies while its commit is with the store: the fsync may have completed just

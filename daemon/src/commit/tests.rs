@@ -92,7 +92,7 @@ fn a_full_disk_fails_the_writes_gives_the_seqs_back_and_retries_with_backoff() {
     commit.handle_write(put("lost"), 1);
     let job = commit.poll_commit(&mut node, &key(1), 0).unwrap();
     assert_eq!(job.events.len(), 2, "the peer's event, then the own one");
-    let lost_id = job.events[1].0;
+    let lost_id = job.events[1].id();
     commit.handle_committed(
         Committed::NoSpace { write_error: "disk full".into(), reason: "disk full".into() },
         job,
@@ -110,11 +110,11 @@ fn a_full_disk_fails_the_writes_gives_the_seqs_back_and_retries_with_backoff() {
     assert_eq!(commit.poll_timeout(), Some(10 + RETRY_MIN_MS));
     assert!(commit.poll_commit(&mut node, &key(1), 10 + RETRY_MIN_MS - 1).is_none());
     let job = commit.poll_commit(&mut node, &key(1), 10 + RETRY_MIN_MS).unwrap();
-    assert_eq!(job.events[0].0, [9; 32]);
+    assert_eq!(job.events[0].id(), [9; 32]);
     assert_eq!(job.evidence.len(), 1);
-    let event = cairn_protocol::codec::decode_event(&job.events[1].1).unwrap();
+    let event = cairn_protocol::codec::decode_event(job.events[1].bytes()).unwrap();
     assert_eq!(event.header.seq, 1, "the seq of the failed write is handed out again");
-    assert_ne!(job.events[1].0, lost_id);
+    assert_ne!(job.events[1].id(), lost_id);
     // A second failure doubles the back-off.
     commit.handle_committed(
         Committed::NoSpace { write_error: "disk full".into(), reason: "disk full".into() },
@@ -190,7 +190,7 @@ fn input_from_peers_pauses_while_too_many_events_wait_for_the_store_and_resumes_
     assert_eq!(commit.peer_events_unstored(), (4, 4 * large));
     assert!(!commit.takes_peer_input());
     let job = commit.poll_commit(&mut node, &key(1), 102 + RETRY_MIN_MS).expect("the retry");
-    assert_eq!(job.events.first().map(|e| e.0), Some([3; 32]), "in the order accepted");
+    assert_eq!(job.events.first().map(|e| e.id()), Some([3; 32]), "in the order accepted");
     commit.handle_committed(Committed::Ok, job, &mut node, 300);
     assert_eq!(commit.peer_events_unstored(), (0, 0));
     assert!(commit.takes_peer_input());

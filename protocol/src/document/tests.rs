@@ -76,7 +76,7 @@ impl Dag {
             return None;
         }
         let bytes = event.encode();
-        self.events.push(Verified::new(event, id, bytes, author, clock.into(), seen_clocks));
+        self.events.push(Verified::new(event, id, bytes, (author, None), clock.into(), seen_clocks));
         self.deps.push(deps);
         Some(self.events.len() - 1)
     }
@@ -1694,7 +1694,7 @@ impl Chains {
         };
         let event = Event { header, ops, sig: Signature([0; 64]) };
         let id = event.id();
-        let verified = Verified::new(event, id, Vec::new(), author, clock.into(), Vec::new());
+        let verified = Verified::new(event, id, Vec::new(), (author, None), clock.into(), Vec::new());
         self.tips[author] = Some(verified.clone());
         verified
     }

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use cairn_crypto::{Domain, Hasher, PublicKey};
 
-use crate::adapter::{Adapter, AdapterConfig, Ingested};
+use crate::adapter::{Adapter, AdapterConfig, Ingested, PendingIngest, SignatureChecks, SignatureVerdicts};
 use crate::archive::ArchiveHistory;
 use crate::buffer::PeerId;
 use crate::codec::{self};
@@ -137,6 +137,25 @@ impl Default for NodeConfig {
             fork_searches_max: 64,
             own_seq_peers_needed: 0,
         }
+    }
+}
+
+/// An `Events` message whose events wait for their signatures: from [`Node::begin_message`]
+/// to [`Node::finish_events`].
+#[derive(Debug)]
+pub struct PendingEvents {
+    peer: PeerId,
+    /// The peer's connection it came on ([`Peer::connection`]).
+    connection: u64,
+    /// Its number among the messages of that connection.
+    number: u64,
+    ingest: PendingIngest,
+}
+
+impl PendingEvents {
+    /// The peer that sent it.
+    pub fn peer(&self) -> PeerId {
+        self.peer
     }
 }
 
@@ -245,6 +264,8 @@ pub struct Node {
     recent: VecDeque<(u64, EventId)>,
     /// The same ids, for lookups.
     recent_ids: BTreeSet<EventId>,
+    /// Connections counted so far: each peer connection's number ([`Peer::connection`]).
+    n_connections: u64,
 }
 
 impl Node {
@@ -260,6 +281,7 @@ impl Node {
             prepared_up_to: 0,
             prepared_from: None,
             now_ms: 0,
+            n_connections: 0,
             config,
             me,
             peers: BTreeMap::new(),
@@ -408,12 +430,14 @@ impl Node {
         let burst = self.config.peer_events_burst;
         let entry = self.peers.entry(peer).or_insert_with(|| Peer::new(now_ms, burst));
         let stats = std::mem::take(&mut entry.stats);
+        self.n_connections += 1;
         // The digest at which both were last in sync describes the two event sets, not the
         // connection: kept, it lets the first session after a reconnection open with tips
         // when this node's set changed meanwhile (1.5 round trips), instead of a summary that
         // is bound to differ (2 round trips).
         let last_in_sync = entry.last_in_sync;
         *entry = Peer::new(now_ms, burst);
+        entry.connection = self.n_connections;
         entry.stats = stats;
         entry.last_in_sync = last_in_sync;
         self.send_addr_book(peer);
@@ -654,12 +678,32 @@ impl Node {
         Ok(())
     }
 
-    /// Bytes from `peer`: one reconciliation message.
+    /// Bytes from `peer`: one reconciliation message. The same as [`Node::begin_message`],
+    /// then, for an `Events` message, its signature checks on `adapter.verify_threads` threads
+    /// and [`Node::finish_events`].
     pub fn handle_message(&mut self, peer: PeerId, bytes: &[u8], now_ms: u64) {
+        if let Some((pending, checks)) = self.begin_message(peer, bytes, now_ms) {
+            let verdicts = checks.run(self.config.adapter.verify_threads);
+            self.finish_events(pending, verdicts, now_ms);
+        }
+    }
+
+    /// Bytes from `peer`: one reconciliation message, handled at once, except an `Events`
+    /// message's events that wait for their signatures. Those are returned with their checks,
+    /// to run on any thread ([`SignatureChecks::run`]) while the node handles other input; the
+    /// caller then passes the verdicts to [`Node::finish_events`] (batches of one peer in the
+    /// order they began). Until then the message does not count in the `heard` this node
+    /// reports to the peer, so the peer does not take its events for missing here.
+    pub fn begin_message(
+        &mut self,
+        peer: PeerId,
+        bytes: &[u8],
+        now_ms: u64,
+    ) -> Option<(PendingEvents, SignatureChecks)> {
         self.now_ms = self.now_ms.max(now_ms);
-        let Some(p) = self.peers.get_mut(&peer) else { return };
+        let p = self.peers.get_mut(&peer)?;
         if !p.connected || self.refused.contains(&peer) {
-            return;
+            return None;
         }
         p.heard += 1;
         p.stats.messages_in += 1;
@@ -668,7 +712,7 @@ impl Node {
             Ok(message) => message,
             Err(error) => {
                 self.bad_message(peer, Misbehaviour::undecodable(&error), &error);
-                return;
+                return None;
             }
         };
         match message {
@@ -703,7 +747,7 @@ impl Node {
             Message::Tips { reply, more, heard, tips, evidence } => {
                 self.on_tips(peer, reply, more, heard, tips, evidence, now_ms);
             }
-            Message::Events { events } => self.on_events(peer, events, now_ms),
+            Message::Events { events } => return self.begin_events(peer, events, now_ms),
             Message::Want { ids } => {
                 let mut have: Vec<EventId> =
                     ids.into_iter().filter(|id| self.adapter.is_accepted(id)).collect();
@@ -726,6 +770,35 @@ impl Node {
             Message::Prune => self.on_prune(peer),
             Message::Graft { ids } => self.on_graft(peer, ids),
             Message::Addrs { records } => self.on_addrs(peer, records),
+        }
+        None
+    }
+
+    /// The second half of an `Events` message ([`Node::begin_message`]): the events whose
+    /// signatures held are accepted or buffered, and what was accepted is applied and pushed.
+    /// The peer may have disconnected meanwhile: its valid events are kept all the same.
+    ///
+    /// # Panics
+    ///
+    /// If `verdicts` are not those of `pending`'s checks.
+    pub fn finish_events(&mut self, pending: PendingEvents, verdicts: SignatureVerdicts, now_ms: u64) {
+        self.now_ms = self.now_ms.max(now_ms);
+        let PendingEvents { peer, connection, number, ingest } = pending;
+        if let Some(p) = self.peers.get_mut(&peer)
+            && p.connection == connection
+            && let Some(at) = p.unheard.iter().position(|n| *n == number)
+        {
+            p.unheard.remove(at);
+        }
+        let ingested = self.adapter.finish_ingest(ingest, verdicts);
+        // A message that brought only events held already: this link is redundant for pushes.
+        let redundant = ingested.n_duplicate > 0
+            && ingested.accepted.is_empty()
+            && ingested.n_buffered == 0
+            && ingested.rejected.is_empty();
+        self.absorb(Some(peer), ingested, now_ms);
+        if redundant {
+            self.prune(peer);
         }
     }
 
@@ -834,10 +907,15 @@ impl Node {
         self.events.push_back(NodeEvent::BadMessage { peer, misbehaviour, detail: detail.to_string() });
     }
 
-    fn on_events(&mut self, peer: PeerId, events: Vec<Vec<u8>>, now_ms: u64) {
+    fn begin_events(
+        &mut self,
+        peer: PeerId,
+        events: Vec<Vec<u8>>,
+        now_ms: u64,
+    ) -> Option<(PendingEvents, SignatureChecks)> {
         let per_sec = self.config.peer_events_per_sec;
         let burst = self.config.peer_events_burst;
-        let Some(p) = self.peers.get_mut(&peer) else { return };
+        let p = self.peers.get_mut(&peer)?;
         let n = events.len() as u64;
         p.stats.events_in += n;
         let allowed = p.take_events(n, now_ms, per_sec, burst);
@@ -847,16 +925,10 @@ impl Node {
             p.next_sync_ms = p.next_sync_ms.min(now_ms + self.config.sync_interval_ms);
             events.truncate(allowed as usize);
         }
-        let ingested = self.adapter.ingest(peer, events);
-        // A message that brought only events held already: this link is redundant for pushes.
-        let redundant = ingested.n_duplicate > 0
-            && ingested.accepted.is_empty()
-            && ingested.n_buffered == 0
-            && ingested.rejected.is_empty();
-        self.absorb(Some(peer), ingested, now_ms);
-        if redundant {
-            self.prune(peer);
-        }
+        let (connection, number) = (p.connection, p.heard);
+        p.unheard.push_back(number);
+        let (ingest, checks) = self.adapter.begin_ingest(peer, events);
+        Some((PendingEvents { peer, connection, number, ingest }, checks))
     }
 
     /// Applies what the adapter accepted, reports rejections and evidence, pushes and asks.

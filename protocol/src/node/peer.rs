@@ -73,8 +73,14 @@ pub(super) struct Peer {
     /// found both sets equal. `None` before the first session ends.
     pub(super) reported_max_seqs: Option<Vec<u64>>,
     pub(super) searches: BTreeMap<EventId, ForkSearch>,
-    /// Messages received from the peer on this connection (sent back as `Tips.heard`).
+    /// Messages received from the peer on this connection.
     pub(super) heard: u64,
+    /// The numbers of the peer's `Events` messages begun and not finished (their events wait
+    /// for their signatures, `Node::begin_message`), oldest first.
+    pub(super) unheard: VecDeque<u64>,
+    /// This connection's number among the node's connections, so that a batch finished after
+    /// a reconnection is not taken for one of the new connection's.
+    pub(super) connection: u64,
     /// Messages sent to the peer on this connection.
     pub(super) sent: u64,
     /// `Events` messages sent that the peer may not have read yet, oldest first.
@@ -97,6 +103,13 @@ pub(super) struct Peer {
 }
 
 impl Peer {
+    /// What this node reports as `Tips.heard`: the messages handled whole, which are the first
+    /// `heard` but for those whose events still wait for their signatures (the first of those
+    /// and every later one count as unread).
+    pub(super) fn heard_through(&self) -> u64 {
+        self.unheard.front().map_or(self.heard, |first| first - 1)
+    }
+
     /// Drops the in-flight records of `Events` messages the peer has read (numbered up to
     /// `heard`). A record the peer has not read is dropped once it is older than `timeout_ms`
     /// *and* the peer's `heard` has not advanced for as long (a peer that stopped reading gets
@@ -189,6 +202,8 @@ impl Peer {
             reported_max_seqs: None,
             searches: BTreeMap::new(),
             heard: 0,
+            unheard: VecDeque::new(),
+            connection: 0,
             sent: 0,
             in_flight: VecDeque::new(),
             n_in_flight_ids: 0,

@@ -18,7 +18,7 @@ impl Node {
     }
 
     pub(super) fn send_tips(&mut self, peer: PeerId, reply: bool) {
-        let Some(heard) = self.peers.get(&peer).map(|p| p.heard) else { return };
+        let Some(heard) = self.peers.get(&peer).map(Peer::heard_through) else { return };
         let tips = self.adapter.tips();
         let evidence: Vec<Evidence> =
             self.adapter.evidence().take(EVIDENCE_PER_MESSAGE_MAX).cloned().collect();

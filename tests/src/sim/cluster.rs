@@ -1301,7 +1301,8 @@ impl Cluster {
             return;
         }
         let me = self.publics[i];
-        for (id, bytes) in &job.events {
+        for event in &job.events {
+            let (id, bytes) = (event.id(), event.bytes());
             if bytes.get(..32) != Some(&me.0[..]) {
                 continue;
             }
@@ -1309,7 +1310,7 @@ impl Cluster {
                 self.violations.push(format!("honest node {i} stored an undecodable own event"));
                 continue;
             };
-            let id = EventId(*id);
+            let id = EventId(id);
             let first = *self.own_seqs.entry((i, event.header.seq)).or_insert(id);
             if first != id {
                 self.violations
@@ -1720,7 +1721,7 @@ impl Cluster {
                 // Own events are accepted only once stored (`commit_writes`).
                 if from.is_some() {
                     let now = self.now_ms;
-                    self.nodes[i].commit.handle_peer_event(event.id().0, event.bytes().to_vec(), now);
+                    self.nodes[i].commit.handle_accepted(event, now);
                 }
             }
             NodeEvent::Changed(_) | NodeEvent::Addresses { .. } => {}

@@ -188,12 +188,12 @@ impl SimStore {
     /// One write transaction: every new event in order (an id already held is skipped, as the
     /// `ids` table does), and the evidence (the newest per author).
     fn append(&mut self, job: &CommitJob) {
-        for (i, (id, bytes)) in job.events.iter().enumerate() {
+        for (i, event) in job.events.iter().enumerate() {
             if job.document.is_some() && i == job.n_doc_events {
                 self.doc_through = self.events.len();
             }
-            if self.ids.insert(*id) {
-                self.events.push(bytes.clone());
+            if self.ids.insert(event.id()) {
+                self.events.push(event.bytes().to_vec());
             }
         }
         if let Some(delta) = &job.document {
