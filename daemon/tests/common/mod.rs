@@ -112,6 +112,12 @@ impl Cluster {
     pub(crate) fn write(n: usize, extra_config: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("a temp dir");
         let nodes = demo::write_cluster(dir.path(), n, extra_config).expect("write_cluster");
+        Self::from_files(dir, nodes)
+    }
+
+    /// The cluster of the files written in `dir`, with a runtime of its own, nothing started.
+    fn from_files(dir: TempDir, nodes: Vec<LocalNode>) -> Self {
+        let n = nodes.len();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -125,12 +131,7 @@ impl Cluster {
         let dir = tempfile::Builder::new().prefix("cairn-test-").tempdir().expect("a temp dir");
         let nodes = demo::write_cluster_with_seeds(dir.path(), n, extra_config, seeds)
             .expect("write_cluster_with_seeds");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a tokio runtime");
-        Self { children: (0..n).map(|_| None).collect(), prefixes: vec![Vec::new(); n], nodes, runtime, dir }
+        Self::from_files(dir, nodes)
     }
 
     /// A cluster of `n` nodes with short timings, every node connected to every other.
