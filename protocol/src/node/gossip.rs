@@ -74,8 +74,14 @@ impl Node {
     /// Sends accepted `ids` on: whole to eager peers, as ids to lazy ones; never back to `from`.
     pub(super) fn disseminate(&mut self, ids: &[EventId], from: Option<PeerId>) {
         let mut late = false;
+        // Only events pushed or announced to some peer are on their way anywhere: events loaded
+        // while no other peer is connected are answered at once in later sessions.
+        let spreads = self.peers.iter().any(|(k, p)| p.connected && Some(*k) != from);
         for id in ids {
             late |= self.forget_awaited(id);
+            if !spreads {
+                continue;
+            }
             if self.recent.len() >= RECENT_IDS_MAX
                 && let Some((_, old)) = self.recent.pop_front()
             {
