@@ -17,7 +17,8 @@ use crate::keys::{PublicKey, Signature};
 /// Cairn targets.
 pub const VERIFY_THREADS_MAX: usize = 64;
 
-/// Below this many signatures per thread, spawning threads costs more than it saves.
+/// Below this many signatures per thread, spawning threads costs more than it saves; it is
+/// also how many checks a thread takes at a time from the shared counter.
 pub const VERIFY_CHUNK_MIN: usize = 16;
 
 /// `verify_strict(key, message, signature)`: true if and only if ed25519-dalek's

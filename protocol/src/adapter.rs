@@ -124,18 +124,6 @@ pub struct PendingIngest {
     out: Ingested,
 }
 
-impl PendingIngest {
-    /// The peer that delivered the batch.
-    pub fn from(&self) -> PeerId {
-        self.from
-    }
-
-    /// The events waiting for their signatures.
-    pub fn n_candidates(&self) -> usize {
-        self.candidates.len()
-    }
-}
-
 /// The signature checks of one batch ([`Adapter::begin_ingest`]), owned, to run on any thread.
 pub struct SignatureChecks {
     ticket: u64,
@@ -395,6 +383,15 @@ impl Adapter {
         self.buffer.contains(id) || self.archive.contains(id)
     }
 
+    /// [`Adapter::is_known`] for each of `ids`, with one question to the archive for those not
+    /// buffered (one read, for an archive on disk).
+    pub fn known_many(&self, ids: &[EventId]) -> Vec<bool> {
+        let asked: Vec<EventId> = ids.iter().filter(|id| !self.buffer.contains(id)).copied().collect();
+        let mut held = self.archive.contains_many(&asked).into_iter();
+        // `held` answers the asked ids in order, one each.
+        ids.iter().map(|id| self.buffer.contains(id) || held.next().unwrap_or(false)).collect()
+    }
+
     /// Number of accepted events.
     pub fn n_accepted(&self) -> usize {
         usize::try_from(self.archive.len()).unwrap_or(usize::MAX)
@@ -534,7 +531,7 @@ impl Adapter {
         signatures: Signatures,
         orphans: Orphans,
     ) -> Ingested {
-        let (pending, checks) = self.begin_inner(from, raw, signatures, orphans);
+        let (pending, checks, _) = self.begin_inner(from, raw, signatures, orphans);
         let verdicts = match signatures {
             Signatures::Check => checks.run(self.config.verify_threads).verdicts,
             Signatures::OwnJustSigned => vec![true; pending.candidates.len()],
@@ -554,7 +551,12 @@ impl Adapter {
     /// event in flight is a duplicate for the batches begun after it (its signature is checked
     /// once), and one that needed no buffer counts as ready for their orphan check.
     pub fn begin_ingest(&mut self, from: PeerId, raw: Vec<Vec<u8>>) -> (PendingIngest, SignatureChecks) {
-        self.begin_inner(from, raw, Signatures::Check, Orphans::DropUnaffordable)
+        let (pending, checks, ready) =
+            self.begin_inner(from, raw, Signatures::Check, Orphans::DropUnaffordable);
+        for (c, ready) in pending.candidates.iter().zip(ready) {
+            self.in_flight.insert(c.id, ready);
+        }
+        (pending, checks)
     }
 
     /// The second half of [`Adapter::ingest`]: the batch's events whose signatures held are
@@ -566,6 +568,9 @@ impl Adapter {
     pub fn finish_ingest(&mut self, pending: PendingIngest, verdicts: SignatureVerdicts) -> Ingested {
         assert_eq!(pending.ticket, verdicts.ticket, "signature verdicts of another batch");
         assert_eq!(pending.candidates.len(), verdicts.verdicts.len(), "one verdict per candidate");
+        for decoded in &pending.candidates {
+            self.in_flight.remove(&decoded.id);
+        }
         self.finish_inner(pending, verdicts.verdicts)
     }
 
@@ -574,13 +579,16 @@ impl Adapter {
         self.in_flight.len()
     }
 
+    /// Every check of `raw` that needs no signature, for [`Adapter::ingest_inner`] and
+    /// [`Adapter::begin_ingest`]; with the batch and its signature checks it returns, for a
+    /// peer's batch, whether each candidate needs no buffer (nothing for the node's own input).
     fn begin_inner(
         &mut self,
         from: PeerId,
         raw: Vec<Vec<u8>>,
         signatures: Signatures,
         orphans: Orphans,
-    ) -> (PendingIngest, SignatureChecks) {
+    ) -> (PendingIngest, SignatureChecks, Vec<bool>) {
         let mut out = Ingested::default();
         let mut decoded_all: Vec<Decoded> = Vec::with_capacity(raw.len());
         for bytes in raw {
@@ -593,25 +601,16 @@ impl Adapter {
         // about the events it may hold: an event above its author's highest accepted seq is
         // not accepted (the chain states advance with every accepted event), so a batch of new
         // events, a catch-up's or a push's, costs no read of the store.
-        let accepted = match signatures {
+        let accepted: Vec<bool> = match signatures {
             Signatures::Check => {
                 let may_hold = |d: &Decoded| {
-                    self.roster.idx(&d.event.header.author).is_some_and(|author| {
-                        self.chains.get(author).is_some_and(|chain| d.event.header.seq <= chain.max_seq)
-                    })
+                    let author = self.roster.idx(&d.event.header.author);
+                    author.is_some_and(|author| d.event.header.seq <= self.max_seq(author))
                 };
-                let asked: Vec<(usize, EventId)> = decoded_all
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, d)| may_hold(d))
-                    .map(|(i, d)| (i, d.id))
-                    .collect();
-                let ids: Vec<EventId> = asked.iter().map(|(_, id)| *id).collect();
-                let mut accepted = vec![false; decoded_all.len()];
-                for ((i, _), held) in asked.iter().zip(self.archive.contains_many(&ids)) {
-                    accepted[*i] = held;
-                }
-                accepted
+                let asked: Vec<EventId> = decoded_all.iter().filter(|d| may_hold(d)).map(|d| d.id).collect();
+                let mut held = self.archive.contains_many(&asked).into_iter();
+                // `held` answers the asked ids in order, one each.
+                decoded_all.iter().map(|d| may_hold(d) && held.next().unwrap_or(false)).collect()
             }
             // The node's own new events are in its store already (see `is_known_for`).
             Signatures::OwnJustSigned => vec![false; decoded_all.len()],
@@ -634,14 +633,12 @@ impl Adapter {
                 candidates.push(decoded);
             }
         }
-        let ready = if orphans == Orphans::DropUnaffordable {
-            self.drop_unaffordable_orphans(from, &mut candidates, &mut out)
-        } else {
-            vec![false; candidates.len()]
+        let ready = match orphans {
+            Orphans::DropUnaffordable => {
+                self.drop_unaffordable_orphans(from, &mut candidates, &candidate_ids, &mut out)
+            }
+            Orphans::Keep => Vec::new(),
         };
-        for (c, ready) in candidates.iter().zip(ready) {
-            self.in_flight.insert(c.id, ready);
-        }
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         let checks = match signatures {
@@ -651,14 +648,11 @@ impl Adapter {
             Signatures::OwnJustSigned => Vec::new(),
         };
         let checks = SignatureChecks { ticket, keys: std::sync::Arc::clone(&self.keys), checks };
-        (PendingIngest { from, ticket, candidates, out }, checks)
+        (PendingIngest { from, ticket, candidates, out }, checks, ready)
     }
 
     fn finish_inner(&mut self, pending: PendingIngest, verdicts: Vec<bool>) -> Ingested {
         let PendingIngest { from, candidates, mut out, .. } = pending;
-        for decoded in &candidates {
-            self.in_flight.remove(&decoded.id);
-        }
         for (decoded, ok) in candidates.into_iter().zip(verdicts) {
             if !ok {
                 out.rejected.push(Rejection { from, id: Some(decoded.id), reason: Reject::BadSignature });
@@ -700,12 +694,13 @@ impl Adapter {
     ///
     /// A candidate needs no buffer if each dep is accepted, or is an earlier candidate or an
     /// event in flight that needed none; a dep that is merely buffered does not count, or a
-    /// chain hanging from one orphan would pass. Returns, for each candidate kept, whether it
-    /// needs no buffer.
+    /// chain hanging from one orphan would pass. `batch` holds the batch's ids. Returns, for each
+    /// candidate kept, whether it needs no buffer.
     fn drop_unaffordable_orphans(
         &mut self,
         from: PeerId,
         candidates: &mut Vec<Decoded>,
+        batch: &BTreeSet<EventId>,
         out: &mut Ingested,
     ) -> Vec<bool> {
         let share = self.buffer.per_peer_max();
@@ -717,7 +712,6 @@ impl Adapter {
         // One question to the archive for every dep neither in the batch nor in flight (one
         // read, for an archive on disk): an orphan flood names deps nobody holds, and a read
         // per dep cost more than the decoding it was meant to be the only cost of.
-        let batch: BTreeSet<EventId> = candidates.iter().map(|c| c.id).collect();
         let asked: Vec<EventId> = candidates
             .iter()
             .flat_map(|c| c.event.header.deps.iter())

@@ -649,6 +649,13 @@ const MSG_PRUNE: u32 = 10;
 const MSG_GRAFT: u32 = 11;
 const MSG_ADDRS: u32 = 12;
 
+/// A message made of its tag and a list of event ids (`Want`, `Have`, `Graft`).
+fn encode_ids<E: Encoder>(tag: u32, ids: &[EventId], encoder: &mut E) -> Result<(), EncodeError> {
+    tag.encode(encoder)?;
+    encode_len(ids.len(), encoder)?;
+    ids.iter().try_for_each(|id| id.encode(encoder))
+}
+
 fn encode_evidence_list<E: Encoder>(list: &[Evidence], encoder: &mut E) -> Result<(), EncodeError> {
     encode_len(list.len(), encoder)?;
     list.iter().try_for_each(|e| Encode::encode(e, encoder))
@@ -687,11 +694,7 @@ impl Encode for Message {
                 encode_len(events.len(), encoder)?;
                 events.iter().try_for_each(|e| encode_bytes(e, encoder))
             }
-            Self::Want { ids } => {
-                MSG_WANT.encode(encoder)?;
-                encode_len(ids.len(), encoder)?;
-                ids.iter().try_for_each(|id| id.encode(encoder))
-            }
+            Self::Want { ids } => encode_ids(MSG_WANT, ids, encoder),
             Self::ForkProbe { tip, seqs } => {
                 MSG_FORK_PROBE.encode(encoder)?;
                 tip.encode(encoder)?;
@@ -716,17 +719,9 @@ impl Encode for Message {
                 MSG_EVIDENCE.encode(encoder)?;
                 encode_evidence_list(evidence, encoder)
             }
-            Self::Have { ids } => {
-                MSG_HAVE.encode(encoder)?;
-                encode_len(ids.len(), encoder)?;
-                ids.iter().try_for_each(|id| id.encode(encoder))
-            }
+            Self::Have { ids } => encode_ids(MSG_HAVE, ids, encoder),
             Self::Prune => MSG_PRUNE.encode(encoder),
-            Self::Graft { ids } => {
-                MSG_GRAFT.encode(encoder)?;
-                encode_len(ids.len(), encoder)?;
-                ids.iter().try_for_each(|id| id.encode(encoder))
-            }
+            Self::Graft { ids } => encode_ids(MSG_GRAFT, ids, encoder),
             Self::Addrs { records } => {
                 MSG_ADDRS.encode(encoder)?;
                 encode_len(records.len(), encoder)?;

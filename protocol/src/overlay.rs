@@ -198,13 +198,11 @@ impl Overlay {
 
         // The passive view, topped up with uniform draws from the members not in it.
         let target_passive = self.config.passive.min(others.len());
-        while self.passive.len() < target_passive {
-            let candidates: Vec<PublicKey> =
-                others.iter().filter(|k| !self.passive.contains(k)).copied().collect();
-            if candidates.is_empty() {
-                break;
-            }
-            self.passive.push(candidates[self.rng.below(candidates.len())]);
+        let mut candidates: Vec<PublicKey> =
+            others.iter().filter(|k| !self.passive.contains(k)).copied().collect();
+        while self.passive.len() < target_passive && !candidates.is_empty() {
+            let key = candidates.remove(self.rng.below(candidates.len()));
+            self.passive.push(key);
         }
 
         // Outbound slots, filled from the passive view first, then from every member, skipping

@@ -16,8 +16,6 @@
 //! node sends to that peer, a `Have` only what it asks for (bounded per peer, see
 //! [`AWAITED_PER_PEER_MAX`]), and an address record is kept only when its member signed it.
 
-use std::net::SocketAddr;
-
 use super::*;
 use crate::addr::AddrRecord;
 use crate::limits::ADDR_RECORDS_PER_MESSAGE_MAX;
@@ -51,7 +49,6 @@ pub(super) struct Awaited {
 /// A member's address record, as held.
 pub(super) struct HeldAddr {
     pub(super) record: AddrRecord,
-    pub(super) addrs: Vec<SocketAddr>,
     pub(super) taken_ms: u64,
 }
 
@@ -66,17 +63,28 @@ impl Node {
         self.peers.iter().filter(|(_, p)| p.connected && p.eager).map(|(k, _)| *k).collect()
     }
 
-    /// Announced ids this node waits for.
-    pub fn n_awaited(&self) -> usize {
-        self.awaited.len()
+    /// Sends `peer` those of `ids` this node accepted, each after its deps (a `Want` or a
+    /// `Graft`).
+    pub(super) fn send_accepted(&mut self, peer: PeerId, ids: Vec<EventId>) {
+        let accepted = self.adapter.archive().contains_many(&ids);
+        let mut have: Vec<EventId> =
+            ids.into_iter().zip(accepted).filter(|(_, accepted)| *accepted).map(|(id, _)| id).collect();
+        self.sort_causally(&mut have);
+        self.queue_events(peer, have, false);
     }
 
     /// Sends accepted `ids` on: whole to eager peers, as ids to lazy ones; never back to `from`.
     pub(super) fn disseminate(&mut self, ids: &[EventId], from: Option<PeerId>) {
+        let targets: Vec<(PeerId, bool)> = self
+            .peers
+            .iter()
+            .filter(|(k, p)| p.connected && Some(**k) != from)
+            .map(|(k, p)| (*k, p.eager))
+            .collect();
         let mut late = false;
         // Only events pushed or announced to some peer are on their way anywhere: events loaded
         // while no other peer is connected are answered at once in later sessions.
-        let spreads = self.peers.iter().any(|(k, p)| p.connected && Some(*k) != from);
+        let spreads = !targets.is_empty();
         for id in ids {
             late |= self.forget_awaited(id);
             if !spreads {
@@ -96,19 +104,14 @@ impl Node {
         // arrives before the graft timeout.
         if late
             && let Some(peer) = from
-            && self.peers.get(&peer).is_some_and(|p| p.connected && !p.eager)
+            && let Some(p) = self.peers.get_mut(&peer)
+            && p.connected
+            && !p.eager
         {
-            if let Some(p) = self.peers.get_mut(&peer) {
-                p.eager = true;
-            }
+            p.eager = true;
             self.send(peer, &Message::Graft { ids: Vec::new() });
         }
-        let targets: Vec<(PeerId, bool)> = self
-            .peers
-            .iter()
-            .filter(|(k, p)| p.connected && Some(**k) != from)
-            .map(|(k, p)| (*k, p.eager))
-            .collect();
+        let mut announced = false;
         for (peer, eager) in targets {
             if eager {
                 self.queue_events(peer, ids.to_vec(), true);
@@ -116,10 +119,11 @@ impl Node {
                 let p = self.peers.get_mut(&peer).expect("listed above");
                 let room = LAZY_QUEUE_IDS_MAX.saturating_sub(p.lazy.len());
                 p.lazy.extend(ids.iter().take(room).copied());
-                if self.next_flush_ms.is_none() {
-                    self.next_flush_ms = Some(self.now_ms + self.config.have_interval_ms);
-                }
+                announced = true;
             }
+        }
+        if announced && self.next_flush_ms.is_none() {
+            self.next_flush_ms = Some(self.now_ms + self.config.have_interval_ms);
         }
     }
 
@@ -146,7 +150,8 @@ impl Node {
     /// The last eager link is never pruned: the duplicate may have come first by a session or a
     /// graft, and a node without an eager link would receive every event late.
     pub(super) fn prune(&mut self, peer: PeerId) {
-        if !self.is_eager(&peer) || self.eager_peers().len() <= 1 {
+        let last_eager = self.peers.values().filter(|p| p.connected && p.eager).nth(1).is_none();
+        if !self.is_eager(&peer) || last_eager {
             return;
         }
         if let Some(p) = self.peers.get_mut(&peer) {
@@ -183,15 +188,14 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.eager = true;
         }
-        let mut have: Vec<EventId> = ids.into_iter().filter(|id| self.adapter.is_accepted(id)).collect();
-        self.sort_causally(&mut have);
-        self.queue_events(peer, have, false);
+        self.send_accepted(peer, ids);
     }
 
     pub(super) fn on_have(&mut self, peer: PeerId, ids: Vec<EventId>) {
         let deadline_ms = self.now_ms + self.config.graft_timeout_ms;
-        for id in ids {
-            if self.adapter.is_known(&id) {
+        let known = self.adapter.known_many(&ids);
+        for (id, known) in ids.into_iter().zip(known) {
+            if known {
                 continue;
             }
             if let Some(awaited) = self.awaited.get_mut(&id) {
@@ -206,6 +210,7 @@ impl Node {
             }
             p.n_awaited += 1;
             self.awaited.insert(id, Awaited { deadline_ms, announcers: vec![peer], tried: 0 });
+            self.awaited_due.push_back((deadline_ms, id));
         }
     }
 
@@ -215,7 +220,18 @@ impl Node {
         if let Some(p) = self.peers.get_mut(&awaited.announcers[0]) {
             p.n_awaited = p.n_awaited.saturating_sub(1);
         }
+        self.pop_stale_due();
         true
+    }
+
+    /// Drops the stale entries at the front of `awaited_due`, so that its front is the earliest
+    /// graft deadline.
+    fn pop_stale_due(&mut self) {
+        while let Some((deadline_ms, id)) = self.awaited_due.front()
+            && self.awaited.get(id).is_none_or(|a| a.deadline_ms != *deadline_ms)
+        {
+            self.awaited_due.pop_front();
+        }
     }
 
     /// Whether `id` was announced to this node and is awaited.
@@ -241,14 +257,22 @@ impl Node {
                 }
             }
         }
-        let due: Vec<EventId> =
-            self.awaited.iter().filter(|(_, a)| now_ms >= a.deadline_ms).map(|(id, _)| *id).collect();
+        let mut due: Vec<EventId> = Vec::new();
+        while let Some(&(deadline_ms, id)) = self.awaited_due.front()
+            && now_ms >= deadline_ms
+        {
+            self.awaited_due.pop_front();
+            if self.awaited.get(&id).is_some_and(|a| a.deadline_ms == deadline_ms) {
+                due.push(id);
+            }
+        }
         if due.is_empty() {
             return;
         }
+        let known = self.adapter.known_many(&due);
         let mut grafts: BTreeMap<PeerId, Vec<EventId>> = BTreeMap::new();
-        for id in due {
-            if self.adapter.is_known(&id) {
+        for (id, known) in due.into_iter().zip(known) {
+            if known {
                 self.forget_awaited(&id);
                 continue;
             }
@@ -262,6 +286,7 @@ impl Node {
                     let peer = awaited.announcers[awaited.tried + offset];
                     awaited.tried += offset + 1;
                     awaited.deadline_ms = now_ms + self.config.graft_timeout_ms;
+                    self.awaited_due.push_back((awaited.deadline_ms, id));
                     grafts.entry(peer).or_default().push(id);
                 }
                 None => {
@@ -269,7 +294,10 @@ impl Node {
                 }
             }
         }
-        for (peer, ids) in grafts {
+        self.pop_stale_due();
+        for (peer, mut ids) in grafts {
+            // In id order, as the ids awaited are kept.
+            ids.sort_unstable();
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.eager = true;
                 p.stats.grafts_out += ids.len() as u64;
@@ -282,7 +310,7 @@ impl Node {
 
     /// The earliest gossip deadline: the next announcement flush or graft.
     pub(super) fn gossip_deadline(&self) -> Option<u64> {
-        let graft = self.awaited.values().map(|a| a.deadline_ms).min();
+        let graft = self.awaited_due.front().map(|(deadline_ms, _)| *deadline_ms);
         match (self.next_flush_ms, graft) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -294,23 +322,24 @@ impl Node {
     /// Publishes this node's own address record (signed by its key): kept, and sent to every
     /// connected peer now and to every peer that connects later.
     pub fn set_own_addr(&mut self, record: AddrRecord) {
-        if let Ok(addrs) = record.verify(&self.adapter.genesis().cluster_id()) {
-            let key = record.key;
-            self.addrs.insert(key, HeldAddr { record: record.clone(), addrs, taken_ms: self.now_ms });
-            for peer in self.connected_peers() {
-                self.send(peer, &Message::Addrs { records: vec![record.clone()] });
-            }
+        if record.verify(&self.adapter.genesis().cluster_id()).is_ok() {
+            self.hold_addr(&record);
+            self.relay_addrs(vec![record], None);
         }
     }
 
-    /// The addresses held for `key`, from its latest signed record.
-    pub fn addrs_of(&self, key: &PublicKey) -> Option<&[SocketAddr]> {
-        self.addrs.get(key).map(|held| held.addrs.as_slice())
+    /// Keeps `record` (verified) as its member's latest.
+    fn hold_addr(&mut self, record: &AddrRecord) {
+        self.addrs.insert(record.key, HeldAddr { record: record.clone(), taken_ms: self.now_ms });
     }
 
-    /// Every member with an address record held, and its addresses.
-    pub fn addr_book(&self) -> impl Iterator<Item = (&PublicKey, &[SocketAddr])> {
-        self.addrs.iter().map(|(key, held)| (key, held.addrs.as_slice()))
+    /// Sends `records` to every connected peer but `except`.
+    fn relay_addrs(&mut self, records: Vec<AddrRecord>, except: Option<PeerId>) {
+        for peer in self.connected_peers() {
+            if Some(peer) != except {
+                self.send(peer, &Message::Addrs { records: records.clone() });
+            }
+        }
     }
 
     /// Sends every record held (of keys still in force) to a peer that just connected.
@@ -348,22 +377,14 @@ impl Node {
             match record.verify(&cluster) {
                 Err(error) => self.bad_message(peer, Misbehaviour::BadAddress, &error),
                 Ok(addrs) => {
-                    self.events.push_back(NodeEvent::Addresses { key: record.key, addrs: addrs.clone() });
-                    self.addrs.insert(
-                        record.key,
-                        HeldAddr { record: record.clone(), addrs, taken_ms: self.now_ms },
-                    );
+                    self.events.push_back(NodeEvent::Addresses { key: record.key, addrs });
+                    self.hold_addr(&record);
                     taken.push(record);
                 }
             }
         }
-        if taken.is_empty() {
-            return;
-        }
-        for other in self.connected_peers() {
-            if other != peer {
-                self.send(other, &Message::Addrs { records: taken.clone() });
-            }
+        if !taken.is_empty() {
+            self.relay_addrs(taken, Some(peer));
         }
     }
 }

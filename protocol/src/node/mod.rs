@@ -3,8 +3,10 @@
 //!
 //! Call order, for the daemon and the simulator alike:
 //! 1. inputs: [`Node::handle_connected`], [`Node::handle_disconnected`],
-//!    [`Node::handle_message`], [`Node::handle_timeout`], and local writes with
-//!    [`Node::prepare_writes`] then (once stored) [`Node::commit_writes`];
+//!    [`Node::handle_message`] (or, to check an `Events` message's signatures on other threads,
+//!    [`Node::begin_message`] then [`Node::finish_events`] with the verdicts),
+//!    [`Node::handle_timeout`], and local writes with [`Node::prepare_writes`] then (once
+//!    stored) [`Node::commit_writes`];
 //! 2. outputs, until each returns `None`: [`Node::poll_transmit`] (bytes for a peer),
 //!    [`Node::poll_event`] (accepted events, rejections, evidence, document changes);
 //! 3. [`Node::poll_timeout`]: when to call `handle_timeout` next.
@@ -28,8 +30,9 @@
 //! - `Want{ids}` asks for events the causal buffer misses; evidence travels in `Tips` and is
 //!   pushed at once with `Evidence`.
 //!
-//! Every accepted event is pushed at once to every connected peer but its source. A peer's
-//! outbox is bounded; when a push does not fit, the peer is marked for reconciliation instead.
+//! Every accepted event goes at once to every connected peer but its source: whole to the
+//! eager ones, as its id in a later `Have` to the lazy ones (see [`gossip`]). A peer's outbox
+//! is bounded; when a push does not fit, the peer is marked for reconciliation instead.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -256,6 +259,9 @@ pub struct Node {
     now_ms: u64,
     /// Announced events this node lacks, by id (see [`gossip`]).
     awaited: BTreeMap<EventId, Awaited>,
+    /// The awaited ids by deadline, earliest first; an entry whose id is no longer awaited, or
+    /// awaited with another deadline, is stale and skipped (never at the front).
+    awaited_due: VecDeque<(u64, EventId)>,
     /// When the ids queued for lazy peers are announced, if any are.
     next_flush_ms: Option<u64>,
     /// Members' address records, by key.
@@ -291,6 +297,7 @@ impl Node {
             next_want_ms: 0,
             transmit_cursor: None,
             awaited: BTreeMap::new(),
+            awaited_due: VecDeque::new(),
             next_flush_ms: None,
             addrs: BTreeMap::new(),
             recent: VecDeque::new(),
@@ -748,12 +755,7 @@ impl Node {
                 self.on_tips(peer, reply, more, heard, tips, evidence, now_ms);
             }
             Message::Events { events } => return self.begin_events(peer, events, now_ms),
-            Message::Want { ids } => {
-                let mut have: Vec<EventId> =
-                    ids.into_iter().filter(|id| self.adapter.is_accepted(id)).collect();
-                self.sort_causally(&mut have);
-                self.queue_events(peer, have, false);
-            }
+            Message::Want { ids } => self.send_accepted(peer, ids),
             Message::ForkProbe { tip, seqs } => {
                 if self.adapter.is_accepted(&tip) {
                     let entries = seqs
