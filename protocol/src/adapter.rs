@@ -121,6 +121,9 @@ pub struct PendingIngest {
     from: PeerId,
     ticket: u64,
     candidates: Vec<Decoded>,
+    /// Candidates of which another copy, with another signature, was in flight when the batch
+    /// began: one of them may be accepted before this batch finishes.
+    contested: BTreeSet<EventId>,
     out: Ingested,
 }
 
@@ -171,6 +174,16 @@ pub struct SignatureVerdicts {
     verdicts: Vec<bool>,
 }
 
+/// An event of a batch begun and not finished.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    /// The copy's signature: the id does not cover it, so a copy with another signature is
+    /// another candidate (a forged copy must not shadow the genuine one).
+    sig: cairn_crypto::Signature,
+    /// Whether it needed no buffer when its batch began.
+    ready: bool,
+}
+
 /// Per-author chain bookkeeping, kept in memory (the events themselves are in the archive).
 /// Small: one tip per author, more only for an equivocator.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -198,9 +211,9 @@ pub struct Adapter {
     /// The roster's keys, decoded once for every signature check (shared with the checks of
     /// batches in flight, [`SignatureChecks`]).
     keys: std::sync::Arc<KeyCache>,
-    /// The events of batches begun and not finished ([`Adapter::begin_ingest`]), each with
-    /// whether it needed no buffer when its batch began.
-    in_flight: BTreeMap<EventId, bool>,
+    /// The events of batches begun and not finished ([`Adapter::begin_ingest`]), by id: the
+    /// first copy begun of each.
+    in_flight: BTreeMap<EventId, InFlight>,
     /// The ticket of the next batch begun: it pairs a batch with its verdicts.
     next_ticket: u64,
     /// Membership over time: the ops, and what they resolve to.
@@ -548,13 +561,15 @@ impl Adapter {
     /// pasts, and each event is admitted (buffered or accepted) only once its signature held.
     ///
     /// Batches may overlap: the events of a batch begun and not finished are *in flight*. An
-    /// event in flight is a duplicate for the batches begun after it (its signature is checked
-    /// once), and one that needed no buffer counts as ready for their orphan check.
+    /// event in flight is a duplicate for the batches begun after it when they bring the same
+    /// bytes (its signature is checked once; a copy with another signature is checked too,
+    /// since the id does not cover the signature), and one that needed no buffer counts as
+    /// ready for their orphan check.
     pub fn begin_ingest(&mut self, from: PeerId, raw: Vec<Vec<u8>>) -> (PendingIngest, SignatureChecks) {
         let (pending, checks, ready) =
             self.begin_inner(from, raw, Signatures::Check, Orphans::DropUnaffordable);
         for (c, ready) in pending.candidates.iter().zip(ready) {
-            self.in_flight.insert(c.id, ready);
+            self.in_flight.entry(c.id).or_insert(InFlight { sig: c.event.sig, ready });
         }
         (pending, checks)
     }
@@ -569,7 +584,9 @@ impl Adapter {
         assert_eq!(pending.ticket, verdicts.ticket, "signature verdicts of another batch");
         assert_eq!(pending.candidates.len(), verdicts.verdicts.len(), "one verdict per candidate");
         for decoded in &pending.candidates {
-            self.in_flight.remove(&decoded.id);
+            if self.in_flight.get(&decoded.id).is_some_and(|f| f.sig == decoded.event.sig) {
+                self.in_flight.remove(&decoded.id);
+            }
         }
         self.finish_inner(pending, verdicts.verdicts)
     }
@@ -619,17 +636,18 @@ impl Adapter {
         // The candidates' ids, so that a duplicate within the batch is found in log time: a
         // scan of `candidates` made a restore of n events O(n²) (minutes at 300 000).
         let mut candidate_ids: BTreeSet<EventId> = BTreeSet::new();
+        let mut contested: BTreeSet<EventId> = BTreeSet::new();
         for (decoded, accepted) in decoded_all.into_iter().zip(accepted) {
             let id = decoded.id;
-            if accepted
-                || self.buffer.contains(&id)
-                || self.in_flight.contains_key(&id)
-                || !candidate_ids.insert(id)
-            {
+            let in_flight = self.in_flight.get(&id).map(|f| f.sig == decoded.event.sig);
+            if accepted || self.buffer.contains(&id) || in_flight == Some(true) || !candidate_ids.insert(id) {
                 out.n_duplicate += 1;
             } else if self.is_stranger(&decoded) {
                 out.rejected.push(Rejection { from, id: Some(id), reason: Reject::NotMember });
             } else {
+                if in_flight == Some(false) {
+                    contested.insert(id);
+                }
                 candidates.push(decoded);
             }
         }
@@ -648,14 +666,19 @@ impl Adapter {
             Signatures::OwnJustSigned => Vec::new(),
         };
         let checks = SignatureChecks { ticket, keys: std::sync::Arc::clone(&self.keys), checks };
-        (PendingIngest { from, ticket, candidates, out }, checks, ready)
+        (PendingIngest { from, ticket, candidates, contested, out }, checks, ready)
     }
 
     fn finish_inner(&mut self, pending: PendingIngest, verdicts: Vec<bool>) -> Ingested {
-        let PendingIngest { from, candidates, mut out, .. } = pending;
+        let PendingIngest { from, candidates, contested, mut out, .. } = pending;
         for (decoded, ok) in candidates.into_iter().zip(verdicts) {
             if !ok {
                 out.rejected.push(Rejection { from, id: Some(decoded.id), reason: Reject::BadSignature });
+                continue;
+            }
+            // Another copy, begun earlier, may have been accepted meanwhile.
+            if contested.contains(&decoded.id) && self.archive.contains(&decoded.id) {
+                out.n_duplicate += 1;
                 continue;
             }
             self.admit(decoded, from, &mut out);
@@ -728,7 +751,7 @@ impl Adapter {
             .collect();
         candidates.retain(|c| {
             let is_ready = |d: &EventId| {
-                ready.contains(d) || in_flight.get(d).copied().unwrap_or(false) || accepted.contains(d)
+                ready.contains(d) || in_flight.get(d).is_some_and(|f| f.ready) || accepted.contains(d)
             };
             if c.event.header.deps.iter().all(is_ready) {
                 ready.insert(c.id);
@@ -753,10 +776,11 @@ impl Adapter {
     fn admit(&mut self, decoded: Decoded, from: PeerId, out: &mut Ingested) {
         // The batch was checked against the archive, the buffer and the events in flight, and
         // its duplicates dropped, before the signatures; since then only candidates of batches
-        // in flight (never this one: a batch begun later took it for a duplicate) and the
-        // buffered events they released (never an event in flight, which was not buffered when
-        // its batch began and is admitted only now) were accepted or buffered. This check is
-        // for safety, and cheap.
+        // in flight (this one only as a copy with another signature, which `finish_inner`
+        // checks against the archive: a batch begun later took the same copy for a duplicate)
+        // and the buffered events they released (never an event in flight, which was not
+        // buffered when its batch began and is admitted only now) were accepted or buffered.
+        // This check is for safety (and catches a contested copy buffered meanwhile), and cheap.
         if self.buffer.contains(&decoded.id) {
             out.n_duplicate += 1;
             return;

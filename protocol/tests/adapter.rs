@@ -377,3 +377,51 @@ fn evidence_round_trips_through_its_encoding() {
     trailing.push(1);
     assert!(cairn_protocol::codec::decode_evidence(&trailing).is_err());
 }
+
+/// Batches in flight (`begin_ingest` … `finish_ingest`): the id does not cover the signature,
+/// so a copy of an event with a forged signature, in flight, must not make the genuine copy of
+/// a later batch a duplicate. The forged copy is rejected and the genuine one accepted,
+/// whichever batch finishes first; two copies with the same bytes are checked once.
+#[test]
+fn a_forged_copy_in_flight_does_not_shadow_the_genuine_one() {
+    let e = Event::sign(&key(1), 1, 1, vec![], put("k", "v"));
+    let mut forged = e.clone();
+    forged.sig.0[5] ^= 1;
+    let liar = PublicKey([8; 32]);
+    for forged_finishes_first in [true, false] {
+        let mut a = adapter();
+        let (pending_forged, checks_forged) = a.begin_ingest(liar, vec![forged.encode()]);
+        let (pending_real, checks_real) = a.begin_ingest(PEER, vec![e.encode()]);
+        assert_eq!(checks_real.len(), 1, "the genuine copy is a candidate, not a duplicate");
+        let (out_forged, out_real) = if forged_finishes_first {
+            let f = a.finish_ingest(pending_forged, checks_forged.run(1));
+            (f, a.finish_ingest(pending_real, checks_real.run(1)))
+        } else {
+            let r = a.finish_ingest(pending_real, checks_real.run(1));
+            (a.finish_ingest(pending_forged, checks_forged.run(1)), r)
+        };
+        assert_eq!(out_forged.rejected.len(), 1);
+        assert_eq!(out_forged.rejected[0].reason, Reject::BadSignature);
+        assert_eq!(out_forged.rejected[0].from, liar);
+        assert_eq!(out_real.accepted.len(), 1, "forged copy finished first: {forged_finishes_first}");
+        assert_eq!(a.n_accepted(), 1);
+        assert_eq!(a.n_in_flight(), 0);
+    }
+    // The genuine copy first, then the forged one: the forged one is checked, and rejected.
+    let mut a = adapter();
+    let (pending_real, checks_real) = a.begin_ingest(PEER, vec![e.encode()]);
+    let (pending_forged, checks_forged) = a.begin_ingest(liar, vec![forged.encode()]);
+    assert_eq!(checks_forged.len(), 1);
+    assert_eq!(a.finish_ingest(pending_real, checks_real.run(1)).accepted.len(), 1);
+    let out = a.finish_ingest(pending_forged, checks_forged.run(1));
+    assert_eq!(out.rejected[0].reason, Reject::BadSignature);
+    assert_eq!(a.n_accepted(), 1);
+    // Two copies with the same bytes: one signature check, one acceptance.
+    let mut a = adapter();
+    let (first, first_checks) = a.begin_ingest(PEER, vec![e.encode()]);
+    let (second, second_checks) = a.begin_ingest(liar, vec![e.encode()]);
+    assert_eq!(second_checks.len(), 0);
+    assert_eq!(a.finish_ingest(first, first_checks.run(1)).accepted.len(), 1);
+    assert_eq!(a.finish_ingest(second, second_checks.run(1)).n_duplicate, 1);
+    assert_eq!(a.n_accepted(), 1);
+}
