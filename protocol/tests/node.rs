@@ -915,3 +915,46 @@ fn a_batch_takes_only_its_own_verdicts() {
     let (_, second_checks) = node.begin_message(ka.public(), &message(2..4), 2).unwrap();
     node.finish_events(first, second_checks.run(1), 3);
 }
+
+/// Address records by exchange: a record of a member in force is taken, reported and relayed;
+/// one that does not verify counts against its sender as `bad_address`; one of a key not in
+/// force here is ignored without blame (an honest relay's membership may be ahead or behind).
+#[test]
+fn address_records_of_keys_not_in_force_are_ignored_without_blame() {
+    use cairn_protocol::AddrRecord;
+    let g = genesis(3);
+    let cluster = g.cluster_id();
+    let (ka, kb, kc) = (key(1), key(2), key(3));
+    let mut node = Node::new(g, Some(ka.public()), NodeConfig::default());
+    assert!(node.handle_connected(kb.public(), 1));
+    assert!(node.handle_connected(kc.public(), 1));
+    while node.poll_transmit().is_some() {}
+    let addr: std::net::SocketAddr = "192.0.2.7:7000".parse().unwrap();
+    let stranger = AddrRecord::new(&cluster, &key(9), 1, &[addr]);
+    let mut forged = AddrRecord::new(&cluster, &kc, 1, &[addr]);
+    forged.seq = 2;
+    let good = AddrRecord::new(&cluster, &kc, 3, &[addr]);
+    let message = Message::Addrs { records: vec![stranger, forged, good] };
+    node.handle_message(kb.public(), &encode_message(&message), 2);
+    let mut bad = Vec::new();
+    let mut learned = Vec::new();
+    while let Some(event) = node.poll_event() {
+        match event {
+            NodeEvent::BadMessage { peer, misbehaviour, .. } => bad.push((peer, misbehaviour.name())),
+            NodeEvent::Addresses { key, addrs } => learned.push((key, addrs)),
+            _ => {}
+        }
+    }
+    assert_eq!(bad, vec![(kb.public(), "bad_address")], "only the forged record counts");
+    assert_eq!(learned, vec![(kc.public(), vec![addr])]);
+    let relayed: Vec<Message> = std::iter::from_fn(|| node.poll_transmit())
+        .filter(|(to, _)| *to == kc.public())
+        .map(|(_, bytes)| decode_message(&bytes).unwrap())
+        .collect();
+    assert!(
+        relayed
+            .iter()
+            .any(|m| matches!(m, Message::Addrs { records } if records.len() == 1 && records[0].seq == 3)),
+        "the good record is relayed to the other peer: {relayed:?}"
+    );
+}

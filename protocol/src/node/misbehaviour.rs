@@ -28,7 +28,7 @@ pub enum Misbehaviour {
     TipOfNonMember,
     /// Evidence that does not verify (see `EvidenceError`).
     BadEvidence,
-    /// An address record that does not verify, or names a key not in force (see `AddrError`).
+    /// An address record of a key in force that does not verify (see `AddrError`).
     BadAddress,
 }
 
