@@ -958,3 +958,44 @@ fn address_records_of_keys_not_in_force_are_ignored_without_blame() {
         "the good record is relayed to the other peer: {relayed:?}"
     );
 }
+
+/// A peer can have this node await at most `AWAITED_PER_PEER_MAX` announced ids it never sends,
+/// however often it reconnects: the ids it announced on an earlier connection stay charged to
+/// it until they arrive or are given up.
+#[test]
+fn a_peer_reconnecting_cannot_lift_its_bound_on_awaited_ids() {
+    use cairn_protocol::EventId;
+    use cairn_protocol::node::AWAITED_PER_PEER_MAX;
+    let g = genesis(2);
+    let (ka, kb) = (key(1), key(2));
+    let config = NodeConfig::default();
+    let graft_timeout_ms = config.graft_timeout_ms;
+    let mut node = Node::new(g, Some(ka.public()), config);
+    let announce = |node: &mut Node, from: u32, now_ms: u64| {
+        let ids = (from..from + AWAITED_PER_PEER_MAX as u32)
+            .map(|i| {
+                let mut id = [0u8; 32];
+                id[..4].copy_from_slice(&i.to_le_bytes());
+                EventId(id)
+            })
+            .collect();
+        node.handle_message(kb.public(), &encode_message(&Message::Have { ids }), now_ms);
+    };
+    assert!(node.handle_connected(kb.public(), 1));
+    announce(&mut node, 0, 2);
+    node.handle_disconnected(&kb.public());
+    assert!(node.handle_connected(kb.public(), 3));
+    announce(&mut node, AWAITED_PER_PEER_MAX as u32, 4);
+    while node.poll_transmit().is_some() {}
+    node.handle_timeout(4 + graft_timeout_ms);
+    let mut grafted = 0;
+    while let Some((to, bytes)) = node.poll_transmit() {
+        if to == kb.public()
+            && let Message::Graft { ids } = decode_message(&bytes).unwrap()
+        {
+            grafted += ids.len();
+        }
+    }
+    assert_eq!(grafted, AWAITED_PER_PEER_MAX, "the ids of both connections count against one bound");
+    assert_eq!(node.peer_stats(&kb.public()).unwrap().grafts_out, AWAITED_PER_PEER_MAX as u64);
+}

@@ -443,7 +443,11 @@ impl Node {
         // when this node's set changed meanwhile (1.5 round trips), instead of a summary that
         // is bound to differ (2 round trips).
         let last_in_sync = entry.last_in_sync;
+        // Ids the peer announced on an earlier connection stay awaited (and grafted, from it
+        // too, if it is back): they stay charged to it, or reconnecting would lift its bound.
+        let n_awaited = entry.n_awaited;
         *entry = Peer::new(now_ms, burst);
+        entry.n_awaited = n_awaited;
         entry.connection = self.n_connections;
         entry.stats = stats;
         entry.last_in_sync = last_in_sync;
@@ -463,7 +467,6 @@ impl Node {
             p.incoming_tips.clear();
             p.session_since_ms = None;
             p.lazy.clear();
-            p.n_awaited = 0;
             if p.eager {
                 p.eager = false;
                 self.keep_an_eager_peer(None);
