@@ -999,3 +999,65 @@ fn a_peer_reconnecting_cannot_lift_its_bound_on_awaited_ids() {
     assert_eq!(grafted, AWAITED_PER_PEER_MAX, "the ids of both connections count against one bound");
     assert_eq!(node.peer_stats(&kb.public()).unwrap().grafts_out, AWAITED_PER_PEER_MAX as u64);
 }
+
+/// A session's answer leaves out events accepted within the graft timeout (they are on their
+/// way along the tree), and what it sends stays causally closed: an event accepted after one
+/// left out is left out too, even when it arrived while no other peer was connected to push
+/// it to. Once the timeout has passed, the next session brings both.
+#[test]
+fn a_session_answer_leaving_out_recent_events_stays_causally_closed() {
+    let g = genesis(3);
+    let (kn, kx, ky) = (key(1), key(2), key(3));
+    let mut writer = Node::new(g.clone(), Some(kx.public()), NodeConfig::default());
+    let e1 = write(&mut writer, &kx, put("a", "1"), 1).unwrap().bytes().to_vec();
+    let e2 = write(&mut writer, &kx, put("b", "2"), 1).unwrap().bytes().to_vec();
+    let graft_timeout_ms = NodeConfig::default().graft_timeout_ms;
+    let mut n = Node::new(g.clone(), Some(kn.public()), NodeConfig::default());
+    assert!(n.handle_connected(kx.public(), 1));
+    assert!(n.handle_connected(ky.public(), 1));
+    n.handle_message(kx.public(), &encode_message(&Message::Events { events: vec![e1] }), 10);
+    n.handle_disconnected(&ky.public());
+    // E2 (after E1 in X's chain) arrives while X, its source, is the only peer connected.
+    n.handle_message(kx.public(), &encode_message(&Message::Events { events: vec![e2] }), 11);
+    assert_eq!(n.adapter().n_accepted(), 2);
+    while n.poll_transmit().is_some() {}
+
+    let mut y = Node::new(g, Some(ky.public()), NodeConfig::default());
+    // Y reconnects and opens a session, within the graft timeout, and then again after it.
+    let mut session = |n: &mut Node, y: &mut Node, now_ms: u64, connect: bool| {
+        if connect {
+            assert!(n.handle_connected(ky.public(), now_ms));
+            assert!(y.handle_connected(kn.public(), now_ms));
+        }
+        y.handle_timeout(now_ms);
+        let mut events_sent = 0;
+        for _ in 0..100 {
+            let to_n: Vec<_> = std::iter::from_fn(|| y.poll_transmit()).collect();
+            let to_y: Vec<_> =
+                std::iter::from_fn(|| n.poll_transmit()).filter(|(to, _)| *to == ky.public()).collect();
+            if to_n.is_empty() && to_y.is_empty() {
+                break;
+            }
+            for (_, bytes) in to_n {
+                n.handle_message(ky.public(), &bytes, now_ms);
+            }
+            for (_, bytes) in to_y {
+                if let Message::Events { events } = decode_message(&bytes).unwrap() {
+                    events_sent += events.len();
+                }
+                y.handle_message(kn.public(), &bytes, now_ms);
+            }
+        }
+        events_sent
+    };
+    let sent = session(&mut n, &mut y, 12, true);
+    assert_eq!(
+        sent, 0,
+        "both events are recent: neither is sent (E2 alone would wait in Y's buffer for a Want of E1)"
+    );
+    assert_eq!(y.adapter().buffer_use().0, 0, "nothing waits in Y's buffer");
+    let later = 12 + graft_timeout_ms.max(NodeConfig::default().sync_interval_ms) + 1;
+    session(&mut n, &mut y, later, false);
+    assert_eq!(y.adapter().n_accepted(), 2, "the next session brings both");
+    assert_eq!(y.sync_digest(), n.sync_digest());
+}

@@ -83,11 +83,14 @@ impl Node {
             .collect();
         let mut late = false;
         // Only events pushed or announced to some peer are on their way anywhere: events loaded
-        // while no other peer is connected are answered at once in later sessions.
-        let spreads = !targets.is_empty();
+        // while no other peer is connected are answered at once in later sessions. But once an
+        // event is left out of answers, so is every event accepted after it within the
+        // horizon, which may depend on it: what is sent stays causally closed.
+        self.expire_recent();
+        let remember = !targets.is_empty() || !self.recent.is_empty();
         for id in ids {
             late |= self.forget_awaited(id);
-            if !spreads {
+            if !remember {
                 continue;
             }
             if self.recent.len() >= RECENT_IDS_MAX
@@ -133,6 +136,14 @@ impl Node {
     /// that prune the tree's links. The peer's next session asks for any still missing. The
     /// events left out are all accepted after any kept, so what is sent stays causally closed.
     pub(super) fn drop_recent(&mut self, lacking: &mut Vec<EventId>) {
+        self.expire_recent();
+        if !self.recent_ids.is_empty() {
+            lacking.retain(|id| !self.recent_ids.contains(id));
+        }
+    }
+
+    /// Forgets the ids accepted `graft_timeout_ms` ago or earlier.
+    fn expire_recent(&mut self) {
         let horizon = self.now_ms.saturating_sub(self.config.graft_timeout_ms);
         while let Some(&(at, id)) = self.recent.front() {
             if at >= horizon {
@@ -140,9 +151,6 @@ impl Node {
             }
             self.recent.pop_front();
             self.recent_ids.remove(&id);
-        }
-        if !self.recent_ids.is_empty() {
-            lacking.retain(|id| !self.recent_ids.contains(id));
         }
     }
 
