@@ -1024,7 +1024,7 @@ fn a_session_answer_leaving_out_recent_events_stays_causally_closed() {
 
     let mut y = Node::new(g, Some(ky.public()), NodeConfig::default());
     // Y reconnects and opens a session, within the graft timeout, and then again after it.
-    let mut session = |n: &mut Node, y: &mut Node, now_ms: u64, connect: bool| {
+    let session = |n: &mut Node, y: &mut Node, now_ms: u64, connect: bool| {
         if connect {
             assert!(n.handle_connected(ky.public(), now_ms));
             assert!(y.handle_connected(kn.public(), now_ms));
