@@ -197,7 +197,8 @@ impl SimConfig {
     /// random attacks, a network profile from calm to chaotic, up to 3 partitions, 20 to 80
     /// writes, per-node buffer, queue and rate settings, and in some runs crashes of honest
     /// nodes and windows of full disks; transport queues of 2 to 64 messages, commits of 1 to
-    /// 1 024 writes, fsyncs of up to 3 to 25 ms.
+    /// 1 024 writes, fsyncs of up to 3 to 25 ms; in a third of the runs a sparse overlay
+    /// ([`random_overlay`]).
     pub fn random(seed: u64) -> Self {
         // The configuration has its own stream, so that the run's stream starts from the seed.
         let mut rng = Rng::new(seed ^ 0x5eed_c0f1_6000_0000);
@@ -282,6 +283,7 @@ impl SimConfig {
                 disk_full.push((rng.index(n_nodes), rng.below(active_ms), rng.range(50, 2_000)));
             }
         }
+        let (overlay, byzantine_dial_all) = random_overlay(seed);
         let transport_queue_max = *rng.pick(&[2, 8, SIM_TRANSPORT_QUEUE_MAX]);
         let commit_writes_max = *rng.pick(&[1, 4, SIM_COMMIT_WRITES_MAX]);
         let store_delay_ms_max = *rng.pick(&[3, SIM_STORE_DELAY_MS_MAX, 25]);
@@ -309,10 +311,28 @@ impl SimConfig {
             commit_writes_max,
             store_delay_ms_max,
             removal,
-            overlay: None,
-            byzantine_dial_all: false,
+            overlay,
+            byzantine_dial_all,
         }
     }
+}
+
+/// The overlay of a random run, drawn from a stream of its own so that the rest of the
+/// configuration and the run are those of the same seed without it: in a third of the runs a
+/// sparse one (1 to 3 outbound connections per node, so that 3 to 7 nodes are not a full
+/// mesh), with rotations, and in half of those the Byzantine nodes dial every honest node.
+fn random_overlay(seed: u64) -> (Option<OverlayConfig>, bool) {
+    let mut rng = Rng::new(seed ^ 0x0e7a_1a70_0000_0000);
+    if !rng.chance(PPM / 3) {
+        return (None, false);
+    }
+    let overlay = OverlayConfig {
+        outbound: rng.range(1, 3) as usize,
+        passive: rng.range(2, 6) as usize,
+        rotate_ms: rng.range(500, 3_000),
+        ..sim_overlay_config()
+    };
+    (Some(overlay), rng.chance(PPM / 2))
 }
 
 /// Each pair with probability 1/3, except where cutting it would leave the honest nodes
