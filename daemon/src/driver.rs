@@ -43,7 +43,7 @@ use crate::commit::{
 };
 use crate::discipline::{PeerDiscipline, Verdict};
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
-use crate::store::{Store, StoreError};
+use crate::store::{Append, Store, StoreError};
 use crate::transport::{InboundCredit, Transport, TransportEvent};
 use prometheus_client::metrics::counter::Counter;
 
@@ -221,7 +221,7 @@ pub struct Driver {
     /// Batches whose signatures the verifier thread is checking, oldest first, each with its
     /// message's inbound credit (at most [`VERIFY_BATCHES_IN_FLIGHT_MAX`]).
     verifying: std::collections::VecDeque<(PendingEvents, InboundCredit)>,
-    verify_jobs: std::sync::mpsc::Sender<SignatureChecks>,
+    verify_jobs: std::sync::mpsc::SyncSender<SignatureChecks>,
     verdicts: mpsc::Receiver<SignatureVerdicts>,
 }
 
@@ -464,9 +464,8 @@ impl Driver {
     /// buffered now, and its message's credit is given back to its connection.
     fn on_verdicts(&mut self, verdicts: SignatureVerdicts) {
         // The verifier answers each batch once, in the order they were sent.
-        let Some((pending, credit)) = self.verifying.pop_front() else {
-            unreachable!("verdicts come only for batches sent to the verifier")
-        };
+        let (pending, credit) =
+            self.verifying.pop_front().expect("verdicts come only for batches sent to the verifier");
         let now = self.now_ms();
         self.node.finish_events(pending, verdicts, now);
         drop(credit);
@@ -474,6 +473,17 @@ impl Driver {
 
     fn has_output(&self) -> bool {
         self.node.connected_peers().iter().any(|p| self.node.queued(p) != (0, 0))
+    }
+
+    /// Whether `key` is a proven equivocator: this node holds evidence against it.
+    fn is_equivocator(&self, key: &PublicKey) -> bool {
+        let adapter = self.node.adapter();
+        adapter.roster().idx(key).is_some_and(|idx| adapter.is_equivocator(idx))
+    }
+
+    /// Whether `key` is refused for good: a proven equivocator, or a double approver.
+    fn is_refused(&self, key: &PublicKey) -> bool {
+        self.double_approvers.contains(key) || self.is_equivocator(key)
     }
 
     fn is_muted(&self, peer: &PublicKey) -> bool {
@@ -659,7 +669,7 @@ impl Driver {
                     }
                 }
                 NodeEvent::PeerRefused(peer) => {
-                    if self.node.adapter().evidence().any(|e| e.author() == peer) {
+                    if self.is_equivocator(&peer) {
                         warn!(peer = %self.name_of(&peer), "refusing a proven equivocator");
                         self.transport.refuse(&peer);
                     } else {
@@ -957,12 +967,10 @@ impl Driver {
             return;
         }
         let me = self.key.public();
-        let adapter = self.node.adapter();
         let members: Vec<PublicKey> = self
             .in_force
             .iter()
-            .filter(|key| **key != me && !self.double_approvers.contains(key))
-            .filter(|key| !adapter.evidence().any(|e| e.author() == **key))
+            .filter(|key| **key != me && !self.is_refused(key))
             .filter(|key| self.transport.address_of(key).is_some())
             .copied()
             .collect();
@@ -1311,9 +1319,7 @@ impl Driver {
             .iter()
             .filter(|key| **key != me)
             .map(|key| {
-                let state = if adapter.evidence().any(|e| e.author() == *key)
-                    || self.double_approvers.contains(key)
-                {
+                let state = if self.is_refused(key) {
                     PeerState::Refused
                 } else if !self.in_force.contains(key) {
                     PeerState::OutOfForce
@@ -1442,12 +1448,15 @@ fn no_space(error: &StoreError) -> Committed {
 
 /// Signature checks live on their own thread, so that the loop applies one batch while the
 /// next one's signatures are checked (each batch on `n_threads` threads, scoped to it). It
-/// answers each batch in the order it came; the driver sends at most
-/// [`VERIFY_BATCHES_IN_FLIGHT_MAX`] before an answer, which bounds both channels.
+/// answers each batch in the order it came.
 fn spawn_verifier(
     n_threads: usize,
-) -> (std::sync::mpsc::Sender<SignatureChecks>, mpsc::Receiver<SignatureVerdicts>) {
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<SignatureChecks>();
+) -> (std::sync::mpsc::SyncSender<SignatureChecks>, mpsc::Receiver<SignatureVerdicts>) {
+    // The driver sends a batch only while fewer than `VERIFY_BATCHES_IN_FLIGHT_MAX` are
+    // unanswered (it reads from peers only then: `Driver::takes_peer_input`), so neither queue
+    // ever holds more, and a send to either never blocks: not the driver's loop on the jobs,
+    // nor this thread on the verdicts.
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<SignatureChecks>(VERIFY_BATCHES_IN_FLIGHT_MAX);
     let (done_tx, done_rx) = mpsc::channel(VERIFY_BATCHES_IN_FLIGHT_MAX);
     std::thread::Builder::new()
         .name("cairn-verify".to_owned())
@@ -1490,16 +1499,7 @@ fn spawn_store_writer(
                     store.rotate_node_key(key);
                 }
                 let result = {
-                    let events: Vec<crate::store::Append<'_>> = job
-                        .events
-                        .iter()
-                        .map(|event| match event {
-                            crate::commit::JobEvent::Accepted(event) => crate::store::Append::Accepted(event),
-                            crate::commit::JobEvent::Bytes(id, bytes) => {
-                                crate::store::Append::Bytes(*id, bytes)
-                            }
-                        })
-                        .collect();
+                    let events: Vec<Append<'_>> = job.events.iter().map(Append::from).collect();
                     let evidence: Vec<([u8; 32], &[u8])> =
                         job.evidence.iter().map(|(a, b)| (*a, b.as_slice())).collect();
                     let document = job

@@ -939,17 +939,23 @@ impl Transport {
     }
 
     /// Admits `peer` from now on: a key a membership change in force brought in (an added
-    /// seat's, or a rotated seat's new key). Its handshakes are accepted, and it is dialed at
-    /// its configured address, else at `address` (a rotated seat's founder's). A key refused
-    /// for good stays refused. Returns whether the key was new here.
+    /// seat's, or a rotated seat's new key). Its handshakes are accepted, and `address` (a
+    /// rotated seat's founder's) is recorded as its address unless one is known already. It is
+    /// dialed there only while wanted: once [`Transport::set_outbound`] names it, or at once
+    /// with [`TransportConfig::dial_peers`] if an address is known. A key refused for good
+    /// stays refused. Returns whether the key was new here.
     pub fn admit(&self, peer: PublicKey, address: Option<SocketAddr>) -> bool {
         if !self.shared.members.may_allow(&peer) {
             return false;
         }
-        if let Some(address) = address {
-            lock(&self.shared.addresses).entry(peer).or_insert(address);
-        }
-        if self.shared.dial_peers && lock(&self.shared.addresses).contains_key(&peer) {
+        let has_address = {
+            let mut addresses = lock(&self.shared.addresses);
+            if let Some(address) = address {
+                addresses.entry(peer).or_insert(address);
+            }
+            addresses.contains_key(&peer)
+        };
+        if self.shared.dial_peers && has_address {
             lock(&self.shared.wanted).insert(peer);
         }
         // The peer's task first, so that a handshake the server admits finds it.
@@ -1031,18 +1037,16 @@ impl Transport {
             });
         }
         let mut closed = Vec::new();
-        for (peer, link) in lock(&self.shared.links).iter() {
-            if left.contains(peer) && link.dialed_by == DialedBy::Us {
+        let links = lock(&self.shared.links);
+        for peer in left {
+            if let Some(link) = links.get(&peer)
+                && link.dialed_by == DialedBy::Us
+            {
                 close_with(&link.connection, CloseCode::Rotated);
-                closed.push(*peer);
+                closed.push(peer);
             }
         }
         closed
-    }
-
-    /// Whether the connection with `peer` that is up was dialed by this node.
-    pub fn dialed_by_us(&self, peer: &PublicKey) -> Option<bool> {
-        lock(&self.shared.links).get(peer).map(|link| link.dialed_by == DialedBy::Us)
     }
 
     /// Queues `bytes` as one frame to `peer`, without waiting.
@@ -1267,13 +1271,22 @@ impl Shared {
         let now = Instant::now();
         let window = self.handshake_timeout + DUPLICATE_WINDOW_SLACK;
         reserved.retain(|_, at| now.duration_since(*at) < window);
-        let mut holders: BTreeSet<PublicKey> = lock(&self.links)
-            .iter()
-            .filter(|(key, link)| link.dialed_by == DialedBy::Peer && !wanted.contains(key))
-            .map(|(key, _)| *key)
-            .collect();
-        holders.extend(reserved.keys().filter(|key| !wanted.contains(key)));
-        let admitted = holders.contains(peer) || holders.len() < self.inbound_max;
+        // The holders of a slot: the peers not wanted that dialed a connection up, or that hold
+        // a reservation (a key can be both, and counts once).
+        let links = lock(&self.links);
+        let has_inbound_link =
+            |key: &PublicKey| links.get(key).is_some_and(|link| link.dialed_by == DialedBy::Peer);
+        // `peer` is not wanted (see above).
+        let admitted = has_inbound_link(peer) || reserved.contains_key(peer) || {
+            let n_linked = links
+                .iter()
+                .filter(|(key, link)| link.dialed_by == DialedBy::Peer && !wanted.contains(key))
+                .count();
+            let n_reserved_only =
+                reserved.keys().filter(|key| !wanted.contains(key) && !has_inbound_link(key)).count();
+            n_linked + n_reserved_only < self.inbound_max
+        };
+        drop(links);
         if admitted {
             reserved.insert(*peer, now);
         }
