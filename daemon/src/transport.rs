@@ -1559,6 +1559,14 @@ async fn serve(
     lock(&shared.links).insert(peer, Link { connection: connection.clone(), queue, dialed_by });
     // The link holds the inbound slot from now on (see `Shared::admit_inbound`).
     lock(&shared.inbound_reserved).remove(&peer);
+    // A dial checks that the peer is wanted before it hands the connection over, but
+    // `Transport::set_outbound` may drop the peer before the link is in `links`, and then finds
+    // nothing to close. It updates `wanted` before it looks at `links`, and this reads `wanted`
+    // after the link is in, so one of the two sees the other and the connection goes.
+    if dialed_by == DialedBy::Us && !lock(&shared.wanted).contains(&peer) {
+        debug!("no longer wanted once the dialed connection came up: closed");
+        close_with(&connection, CloseCode::Rotated);
+    }
     shared.counters.n_connections_established.fetch_add(1, Ordering::Relaxed);
     info!(%address, dialed_by = ?dialed_by, "peer connected");
 
@@ -1893,6 +1901,52 @@ mod tests {
         assert!(newcomer_wins(&small, &large, false, young, false, window));
         // An old connection loses to any newcomer: the peer dialed because it lost it.
         assert!(newcomer_wins(&small, &large, true, old, false, window));
+    }
+
+    /// A dial checks that the peer is wanted before it hands its connection over; if
+    /// `set_outbound` drops the peer before the connection is in `links`, it finds nothing to
+    /// close. Here a connection this node dialed is handed over while the peer is not wanted
+    /// (the state that race leaves): it is closed with `Rotated` as soon as it is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dialed_connection_to_a_peer_no_longer_wanted_is_closed_once_served() {
+        const DEADLINE: Duration = Duration::from_secs(15);
+        let cluster_id = [0x5a; 32];
+        let local: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
+        let (a_key, b_key) = (SecretKey::from_seed(&[41; 32]), SecretKey::from_seed(&[42; 32]));
+        let members = vec![a_key.public(), b_key.public()];
+        // B knows no address of A, so it never dials.
+        let (b_sender, mut b_events) = mpsc::channel(64);
+        let config = TransportConfig::new(local, cluster_id, members.clone(), Vec::new());
+        let b = Transport::start(&b_key, config, b_sender).await.expect("B starts");
+        // A knows B's address but wants nobody (no overlay runs here), so it never dials either.
+        let peer = b_key.public();
+        let mut config = TransportConfig::new(local, cluster_id, members, vec![(peer, b.local_addr())]);
+        config.dial_peers = false;
+        let (a_sender, _a_events) = mpsc::channel(64);
+        let a = Transport::start(&a_key, config, a_sender).await.expect("A starts");
+
+        let shared = &a.shared;
+        let client_config = shared.client_configs(&peer).into_iter().next().expect("A has an identity");
+        let established = dial(shared, &peer, b.local_addr(), client_config).await.expect("B answers");
+        let handoff = lock(&shared.peers).get(&peer).expect("B's task runs on A").handoff.clone();
+        handoff.put(&shared.own(), Candidate { established, dialed_by: DialedBy::Us });
+
+        let reason = loop {
+            let event = timeout(DEADLINE, b_events.recv())
+                .await
+                .expect("B sees the connection closed before the deadline")
+                .expect("B's transport runs");
+            if let TransportEvent::Disconnected { reason, .. } = event {
+                break reason;
+            }
+        };
+        let code = format!("(code {})", u64::from(CloseCode::Rotated.code()));
+        assert!(reason.contains(&code), "{reason}");
+        let deadline = Instant::now() + DEADLINE;
+        while lock(&shared.links).contains_key(&peer) {
+            assert!(Instant::now() < deadline, "A still holds the link");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[test]
