@@ -540,7 +540,7 @@ struct Shared {
     /// afresh, so a learned address applies from the next dial on.
     addresses: Mutex<BTreeMap<PublicKey, SocketAddr>>,
     /// The peers this node wants connected (dials, and accepts beyond the inbound cap). Lock
-    /// order: `wanted`, then `inbound_reserved`, then `links`.
+    /// order: `peers`, then `wanted`, then `inbound_reserved`, then `links`.
     wanted: Mutex<BTreeSet<PublicKey>>,
     /// Whether `admit` makes a key with an address wanted (see [`TransportConfig::dial_peers`]).
     dial_peers: bool,
@@ -916,11 +916,13 @@ impl Transport {
     /// and its dialer (which dials while the peer is wanted). Returns whether it started them.
     fn start_peer(&self, peer: PublicKey) -> bool {
         let shared = &self.shared;
-        let is_wanted = lock(&shared.wanted).contains(&peer);
         let mut peers = lock(&shared.peers);
         if peer == shared.own() || peers.contains_key(&peer) {
             return false;
         }
+        // Read under `peers`: `Transport::set_outbound` updates `wanted` before it tells each
+        // peer in `peers`, so either this reads its update or it finds this peer and tells it.
+        let is_wanted = lock(&shared.wanted).contains(&peer);
         let (refused, refused_receiver) = watch::channel(None);
         let (wanted, wanted_receiver) = watch::channel(is_wanted);
         let handoff = Arc::new(Handoff::new(peer));
