@@ -76,8 +76,6 @@ pub struct DriverParts {
     pub key: SecretKey,
     /// The genesis.
     pub genesis: Genesis,
-    /// Configured peer addresses.
-    pub addresses: BTreeMap<PublicKey, SocketAddr>,
     /// The store (moved to its writer thread).
     pub store: Store,
     /// The transport.
@@ -166,7 +164,6 @@ pub struct Driver {
     node: Node,
     key: SecretKey,
     genesis: Genesis,
-    addresses: BTreeMap<PublicKey, SocketAddr>,
     transport: Transport,
     metrics: Arc<Metrics>,
     changes: broadcast::Sender<ChangeNotice>,
@@ -265,7 +262,6 @@ impl Driver {
             node: parts.node,
             key: parts.key,
             genesis: parts.genesis,
-            addresses: parts.addresses,
             transport: parts.transport,
             metrics,
             changes,
@@ -736,20 +732,17 @@ impl Driver {
         self.topology.mark();
         let mut admit = Vec::new();
         for key in in_force.difference(&self.in_force).filter(|key| !is_own(key)) {
-            // A rotated seat's new key is reached at its founder's address (configured, or from
-            // the founder's record), until the new key's own record arrives.
-            let address = resolution.seats_of(key).iter().find_map(|(seat, _)| {
-                self.addresses.get(seat).copied().or_else(|| self.transport.address_of(seat))
-            });
+            // A rotated seat's new key is reached at its founder's address until the new key's
+            // own record arrives: the one the transport dials the founder at, from the founder's
+            // signed record if one came (it replaces the configured seed, `crate::overlay`).
+            let address =
+                resolution.seats_of(key).iter().find_map(|(seat, _)| self.transport.address_of(seat));
             admit.push((*key, address));
         }
         // This node's own old key too: nobody may connect as it.
         let retire: Vec<PublicKey> =
             self.in_force.difference(&in_force).filter(|key| **key != me).copied().collect();
         for (key, address) in admit {
-            if let Some(address) = address {
-                self.addresses.entry(key).or_insert(address);
-            }
             if self.transport.admit(key, address) {
                 info!(peer = %self.name_of(&key), "a membership change in force brought this key in");
             }
@@ -1333,7 +1326,7 @@ impl Driver {
                 PeerInfo {
                     key: *key,
                     name: self.name_of(key),
-                    address: self.transport.address_of(key).or_else(|| self.addresses.get(key).copied()),
+                    address: self.transport.address_of(key),
                     state,
                     outbound: self.topology.is_outbound(key),
                     eager: self.node.is_eager(key),
