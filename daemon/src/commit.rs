@@ -5,7 +5,8 @@
 //!
 //! Call order, with time passed in as milliseconds (nothing here reads a clock):
 //! 1. inputs: [`GroupCommit::handle_write`] (a client's ops, with the token its answer goes
-//!    to), [`GroupCommit::handle_peer_event`] and [`GroupCommit::handle_evidence`] (accepted by
+//!    to) and [`GroupCommit::handle_member_op`] (an operator's membership op, likewise),
+//!    [`GroupCommit::handle_accepted`] and [`GroupCommit::handle_evidence`] (accepted by
 //!    the replica, to be stored), [`GroupCommit::handle_committed`] (the store's verdict on the
 //!    job in flight), [`GroupCommit::start_draining`];
 //! 2. [`GroupCommit::poll_commit`]: the next job for the store, if one is due and none is in
@@ -45,6 +46,8 @@ use std::collections::VecDeque;
 
 use cairn_crypto::SecretKey;
 use cairn_protocol::{DocumentDelta, Node, Op, Prepared, Verified, WriteError};
+
+use crate::store::Append;
 
 /// Events accepted from peers wait this long at most for a store commit of their own when no
 /// local write or evidence is due: nothing waits on their fsync (peers hold them too), and
@@ -123,25 +126,29 @@ pub enum JobEvent {
     /// (`store::Append::Accepted`), and its bytes are not copied.
     Accepted(Verified),
     /// An event as its id and canonical bytes: one of this node's own new events, signed for
-    /// this job (accepted by the replica only once stored), or an event handed over without
-    /// its proof ([`GroupCommit::handle_peer_event`]). The store decodes and indexes it.
+    /// this job (accepted by the replica only once stored), or, in this module's tests, an
+    /// event from a peer handed over without its proof. The store decodes and indexes it.
     Bytes([u8; 32], Vec<u8>),
 }
 
 impl JobEvent {
     /// The event's id.
     pub fn id(&self) -> [u8; 32] {
-        match self {
-            Self::Accepted(event) => event.id().0,
-            Self::Bytes(id, _) => *id,
-        }
+        Append::from(self).id()
     }
 
     /// The event's canonical bytes.
     pub fn bytes(&self) -> &[u8] {
-        match self {
-            Self::Accepted(event) => event.bytes(),
-            Self::Bytes(_, bytes) => bytes,
+        Append::from(self).bytes()
+    }
+}
+
+/// The store takes a job's events as they are, without copying their bytes.
+impl<'a> From<&'a JobEvent> for Append<'a> {
+    fn from(event: &'a JobEvent) -> Self {
+        match event {
+            JobEvent::Accepted(event) => Self::Accepted(event),
+            JobEvent::Bytes(id, bytes) => Self::Bytes(*id, bytes),
         }
     }
 }
@@ -387,8 +394,10 @@ impl<R> GroupCommit<R> {
     }
 
     /// An event accepted from a peer, as its id and canonical bytes, to be stored (decoded and
-    /// indexed by the store).
-    pub fn handle_peer_event(&mut self, id: [u8; 32], bytes: Vec<u8>, now_ms: u64) {
+    /// indexed by the store). Only the tests hand over events without their proof: they need
+    /// no replica to make one.
+    #[cfg(test)]
+    pub(crate) fn handle_peer_event(&mut self, id: [u8; 32], bytes: Vec<u8>, now_ms: u64) {
         self.push_peer_event(JobEvent::Bytes(id, bytes), now_ms);
     }
 

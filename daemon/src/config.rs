@@ -152,7 +152,8 @@ pub struct OverlaySettings {
     /// Members kept as candidates for an outbound slot that frees up. Default 30.
     pub passive: usize,
     /// Inbound connections accepted from members this node does not dial itself; more are
-    /// refused (close code 11, `Busy`). Default 12.
+    /// refused (close code 11, `Busy`). Default 512 (`MEMBERS_MAX`, every member): a lower cap
+    /// would let Byzantine members that dial first take every slot (`protocol/src/overlay.rs`).
     pub inbound_max: usize,
     /// Seconds between rotations: one outbound slot is redrawn. Default 60.
     pub rotate_secs: u64,

@@ -2,7 +2,6 @@
 //! the key and the genesis; open and restore the store; bind the transport and the API; tell
 //! systemd; run the service until SIGTERM or SIGINT; drain and stop.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
@@ -284,13 +283,10 @@ pub async fn run(checked: Checked) -> anyhow::Result<()> {
         None => None,
     };
 
-    let addresses: BTreeMap<PublicKey, std::net::SocketAddr> =
-        peers.iter().map(|p| (p.key, p.address)).collect();
     let parts = DriverParts {
         node,
         key,
         genesis: genesis.clone(),
-        addresses,
         store,
         transport,
         transport_events: transport_rx,

@@ -65,7 +65,12 @@ pub struct LocalNode {
 /// cluster on loopback, every node listing every other as a seed peer. Used by the demo and the
 /// tests.
 pub fn write_cluster(dir: &Path, n: usize, extra_config: &str) -> anyhow::Result<Vec<LocalNode>> {
-    write_cluster_with_seeds(dir, n, extra_config, |i| (0..n).filter(|j| *j != i).collect())
+    write_cluster_with_seeds(dir, n, extra_config, every_other(n))
+}
+
+/// The seeds of [`write_cluster`]'s node `i` of `n`: every other node.
+pub fn every_other(n: usize) -> impl Fn(usize) -> Vec<usize> {
+    move |i| (0..n).filter(|j| *j != i).collect()
 }
 
 /// [`write_cluster`], with node `i`'s config listing only the nodes `seeds(i)` as `[[peers]]`:

@@ -43,7 +43,7 @@ use crate::commit::{
 };
 use crate::discipline::{PeerDiscipline, Verdict};
 use crate::metrics::{Metrics, PeerLabel, ReasonLabel};
-use crate::store::{Store, StoreError};
+use crate::store::{Append, Store, StoreError};
 use crate::transport::{InboundCredit, Transport, TransportEvent};
 use prometheus_client::metrics::counter::Counter;
 
@@ -76,8 +76,6 @@ pub struct DriverParts {
     pub key: SecretKey,
     /// The genesis.
     pub genesis: Genesis,
-    /// Configured peer addresses.
-    pub addresses: BTreeMap<PublicKey, SocketAddr>,
     /// The store (moved to its writer thread).
     pub store: Store,
     /// The transport.
@@ -166,7 +164,6 @@ pub struct Driver {
     node: Node,
     key: SecretKey,
     genesis: Genesis,
-    addresses: BTreeMap<PublicKey, SocketAddr>,
     transport: Transport,
     metrics: Arc<Metrics>,
     changes: broadcast::Sender<ChangeNotice>,
@@ -221,7 +218,7 @@ pub struct Driver {
     /// Batches whose signatures the verifier thread is checking, oldest first, each with its
     /// message's inbound credit (at most [`VERIFY_BATCHES_IN_FLIGHT_MAX`]).
     verifying: std::collections::VecDeque<(PendingEvents, InboundCredit)>,
-    verify_jobs: std::sync::mpsc::Sender<SignatureChecks>,
+    verify_jobs: std::sync::mpsc::SyncSender<SignatureChecks>,
     verdicts: mpsc::Receiver<SignatureVerdicts>,
 }
 
@@ -265,7 +262,6 @@ impl Driver {
             node: parts.node,
             key: parts.key,
             genesis: parts.genesis,
-            addresses: parts.addresses,
             transport: parts.transport,
             metrics,
             changes,
@@ -464,9 +460,8 @@ impl Driver {
     /// buffered now, and its message's credit is given back to its connection.
     fn on_verdicts(&mut self, verdicts: SignatureVerdicts) {
         // The verifier answers each batch once, in the order they were sent.
-        let Some((pending, credit)) = self.verifying.pop_front() else {
-            unreachable!("verdicts come only for batches sent to the verifier")
-        };
+        let (pending, credit) =
+            self.verifying.pop_front().expect("verdicts come only for batches sent to the verifier");
         let now = self.now_ms();
         self.node.finish_events(pending, verdicts, now);
         drop(credit);
@@ -474,6 +469,17 @@ impl Driver {
 
     fn has_output(&self) -> bool {
         self.node.connected_peers().iter().any(|p| self.node.queued(p) != (0, 0))
+    }
+
+    /// Whether `key` is a proven equivocator: this node holds evidence against it.
+    fn is_equivocator(&self, key: &PublicKey) -> bool {
+        let adapter = self.node.adapter();
+        adapter.roster().idx(key).is_some_and(|idx| adapter.is_equivocator(idx))
+    }
+
+    /// Whether `key` is refused for good: a proven equivocator, or a double approver.
+    fn is_refused(&self, key: &PublicKey) -> bool {
+        self.double_approvers.contains(key) || self.is_equivocator(key)
     }
 
     fn is_muted(&self, peer: &PublicKey) -> bool {
@@ -659,7 +665,7 @@ impl Driver {
                     }
                 }
                 NodeEvent::PeerRefused(peer) => {
-                    if self.node.adapter().evidence().any(|e| e.author() == peer) {
+                    if self.is_equivocator(&peer) {
                         warn!(peer = %self.name_of(&peer), "refusing a proven equivocator");
                         self.transport.refuse(&peer);
                     } else {
@@ -726,20 +732,17 @@ impl Driver {
         self.topology.mark();
         let mut admit = Vec::new();
         for key in in_force.difference(&self.in_force).filter(|key| !is_own(key)) {
-            // A rotated seat's new key is reached at its founder's address (configured, or from
-            // the founder's record), until the new key's own record arrives.
-            let address = resolution.seats_of(key).iter().find_map(|(seat, _)| {
-                self.addresses.get(seat).copied().or_else(|| self.transport.address_of(seat))
-            });
+            // A rotated seat's new key is reached at its founder's address until the new key's
+            // own record arrives: the one the transport dials the founder at, from the founder's
+            // signed record if one came (it replaces the configured seed, `crate::overlay`).
+            let address =
+                resolution.seats_of(key).iter().find_map(|(seat, _)| self.transport.address_of(seat));
             admit.push((*key, address));
         }
         // This node's own old key too: nobody may connect as it.
         let retire: Vec<PublicKey> =
             self.in_force.difference(&in_force).filter(|key| **key != me).copied().collect();
         for (key, address) in admit {
-            if let Some(address) = address {
-                self.addresses.entry(key).or_insert(address);
-            }
             if self.transport.admit(key, address) {
                 info!(peer = %self.name_of(&key), "a membership change in force brought this key in");
             }
@@ -957,12 +960,10 @@ impl Driver {
             return;
         }
         let me = self.key.public();
-        let adapter = self.node.adapter();
         let members: Vec<PublicKey> = self
             .in_force
             .iter()
-            .filter(|key| **key != me && !self.double_approvers.contains(key))
-            .filter(|key| !adapter.evidence().any(|e| e.author() == **key))
+            .filter(|key| **key != me && !self.is_refused(key))
             .filter(|key| self.transport.address_of(key).is_some())
             .copied()
             .collect();
@@ -1311,9 +1312,7 @@ impl Driver {
             .iter()
             .filter(|key| **key != me)
             .map(|key| {
-                let state = if adapter.evidence().any(|e| e.author() == *key)
-                    || self.double_approvers.contains(key)
-                {
+                let state = if self.is_refused(key) {
                     PeerState::Refused
                 } else if !self.in_force.contains(key) {
                     PeerState::OutOfForce
@@ -1327,7 +1326,7 @@ impl Driver {
                 PeerInfo {
                     key: *key,
                     name: self.name_of(key),
-                    address: self.transport.address_of(key).or_else(|| self.addresses.get(key).copied()),
+                    address: self.transport.address_of(key),
                     state,
                     outbound: self.topology.is_outbound(key),
                     eager: self.node.is_eager(key),
@@ -1442,12 +1441,15 @@ fn no_space(error: &StoreError) -> Committed {
 
 /// Signature checks live on their own thread, so that the loop applies one batch while the
 /// next one's signatures are checked (each batch on `n_threads` threads, scoped to it). It
-/// answers each batch in the order it came; the driver sends at most
-/// [`VERIFY_BATCHES_IN_FLIGHT_MAX`] before an answer, which bounds both channels.
+/// answers each batch in the order it came.
 fn spawn_verifier(
     n_threads: usize,
-) -> (std::sync::mpsc::Sender<SignatureChecks>, mpsc::Receiver<SignatureVerdicts>) {
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::channel::<SignatureChecks>();
+) -> (std::sync::mpsc::SyncSender<SignatureChecks>, mpsc::Receiver<SignatureVerdicts>) {
+    // The driver sends a batch only while fewer than `VERIFY_BATCHES_IN_FLIGHT_MAX` are
+    // unanswered (it reads from peers only then: `Driver::takes_peer_input`), so neither queue
+    // ever holds more, and a send to either never blocks: not the driver's loop on the jobs,
+    // nor this thread on the verdicts.
+    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<SignatureChecks>(VERIFY_BATCHES_IN_FLIGHT_MAX);
     let (done_tx, done_rx) = mpsc::channel(VERIFY_BATCHES_IN_FLIGHT_MAX);
     std::thread::Builder::new()
         .name("cairn-verify".to_owned())
@@ -1490,16 +1492,7 @@ fn spawn_store_writer(
                     store.rotate_node_key(key);
                 }
                 let result = {
-                    let events: Vec<crate::store::Append<'_>> = job
-                        .events
-                        .iter()
-                        .map(|event| match event {
-                            crate::commit::JobEvent::Accepted(event) => crate::store::Append::Accepted(event),
-                            crate::commit::JobEvent::Bytes(id, bytes) => {
-                                crate::store::Append::Bytes(*id, bytes)
-                            }
-                        })
-                        .collect();
+                    let events: Vec<Append<'_>> = job.events.iter().map(Append::from).collect();
                     let evidence: Vec<([u8; 32], &[u8])> =
                         job.evidence.iter().map(|(a, b)| (*a, b.as_slice())).collect();
                     let document = job

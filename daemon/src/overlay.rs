@@ -62,10 +62,11 @@ impl Topology {
         self.overlay.wants(peer)
     }
 
-    /// Brings the choice up to date, if something changed or its timer is due: `members` are
-    /// the members in force that may be dialed (not this node, not refused, with a known
-    /// address), `is_connected` says which are connected. The transport dials the outbound set
-    /// and closes connections it dialed to peers dropped from it.
+    /// Brings the choice up to date: `members` are the members in force that may be dialed
+    /// (not this node, not refused, with a known address), `is_connected` says which are
+    /// connected. The transport dials the outbound set and closes connections it dialed to
+    /// peers dropped from it. The caller checks [`Topology::is_due`] first, which spares it
+    /// listing the members when nothing changed.
     pub(crate) fn update(
         &mut self,
         members: &[PublicKey],
@@ -73,9 +74,6 @@ impl Topology {
         now_ms: u64,
         transport: &Transport,
     ) {
-        if !self.is_due(now_ms) {
-            return;
-        }
         self.dirty = false;
         let change = self.overlay.update(members, is_connected, now_ms);
         self.due_ms = self.overlay.next_timeout().max(now_ms + 1);
@@ -95,7 +93,7 @@ impl Topology {
         let Some(address) = addrs.first() else { return false };
         let changed = transport.learn_address(key, *address);
         if changed {
-            self.dirty = true;
+            self.mark();
         }
         changed
     }

@@ -259,17 +259,58 @@ pub enum Append<'a> {
     Accepted(&'a Verified),
 }
 
-impl Append<'_> {
-    fn id(&self) -> [u8; 32] {
+impl<'a> Append<'a> {
+    /// The event's id.
+    pub fn id(&self) -> [u8; 32] {
         match self {
             Self::Bytes(id, _) => *id,
             Self::Accepted(event) => event.id().0,
         }
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The event's canonical bytes.
+    pub fn bytes(&self) -> &'a [u8] {
         match self {
             Self::Bytes(_, bytes) => bytes,
+            Self::Accepted(event) => event.bytes(),
+        }
+    }
+}
+
+/// One event of a commit, checked before the write transaction starts: decoded from its bytes
+/// (and checked against its id), or accepted by the node's adapter.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "held one per event of a commit, for the write only: boxing the event would add an allocation \
+              per decoded event and save nothing for the accepted ones"
+)]
+enum Checked<'a> {
+    /// Given as bytes, and decoded here: indexed from its deps' stored metas.
+    Decoded { id: [u8; 32], bytes: &'a [u8], event: cairn_protocol::Event },
+    /// Accepted: indexed from its proof of validation.
+    Accepted(&'a Verified),
+}
+
+impl<'a> Checked<'a> {
+    /// Decodes an event given as bytes; a node hands over only events it made or accepted, so
+    /// one that does not decode or does not match its id is a bug, and panics.
+    fn new(event: &Append<'a>) -> Self {
+        match *event {
+            Append::Bytes(id, bytes) => Self::Decoded { id, bytes, event: assert_event(&id, bytes) },
+            Append::Accepted(event) => Self::Accepted(event),
+        }
+    }
+
+    fn id(&self) -> [u8; 32] {
+        match self {
+            Self::Decoded { id, .. } => *id,
+            Self::Accepted(event) => event.id().0,
+        }
+    }
+
+    fn bytes(&self) -> &'a [u8] {
+        match self {
+            Self::Decoded { bytes, .. } => bytes,
             Self::Accepted(event) => event.bytes(),
         }
     }
@@ -1018,13 +1059,7 @@ impl Store {
             return Err(self.io_error("an earlier write failed".to_owned()));
         }
         // Check data before it is written (TigerStyle); the decoded events are indexed.
-        let decoded: Vec<Option<cairn_protocol::Event>> = events
-            .iter()
-            .map(|event| match event {
-                Append::Bytes(id, bytes) => Some(assert_event(id, bytes)),
-                Append::Accepted(_) => None,
-            })
-            .collect();
+        let checked: Vec<Checked<'_>> = events.iter().map(Checked::new).collect();
         for (author, bytes) in evidence {
             let decoded = codec::decode_evidence(bytes)
                 .unwrap_or_else(|e| panic!("evidence to store does not decode: {e}"));
@@ -1046,7 +1081,7 @@ impl Store {
             return Ok(());
         }
         let mark = own_history_complete && self.own_history != OwnHistory::Complete;
-        match self.write(events, &decoded, evidence, mark, document) {
+        match self.write(&checked, evidence, mark, document) {
             Ok(written) => {
                 assert!(written.n_events >= self.n_events);
                 self.n_events = written.n_events;
@@ -1245,8 +1280,7 @@ impl Store {
     /// One write transaction with all of `events` and `evidence`; returns the new event count.
     fn write(
         &self,
-        events: &[Append<'_>],
-        decoded: &[Option<cairn_protocol::Event>],
+        events: &[Checked<'_>],
         evidence: &[([u8; 32], &[u8])],
         own_history_complete: bool,
         document: Option<DocumentCommit<'_>>,
@@ -1279,8 +1313,8 @@ impl Store {
             let mut log = tx.open_table(LOG).map_err(|e| fail(e.into()))?;
             let mut ids = tx.open_table(IDS).map_err(|e| fail(e.into()))?;
             let mut indexes = Indexes::open(&tx).map_err(&fail)?;
-            for (i, (append, decoded)) in events.iter().zip(decoded).enumerate() {
-                let (id, bytes) = (&append.id(), append.bytes());
+            for (i, event) in events.iter().enumerate() {
+                let (id, bytes) = (&event.id(), event.bytes());
                 if document.is_some_and(|d| d.n_applied == i) {
                     doc_through = Some(n_events);
                 }
@@ -1296,14 +1330,13 @@ impl Store {
                 let position = n_events;
                 n_events += 1;
                 n_bytes += bytes.len() as u64;
-                let indexed = match (append, decoded) {
-                    (Append::Accepted(event), _) => {
+                let indexed = match event {
+                    Checked::Accepted(event) => {
                         indexes.index_accepted(&self.members, &mut chains, &mut dirty, position, event)
                     }
-                    (Append::Bytes(..), Some(event)) => {
+                    Checked::Decoded { event, .. } => {
                         indexes.index(&self.members, &mut chains, &mut dirty, (position, id), event)
                     }
-                    (Append::Bytes(..), None) => unreachable!("every event given as bytes was decoded above"),
                 };
                 match indexed {
                     Ok(author) => {
@@ -1770,9 +1803,7 @@ impl<'tx> Indexes<'tx> {
         (position, id): (u64, &[u8; 32]),
         event: &cairn_protocol::Event,
     ) -> Result<usize, IndexError> {
-        if event.ops.iter().any(cairn_protocol::Op::is_membership) {
-            self.member_events.insert(position, ())?;
-        }
+        self.file_membership(position, event)?;
         let header = &event.header;
         let author = members.iter().position(|k| *k == header.author.0).ok_or_else(|| {
             IndexError::Bad(format!("event {} is by {}, who is not a member", hex::encode(id), header.author))
@@ -1812,9 +1843,7 @@ impl<'tx> Indexes<'tx> {
         event: &Verified,
     ) -> Result<usize, IndexError> {
         let header = &event.event().header;
-        if event.event().ops.iter().any(cairn_protocol::Op::is_membership) {
-            self.member_events.insert(position, ())?;
-        }
+        self.file_membership(position, event.event())?;
         let meta = event.meta();
         assert!(
             members.get(meta.author) == Some(&header.author.0) && meta.seq == header.seq,
@@ -1823,6 +1852,14 @@ impl<'tx> Indexes<'tx> {
         let author = meta.author;
         self.file(chains, dirty, &event.id().0, meta)?;
         Ok(author)
+    }
+
+    /// Files the log position of `event` in `member_events` if it carries a membership op.
+    fn file_membership(&mut self, position: u64, event: &cairn_protocol::Event) -> Result<(), IndexError> {
+        if event.ops.iter().any(cairn_protocol::Op::is_membership) {
+            self.member_events.insert(position, ())?;
+        }
+        Ok(())
     }
 
     /// Files `meta` of event `id` in `metas` and `by_seq`, and advances its author's chain.

@@ -540,7 +540,7 @@ struct Shared {
     /// afresh, so a learned address applies from the next dial on.
     addresses: Mutex<BTreeMap<PublicKey, SocketAddr>>,
     /// The peers this node wants connected (dials, and accepts beyond the inbound cap). Lock
-    /// order: `wanted`, then `inbound_reserved`, then `links`.
+    /// order: `peers`, then `wanted`, then `inbound_reserved`, then `links`.
     wanted: Mutex<BTreeSet<PublicKey>>,
     /// Whether `admit` makes a key with an address wanted (see [`TransportConfig::dial_peers`]).
     dial_peers: bool,
@@ -916,11 +916,13 @@ impl Transport {
     /// and its dialer (which dials while the peer is wanted). Returns whether it started them.
     fn start_peer(&self, peer: PublicKey) -> bool {
         let shared = &self.shared;
-        let is_wanted = lock(&shared.wanted).contains(&peer);
         let mut peers = lock(&shared.peers);
         if peer == shared.own() || peers.contains_key(&peer) {
             return false;
         }
+        // Read under `peers`: `Transport::set_outbound` updates `wanted` before it tells each
+        // peer in `peers`, so either this reads its update or it finds this peer and tells it.
+        let is_wanted = lock(&shared.wanted).contains(&peer);
         let (refused, refused_receiver) = watch::channel(None);
         let (wanted, wanted_receiver) = watch::channel(is_wanted);
         let handoff = Arc::new(Handoff::new(peer));
@@ -939,17 +941,23 @@ impl Transport {
     }
 
     /// Admits `peer` from now on: a key a membership change in force brought in (an added
-    /// seat's, or a rotated seat's new key). Its handshakes are accepted, and it is dialed at
-    /// its configured address, else at `address` (a rotated seat's founder's). A key refused
-    /// for good stays refused. Returns whether the key was new here.
+    /// seat's, or a rotated seat's new key). Its handshakes are accepted, and `address` (a
+    /// rotated seat's founder's) is recorded as its address unless one is known already. It is
+    /// dialed there only while wanted: once [`Transport::set_outbound`] names it, or at once
+    /// with [`TransportConfig::dial_peers`] if an address is known. A key refused for good
+    /// stays refused. Returns whether the key was new here.
     pub fn admit(&self, peer: PublicKey, address: Option<SocketAddr>) -> bool {
         if !self.shared.members.may_allow(&peer) {
             return false;
         }
-        if let Some(address) = address {
-            lock(&self.shared.addresses).entry(peer).or_insert(address);
-        }
-        if self.shared.dial_peers && lock(&self.shared.addresses).contains_key(&peer) {
+        let has_address = {
+            let mut addresses = lock(&self.shared.addresses);
+            if let Some(address) = address {
+                addresses.entry(peer).or_insert(address);
+            }
+            addresses.contains_key(&peer)
+        };
+        if self.shared.dial_peers && has_address {
             lock(&self.shared.wanted).insert(peer);
         }
         // The peer's task first, so that a handshake the server admits finds it.
@@ -1031,18 +1039,16 @@ impl Transport {
             });
         }
         let mut closed = Vec::new();
-        for (peer, link) in lock(&self.shared.links).iter() {
-            if left.contains(peer) && link.dialed_by == DialedBy::Us {
+        let links = lock(&self.shared.links);
+        for peer in left {
+            if let Some(link) = links.get(&peer)
+                && link.dialed_by == DialedBy::Us
+            {
                 close_with(&link.connection, CloseCode::Rotated);
-                closed.push(*peer);
+                closed.push(peer);
             }
         }
         closed
-    }
-
-    /// Whether the connection with `peer` that is up was dialed by this node.
-    pub fn dialed_by_us(&self, peer: &PublicKey) -> Option<bool> {
-        lock(&self.shared.links).get(peer).map(|link| link.dialed_by == DialedBy::Us)
     }
 
     /// Queues `bytes` as one frame to `peer`, without waiting.
@@ -1267,13 +1273,22 @@ impl Shared {
         let now = Instant::now();
         let window = self.handshake_timeout + DUPLICATE_WINDOW_SLACK;
         reserved.retain(|_, at| now.duration_since(*at) < window);
-        let mut holders: BTreeSet<PublicKey> = lock(&self.links)
-            .iter()
-            .filter(|(key, link)| link.dialed_by == DialedBy::Peer && !wanted.contains(key))
-            .map(|(key, _)| *key)
-            .collect();
-        holders.extend(reserved.keys().filter(|key| !wanted.contains(key)));
-        let admitted = holders.contains(peer) || holders.len() < self.inbound_max;
+        // The holders of a slot: the peers not wanted that dialed a connection up, or that hold
+        // a reservation (a key can be both, and counts once).
+        let links = lock(&self.links);
+        let has_inbound_link =
+            |key: &PublicKey| links.get(key).is_some_and(|link| link.dialed_by == DialedBy::Peer);
+        // `peer` is not wanted (see above).
+        let admitted = has_inbound_link(peer) || reserved.contains_key(peer) || {
+            let n_linked = links
+                .iter()
+                .filter(|(key, link)| link.dialed_by == DialedBy::Peer && !wanted.contains(key))
+                .count();
+            let n_reserved_only =
+                reserved.keys().filter(|key| !wanted.contains(key) && !has_inbound_link(key)).count();
+            n_linked + n_reserved_only < self.inbound_max
+        };
+        drop(links);
         if admitted {
             reserved.insert(*peer, now);
         }
@@ -1546,6 +1561,14 @@ async fn serve(
     lock(&shared.links).insert(peer, Link { connection: connection.clone(), queue, dialed_by });
     // The link holds the inbound slot from now on (see `Shared::admit_inbound`).
     lock(&shared.inbound_reserved).remove(&peer);
+    // A dial checks that the peer is wanted before it hands the connection over, but
+    // `Transport::set_outbound` may drop the peer before the link is in `links`, and then finds
+    // nothing to close. It updates `wanted` before it looks at `links`, and this reads `wanted`
+    // after the link is in, so one of the two sees the other and the connection goes.
+    if dialed_by == DialedBy::Us && !lock(&shared.wanted).contains(&peer) {
+        debug!("no longer wanted once the dialed connection came up: closed");
+        close_with(&connection, CloseCode::Rotated);
+    }
     shared.counters.n_connections_established.fetch_add(1, Ordering::Relaxed);
     info!(%address, dialed_by = ?dialed_by, "peer connected");
 
@@ -1880,6 +1903,52 @@ mod tests {
         assert!(newcomer_wins(&small, &large, false, young, false, window));
         // An old connection loses to any newcomer: the peer dialed because it lost it.
         assert!(newcomer_wins(&small, &large, true, old, false, window));
+    }
+
+    /// A dial checks that the peer is wanted before it hands its connection over; if
+    /// `set_outbound` drops the peer before the connection is in `links`, it finds nothing to
+    /// close. Here a connection this node dialed is handed over while the peer is not wanted
+    /// (the state that race leaves): it is closed with `Rotated` as soon as it is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dialed_connection_to_a_peer_no_longer_wanted_is_closed_once_served() {
+        const DEADLINE: Duration = Duration::from_secs(15);
+        let cluster_id = [0x5a; 32];
+        let local: SocketAddr = "127.0.0.1:0".parse().expect("a socket address");
+        let (a_key, b_key) = (SecretKey::from_seed(&[41; 32]), SecretKey::from_seed(&[42; 32]));
+        let members = vec![a_key.public(), b_key.public()];
+        // B knows no address of A, so it never dials.
+        let (b_sender, mut b_events) = mpsc::channel(64);
+        let config = TransportConfig::new(local, cluster_id, members.clone(), Vec::new());
+        let b = Transport::start(&b_key, config, b_sender).await.expect("B starts");
+        // A knows B's address but wants nobody (no overlay runs here), so it never dials either.
+        let peer = b_key.public();
+        let mut config = TransportConfig::new(local, cluster_id, members, vec![(peer, b.local_addr())]);
+        config.dial_peers = false;
+        let (a_sender, _a_events) = mpsc::channel(64);
+        let a = Transport::start(&a_key, config, a_sender).await.expect("A starts");
+
+        let shared = &a.shared;
+        let client_config = shared.client_configs(&peer).into_iter().next().expect("A has an identity");
+        let established = dial(shared, &peer, b.local_addr(), client_config).await.expect("B answers");
+        let handoff = lock(&shared.peers).get(&peer).expect("B's task runs on A").handoff.clone();
+        handoff.put(&shared.own(), Candidate { established, dialed_by: DialedBy::Us });
+
+        let reason = loop {
+            let event = timeout(DEADLINE, b_events.recv())
+                .await
+                .expect("B sees the connection closed before the deadline")
+                .expect("B's transport runs");
+            if let TransportEvent::Disconnected { reason, .. } = event {
+                break reason;
+            }
+        };
+        let code = format!("(code {})", u64::from(CloseCode::Rotated.code()));
+        assert!(reason.contains(&code), "{reason}");
+        let deadline = Instant::now() + DEADLINE;
+        while lock(&shared.links).contains_key(&peer) {
+            assert!(Instant::now() < deadline, "A still holds the link");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[test]

@@ -1615,30 +1615,8 @@ async fn overlay_state(cluster: &Cluster, i: usize) -> anyhow::Result<(usize, us
     ))
 }
 
-/// Waits until every node holds at least `n` events; returns when the last one did.
-async fn wait_all_hold(cluster: &Cluster, n: u64, deadline: Instant) -> anyhow::Result<Instant> {
-    let mut behind: Vec<usize> = (0..cluster.nodes.len()).collect();
-    while !behind.is_empty() {
-        let mut still = Vec::new();
-        for &i in &behind {
-            if cluster.n_events(i).await? < n {
-                still.push(i);
-            }
-        }
-        behind = still;
-        if behind.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("nodes {behind:?} do not hold {n} events by the deadline");
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(Instant::now())
-}
-
 /// `scale`: a cluster of `scale_nodes` real processes with the default overlay (outbound 6,
-/// inbound cap 12), each node configured with one seed (the next node), so that every other
+/// inbound cap 512: every member), each node configured with one seed (the next node), so that every other
 /// address comes from the records. Measures what one node's writes cost every node.
 async fn scale_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()> {
     let sizes = bench.sizes;
@@ -1673,7 +1651,7 @@ async fn scale_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()
     }
     let connected_secs = t_start.elapsed().as_secs_f64();
     let base = cluster.n_events(0).await?;
-    // Idle traffic over a window as long as the writes are expected to take, to subtract.
+    // Idle traffic over a fixed window, to subtract: scaled below to the time the writes took.
     let idle_window = Duration::from_secs(5);
     let mut idle0 = Vec::with_capacity(n);
     for i in 0..n {
@@ -1698,7 +1676,7 @@ async fn scale_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()
     let acked = Instant::now();
     anyhow::ensure!(written.n_ok == n_writes, "{} of {n_writes} writes acknowledged", written.n_ok);
     let total = base + n_writes as u64;
-    let converged = wait_all_hold(&cluster, total, acked + Duration::from_secs(120)).await?;
+    let converged = cluster.wait_all_hold(total, acked + Duration::from_secs(120)).await?;
     let write_secs = acked.duration_since(t0).as_secs_f64();
     let stream_secs = converged.duration_since(t0).as_secs_f64();
     let tail_ms = converged.duration_since(acked).as_secs_f64() * 1000.0;
@@ -1712,7 +1690,7 @@ async fn scale_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()
         let conns = load::connect(&cluster.nodes[0].socket, 1).await?;
         let t = Instant::now();
         load::run(conns, t, Until::Count(1)).await?;
-        let done = wait_all_hold(&cluster, total + k + 1, Instant::now() + Duration::from_secs(60)).await?;
+        let done = cluster.wait_all_hold(total + k + 1, Instant::now() + Duration::from_secs(60)).await?;
         single_ms.push(done.duration_since(t).as_secs_f64() * 1000.0);
     }
     let mut connections = Vec::with_capacity(n);
@@ -1729,9 +1707,10 @@ async fn scale_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()
     // Per node and event, the idle rate over the same time subtracted.
     let w = n_writes as f64;
     let window = stream_secs;
+    let raw: Vec<Traffic> = (0..n).map(|i| after[i].minus(before[i])).collect();
     let per_event: Vec<Traffic> = (0..n)
         .map(|i| {
-            let d = after[i].minus(before[i]);
+            let d = raw[i];
             let scale = window / idle_secs;
             Traffic {
                 messages_out: (d.messages_out - idle[i].messages_out * scale).max(0.0) / w,
@@ -1741,7 +1720,6 @@ async fn scale_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()
             }
         })
         .collect();
-    let raw: Vec<Traffic> = (0..n).map(|i| after[i].minus(before[i])).collect();
     let stat = |xs: Vec<f64>| -> (f64, f64, f64) {
         let mean = xs.iter().sum::<f64>() / xs.len() as f64;
         let max = xs.iter().copied().fold(f64::MIN, f64::max);
@@ -1784,7 +1762,7 @@ async fn scale_section(bench: &mut Bench, out: &mut String) -> anyhow::Result<()
         per_event[0].events_out
     );
     let _ = writeln!(out, "|---|---|---|---|\n");
-    let (s_mean, s_med, s_max) = stat(single_ms.clone());
+    let (s_mean, s_med, s_max) = stat(single_ms);
     let _ = writeln!(
         out,
         "Connections per node: mean {c_mean:.1}, max {c_max:.0} (cap {} = outbound + inbound_max). \

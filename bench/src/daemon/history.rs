@@ -60,9 +60,11 @@ struct Ingest {
 
 /// Feeds the first `count` events of the holder's store, in `Events` messages, to a fresh
 /// `Node` over a fresh store (its archive on disk, its document tracked), and commits what it
-/// accepts with the document's changes on a second thread, as the daemon's writer thread does:
-/// validation, signatures, the document and the store inside the clock; no network, no other
-/// process.
+/// accepts with the document's changes on a second thread, as the daemon's writer thread does,
+/// except that it hands the store each event as its id and bytes, which the store decodes again
+/// and indexes from its deps' stored metas, where the daemon hands over the proof of validation
+/// (`store::Append::Accepted`): validation, signatures, the document and the store inside the
+/// clock; no network, no other process.
 fn ingest_pipeline(
     bench: &mut Bench,
     cluster: &Cluster,
@@ -116,9 +118,10 @@ fn ingest_pipeline(
 
     let set = &bench.verify.as_ref().expect("the verify baseline is measured first").0;
     let before = set.run(2);
-    // As the daemon's group commit: one commit in flight; what is accepted meanwhile goes
-    // into the next one, which starts once the first landed and a batch is waiting; past the
-    // bound on unstored events the node takes no more input until a commit lands.
+    // Scheduled as the daemon's group commit: one commit in flight; what is accepted meanwhile
+    // goes into the next one, which starts once the first landed and a batch is waiting; past
+    // the bound on unstored events the node takes no more input until a commit lands. (The
+    // events go as bytes, not as the daemon's `Append::Accepted`: see `ingest_pipeline`.)
     let (jobs, jobs_rx) = std::sync::mpsc::channel::<(Vec<([u8; 32], Vec<u8>)>, DocumentDelta)>();
     let (done, done_rx) = std::sync::mpsc::channel::<usize>();
     let process_cpu = super::cluster::cpu_seconds(None);
@@ -513,7 +516,9 @@ pub(crate) async fn history_section(bench: &mut Bench, out: &mut String) -> anyh
          built before any node starts, as `catchup` builds it, but over {} registers. The ingest row feeds the \
          first events of that store in `Events` messages of {INGEST_MESSAGE_EVENTS} to a fresh `Node` whose \
          archive is a fresh store on disk (`StoreArchive`), and commits what it accepts with the document's \
-         changes (`Store::append_with_document`) on a second thread as the daemon's group commit does: one \
+         changes (`Store::append_with_document`, which decodes each event again and indexes it from its deps' \
+         stored metas, where the daemon stores an accepted event from its proof of validation, \
+         `Append::Accepted`) on a second thread, scheduled as the daemon's group commit is: one \
          commit in flight, what is accepted meanwhile goes into the next once {INGEST_COMMIT_EVENTS} wait, \
          and past {PEER_EVENTS_UNSTORED_MAX} unstored events the node takes no input until a commit lands. \
          It runs between two runs of the `verify_strict` baseline on 2 threads; CPU is read from \

@@ -6,7 +6,12 @@ use std::process::ExitCode;
 use std::os::unix::fs::DirBuilderExt as _;
 
 use anyhow::Context as _;
+use cairn_daemon::demo::LOCAL_NODES_MAX;
 use clap::{Parser, Subcommand};
+
+// The help of `demo --nodes` names the bound in words (a doc comment cannot name a constant),
+// and its parser takes a u8.
+const _: () = assert!(LOCAL_NODES_MAX == 64, "the help of `cairnd demo --nodes` says 1 to 64");
 
 /// The Cairn replication daemon.
 #[derive(Parser)]
@@ -83,7 +88,7 @@ enum Command {
     /// Run a local demo cluster of separate cairnd processes until Ctrl-C (or SIGTERM).
     Demo {
         /// How many nodes, 1 to 64.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=16))]
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=LOCAL_NODES_MAX as i64))]
         nodes: u8,
     },
 }
