@@ -66,6 +66,24 @@ pub const PEER_INPUT_PER_TURN: Duration = Duration::from_millis(5);
 /// `MESSAGE_BYTES_MAX` bytes, so this bounds the bytes held too. Past it, nothing more is read
 /// from peers until a batch comes back.
 pub const VERIFY_BATCHES_IN_FLIGHT_MAX: usize = 2;
+/// How fast a peer may send events that bring nothing. A message's inbound credit is held
+/// back for its wasted bytes (its share of events already held or in flight, and of orphans
+/// dropped for want of buffer room) at this rate, one message after another per peer, so a
+/// replay or orphan flood costs the node the decoding of about this many bytes per second and
+/// peer (plus one `INBOUND_BYTES_PER_CONNECTION_MAX` of credit, 2 MiB, read ahead). An honest
+/// peer's duplicates are pushes that crossed others, a few events: microseconds of hold.
+pub const WASTED_INPUT_BYTES_PER_SEC: u64 = 4 * 1024 * 1024;
+/// Inbound credits held back at most at once ([`WASTED_INPUT_BYTES_PER_SEC`]): each
+/// connection holds at most `INBOUND_BYTES_PER_CONNECTION_MAX` of credit, so this is never
+/// reached with the members Cairn allows; past it a credit is released at once.
+pub const HELD_CREDITS_MAX: usize = 4 * cairn_protocol::limits::MEMBERS_MAX;
+
+/// How long a message's inbound credit is held back: its wasted bytes at
+/// [`WASTED_INPUT_BYTES_PER_SEC`].
+pub fn wasted_input_hold(message_bytes: usize, wasted_share: f64) -> Duration {
+    let wasted = message_bytes as f64 * wasted_share.clamp(0.0, 1.0);
+    Duration::from_secs_f64(wasted / WASTED_INPUT_BYTES_PER_SEC as f64)
+}
 pub use crate::discipline::{INVALID_INPUTS_MAX, INVALID_INPUTS_WINDOW_MS, MUTE_MAX_MS, MUTE_MIN_MS};
 
 /// What the driver needs to run.
@@ -217,7 +235,13 @@ pub struct Driver {
     advertised: Option<SocketAddr>,
     /// Batches whose signatures the verifier thread is checking, oldest first, each with its
     /// message's inbound credit (at most [`VERIFY_BATCHES_IN_FLIGHT_MAX`]).
-    verifying: std::collections::VecDeque<(PendingEvents, InboundCredit)>,
+    verifying: std::collections::VecDeque<(PendingEvents, InboundCredit, Duration)>,
+    /// Inbound credits held back until their time ([`WASTED_INPUT_BYTES_PER_SEC`]), by release
+    /// time (with a counter to keep equal times apart).
+    held_credits: BTreeMap<(Instant, u64), InboundCredit>,
+    n_held: u64,
+    /// Per peer, when its last held credit is released: the next one's hold starts there.
+    wasted_until: BTreeMap<PublicKey, Instant>,
     verify_jobs: std::sync::mpsc::SyncSender<SignatureChecks>,
     verdicts: mpsc::Receiver<SignatureVerdicts>,
 }
@@ -297,6 +321,9 @@ impl Driver {
             topology,
             advertised: parts.advertised,
             verifying: std::collections::VecDeque::new(),
+            held_credits: BTreeMap::new(),
+            n_held: 0,
+            wasted_until: BTreeMap::new(),
             verify_jobs,
             verdicts,
         };
@@ -446,7 +473,35 @@ impl Driver {
         ];
         let timer = timers.into_iter().flatten().min().map(at);
         let retry = self.has_output().then(|| Instant::now() + TRANSMIT_RETRY);
-        earliest(timer, retry)
+        let credit = self.held_credits.keys().next().map(|(at, _)| *at);
+        earliest(earliest(timer, retry), credit)
+    }
+
+    /// Gives `peer`'s message's inbound credit back to its connection after `hold`, counted
+    /// from the release of its last held one (at once if there is nothing to hold).
+    fn release_credit(&mut self, peer: PublicKey, credit: InboundCredit, hold: Duration) {
+        if hold.is_zero() || self.held_credits.len() >= HELD_CREDITS_MAX {
+            return;
+        }
+        let now = Instant::now();
+        let from = self.wasted_until.get(&peer).copied().filter(|at| *at > now).unwrap_or(now);
+        let until = from + hold;
+        self.wasted_until.insert(peer, until);
+        self.n_held += 1;
+        self.held_credits.insert((until, self.n_held), credit);
+    }
+
+    /// Gives back the held credits whose time has come.
+    fn release_held_credits(&mut self) {
+        let now = Instant::now();
+        while let Some(entry) = self.held_credits.first_entry()
+            && entry.key().0 <= now
+        {
+            entry.remove();
+        }
+        if self.held_credits.is_empty() {
+            self.wasted_until.clear();
+        }
     }
 
     /// Whether the loop reads more from peers: not while too many events from peers wait for
@@ -460,11 +515,12 @@ impl Driver {
     /// buffered now, and its message's credit is given back to its connection.
     fn on_verdicts(&mut self, verdicts: SignatureVerdicts) {
         // The verifier answers each batch once, in the order they were sent.
-        let (pending, credit) =
+        let (pending, credit, hold) =
             self.verifying.pop_front().expect("verdicts come only for batches sent to the verifier");
         let now = self.now_ms();
+        let peer = pending.peer();
         self.node.finish_events(pending, verdicts, now);
-        drop(credit);
+        self.release_credit(peer, credit, hold);
     }
 
     fn has_output(&self) -> bool {
@@ -510,6 +566,7 @@ impl Driver {
     }
 
     fn after_input(&mut self) {
+        self.release_held_credits();
         self.unmute_expired();
         self.drain_node_events();
         self.follow_membership();
@@ -608,10 +665,12 @@ impl Driver {
                     .get_or_create(&PeerLabel { peer: self.name_of(&peer) })
                     .inc_by(bytes.len() as u64);
                 let Some((pending, checks)) = self.node.begin_message(peer, &bytes, now) else { return };
+                let hold = wasted_input_hold(bytes.len(), pending.wasted_share());
                 drop(bytes);
                 if checks.is_empty() && self.verifying.is_empty() {
                     // Nothing to check and nothing before it: finished at once.
                     self.node.finish_events(pending, checks.run(1), now);
+                    self.release_credit(peer, credit, hold);
                     return;
                 }
                 if self.verify_jobs.send(checks).is_err() {
@@ -619,7 +678,7 @@ impl Driver {
                     // panicked, which is a bug.
                     panic!("the signature verifier thread stopped");
                 }
-                self.verifying.push_back((pending, credit));
+                self.verifying.push_back((pending, credit, hold));
             }
         }
     }
@@ -1515,4 +1574,20 @@ fn spawn_store_writer(
         // Spawning a thread fails only when the OS is out of resources at start-up.
         .expect("cannot start the store's writer thread");
     (jobs_tx, done_rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message's credit is held for its wasted bytes at `WASTED_INPUT_BYTES_PER_SEC`.
+    #[test]
+    fn the_hold_is_the_wasted_bytes_at_the_wasted_input_rate() {
+        let rate = WASTED_INPUT_BYTES_PER_SEC as usize;
+        assert_eq!(wasted_input_hold(rate, 1.0), Duration::from_secs(1));
+        assert_eq!(wasted_input_hold(rate, 0.25), Duration::from_millis(250));
+        assert_eq!(wasted_input_hold(rate, 0.0), Duration::ZERO);
+        // A push that crossed another: one event of 300 bytes, under 100 µs.
+        assert!(wasted_input_hold(300, 1.0) < Duration::from_micros(100));
+    }
 }

@@ -127,6 +127,20 @@ pub struct PendingIngest {
     out: Ingested,
 }
 
+impl PendingIngest {
+    /// Events of the batch that bring nothing, known before any signature is checked: those
+    /// already accepted, buffered or in flight, and the orphans dropped because their sender's
+    /// share of the causal buffer is full.
+    pub fn n_wasted(&self) -> usize {
+        self.out.n_duplicate + self.out.n_orphans_dropped
+    }
+
+    /// Events of the batch, whatever became of them so far.
+    pub fn n_events(&self) -> usize {
+        self.candidates.len() + self.out.n_duplicate + self.out.n_orphans_dropped + self.out.rejected.len()
+    }
+}
+
 /// The signature checks of one batch ([`Adapter::begin_ingest`]), owned, to run on any thread.
 pub struct SignatureChecks {
     ticket: u64,

@@ -1061,3 +1061,28 @@ fn a_session_answer_leaving_out_recent_events_stays_causally_closed() {
     assert_eq!(y.adapter().n_accepted(), 2, "the next session brings both");
     assert_eq!(y.sync_digest(), n.sync_digest());
 }
+
+/// What an `Events` message brings nothing with is known before its signatures are checked
+/// (`PendingEvents::wasted_share`): events already accepted or in flight count, new ones not.
+#[test]
+fn the_wasted_share_of_a_message_counts_what_is_held_or_in_flight() {
+    let g = genesis(2);
+    let (ka, kb) = (key(1), key(2));
+    let mut writer = Node::new(g.clone(), Some(ka.public()), NodeConfig::default());
+    let events: Vec<Vec<u8>> = (0..8)
+        .map(|i| write(&mut writer, &ka, put(&format!("k{i}"), "v"), 1).unwrap().bytes().to_vec())
+        .collect();
+    let message =
+        |range: std::ops::Range<usize>| encode_message(&Message::Events { events: events[range].to_vec() });
+    let mut node = Node::new(g, Some(kb.public()), NodeConfig::default());
+    assert!(node.handle_connected(ka.public(), 1));
+    node.handle_message(ka.public(), &message(0..2), 2);
+    let (first, first_checks) = node.begin_message(ka.public(), &message(0..4), 3).unwrap();
+    assert_eq!(first.wasted_share(), 0.5, "2 of 4 accepted already");
+    let (second, second_checks) = node.begin_message(ka.public(), &message(2..8), 3).unwrap();
+    assert_eq!(second.wasted_share(), 2.0 / 6.0, "2 of 6 in flight");
+    node.finish_events(first, first_checks.run(1), 4);
+    node.finish_events(second, second_checks.run(1), 4);
+    let (fresh, _) = node.begin_message(ka.public(), &message(0..8), 5).unwrap();
+    assert_eq!(fresh.wasted_share(), 1.0);
+}

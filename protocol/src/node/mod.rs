@@ -156,6 +156,13 @@ pub struct PendingEvents {
 }
 
 impl PendingEvents {
+    /// The share of its events that bring nothing and are known so before any signature is
+    /// checked (duplicates, and orphans dropped for want of buffer room): 0.0 to 1.0.
+    pub fn wasted_share(&self) -> f64 {
+        let n = self.ingest.n_events();
+        if n == 0 { 0.0 } else { self.ingest.n_wasted() as f64 / n as f64 }
+    }
+
     /// The peer that sent it.
     pub fn peer(&self) -> PeerId {
         self.peer
