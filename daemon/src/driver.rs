@@ -66,12 +66,14 @@ pub const PEER_INPUT_PER_TURN: Duration = Duration::from_millis(5);
 /// `MESSAGE_BYTES_MAX` bytes, so this bounds the bytes held too. Past it, nothing more is read
 /// from peers until a batch comes back.
 pub const VERIFY_BATCHES_IN_FLIGHT_MAX: usize = 2;
-/// How fast a peer may send events that bring nothing. A message's inbound credit is held
-/// back for its wasted bytes (its share of events already held or in flight, and of orphans
-/// dropped for want of buffer room) at this rate, one message after another per peer, so a
-/// replay or orphan flood costs the node the decoding of about this many bytes per second and
-/// peer (plus one `INBOUND_BYTES_PER_CONNECTION_MAX` of credit, 2 MiB, read ahead). An honest
-/// peer's duplicates are pushes that crossed others, a few events: microseconds of hold.
+/// How fast a peer may send waste. A message's inbound credit is held back for its wasted
+/// bytes (its share of old events sent again, `OLD_DUPLICATE_SEQS` below their author's
+/// newest, and of orphans dropped because the sender's buffer share is full) at this rate, one
+/// message after another per peer, so a replay or orphan flood costs the node the decoding of
+/// about this many bytes per second and peer (plus one `INBOUND_BYTES_PER_CONNECTION_MAX` of
+/// credit, 2 MiB, read ahead). Duplicates of recent events are not waste: pushes, grafts and
+/// sessions cross each other, and holding them back made more of them (a peer read slowly
+/// misses the graft timeout, is grafted, and sends again).
 pub const WASTED_INPUT_BYTES_PER_SEC: u64 = 4 * 1024 * 1024;
 /// Inbound credits held back at most at once ([`WASTED_INPUT_BYTES_PER_SEC`]): each
 /// connection holds at most `INBOUND_BYTES_PER_CONNECTION_MAX` of credit, so this is never

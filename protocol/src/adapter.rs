@@ -53,6 +53,10 @@ impl Default for AdapterConfig {
 /// deps it meets here (usually its direct deps). Past this many the memo starts over: a node
 /// setting, it only costs walks.
 pub const REACH_MEMO_MAX: usize = 65_536;
+/// A duplicate this many seqs or more below its author's highest accepted seq is *old*
+/// ([`Ingested::n_old_duplicate`]): a replay, not a push or a session answer that crossed
+/// another (those bring the newest events of their authors).
+pub const OLD_DUPLICATE_SEQS: u64 = 4_096;
 
 /// The buffer source charged for restored events (no peer has this all-zero key).
 const RESTORE_SOURCE: cairn_crypto::PublicKey = cairn_crypto::PublicKey([0; 32]);
@@ -101,6 +105,9 @@ pub struct Ingested {
     pub n_evicted: usize,
     /// Events already accepted or buffered.
     pub n_duplicate: usize,
+    /// Of those, the accepted ones [`OLD_DUPLICATE_SEQS`] or more below their author's highest
+    /// accepted seq: old events sent again.
+    pub n_old_duplicate: usize,
     /// Events dropped before their signature was checked: their deps were missing and their
     /// sender's share of the causal buffer was full (they are fetched again by sync if real).
     pub n_orphans_dropped: usize,
@@ -128,11 +135,12 @@ pub struct PendingIngest {
 }
 
 impl PendingIngest {
-    /// Events of the batch that bring nothing, known before any signature is checked: those
-    /// already accepted, buffered or in flight, and the orphans dropped because their sender's
-    /// share of the causal buffer is full.
+    /// Events of the batch that are waste, known before any signature is checked: old
+    /// events sent again ([`OLD_DUPLICATE_SEQS`]), and the orphans dropped because their
+    /// sender's share of the causal buffer is full. (A duplicate of a recent event is not:
+    /// pushes, grafts and sessions cross each other, and more so when the node reads slowly.)
     pub fn n_wasted(&self) -> usize {
-        self.out.n_duplicate + self.out.n_orphans_dropped
+        self.out.n_old_duplicate + self.out.n_orphans_dropped
     }
 
     /// Events of the batch, whatever became of them so far.
@@ -656,6 +664,14 @@ impl Adapter {
             let in_flight = self.in_flight.get(&id).map(|f| f.sig == decoded.event.sig);
             if accepted || self.buffer.contains(&id) || in_flight == Some(true) || !candidate_ids.insert(id) {
                 out.n_duplicate += 1;
+                let header = &decoded.event.header;
+                if accepted
+                    && self.roster.idx(&header.author).is_some_and(|author| {
+                        header.seq.saturating_add(OLD_DUPLICATE_SEQS) <= self.max_seq(author)
+                    })
+                {
+                    out.n_old_duplicate += 1;
+                }
             } else if self.is_stranger(&decoded) {
                 out.rejected.push(Rejection { from, id: Some(id), reason: Reject::NotMember });
             } else {

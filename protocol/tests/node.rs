@@ -1062,27 +1062,36 @@ fn a_session_answer_leaving_out_recent_events_stays_causally_closed() {
     assert_eq!(y.sync_digest(), n.sync_digest());
 }
 
-/// What an `Events` message brings nothing with is known before its signatures are checked
-/// (`PendingEvents::wasted_share`): events already accepted or in flight count, new ones not.
+/// What part of an `Events` message is waste is known before its signatures are checked
+/// (`PendingEvents::wasted_share`): old events sent again (`OLD_DUPLICATE_SEQS` or more below
+/// their author's highest seq) count; new events, and duplicates of recent or in-flight ones
+/// (pushes and sessions that crossed), do not.
 #[test]
-fn the_wasted_share_of_a_message_counts_what_is_held_or_in_flight() {
+fn the_wasted_share_of_a_message_counts_old_events_sent_again() {
+    use cairn_protocol::adapter::OLD_DUPLICATE_SEQS;
     let g = genesis(2);
     let (ka, kb) = (key(1), key(2));
     let mut writer = Node::new(g.clone(), Some(ka.public()), NodeConfig::default());
-    let events: Vec<Vec<u8>> = (0..8)
+    let n = OLD_DUPLICATE_SEQS as usize + 4;
+    let events: Vec<Vec<u8>> = (0..n)
         .map(|i| write(&mut writer, &ka, put(&format!("k{i}"), "v"), 1).unwrap().bytes().to_vec())
         .collect();
-    let message =
-        |range: std::ops::Range<usize>| encode_message(&Message::Events { events: events[range].to_vec() });
+    let message = |ids: &[usize]| {
+        encode_message(&Message::Events { events: ids.iter().map(|i| events[*i].clone()).collect() })
+    };
     let mut node = Node::new(g, Some(kb.public()), NodeConfig::default());
     assert!(node.handle_connected(ka.public(), 1));
-    node.handle_message(ka.public(), &message(0..2), 2);
-    let (first, first_checks) = node.begin_message(ka.public(), &message(0..4), 3).unwrap();
-    assert_eq!(first.wasted_share(), 0.5, "2 of 4 accepted already");
-    let (second, second_checks) = node.begin_message(ka.public(), &message(2..8), 3).unwrap();
-    assert_eq!(second.wasted_share(), 2.0 / 6.0, "2 of 6 in flight");
-    node.finish_events(first, first_checks.run(1), 4);
-    node.finish_events(second, second_checks.run(1), 4);
-    let (fresh, _) = node.begin_message(ka.public(), &message(0..8), 5).unwrap();
-    assert_eq!(fresh.wasted_share(), 1.0);
+    for chunk in (0..n - 2).collect::<Vec<_>>().chunks(1024) {
+        node.handle_message(ka.public(), &message(chunk), 2);
+    }
+    assert_eq!(node.adapter().n_accepted(), n - 2);
+    // Events 0 and 1 are old now; n - 4 and n - 3 are recent; n - 2 and n - 1 are new.
+    let (mixed, mixed_checks) =
+        node.begin_message(ka.public(), &message(&[0, 1, n - 4, n - 3, n - 2, n - 1]), 3).unwrap();
+    assert_eq!(mixed.wasted_share(), 2.0 / 6.0, "only the two old events are waste");
+    let (again, again_checks) = node.begin_message(ka.public(), &message(&[n - 2, n - 1]), 3).unwrap();
+    assert_eq!(again.wasted_share(), 0.0, "events in flight sent again are not waste");
+    node.finish_events(mixed, mixed_checks.run(1), 4);
+    node.finish_events(again, again_checks.run(1), 4);
+    assert_eq!(node.adapter().n_accepted(), n);
 }
