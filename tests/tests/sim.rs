@@ -719,7 +719,7 @@ fn the_overlay_bounds_what_each_node_sends_per_event_whatever_the_cluster_size()
         // The copies beyond the first are the tree's cost: every link carries the first events
         // and each rotated-in link one more before it is pruned, and prunes that cross leave
         // gaps that grafts fill. Over seeds 1 to 13 and 21 this measured 1.29 to 1.44 at 30
-        // nodes and 1.33 to 1.55 at 90 (mean 1.42); a full mesh of 100 costs 4.44.
+        // nodes and 1.33 to 1.55 at 90 (mean 1.42); a full mesh of 100 costs 4.25.
         let copies = figures.copies_per_event();
         assert!(copies <= 1.75, "{n} nodes: {copies} copies of each event per node");
     }
