@@ -24,6 +24,14 @@ fn put(k: &str, v: &str) -> Vec<Op> {
     vec![Op::Put { key: k.as_bytes().to_vec(), value: v.as_bytes().to_vec() }]
 }
 
+/// The bytes of `n` events `author` writes one after another (keys `k0`, `k1`, …).
+fn chain_of(g: &Genesis, author: &SecretKey, n: usize) -> Vec<Vec<u8>> {
+    let mut writer = Node::new(g.clone(), Some(author.public()), NodeConfig::default());
+    (0..n)
+        .map(|i| write(&mut writer, author, put(&format!("k{i}"), "v"), 1).unwrap().bytes().to_vec())
+        .collect()
+}
+
 /// Nodes joined by perfect links, driven in waves: every queued message is delivered, then
 /// the next wave. Counts waves (one-way flights) and bytes.
 struct Net {
@@ -859,10 +867,7 @@ fn heard_reported(node: &mut Node, peer: PublicKey, now_ms: u64) -> u64 {
 fn overlapping_event_batches_end_where_one_message_at_a_time_does() {
     let g = genesis(2);
     let (ka, kb) = (key(1), key(2));
-    let mut writer = Node::new(g.clone(), Some(ka.public()), NodeConfig::default());
-    let events: Vec<Vec<u8>> = (0..40)
-        .map(|i| write(&mut writer, &ka, put(&format!("k{i}"), "v"), 1).unwrap().bytes().to_vec())
-        .collect();
+    let events = chain_of(&g, &ka, 40);
     let first = encode_message(&Message::Events { events: events[..20].to_vec() });
     let second = encode_message(&Message::Events { events: events[10..].to_vec() });
     let fresh = || {
@@ -903,10 +908,7 @@ fn overlapping_event_batches_end_where_one_message_at_a_time_does() {
 fn a_batch_takes_only_its_own_verdicts() {
     let g = genesis(2);
     let (ka, kb) = (key(1), key(2));
-    let mut writer = Node::new(g.clone(), Some(ka.public()), NodeConfig::default());
-    let events: Vec<Vec<u8>> = (0..4)
-        .map(|i| write(&mut writer, &ka, put(&format!("k{i}"), "v"), 1).unwrap().bytes().to_vec())
-        .collect();
+    let events = chain_of(&g, &ka, 4);
     let mut node = Node::new(g, Some(kb.public()), NodeConfig::default());
     assert!(node.handle_connected(ka.public(), 1));
     let message =
@@ -1071,11 +1073,8 @@ fn the_wasted_share_of_a_message_counts_old_events_sent_again() {
     use cairn_protocol::adapter::OLD_DUPLICATE_SEQS;
     let g = genesis(2);
     let (ka, kb) = (key(1), key(2));
-    let mut writer = Node::new(g.clone(), Some(ka.public()), NodeConfig::default());
     let n = OLD_DUPLICATE_SEQS as usize + 4;
-    let events: Vec<Vec<u8>> = (0..n)
-        .map(|i| write(&mut writer, &ka, put(&format!("k{i}"), "v"), 1).unwrap().bytes().to_vec())
-        .collect();
+    let events = chain_of(&g, &ka, n);
     let message = |ids: &[usize]| {
         encode_message(&Message::Events { events: ids.iter().map(|i| events[*i].clone()).collect() })
     };
